@@ -1,0 +1,176 @@
+"""Fetch packages from Debian's archive by name, through a *private* apt configuration.
+
+The system's apt sources are never touched: each suite gets its own sources list, lists
+directory and cache under ``cache_dir`` (default ``~/.cache/fuseproto/apt``), and
+``apt-get download`` fetches a ``.deb`` which :func:`extract` unpacks with ``dpkg -x``.
+The archive's address is taken from the system's own apt configuration, so whatever
+mirror this machine uses is used here too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DaemonError
+
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("FUSEPROTO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fuseproto"
+    )
+    return Path(base)
+
+
+def system_archive_uri() -> str:
+    """The URI of the main Debian archive as this machine's apt sources name it."""
+    candidates: list[str] = []
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if not path.is_file() or "disabled" in path.name:
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for m in re.finditer(r"^URIs:\s*(.+)$", text, re.M):
+                candidates.extend(m.group(1).split())
+        else:
+            for m in re.finditer(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.M):
+                candidates.append(m.group(1))
+    for uri in candidates:
+        if uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    raise DaemonError(
+        "cannot find a Debian archive URI in /etc/apt/sources.list{,.d}; "
+        "set FUSEPROTO_DEBIAN_MIRROR"
+    )
+
+
+@dataclass
+class PrivateApt:
+    """One apt configuration for a set of suites, isolated from the system's."""
+
+    suites: tuple[str, ...]
+    root: Path
+
+    @classmethod
+    def for_suites(cls, *suites: str, cache_dir: Path | None = None) -> PrivateApt:
+        root = (cache_dir or cache_root() / "apt") / "+".join(suites)
+        return cls(tuple(suites), root)
+
+    def _options(self) -> list[str]:
+        r = self.root
+        return [
+            "-o", f"Dir::Etc::sourcelist={r}/sources.list",
+            "-o", f"Dir::Etc::sourceparts={r}/sources.list.d",
+            "-o", f"Dir::Etc::preferences={r}/preferences",
+            "-o", f"Dir::Etc::preferencesparts={r}/preferences.d",
+            "-o", f"Dir::State::Lists={r}/lists",
+            "-o", f"Dir::Cache={r}/cache",
+            "-o", "Dir::State::status=/dev/null",
+            "-o", "APT::Sandbox::User=root",
+            "-o", "Acquire::Retries=3",
+        ]
+
+    def _run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
+        cmd = [tool, "-q", *self._options(), *args]
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DaemonError(f"{' '.join([tool, *args])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def update(self, *, max_age_s: float = 6 * 3600) -> None:
+        import time
+
+        mirror = os.environ.get("FUSEPROTO_DEBIAN_MIRROR") or system_archive_uri()
+        for d in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        keyring = f" [signed-by={DEFAULT_KEYRING}]" if os.path.exists(DEFAULT_KEYRING) else ""
+        lines = "".join(f"deb{keyring} {mirror} {s} main\n" for s in self.suites)
+        src = self.root / "sources.list"
+        stamp = self.root / "updated"
+        fresh = (
+            src.exists() and src.read_text() == lines and stamp.exists()
+            and time.time() - stamp.stat().st_mtime < max_age_s
+        )
+        if fresh:
+            return
+        src.write_text(lines)
+        self._run("apt-get", "update")
+        stamp.touch()
+
+    def versions(self, package: str) -> list[str]:
+        """All versions of ``package`` these suites offer, newest first (apt's order)."""
+        out = self._run("apt-cache", "madison", package)
+        return [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
+
+    def download(self, package: str, version: str | None = None, dest: Path | None = None) -> Path:
+        """Download one .deb (cached: an existing file for that version is reused)."""
+        self.update()
+        if version is None:
+            vs = self.versions(package)
+            if not vs:
+                raise DaemonError(f"package {package!r} not found in {', '.join(self.suites)}")
+            version = vs[0]
+        dest = dest or (self.root / "debs")
+        dest.mkdir(parents=True, exist_ok=True)
+        quoted = version.replace(":", "%3a")
+        for existing in dest.glob(f"{package}_{quoted}_*.deb"):
+            return existing
+        self._run("apt-get", "download", f"{package}={version}", cwd=dest)
+        found = list(dest.glob(f"{package}_{quoted}_*.deb"))
+        if not found:
+            raise DaemonError(f"apt-get download {package}={version} produced no .deb in {dest}")
+        return found[0]
+
+
+def extract(deb: Path, dest: Path) -> Path:
+    """Unpack ``deb`` into ``dest`` (``dpkg -x``); returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["dpkg", "-x", str(deb), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DaemonError(f"dpkg -x {deb} failed: {proc.stderr.strip()}")
+    return dest
+
+
+def newest_header(cache_dir: Path | None = None) -> Path:
+    """Path of ``linux/fuse.h`` from the newest ``linux-libc-dev`` in sid/experimental."""
+    apt = PrivateApt.for_suites("sid", "experimental", cache_dir=cache_dir)
+    apt.update()
+    versions = apt.versions("linux-libc-dev")
+    if not versions:
+        raise DaemonError("linux-libc-dev not found in sid/experimental")
+    newest = max(versions, key=_debversion_key)
+    tree = apt.root / "trees" / f"linux-libc-dev_{newest}"
+    header = tree / "usr/include/linux/fuse.h"
+    if not header.exists():
+        extract(apt.download("linux-libc-dev", newest), tree)
+    return header
+
+
+def _debversion_key(v: str) -> tuple:
+    """Order Debian versions (enough of dpkg's rules: epoch, then ~ sorts first)."""
+    epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+
+    def part(s: str) -> list:
+        out: list = []
+        for num, alpha in re.findall(r"(\d+)|([^\d]+)", s):
+            if num:
+                out.append((1, int(num)))
+            else:
+                out.extend((0, _order(c)) for c in alpha)
+        out.append((0, 0))
+        return out
+
+    return (int(epoch or 0), part(rest))
+
+
+def _order(c: str) -> int:
+    if c == "~":
+        return -1
+    if c.isalpha():
+        return ord(c)
+    return ord(c) + 256
