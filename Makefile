@@ -1,0 +1,19 @@
+# The two quick-start commands (see README.md):
+#   make run   - set up, then run a short fuzzing campaign against a real virtiofsd + report
+#   make test  - set up, then run the whole test suite
+.PHONY: setup run test bench lint
+
+setup:
+	scripts/setup.sh
+
+run: setup
+	scripts/run.sh
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	scripts/bench.sh
+
+lint: setup
+	.venv/bin/ruff check fuseproto tests fuzz benchmarks

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up everything fuseproto needs on a fresh Debian 12 or 13 machine (as root):
+# system packages (only those missing), a virtualenv in .venv with fuseproto and its dev
+# and capture extras, and the real virtiofsd daemons (cached under ~/.cache/fuseproto).
+# Idempotent: a second run does almost nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+debian_version=$(cat /etc/debian_version 2>/dev/null || echo unknown)
+log "Debian ${debian_version}, $(uname -r)"
+
+# 1. System packages (never touches the system's apt sources).
+missing=()
+while read -r pkg; do
+  pkg=${pkg%%#*}; pkg=${pkg// /}
+  [ -z "$pkg" ] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < scripts/apt-packages.txt
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${missing[*]}" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. Python environment.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.fuseproto-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing fuseproto[dev,capture] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev,capture]'
+  touch "$stamp"
+fi
+
+# 3. Real daemons (C virtiofsd from QEMU 7.2, Rust virtiofsd 1.13), cached.
+if .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
+  .venv/bin/fuseproto daemons install
+fi
+log "ready"
