@@ -10,7 +10,7 @@ run: setup
 	scripts/run.sh
 
 test: setup
-	.venv/bin/python -m pytest -q
+	scripts/test.sh
 
 bench: setup
 	scripts/bench.sh
