@@ -1,0 +1,503 @@
+"""The kernel's ``/dev/fuse`` as a transport: mount a FUSE file system and serve it.
+
+:class:`DevFuseMount` owns one kernel connection: it opens ``/dev/fuse``, mounts it with
+mount(2) (through ctypes, no ``fusermount`` helper), reads whole requests and writes whole
+replies as bytes, and always unmounts and closes, also when the body of the ``with`` block
+fails. It never looks inside a message.
+
+:class:`DevFuseServer` is the small server loop on top: every request goes through a
+:class:`fuseproto.Session` (which decodes it with the codec), is handed to a handler, and
+the handler's answer is encoded by the same session and written back.
+
+Facts used here (from Documentation/filesystems/fuse.rst and the mount(2) and umount(2)
+manual pages): the mount data of a ``fuse`` file system names the device fd, the root
+mode, and the owner; a read from the device needs a buffer of at least
+FUSE_MIN_READ_BUFFER (8192) bytes and room for the largest request (a WRITE of
+``max_write`` bytes, or a SETXATTR of up to XATTR_SIZE_MAX = 65536); a read returns
+ENODEV once the connection is gone; a write of a reply to a request that the kernel no
+longer waits for (it was interrupted or aborted) fails with ENOENT; closing the last fd
+of the device aborts the connection, as does writing to
+``/sys/fs/fuse/connections/<N>/abort``, where N is the minor device number of the mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DecodeError, FuseprotoError, ProtocolError, TransportError, TransportTimeout
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+# mount(2) flags (<sys/mount.h>).
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+# umount2(2) flags.
+MNT_FORCE = 0x1
+MNT_DETACH = 0x2
+
+# Documentation/filesystems/fuse.rst: a read buffer smaller than this is refused (EINVAL).
+FUSE_MIN_READ_BUFFER = 8192
+# linux/limits.h: the largest xattr value; a SETXATTR request carries it whole.
+XATTR_SIZE_MAX = 65536
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+FUSECTL_DIR = "/sys/fs/fuse/connections"
+
+_libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        lib.mount.restype = ctypes.c_int
+        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.umount2.restype = ctypes.c_int
+        _libc = lib
+    return _libc
+
+
+def sys_mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    """mount(2); raises OSError with the errno."""
+    libc = _load_libc()
+    rc = libc.mount(
+        source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode()
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount({target!r}, {fstype!r}): {os.strerror(err)}")
+
+
+def sys_umount2(target: str, flags: int = 0) -> None:
+    """umount2(2); raises OSError with the errno."""
+    libc = _load_libc()
+    if libc.umount2(os.fsencode(target), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount2({target!r}, {flags:#x}): {os.strerror(err)}")
+
+
+def find_mount_device(mountpoint: str) -> tuple[int, int] | None:
+    """(major, minor) of the newest mount on ``mountpoint`` (an absolute, resolved path)
+    from /proc/self/mountinfo.
+
+    Read from mountinfo rather than stat(2): a stat of a FUSE mount point waits for the
+    daemon, and this is also used when the daemon is the thing that hangs.
+    """
+    # No realpath() here: resolving the mount point itself would stat the FUSE root.
+    target = os.fspath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            # mountinfo(5): id parent major:minor root mount_point ...; octal escapes.
+            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
+                major, minor = fields[2].split(":")
+                found = (int(major), int(minor))
+    return found
+
+
+def _unescape_mountinfo(path: str) -> str:
+    if "\\" not in path:
+        return path
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and path[i + 1 : i + 4].isdigit():
+            out.append(chr(int(path[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+class DevFuseMount:
+    """One kernel FUSE connection: /dev/fuse opened and mounted on ``mountpoint``.
+
+    Use as a context manager; on exit the file system is unmounted (lazily with
+    MNT_DETACH if it is busy) and the device closed, which aborts the connection and
+    fails any system call still waiting for the daemon.
+    """
+
+    def __init__(
+        self,
+        mountpoint: str | os.PathLike[str],
+        *,
+        subtype: str = "fuseproto",
+        fsname: str = "fuseproto",
+        rootmode: int = 0o40000,
+        allow_other: bool = False,
+        default_permissions: bool = False,
+        max_read: int | None = None,
+        extra_options: tuple[str, ...] = (),
+        device: str = "/dev/fuse",
+    ) -> None:
+        self.mountpoint = os.path.realpath(os.fspath(mountpoint))
+        self.subtype = subtype
+        self.fsname = fsname
+        self.rootmode = rootmode
+        self.allow_other = allow_other
+        self.default_permissions = default_permissions
+        self.max_read = max_read
+        self.extra_options = extra_options
+        self.device = device
+        self.fd: int | None = None
+        self.mounted = False
+        self.connection: int | None = None  # the N of /sys/fs/fuse/connections/N
+        self._fd_lock = threading.Lock()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def mount_options(self, fd: int) -> str:
+        opts = [f"fd={fd}", f"rootmode={self.rootmode:o}", f"user_id={os.getuid()}",
+                f"group_id={os.getgid()}"]
+        if self.allow_other:
+            opts.append("allow_other")
+        if self.default_permissions:
+            opts.append("default_permissions")
+        if self.max_read is not None:
+            opts.append(f"max_read={self.max_read}")
+        opts.extend(self.extra_options)
+        return ",".join(opts)
+
+    def open(self) -> DevFuseMount:
+        if self.fd is not None:
+            raise TransportError("already open")
+        fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        self.fd = fd
+        try:
+            sys_mount(
+                self.fsname,
+                self.mountpoint,
+                f"fuse.{self.subtype}",
+                MS_NOSUID | MS_NODEV,
+                self.mount_options(fd),
+            )
+        except OSError as exc:
+            self._close_fd()
+            raise TransportError(f"mount of {self.mountpoint} failed: {exc}") from exc
+        self.mounted = True
+        dev = find_mount_device(self.mountpoint)
+        self.connection = dev[1] if dev else None
+        return self
+
+    def __enter__(self) -> DevFuseMount:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self, *, timeout: float = 5.0) -> None:
+        """Unmount and close. Never raises for a mount that is already gone."""
+        try:
+            self.unmount(timeout=timeout)
+        finally:
+            self._close_fd()
+
+    def unmount(self, *, timeout: float = 5.0) -> None:
+        """Unmount; falls back to a lazy unmount (MNT_DETACH) when busy or stuck.
+
+        A plain umount2 of a healthy FUSE mount does not wait for the daemon, but it can
+        (writeback of dirty pages) when the daemon is stuck; so the plain attempt runs in
+        a helper thread, and if it does not finish in ``timeout`` the connection is
+        aborted first, which completes it.
+        """
+        if not self.mounted:
+            return
+        result: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                sys_umount2(self.mountpoint, 0)
+                result.append(None)
+            except BaseException as exc:  # reported to the caller below
+                result.append(exc)
+
+        worker = threading.Thread(target=attempt, name="devfuse-umount", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            self.abort()
+            worker.join(timeout)
+        exc = result[0] if result else None
+        if exc is None and result:
+            self.mounted = False
+            return
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+            # Not a mount point (any more): someone else unmounted it.
+            self.mounted = False
+            return
+        try:
+            sys_umount2(self.mountpoint, MNT_DETACH)
+        except OSError as exc2:
+            if exc2.errno != errno.EINVAL:
+                raise TransportError(f"cannot unmount {self.mountpoint}: {exc2}") from exc2
+        self.mounted = False
+
+    def abort(self) -> None:
+        """Abort the connection: every request in flight fails, reads return ENODEV.
+
+        Uses the fusectl ``abort`` file when fusectl is mounted; otherwise closes the
+        device, whose last close aborts the connection.
+        """
+        if self.connection is not None:
+            path = os.path.join(FUSECTL_DIR, str(self.connection), "abort")
+            try:
+                with open(path, "w") as f:
+                    f.write("1")
+                return
+            except OSError:
+                pass
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        with self._fd_lock:
+            fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def read_request(self, bufsize: int, timeout: float | None = None) -> bytes | None:
+        """One whole request as bytes, or None if none arrived within ``timeout``.
+
+        Raises TransportError when the connection is gone (unmounted or aborted).
+        """
+        fd = self.fd
+        if fd is None:
+            raise TransportError("device closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        buf = bytearray(max(bufsize, FUSE_MIN_READ_BUFFER))
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            try:
+                events = poller.poll(None if remaining is None else int(remaining * 1000) + 1)
+            except InterruptedError:
+                continue
+            if not events:
+                return None
+            _, ev = events[0]
+            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not ev & select.POLLIN:
+                raise TransportError(f"/dev/fuse connection gone (poll events {ev:#x})")
+            try:
+                n = os.readv(fd, [buf])
+            except BlockingIOError:
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    # The request was interrupted/aborted while being read: read again.
+                    continue
+                if exc.errno == errno.ENODEV:
+                    raise TransportError("/dev/fuse connection gone (ENODEV)") from exc
+                raise TransportError(f"read from /dev/fuse failed: {exc}") from exc
+            return bytes(memoryview(buf)[:n])
+
+    def write_reply(self, data: bytes) -> bool:
+        """Write one whole reply (or notification). Returns False when the kernel no
+        longer waits for that request (ENOENT: interrupted or aborted). Any other failure,
+        notably EINVAL for a reply the kernel rejects, raises TransportError."""
+        fd = self.fd
+        if fd is None:
+            raise TransportError("device closed")
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise TransportError(
+                f"write of {len(data)} bytes to /dev/fuse failed: {exc}"
+            ) from exc
+        if n != len(data):
+            raise TransportError(f"short write to /dev/fuse: {n} of {len(data)}")
+        return True
+
+
+# -- server loop ----------------------------------------------------------------------
+
+
+Handler = Callable[[Any], Any]
+
+
+@dataclass
+class ServedMessage:
+    """One request seen by the server and what was done with it (for tests/logs)."""
+
+    raw: bytes
+    request: Any = None
+    reply_raw: bytes | None = None
+    error: int = 0
+    accepted: bool | None = None  # the kernel took the reply (False: ENOENT)
+    failure: BaseException | None = None
+
+
+@dataclass
+class ServerStats:
+    messages: list[ServedMessage] = field(default_factory=list)
+    failures: list[BaseException] = field(default_factory=list)
+    max_messages: int = 100_000  # bounded record; older entries are dropped
+
+    def record(self, msg: ServedMessage) -> None:
+        self.messages.append(msg)
+        if len(self.messages) > self.max_messages:
+            del self.messages[: len(self.messages) - self.max_messages]
+
+
+class DevFuseServer:
+    """Serve a :class:`DevFuseMount` with a handler, one request at a time.
+
+    ``handler(request)`` gets a decoded codec ``Request`` and returns the reply body
+    (whatever ``encode_reply`` takes for that opcode); raising ``OSError`` replies with
+    ``-errno``. For requests that take no reply (FORGET, BATCH_FORGET, NOTIFY_REPLY,
+    INTERRUPT) the return value is ignored. A request that does not decode, or a handler
+    that fails otherwise, is answered with -EIO (when it has a unique to answer to) and
+    recorded in ``stats.failures``.
+    """
+
+    def __init__(
+        self,
+        mount: DevFuseMount,
+        handler: Handler,
+        *,
+        session: Session | None = None,
+        poll_interval: float = 0.1,
+    ) -> None:
+        if session is None:
+            from ..session import Session
+
+            session = Session()
+        self.mount = mount
+        self.handler = handler
+        self.session = session
+        self.poll_interval = poll_interval
+        self.stats = ServerStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.closed_reason: BaseException | None = None
+
+    @property
+    def bufsize(self) -> int:
+        # Room for the largest request: WRITE header + max_write payload, or SETXATTR.
+        max_write = self.session.max_write or 0
+        return max(FUSE_MIN_READ_BUFFER, max_write + PAGE_SIZE, XATTR_SIZE_MAX + PAGE_SIZE)
+
+    def handle_one(self, timeout: float | None = None) -> bool:
+        """Serve at most one request. False when none arrived within ``timeout``."""
+        raw = self.mount.read_request(self.bufsize, timeout)
+        if raw is None:
+            return False
+        msg = ServedMessage(raw=raw)
+        self.stats.record(msg)
+        try:
+            request = self.session.feed_request(raw)
+        except (DecodeError, ProtocolError) as exc:
+            msg.failure = exc
+            self.stats.failures.append(exc)
+            return True
+        msg.request = request
+        if not self.session.expects_reply(request):
+            try:
+                self.handler(request)
+            except Exception as exc:  # a handler bug: record, keep serving
+                msg.failure = exc
+                self.stats.failures.append(exc)
+            return True
+        body: Any = None
+        error = 0
+        try:
+            body = self.handler(request)
+        except FuseprotoError as exc:
+            msg.failure = exc
+            self.stats.failures.append(exc)
+            error = -errno.EIO
+        except OSError as exc:
+            error = -(exc.errno or errno.EIO)
+        except Exception as exc:  # a handler bug: answer EIO so the caller is not stuck
+            msg.failure = exc
+            self.stats.failures.append(exc)
+            error = -errno.EIO
+        try:
+            reply = self.session.build_reply(request, None if error else body, error=error)
+        except FuseprotoError as exc:
+            msg.failure = exc
+            self.stats.failures.append(exc)
+            error = -errno.EIO
+            reply = self.session.build_reply(request, None, error=error)
+        msg.reply_raw = reply
+        msg.error = error
+        msg.accepted = self.mount.write_reply(reply)
+        return True
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`stop` or until the connection goes away."""
+        while not self._stop.is_set():
+            try:
+                self.handle_one(self.poll_interval)
+            except TransportError as exc:
+                self.closed_reason = exc
+                return
+
+    def start(self) -> DevFuseServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="devfuse-server",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TransportTimeout("devfuse server thread did not stop")
+            self._thread = None
+
+    def __enter__(self) -> DevFuseServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serve(
+    mountpoint: str | os.PathLike[str],
+    handler: Handler,
+    *,
+    session: Session | None = None,
+    **mount_options: Any,
+) -> Iterator[DevFuseServer]:
+    """Mount, serve in a thread, and always unmount, stop and close on exit."""
+    mount = DevFuseMount(mountpoint, **mount_options)
+    mount.open()
+    server = DevFuseServer(mount, handler, session=session)
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            mount.unmount()
+        finally:
+            try:
+                server.stop()
+            finally:
+                mount.close()
