@@ -78,9 +78,7 @@ def _load_libc() -> ctypes.CDLL:
 def sys_mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     """mount(2); raises OSError with the errno."""
     libc = _load_libc()
-    rc = libc.mount(
-        source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode()
-    )
+    rc = libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount({target!r}, {fstype!r}): {os.strerror(err)}")
@@ -166,8 +164,12 @@ class DevFuseMount:
     # -- life cycle ---------------------------------------------------------------------
 
     def mount_options(self, fd: int) -> str:
-        opts = [f"fd={fd}", f"rootmode={self.rootmode:o}", f"user_id={os.getuid()}",
-                f"group_id={os.getgid()}"]
+        opts = [
+            f"fd={fd}",
+            f"rootmode={self.rootmode:o}",
+            f"user_id={os.getuid()}",
+            f"group_id={os.getgid()}",
+        ]
         if self.allow_other:
             opts.append("allow_other")
         if self.default_permissions:
@@ -325,9 +327,7 @@ class DevFuseMount:
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return False
-            raise TransportError(
-                f"write of {len(data)} bytes to /dev/fuse failed: {exc}"
-            ) from exc
+            raise TransportError(f"write of {len(data)} bytes to /dev/fuse failed: {exc}") from exc
         if n != len(data):
             raise TransportError(f"short write to /dev/fuse: {n} of {len(data)}")
         return True
@@ -458,8 +458,9 @@ class DevFuseServer:
                 return
 
     def start(self) -> DevFuseServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="devfuse-server",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="devfuse-server", daemon=True
+        )
         self._thread.start()
         return self
 
