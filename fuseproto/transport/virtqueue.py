@@ -1,0 +1,261 @@
+"""Split virtqueues in memfd-backed "guest" memory (virtio 1.x, section 2.7).
+
+The frontend plays the driver: it owns the memory, writes descriptor chains and the avail
+ring, and reads the used ring the device (virtiofsd) fills. Nothing here knows FUSE: a
+request is a list of device-readable byte segments followed by device-writable areas.
+
+The ring layouts are fixed little-endian C structs read and written in place in shared
+memory on every request, so they are precompiled ``struct.Struct`` objects (the hot path),
+not construct schemas; the vhost-user *messages* are construct schemas (vhost_user.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import TransportError
+
+# virtio 1.x 2.7.5: struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
+VIRTQ_DESC = struct.Struct("<QIHH")
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+# 2.7.6: virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+# 2.7.8: virtq_used { le16 flags; le16 idx; virtq_used_elem ring[N]; le16 avail_event; }
+# virtq_used_elem { le32 id; le32 len; }
+VIRTQ_USED_ELEM = struct.Struct("<II")
+VIRTQ_USED_F_NO_NOTIFY = 1
+U16 = struct.Struct("<H")
+U64 = struct.Struct("<Q")
+
+PAGE = mmap.PAGESIZE
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) & ~(a - 1)
+
+
+class GuestMemory:
+    """One memfd, mapped here and handed to the daemon with SET_MEM_TABLE.
+
+    ``gpa_base`` is the guest-physical address of offset 0; ``uaddr_base`` is the address
+    the frontend reports as its own virtual address of offset 0 (the real mapping address,
+    as QEMU does), used in SET_VRING_ADDR.
+    """
+
+    def __init__(self, size: int, *, gpa_base: int = 0x4000_0000, name: str = "fuseproto-guest"):
+        self.size = _align(size, PAGE)
+        self.gpa_base = gpa_base
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            os.close(self.fd)
+            raise
+        probe = ctypes.c_char.from_buffer(self.mm)
+        self.uaddr_base = ctypes.addressof(probe)
+        del probe  # release the buffer export so the mapping can be closed later
+        self.view = memoryview(self.mm)
+        self._bump = 0
+        self._free: dict[int, list[int]] = {}
+
+    # -- allocation: power-of-two size classes with free lists (requests recycle fast) ----
+    def carve(self, size: int, align: int = PAGE) -> int:
+        """Permanently reserve ``size`` bytes (rings); returns the offset."""
+        off = _align(self._bump, align)
+        if off + size > self.size:
+            raise TransportError(f"guest memory exhausted ({self.size} bytes)")
+        self._bump = off + size
+        return off
+
+    def alloc(self, size: int) -> int:
+        cls = max(12, (max(size, 1) - 1).bit_length())
+        free = self._free.get(cls)
+        if free:
+            return free.pop()
+        return self.carve(1 << cls, 64)
+
+    def release(self, off: int, size: int) -> None:
+        cls = max(12, (max(size, 1) - 1).bit_length())
+        self._free.setdefault(cls, []).append(off)
+
+    def gpa(self, off: int) -> int:
+        return self.gpa_base + off
+
+    def uaddr(self, off: int) -> int:
+        return self.uaddr_base + off
+
+    def close(self) -> None:
+        if self.mm is None:
+            return
+        self.view.release()
+        self.mm.close()
+        os.close(self.fd)
+        self.mm = None  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class Inflight:
+    """One descriptor chain the device owns until it shows up in the used ring."""
+
+    head: int
+    descs: list[int]
+    buf_off: int
+    buf_size: int
+    in_off: int  # offset of the first device-writable byte
+    in_size: int
+    done: bool = False
+    used_len: int = 0
+    abandoned: bool = False  # the waiter gave up (timeout); free silently when used
+    queue: int = 0
+    tag: str | None = None  # what the caller calls it, for error messages
+    taken: bool = False
+
+
+class SplitVirtqueue:
+    """One split virtqueue of ``size`` entries laid out in ``mem``."""
+
+    def __init__(self, mem: GuestMemory, index: int, size: int = 256):
+        if size & (size - 1) or not 1 <= size <= 32768:
+            raise ValueError("queue size must be a power of two <= 32768")
+        self.mem = mem
+        self.index = index
+        self.size = size
+        self.desc_off = mem.carve(16 * size, PAGE)
+        self.avail_off = mem.carve(6 + 2 * size, 2)
+        self.used_off = mem.carve(6 + 8 * size, PAGE)
+        self._mm = mem.mm
+        self._free_desc = list(range(size - 1, -1, -1))
+        self._avail_idx = 0  # next avail index we publish (free-running u16)
+        self._last_used = 0  # next used index we consume
+        self.inflight: dict[int, Inflight] = {}
+        self.interrupts = True
+        self._avail_flags_off = self.avail_off
+        self._avail_idx_off = self.avail_off + 2
+        self._avail_ring_off = self.avail_off + 4
+        self._used_flags_off = self.used_off
+        self._used_idx_off = self.used_off + 2
+        self._used_ring_off = self.used_off + 4
+
+    # addresses for SET_VRING_ADDR (frontend virtual addresses, like QEMU's)
+    @property
+    def desc_uaddr(self) -> int:
+        return self.mem.uaddr(self.desc_off)
+
+    @property
+    def avail_uaddr(self) -> int:
+        return self.mem.uaddr(self.avail_off)
+
+    @property
+    def used_uaddr(self) -> int:
+        return self.mem.uaddr(self.used_off)
+
+    def free_descriptors(self) -> int:
+        return len(self._free_desc)
+
+    def set_interrupts(self, on: bool) -> None:
+        """Toggle VIRTQ_AVAIL_F_NO_INTERRUPT: off while busy-polling saves the daemon a
+        call-eventfd write per reply."""
+        if on != self.interrupts:
+            U16.pack_into(self._mm, self._avail_flags_off, 0 if on else VIRTQ_AVAIL_F_NO_INTERRUPT)
+            self.interrupts = on
+
+    def device_wants_kick(self) -> bool:
+        return not (U16.unpack_from(self._mm, self._used_flags_off)[0] & VIRTQ_USED_F_NO_NOTIFY)
+
+    def add(self, out: Sequence[bytes | bytearray | memoryview], in_sizes: Sequence[int]) -> Inflight:
+        """Write one chain: ``out`` device-readable segments then device-writable areas of
+        ``in_sizes`` bytes, and publish it in the avail ring (the caller kicks)."""
+        n = len(out) + len(in_sizes)
+        if n == 0:
+            raise ValueError("empty descriptor chain")
+        if n > len(self._free_desc):
+            raise TransportError(
+                f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
+            )
+        out_total = 0
+        for seg in out:
+            out_total += _align(len(seg), 8)
+        in_total = sum(in_sizes)
+        buf_size = out_total + in_total
+        mem = self.mem
+        buf = mem.alloc(buf_size)
+        mm = self._mm
+        descs = [self._free_desc.pop() for _ in range(n)]
+        pos = buf
+        i = 0
+        gpa_base = mem.gpa_base
+        pack_desc = VIRTQ_DESC.pack_into
+        desc_off = self.desc_off
+        for seg in out:
+            ln = len(seg)
+            mm[pos:pos + ln] = seg
+            nxt = descs[i + 1] if i + 1 < n else 0
+            pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
+                      VIRTQ_DESC_F_NEXT if i + 1 < n else 0, nxt)
+            pos += _align(ln, 8)
+            i += 1
+        in_off = pos
+        for ln in in_sizes:
+            nxt = descs[i + 1] if i + 1 < n else 0
+            pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
+                      VIRTQ_DESC_F_WRITE | (VIRTQ_DESC_F_NEXT if i + 1 < n else 0), nxt)
+            pos += ln
+            i += 1
+        head = descs[0]
+        req = Inflight(head, descs, buf, buf_size, in_off, in_total)
+        self.inflight[head] = req
+        U16.pack_into(mm, self._avail_ring_off + 2 * (self._avail_idx % self.size), head)
+        self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+        # x86 is TSO and these are plain stores in program order: the ring entry is
+        # visible before the index that publishes it.
+        U16.pack_into(mm, self._avail_idx_off, self._avail_idx)
+        return req
+
+    def has_used(self) -> bool:
+        return U16.unpack_from(self._mm, self._used_idx_off)[0] != self._last_used
+
+    def collect(self) -> list[Inflight]:
+        """Consume every new used-ring entry; returns the completed chains (abandoned
+        ones are freed and not returned)."""
+        mm = self._mm
+        used_idx = U16.unpack_from(mm, self._used_idx_off)[0]
+        if used_idx == self._last_used:
+            return []
+        out = []
+        pending = (used_idx - self._last_used) & 0xFFFF
+        if pending > self.size:
+            raise TransportError(
+                f"queue {self.index}: used.idx jumped by {pending} (queue size {self.size})"
+            )
+        unpack = VIRTQ_USED_ELEM.unpack_from
+        ring = self._used_ring_off
+        for _ in range(pending):
+            head, ln = unpack(mm, ring + 8 * (self._last_used % self.size))
+            self._last_used = (self._last_used + 1) & 0xFFFF
+            req = self.inflight.pop(head, None)
+            if req is None:
+                raise TransportError(f"queue {self.index}: used ring returned unknown head {head}")
+            req.done = True
+            req.used_len = ln
+            self._free_desc.extend(req.descs)
+            if req.abandoned:
+                self.mem.release(req.buf_off, req.buf_size)
+            else:
+                out.append(req)
+        return out
+
+    def take_reply(self, req: Inflight) -> bytes:
+        """Copy the device-written bytes out and free the chain's buffer."""
+        n = min(req.used_len, req.in_size)
+        data = self._mm[req.in_off:req.in_off + n]
+        self.mem.release(req.buf_off, req.buf_size)
+        return data
