@@ -1,0 +1,50 @@
+"""``fuseproto daemons install|list``: fetch and show the real virtiofsd builds."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("daemons", help="install and list real virtiofsd builds")
+    dsub = p.add_subparsers(dest="daemons_command", metavar="ACTION")
+    inst = dsub.add_parser("install", help="download and unpack virtiofsd (cached)")
+    inst.add_argument("kind", nargs="*", choices=["c", "rust"],
+                      help="which daemons (default: all)")
+    inst.set_defaults(func=_install)
+    ls = dsub.add_parser("list", help="show installed daemons")
+    ls.add_argument("--virtiofsd", metavar="PATH", help="also describe this build")
+    ls.set_defaults(func=_list)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _install(args: argparse.Namespace) -> int:
+    from ..errors import DaemonError
+    from ..transport import daemons
+
+    rc = 0
+    for kind in args.kind or daemons.KINDS:
+        try:
+            inst = daemons.install(kind)
+        except DaemonError as e:
+            print(f"{kind}: FAILED: {e}")
+            rc = 1
+            continue
+        print(f"{kind}: {daemons.version_text(inst)} ({inst.version}) {inst.binary}")
+    return rc
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ..transport import daemons
+
+    found = daemons.installed()
+    if args.virtiofsd:
+        found.append(daemons.Installation.from_path(args.virtiofsd))
+    if not found:
+        print(f"no daemons installed under {daemons.daemons_dir()}; "
+              "run `fuseproto daemons install`")
+        return 1
+    for inst in found:
+        loader = " (private glibc)" if inst.loader else ""
+        print(f"{inst.kind:5} {inst.version:28} {inst.binary}{loader}")
+    return 0
