@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("daemons", help="install and list real virtiofsd builds")
     dsub = p.add_subparsers(dest="daemons_command", metavar="ACTION")
     inst = dsub.add_parser("install", help="download and unpack virtiofsd (cached)")
-    inst.add_argument("kind", nargs="*", choices=["c", "rust"],
+    inst.add_argument("kind", nargs="*", metavar="{c,rust}",
                       help="which daemons (default: all)")
     inst.set_defaults(func=_install)
     ls = dsub.add_parser("list", help="show installed daemons")
@@ -23,6 +23,10 @@ def _install(args: argparse.Namespace) -> int:
     from ..transport import daemons
 
     rc = 0
+    unknown = [k for k in args.kind if k not in daemons.KINDS]
+    if unknown:
+        print(f"unknown daemon kind(s): {', '.join(unknown)} (one of {', '.join(daemons.KINDS)})")
+        return 2
     for kind in args.kind or daemons.KINDS:
         try:
             inst = daemons.install(kind)
