@@ -19,6 +19,7 @@ prefix) for random bytes, and the fast path equal to the construct.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import fuseh
@@ -173,6 +174,11 @@ def _strip(obj: object) -> object:
     return obj
 
 
+@functools.cache
+def _compiled(name: str) -> Construct:
+    return structs.ALL[name].compile()
+
+
 @pytest.mark.parametrize("name", sorted(structs.ALL))
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
@@ -186,6 +192,10 @@ def test_roundtrip(name: str, data: st.DataObject) -> None:
     assert _strip(fast_parsed) == _strip(parsed)
     assert fl.build(parsed) == raw
     assert con.build(fast_parsed) == raw
+    # construct's compiled form is a third implementation: it must agree too.
+    compiled = _compiled(name)
+    assert _strip(compiled.parse(raw)) == _strip(parsed)
+    assert compiled.build(parsed) == raw
 
 
 def _is_prefix(part: object, whole: object) -> bool:

@@ -16,11 +16,12 @@ never disagree.
 
 Special cases
 -------------
-* Flexible array members (``fuse_dirent.name``, ``fuse_supp_groups.groups``, and
-  ``fuse_direntplus.dirent.name`` through its nested dirent) are *not* part of the
-  construct: like C ``sizeof``, the construct covers the fixed part only. The member is
-  recorded in ``FLEX[struct] = (field, element_type)`` for ``messages.py``, which owns
-  variable-length bodies.
+* Flexible array members (``fuse_dirent.name``, ``fuse_supp_groups.groups``) are *not*
+  part of the construct: like C ``sizeof``, the construct covers the fixed part only
+  (``fuse_direntplus`` likewise ends with the fixed part of its nested ``dirent``). The
+  member is recorded in ``FLEX[struct] = (field, element_type)`` -- ``{"fuse_dirent":
+  ("name", "char"), "fuse_supp_groups": ("groups", "u32")}`` -- for ``messages.py``,
+  which owns variable-length bodies.
 * ``fuse_uring_cmd_req`` ends in an anonymous union ``{ struct {...} bufpool;
   uint16_t ent_zero_copy_buf_index; }``. ``bufpool`` (the widest member) carries the
   bytes; ``ent_zero_copy_buf_index`` is a ``Computed`` view of its first two bytes
