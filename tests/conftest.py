@@ -1,0 +1,2 @@
+# Shared fixtures. Append-only: each area adds its own import below.
+from fixtures_daemons import *  # noqa: F401,F403  (daemon/vhost-user fixtures)

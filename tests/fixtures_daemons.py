@@ -1,0 +1,121 @@
+"""Shared fixtures for tests that drive real virtiofsd daemons.
+
+Imported by ``tests/conftest.py``. Daemons are installed on first use (cached under
+``~/.cache/fuseproto/daemons``), so a fresh CI machine needs only network access to the
+Debian archive. Every fixture stops what it started by PID and removes its temporary
+directories even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fuseproto.transport import daemons
+
+DAEMON_KINDS = list(daemons.KINDS)
+
+
+@pytest.fixture(scope="session")
+def daemon_installations() -> dict[str, daemons.Installation]:
+    """Both daemons, installed if needed (once per test session)."""
+    return {kind: daemons.install(kind) for kind in DAEMON_KINDS}
+
+
+@pytest.fixture(params=DAEMON_KINDS)
+def daemon_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def installation(daemon_installations, daemon_kind) -> daemons.Installation:
+    return daemon_installations[daemon_kind]
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[str]:
+    """A temporary directory removed afterwards whatever happens (not pytest's retained
+    tmp_path: nothing of a daemon run may outlive the test)."""
+    path = tempfile.mkdtemp(prefix="fuseproto-test-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir(scratch_dir) -> str:
+    """The directory a daemon shares (inside scratch_dir, next to its socket)."""
+    path = os.path.join(scratch_dir, "shared")
+    os.mkdir(path)
+    return path
+
+
+@pytest.fixture
+def socket_path(scratch_dir) -> str:
+    return os.path.join(scratch_dir, "vhost.sock")
+
+
+@pytest.fixture
+def daemon(installation, shared_dir, socket_path) -> Iterator[daemons.Daemon]:
+    """A started daemon (not yet connected), stopped by PID afterwards."""
+    d = daemons.Daemon(installation, shared_dir, socket_path)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def vhost(daemon):
+    """A connected VhostUserTransport to ``daemon`` (closed afterwards, which also stops
+    the daemon)."""
+    from fuseproto.transport.vhost_user import VhostUserTransport
+
+    t = VhostUserTransport(daemon.socket_path, daemon=daemon, timeout=5.0)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def child_pids() -> set[int]:
+    """PIDs whose parent is this process (to catch leaked daemons)."""
+    me = os.getpid()
+    out = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{name}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == me:
+                out.add(int(name))
+    return out
+
+
+@pytest.fixture
+def no_leaks():
+    """Asserts that the test leaves no new fd, child process or socket file behind."""
+    fds_before = open_fds()
+    kids_before = child_pids()
+    yield
+    leaked_kids = child_pids() - kids_before
+    assert not leaked_kids, f"leaked child processes: {leaked_kids}"
+    # /proc/self/fd listing itself opens an fd; compare by number.
+    leaked = {fd for fd in open_fds() - fds_before
+              if os.path.exists(f"/proc/self/fd/{fd}")}
+    descr = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+             if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not descr, f"leaked fds: {descr}"

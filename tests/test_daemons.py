@@ -1,0 +1,127 @@
+"""The real daemons: installing, starting, exit/hang detection, stopping by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fuseproto.errors import DaemonError
+from fuseproto.transport import daemons
+
+pytestmark = pytest.mark.daemon
+
+
+def test_install_is_cached_and_runs(installation):
+    again = daemons.install(installation.kind)
+    assert again.binary == installation.binary
+    text = daemons.version_text(installation)
+    assert ("7.2" in text) if installation.kind == "c" else text.startswith("virtiofsd 1.13")
+    assert os.path.isabs(installation.binary) and os.access(installation.binary, os.X_OK)
+    if installation.kind == "rust" and daemons._glibc_version() < (2, 39):
+        assert installation.loader and os.path.exists(installation.loader)
+
+
+def test_cli_list_shows_both(daemon_installations):
+    out = subprocess.run([sys.executable, "-m", "fuseproto", "daemons", "list"],
+                         capture_output=True, text=True, check=True).stdout
+    for inst in daemon_installations.values():
+        assert inst.binary in out
+
+
+def test_from_path_guesses_kind(daemon_installations):
+    for kind, inst in daemon_installations.items():
+        if inst.loader:  # the binary needs its private loader; guessing would fail to exec
+            continue
+        assert daemons.Installation.from_path(inst.binary).kind == kind
+
+
+def test_start_creates_socket_and_stop_removes_it(no_leaks, installation, shared_dir, socket_path):
+    d = daemons.Daemon(installation, shared_dir, socket_path)
+    d.start()
+    try:
+        assert d.running() and os.path.exists(socket_path)
+        assert d.state() in ("S", "R")
+        assert "RUST_BACKTRACE" not in _environ(d.pid)
+    finally:
+        d.stop()
+    assert not d.running()
+    assert not os.path.exists(socket_path)
+    assert d.returncode is not None
+    d.cleanup()
+    assert not os.path.exists(d.log_path)
+
+
+def test_rust_backtrace_removed(no_leaks, installation, shared_dir, socket_path, monkeypatch):
+    monkeypatch.setenv("RUST_BACKTRACE", "1")
+    with daemons.Daemon(installation, shared_dir, socket_path) as d:
+        assert "RUST_BACKTRACE" not in _environ(d.pid)
+    d.cleanup()
+
+
+def test_exit_by_signal_is_described(no_leaks, installation, shared_dir, socket_path):
+    d = daemons.Daemon(installation, shared_dir, socket_path).start()
+    try:
+        d.signal(signal.SIGKILL)
+        assert d.wait_exit(5) is not None
+        assert d.returncode == -signal.SIGKILL
+        assert "SIGKILL (9)" in d.describe()
+        with pytest.raises(DaemonError, match="SIGKILL"):
+            d.check_alive()
+    finally:
+        d.cleanup()
+    assert not os.path.exists(socket_path)
+
+
+def test_stopped_daemon_is_reported_and_still_stoppable(no_leaks, installation, shared_dir,
+                                                         socket_path):
+    d = daemons.Daemon(installation, shared_dir, socket_path).start()
+    try:
+        d.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while d.state() not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "stopped" in d.describe()
+    finally:
+        d.cleanup()  # SIGTERM + SIGCONT, SIGKILL if needed
+    assert d.returncode is not None
+
+
+def test_exits_when_its_one_connection_closes(no_leaks, installation, shared_dir, socket_path):
+    """One daemon per session: closing the frontend connection ends the process."""
+    d = daemons.Daemon(installation, shared_dir, socket_path).start()
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(socket_path)
+        s.close()
+        assert d.wait_exit(5) is not None, d.describe()
+        assert d.returncode == 0, d.log_tail()
+    finally:
+        d.cleanup()
+
+
+def test_bad_shared_dir_fails_with_log(no_leaks, installation, scratch_dir, socket_path):
+    d = daemons.Daemon(installation, os.path.join(scratch_dir, "missing"), socket_path)
+    with pytest.raises(DaemonError) as ei:
+        d.start(timeout=5)
+    assert "exited" in str(ei.value) or "did not create" in str(ei.value)
+    d.cleanup()
+    assert not os.path.exists(socket_path)
+
+
+def test_socket_path_in_use_is_refused(no_leaks, installation, shared_dir, socket_path):
+    open(socket_path, "w").close()
+    with pytest.raises(DaemonError, match="already exists"):
+        daemons.Daemon(installation, shared_dir, socket_path).start()
+    os.unlink(socket_path)
+
+
+def _environ(pid: int) -> set[str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
