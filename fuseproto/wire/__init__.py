@@ -14,3 +14,28 @@ if _find_spec(f"{__name__}.codec") is not None:
     from . import codec  # noqa: F401
 
 __all__ = ["codec", "constants", "structs"]
+
+if _find_spec(f"{__name__}.codec") is not None:
+    from .codec import (  # noqa: F401
+        Notification,
+        Reply,
+        Request,
+        decode_notification,
+        decode_reply,
+        decode_request,
+        encode_notification,
+        encode_reply,
+        encode_request,
+    )
+
+    __all__ += [
+        "Notification",
+        "Reply",
+        "Request",
+        "decode_notification",
+        "decode_reply",
+        "decode_request",
+        "encode_notification",
+        "encode_reply",
+        "encode_request",
+    ]

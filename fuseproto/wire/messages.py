@@ -116,10 +116,10 @@ Rules
   16 bytes only when FUSE_SETXATTR_EXT was negotiated (the ``flags`` argument: the 64-bit
   INIT flags), else 8. INIT is self-describing because it *is* the negotiation: the
   ``fuse_init_in`` body may be 8, 16 (before 7.36) or 64 bytes and ``fuse_init_out`` 8,
-  24 (before 7.23) or 64 bytes, and the Container holds exactly the fields present; building
-  picks the longest form whose top-level fields are all in the body. A compat-size body
-  holds only the fields of its prefix (``fuse_entry_out`` at 120 bytes has ``attr`` up to
-  ``rdev``).
+  24 (before 7.23) or 64 bytes, and the Container holds exactly the fields present;
+  building picks the shortest form that holds every field given (give ``flags2`` for the
+  full one). A compat-size body holds only the fields of its prefix (``fuse_entry_out`` at
+  120 bytes has ``attr`` up to ``rdev``).
 * The request extension area (``total_extlen`` 8-byte units at the end of a request) is a
   list of records, see :func:`parse_ext`.
 """
@@ -128,7 +128,7 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from construct import (
@@ -326,7 +326,9 @@ class Part:
 
     fields: tuple[str, ...] = ()
 
-    def parse(self, buf: bytes, off: int, end: int, body: Container | None) -> tuple[int, Container]:
+    def parse(
+        self, buf: bytes, off: int, end: int, body: Container | None
+    ) -> tuple[int, Container]:
         raise NotImplementedError
 
     def subcons(self) -> list[Construct]:
@@ -354,7 +356,8 @@ class Fixed(Part):
         if end - off < self.size:
             raise TruncatedError(
                 f"{self.struct_name} needs {self.size} bytes, {end - off} present",
-                offset=end, path=self.struct_name,
+                offset=end,
+                path=self.struct_name,
             )
         c = self._parse(buf, off)
         if body is None:
@@ -380,7 +383,8 @@ class AnySize(Part):
         if v is None:
             raise LengthMismatchError(
                 f"{self.struct_name} is {end - off} bytes, not one of {self.sizes}",
-                offset=off, path=self.struct_name,
+                offset=off,
+                path=self.struct_name,
             )
         return v.parse(buf, off, end, body)
 
@@ -395,6 +399,7 @@ class _BySize(Construct):
         super().__init__()
         self.part = part
         self.cons = {n: Struct(*v.subcons(), Terminated) for n, v in part.variants.items()}
+        self.all_fields = set(part.variants[max(part.sizes)].fields)
 
     def _parse(self, stream, context, path):
         here = stream.tell()
@@ -406,11 +411,10 @@ class _BySize(Construct):
 
     def _build(self, obj, stream, context, path):
         keys = {k for k, v in obj.items() if v is not None}
-        best = min(self.part.sizes)
-        for n in self.part.sizes:
-            if set(self.part.variants[n].fields) <= keys:
-                best = n
-        return self.cons[best]._build(obj, stream, context, path)
+        for n in self.part.sizes:  # ascending: the shortest form holding every given field
+            if keys & self.all_fields <= set(self.part.variants[n].fields):
+                break
+        return self.cons[n]._build(obj, stream, context, path)
 
 
 class Name(Part):
@@ -446,11 +450,12 @@ class NameN(Part):
         if end - off != n + 1:
             raise LengthMismatchError(
                 f"{self.len_field}={n} but {end - off} bytes follow (name + NUL)",
-                offset=off, path=self.len_field,
+                offset=off,
+                path=self.len_field,
             )
         if buf[off + n] != 0:
             raise DecodeError("name not NUL-terminated", offset=off + n, path=self.field)
-        body[self.field] = buf[off:off + n]
+        body[self.field] = buf[off : off + n]
         return end, body
 
     def subcons(self):
@@ -475,7 +480,8 @@ class Sized(Part):
         if end - off != n:
             raise LengthMismatchError(
                 f"{self.size_field}={n} but {end - off} bytes present",
-                offset=off, path=self.size_field,
+                offset=off,
+                path=self.size_field,
             )
         body[self.field] = buf[off:end]
         return end, body
@@ -536,12 +542,14 @@ class Counted(Part):
         if self.limit is not None and n > self.limit:
             raise LimitExceededError(
                 f"{self.count_field}={n} above the maximum {self.limit}",
-                offset=off, path=self.count_field,
+                offset=off,
+                path=self.count_field,
             )
         if end - off != n * self.isize:
             raise LengthMismatchError(
                 f"{self.count_field}={n} needs {n * self.isize} bytes, {end - off} present",
-                offset=off, path=self.count_field,
+                offset=off,
+                path=self.count_field,
             )
         if self.fl is None:
             items = ListContainer(_struct.unpack_from(f"<{n}Q", buf, off))
@@ -555,7 +563,9 @@ class Counted(Part):
         cf, isz, lim = self.count_field, self.isize, self.limit
         out = []
         if lim is not None:
-            out.append(_Check(lambda c, rem: c[cf] <= lim, "count above maximum", LimitExceededError))
+            out.append(
+                _Check(lambda c, rem: c[cf] <= lim, "count above maximum", LimitExceededError)
+            )
         out.append(_Check(lambda c, rem: rem == c[cf] * isz, "count mismatch", LengthMismatchError))
         item = Int64ul if self.item == "u64" else Struct(*_defaulted(structs.ALL[self.item]))
         out.append(self.field / Array(this[cf], item))
@@ -589,10 +599,11 @@ class Dirents(Part):
             rec_end = off + _align8(hsize + namelen)
             if rec_end > end:
                 raise TruncatedError(
-                    f"dirent namelen={namelen} runs past the reply", offset=end,
+                    f"dirent namelen={namelen} runs past the reply",
+                    offset=end,
                     path="entries.namelen",
                 )
-            d["name"] = buf[off + hsize:name_end]
+            d["name"] = buf[off + hsize : name_end]
             rec["pad"] = buf[name_end:rec_end]
             items.append(rec)
             off = rec_end
@@ -603,8 +614,10 @@ class Dirents(Part):
 
     def subcons(self):
         if self.plus:
-            dirent = Struct(*_defaulted(structs.fuse_dirent, {"namelen": lambda c: len(c.name)}),
-                            "name" / Bytes(this.namelen))
+            dirent = Struct(
+                *_defaulted(structs.fuse_dirent, {"namelen": lambda c: len(c.name)}),
+                "name" / Bytes(this.namelen),
+            )
             rec = Struct(
                 "entry_out" / Struct(*_defaulted(structs.fuse_entry_out)),
                 "dirent" / dirent,
@@ -637,7 +650,8 @@ class IoctlOut(Part):
             if end - off != 16 * (n_in + n_out):
                 raise LengthMismatchError(
                     f"{n_in}+{n_out} iovecs need {16 * (n_in + n_out)} bytes, {end - off} present",
-                    offset=off, path="in_iovs",
+                    offset=off,
+                    path="in_iovs",
                 )
             p = _IOVEC.parse
             mid = off + 16 * n_in
@@ -654,12 +668,19 @@ class IoctlOut(Part):
         retry = lambda c: bool(c.flags & FUSE_IOCTL_RETRY)  # noqa: E731
         iovec = Struct(*_defaulted(structs.fuse_ioctl_iovec))
         return [
-            _Check(lambda c, rem: not retry(c) or c.in_iovs + c.out_iovs <= C.FUSE_IOCTL_MAX_IOV,
-                   "too many iovecs", LimitExceededError),
-            _Check(lambda c, rem: not retry(c) or rem == 16 * (c.in_iovs + c.out_iovs),
-                   "iovec count mismatch", LengthMismatchError),
+            _Check(
+                lambda c, rem: not retry(c) or c.in_iovs + c.out_iovs <= C.FUSE_IOCTL_MAX_IOV,
+                "too many iovecs",
+                LimitExceededError,
+            ),
+            _Check(
+                lambda c, rem: not retry(c) or rem == 16 * (c.in_iovs + c.out_iovs),
+                "iovec count mismatch",
+                LengthMismatchError,
+            ),
             "in_iov" / _Derived(Array(lambda c: c.in_iovs if retry(c) else 0, iovec), lambda c: []),
-            "out_iov" / _Derived(Array(lambda c: c.out_iovs if retry(c) else 0, iovec), lambda c: []),
+            "out_iov"
+            / _Derived(Array(lambda c: c.out_iovs if retry(c) else 0, iovec), lambda c: []),
             "data" / _Derived(_Greedy(), lambda c: b""),
         ]
 
@@ -694,7 +715,7 @@ _INIT_IN_SIZES = (*structs.COMPAT_SIZES["fuse_init_in"], structs.fuse_init_in.si
 _INIT_OUT_SIZES = (*structs.COMPAT_SIZES["fuse_init_out"], structs.fuse_init_out.sizeof())
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _request_parts(opcode: int, minor: int, setxattr_ext: bool) -> tuple[Part, ...] | None:
     F = Fixed  # noqa: N806
     if opcode in (_OP.FUSE_LOOKUP, _OP.FUSE_UNLINK, _OP.FUSE_RMDIR, _OP.FUSE_REMOVEXATTR):
@@ -702,21 +723,35 @@ def _request_parts(opcode: int, minor: int, setxattr_ext: bool) -> tuple[Part, .
     if opcode in (_OP.FUSE_READLINK, _OP.FUSE_STATFS, _OP.FUSE_DESTROY):
         return ()
     simple = {
-        _OP.FUSE_FORGET: "fuse_forget_in", _OP.FUSE_GETATTR: "fuse_getattr_in",
-        _OP.FUSE_SETATTR: "fuse_setattr_in", _OP.FUSE_OPEN: "fuse_open_in",
-        _OP.FUSE_OPENDIR: "fuse_open_in", _OP.FUSE_READ: "fuse_read_in",
-        _OP.FUSE_READDIR: "fuse_read_in", _OP.FUSE_READDIRPLUS: "fuse_read_in",
-        _OP.FUSE_RELEASE: "fuse_release_in", _OP.FUSE_RELEASEDIR: "fuse_release_in",
-        _OP.FUSE_FSYNC: "fuse_fsync_in", _OP.FUSE_FSYNCDIR: "fuse_fsync_in",
-        _OP.FUSE_LISTXATTR: "fuse_getxattr_in", _OP.FUSE_FLUSH: "fuse_flush_in",
-        _OP.FUSE_GETLK: "fuse_lk_in", _OP.FUSE_SETLK: "fuse_lk_in", _OP.FUSE_SETLKW: "fuse_lk_in",
-        _OP.FUSE_ACCESS: "fuse_access_in", _OP.FUSE_INTERRUPT: "fuse_interrupt_in",
-        _OP.FUSE_BMAP: "fuse_bmap_in", _OP.FUSE_POLL: "fuse_poll_in",
-        _OP.FUSE_FALLOCATE: "fuse_fallocate_in", _OP.FUSE_LSEEK: "fuse_lseek_in",
+        _OP.FUSE_FORGET: "fuse_forget_in",
+        _OP.FUSE_GETATTR: "fuse_getattr_in",
+        _OP.FUSE_SETATTR: "fuse_setattr_in",
+        _OP.FUSE_OPEN: "fuse_open_in",
+        _OP.FUSE_OPENDIR: "fuse_open_in",
+        _OP.FUSE_READ: "fuse_read_in",
+        _OP.FUSE_READDIR: "fuse_read_in",
+        _OP.FUSE_READDIRPLUS: "fuse_read_in",
+        _OP.FUSE_RELEASE: "fuse_release_in",
+        _OP.FUSE_RELEASEDIR: "fuse_release_in",
+        _OP.FUSE_FSYNC: "fuse_fsync_in",
+        _OP.FUSE_FSYNCDIR: "fuse_fsync_in",
+        _OP.FUSE_LISTXATTR: "fuse_getxattr_in",
+        _OP.FUSE_FLUSH: "fuse_flush_in",
+        _OP.FUSE_GETLK: "fuse_lk_in",
+        _OP.FUSE_SETLK: "fuse_lk_in",
+        _OP.FUSE_SETLKW: "fuse_lk_in",
+        _OP.FUSE_ACCESS: "fuse_access_in",
+        _OP.FUSE_INTERRUPT: "fuse_interrupt_in",
+        _OP.FUSE_BMAP: "fuse_bmap_in",
+        _OP.FUSE_POLL: "fuse_poll_in",
+        _OP.FUSE_FALLOCATE: "fuse_fallocate_in",
+        _OP.FUSE_LSEEK: "fuse_lseek_in",
         _OP.FUSE_COPY_FILE_RANGE: "fuse_copy_file_range_in",
         _OP.FUSE_COPY_FILE_RANGE_64: "fuse_copy_file_range_in",
-        _OP.FUSE_SETUPMAPPING: "fuse_setupmapping_in", _OP.FUSE_SYNCFS: "fuse_syncfs_in",
-        _OP.FUSE_STATX: "fuse_statx_in", _OP.CUSE_INIT: "cuse_init_in",
+        _OP.FUSE_SETUPMAPPING: "fuse_setupmapping_in",
+        _OP.FUSE_SYNCFS: "fuse_syncfs_in",
+        _OP.FUSE_STATX: "fuse_statx_in",
+        _OP.CUSE_INIT: "cuse_init_in",
     }
     if opcode in simple:
         return (F(simple[opcode]),)
@@ -738,8 +773,11 @@ def _request_parts(opcode: int, minor: int, setxattr_ext: bool) -> tuple[Part, .
         return (F("fuse_write_in", size, {"size": _len_of("data")}), Sized("data", "size"))
     if opcode == _OP.FUSE_SETXATTR:
         size = None if setxattr_ext else C.FUSE_COMPAT_SETXATTR_IN_SIZE
-        return (F("fuse_setxattr_in", size, {"size": _len_of("value")}), Name(),
-                Sized("value", "size"))
+        return (
+            F("fuse_setxattr_in", size, {"size": _len_of("value")}),
+            Name(),
+            Sized("value", "size"),
+        )
     if opcode == _OP.FUSE_GETXATTR:
         return (F("fuse_getxattr_in"), Name())
     if opcode == _OP.FUSE_INIT:
@@ -749,15 +787,22 @@ def _request_parts(opcode: int, minor: int, setxattr_ext: bool) -> tuple[Part, .
     if opcode == _OP.FUSE_IOCTL:
         return (F("fuse_ioctl_in", None, {"in_size": _len_of("data")}), Sized("data", "in_size"))
     if opcode == _OP.FUSE_NOTIFY_REPLY:
-        return (F("fuse_notify_retrieve_in", None, {"size": _len_of("data")}),
-                Sized("data", "size"))
+        return (
+            F("fuse_notify_retrieve_in", None, {"size": _len_of("data")}),
+            Sized("data", "size"),
+        )
     if opcode == _OP.FUSE_BATCH_FORGET:
-        return (F("fuse_batch_forget_in", None, {"count": _count_of("entries")}),
-                Counted("entries", "count", "fuse_forget_one"))
+        return (
+            F("fuse_batch_forget_in", None, {"count": _count_of("entries")}),
+            Counted("entries", "count", "fuse_forget_one"),
+        )
     if opcode == _OP.FUSE_REMOVEMAPPING:
-        return (F("fuse_removemapping_in", None, {"count": _count_of("entries")}),
-                Counted("entries", "count", "fuse_removemapping_one",
-                        limit=C.FUSE_REMOVEMAPPING_MAX_ENTRY))
+        return (
+            F("fuse_removemapping_in", None, {"count": _count_of("entries")}),
+            Counted(
+                "entries", "count", "fuse_removemapping_one", limit=C.FUSE_REMOVEMAPPING_MAX_ENTRY
+            ),
+        )
     return None
 
 
@@ -771,16 +816,33 @@ def request_parts(opcode: int, minor: int = 46, flags: int = 0) -> tuple[Part, .
 
 _ENTRY_REPLY = (_OP.FUSE_LOOKUP, _OP.FUSE_SYMLINK, _OP.FUSE_MKNOD, _OP.FUSE_MKDIR, _OP.FUSE_LINK)
 _EMPTY_REPLY = (
-    _OP.FUSE_FORGET, _OP.FUSE_UNLINK, _OP.FUSE_RMDIR, _OP.FUSE_RENAME, _OP.FUSE_RELEASE,
-    _OP.FUSE_FSYNC, _OP.FUSE_SETXATTR, _OP.FUSE_REMOVEXATTR, _OP.FUSE_FLUSH,
-    _OP.FUSE_RELEASEDIR, _OP.FUSE_FSYNCDIR, _OP.FUSE_SETLK, _OP.FUSE_SETLKW,
-    _OP.FUSE_ACCESS, _OP.FUSE_INTERRUPT, _OP.FUSE_DESTROY, _OP.FUSE_NOTIFY_REPLY,
-    _OP.FUSE_BATCH_FORGET, _OP.FUSE_FALLOCATE, _OP.FUSE_RENAME2, _OP.FUSE_SETUPMAPPING,
-    _OP.FUSE_REMOVEMAPPING, _OP.FUSE_SYNCFS,
+    _OP.FUSE_FORGET,
+    _OP.FUSE_UNLINK,
+    _OP.FUSE_RMDIR,
+    _OP.FUSE_RENAME,
+    _OP.FUSE_RELEASE,
+    _OP.FUSE_FSYNC,
+    _OP.FUSE_SETXATTR,
+    _OP.FUSE_REMOVEXATTR,
+    _OP.FUSE_FLUSH,
+    _OP.FUSE_RELEASEDIR,
+    _OP.FUSE_FSYNCDIR,
+    _OP.FUSE_SETLK,
+    _OP.FUSE_SETLKW,
+    _OP.FUSE_ACCESS,
+    _OP.FUSE_INTERRUPT,
+    _OP.FUSE_DESTROY,
+    _OP.FUSE_NOTIFY_REPLY,
+    _OP.FUSE_BATCH_FORGET,
+    _OP.FUSE_FALLOCATE,
+    _OP.FUSE_RENAME2,
+    _OP.FUSE_SETUPMAPPING,
+    _OP.FUSE_REMOVEMAPPING,
+    _OP.FUSE_SYNCFS,
 )
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _reply_parts(opcode: int, minor: int, xattr_size: int | None) -> tuple[Part, ...] | None:
     F = Fixed  # noqa: N806
     if opcode in _ENTRY_REPLY:
@@ -834,7 +896,9 @@ def _reply_parts(opcode: int, minor: int, xattr_size: int | None) -> tuple[Part,
     return None
 
 
-def reply_parts(opcode: int, minor: int = 46, xattr_size: int | None = None) -> tuple[Part, ...] | None:
+def reply_parts(
+    opcode: int, minor: int = 46, xattr_size: int | None = None
+) -> tuple[Part, ...] | None:
     """The parts of ``opcode``'s reply body (None: unknown opcode, raw bytes).
 
     ``xattr_size`` is the GETXATTR/LISTXATTR request's ``size``: 0 selects
@@ -845,7 +909,7 @@ def reply_parts(opcode: int, minor: int = 46, xattr_size: int | None = None) -> 
     return _reply_parts(int(opcode), int(minor), xattr_size)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _notification_parts(code: int) -> tuple[Part, ...] | None:
     N = _NC  # noqa: N806
     F = Fixed  # noqa: N806
@@ -854,21 +918,26 @@ def _notification_parts(code: int) -> tuple[Part, ...] | None:
     if code == N.FUSE_NOTIFY_INVAL_INODE:
         return (F("fuse_notify_inval_inode_out"),)
     if code == N.FUSE_NOTIFY_INVAL_ENTRY:
-        return (F("fuse_notify_inval_entry_out", None, {"namelen": _len_of("name")}),
-                NameN("name", "namelen"))
+        return (
+            F("fuse_notify_inval_entry_out", None, {"namelen": _len_of("name")}),
+            NameN("name", "namelen"),
+        )
     if code == N.FUSE_NOTIFY_STORE:
-        return (F("fuse_notify_store_out", None, {"size": _len_of("data")}),
-                Sized("data", "size"))
+        return (F("fuse_notify_store_out", None, {"size": _len_of("data")}), Sized("data", "size"))
     if code == N.FUSE_NOTIFY_RETRIEVE:
         return (F("fuse_notify_retrieve_out"),)
     if code == N.FUSE_NOTIFY_DELETE:
-        return (F("fuse_notify_delete_out", None, {"namelen": _len_of("name")}),
-                NameN("name", "namelen"))
+        return (
+            F("fuse_notify_delete_out", None, {"namelen": _len_of("name")}),
+            NameN("name", "namelen"),
+        )
     if code in (N.FUSE_NOTIFY_RESEND, N.FUSE_NOTIFY_INC_EPOCH):
         return ()
     if code == N.FUSE_NOTIFY_PRUNE:
-        return (F("fuse_notify_prune_out", None, {"count": _count_of("entries")}),
-                Counted("entries", "count", "u64"))
+        return (
+            F("fuse_notify_prune_out", None, {"count": _count_of("entries")}),
+            Counted("entries", "count", "u64"),
+        )
     return None
 
 
@@ -944,25 +1013,28 @@ def parse_ext(buf: bytes, off: int, end: int) -> list[Container]:
         if size < 8 or size % 8 or size > end - off:
             raise LengthMismatchError(
                 f"extension size {size} (must be 8..{end - off}, a multiple of 8)",
-                offset=off, path="ext.size",
+                offset=off,
+                path="ext.size",
             )
         rend = off + size
         p = off + 8
         rec = Container(size=size, type=typ)
         if typ == FUSE_EXT_GROUPS:
             if rend - p < 4:
-                raise TruncatedError("fuse_supp_groups without nr_groups", offset=p,
-                                     path="ext.nr_groups")
+                raise TruncatedError(
+                    "fuse_supp_groups without nr_groups", offset=p, path="ext.nr_groups"
+                )
             (n,) = _U32.unpack_from(buf, p)
             p += 4
             if not 0 <= rend - p - 4 * n < 8:
                 raise LengthMismatchError(
-                    f"nr_groups={n} does not fit extension size {size}", offset=p,
+                    f"nr_groups={n} does not fit extension size {size}",
+                    offset=p,
                     path="ext.nr_groups",
                 )
             rec["nr_groups"] = n
             rec["groups"] = ListContainer(_struct.unpack_from(f"<{n}I", buf, p))
-            rec["pad"] = buf[p + 4 * n:rend]
+            rec["pad"] = buf[p + 4 * n : rend]
         elif typ <= FUSE_MAX_NR_SECCTX:
             ctxs = ListContainer()
             for _ in range(typ):
@@ -972,23 +1044,29 @@ def parse_ext(buf: bytes, off: int, end: int) -> list[Container]:
                 q = p + 8
                 i = buf.find(b"\0", q, rend)
                 if i < 0:
-                    raise TruncatedError("secctx name without NUL", offset=rend,
-                                         path="ext.secctx.name")
+                    raise TruncatedError(
+                        "secctx name without NUL", offset=rend, path="ext.secctx.name"
+                    )
                 name = buf[q:i]
                 q = i + 1
                 cend = q + csize
                 pend = p + _align8(cend - p)
                 if pend > rend:
                     raise LengthMismatchError(
-                        f"secctx size {csize} runs past the extension", offset=q,
+                        f"secctx size {csize} runs past the extension",
+                        offset=q,
                         path="ext.secctx.size",
                     )
-                ctxs.append(Container(size=csize, padding=cpad, name=name, ctx=buf[q:cend],
-                                      pad=buf[cend:pend]))
+                ctxs.append(
+                    Container(
+                        size=csize, padding=cpad, name=name, ctx=buf[q:cend], pad=buf[cend:pend]
+                    )
+                )
                 p = pend
             if p != rend:
                 raise LengthMismatchError(
-                    f"{rend - p} bytes after {typ} security contexts", offset=p,
+                    f"{rend - p} bytes after {typ} security contexts",
+                    offset=p,
                     path="ext.size",
                 )
             rec["secctx"] = ctxs

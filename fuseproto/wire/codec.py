@@ -1,0 +1,419 @@
+"""Encode and decode whole FUSE messages (see docs/CONTRACTS.md and ``messages``).
+
+Decoding is eager and uses the fast path: ``struct.unpack_from`` for ``fuse_in_header`` /
+``fuse_out_header`` and for every fixed part of a body (``structs.FAST``), slicing for names
+and data, and the per-part checks of :mod:`.messages`. Everything is validated before the
+message is returned, so a decoder returns a complete message or raises
+:class:`~fuseproto.errors.DecodeError` (a subclass where one fits), never anything else:
+any other exception escaping is translated at this boundary and counts as a bug (the
+fuzzers look for the translation's ``__cause__``).
+
+Encoding builds with the declarative construct of :mod:`.messages`; ``len``,
+``total_extlen`` and every count/size field are derived unless given (``length=``,
+``total_extlen=``, or the field present in the body), so a fuzzer can lie.
+
+Checks made on decode
+---------------------
+* ``fuse_in_header.len`` / ``fuse_out_header.len`` must equal ``len(data)``
+  (LengthMismatchError); fewer bytes than a header is TruncatedError.
+* Requests: ``total_extlen * 8`` bytes at the end are the extension area and must fit after
+  the header; the body is what lies between.
+* Replies: ``error != 0`` means the reply is the header alone (TrailingDataError otherwise)
+  and ``body`` is None. With a decoded :class:`Request`, a READ/READDIR/READDIRPLUS reply,
+  GETXATTR/LISTXATTR value and IOCTL out data longer than the request's ``size`` /
+  ``out_size`` is LimitExceededError (the kernel rejects those too).
+* Notifications: ``unique`` must be 0 and ``error`` (the code) positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from construct import ConstructError, Container
+
+from ..errors import (
+    DecodeError,
+    EncodeError,
+    LengthMismatchError,
+    LimitExceededError,
+    TrailingDataError,
+    TruncatedError,
+)
+from . import constants as C
+from . import messages, structs
+
+__all__ = [
+    "Request",
+    "Reply",
+    "Notification",
+    "decode_request",
+    "decode_reply",
+    "decode_notification",
+    "encode_request",
+    "encode_reply",
+    "encode_notification",
+]
+
+_IN = structs.FAST["fuse_in_header"]
+_OUT = structs.FAST["fuse_out_header"]
+_IN_SIZE = _IN.size
+_OUT_SIZE = _OUT.size
+_in_unpack = _IN.struct.unpack_from
+_out_unpack = _OUT.struct.unpack_from
+_IN_FIELDS = _IN.fields
+_OUT_FIELDS = _OUT.fields
+
+_OPCODES: dict[int, C.fuse_opcode] = {int(m): m for m in C.fuse_opcode}
+_CODES: dict[int, C.fuse_notify_code] = {int(m): m for m in C.fuse_notify_code}
+_OP = C.fuse_opcode
+# Replies whose data may not exceed the request's fuse_read_in.size (the kernel's limit).
+_SIZE_LIMITED = (_OP.FUSE_READ, _OP.FUSE_READDIR, _OP.FUSE_READDIRPLUS)
+_XATTR = (_OP.FUSE_GETXATTR, _OP.FUSE_LISTXATTR)
+
+
+class Request:
+    """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``."""
+
+    __slots__ = ("header", "opcode", "body", "ext", "raw")
+
+    def __init__(self, header: Container, opcode: Any, body: Any, ext: list, raw: bytes):
+        self.header = header
+        self.opcode = opcode
+        self.body = body
+        self.ext = ext
+        self.raw = raw
+
+    @property
+    def unique(self) -> int:
+        return self.header["unique"]
+
+    @property
+    def nodeid(self) -> int:
+        return self.header["nodeid"]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (self.header, self.opcode, self.body, self.ext) == (
+            other.header,
+            other.opcode,
+            other.body,
+            other.ext,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        name = getattr(self.opcode, "name", self.opcode)
+        return f"Request({name}, unique={self.unique}, nodeid={self.nodeid}, body={self.body!r})"
+
+
+class Reply:
+    """A decoded reply: ``header`` (fuse_out_header), ``error``, ``body`` (None on error)."""
+
+    __slots__ = ("header", "opcode", "body", "raw", "request")
+
+    def __init__(self, header: Container, opcode: Any, body: Any, raw: bytes, request: Any):
+        self.header = header
+        self.opcode = opcode
+        self.body = body
+        self.raw = raw
+        self.request = request
+
+    @property
+    def error(self) -> int:
+        return self.header["error"]
+
+    @property
+    def unique(self) -> int:
+        return self.header["unique"]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reply):
+            return NotImplemented
+        return (self.header, self.opcode, self.body) == (other.header, other.opcode, other.body)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        name = getattr(self.opcode, "name", self.opcode)
+        return f"Reply({name}, unique={self.unique}, error={self.error}, body={self.body!r})"
+
+
+class Notification:
+    """A decoded notification: ``code`` (fuse_notify_code or int), ``header``, ``body``."""
+
+    __slots__ = ("header", "code", "body", "raw")
+
+    def __init__(self, header: Container, code: Any, body: Any, raw: bytes):
+        self.header = header
+        self.code = code
+        self.body = body
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Notification):
+            return NotImplemented
+        return (self.header, self.code, self.body) == (other.header, other.code, other.body)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        name = getattr(self.code, "name", self.code)
+        return f"Notification({name}, body={self.body!r})"
+
+
+def _as_bytes(data: Any) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"expected bytes, got {type(data).__name__}")
+
+
+def _bug(e: Exception, where: str) -> DecodeError:
+    # Only reached if a check above missed a case: still honour the contract, keep the cause.
+    err = DecodeError(f"{type(e).__name__}: {e}", path=where)
+    err.__cause__ = e
+    return err
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
+    """Decode one request (a fuse_in_header and what follows) sent at protocol ``minor``.
+
+    ``flags`` is the negotiated 64-bit INIT flags (``flags | flags2 << 32``); only
+    FUSE_SETXATTR_EXT changes a layout (fuse_setxattr_in is 16 bytes, else 8).
+    """
+    data = _as_bytes(data)
+    n = len(data)
+    if n < _IN_SIZE:
+        raise TruncatedError(
+            f"{n} bytes, fuse_in_header needs {_IN_SIZE}", offset=n, path="fuse_in_header"
+        )
+    try:
+        v = _in_unpack(data, 0)
+        if v[0] != n:
+            raise LengthMismatchError(
+                f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_in_header.len"
+            )
+        header = Container(zip(_IN_FIELDS, v, strict=True))
+        end = n - 8 * v[7]
+        if end < _IN_SIZE:
+            raise LengthMismatchError(
+                f"total_extlen={v[7]} ({8 * v[7]} bytes) exceeds the {n - _IN_SIZE} after the header",
+                offset=34,
+                path="fuse_in_header.total_extlen",
+            )
+        op = v[1]
+        parts = messages._request_parts(op, minor, bool(flags & messages.FUSE_SETXATTR_EXT))
+        if parts is None:
+            body: Any = data[_IN_SIZE:end]
+        else:
+            body = messages.parse_parts(parts, data, _IN_SIZE, end)
+        ext = messages.parse_ext(data, end, n) if end != n else []
+        return Request(header, _OPCODES.get(op, op), body, ext, data)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the contract: DecodeError only
+        raise _bug(e, "request") from e
+
+
+def _reply_context(request: Any) -> tuple[int, Any]:
+    """(opcode, decoded request body or None) from a Request or an opcode."""
+    if isinstance(request, Request):
+        return int(request.opcode), request.body
+    return int(request), None
+
+
+def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
+    """Decode one reply to ``request`` (a :class:`Request`, or an opcode).
+
+    With only an opcode, GETXATTR/LISTXATTR replies decode as a raw ``value`` (their shape
+    depends on the request's ``size``) and reply sizes are not checked against the request.
+    """
+    data = _as_bytes(data)
+    op, rbody = _reply_context(request)
+    n = len(data)
+    if n < _OUT_SIZE:
+        raise TruncatedError(
+            f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
+        )
+    try:
+        v = _out_unpack(data, 0)
+        if v[0] != n:
+            raise LengthMismatchError(
+                f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_out_header.len"
+            )
+        header = Container(zip(_OUT_FIELDS, v, strict=True))
+        opcode = _OPCODES.get(op, op)
+        if v[1] != 0:
+            if n != _OUT_SIZE:
+                raise TrailingDataError(
+                    f"error reply carries {n - _OUT_SIZE} body bytes",
+                    offset=_OUT_SIZE,
+                    path="body",
+                )
+            return Reply(header, opcode, None, data, request)
+        xsize = None
+        if rbody is not None and op in _XATTR and isinstance(rbody, Mapping):
+            xsize = rbody.get("size")
+        parts = messages.reply_parts(op, minor, xsize)
+        body = messages.parse_parts(parts, data, _OUT_SIZE, n)
+        if rbody is not None and isinstance(rbody, Mapping):
+            _check_reply_size(op, rbody, n - _OUT_SIZE, body)
+        return Reply(header, opcode, body, data, request)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _bug(e, "reply") from e
+
+
+def _check_reply_size(op: int, rbody: Mapping, nbody: int, body: Any) -> None:
+    limit = None
+    if op in _SIZE_LIMITED or (op in _XATTR and rbody.get("size")):
+        limit = rbody.get("size")
+    elif op == _OP.FUSE_IOCTL and isinstance(body, Mapping) and body.get("data"):
+        limit = rbody.get("out_size")
+        nbody = len(body["data"])
+    if limit is not None and nbody > limit:
+        raise LimitExceededError(
+            f"{nbody} bytes of reply data, the request asked for at most {limit}",
+            offset=_OUT_SIZE,
+            path="body",
+        )
+
+
+def decode_notification(data: bytes) -> Notification:
+    """Decode one notification (fuse_out_header with ``unique`` 0 and ``error`` = code)."""
+    data = _as_bytes(data)
+    n = len(data)
+    if n < _OUT_SIZE:
+        raise TruncatedError(
+            f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
+        )
+    try:
+        v = _out_unpack(data, 0)
+        if v[0] != n:
+            raise LengthMismatchError(
+                f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_out_header.len"
+            )
+        if v[2] != 0:
+            raise DecodeError(
+                "a notification has unique 0", offset=8, path="fuse_out_header.unique"
+            )
+        if v[1] <= 0:
+            raise DecodeError(
+                f"error={v[1]} is not a notify code", offset=4, path="fuse_out_header.error"
+            )
+        header = Container(zip(_OUT_FIELDS, v, strict=True))
+        code = v[1]
+        body = messages.parse_parts(messages._notification_parts(code), data, _OUT_SIZE, n)
+        return Notification(header, _CODES.get(code, code), body, data)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _bug(e, "notification") from e
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _build(con: Any, body: Any, what: str) -> bytes:
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)  # raw bytes for any opcode: fuzzers may send anything
+    if body is None:
+        body = Container()
+    try:
+        return con.build(body)
+    except (ConstructError, KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise EncodeError(f"cannot build {what}: {type(e).__name__}: {e}") from e
+
+
+def _pack(fl: Any, values: Mapping[str, int], what: str) -> bytes:
+    try:
+        return fl.build(values)
+    except Exception as e:  # struct.error, OverflowError ...
+        raise EncodeError(f"cannot build {what}: {e}") from e
+
+
+def encode_request(
+    opcode: int,
+    body: Any,
+    *,
+    unique: int,
+    nodeid: int = 0,
+    uid: int = 0,
+    gid: int = 0,
+    pid: int = 0,
+    minor: int = 46,
+    flags: int = 0,
+    ext: Any = None,
+    length: int | None = None,
+    total_extlen: int | None = None,
+    padding: int = 0,
+) -> bytes:
+    """The bytes of a request; ``len`` and ``total_extlen`` derived unless forced.
+
+    ``body`` is a mapping (see :mod:`.messages` for the shapes) or raw ``bytes``; ``ext`` is a
+    list of extension records (see :func:`.messages.parse_ext`) or raw bytes.
+    """
+    payload = _build(messages.request_body(opcode, minor, flags), body, f"request {opcode}")
+    if ext is None:
+        extb = b""
+    elif isinstance(ext, bytes | bytearray | memoryview):
+        extb = bytes(ext)
+    else:
+        try:
+            extb = messages.build_ext(ext)
+        except Exception as e:
+            raise EncodeError(f"cannot build extensions: {e}") from e
+    n = _IN_SIZE + len(payload) + len(extb)
+    hdr = {
+        "len": n if length is None else length,
+        "opcode": int(opcode),
+        "unique": unique,
+        "nodeid": nodeid,
+        "uid": uid,
+        "gid": gid,
+        "pid": pid,
+        "total_extlen": (len(extb) + 7) // 8 if total_extlen is None else total_extlen,
+        "padding": padding,
+    }
+    return _pack(_IN, hdr, "fuse_in_header") + payload + extb
+
+
+def encode_reply(
+    request_or_opcode: Any,
+    body: Any,
+    *,
+    unique: int,
+    error: int = 0,
+    minor: int = 46,
+    length: int | None = None,
+) -> bytes:
+    """The bytes of a reply. With ``error`` != 0 and ``body`` None, the header alone."""
+    op, rbody = _reply_context(request_or_opcode)
+    if error != 0 and body is None:
+        payload = b""
+    else:
+        xsize = None
+        if op in _XATTR and isinstance(rbody, Mapping):
+            xsize = rbody.get("size")
+        elif op in _XATTR and isinstance(body, Mapping) and "value" not in body:
+            xsize = 0
+        payload = _build(messages.reply_body(op, minor, xsize), body, f"reply to {op}")
+    n = _OUT_SIZE + len(payload)
+    hdr = {"len": n if length is None else length, "error": error, "unique": unique}
+    return _pack(_OUT, hdr, "fuse_out_header") + payload
+
+
+def encode_notification(code: int, body: Any, *, length: int | None = None) -> bytes:
+    """The bytes of a notification (``unique`` 0, ``error`` = ``code``)."""
+    payload = _build(messages.notification_body(code), body, f"notification {code}")
+    n = _OUT_SIZE + len(payload)
+    hdr = {"len": n if length is None else length, "error": int(code), "unique": 0}
+    return _pack(_OUT, hdr, "fuse_out_header") + payload
