@@ -1,0 +1,480 @@
+"""Sans-IO FUSE session: pairs replies with requests, remembers what INIT negotiated.
+
+A :class:`Session` does no I/O. Give it the bytes that went one way or the other, in any
+interleaving, and it gives back decoded messages (from :mod:`fuseproto.wire.codec`):
+
+* ``feed_request(data) -> Request``: a request seen on the wire (sent by the kernel or
+  any other FUSE client). It is registered as in flight under its ``unique``.
+* ``feed_reply(data) -> Reply | Notification``: a reply (paired with its request by
+  ``unique``; ``reply.request`` is that request) or, for ``unique == 0``, a notification.
+* ``build_request(opcode, body, **hdr) -> (unique, bytes)``: the client side; allocates a
+  unique and registers the request.
+* ``build_reply(request, body, error=0) -> bytes``: the server side; completes the request.
+
+Contract (the one the fuzzers check): **any exception other than**
+:class:`~fuseproto.errors.DecodeError` **or** :class:`~fuseproto.errors.ProtocolError`
+**escaping** ``feed_request`` **or** ``feed_reply`` **is a bug**, whatever the bytes.
+``RemoteProtocolError`` means the bytes were well formed but broke the protocol in this
+session's state (a reply to a unique nobody waits for, a unique used twice while in
+flight, too many requests in flight); ``LocalProtocolError`` means our own caller did
+that through ``build_*``. A message that raises leaves the session as it was, with one
+exception that mirrors the kernel: a reply whose header names a request in flight but
+whose body does not decode still completes that request (the kernel ends it with EIO),
+so nothing waits forever; the DecodeError then carries the request as ``.request``.
+
+Rules the session applies (fuse.h and Documentation/filesystems/fuse.rst):
+
+* Every request gets exactly one reply, except FORGET, BATCH_FORGET and NOTIFY_REPLY
+  (never answered) and INTERRUPT (answered only to say "not now": -EAGAIN, the kernel
+  sends it again; or -ENOSYS, interrupts are not supported). The kernel gives an
+  INTERRUPT the unique of the request it interrupts with bit 0 set; its body names that
+  request. An INTERRUPT for a request that is no longer in flight is not an error (the
+  reply and the interrupt crossed); it is returned and otherwise ignored. The reply to an
+  interrupted request is ordinary (often -EINTR).
+* A reply's error is 0 or a negative errno above -512 (the kernel rejects others); a
+  reply with an error has no body.
+* A request the kernel resends after FUSE_NOTIFY_RESEND carries FUSE_UNIQUE_RESEND
+  (bit 63) in its unique; it replaces the original, which is no longer answered.
+* INIT: the request proposes a version and flags, the reply chooses. Afterwards ``minor``
+  is ``min(request minor, reply minor)`` and ``flags`` is the reply's ``flags | flags2 <<
+  32`` (``flags2`` only counts when FUSE_INIT_EXT is set); every later message is decoded
+  at that minor. Until INIT completes, messages are decoded at the constructor's
+  ``minor``.
+* Memory is bounded: at most ``max_pending`` requests in flight (each pending entry keeps
+  its decoded request, so the worst case is about ``max_pending * max_write`` bytes);
+  one more is refused with a ProtocolError, not stored. Interrupt records are bounded by
+  the requests in flight (at most one per request).
+
+A Session is not thread-safe; serialise calls if several threads share one.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    DecodeError,
+    LengthMismatchError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TruncatedError,
+)
+from .wire import codec, structs
+from .wire.constants import (
+    FUSE_KERNEL_MINOR_VERSION,
+    FUSE_KERNEL_VERSION,
+    FUSE_UNIQUE_RESEND,
+    InitFlags,
+    fuse_opcode,
+)
+
+__all__ = ["ReplyExpectation", "REPLY_EXPECTATION", "Session", "DEFAULT_MAX_PENDING"]
+
+DEFAULT_MAX_PENDING = 1024
+
+# fuse_out_header.error must lie in (-512, 0] for a reply (fs/fuse/dev.c rejects the
+# rest; 512 is ERESTARTSYS, the start of the kernel-internal errnos).
+_MIN_ERROR = -511
+
+# The kernel allocates request uniques in steps of 2 and marks an INTERRUPT by setting
+# bit 0 of the interrupted request's unique (FUSE_INT_REQ_BIT in fs/fuse/fuse_i.h).
+_UNIQUE_STEP = 2
+_INT_REQ_BIT = 1
+_UNIQUE_MASK = (1 << 64) - 1
+
+_OUT_HEADER = structs.fast("fuse_out_header")
+
+
+class ReplyExpectation(enum.Enum):
+    """How many replies a request of an opcode gets."""
+
+    ONE = "one"  # exactly one reply
+    NONE = "none"  # never answered
+    OPTIONAL = "optional"  # INTERRUPT: a header-only -EAGAIN / -ENOSYS, or nothing
+
+
+# The table of exceptions to "one reply per request"; every other opcode, known or not,
+# expects exactly one reply.
+REPLY_EXPECTATION: Mapping[int, ReplyExpectation] = types.MappingProxyType(
+    {
+        fuse_opcode.FUSE_FORGET: ReplyExpectation.NONE,
+        fuse_opcode.FUSE_BATCH_FORGET: ReplyExpectation.NONE,
+        fuse_opcode.FUSE_NOTIFY_REPLY: ReplyExpectation.NONE,
+        fuse_opcode.FUSE_INTERRUPT: ReplyExpectation.OPTIONAL,
+    }
+)
+
+
+class _Init(enum.Enum):
+    NONE = "none"  # no INIT seen yet
+    SENT = "sent"  # INIT request in flight
+    DONE = "done"  # INIT answered successfully
+    FAILED = "failed"  # INIT answered with an error (another INIT may follow)
+
+
+@dataclass
+class _Interrupt:
+    request: Any  # the INTERRUPT request
+    target: int  # unique of the interrupted request
+    may_resend: bool = False  # answered -EAGAIN: the kernel will send it again
+
+
+class Session:
+    """One FUSE connection's protocol state. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        minor: int = FUSE_KERNEL_MINOR_VERSION,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        first_unique: int = 2,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        if first_unique <= 0 or first_unique & _INT_REQ_BIT:
+            raise ValueError("first_unique must be a positive even number")
+        self.max_pending = max_pending
+        self._default_minor = minor
+        self.minor: int = minor
+        self._pending: dict[int, Any] = {}
+        self._interrupts: dict[int, _Interrupt] = {}  # by the INTERRUPT's own unique
+        self._interrupt_of: dict[int, int] = {}  # target unique -> INTERRUPT unique
+        self._next_unique = first_unique
+        self._init = _Init.NONE
+        self.init_in: Any = None  # body of the INIT request (fuse_init_in fields)
+        self.init_out: Any = None  # body of the successful INIT reply (fuse_init_out)
+        self.offered_flags = InitFlags(0)  # what the INIT request offered
+        self.flags = InitFlags(0)  # what the INIT reply chose
+        self.requests_seen = 0
+        self.replies_seen = 0
+        self.notifications_seen = 0
+
+    # -- views --------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> Mapping[int, Any]:
+        """Requests in flight, by unique (a read-only view)."""
+        return types.MappingProxyType(self._pending)
+
+    @property
+    def interrupts(self) -> Mapping[int, int]:
+        """Interrupted requests in flight: target unique -> INTERRUPT unique."""
+        return types.MappingProxyType(self._interrupt_of)
+
+    @property
+    def next_unique(self) -> int:
+        """The unique :meth:`build_request` will use next (if it is free)."""
+        return self._next_unique
+
+    @property
+    def initialized(self) -> bool:
+        return self._init is _Init.DONE
+
+    def _init_out_field(self, name: str) -> int | None:
+        if self.init_out is None:
+            return None
+        value = _get(self.init_out, name)
+        return None if value is None else int(value)
+
+    @property
+    def max_write(self) -> int | None:
+        """fuse_init_out.max_write once INIT completed, else None."""
+        return self._init_out_field("max_write")
+
+    @property
+    def max_readahead(self) -> int | None:
+        return self._init_out_field("max_readahead")
+
+    @property
+    def max_pages(self) -> int | None:
+        return self._init_out_field("max_pages")
+
+    @property
+    def time_gran(self) -> int | None:
+        return self._init_out_field("time_gran")
+
+    @property
+    def map_alignment(self) -> int | None:
+        """fuse_init_out.map_alignment (log2 of the DAX mapping alignment), when the
+        reply set FUSE_MAP_ALIGNMENT, else None."""
+        if not self.flags & InitFlags.FUSE_MAP_ALIGNMENT:
+            return None
+        return self._init_out_field("map_alignment")
+
+    def expects_reply(self, request_or_opcode: Any) -> bool:
+        """Whether a request of this opcode must be answered (INTERRUPT: no)."""
+        opcode = getattr(request_or_opcode, "opcode", request_or_opcode)
+        return REPLY_EXPECTATION.get(opcode, ReplyExpectation.ONE) is ReplyExpectation.ONE
+
+    def check_valid(self) -> None:
+        """Assert the internal invariants (for tests and fuzzers)."""
+        assert len(self._pending) <= self.max_pending
+        assert 0 not in self._pending
+        for unique, req in self._pending.items():
+            assert req.unique == unique
+            assert self.expects_reply(req)
+        assert len(self._interrupt_of) == len(self._interrupts)
+        for target, int_unique in self._interrupt_of.items():
+            assert target in self._pending
+            assert self._interrupts[int_unique].target == target
+            assert int_unique not in self._pending
+
+    # -- the client side: we send requests ---------------------------------------------------
+
+    def build_request(self, opcode: int, body: Any, **hdr: Any) -> tuple[int, bytes]:
+        """Encode a request, allocate its unique and register it as in flight.
+
+        ``hdr`` takes ``encode_request``'s keywords (nodeid, uid, gid, pid, ext, length,
+        total_extlen) and optionally ``unique`` to choose one; ``minor`` defaults to the
+        negotiated one. For INTERRUPT the default unique is the target's with bit 0 set.
+        Returns ``(unique, bytes)``.
+        """
+        unique = hdr.pop("unique", None)
+        if unique is None:
+            if opcode == fuse_opcode.FUSE_INTERRUPT:
+                unique = (_get(body, "unique") or 0) | _INT_REQ_BIT
+            else:
+                unique = self._allocate_unique()
+        hdr.setdefault("minor", self.minor)
+        hdr.setdefault("flags", int(self.flags))
+        data = codec.encode_request(opcode, body, unique=unique, **hdr)
+        try:
+            request = codec.decode_request(data, minor=hdr["minor"], flags=hdr["flags"])
+        except DecodeError as exc:
+            raise LocalProtocolError(
+                f"the request built for unique {unique} does not decode: {exc}"
+            ) from exc
+        self._register(request, LocalProtocolError)
+        return unique, data
+
+    def _allocate_unique(self) -> int:
+        for _ in range(self.max_pending + 2):
+            unique = self._next_unique
+            self._next_unique = (unique + _UNIQUE_STEP) & _UNIQUE_MASK & ~FUSE_UNIQUE_RESEND
+            if self._next_unique == 0:
+                self._next_unique = _UNIQUE_STEP
+            if unique not in self._pending and unique not in self._interrupts:
+                return unique
+        raise LocalProtocolError("no free unique")  # only reachable if the table is full
+
+    # -- observing requests ----------------------------------------------------------------
+
+    def feed_request(self, data: bytes) -> Any:
+        """Decode a request sent by the peer (e.g. the kernel) and register it."""
+        request = codec.decode_request(data, minor=self.minor, flags=int(self.flags))
+        self._register(request, RemoteProtocolError)
+        return request
+
+    def _register(self, request: Any, error: type[Exception]) -> None:
+        """Enter a decoded request into the tables, or raise ``error`` and change nothing."""
+        unique = request.unique
+        opcode = request.opcode
+        if unique == 0:
+            raise error(f"{_name(opcode)} request with unique 0 (reserved for notifications)")
+        expectation = REPLY_EXPECTATION.get(opcode, ReplyExpectation.ONE)
+        if unique in self._pending:
+            raise error(
+                f"unique {unique} used by {_name(opcode)} while "
+                f"{_name(self._pending[unique].opcode)} with that unique is in flight"
+            )
+        if expectation is ReplyExpectation.NONE:
+            self.requests_seen += 1
+            return
+        if expectation is ReplyExpectation.OPTIONAL:
+            self._register_interrupt(request, error)
+            self.requests_seen += 1
+            return
+        if unique in self._interrupts:
+            raise error(
+                f"unique {unique} used by {_name(opcode)} while an INTERRUPT "
+                "with that unique is outstanding"
+            )
+        replaced = None
+        if unique & FUSE_UNIQUE_RESEND:
+            original = unique & ~FUSE_UNIQUE_RESEND
+            if original in self._pending:
+                replaced = original
+        if replaced is None and len(self._pending) >= self.max_pending:
+            raise error(f"more than max_pending={self.max_pending} requests in flight")
+        if opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+            if self._init in (_Init.SENT, _Init.DONE):
+                raise error(f"second {_name(opcode)} (the first is {self._init.value})")
+            self._learn_init_request(request)
+        if replaced is not None:
+            self._complete(replaced)
+        self._pending[unique] = request
+        self.requests_seen += 1
+
+    def _register_interrupt(self, request: Any, error: type[Exception]) -> None:
+        unique = request.unique
+        target = _get(request.body, "unique")
+        existing = self._interrupts.get(unique)
+        if existing is not None:
+            if existing.target == target and existing.may_resend:
+                # The kernel sends it again after our -EAGAIN.
+                existing.request = request
+                existing.may_resend = False
+                return
+            raise error(f"INTERRUPT unique {unique} used twice while outstanding")
+        if target not in self._pending or target in self._interrupt_of:
+            # The interrupted request already completed (its reply crossed this
+            # INTERRUPT), or is already interrupted: nothing to track.
+            return
+        self._interrupts[unique] = _Interrupt(request, target)
+        self._interrupt_of[target] = unique
+
+    def _learn_init_request(self, request: Any) -> None:
+        body = request.body
+        self._init = _Init.SENT
+        self.init_in = body
+        self.offered_flags = _init_flags(body)
+        minor = _get(body, "minor")
+        if _get(body, "major") == FUSE_KERNEL_VERSION and isinstance(minor, int):
+            self.minor = min(minor, self._default_minor)
+
+    # -- observing replies -------------------------------------------------------------------
+
+    def feed_reply(self, data: bytes) -> Any:
+        """Decode a reply (paired by unique) or a notification (unique 0)."""
+        header = _peek_out_header(data)
+        if header["unique"] == 0:
+            notification = codec.decode_notification(data)
+            self.notifications_seen += 1
+            return notification
+        if header["len"] != len(data):
+            raise LengthMismatchError(
+                f"fuse_out_header.len is {header['len']} but the message has {len(data)} bytes",
+                offset=0,
+                path="fuse_out_header.len",
+            )
+        error = header["error"]
+        unique = header["unique"]
+        if not _MIN_ERROR <= error <= 0:
+            raise RemoteProtocolError(
+                f"reply to unique {unique} with error {error} "
+                "(must be 0 or a negative errno above -512)"
+            )
+        interrupt = self._interrupts.get(unique)
+        if interrupt is not None:
+            reply = self._decode_paired(data, interrupt.request, pop=False)
+            self._after_interrupt_reply(unique, interrupt, reply.error)
+            return reply
+        request = self._pending.get(unique)
+        if request is None:
+            raise RemoteProtocolError(f"reply to unique {unique}, which is not in flight")
+        reply = self._decode_paired(data, request, pop=True)
+        return reply
+
+    def _decode_paired(self, data: bytes, request: Any, *, pop: bool) -> Any:
+        unique = request.unique
+        try:
+            reply = codec.decode_reply(data, request, minor=self.minor)
+        except DecodeError as exc:
+            if pop:
+                self._complete(unique)
+                exc.request = request  # type: ignore[attr-defined]
+            raise
+        if pop:
+            if request.opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+                self._learn_init_reply(reply.error, reply.body)
+            self._complete(unique)
+        self.replies_seen += 1
+        return reply
+
+    def _after_interrupt_reply(self, unique: int, interrupt: _Interrupt, error: int) -> None:
+        if error == -errno.EAGAIN:
+            interrupt.may_resend = True
+        else:
+            del self._interrupts[unique]
+            del self._interrupt_of[interrupt.target]
+
+    def _learn_init_reply(self, error: int, body: Any) -> None:
+        if error != 0 or body is None or _get(body, "major") != FUSE_KERNEL_VERSION:
+            self._init = _Init.FAILED
+            return
+        self._init = _Init.DONE
+        self.init_out = body
+        self.flags = _init_flags(body)
+        reply_minor = _get(body, "minor")
+        if isinstance(reply_minor, int):
+            proposed = _get(self.init_in, "minor") if self.init_in is not None else None
+            self.minor = min(reply_minor, proposed) if isinstance(proposed, int) else reply_minor
+
+    def _complete(self, unique: int) -> None:
+        self._pending.pop(unique, None)
+        int_unique = self._interrupt_of.pop(unique, None)
+        if int_unique is not None:
+            self._interrupts.pop(int_unique, None)
+
+    # -- the server side: we answer requests ------------------------------------------------
+
+    def build_reply(self, request: Any, body: Any, error: int = 0) -> bytes:
+        """Encode the reply to ``request`` (a Request from :meth:`feed_request`) and
+        complete it. ``error`` is 0 or a negative errno; with an error, ``body`` is
+        ignored. Answering an INTERRUPT is allowed (header only, -EAGAIN or -ENOSYS)."""
+        if not _MIN_ERROR <= error <= 0:
+            raise LocalProtocolError(f"reply error {error} is not 0 or a negative errno > -512")
+        unique = request.unique
+        interrupt = self._interrupts.get(unique)
+        if interrupt is not None and interrupt.request is request:
+            if error == 0:
+                raise LocalProtocolError("an INTERRUPT is answered only with an error")
+            data = codec.encode_reply(request, None, unique=unique, error=error, minor=self.minor)
+            self._after_interrupt_reply(unique, interrupt, error)
+            self.replies_seen += 1
+            return data
+        if self._pending.get(unique) is not request:
+            raise LocalProtocolError(
+                f"no {_name(request.opcode)} request with unique {unique} is in flight"
+            )
+        data = codec.encode_reply(
+            request, None if error else body, unique=unique, error=error, minor=self.minor
+        )
+        if request.opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+            self._learn_init_reply(error, body if not error else None)
+        self._complete(unique)
+        self.replies_seen += 1
+        return data
+
+    def build_notification(self, code: int, body: Any) -> bytes:
+        """Encode a notification (server to kernel; unique 0)."""
+        return codec.encode_notification(code, body)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _peek_out_header(data: bytes) -> Mapping[str, int]:
+    """The fuse_out_header of a reply or notification, through the schema's fast path."""
+    if len(data) < _OUT_HEADER.size:
+        raise TruncatedError(
+            f"{len(data)} bytes is shorter than fuse_out_header ({_OUT_HEADER.size})",
+            offset=len(data),
+            path="fuse_out_header",
+        )
+    return _OUT_HEADER.parse(data)
+
+
+def _get(body: Any, name: str) -> Any:
+    if body is None:
+        return None
+    if isinstance(body, Mapping):
+        return body.get(name)
+    return getattr(body, name, None)
+
+
+def _init_flags(body: Any) -> InitFlags:
+    flags = int(_get(body, "flags") or 0) & 0xFFFFFFFF
+    flags2 = 0
+    if flags & InitFlags.FUSE_INIT_EXT:
+        flags2 = int(_get(body, "flags2") or 0)
+    return InitFlags.from_words(flags, flags2)
+
+
+def _name(opcode: Any) -> str:
+    return getattr(opcode, "name", None) or f"opcode {opcode}"
