@@ -510,6 +510,9 @@ class VhostUserTransport:
             qi = 1 + self._next_queue
             self._next_queue = (self._next_queue + 1) % self.request_queues
         vq = self.queues[qi]
+        if not ins:
+            # Nobody waits for a reply-less request (FORGET): reclaim finished ones here.
+            self._collect(vq)
         token = vq.add(out, ins)
         token.queue = qi
         token.tag = tag

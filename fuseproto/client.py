@@ -1,0 +1,439 @@
+"""A typed FUSE client over any transport.
+
+Requests are built and replies decoded by a :class:`~fuseproto.session.Session` (so the
+negotiated minor and flags apply); the transport only moves bytes. Every method returns
+the decoded reply body (a ``construct.Container`` with fuse.h's field names, see
+:mod:`fuseproto.wire.messages`) or a plain value where the body is one (``read`` ->
+bytes); an error reply raises :class:`~fuseproto.errors.FuseError` carrying the errno.
+
+The transport contract (docs/CONTRACTS.md): ``submit(request, reply_size, *, hiprio,
+tag) -> token``, ``wait(token, timeout) -> bytes``, ``close()``. ``reply_size`` is the
+size of the device-writable area; for READ/READDIR/READDIRPLUS it is exactly
+``sizeof(fuse_out_header) + size`` (the C virtiofsd fills the whole area, the Rust one
+answers EIO to a bigger one).
+
+Asynchronous use: ``p = client.submit(opcode, body, ...)`` then ``client.result(p)``;
+every typed method ``x(...)`` is ``result(submit(...))``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from construct import Container
+
+from .errors import FuseError
+from .session import Session
+from .wire import codec, structs
+from .wire.constants import (
+    FATTR,
+    FUSE_KERNEL_MINOR_VERSION,
+    FUSE_KERNEL_VERSION,
+    FUSE_ROOT_ID,
+    InitFlags,
+    fuse_opcode,
+)
+
+OUT_HEADER_SIZE = structs.fuse_out_header.sizeof()
+IN_HEADER_SIZE = structs.fuse_in_header.sizeof()
+WRITE_IN_SIZE = structs.fuse_write_in.sizeof()
+# Big enough for every fixed reply (fuse_statx_out is the largest at 256 bytes) and for a
+# READLINK target of PATH_MAX.
+DEFAULT_REPLY_SIZE = OUT_HEADER_SIZE + 4096
+
+# What we offer in INIT: roughly what Linux's virtio_fs offers, plus MAP_ALIGNMENT (DAX)
+# and INIT_EXT (flags2 carries the high half).
+DEFAULT_INIT_FLAGS = (
+    InitFlags.FUSE_ASYNC_READ
+    | InitFlags.FUSE_POSIX_LOCKS
+    | InitFlags.FUSE_ATOMIC_O_TRUNC
+    | InitFlags.FUSE_EXPORT_SUPPORT
+    | InitFlags.FUSE_BIG_WRITES
+    | InitFlags.FUSE_DONT_MASK
+    | InitFlags.FUSE_FLOCK_LOCKS
+    | InitFlags.FUSE_AUTO_INVAL_DATA
+    | InitFlags.FUSE_DO_READDIRPLUS
+    | InitFlags.FUSE_READDIRPLUS_AUTO
+    | InitFlags.FUSE_ASYNC_DIO
+    | InitFlags.FUSE_PARALLEL_DIROPS
+    | InitFlags.FUSE_HANDLE_KILLPRIV
+    | InitFlags.FUSE_MAX_PAGES
+    | InitFlags.FUSE_CACHE_SYMLINKS
+    | InitFlags.FUSE_EXPLICIT_INVAL_DATA
+    | InitFlags.FUSE_MAP_ALIGNMENT
+    | InitFlags.FUSE_HANDLE_KILLPRIV_V2
+    | InitFlags.FUSE_SETXATTR_EXT
+    | InitFlags.FUSE_INIT_EXT
+)
+
+_NO_REPLY = (fuse_opcode.FUSE_FORGET, fuse_opcode.FUSE_BATCH_FORGET)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request in flight: what :meth:`Client.result` needs to finish it."""
+
+    unique: int
+    opcode: Any
+    token: Any
+    checked: bool = True  # built by the session (False: submit_unchecked)
+
+
+class Client:
+    """FUSE operations over ``transport``; see the module docstring."""
+
+    def __init__(self, transport: Any, session: Session | None = None, *,
+                 timeout: float = 5.0, uid: int | None = None, gid: int | None = None,
+                 pid: int | None = None, split_writes: bool = True):
+        self.transport = transport
+        self.session = session or Session()
+        self.timeout = timeout
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.pid = os.getpid() if pid is None else pid
+        # Send WRITE the way Linux's virtio_fs lays it out: header, fuse_write_in, data in
+        # separate descriptors (the C daemon's zero-copy write path expects exactly that).
+        self.split_writes = split_writes
+        # Uniques for submit_unchecked, far from the session's own range.
+        self._unchecked_unique = 1 << 48
+
+    # -- core ---------------------------------------------------------------------------
+    def submit(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
+               reply_size: int = DEFAULT_REPLY_SIZE, hiprio: bool = False,
+               segments: Sequence[int] | None = None, kick: bool = True) -> Pending:
+        """Build a request with the session and put it in flight.
+
+        ``segments`` splits the request bytes into device-readable descriptors at these
+        lengths (the remainder is the last descriptor)."""
+        unique, data = self.session.build_request(
+            opcode, Container() if body is None else body, nodeid=nodeid,
+            uid=self.uid, gid=self.gid, pid=self.pid)
+        out: Any = data
+        if segments:
+            parts, pos = [], 0
+            for n in segments:
+                parts.append(data[pos:pos + n])
+                pos += n
+            if pos < len(data):
+                parts.append(data[pos:])
+            out = parts
+        if opcode in _NO_REPLY:
+            reply_size = 0
+        token = self.transport.submit(out, reply_size, hiprio=hiprio, kick=kick,
+                                      tag=f"{_opname(opcode)} unique {unique}")
+        return Pending(unique, opcode, token)
+
+    def submit_unchecked(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
+                         reply_size: int = DEFAULT_REPLY_SIZE, **hdr: Any) -> Pending:
+        """Send a request the session would refuse to build (a count above the protocol
+        maximum, a forced ``length`` ...): encoded by the codec as given, not registered
+        with the session; its reply is decoded by the codec alone."""
+        self._unchecked_unique += 2
+        unique = self._unchecked_unique
+        data = codec.encode_request(
+            opcode, Container() if body is None else body, unique=unique, nodeid=nodeid,
+            uid=self.uid, gid=self.gid, pid=self.pid, minor=self.session.minor,
+            flags=int(self.session.flags), **hdr)
+        token = self.transport.submit(data, reply_size,
+                                      tag=f"{_opname(opcode)} unique {unique} (unchecked)")
+        return Pending(unique, opcode, token, checked=False)
+
+    def result(self, pending: Pending, timeout: float | None = None) -> Any:
+        """Wait for the reply; return its body or raise FuseError(errno)."""
+        raw = self.transport.wait(pending.token, self.timeout if timeout is None else timeout)
+        if pending.checked:
+            reply = self.session.feed_reply(raw)
+        else:
+            reply = codec.decode_reply(raw, pending.opcode, minor=self.session.minor)
+        if reply.error:
+            raise FuseError(-reply.error, pending.opcode, pending.unique)
+        return reply.body
+
+    def call(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
+             reply_size: int = DEFAULT_REPLY_SIZE, **kw: Any) -> Any:
+        return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size, **kw))
+
+    def kick(self) -> None:
+        """Notify the daemon after several ``submit(..., kick=False)``."""
+        self.transport.kick(1)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- session ------------------------------------------------------------------------
+    def init(self, *, flags: int = DEFAULT_INIT_FLAGS, max_readahead: int = 128 << 10,
+             minor: int = FUSE_KERNEL_MINOR_VERSION) -> Any:
+        """FUSE_INIT; returns fuse_init_out (``session.flags``/``minor`` learn from it).
+        ``map_alignment`` is meaningful when FUSE_MAP_ALIGNMENT is in the reply's flags."""
+        flags = int(flags)
+        return self.call(fuse_opcode.FUSE_INIT, Container(
+            major=FUSE_KERNEL_VERSION, minor=minor, max_readahead=max_readahead,
+            flags=flags & 0xFFFFFFFF, flags2=flags >> 32, unused=[0] * 11))
+
+    def destroy(self) -> None:
+        self.call(fuse_opcode.FUSE_DESTROY)
+
+    # -- names and attributes -----------------------------------------------------------
+    def lookup(self, parent: int, name: bytes | str) -> Any:
+        return self.call(fuse_opcode.FUSE_LOOKUP, Container(name=_b(name)), nodeid=parent)
+
+    def forget(self, nodeid: int, nlookup: int = 1) -> None:
+        """FORGET on the hiprio queue (no reply)."""
+        self.submit(fuse_opcode.FUSE_FORGET, Container(nlookup=nlookup), nodeid=nodeid,
+                    hiprio=True)
+
+    def batch_forget(self, items: Iterable[tuple[int, int]]) -> None:
+        entries = [Container(nodeid=n, nlookup=k) for n, k in items]
+        self.submit(fuse_opcode.FUSE_BATCH_FORGET, Container(count=None, dummy=0,
+                    entries=entries), hiprio=True)
+
+    def getattr(self, nodeid: int, fh: int | None = None) -> Any:
+        from .wire.constants import GetattrFlags
+
+        flags = int(GetattrFlags.FUSE_GETATTR_FH) if fh is not None else 0
+        return self.call(fuse_opcode.FUSE_GETATTR,
+                         Container(getattr_flags=flags, dummy=0, fh=fh or 0), nodeid=nodeid)
+
+    def setattr(self, nodeid: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, size: int | None = None,
+                atime: tuple[int, int] | None = None, mtime: tuple[int, int] | None = None,
+                fh: int | None = None) -> Any:
+        """SETATTR of the given attributes (``atime``/``mtime`` as (seconds, nanoseconds))."""
+        valid = FATTR(0)
+        b = Container(valid=0, padding=0, fh=0, size=0, lock_owner=0, atime=0, mtime=0,
+                      ctime=0, atimensec=0, mtimensec=0, ctimensec=0, mode=0, unused4=0,
+                      uid=0, gid=0, unused5=0)
+        if mode is not None:
+            valid |= FATTR.FATTR_MODE
+            b.mode = mode
+        if uid is not None:
+            valid |= FATTR.FATTR_UID
+            b.uid = uid
+        if gid is not None:
+            valid |= FATTR.FATTR_GID
+            b.gid = gid
+        if size is not None:
+            valid |= FATTR.FATTR_SIZE
+            b.size = size
+        if atime is not None:
+            valid |= FATTR.FATTR_ATIME
+            b.atime, b.atimensec = atime
+        if mtime is not None:
+            valid |= FATTR.FATTR_MTIME
+            b.mtime, b.mtimensec = mtime
+        if fh is not None:
+            valid |= FATTR.FATTR_FH
+            b.fh = fh
+        b.valid = int(valid)
+        return self.call(fuse_opcode.FUSE_SETATTR, b, nodeid=nodeid)
+
+    def statx(self, nodeid: int, *, mask: int = 0xFFF, sx_flags: int = 0,
+              fh: int | None = None) -> Any:
+        from .wire.constants import GetattrFlags
+
+        flags = int(GetattrFlags.FUSE_GETATTR_FH) if fh is not None else 0
+        return self.call(fuse_opcode.FUSE_STATX, Container(
+            getattr_flags=flags, reserved=0, fh=fh or 0, sx_flags=sx_flags, sx_mask=mask),
+            nodeid=nodeid)
+
+    def access(self, nodeid: int, mask: int) -> None:
+        self.call(fuse_opcode.FUSE_ACCESS, Container(mask=mask, padding=0), nodeid=nodeid)
+
+    def statfs(self, nodeid: int = FUSE_ROOT_ID) -> Any:
+        return self.call(fuse_opcode.FUSE_STATFS, nodeid=nodeid)
+
+    # -- creating and removing ----------------------------------------------------------
+    def mknod(self, parent: int, name: bytes | str, mode: int, rdev: int = 0,
+              umask: int = 0) -> Any:
+        return self.call(fuse_opcode.FUSE_MKNOD, Container(
+            mode=mode, rdev=rdev, umask=umask, padding=0, name=_b(name)), nodeid=parent)
+
+    def mkdir(self, parent: int, name: bytes | str, mode: int = 0o755, umask: int = 0) -> Any:
+        return self.call(fuse_opcode.FUSE_MKDIR, Container(mode=mode, umask=umask,
+                         name=_b(name)), nodeid=parent)
+
+    def symlink(self, parent: int, name: bytes | str, target: bytes | str) -> Any:
+        return self.call(fuse_opcode.FUSE_SYMLINK, Container(name=_b(name), link=_b(target)),
+                         nodeid=parent)
+
+    def readlink(self, nodeid: int) -> bytes:
+        return bytes(self.call(fuse_opcode.FUSE_READLINK, nodeid=nodeid).link)
+
+    def link(self, nodeid: int, new_parent: int, new_name: bytes | str) -> Any:
+        return self.call(fuse_opcode.FUSE_LINK, Container(oldnodeid=nodeid,
+                         name=_b(new_name)), nodeid=new_parent)
+
+    def unlink(self, parent: int, name: bytes | str) -> None:
+        self.call(fuse_opcode.FUSE_UNLINK, Container(name=_b(name)), nodeid=parent)
+
+    def rmdir(self, parent: int, name: bytes | str) -> None:
+        self.call(fuse_opcode.FUSE_RMDIR, Container(name=_b(name)), nodeid=parent)
+
+    def rename(self, parent: int, name: bytes | str, new_parent: int,
+               new_name: bytes | str) -> None:
+        self.call(fuse_opcode.FUSE_RENAME, Container(newdir=new_parent, name=_b(name),
+                  newname=_b(new_name)), nodeid=parent)
+
+    def rename2(self, parent: int, name: bytes | str, new_parent: int,
+                new_name: bytes | str, flags: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_RENAME2, Container(newdir=new_parent, flags=flags,
+                  padding=0, name=_b(name), newname=_b(new_name)), nodeid=parent)
+
+    def create(self, parent: int, name: bytes | str, mode: int = 0o644,
+               flags: int = os.O_RDWR, umask: int = 0, open_flags: int = 0) -> Any:
+        """CREATE: the reply has fuse_entry_out's fields then fh/open_flags."""
+        return self.call(fuse_opcode.FUSE_CREATE, Container(
+            flags=flags, mode=mode, umask=umask, open_flags=open_flags, name=_b(name)),
+            nodeid=parent)
+
+    def tmpfile(self, parent: int, mode: int = 0o644, flags: int = os.O_RDWR,
+                umask: int = 0, name: bytes | str = b"/") -> Any:
+        """TMPFILE: like CREATE with no visible name (Linux sends the dentry name "/")."""
+        return self.call(fuse_opcode.FUSE_TMPFILE, Container(
+            flags=flags, mode=mode, umask=umask, open_flags=0, name=_b(name)), nodeid=parent)
+
+    # -- files --------------------------------------------------------------------------
+    def open(self, nodeid: int, flags: int = os.O_RDONLY, open_flags: int = 0) -> Any:
+        return self.call(fuse_opcode.FUSE_OPEN, Container(flags=flags, open_flags=open_flags),
+                         nodeid=nodeid)
+
+    def opendir(self, nodeid: int, flags: int = os.O_RDONLY | os.O_DIRECTORY) -> Any:
+        return self.call(fuse_opcode.FUSE_OPENDIR, Container(flags=flags, open_flags=0),
+                         nodeid=nodeid)
+
+    def submit_read(self, nodeid: int, fh: int, offset: int, size: int, *,
+                    kick: bool = True) -> Pending:
+        return self.submit(fuse_opcode.FUSE_READ, Container(
+            fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
+            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size, kick=kick)
+
+    def read(self, nodeid: int, fh: int, offset: int, size: int) -> bytes:
+        return bytes(self.result(self.submit_read(nodeid, fh, offset, size)).data)
+
+    def write(self, nodeid: int, fh: int, offset: int, data: bytes, *,
+              write_flags: int = 0, flags: int = 0) -> int:
+        """WRITE; returns the count the daemon wrote."""
+        segments = (IN_HEADER_SIZE, WRITE_IN_SIZE) if self.split_writes and data else None
+        return self.call(fuse_opcode.FUSE_WRITE, Container(
+            fh=fh, offset=offset, size=None, write_flags=write_flags, lock_owner=0,
+            flags=flags, padding=0, data=bytes(data)), nodeid=nodeid,
+            segments=segments).size
+
+    def flush(self, nodeid: int, fh: int, lock_owner: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_FLUSH, Container(fh=fh, unused=0, padding=0,
+                  lock_owner=lock_owner), nodeid=nodeid)
+
+    def fsync(self, nodeid: int, fh: int, datasync: bool = False) -> None:
+        self.call(fuse_opcode.FUSE_FSYNC, Container(fh=fh, fsync_flags=int(datasync),
+                  padding=0), nodeid=nodeid)
+
+    def fsyncdir(self, nodeid: int, fh: int, datasync: bool = False) -> None:
+        self.call(fuse_opcode.FUSE_FSYNCDIR, Container(fh=fh, fsync_flags=int(datasync),
+                  padding=0), nodeid=nodeid)
+
+    def release(self, nodeid: int, fh: int, flags: int = 0, release_flags: int = 0,
+                lock_owner: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_RELEASE, Container(fh=fh, flags=flags,
+                  release_flags=release_flags, lock_owner=lock_owner), nodeid=nodeid)
+
+    def releasedir(self, nodeid: int, fh: int, flags: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_RELEASEDIR, Container(fh=fh, flags=flags, release_flags=0,
+                  lock_owner=0), nodeid=nodeid)
+
+    def readdir(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
+        return list(self.call(fuse_opcode.FUSE_READDIR, Container(
+            fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
+            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size).entries)
+
+    def readdirplus(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
+        return list(self.call(fuse_opcode.FUSE_READDIRPLUS, Container(
+            fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
+            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size).entries)
+
+    def fallocate(self, nodeid: int, fh: int, offset: int, length: int, mode: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_FALLOCATE, Container(fh=fh, offset=offset, length=length,
+                  mode=mode, padding=0), nodeid=nodeid)
+
+    def lseek(self, nodeid: int, fh: int, offset: int, whence: int) -> int:
+        return self.call(fuse_opcode.FUSE_LSEEK, Container(fh=fh, offset=offset,
+                         whence=whence, padding=0), nodeid=nodeid).offset
+
+    def copy_file_range(self, nodeid_in: int, fh_in: int, off_in: int, nodeid_out: int,
+                        fh_out: int, off_out: int, length: int, flags: int = 0) -> int:
+        return self.call(fuse_opcode.FUSE_COPY_FILE_RANGE, Container(
+            fh_in=fh_in, off_in=off_in, nodeid_out=nodeid_out, fh_out=fh_out, off_out=off_out,
+            len=length, flags=flags), nodeid=nodeid_in).size
+
+    # -- locks --------------------------------------------------------------------------
+    def getlk(self, nodeid: int, fh: int, owner: int, start: int, end: int, type: int,
+              pid: int = 0) -> Any:
+        """GETLK; returns the conflicting lock (fuse_file_lock) or type F_UNLCK."""
+        return self.call(fuse_opcode.FUSE_GETLK, _lk(fh, owner, start, end, type, pid),
+                         nodeid=nodeid).lk
+
+    def setlk(self, nodeid: int, fh: int, owner: int, start: int, end: int, type: int,
+              pid: int = 0, *, sleep: bool = False) -> None:
+        op = fuse_opcode.FUSE_SETLKW if sleep else fuse_opcode.FUSE_SETLK
+        self.call(op, _lk(fh, owner, start, end, type, pid), nodeid=nodeid)
+
+    # -- extended attributes ------------------------------------------------------------
+    def setxattr(self, nodeid: int, name: bytes | str, value: bytes, flags: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_SETXATTR, Container(size=None, flags=flags,
+                  setxattr_flags=0, padding=0, name=_b(name), value=bytes(value)),
+                  nodeid=nodeid)
+
+    def getxattr(self, nodeid: int, name: bytes | str, size: int = 4096) -> bytes | int:
+        """The value (``size`` > 0) or, with ``size`` 0, the value's length."""
+        body = self.call(fuse_opcode.FUSE_GETXATTR, Container(size=size, padding=0,
+                         name=_b(name)), nodeid=nodeid,
+                         reply_size=OUT_HEADER_SIZE + max(size, 8))
+        return body.size if size == 0 else bytes(body.value)
+
+    def listxattr(self, nodeid: int, size: int = 4096) -> list[bytes] | int:
+        """The attribute names (``size`` > 0) or, with ``size`` 0, the list's length."""
+        body = self.call(fuse_opcode.FUSE_LISTXATTR, Container(size=size, padding=0),
+                         nodeid=nodeid, reply_size=OUT_HEADER_SIZE + max(size, 8))
+        if size == 0:
+            return body.size
+        return [n for n in bytes(body.value).split(b"\0") if n]
+
+    def removexattr(self, nodeid: int, name: bytes | str) -> None:
+        self.call(fuse_opcode.FUSE_REMOVEXATTR, Container(name=_b(name)), nodeid=nodeid)
+
+    # -- DAX window and sync ------------------------------------------------------------
+    def setupmapping(self, nodeid: int, fh: int, foffset: int, length: int, moffset: int,
+                     flags: int = 0) -> None:
+        self.call(fuse_opcode.FUSE_SETUPMAPPING, Container(
+            fh=fh, foffset=foffset, len=length, flags=flags, moffset=moffset), nodeid=nodeid)
+
+    def removemapping(self, mappings: Sequence[tuple[int, int]], *, nodeid: int = 0,
+                      count: int | None = None) -> None:
+        """REMOVEMAPPING of ``(moffset, len)`` ranges; ``count`` forces the header count."""
+        self.call(fuse_opcode.FUSE_REMOVEMAPPING, Container(
+            count=count, entries=[Container(moffset=m, len=n) for m, n in mappings]),
+            nodeid=nodeid)
+
+    def syncfs(self, nodeid: int = FUSE_ROOT_ID) -> None:
+        self.call(fuse_opcode.FUSE_SYNCFS, Container(padding=0), nodeid=nodeid)
+
+
+def _lk(fh: int, owner: int, start: int, end: int, type: int, pid: int) -> Container:
+    return Container(fh=fh, owner=owner, lk=Container(start=start, end=end, type=type,
+                     pid=pid), lk_flags=0, padding=0)
+
+
+def _b(name: bytes | str) -> bytes:
+    return name.encode() if isinstance(name, str) else bytes(name)
+
+
+def _opname(opcode: Any) -> str:
+    return getattr(opcode, "name", str(opcode))
