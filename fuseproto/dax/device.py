@@ -1,0 +1,597 @@
+"""Window devices: the host side of a virtio-fs DAX window.
+
+A device receives SETUPMAPPING / REMOVEMAPPING requests (:class:`DaxMessage`, decoded
+through the codec) and exposes the window's bytes. Semantics, as the virtio-fs spec and
+the VMMs implement them (the host does ``mmap(MAP_FIXED)`` into the window):
+
+* a mapping that exactly covers an existing one replaces it; a partial overlap splits the
+  old one and keeps the parts outside the new range (``mmap(MAP_FIXED)`` semantics);
+* REMOVEMAPPING puts anonymous (zero) memory back over the range; removing a range that
+  is not mapped succeeds;
+* ``foffset``, ``moffset`` and ``len`` must be multiples of ``2**map_alignment``, ``len``
+  non-zero and the range inside the window, otherwise the request is refused with
+  EINVAL and has no effect (a REMOVEMAPPING is checked whole before any entry applies;
+  its ``count`` must match its entries and be at most FUSE_REMOVEMAPPING_MAX_ENTRY);
+* reading a mapped page that lies wholly past the host file's end would raise SIGBUS;
+  devices refuse it with :class:`WindowFault` (EFAULT) instead. Bytes of the last,
+  partial page past end of file read as zero, as with mmap.
+
+Devices: :class:`ModelDevice` (pure Python over a :class:`~fuseproto.dax.host.FileStore`),
+:class:`MmapDevice` (a reserved region of this process, real ``mmap``), and
+:class:`~fuseproto.dax.virtiofsd.VirtiofsdDevice` (a real daemon).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fuseproto.errors import FuseprotoError
+
+from .host import FileStore, Resolver
+from .messages import (
+    FLAG_WRITE,
+    FUSE_REMOVEMAPPING,
+    FUSE_SETUPMAPPING,
+    REMOVEMAPPING_MAX_ENTRY,
+    DaxMessage,
+)
+
+__all__ = [
+    "DeviceMapping",
+    "MmapDevice",
+    "ModelDevice",
+    "WindowDevice",
+    "WindowFault",
+    "HOST_PAGE_SIZE",
+]
+
+HOST_PAGE_SIZE = mmap.PAGESIZE
+
+
+class WindowFault(FuseprotoError, OSError):
+    """An access to the window that would fault (SIGBUS past host EOF, write to a
+    read-only or unmapped range, outside the window)."""
+
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(errno_, message)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMapping:
+    """One live mapping in the window as the device holds it."""
+
+    moffset: int
+    length: int
+    nodeid: int
+    foffset: int
+    flags: int
+    fh: int = 0
+    source: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def end(self) -> int:
+        return self.moffset + self.length
+
+    def file_offset(self, moffset: int) -> int:
+        return self.foffset + (moffset - self.moffset)
+
+    def piece(self, start: int, end: int) -> DeviceMapping:
+        """The part of this mapping covering window bytes ``[start, end)``."""
+        return DeviceMapping(
+            start,
+            end - start,
+            self.nodeid,
+            self.file_offset(start),
+            self.flags,
+            self.fh,
+            self.source,
+        )
+
+
+class WindowDevice:
+    """Base class: request validation and the window's extent map.
+
+    Subclasses implement :meth:`_apply_map`, :meth:`_apply_unmap` and the byte access
+    (:meth:`read`, :meth:`write`). ``through_codec`` (default True) makes :meth:`submit`
+    decode the message's bytes with ``decode_request`` instead of trusting its fields.
+    """
+
+    name = "device"
+
+    def __init__(
+        self, window_size: int, map_alignment: int | None = 12, *, through_codec: bool = True
+    ) -> None:
+        if window_size < 0:
+            raise ValueError("window_size must be >= 0")
+        self.window_size = window_size
+        # log2 of the alignment, as fuse_init_out.map_alignment; None = not negotiated.
+        self.map_alignment = map_alignment
+        self.through_codec = through_codec
+        self._starts: list[int] = []
+        self._ext: dict[int, DeviceMapping] = {}
+        self.requests = 0
+        self.refused = 0
+
+    # ---- requests -------------------------------------------------------------------
+    @property
+    def alignment(self) -> int:
+        return 1 << (self.map_alignment or 0)
+
+    def submit(self, msg: DaxMessage) -> int:
+        """Apply one request; returns 0 or a positive errno (the reply's error)."""
+        self.requests += 1
+        if self.through_codec:
+            from fuseproto.errors import DecodeError
+            from fuseproto.wire import codec
+
+            try:
+                req = codec.decode_request(msg.raw)
+            except DecodeError:
+                self.refused += 1
+                return errno.EINVAL
+            opcode, nodeid, body = req.opcode, req.nodeid, req.body
+        else:
+            opcode, nodeid, body = msg.opcode, msg.nodeid, msg.body
+        if opcode == FUSE_SETUPMAPPING:
+            err = self._setup(nodeid, body)
+        elif opcode == FUSE_REMOVEMAPPING:
+            err = self._remove(body)
+        else:
+            err = errno.ENOSYS
+        if err:
+            self.refused += 1
+        return err
+
+    def _bad_range(self, offset: int, length: int) -> bool:
+        a = self.alignment
+        return length <= 0 or offset % a or length % a or offset + length > self.window_size
+
+    def _setup(self, nodeid: int, body: Any) -> int:
+        if self._bad_range(body.moffset, body.len) or body.foffset % self.alignment:
+            return errno.EINVAL
+        m = DeviceMapping(body.moffset, body.len, nodeid, body.foffset, body.flags, body.fh)
+        try:
+            m = self._apply_map(m)
+        except OSError as e:
+            return e.errno or errno.EIO
+        self._carve(m.moffset, m.end)
+        self._insert(m)
+        return 0
+
+    def _remove(self, body: Any) -> int:
+        entries = list(body.entries)
+        if body.count != len(entries) or len(entries) > REMOVEMAPPING_MAX_ENTRY:
+            return errno.EINVAL
+        if any(self._bad_range(e.moffset, e.len) for e in entries):
+            return errno.EINVAL
+        for e in entries:
+            try:
+                self._apply_unmap(e.moffset, e.len)
+            except OSError as ex:
+                return ex.errno or errno.EIO
+            self._carve(e.moffset, e.moffset + e.len)
+        return 0
+
+    # ---- extent map -----------------------------------------------------------------
+    def _insert(self, m: DeviceMapping) -> None:
+        bisect.insort(self._starts, m.moffset)
+        self._ext[m.moffset] = m
+
+    def _carve(self, start: int, end: int) -> list[DeviceMapping]:
+        """Remove window bytes ``[start, end)`` from the extent map, splitting extents
+        that straddle the edges; returns the removed pieces."""
+        removed = []
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i < 0 or self._ext[self._starts[i]].end <= start:
+            i += 1
+        while i < len(self._starts) and self._starts[i] < end:
+            m = self._ext.pop(self._starts[i])
+            del self._starts[i]
+            removed.append(m.piece(max(start, m.moffset), min(end, m.end)))
+            if m.moffset < start:
+                left = m.piece(m.moffset, start)
+                self._starts.insert(i, left.moffset)
+                self._ext[left.moffset] = left
+                i += 1
+            if m.end > end:
+                right = m.piece(end, m.end)
+                self._starts.insert(i, right.moffset)
+                self._ext[right.moffset] = right
+                i += 1
+        self._released(removed)
+        return removed
+
+    def _released(self, pieces: list[DeviceMapping]) -> None:
+        """Hook: pieces no longer mapped (the mmap device closes unused files)."""
+
+    def mappings(self) -> list[DeviceMapping]:
+        """Live mappings in window order."""
+        return [self._ext[s] for s in self._starts]
+
+    def mapping_at(self, moffset: int) -> DeviceMapping | None:
+        i = bisect.bisect_right(self._starts, moffset) - 1
+        if i >= 0:
+            m = self._ext[self._starts[i]]
+            if m.moffset <= moffset < m.end:
+                return m
+        return None
+
+    def mapped_bytes(self) -> int:
+        return sum(m.length for m in self._ext.values())
+
+    def segments(self, moffset: int, length: int) -> list[tuple[int, int, DeviceMapping | None]]:
+        """Split window bytes ``[moffset, moffset+length)`` into ``(start, end, mapping or
+        None)`` pieces."""
+        out: list[tuple[int, int, DeviceMapping | None]] = []
+        pos, end = moffset, moffset + length
+        i = max(bisect.bisect_right(self._starts, pos) - 1, 0)
+        while pos < end:
+            m = self._ext[self._starts[i]] if i < len(self._starts) else None
+            if m is not None and m.end <= pos:
+                i += 1
+                continue
+            if m is None or m.moffset >= end:
+                out.append((pos, end, None))
+                break
+            if m.moffset > pos:
+                out.append((pos, m.moffset, None))
+                pos = m.moffset
+            stop = min(end, m.end)
+            out.append((pos, stop, m))
+            pos = stop
+            i += 1
+        return out
+
+    def _check_inside(self, moffset: int, length: int) -> None:
+        if moffset < 0 or length < 0 or moffset + length > self.window_size:
+            raise WindowFault(
+                errno.EFAULT,
+                f"window access [{moffset:#x}, {moffset + length:#x}) outside the "
+                f"{self.window_size:#x}-byte window",
+            )
+
+    # ---- to implement -----------------------------------------------------------------
+    def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
+        return m
+
+    def _apply_unmap(self, moffset: int, length: int) -> None:
+        pass
+
+    def read(self, moffset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, moffset: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> WindowDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _past_eof(m: DeviceMapping, start: int, end: int, size: int) -> int | None:
+    """The first window offset in ``[start, end)`` of mapping ``m`` whose page lies wholly
+    past a file of ``size`` bytes (an access there is SIGBUS), or None."""
+    page = HOST_PAGE_SIZE
+    limit = -(-size // page) * page  # file bytes up to the end of the last page
+    first_bad = m.moffset + (limit - m.foffset)
+    if first_bad < end:
+        return max(first_bad, start)
+    return None
+
+
+class ModelDevice(WindowDevice):
+    """A pure-Python window: mappings refer to the bytes of a :class:`FileStore`.
+
+    ``files=None`` makes a data-less device for simulations: it keeps the extent map and
+    validates requests, and :meth:`read` returns zeros.
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        window_size: int,
+        files: FileStore | None = None,
+        map_alignment: int | None = 12,
+        *,
+        through_codec: bool = True,
+    ) -> None:
+        super().__init__(window_size, map_alignment, through_codec=through_codec)
+        self.files = files
+
+    def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
+        if self.files is not None and m.nodeid not in self.files:
+            raise OSError(errno.EBADF, f"no host file for nodeid {m.nodeid}")
+        return m
+
+    def read(self, moffset: int, length: int) -> bytes:
+        self._check_inside(moffset, length)
+        if self.files is None:
+            return bytes(length)
+        out = bytearray()
+        for start, end, m in self.segments(moffset, length):
+            if m is None:
+                out += bytes(end - start)
+                continue
+            data = self.files.data(m.nodeid)
+            bad = _past_eof(m, start, end, len(data))
+            if bad is not None:
+                raise WindowFault(
+                    errno.EFAULT,
+                    f"read at window {bad:#x} is past the end of nodeid {m.nodeid} "
+                    f"({len(data)} bytes): SIGBUS on a real window",
+                )
+            f0 = m.file_offset(start)
+            chunk = data[f0 : f0 + (end - start)]
+            out += chunk
+            out += bytes(end - start - len(chunk))
+        return bytes(out)
+
+    def write(self, moffset: int, data: bytes) -> None:
+        self._check_inside(moffset, len(data))
+        if self.files is None:
+            return
+        pos = 0
+        for start, end, m in self.segments(moffset, len(data)):
+            if m is None or not m.flags & FLAG_WRITE:
+                raise WindowFault(
+                    errno.EFAULT,
+                    f"write to {'unmapped' if m is None else 'read-only'} "
+                    f"window range [{start:#x}, {end:#x})",
+                )
+            buf = self.files.data(m.nodeid)
+            if _past_eof(m, start, end, len(buf)) is not None:
+                raise WindowFault(errno.EFAULT, f"write past end of nodeid {m.nodeid}")
+            f0 = m.file_offset(start)
+            n = max(0, min(end - start, len(buf) - f0))  # bytes past EOF are not kept
+            buf[f0 : f0 + n] = data[pos : pos + n]
+            pos += end - start
+
+
+# ---- the real window: this process's memory, real mmap ----------------------------------
+
+_PROT_READ, _PROT_WRITE = mmap.PROT_READ, mmap.PROT_WRITE
+_MAP_SHARED, _MAP_PRIVATE, _MAP_ANONYMOUS = mmap.MAP_SHARED, mmap.MAP_PRIVATE, mmap.MAP_ANONYMOUS
+_MAP_FIXED = 0x10  # linux/mman.h; not exported by the mmap module
+_MAP_NORESERVE = 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    for name in ("process_vm_readv", "process_vm_writev"):
+        fn = getattr(libc, name)
+        fn.restype = ctypes.c_ssize_t
+        fn.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(_Iovec),
+            ctypes.c_ulong,
+            ctypes.POINTER(_Iovec),
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
+    return libc
+
+
+class _Source:
+    """An open host file backing one or more extents (closed when none is left)."""
+
+    __slots__ = ("fd", "owned")
+
+    def __init__(self, fd: int, owned: bool) -> None:
+        self.fd, self.owned = fd, owned
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+
+class MmapDevice(WindowDevice):
+    """The window as a reserved region of this process's memory.
+
+    A mapping is the host file mmapped at ``base + moffset`` with MAP_FIXED | MAP_SHARED
+    (PROT_WRITE too when FUSE_SETUPMAPPING_FLAG_WRITE is set); REMOVEMAPPING maps
+    anonymous memory back. ``resolver(nodeid, fh)`` gives the host path (or an fd) of a
+    SETUPMAPPING's file; :meth:`map_fd` is the entry point for an fd received on the
+    vhost-user backend channel.
+
+    Reads never fault: the file's current size is checked, and the copy itself uses
+    ``process_vm_readv`` on this process, which returns EFAULT instead of raising SIGBUS
+    if the file shrank in between.
+    """
+
+    name = "mmap"
+
+    def __init__(
+        self,
+        window_size: int,
+        resolver: Resolver | None = None,
+        map_alignment: int | None = 12,
+        *,
+        through_codec: bool = True,
+    ) -> None:
+        super().__init__(window_size, map_alignment, through_codec=through_codec)
+        if window_size % HOST_PAGE_SIZE:
+            raise ValueError("the window size must be a multiple of the host page size")
+        self.resolver = resolver
+        self._libc = _libc()
+        self._pid = os.getpid()
+        size = max(window_size, HOST_PAGE_SIZE)
+        addr = self._libc.mmap(
+            None,
+            size,
+            _PROT_READ | _PROT_WRITE,
+            _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE,
+            -1,
+            0,
+        )
+        if addr in (None, _MAP_FAILED):
+            e = ctypes.get_errno()
+            raise OSError(e, f"reserving the window: {os.strerror(e)}")
+        self.base: int = addr
+        self._reserved = size
+        self._closed = False
+        self._sources: dict[int, _Source] = {}
+
+    # mapping
+    def _mmap_fixed(
+        self, moffset: int, length: int, prot: int, flags: int, fd: int, off: int
+    ) -> None:
+        addr = self._libc.mmap(self.base + moffset, length, prot, flags | _MAP_FIXED, fd, off)
+        if addr in (None, _MAP_FAILED) or addr != self.base + moffset:
+            e = ctypes.get_errno() or errno.EIO
+            raise OSError(e, os.strerror(e))
+
+    def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
+        if m.source is None:
+            if self.resolver is None:
+                raise OSError(errno.EBADF, "no resolver for node ids")
+            try:
+                target = self.resolver(m.nodeid, m.fh)
+            except (KeyError, LookupError):
+                raise OSError(errno.EBADF, f"cannot resolve nodeid {m.nodeid}") from None
+            if isinstance(target, int):
+                src = _Source(os.dup(target), True)
+            else:
+                mode = os.O_RDWR if m.flags & FLAG_WRITE else os.O_RDONLY
+                src = _Source(os.open(target, mode | os.O_CLOEXEC), True)
+            m = DeviceMapping(m.moffset, m.length, m.nodeid, m.foffset, m.flags, m.fh, src)
+        prot = _PROT_READ | (_PROT_WRITE if m.flags & FLAG_WRITE else 0)
+        try:
+            self._mmap_fixed(m.moffset, m.length, prot, _MAP_SHARED, m.source.fd, m.foffset)
+        except OSError:
+            self._close_source(m.source)
+            raise
+        return m
+
+    def map_fd(
+        self, fd: int, foffset: int, moffset: int, length: int, flags: int, nodeid: int = 0
+    ) -> int:
+        """Map ``fd`` (e.g. from a backend-channel message) as a SETUPMAPPING would;
+        returns 0 or an errno."""
+        if self._bad_range(moffset, length) or foffset % self.alignment:
+            return errno.EINVAL
+        m = DeviceMapping(moffset, length, nodeid, foffset, flags, 0, _Source(os.dup(fd), True))
+        try:
+            m = self._apply_map(m)
+        except OSError as e:
+            return e.errno or errno.EIO
+        self._carve(moffset, moffset + length)
+        self._insert(m)
+        return 0
+
+    def _apply_unmap(self, moffset: int, length: int) -> None:
+        self._mmap_fixed(
+            moffset,
+            length,
+            _PROT_READ | _PROT_WRITE,
+            _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE,
+            -1,
+            0,
+        )
+
+    def _insert(self, m: DeviceMapping) -> None:
+        super()._insert(m)
+        if m.source is not None:
+            self._sources[id(m.source)] = m.source
+
+    def _released(self, pieces: list[DeviceMapping]) -> None:
+        # Close the files no extent refers to any more (splits keep their source).
+        live = {id(m.source) for m in self._ext.values()}
+        for key in [k for k in self._sources if k not in live]:
+            self._close_source(self._sources.pop(key))
+
+    @staticmethod
+    def _close_source(src: _Source) -> None:
+        if src.owned and src.fd >= 0:
+            os.close(src.fd)
+            src.fd = -1
+
+    # bytes
+    def _copy(self, fn_name: str, addr: int, buf: Any, length: int) -> int:
+        local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), length)
+        remote = _Iovec(addr, length)
+        fn = getattr(self._libc, fn_name)
+        n = fn(self._pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n < 0:
+            e = ctypes.get_errno()
+            raise WindowFault(e or errno.EFAULT, f"{fn_name}: {os.strerror(e)}")
+        return n
+
+    def _check_eof(self, start: int, end: int, m: DeviceMapping, what: str) -> None:
+        if m.source is None:
+            return
+        size = m.source.size()
+        bad = _past_eof(m, start, end, size)
+        if bad is not None:
+            raise WindowFault(
+                errno.EFAULT,
+                f"{what} at window {bad:#x} is past the end of nodeid {m.nodeid} "
+                f"({size} bytes): refused instead of SIGBUS",
+            )
+
+    def read(self, moffset: int, length: int) -> bytes:
+        self._check_inside(moffset, length)
+        if length == 0:
+            return b""
+        for start, end, m in self.segments(moffset, length):
+            if m is not None:
+                self._check_eof(start, end, m, "read")
+        buf = ctypes.create_string_buffer(length)
+        n = self._copy("process_vm_readv", self.base + moffset, buf, length)
+        if n != length:
+            raise WindowFault(errno.EFAULT, f"short copy from the window ({n} of {length})")
+        return buf.raw
+
+    def write(self, moffset: int, data: bytes) -> None:
+        self._check_inside(moffset, len(data))
+        for start, end, m in self.segments(moffset, len(data)):
+            if m is not None:
+                if not m.flags & FLAG_WRITE:
+                    raise WindowFault(errno.EFAULT, f"write to read-only window range {start:#x}")
+                self._check_eof(start, end, m, "write")
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        n = self._copy("process_vm_writev", self.base + moffset, buf, len(data))
+        if n != len(data):
+            raise WindowFault(errno.EFAULT, f"short copy to the window ({n} of {len(data)})")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for src in self._sources.values():
+            self._close_source(src)
+        self._sources.clear()
+        self._ext.clear()
+        self._starts.clear()
+        self._libc.munmap(self.base, self._reserved)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

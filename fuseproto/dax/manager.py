@@ -1,0 +1,273 @@
+"""The DaxManager interface every policy implements, and ``module:factory`` plug-ins.
+
+A manager is the guest side of one mount's DAX window: it decides which file ranges are
+mapped where, sends SETUPMAPPING / REMOVEMAPPING to a :class:`WindowDevice` and serves
+reads (and writes, where the policy supports them) from the window.
+
+Writing your own manager
+------------------------
+Subclass :class:`DaxManager` and implement :meth:`~DaxManager.read`,
+:meth:`~DaxManager.forget`, :meth:`~DaxManager.unmount`, :meth:`~DaxManager.view` and
+:meth:`~DaxManager.accounting` (optionally :meth:`~DaxManager.write`). Send every message
+through :meth:`DaxManager.send` (it notifies the observers, i.e. the invariant checker,
+and keeps the statistics), and read the window through :meth:`DaxManager.window_read`.
+Then expose a factory::
+
+    # mypkg/mydax.py
+    def make(device, backend, **options):
+        return MyManager(device, backend, **options)
+
+and run it through every check here with ``--manager mypkg.mydax:make`` (CLI) or
+``load_manager("mypkg.mydax:make")``. The factory is called as
+``factory(device, backend, **options)``; ``device`` is a
+:class:`~fuseproto.dax.device.WindowDevice`, ``backend`` a
+:class:`~fuseproto.dax.host.FuseBackend`.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .device import WindowDevice, WindowFault
+from .host import FuseBackend
+from .messages import DaxMessage
+
+__all__ = [
+    "Accounting",
+    "DaxManager",
+    "DaxObserver",
+    "ManagerFactory",
+    "ManagerStats",
+    "ReadResult",
+    "Segment",
+    "ViewEntry",
+    "WriteResult",
+    "builtin_managers",
+    "load_manager",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewEntry:
+    """One live mapping in a manager's own view of the window."""
+
+    moffset: int
+    length: int
+    nodeid: int
+    foffset: int
+    writable: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.moffset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """Window bytes the manager considers mapped and free, out of ``total`` usable."""
+
+    mapped: int
+    free: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of a read's answer: ``length`` file bytes at ``foffset``, from the window
+    at ``moffset`` (None: from FUSE_READ)."""
+
+    foffset: int
+    length: int
+    moffset: int | None
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What a read returned. ``data`` may be short (end of file, or a policy that serves
+    only what one mapping covers, as OSv does). ``error`` is the errno of a failed DAX
+    attempt: with ``fell_back`` the bytes came from FUSE_READ instead; without it the
+    read failed (``data`` is what was read before the error)."""
+
+    data: bytes
+    segments: list[Segment] = field(default_factory=list)
+    error: int = 0
+    fell_back: bool = False
+    setups: int = 0  # SETUPMAPPINGs this read caused
+
+    @property
+    def source(self) -> str:
+        kinds = {"dax" if s.moffset is not None else "fuse_read" for s in self.segments}
+        return "+".join(sorted(kinds)) or "none"
+
+
+@dataclass(slots=True)
+class WriteResult:
+    written: int
+    error: int = 0
+    via: str = "dax"  # "dax" or "fuse_write"
+
+
+@dataclass(slots=True)
+class ManagerStats:
+    setupmapping: int = 0
+    removemapping: int = 0  # messages
+    removemapping_entries: int = 0
+    bytes_mapped: int = 0  # sum of SETUPMAPPING len
+    failed: int = 0  # messages the device refused
+    dax_bytes: int = 0  # bytes served from the window
+    fallback_bytes: int = 0  # bytes served by FUSE_READ after a DAX failure
+    reads: int = 0
+    errors: dict[int, int] = field(default_factory=dict)
+
+
+class DaxObserver(Protocol):
+    """Sees every message a manager sends (before and after the device answers) and
+    every read it serves. :class:`~fuseproto.dax.invariants.DaxChecker` is one."""
+
+    def on_send(self, manager: DaxManager, msg: DaxMessage) -> None: ...
+
+    def on_reply(self, manager: DaxManager, msg: DaxMessage, error: int) -> None: ...
+
+    def on_read(
+        self, manager: DaxManager, nodeid: int, offset: int, size: int, result: ReadResult
+    ) -> None: ...
+
+
+class DaxManager(ABC):
+    """One mount's DAX window policy. Single-threaded: callers serialise operations."""
+
+    name = "manager"
+    #: True when :meth:`write` goes through the window (False: always FUSE_WRITE)
+    supports_dax_write = False
+
+    def __init__(self, device: WindowDevice, backend: FuseBackend, *, sender: str = "") -> None:
+        self.device = device
+        self.backend = backend
+        self.sender = sender or f"{self.name}@{id(self):x}"
+        self.stats = ManagerStats()
+        self.observers: list[DaxObserver] = []
+        self._unique = 0
+
+    # ---- what policies implement ---------------------------------------------------------
+    @abstractmethod
+    def read(self, nodeid: int, offset: int, size: int, *, fh: int = 0) -> ReadResult:
+        """Read up to ``size`` bytes at ``offset`` (the guest's read(2) on one file)."""
+
+    def write(self, nodeid: int, offset: int, data: bytes, *, fh: int = 0) -> WriteResult:
+        """Write ``data`` at ``offset``. Default: FUSE_WRITE (no DAX writes)."""
+        n = self.backend.fuse_write(nodeid, fh, offset, bytes(data))
+        return WriteResult(n, 0, "fuse_write")
+
+    @abstractmethod
+    def forget(self, nodeid: int) -> None:
+        """The guest drops the inode (FORGET): its mappings must not serve it again."""
+
+    @abstractmethod
+    def unmount(self) -> None:
+        """The mount goes away."""
+
+    @abstractmethod
+    def view(self) -> list[ViewEntry]:
+        """The manager's live mappings, in window order."""
+
+    @abstractmethod
+    def accounting(self) -> Accounting:
+        """Mapped and free window bytes as the manager counts them."""
+
+    def check_valid(self) -> None:
+        """Internal consistency of the policy's own structures (raise AssertionError)."""
+        return None
+
+    def pinned(self) -> set[int]:
+        """Window offsets of ranges in use (never to be reclaimed), if the policy has
+        the notion."""
+        return set()
+
+    # ---- helpers for implementations ------------------------------------------------------
+    def next_unique(self) -> int:
+        self._unique += 2  # even, as the kernel's fuse_get_unique
+        return self._unique
+
+    def send(self, msg: DaxMessage) -> int:
+        """Send one message to the device; returns 0 or a positive errno."""
+        msg.sender = msg.sender or self.sender
+        for o in self.observers:
+            o.on_send(self, msg)
+        err = self.device.submit(msg)
+        st = self.stats
+        if msg.is_setup:
+            st.setupmapping += 1
+            if not err:
+                st.bytes_mapped += msg.body.len
+        else:
+            st.removemapping += 1
+            st.removemapping_entries += len(msg.body.entries)
+        if err:
+            st.failed += 1
+            st.errors[err] = st.errors.get(err, 0) + 1
+        for o in self.observers:
+            o.on_reply(self, msg, err)
+        return err
+
+    def window_read(self, moffset: int, length: int) -> bytes:
+        return self.device.read(moffset, length)
+
+    def finish_read(self, nodeid: int, offset: int, size: int, result: ReadResult) -> ReadResult:
+        """Account a served read and show it to the observers; returns ``result``."""
+        st = self.stats
+        st.reads += 1
+        for s in result.segments:
+            if s.moffset is None:
+                st.fallback_bytes += s.length
+            else:
+                st.dax_bytes += s.length
+        if result.error:
+            st.errors[result.error] = st.errors.get(result.error, 0) + 1
+        for o in self.observers:
+            o.on_read(self, nodeid, offset, size, result)
+        return result
+
+    def fuse_read_segment(
+        self, nodeid: int, fh: int, offset: int, size: int
+    ) -> tuple[bytes, Segment]:
+        data = self.backend.fuse_read(nodeid, fh, offset, size)
+        return data, Segment(offset, len(data), None)
+
+
+def window_fault_errno(exc: WindowFault) -> int:
+    return exc.errno or errno.EFAULT
+
+
+ManagerFactory = Callable[..., DaxManager]
+
+
+def builtin_managers() -> dict[str, ManagerFactory]:
+    from .linux import LinuxDaxManager
+    from .osv import OsvDaxManager
+
+    return {"osv": OsvDaxManager, "linux": LinuxDaxManager}
+
+
+def load_manager(spec: str) -> ManagerFactory:
+    """``"osv"``, ``"linux"`` or ``"package.module:factory"`` -> a factory called as
+    ``factory(device, backend, **options)``."""
+    builtins = builtin_managers()
+    if spec in builtins:
+        return builtins[spec]
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown manager {spec!r}: use one of {sorted(builtins)} or 'module:factory'"
+        )
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec!r} is not callable")
+    return obj
