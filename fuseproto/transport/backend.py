@@ -45,6 +45,7 @@ _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_FIXED = 0x10
+_PROT_NONE = 0
 _MAP_NORESERVE = 0x4000
 VHOST_USER_FS_FLAG_MAP_R = 1 << 0
 VHOST_USER_FS_FLAG_MAP_W = 1 << 1
@@ -60,7 +61,7 @@ class DaxWindow:
         if size <= 0 or size % PAGE:
             raise ValueError("window size must be a positive multiple of the page size")
         self.size = size
-        base = _libc.mmap(None, size, mmap.PROT_NONE,
+        base = _libc.mmap(None, size, _PROT_NONE,
                           mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
         if base in (None, _MAP_FAILED):
             raise OSError(ctypes.get_errno(), "cannot reserve DAX window")
@@ -91,7 +92,7 @@ class DaxWindow:
         self._check(offset, length)
         with self._lock:
             # Replace, never munmap: the range stays reserved for the window.
-            got = _libc.mmap(self.base + offset, length, mmap.PROT_NONE,
+            got = _libc.mmap(self.base + offset, length, _PROT_NONE,
                              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE,
                              -1, 0)
             if got in (None, _MAP_FAILED):

@@ -126,6 +126,14 @@ def _unescape_mountinfo(path: str) -> str:
     return "".join(out)
 
 
+class ReplyRejectedError(TransportError):
+    """The kernel refused a reply or notification we wrote (e.g. EINVAL: malformed)."""
+
+    def __init__(self, errno_: int, size: int) -> None:
+        self.errno = errno_
+        super().__init__(f"/dev/fuse rejected a {size}-byte write: {os.strerror(errno_)}")
+
+
 class DevFuseMount:
     """One kernel FUSE connection: /dev/fuse opened and mounted on ``mountpoint``.
 
@@ -327,7 +335,9 @@ class DevFuseMount:
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return False
-            raise TransportError(f"write of {len(data)} bytes to /dev/fuse failed: {exc}") from exc
+            if exc.errno in (errno.ENODEV, errno.EBADF):
+                raise TransportError("/dev/fuse connection gone") from exc
+            raise ReplyRejectedError(exc.errno, len(data)) from exc
         if n != len(data):
             raise TransportError(f"short write to /dev/fuse: {n} of {len(data)}")
         return True
@@ -338,40 +348,53 @@ class DevFuseMount:
 
 Handler = Callable[[Any], Any]
 
+#: A handler returns this to answer later, from any thread, with DevFuseServer.complete().
+DEFER: Any = object()
+
 
 @dataclass
 class ServedMessage:
-    """One request seen by the server and what was done with it (for tests/logs)."""
+    """One request seen by the server and what was done with it (for tests and logs)."""
 
     raw: bytes
     request: Any = None
     reply_raw: bytes | None = None
     error: int = 0
-    accepted: bool | None = None  # the kernel took the reply (False: ENOENT)
+    accepted: bool | None = None  # the kernel took the reply (False: ENOENT, gone)
     failure: BaseException | None = None
 
 
 @dataclass
 class ServerStats:
+    """What a server saw; bounded (the oldest messages are dropped)."""
+
     messages: list[ServedMessage] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
-    max_messages: int = 100_000  # bounded record; older entries are dropped
+    notifications: list[bytes] = field(default_factory=list)
+    max_messages: int = 100_000
 
     def record(self, msg: ServedMessage) -> None:
         self.messages.append(msg)
         if len(self.messages) > self.max_messages:
             del self.messages[: len(self.messages) - self.max_messages]
 
+    def fail(self, msg: ServedMessage | None, exc: BaseException) -> None:
+        if msg is not None:
+            msg.failure = exc
+        if len(self.failures) < self.max_messages:
+            self.failures.append(exc)
+
 
 class DevFuseServer:
     """Serve a :class:`DevFuseMount` with a handler, one request at a time.
 
     ``handler(request)`` gets a decoded codec ``Request`` and returns the reply body
-    (whatever ``encode_reply`` takes for that opcode); raising ``OSError`` replies with
-    ``-errno``. For requests that take no reply (FORGET, BATCH_FORGET, NOTIFY_REPLY,
-    INTERRUPT) the return value is ignored. A request that does not decode, or a handler
-    that fails otherwise, is answered with -EIO (when it has a unique to answer to) and
-    recorded in ``stats.failures``.
+    (whatever ``encode_reply`` takes for that opcode), or :data:`DEFER` to answer later
+    with :meth:`complete`; raising ``OSError`` replies with ``-errno``. For requests that
+    take no reply (FORGET, BATCH_FORGET, NOTIFY_REPLY, INTERRUPT) the return value is
+    ignored. Anything that goes wrong otherwise (a request that does not decode, a
+    handler bug, a reply the kernel rejects) is recorded in ``stats.failures`` and, where
+    a request waits, answered with -EIO, so that no caller hangs.
     """
 
     def __init__(
@@ -391,6 +414,7 @@ class DevFuseServer:
         self.session = session
         self.poll_interval = poll_interval
         self.stats = ServerStats()
+        self._lock = threading.Lock()  # the session is not thread-safe
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.closed_reason: BaseException | None = None
@@ -409,44 +433,62 @@ class DevFuseServer:
         msg = ServedMessage(raw=raw)
         self.stats.record(msg)
         try:
-            request = self.session.feed_request(raw)
+            with self._lock:
+                request = self.session.feed_request(raw)
+                expects_reply = self.session.expects_reply(request)
         except (DecodeError, ProtocolError) as exc:
-            msg.failure = exc
-            self.stats.failures.append(exc)
+            self.stats.fail(msg, exc)
             return True
         msg.request = request
-        if not self.session.expects_reply(request):
-            try:
-                self.handler(request)
-            except Exception as exc:  # a handler bug: record, keep serving
-                msg.failure = exc
-                self.stats.failures.append(exc)
-            return True
         body: Any = None
         error = 0
         try:
             body = self.handler(request)
         except FuseprotoError as exc:
-            msg.failure = exc
-            self.stats.failures.append(exc)
+            self.stats.fail(msg, exc)
             error = -errno.EIO
         except OSError as exc:
             error = -(exc.errno or errno.EIO)
         except Exception as exc:  # a handler bug: answer EIO so the caller is not stuck
-            msg.failure = exc
-            self.stats.failures.append(exc)
+            self.stats.fail(msg, exc)
             error = -errno.EIO
-        try:
-            reply = self.session.build_reply(request, None if error else body, error=error)
-        except FuseprotoError as exc:
-            msg.failure = exc
-            self.stats.failures.append(exc)
-            error = -errno.EIO
-            reply = self.session.build_reply(request, None, error=error)
-        msg.reply_raw = reply
-        msg.error = error
-        msg.accepted = self.mount.write_reply(reply)
+        if not expects_reply or (body is DEFER and not error):
+            return True
+        self._reply(msg, request, body, error)
         return True
+
+    def complete(self, request: Any, body: Any = None, error: int = 0) -> bool:
+        """Answer a request the handler deferred; True when the kernel took the reply."""
+        msg = next((m for m in reversed(self.stats.messages) if m.request is request), None)
+        return self._reply(msg, request, body, error)
+
+    def _reply(self, msg: ServedMessage | None, request: Any, body: Any, error: int) -> bool:
+        with self._lock:
+            try:
+                reply = self.session.build_reply(request, None if error else body, error=error)
+            except FuseprotoError as exc:
+                self.stats.fail(msg, exc)
+                error = -errno.EIO
+                reply = self.session.build_reply(request, None, error=error)
+        if msg is not None:
+            msg.reply_raw = reply
+            msg.error = error
+        try:
+            accepted = self.mount.write_reply(reply)
+        except ReplyRejectedError as exc:
+            self.stats.fail(msg, exc)
+            accepted = False
+        if msg is not None:
+            msg.accepted = accepted
+        return accepted
+
+    def notify(self, code: int, body: Any) -> bool:
+        """Send a notification to the kernel. False when the kernel reports ENOENT (the
+        inode or entry it names is not cached); ReplyRejectedError if it refuses it."""
+        with self._lock:
+            data = self.session.build_notification(code, body)
+        self.stats.notifications.append(data)
+        return self.mount.write_reply(data)
 
     def serve_forever(self) -> None:
         """Serve until :meth:`stop` or until the connection goes away."""
@@ -487,18 +529,18 @@ def serve(
     session: Session | None = None,
     **mount_options: Any,
 ) -> Iterator[DevFuseServer]:
-    """Mount, serve in a thread, and always unmount, stop and close on exit."""
+    """Mount, serve in a thread, and on exit always unmount, stop and close."""
     mount = DevFuseMount(mountpoint, **mount_options)
     mount.open()
-    server = DevFuseServer(mount, handler, session=session)
     try:
+        server = DevFuseServer(mount, handler, session=session)
         server.start()
-        yield server
-    finally:
         try:
-            mount.unmount()
+            yield server
         finally:
             try:
-                server.stop()
+                mount.unmount()
             finally:
-                mount.close()
+                server.stop()
+    finally:
+        mount.close()

@@ -511,8 +511,11 @@ class VhostUserTransport:
             self._next_queue = (self._next_queue + 1) % self.request_queues
         vq = self.queues[qi]
         if not ins:
-            # Nobody waits for a reply-less request (FORGET): reclaim finished ones here.
+            # Nobody waits for a reply-less request (FORGET): reclaim finished ones here,
+            # and wait for room if the daemon has not caught up (it may be descheduled).
             self._collect(vq)
+            if vq.free_descriptors() < len(out):
+                self._wait_room(vq, len(out))
         token = vq.add(out, ins)
         token.queue = qi
         token.tag = tag
@@ -580,7 +583,6 @@ class VhostUserTransport:
                         return
                 if time.monotonic() > spin_end:
                     break
-        poll = self._poller.poll
         while True:
             vq.set_interrupts(True)
             self._collect(vq)
@@ -594,27 +596,43 @@ class VhostUserTransport:
                 raise TransportTimeout(
                     f"no reply{what} on queue {vq.index} after {timeout:.3g} s{state}"
                 )
-            # Short slices: bounds a lost wakeup (store->load reordering on the flag) and
-            # lets us notice a daemon that died without the socket saying so.
-            for fd, _ev in poll(max(1, int(min(remaining, 0.05) * 1000))):
-                if fd == self.sock.fileno():
-                    self._connection_lost(vq, token)
-                else:
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(fd)
-            if self.daemon is not None and not self.daemon.running():
-                self._collect(vq)
-                if token.done:
-                    return
-                self._connection_lost(vq, token)
+            self._poll_once(vq, token, remaining)
 
-    def _connection_lost(self, vq: SplitVirtqueue, token: Inflight) -> None:
+    def _wait_room(self, vq: SplitVirtqueue, n: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        while vq.free_descriptors() < n:
+            vq.set_interrupts(True)
+            self._collect(vq)
+            if vq.free_descriptors() >= n:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state = f"; {self.daemon.describe()}" if self.daemon is not None else ""
+                raise TransportTimeout(
+                    f"queue {vq.index} stayed full ({len(vq.inflight)} requests in flight) "
+                    f"for {self.timeout:.3g} s{state}")
+            self._poll_once(vq, None, remaining)
+
+    def _poll_once(self, vq: SplitVirtqueue, token: Inflight | None, remaining: float) -> None:
+        """Block on the call eventfds and the socket for a short slice."""
+        # Short slices: bound a lost wakeup (store->load reordering on the flag) and let
+        # us notice a daemon that died without the socket saying so.
+        for fd, _ev in self._poller.poll(max(1, int(min(remaining, 0.05) * 1000))):
+            if fd == self.sock.fileno():
+                self._connection_lost(vq, token)
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(fd)
+        if self.daemon is not None and not self.daemon.running():
+            self._connection_lost(vq, token)
+
+    def _connection_lost(self, vq: SplitVirtqueue, token: Inflight | None) -> None:
         # The daemon never writes to this socket unprompted: readable means EOF.
         self._collect(vq)
-        if token.done:
+        if token is not None and token.done:
             return
         inflight = sum(len(q.inflight) for q in self.queues)
-        what = f" to {token.tag}" if token.tag else ""
+        what = f" to {token.tag}" if token is not None and token.tag else ""
         self._broken = (
             f"vhost-user connection closed by the daemon{self._daemon_note()} with "
             f"{inflight} request(s) in flight; no reply{what}"
@@ -636,8 +654,10 @@ class VhostUserTransport:
         if self.backend is not None:
             self.backend.close()
         if self.daemon is not None and self.own_daemon:
-            # It exits by itself once the connection is gone; give it a moment first.
-            self.daemon.wait_exit(1.0)
+            # It exits by itself once the connection is gone; give it a moment first
+            # (unless it is stopped and cannot).
+            if self.daemon.state() not in ("T", "t"):
+                self.daemon.wait_exit(1.0)
             self.daemon.cleanup()
             tmp = getattr(self, "_tmpdir", None)
             if tmp:

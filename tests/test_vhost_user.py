@@ -1,0 +1,333 @@
+"""The vhost-user frontend and virtqueues against both real daemons, plus the backend
+channel (DAX map/unmap) against a small in-test backend peer.
+
+FUSE messages are built and decoded by the Client/Session; these tests are about moving
+them: handshake, many in flight, timeouts, crashes, early close, no leaks.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from fuseproto.client import Client
+from fuseproto.errors import TransportError, TransportTimeout
+from fuseproto.transport.backend import BackendChannel, DaxMapHandler, DaxWindow
+from fuseproto.transport.vhost_user import (
+    VHOST_USER_NEED_REPLY_MASK,
+    VHOST_USER_VERSION,
+    VhostUserBackendRequest,
+    VhostUserFSBackendMsg,
+    VhostUserHeader,
+    VhostUserMemory,
+    VhostUserMMap,
+    VhostUserProtocolFeature,
+    VhostUserTransport,
+    VhostUserU64,
+    VhostUserVringAddr,
+    recv_message,
+    send_message,
+)
+from fuseproto.wire.constants import FUSE_ROOT_ID
+
+daemon_tests = pytest.mark.daemon
+
+
+# -- schemas --------------------------------------------------------------------------------
+
+def test_schema_sizes():
+    assert VhostUserHeader.sizeof() == 12
+    assert VhostUserVringAddr.sizeof() == 40
+    assert VhostUserMMap.sizeof() == 40
+    assert VhostUserFSBackendMsg.sizeof() == 256
+    table = VhostUserMemory.build(dict(nregions=2, padding=0, regions=[
+        dict(guest_addr=1, size=2, user_addr=3, mmap_offset=4)] * 2))
+    assert len(table) == 8 + 2 * 32
+    assert VhostUserMemory.parse(table).regions[1].mmap_offset == 4
+
+
+def test_framing_roundtrip_with_fd():
+    a, b = socket.socketpair()
+    fd = os.memfd_create("t")
+    try:
+        send_message(a, 21, b"\x01" * 8, fds=[fd], flags=VHOST_USER_VERSION | VHOST_USER_NEED_REPLY_MASK)
+        msg = recv_message(b)
+        assert (msg.request, msg.payload, msg.need_reply, msg.is_reply) == (21, b"\x01" * 8, True, False)
+        assert len(msg.fds) == 1 and os.fstat(msg.fds[0]).st_ino == os.fstat(fd).st_ino
+        os.close(msg.fds[0])
+        a.close()
+        with pytest.raises(TransportError, match="closed"):
+            recv_message(b)
+    finally:
+        os.close(fd)
+        a.close()
+        b.close()
+
+
+# -- against the daemons --------------------------------------------------------------------
+
+@daemon_tests
+def test_handshake_negotiates(vhost, daemon_kind):
+    n = vhost.negotiated
+    P = VhostUserProtocolFeature
+    assert n.has(P.REPLY_ACK) and n.has(P.MQ)
+    assert n.queue_num >= 2
+    assert n.features == (1 << 32) | (1 << 30)
+    assert len(vhost.queues) == 2 and len(vhost.kick_fds) == len(vhost.call_fds) == 2
+
+
+@daemon_tests
+@pytest.mark.parametrize("mode", ["poll", "eventfd"])
+def test_init_and_getattr_in_both_modes(no_leaks, installation, shared_dir, mode):
+    with VhostUserTransport.spawn(installation, shared_dir, mode=mode) as t:
+        c = Client(t)
+        init = c.init()
+        assert init.major == 7 and init.minor == (36 if installation.kind == "c" else 38)
+        assert c.session.initialized
+        attr = c.getattr(FUSE_ROOT_ID).attr
+        assert attr.ino == os.stat(shared_dir).st_ino
+
+
+@daemon_tests
+def test_many_in_flight_one_kick(no_leaks, installation, shared_dir):
+    with VhostUserTransport.spawn(installation, shared_dir, queue_size=256) as t:
+        c = Client(t)
+        c.init()
+        pend = [c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID, kick=False)
+                for _ in range(100)]
+        c.kick()
+        inos = {c.result(p).attr.ino for p in reversed(pend)}  # any completion order
+        assert inos == {os.stat(shared_dir).st_ino}
+        # 256 descriptors, 2 per request: the 129th in flight has no room.
+        held = [c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID, kick=False) for _ in range(128)]
+        with pytest.raises(TransportError, match="no free descriptors"):
+            c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        c.kick()
+        for p in held:
+            c.result(p)
+
+
+@daemon_tests
+def test_forget_goes_on_hiprio_and_is_reclaimed(no_leaks, installation, shared_dir):
+    open(os.path.join(shared_dir, "f"), "w").close()
+    with VhostUserTransport.spawn(installation, shared_dir, queue_size=16) as t:
+        c = Client(t)
+        c.init()
+        for _ in range(40):  # more than the hiprio ring holds: reclaimed as they complete
+            e = c.lookup(FUSE_ROOT_ID, "f")
+            c.forget(e.nodeid, 1)
+        assert t.queues[0].free_descriptors() >= 14
+        assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
+
+
+@daemon_tests
+def test_daemon_never_answering_times_out_then_recovers(no_leaks, installation, shared_dir):
+    t = VhostUserTransport.spawn(installation, shared_dir)
+    try:
+        c = Client(t)
+        c.init()
+        t.daemon.signal(signal.SIGSTOP)
+        p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        start = time.monotonic()
+        with pytest.raises(TransportTimeout) as ei:
+            c.result(p, timeout=0.3)
+        assert time.monotonic() - start < 2
+        msg = str(ei.value)
+        assert f"unique {p.unique}" in msg and "stopped" in msg
+        t.daemon.signal(signal.SIGCONT)
+        # The abandoned chain is reclaimed when the daemon finally uses it.
+        assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
+        assert not t.queues[1].inflight
+    finally:
+        t.daemon.signal(signal.SIGCONT)
+        t.close()
+    assert not os.path.exists(t.socket_path)
+
+
+@daemon_tests
+def test_daemon_stopped_at_close_is_still_reaped(no_leaks, installation, shared_dir):
+    t = VhostUserTransport.spawn(installation, shared_dir)
+    c = Client(t)
+    c.init()
+    t.daemon.signal(signal.SIGSTOP)
+    c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+    t.close()
+    assert t.daemon.returncode is not None
+    assert not os.path.exists(t.socket_path)
+
+
+@daemon_tests
+def test_daemon_crash_mid_session(no_leaks, installation, shared_dir):
+    t = VhostUserTransport.spawn(installation, shared_dir)
+    try:
+        c = Client(t)
+        c.init()
+        t.daemon.signal(signal.SIGSTOP)  # so the request is surely still in flight
+        p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        t.daemon.signal(signal.SIGKILL)
+        with pytest.raises(TransportError) as ei:
+            c.result(p, timeout=5)
+        assert not isinstance(ei.value, TransportTimeout)
+        msg = str(ei.value)
+        assert "SIGKILL" in msg and f"unique {p.unique}" in msg, msg
+        # The transport stays broken, with the same explanation.
+        with pytest.raises(TransportError, match="SIGKILL"):
+            c.getattr(FUSE_ROOT_ID)
+    finally:
+        t.close()
+    assert t.daemon.returncode == -signal.SIGKILL
+    assert not os.path.exists(t.socket_path)
+
+
+@daemon_tests
+def test_frontend_closing_early(no_leaks, installation, shared_dir):
+    t = VhostUserTransport.spawn(installation, shared_dir)
+    c = Client(t)
+    c.init()
+    pend = [c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID) for _ in range(8)]
+    t.close()
+    # The daemon saw its one connection close and exited by itself.
+    assert t.daemon.returncode == 0, t.daemon.log_tail()
+    assert not os.path.exists(t.socket_path)
+    with pytest.raises(TransportError, match="closed"):
+        c.result(pend[-1])
+    with pytest.raises(TransportError, match="closed"):
+        c.getattr(FUSE_ROOT_ID)
+    t.close()  # idempotent
+
+
+@daemon_tests
+def test_connect_to_dead_daemon_is_typed(no_leaks, daemon):
+    daemon.signal(signal.SIGKILL)
+    daemon.wait_exit(5)
+    with pytest.raises(TransportError, match=r"SIGKILL|connect"):
+        VhostUserTransport(daemon.socket_path, daemon=daemon, own_daemon=False, timeout=1)
+
+
+@daemon_tests
+def test_backend_channel_set_up_when_offered(no_leaks, installation, shared_dir):
+    window = DaxWindow(1 << 20)
+    handler = DaxMapHandler(window)
+    try:
+        with VhostUserTransport.spawn(installation, shared_dir, backend_handler=handler) as t:
+            c = Client(t)
+            c.init()
+            # Both released daemons offer the backend channel but cannot do DAX.
+            assert t.negotiated.backend_channel
+            assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
+        assert handler.events == []
+    finally:
+        window.close()
+
+
+# -- the backend channel against an in-test backend peer ------------------------------------
+
+@pytest.fixture
+def backend_peer():
+    """(peer socket, window, handler): the test plays the daemon on ``peer``."""
+    ours, peer = socket.socketpair()
+    window = DaxWindow(16 * mmap.PAGESIZE)
+    handler = DaxMapHandler(window)
+    chan = BackendChannel(ours, handler)
+    chan.start()
+    try:
+        yield peer, window, handler
+    finally:
+        peer.close()
+        chan.close()
+        chan.join()
+        window.close()
+        assert chan.error is None
+
+
+def _ask(peer, request, payload, fds=()):
+    send_message(peer, request, payload, fds=fds,
+                 flags=VHOST_USER_VERSION | VHOST_USER_NEED_REPLY_MASK)
+    reply = recv_message(peer)
+    assert reply.is_reply and reply.request == request
+    return VhostUserU64.parse(reply.payload).u64
+
+
+def _file(content: bytes) -> int:
+    fd = os.memfd_create("dax-file")
+    os.write(fd, content.ljust(4 * mmap.PAGESIZE, b"\0"))
+    return fd
+
+
+def test_shmem_map_and_unmap(backend_peer):
+    peer, window, handler = backend_peer
+    P = mmap.PAGESIZE
+    fd = _file(b"A" * P + b"B" * P)
+    try:
+        m = dict(shmid=0, padding=bytes(7), fd_offset=P, shm_offset=3 * P, len=P, flags=1)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(m), [fd]) == 0
+        assert window.read(3 * P, 4) == b"BBBB"
+        window.write(3 * P, b"xy")  # writable (flags bit 0): visible through the file
+        assert os.pread(fd, 2, P) == b"xy"
+        assert not window.is_mapped(2 * P, P)
+        m["len"] = P
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_UNMAP, VhostUserMMap.build(m)) == 0
+        assert not window.is_mapped(3 * P, P) and window.mapped_pages() == 0
+    finally:
+        os.close(fd)
+    assert [e.result for e in handler.events] == [0, 0]
+
+
+def test_shmem_map_read_only_and_errors(backend_peer):
+    peer, window, handler = backend_peer
+    P = mmap.PAGESIZE
+    fd = _file(b"R" * P)
+    try:
+        m = dict(shmid=0, padding=bytes(7), fd_offset=0, shm_offset=0, len=P, flags=0)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(m), [fd]) == 0
+        assert window.read(0, 1) == b"R"
+        with pytest.raises(ValueError, match="writable"):
+            window.write(0, b"x")
+        beyond = dict(m, shm_offset=16 * P)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(beyond),
+                    [fd]) == errno.EINVAL
+        unaligned = dict(m, shm_offset=100)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(unaligned),
+                    [fd]) == errno.EINVAL
+        other_region = dict(m, shmid=1)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP,
+                    VhostUserMMap.build(other_region), [fd]) == errno.EINVAL
+        no_fd = VhostUserMMap.build(m)
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, no_fd) == errno.EINVAL
+        assert _ask(peer, 77, b"") == errno.ENOSYS
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, b"short", [fd]) == errno.EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_legacy_fs_map_and_unmap(backend_peer):
+    peer, window, handler = backend_peer
+    P = mmap.PAGESIZE
+    fd = _file(b"0" * P + b"1" * P + b"2" * P)
+    try:
+        z = [0] * 8
+        msg = dict(fd_offset=[2 * P, 0] + z[2:], cache_offset=[0, 5 * P] + z[2:],
+                   len=[P, P] + z[2:], flags=[3, 1] + z[2:])
+        assert _ask(peer, VhostUserBackendRequest.FS_MAP, VhostUserFSBackendMsg.build(msg),
+                    [fd]) == 0
+        assert window.read(0, 1) == b"2" and window.read(5 * P, 1) == b"0"
+        assert window.mapped_pages() == 2
+        # len ~0: everything from cache_offset to the window's end.
+        unmap = dict(fd_offset=z, cache_offset=z, len=[(1 << 64) - 1] + z[1:], flags=z)
+        assert _ask(peer, VhostUserBackendRequest.FS_UNMAP,
+                    VhostUserFSBackendMsg.build(unmap)) == 0
+        assert window.mapped_pages() == 0
+    finally:
+        os.close(fd)
+
+
+def _getattr_body():
+    from construct import Container
+
+    return Container(getattr_flags=0, dummy=0, fh=0)
