@@ -309,6 +309,35 @@ class _UntilEnd(Subconstruct):
         return obj
 
 
+class _ParseAs(Construct):
+    """Parse with ``parse_con`` (checked, sized by a field); build whatever is given.
+
+    A forced length/count field may disagree with the data: fuzzers must be able to lie.
+    """
+
+    def __init__(self, parse_con: Construct, build_con: Construct):
+        super().__init__()
+        self.parse_con = parse_con
+        self.build_con = build_con
+        self.flagbuildnone = build_con.flagbuildnone
+
+    def _parse(self, stream, context, path):
+        return self.parse_con._parsereport(stream, context, path)
+
+    def _build(self, obj, stream, context, path):
+        return self.build_con._build(obj, stream, context, path)
+
+
+class _Items(Subconstruct):
+    """Build each element of a list (any length); used as the build side of counted arrays."""
+
+    def _build(self, obj, stream, context, path):
+        for i, item in enumerate(obj or ()):
+            context._index = i
+            self.subcon._build(item, stream, context, path)
+        return obj
+
+
 def _bytes_default(length: Callable[[Any], int]) -> Construct:
     return _Derived(Bytes(length), lambda ctx: b"\0" * length(ctx))
 
@@ -462,7 +491,7 @@ class NameN(Part):
         lf = self.len_field
         return [
             _Check(lambda c, rem: rem == c[lf] + 1, "name length mismatch", LengthMismatchError),
-            self.field / Bytes(this[lf]),
+            self.field / _ParseAs(Bytes(this[lf]), _Greedy()),
             Const(b"\0"),
         ]
 
@@ -490,7 +519,7 @@ class Sized(Part):
         sf = self.size_field
         return [
             _Check(lambda c, rem: rem == c[sf], "size mismatch", LengthMismatchError),
-            self.field / Bytes(this[sf]),
+            self.field / _ParseAs(Bytes(this[sf]), _Greedy()),
         ]
 
 
@@ -524,7 +553,10 @@ class Rest(Part):
 class Counted(Part):
     """Exactly ``body[count_field]`` items of ``item`` (a struct name or "u64") to the end."""
 
-    def __init__(self, field: str, count_field: str, item: str, limit: int | None = None):
+    def __init__(
+        self, field: str, count_field: str, item: str, limit: int | None = None, back: int = 0
+    ):
+        self.back = back  # bytes from the count field to the first item, for error offsets
         self.field = field
         self.count_field = count_field
         self.item = item
@@ -542,13 +574,13 @@ class Counted(Part):
         if self.limit is not None and n > self.limit:
             raise LimitExceededError(
                 f"{self.count_field}={n} above the maximum {self.limit}",
-                offset=off,
+                offset=off - self.back,
                 path=self.count_field,
             )
         if end - off != n * self.isize:
             raise LengthMismatchError(
                 f"{self.count_field}={n} needs {n * self.isize} bytes, {end - off} present",
-                offset=off,
+                offset=off - self.back,
                 path=self.count_field,
             )
         if self.fl is None:
@@ -568,7 +600,7 @@ class Counted(Part):
             )
         out.append(_Check(lambda c, rem: rem == c[cf] * isz, "count mismatch", LengthMismatchError))
         item = Int64ul if self.item == "u64" else Struct(*_defaulted(structs.ALL[self.item]))
-        out.append(self.field / Array(this[cf], item))
+        out.append(self.field / _ParseAs(Array(this[cf], item), _Items(item)))
         return out
 
 
@@ -616,7 +648,7 @@ class Dirents(Part):
         if self.plus:
             dirent = Struct(
                 *_defaulted(structs.fuse_dirent, {"namelen": lambda c: len(c.name)}),
-                "name" / Bytes(this.namelen),
+                "name" / _ParseAs(Bytes(this.namelen), _Greedy()),
             )
             rec = Struct(
                 "entry_out" / Struct(*_defaulted(structs.fuse_entry_out)),
@@ -626,7 +658,7 @@ class Dirents(Part):
         else:
             rec = Struct(
                 *_defaulted(structs.fuse_dirent, {"namelen": lambda c: len(c.name)}),
-                "name" / Bytes(this.namelen),
+                "name" / _ParseAs(Bytes(this.namelen), _Greedy()),
                 "pad" / _bytes_default(lambda c: -(_DIRENT_SIZE + c.namelen) % 8),
             )
         return ["entries" / _UntilEnd(rec)]
@@ -678,9 +710,16 @@ class IoctlOut(Part):
                 "iovec count mismatch",
                 LengthMismatchError,
             ),
-            "in_iov" / _Derived(Array(lambda c: c.in_iovs if retry(c) else 0, iovec), lambda c: []),
+            "in_iov"
+            / _Derived(
+                _ParseAs(Array(lambda c: c.in_iovs if retry(c) else 0, iovec), _Items(iovec)),
+                lambda c: [],
+            ),
             "out_iov"
-            / _Derived(Array(lambda c: c.out_iovs if retry(c) else 0, iovec), lambda c: []),
+            / _Derived(
+                _ParseAs(Array(lambda c: c.out_iovs if retry(c) else 0, iovec), _Items(iovec)),
+                lambda c: [],
+            ),
             "data" / _Derived(_Greedy(), lambda c: b""),
         ]
 
@@ -794,13 +833,17 @@ def _request_parts(opcode: int, minor: int, setxattr_ext: bool) -> tuple[Part, .
     if opcode == _OP.FUSE_BATCH_FORGET:
         return (
             F("fuse_batch_forget_in", None, {"count": _count_of("entries")}),
-            Counted("entries", "count", "fuse_forget_one"),
+            Counted("entries", "count", "fuse_forget_one", back=8),
         )
     if opcode == _OP.FUSE_REMOVEMAPPING:
         return (
             F("fuse_removemapping_in", None, {"count": _count_of("entries")}),
             Counted(
-                "entries", "count", "fuse_removemapping_one", limit=C.FUSE_REMOVEMAPPING_MAX_ENTRY
+                "entries",
+                "count",
+                "fuse_removemapping_one",
+                limit=C.FUSE_REMOVEMAPPING_MAX_ENTRY,
+                back=4,
             ),
         )
     return None
@@ -936,7 +979,7 @@ def _notification_parts(code: int) -> tuple[Part, ...] | None:
     if code == N.FUSE_NOTIFY_PRUNE:
         return (
             F("fuse_notify_prune_out", None, {"count": _count_of("entries")}),
-            Counted("entries", "count", "u64"),
+            Counted("entries", "count", "u64", back=16),
         )
     return None
 
