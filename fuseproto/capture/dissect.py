@@ -1,0 +1,330 @@
+"""Decode a FUSE capture: every record through the codec, replies paired by the Session.
+
+:func:`decode_capture` yields one :class:`CapturedMessage` per packet of the file, in
+order. Nothing is dropped silently: a record that is not ours (another link type), whose
+pseudo-header is bad, whose FUSE message does not decode, or that breaks the protocol in
+its session (a reply nobody waits for) is yielded with ``error`` set (and whatever could
+still be decoded); if the file itself is corrupt, a final entry with ``kind ==
+"capture-error"`` carries the :class:`~fuseproto.capture.pcap.PcapError` and iteration
+ends. :class:`CaptureSummary` counts what went by.
+
+With ``pair=True`` (the default) requests go through ``Session.feed_request`` and
+replies/notifications through ``Session.feed_reply``, so a reply decodes by its
+request's opcode (and request ``size``) at the minor INIT negotiated. With
+``pair=False`` each message decodes alone at ``minor``: a reply uses the capture's
+opcode hint when the recorder wrote one, else only its header is shown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from ..errors import DecodeError, LengthMismatchError, ProtocolError, RemoteProtocolError
+from ..session import Session
+from ..wire import codec, structs
+from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_notify_code, fuse_opcode
+from .frames import LINKTYPE_FUSE, Direction, FrameError, unpack_frame
+from .pcap import DEFAULT_MAX_CAPLEN, PcapError, PcapRecord, read_records
+
+__all__ = ["CapturedMessage", "CaptureSummary", "decode_capture", "decode_message"]
+
+_OUT = structs.FAST["fuse_out_header"]
+_IN = structs.FAST["fuse_in_header"]
+
+# Kinds of CapturedMessage.
+REQUEST = "request"
+REPLY = "reply"
+NOTIFICATION = "notification"
+SKIPPED = "skipped"  # a record of another link type
+BAD_FRAME = "bad-frame"  # our link type, unreadable pseudo-header
+CAPTURE_ERROR = "capture-error"  # the file is corrupt; iteration ends
+
+
+@dataclass
+class CapturedMessage:
+    """One record of a capture and what decoding made of it."""
+
+    index: int  # record number in the file
+    file_offset: int  # where the record starts in the file
+    ts_ns: int
+    kind: str  # request / reply / notification / skipped / bad-frame / capture-error
+    direction: int | None = None
+    queue: int | None = None
+    message: Any = None  # codec Request / Reply / Notification, or None
+    header: Any = None  # fuse_in_header / fuse_out_header Container when at least that decoded
+    opcode: Any = None  # fuse_opcode (a reply's: its request's), notify code, int, or None
+    error: Exception | None = None  # DecodeError / ProtocolError / PcapError
+    raw: bytes = b""  # the FUSE message (without the pseudo-header)
+    paired: bool = False  # a reply matched to its request
+
+    @property
+    def unique(self) -> int | None:
+        return None if self.header is None else self.header["unique"]
+
+    @property
+    def decode_failed(self) -> bool:
+        return isinstance(self.error, DecodeError)
+
+
+@dataclass
+class CaptureSummary:
+    """Counts over a whole capture."""
+
+    records: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_opcode: Counter[str] = field(default_factory=Counter)  # "FUSE_LOOKUP request" ...
+    decode_errors: int = 0
+    protocol_errors: int = 0
+    unpaired_requests: list[tuple[int, str]] = field(default_factory=list)  # (unique, opcode)
+    capture_error: str | None = None
+    minor: int | None = None
+
+    def add(self, m: CapturedMessage) -> None:
+        self.records += m.kind != CAPTURE_ERROR
+        self.by_kind[m.kind] += 1
+        if m.kind in (REQUEST, REPLY, NOTIFICATION) and m.opcode is not None:
+            self.by_opcode[f"{opname(m.opcode)} {m.kind}"] += 1
+        if isinstance(m.error, DecodeError):
+            self.decode_errors += 1
+        elif isinstance(m.error, ProtocolError):
+            self.protocol_errors += 1
+        if m.kind == CAPTURE_ERROR:
+            self.capture_error = str(m.error)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.decode_errors or self.capture_error)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "kinds": dict(self.by_kind),
+            "opcodes": dict(sorted(self.by_opcode.items())),
+            "decode_errors": self.decode_errors,
+            "protocol_errors": self.protocol_errors,
+            "unpaired": [{"unique": u, "opcode": o} for u, o in self.unpaired_requests],
+            "capture_error": self.capture_error,
+            "minor": self.minor,
+        }
+
+
+def opname(op: Any) -> str:
+    name = getattr(op, "name", None)
+    return name if name else str(op)
+
+
+def decode_capture(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    pair: bool = True,
+    minor: int | None = None,
+    linktype: int = LINKTYPE_FUSE,
+    max_caplen: int = DEFAULT_MAX_CAPLEN,
+    summary: CaptureSummary | None = None,
+    max_pending: int = 65536,
+) -> Iterator[CapturedMessage]:
+    """Yield every record of a capture, decoded (see the module docstring).
+
+    ``minor`` is the protocol minor before (or without) an INIT in the capture; INIT in
+    the capture renegotiates it, capped at ``minor``. ``summary``, if given, is updated as
+    records go by and gets the unpaired requests at the end.
+    """
+    start_minor = FUSE_KERNEL_MINOR_VERSION if minor is None else minor
+    session = Session(minor=start_minor, max_pending=max_pending) if pair else None
+    records = read_records(source, max_caplen=max_caplen)
+    index = 0
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            break
+        except PcapError as e:
+            m = CapturedMessage(index, e.offset or 0, 0, CAPTURE_ERROR, error=e)
+            if summary is not None:
+                summary.add(m)
+            yield m
+            break
+        index = rec.index + 1
+        m = _decode_record(rec, session, start_minor, linktype)
+        if summary is not None:
+            summary.add(m)
+        yield m
+    if summary is not None:
+        summary.minor = session.minor if session is not None else start_minor
+        if session is not None:
+            summary.unpaired_requests = [
+                (u, opname(r.opcode)) for u, r in sorted(session.pending.items())
+            ]
+
+
+def _decode_record(
+    rec: PcapRecord, session: Session | None, minor: int, linktype: int
+) -> CapturedMessage:
+    m = CapturedMessage(rec.index, rec.offset, rec.ts_ns, SKIPPED)
+    if rec.linktype != linktype:
+        m.error = None
+        m.raw = rec.data
+        return m
+    try:
+        frame = unpack_frame(rec.data)
+    except FrameError as e:
+        m.kind = BAD_FRAME
+        m.error = e
+        m.raw = rec.data
+        return m
+    m.direction = frame.direction
+    m.queue = frame.queue
+    m.raw = frame.data
+    if rec.truncated:
+        m.kind = REQUEST if frame.direction == Direction.REQUEST else REPLY
+        m.error = PcapError(
+            f"record captured {len(rec.data)} of {rec.orig_len} bytes (snaplen)",
+            offset=len(frame.data),
+            path="capture.caplen",
+        )
+        _peek_header(m)
+        return m
+    if session is not None:
+        _decode_paired(m, session, frame.opcode_hint)
+    else:
+        hint_minor = frame.minor_hint
+        _decode_alone(m, frame.opcode_hint, minor if hint_minor is None else hint_minor)
+    return m
+
+
+def _decode_paired(m: CapturedMessage, session: Session, hint: int | None) -> None:
+    data = m.raw
+    if m.direction == Direction.REQUEST:
+        m.kind = REQUEST
+        try:
+            msg = session.feed_request(data)
+        except DecodeError as e:
+            m.error = e
+            _peek_header(m)
+            return
+        except ProtocolError as e:
+            # Well formed, wrong in context (e.g. a unique reused): show it anyway.
+            m.error = e
+            _decode_alone(m, None, session.minor)
+            return
+        _set(m, msg)
+        return
+    try:
+        msg = session.feed_reply(data)
+    except DecodeError as e:
+        m.error = e
+        _peek_header(m)
+        req = getattr(e, "request", None)
+        if req is not None:
+            m.opcode = req.opcode
+            m.paired = True
+        return
+    except RemoteProtocolError as e:
+        m.error = e
+        _decode_alone(m, hint, session.minor)  # keeps e as the error
+        return
+    _set(m, msg)
+    m.paired = m.kind == REPLY
+
+
+def _decode_alone(m: CapturedMessage, hint: int | None, minor: int) -> None:
+    data = m.raw
+    try:
+        if m.direction == Direction.REQUEST:
+            m.kind = REQUEST
+            _set(m, codec.decode_request(data, minor=minor))
+            return
+        if len(data) >= _OUT.size and _OUT.parse(data)["unique"] == 0:
+            _set(m, codec.decode_notification(data))
+            return
+        m.kind = REPLY
+        if hint is None:
+            _peek_header(m)
+            if m.header is not None and m.header["len"] != len(data):
+                raise LengthMismatchError(
+                    f"len={m.header['len']} but the message is {len(data)} bytes",
+                    offset=0,
+                    path="fuse_out_header.len",
+                )
+            return
+        _set(m, codec.decode_reply(data, hint, minor=minor))
+    except DecodeError as e:
+        if m.error is None:
+            m.error = e
+        _peek_header(m)
+        if hint is not None and m.kind == REPLY:
+            m.opcode = fuse_opcode(hint) if hint in _OPCODES else hint
+
+
+_OPCODES = {int(o) for o in fuse_opcode}
+_CODES = {int(c) for c in fuse_notify_code}
+
+
+def _set(m: CapturedMessage, msg: Any) -> None:
+    m.message = msg
+    m.header = msg.header
+    if isinstance(msg, codec.Notification):
+        m.kind = NOTIFICATION
+        m.opcode = msg.code
+    elif isinstance(msg, codec.Reply):
+        m.kind = REPLY
+        m.opcode = msg.opcode
+    else:
+        m.kind = REQUEST
+        m.opcode = msg.opcode
+
+
+def _peek_header(m: CapturedMessage) -> None:
+    """Fill ``header`` (and a request's opcode) from the fixed header, if it is there."""
+    data = m.raw
+    if m.direction == Direction.REQUEST:
+        if len(data) >= _IN.size:
+            m.header = _IN.parse(data)
+            op = m.header["opcode"]
+            m.opcode = fuse_opcode(op) if op in _OPCODES else op
+    elif len(data) >= _OUT.size:
+        m.header = _OUT.parse(data)
+        if m.header["unique"] == 0:
+            m.kind = NOTIFICATION
+            code = m.header["error"]
+            m.opcode = fuse_notify_code(code) if code in _CODES else code
+
+
+def decode_message(
+    data: bytes, *, kind: str = "auto", opcode: int | None = None, minor: int = 46
+) -> CapturedMessage:
+    """Decode one FUSE message given as bytes (the CLI's ``--hex``).
+
+    ``kind`` is "request", "reply", "notification" or "auto": with ``opcode`` a reply,
+    otherwise a request if it decodes as one with a known opcode, otherwise a
+    notification if its unique is 0, otherwise a reply shown by its header.
+    """
+    m = CapturedMessage(0, 0, 0, REQUEST, queue=0, raw=bytes(data))
+    if kind == "auto":
+        if opcode is not None:
+            kind = "reply"
+        else:
+            try:
+                req = codec.decode_request(data, minor=minor)
+            except DecodeError:
+                req = None
+            if req is not None and isinstance(req.opcode, fuse_opcode):
+                m.direction = Direction.REQUEST
+                _set(m, req)
+                return m
+            kind = "reply"
+    m.direction = Direction.REQUEST if kind == "request" else Direction.REPLY
+    if kind == "notification":
+        try:
+            _set(m, codec.decode_notification(data))
+        except DecodeError as e:
+            m.error = e
+            m.kind = NOTIFICATION
+            _peek_header(m)
+        return m
+    _decode_alone(m, opcode, minor)
+    return m
