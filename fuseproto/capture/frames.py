@@ -134,8 +134,14 @@ def pack_frame(
         | (FLAG_INJECTED if injected else 0)
     )
     hdr = FRAME_HEADER.pack(
-        FRAME_VERSION, int(direction), queue & 0xFFFF, flags, (minor or 0) & 0xFF, 0,
-        (opcode or 0) & 0xFFFFFFFF, 0,
+        FRAME_VERSION,
+        int(direction),
+        queue & 0xFFFF,
+        flags,
+        (minor or 0) & 0xFF,
+        0,
+        (opcode or 0) & 0xFFFFFFFF,
+        0,
     )
     return hdr + bytes(data)
 

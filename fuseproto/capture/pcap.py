@@ -302,7 +302,9 @@ def _check_block_len(length: int, minimum: int, max_block: int, off: int) -> Non
         )
     if length > max_block:
         raise PcapLimitError(
-            f"block length {length} above the limit {max_block}", offset=off + 4, path="block.length"
+            f"block length {length} above the limit {max_block}",
+            offset=off + 4,
+            path="block.length",
         )
 
 
@@ -314,7 +316,8 @@ def _options(body: bytes, pos: int, bo: str, off: int) -> Iterator[tuple[int, by
             return
         if pos + n > len(body):
             raise PcapTruncatedError(
-                f"option {code} of {n} bytes runs past its block", offset=off + 8 + pos,
+                f"option {code} of {n} bytes runs past its block",
+                offset=off + 8 + pos,
                 path="option",
             )
         yield code, body[pos : pos + n]
@@ -323,8 +326,7 @@ def _options(body: bytes, pos: int, bo: str, off: int) -> Iterator[tuple[int, by
 
 def _parse_idb(body: bytes, bo: str, off: int) -> _Iface:
     if len(body) < 8:
-        raise PcapTruncatedError("interface description block too short", offset=off,
-                                 path="idb")
+        raise PcapTruncatedError("interface description block too short", offset=off, path="idb")
     linktype, _reserved, snaplen = struct.unpack_from(bo + "HHI", body, 0)
     iface = _Iface(linktype, snaplen)
     for code, value in _options(body, 8, bo, off):
@@ -347,7 +349,12 @@ def _iface(ifaces: list[_Iface], i: int, off: int) -> _Iface:
 
 
 def _parse_packet(
-    btype: int, body: bytes, bo: str, off: int, ifaces: list[_Iface], index: int,
+    btype: int,
+    body: bytes,
+    bo: str,
+    off: int,
+    ifaces: list[_Iface],
+    index: int,
     max_caplen: int,
 ) -> PcapRecord:
     if btype == _SPB:

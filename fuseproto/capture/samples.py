@@ -27,16 +27,34 @@ HIPRIO, REQUEST_QUEUE = 0, 1
 
 def _attr(ino: int, mode: int, size: int) -> Container:
     return Container(
-        ino=ino, size=size, blocks=(size + 511) // 512, atime=1_700_000_000,
-        mtime=1_700_000_000, ctime=1_700_000_000, atimensec=0, mtimensec=0, ctimensec=0,
-        mode=mode, nlink=1, uid=1000, gid=1000, rdev=0, blksize=4096, flags=0,
+        ino=ino,
+        size=size,
+        blocks=(size + 511) // 512,
+        atime=1_700_000_000,
+        mtime=1_700_000_000,
+        ctime=1_700_000_000,
+        atimensec=0,
+        mtimensec=0,
+        ctimensec=0,
+        mode=mode,
+        nlink=1,
+        uid=1000,
+        gid=1000,
+        rdev=0,
+        blksize=4096,
+        flags=0,
     )
 
 
 def _entry(nodeid: int, mode: int, size: int) -> Container:
     return Container(
-        nodeid=nodeid, generation=1, entry_valid=1, attr_valid=1, entry_valid_nsec=0,
-        attr_valid_nsec=0, attr=_attr(nodeid, mode, size),
+        nodeid=nodeid,
+        generation=1,
+        entry_valid=1,
+        attr_valid=1,
+        entry_valid_nsec=0,
+        attr_valid_nsec=0,
+        attr=_attr(nodeid, mode, size),
     )
 
 
@@ -53,8 +71,14 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
         out.append((Direction.REQUEST, queue, data))
         return unique[0]
 
-    def rep(u: int, opcode: int, body: object, error: int = 0, queue: int = REQUEST_QUEUE,
-            request: object = None) -> None:
+    def rep(
+        u: int,
+        opcode: int,
+        body: object,
+        error: int = 0,
+        queue: int = REQUEST_QUEUE,
+        request: object = None,
+    ) -> None:
         data = codec.encode_reply(
             request if request is not None else opcode, body, unique=u, error=error
         )
@@ -63,47 +87,91 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
     def notify(code: int, body: object) -> None:
         out.append((Direction.NOTIFICATION, 0, codec.encode_notification(code, body)))
 
-    flags = int(InitFlags.FUSE_ASYNC_READ | InitFlags.FUSE_DO_READDIRPLUS
-                | InitFlags.FUSE_MAP_ALIGNMENT | InitFlags.FUSE_INIT_EXT)
+    flags = int(
+        InitFlags.FUSE_ASYNC_READ
+        | InitFlags.FUSE_DO_READDIRPLUS
+        | InitFlags.FUSE_MAP_ALIGNMENT
+        | InitFlags.FUSE_INIT_EXT
+    )
     flags2 = int(InitFlags.FUSE_SETXATTR_EXT) >> 32
-    u = req(op.FUSE_INIT, Container(major=7, minor=46, max_readahead=131072,
-                                    flags=flags & 0xFFFFFFFF, flags2=flags2), queue=HIPRIO)
-    rep(u, op.FUSE_INIT, Container(
-        major=7, minor=46, max_readahead=131072, flags=flags & 0xFFFFFFFF, max_background=64,
-        congestion_threshold=48, max_write=1 << 20, time_gran=1, max_pages=256,
-        map_alignment=12, flags2=0, max_stack_depth=0, request_timeout=0,
-    ), queue=HIPRIO)
+    u = req(
+        op.FUSE_INIT,
+        Container(major=7, minor=46, max_readahead=131072, flags=flags & 0xFFFFFFFF, flags2=flags2),
+        queue=HIPRIO,
+    )
+    rep(
+        u,
+        op.FUSE_INIT,
+        Container(
+            major=7,
+            minor=46,
+            max_readahead=131072,
+            flags=flags & 0xFFFFFFFF,
+            max_background=64,
+            congestion_threshold=48,
+            max_write=1 << 20,
+            time_gran=1,
+            max_pages=256,
+            map_alignment=12,
+            flags2=0,
+            max_stack_depth=0,
+            request_timeout=0,
+        ),
+        queue=HIPRIO,
+    )
 
     u = req(op.FUSE_LOOKUP, Container(name=b"hello.txt"), nodeid=1)
     rep(u, op.FUSE_LOOKUP, _entry(2, stat.S_IFREG | 0o644, 5000))
     u = req(op.FUSE_LOOKUP, Container(name=b"missing"), nodeid=1)
     rep(u, op.FUSE_LOOKUP, None, error=-errno.ENOENT)
     u = req(op.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), nodeid=2)
-    rep(u, op.FUSE_GETATTR, Container(attr_valid=1, attr_valid_nsec=0, dummy=0,
-                                      attr=_attr(2, stat.S_IFREG | 0o644, 5000)))
+    rep(
+        u,
+        op.FUSE_GETATTR,
+        Container(
+            attr_valid=1, attr_valid_nsec=0, dummy=0, attr=_attr(2, stat.S_IFREG | 0o644, 5000)
+        ),
+    )
     u = req(op.FUSE_OPEN, Container(flags=0o2, open_flags=0), nodeid=2)
     rep(u, op.FUSE_OPEN, Container(fh=7, open_flags=0, backing_id=0))
 
-    read_body = Container(fh=7, offset=0, size=4096, read_flags=0, lock_owner=0, flags=0o2,
-                          padding=0)
+    read_body = Container(
+        fh=7, offset=0, size=4096, read_flags=0, lock_owner=0, flags=0o2, padding=0
+    )
     u = req(op.FUSE_READ, read_body, nodeid=2)
     rep(u, op.FUSE_READ, Container(data=b"hello, virtio-fs\n" * 8))
 
-    u = req(op.FUSE_SETUPMAPPING,
-            Container(fh=7, foffset=0, len=2 << 20, flags=3, moffset=0), nodeid=2)
+    u = req(
+        op.FUSE_SETUPMAPPING, Container(fh=7, foffset=0, len=2 << 20, flags=3, moffset=0), nodeid=2
+    )
     rep(u, op.FUSE_SETUPMAPPING, None)
-    u = req(op.FUSE_SETUPMAPPING,
-            Container(fh=7, foffset=2 << 20, len=2 << 20, flags=1, moffset=2 << 20), nodeid=2)
+    u = req(
+        op.FUSE_SETUPMAPPING,
+        Container(fh=7, foffset=2 << 20, len=2 << 20, flags=1, moffset=2 << 20),
+        nodeid=2,
+    )
     rep(u, op.FUSE_SETUPMAPPING, None)
 
-    u = req(op.FUSE_WRITE, Container(fh=7, offset=5000, write_flags=0, lock_owner=0, flags=0o2,
-                                     padding=0, data=b"appended\n"), nodeid=2)
+    u = req(
+        op.FUSE_WRITE,
+        Container(
+            fh=7, offset=5000, write_flags=0, lock_owner=0, flags=0o2, padding=0, data=b"appended\n"
+        ),
+        nodeid=2,
+    )
     rep(u, op.FUSE_WRITE, Container(size=9, padding=0))
     notify(fuse_notify_code.FUSE_NOTIFY_INVAL_INODE, Container(ino=2, off=0, len=-1))
 
-    u = req(op.FUSE_REMOVEMAPPING, Container(entries=[
-        Container(moffset=0, len=2 << 20), Container(moffset=2 << 20, len=2 << 20),
-    ]), nodeid=2)
+    u = req(
+        op.FUSE_REMOVEMAPPING,
+        Container(
+            entries=[
+                Container(moffset=0, len=2 << 20),
+                Container(moffset=2 << 20, len=2 << 20),
+            ]
+        ),
+        nodeid=2,
+    )
     rep(u, op.FUSE_REMOVEMAPPING, None)
 
     u = req(op.FUSE_OPENDIR, Container(flags=0, open_flags=0), nodeid=1)
@@ -111,31 +179,37 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
     rdp = Container(fh=8, offset=0, size=4096, read_flags=0, lock_owner=0, flags=0, padding=0)
     u = req(op.FUSE_READDIRPLUS, rdp, nodeid=1)
     entries = [
-        Container(entry_out=_entry(1, stat.S_IFDIR | 0o755, 4096),
-                  dirent=Container(ino=1, off=1, type=4, name=b".")),
-        Container(entry_out=_entry(2, stat.S_IFREG | 0o644, 5009),
-                  dirent=Container(ino=2, off=2, type=8, name=b"hello.txt")),
+        Container(
+            entry_out=_entry(1, stat.S_IFDIR | 0o755, 4096),
+            dirent=Container(ino=1, off=1, type=4, name=b"."),
+        ),
+        Container(
+            entry_out=_entry(2, stat.S_IFREG | 0o644, 5009),
+            dirent=Container(ino=2, off=2, type=8, name=b"hello.txt"),
+        ),
     ]
     rep(u, op.FUSE_READDIRPLUS, Container(entries=entries))
 
     gx = Container(size=0, padding=0, name=b"user.comment")
     u = req(op.FUSE_GETXATTR, gx, nodeid=2)
-    rep(u, op.FUSE_GETXATTR, Container(size=11, padding=0), request=codec.decode_request(
-        out[-1][2]))
+    rep(
+        u, op.FUSE_GETXATTR, Container(size=11, padding=0), request=codec.decode_request(out[-1][2])
+    )
 
     notify(fuse_notify_code.FUSE_NOTIFY_INVAL_ENTRY, Container(parent=1, flags=0, name=b"old"))
-    notify(fuse_notify_code.FUSE_NOTIFY_DELETE,
-           Container(parent=1, child=3, padding=0, name=b"gone"))
+    notify(
+        fuse_notify_code.FUSE_NOTIFY_DELETE, Container(parent=1, child=3, padding=0, name=b"gone")
+    )
 
     req(op.FUSE_FORGET, Container(nlookup=1), nodeid=3)
-    u = req(op.FUSE_RELEASE, Container(fh=7, flags=0o2, release_flags=0, lock_owner=0),
-            nodeid=2)
+    u = req(op.FUSE_RELEASE, Container(fh=7, flags=0o2, release_flags=0, lock_owner=0), nodeid=2)
     rep(u, op.FUSE_RELEASE, None)
     return out
 
 
-def write_sample(path: str, *, start_ns: int = 1_700_000_000_000_000_000,
-                 step_ns: int = 125_000) -> int:
+def write_sample(
+    path: str, *, start_ns: int = 1_700_000_000_000_000_000, step_ns: int = 125_000
+) -> int:
     """Write :func:`sample_session` to ``path`` with a recorder; returns the record count."""
     from .frames import CaptureRecorder
 
