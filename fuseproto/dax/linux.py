@@ -388,6 +388,7 @@ class LinuxDaxManager(DaxManager):
         for nodeid in list(self._inodes):
             self.forget(nodeid)
         self._worker_queued = False  # fuse_dax_cancel_work
+        self.unmounted = True
 
     def pin(self, nodeid: int, offset: int) -> int | None:
         """Take a reference on the range mapping ``offset`` of ``nodeid`` (as a DAX mmap
@@ -405,8 +406,8 @@ class LinuxDaxManager(DaxManager):
             raise ValueError(f"range {moffset:#x} is not pinned")
         r.refcnt -= 1
 
-    def pinned(self) -> set[int]:
-        return {r.window_offset for r in self._ranges if r.refcnt > 1}
+    def pinned(self) -> list[tuple[int, int]]:
+        return [(r.window_offset, r.length) for r in self._ranges if r.refcnt > 1]
 
     def view(self) -> list[ViewEntry]:
         return [

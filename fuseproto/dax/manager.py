@@ -151,6 +151,7 @@ class DaxManager(ABC):
         self.sender = sender or f"{self.name}@{id(self):x}"
         self.stats = ManagerStats()
         self.observers: list[DaxObserver] = []
+        self.unmounted = False  # implementations set it in unmount()
         self._unique = 0
 
     # ---- what policies implement ---------------------------------------------------------
@@ -183,10 +184,10 @@ class DaxManager(ABC):
         """Internal consistency of the policy's own structures (raise AssertionError)."""
         return None
 
-    def pinned(self) -> set[int]:
-        """Window offsets of ranges in use (never to be reclaimed), if the policy has
-        the notion."""
-        return set()
+    def pinned(self) -> list[tuple[int, int]]:
+        """``(moffset, length)`` of window ranges in use (never to be reclaimed), if the
+        policy has the notion."""
+        return []
 
     # ---- helpers for implementations ------------------------------------------------------
     def next_unique(self) -> int:

@@ -41,6 +41,14 @@ behaviour is the default:
     ``dax_managers`` but never inserts the manager it creates, so every mount of one
     device gets its own manager over the same window: both start at chunk 0 and
     overwrite each other's mappings, and a later hit reads the other mount's file.
+``enodata_on_empty_window``
+    ``map`` with eviction asks ``unmap`` for the missing chunks even when nothing is
+    mapped; ``unmap`` answers ENODATA and ``map`` returns it. So a read needing more
+    chunks than the whole window (always, in aggressive mode, for a file larger than the
+    window) fails on an empty window and goes to FUSE_READ, which leaves the window
+    empty: such a file never uses DAX until something else is mapped, while the same
+    read on a non-empty window evicts everything and maps what fits. Corrected: with
+    nothing to evict, map what fits.
 ``no_forget``
     (a gap rather than a defect: the seed has no FORGET path) mappings of a forgotten
     node stay findable, so a node id the daemon reuses reads the old file's bytes.
@@ -71,7 +79,13 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = 1 << 21  # dax_manager::DEFAULT_CHUNK_SIZE, 2 MiB
 OSV_SEED_DEFECTS = frozenset(
-    {"duplicate_mappings", "map_alignment_unset", "unregistered_manager", "no_forget"}
+    {
+        "duplicate_mappings",
+        "enodata_on_empty_window",
+        "map_alignment_unset",
+        "unregistered_manager",
+        "no_forget",
+    }
 )
 
 
@@ -186,7 +200,11 @@ class OsvDaxManager(DaxManager):
         """Map up to ``nchunks`` chunks of ``nodeid`` from file chunk ``fstart`` above all
         other mappings, evicting from the top if ``evict``. Returns (errno, mapped)."""
         empty = self.window_chunks - self.first_empty()
-        if evict and empty < nchunks:
+        if (
+            evict
+            and empty < nchunks
+            and (self._mappings or "enodata_on_empty_window" in self.seed_defects)
+        ):
             error, unmapped = self.unmap(nchunks - empty, deep=False)
             if error:
                 return error, None
@@ -357,6 +375,7 @@ class OsvDaxManager(DaxManager):
 
     def unmount(self) -> None:
         # virtiofs_unmount deletes the manager: nothing is sent to the device.
+        self.unmounted = True
         self._mappings.clear()
         self._index.clear()
         self._owner = [-1] * self.window_chunks
