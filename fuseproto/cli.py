@@ -11,6 +11,7 @@ import sys
 # and sets ``func`` (called with the parsed args, returns the exit code).
 COMMAND_MODULES = [
     "daemons",
+    "decode",
 ]
 
 
