@@ -235,11 +235,17 @@ class Session:
         Returns ``(unique, bytes)``.
         """
         unique = hdr.pop("unique", None)
-        if unique is None:
+        allocated = unique is None
+        if allocated:
             if opcode == fuse_opcode.FUSE_INTERRUPT:
                 unique = (_get(body, "unique") or 0) | _INT_REQ_BIT
+                allocated = False
             else:
-                unique = self._allocate_unique()
+                if self.expects_reply(opcode) and len(self._pending) >= self.max_pending:
+                    raise LocalProtocolError(
+                        f"more than max_pending={self.max_pending} requests in flight"
+                    )
+                unique = self._free_unique()
         hdr.setdefault("minor", self.minor)
         hdr.setdefault("flags", int(self.flags))
         data = codec.encode_request(opcode, body, unique=unique, **hdr)
@@ -250,17 +256,20 @@ class Session:
                 f"the request built for unique {unique} does not decode: {exc}"
             ) from exc
         self._register(request, LocalProtocolError)
+        if allocated:
+            # Advance only once the request is in: a refused request uses no unique.
+            self._next_unique = _step(unique)
         return unique, data
 
-    def _allocate_unique(self) -> int:
-        for _ in range(self.max_pending + 2):
-            unique = self._next_unique
-            self._next_unique = (unique + _UNIQUE_STEP) & _UNIQUE_MASK & ~FUSE_UNIQUE_RESEND
-            if self._next_unique == 0:
-                self._next_unique = _UNIQUE_STEP
+    def _free_unique(self) -> int:
+        """The first unique from ``next_unique`` on that is not in use."""
+        unique = self._next_unique
+        # Uniques in use are at most max_pending plus as many interrupts.
+        for _ in range(2 * self.max_pending + 2):
             if unique not in self._pending and unique not in self._interrupts:
                 return unique
-        raise LocalProtocolError("no free unique")  # only reachable if the table is full
+            unique = _step(unique)
+        raise LocalProtocolError("no free unique")  # unreachable: the tables are bounded
 
     # -- observing requests ----------------------------------------------------------------
 
@@ -447,6 +456,12 @@ class Session:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _step(unique: int) -> int:
+    """The next unique the allocator tries: even, non-zero, without the RESEND bit."""
+    nxt = (unique + _UNIQUE_STEP) & _UNIQUE_MASK & ~FUSE_UNIQUE_RESEND
+    return nxt or _UNIQUE_STEP
 
 
 def _peek_out_header(data: bytes) -> Mapping[str, int]:
