@@ -311,9 +311,18 @@ class ModelDevice(WindowDevice):
         self.files = files
 
     def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
-        if self.files is not None and m.nodeid not in self.files:
+        if self.files is None:
+            return m
+        if m.nodeid not in self.files:
             raise OSError(errno.EBADF, f"no host file for nodeid {m.nodeid}")
-        return m
+        # Like mmap, the mapping holds the file itself: if the node id is later given to
+        # another file, this mapping still shows the old one.
+        src = self.files.data(m.nodeid)
+        return DeviceMapping(m.moffset, m.length, m.nodeid, m.foffset, m.flags, m.fh, src)
+
+    def _bytes_of(self, m: DeviceMapping) -> bytearray:
+        assert self.files is not None
+        return m.source if m.source is not None else self.files.data(m.nodeid)
 
     def read(self, moffset: int, length: int) -> bytes:
         self._check_inside(moffset, length)
@@ -324,7 +333,7 @@ class ModelDevice(WindowDevice):
             if m is None:
                 out += bytes(end - start)
                 continue
-            data = self.files.data(m.nodeid)
+            data = self._bytes_of(m)
             bad = _past_eof(m, start, end, len(data))
             if bad is not None:
                 raise WindowFault(
@@ -350,7 +359,7 @@ class ModelDevice(WindowDevice):
                     f"write to {'unmapped' if m is None else 'read-only'} "
                     f"window range [{start:#x}, {end:#x})",
                 )
-            buf = self.files.data(m.nodeid)
+            buf = self._bytes_of(m)
             if _past_eof(m, start, end, len(buf)) is not None:
                 raise WindowFault(errno.EFAULT, f"write past end of nodeid {m.nodeid}")
             f0 = m.file_offset(start)
