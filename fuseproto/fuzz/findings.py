@@ -1,0 +1,130 @@
+"""Findings: what a fuzz target found, deduplicated by signature, with a reproducer.
+
+A finding's ``signature`` is stable across runs and small code edits: the broken
+property and where (``roundtrip:request FUSE_LOOKUP``), the exception type and the
+innermost fuseproto function it escaped from (``IndexError@fuseproto/wire/messages.py:
+parse``), or for a daemon the failure class and the request that caused it
+(``crash:c:FUSE_READ:SIGSEGV``). The store keeps one reproducer per signature (the
+smallest seen), counts repeats, and says how to replay it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .oracles import Bug
+
+__all__ = ["Finding", "FindingStore", "classify_exception", "replay_command"]
+
+_PKG_ROOT = Path(__file__).resolve().parents[1]  # .../fuseproto
+# Frames in these files are the harness, not the code under test.
+_HARNESS = ("fuzz/oracles.py", "fuzz/engine.py", "fuzz/targets.py", "fuzz/dax_target.py")
+
+
+@dataclass
+class Finding:
+    target: str  # wire_decode | session | dax | virtiofsd
+    kind: str  # exception | roundtrip | differential | state | invariant | crash | hang |
+    #            protocol | daemon-exit
+    signature: str
+    summary: str  # one line
+    reproducer: str = ""  # file path
+    replay: str = ""  # one-line command
+    daemon: str | None = None  # c | rust | a path (virtiofsd target)
+    count: int = 1
+    first_seen: float = field(default_factory=time.time)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _innermost_code_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame in fuseproto outside the harness (else the deepest at all)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    best = None
+    for fr in frames:
+        p = Path(fr.filename).resolve()
+        try:
+            rel = p.relative_to(_PKG_ROOT).as_posix()
+        except ValueError:
+            continue
+        if rel.endswith(_HARNESS):
+            continue
+        best = fr
+    return best or (frames[-1] if frames else None)
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str, str]:
+    """(kind, signature, one-line summary) of an exception a target raised."""
+    if isinstance(exc, Bug):
+        return exc.kind, f"{exc.kind}:{exc.where}", str(exc)[:300]
+    fr = _innermost_code_frame(exc)
+    where = "?"
+    if fr is not None:
+        p = Path(fr.filename).resolve()
+        try:
+            rel = "fuseproto/" + p.relative_to(_PKG_ROOT).as_posix()
+        except ValueError:
+            rel = p.name
+        where = f"{rel}:{fr.name}"
+    name = type(exc).__name__
+    return "exception", f"{name}@{where}", f"{name}: {exc}"[:300] + f" (in {where})"
+
+
+def replay_command(path: str, target: str | None = None, daemon: str | None = None) -> str:
+    cmd = ["fuseproto", "fuzz", "replay", path]
+    if target:
+        cmd += ["--target", target]
+    if daemon:
+        cmd += ["--daemon", daemon]
+    return shlex.join(cmd)
+
+
+class FindingStore:
+    """Findings of one campaign under ``root`` (reproducers in ``root/<target>/``)."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.by_signature: dict[str, Finding] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_signature)
+
+    def __iter__(self):
+        return iter(sorted(self.by_signature.values(), key=lambda f: f.first_seen))
+
+    def add(self, finding: Finding, reproducer: bytes | dict[str, Any],
+            suffix: str = ".bin") -> Finding:
+        """Record ``finding`` with its reproducer (bytes, or a JSON document); a known
+        signature only counts, keeping the smaller reproducer."""
+        data = (reproducer if isinstance(reproducer, bytes)
+                else json.dumps(reproducer, indent=1).encode())
+        known = self.by_signature.get(finding.signature)
+        if known is not None:
+            known.count += 1
+            if known.reproducer and len(data) < os.path.getsize(known.reproducer):
+                Path(known.reproducer).write_bytes(data)
+            return known
+        h = hashlib.sha1(finding.signature.encode()).hexdigest()[:12]
+        tag = f"{finding.target}-{finding.daemon}" if finding.daemon else finding.target
+        d = self.root / tag
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{finding.kind}-{h}{suffix}"
+        path.write_bytes(data)
+        finding.reproducer = str(path)
+        finding.replay = replay_command(str(path), finding.target,
+                                        finding.daemon if finding.target == "virtiofsd" else None)
+        self.by_signature[finding.signature] = finding
+        return finding
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [f.to_json() for f in self]

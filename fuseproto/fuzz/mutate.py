@@ -1,0 +1,403 @@
+"""Structure-aware mutation of FUSE messages: decode, change one thing, re-encode.
+
+Byte-level mutators (libFuzzer's own) rarely get past ``fuse_in_header.len == len(data)``
+and the per-opcode length checks; these mutators work on the decoded message instead, so
+most outputs are *well formed but hostile*: a field set to a boundary value, a name that
+is empty, ``..`` or 4096 bytes long, a ``count``/``size``/``len`` that lies about what
+follows, an extension area that does not add up, one opcode's body under another's
+header. Every output is built by :mod:`fuseproto.wire.codec` (with ``length=``,
+``total_extlen=`` and count/size fields forced where we want a lie); when an input does
+not decode, the raw fallback edits the bytes and re-stamps ``len`` through the header's
+schema.
+
+All functions take a :class:`random.Random` so a seed reproduces a mutation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from construct import Container, ListContainer
+
+from ..errors import DecodeError, EncodeError
+from ..wire import codec, structs
+from ..wire.constants import fuse_notify_code, fuse_opcode
+
+__all__ = [
+    "INTERESTING_INTS",
+    "INTERESTING_NAMES",
+    "Pools",
+    "mutate_request",
+    "mutate_reply",
+    "mutate_notification",
+    "mutate_bytes",
+    "restamp",
+]
+
+_IN = structs.FAST["fuse_in_header"]
+_OUT = structs.FAST["fuse_out_header"]
+
+# Boundary values for the integer fields (sizes, offsets, counts, flags, modes ...).
+INTERESTING_INTS: tuple[int, ...] = (
+    0, 1, 2, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 257, 511, 512, 1023, 1024,
+    4095, 4096, 4097, 8191, 8192, 65535, 65536, 65537, 131072, 1 << 20, (1 << 20) + 1,
+    (2 << 20) - 1, 2 << 20, (2 << 20) + 1, 4 << 20, 0x7FFF_FFFF, 0x8000_0000,
+    0xFFFF_FFFE, 0xFFFF_FFFF, 1 << 32, (1 << 32) + 1, 0x7FFF_FFFF_FFFF_FFFF,
+    0x8000_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFE, 0xFFFF_FFFF_FFFF_FFFF,
+    0o100644, 0o040755, 0o120777, 0o010644, 0o140755,
+)
+INTERESTING_NAMES: tuple[bytes, ...] = (
+    b"", b".", b"..", b"../..", b"../../../../etc", b"/", b"/etc/passwd", b"a/b", b"file",
+    b"dir", b"link", b"new", b"a" * 255, b"a" * 256, b"a" * 1024, b"a" * 4095, b"a" * 4096,
+    b"\xff\xfe", b"\n", b"user.test", b"security.capability", b"trusted.x",
+    b"system.posix_acl_access", b"user." + b"x" * 250,
+)
+# Fields whose value the encoder derives when absent: forcing them is how a message lies.
+_DERIVED = ("size", "in_size", "count", "namelen", "in_iovs", "out_iovs", "nr_groups")
+_BYTES_FIELDS = ("name", "newname", "link", "value", "data", "info", "ctx")
+_OPCODES = [int(m) for m in fuse_opcode]
+_CODES = [int(m) for m in fuse_notify_code]
+
+
+class Pools:
+    """Values worth reusing: node ids, file handles, uniques the harness has seen."""
+
+    def __init__(self, nodeids: Sequence[int] = (1,), fhs: Sequence[int] = (0,)):
+        self.nodeids = list(nodeids)
+        self.fhs = list(fhs)
+
+    def pick_nodeid(self, rng: random.Random) -> int:
+        return rng.choice(self.nodeids) if self.nodeids else 1
+
+
+_DEFAULT_POOLS = Pools()
+
+
+def _interesting_int(rng: random.Random, old: int) -> int:
+    r = rng.random()
+    if r < 0.6:
+        return rng.choice(INTERESTING_INTS)
+    if r < 0.85:
+        return max(0, old + rng.choice((-1, 1, -8, 8, -4096, 4096)))
+    return rng.getrandbits(rng.choice((8, 16, 32, 64)))
+
+
+def _int_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    """Paths (keys / list indexes) of every integer leaf in a decoded body."""
+    out: list[tuple] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if isinstance(k, str) and k.startswith("_"):
+                continue
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int):
+                out.append((*prefix, k))
+            elif isinstance(v, Mapping | list):
+                out.extend(_int_paths(v, (*prefix, k)))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:16]):
+            if isinstance(v, int):
+                out.append((*prefix, i))
+            elif isinstance(v, Mapping | list):
+                out.extend(_int_paths(v, (*prefix, i)))
+    return out
+
+
+def _bytes_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    out: list[tuple] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if isinstance(v, bytes) and k in _BYTES_FIELDS:
+                out.append((*prefix, k))
+            elif isinstance(v, Mapping | list):
+                out.extend(_bytes_paths(v, (*prefix, k)))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:16]):
+            if isinstance(v, Mapping | list):
+                out.extend(_bytes_paths(v, (*prefix, i)))
+    return out
+
+
+def _list_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    out: list[tuple] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if isinstance(v, list) and not (isinstance(k, str) and k.startswith("_")):
+                out.append((*prefix, k))
+            elif isinstance(v, Mapping):
+                out.extend(_list_paths(v, (*prefix, k)))
+    return out
+
+
+def _get(obj: Any, path: tuple) -> Any:
+    for p in path:
+        obj = obj[p]
+    return obj
+
+
+def _set(obj: Any, path: tuple, value: Any) -> None:
+    for p in path[:-1]:
+        obj = obj[p]
+    obj[path[-1]] = value
+
+
+def _mutate_name(rng: random.Random, old: bytes) -> bytes:
+    r = rng.random()
+    if r < 0.5:
+        return rng.choice(INTERESTING_NAMES)
+    if r < 0.65:
+        return old[: rng.randrange(len(old) + 1)]
+    if r < 0.8:
+        return old + rng.choice((b"x", b"/", b"..", b"\xff", b"a" * 200))
+    n = rng.choice((1, 8, 64, 255, 256, 4096))
+    return bytes(rng.choice(b"abcxyz./\xff\x01") for _ in range(n))
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return Container((k, _deep_copy(v)) for k, v in obj.items() if not str(k).startswith("_"))
+    if isinstance(obj, list):
+        return ListContainer(_deep_copy(v) for v in obj)
+    return obj
+
+
+def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) -> Any:
+    """One structural change to a decoded body (a copy is returned; raw bytes stay bytes
+    with a byte-level change)."""
+    if isinstance(body, bytes | bytearray):
+        return mutate_bytes(bytes(body), rng)
+    if body is None:
+        body = Container()
+    body = _deep_copy(body)
+    choices: list[Callable[[], None]] = []
+    ints = _int_paths(body)
+    names = _bytes_paths(body)
+    lists = _list_paths(body)
+
+    def set_int() -> None:
+        p = rng.choice(ints)
+        old = _get(body, p)
+        key = p[-1]
+        if key in ("nodeid", "parent", "newdir", "oldnodeid") and rng.random() < 0.5:
+            _set(body, p, pools.pick_nodeid(rng))
+        elif key == "fh" and pools.fhs and rng.random() < 0.5:
+            _set(body, p, rng.choice(pools.fhs))
+        else:
+            _set(body, p, _interesting_int(rng, old))
+
+    def set_bytes() -> None:
+        p = rng.choice(names)
+        _set(body, p, _mutate_name(rng, _get(body, p)))
+
+    def change_list() -> None:
+        p = rng.choice(lists)
+        items = list(_get(body, p))
+        r = rng.random()
+        if items and r < 0.3:
+            items.pop(rng.randrange(len(items)))
+        elif items and r < 0.7:
+            items.extend([_deep_copy(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
+        elif items:
+            rng.shuffle(items)
+        _set(body, p, ListContainer(items))
+
+    def derive_all() -> None:
+        for k in _DERIVED:
+            if k in body:
+                body[k] = None
+
+    if ints:
+        choices += [set_int] * 4
+    if names:
+        choices += [set_bytes] * 3
+    if lists:
+        choices += [change_list] * 2
+    if any(k in body for k in _DERIVED):
+        choices.append(derive_all)
+    if choices:
+        rng.choice(choices)()
+    # Usually keep the message consistent in its derived fields, so the change above is
+    # the only lie; sometimes leave them as decoded (they now disagree with the data).
+    if rng.random() < 0.6:
+        for k in _DERIVED:
+            if k in body and not isinstance(body.get(k), type(None)):
+                if k == "size" and "data" not in body and "value" not in body:
+                    continue  # READ's size is a request, not a length
+                body[k] = None
+    return body
+
+
+def restamp(data: bytes, *, request: bool) -> bytes:
+    """``data`` with its header's ``len`` set to ``len(data)`` (through the header schema)."""
+    fl = _IN if request else _OUT
+    if len(data) < fl.size:
+        return data
+    hdr = dict(fl.parse(data, 0))
+    hdr["len"] = len(data)
+    if request:
+        hdr["total_extlen"] = 0
+    return fl.build(hdr) + data[fl.size:]
+
+
+def mutate_bytes(data: bytes, rng: random.Random, max_size: int = 1 << 16) -> bytes:
+    """A byte-level change (libFuzzer-like, for inputs that do not decode)."""
+    b = bytearray(data)
+    r = rng.random()
+    if not b or r < 0.2:
+        b += rng.randbytes(rng.choice((1, 4, 8, 40, 256)))
+    elif r < 0.4:
+        del b[rng.randrange(len(b)):]
+    elif r < 0.7:
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+    elif r < 0.85:
+        i = rng.randrange(len(b))
+        b[i] = rng.choice((0, 0xFF, 0x7F, 0x80, 0x2F, 0x2E))
+    else:
+        i = rng.randrange(len(b))
+        j = min(len(b), i + rng.randint(1, 64))
+        b[i:i] = b[i:j]
+    return bytes(b[:max_size])
+
+
+def _encode_request(req: Any, body: Any, hdr: MutableMapping[str, Any], minor: int,
+                    flags: int, ext: Any) -> bytes:
+    return codec.encode_request(
+        hdr["opcode"], body, unique=hdr["unique"], nodeid=hdr["nodeid"], uid=hdr["uid"],
+        gid=hdr["gid"], pid=hdr["pid"], minor=minor, flags=flags, ext=ext,
+        length=hdr.get("len_forced"), total_extlen=hdr.get("extlen_forced"),
+        padding=hdr.get("padding", 0),
+    )
+
+
+def mutate_request(
+    data: bytes,
+    rng: random.Random,
+    *,
+    minor: int = 46,
+    flags: int = 0,
+    pools: Pools = _DEFAULT_POOLS,
+    max_size: int = 1 << 16,
+) -> bytes:
+    """A mutated request (see the module docstring); falls back to bytes if ``data`` does
+    not decode."""
+    try:
+        req = codec.decode_request(data, minor, flags=flags)
+    except DecodeError:
+        out = mutate_bytes(data, rng, max_size)
+        return restamp(out, request=True) if rng.random() < 0.7 else out
+    hdr: dict[str, Any] = dict(req.header)
+    hdr["opcode"] = int(req.opcode)
+    body: Any = req.body
+    ext: Any = list(req.ext)
+    r = rng.random()
+    if r < 0.45:
+        body = mutate_body(body, rng, pools)
+    elif r < 0.6:
+        field = rng.choice(("nodeid", "nodeid", "unique", "uid", "gid", "pid", "padding"))
+        if field == "nodeid" and rng.random() < 0.6:
+            hdr[field] = pools.pick_nodeid(rng)
+        else:
+            hdr[field] = _interesting_int(rng, hdr[field]) & (
+                0xFFFF if field == "padding" else
+                0xFFFF_FFFF if field in ("uid", "gid", "pid") else (1 << 64) - 1)
+    elif r < 0.72:
+        # Another opcode's header over this body: the daemon parses bytes it did not expect.
+        hdr["opcode"] = rng.choice(_OPCODES) if rng.random() < 0.9 else rng.getrandbits(32)
+        body = _raw_body(req, data)
+    elif r < 0.84:
+        n = len(data)
+        hdr["len_forced"] = rng.choice(
+            (0, 1, 39, 40, n - 1, n + 1, n + 8, n + 4096, 0xFFFF_FFFF, _interesting_int(rng, n))
+        ) & 0xFFFF_FFFF
+    elif r < 0.94:
+        kind = rng.random()
+        if kind < 0.4:
+            ext.append(Container(type=32, groups=[rng.getrandbits(32)
+                                                  for _ in range(rng.choice((0, 1, 3, 64)))]))
+        elif kind < 0.7:
+            ext.append(Container(type=1, secctx=[Container(
+                name=rng.choice((b"security.selinux", b"", b"x" * 300)),
+                ctx=rng.randbytes(rng.choice((0, 1, 31, 64))))]))
+        else:
+            hdr["extlen_forced"] = rng.choice((1, 2, 5, 255, 0xFFFF))
+    else:
+        out = mutate_bytes(data, rng, max_size)
+        return restamp(out, request=True) if rng.random() < 0.7 else out
+    try:
+        out = _encode_request(req, body, hdr, minor, flags, ext or None)
+    except EncodeError:
+        out = mutate_bytes(data, rng, max_size)
+    return out[:max_size]
+
+
+def _raw_body(req: Any, data: bytes) -> bytes:
+    end = len(data) - 8 * req.header["total_extlen"]
+    return data[_IN.size:end]
+
+
+def mutate_reply(
+    data: bytes,
+    request: Any,
+    rng: random.Random,
+    *,
+    minor: int = 46,
+    max_size: int = 1 << 16,
+) -> bytes:
+    """A mutated reply to ``request`` (a Request or an opcode)."""
+    try:
+        rep = codec.decode_reply(data, request, minor)
+    except DecodeError:
+        out = mutate_bytes(data, rng, max_size)
+        return restamp(out, request=False) if rng.random() < 0.7 else out
+    hdr = dict(rep.header)
+    body: Any = rep.body
+    length = None
+    r = rng.random()
+    if r < 0.55 and body is not None:
+        body = mutate_body(body, rng)
+    elif r < 0.7:
+        hdr["error"] = rng.choice((0, -1, -2, -5, -22, -38, -511, -512, -4096, 1, 0x7FFFFFFF,
+                                   -0x80000000))
+        if hdr["error"] and rng.random() < 0.8:
+            body = None
+    elif r < 0.82:
+        hdr["unique"] = _interesting_int(rng, hdr["unique"])
+    elif r < 0.92:
+        n = len(data)
+        length = rng.choice((0, 15, 16, n - 1, n + 1, 0xFFFF_FFFF))
+    else:
+        out = mutate_bytes(data, rng, max_size)
+        return restamp(out, request=False) if rng.random() < 0.7 else out
+    try:
+        return codec.encode_reply(request, body, unique=hdr["unique"], error=hdr["error"],
+                                  minor=minor, length=length)[:max_size]
+    except EncodeError:
+        return mutate_bytes(data, rng, max_size)
+
+
+def mutate_notification(data: bytes, rng: random.Random, *, max_size: int = 1 << 16) -> bytes:
+    try:
+        note = codec.decode_notification(data)
+    except DecodeError:
+        out = mutate_bytes(data, rng, max_size)
+        return restamp(out, request=False) if rng.random() < 0.7 else out
+    code = int(note.code)
+    body: Any = note.body
+    length = None
+    r = rng.random()
+    if r < 0.6:
+        body = mutate_body(body, rng)
+    elif r < 0.8:
+        code = rng.choice(_CODES + [0, 100, 0x7FFFFFFF])
+        body = data[_OUT.size:]
+    else:
+        length = rng.choice((0, 16, len(data) + 1, 0xFFFF_FFFF))
+    try:
+        return codec.encode_notification(code, body, length=length)[:max_size]
+    except EncodeError:
+        return mutate_bytes(data, rng, max_size)

@@ -1,0 +1,252 @@
+"""What each in-process fuzz target checks on one input: the oracles.
+
+Each ``check_*`` takes the raw fuzz input and returns normally when fuseproto behaved, or
+raises: either the unexpected exception itself (re-raised from a DecodeError's
+``__cause__`` when the codec's safety net translated it) or a :class:`Bug` naming the
+broken property. The atheris harnesses in ``fuzz/``, the campaign, ``fuseproto fuzz
+replay`` and the tests all call these same functions.
+
+Properties
+----------
+wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
+  * decoders raise only :class:`~fuseproto.errors.DecodeError`, and never one the codec
+    made out of another exception (``_bug``'s ``__cause__``): that is a missed check;
+  * roundtrip: a decoded message re-encodes to exactly its bytes (every length and count
+    passed as decoded, so even a lying-but-accepted message must come back byte-exact);
+  * differential: the body's fast path (``messages.parse_parts``) and its declarative
+    construct (``messages.*_body(...).parse``) accept the same bodies and agree on them.
+session (``fuseproto.session`` docstring):
+  * ``feed_request``/``feed_reply`` raise only DecodeError or ProtocolError;
+  * a raising call leaves the session unchanged, except that a reply naming a request in
+    flight whose body does not decode completes that request (the error carries it);
+  * ``Session.check_valid()`` holds after every call and the pending table stays within
+    ``max_pending``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from construct import ConstructError
+
+from ..errors import DecodeError, ProtocolError
+from ..session import Session
+from ..wire import codec, messages
+from ..wire.constants import InitFlags
+from .inputs import (
+    WIRE_NOTIFICATION,
+    WIRE_PAIR,
+    WIRE_REPLY,
+    WIRE_REQUEST,
+    parse_session_input,
+    parse_wire_input,
+)
+
+__all__ = ["Bug", "check_wire", "check_session", "SESSION_MAX_PENDING"]
+
+SETXATTR_EXT = int(InitFlags.FUSE_SETXATTR_EXT)
+# Small, so the fuzzer reaches the bound with short inputs.
+SESSION_MAX_PENDING = 8
+
+
+class Bug(AssertionError):
+    """A property of the code under test does not hold. ``kind`` groups findings
+    (``roundtrip``, ``differential``, ``invariant``, ``state``); ``where`` says what."""
+
+    def __init__(self, kind: str, where: str, detail: str = ""):
+        self.kind = kind
+        self.where = where
+        self.detail = detail
+        super().__init__(f"{kind} in {where}: {detail}" if detail else f"{kind} in {where}")
+
+
+def _translated(e: DecodeError) -> BaseException | None:
+    """The non-DecodeError exception the codec's safety net wrapped, if any."""
+    cause = e.__cause__
+    if cause is not None and not isinstance(cause, DecodeError | ConstructError):
+        return cause
+    return None
+
+
+def _decode(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except DecodeError as e:
+        cause = _translated(e)
+        if cause is not None:
+            raise cause  # the original exception and traceback: the finding's signature
+        return None
+
+
+def _opname(op: Any) -> str:
+    return getattr(op, "name", None) or f"opcode {op}"
+
+
+def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: int) -> None:
+    """Fast path vs construct on ``data[off:end]``: same acceptance, same Container."""
+    try:
+        fast = messages.parse_parts(parts, data, off, end)
+        fast_err: Exception | None = None
+    except DecodeError as e:
+        cause = _translated(e)
+        if cause is not None:
+            raise cause
+        fast, fast_err = None, e
+    try:
+        slow = con.parse(data[off:end])
+        slow_err: Exception | None = None
+    except ConstructError as e:
+        slow, slow_err = None, e
+    if (fast_err is None) != (slow_err is None):
+        raise Bug("differential", what,
+                  f"fast path {'rejects' if fast_err else 'accepts'} ({fast_err}), construct "
+                  f"{'rejects' if slow_err else 'accepts'} ({slow_err})")
+    if fast_err is None and fast != slow:
+        raise Bug("differential", what, f"fast path {fast!r} != construct {slow!r}")
+
+
+def check_wire(data: bytes) -> None:
+    """The wire target's oracle (see the module docstring)."""
+    w = parse_wire_input(data)
+    if w is None:
+        return
+    minor = w.minor
+    flags = SETXATTR_EXT if w.setxattr_ext else 0
+    if w.kind == WIRE_REQUEST:
+        _check_request(w.message, minor, flags)
+    elif w.kind == WIRE_REPLY:
+        _check_reply(w.message, w.opcode, minor)
+    elif w.kind == WIRE_NOTIFICATION:
+        _check_notification(w.message)
+    elif w.kind == WIRE_PAIR:
+        req = _check_request(w.request, minor, flags)
+        _check_reply(w.message, req if req is not None else w.opcode, minor)
+
+
+def _request_body_range(msg: bytes) -> tuple[int, int, int] | None:
+    """(opcode, body start, body end) when the header itself is sound."""
+    fl = codec._IN
+    if len(msg) < fl.size:
+        return None
+    h = fl.parse(msg, 0)
+    end = len(msg) - 8 * h["total_extlen"]
+    if h["len"] != len(msg) or end < fl.size:
+        return None
+    return h["opcode"], fl.size, end
+
+
+def _check_request(msg: bytes, minor: int, flags: int) -> Any:
+    req = _decode(codec.decode_request, msg, minor, flags=flags)
+    rng = _request_body_range(msg)
+    if rng is not None:
+        op, off, end = rng
+        parts = messages.request_parts(op, minor, flags)
+        if parts is not None:
+            _differential(f"request {_opname(req.opcode if req else op)} (minor {minor})",
+                          parts, messages.request_body(op, minor, flags), msg, off, end)
+    if req is None:
+        return None
+    h = req.header
+    try:
+        again = codec.encode_request(
+            h["opcode"], req.body, unique=h["unique"], nodeid=h["nodeid"], uid=h["uid"],
+            gid=h["gid"], pid=h["pid"], minor=minor, flags=flags, ext=req.ext,
+            length=h["len"], total_extlen=h["total_extlen"], padding=h["padding"])
+    except Exception as e:
+        raise Bug("roundtrip", f"request {_opname(req.opcode)}",
+                  f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
+    if again != msg:
+        raise Bug("roundtrip", f"request {_opname(req.opcode)}",
+                  f"{len(msg)} bytes in, {len(again)} out: {msg.hex()} -> {again.hex()}")
+    return req
+
+
+def _check_reply(msg: bytes, request: Any, minor: int) -> None:
+    rep = _decode(codec.decode_reply, msg, request, minor)
+    op = int(getattr(request, "opcode", request))
+    fl = codec._OUT
+    if len(msg) >= fl.size:
+        h = fl.parse(msg, 0)
+        if h["len"] == len(msg) and h["error"] == 0:
+            xsize = None
+            rbody = getattr(request, "body", None)
+            if hasattr(rbody, "get"):
+                xsize = rbody.get("size")
+            parts = messages.reply_parts(op, minor, xsize)
+            if parts is not None:
+                _differential(f"reply to {_opname(rep.opcode if rep else op)} (minor {minor})",
+                              parts, messages.reply_body(op, minor, xsize), msg, fl.size,
+                              len(msg))
+    if rep is None:
+        return
+    try:
+        again = codec.encode_reply(request, rep.body, unique=rep.unique, error=rep.error,
+                                   minor=minor, length=rep.header["len"])
+    except Exception as e:
+        raise Bug("roundtrip", f"reply to {_opname(rep.opcode)}",
+                  f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
+    if again != msg:
+        raise Bug("roundtrip", f"reply to {_opname(rep.opcode)}",
+                  f"{len(msg)} bytes in, {len(again)} out: {msg.hex()} -> {again.hex()}")
+
+
+def _check_notification(msg: bytes) -> None:
+    note = _decode(codec.decode_notification, msg)
+    fl = codec._OUT
+    if len(msg) >= fl.size:
+        h = fl.parse(msg, 0)
+        if h["len"] == len(msg) and h["unique"] == 0 and h["error"] > 0:
+            parts = messages.notification_parts(h["error"])
+            if parts is not None:
+                _differential(f"notification {h['error']}", parts,
+                              messages.notification_body(h["error"]), msg, fl.size, len(msg))
+    if note is None:
+        return
+    try:
+        again = codec.encode_notification(note.code, note.body, length=note.header["len"])
+    except Exception as e:
+        raise Bug("roundtrip", f"notification {_opname(note.code)}",
+                  f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
+    if again != msg:
+        raise Bug("roundtrip", f"notification {_opname(note.code)}",
+                  f"{msg.hex()} -> {again.hex()}")
+
+
+# -- session --------------------------------------------------------------------------------
+
+
+def _snapshot(s: Session) -> tuple:
+    return (frozenset(s.pending), dict(s.interrupts), s.minor, int(s.flags), s.initialized)
+
+
+def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Session:
+    """The session target's oracle; returns the session (for tests)."""
+    s = Session(max_pending=max_pending)
+    for rec in parse_session_input(data):
+        before = _snapshot(s)
+        what = "feed_reply" if rec.is_reply else "feed_request"
+        try:
+            if rec.is_reply:
+                s.feed_reply(rec.data)
+            else:
+                s.feed_request(rec.data)
+        except (DecodeError, ProtocolError) as e:
+            if isinstance(e, DecodeError):
+                cause = _translated(e)
+                if cause is not None:
+                    raise cause
+            after = _snapshot(s)
+            if after != before:
+                completed = getattr(e, "request", None)
+                allowed = completed is not None and after[0] == before[0] - {completed.unique}
+                if not allowed:
+                    raise Bug("state", what,
+                              f"{type(e).__name__} ({e}) changed the session: {before} -> "
+                              f"{after}") from e
+        try:
+            s.check_valid()
+        except AssertionError as e:
+            raise Bug("invariant", what, f"Session.check_valid failed: {e!r}") from e
+        if len(s.pending) > max_pending:
+            raise Bug("invariant", what, f"{len(s.pending)} pending > max_pending {max_pending}")
+    return s

@@ -1,0 +1,147 @@
+"""The in-process fuzz targets: oracle + structure-aware mutator + seeds, by name.
+
+``fuzz/<name>_fuzzer.py`` (atheris, coverage-guided) and the pure-Python loop in
+:mod:`.engine` (tests, replay, environments without atheris) both use these objects, so
+what the campaign runs and what a test runs is the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..wire import codec
+from ..wire.constants import fuse_opcode
+from . import inputs, mutate, oracles, seeds
+
+__all__ = ["Target", "TARGETS", "get_target", "wire_mutator", "session_mutator"]
+
+# libFuzzer's structured/byte mix: this share of custom_mutator calls goes through the
+# schema, the rest through libFuzzer's own byte mutations (atheris.Mutate).
+STRUCTURED_SHARE = 0.7
+_OPS = [int(m) for m in fuse_opcode]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    check: Callable[[bytes], Any]
+    mutate: Callable[[bytes, int, random.Random], bytes]  # structured only
+    corpus: Callable[[], Iterator[tuple[str, bytes]]]
+    description: str
+
+    @property
+    def fuzzer(self) -> str:
+        """The atheris harness's file name in ``fuzz/``."""
+        return f"{self.name}_fuzzer.py"
+
+
+def wire_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
+    """Mutate a wire input's message through the schema; sometimes its envelope."""
+    w = inputs.parse_wire_input(data)
+    if w is None:
+        return mutate.mutate_bytes(data, rng, max_size)
+    r = rng.random()
+    kind, minor, opcode, msg, req = w.kind, w.minor, w.opcode, w.message, w.request
+    if r < 0.08:
+        minor = rng.choice((0, 4, 8, 9, 12, 22, 23, 28, 31, 36, 38, 46, 255))
+    elif r < 0.14:
+        opcode = rng.choice(_OPS) if rng.random() < 0.9 else rng.getrandbits(15)
+    elif r < 0.18:
+        kind = rng.randrange(4)
+    flags = oracles.SETXATTR_EXT if w.setxattr_ext else 0
+    if kind == inputs.WIRE_REQUEST:
+        msg = mutate.mutate_request(msg, rng, minor=minor, flags=flags, max_size=max_size)
+    elif kind == inputs.WIRE_REPLY:
+        msg = mutate.mutate_reply(msg, opcode, rng, minor=minor, max_size=max_size)
+    elif kind == inputs.WIRE_NOTIFICATION:
+        msg = mutate.mutate_notification(msg, rng, max_size=max_size)
+    else:
+        if rng.random() < 0.3:
+            req = mutate.mutate_request(req, rng, minor=minor, flags=flags, max_size=4096)
+        else:
+            try:
+                request: Any = codec.decode_request(req, minor, flags=flags)
+            except Exception:
+                request = opcode
+            msg = mutate.mutate_reply(msg, request, rng, minor=minor, max_size=max_size)
+    out = inputs.build_wire_input(kind, msg, minor=minor, opcode=opcode,
+                                  setxattr_ext=w.setxattr_ext, request=req[:0xFFFF])
+    return out[:max_size]
+
+
+def session_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
+    """Mutate one record through the schema, or the sequence (drop, repeat, swap, pair a
+    reply with another request's unique)."""
+    recs = inputs.parse_session_input(data)
+    if not recs:
+        return mutate.mutate_bytes(data, rng, max_size)
+    r = rng.random()
+    i = rng.randrange(len(recs))
+    if r < 0.6:
+        rec = recs[i]
+        if rec.is_reply:
+            request: Any = _request_for(recs, i)
+            new = mutate.mutate_reply(rec.data, request, rng, max_size=4096)
+        else:
+            new = mutate.mutate_request(rec.data, rng, flags=seeds.INIT_FLAGS, max_size=4096)
+        recs[i] = inputs.SessionRecord(rec.is_reply, new)
+    elif r < 0.7 and len(recs) > 1:
+        del recs[i]
+    elif r < 0.82:
+        recs.insert(rng.randrange(len(recs) + 1), recs[i])
+    elif r < 0.9 and len(recs) > 1:
+        j = rng.randrange(len(recs))
+        recs[i], recs[j] = recs[j], recs[i]
+    else:
+        # Re-address a reply (or flip a record's direction).
+        rec = recs[i]
+        if rec.is_reply and len(rec.data) >= 16:
+            hdr = dict(codec._OUT.parse(rec.data, 0))
+            hdr["unique"] = rng.choice((0, 1, 2, 3, 4, hdr["unique"] ^ 1, 1 << 63,
+                                        (1 << 63) | hdr["unique"]))
+            recs[i] = inputs.SessionRecord(True, codec._OUT.build(hdr) + rec.data[16:])
+        else:
+            recs[i] = inputs.SessionRecord(not rec.is_reply, rec.data)
+    return inputs.build_session_input(recs[:64])[:max_size]
+
+
+def _request_for(recs: list[inputs.SessionRecord], i: int) -> Any:
+    """The decoded request a reply at ``i`` answers (by unique), else LOOKUP's opcode."""
+    data = recs[i].data
+    if len(data) >= 16:
+        unique = codec._OUT.parse(data, 0)["unique"]
+        for rec in recs[:i]:
+            if not rec.is_reply and len(rec.data) >= 40:
+                try:
+                    req = codec.decode_request(rec.data, flags=seeds.INIT_FLAGS)
+                except Exception:
+                    continue
+                if req.unique == unique:
+                    return req
+    return fuse_opcode.FUSE_LOOKUP
+
+
+TARGETS: dict[str, Target] = {
+    "wire_decode": Target(
+        "wire_decode", oracles.check_wire, wire_mutator, seeds.wire_inputs,
+        "bytes -> decode_request/reply/notification: DecodeError only, roundtrip, "
+        "fast path vs construct"),
+    "session": Target(
+        "session", oracles.check_session, session_mutator, seeds.session_inputs,
+        "request/reply sequences -> Session: DecodeError/ProtocolError only, no state "
+        "change on error, check_valid, bounded pending"),
+}
+
+
+def get_target(name: str) -> Target:
+    """A target by name (``wire_decode``, ``wire_decode_fuzzer``, ``..._fuzzer.py``)."""
+    key = name.rsplit("/", 1)[-1].removesuffix(".py").removesuffix("_fuzzer")
+    if key == "dax" and "dax" not in TARGETS:
+        from . import dax_target  # noqa: F401  (registers itself when fuseproto.dax is there)
+    try:
+        return TARGETS[key]
+    except KeyError:
+        raise KeyError(f"unknown fuzz target {name!r} (one of {', '.join(TARGETS)})") from None
