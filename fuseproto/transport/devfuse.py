@@ -34,10 +34,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DecodeError, FuseprotoError, ProtocolError, TransportError, TransportTimeout
+from ..errors import (
+    DecodeError,
+    EncodeError,
+    FuseprotoError,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
+)
+from ..wire import structs
+from ..wire.codec import encode_reply
+from ..wire.constants import fuse_opcode
 
 if TYPE_CHECKING:
     from ..session import Session
+
+_OUT_HEADER = structs.FAST["fuse_out_header"]
+_OUT_HEADER_SIZE = _OUT_HEADER.size
+_FORGETS = (fuse_opcode.FUSE_FORGET, fuse_opcode.FUSE_BATCH_FORGET)
+# Replies whose payload is bounded by the request's ``size`` field.
+_SIZED_REPLIES = (
+    fuse_opcode.FUSE_READ,
+    fuse_opcode.FUSE_READDIR,
+    fuse_opcode.FUSE_READDIRPLUS,
+    fuse_opcode.FUSE_GETXATTR,
+    fuse_opcode.FUSE_LISTXATTR,
+)
+# fuse_ioctl_out + iovec lists of an IOCTL retry (FUSE_IOCTL_MAX_IOV * 16 each way).
+_IOCTL_RETRY_ROOM = 16 + 2 * 256 * 16
 
 # mount(2) flags (<sys/mount.h>).
 MS_NOSUID = 0x2
@@ -440,6 +464,11 @@ class DevFuseServer:
             self.stats.fail(msg, exc)
             return True
         msg.request = request
+        self._dispatch(msg, request, expects_reply)
+        return True
+
+    def _dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
+        """Answer one decoded request (the handler's way; the bridge forwards instead)."""
         body: Any = None
         error = 0
         try:
@@ -453,9 +482,8 @@ class DevFuseServer:
             self.stats.fail(msg, exc)
             error = -errno.EIO
         if not expects_reply or (body is DEFER and not error):
-            return True
+            return
         self._reply(msg, request, body, error)
-        return True
 
     def complete(self, request: Any, body: Any = None, error: int = 0) -> bool:
         """Answer a request the handler deferred; True when the kernel took the reply."""
@@ -466,10 +494,17 @@ class DevFuseServer:
         with self._lock:
             try:
                 reply = self.session.build_reply(request, None if error else body, error=error)
-            except FuseprotoError as exc:
+            except EncodeError as exc:
+                # The body does not fit the schema: the kernel still gets an answer.
                 self.stats.fail(msg, exc)
                 error = -errno.EIO
                 reply = self.session.build_reply(request, None, error=error)
+            except ProtocolError as exc:  # e.g. answered twice: nothing to send
+                self.stats.fail(msg, exc)
+                return False
+        return self._write(msg, reply, error)
+
+    def _write(self, msg: ServedMessage | None, reply: bytes, error: int) -> bool:
         if msg is not None:
             msg.reply_raw = reply
             msg.error = error
@@ -519,6 +554,93 @@ class DevFuseServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class DevFuseBridge(DevFuseServer):
+    """Serve a kernel mount by forwarding every request to another transport.
+
+    ``transport`` is anything with the contract's ``submit(request_bytes, reply_size)``
+    and ``wait(token, timeout)`` (e.g. :class:`~fuseproto.transport.vhost_user.
+    VhostUserTransport` in front of virtiofsd). Requests go through unchanged; each reply
+    is checked by the session (paired by unique, decoded at the negotiated minor) before
+    it is written to the kernel, and one that fails is replaced by -EIO. FORGET and
+    BATCH_FORGET go out on the high-priority queue (as virtio-fs sends them) with no reply
+    buffer. INTERRUPT is not forwarded (virtio-fs has no interrupts): the kernel gets
+    -ENOSYS, which tells it to stop sending them. Requests are forwarded one at a time.
+    """
+
+    def __init__(
+        self,
+        mount: DevFuseMount,
+        transport: Any,
+        *,
+        session: Session | None = None,
+        timeout: float = 10.0,
+        poll_interval: float = 0.1,
+    ) -> None:
+        super().__init__(mount, self._unused_handler, session=session, poll_interval=poll_interval)
+        self.transport = transport
+        self.timeout = timeout
+
+    @staticmethod
+    def _unused_handler(request: Any) -> Any:
+        raise AssertionError("the bridge forwards; it has no handler")
+
+    def reply_size(self, request: Any) -> int:
+        """The reply buffer to offer: out header + what the request may get back."""
+        body = request.body
+        op = request.opcode
+        want = 0
+        if op in _SIZED_REPLIES:
+            want = int(body.get("size", 0))
+        elif op == fuse_opcode.FUSE_IOCTL:
+            want = int(body.get("out_size", 0)) + _IOCTL_RETRY_ROOM
+        # Every fixed reply (fuse_statx_out is the largest, 256) and a READLINK target
+        # (PATH_MAX) fit in a page.
+        return _OUT_HEADER_SIZE + max(want, PAGE_SIZE)
+
+    def _dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
+        op = request.opcode
+        if op == fuse_opcode.FUSE_INTERRUPT:
+            with self._lock:
+                tracked = request.unique in self.session.interrupts.values()
+            if tracked:
+                self._reply(msg, request, None, -errno.ENOSYS)
+            return
+        try:
+            if not expects_reply:
+                self.transport.submit(request.raw, 0, hiprio=op in _FORGETS)
+                return
+            token = self.transport.submit(request.raw, self.reply_size(request))
+            raw = self.transport.wait(token, self.timeout)
+        except TransportError as exc:
+            self.stats.fail(msg, exc)
+            if expects_reply:
+                self._reply(msg, request, None, -errno.EIO)
+            return
+        with self._lock:
+            try:
+                self.session.feed_reply(raw)
+            except (DecodeError, ProtocolError) as exc:
+                self.stats.fail(msg, exc)
+                still_waiting = self.session.pending.get(request.unique) is request
+            else:
+                still_waiting = None
+        if still_waiting is None:
+            self._write(msg, raw, _reply_error(raw))
+        elif still_waiting:
+            self._reply(msg, request, None, -errno.EIO)
+        else:
+            # The session completed it (a body that did not decode): answer EIO directly.
+            self._write(
+                msg,
+                encode_reply(request, None, unique=request.unique, error=-errno.EIO),
+                -errno.EIO,
+            )
+
+
+def _reply_error(raw: bytes) -> int:
+    return int(_OUT_HEADER.parse(raw)["error"])
 
 
 @contextlib.contextmanager
