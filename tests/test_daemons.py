@@ -83,10 +83,7 @@ def test_stopped_daemon_is_reported_and_still_stoppable(no_leaks, installation, 
                                                          socket_path):
     d = daemons.Daemon(installation, shared_dir, socket_path).start()
     try:
-        d.signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 5
-        while d.state() not in ("T", "t") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        d.freeze()
         assert "stopped" in d.describe()
     finally:
         d.cleanup()  # SIGTERM + SIGCONT, SIGKILL if needed
@@ -97,9 +94,15 @@ def test_exits_when_its_one_connection_closes(no_leaks, installation, shared_dir
     """One daemon per session: closing the frontend connection ends the process."""
     d = daemons.Daemon(installation, shared_dir, socket_path).start()
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(socket_path)
-        s.close()
+        for _ in range(1000):  # the socket file appears (bind) just before listen()
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(socket_path)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.001)
+            finally:
+                s.close()
         assert d.wait_exit(5) is not None, d.describe()
         assert d.returncode == 0, d.log_tail()
     finally:

@@ -132,7 +132,7 @@ def test_daemon_never_answering_times_out_then_recovers(no_leaks, installation, 
     try:
         c = Client(t)
         c.init()
-        t.daemon.signal(signal.SIGSTOP)
+        t.daemon.freeze()
         p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
         start = time.monotonic()
         with pytest.raises(TransportTimeout) as ei:
@@ -140,12 +140,12 @@ def test_daemon_never_answering_times_out_then_recovers(no_leaks, installation, 
         assert time.monotonic() - start < 2
         msg = str(ei.value)
         assert f"unique {p.unique}" in msg and "stopped" in msg
-        t.daemon.signal(signal.SIGCONT)
+        t.daemon.thaw()
         # The abandoned chain is reclaimed when the daemon finally uses it.
         assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
         assert not t.queues[1].inflight
     finally:
-        t.daemon.signal(signal.SIGCONT)
+        t.daemon.thaw()
         t.close()
     assert not os.path.exists(t.socket_path)
 
@@ -155,7 +155,7 @@ def test_daemon_stopped_at_close_is_still_reaped(no_leaks, installation, shared_
     t = VhostUserTransport.spawn(installation, shared_dir)
     c = Client(t)
     c.init()
-    t.daemon.signal(signal.SIGSTOP)
+    t.daemon.freeze()
     c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
     t.close()
     assert t.daemon.returncode is not None
@@ -168,7 +168,7 @@ def test_daemon_crash_mid_session(no_leaks, installation, shared_dir):
     try:
         c = Client(t)
         c.init()
-        t.daemon.signal(signal.SIGSTOP)  # so the request is surely still in flight
+        t.daemon.freeze()  # so the request is surely still in flight
         p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
         t.daemon.signal(signal.SIGKILL)
         with pytest.raises(TransportError) as ei:

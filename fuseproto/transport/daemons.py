@@ -414,6 +414,21 @@ class Daemon:
         if self.running() and self.pid:
             os.kill(self.pid, sig)
 
+    def freeze(self, timeout: float = 5.0) -> None:
+        """SIGSTOP the daemon and wait until the kernel reports it stopped (the signal
+        is asynchronous: a request sent right after kill() may still be served)."""
+        self.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while self.state() not in ("T", "t"):
+            if not self.running():
+                raise DaemonError(f"{self.describe()} while being stopped")
+            if time.monotonic() > deadline:
+                raise DaemonError(f"{self.describe()}: not stopped {timeout} s after SIGSTOP")
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        self.signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 3.0) -> int | None:
         """Stop the daemon by its PID: SIGTERM (after SIGCONT, in case it was stopped),
         then SIGKILL; reap it; remove the socket file. Returns the wait status."""

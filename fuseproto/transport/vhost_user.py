@@ -360,13 +360,26 @@ class VhostUserTransport:
         return t
 
     def _connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.socket_path)
-        except OSError as e:
-            s.close()
-            raise TransportError(f"cannot connect to {self.socket_path}: {e}{self._daemon_note()}")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.socket_path)
+                break
+            except ConnectionRefusedError as e:
+                s.close()
+                # The C daemon creates the socket file (bind) a moment before it listens;
+                # a refused connect never became a session, so trying again is safe.
+                alive = self.daemon is None or self.daemon.running()
+                if not alive or time.monotonic() > deadline:
+                    raise TransportError(
+                        f"cannot connect to {self.socket_path}: {e}{self._daemon_note()}")
+                time.sleep(0.001)
+            except OSError as e:
+                s.close()
+                raise TransportError(
+                    f"cannot connect to {self.socket_path}: {e}{self._daemon_note()}")
         self.sock = s
 
     def _daemon_note(self) -> str:
