@@ -37,7 +37,13 @@ import pytest
 from construct import Container
 
 from fuseproto import Session
-from fuseproto.transport.devfuse import DEFER, DevFuseMount, DevFuseServer, find_mount_device
+from fuseproto.transport.devfuse import (
+    DEFER,
+    DevFuseMount,
+    DevFuseServer,
+    find_mount_device,
+    unavailable_reason,
+)
 from fuseproto.wire import codec
 from fuseproto.wire.constants import (
     FATTR,
@@ -54,19 +60,7 @@ CALL_TIMEOUT = 10.0
 MAX_WRITE = 128 * 1024
 
 
-def _can_mount() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as exc:
-        return f"cannot open /dev/fuse: {exc}"
-    return None
-
-
-_SKIP = _can_mount()
+_SKIP = unavailable_reason()
 pytestmark = [
     pytest.mark.kernel,
     pytest.mark.skipif(_SKIP is not None, reason=_SKIP or ""),

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from construct import Container
+
 from ..errors import (
     DecodeError,
     EncodeError,
@@ -43,8 +45,8 @@ from ..errors import (
     TransportTimeout,
 )
 from ..wire import structs
-from ..wire.codec import encode_reply
-from ..wire.constants import fuse_opcode
+from ..wire.codec import encode_reply, encode_request
+from ..wire.constants import InitFlags, fuse_opcode
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -114,6 +116,19 @@ def sys_umount2(target: str, flags: int = 0) -> None:
     if libc.umount2(os.fsencode(target), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount2({target!r}, {flags:#x}): {os.strerror(err)}")
+
+
+def unavailable_reason(device: str = "/dev/fuse") -> str | None:
+    """Why this process cannot mount kernel FUSE file systems, or None if it can."""
+    if os.geteuid() != 0:
+        return "mounting with mount(2) needs root"
+    if not os.path.exists(device):
+        return f"no {device}"
+    try:
+        os.close(os.open(device, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        return f"cannot open {device}: {exc}"
+    return None
 
 
 def find_mount_device(mountpoint: str) -> tuple[int, int] | None:
@@ -567,6 +582,11 @@ class DevFuseBridge(DevFuseServer):
     BATCH_FORGET go out on the high-priority queue (as virtio-fs sends them) with no reply
     buffer. INTERRUPT is not forwarded (virtio-fs has no interrupts): the kernel gets
     -ENOSYS, which tells it to stop sending them. Requests are forwarded one at a time.
+
+    One request is adjusted: the kernel offers FUSE_ALLOW_IDMAP in INIT but fails the
+    connection if a daemon accepts it on a mount without ``default_permissions`` (virtiofs
+    always sets that option; a plain FUSE mount need not). For such a mount the bridge
+    re-encodes INIT through the codec without that offer.
     """
 
     def __init__(
@@ -599,6 +619,28 @@ class DevFuseBridge(DevFuseServer):
         # (PATH_MAX) fit in a page.
         return _OUT_HEADER_SIZE + max(want, PAGE_SIZE)
 
+    def forwarded(self, request: Any) -> bytes:
+        """The bytes to send on for ``request``: its own, except INIT (see above)."""
+        if request.opcode != fuse_opcode.FUSE_INIT or self.mount.default_permissions:
+            return request.raw
+        body = request.body
+        offered = InitFlags.from_words(body.get("flags", 0), body.get("flags2", 0) or 0)
+        if not offered & InitFlags.FUSE_ALLOW_IDMAP:
+            return request.raw
+        lo, hi = InitFlags(offered & ~InitFlags.FUSE_ALLOW_IDMAP).words()
+        adjusted = Container(body, flags=lo, flags2=hi)
+        h = request.header
+        return encode_request(
+            request.opcode,
+            adjusted,
+            unique=h.unique,
+            nodeid=h.nodeid,
+            uid=h.uid,
+            gid=h.gid,
+            pid=h.pid,
+            ext=request.ext or None,
+        )
+
     def _dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
         op = request.opcode
         if op == fuse_opcode.FUSE_INTERRUPT:
@@ -611,7 +653,7 @@ class DevFuseBridge(DevFuseServer):
             if not expects_reply:
                 self.transport.submit(request.raw, 0, hiprio=op in _FORGETS)
                 return
-            token = self.transport.submit(request.raw, self.reply_size(request))
+            token = self.transport.submit(self.forwarded(request), self.reply_size(request))
             raw = self.transport.wait(token, self.timeout)
         except TransportError as exc:
             self.stats.fail(msg, exc)
