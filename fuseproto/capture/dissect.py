@@ -27,7 +27,7 @@ from ..errors import DecodeError, LengthMismatchError, ProtocolError, RemoteProt
 from ..session import Session
 from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_notify_code, fuse_opcode
-from .frames import LINKTYPE_FUSE, Direction, FrameError, unpack_frame
+from .frames import FRAME_HEADER, LINKTYPE_FUSE, Direction, FrameError, unpack_frame
 from .pcap import DEFAULT_MAX_CAPLEN, PcapError, PcapRecord, read_records
 
 __all__ = ["CapturedMessage", "CaptureSummary", "decode_capture", "decode_message"]
@@ -182,11 +182,19 @@ def _decode_record(
     if rec.truncated:
         m.kind = REQUEST if frame.direction == Direction.REQUEST else REPLY
         m.error = PcapError(
-            f"record captured {len(rec.data)} of {rec.orig_len} bytes (snaplen)",
+            f"message captured {len(frame.data)} of {rec.orig_len - FRAME_HEADER.size} "
+            "bytes (snaplen)",
             offset=len(frame.data),
             path="capture.caplen",
         )
         _peek_header(m)
+        if m.kind == REPLY and m.header is not None:
+            # The request is named by the hint or the session (which keeps it pending:
+            # a cut reply cannot complete it, so it is listed as unanswered at the end).
+            req = session.pending.get(m.header["unique"]) if session is not None else None
+            op = req.opcode if req is not None else frame.opcode_hint
+            if op is not None:
+                m.opcode = fuse_opcode(op) if op in _OPCODES else op
         return m
     if session is not None:
         _decode_paired(m, session, frame.opcode_hint)

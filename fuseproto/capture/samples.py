@@ -93,7 +93,7 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
         | InitFlags.FUSE_MAP_ALIGNMENT
         | InitFlags.FUSE_INIT_EXT
     )
-    flags2 = int(InitFlags.FUSE_SETXATTR_EXT) >> 32
+    flags2 = int(InitFlags.FUSE_HAS_INODE_DAX) >> 32
     u = req(
         op.FUSE_INIT,
         Container(major=7, minor=46, max_readahead=131072, flags=flags & 0xFFFFFFFF, flags2=flags2),
@@ -216,4 +216,50 @@ def write_sample(
     with CaptureRecorder(path) as rec:
         for i, (direction, queue, data) in enumerate(sample_session()):
             rec(direction, queue, data, start_ns + i * step_ns)
+        return rec.count
+
+
+def sample_with_errors() -> list[tuple[Direction, int, bytes]]:
+    """:func:`sample_session` with three faults inserted (for error reporting tests):
+
+    * after the first LOOKUP request, a LOOKUP request whose ``len`` lies (decode error);
+    * after the GETATTR reply, a reply to unique 9999, which nobody sent (protocol error);
+    * the READ request's body cut short with ``len`` fixed up (decode error: truncated).
+    """
+    msgs = sample_session()
+    out: list[tuple[Direction, int, bytes]] = []
+    for direction, queue, data in msgs:
+        if direction == Direction.REQUEST and data[4] == op.FUSE_READ:
+            cut = data[:-8]
+            data = len(cut).to_bytes(4, "little") + cut[4:]
+        out.append((direction, queue, data))
+        if direction == Direction.REQUEST and data[4] == op.FUSE_LOOKUP and len(out) == 3:
+            bad = codec.encode_request(
+                op.FUSE_LOOKUP, Container(name=b"liar"), unique=1001, nodeid=1, length=999
+            )
+            out.append((Direction.REQUEST, queue, bad))
+        if direction == Direction.REPLY and len(data) == 16 + 104 and len(out) < 12:
+            out.append(
+                (
+                    Direction.REPLY,
+                    queue,
+                    codec.encode_reply(op.FUSE_GETATTR, None, unique=9999, error=-5),
+                )
+            )
+    return out
+
+
+def write_sample_with_errors(
+    path: str, *, start_ns: int = 1_700_000_000_000_000_000, step_ns: int = 125_000
+) -> int:
+    """Write :func:`sample_with_errors` to ``path``, plus one record with a bad
+    pseudo-header at the end; returns the record count."""
+    from .frames import CaptureRecorder
+
+    with CaptureRecorder(path) as rec:
+        msgs = sample_with_errors()
+        for i, (direction, queue, data) in enumerate(msgs):
+            rec(direction, queue, data, start_ns + i * step_ns)
+        # A record of our link type whose pseudo-header has version 9.
+        rec._writer.write(b"\x09" + b"\0" * 15 + b"junk", start_ns + len(msgs) * step_ns)
         return rec.count

@@ -167,6 +167,8 @@ def _run_file(args: argparse.Namespace, out: TextIO) -> int:
                 print(json.dumps(_json_line(m, t0, args.max_bytes)), file=out)
             else:
                 print(_text_line(m, t0), file=out)
+    except BrokenPipeError:
+        raise
     except OSError as e:
         print(f"fuseproto decode: {e}", file=sys.stderr)
         return 2
