@@ -18,14 +18,17 @@ stuck call) and the test fails; the mount, threads and directories are always cl
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import select
+import shutil
 import signal
 import stat
 import struct
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -696,17 +699,31 @@ class Harness:
                 self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-@pytest.fixture
-def harness(tmp_path: Any) -> Iterator[Harness]:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    h = Harness(str(mountpoint))
-    h.start()
+@contextlib.contextmanager
+def scratch_mountpoint() -> Iterator[str]:
+    """A fresh directory to mount on, removed afterwards (only once nothing is mounted on
+    it: removing through a live mount would reach into the file system)."""
+    top = tempfile.mkdtemp(prefix="fuseproto-kernel-")
+    mountpoint = os.path.join(top, "mnt")
+    os.mkdir(mountpoint)
     try:
-        yield h
+        yield mountpoint
     finally:
-        h.close()
-        assert find_mount_device(str(mountpoint)) is None, "mount left behind"
+        still_mounted = find_mount_device(mountpoint) is not None
+        if not still_mounted:
+            shutil.rmtree(top, ignore_errors=True)
+    assert not still_mounted, f"mount left behind on {mountpoint}"
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    with scratch_mountpoint() as mountpoint:
+        h = Harness(mountpoint)
+        h.start()
+        try:
+            yield h
+        finally:
+            h.close()
 
 
 def check_traffic(h: Harness) -> None:
@@ -1136,32 +1153,31 @@ def test_notifications_are_accepted(harness: Harness) -> None:
     check_traffic(h)
 
 
-def test_unmount_with_a_hung_request_is_cleaned_up(tmp_path: Any) -> None:
+def test_unmount_with_a_hung_request_is_cleaned_up() -> None:
     """A request the server never answers must not hang the suite: aborting the
     connection fails the stuck system call and unmount still succeeds."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    h = Harness(str(mountpoint))
-    hang = threading.Event()
+    with scratch_mountpoint() as mountpoint:
+        h = Harness(mountpoint)
+        hang = threading.Event()
 
-    def handler(req: Any) -> Any:
-        if req.opcode == OP.FUSE_MKDIR:
-            hang.set()
-            return DEFER  # never answered
-        return h.fs(req)
+        def handler(req: Any) -> Any:
+            if req.opcode == OP.FUSE_MKDIR:
+                hang.set()
+                return DEFER  # never answered
+            return h.fs(req)
 
-    h.server.handler = handler
-    h.start()
-    try:
-        future = h.pool.submit(os.mkdir, h.path("never"))
-        assert hang.wait(CALL_TIMEOUT)
-        with pytest.raises(concurrent.futures.TimeoutError):
-            future.result(0.3)
-        h.mount.abort()
-        with pytest.raises(OSError) as excinfo:
-            future.result(CALL_TIMEOUT)
-        assert excinfo.value.errno in (errno.ECONNABORTED, errno.ENOTCONN)
-    finally:
-        h.close()
-    assert find_mount_device(str(mountpoint)) is None
-    assert h.server._thread is None
+        h.server.handler = handler
+        h.start()
+        try:
+            future = h.pool.submit(os.mkdir, h.path("never"))
+            assert hang.wait(CALL_TIMEOUT)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                future.result(0.3)
+            h.mount.abort()
+            with pytest.raises(OSError) as excinfo:
+                future.result(CALL_TIMEOUT)
+            assert excinfo.value.errno in (errno.ECONNABORTED, errno.ENOTCONN)
+        finally:
+            h.close()
+        assert find_mount_device(mountpoint) is None
+        assert h.server._thread is None and h.mount.fd is None

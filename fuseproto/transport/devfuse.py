@@ -206,6 +206,7 @@ class DevFuseMount:
         self.fd: int | None = None
         self.mounted = False
         self.connection: int | None = None  # the N of /sys/fs/fuse/connections/N
+        self.aborted = False  # the device was released by abort()
         self._fd_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -301,10 +302,12 @@ class DevFuseMount:
         self.mounted = False
 
     def abort(self) -> None:
-        """Abort the connection: every request in flight fails, reads return ENODEV.
+        """Abort the connection: every request in flight fails, reads end.
 
-        Uses the fusectl ``abort`` file when fusectl is mounted; otherwise closes the
-        device, whose last close aborts the connection.
+        Uses the fusectl ``abort`` file when fusectl is mounted. Otherwise it releases the
+        device, whose last release aborts the connection: /dev/null is dup2()ed over the
+        fd rather than closing it, so a server thread still holding the number can never
+        read from some other file that happens to reuse it.
         """
         if self.connection is not None:
             path = os.path.join(FUSECTL_DIR, str(self.connection), "abort")
@@ -314,7 +317,15 @@ class DevFuseMount:
                 return
             except OSError:
                 pass
-        self._close_fd()
+        with self._fd_lock:
+            if self.fd is None:
+                return
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.dup2(null, self.fd, inheritable=False)
+            finally:
+                os.close(null)
+            self.aborted = True
 
     def _close_fd(self) -> None:
         with self._fd_lock:
@@ -330,8 +341,8 @@ class DevFuseMount:
         Raises TransportError when the connection is gone (unmounted or aborted).
         """
         fd = self.fd
-        if fd is None:
-            raise TransportError("device closed")
+        if fd is None or self.aborted:
+            raise TransportError("device closed or connection aborted")
         deadline = None if timeout is None else time.monotonic() + timeout
         buf = bytearray(max(bufsize, FUSE_MIN_READ_BUFFER))
         while True:
@@ -360,6 +371,8 @@ class DevFuseMount:
                 if exc.errno == errno.ENODEV:
                     raise TransportError("/dev/fuse connection gone (ENODEV)") from exc
                 raise TransportError(f"read from /dev/fuse failed: {exc}") from exc
+            if n == 0 or self.aborted:
+                raise TransportError("/dev/fuse connection aborted")
             return bytes(memoryview(buf)[:n])
 
     def write_reply(self, data: bytes) -> bool:
@@ -367,8 +380,8 @@ class DevFuseMount:
         longer waits for that request (ENOENT: interrupted or aborted). Any other failure,
         notably EINVAL for a reply the kernel rejects, raises TransportError."""
         fd = self.fd
-        if fd is None:
-            raise TransportError("device closed")
+        if fd is None or self.aborted:
+            raise TransportError("device closed or connection aborted")
         try:
             n = os.write(fd, data)
         except OSError as exc:
