@@ -110,7 +110,10 @@ def no_leaks():
     """Asserts that the test leaves no new fd, child process or socket file behind."""
     fds_before = open_fds()
     kids_before = child_pids()
+    logs_before = _own_logs()
     yield
+    leaked_logs = _own_logs() - logs_before
+    assert not leaked_logs, f"leaked daemon logs: {leaked_logs}"
     leaked_kids = child_pids() - kids_before
     assert not leaked_kids, f"leaked child processes: {leaked_kids}"
     # /proc/self/fd listing itself opens an fd; compare by number.
@@ -119,3 +122,11 @@ def no_leaks():
     descr = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
              if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not descr, f"leaked fds: {descr}"
+
+
+def _own_logs() -> set[str]:
+    """Temporary logs of this process's daemons (virtiofsd-<kind>-<our pid>-*.log)."""
+    tmp = tempfile.gettempdir()
+    mine = f"-{os.getpid()}-"
+    return {n for n in os.listdir(tmp)
+            if n.startswith("virtiofsd-") and mine in n and n.endswith(".log")}

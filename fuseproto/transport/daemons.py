@@ -286,12 +286,11 @@ class Daemon:
         self.socket_path = str(socket_path)
         self.extra_args = list(extra_args or [])
         self.xattr = xattr
+        # Without a log_path the log is a temporary file while the daemon runs; stop()
+        # keeps its text in memory (log_text()) and removes the file.
         self._own_log = log_path is None
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix=f"virtiofsd-{self.kind}-", suffix=".log")
-            os.close(fd)
-            log_path = name
-        self.log_path = str(log_path)
+        self.log_path: str | None = None if log_path is None else str(log_path)
+        self._log_kept: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._status: int | None = None
 
@@ -322,6 +321,10 @@ class Daemon:
         if os.path.exists(self.socket_path):
             raise DaemonError(f"socket path {self.socket_path} already exists")
         env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+        if self.log_path is None:
+            fd, self.log_path = tempfile.mkstemp(prefix=f"virtiofsd-{self.kind}-{os.getpid()}-",
+                                              suffix=".log")
+            os.close(fd)
         with open(self.log_path, "ab") as log:
             try:
                 self.proc = subprocess.Popen(
@@ -333,6 +336,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket_path):
             if self.poll() is not None:
+                self.stop()
                 raise DaemonError(
                     f"{self.kind} virtiofsd {self.exit_description()} before creating "
                     f"{self.socket_path}; log:\n{self.log_tail()}"
@@ -447,16 +451,21 @@ class Daemon:
         # The C daemon also leaves a "<socket>.pid" lock file next to the socket.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path + ".pid")
+        if self._own_log and self.log_path and self._log_kept is None:
+            self._log_kept = self.log_text()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.log_path)
         return self._status
 
     def cleanup(self) -> None:
-        """Stop, and remove the log if it is our temporary one."""
+        """Stop the daemon and remove everything it left (socket, temporary log)."""
         self.stop()
-        if self._own_log:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.log_path)
 
     def log_text(self) -> str:
+        if self._log_kept is not None:
+            return self._log_kept
+        if self.log_path is None:
+            return ""
         try:
             return Path(self.log_path).read_text(errors="replace")
         except OSError:
