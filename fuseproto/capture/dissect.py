@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ..errors import DecodeError, LengthMismatchError, ProtocolError, RemoteProtocolError
+from ..errors import DecodeError, LengthMismatchError, ProtocolError
 from ..session import Session
 from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_notify_code, fuse_opcode
@@ -179,8 +179,10 @@ def _decode_record(
     m.direction = frame.direction
     m.queue = frame.queue
     m.raw = frame.data
+    # What the recorder said it is; decoding refines it (a reply with unique 0 is a
+    # notification) but even bytes too short for a header keep a kind.
+    m.kind = {Direction.REQUEST: REQUEST, Direction.REPLY: REPLY}.get(frame.direction, NOTIFICATION)
     if rec.truncated:
-        m.kind = REQUEST if frame.direction == Direction.REQUEST else REPLY
         m.error = PcapError(
             f"message captured {len(frame.data)} of {rec.orig_len - FRAME_HEADER.size} "
             "bytes (snaplen)",
@@ -231,7 +233,7 @@ def _decode_paired(m: CapturedMessage, session: Session, hint: int | None) -> No
             m.opcode = req.opcode
             m.paired = True
         return
-    except RemoteProtocolError as e:
+    except ProtocolError as e:
         m.error = e
         _decode_alone(m, hint, session.minor)  # keeps e as the error
         return
