@@ -272,6 +272,10 @@ class Negotiated:
         return bool(self.protocol_features & _bit(feature))
 
 
+# Directions as the capture format numbers them (fuseproto.capture.frames.Direction).
+_REQUEST, _REPLY = 0, 1
+
+
 class VhostUserTransport:
     """FUSE-over-virtqueues to one virtiofsd.
 
@@ -300,6 +304,7 @@ class VhostUserTransport:
         timeout: float = 5.0,
         backend_handler=None,
         own_daemon: bool = True,
+        tap=None,
     ):
         if mode not in ("poll", "eventfd"):
             raise ValueError("mode must be 'poll' or 'eventfd'")
@@ -312,6 +317,9 @@ class VhostUserTransport:
         self.spin_s = spin_s if mode == "poll" else 0.0
         self.timeout = timeout
         self.backend_handler = backend_handler
+        # tap(direction, queue, data): e.g. a fuseproto.capture.CaptureRecorder, which
+        # writes every FUSE message that crosses the rings to a pcap file.
+        self.tap = tap
         self.negotiated = Negotiated()
         self.queues: list[SplitVirtqueue] = []
         self.kick_fds: list[int] = []
@@ -530,6 +538,8 @@ class VhostUserTransport:
             if vq.free_descriptors() < len(out):
                 self._wait_room(vq, len(out))
         token = vq.add(out, ins)
+        if self.tap is not None:
+            self.tap(_REQUEST, qi, b"".join(out))
         token.queue = qi
         token.tag = tag
         if self.spin_s:
@@ -567,7 +577,10 @@ class VhostUserTransport:
         if not token.done:
             self._block_until(vq, (token,), self.timeout if timeout is None else timeout)
         token.taken = True
-        return vq.take_reply(token)
+        reply = vq.take_reply(token)
+        if self.tap is not None:
+            self.tap(_REPLY, token.queue, reply)
+        return reply
 
     def wait_all(self, tokens: Sequence[Inflight], timeout: float | None = None) -> list[bytes]:
         """Replies for ``tokens`` in order (one deadline for all)."""
