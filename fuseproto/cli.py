@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "daemons",
     "decode",
+    "fuzz",
 ]
 
 

@@ -548,7 +548,7 @@ def crash_site(log: str) -> str | None:
         if matches:
             m = matches[-1]
             text = " ".join(g for g in m.groups() if g)
-            return re.sub(r"\d+", "N", text)[:200]
+            return re.sub(r"\d+", "N", text).replace("`", "'")[:200]
     return None
 
 

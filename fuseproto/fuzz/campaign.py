@@ -1,0 +1,314 @@
+"""The fuzz campaign: every target for a slice of time, then one report.
+
+In-process targets (wire_decode, session, dax when present) run as atheris harnesses
+(``fuzz/<target>_fuzzer.py``, coverage-guided libFuzzer, one subprocess at a time owned
+and stopped by PID) or, with ``engine="inprocess"`` or without the ``fuzz/`` directory, in
+the pure-Python loop of :mod:`.engine`. libFuzzer stops at the first crash; the campaign
+then classifies the crash input by replaying it (``fuseproto fuzz replay --json`` in a
+subprocess, so a planted fault from ``FUSEPROTO_FUZZ_INJECT`` applies the same way) and
+restarts the harness with the time left. The virtiofsd target runs against each daemon
+given (:func:`.virtiofsd.fuzz_daemon`).
+
+Everything lands under ``out``: ``report.md`` and ``report.json`` (see :mod:`.report`),
+``findings/<target>[-<daemon>]/`` (one reproducer per signature), ``corpus/<target>/``
+(what libFuzzer added), ``logs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import engine, targets
+from .findings import Finding, FindingStore
+
+__all__ = ["TargetResult", "CampaignResult", "run_campaign", "fuzz_dir", "run_atheris"]
+
+_MAX_RESTARTS = 8
+
+
+def fuzz_dir() -> Path | None:
+    """The repository's ``fuzz/`` directory (None when fuseproto is installed elsewhere)."""
+    d = Path(__file__).resolve().parents[2] / "fuzz"
+    return d if (d / "wire_decode_fuzzer.py").exists() else None
+
+
+def corpus_dir(target: str) -> Path | None:
+    d = Path(__file__).resolve().parents[2] / "corpus" / target
+    return d if d.is_dir() else None
+
+
+@dataclass
+class TargetResult:
+    target: str
+    engine: str  # atheris | inprocess | daemon
+    daemon: str | None = None
+    daemon_version: str | None = None
+    seconds: float = 0.0
+    iterations: int = 0
+    coverage: dict[str, int] = field(default_factory=dict)  # cov/ft, or outcome_classes
+    corpus_size: int = 0
+    findings: list[str] = field(default_factory=list)  # signatures
+    restarts: int = 0
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.iterations / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["per_second"] = round(self.per_second, 1)
+        return d
+
+
+@dataclass
+class CampaignResult:
+    out: str
+    started: float
+    seconds: float = 0.0
+    results: list[TargetResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    command: str = ""
+    python: str = field(default_factory=lambda: sys.version.split()[0])
+    atheris: str | None = None
+
+
+# -- atheris subprocesses -------------------------------------------------------------------
+
+_STAT = re.compile(r"stat::(\w+):\s+(\d+)")
+_PROGRESS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)")
+_ARTIFACT = re.compile(r"Test unit written to (\S+)")
+
+
+@dataclass
+class AtherisRun:
+    returncode: int
+    executions: int
+    cov: int
+    ft: int
+    corpus: int
+    exec_per_sec: int
+    artifact: str | None
+    log: str
+
+
+def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
+                extra: list[str] | None = None, env: dict[str, str] | None = None) -> AtherisRun:
+    """One libFuzzer run of ``fuzz/<target>_fuzzer.py`` for up to ``seconds``."""
+    fz = fuzz_dir()
+    if fz is None:
+        raise FileNotFoundError("fuzz/ directory not found next to the fuseproto package")
+    work_corpus = workdir / "corpus" / target
+    artifacts = workdir / "artifacts" / target
+    logs = workdir / "logs"
+    for d in (work_corpus, artifacts, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(fz / f"{target}_fuzzer.py"),
+            f"-max_total_time={max(1, int(seconds))}", "-print_final_stats=1",
+            f"-artifact_prefix={artifacts}/", f"-seed={seed or 1}", "-timeout=10",
+            "-rss_limit_mb=2048", "-max_len=8192"]
+    dic = fz / f"{target}.dict"
+    if dic.exists():
+        argv.append(f"-dict={dic}")
+    argv += list(extra or [])
+    argv.append(str(work_corpus))
+    seeds_dir = corpus_dir(target)
+    if seeds_dir is not None:
+        argv.append(str(seeds_dir))
+    log_path = logs / f"{target}-{int(time.time() * 1000)}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        try:
+            proc.wait(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            # Ours, by PID (its own session: libFuzzer forks nothing, but be sure).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    stats = {k: int(v) for k, v in _STAT.findall(text)}
+    prog = _PROGRESS.findall(text)
+    last = prog[-1] if prog else ("0", "0", "0", "0")
+    art = _ARTIFACT.findall(text)
+    return AtherisRun(
+        returncode=proc.returncode,
+        executions=stats.get("number_of_executed_units", int(last[0])),
+        cov=int(last[1]), ft=int(last[2]), corpus=int(last[3]),
+        exec_per_sec=stats.get("average_exec_per_sec", 0),
+        artifact=art[-1] if art else None,
+        log=str(log_path),
+    )
+
+
+def classify_artifact(path: str, target: str, env: dict[str, str] | None = None
+                      ) -> dict[str, Any]:
+    """Replay a crash input in a fresh interpreter; its JSON verdict."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fuseproto", "fuzz", "replay", path, "--target", target,
+         "--json"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})})
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"reproduced": False, "error": (proc.stderr or proc.stdout)[-500:]}
+
+
+def _atheris_target(name: str, seconds: float, out: Path, store: FindingStore, seed: int,
+                    env: dict[str, str] | None) -> TargetResult:
+    res = TargetResult(name, "atheris")
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    runs = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left < 1 or runs > _MAX_RESTARTS:
+            break
+        run = run_atheris(name, left, out, seed=seed + runs, env=env)
+        runs += 1
+        res.iterations += run.executions
+        res.coverage = {"cov": max(res.coverage.get("cov", 0), run.cov),
+                        "ft": max(res.coverage.get("ft", 0), run.ft)}
+        res.corpus_size = max(res.corpus_size, run.corpus)
+        if run.artifact is None:
+            if run.returncode not in (0, None):
+                res.error = f"libFuzzer exited {run.returncode} without an artifact ({run.log})"
+            break
+        data = Path(run.artifact).read_bytes()
+        verdict = classify_artifact(run.artifact, name, env)
+        if verdict.get("reproduced"):
+            f = Finding(name, verdict["kind"], verdict["signature"], verdict["summary"])
+        else:
+            f = Finding(name, "exception", f"unreproduced:{name}",
+                        f"libFuzzer reported a crash that did not replay: "
+                        f"{verdict.get('error', '')[:200]}")
+        f.evidence = {"libfuzzer_log": run.log}
+        f = store.add(f, data)
+        with contextlib.suppress(OSError):
+            os.unlink(run.artifact)
+        if f.signature not in res.findings:
+            res.findings.append(f.signature)
+        res.restarts += 1
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int) -> TargetResult:
+    t = targets.get_target(name)
+    st = engine.run_loop(t, seconds=seconds, seed=seed, store=store)
+    res = TargetResult(name, "inprocess", seconds=st.seconds, iterations=st.iterations,
+                       coverage={"outcome_classes": st.outcome_classes},
+                       corpus_size=st.corpus_size,
+                       findings=[f.signature for f in st.findings])
+    return res
+
+
+def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
+                   hang_timeout: float) -> TargetResult:
+    from . import virtiofsd
+
+    res = TargetResult("virtiofsd", "daemon", daemon=spec)
+    try:
+        inst = virtiofsd.resolve_installation(spec)
+    except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
+        res.error = f"cannot get daemon {spec}: {e}"
+        return res
+    label = spec if spec in ("c", "rust") else inst.kind + ":" + os.path.basename(spec)
+    try:
+        st = virtiofsd.fuzz_daemon(inst, seconds=seconds, store=store, seed=seed,
+                                   hang_timeout=hang_timeout, label=label)
+    except Exception as e:  # noqa: BLE001
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    res.daemon = label
+    res.daemon_version = st.version
+    res.seconds = st.seconds
+    res.iterations = st.requests
+    res.coverage = {"outcome_classes": st.outcome_classes}
+    res.corpus_size = st.corpus_size
+    res.findings = [f.signature for f in st.findings]
+    res.restarts = max(0, st.starts - 1)
+    res.error = st.error
+    if st.skipped:
+        res.notes.append(f"{st.skipped} mutants skipped (features muted after 5 repeats of a "
+                         "known finding)")
+    return res
+
+
+def available_inprocess_targets() -> list[str]:
+    names = []
+    for n in ("wire_decode", "session", "dax"):
+        try:
+            targets.get_target(n)
+        except (KeyError, ImportError):
+            continue
+        names.append(n)
+    return names
+
+
+def run_campaign(
+    out: str | os.PathLike[str],
+    *,
+    seconds: float = 120.0,
+    daemons: list[str] | None = None,
+    target_names: list[str] | None = None,
+    engine_name: str = "atheris",
+    seed: int = 0,
+    hang_timeout: float = 0.5,
+    env: dict[str, str] | None = None,
+    command: str = "",
+    log: Any = None,
+) -> CampaignResult:
+    """Run the campaign and write the report; see the module docstring."""
+    from . import report
+
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    store = FindingStore(out_path / "findings")
+    daemons = ["c", "rust"] if daemons is None else daemons
+    names = target_names or available_inprocess_targets()
+    use_atheris = engine_name == "atheris" and fuzz_dir() is not None
+    # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow).
+    units = len(names) + 1.5 * len(daemons)
+    unit = seconds / units if units else 0
+    result = CampaignResult(str(out_path), time.time(), command=command)
+    try:
+        from importlib.metadata import version
+
+        import atheris  # noqa: F401
+
+        result.atheris = version("atheris")
+    except Exception:  # noqa: BLE001
+        use_atheris = False
+    t0 = time.monotonic()
+    say = log or (lambda msg: None)
+    for name in names:
+        say(f"{name}: {'atheris' if use_atheris else 'in-process'} for {unit:.0f} s")
+        if use_atheris:
+            r = _atheris_target(name, unit, out_path, store, seed, env)
+        else:
+            r = _inprocess_target(name, unit, store, seed)
+        say(f"{name}: {r.iterations} inputs, {r.per_second:.0f}/s, {len(r.findings)} findings")
+        result.results.append(r)
+    for spec in daemons:
+        say(f"virtiofsd ({spec}): {1.5 * unit:.0f} s")
+        r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout)
+        say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
+            f"{len(r.findings)} findings, {r.restarts} restarts"
+            + (f", error: {r.error}" if r.error else ""))
+        result.results.append(r)
+    result.seconds = time.monotonic() - t0
+    result.findings = list(store)
+    report.write(result, out_path)
+    return result

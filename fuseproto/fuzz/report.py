@@ -1,0 +1,120 @@
+"""The campaign report: ``report.json`` (machine-readable) and ``report.md`` (for people).
+
+Sections of the Markdown report, in order: Summary (one row per target: engine, time,
+inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), Findings
+(one per signature: kind, count, what, reproducer, the ``fuseproto fuzz replay`` command,
+evidence), How to reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write", "SECTIONS"]
+
+SECTIONS = ("## Summary", "## Daemons", "## Findings", "## How to reproduce")
+
+
+def _cov(c: dict[str, int]) -> str:
+    if "cov" in c:
+        return f"cov {c['cov']}, ft {c.get('ft', 0)}"
+    if "outcome_classes" in c:
+        return f"{c['outcome_classes']} outcome classes"
+    return "-"
+
+
+def to_json(result: Any) -> dict[str, Any]:
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(result.started)),
+        "seconds": round(result.seconds, 1),
+        "command": result.command,
+        "python": result.python,
+        "atheris": result.atheris,
+        "targets": [r.to_json() for r in result.results],
+        "daemons": [{"daemon": r.daemon, "version": r.daemon_version}
+                    for r in result.results if r.engine == "daemon"],
+        "findings": [f.to_json() for f in result.findings],
+    }
+
+
+def _md(result: Any) -> str:
+    j = to_json(result)
+    lines = [
+        "# fuseproto fuzz campaign",
+        "",
+        f"Started {j['started']}, {j['seconds']} s; Python {j['python']}, "
+        f"atheris {j['atheris'] or 'not used'}."
+        + (f" Command: `{j['command']}`." if j["command"] else ""),
+        "",
+        "## Summary",
+        "",
+        "| target | engine | daemon | seconds | inputs | inputs/s | coverage | corpus | "
+        "findings | restarts |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in result.results:
+        lines.append(
+            f"| {r.target} | {r.engine} | {r.daemon or '-'} | {r.seconds:.1f} | {r.iterations} "
+            f"| {r.per_second:.0f} | {_cov(r.coverage)} | {r.corpus_size} | {len(r.findings)} "
+            f"| {r.restarts} |")
+    errs = [r for r in result.results if r.error or r.notes]
+    if errs:
+        lines.append("")
+        for r in errs:
+            for n in r.notes:
+                lines.append(f"- {r.target} {r.daemon or ''}: {n}")
+            if r.error:
+                lines.append(f"- **{r.target} {r.daemon or ''} error**: {r.error}")
+    lines += ["", "Coverage: `cov`/`ft` are libFuzzer's edge and feature counts over the "
+              "instrumented fuseproto modules; for the daemons, the number of distinct "
+              "outcome classes (opcode x errno x reply size, or the failure) seen.",
+              "", "## Daemons", ""]
+    daemons = [r for r in result.results if r.engine == "daemon"]
+    if not daemons:
+        lines.append("No daemon was fuzzed.")
+    for r in daemons:
+        lines.append(f"- `{r.daemon}`: {r.daemon_version or 'unknown version'}")
+    lines += ["", "## Findings", ""]
+    if not result.findings:
+        lines.append("No findings.")
+    for i, f in enumerate(result.findings, 1):
+        where = f"{f.target}" + (f" ({f.daemon})" if f.daemon else "")
+        lines += [
+            f"### {i}. {f.kind}: {where}",
+            "",
+            f"- signature: `{f.signature}`",
+            f"- seen: {f.count} time(s)",
+            f"- what: {f.summary}",
+            f"- reproducer: `{f.reproducer}`",
+            f"- replay: `{f.replay}`",
+        ]
+        ev = {k: v for k, v in f.evidence.items() if k != "log_tail"}
+        if ev:
+            lines.append(f"- evidence: `{json.dumps(ev, default=str)[:600]}`")
+        tail = f.evidence.get("log_tail")
+        if tail:
+            lines += ["- daemon log tail:", "", "```", str(tail)[-800:], "```"]
+        lines.append("")
+    lines += [
+        "## How to reproduce",
+        "",
+        "Each finding's `replay` line re-runs its reproducer: in-process targets decode the "
+        "saved input again under the same oracle; virtiofsd reproducers (JSON: daemon, "
+        "version, requests as hex) start a fresh sandboxed daemon, repeat the harness's "
+        "setup and send the requests in order. `fuseproto fuzz replay FILE --json` prints a "
+        "machine-readable verdict.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(result: Any, out: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / "report.json", out / "report.md"
+    jp.write_text(json.dumps(to_json(result), indent=1, default=str) + "\n")
+    mp.write_text(_md(result))
+    return mp, jp
