@@ -325,7 +325,7 @@ class LinuxDaxManager(DaxManager):
                 break
             r.refcnt += 1  # fuse_fill_iomap takes a reference for the copy
             try:
-                chunk = self.window_read(moff, n)
+                chunk = self.window_read(moff, n, nodeid, pos)
             except WindowFault as e:
                 res.error = e.errno or errno.EFAULT
                 break
@@ -336,8 +336,9 @@ class LinuxDaxManager(DaxManager):
             pos += n
         res.data = bytes(out)
         res.setups = self.stats.setupmapping - before
-        self._after_op()
-        return self.finish_read(nodeid, offset, size, res)
+        self.finish_read(nodeid, offset, size, res)
+        self._after_op()  # the worker runs after the copy (observers saw the read first)
+        return res
 
     def write(self, nodeid: int, offset: int, data: bytes, *, fh: int = 0) -> WriteResult:
         i_size = self.backend.file_size(nodeid)

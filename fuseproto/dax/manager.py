@@ -215,7 +215,16 @@ class DaxManager(ABC):
             o.on_reply(self, msg, err)
         return err
 
-    def window_read(self, moffset: int, length: int) -> bytes:
+    def window_read(
+        self, moffset: int, length: int, nodeid: int | None = None, foffset: int | None = None
+    ) -> bytes:
+        """Copy window bytes. Pass the node and file offset the bytes are meant to be:
+        observers check, at the moment of the copy, that the window still maps them."""
+        if nodeid is not None and foffset is not None:
+            for o in self.observers:
+                hook = getattr(o, "on_window_access", None)
+                if hook is not None:
+                    hook(self, nodeid, foffset, moffset, length)
         return self.device.read(moffset, length)
 
     def finish_read(self, nodeid: int, offset: int, size: int, result: ReadResult) -> ReadResult:

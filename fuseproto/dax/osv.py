@@ -336,7 +336,7 @@ class OsvDaxManager(DaxManager):
         n = min(read_amt, mp.nchunks * c - coffset)
         moffset = mp.mstart * c + coffset
         try:
-            data = self.window_read(moffset, n)
+            data = self.window_read(moffset, n, nodeid, offset)
         except WindowFault as e:  # uiomove failed
             return e.errno or errno.EFAULT, b"", None, setups
         return 0, data, moffset, setups
