@@ -144,14 +144,17 @@ def _replay(args: argparse.Namespace) -> int:
         if spec not in ("c", "rust") and ":" in spec:
             spec = doc.get("daemon_binary", spec)
         outs = virtiofsd.replay_daemon(doc, virtiofsd.resolve_installation(spec))
-        last = outs[-1] if outs else None
-        found = last is not None and last.finding is not None
-        verdict = {"target": target, "daemon": spec, "reproduced": found,
-                   "requests_sent": len(outs),
-                   "expected": doc.get("finding", {}).get("signature")}
-        if found and last is not None:
-            verdict.update(kind=last.finding, summary=last.detail, outcome=last.cls,
-                           evidence=last.evidence)
+        label = doc.get("daemon", spec)
+        expected = doc.get("finding", {}).get("signature")
+        hits = [(virtiofsd.outcome_signature(label, o), o) for o in outs if o.finding]
+        match = [o for sig, o in hits if sig == expected]
+        hit = match[0] if match else (hits[-1][1] if hits else None)
+        verdict = {"target": target, "daemon": spec, "reproduced": bool(match),
+                   "requests_sent": len(outs), "expected": expected,
+                   "seen": sorted({sig for sig, _ in hits if sig})}
+        if hit is not None:
+            verdict.update(kind=hit.finding, summary=hit.detail, outcome=hit.cls,
+                           evidence=hit.evidence)
     else:
         from ..fuzz.targets import get_target
 
@@ -173,7 +176,9 @@ def _replay(args: argparse.Namespace) -> int:
             if verdict.get("traceback"):
                 print(verdict["traceback"])
         else:
-            print(f"not reproduced ({target})")
+            print(f"not reproduced ({target})"
+                  + (f"; saw instead: {', '.join(verdict['seen'])}" if verdict.get("seen")
+                     else ""))
     return 1 if verdict["reproduced"] else 0
 
 

@@ -685,13 +685,18 @@ def _record(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: st
 
 def replay_daemon(repro: dict[str, Any], installation: daemons.Installation, *,
                   hang_timeout: float = 0.5) -> list[Outcome]:
-    """Send a reproducer's requests to a fresh daemon; the outcome of each, stopping at
-    the first finding."""
+    """Send a reproducer's requests to a fresh daemon (same setup); the outcome of each.
+    Stops when the daemon dies or hangs; protocol findings do not stop it."""
     outs = []
     with DaemonHarness(installation, hang_timeout=hang_timeout) as h:
         for item in repro.get("requests", []):
             out = h.send(bytes.fromhex(item["hex"]), item.get("variant", 0))
             outs.append(out)
-            if out.finding is not None:
+            if out.finding in ("crash", "daemon-exit", "hang"):
                 break
     return outs
+
+
+def outcome_signature(label: str, out: Outcome) -> str | None:
+    """The finding signature of an outcome (None when it is not a finding)."""
+    return _signature(label, out) if out.finding else None
