@@ -503,7 +503,7 @@ def check_trace(
         except FuseprotoError as e:
             checker.violations.append(
                 Violation(
-                    "removemapping_count" if "count" in str(e) else "alignment",
+                    "removemapping_count" if "count" in str(getattr(e, "path", "")) else "decode",
                     f"undecodable: {e}",
                     raw=rec.raw,
                     sender=rec.sender,
