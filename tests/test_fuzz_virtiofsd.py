@@ -1,0 +1,149 @@
+"""The virtiofsd fuzz target and the campaign, against the real daemons (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from construct import Container
+
+from fuseproto.fuzz import report, virtiofsd
+from fuseproto.fuzz.campaign import run_campaign
+from fuseproto.fuzz.findings import FindingStore
+from fuseproto.wire import codec, structs
+from fuseproto.wire.constants import fuse_opcode as O
+
+pytestmark = pytest.mark.daemon
+
+
+def test_sanitize_defuses_device_nodes_and_huge_allocations():
+    mk = codec.encode_request(O.FUSE_MKNOD, Container(mode=0o060600, rdev=0x0801, umask=0,
+                              name=b"sda"), unique=2, nodeid=1)
+    body = structs.FAST["fuse_mknod_in"].parse(virtiofsd.sanitize(mk), 40)
+    assert body["mode"] == 0o100600 and body["rdev"] == 0
+    fa = codec.encode_request(O.FUSE_FALLOCATE, Container(fh=1, offset=0, length=1 << 40,
+                              mode=0), unique=4, nodeid=2)
+    assert structs.FAST["fuse_fallocate_in"].parse(virtiofsd.sanitize(fa), 40)["length"] < 1 << 27
+    # Bytes our codec would reject are defused too (trailing garbage after the name).
+    assert virtiofsd.sanitize(mk + b"junk")[40:56] == virtiofsd.sanitize(mk)[40:56]
+
+
+def test_seed_requests_get_valid_replies(daemon_installations, no_leaks):
+    for kind, inst in daemon_installations.items():
+        with virtiofsd.DaemonHarness(inst) as h:
+            pid = h.daemon.pid
+            # INTERRUPT and NOTIFY_REPLY have their own tests: they break a daemon (below).
+            outs = [h.send(r) for r in h.seed_requests()
+                    if structs.FAST["fuse_in_header"].parse(r, 0)["opcode"]
+                    not in (O.FUSE_INTERRUPT, O.FUSE_NOTIFY_REPLY)]
+            bad = [(o.cls, o.detail) for o in outs if o.finding]
+            assert not bad, f"{kind}: {bad}"
+            assert sum(o.cls.split(":")[1] == "0" for o in outs) > 15, kind
+        assert not os.path.exists(f"/proc/{pid}")  # stopped and reaped
+
+
+def _read_request(h: virtiofsd.DaemonHarness, size: int) -> bytes:
+    h.unique += 2
+    return codec.encode_request(O.FUSE_READ, Container(fh=h.fhs["file"], offset=0, size=size),
+                                unique=h.unique, nodeid=h.nodes["file"])
+
+
+def test_read_area_bigger_than_size_is_reported_for_the_c_daemon(daemon_installations):
+    """The C daemon fills the whole device-writable area of a READ, past ``size``; the
+    fuzzer must report it as a protocol violation with evidence (the Rust one answers EIO)."""
+    with virtiofsd.DaemonHarness(daemon_installations["c"]) as h:
+        exact = h.send(_read_request(h, 100), variant=0)
+        assert exact.finding is None and exact.cls.startswith("FUSE_READ:0")
+        big = h.send(_read_request(h, 100), variant=1)
+    assert big.finding == "protocol"
+    assert "LimitExceededError" in big.cls
+    assert big.evidence["requested_size"] == 100 and big.evidence["used_len"] > 116
+
+
+def test_stale_interrupt_breaks_the_c_daemon(daemon_installations):
+    """Finding, kept as a test: an INTERRUPT naming a request that is not in flight is
+    answered (-EAGAIN) by QEMU 7.2's C virtiofsd in the *next* request's buffer, so that
+    request gets a reply with the wrong unique, or the daemon aborts on the double reply."""
+    with virtiofsd.DaemonHarness(daemon_installations["c"]) as h:
+        intr = codec.encode_request(O.FUSE_INTERRUPT, Container(unique=12345), unique=801)
+        first = h.send(intr)
+        assert first.finding is None
+        h.unique += 2
+        stat = codec.encode_request(O.FUSE_STATFS, Container(), unique=h.unique, nodeid=1)
+        out = h.send(stat)
+    assert out.finding in ("protocol", "crash"), out
+    if out.finding == "protocol":
+        assert out.cls == "FUSE_STATFS:wrong-unique" and out.evidence["header"]["unique"] == 801
+        assert out.evidence["header"]["error"] == -11  # EAGAIN, meant for the INTERRUPT
+
+
+def test_notify_reply_panics_the_rust_daemon(daemon_installations):
+    """Finding, kept as a test: virtiofsd 1.13 tries to answer a NOTIFY_REPLY (which has
+    no reply, so the chain has no device-writable descriptor) and its queue worker panics
+    (EncodeMessage WriteZero); the process lives, the queue is dead."""
+    with virtiofsd.DaemonHarness(daemon_installations["rust"]) as h:
+        nr = codec.encode_request(O.FUSE_NOTIFY_REPLY, Container(offset=0, size=None,
+                                  data=b"abcd"), unique=900, nodeid=h.nodes["file"])
+        assert h.send(nr).cls == "FUSE_NOTIFY_REPLY:noreply"
+        h.unique += 2
+        out = h.send(codec.encode_request(O.FUSE_STATFS, Container(), unique=h.unique,
+                                          nodeid=1))
+        assert h.daemon.running()
+    assert out.finding == "crash" and out.cls == "FUSE_STATFS:panic"
+    assert "WriteZero" in out.evidence["site"]
+
+
+def test_crash_is_detected_saved_and_the_daemon_restarted(daemon_installations, tmp_path,
+                                                           no_leaks):
+    """A daemon killed by a signal mid-request (SIGSEGV sent by PID from the test hook) is a
+    crash finding with a replayable reproducer, and fuzzing continues on a fresh daemon."""
+    killed: list[int] = []
+    sent = [0]
+
+    def on_send(h: virtiofsd.DaemonHarness, data: bytes) -> None:
+        sent[0] += 1
+        if sent[0] in (10, 60):
+            killed.append(h.daemon.pid)
+            os.kill(h.daemon.pid, signal.SIGSEGV)
+
+    store = FindingStore(tmp_path)
+    st = virtiofsd.fuzz_daemon(daemon_installations["c"], seconds=30, store=store,
+                               max_requests=120, on_send=on_send, seed=4)
+    assert len(killed) == 2 and st.starts >= 3
+    crash = [f for f in store if f.kind == "crash" and "SIGSEGV" in f.signature]
+    assert sum(f.count for f in crash) >= 2 and crash[0].daemon == "c"
+    assert crash[0].evidence["signal"] == "SIGSEGV" and crash[0].evidence["previous"]
+    doc = json.loads(Path(crash[0].reproducer).read_text())
+    assert doc["daemon"] == "c" and doc["requests"] and "7.2" in doc["daemon_version"]
+    assert crash[0].replay.startswith("fuseproto fuzz replay ")
+    assert st.requests >= 100
+
+
+def test_campaign_writes_report_and_findings_replay(tmp_path, no_leaks):
+    out = tmp_path / "out"
+    res = run_campaign(out, seconds=14, daemons=["c"], seed=1)
+    md = (out / "report.md").read_text()
+    for section in report.SECTIONS:
+        assert section in md
+    j = json.loads((out / "report.json").read_text())
+    names = [t["target"] for t in j["targets"]]
+    assert names[:2] == ["wire_decode", "session"] and names[-1] == "virtiofsd"
+    for t in j["targets"]:
+        assert t["iterations"] > 0 and t["per_second"] > 0, t
+        assert t["coverage"], t
+    assert j["daemons"][0]["version"].startswith("virtiofsd version 7.2")
+    # Clean in-process targets; the C daemon has real findings within seconds.
+    assert not [f for f in j["findings"] if f["target"] != "virtiofsd"]
+    daemon_findings = [f for f in res.findings if f.target == "virtiofsd"]
+    assert daemon_findings
+    f = daemon_findings[0]
+    assert f.reproducer and os.path.exists(f.reproducer) and f.signature in md
+    proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "replay", f.reproducer,
+                           "--json"], capture_output=True, text=True, timeout=120)
+    verdict = json.loads(proc.stdout)
+    assert verdict["target"] == "virtiofsd" and verdict["requests_sent"] > 0
