@@ -54,6 +54,7 @@ INVARIANTS: dict[str, str] = {
     "linux_in_use": "(Linux) a range in use is never removed or remapped to other data",
     "linux_free_fifo": "(Linux) the free list is a FIFO: ranges leave from the head, freed "
     "ranges join at the tail",
+    "decode": "(traces) every captured DAX request decodes",
     "no_duplicate_chunks": "(opt-in) no file range is mapped at two places of one view",
 }
 DEFAULT_INVARIANTS = frozenset(INVARIANTS) - {"no_duplicate_chunks"}

@@ -314,7 +314,7 @@ class LinuxDaxManager(DaxManager):
     def read(self, nodeid: int, offset: int, size: int, *, fh: int = 0) -> ReadResult:
         i_size = self.backend.file_size(nodeid)
         end = min(offset + max(size, 0), i_size)
-        out = bytearray()
+        parts: list[bytes] = []
         res = ReadResult(b"")
         pos = offset
         before = self.stats.setupmapping
@@ -331,10 +331,10 @@ class LinuxDaxManager(DaxManager):
                 break
             finally:
                 r.refcnt -= 1
-            out += chunk
+            parts.append(chunk)
             res.segments.append(Segment(pos, n, moff))
             pos += n
-        res.data = bytes(out)
+        res.data = parts[0] if len(parts) == 1 else b"".join(parts)
         res.setups = self.stats.setupmapping - before
         self.finish_read(nodeid, offset, size, res)
         self._after_op()  # the worker runs after the copy (observers saw the read first)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from .device import WindowDevice, WindowFault
 from .host import FuseBackend
-from .messages import DaxMessage
+from .messages import FUSE_SETUPMAPPING, DaxMessage
 
 __all__ = [
     "Accounting",
@@ -196,22 +196,24 @@ class DaxManager(ABC):
 
     def send(self, msg: DaxMessage) -> int:
         """Send one message to the device; returns 0 or a positive errno."""
-        msg.sender = msg.sender or self.sender
-        for o in self.observers:
+        if not msg.sender:
+            msg.sender = self.sender
+        observers = self.observers
+        for o in observers:
             o.on_send(self, msg)
         err = self.device.submit(msg)
         st = self.stats
-        if msg.is_setup:
+        if msg.opcode == FUSE_SETUPMAPPING:
             st.setupmapping += 1
             if not err:
-                st.bytes_mapped += msg.body.len
+                st.bytes_mapped += msg.body["len"]
         else:
             st.removemapping += 1
-            st.removemapping_entries += len(msg.body.entries)
+            st.removemapping_entries += len(msg.body["entries"])
         if err:
             st.failed += 1
             st.errors[err] = st.errors.get(err, 0) + 1
-        for o in self.observers:
+        for o in observers:
             o.on_reply(self, msg, err)
         return err
 
