@@ -10,6 +10,7 @@ import sys
 # One module per subcommand group; each defines register(subparsers) which adds its parser
 # and sets ``func`` (called with the parsed args, returns the exit code).
 COMMAND_MODULES = [
+    "dax",
     "daemons",
     "decode",
     "fuzz",
