@@ -39,3 +39,11 @@ def session_keyerror() -> None:
         return original(self, data)
 
     Session.feed_reply = feed_reply
+
+
+def osv_no_forget(device, backend, **options):
+    """A ``module:factory`` DAX manager: OSv's with its seed defect "no_forget" (FORGET
+    leaves the node's mappings in place, so a reused node id reads the old file)."""
+    from fuseproto.dax.osv import OsvDaxManager
+
+    return OsvDaxManager(device, backend, chunk_size=16 * 1024, seed_defects={"no_forget"})

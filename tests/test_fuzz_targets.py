@@ -124,3 +124,20 @@ def test_atheris_catches_planted_bug_and_replay_classifies_it(tmp_path):
     # On clean code the same input is fine: the finding is the planted bug.
     clean = campaign.classify_artifact(run.artifact, "wire_decode")
     assert clean["reproduced"] is False
+
+
+def test_dax_target_clean_on_builtin_managers(tmp_path):
+    st = engine.run_loop(targets.get_target("dax"), iterations=1500, seed=5,
+                         store=FindingStore(tmp_path))
+    assert st.findings == [], [f.summary for f in st.findings]
+
+
+def test_dax_target_catches_a_broken_plugged_in_manager(monkeypatch, tmp_path):
+    """A user's manager given as module:factory (here OSv with FORGET broken) is caught by
+    the black-box invariants: a reused node id reads the old file's bytes."""
+    from fuseproto.fuzz.dax_target import ENV_MANAGER
+
+    monkeypatch.setenv(ENV_MANAGER, "fuzz_faults:osv_no_forget")
+    st = engine.run_loop(targets.get_target("dax"), iterations=20000, seed=1,
+                         store=FindingStore(tmp_path), stop_on_finding=True)
+    assert st.findings and st.findings[0].signature == "invariant:read_bytes"

@@ -26,6 +26,8 @@ def register(sub: Any) -> None:
                    help="in-process target(s) to run (default: all available)")
     c.add_argument("--engine", choices=("atheris", "inprocess"), default="atheris")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dax-manager", default=None, metavar="osv|linux|MODULE:FACTORY",
+                   help="fix the DAX target's manager (default: each built-in in turn)")
     c.add_argument("--hang-timeout", type=float, default=0.5,
                    help="seconds without a reply before a daemon counts as hung")
     c.set_defaults(func=_campaign)
@@ -57,9 +59,17 @@ def _campaign(args: argparse.Namespace) -> int:
     from ..fuzz.campaign import run_campaign
 
     daemons = [] if args.no_daemon else (args.daemon or ["c", "rust"])
+    env = None
+    if args.dax_manager:
+        import os
+
+        from ..fuzz.dax_target import ENV_MANAGER
+
+        os.environ[ENV_MANAGER] = args.dax_manager  # the in-process loop reads it too
+        env = {ENV_MANAGER: args.dax_manager}
     res = run_campaign(
         args.out, seconds=args.seconds, daemons=daemons, target_names=args.target,
-        engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout,
+        engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)

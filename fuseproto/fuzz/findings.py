@@ -67,6 +67,11 @@ def classify_exception(exc: BaseException) -> tuple[str, str, str]:
     """(kind, signature, one-line summary) of an exception a target raised."""
     if isinstance(exc, Bug):
         return exc.kind, f"{exc.kind}:{exc.where}", str(exc)[:300]
+    violation = getattr(exc, "violation", None)  # fuseproto.dax.invariants
+    if violation is not None and hasattr(violation, "invariant"):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return ("invariant", f"invariant:{violation.invariant}@{getattr(violation, 'sender', '')}"
+                .split("@")[0], first[:300])
     fr = _innermost_code_frame(exc)
     where = "?"
     if fr is not None:
