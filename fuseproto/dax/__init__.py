@@ -1,0 +1,47 @@
+"""The reference DAX window: managers, window devices, invariants, simulator.
+
+* :mod:`.messages` -- SETUPMAPPING / REMOVEMAPPING as :class:`DaxMessage` (codec-built)
+* :mod:`.device` -- :class:`ModelDevice`, :class:`MmapDevice`; :mod:`.virtiofsd` --
+  :class:`VirtiofsdDevice` (a real daemon) and :class:`ClientBackend`
+* :mod:`.manager` -- the :class:`DaxManager` interface, ``module:factory`` plug-ins
+* :mod:`.osv` -- :class:`OsvDaxManager` (the seed's OSv manager; seed defects on flags)
+* :mod:`.linux` -- :class:`LinuxDaxManager` (the policy of Linux fs/fuse/dax.c)
+* :mod:`.invariants` -- :class:`DaxChecker`, :func:`check_trace`
+* :mod:`.simulator`, :mod:`.traces`, :mod:`.belady` -- ``fuseproto dax simulate``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "DaxMessage": "messages",
+    "ModelDevice": "device",
+    "MmapDevice": "device",
+    "WindowDevice": "device",
+    "WindowFault": "device",
+    "FileStore": "host",
+    "HostDirectory": "host",
+    "FuseBackend": "host",
+    "DaxManager": "manager",
+    "ReadResult": "manager",
+    "load_manager": "manager",
+    "OsvDaxManager": "osv",
+    "OsvVirtiofs": "osv",
+    "LinuxDaxManager": "linux",
+    "DaxChecker": "invariants",
+    "InvariantViolation": "invariants",
+    "check_trace": "invariants",
+    "VirtiofsdDevice": "virtiofsd",
+    "ClientBackend": "virtiofsd",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)
