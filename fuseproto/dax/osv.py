@@ -55,6 +55,12 @@ behaviour is the default:
     Corrected: ``forget`` makes them unfindable; their chunks are reused when they reach
     the top of the stack.
 
+Also noted in the seed, not modelled (no Python-visible effect): ``virtiofs_read_fallback``
+takes ``u32 read_amt`` while ``virtiofs_read`` computes a 64-bit amount (a read of 4 GiB or
+more is truncated modulo 2**32); the ENOMEM paths of ``virtiofs_mount`` return without
+freeing ``m_data``; ``virtiofs_unmount``'s ``use_count() == 2`` test misses the last unmount
+if a read on that mount still holds its copy of the shared_ptr.
+
 Single-threaded: the C++ holds one mutex across each read; callers here serialise.
 """
 
