@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run every benchmark (after scripts/setup.sh). Each prints its figures next to a baseline
+# measured in the same run, and the ratio against its target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+echo "== wire decode/encode vs struct baseline"; $py benchmarks/bench_decode.py
+echo "== vhost-user transport and client vs real virtiofsd"; $py benchmarks/bench_transport.py
+echo "== DAX lookup cost and simulator throughput"; $py benchmarks/bench_dax.py
