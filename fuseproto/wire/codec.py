@@ -8,9 +8,13 @@ message is returned, so a decoder returns a complete message or raises
 any other exception escaping is translated at this boundary and counts as a bug (the
 fuzzers look for the translation's ``__cause__``).
 
-Encoding builds with the declarative construct of :mod:`.messages`; ``len``,
-``total_extlen`` and every count/size field are derived unless given (``length=``,
-``total_extlen=``, or the field present in the body), so a fuzzer can lie.
+Encoding builds a dict body with the fast path of :mod:`.messages` (each part's
+``build()``: ``struct.pack`` of the fixed parts, names and data concatenated) and anything
+else -- or any value the fast path fails on -- with the declarative construct, which stays
+the reference: the two give the same bytes and the same EncodeError
+(``tests/test_wire_encode.py``). ``len``, ``total_extlen`` and every count/size field are
+derived unless given (``length=``, ``total_extlen=``, or the field present in the body), so
+a fuzzer can lie.
 
 Checks made on decode
 ---------------------
@@ -70,19 +74,43 @@ _OP = C.fuse_opcode
 # Replies whose data may not exceed the request's fuse_read_in.size (the kernel's limit).
 _SIZE_LIMITED = (_OP.FUSE_READ, _OP.FUSE_READDIR, _OP.FUSE_READDIRPLUS)
 _XATTR = (_OP.FUSE_GETXATTR, _OP.FUSE_LISTXATTR)
+# Replies decode_reply checks against (or shapes by) the request's body.
+_NEEDS_REQUEST_BODY = frozenset(int(op) for op in (*_SIZE_LIMITED, *_XATTR, _OP.FUSE_IOCTL))
+
+
+_LAZY = object()  # Request body not decoded yet (see encode_request(return_request=True))
 
 
 class Request:
-    """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``."""
+    """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``.
 
-    __slots__ = ("header", "opcode", "body", "ext", "raw")
+    ``parts`` (with ``body`` _LAZY) defers decoding the body from ``raw`` to first use; only
+    :func:`encode_request` does that, for bodies that cannot fail to decode.
+    """
 
-    def __init__(self, header: Container, opcode: Any, body: Any, ext: list, raw: bytes):
+    __slots__ = ("header", "opcode", "_body", "ext", "raw", "_parts")
+
+    def __init__(
+        self, header: Container, opcode: Any, body: Any, ext: list, raw: bytes, parts: Any = None
+    ):
         self.header = header
         self.opcode = opcode
-        self.body = body
+        self._body = body
         self.ext = ext
         self.raw = raw
+        self._parts = parts
+
+    @property
+    def body(self) -> Any:
+        if self._body is _LAZY:
+            self._body = messages.parse_parts(self._parts, self.raw, _IN_SIZE, len(self.raw))
+            self._parts = None
+        return self._body
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self._body = value
+        self._parts = None
 
     @property
     def unique(self) -> int:
@@ -223,9 +251,11 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
 
 
 def _reply_context(request: Any) -> tuple[int, Any]:
-    """(opcode, decoded request body or None) from a Request or an opcode."""
+    """(opcode, the request's body where the reply's shape or size depends on it, else None)
+    from a Request or an opcode."""
     if isinstance(request, Request):
-        return int(request.opcode), request.body
+        op = int(request.opcode)
+        return op, request.body if op in _NEEDS_REQUEST_BODY else None
     return int(request), None
 
 
@@ -321,23 +351,46 @@ def decode_notification(data: bytes) -> Notification:
 
 # --- encoding ---------------------------------------------------------------------------
 
+_in_pack = _IN.struct.pack
+_out_pack = _OUT.struct.pack
+_RAW = (bytes, bytearray, memoryview)
 
-def _build(con: Any, body: Any, what: str) -> bytes:
-    if isinstance(body, bytes | bytearray | memoryview):
-        return bytes(body)  # raw bytes for any opcode: fuzzers may send anything
+
+def _build_reference(parts: Any, body: Any, what: Any) -> bytes:
+    """Build ``body`` with the declarative construct of ``parts`` (the reference)."""
     if body is None:
         body = Container()
     try:
-        return con.build(body)
+        return messages._schema(parts).build(body)
     except (ConstructError, KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
-        raise EncodeError(f"cannot build {what}: {type(e).__name__}: {e}") from e
+        raise EncodeError(f"cannot build {what[0]} {what[1]}: {type(e).__name__}: {e}") from e
 
 
-def _pack(fl: Any, values: Mapping[str, int], what: str) -> bytes:
+def _build_body(parts: Any, body: Any, what: Any) -> bytes:
+    """The body's bytes: the fast builder for a dict body, else (or on any failure) the
+    construct, so every bad value gets the reference's EncodeError."""
+    if isinstance(body, _RAW):
+        return bytes(body)  # raw bytes for any opcode: fuzzers may send anything
+    if parts is not None:
+        if body is None:
+            body = {}
+        if isinstance(body, dict):
+            try:
+                return messages.build_parts(parts, body)
+            except Exception:  # noqa: BLE001,S110 -- NotFast or a bad value: the reference decides
+                pass
+    return _build_reference(parts, body, what)
+
+
+def _ext_bytes(ext: Any) -> bytes:
+    if ext is None:
+        return b""
+    if isinstance(ext, _RAW):
+        return bytes(ext)
     try:
-        return fl.build(values)
-    except Exception as e:  # struct.error, OverflowError ...
-        raise EncodeError(f"cannot build {what}: {e}") from e
+        return messages.build_ext(ext)
+    except Exception as e:
+        raise EncodeError(f"cannot build extensions: {e}") from e
 
 
 def encode_request(
@@ -355,35 +408,51 @@ def encode_request(
     length: int | None = None,
     total_extlen: int | None = None,
     padding: int = 0,
-) -> bytes:
+    return_request: bool = False,
+) -> Any:
     """The bytes of a request; ``len`` and ``total_extlen`` derived unless forced.
 
     ``body`` is a mapping (see :mod:`.messages` for the shapes) or raw ``bytes``; ``ext`` is a
     list of extension records (see :func:`.messages.parse_ext`) or raw bytes.
+
+    ``return_request=True`` returns ``(bytes, Request)``: the Request equals
+    ``decode_request(bytes, minor, flags=flags)`` and DecodeError is raised exactly when
+    that would raise. When the message cannot fail to decode (a dict body of fixed structs
+    and names, nothing forced, no extensions) the body is decoded on first use instead.
     """
-    payload = _build(messages.request_body(opcode, minor, flags), body, f"request {opcode}")
-    if ext is None:
-        extb = b""
-    elif isinstance(ext, bytes | bytearray | memoryview):
-        extb = bytes(ext)
-    else:
-        try:
-            extb = messages.build_ext(ext)
-        except Exception as e:
-            raise EncodeError(f"cannot build extensions: {e}") from e
+    op = int(opcode)
+    parts = messages._request_parts(op, int(minor), bool(flags & messages.FUSE_SETXATTR_EXT))
+    payload = _build_body(parts, body, ("request", opcode))
+    extb = _ext_bytes(ext)
     n = _IN_SIZE + len(payload) + len(extb)
-    hdr = {
-        "len": n if length is None else length,
-        "opcode": int(opcode),
-        "unique": unique,
-        "nodeid": nodeid,
-        "uid": uid,
-        "gid": gid,
-        "pid": pid,
-        "total_extlen": (len(extb) + 7) // 8 if total_extlen is None else total_extlen,
-        "padding": padding,
-    }
-    return _pack(_IN, hdr, "fuse_in_header") + payload + extb
+    try:
+        hdr = _in_pack(
+            n if length is None else length,
+            op,
+            unique,
+            nodeid,
+            uid,
+            gid,
+            pid,
+            (len(extb) + 7) // 8 if total_extlen is None else total_extlen,
+            padding,
+        )
+    except Exception as e:  # struct.error, OverflowError ...
+        raise EncodeError(f"cannot build fuse_in_header: {e}") from e
+    data = hdr + payload + extb if extb else hdr + payload
+    if not return_request:
+        return data
+    if (
+        length is None
+        and total_extlen is None
+        and not extb
+        and parts is not None
+        and messages.always_parses(parts)
+        and not isinstance(body, _RAW)
+    ):
+        header = Container(zip(_IN_FIELDS, _in_unpack(hdr, 0), strict=True))
+        return data, Request(header, _OPCODES.get(op, op), _LAZY, [], data, parts)
+    return data, decode_request(data, minor, flags=flags)
 
 
 def encode_reply(
@@ -396,7 +465,11 @@ def encode_reply(
     length: int | None = None,
 ) -> bytes:
     """The bytes of a reply. With ``error`` != 0 and ``body`` None, the header alone."""
-    op, rbody = _reply_context(request_or_opcode)
+    if isinstance(request_or_opcode, Request):
+        op = int(request_or_opcode.opcode)
+        rbody = request_or_opcode.body if op in _XATTR else None
+    else:
+        op, rbody = int(request_or_opcode), None
     if error != 0 and body is None:
         payload = b""
     else:
@@ -405,15 +478,21 @@ def encode_reply(
             xsize = rbody.get("size")
         elif op in _XATTR and isinstance(body, Mapping) and "value" not in body:
             xsize = 0
-        payload = _build(messages.reply_body(op, minor, xsize), body, f"reply to {op}")
-    n = _OUT_SIZE + len(payload)
-    hdr = {"len": n if length is None else length, "error": error, "unique": unique}
-    return _pack(_OUT, hdr, "fuse_out_header") + payload
+        parts = messages.reply_parts(op, minor, xsize)
+        payload = _build_body(parts, body, ("reply to", op))
+    try:
+        hdr = _out_pack(_OUT_SIZE + len(payload) if length is None else length, error, unique)
+    except Exception as e:
+        raise EncodeError(f"cannot build fuse_out_header: {e}") from e
+    return hdr + payload
 
 
 def encode_notification(code: int, body: Any, *, length: int | None = None) -> bytes:
     """The bytes of a notification (``unique`` 0, ``error`` = ``code``)."""
-    payload = _build(messages.notification_body(code), body, f"notification {code}")
-    n = _OUT_SIZE + len(payload)
-    hdr = {"len": n if length is None else length, "error": int(code), "unique": 0}
-    return _pack(_OUT, hdr, "fuse_out_header") + payload
+    parts = messages.notification_parts(code)
+    payload = _build_body(parts, body, ("notification", code))
+    try:
+        hdr = _out_pack(_OUT_SIZE + len(payload) if length is None else length, int(code), 0)
+    except Exception as e:
+        raise EncodeError(f"cannot build fuse_out_header: {e}") from e
+    return hdr + payload

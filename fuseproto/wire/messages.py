@@ -1,16 +1,20 @@
 """Per-opcode request and reply bodies of the FUSE protocol (7.46, peers at 7.22..7.46).
 
 Every body is declared once, as a tuple of *parts* (:class:`Fixed`, :class:`Name`,
-:class:`Sized`, :class:`Rest`, :class:`Counted`, :class:`Dirents`, ...). Each part has two
+:class:`Sized`, :class:`Rest`, :class:`Counted`, :class:`Dirents`, ...). Each part has three
 interpretations derived from that one declaration:
 
 * ``subcons()``: a fragment of a construct ``Struct``. :func:`request_body`,
   :func:`reply_body` and :func:`notification_body` join the fragments into one declarative
-  construct per opcode (``Struct(..., Terminated)``); the codec *builds* with it.
+  construct per opcode (``Struct(..., Terminated)``): the reference for the other two.
 * ``parse()``: a ``struct.unpack_from`` interpretation (over :data:`structs.FAST`) that
   returns the same Container as the construct's ``parse``; the codec *decodes* with it
-  (``tests/test_wire_differential.py`` checks the two agree on every vector and on
+  (``tests/test_wire_properties.py`` checks the two agree on every vector and on
   hypothesis-generated bodies, accepting and rejecting the same bytes).
+* ``build()``: the inverse, ``struct.pack`` of the fixed parts (a builder generated per
+  struct from the same declaration) with names and data concatenated; the codec *builds*
+  dict bodies with it and falls back to the construct for anything else
+  (``tests/test_wire_encode.py`` checks the same bytes and the same failures).
 
 Body shapes (the contract)
 --------------------------
@@ -134,6 +138,7 @@ from typing import Any
 from construct import (
     Array,
     Bytes,
+    Computed,
     Const,
     Construct,
     ConstructError,
@@ -175,6 +180,9 @@ __all__ = [
     "reply_body",
     "notification_body",
     "parse_parts",
+    "build_parts",
+    "always_parses",
+    "NotFast",
     "parse_ext",
     "build_ext",
     "ext_area",
@@ -347,17 +355,147 @@ def _get(ctx: Any, key: str) -> Any:
     return v if v is not None else b""
 
 
+# --- the fast build path ----------------------------------------------------------------
+#
+# Each part's ``build(body) -> bytes`` is the inverse of its ``parse()``, derived from the
+# same declaration, and gives exactly the bytes of its ``subcons()`` construct for the
+# same value (absent/None integers as 0, derived length/count fields, construct's own
+# acceptance rules for arrays, char arrays and names). ``body`` is a dict. Where a value is
+# of a kind the fast builder does not mirror (a nested struct or list item that is not a
+# dict ...) it raises NotFast; the codec then builds with the construct, which stays the
+# reference (tests/test_wire_encode.py checks the two byte for byte and error for error).
+
+
+class NotFast(Exception):
+    """The fast builder does not mirror the construct for this value: build with that."""
+
+
+_NO_FIELDS: dict = {}  # an absent nested struct: every field absent, built as 0
+
+
+def _nested(v: Any) -> Mapping[str, Any]:
+    if v is None:
+        return _NO_FIELDS
+    if isinstance(v, dict):
+        return v
+    raise NotFast
+
+
+def _ints(v: Any, n: int) -> Any:
+    """An integer array field as construct's Array(n) builds it (absent: n zeros)."""
+    if v is None:
+        return (0,) * n
+    if len(v) != n:
+        raise ValueError(f"expected {n} elements, found {len(v)}")
+    return v
+
+
+def _chars(v: Any, n: int) -> bytes:
+    """A char[n] (or pad) field as construct's Bytes(n) builds it (absent: n NULs)."""
+    if v is None:
+        return b"\0" * n
+    if isinstance(v, int):  # Bytes builds an int big-endian in n bytes
+        if n < 1:
+            raise ValueError("an integer needs at least one byte")
+        v = v.to_bytes(n, "big")
+    elif type(v) is bytearray:
+        v = bytes(v)
+    if not isinstance(v, bytes):
+        raise TypeError(f"expected bytes, got {type(v).__name__}")
+    if len(v) != n:
+        raise ValueError(f"expected {n} bytes, found {len(v)}")
+    return v
+
+
+def _builder_args(
+    con: Struct, getter: str, prefix: str, out: dict[str, list], derive: Mapping[str, Any]
+) -> list[str]:
+    """Argument expressions packing ``con``'s leaves (in FastLayout order) from ``getter``."""
+    args: list[str] = []
+    for sc in con.subcons:
+        name, inner = sc.name, sc.subcon
+        get = f"{getter}({name!r})"
+        if isinstance(inner, Computed):  # a union overlay: not built (structs.UNIONS)
+            continue
+        if isinstance(inner, FormatField):
+            if name in derive:
+                fn = f"_derive_{name}"
+                out["ns"].append((fn, derive[name]))
+                args.append(f"({fn}(b) if (v := {get}) is None else v)")
+            else:
+                args.append(f"(0 if (v := {get}) is None else v)")
+            out["fmt"].append(inner.fmtstr[1:])
+            out["leaves"].append(prefix + name)
+        elif isinstance(inner, Array):
+            args.append(f"*_ints({get}, {inner.count})")
+            out["fmt"].append(f"{inner.count}{inner.subcon.fmtstr[1:]}")
+            out["leaves"].extend(f"{prefix}{name}[{i}]" for i in range(inner.count))
+        elif isinstance(inner, Bytes):
+            args.append(f"_chars({get}, {inner.length})")
+            out["fmt"].append(f"{inner.length}s")
+            out["leaves"].append(prefix + name)
+        elif isinstance(inner, Struct):
+            var = f"g{len(out['lines'])}"
+            out["lines"].append(f"{var} = _nested({get}).get")
+            args.extend(_builder_args(inner, var, f"{prefix}{name}.", out, {}))
+        else:
+            raise TypeError(f"{prefix}{name}: no fast build for {type(inner).__name__}")
+    return args
+
+
+def _compile_builder(
+    con: Struct, fl: structs.FastLayout, derive: Mapping[str, Callable[[Any], Any]], label: str
+) -> Callable[[Mapping[str, Any]], bytes]:
+    """``build(body) -> bytes`` for struct ``con`` packed with ``fl.struct``.
+
+    ``derive`` maps length/count fields to functions of the body used when the field is
+    absent or None (the ``_Derived`` of :func:`_defaulted`).
+    """
+    out: dict[str, list] = {"fmt": [], "leaves": [], "lines": [], "ns": []}
+    args = _builder_args(con, "g", "", out, derive)
+    # The leaves must be the FastLayout's, in its order: one declaration, two views
+    # (construct spells u32 "L" where structs spells it "I": the same 4 bytes under "<").
+    fmt = "<" + "".join(out["fmt"]).replace("L", "I").replace("l", "i")
+    if fmt != fl.struct.format or tuple(out["leaves"]) != fl.fields:
+        raise AssertionError(f"{label}: fast build layout disagrees with structs.FAST")
+    src = (
+        "def build(b):\n    g = b.get\n"
+        + "".join(f"    {line}\n" for line in out["lines"])
+        + f"    return _pack({', '.join(args)})\n"
+    )
+    ns: dict[str, Any] = {"_pack": fl.struct.pack, "_nested": _nested, "_ints": _ints}
+    ns["_chars"] = _chars
+    ns.update(out["ns"])
+    exec(compile(src, f"<fuseproto.wire.messages build {label}>", "exec"), ns)  # noqa: S102 -- source generated from the declarations only
+    return ns["build"]
+
+
+@cache
+def _struct_builder(name: str, size: int | None = None) -> Callable[[Mapping[str, Any]], bytes]:
+    """The fast builder of struct ``name`` (or its ``size``-byte prefix), nothing derived."""
+    fl = structs.fast(name, size)
+    return _compile_builder(structs.compat(name, fl.size), fl, {}, f"{name}@{fl.size}")
+
+
+def _z(v: Any) -> Any:
+    return 0 if v is None else v
+
+
 # --- parts ------------------------------------------------------------------------------
 
 
 class Part:
-    """One piece of a body: ``parse`` (fast) and ``subcons`` (construct) from one spec."""
+    """One piece of a body: ``parse``/``build`` (fast) and ``subcons`` (construct)."""
 
     fields: tuple[str, ...] = ()
 
     def parse(
         self, buf: bytes, off: int, end: int, body: Container | None
     ) -> tuple[int, Container]:
+        raise NotImplementedError
+
+    def build(self, body: Mapping[str, Any]) -> bytes:
+        """This part's bytes from the whole ``body`` (a dict); see "the fast build path"."""
         raise NotImplementedError
 
     def subcons(self) -> list[Construct]:
@@ -380,6 +518,11 @@ class Fixed(Part):
         self.derive = dict(derive or {})
         self.fields = tuple(sc.name for sc in self.con.subcons)
         self._parse = self.fl.parse
+        if self.derive:
+            label = f"{struct_name}@{self.size} derived"
+            self.build = _compile_builder(self.con, self.fl, self.derive, label)
+        else:
+            self.build = _struct_builder(struct_name, self.size)
 
     def parse(self, buf, off, end, body):
         if end - off < self.size:
@@ -406,6 +549,8 @@ class AnySize(Part):
         self.struct_name = struct_name
         self.variants = {n: Fixed(struct_name, n) for n in sizes}
         self.sizes = tuple(sorted(sizes))
+        self.variant_fields = {n: frozenset(v.fields) for n, v in self.variants.items()}
+        self.all_fields = self.variant_fields[self.sizes[-1]]
 
     def parse(self, buf, off, end, body):
         v = self.variants.get(end - off)
@@ -416,6 +561,14 @@ class AnySize(Part):
                 path=self.struct_name,
             )
         return v.parse(buf, off, end, body)
+
+    def build(self, body):
+        # As _BySize: the shortest form holding every field given (not None).
+        keys = {k for k, v in body.items() if v is not None} & self.all_fields
+        for n in self.sizes:
+            if keys <= self.variant_fields[n]:
+                break
+        return self.variants[n].build(body)
 
     def subcons(self):
         raise TypeError("AnySize is a whole body: use _schema()")
@@ -462,6 +615,12 @@ class Name(Part):
         body[self.field] = buf[off:i]
         return i + 1, body
 
+    def build(self, body):
+        name = bytes(body[self.field])
+        if b"\0" in name:
+            raise ValueError(f"{self.field} contains NUL")
+        return name + b"\0"
+
     def subcons(self):
         return [self.field / _CName()]
 
@@ -486,6 +645,9 @@ class NameN(Part):
             raise DecodeError("name not NUL-terminated", offset=off + n, path=self.field)
         body[self.field] = buf[off : off + n]
         return end, body
+
+    def build(self, body):
+        return bytes(body[self.field]) + b"\0"  # namelen (derived or forced) is not checked
 
     def subcons(self):
         lf = self.len_field
@@ -515,6 +677,9 @@ class Sized(Part):
         body[self.field] = buf[off:end]
         return end, body
 
+    def build(self, body):
+        return bytes(body[self.field])  # the size field (derived or forced) is not checked
+
     def subcons(self):
         sf = self.size_field
         return [
@@ -540,6 +705,15 @@ class Rest(Part):
             body = Container()
         body[self.field] = buf[off:end]
         return end, body
+
+    def build(self, body):
+        # As GreedyBytes: bytes or bytearray only; the limit is not checked on build.
+        data = body[self.field]
+        if type(data) is bytearray:
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            raise TypeError(f"{self.field}: expected bytes, got {type(data).__name__}")
+        return data
 
     def subcons(self):
         out = []
@@ -568,6 +742,7 @@ class Counted(Part):
         else:
             self.fl = structs.FAST[item]
             self.isize = self.fl.size
+            self._item_build = _struct_builder(item)
 
     def parse(self, buf, off, end, body):
         n = body[self.count_field]
@@ -591,6 +766,14 @@ class Counted(Part):
         body[self.field] = items
         return end, body
 
+    def build(self, body):
+        # The count field (derived or forced) and the limit are not checked on build.
+        if self.fl is None:  # u64 items: the list must be present (it may be None)
+            items = tuple(body[self.field] or ())
+            return _struct.pack(f"<{len(items)}Q", *items)
+        build = self._item_build
+        return b"".join([build(_nested(x)) for x in body.get(self.field) or ()])
+
     def subcons(self):
         cf, isz, lim = self.count_field, self.isize, self.limit
         out = []
@@ -608,6 +791,7 @@ _DIRENT = structs.FAST["fuse_dirent"]
 _DIRENTPLUS = structs.FAST["fuse_direntplus"]
 _DIRENT_SIZE = _DIRENT.size  # FUSE_NAME_OFFSET, 24
 _DIRENTPLUS_SIZE = _DIRENTPLUS.size  # FUSE_NAME_OFFSET_DIRENTPLUS, 152
+_ENTRY_OUT_BUILD = _struct_builder("fuse_entry_out")
 
 
 class Dirents(Part):
@@ -644,6 +828,31 @@ class Dirents(Part):
         body["entries"] = items
         return off, body
 
+    def build(self, body):
+        out = []
+        plus = self.plus
+        head = _DIRENTPLUS_SIZE if plus else _DIRENT_SIZE
+        pack = _DIRENT.struct.pack
+        for rec in body["entries"]:
+            if not isinstance(rec, dict):
+                raise NotFast
+            if plus:
+                out.append(_ENTRY_OUT_BUILD(_nested(rec.get("entry_out"))))
+                d = rec["dirent"]
+                if not isinstance(d, dict):
+                    raise NotFast
+            else:
+                d = rec
+            namelen = d.get("namelen")
+            if namelen is None:
+                namelen = len(d["name"])
+            out.append(pack(_z(d.get("ino")), _z(d.get("off")), namelen, _z(d.get("type"))))
+            out.append(bytes(d["name"]))
+            pad = rec.get("pad")
+            n = -(head + namelen) % 8
+            out.append(b"\0" * n if pad is None else _chars(pad, n))
+        return b"".join(out)
+
     def subcons(self):
         if self.plus:
             dirent = Struct(
@@ -665,6 +874,7 @@ class Dirents(Part):
 
 
 _IOVEC = structs.FAST["fuse_ioctl_iovec"]
+_IOVEC_BUILD = _struct_builder("fuse_ioctl_iovec")
 
 
 class IoctlOut(Part):
@@ -695,6 +905,15 @@ class IoctlOut(Part):
             body["out_iov"] = ListContainer()
             body["data"] = buf[off:end]
         return end, body
+
+    def build(self, body):
+        # Both iovec lists and the data are built whatever FUSE_IOCTL_RETRY says.
+        out = [_IOVEC_BUILD(_nested(x)) for x in body.get("in_iov") or ()]
+        out += [_IOVEC_BUILD(_nested(x)) for x in body.get("out_iov") or ()]
+        data = body.get("data")
+        if data is not None:
+            out.append(bytes(data))
+        return b"".join(out)
 
     def subcons(self):
         retry = lambda c: bool(c.flags & FUSE_IOCTL_RETRY)  # noqa: E731
@@ -1029,6 +1248,23 @@ def parse_parts(parts: tuple[Part, ...] | None, buf: bytes, off: int, end: int) 
     if off != end:
         raise TrailingDataError(f"{end - off} bytes after the body", offset=off, path="body")
     return body
+
+
+def always_parses(parts: tuple[Part, ...]) -> bool:
+    """Whether what :func:`build_parts` makes of ``parts`` always parses back (to the end):
+    fixed structs and NUL-free names, no length or count that could lie."""
+    return all((type(p) is Fixed and not p.derive) or type(p) is Name for p in parts)
+
+
+def build_parts(parts: tuple[Part, ...], body: Mapping[str, Any]) -> bytes:
+    """Encode dict ``body`` as ``parts`` with the fast path (the inverse of parse_parts).
+
+    Gives the bytes the construct of ``parts`` builds, or raises where it raises (any
+    exception: the caller translates), or :class:`NotFast` for a value it does not mirror.
+    """
+    if len(parts) == 1:
+        return parts[0].build(body)
+    return b"".join([p.build(body) for p in parts])
 
 
 # --- the request extension area (fuse_ext_header records) --------------------------------
