@@ -20,13 +20,13 @@ import time
 from fuseproto.dax import simulator, traces
 from fuseproto.dax.linux import LinuxDaxManager
 from fuseproto.dax.osv import OsvDaxManager
-from fuseproto.dax.simulator import SimBackend, _NullWindow
+from fuseproto.dax.simulator import SimBackend, SimWindow
 
 CHUNK = 4096  # small chunks: 16384 mappings in a 64 MiB window
 
 
 def _osv_with(nmappings: int) -> OsvDaxManager:
-    dev = _NullWindow(nmappings * CHUNK, 12, track=False)
+    dev = SimWindow(nmappings * CHUNK, 12, chunk=CHUNK)
     backend = SimBackend({n: 8 * CHUNK for n in range(2, 2 + nmappings)})
     mgr = OsvDaxManager(dev, backend, chunk_size=CHUNK)
     for n in range(2, 2 + nmappings):  # one single-chunk mapping per file
@@ -35,7 +35,7 @@ def _osv_with(nmappings: int) -> OsvDaxManager:
 
 
 def _linux_with(nmappings: int) -> LinuxDaxManager:
-    dev = _NullWindow(nmappings * CHUNK, 12, track=False)
+    dev = SimWindow(nmappings * CHUNK, 12, chunk=CHUNK)
     backend = SimBackend({n: CHUNK for n in range(2, 2 + nmappings)})
     mgr = LinuxDaxManager(dev, backend, range_shift=12, background="off")
     for n in range(2, 2 + nmappings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import sys
@@ -26,7 +27,7 @@ from fuseproto.dax.manager import (
     ViewEntry,
     load_manager,
 )
-from fuseproto.dax.messages import setupmapping
+from fuseproto.dax.messages import removemapping, setupmapping
 
 MiB = 1 << 20
 
@@ -71,6 +72,75 @@ def test_min_bounds_both_managers_on_every_trace():
             assert r.chunk_accesses == best.chunk_accesses
             assert r.hits <= best.hits, (name, m)
             assert r.bytes_read == t.bytes_read()
+
+
+def _short(name, n=3000):
+    t = traces.make_trace(name)
+    t.accesses = t.accesses[:n]
+    return t
+
+
+@pytest.mark.parametrize(
+    "manager,options",
+    [
+        ("osv", None),
+        ("osv", {"aggressive": True}),
+        ("linux", None),
+        ("linux", {"background": "off"}),
+    ],
+)
+def test_record_path_and_message_path_make_the_same_decisions(manager, options):
+    """The simulator's mapping records and full wire messages (encoded and decoded
+    through the codec) give the same SETUPMAPPING / REMOVEMAPPING sequence and counts."""
+    for name in ("sequential", "random", "zipf", "small", "mix", "real"):
+        t = _short(name)
+        w = max(2, t.working_set // 8 // (2 * MiB)) * 2 * MiB
+        fast_log, full_log = [], []
+        fast = simulator.simulate(t, manager, w, options=options, log=fast_log)
+        full = simulator.simulate(t, manager, w, options=options, records=False, log=full_log)
+        assert fast_log == full_log, (name, manager)
+        assert any(e[0] == "setup" for e in fast_log)
+        if manager == "linux":
+            assert any(e[0] == "remove" for e in fast_log)
+        a, b = fast.as_dict(), full.as_dict()
+        for k in ("seconds", "reads_per_second"):
+            a.pop(k), b.pop(k)
+        assert a == b, name
+
+
+def test_record_path_covers_forget_unmount_and_refusals():
+    """Batched REMOVEMAPPINGs (forget, unmount) and refused requests, both ways."""
+
+    def run(records):
+        log = []
+        dev = simulator.SimWindow(
+            64 * MiB, chunk=2 * MiB, records=records, through_codec=not records, log=log
+        )
+        backend = simulator.SimBackend({2: 40 * MiB, 3: 40 * MiB, 4: 5000})
+        mgr = LinuxDaxManager(dev, backend, range_shift=21)
+        for off in range(0, 40 * MiB, MiB):
+            mgr.read(2, off, 4096)
+            mgr.read(3, off, 4096)
+        mgr.forget(2)
+        mgr.read(4, 0, 5000)
+        mgr.unmount()
+        decisions = list(log)
+        # A device that refuses: misaligned window offsets and a bad count.
+        err = [
+            dev.submit(setupmapping(2, fh=0, foffset=1, length=4096, flags=0, moffset=0)),
+            dev.setup_record(2, 0, 1, 4096, 0, 0),
+            dev.submit(removemapping(2, [(0, 4096)], count=2)),
+            dev.remove_record(2, [(0, 4096)], count=2),
+            dev.remove_record(2, [(0, 4096)] * 257),
+            dev.remove_record(2, [(4096, 64 * MiB)]),
+        ]
+        return decisions, mgr.stats, err, dev.requests, dev.refused
+
+    fast, full = run(True), run(False)
+    assert fast[0] == full[0]
+    assert max(len(e[2]) for e in fast[0] if e[0] == "remove") > 1  # a batch
+    assert fast[1] == full[1]
+    assert fast[2] == [errno.EINVAL] * 6 and fast[2:] == full[2:]
 
 
 def test_simulation_with_checker_on():

@@ -49,8 +49,6 @@ from .messages import (
     FLAG_READ,
     FLAG_WRITE,
     REMOVEMAPPING_MAX_ENTRY,
-    removemapping,
-    setupmapping,
 )
 
 __all__ = ["FUSE_DAX_SHIFT", "LinuxDaxManager"]
@@ -161,16 +159,14 @@ class LinuxDaxManager(DaxManager):
     def _setup_one_mapping(
         self, nodeid: int, start_idx: int, r: _Range, writable: bool, upgrade: bool
     ) -> int:
-        msg = setupmapping(
+        err = self.send_setupmapping(
             nodeid,
             fh=FH_NONE,
             foffset=start_idx << self.shift,
             length=self.range_size,
             flags=FLAG_READ | (FLAG_WRITE if writable else 0),
             moffset=r.window_offset,
-            unique=self.next_unique(),
         )
-        err = self.send(msg)
         if err:
             return err
         r.writable = writable
@@ -183,10 +179,7 @@ class LinuxDaxManager(DaxManager):
     def _removemapping_list(self, nodeid: int, ranges: list[_Range]) -> int:
         for i in range(0, len(ranges), REMOVEMAPPING_MAX_ENTRY):
             batch = ranges[i : i + REMOVEMAPPING_MAX_ENTRY]
-            msg = removemapping(
-                nodeid, [(r.window_offset, r.length) for r in batch], unique=self.next_unique()
-            )
-            err = self.send(msg)
+            err = self.send_removemapping(nodeid, [(r.window_offset, r.length) for r in batch])
             if err:
                 return err
         return 0
@@ -194,8 +187,7 @@ class LinuxDaxManager(DaxManager):
     def _reclaim_one_locked(self, nodeid: int, r: _Range) -> None:
         # (dmap_writeback_invalidate: the model has no page cache to write back)
         self._inodes[nodeid].remove(r)
-        msg = removemapping(nodeid, [(r.window_offset, r.length)], unique=self.next_unique())
-        err = self.send(msg)
+        err = self.send_removemapping(nodeid, [(r.window_offset, r.length)])
         if err and err != errno.ENOTCONN:
             self.warnings.append(f"failed to remove mapping at {r.window_offset:#x}: errno {err}")
 
@@ -243,13 +235,16 @@ class LinuxDaxManager(DaxManager):
 
     def _try_to_free(self, nr_to_free: int) -> int:
         nr_freed = 0
-        while nr_freed < nr_to_free and self._busy:
-            pick = next((r for r in self._busy.values() if r.refcnt == 1), None)
-            if pick is None:
+        busy = self._busy
+        while nr_freed < nr_to_free and busy:
+            for pick in busy.values():  # the first range not in use
+                if pick.refcnt == 1:
+                    break
+            else:
                 break
             # move to the tail of the busy list, then reclaim
-            del self._busy[pick.window_offset]
-            self._busy[pick.window_offset] = pick
+            del busy[pick.window_offset]
+            busy[pick.window_offset] = pick
             assert pick.nodeid is not None
             if self._lookup_and_reclaim(pick.nodeid, pick.start_idx):
                 break

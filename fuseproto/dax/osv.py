@@ -68,11 +68,11 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .device import WindowDevice, WindowFault
 from .host import FuseBackend
 from .manager import Accounting, DaxManager, ReadResult, Segment, ViewEntry
-from .messages import removemapping, setupmapping
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -106,8 +106,7 @@ class _Mapping:
     mstart: int
 
 
-@dataclass(frozen=True, slots=True)
-class MappingPart:
+class MappingPart(NamedTuple):
     """``mapping_part`` of the seed: a run of chunks in the window."""
 
     nchunks: int
@@ -205,11 +204,12 @@ class OsvDaxManager(DaxManager):
     ) -> tuple[int, MappingPart | None]:
         """Map up to ``nchunks`` chunks of ``nodeid`` from file chunk ``fstart`` above all
         other mappings, evicting from the top if ``evict``. Returns (errno, mapped)."""
+        mappings = self._mappings
         empty = self.window_chunks - self.first_empty()
         if (
             evict
             and empty < nchunks
-            and (self._mappings or "enodata_on_empty_window" in self.seed_defects)
+            and (mappings or "enodata_on_empty_window" in self.seed_defects)
         ):
             error, unmapped = self.unmap(nchunks - empty, deep=False)
             if error:
@@ -225,28 +225,33 @@ class OsvDaxManager(DaxManager):
         error = self.map_ll(nodeid, fh, to_map, fstart, mstart)
         if error:
             return error, None
-        top = self._mappings[-1] if self._mappings else None
+        top = mappings[-1] if mappings else None
         if top is not None and top.nodeid == nodeid and top.fstart + top.nchunks == fstart:
             top.nchunks += to_map  # extend the previous mapping
-            idx = len(self._mappings) - 1
         else:
-            self._mappings.append(_Mapping(nodeid, to_map, fstart, mstart))
-            idx = len(self._mappings) - 1
+            mappings.append(_Mapping(nodeid, to_map, fstart, mstart))
+        idx = len(mappings) - 1
+        owner, index = self._owner, self._index
         for k in range(to_map):
-            self._owner[mstart + k] = idx
-            self._index.setdefault((nodeid, fstart + k), []).append(mstart + k)
+            owner[mstart + k] = idx
+            where = index.get((nodeid, fstart + k))
+            if where is None:
+                index[(nodeid, fstart + k)] = [mstart + k]
+            else:
+                where.append(mstart + k)
         return 0, MappingPart(to_map, mstart)
 
     def unmap(self, nchunks: int, deep: bool = False) -> tuple[int, MappingPart | None]:
         """Drop the ``nchunks`` top chunks; with ``deep`` also send one REMOVEMAPPING.
         Returns (errno, unmapped)."""
+        mappings = self._mappings
         to_unmap = 0
-        erase_first = len(self._mappings)
+        erase_first = len(mappings)
         from_last = 0
-        for i in range(len(self._mappings) - 1, -1, -1):
+        for i in range(len(mappings) - 1, -1, -1):
             if to_unmap >= nchunks:
                 break
-            m = self._mappings[i]
+            m = mappings[i]
             if m.nchunks <= nchunks - to_unmap:
                 erase_first = i  # remove m whole
                 to_unmap += m.nchunks
@@ -263,10 +268,10 @@ class OsvDaxManager(DaxManager):
                 return error, None
         for p in range(top - 1, top - to_unmap - 1, -1):  # highest first: see _drop_chunk
             self._drop_chunk(p)
-        del self._mappings[erase_first:]
+        del mappings[erase_first:]
         if from_last > 0:
-            self._mappings[-1].nchunks -= from_last
-        return 0, MappingPart(to_unmap, self.first_empty())
+            mappings[-1].nchunks -= from_last
+        return 0, MappingPart(to_unmap, top - to_unmap)  # the new first empty chunk
 
     def _drop_chunk(self, p: int) -> None:
         idx = self._owner[p]
@@ -285,22 +290,15 @@ class OsvDaxManager(DaxManager):
         """One SETUPMAPPING, read-only (flags 0 as in the seed)."""
         assert mstart + nchunks <= self.window_chunks
         c = self.chunk_size
-        msg = setupmapping(
-            nodeid,
-            fh=fh,
-            foffset=fstart * c,
-            length=nchunks * c,
-            flags=0,
-            moffset=mstart * c,
-            unique=self.next_unique(),
+        return self.send_setupmapping(
+            nodeid, fh=fh, foffset=fstart * c, length=nchunks * c, flags=0, moffset=mstart * c
         )
-        return self.send(msg)
 
     def unmap_ll(self, nchunks: int, mstart: int) -> int:
         """One REMOVEMAPPING with one entry; the node id is irrelevant (0, as the seed)."""
         assert mstart + nchunks <= self.window_chunks
         c = self.chunk_size
-        return self.send(removemapping(0, [(mstart * c, nchunks * c)], unique=self.next_unique()))
+        return self.send_removemapping(0, [(mstart * c, nchunks * c)])
 
     # ---- dax_manager::read -----------------------------------------------------------------
     def _clip_to_unmapped(self, nodeid: int, fstart: int, nchunks: int) -> int:

@@ -20,13 +20,24 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fuseproto.errors import DecodeError
+from fuseproto.wire import codec
+
 from .belady import belady_min
-from .device import ModelDevice
-from .manager import DaxManager, ManagerFactory, load_manager
-from .messages import FUSE_SETUPMAPPING
+from .device import DeviceMapping, ModelDevice
+from .manager import ManagerFactory, load_manager
+from .messages import FUSE_REMOVEMAPPING, FUSE_SETUPMAPPING, REMOVEMAPPING_MAX_ENTRY
 from .traces import Trace
 
-__all__ = ["SimBackend", "SimResult", "plot_hit_ratio", "simulate", "simulate_min", "sweep"]
+__all__ = [
+    "SimBackend",
+    "SimResult",
+    "SimWindow",
+    "plot_hit_ratio",
+    "simulate",
+    "simulate_min",
+    "sweep",
+]
 
 MiB = 1 << 20
 
@@ -53,57 +64,129 @@ class SimBackend:
         return len(data)
 
 
-class _NullWindow(ModelDevice):
-    """Data-less window: reads return a view of shared zeros. With ``track=False`` it
-    only validates requests (no extent map: nothing in a plain simulation reads it)."""
+class SimWindow(ModelDevice):
+    """The simulator's data-less window: reads return a view of shared zeros.
 
-    def __init__(self, window_size: int, map_alignment: int, track: bool = True) -> None:
-        super().__init__(window_size, None, map_alignment, through_codec=False)
+    It validates every request as :class:`ModelDevice` does (same errno for the same
+    fields) and notes, for the hit accounting, the file chunks of ``chunk`` bytes each
+    successful SETUPMAPPING maps (``mapped``; the simulator clears it per trace read).
+    With ``track`` it also keeps the extent map (for the invariant checker).
+
+    ``accepts_records``: managers hand SETUPMAPPING / REMOVEMAPPING over as plain fields
+    (:meth:`setup_record`, :meth:`remove_record`) instead of messages while nobody
+    observes them. Without it every request is a :class:`DaxMessage`, decoded from its
+    wire bytes when ``through_codec``. ``log`` (a list) receives every request as
+    ``("setup", nodeid, fh, foffset, len, flags, moffset, errno)`` or ``("remove",
+    nodeid, ((moffset, len), ...), errno)`` whichever way it came: the two paths must
+    log the same.
+    """
+
+    name = "sim"
+
+    def __init__(
+        self,
+        window_size: int,
+        map_alignment: int | None = 12,
+        *,
+        chunk: int = 2 * MiB,
+        track: bool = False,
+        records: bool = True,
+        through_codec: bool = False,
+        log: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        super().__init__(window_size, None, map_alignment, through_codec=through_codec)
         self._zeros = memoryview(bytes(4 * MiB))
-        self._track = track
+        self.chunk = chunk
+        self.track = track
+        self.accepts_records = records
+        self.mapped: set[tuple[int, int]] = set()
+        self.log = log
 
-    def submit(self, msg: Any) -> int:
-        if self._track:
-            return super().submit(msg)
+    # ---- mapping records -------------------------------------------------------------
+    def setup_record(
+        self, nodeid: int, fh: int, foffset: int, length: int, flags: int, moffset: int
+    ) -> int:
         self.requests += 1
-        bad = self._bad_range
-        if msg.opcode == FUSE_SETUPMAPPING:
-            b = msg.body
-            err = bad(b.moffset, b.len) or b.foffset % self.alignment
+        a = self.alignment
+        if (
+            length <= 0
+            or moffset % a
+            or length % a
+            or moffset + length > self.window_size
+            or foffset % a
+        ):
+            err = errno.EINVAL
+        elif self.track:
+            m = DeviceMapping(moffset, length, nodeid, foffset, flags, fh)
+            self._carve(moffset, moffset + length)
+            self._insert(m)
+            err = 0
         else:
-            ents = msg.body.entries
-            err = msg.body.count != len(ents) or any(bad(e.moffset, e.len) for e in ents)
+            err = 0
         if err:
             self.refused += 1
-            return errno.EINVAL
-        return 0
+        else:
+            c = self.chunk
+            k = foffset // c
+            if length <= c and (foffset + length - 1) // c == k:
+                self.mapped.add((nodeid, k))
+            else:
+                for j in range(k, (foffset + length - 1) // c + 1):
+                    self.mapped.add((nodeid, j))
+        if self.log is not None:
+            self.log.append(("setup", nodeid, fh, foffset, length, flags, moffset, err))
+        return err
+
+    def remove_record(
+        self, nodeid: int, entries: Sequence[tuple[int, int]], count: int | None = None
+    ) -> int:
+        self.requests += 1
+        a = self.alignment
+        w = self.window_size
+        err = 0
+        if (count is not None and count != len(entries)) or len(entries) > REMOVEMAPPING_MAX_ENTRY:
+            err = errno.EINVAL
+        for m, n in entries:
+            if n <= 0 or m % a or n % a or m + n > w:
+                err = errno.EINVAL
+        if err:
+            self.refused += 1
+        elif self.track:
+            for m, n in entries:
+                self._carve(m, m + n)
+        if self.log is not None:
+            self.log.append(("remove", nodeid, tuple(entries), err))
+        return err
+
+    # ---- messages --------------------------------------------------------------------
+    def submit(self, msg: Any) -> int:
+        if self.through_codec:
+            try:
+                req = codec.decode_request(msg.raw)
+            except DecodeError:
+                self.requests += 1
+                self.refused += 1
+                return errno.EINVAL
+            opcode, nodeid, body = req.opcode, req.nodeid, req.body
+        else:
+            opcode, nodeid, body = msg.opcode, msg.nodeid, msg.body
+        if opcode == FUSE_SETUPMAPPING:
+            return self.setup_record(
+                nodeid, body.fh, body.foffset, body.len, body.flags, body.moffset
+            )
+        if opcode == FUSE_REMOVEMAPPING:
+            ents = [(e.moffset, e.len) for e in body.entries]
+            return self.remove_record(nodeid, ents, body.count)
+        self.requests += 1
+        self.refused += 1
+        return errno.ENOSYS
 
     def read(self, moffset: int, length: int) -> bytes:
-        self._check_inside(moffset, length)
-        if length <= len(self._zeros):
+        if moffset < 0 or length < 0 or moffset + length > self.window_size:
+            self._check_inside(moffset, length)  # raises WindowFault
+        if length <= 4 * MiB:
             return self._zeros[:length]  # type: ignore[return-value]
         return bytes(length)
-
-
-class _SetupLog:
-    """Observer noting the file chunks each SETUPMAPPING maps."""
-
-    def __init__(self, chunk: int) -> None:
-        self.chunk = chunk
-        self.mapped: set[tuple[int, int]] = set()
-
-    def on_send(self, manager: DaxManager, msg: Any) -> None:
-        pass
-
-    def on_reply(self, manager: DaxManager, msg: Any, error: int) -> None:
-        if not error and msg.opcode == FUSE_SETUPMAPPING:
-            c = self.chunk
-            b = msg.body
-            for k in range(b.foffset // c, (b.foffset + b.len - 1) // c + 1):
-                self.mapped.add((msg.nodeid, k))
-
-    def on_read(self, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -157,13 +240,29 @@ def simulate(
     options: dict[str, Any] | None = None,
     check: bool = False,
     name: str | None = None,
+    records: bool = True,
+    log: list[tuple[Any, ...]] | None = None,
 ) -> SimResult:
+    """Replay ``trace`` against one manager over a window of ``window_size`` bytes.
+
+    ``records`` (default) lets the manager hand its mappings to the device as plain
+    fields; ``records=False`` sends every request as a wire message encoded and decoded
+    through the codec (the full path: same decisions, several times slower). ``log``
+    receives every request (see :class:`SimWindow`). ``check`` runs the invariant
+    checker along (it observes messages, so it implies the message path).
+    """
     factory = load_manager(manager) if isinstance(manager, str) else manager
-    device = _NullWindow(window_size, map_alignment, track=check)
+    device = SimWindow(
+        window_size,
+        map_alignment,
+        chunk=chunk,
+        track=check,
+        records=records,
+        through_codec=not records,
+        log=log,
+    )
     backend = SimBackend(trace.files)
     mgr = factory(device, backend, **(options or {}))
-    log = _SetupLog(chunk)
-    mgr.observers.append(log)
     if check:
         from .invariants import DaxChecker
 
@@ -183,34 +282,50 @@ def simulate(
         )
     hits = accesses = calls = errors = bytes_read = 0
     read = mgr.read
-    mapped = log.mapped
+    mapped = device.mapped  # file chunks mapped during the current trace read
+    clear = mapped.clear
     files = trace.files
     t0 = time.perf_counter()
     for a in trace.accesses:
-        end = min(a.offset + a.size, files[a.nodeid])
-        if end <= a.offset:
+        nodeid = a.nodeid
+        off = a.offset
+        end = off + a.size
+        size = files[nodeid]
+        if end > size:
+            end = size
+        if end <= off:
             continue
-        mapped.clear()
-        pos = a.offset
-        fell_back: list[tuple[int, int]] = []
+        if mapped:
+            clear()
+        pos = off
+        fell_back: list[tuple[int, int]] | None = None
         while pos < end:
-            res = read(a.nodeid, pos, end - pos)
+            res = read(nodeid, pos, end - pos)
             calls += 1
             got = len(res.data)
             if res.fell_back:
+                if fell_back is None:
+                    fell_back = []
                 fell_back.append((pos, pos + got))
             elif res.error:
                 errors += 1
             if got == 0:
                 break
             pos += got
-        bytes_read += pos - a.offset
-        for k in range(a.offset // chunk, (end - 1) // chunk + 1):
-            accesses += 1
-            if (a.nodeid, k) in mapped:
+        bytes_read += pos - off
+        first = off // chunk
+        last = (end - 1) // chunk
+        accesses += last - first + 1
+        if first == last and fell_back is None and pos > off:
+            # The common case: one chunk, served from the window.
+            if (nodeid, first) not in mapped:
+                hits += 1
+            continue
+        for k in range(first, last + 1):
+            if (nodeid, k) in mapped:
                 continue
             lo, hi = k * chunk, (k + 1) * chunk
-            if any(s < hi and lo < e for s, e in fell_back) or pos <= lo:
+            if pos <= lo or (fell_back and any(s < hi and lo < e for s, e in fell_back)):
                 continue
             hits += 1
     seconds = time.perf_counter() - t0
