@@ -61,9 +61,9 @@ def test_belady_min_is_optimal(seq, cap):
 
 
 def test_min_bounds_both_managers_on_every_trace():
-    for name in ("sequential", "zipf", "small", "real"):
+    for name in ("sequential", "zipf", "small", "real", "strace"):
         t = traces.make_trace(name)
-        if name != "real":
+        if name not in ("real", "strace"):
             t.accesses = t.accesses[:4000]
         w = max(2, t.working_set // 8 // (2 * MiB)) * 2 * MiB
         best = simulator.simulate_min(t, w)
@@ -179,9 +179,71 @@ def test_trace_roundtrip_and_strace_parser(tmp_path):
     assert list(s.files.values()) == [10000]
 
 
-def test_real_trace_is_shipped():
-    t = traces.make_trace("real")
+def test_strace_trace_is_shipped():
+    t = traces.make_trace("strace")
     assert len(t.accesses) > 1000 and len(t.files) > 100
+
+
+def test_real_trace_comes_from_the_shipped_capture():
+    """``real``: the FUSE_READs of corpus/captures/dax-reads.pcap (a real virtiofsd),
+    file sizes from its LOOKUP replies; simulated beside MIN at every window size."""
+    assert traces.REAL_CAPTURE.stat().st_size < 200 * 1024
+    t = traces.make_trace("real")
+    assert t.name == "real" and len(t.accesses) > 400 and len(t.files) >= 15
+    assert t.working_set > 32 * MiB
+    # Sizes are the files' (LOOKUP), not the ends of reads: reads run past the end.
+    assert any(a.offset + a.size > t.files[a.nodeid] for a in t.accesses)
+    keys = [(a.nodeid, a.offset) for a in t.accesses]
+    assert len(set(keys)) < len(keys)  # re-reads
+    sizes = {a.size for a in t.accesses}
+    assert {4096, 32 * 1024, 64 * 1024, 128 * 1024, 256 * 1024} <= sizes
+    # Same as the raw READ requests through from_fuse_requests (no LOOKUP sizes).
+    from fuseproto.capture import decode_capture
+    from fuseproto.wire.constants import fuse_opcode
+
+    raw = [
+        m.raw
+        for m in decode_capture(traces.REAL_CAPTURE)
+        if m.kind == "request" and m.opcode == fuse_opcode.FUSE_READ
+    ]
+    u = traces.from_fuse_requests(raw)
+    assert u.accesses == t.accesses and set(u.files) == set(t.files)
+    results = simulator.sweep([t], ["osv", "linux"])
+    assert len(results) == 4 * 3
+    for r in results:
+        assert r.chunk_accesses == results[0].chunk_accesses and r.errors == 0
+    for w in {r.window_size for r in results}:
+        best = next(r for r in results if r.window_size == w and r.manager == "belady-min")
+        for r in results:
+            if r.window_size == w:
+                assert 0 < r.hits <= best.hits
+
+
+@pytest.mark.daemon
+def test_record_from_a_live_daemon_and_convert(no_leaks, installation, scratch_dir):
+    """Re-record the workload from a real virtiofsd: the capture's READs are exactly the
+    reads sent, sizes are the files', and the trace simulates."""
+    from fuseproto.dax import workload
+
+    pcap = f"{scratch_dir}/reads.pcap"
+    files, reads = workload.record_daemon_reads(installation, pcap, scale=0.1, seed=3)
+    t = traces.from_capture(pcap, "live")
+    assert [(a.nodeid, a.offset, a.size) for a in t.accesses] == [
+        (r.nodeid, r.offset, r.size) for r in reads
+    ]
+    node_of = {r.path: r.nodeid for r in reads}
+    assert t.files == {node_of[p]: files[p] for p in node_of}
+    assert len(reads) > 300 and len(set(node_of)) >= 10
+    w = max(2, t.working_set // 4 // (2 * MiB)) * 2 * MiB
+    best = simulator.simulate_min(t, w)
+    for m in ("osv", "linux"):
+        r = simulator.simulate(t, m, w, check=True)
+        assert r.errors == 0 and r.hits <= best.hits
+        assert (
+            r.bytes_read
+            == t.bytes_read()
+            == sum(max(0, min(x.size, files[x.path] - x.offset)) for x in reads)
+        )
 
 
 # ---- plug-ins ----------------------------------------------------------------------------------
@@ -319,5 +381,5 @@ def test_cli_help_mentions_traces_and_plugins(capsys):
     with pytest.raises(SystemExit):
         main(["dax", "simulate", "--help"])
     text = capsys.readouterr().out
-    for word in ("zipf", "real", "module:factory", "Belady", "--plot"):
+    for word in ("zipf", "real", "strace", ".pcap", "module:factory", "Belady", "--plot"):
         assert word in text

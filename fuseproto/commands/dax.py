@@ -37,9 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "hit ratio (a chunk a read touches that was already mapped), SETUPMAPPING and\n"
             "REMOVEMAPPING counts (messages and entries), bytes mapped per byte read and\n"
             "bytes that fell back to FUSE_READ, beside Belady's MIN on the same chunks.\n\n"
-            "Traces: sequential, random, zipf, small (many small files), mix, real (a\n"
-            "trace recorded with strace from a real workload, shipped with fuseproto),\n"
-            "or a trace file written by `fuseproto dax record` (JSON lines).\n\n"
+            "Traces: sequential, random, zipf, small (many small files), mix, real (FUSE\n"
+            "traffic of a mixed read workload captured from a real virtiofsd, shipped as\n"
+            "corpus/captures/dax-reads.pcap), strace (a real program's reads recorded\n"
+            "with strace), or a file written by `fuseproto dax record`: a capture\n"
+            "(.pcap) or a trace (JSON lines).\n\n"
             "Managers: osv, linux, or module:factory -- a factory called as\n"
             "factory(device, backend, **options) returning a fuseproto.dax.DaxManager."
         ),
@@ -98,12 +100,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     r = dsub.add_parser(
         "record",
-        help="record a trace of a real program's reads (strace)",
-        description="Run COMMAND under strace and save its regular-file reads "
-        "as a trace for `fuseproto dax simulate --trace FILE`.",
+        help="record a trace: a real program's reads (strace), or a real daemon's traffic",
+        description="Run COMMAND under strace and save its regular-file reads as a trace; "
+        "or, with --from-daemon, drive a real virtiofsd with a mixed read workload through "
+        "the vhost-user transport, capture the traffic and save the capture (OUTPUT.pcap) "
+        "or the trace of its FUSE_READs (OUTPUT.jsonl[.gz]). Either is replayed with "
+        "`fuseproto dax simulate --trace OUTPUT`.",
     )
-    r.add_argument("output", help="trace file to write (.jsonl or .jsonl.gz)")
-    r.add_argument("command", nargs=argparse.REMAINDER, help="command to run")
+    r.add_argument("output", help="file to write (.pcap, .jsonl or .jsonl.gz)")
+    r.add_argument(
+        "--from-daemon",
+        metavar="KIND",
+        choices=["c", "rust"],
+        help="record the workload against this virtiofsd (c or rust; installed if needed)",
+    )
+    r.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="with --from-daemon: file sizes relative to the default workload",
+    )
+    r.add_argument("--seed", type=int, default=0, help="with --from-daemon: workload seed")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="command to run (strace mode)")
     r.set_defaults(func=_record)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -130,7 +148,7 @@ def _options(specs: list[str]) -> dict[str, dict[str, object]]:
 def _simulate(args: argparse.Namespace) -> int:
     from fuseproto.dax import simulator, traces
 
-    names = args.trace or [*traces.GENERATORS, "real"]
+    names = args.trace or list(traces.TRACE_NAMES)
     managers = args.manager or ["osv", "linux"]
     options = _options(args.option)
     results = []
@@ -178,9 +196,44 @@ def _record(args: argparse.Namespace) -> int:
 
     from fuseproto.dax import traces
 
+    if args.from_daemon:
+        return _record_daemon(args)
     if not args.command:
-        raise SystemExit("record: give a command to run")
+        raise SystemExit("record: give a command to run, or --from-daemon KIND")
     trace = traces.record_strace(shlex.join(args.command), name="recorded")
     traces.save(trace, args.output)
     print(f"{len(trace.accesses)} reads of {len(trace.files)} files -> {args.output}")
+    return 0
+
+
+def _record_daemon(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from fuseproto.dax import traces, workload
+    from fuseproto.transport import daemons
+
+    if args.command:
+        raise SystemExit("record --from-daemon runs its own workload: no command")
+    installation = daemons.install(args.from_daemon)
+    as_pcap = args.output.endswith((".pcap", ".pcapng"))
+    tmp = None if as_pcap else tempfile.mkdtemp(prefix="fuseproto-record-")
+    pcap = args.output if tmp is None else os.path.join(tmp, "reads.pcap")
+    try:
+        files, reads = workload.record_daemon_reads(
+            installation, pcap, scale=args.scale, seed=args.seed
+        )
+        trace = traces.from_capture(pcap, "real")
+        if not as_pcap:
+            traces.save(trace, args.output)
+        size = os.path.getsize(pcap)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"{installation.kind} virtiofsd {installation.version}: {len(reads)} READs of "
+        f"{len(trace.files)} files ({trace.working_set >> 20} MiB), capture {size} bytes "
+        f"-> {args.output}"
+    )
     return 0

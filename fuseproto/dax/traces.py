@@ -9,11 +9,15 @@ A :class:`Trace` is a set of files (node id -> size) and a list of reads
 * ``small`` -- many small files, each read whole, popularity Zipf-distributed;
 * ``mix`` -- the above interleaved.
 
-Recorded traffic: :func:`from_strace` turns ``strace -f -e trace=openat,read,pread64,
-lseek,close`` output of a real program into a trace (each opened regular file becomes a
-node); :func:`from_fuse_requests` takes captured FUSE_READ requests (decoded with the
-codec). ``real`` loads the trace shipped in ``fuseproto/dax/data`` (recorded with
-:func:`record_strace` from a real workload, see :data:`REAL_TRACE_COMMAND`).
+Recorded traffic: :func:`from_capture` turns the FUSE_READ requests of a capture (a pcap
+recorded through the vhost-user transport's tap, decoded with
+:func:`fuseproto.capture.decode_capture` and :func:`from_fuse_requests`) into a trace,
+with file sizes from the LOOKUP replies. ``real`` is the capture shipped as
+``corpus/captures/dax-reads.pcap``: a mixed read workload (:mod:`fuseproto.dax.workload`)
+against a real virtiofsd. :func:`from_strace` turns ``strace -f -y -e
+trace=openat,read,pread64,lseek,close`` output of a real program into a trace (each
+opened regular file becomes a node); ``strace`` is such a recording shipped in
+``fuseproto/dax/data`` (see :data:`REAL_TRACE_COMMAND`).
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fuseproto.wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode
+
 __all__ = [
     "Access",
     "GENERATORS",
-    "REAL_TRACE",
+    "REAL_CAPTURE",
+    "STRACE_TRACE",
+    "TRACE_NAMES",
     "Trace",
+    "from_capture",
     "from_fuse_requests",
     "from_strace",
     "load",
@@ -45,9 +54,11 @@ __all__ = [
 ]
 
 KiB, MiB = 1 << 10, 1 << 20
-REAL_TRACE = Path(__file__).with_name("data") / "real_strace.jsonl.gz"
-# What produced REAL_TRACE: byte-compiling and importing a slice of the standard library,
-# then searching the C headers -- small and large files, sequential and repeated reads.
+# The ``real`` trace: FUSE traffic of a mixed read workload recorded from a real
+# virtiofsd (fuseproto.dax.workload; `fuseproto dax record --from-daemon`).
+REAL_CAPTURE = Path(__file__).resolve().parents[2] / "corpus" / "captures" / "dax-reads.pcap"
+# The ``strace`` trace: a real program's file reads, recorded with record_strace.
+STRACE_TRACE = Path(__file__).with_name("data") / "real_strace.jsonl.gz"
 REAL_TRACE_COMMAND = (
     "sh -c 'python3 -c \"import json, email.parser, asyncio, http.client, xml.dom.minidom, "
     'sqlite3, unittest, argparse, decimal"; grep -r -l -I PATH_MAX /usr/include >/dev/null; '
@@ -198,15 +209,27 @@ GENERATORS = {
 }
 
 
+# Every built-in trace, in the order the CLI and the benchmark run them.
+TRACE_NAMES = (*GENERATORS, "real", "strace")
+
+
 def make_trace(spec: str, seed: int = 0) -> Trace:
-    """A generator name, ``real`` (the shipped recording) or a trace file path."""
+    """A generator name, ``real`` (the shipped capture of a real daemon's traffic),
+    ``strace`` (the shipped strace recording), or a trace file path (a capture if it
+    ends in ``.pcap`` / ``.pcapng``, else a JSON-lines trace)."""
     if spec in GENERATORS:
         return GENERATORS[spec](seed)
     if spec == "real":
-        return load(REAL_TRACE)
+        if not REAL_CAPTURE.exists():
+            raise ValueError(f"the real trace's capture is missing: {REAL_CAPTURE}")
+        return from_capture(REAL_CAPTURE, "real")
+    if spec == "strace":
+        return load(STRACE_TRACE, name="strace")
     if os.path.exists(spec):
+        if spec.endswith((".pcap", ".pcapng")):
+            return from_capture(spec, Path(spec).stem)
         return load(spec)
-    raise ValueError(f"unknown trace {spec!r}: {sorted(GENERATORS)}, 'real' or a file")
+    raise ValueError(f"unknown trace {spec!r}: {list(TRACE_NAMES)} or a file")
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -220,13 +243,13 @@ def save(trace: Trace, path: str | os.PathLike[str]) -> None:
             f.write(f"[{a.nodeid},{a.offset},{a.size}]\n")
 
 
-def load(path: str | os.PathLike[str]) -> Trace:
+def load(path: str | os.PathLike[str], name: str | None = None) -> Trace:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt") as f:  # type: ignore[operator]
         head = json.loads(f.readline())
         files = {int(k): int(v) for k, v in head["files"].items()}
         acc = [Access(*json.loads(line)) for line in f if line.strip()]
-    return Trace(head.get("name", Path(path).stem), files, acc)
+    return Trace(name or head.get("name", Path(path).stem), files, acc)
 
 
 # ---- recorded traffic ---------------------------------------------------------------------
@@ -307,17 +330,50 @@ def record_strace(command: str = REAL_TRACE_COMMAND, name: str = "real") -> Trac
         return from_strace(Path(out.name).read_text(errors="replace"), name)
 
 
-def from_fuse_requests(requests: Iterable[bytes], name: str = "fuse") -> Trace:
-    """FUSE_READ requests (raw bytes, e.g. from a capture) as a trace; a file's size is
-    taken as the end of its furthest read."""
+def from_fuse_requests(
+    requests: Iterable[bytes],
+    name: str = "fuse",
+    *,
+    sizes: dict[int, int] | None = None,
+    minor: int = FUSE_KERNEL_MINOR_VERSION,
+) -> Trace:
+    """FUSE_READ requests (raw bytes, e.g. from a capture; other opcodes are skipped) as
+    a trace. A file's size is taken from ``sizes`` (node id -> bytes, e.g. from LOOKUP
+    replies) or else as the end of its furthest read."""
     from fuseproto.wire import codec
-    from fuseproto.wire.constants import fuse_opcode
 
     acc = []
-    sizes: dict[int, int] = {}
+    ends: dict[int, int] = {}
     for raw in requests:
-        req = codec.decode_request(raw)
+        req = codec.decode_request(raw, minor)
         if req.opcode == fuse_opcode.FUSE_READ:
             acc.append(Access(req.nodeid, req.body.offset, req.body.size))
-            sizes[req.nodeid] = max(sizes.get(req.nodeid, 0), req.body.offset + req.body.size)
-    return Trace(name, sizes, acc)
+            ends[req.nodeid] = max(ends.get(req.nodeid, 0), req.body.offset + req.body.size)
+    known = sizes or {}
+    return Trace(name, {n: known.get(n, end) for n, end in ends.items()}, acc)
+
+
+def from_capture(source: str | os.PathLike[str] | bytes, name: str = "capture") -> Trace:
+    """The FUSE_READs of a capture (``fuseproto.capture`` pcap, e.g. recorded through
+    the vhost-user transport's tap) as a trace; file sizes from the LOOKUP, CREATE and
+    GETATTR replies it holds (READ replies may be cut by the snaplen: not needed)."""
+    from fuseproto.capture import decode_capture
+
+    reads: list[bytes] = []
+    sizes: dict[int, int] = {}
+    minor = FUSE_KERNEL_MINOR_VERSION
+    for m in decode_capture(source):
+        msg = m.message
+        if msg is None or m.error is not None:
+            continue
+        if m.kind == "request":
+            if m.opcode == fuse_opcode.FUSE_READ:
+                reads.append(m.raw)
+            elif m.opcode == fuse_opcode.FUSE_INIT:
+                minor = min(minor, msg.body.minor)
+        elif m.kind == "reply" and m.paired and msg.error == 0:
+            if m.opcode in (fuse_opcode.FUSE_LOOKUP, fuse_opcode.FUSE_CREATE):
+                sizes[msg.body.nodeid] = msg.body.attr.size
+            elif m.opcode == fuse_opcode.FUSE_GETATTR:
+                sizes[msg.request.nodeid] = msg.body.attr.size
+    return from_fuse_requests(reads, name, sizes=sizes, minor=minor)
