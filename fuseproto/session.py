@@ -248,9 +248,11 @@ class Session:
                 unique = self._free_unique()
         hdr.setdefault("minor", self.minor)
         hdr.setdefault("flags", int(self.flags))
-        data = codec.encode_request(opcode, body, unique=unique, **hdr)
         try:
-            request = codec.decode_request(data, minor=hdr["minor"], flags=hdr["flags"])
+            # The Request decode_request(data) would give, without decoding data again.
+            data, request = codec.encode_request(
+                opcode, body, unique=unique, return_request=True, **hdr
+            )
         except DecodeError as exc:
             raise LocalProtocolError(
                 f"the request built for unique {unique} does not decode: {exc}"
@@ -350,19 +352,17 @@ class Session:
 
     def feed_reply(self, data: bytes) -> Any:
         """Decode a reply (paired by unique) or a notification (unique 0)."""
-        header = _peek_out_header(data)
-        if header["unique"] == 0:
+        length, error, unique = _peek_out_header(data)
+        if unique == 0:
             notification = codec.decode_notification(data)
             self.notifications_seen += 1
             return notification
-        if header["len"] != len(data):
+        if length != len(data):
             raise LengthMismatchError(
-                f"fuse_out_header.len is {header['len']} but the message has {len(data)} bytes",
+                f"fuse_out_header.len is {length} but the message has {len(data)} bytes",
                 offset=0,
                 path="fuse_out_header.len",
             )
-        error = header["error"]
-        unique = header["unique"]
         if not _MIN_ERROR <= error <= 0:
             raise RemoteProtocolError(
                 f"reply to unique {unique} with error {error} "
@@ -464,15 +464,15 @@ def _step(unique: int) -> int:
     return nxt or _UNIQUE_STEP
 
 
-def _peek_out_header(data: bytes) -> Mapping[str, int]:
-    """The fuse_out_header of a reply or notification, through the schema's fast path."""
+def _peek_out_header(data: bytes) -> tuple[int, int, int]:
+    """(len, error, unique) of a reply or notification, through the schema's fast path."""
     if len(data) < _OUT_HEADER.size:
         raise TruncatedError(
             f"{len(data)} bytes is shorter than fuse_out_header ({_OUT_HEADER.size})",
             offset=len(data),
             path="fuse_out_header",
         )
-    return _OUT_HEADER.parse(data)
+    return _OUT_HEADER.struct.unpack_from(data)
 
 
 def _get(body: Any, name: str) -> Any:

@@ -84,21 +84,42 @@ _LAZY = object()  # Request body not decoded yet (see encode_request(return_requ
 class Request:
     """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``.
 
-    ``parts`` (with ``body`` _LAZY) defers decoding the body from ``raw`` to first use; only
-    :func:`encode_request` does that, for bodies that cannot fail to decode.
+    Made lazily, from what the codec already has: ``header`` None with ``values`` (the
+    unpacked fuse_in_header) builds the Container on first access; ``body`` _LAZY with
+    ``parts`` decodes the body from ``raw`` on first access (only :func:`encode_request`
+    does that, for bodies that cannot fail to decode).
     """
 
-    __slots__ = ("header", "opcode", "_body", "ext", "raw", "_parts")
+    __slots__ = ("_header", "_values", "opcode", "_body", "ext", "raw", "_parts")
 
     def __init__(
-        self, header: Container, opcode: Any, body: Any, ext: list, raw: bytes, parts: Any = None
+        self,
+        header: Container | None,
+        opcode: Any,
+        body: Any,
+        ext: list,
+        raw: bytes,
+        parts: Any = None,
+        values: tuple | None = None,
     ):
-        self.header = header
+        self._header = header
+        self._values = values
         self.opcode = opcode
         self._body = body
         self.ext = ext
         self.raw = raw
         self._parts = parts
+
+    @property
+    def header(self) -> Container:
+        h = self._header
+        if h is None:
+            h = self._header = Container(zip(_IN_FIELDS, self._values, strict=True))
+        return h
+
+    @header.setter
+    def header(self, value: Container) -> None:
+        self._header = value
 
     @property
     def body(self) -> Any:
@@ -114,11 +135,13 @@ class Request:
 
     @property
     def unique(self) -> int:
-        return self.header["unique"]
+        h = self._header
+        return self._values[2] if h is None else h["unique"]
 
     @property
     def nodeid(self) -> int:
-        return self.header["nodeid"]
+        h = self._header
+        return self._values[3] if h is None else h["nodeid"]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
@@ -138,24 +161,50 @@ class Request:
 
 
 class Reply:
-    """A decoded reply: ``header`` (fuse_out_header), ``error``, ``body`` (None on error)."""
+    """A decoded reply: ``header`` (fuse_out_header), ``error``, ``body`` (None on error).
 
-    __slots__ = ("header", "opcode", "body", "raw", "request")
+    ``header`` None with ``values`` (the unpacked fuse_out_header) builds the Container on
+    first access.
+    """
 
-    def __init__(self, header: Container, opcode: Any, body: Any, raw: bytes, request: Any):
-        self.header = header
+    __slots__ = ("_header", "_values", "opcode", "body", "raw", "request")
+
+    def __init__(
+        self,
+        header: Container | None,
+        opcode: Any,
+        body: Any,
+        raw: bytes,
+        request: Any,
+        values: tuple | None = None,
+    ):
+        self._header = header
+        self._values = values
         self.opcode = opcode
         self.body = body
         self.raw = raw
         self.request = request
 
     @property
+    def header(self) -> Container:
+        h = self._header
+        if h is None:
+            h = self._header = Container(zip(_OUT_FIELDS, self._values, strict=True))
+        return h
+
+    @header.setter
+    def header(self, value: Container) -> None:
+        self._header = value
+
+    @property
     def error(self) -> int:
-        return self.header["error"]
+        h = self._header
+        return self._values[1] if h is None else h["error"]
 
     @property
     def unique(self) -> int:
-        return self.header["unique"]
+        h = self._header
+        return self._values[2] if h is None else h["unique"]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reply):
@@ -228,7 +277,6 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
             raise LengthMismatchError(
                 f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_in_header.len"
             )
-        header = Container(zip(_IN_FIELDS, v, strict=True))
         end = n - 8 * v[7]
         if end < _IN_SIZE:
             raise LengthMismatchError(
@@ -243,20 +291,11 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
         else:
             body = messages.parse_parts(parts, data, _IN_SIZE, end)
         ext = messages.parse_ext(data, end, n) if end != n else []
-        return Request(header, _OPCODES.get(op, op), body, ext, data)
+        return Request(None, _OPCODES.get(op, op), body, ext, data, None, v)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 -- the contract: DecodeError only
         raise _bug(e, "request") from e
-
-
-def _reply_context(request: Any) -> tuple[int, Any]:
-    """(opcode, the request's body where the reply's shape or size depends on it, else None)
-    from a Request or an opcode."""
-    if isinstance(request, Request):
-        op = int(request.opcode)
-        return op, request.body if op in _NEEDS_REQUEST_BODY else None
-    return int(request), None
 
 
 def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
@@ -265,8 +304,13 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     With only an opcode, GETXATTR/LISTXATTR replies decode as a raw ``value`` (their shape
     depends on the request's ``size``) and reply sizes are not checked against the request.
     """
-    data = _as_bytes(data)
-    op, rbody = _reply_context(request)
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    if isinstance(request, Request):
+        op = int(request.opcode)
+        rbody = request.body if op in _NEEDS_REQUEST_BODY else None
+    else:
+        op, rbody = int(request), None
     n = len(data)
     if n < _OUT_SIZE:
         raise TruncatedError(
@@ -278,7 +322,6 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
             raise LengthMismatchError(
                 f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_out_header.len"
             )
-        header = Container(zip(_OUT_FIELDS, v, strict=True))
         opcode = _OPCODES.get(op, op)
         if v[1] != 0:
             if n != _OUT_SIZE:
@@ -287,15 +330,18 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
                     offset=_OUT_SIZE,
                     path="body",
                 )
-            return Reply(header, opcode, None, data, request)
-        xsize = None
-        if rbody is not None and op in _XATTR and isinstance(rbody, Mapping):
-            xsize = rbody.get("size")
-        parts = messages.reply_parts(op, minor, xsize)
+            return Reply(None, opcode, None, data, request, v)
+        if rbody is None:
+            parts = messages._reply_parts(op, int(minor), None)
+        else:
+            xsize = None
+            if op in _XATTR and isinstance(rbody, Mapping):
+                xsize = rbody.get("size")
+            parts = messages.reply_parts(op, minor, xsize)
         body = messages.parse_parts(parts, data, _OUT_SIZE, n)
         if rbody is not None and isinstance(rbody, Mapping):
             _check_reply_size(op, rbody, n - _OUT_SIZE, body)
-        return Reply(header, opcode, body, data, request)
+        return Reply(None, opcode, body, data, request, v)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -450,8 +496,8 @@ def encode_request(
         and messages.always_parses(parts)
         and not isinstance(body, _RAW)
     ):
-        header = Container(zip(_IN_FIELDS, _in_unpack(hdr, 0), strict=True))
-        return data, Request(header, _OPCODES.get(op, op), _LAZY, [], data, parts)
+        values = _in_unpack(hdr, 0)
+        return data, Request(None, _OPCODES.get(op, op), _LAZY, [], data, parts, values)
     return data, decode_request(data, minor, flags=flags)
 
 

@@ -1250,6 +1250,7 @@ def parse_parts(parts: tuple[Part, ...] | None, buf: bytes, off: int, end: int) 
     return body
 
 
+@lru_cache(maxsize=4096)
 def always_parses(parts: tuple[Part, ...]) -> bool:
     """Whether what :func:`build_parts` makes of ``parts`` always parses back (to the end):
     fixed structs and NUL-free names, no length or count that could lie."""
