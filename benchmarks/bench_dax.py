@@ -4,8 +4,10 @@
    C++ ``find`` scans the mapping vector; ours answers the same first match from an
    index, so the cost must stay flat. Reported: ns per hit, and the ratio 16384 / 16.
    The seed-faithful scan (``find_scan``) is measured too, for contrast.
-2. Simulator: reads per second replaying each built-in trace against each manager with
-   a window of 1/4 of the trace's working set.
+2. Simulator: reads per second replaying each built-in trace (synthetic, the ``real``
+   capture of a real virtiofsd and the ``strace`` recording) against each manager with a
+   window of 1/4 of the trace's working set, best of 3; beside it the full message path
+   (each request encoded and decoded through the codec), which must decide the same.
 
 Run: ``.venv/bin/python benchmarks/bench_dax.py [--quick]``.
 """
@@ -74,23 +76,30 @@ def bench_lookup(sizes=(16, 64, 256, 1024, 4096, 16384), samples: int = 4000) ->
     return rows
 
 
-def bench_simulator(names=None) -> list[dict]:
+def bench_simulator(names=None, repeat: int = 3, messages: bool = True) -> list[dict]:
+    """Best of ``repeat`` runs per trace and manager, window 1/4 of the working set;
+    with ``messages`` also the full message path (every request encoded and decoded
+    through the codec) for contrast."""
     out = []
-    for name in names or [*traces.GENERATORS, "real"]:
+    for name in names or traces.TRACE_NAMES:
         trace = traces.make_trace(name)
         w = max(2, trace.working_set // 4 // (2 << 20)) * (2 << 20)
         for m in ("osv", "linux"):
-            r = simulator.simulate(trace, m, w)
-            out.append(
-                {
-                    "trace": name,
-                    "manager": m,
-                    "window_MiB": w >> 20,
-                    "reads": r.reads,
-                    "hit_ratio": round(r.hit_ratio, 3),
-                    "reads_per_s": round(r.reads_per_second),
-                }
-            )
+            runs = [simulator.simulate(trace, m, w) for _ in range(repeat)]
+            r = max(runs, key=lambda r: r.reads_per_second)
+            row = {
+                "trace": name,
+                "manager": m,
+                "window_MiB": w >> 20,
+                "reads": r.reads,
+                "hit_ratio": round(r.hit_ratio, 3),
+                "reads_per_s": round(r.reads_per_second),
+            }
+            if messages:
+                full = simulator.simulate(trace, m, w, records=False)
+                assert full.hits == r.hits and full.setupmapping == r.setupmapping
+                row["message_path_reads_per_s"] = round(full.reads_per_second)
+            out.append(row)
     return out
 
 
@@ -116,16 +125,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{last[key] / first[key]:.2f}"
         )
     print()
-    sim = bench_simulator(["sequential", "zipf", "mix"] if args.quick else None)
-    print(f"{'trace':<11} {'manager':<7} {'window':>7} {'reads':>7} {'hit':>6} {'reads/s':>9}")
+    sim = bench_simulator(["sequential", "zipf", "real"] if args.quick else None)
+    print(
+        f"{'trace':<11} {'manager':<7} {'window':>7} {'reads':>7} {'hit':>6} {'reads/s':>9} "
+        f"{'msg path':>9}"
+    )
     for r in sim:
         print(
             f"{r['trace']:<11} {r['manager']:<7} {r['window_MiB']:>5}Mi {r['reads']:>7} "
-            f"{r['hit_ratio']:>6.3f} {r['reads_per_s']:>9}"
+            f"{r['hit_ratio']:>6.3f} {r['reads_per_s']:>9} {r['message_path_reads_per_s']:>9}"
+            + ("" if r["reads_per_s"] >= 100_000 else "  < 100k")
         )
     total_reads = sum(r["reads"] for r in sim)
     total_time = sum(r["reads"] / r["reads_per_s"] for r in sim)
     print(f"overall: {total_reads / total_time:.0f} reads/s")
+    print(f"slowest: {min(r['reads_per_s'] for r in sim)} reads/s (goal: >= 100000)")
     return 0
 
 

@@ -225,7 +225,8 @@ class DaxManager(ABC):
         self, nodeid: int, *, fh: int, foffset: int, length: int, flags: int, moffset: int
     ) -> int:
         """One SETUPMAPPING (see :meth:`send`); returns 0 or a positive errno."""
-        unique = self.next_unique()
+        self._unique += 2  # next_unique()
+        unique = self._unique
         dev = self._records
         if dev is None or self.observers:
             return self.send(
@@ -251,7 +252,8 @@ class DaxManager(ABC):
 
     def send_removemapping(self, nodeid: int, entries: list[tuple[int, int]]) -> int:
         """One REMOVEMAPPING of ``(moffset, len)`` entries (see :meth:`send`)."""
-        unique = self.next_unique()
+        self._unique += 2  # next_unique()
+        unique = self._unique
         dev = self._records
         if dev is None or self.observers:
             return self.send(removemapping(nodeid, entries, unique=unique))

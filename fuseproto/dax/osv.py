@@ -205,7 +205,8 @@ class OsvDaxManager(DaxManager):
         """Map up to ``nchunks`` chunks of ``nodeid`` from file chunk ``fstart`` above all
         other mappings, evicting from the top if ``evict``. Returns (errno, mapped)."""
         mappings = self._mappings
-        empty = self.window_chunks - self.first_empty()
+        top = mappings[-1] if mappings else None
+        empty = self.window_chunks - (top.mstart + top.nchunks if top is not None else 0)
         if (
             evict
             and empty < nchunks
@@ -216,6 +217,7 @@ class OsvDaxManager(DaxManager):
                 return error, None
             assert unmapped is not None
             empty += unmapped.nchunks
+            top = mappings[-1] if mappings else None
         to_map = min(nchunks, empty)
         if to_map == 0:
             # The window is full and evict is false, or nchunks is 0
@@ -225,7 +227,6 @@ class OsvDaxManager(DaxManager):
         error = self.map_ll(nodeid, fh, to_map, fstart, mstart)
         if error:
             return error, None
-        top = mappings[-1] if mappings else None
         if top is not None and top.nodeid == nodeid and top.fstart + top.nchunks == fstart:
             top.nchunks += to_map  # extend the previous mapping
         else:
@@ -261,7 +262,7 @@ class OsvDaxManager(DaxManager):
         if to_unmap == 0:
             # The window is empty, or nchunks is 0
             return (0 if nchunks == 0 else errno.ENODATA), MappingPart(0, self.first_empty())
-        top = self.first_empty()
+        top = mappings[-1].mstart + mappings[-1].nchunks  # first_empty()
         if deep:
             error = self.unmap_ll(to_unmap, top - to_unmap)
             if error:
@@ -329,7 +330,7 @@ class OsvDaxManager(DaxManager):
         if mp is None:
             to_map = coffset + ((file_size - offset) if aggressive else read_amt)
             nchunks = -(-to_map // c)
-            if "duplicate_mappings" not in self.seed_defects:
+            if nchunks > 1 and "duplicate_mappings" not in self.seed_defects:
                 nchunks = self._clip_to_unmapped(nodeid, fstart, nchunks)
             before = self.stats.setupmapping
             error, mp = self.map(nodeid, fh, nchunks, fstart, evict=True)
