@@ -1,12 +1,18 @@
-"""Decode throughput of fuseproto's codec vs a hand-written ``struct.unpack_from`` baseline.
+"""Decode and encode throughput of fuseproto's codec vs hand-written ``struct`` baselines.
 
 Run: ``.venv/bin/python benchmarks/bench_decode.py [--seconds 2]`` (prints messages/s for
-both and the ratio), or under pytest-benchmark: ``pytest benchmarks/bench_decode.py``.
+both and the ratio, for decoding and for encoding), or under pytest-benchmark:
+``pytest benchmarks/bench_decode.py``.
 
 The mix is what a virtio-fs session mostly carries: LOOKUP/GETATTR/READ/WRITE(4 KiB)/
 READDIRPLUS/SETUPMAPPING/REMOVEMAPPING/INIT requests and their replies. The baseline
 decodes the same messages into the same fields (dicts, nested for ``attr``; dirent lists;
 the same length checks a careful hand parser would make) with precompiled ``struct.Struct``.
+
+Encoding: ``codec.encode_request``/``encode_reply`` (the fast path) of the same bodies the
+mix was built from, against a hand-written encoder that packs the same bodies (absent fields
+as 0, lengths and counts derived) with precompiled ``struct.Struct`` and checks it produced
+the same bytes.
 """
 
 from __future__ import annotations
@@ -35,18 +41,23 @@ def _entry(ino: int) -> Container:
                      attr_valid_nsec=0, attr=_attr(ino))
 
 
-def build_mix() -> list[tuple[str, bytes, Any]]:
-    """(kind, bytes, request-or-None) in a realistic proportion."""
+def build_mix(bodies: list | None = None) -> list[tuple[str, bytes, Any]]:
+    """(kind, bytes, request-or-None) in a realistic proportion; ``bodies`` (if given)
+    receives (kind, opcode, body, request-or-None, unique, bytes) for the encode benchmark."""
     enc, rep = codec.encode_request, codec.encode_reply
     msgs: list[tuple[str, bytes, Any]] = []
 
     def both(op, body, reply_body, n=1, **kw):
-        rb = enc(op, body, unique=100 + len(msgs), nodeid=2, **kw)
+        unique = 100 + len(msgs)
+        rb = enc(op, body, unique=unique, nodeid=2, **kw)
         req = codec.decode_request(rb)
         pb = rep(req, reply_body, unique=req.unique)
         for _ in range(n):
             msgs.append(("request", rb, None))
             msgs.append(("reply", pb, req))
+            if bodies is not None:
+                bodies.append(("request", op, body, None, unique, rb))
+                bodies.append(("reply", op, reply_body, req, unique, pb))
 
     both(O.FUSE_LOOKUP, Container(name=b"some-file.txt"), _entry(5), n=4)
     both(O.FUSE_GETATTR, Container(getattr_flags=0, fh=0), Container(attr_valid=1, attr=_attr(5)), n=4)
@@ -165,6 +176,110 @@ def baseline_reply(data: bytes, op: int):
     return hdr, body
 
 
+# --- the hand-written encode baseline -------------------------------------------------------
+
+_SIMPLE_IN = {
+    3: (struct.Struct("<IIQ"), ("getattr_flags", "dummy", "fh")),
+    15: (_READ_IN, ("fh", "offset", "size", "read_flags", "lock_owner", "flags", "padding")),
+    44: (_READ_IN, ("fh", "offset", "size", "read_flags", "lock_owner", "flags", "padding")),
+    48: (_SETUP, ("fh", "foffset", "len", "flags", "moffset")),
+}
+_WRITE_NAMES = ("fh", "offset", "size", "write_flags", "lock_owner", "flags", "padding")
+_INIT_IN_NAMES = ("major", "minor", "max_readahead", "flags", "flags2")
+_INIT_OUT_NAMES = ("major", "minor", "max_readahead", "flags", "max_background",
+                   "congestion_threshold", "max_write", "time_gran", "max_pages",
+                   "map_alignment", "flags2", "max_stack_depth", "request_timeout")
+_ENTRY_NAMES = ("nodeid", "generation", "entry_valid", "attr_valid", "entry_valid_nsec",
+                "attr_valid_nsec")
+
+
+def _vals(body, names):
+    g = body.get
+    return [g(k) or 0 for k in names]
+
+
+def _entry_vals(e):
+    return _vals(e, _ENTRY_NAMES) + _vals(e.get("attr") or {}, _ATTR_NAMES)
+
+
+def baseline_encode_request(op: int, body, unique: int, nodeid: int) -> bytes:
+    if op == 1:
+        payload = bytes(body["name"]) + b"\0"
+    elif op in _SIMPLE_IN:
+        st, names = _SIMPLE_IN[op]
+        payload = st.pack(*_vals(body, names))
+    elif op == 16:
+        data = bytes(body["data"])
+        v = _vals(body, _WRITE_NAMES)
+        v[2] = len(data) if body.get("size") is None else body["size"]
+        payload = _READ_IN.pack(*v) + data
+    elif op == 49:
+        entries = body.get("entries") or []
+        n = len(entries) if body.get("count") is None else body["count"]
+        payload = struct.pack("<I", n) + b"".join(
+            [_RM_ONE.pack(e.get("moffset") or 0, e.get("len") or 0) for e in entries])
+    elif op == 26:
+        payload = _INIT_IN.pack(*_vals(body, _INIT_IN_NAMES), *(body.get("unused") or [0] * 11))
+    else:
+        raise ValueError(op)
+    return _IN.pack(40 + len(payload), op, unique, nodeid, 0, 0, 0, 0, 0) + payload
+
+
+def baseline_encode_reply(op: int, body, unique: int) -> bytes:
+    if op == 1:
+        payload = _ENTRY.pack(*_entry_vals(body))
+    elif op == 3:
+        payload = _ATTR_OUT.pack(*_vals(body, ("attr_valid", "attr_valid_nsec", "dummy")),
+                                 *_vals(body.get("attr") or {}, _ATTR_NAMES))
+    elif op == 15:
+        payload = bytes(body["data"])
+    elif op == 16:
+        payload = _WRITE_OUT.pack(*_vals(body, ("size", "padding")))
+    elif op == 44:
+        out = []
+        for rec in body["entries"]:
+            d = rec["dirent"]
+            name = bytes(d["name"])
+            out.append(_ENTRY.pack(*_entry_vals(rec.get("entry_out") or {})))
+            out.append(_DIRENT.pack(d.get("ino") or 0, d.get("off") or 0, len(name),
+                                    d.get("type") or 0))
+            out.append(name + b"\0" * (-(152 + len(name)) % 8))
+        payload = b"".join(out)
+    elif op == 26:
+        payload = _INIT_OUT.pack(*_vals(body, _INIT_OUT_NAMES), *(body.get("unused") or [0] * 11))
+    elif body is None or not body:
+        payload = b""
+    else:
+        raise ValueError(op)
+    return _OUT.pack(16 + len(payload), 0, unique) + payload
+
+
+def run_encode_fuseproto(items) -> None:
+    ereq, erep = codec.encode_request, codec.encode_reply
+    for kind, op, body, req, unique, _ in items:
+        if kind == "request":
+            ereq(op, body, unique=unique, nodeid=2)
+        else:
+            erep(req, body, unique=unique)
+
+
+def run_encode_baseline(items) -> None:
+    for kind, op, body, _, unique, _ in items:
+        if kind == "request":
+            baseline_encode_request(int(op), body, unique, 2)
+        else:
+            baseline_encode_reply(int(op), body, unique)
+
+
+def check_same_bytes(items) -> None:
+    for kind, op, body, _, unique, data in items:
+        if kind == "request":
+            got = baseline_encode_request(int(op), body, unique, 2)
+        else:
+            got = baseline_encode_reply(int(op), body, unique)
+        assert got == data, (kind, op, got.hex(), data.hex())
+
+
 # --- measurement -------------------------------------------------------------------------
 
 
@@ -219,6 +334,17 @@ def measure(seconds: float = 2.0, rounds: int = 3) -> tuple[float, float]:
     return best_f, best_b
 
 
+def measure_encode(seconds: float = 2.0, rounds: int = 3) -> tuple[float, float]:
+    items: list = []
+    build_mix(items)
+    check_same_bytes(items)
+    best_f = best_b = 0.0
+    for _ in range(rounds):
+        best_b = max(best_b, rate(run_encode_baseline, items, seconds / rounds))
+        best_f = max(best_f, rate(run_encode_fuseproto, items, seconds / rounds))
+    return best_f, best_b
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -228,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline struct.unpack_from: {b:12,.0f} msg/s")
     print(f"fuseproto decode:            {f:12,.0f} msg/s")
     print(f"ratio fuseproto/baseline:    {f / b:12.2f}x  (target >= 0.50x)")
+    f, b = measure_encode(args.seconds)
+    print(f"baseline struct.pack:        {b:12,.0f} msg/s")
+    print(f"fuseproto encode:            {f:12,.0f} msg/s")
+    print(f"encode ratio:                {f / b:12.2f}x")
     return 0
 
 
@@ -242,6 +372,19 @@ def test_bench_fuseproto(benchmark):
 def test_bench_baseline(benchmark):
     msgs = build_mix()
     benchmark(run_baseline, msgs)
+
+
+def test_bench_encode_fuseproto(benchmark):
+    items: list = []
+    build_mix(items)
+    benchmark(run_encode_fuseproto, items)
+
+
+def test_bench_encode_baseline(benchmark):
+    items: list = []
+    build_mix(items)
+    check_same_bytes(items)
+    benchmark(run_encode_baseline, items)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ _OP = C.fuse_opcode
 _SIZE_LIMITED = (_OP.FUSE_READ, _OP.FUSE_READDIR, _OP.FUSE_READDIRPLUS)
 _XATTR = (_OP.FUSE_GETXATTR, _OP.FUSE_LISTXATTR)
 # Replies decode_reply checks against (or shapes by) the request's body.
+_XATTR_OPS = frozenset(int(op) for op in _XATTR)
 _NEEDS_REQUEST_BODY = frozenset(int(op) for op in (*_SIZE_LIMITED, *_XATTR, _OP.FUSE_IOCTL))
 
 
@@ -400,6 +401,7 @@ def decode_notification(data: bytes) -> Notification:
 _in_pack = _IN.struct.pack
 _out_pack = _OUT.struct.pack
 _RAW = (bytes, bytearray, memoryview)
+_NO_BODY: dict = {}  # body None: every field absent
 
 
 def _build_reference(parts: Any, body: Any, what: Any) -> bytes:
@@ -415,16 +417,16 @@ def _build_reference(parts: Any, body: Any, what: Any) -> bytes:
 def _build_body(parts: Any, body: Any, what: Any) -> bytes:
     """The body's bytes: the fast builder for a dict body, else (or on any failure) the
     construct, so every bad value gets the reference's EncodeError."""
-    if isinstance(body, _RAW):
-        return bytes(body)  # raw bytes for any opcode: fuzzers may send anything
     if parts is not None:
         if body is None:
-            body = {}
+            body = _NO_BODY
         if isinstance(body, dict):
             try:
                 return messages.build_parts(parts, body)
             except Exception:  # noqa: BLE001,S110 -- NotFast or a bad value: the reference decides
                 pass
+    if isinstance(body, _RAW):
+        return bytes(body)  # raw bytes for any opcode: fuzzers may send anything
     return _build_reference(parts, body, what)
 
 
@@ -469,7 +471,7 @@ def encode_request(
     op = int(opcode)
     parts = messages._request_parts(op, int(minor), bool(flags & messages.FUSE_SETXATTR_EXT))
     payload = _build_body(parts, body, ("request", opcode))
-    extb = _ext_bytes(ext)
+    extb = b"" if ext is None else _ext_bytes(ext)
     n = _IN_SIZE + len(payload) + len(extb)
     try:
         hdr = _in_pack(
@@ -513,18 +515,22 @@ def encode_reply(
     """The bytes of a reply. With ``error`` != 0 and ``body`` None, the header alone."""
     if isinstance(request_or_opcode, Request):
         op = int(request_or_opcode.opcode)
-        rbody = request_or_opcode.body if op in _XATTR else None
     else:
-        op, rbody = int(request_or_opcode), None
+        op = int(request_or_opcode)
     if error != 0 and body is None:
         payload = b""
     else:
-        xsize = None
-        if op in _XATTR and isinstance(rbody, Mapping):
-            xsize = rbody.get("size")
-        elif op in _XATTR and isinstance(body, Mapping) and "value" not in body:
-            xsize = 0
-        parts = messages.reply_parts(op, minor, xsize)
+        if op in _XATTR_OPS:
+            # The shape depends on the request's size (0: fuse_getxattr_out), else the body.
+            xsize = None
+            rbody = request_or_opcode.body if isinstance(request_or_opcode, Request) else None
+            if isinstance(rbody, Mapping):
+                xsize = rbody.get("size")
+            elif isinstance(body, Mapping) and "value" not in body:
+                xsize = 0
+            parts = messages.reply_parts(op, minor, xsize)
+        else:
+            parts = messages._reply_parts(op, int(minor), None)
         payload = _build_body(parts, body, ("reply to", op))
     try:
         hdr = _out_pack(_OUT_SIZE + len(payload) if length is None else length, error, unique)

@@ -1265,6 +1265,8 @@ def build_parts(parts: tuple[Part, ...], body: Mapping[str, Any]) -> bytes:
     """
     if len(parts) == 1:
         return parts[0].build(body)
+    if not parts:
+        return b""
     return b"".join([p.build(body) for p in parts])
 
 
