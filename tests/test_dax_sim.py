@@ -383,3 +383,20 @@ def test_cli_help_mentions_traces_and_plugins(capsys):
     text = capsys.readouterr().out
     for word in ("zipf", "real", "strace", ".pcap", "module:factory", "Belady", "--plot"):
         assert word in text
+
+
+@pytest.mark.daemon
+def test_cli_record_from_daemon_then_simulate(no_leaks, daemon_installations, tmp_path, capsys):
+    """`fuseproto dax record --from-daemon` writes a capture or a trace; both replay."""
+    pcap, trace = tmp_path / "reads.pcap", tmp_path / "reads.jsonl.gz"
+    assert main(["dax", "record", "--from-daemon", "c", "--scale", "0.05", str(pcap)]) == 0
+    assert main(["dax", "record", "--from-daemon", "rust", "--scale", "0.05", str(trace)]) == 0
+    assert "READs of" in capsys.readouterr().out
+    a, b = traces.make_trace(str(pcap)), traces.make_trace(str(trace))
+    # Same seed, same workload (the two daemons may number nodes differently).
+    assert [(x.offset, x.size) for x in a.accesses] == [(x.offset, x.size) for x in b.accesses]
+    assert sorted(a.files.values()) == sorted(b.files.values())
+    png = tmp_path / "hit.png"
+    args = ["dax", "simulate", "--trace", str(pcap), "--trace", str(trace), "--plot", str(png)]
+    assert main(args) == 0
+    assert png.stat().st_size > 1000

@@ -7,7 +7,8 @@
 * :mod:`.osv` -- :class:`OsvDaxManager` (the seed's OSv manager; seed defects on flags)
 * :mod:`.linux` -- :class:`LinuxDaxManager` (the policy of Linux fs/fuse/dax.c)
 * :mod:`.invariants` -- :class:`DaxChecker`, :func:`check_trace`
-* :mod:`.simulator`, :mod:`.traces`, :mod:`.belady` -- ``fuseproto dax simulate``
+* :mod:`.simulator`, :mod:`.traces`, :mod:`.belady` -- ``fuseproto dax simulate``;
+  :mod:`.workload` -- a read workload recorded from a real virtiofsd (the ``real`` trace)
 """
 
 from __future__ import annotations
