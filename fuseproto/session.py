@@ -88,6 +88,8 @@ _INT_REQ_BIT = 1
 _UNIQUE_MASK = (1 << 64) - 1
 
 _OUT_HEADER = structs.fast("fuse_out_header")
+_OUT_HEADER_SIZE = _OUT_HEADER.size
+_out_unpack = _OUT_HEADER.struct.unpack_from
 
 
 class ReplyExpectation(enum.Enum):
@@ -108,6 +110,19 @@ REPLY_EXPECTATION: Mapping[int, ReplyExpectation] = types.MappingProxyType(
         fuse_opcode.FUSE_INTERRUPT: ReplyExpectation.OPTIONAL,
     }
 )
+
+
+# The same table as plain-int sets, for the per-request hot path (an IntEnum member hashes
+# and compares as its int, so `opcode in _NO_REPLY_OPS` holds for members and ints alike).
+_NO_REPLY_OPS = frozenset(
+    int(op) for op, e in REPLY_EXPECTATION.items() if e is ReplyExpectation.NONE
+)
+_OPTIONAL_REPLY_OPS = frozenset(
+    int(op) for op, e in REPLY_EXPECTATION.items() if e is ReplyExpectation.OPTIONAL
+)
+_NOT_ONE_REPLY_OPS = _NO_REPLY_OPS | _OPTIONAL_REPLY_OPS
+_INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
+_INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
 
 
 class _Init(enum.Enum):
@@ -209,7 +224,7 @@ class Session:
     def expects_reply(self, request_or_opcode: Any) -> bool:
         """Whether a request of this opcode must be answered (INTERRUPT: no)."""
         opcode = getattr(request_or_opcode, "opcode", request_or_opcode)
-        return REPLY_EXPECTATION.get(opcode, ReplyExpectation.ONE) is ReplyExpectation.ONE
+        return opcode not in _NOT_ONE_REPLY_OPS
 
     def check_valid(self) -> None:
         """Assert the internal invariants (for tests and fuzzers)."""
@@ -226,32 +241,55 @@ class Session:
 
     # -- the client side: we send requests ---------------------------------------------------
 
-    def build_request(self, opcode: int, body: Any, **hdr: Any) -> tuple[int, bytes]:
+    def build_request(
+        self,
+        opcode: int,
+        body: Any,
+        *,
+        unique: int | None = None,
+        nodeid: int = 0,
+        uid: int = 0,
+        gid: int = 0,
+        pid: int = 0,
+        minor: int | None = None,
+        flags: int | None = None,
+        **hdr: Any,
+    ) -> tuple[int, bytes]:
         """Encode a request, allocate its unique and register it as in flight.
 
-        ``hdr`` takes ``encode_request``'s keywords (nodeid, uid, gid, pid, ext, length,
-        total_extlen) and optionally ``unique`` to choose one; ``minor`` defaults to the
-        negotiated one. For INTERRUPT the default unique is the target's with bit 0 set.
-        Returns ``(unique, bytes)``.
+        The keywords are ``encode_request``'s (nodeid, uid, gid, pid, ext, length,
+        total_extlen, padding) and optionally ``unique`` to choose one; ``minor`` and
+        ``flags`` default to the negotiated ones. For INTERRUPT the default unique is the
+        target's with bit 0 set. Returns ``(unique, bytes)``.
         """
-        unique = hdr.pop("unique", None)
         allocated = unique is None
         if allocated:
-            if opcode == fuse_opcode.FUSE_INTERRUPT:
+            if opcode == _INTERRUPT:
                 unique = (_get(body, "unique") or 0) | _INT_REQ_BIT
                 allocated = False
             else:
-                if self.expects_reply(opcode) and len(self._pending) >= self.max_pending:
+                pending = self._pending
+                if len(pending) >= self.max_pending and opcode not in _NOT_ONE_REPLY_OPS:
                     raise LocalProtocolError(
                         f"more than max_pending={self.max_pending} requests in flight"
                     )
-                unique = self._free_unique()
-        hdr.setdefault("minor", self.minor)
-        hdr.setdefault("flags", int(self.flags))
+                unique = self._next_unique
+                if unique in pending or unique in self._interrupts:
+                    unique = self._free_unique()
         try:
             # The Request decode_request(data) would give, without decoding data again.
             data, request = codec.encode_request(
-                opcode, body, unique=unique, return_request=True, **hdr
+                opcode,
+                body,
+                unique=unique,
+                nodeid=nodeid,
+                uid=uid,
+                gid=gid,
+                pid=pid,
+                minor=self.minor if minor is None else minor,
+                flags=int(self.flags) if flags is None else flags,
+                return_request=True,
+                **hdr,
             )
         except DecodeError as exc:
             raise LocalProtocolError(
@@ -285,19 +323,17 @@ class Session:
         """Enter a decoded request into the tables, or raise ``error`` and change nothing."""
         unique = request.unique
         opcode = request.opcode
+        pending = self._pending
         if unique == 0:
             raise error(f"{_name(opcode)} request with unique 0 (reserved for notifications)")
-        expectation = REPLY_EXPECTATION.get(opcode, ReplyExpectation.ONE)
-        if unique in self._pending:
+        if unique in pending:
             raise error(
                 f"unique {unique} used by {_name(opcode)} while "
-                f"{_name(self._pending[unique].opcode)} with that unique is in flight"
+                f"{_name(pending[unique].opcode)} with that unique is in flight"
             )
-        if expectation is ReplyExpectation.NONE:
-            self.requests_seen += 1
-            return
-        if expectation is ReplyExpectation.OPTIONAL:
-            self._register_interrupt(request, error)
+        if opcode in _NOT_ONE_REPLY_OPS:
+            if opcode in _OPTIONAL_REPLY_OPS:
+                self._register_interrupt(request, error)
             self.requests_seen += 1
             return
         if unique in self._interrupts:
@@ -308,17 +344,17 @@ class Session:
         replaced = None
         if unique & FUSE_UNIQUE_RESEND:
             original = unique & ~FUSE_UNIQUE_RESEND
-            if original in self._pending:
+            if original in pending:
                 replaced = original
-        if replaced is None and len(self._pending) >= self.max_pending:
+        if replaced is None and len(pending) >= self.max_pending:
             raise error(f"more than max_pending={self.max_pending} requests in flight")
-        if opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+        if opcode in _INIT_OPS:
             if self._init in (_Init.SENT, _Init.DONE):
                 raise error(f"second {_name(opcode)} (the first is {self._init.value})")
             self._learn_init_request(request)
         if replaced is not None:
             self._complete(replaced)
-        self._pending[unique] = request
+        pending[unique] = request
         self.requests_seen += 1
 
     def _register_interrupt(self, request: Any, error: type[Exception]) -> None:
@@ -352,7 +388,9 @@ class Session:
 
     def feed_reply(self, data: bytes) -> Any:
         """Decode a reply (paired by unique) or a notification (unique 0)."""
-        length, error, unique = _peek_out_header(data)
+        if len(data) < _OUT_HEADER_SIZE:
+            _peek_out_header(data)  # raises TruncatedError
+        length, error, unique = _out_unpack(data)
         if unique == 0:
             notification = codec.decode_notification(data)
             self.notifications_seen += 1
@@ -368,16 +406,16 @@ class Session:
                 f"reply to unique {unique} with error {error} "
                 "(must be 0 or a negative errno above -512)"
             )
-        interrupt = self._interrupts.get(unique)
-        if interrupt is not None:
-            reply = self._decode_paired(data, interrupt.request, pop=False)
-            self._after_interrupt_reply(unique, interrupt, reply.error)
-            return reply
+        if self._interrupts:
+            interrupt = self._interrupts.get(unique)
+            if interrupt is not None:
+                reply = self._decode_paired(data, interrupt.request, pop=False)
+                self._after_interrupt_reply(unique, interrupt, reply.error)
+                return reply
         request = self._pending.get(unique)
         if request is None:
             raise RemoteProtocolError(f"reply to unique {unique}, which is not in flight")
-        reply = self._decode_paired(data, request, pop=True)
-        return reply
+        return self._decode_paired(data, request, pop=True)
 
     def _decode_paired(self, data: bytes, request: Any, *, pop: bool) -> Any:
         unique = request.unique
@@ -389,9 +427,11 @@ class Session:
                 exc.request = request  # type: ignore[attr-defined]
             raise
         if pop:
-            if request.opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+            if request.opcode in _INIT_OPS:
                 self._learn_init_reply(reply.error, reply.body)
-            self._complete(unique)
+            del self._pending[unique]
+            if self._interrupt_of:
+                self._complete(unique)
         self.replies_seen += 1
         return reply
 
@@ -444,7 +484,7 @@ class Session:
         data = codec.encode_reply(
             request, None if error else body, unique=unique, error=error, minor=self.minor
         )
-        if request.opcode in (fuse_opcode.FUSE_INIT, fuse_opcode.CUSE_INIT):
+        if request.opcode in _INIT_OPS:
             self._learn_init_reply(error, body if not error else None)
         self._complete(unique)
         self.replies_seen += 1
