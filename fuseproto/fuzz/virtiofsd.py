@@ -64,7 +64,11 @@ __all__ = [
     "sanitize",
     "fuzz_daemon",
     "replay_daemon",
+    "replay_items",
+    "request_groups",
     "resolve_installation",
+    "detect_kind",
+    "daemon_label",
 ]
 
 _OP = fuse_opcode
@@ -127,11 +131,40 @@ class SandboxedDaemon(daemons.Daemon):
         return args
 
 
-def resolve_installation(spec: str) -> daemons.Installation:
-    """``c`` / ``rust`` (installed, or installed now) or a path to a virtiofsd binary."""
+def detect_kind(path: str) -> str:
+    """``c`` or ``rust`` for a virtiofsd binary, from what ``--version`` says: QEMU's C
+    daemon prints "virtiofsd version 7.2.x (...)", the Rust one "virtiofsd 1.13.2"; else
+    :meth:`Installation.from_path`'s guess from ``--help``."""
+    probe = daemons.Installation(kind="c", version="local", root=os.path.dirname(path),
+                                 binary=path)
+    try:
+        text = daemons.version_text(probe)
+    except DaemonError:
+        text = ""
+    if re.search(r"virtiofsd version \d", text) or "QEMU" in text:
+        return "c"
+    if re.match(r"virtiofsd v?\d", text):
+        return "rust"
+    return daemons.Installation.from_path(path).kind
+
+
+def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
+    """``c`` / ``rust`` (installed, or installed now) or a path to a virtiofsd binary (or
+    a wrapper script that execs one); ``kind`` says which protocol dialect a path speaks
+    (default: :func:`detect_kind`)."""
     if spec in daemons.KINDS:
         return daemons.find(spec) or daemons.install(spec)
-    return daemons.Installation.from_path(spec)
+    path = os.path.abspath(spec)
+    if not os.access(path, os.X_OK):
+        raise DaemonError(f"{spec} is not an executable file")
+    inst = daemons.Installation.from_path(path, kind or detect_kind(path))
+    inst.binary = path  # keep the path as given (a wrapper stays a wrapper)
+    return inst
+
+
+def daemon_label(spec: str, inst: daemons.Installation) -> str:
+    """How findings and reports name a daemon: ``c``/``rust``, or ``kind:basename``."""
+    return spec if spec in daemons.KINDS else f"{inst.kind}:{os.path.basename(spec)}"
 
 
 @dataclass
@@ -194,8 +227,12 @@ class DaemonHarness:
 
     def __init__(self, installation: daemons.Installation, *, hang_timeout: float = 0.5,
                  workdir: str | None = None, history: int = HISTORY,
-                 on_send: Callable[[DaemonHarness, bytes], None] | None = None):
+                 on_send: Callable[[DaemonHarness, bytes], None] | None = None,
+                 setup: bool = True):
         self.installation = installation
+        # setup=False: no INIT and no LOOKUPs at start (a sequence program negotiates INIT
+        # itself); the harness still learns minor/flags from any INIT reply it sees.
+        self.setup = setup
         self.kind = installation.kind
         self.hang_timeout = hang_timeout
         self._own_workdir = workdir is None
@@ -230,7 +267,11 @@ class DaemonHarness:
         try:
             self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0)
             self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
-            self._setup()
+            if self.setup:
+                self._setup()
+            else:
+                self.minor, self.flags = 46, 0
+                self.nodes, self.fhs = {"root": 1}, {}
         except BaseException:
             self.stop()
             raise
@@ -324,35 +365,67 @@ class DaemonHarness:
                                             flags=self.flags))
         return out
 
-    # -- one request --------------------------------------------------------------------
+    # -- requests -----------------------------------------------------------------------
     def send(self, data: bytes, variant: int = 0) -> Outcome:
         """Send ``data`` (sanitized) with reply-area ``variant``; classify the result."""
+        return self.send_many([(data, variant)])[0]
+
+    def send_many(self, items: list[tuple[bytes, int]], batch: int | None = None
+                  ) -> list[Outcome]:
+        """Put every ``(data, variant)`` in flight on one kick, then classify each reply in
+        order (several requests in flight at once). Every request is sanitized. The list
+        stops at the first crash, exit or hang (later requests have no outcome)."""
         if self.transport is None:
             self.start()
         t = self.transport
         assert t is not None and self.daemon is not None
-        data = sanitize(data)
-        op, unique = -1, None
-        if len(data) >= IN_SIZE:
-            h = _IN.parse(data, 0)
-            op, unique = h["opcode"], h["unique"]
+        sent: list[tuple[Any, str, int, int | None, Any, int, ReplyExpectation]] = []
+        outs: list[Outcome] = []
+        for data, variant in items:
+            data = sanitize(data)
+            op, unique = -1, None
+            if len(data) >= IN_SIZE:
+                h = _IN.parse(data, 0)
+                op, unique = h["opcode"], h["unique"]
+            try:
+                req = codec.decode_request(data, self.minor, flags=self.flags)
+            except DecodeError:
+                req = None
+            expectation = REPLY_EXPECTATION.get(op, ReplyExpectation.ONE)
+            area = 0 if expectation is ReplyExpectation.NONE else reply_area(variant, req, op)
+            item: dict[str, Any] = {"hex": data.hex(), "variant": variant, "area": area}
+            if batch is not None and len(items) > 1:
+                item["batch"] = batch
+            self.history.append(item)
+            name = _opname(op)
+            if self.on_send is not None:
+                self.on_send(self, data)
+            try:
+                token = t.submit(data, area, tag=f"{name} unique {unique}", kick=False)
+            except TransportError as e:
+                outs.append(self._dead(name, f"submit failed: {e}"))
+                return outs
+            sent.append((token, name, op, unique, req, area, expectation))
         try:
-            req = codec.decode_request(data, self.minor, flags=self.flags)
-        except DecodeError:
-            req = None
-        expectation = REPLY_EXPECTATION.get(op, ReplyExpectation.ONE)
-        area = 0 if expectation is ReplyExpectation.NONE else reply_area(variant, req, op)
-        self.history.append({"hex": data.hex(), "variant": variant, "area": area})
-        name = _opname(op)
-        if self.on_send is not None:
-            self.on_send(self, data)
-        try:
-            token = t.submit(data, area, tag=f"{name} unique {unique}")
-        except TransportError as e:
-            return self._dead(name, f"submit failed: {e}")
+            t.kick(1)
+        except (OSError, TransportError) as e:
+            name = sent[0][1] if sent else "?"
+            outs.append(self._dead(name, f"kick failed: {e}"))
+            return outs
+        for token, name, op, unique, req, area, expectation in sent:
+            out = self._finish(token, name, op, unique, req, area, expectation)
+            outs.append(out)
+            if out.finding in ("crash", "daemon-exit", "hang"):
+                break
+        return outs
+
+    def _finish(self, token: Any, name: str, op: int, unique: int | None, req: Any,
+                area: int, expectation: ReplyExpectation) -> Outcome:
+        t, d = self.transport, self.daemon
+        assert t is not None and d is not None
         if area == 0:
             # No reply expected: a cheap liveness probe only when the process is gone.
-            if not self.daemon.running():
+            if not d.running():
                 return self._dead(name, "daemon gone after a reply-less request")
             return Outcome(f"{name}:noreply")
         timeout = self.hang_timeout if expectation is ReplyExpectation.ONE else 0.05
@@ -377,12 +450,35 @@ class DaemonHarness:
                 return Outcome(f"{name}:noreply")  # INTERRUPT may go unanswered
             return Outcome(f"{name}:hang", "hang",
                            f"no reply to {name} within {self.hang_timeout} s, daemon alive "
-                           f"(state {self.daemon.state()})", ev)
+                           f"(state {d.state()})", ev)
         try:
             reply = t.wait(token, 0)
         except TransportError as e:
             return self._dead(name, str(e))
-        return self._check_reply(name, op, unique, req, reply, token.used_len, area)
+        out = self._check_reply(name, op, unique, req, reply, token.used_len, area)
+        if op == _OP.FUSE_INIT and out.finding is None and out.reply:
+            self._learn_init(req, out.reply)
+        return out
+
+    def _learn_init(self, req: Any, reply: bytes) -> None:
+        """Negotiated minor and flags from an INIT exchange (later replies decode at them)."""
+        try:
+            body = codec.decode_reply(reply, _OP.FUSE_INIT, self.minor).body
+        except DecodeError:
+            return
+        if body is None:
+            return
+        flags = body.get("flags", 0)
+        if flags & (1 << 30):  # FUSE_INIT_EXT: flags2 is valid
+            flags |= body.get("flags2", 0) << 32
+        offered = 0
+        if req is not None and isinstance(req.body, dict | Container):
+            offered = req.body.get("flags", 0) | (req.body.get("flags2", 0) or 0) << 32
+            minor = min(body.get("minor", 46), req.body.get("minor", 46))
+        else:
+            minor = body.get("minor", 46)
+        self.minor = max(0, min(46, minor))
+        self.flags = flags & offered if offered else flags
 
     def _await(self, token: Any, timeout: float) -> str:
         """"done", "dead" or "timeout"; a panicked Rust worker ends the wait early (its
@@ -523,6 +619,7 @@ class DaemonStats:
     findings: list[Finding] = field(default_factory=list)
     skipped: int = 0  # mutants not sent: they hit a muted feature
     error: str | None = None
+    sequences: dict[str, Any] = field(default_factory=dict)  # sequence mode's summary
 
     @property
     def per_second(self) -> float:
@@ -660,7 +757,7 @@ def _feature(data: bytes) -> str:
 
 
 def _record(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: str,
-            out: Outcome) -> Finding:
+            out: Outcome, program: list[dict[str, Any]] | None = None) -> Finding:
     sig = _signature(label, out)
     f = Finding("virtiofsd", out.finding or "", sig, out.detail[:300], daemon=label,
                 evidence=dict(out.evidence))
@@ -674,6 +771,12 @@ def _record(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: st
                  "empty, OPEN file O_RDWR, OPENDIR dir)",
         "requests": list(h.history),
     }
+    if not h.setup:
+        repro["setup_mode"] = "none"
+        repro["setup"] = ("none: a sequence program (fuseproto.fuzz.sequences), INIT is its "
+                          "first request; requests with the same batch id share one kick")
+    if program is not None:
+        repro["program"] = program
     f = store.add(f, repro, suffix=".json")
     if all(x.signature != f.signature for x in stats.findings):
         stats.findings.append(f)
@@ -683,18 +786,51 @@ def _record(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: st
 # -- replay --------------------------------------------------------------------------------
 
 
+def request_groups(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive reproducer items with the same ``batch`` id go in flight together."""
+    groups: list[list[dict[str, Any]]] = []
+    for item in items:
+        b = item.get("batch")
+        if groups and b is not None and groups[-1][-1].get("batch") == b:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def replay_items(items: list[dict[str, Any]], installation: daemons.Installation, *,
+                 setup: bool = True, hang_timeout: float = 0.5,
+                 harness: DaemonHarness | None = None) -> list[Outcome]:
+    """Send reproducer ``items`` (hex, variant, batch) to a fresh daemon; the outcome of
+    each. Stops when the daemon dies or hangs; protocol findings do not stop it. With
+    ``harness`` (a started one, same ``setup``) that harness is restarted and reused."""
+    own = harness is None
+    h = harness or DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
+                                 history=100_000)
+    outs: list[Outcome] = []
+    try:
+        h.start()
+        for n, group in enumerate(request_groups(items)):
+            got = h.send_many([(bytes.fromhex(i["hex"]), i.get("variant", 0)) for i in group],
+                              batch=n)
+            outs += got
+            if got and got[-1].finding in ("crash", "daemon-exit", "hang"):
+                break
+    finally:
+        if own:
+            h.close()
+        else:
+            h.stop()
+    return outs
+
+
 def replay_daemon(repro: dict[str, Any], installation: daemons.Installation, *,
                   hang_timeout: float = 0.5) -> list[Outcome]:
-    """Send a reproducer's requests to a fresh daemon (same setup); the outcome of each.
-    Stops when the daemon dies or hangs; protocol findings do not stop it."""
-    outs = []
-    with DaemonHarness(installation, hang_timeout=hang_timeout) as h:
-        for item in repro.get("requests", []):
-            out = h.send(bytes.fromhex(item["hex"]), item.get("variant", 0))
-            outs.append(out)
-            if out.finding in ("crash", "daemon-exit", "hang"):
-                break
-    return outs
+    """Send a reproducer's requests to a fresh daemon (the setup it names: the harness's
+    INIT + LOOKUPs, or none for a sequence program, which starts with its own INIT)."""
+    return replay_items(repro.get("requests", []), installation,
+                        setup=repro.get("setup_mode", "harness") != "none",
+                        hang_timeout=hang_timeout)
 
 
 def outcome_signature(label: str, out: Outcome) -> str | None:

@@ -1,0 +1,469 @@
+"""Stateful sequences for the virtiofsd target: short programs, not single requests.
+
+A single hostile request rarely gets past LOOKUP: its node id and file handle are
+whatever the mutator guessed. A *program* is a list of steps run against a fresh daemon
+(no harness setup): INIT first (offering, or not, FUSE_MAP_ALIGNMENT / FUSE_INIT_EXT,
+sometimes at an old minor), then LOOKUP/CREATE/OPEN of files in the daemon's scratch
+directory, READ/WRITE, SETUPMAPPING/REMOVEMAPPING (aligned, misaligned, overlapping,
+beyond any window, 0..300 entries with a ``count`` that lies), FORGET/BATCH_FORGET with
+an ``nlookup`` above the lookups, INTERRUPT of a request in flight or long finished,
+several requests in flight on one kick, DESTROY and requests after it.
+
+References are resolved at run time from earlier replies, so the requests are deep:
+``Step.node`` and any *negative* body value for ``fh``, INTERRUPT's ``unique`` or a
+BATCH_FORGET entry's ``nodeid`` index the pools the program has filled so far (-1: the
+newest node id a LOOKUP/CREATE returned, the newest fh an OPEN/CREATE/OPENDIR returned,
+the newest unique sent); non-negative values are sent as they are. Steps with the same
+non-zero ``group`` that follow each other go in flight together on one kick.
+
+Every request is built by :func:`fuseproto.wire.codec.encode_request` (``length=`` and
+``count`` forced where a step lies) and sent through :meth:`DaemonHarness.send_many`, so
+:func:`~fuseproto.fuzz.virtiofsd.sanitize` and the daemon sandbox apply to each one.
+Programs are mutated structurally (:func:`mutate_program`: insert / delete / swap /
+duplicate / regroup steps, or one step's fields through :func:`.mutate.mutate_body`).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import Container, ListContainer
+
+from ..errors import DaemonError, EncodeError, TransportError
+from ..wire import codec
+from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
+from ..wire.constants import fuse_opcode as O
+from . import mutate, seeds
+from .findings import FindingStore
+
+__all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
+           "fuzz_sequences", "program_to_json", "program_from_json", "DEPTHS"]
+
+# How deep a program got into the daemon's state (the report's "deepest state").
+DEPTHS = ("none", "initialized", "looked-up", "opened", "io-done", "mapping-sent",
+          "mapping-accepted", "destroyed-then-served")
+_MAP_OPS = (O.FUSE_SETUPMAPPING, O.FUSE_REMOVEMAPPING)
+_FILES = (b"file", b"small", b"empty", b"dir", b"link", b"dir/inner", b"nope")
+_MIB2 = 2 << 20
+_INIT_CHOICES = (
+    seeds.INIT_FLAGS,
+    seeds.INIT_FLAGS & ~int(InitFlags.FUSE_MAP_ALIGNMENT),
+    seeds.INIT_FLAGS & ~int(InitFlags.FUSE_INIT_EXT),
+    seeds.INIT_FLAGS | int(InitFlags.FUSE_HAS_INODE_DAX),
+    0,
+    (1 << 64) - 1,
+)
+
+
+@dataclass
+class Step:
+    """One request of a program (see the module docstring for references)."""
+
+    op: int  # fuse_opcode value
+    fields: Any = field(default_factory=Container)  # body as the codec's Container
+    node: int = 0  # header nodeid: < 0 -> node pool reference, else literal
+    length: int | None = None  # forced fuse_in_header.len (a lie), else derived
+    variant: int = 0  # reply-area choice (virtiofsd.reply_area)
+    group: int = 0  # same non-zero group as the previous step: same kick
+
+
+def _C(**kw: Any) -> Container:
+    return Container(**kw)
+
+
+def _mapping_values(rng: random.Random) -> tuple[int, int, int]:
+    """(foffset, len, moffset): aligned, misaligned, overlapping or out of any window."""
+    kind = rng.random()
+    if kind < 0.4:  # aligned 2 MiB chunks (virtio-fs's DAX granule)
+        return (rng.randrange(4) * _MIB2, _MIB2 * rng.choice((1, 1, 2)), rng.randrange(8) * _MIB2)
+    if kind < 0.6:  # page aligned, small
+        return rng.randrange(16) * 4096, 4096 * rng.choice((1, 2, 16)), rng.randrange(64) * 4096
+    if kind < 0.8:  # misaligned
+        return rng.randrange(1, 4096), rng.choice((0, 1, 4095, 4097)), rng.randrange(1, 4096)
+    return (rng.choice(mutate.INTERESTING_INTS), rng.choice(mutate.INTERESTING_INTS),
+            rng.choice(((1 << 64) - _MIB2, 1 << 40, (1 << 64) - 1, 1 << 34)))
+
+
+def _entries(rng: random.Random) -> list[Container]:
+    n = rng.choice((0, 1, 2, 3, 16, 255, 256, 257, 300))
+    out = []
+    for i in range(n):
+        if i and rng.random() < 0.3:
+            out.append(Container(out[-1]))  # the same range again (overlap)
+        else:
+            _, ln, mo = _mapping_values(rng)
+            out.append(_C(moffset=mo, len=ln))
+    return ListContainer(out)
+
+
+def random_step(rng: random.Random) -> Step:
+    """One step from the templates (weights favour the deep paths)."""
+    r = rng.random()
+    if r < 0.12:
+        return Step(O.FUSE_LOOKUP, _C(name=rng.choice(_FILES)), node=1)
+    if r < 0.18:
+        flags = rng.choice((0o2 | 0o100, 0o2 | 0o100 | 0o1000, 0o2 | 0o100 | 0o200, 0o2))
+        return Step(O.FUSE_CREATE, _C(flags=flags, mode=rng.choice((0o644, 0o100644, 0)),
+                                      umask=0o022, open_flags=0,
+                                      name=b"new%d" % rng.randrange(4)), node=1)
+    if r < 0.28:
+        return Step(O.FUSE_OPEN, _C(flags=rng.choice((0, 1, 2, 0o2 | 0o1000, 0o40002)),
+                                    open_flags=0), node=-1)
+    if r < 0.31:
+        return Step(O.FUSE_OPENDIR, _C(flags=0, open_flags=0), node=-1)
+    if r < 0.39:
+        return Step(O.FUSE_READ, _C(fh=-1, offset=rng.choice((0, 100, 4096, 65535, 1 << 40)),
+                                    size=rng.choice((0, 1, 100, 4096, 65536, 1 << 20)),
+                                    read_flags=0, lock_owner=0, flags=0), node=-1,
+                    variant=rng.randrange(5) if rng.random() < 0.3 else 0)
+    if r < 0.45:
+        return Step(O.FUSE_WRITE, _C(fh=-1, offset=rng.choice((0, 4096, 1 << 20)), size=None,
+                                     write_flags=0, lock_owner=0, flags=0,
+                                     data=b"w" * rng.choice((0, 1, 100, 4096))), node=-1)
+    if r < 0.60:
+        fo, ln, mo = _mapping_values(rng)
+        return Step(O.FUSE_SETUPMAPPING, _C(fh=-1, foffset=fo, len=ln,
+                                            flags=rng.choice((0, 1, 2, 3, 0xFFFF_FFFF_FFFF_FFFF)),
+                                            moffset=mo), node=-1)
+    if r < 0.70:
+        entries = _entries(rng)
+        count = None if rng.random() < 0.5 else rng.choice((0, 1, 255, 256, 257, 300,
+                                                             len(entries) + 1, 0xFFFF_FFFF))
+        return Step(O.FUSE_REMOVEMAPPING, _C(count=count, entries=entries), node=-1)
+    if r < 0.75:
+        return Step(O.FUSE_FORGET, _C(nlookup=rng.choice((1, 2, 1000, (1 << 64) - 1))), node=-1)
+    if r < 0.79:
+        entries = ListContainer(_C(nodeid=-rng.randrange(1, 3),
+                                   nlookup=rng.choice((1, 5, (1 << 64) - 1)))
+                                for _ in range(rng.choice((1, 2, 3))))
+        return Step(O.FUSE_BATCH_FORGET, _C(count=None, dummy=0, entries=entries), node=0)
+    if r < 0.86:
+        return Step(O.FUSE_INTERRUPT, _C(unique=-rng.randrange(1, 4)), node=0)
+    if r < 0.90:
+        return Step(O.FUSE_RELEASE, _C(fh=-1, flags=0, release_flags=0, lock_owner=0), node=-1)
+    if r < 0.94:
+        return Step(O.FUSE_GETATTR, _C(getattr_flags=0, fh=0), node=-1)
+    if r < 0.97:
+        return Step(O.FUSE_FLUSH, _C(fh=-1, unused=0, padding=0, lock_owner=0), node=-1)
+    return Step(O.FUSE_DESTROY, _C(), node=0)
+
+
+def init_step(rng: random.Random) -> Step:
+    flags = rng.choice(_INIT_CHOICES)
+    minor = rng.choice((46, 46, 46, 38, 31, 27))
+    return Step(O.FUSE_INIT, _C(major=FUSE_KERNEL_VERSION, minor=minor, max_readahead=131072,
+                                flags=flags & 0xFFFF_FFFF, flags2=flags >> 32,
+                                unused=[0] * 11), node=0)
+
+
+def random_program(rng: random.Random, max_steps: int = 16) -> list[Step]:
+    """INIT, then a deep path (LOOKUP -> OPEN -> I/O and mappings) with random steps."""
+    prog = [init_step(rng)]
+    name = rng.choice((b"file", b"file", b"small", b"empty"))
+    prog.append(Step(O.FUSE_LOOKUP, _C(name=name), node=1))
+    if rng.random() < 0.8:
+        prog.append(Step(O.FUSE_OPEN, _C(flags=2, open_flags=0), node=-1))
+    for _ in range(rng.randrange(1, max_steps - len(prog))):
+        prog.append(random_step(rng))
+    if rng.random() < 0.3:
+        _regroup(prog, rng)
+    if rng.random() < 0.15:
+        prog.insert(rng.randrange(2, len(prog) + 1), Step(O.FUSE_DESTROY, _C(), node=0))
+    return prog
+
+
+def _regroup(prog: list[Step], rng: random.Random) -> None:
+    """Put a run of 2..4 consecutive steps in flight together."""
+    if len(prog) < 3:
+        return
+    i = rng.randrange(1, len(prog) - 1)
+    g = rng.randrange(1, 1 << 16)
+    for s in prog[i:i + rng.randint(2, 4)]:
+        s.group = g
+
+
+def mutate_program(prog: list[Step], rng: random.Random, max_steps: int = 32) -> list[Step]:
+    """A structural change: insert / delete / swap / duplicate / regroup steps, or change
+    one step's fields through the codec's body shapes (:func:`.mutate.mutate_body`),
+    its node reference, reply area or forced header length."""
+    p = copy.deepcopy(prog)
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        r = rng.random()
+        if (r < 0.2 or not p) and len(p) < max_steps:
+            p.insert(rng.randrange(len(p) + 1), random_step(rng))
+        elif r < 0.32 and len(p) > 1:
+            del p[rng.randrange(len(p))]
+        elif r < 0.42 and len(p) > 1:
+            i, j = rng.randrange(len(p)), rng.randrange(len(p))
+            p[i], p[j] = p[j], p[i]
+        elif r < 0.52 and len(p) < max_steps:
+            i = rng.randrange(len(p))
+            p.insert(i + 1, copy.deepcopy(p[i]))
+        elif r < 0.6:
+            _regroup(p, rng)
+        elif r < 0.85:
+            s = p[rng.randrange(len(p))]
+            s.fields = mutate.mutate_body(s.fields, rng)
+        elif r < 0.92:
+            s = p[rng.randrange(len(p))]
+            s.node = rng.choice((-1, -2, 0, 1, 2, 1 << 40, (1 << 64) - 1))
+        elif r < 0.96:
+            p[rng.randrange(len(p))].variant = rng.randrange(5)
+        else:
+            s = p[rng.randrange(len(p))]
+            s.length = rng.choice((0, 1, 39, 40, 41, 64, 4096, 0xFFFF_FFFF))
+    return p
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgramResult:
+    outcomes: list[Any] = field(default_factory=list)  # virtiofsd.Outcome per request sent
+    depth: int = 0  # index into DEPTHS
+    mappings: list[tuple[str, str, str]] = field(default_factory=list)  # (op, kind, answer)
+    fatal: Any = None  # the crash/exit/hang outcome that ended it, if any
+    skipped: int = 0  # steps the codec would not encode
+
+
+def _pick(pool: list[int], ref: int) -> int:
+    return pool[ref % len(pool)] if pool else 0
+
+
+def _mapping_kind(step: Step) -> str:
+    f = step.fields
+    if step.op == O.FUSE_SETUPMAPPING:
+        ln, mo = f.get("len", 0) or 0, f.get("moffset", 0) or 0
+        if mo + ln >= 1 << 32:
+            return "out-of-window"
+        if ln and ln % _MIB2 == 0 and mo % _MIB2 == 0:
+            return "aligned-2M"
+        if ln and ln % 4096 == 0 and mo % 4096 == 0:
+            return "aligned-4K"
+        return "misaligned"
+    entries = f.get("entries") or []
+    count = f.get("count")
+    n = len(entries)
+    lie = count is not None and count != n
+    return f"{'0' if n == 0 else '1' if n == 1 else '2-256' if n <= 256 else '>256'} entries" + (
+        ", lying count" if lie else "")
+
+
+def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -> tuple[int, Any]:
+    body = mutate._deep_copy(step.fields) if isinstance(step.fields, dict) else step.fields
+    nodeid = _pick(nodes, step.node) if step.node < 0 else step.node
+    if isinstance(body, dict):
+        if isinstance(body.get("fh"), int) and body["fh"] < 0:
+            body["fh"] = _pick(fhs, body["fh"])
+        if step.op == O.FUSE_INTERRUPT and isinstance(body.get("unique"), int) \
+                and body["unique"] < 0:
+            body["unique"] = _pick(uniques, body["unique"])
+        for e in body.get("entries") or []:
+            if isinstance(e, dict) and isinstance(e.get("nodeid"), int) and e["nodeid"] < 0:
+                e["nodeid"] = _pick(nodes, e["nodeid"])
+    return nodeid, body
+
+
+def run_program(h: Any, prog: list[Step]) -> ProgramResult:
+    """Run ``prog`` on ``h`` (a :class:`DaemonHarness` with ``setup=False``), restarted
+    fresh first. Stops at the first crash, exit or hang."""
+    h.start()
+    res = ProgramResult()
+    nodes: list[int] = [1]
+    fhs: list[int] = []
+    uniques: list[int] = []
+    destroyed = False
+    i = 0
+    batch = 0
+    while i < len(prog):
+        j = i + 1
+        if prog[i].group:
+            while j < len(prog) and prog[j].group == prog[i].group:
+                j += 1
+        group = prog[i:j]
+        i = j
+        items: list[tuple[bytes, int]] = []
+        built: list[Step] = []
+        for step in group:
+            h.unique += 2
+            nodeid, body = _resolve(step, nodes, fhs, uniques)
+            try:
+                data = codec.encode_request(step.op, body, unique=h.unique, nodeid=nodeid,
+                                            uid=0, gid=0, pid=1, minor=h.minor, flags=h.flags,
+                                            length=step.length)
+            except (EncodeError, ValueError, TypeError, OverflowError):
+                res.skipped += 1
+                continue
+            uniques.append(h.unique)
+            items.append((data, step.variant))
+            built.append(step)
+        if not items:
+            continue
+        batch += 1
+        outs = h.send_many(items, batch=batch)
+        res.outcomes += outs
+        for step, out in zip(built, outs, strict=False):
+            err = _errno(out)
+            if step.op in _MAP_OPS:
+                res.mappings.append((O(step.op).name, _mapping_kind(step),
+                                     out.finding or (str(err) if err is not None else out.cls)))
+                res.depth = max(res.depth, 6 if err == 0 else 5 if fhs else res.depth)
+            if out.finding is None and err == 0:
+                _learn(step, out, h, nodes, fhs, res, destroyed)
+                if step.op == O.FUSE_DESTROY:
+                    destroyed = True
+            if out.finding in ("crash", "daemon-exit", "hang"):
+                res.fatal = out
+                return res
+    return res
+
+
+def _errno(out: Any) -> int | None:
+    parts = out.cls.split(":")
+    if len(parts) > 1:
+        try:
+            return int(parts[1])
+        except ValueError:
+            return None
+    return None
+
+
+def _learn(step: Step, out: Any, h: Any, nodes: list[int], fhs: list[int], res: ProgramResult,
+           destroyed: bool) -> None:
+    op = step.op
+    if op == O.FUSE_INIT:
+        res.depth = max(res.depth, 1)
+        return
+    if destroyed:
+        res.depth = max(res.depth, 7)
+    if op in (O.FUSE_LOOKUP, O.FUSE_CREATE, O.FUSE_OPEN, O.FUSE_OPENDIR):
+        try:
+            body = codec.decode_reply(out.reply, op, h.minor).body
+        except Exception:  # noqa: BLE001 -- the harness already judged the reply
+            return
+        if body is None:
+            return
+        if op in (O.FUSE_LOOKUP, O.FUSE_CREATE) and body.get("nodeid"):
+            nodes.append(body["nodeid"])
+            res.depth = max(res.depth, 2)
+        fh = body.get("fh") if op != O.FUSE_CREATE else (body.get("open") or {}).get("fh",
+                                                                                      body.get("fh"))
+        if fh is not None and op != O.FUSE_LOOKUP:
+            fhs.append(fh)
+            res.depth = max(res.depth, 3)
+    elif op in (O.FUSE_READ, O.FUSE_WRITE) and fhs:
+        res.depth = max(res.depth, 4)
+
+
+# -- (de)serialising programs (reproducers keep the program next to its bytes) ---------------
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray):
+        return {"hex": bytes(v).hex()}
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items() if not str(k).startswith("_")}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _from_jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        if set(v) == {"hex"}:
+            return bytes.fromhex(v["hex"])
+        return Container((k, _from_jsonable(x)) for k, x in v.items())
+    if isinstance(v, list):
+        return ListContainer(_from_jsonable(x) for x in v)
+    return v
+
+
+def program_to_json(prog: list[Step]) -> list[dict[str, Any]]:
+    out = []
+    for s in prog:
+        try:
+            name = O(s.op).name
+        except ValueError:
+            name = s.op
+        out.append({"op": name, "fields": _jsonable(s.fields), "node": s.node,
+                    "length": s.length, "variant": s.variant, "group": s.group})
+    return out
+
+
+def program_from_json(doc: list[dict[str, Any]]) -> list[Step]:
+    return [Step(O[d["op"]] if isinstance(d["op"], str) else d["op"],
+                 _from_jsonable(d["fields"]), d.get("node", 0), d.get("length"),
+                 d.get("variant", 0), d.get("group", 0)) for d in doc]
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def fuzz_sequences(installation: Any, *, seconds: float, store: FindingStore, seed: int = 0,
+                   hang_timeout: float = 0.5, label: str | None = None,
+                   max_programs: int | None = None) -> Any:
+    """Fuzz one daemon with programs for ``seconds``; findings go to ``store``. Returns a
+    :class:`~fuseproto.fuzz.virtiofsd.DaemonStats` whose ``sequences`` says how many
+    programs ran, the deepest state reached and every mapping request's answer."""
+    from . import virtiofsd
+
+    label = label or installation.kind
+    rng = random.Random(seed ^ 0x5E0)
+    stats = virtiofsd.DaemonStats(label)
+    depths: Counter[str] = Counter()
+    mappings: Counter[str] = Counter()
+    programs = 0
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    corpus: list[list[Step]] = [random_program(rng) for _ in range(8)]
+    pending = list(corpus)
+    seen_depth: set[tuple[int, str]] = set()
+    with virtiofsd.DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
+                                 history=100_000) as h:
+        stats.version = h.version()
+        while time.monotonic() < deadline and (max_programs is None or programs < max_programs):
+            if pending:
+                prog = pending.pop(0)
+            elif rng.random() < 0.2:
+                prog = random_program(rng)
+            else:
+                prog = mutate_program(rng.choice(corpus), rng)
+            try:
+                res = run_program(h, prog)
+            except (DaemonError, TransportError) as e:
+                stats.error = f"program aborted: {e}"
+                break
+            programs += 1
+            stats.requests += len(res.outcomes)
+            depths[DEPTHS[res.depth]] += 1
+            for op, kind, answer in res.mappings:
+                mappings[f"{op} {kind}: {answer}"] += 1
+            new = False
+            for out in res.outcomes:
+                if out.cls not in stats.classes:
+                    new = True
+                stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
+                if out.finding is not None:
+                    virtiofsd._record(stats, store, h, label, out, program_to_json(prog))
+            key = (res.depth, ",".join(sorted({k for _, k, _ in res.mappings})))
+            if key not in seen_depth:
+                seen_depth.add(key)
+                new = True
+            if new and len(corpus) < 2000:
+                corpus.append(prog)
+        stats.starts = h.starts
+    stats.seconds = time.monotonic() - t0
+    stats.outcome_classes = len(stats.classes)
+    stats.corpus_size = len(corpus)
+    deepest = max((DEPTHS.index(d) for d in depths), default=0)
+    stats.sequences = {"programs": programs, "requests": stats.requests,
+                       "deepest": DEPTHS[deepest], "depths": dict(depths),
+                       "mappings": dict(sorted(mappings.items())),
+                       "findings": [f.signature for f in stats.findings]}
+    return stats
