@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from construct import Array, Bytes, Int8ul, Int32ul, Int64ul, Struct, this
 
 from ..errors import DaemonError, TransportError, TransportTimeout
-from .virtqueue import GuestMemory, Inflight, SplitVirtqueue
+from .virtqueue import GuestMemory, Inflight, SplitVirtqueue, _unpack_u16
 
 # -- message schemas (vhost-user.rst "Message types" / "Payload") ---------------------------
 
@@ -249,6 +249,16 @@ def recv_message(sock: socket.socket, *, what: str = "message") -> VhostUserMess
             os.close(fd)
         raise
     return VhostUserMessage(hdr.request, hdr.flags, payload, fds)
+
+
+def _tag_text(tag: object) -> str:
+    """A request's tag as errors name it: a str as is, ``(opcode, unique)`` formatted
+    (callers pass the tuple so the hot path formats nothing)."""
+    if isinstance(tag, tuple) and len(tag) == 2:
+        opcode, unique = tag
+        name = getattr(opcode, "name", None)
+        return f"{name if name is not None else opcode} unique {unique}"
+    return str(tag)
 
 
 def _name(request: int) -> str:
@@ -514,19 +524,26 @@ class VhostUserTransport:
 
     # -- data path ----------------------------------------------------------------------
     def submit(self, request: bytes | Sequence[bytes], reply_size: int | Sequence[int], *,
-               hiprio: bool = False, queue: int | None = None, tag: str | None = None,
+               hiprio: bool = False, queue: int | None = None, tag: object = None,
                kick: bool = True) -> Inflight:
-        """Put one request in flight; returns the token :meth:`wait` takes."""
-        if self._broken:
-            raise TransportError(self._broken)
-        if self._closed:
-            raise TransportError("transport is closed")
-        out = [request] if isinstance(request, bytes | bytearray | memoryview) else list(request)
-        ins = ([reply_size] if reply_size else []) if isinstance(reply_size, int) else list(reply_size)
+        """Put one request in flight; returns the token :meth:`wait` takes. ``tag`` (a
+        str, or ``(opcode, unique)``, formatted only when an error names it)."""
+        if self._broken or self._closed:
+            raise TransportError(self._broken or "transport is closed")
+        if isinstance(request, bytes | bytearray | memoryview):
+            out: Sequence = (request,)
+        else:
+            out = list(request)
+        if type(reply_size) is int:
+            ins: Sequence[int] = (reply_size,) if reply_size else ()
+        else:
+            ins = list(reply_size)  # type: ignore[arg-type]
         if hiprio:
             qi = 0
         elif queue is not None:
             qi = queue
+        elif self.request_queues == 1:
+            qi = 1
         else:
             qi = 1 + self._next_queue
             self._next_queue = (self._next_queue + 1) % self.request_queues
@@ -537,19 +554,20 @@ class VhostUserTransport:
             self._collect(vq)
             if vq.free_descriptors() < len(out):
                 self._wait_room(vq, len(out))
-        token = vq.add(out, ins)
+        token = vq.add(out, ins, tag)
         if self.tap is not None:
             self.tap(_REQUEST, qi, b"".join(out))
-        token.queue = qi
-        token.tag = tag
-        if self.spin_s:
+        if self.spin_s and vq.interrupts:
+            # Busy-polling: the daemon need not write the call eventfd (the flag is
+            # written on a change only, not per request).
             vq.set_interrupts(False)
         if kick:
             self.kick(qi)
         return token
 
     def kick(self, queue: int = 1) -> None:
-        """Notify the daemon that queue ``queue`` has new avail entries."""
+        """Notify the daemon that queue ``queue`` has new avail entries (unless it has
+        suppressed notifications: VIRTQ_USED_F_NO_NOTIFY, virtio 1.x 2.7.10)."""
         if self.queues[queue].device_wants_kick():
             os.eventfd_write(self.kick_fds[queue], 1)
 
@@ -571,7 +589,7 @@ class VhostUserTransport:
         """The reply bytes of ``token``; raises TransportTimeout after ``timeout`` s (the
         request stays owned by the daemon and is reclaimed if it ever completes) and
         TransportError if the daemon or socket goes away first."""
-        if getattr(token, "taken", False):
+        if token.taken:
             raise TransportError("reply already taken")
         vq = self.queues[token.queue]
         if not token.done:
@@ -599,15 +617,21 @@ class VhostUserTransport:
         now = time.monotonic()
         deadline = now + timeout
         if self.spin_s:
+            # Spin on the used index with as little work per turn as possible: x1 latency
+            # is the time from the daemon's store to our next load.
             spin_end = now + min(self.spin_s, timeout)
-            collect = self._collect
-            has_used = vq.has_used
+            mm = vq._mm
+            used_idx_off = vq._used_idx_off
+            unpack = _unpack_u16
+            monotonic = time.monotonic
+            turns = 0
             while True:
-                if has_used():
-                    collect(vq)
+                if unpack(mm, used_idx_off)[0] != vq._last_used:
+                    self._collect(vq)
                     if token.done:
                         return
-                if time.monotonic() > spin_end:
+                turns += 1
+                if not turns & 15 and monotonic() > spin_end:
                     break
         while True:
             vq.set_interrupts(True)
@@ -617,7 +641,7 @@ class VhostUserTransport:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 token.abandoned = True
-                what = f" to {token.tag}" if token.tag else ""
+                what = f" to {_tag_text(token.tag)}" if token.tag else ""
                 state = f"; {self.daemon.describe()}" if self.daemon is not None else ""
                 raise TransportTimeout(
                     f"no reply{what} on queue {vq.index} after {timeout:.3g} s{state}"
@@ -658,7 +682,7 @@ class VhostUserTransport:
         if token is not None and token.done:
             return
         inflight = sum(len(q.inflight) for q in self.queues)
-        what = f" to {token.tag}" if token is not None and token.tag else ""
+        what = f" to {_tag_text(token.tag)}" if token is not None and token.tag else ""
         self._broken = (
             f"vhost-user connection closed by the daemon{self._daemon_note()} with "
             f"{inflight} request(s) in flight; no reply{what}"

@@ -33,6 +33,8 @@ VIRTQ_USED_ELEM = struct.Struct("<II")
 VIRTQ_USED_F_NO_NOTIFY = 1
 U16 = struct.Struct("<H")
 U64 = struct.Struct("<Q")
+_pack_u16 = U16.pack_into
+_unpack_u16 = U16.unpack_from
 
 PAGE = mmap.PAGESIZE
 
@@ -77,15 +79,20 @@ class GuestMemory:
         return off
 
     def alloc(self, size: int) -> int:
-        cls = max(12, (max(size, 1) - 1).bit_length())
+        # Size classes: 4 KiB (2**12) and up; sizes <= 4096 all land in class 12.
+        cls = (size - 1).bit_length() if size > 4096 else 12
         free = self._free.get(cls)
         if free:
             return free.pop()
         return self.carve(1 << cls, 64)
 
     def release(self, off: int, size: int) -> None:
-        cls = max(12, (max(size, 1) - 1).bit_length())
-        self._free.setdefault(cls, []).append(off)
+        cls = (size - 1).bit_length() if size > 4096 else 12
+        free = self._free.get(cls)
+        if free is None:
+            self._free[cls] = [off]
+        else:
+            free.append(off)
 
     def gpa(self, off: int) -> int:
         return self.gpa_base + off
@@ -116,7 +123,7 @@ class Inflight:
     used_len: int = 0
     abandoned: bool = False  # the waiter gave up (timeout); free silently when used
     queue: int = 0
-    tag: str | None = None  # what the caller calls it, for error messages
+    tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
     taken: bool = False
 
 
@@ -144,6 +151,7 @@ class SplitVirtqueue:
         self._used_flags_off = self.used_off
         self._used_idx_off = self.used_off + 2
         self._used_ring_off = self.used_off + 4
+        self._mask = size - 1
 
     # addresses for SET_VRING_ADDR (frontend virtual addresses, like QEMU's)
     @property
@@ -171,91 +179,116 @@ class SplitVirtqueue:
     def device_wants_kick(self) -> bool:
         return not (U16.unpack_from(self._mm, self._used_flags_off)[0] & VIRTQ_USED_F_NO_NOTIFY)
 
-    def add(self, out: Sequence[bytes | bytearray | memoryview], in_sizes: Sequence[int]) -> Inflight:
+    def add(self, out: Sequence[bytes | bytearray | memoryview], in_sizes: Sequence[int],
+            tag: object = None) -> Inflight:
         """Write one chain: ``out`` device-readable segments then device-writable areas of
         ``in_sizes`` bytes, and publish it in the avail ring (the caller kicks)."""
-        n = len(out) + len(in_sizes)
+        free = self._free_desc
+        n_out = len(out)
+        n = n_out + len(in_sizes)
         if n == 0:
             raise ValueError("empty descriptor chain")
-        if n > len(self._free_desc):
+        if n > len(free):
             raise TransportError(
                 f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
             )
-        out_total = 0
-        for seg in out:
-            out_total += _align(len(seg), 8)
-        in_total = sum(in_sizes)
+        if n_out == 1:
+            out_total = (len(out[0]) + 7) & ~7
+        else:
+            out_total = 0
+            for seg in out:
+                out_total += (len(seg) + 7) & ~7
+        in_total = in_sizes[0] if len(in_sizes) == 1 else sum(in_sizes)
         buf_size = out_total + in_total
         mem = self.mem
         buf = mem.alloc(buf_size)
         mm = self._mm
-        descs = [self._free_desc.pop() for _ in range(n)]
+        # Chains go back to the free list whole and in order, so the tail is usually one
+        # recycled chain.
+        descs = free[-n:]
+        del free[-n:]
         pos = buf
         i = 0
+        last = n - 1
         gpa_base = mem.gpa_base
         pack_desc = VIRTQ_DESC.pack_into
         desc_off = self.desc_off
         for seg in out:
             ln = len(seg)
             mm[pos:pos + ln] = seg
-            nxt = descs[i + 1] if i + 1 < n else 0
-            pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
-                      VIRTQ_DESC_F_NEXT if i + 1 < n else 0, nxt)
-            pos += _align(ln, 8)
+            if i < last:
+                pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
+                          VIRTQ_DESC_F_NEXT, descs[i + 1])
+            else:
+                pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln, 0, 0)
+            pos += (ln + 7) & ~7
             i += 1
         in_off = pos
         for ln in in_sizes:
-            nxt = descs[i + 1] if i + 1 < n else 0
-            pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
-                      VIRTQ_DESC_F_WRITE | (VIRTQ_DESC_F_NEXT if i + 1 < n else 0), nxt)
+            if i < last:
+                pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
+                          VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, descs[i + 1])
+            else:
+                pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
+                          VIRTQ_DESC_F_WRITE, 0)
             pos += ln
             i += 1
         head = descs[0]
-        req = Inflight(head, descs, buf, buf_size, in_off, in_total)
+        req = Inflight(head, descs, buf, buf_size, in_off, in_total, False, 0, False,
+                       self.index, tag)
         self.inflight[head] = req
-        U16.pack_into(mm, self._avail_ring_off + 2 * (self._avail_idx % self.size), head)
-        self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+        idx = self._avail_idx
+        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        idx = self._avail_idx = (idx + 1) & 0xFFFF
         # x86 is TSO and these are plain stores in program order: the ring entry is
         # visible before the index that publishes it.
-        U16.pack_into(mm, self._avail_idx_off, self._avail_idx)
+        _pack_u16(mm, self._avail_idx_off, idx)
         return req
 
     def has_used(self) -> bool:
-        return U16.unpack_from(self._mm, self._used_idx_off)[0] != self._last_used
+        return _unpack_u16(self._mm, self._used_idx_off)[0] != self._last_used
 
     def collect(self) -> list[Inflight]:
         """Consume every new used-ring entry; returns the completed chains (abandoned
         ones are freed and not returned)."""
         mm = self._mm
-        used_idx = U16.unpack_from(mm, self._used_idx_off)[0]
-        if used_idx == self._last_used:
+        used_idx = _unpack_u16(mm, self._used_idx_off)[0]
+        last_used = self._last_used
+        if used_idx == last_used:
             return []
         out = []
-        pending = (used_idx - self._last_used) & 0xFFFF
+        pending = (used_idx - last_used) & 0xFFFF
         if pending > self.size:
             raise TransportError(
                 f"queue {self.index}: used.idx jumped by {pending} (queue size {self.size})"
             )
         unpack = VIRTQ_USED_ELEM.unpack_from
         ring = self._used_ring_off
+        mask = self._mask
+        inflight = self.inflight
+        free = self._free_desc
         for _ in range(pending):
-            head, ln = unpack(mm, ring + 8 * (self._last_used % self.size))
-            self._last_used = (self._last_used + 1) & 0xFFFF
-            req = self.inflight.pop(head, None)
+            head, ln = unpack(mm, ring + 8 * (last_used & mask))
+            last_used = (last_used + 1) & 0xFFFF
+            req = inflight.pop(head, None)
             if req is None:
+                self._last_used = last_used
                 raise TransportError(f"queue {self.index}: used ring returned unknown head {head}")
             req.done = True
             req.used_len = ln
-            self._free_desc.extend(req.descs)
+            free += req.descs
             if req.abandoned:
                 self.mem.release(req.buf_off, req.buf_size)
             else:
                 out.append(req)
+        self._last_used = last_used
         return out
 
     def take_reply(self, req: Inflight) -> bytes:
         """Copy the device-written bytes out and free the chain's buffer."""
-        n = min(req.used_len, req.in_size)
+        n = req.used_len
+        if n > req.in_size:
+            n = req.in_size
         data = self._mm[req.in_off:req.in_off + n]
         self.mem.release(req.buf_off, req.buf_size)
         return data
