@@ -69,7 +69,7 @@ DEFAULT_INIT_FLAGS = (
     | InitFlags.FUSE_INIT_EXT
 )
 
-_NO_REPLY = (fuse_opcode.FUSE_FORGET, fuse_opcode.FUSE_BATCH_FORGET)
+_NO_REPLY = frozenset({int(fuse_opcode.FUSE_FORGET), int(fuse_opcode.FUSE_BATCH_FORGET)})
 
 
 @dataclass(slots=True)
@@ -122,8 +122,9 @@ class Client:
             out = parts
         if opcode in _NO_REPLY:
             reply_size = 0
+        # The tag is formatted only if an error names it.
         token = self.transport.submit(out, reply_size, hiprio=hiprio, kick=kick,
-                                      tag=f"{_opname(opcode)} unique {unique}")
+                                      tag=(opcode, unique))
         return Pending(unique, opcode, token)
 
     def submit_unchecked(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
@@ -436,4 +437,5 @@ def _b(name: bytes | str) -> bytes:
 
 
 def _opname(opcode: Any) -> str:
-    return getattr(opcode, "name", str(opcode))
+    name = getattr(opcode, "name", None)
+    return name if name is not None else str(opcode)
