@@ -1,4 +1,4 @@
-"""``fuseproto fuzz``: campaign, run, replay, list (thin: see fuseproto.fuzz)."""
+"""``fuseproto fuzz``: campaign, run, replay, shrink, list (thin: see fuseproto.fuzz)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,17 @@ def register(sub: Any) -> None:
     c = fsub.add_parser("campaign", help="run every target for a while and write a report")
     c.add_argument("--daemon", action="append", default=None, metavar="c|rust|PATH",
                    help="daemon to fuzz (repeatable; default: c and rust)")
+    c.add_argument("--virtiofsd", action="append", default=None, metavar="PATH",
+                   help="a virtiofsd binary (or a wrapper script that execs one) to fuzz; "
+                   "repeatable, same as --daemon PATH")
+    _kind_option(c)
     c.add_argument("--no-daemon", action="store_true", help="skip the virtiofsd target")
+    c.add_argument("--sequence-share", type=float, default=0.3, metavar="F",
+                   help="share of each daemon's time spent on stateful sequence programs "
+                   "(default 0.3)")
+    c.add_argument("--shrink-share", type=float, default=0.2, metavar="F",
+                   help="share of each daemon's time for minimizing its new findings "
+                   "(default 0.2; 0: no shrinking)")
     c.add_argument("--seconds", type=float, default=120.0, help="total time budget")
     c.add_argument("--out", default="out/fuzz", help="report directory (default out/fuzz)")
     c.add_argument("--target", action="append", default=None,
@@ -36,6 +46,11 @@ def register(sub: Any) -> None:
     r.add_argument("target", help="wire_decode | session | dax | virtiofsd")
     r.add_argument("--seconds", type=float, default=60.0)
     r.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | PATH")
+    r.add_argument("--virtiofsd", default=None, metavar="PATH",
+                   help="for virtiofsd: this binary (same as --daemon PATH)")
+    _kind_option(r)
+    r.add_argument("--sequences", action="store_true",
+                   help="for virtiofsd: run stateful sequence programs, not single requests")
     r.add_argument("--out", default="out/fuzz-run")
     r.add_argument("--engine", choices=("atheris", "inprocess"), default="atheris")
     r.add_argument("--seed", type=int, default=0)
@@ -47,18 +62,44 @@ def register(sub: Any) -> None:
     rp.add_argument("--target", default=None, help="default: from the file")
     rp.add_argument("--daemon", default=None, help="virtiofsd: c | rust | PATH (default: "
                     "the one in the reproducer)")
+    rp.add_argument("--virtiofsd", default=None, metavar="PATH",
+                    help="virtiofsd: replay against this binary (same as --daemon PATH)")
+    _kind_option(rp)
     rp.add_argument("--json", action="store_true", help="print a JSON verdict")
     rp.set_defaults(func=_replay)
+
+    sh = fsub.add_parser("shrink", help="minimize a virtiofsd reproducer (writes NAME.min.json)")
+    sh.add_argument("file")
+    sh.add_argument("--daemon", default=None, help="c | rust | PATH (default: the one in "
+                    "the reproducer)")
+    sh.add_argument("--virtiofsd", default=None, metavar="PATH",
+                    help="shrink against this binary (same as --daemon PATH)")
+    _kind_option(sh)
+    sh.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
+    sh.add_argument("--hang-timeout", type=float, default=0.5)
+    sh.add_argument("--json", action="store_true", help="print the result as JSON")
+    sh.set_defaults(func=_shrink)
 
     ls = fsub.add_parser("list", help="list the targets")
     ls.set_defaults(func=_list)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
+def _kind_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--virtiofsd-kind", choices=("c", "rust"), default=None,
+                   help="which daemon a PATH is: c (QEMU's, FUSE-style -o options) or rust "
+                   "(default: detected from its --version)")
+
+
+def _daemon_spec(args: argparse.Namespace, default: str | None) -> str | None:
+    return getattr(args, "virtiofsd", None) or getattr(args, "daemon", None) or default
+
+
 def _campaign(args: argparse.Namespace) -> int:
     from ..fuzz.campaign import run_campaign
 
-    daemons = [] if args.no_daemon else (args.daemon or ["c", "rust"])
+    chosen = (args.daemon or []) + (args.virtiofsd or [])
+    daemons = [] if args.no_daemon else (chosen or ["c", "rust"])
     env = None
     if args.dax_manager:
         import os
@@ -70,6 +111,8 @@ def _campaign(args: argparse.Namespace) -> int:
     res = run_campaign(
         args.out, seconds=args.seconds, daemons=daemons, target_names=args.target,
         engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
+        daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
+        shrink_share=args.shrink_share,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)
@@ -86,9 +129,21 @@ def _run(args: argparse.Namespace) -> int:
     if name == "virtiofsd":
         from ..fuzz import virtiofsd
 
+        spec = _daemon_spec(args, "c")
+        assert spec is not None
+        inst = virtiofsd.resolve_installation(spec, args.virtiofsd_kind)
+        label = virtiofsd.daemon_label(spec, inst)
         store = FindingStore(Path(args.out) / "findings")
-        st = virtiofsd.fuzz_daemon(virtiofsd.resolve_installation(args.daemon),
-                                   seconds=args.seconds, store=store, seed=args.seed)
+        if args.sequences:
+            from ..fuzz.sequences import fuzz_sequences
+
+            st = fuzz_sequences(inst, seconds=args.seconds, store=store, seed=args.seed,
+                                label=label)
+            q = st.sequences
+            print(f"{label}: {q['programs']} programs, deepest state {q['deepest']}")
+        else:
+            st = virtiofsd.fuzz_daemon(inst, seconds=args.seconds, store=store,
+                                       seed=args.seed, label=label)
         print(f"{st.daemon} ({st.version}): {st.requests} requests, {st.per_second:.0f}/s, "
               f"{st.outcome_classes} outcome classes, {st.starts} daemon starts")
         for f in store:
@@ -150,10 +205,9 @@ def _replay(args: argparse.Namespace) -> int:
         from ..fuzz import virtiofsd
 
         doc = json.loads(data)
-        spec = args.daemon or doc.get("daemon", "c")
-        if spec not in ("c", "rust") and ":" in spec:
-            spec = doc.get("daemon_binary", spec)
-        outs = virtiofsd.replay_daemon(doc, virtiofsd.resolve_installation(spec))
+        spec = _doc_daemon(args, doc)
+        outs = virtiofsd.replay_daemon(doc, virtiofsd.resolve_installation(
+            spec, args.virtiofsd_kind or _doc_kind(doc)))
         label = doc.get("daemon", spec)
         expected = doc.get("finding", {}).get("signature")
         hits = [(virtiofsd.outcome_signature(label, o), o) for o in outs if o.finding]
@@ -190,6 +244,41 @@ def _replay(args: argparse.Namespace) -> int:
                   + (f"; saw instead: {', '.join(verdict['seen'])}" if verdict.get("seen")
                      else ""))
     return 1 if verdict["reproduced"] else 0
+
+
+def _doc_daemon(args: argparse.Namespace, doc: dict[str, Any]) -> str:
+    """The daemon to use for a reproducer: the option, else the one it was found on."""
+    spec = _daemon_spec(args, None) or doc.get("daemon", "c")
+    if spec not in ("c", "rust") and ":" in spec:
+        spec = doc.get("daemon_binary", spec)
+    return spec
+
+
+def _doc_kind(doc: dict[str, Any]) -> str | None:
+    label = str(doc.get("daemon", ""))
+    kind = label.split(":", 1)[0]
+    return kind if kind in ("c", "rust") and ":" in label else None
+
+
+def _shrink(args: argparse.Namespace) -> int:
+    from ..fuzz import shrink, virtiofsd
+
+    path = Path(args.file)
+    doc = json.loads(path.read_text())
+    if doc.get("target") != "virtiofsd":
+        raise SystemExit(f"{path}: only virtiofsd reproducers (JSON) are shrunk")
+    inst = virtiofsd.resolve_installation(_doc_daemon(args, doc),
+                                          args.virtiofsd_kind or _doc_kind(doc))
+    res = shrink.shrink_file(path, inst, seconds=args.seconds, hang_timeout=args.hang_timeout)
+    if args.json:
+        print(json.dumps(res.to_json() | {"notes": res.notes}, indent=1))
+    elif res.path:
+        print(f"{res.before} -> {res.after} requests ({res.bytes_before} -> {res.bytes_after} "
+              f"bytes), {res.replays} replays in {res.seconds:.1f} s"
+              + ("" if res.complete else " (budget ran out)") + f": {res.path}")
+    else:
+        print(f"not shrunk: {'; '.join(res.notes)}")
+    return 0 if res.path else 1
 
 
 def _list(args: argparse.Namespace) -> int:

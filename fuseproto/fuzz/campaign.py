@@ -7,7 +7,10 @@ the pure-Python loop of :mod:`.engine`. libFuzzer stops at the first crash; the 
 then classifies the crash input by replaying it (``fuseproto fuzz replay --json`` in a
 subprocess, so a planted fault from ``FUSEPROTO_FUZZ_INJECT`` applies the same way) and
 restarts the harness with the time left. The virtiofsd target runs against each daemon
-given (:func:`.virtiofsd.fuzz_daemon`).
+given: single hostile requests (:func:`.virtiofsd.fuzz_daemon`), then stateful sequence
+programs (:func:`.sequences.fuzz_sequences`, ``sequence_share`` of its time), then each of
+its new findings is minimized (:func:`.shrink.shrink_file`, ``<name>.min.json``) within
+``shrink_share`` of its time.
 
 Everything lands under ``out``: ``report.md`` and ``report.json`` (see :mod:`.report`),
 ``findings/<target>[-<daemon>]/`` (one reproducer per signature), ``corpus/<target>/``
@@ -53,6 +56,7 @@ class TargetResult:
     engine: str  # atheris | inprocess | daemon
     daemon: str | None = None
     daemon_version: str | None = None
+    daemon_binary: str | None = None
     seconds: float = 0.0
     iterations: int = 0
     coverage: dict[str, int] = field(default_factory=dict)  # cov/ft, or outcome_classes
@@ -61,6 +65,7 @@ class TargetResult:
     restarts: int = 0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    sequences: dict[str, Any] = field(default_factory=dict)  # virtiofsd sequence mode
 
     @property
     def per_second(self) -> float:
@@ -215,34 +220,78 @@ def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int)
 
 
 def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
-                   hang_timeout: float) -> TargetResult:
-    from . import virtiofsd
+                   hang_timeout: float, *, kind: str | None = None,
+                   sequence_share: float = 0.3, shrink_share: float = 0.2,
+                   log: Any = None) -> TargetResult:
+    from . import sequences, shrink, virtiofsd
 
+    say = log or (lambda msg: None)
     res = TargetResult("virtiofsd", "daemon", daemon=spec)
     try:
-        inst = virtiofsd.resolve_installation(spec)
+        inst = virtiofsd.resolve_installation(spec, kind)
     except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
         res.error = f"cannot get daemon {spec}: {e}"
         return res
-    label = spec if spec in ("c", "rust") else inst.kind + ":" + os.path.basename(spec)
+    label = virtiofsd.daemon_label(spec, inst)
+    res.daemon = label
+    res.daemon_binary = inst.binary
+    t0 = time.monotonic()
+    before = set(store.by_signature)
+    single = seconds * max(0.0, 1.0 - sequence_share - shrink_share)
     try:
-        st = virtiofsd.fuzz_daemon(inst, seconds=seconds, store=store, seed=seed,
+        st = virtiofsd.fuzz_daemon(inst, seconds=single, store=store, seed=seed,
                                    hang_timeout=hang_timeout, label=label)
+        sq = None
+        if sequence_share > 0:
+            left = seconds * (1.0 - shrink_share) - (time.monotonic() - t0)
+            sq = sequences.fuzz_sequences(inst, seconds=max(1.0, left), store=store,
+                                          seed=seed, hang_timeout=hang_timeout, label=label)
     except Exception as e:  # noqa: BLE001
         res.error = f"{type(e).__name__}: {e}"
         return res
-    res.daemon = label
     res.daemon_version = st.version
-    res.seconds = st.seconds
-    res.iterations = st.requests
-    res.coverage = {"outcome_classes": st.outcome_classes}
-    res.corpus_size = st.corpus_size
-    res.findings = [f.signature for f in st.findings]
-    res.restarts = max(0, st.starts - 1)
+    res.iterations = st.requests + (sq.requests if sq else 0)
+    classes = set(st.classes) | (set(sq.classes) if sq else set())
+    res.coverage = {"outcome_classes": len(classes)}
+    res.corpus_size = st.corpus_size + (sq.corpus_size if sq else 0)
+    sigs = [f.signature for f in st.findings]
+    if sq is not None:
+        sigs += [f.signature for f in sq.findings if f.signature not in sigs]
+        res.sequences = dict(sq.sequences, seconds=round(sq.seconds, 1))
+        res.sequences["new_findings"] = [s for s in sq.sequences["findings"]
+                                         if s not in {f.signature for f in st.findings}]
+        if sq.error:
+            res.notes.append(f"sequences: {sq.error}")
+    res.findings = sigs
+    res.restarts = max(0, st.starts - 1) + (sq.starts if sq else 0)
     res.error = st.error
     if st.skipped:
         res.notes.append(f"{st.skipped} mutants skipped (features muted after 5 repeats of a "
                          "known finding)")
+    # Minimize this daemon's new findings, oldest first, within the budget left.
+    new = [f for f in store if f.signature not in before and f.daemon == label
+           and f.reproducer.endswith(".json")]
+    # Findings only sequences reached first: their reproducers are the longest to read.
+    seq_only = set(res.sequences.get("new_findings", ()))
+    new.sort(key=lambda f: (f.signature not in seq_only, f.first_seen))
+    shrink_end = t0 + seconds
+    for i, f in enumerate(new):
+        left = shrink_end - time.monotonic()
+        if left < 0.5:
+            res.notes.append(f"{len(new) - i} finding(s) not minimized: shrink budget spent")
+            break
+        try:
+            sr = shrink.shrink_file(f.reproducer, inst, seconds=min(left, 5.0),
+                                    hang_timeout=hang_timeout)
+        except Exception as e:  # noqa: BLE001 -- a failed shrink is a note, not an abort
+            f.shrink = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        f.shrink = sr.to_json() | {"notes": sr.notes}
+        if sr.path:
+            f.minimized = sr.path
+            say(f"virtiofsd ({label}): shrunk {f.signature[:60]}: {sr.before} -> {sr.after} "
+                "requests")
+    res.seconds = time.monotonic() - t0
     return res
 
 
@@ -269,6 +318,9 @@ def run_campaign(
     env: dict[str, str] | None = None,
     command: str = "",
     log: Any = None,
+    daemon_kind: str | None = None,
+    sequence_share: float = 0.3,
+    shrink_share: float = 0.2,
 ) -> CampaignResult:
     """Run the campaign and write the report; see the module docstring."""
     from . import report
@@ -303,7 +355,8 @@ def run_campaign(
         result.results.append(r)
     for spec in daemons:
         say(f"virtiofsd ({spec}): {1.5 * unit:.0f} s")
-        r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout)
+        r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout, kind=daemon_kind,
+                           sequence_share=sequence_share, shrink_share=shrink_share, log=say)
         say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
             f"{len(r.findings)} findings, {r.restarts} restarts"
             + (f", error: {r.error}" if r.error else ""))

@@ -42,6 +42,8 @@ class Finding:
     count: int = 1
     first_seen: float = field(default_factory=time.time)
     evidence: dict[str, Any] = field(default_factory=dict)
+    minimized: str = ""  # <reproducer>.min.json (virtiofsd: fuseproto fuzz shrink)
+    shrink: dict[str, Any] = field(default_factory=dict)  # ShrinkResult.to_json() + notes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +118,9 @@ class FindingStore:
         known = self.by_signature.get(finding.signature)
         if known is not None:
             known.count += 1
-            if known.reproducer and len(data) < os.path.getsize(known.reproducer):
+            # Once minimized, the reproducer stays the one the .min.json was made from.
+            if known.reproducer and not known.minimized \
+                    and len(data) < os.path.getsize(known.reproducer):
                 Path(known.reproducer).write_bytes(data)
             return known
         h = hashlib.sha1(finding.signature.encode()).hexdigest()[:12]

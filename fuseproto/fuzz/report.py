@@ -1,8 +1,10 @@
 """The campaign report: ``report.json`` (machine-readable) and ``report.md`` (for people).
 
 Sections of the Markdown report, in order: Summary (one row per target: engine, time,
-inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), Findings
-(one per signature: kind, count, what, reproducer, the ``fuseproto fuzz replay`` command,
+inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), Sequences
+(per daemon: programs run, how deep they got, every SETUPMAPPING/REMOVEMAPPING shape and
+the daemon's answer, findings only sequences reached), Findings (one per signature: kind,
+count, what, reproducer and its minimized twin, the ``fuseproto fuzz replay`` commands,
 evidence), How to reproduce.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 __all__ = ["write", "SECTIONS"]
 
-SECTIONS = ("## Summary", "## Daemons", "## Findings", "## How to reproduce")
+SECTIONS = ("## Summary", "## Daemons", "## Sequences", "## Findings", "## How to reproduce")
 
 
 def _cov(c: dict[str, int]) -> str:
@@ -34,8 +36,11 @@ def to_json(result: Any) -> dict[str, Any]:
         "python": result.python,
         "atheris": result.atheris,
         "targets": [r.to_json() for r in result.results],
-        "daemons": [{"daemon": r.daemon, "version": r.daemon_version}
+        "daemons": [{"daemon": r.daemon, "version": r.daemon_version,
+                     "binary": r.daemon_binary}
                     for r in result.results if r.engine == "daemon"],
+        "sequences": {r.daemon: r.sequences for r in result.results
+                      if r.engine == "daemon" and r.sequences},
         "findings": [f.to_json() for f in result.findings],
     }
 
@@ -76,7 +81,10 @@ def _md(result: Any) -> str:
     if not daemons:
         lines.append("No daemon was fuzzed.")
     for r in daemons:
-        lines.append(f"- `{r.daemon}`: {r.daemon_version or 'unknown version'}")
+        lines.append(f"- `{r.daemon}`: {r.daemon_version or 'unknown version'}"
+                     + (f", binary `{r.daemon_binary}`" if r.daemon_binary else ""))
+    lines += ["", "## Sequences", ""]
+    lines += _sequences_md(daemons)
     lines += ["", "## Findings", ""]
     if not result.findings:
         lines.append("No findings.")
@@ -91,6 +99,7 @@ def _md(result: Any) -> str:
             f"- reproducer: `{f.reproducer}`",
             f"- replay: `{f.replay}`",
         ]
+        lines += _minimized_md(f)
         ev = {k: v for k, v in f.evidence.items() if k != "log_tail"}
         if ev:
             lines.append(f"- evidence: `{json.dumps(ev, default=str)[:600]}`")
@@ -105,10 +114,64 @@ def _md(result: Any) -> str:
         "saved input again under the same oracle; virtiofsd reproducers (JSON: daemon, "
         "version, requests as hex) start a fresh sandboxed daemon, repeat the harness's "
         "setup and send the requests in order. `fuseproto fuzz replay FILE --json` prints a "
-        "machine-readable verdict.",
+        "machine-readable verdict. `minimized` files (`fuseproto fuzz shrink FILE`) are "
+        "the fewest, smallest requests that still give the same signature against a fresh "
+        "daemon; they replay the same way.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _sequences_md(daemons: list[Any]) -> list[str]:
+    from .sequences import DEPTHS
+
+    runs = [r for r in daemons if r.sequences]
+    if not runs:
+        return ["No sequence programs were run."]
+    lines = [
+        "Each program is INIT (offering MAP_ALIGNMENT / INIT_EXT or not), then LOOKUP / "
+        "CREATE / OPEN of scratch files with node ids and file handles taken from the "
+        "daemon's own replies, READ/WRITE, SETUPMAPPING/REMOVEMAPPING, FORGET/BATCH_FORGET, "
+        "INTERRUPT, several requests on one kick, DESTROY and requests after it; programs "
+        "are mutated structurally (`fuseproto/fuzz/sequences.py`).",
+        "",
+        "| daemon | seconds | programs | requests | deepest state | programs per depth |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in runs:
+        q = r.sequences
+        depth = ", ".join(f"{d} {q['depths'][d]}" for d in DEPTHS if d in q.get("depths", {}))
+        lines.append(f"| {r.daemon} | {q.get('seconds', 0)} | {q.get('programs', 0)} | "
+                     f"{q.get('requests', 0)} | {q.get('deepest', '-')} | {depth} |")
+    for r in runs:
+        q = r.sequences
+        lines += ["", f"Mappings attempted on `{r.daemon}` (request shape: daemon's answer, "
+                  "errno or finding):", ""]
+        maps = q.get("mappings") or {}
+        if not maps:
+            lines.append("- none reached the daemon")
+        for k, n in maps.items():
+            lines.append(f"- {k} x{n}")
+        new = q.get("new_findings") or []
+        lines.append("")
+        lines.append(f"Findings only sequences reached on `{r.daemon}`: "
+                     + (", ".join(f"`{s}`" for s in new) if new else "none"))
+    return lines
+
+
+def _minimized_md(f: Any) -> list[str]:
+    sh = getattr(f, "shrink", None) or {}
+    if getattr(f, "minimized", ""):
+        return [f"- minimized: `{f.minimized}` ({sh.get('requests_before')} -> "
+                f"{sh.get('requests_after')} requests, {sh.get('bytes_before')} -> "
+                f"{sh.get('bytes_after')} bytes, {sh.get('replays')} replays, "
+                f"{sh.get('seconds')} s" + ("" if sh.get("complete", True) else
+                                            ", budget ran out") + ")",
+                f"- replay minimized: `fuseproto fuzz replay {f.minimized}`"]
+    if sh:
+        why = "; ".join(sh.get("notes") or []) or sh.get("error", "")
+        return [f"- minimized: no ({why})"]
+    return []
 
 
 def write(result: Any, out: Path) -> tuple[Path, Path]:

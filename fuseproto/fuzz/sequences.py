@@ -312,7 +312,7 @@ def run_program(h: Any, prog: list[Step]) -> ProgramResult:
             err = _errno(out)
             if step.op in _MAP_OPS:
                 res.mappings.append((O(step.op).name, _mapping_kind(step),
-                                     out.finding or (str(err) if err is not None else out.cls)))
+                                     _answer(out, err, h.kind)))
                 res.depth = max(res.depth, 6 if err == 0 else 5 if fhs else res.depth)
             if out.finding is None and err == 0:
                 _learn(step, out, h, nodes, fhs, res, destroyed)
@@ -322,6 +322,14 @@ def run_program(h: Any, prog: list[Step]) -> ProgramResult:
                 res.fatal = out
                 return res
     return res
+
+
+def _answer(out: Any, err: int | None, kind: str) -> str:
+    """A mapping request's answer: the errno, or the finding it ran into (crash site)."""
+    if out.finding:
+        site = out.evidence.get("site") or out.evidence.get("signal") or ""
+        return f"{out.finding} ({site[:60]})" if site else out.finding
+    return str(err) if err is not None else out.cls.split(":", 1)[-1]
 
 
 def _errno(out: Any) -> int | None:

@@ -668,6 +668,11 @@ def _signature(daemon: str, out: Outcome) -> str:
     site = out.evidence.get("site")
     if out.finding in ("crash", "daemon-exit"):
         how = out.evidence.get("signal") or out.evidence.get("status") or "panic"
+        prev = out.evidence.get("previous") or []
+        if site is None and prev and prev[-1] == "FUSE_INTERRUPT":
+            # No site in the log: the INTERRUPT just before is the cause, whatever came next
+            # (one signature, not one per opcode that happened to follow it).
+            site = "after FUSE_INTERRUPT"
         return f"{out.finding}:{daemon}:{how}:{site or op}"
     if out.finding == "protocol":
         if len(parts) > 1 and parts[1] == "undecodable":
