@@ -115,6 +115,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="record the workload against this virtiofsd (c or rust; installed if needed)",
     )
     r.add_argument(
+        "--virtiofsd",
+        metavar="PATH",
+        help="record against this virtiofsd binary (or a wrapper that execs one); implies "
+        "--from-daemon",
+    )
+    r.add_argument(
+        "--virtiofsd-kind",
+        choices=["c", "rust"],
+        help="with --virtiofsd: which daemon PATH is (default: detected from --version)",
+    )
+    r.add_argument(
         "--scale",
         type=float,
         default=1.0,
@@ -196,7 +207,7 @@ def _record(args: argparse.Namespace) -> int:
 
     from fuseproto.dax import traces
 
-    if args.from_daemon:
+    if args.from_daemon or args.virtiofsd:
         return _record_daemon(args)
     if not args.command:
         raise SystemExit("record: give a command to run, or --from-daemon KIND")
@@ -216,7 +227,12 @@ def _record_daemon(args: argparse.Namespace) -> int:
 
     if args.command:
         raise SystemExit("record --from-daemon runs its own workload: no command")
-    installation = daemons.install(args.from_daemon)
+    if args.virtiofsd:
+        from fuseproto.fuzz.virtiofsd import resolve_installation
+
+        installation = resolve_installation(args.virtiofsd, args.virtiofsd_kind)
+    else:
+        installation = daemons.install(args.from_daemon)
     as_pcap = args.output.endswith((".pcap", ".pcapng"))
     tmp = None if as_pcap else tempfile.mkdtemp(prefix="fuseproto-record-")
     pcap = args.output if tmp is None else os.path.join(tmp, "reads.pcap")

@@ -250,6 +250,7 @@ class DaemonHarness:
         self.fhs: dict[str, int] = {}
         self._gen = 0
         self._log_offset = 0
+        self._later = 0  # requests of the current batch sent after the one being judged
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> DaemonHarness:
@@ -379,6 +380,7 @@ class DaemonHarness:
             self.start()
         t = self.transport
         assert t is not None and self.daemon is not None
+        self._later = 0
         sent: list[tuple[Any, str, int, int | None, Any, int, ReplyExpectation]] = []
         outs: list[Outcome] = []
         for data, variant in items:
@@ -412,7 +414,9 @@ class DaemonHarness:
             name = sent[0][1] if sent else "?"
             outs.append(self._dead(name, f"kick failed: {e}"))
             return outs
-        for token, name, op, unique, req, area, expectation in sent:
+        for k, (token, name, op, unique, req, area, expectation) in enumerate(sent):
+            # "previous" in the evidence: what was sent before *this* one of the batch.
+            self._later = len(sent) - 1 - k
             out = self._finish(token, name, op, unique, req, area, expectation)
             outs.append(out)
             if out.finding in ("crash", "daemon-exit", "hang"):
@@ -533,7 +537,10 @@ class DaemonHarness:
     def _previous(self) -> list[str]:
         """Opcode names of the requests sent before the last one (newest last)."""
         out = []
-        for item in list(self.history)[-4:-1]:
+        hist = list(self.history)
+        if self._later:
+            hist = hist[:-self._later]
+        for item in hist[-4:-1]:
             b = bytes.fromhex(item["hex"][: 2 * IN_SIZE])
             out.append(_opname(_IN.parse(b, 0)["opcode"]) if len(b) >= IN_SIZE else "short")
         return out
