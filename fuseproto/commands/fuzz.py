@@ -288,5 +288,5 @@ def _list(args: argparse.Namespace) -> int:
     for n in available_inprocess_targets():
         print(f"{n:12s} {get_target(n).description}")
     print(f"{'virtiofsd':12s} structure-aware FUSE requests to a real virtiofsd (c, rust or a "
-          "path): crashes, panics, hangs, protocol violations")
+          "path): crashes, panics, hangs, protocol violations; --sequences: stateful programs")
     return 0

@@ -15,10 +15,16 @@ one raw request at a time and classifies what comes back:
   or a body that does not decode for the request (e.g. READ data longer than ``size``:
   the codec's LimitExceededError).
 
+:meth:`DaemonHarness.send_many` puts several requests in flight on one kick (each judged
+as above). With ``setup=False`` the harness does no INIT/LOOKUP at start (sequence
+programs, :mod:`.sequences`, negotiate INIT themselves); it learns the negotiated minor
+and flags from any INIT reply either way.
+
 After a crash, exit or hang the daemon is stopped by PID and a fresh one (fresh shared
-directory) is started. A finding's reproducer is a JSON document with the daemon kind
-and version and the requests sent since that daemon's setup (hex), replayable with
-``fuseproto fuzz replay``.
+directory) is started. A finding's reproducer is a JSON document with the daemon kind,
+version and binary, the setup (``setup_mode: none`` for a program) and the requests sent
+since that daemon's setup (hex; a shared ``batch`` id: same kick), replayable with
+``fuseproto fuzz replay`` and minimized with ``fuseproto fuzz shrink`` (:mod:`.shrink`).
 
 Host safety (the daemons run as root): :func:`sanitize` rewrites, at the byte level so it
 also holds for requests our codec would reject, the few fields that could reach outside
