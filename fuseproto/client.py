@@ -78,8 +78,12 @@ class Pending:
 
     unique: int
     opcode: Any
-    token: Any
+    token: Any  # the transport's; None while only prepared
     checked: bool = True  # built by the session (False: submit_unchecked)
+    # What send() hands the transport, kept while only prepared.
+    out: Any = None
+    reply_size: int = 0
+    hiprio: bool = False
 
 
 class Client:
@@ -108,6 +112,20 @@ class Client:
 
         ``segments`` splits the request bytes into device-readable descriptors at these
         lengths (the remainder is the last descriptor)."""
+        p = self.prepare(opcode, body, nodeid=nodeid, reply_size=reply_size, hiprio=hiprio,
+                         segments=segments)
+        # The tag is formatted only if an error names it.
+        p.token = self.transport.submit(p.out, p.reply_size, hiprio=hiprio, kick=kick,
+                                        tag=(opcode, p.unique))
+        p.out = None
+        return p
+
+    def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
+                reply_size: int = DEFAULT_REPLY_SIZE, hiprio: bool = False,
+                segments: Sequence[int] | None = None) -> Pending:
+        """Build a request with the session (registered as in flight) without sending it;
+        :meth:`send` (or ``result(other, then=p)``) sends it. Lets a caller build the next
+        request while the current one is with the daemon."""
         unique, data = self.session.build_request(
             opcode, Container() if body is None else body, nodeid=nodeid,
             uid=self.uid, gid=self.gid, pid=self.pid)
@@ -122,10 +140,17 @@ class Client:
             out = parts
         if opcode in _NO_REPLY:
             reply_size = 0
-        # The tag is formatted only if an error names it.
-        token = self.transport.submit(out, reply_size, hiprio=hiprio, kick=kick,
-                                      tag=(opcode, unique))
-        return Pending(unique, opcode, token)
+        return Pending(unique, opcode, None, True, out, reply_size, hiprio)
+
+    def send(self, pending: Pending, *, kick: bool = True) -> Pending:
+        """Put a :meth:`prepare`-d request in flight."""
+        if pending.token is not None or pending.out is None:
+            raise ValueError(f"request unique {pending.unique} was already sent")
+        pending.token = self.transport.submit(pending.out, pending.reply_size,
+                                              hiprio=pending.hiprio, kick=kick,
+                                              tag=(pending.opcode, pending.unique))
+        pending.out = None
+        return pending
 
     def submit_unchecked(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
                          reply_size: int = DEFAULT_REPLY_SIZE, **hdr: Any) -> Pending:
@@ -140,11 +165,18 @@ class Client:
             flags=int(self.session.flags), **hdr)
         token = self.transport.submit(data, reply_size,
                                       tag=f"{_opname(opcode)} unique {unique} (unchecked)")
-        return Pending(unique, opcode, token, checked=False)
+        return Pending(unique, opcode, token, False)
 
-    def result(self, pending: Pending, timeout: float | None = None) -> Any:
-        """Wait for the reply; return its body or raise FuseError(errno)."""
+    def result(self, pending: Pending, timeout: float | None = None, *,
+               then: Pending | None = None) -> Any:
+        """Wait for the reply; return its body or raise FuseError(errno).
+
+        ``then`` (a :meth:`prepare`-d request) is sent as soon as this reply's bytes are
+        in, before they are decoded: one request in flight at a time, with the decoding
+        done while the daemon works on the next one."""
         raw = self.transport.wait(pending.token, self.timeout if timeout is None else timeout)
+        if then is not None:
+            self.send(then)
         if pending.checked:
             reply = self.session.feed_reply(raw)
         else:

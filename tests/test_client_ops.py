@@ -124,6 +124,27 @@ def test_lookup_and_getattr(fs):
     assert fs.c.getattr(e.nodeid, fh=o.fh).attr.size == 5
 
 
+def test_prepare_send_and_chained_result(fs):
+    """A prepared request is registered but not sent; result(p, then=q) sends q once p's
+    reply is in, so the daemon holds one request at a time."""
+    fs.write_host("f", b"hello")
+    e = fs.c.lookup(ROOT, "f")
+    body = Container(getattr_flags=0, dummy=0, fh=0)
+    p = fs.c.prepare(fuse_opcode.FUSE_GETATTR, body, nodeid=ROOT)
+    assert p.token is None and p.unique in fs.c.session.pending
+    fs.c.send(p)
+    with pytest.raises(ValueError):
+        fs.c.send(p)
+    for _ in range(3):
+        q = fs.c.prepare(fuse_opcode.FUSE_GETATTR, body, nodeid=e.nodeid)
+        assert fs.c.transport.queues[1].inflight.keys() == {p.token.head}
+        assert fs.c.result(p, then=q).attr.ino in (os.stat(fs.root).st_ino,
+                                                   os.stat(fs.host("f")).st_ino)
+        p = q
+    assert fs.c.result(p).attr.size == 5
+    assert not fs.c.session.pending
+
+
 def test_forget_and_batch_forget(fs):
     fs.write_host("f", b"")
     ids = [fs.c.lookup(ROOT, "f").nodeid for _ in range(3)]
