@@ -257,6 +257,7 @@ class DaemonHarness:
         self._gen = 0
         self._log_offset = 0
         self._later = 0  # requests of the current batch sent after the one being judged
+        self._inited = False  # an INIT reply was seen since start (minor/flags learned)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> DaemonHarness:
@@ -274,6 +275,7 @@ class DaemonHarness:
         try:
             self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0)
             self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
+            self._inited = self.setup
             if self.setup:
                 self._setup()
             else:
@@ -466,7 +468,9 @@ class DaemonHarness:
         except TransportError as e:
             return self._dead(name, str(e))
         out = self._check_reply(name, op, unique, req, reply, token.used_len, area)
-        if op == _OP.FUSE_INIT and out.finding is None and out.reply:
+        if op == _OP.FUSE_INIT and out.finding is None and out.reply and not self._inited:
+            # The first INIT only (as a kernel): a later one must not change how we decode.
+            self._inited = True
             self._learn_init(req, out.reply)
         return out
 
@@ -682,9 +686,10 @@ def _signature(daemon: str, out: Outcome) -> str:
     if out.finding in ("crash", "daemon-exit"):
         how = out.evidence.get("signal") or out.evidence.get("status") or "panic"
         prev = out.evidence.get("previous") or []
-        if site is None and prev and prev[-1] == "FUSE_INTERRUPT":
-            # No site in the log: the INTERRUPT just before is the cause, whatever came next
-            # (one signature, not one per opcode that happened to follow it).
+        if site is None and "FUSE_INTERRUPT" in prev[-2:]:
+            # No site in the log: a recent INTERRUPT is the cause (sequences: a stale one on
+            # the same kick, or followed by a reply-less FORGET), whatever came next -- one
+            # signature, not one per opcode that happened to follow it.
             site = "after FUSE_INTERRUPT"
         return f"{out.finding}:{daemon}:{how}:{site or op}"
     if out.finding == "protocol":
