@@ -34,6 +34,9 @@ VIRTQ_USED_F_NO_NOTIFY = 1
 U16 = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 _pack_u16 = U16.pack_into
+_pack_desc = VIRTQ_DESC.pack_into
+# Two adjacent descriptors in one store (chains are recycled whole, so they often are).
+_pack_desc2 = struct.Struct("<QIHHQIHH").pack_into
 _unpack_u16 = U16.unpack_from
 
 PAGE = mmap.PAGESIZE
@@ -140,7 +143,9 @@ class SplitVirtqueue:
         self.avail_off = mem.carve(6 + 2 * size, 2)
         self.used_off = mem.carve(6 + 8 * size, PAGE)
         self._mm = mem.mm
-        self._free_desc = list(range(size - 1, -1, -1))
+        # Taken from the end; laid out so a two-descriptor chain is an adjacent pair
+        # (0, 1), (2, 3) ... and stays one when it comes back (_add_one_one's one store).
+        self._free_desc = [i ^ 1 for i in range(size - 1, -1, -1)] if size > 1 else [0]
         self._avail_idx = 0  # next avail index we publish (free-running u16)
         self._last_used = 0  # next used index we consume
         self.inflight: dict[int, Inflight] = {}
@@ -185,6 +190,8 @@ class SplitVirtqueue:
         ``in_sizes`` bytes, and publish it in the avail ring (the caller kicks)."""
         free = self._free_desc
         n_out = len(out)
+        if n_out == 1 and len(in_sizes) == 1 and len(free) >= 2:
+            return self._add_one_one(out[0], in_sizes[0], tag)
         n = n_out + len(in_sizes)
         if n == 0:
             raise ValueError("empty descriptor chain")
@@ -243,6 +250,39 @@ class SplitVirtqueue:
         # x86 is TSO and these are plain stores in program order: the ring entry is
         # visible before the index that publishes it.
         _pack_u16(mm, self._avail_idx_off, idx)
+        return req
+
+    def _add_one_one(self, seg: bytes | bytearray | memoryview, in_size: int,
+                     tag: object) -> Inflight:
+        """add() for the common chain: one device-readable segment, one writable area."""
+        ln = len(seg)
+        out_total = (ln + 7) & ~7
+        buf_size = out_total + in_size
+        mem = self.mem
+        buf = mem.alloc(buf_size)
+        mm = self._mm
+        free = self._free_desc
+        descs = free[-2:]
+        del free[-2:]
+        head, second = descs
+        mm[buf:buf + ln] = seg
+        in_off = buf + out_total
+        gpa = mem.gpa_base + buf
+        desc_off = self.desc_off
+        if second == head + 1:
+            _pack_desc2(mm, desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second,
+                        gpa + out_total, in_size, VIRTQ_DESC_F_WRITE, 0)
+        else:
+            _pack_desc(mm, desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second)
+            _pack_desc(mm, desc_off + 16 * second, gpa + out_total, in_size,
+                       VIRTQ_DESC_F_WRITE, 0)
+        req = Inflight(head, descs, buf, buf_size, in_off, in_size, False, 0, False,
+                       self.index, tag)
+        self.inflight[head] = req
+        idx = self._avail_idx
+        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        idx = self._avail_idx = (idx + 1) & 0xFFFF
+        _pack_u16(mm, self._avail_idx_off, idx)  # after the entry (x86 TSO, see add())
         return req
 
     def has_used(self) -> bool:
