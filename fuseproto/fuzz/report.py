@@ -145,8 +145,9 @@ def _sequences_md(daemons: list[Any]) -> list[str]:
                      f"{q.get('requests', 0)} | {q.get('deepest', '-')} | {depth} |")
     for r in runs:
         q = r.sequences
-        lines += ["", f"Mappings attempted on `{r.daemon}` (request shape: daemon's answer, "
-                  "errno or finding):", ""]
+        lines += ["", f"Mappings attempted on `{r.daemon}` (request shape: the daemon's "
+                  "answer -- an errno, or the finding the request ran into, which an earlier "
+                  "request of the program may have caused):", ""]
         maps = q.get("mappings") or {}
         if not maps:
             lines.append("- none reached the daemon")
