@@ -800,6 +800,7 @@ def _record(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: st
                           "first request; requests with the same batch id share one kick")
     if program is not None:
         repro["program"] = program
+        f.evidence.setdefault("mode", "sequence")
     f = store.add(f, repro, suffix=".json")
     if all(x.signature != f.signature for x in stats.findings):
         stats.findings.append(f)
