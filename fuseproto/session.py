@@ -86,6 +86,7 @@ _MIN_ERROR = -511
 _UNIQUE_STEP = 2
 _INT_REQ_BIT = 1
 _UNIQUE_MASK = (1 << 64) - 1
+_ALLOC_MASK = _UNIQUE_MASK & ~FUSE_UNIQUE_RESEND  # allocated uniques never carry RESEND
 
 _OUT_HEADER = structs.fast("fuse_out_header")
 _OUT_HEADER_SIZE = _OUT_HEADER.size
@@ -164,12 +165,22 @@ class Session:
         self.init_in: Any = None  # body of the INIT request (fuse_init_in fields)
         self.init_out: Any = None  # body of the successful INIT reply (fuse_init_out)
         self.offered_flags = InitFlags(0)  # what the INIT request offered
-        self.flags = InitFlags(0)  # what the INIT reply chose
+        self.flags = InitFlags(0)  # what the INIT reply chose (see the property)
         self.requests_seen = 0
         self.replies_seen = 0
         self.notifications_seen = 0
 
     # -- views --------------------------------------------------------------------------
+
+    @property
+    def flags(self) -> InitFlags:
+        """What the INIT reply chose (flags | flags2 << 32)."""
+        return self._flags
+
+    @flags.setter
+    def flags(self, value: int) -> None:
+        self._flags = InitFlags(value)
+        self._flags_int = int(value)  # what every request is encoded with
 
     @property
     def pending(self) -> Mapping[int, Any]:
@@ -287,7 +298,7 @@ class Session:
                 gid=gid,
                 pid=pid,
                 minor=self.minor if minor is None else minor,
-                flags=int(self.flags) if flags is None else flags,
+                flags=self._flags_int if flags is None else flags,
                 return_request=True,
                 **hdr,
             )
@@ -295,10 +306,18 @@ class Session:
             raise LocalProtocolError(
                 f"the request built for unique {unique} does not decode: {exc}"
             ) from exc
-        self._register(request, LocalProtocolError)
+        if allocated and opcode not in _NOT_ONE_REPLY_OPS and opcode not in _INIT_OPS:
+            # _register's checks for this case all passed above: the unique is non-zero,
+            # free (not pending, not an interrupt's) and without the RESEND bit, and
+            # there is room.
+            self._pending[unique] = request
+            self.requests_seen += 1
+        else:
+            self._register(request, LocalProtocolError)
         if allocated:
             # Advance only once the request is in: a refused request uses no unique.
-            self._next_unique = _step(unique)
+            nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
+            self._next_unique = nxt or _UNIQUE_STEP
         return unique, data
 
     def _free_unique(self) -> int:
@@ -315,7 +334,7 @@ class Session:
 
     def feed_request(self, data: bytes) -> Any:
         """Decode a request sent by the peer (e.g. the kernel) and register it."""
-        request = codec.decode_request(data, minor=self.minor, flags=int(self.flags))
+        request = codec.decode_request(data, minor=self.minor, flags=self._flags_int)
         self._register(request, RemoteProtocolError)
         return request
 
@@ -500,7 +519,7 @@ class Session:
 
 def _step(unique: int) -> int:
     """The next unique the allocator tries: even, non-zero, without the RESEND bit."""
-    nxt = (unique + _UNIQUE_STEP) & _UNIQUE_MASK & ~FUSE_UNIQUE_RESEND
+    nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
     return nxt or _UNIQUE_STEP
 
 
