@@ -112,13 +112,15 @@ class Client:
 
         ``segments`` splits the request bytes into device-readable descriptors at these
         lengths (the remainder is the last descriptor)."""
-        p = self.prepare(opcode, body, nodeid=nodeid, reply_size=reply_size, hiprio=hiprio,
-                         segments=segments)
+        unique, data = self.session.build_request(
+            opcode, Container() if body is None else body, nodeid=nodeid,
+            uid=self.uid, gid=self.gid, pid=self.pid)
+        if opcode in _NO_REPLY:
+            reply_size = 0
         # The tag is formatted only if an error names it.
-        p.token = self.transport.submit(p.out, p.reply_size, hiprio=hiprio, kick=kick,
-                                        tag=(opcode, p.unique))
-        p.out = None
-        return p
+        token = self.transport.submit(_split(data, segments) if segments else data, reply_size,
+                                      hiprio=hiprio, kick=kick, tag=(opcode, unique))
+        return Pending(unique, opcode, token)
 
     def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
                 reply_size: int = DEFAULT_REPLY_SIZE, hiprio: bool = False,
@@ -129,18 +131,10 @@ class Client:
         unique, data = self.session.build_request(
             opcode, Container() if body is None else body, nodeid=nodeid,
             uid=self.uid, gid=self.gid, pid=self.pid)
-        out: Any = data
-        if segments:
-            parts, pos = [], 0
-            for n in segments:
-                parts.append(data[pos:pos + n])
-                pos += n
-            if pos < len(data):
-                parts.append(data[pos:])
-            out = parts
         if opcode in _NO_REPLY:
             reply_size = 0
-        return Pending(unique, opcode, None, True, out, reply_size, hiprio)
+        return Pending(unique, opcode, None, True, _split(data, segments) if segments else data,
+                       reply_size, hiprio)
 
     def send(self, pending: Pending, *, kick: bool = True) -> Pending:
         """Put a :meth:`prepare`-d request in flight."""
@@ -457,6 +451,17 @@ class Client:
 
     def syncfs(self, nodeid: int = FUSE_ROOT_ID) -> None:
         self.call(fuse_opcode.FUSE_SYNCFS, Container(padding=0), nodeid=nodeid)
+
+
+def _split(data: bytes, segments: Sequence[int]) -> list[bytes]:
+    """``data`` cut at these lengths (the remainder is the last part)."""
+    parts, pos = [], 0
+    for n in segments:
+        parts.append(data[pos:pos + n])
+        pos += n
+    if pos < len(data):
+        parts.append(data[pos:])
+    return parts
 
 
 def _lk(fh: int, owner: int, start: int, end: int, type: int, pid: int) -> Container:
