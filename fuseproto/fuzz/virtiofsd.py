@@ -494,6 +494,14 @@ class DaemonHarness:
         self.minor = max(0, min(46, minor))
         self.flags = flags & offered if offered else flags
 
+    def settle(self, name: str, timeout: float = 0.15) -> Outcome | None:
+        """After a reply-less request (FORGET) nothing reports a death that comes a moment
+        later; wait ``timeout`` s for one (replays end on such requests)."""
+        d = self.daemon
+        if d is None or d.wait_exit(timeout) is None:
+            return None
+        return self._dead(name, "daemon gone after a reply-less request")
+
     def _await(self, token: Any, timeout: float) -> str:
         """"done", "dead" or "timeout"; a panicked Rust worker ends the wait early (its
         log says so), a dead process at once."""
@@ -840,6 +848,11 @@ def replay_items(items: list[dict[str, Any]], installation: daemons.Installation
             outs += got
             if got and got[-1].finding in ("crash", "daemon-exit", "hang"):
                 break
+        else:
+            if outs and outs[-1].cls.endswith(":noreply"):
+                late = h.settle(outs[-1].cls.split(":")[0])
+                if late is not None:
+                    outs.append(late)
     finally:
         if own:
             h.close()
