@@ -281,7 +281,9 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
             res.notes.append(f"{len(new) - i} finding(s) not minimized: shrink budget spent")
             break
         try:
-            sr = shrink.shrink_file(f.reproducer, inst, seconds=min(left, 5.0),
+            # A fair share of what is left (at least 1 s, at most 5 s) for each of the rest.
+            share = min(5.0, max(1.0, left / (len(new) - i)))
+            sr = shrink.shrink_file(f.reproducer, inst, seconds=min(left, share),
                                     hang_timeout=hang_timeout)
         except Exception as e:  # noqa: BLE001 -- a failed shrink is a note, not an abort
             f.shrink = {"error": f"{type(e).__name__}: {e}"}

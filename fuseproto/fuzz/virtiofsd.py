@@ -494,7 +494,7 @@ class DaemonHarness:
         self.minor = max(0, min(46, minor))
         self.flags = flags & offered if offered else flags
 
-    def settle(self, name: str, timeout: float = 0.15) -> Outcome | None:
+    def settle(self, name: str, timeout: float = 0.1) -> Outcome | None:
         """After a reply-less request (FORGET) nothing reports a death that comes a moment
         later; wait ``timeout`` s for one (replays end on such requests)."""
         d = self.daemon
