@@ -694,10 +694,11 @@ def _signature(daemon: str, out: Outcome) -> str:
     if out.finding in ("crash", "daemon-exit"):
         how = out.evidence.get("signal") or out.evidence.get("status") or "panic"
         prev = out.evidence.get("previous") or []
-        if site is None and "FUSE_INTERRUPT" in prev[-2:]:
-            # No site in the log: a recent INTERRUPT is the cause (sequences: a stale one on
-            # the same kick, or followed by a reply-less FORGET), whatever came next -- one
-            # signature, not one per opcode that happened to follow it.
+        if site is None and "FUSE_INTERRUPT" in prev:
+            # No site in the log: a recent INTERRUPT is the cause (a stale one answered into
+            # the next request's buffer, which a FORGET or a header-only request lacks, or
+            # on the same kick), whatever came next -- one signature, not one per opcode
+            # that happened to follow it (minimized reproducers: INIT, INTERRUPT, 1-3 more).
             site = "after FUSE_INTERRUPT"
         return f"{out.finding}:{daemon}:{how}:{site or op}"
     if out.finding == "protocol":
