@@ -34,6 +34,7 @@ import time
 from construct import Container
 
 from fuseproto.client import OUT_HEADER_SIZE, Client
+from fuseproto.errors import DaemonError
 from fuseproto.session import Session
 from fuseproto.transport import daemons
 from fuseproto.transport.vhost_user import Negotiated, VhostUserTransport
@@ -346,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seconds} s per figure, best of {args.repeat}; (n.nnx) = ratio to the target")
     installs = []
     for path in args.virtiofsd:
-        inst = daemons.Installation.from_path(path)
+        try:
+            inst = daemons.Installation.from_path(path)
+        except DaemonError as e:
+            print(f"--virtiofsd {path}: {e}", file=sys.stderr)
+            return 2
         installs.append((f"{inst.kind}:{os.path.basename(path)}", inst))
     if args.daemon or not args.virtiofsd:
         installs += [(kind, daemons.install(kind)) for kind in args.daemon or daemons.KINDS]
