@@ -15,7 +15,9 @@ the daemon and sent as soon as its reply is in, before that reply is decoded:
 
 ``--breakdown`` prints the per-operation Python cost of each layer, measured in-process
 with the real VhostUserTransport/virtqueue code and a loopback device played in Python
-(its own time subtracted): what one core can do at best, whatever the daemon.
+(its own time subtracted): what one core can do at best, whatever the daemon; and raw
+transport x1 with a busy pause of 0-20 us after each reply, which shows the price of any
+work between a reply and the next kick (the daemon's thread goes to sleep).
 
 Run: ``.venv/bin/python benchmarks/bench_transport.py [--seconds 2] [--daemon c|rust]
 [--virtiofsd PATH] [--repeat N] [--breakdown]``.
@@ -148,8 +150,43 @@ def bench_transport(t: VhostUserTransport, nodeid: int, fh: int, minor: int,
     return out
 
 
+PAUSES_US = (0, 2, 5, 10, 20)
+
+
+def bench_pauses(t: VhostUserTransport, minor: int, seconds: float) -> dict[int, tuple]:
+    """Raw GETATTR x1 with a busy pause of P us between each reply and the next request:
+    (round trips/s, us per kick, us per wait). Shows what any work between a reply and
+    the next kick costs: past a few us the daemon's thread sleeps and waking it is dear."""
+    req = codec.encode_request(fuse_opcode.FUSE_GETATTR, GETATTR_BODY, unique=1 << 40,
+                               nodeid=FUSE_ROOT_ID, minor=minor)
+    size = OUT_HEADER_SIZE + 4096
+    pc = time.perf_counter
+    out = {}
+    for pause in PAUSES_US:
+        n, kick_s, wait_s = 0, 0.0, 0.0
+        start = pc()
+        end = start + seconds
+        while True:
+            tok = t.submit(req, size, kick=False)
+            a = pc()
+            t.kick(1)
+            b = pc()
+            t.wait(tok)
+            now = pc()
+            kick_s += b - a
+            wait_s += now - b
+            n += 1
+            if now >= end:
+                break
+            until = now + pause * 1e-6
+            while pc() < until:
+                pass
+        out[pause] = (n / (now - start), kick_s / n * 1e6, wait_s / n * 1e6)
+    return out
+
+
 def run(inst: daemons.Installation, seconds: float, mode: str,
-        repeat: int = 1) -> dict[str, dict[str, float]]:
+        repeat: int = 1, pauses: bool = False) -> dict[str, dict]:
     root = tempfile.mkdtemp(prefix="fuseproto-bench-")
     try:
         with open(os.path.join(root, "data"), "wb") as f:
@@ -173,6 +210,8 @@ def run(inst: daemons.Installation, seconds: float, mode: str,
                 ):
                     for k, v in figures.items():
                         out[layer][k] = max(v, out[layer].get(k, 0.0))
+            if pauses:
+                out["pauses"] = bench_pauses(t, c.session.minor, min(seconds, 0.5))
             return out
         finally:
             t.close()
@@ -357,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         installs += [(kind, daemons.install(kind)) for kind in args.daemon or daemons.KINDS]
     width = max(6, *(len(label) for label, _ in installs))
     print(f"{'daemon':{width}} {'layer':10} " + " ".join(f"{k:>19}" for k in KEYS))
+    pauses = {}
     for label, inst in installs:
-        res = run(inst, args.seconds, args.mode, args.repeat)
+        res = run(inst, args.seconds, args.mode, args.repeat, pauses=args.breakdown)
+        if "pauses" in res:
+            pauses[label] = res.pop("pauses")
         for layer, figures in res.items():
             print(f"{label:{width}} {layer:10} " + " ".join(f"{_cell(k, figures):>19}"
                                                         for k in KEYS))
@@ -367,6 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         print()
         print_breakdown()
+        print()
+        print("raw GETATTR x1 (transport layer) with a busy pause after each reply: "
+              "k/s, us per kick, us per wait")
+        print(f"{'daemon':{width}} " + " ".join(f"{f'pause {p} us':>22}" for p in PAUSES_US))
+        for label, res in pauses.items():
+            print(f"{label:{width}} " + " ".join(
+                f"{f'{r / 1e3:.1f}k {k:.1f} {w:.1f}':>22}" for r, k, w in
+                (res[p] for p in PAUSES_US)))
+        print("(the client puts its per-op Python time, above, between a reply and the "
+              "next kick at x1)")
     return 0
 
 
