@@ -534,7 +534,7 @@ class VhostUserTransport:
             out: Sequence = (request,)
         else:
             out = list(request)
-        if type(reply_size) is int:
+        if isinstance(reply_size, int):
             ins: Sequence[int] = (reply_size,) if reply_size else ()
         else:
             ins = list(reply_size)  # type: ignore[arg-type]
