@@ -6,7 +6,13 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("daemons", help="install and list real virtiofsd builds")
+    p = sub.add_parser(
+        "daemons", help="install and list real virtiofsd builds",
+        description="The real virtiofsd builds fuseproto drives: C virtiofsd from QEMU 7.2"
+        " (Debian 12 qemu-system-common) and Rust virtiofsd 1.13 (Debian 13), fetched by package"
+        " name through a private apt configuration and unpacked under ~/.cache/fuseproto/daemons"
+        " (FUSEPROTO_CACHE moves it). FUSEPROTO_VIRTIOFSD_C / FUSEPROTO_VIRTIOFSD_RUST point at"
+        " your own builds.")
     dsub = p.add_subparsers(dest="daemons_command", metavar="ACTION")
     inst = dsub.add_parser("install", help="download and unpack virtiofsd (cached)")
     inst.add_argument("kind", nargs="*", metavar="{c,rust}",

@@ -13,10 +13,21 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("fuzz", help="coverage-guided fuzzers and the fuzz campaign")
+    p = sub.add_parser(
+        "fuzz", help="coverage-guided fuzzers and the fuzz campaign",
+        description="Coverage-guided fuzzers (atheris) for the FUSE codec, the sans-IO session,"
+        " DAX window managers and real virtiofsd daemons; fuzz/README.md has the details.")
     fsub = p.add_subparsers(dest="fuzz_command", metavar="SUBCOMMAND")
 
-    c = fsub.add_parser("campaign", help="run every target for a while and write a report")
+    c = fsub.add_parser(
+        "campaign", help="run every target for a while and write a report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the in-process targets (wire_decode, session, dax) under atheris, then"
+        " structure-aware requests and stateful request programs against each virtiofsd"
+        " (restarted by PID after every crash), shrink new findings, and write"
+        " OUT/report.md and OUT/report.json.",
+        epilog="examples:\n  fuseproto fuzz campaign --seconds 100 --out out/run1\n"
+        "  fuseproto fuzz campaign --virtiofsd ./my-virtiofsd --virtiofsd-kind rust\n"
+        "  fuseproto fuzz campaign --no-daemon --dax-manager mypkg.mydax:make")
     c.add_argument("--daemon", action="append", default=None, metavar="c|rust|PATH",
                    help="daemon to fuzz (repeatable; default: c and rust)")
     c.add_argument("--virtiofsd", action="append", default=None, metavar="PATH",
@@ -57,7 +68,11 @@ def register(sub: Any) -> None:
     r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER)
     r.set_defaults(func=_run)
 
-    rp = fsub.add_parser("replay", help="re-run a reproducer and say what it does")
+    rp = fsub.add_parser(
+        "replay", help="re-run a reproducer and say what it does",
+        description="Re-run a reproducer written by a campaign (a crash-* input of an in-process"
+        " target, or a virtiofsd JSON reproducer, minimized or not) and report whether the same"
+        " signature comes back. Exit status 0: it reproduced.")
     rp.add_argument("file")
     rp.add_argument("--target", default=None, help="default: from the file")
     rp.add_argument("--daemon", default=None, help="virtiofsd: c | rust | PATH (default: "
@@ -68,7 +83,10 @@ def register(sub: Any) -> None:
     rp.add_argument("--json", action="store_true", help="print a JSON verdict")
     rp.set_defaults(func=_replay)
 
-    sh = fsub.add_parser("shrink", help="minimize a virtiofsd reproducer (writes NAME.min.json)")
+    sh = fsub.add_parser(
+        "shrink", help="minimize a virtiofsd reproducer (writes NAME.min.json)",
+        description="Delta-debug a virtiofsd reproducer: fewer requests, then fewer bytes per"
+        " request, keeping only candidates that give the same signature against a fresh daemon.")
     sh.add_argument("file")
     sh.add_argument("--daemon", default=None, help="c | rust | PATH (default: the one in "
                     "the reproducer)")
