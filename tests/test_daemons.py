@@ -47,7 +47,8 @@ def test_start_creates_socket_and_stop_removes_it(no_leaks, installation, shared
     d.start()
     try:
         assert d.running() and os.path.exists(socket_path)
-        assert d.state() in ("S", "R")
+        # Alive and not stopped: R/S normally, D briefly (page-in under load) is fine too.
+        assert d.state() in ("S", "R", "D")
         assert "RUST_BACKTRACE" not in _environ(d.pid)
     finally:
         d.stop()
