@@ -173,8 +173,10 @@ def unpack_frame(record: bytes) -> Frame:
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
-_IN_OPCODE_UNIQUE = struct.Struct("<IQ")  # fuse_in_header.opcode, .unique at offset 4
-_OUT_UNIQUE = struct.Struct("<Q")  # fuse_out_header.unique at offset 8
+# Positions of the hint fields in the schema's own fast layouts (no second layout here).
+_IN_OPCODE = _IN.fields.index("opcode")
+_IN_UNIQUE = _IN.fields.index("unique")
+_OUT_UNIQUE = _OUT.fields.index("unique")
 
 
 class CaptureRecorder:
@@ -232,7 +234,8 @@ class CaptureRecorder:
         if direction == Direction.REQUEST:
             if len(data) < _IN.size:
                 return None
-            opcode, unique = _IN_OPCODE_UNIQUE.unpack_from(data, 4)
+            values = _IN.struct.unpack_from(data)
+            opcode, unique = values[_IN_OPCODE], values[_IN_UNIQUE]
             self._opcodes[unique] = opcode
             self._opcodes.move_to_end(unique)
             while len(self._opcodes) > self.max_pending:
@@ -240,7 +243,7 @@ class CaptureRecorder:
             return opcode
         if len(data) < _OUT.size:
             return None
-        (unique,) = _OUT_UNIQUE.unpack_from(data, 8)
+        unique = _OUT.struct.unpack_from(data)[_OUT_UNIQUE]
         if unique == 0:
             return None
         return self._opcodes.pop(unique, None)
