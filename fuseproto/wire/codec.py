@@ -82,7 +82,26 @@ _NEEDS_REQUEST_BODY = frozenset(int(op) for op in (*_SIZE_LIMITED, *_XATTR, _OP.
 _LAZY = object()  # Request body not decoded yet (see encode_request(return_request=True))
 
 
-class Request:
+class _LazyHeader:
+    """``header`` as a Container built on first access from ``_values`` (the unpacked
+    header tuple) when the codec made the message without one; ``_FIELDS`` names them."""
+
+    __slots__ = ()
+    _FIELDS: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> Container:
+        h = self._header
+        if h is None:
+            h = self._header = Container(zip(self._FIELDS, self._values, strict=True))
+        return h
+
+    @header.setter
+    def header(self, value: Container) -> None:
+        self._header = value
+
+
+class Request(_LazyHeader):
     """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``.
 
     Made lazily, from what the codec already has: ``header`` None with ``values`` (the
@@ -92,6 +111,7 @@ class Request:
     """
 
     __slots__ = ("_header", "_values", "opcode", "_body", "ext", "raw", "_parts")
+    _FIELDS = _IN_FIELDS
 
     def __init__(
         self,
@@ -110,17 +130,6 @@ class Request:
         self.ext = ext
         self.raw = raw
         self._parts = parts
-
-    @property
-    def header(self) -> Container:
-        h = self._header
-        if h is None:
-            h = self._header = Container(zip(_IN_FIELDS, self._values, strict=True))
-        return h
-
-    @header.setter
-    def header(self, value: Container) -> None:
-        self._header = value
 
     @property
     def body(self) -> Any:
@@ -161,7 +170,7 @@ class Request:
         return f"Request({name}, unique={self.unique}, nodeid={self.nodeid}, body={self.body!r})"
 
 
-class Reply:
+class Reply(_LazyHeader):
     """A decoded reply: ``header`` (fuse_out_header), ``error``, ``body`` (None on error).
 
     ``header`` None with ``values`` (the unpacked fuse_out_header) builds the Container on
@@ -169,6 +178,7 @@ class Reply:
     """
 
     __slots__ = ("_header", "_values", "opcode", "body", "raw", "request")
+    _FIELDS = _OUT_FIELDS
 
     def __init__(
         self,
@@ -185,17 +195,6 @@ class Reply:
         self.body = body
         self.raw = raw
         self.request = request
-
-    @property
-    def header(self) -> Container:
-        h = self._header
-        if h is None:
-            h = self._header = Container(zip(_OUT_FIELDS, self._values, strict=True))
-        return h
-
-    @header.setter
-    def header(self, value: Container) -> None:
-        self._header = value
 
     @property
     def error(self) -> int:
