@@ -100,6 +100,13 @@ class _LazyHeader:
     def header(self, value: Container) -> None:
         self._header = value
 
+    @property
+    def unique(self) -> int:
+        # Third field of both fuse_in_header (len, opcode, unique) and fuse_out_header
+        # (len, error, unique).
+        h = self._header
+        return self._values[2] if h is None else h["unique"]
+
 
 class Request(_LazyHeader):
     """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``, ``ext``.
@@ -142,11 +149,6 @@ class Request(_LazyHeader):
     def body(self, value: Any) -> None:
         self._body = value
         self._parts = None
-
-    @property
-    def unique(self) -> int:
-        h = self._header
-        return self._values[2] if h is None else h["unique"]
 
     @property
     def nodeid(self) -> int:
@@ -200,11 +202,6 @@ class Reply(_LazyHeader):
     def error(self) -> int:
         h = self._header
         return self._values[1] if h is None else h["error"]
-
-    @property
-    def unique(self) -> int:
-        h = self._header
-        return self._values[2] if h is None else h["unique"]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reply):
