@@ -20,7 +20,9 @@ transport x1 with a busy pause of 0-20 us after each reply, which shows the pric
 work between a reply and the next kick (the daemon's thread goes to sleep).
 
 Run: ``.venv/bin/python benchmarks/bench_transport.py [--seconds 2] [--daemon c|rust]
-[--virtiofsd PATH] [--repeat N] [--breakdown]``.
+[--virtiofsd PATH] [--repeat N] [--breakdown] [--indirect]``. ``--indirect`` negotiates
+VIRTIO_RING_F_INDIRECT_DESC: every request of two or more segments then goes through an
+indirect table (one ring slot each).
 Targets (issue 3): >= 25k/s with 1 in flight, >= 100k/s with 32, >= 1.5 GB/s reading.
 """
 
@@ -186,13 +188,16 @@ def bench_pauses(t: VhostUserTransport, minor: int, seconds: float) -> dict[int,
 
 
 def run(inst: daemons.Installation, seconds: float, mode: str,
-        repeat: int = 1, pauses: bool = False) -> dict[str, dict]:
+        repeat: int = 1, pauses: bool = False, indirect: bool = False) -> dict[str, dict]:
     root = tempfile.mkdtemp(prefix="fuseproto-bench-")
     try:
         with open(os.path.join(root, "data"), "wb") as f:
             f.write(os.urandom(1 << 20) * (FILE_SIZE >> 20))
         t = VhostUserTransport.spawn(inst, root, mode=mode, queue_size=256,
-                                     memory_size=64 << 20)
+                                     memory_size=64 << 20, indirect=indirect)
+        if indirect and not t.negotiated.indirect_desc:
+            print(f"{inst.kind}: the daemon does not offer indirect descriptors",
+                  file=sys.stderr)
         try:
             c = Client(t)
             c.init()
@@ -379,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["poll", "eventfd"], default="poll")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure each figure this many times (layers alternating), keep the best")
+    ap.add_argument("--indirect", action="store_true",
+                    help="negotiate indirect descriptors (one ring slot per request)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print the per-operation cost of each layer (in-process)")
     args = ap.parse_args(argv)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, mode={args.mode}, "
+          f"indirect={'on' if args.indirect else 'off'}, "
           f"{args.seconds} s per figure, best of {args.repeat}; (n.nnx) = ratio to the target")
     installs = []
     for path in args.virtiofsd:
@@ -398,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'daemon':{width}} {'layer':10} " + " ".join(f"{k:>19}" for k in KEYS))
     pauses = {}
     for label, inst in installs:
-        res = run(inst, args.seconds, args.mode, args.repeat, pauses=args.breakdown)
+        res = run(inst, args.seconds, args.mode, args.repeat, pauses=args.breakdown,
+                  indirect=args.indirect)
         if "pauses" in res:
             pauses[label] = res.pop("pauses")
         for layer, figures in res.items():

@@ -281,6 +281,11 @@ class Negotiated:
     def has(self, feature: VhostUserProtocolFeature) -> bool:
         return bool(self.protocol_features & _bit(feature))
 
+    @property
+    def indirect_desc(self) -> bool:
+        """VIRTIO_RING_F_INDIRECT_DESC was agreed (SET_FEATURES)."""
+        return bool(self.features & _bit(VIRTIO_F_RING_INDIRECT_DESC))
+
 
 # Directions as the capture format numbers them (fuseproto.capture.frames.Direction).
 _REQUEST, _REPLY = 0, 1
@@ -296,7 +301,10 @@ class VhostUserTransport:
     sequence of device-writable area sizes. ``reply_size`` 0 means no reply (FORGET).
 
     ``mode`` chooses completion: "poll" spins on the used ring before blocking on the call
-    eventfd, "eventfd" blocks at once. ``daemon`` (optional) is the
+    eventfd, "eventfd" blocks at once. ``indirect`` asks for VIRTIO_RING_F_INDIRECT_DESC:
+    if the daemon offers it, a request of several segments takes one ring descriptor (its
+    table in guest memory) instead of one per segment; ``negotiated.indirect_desc`` says
+    whether it was agreed. ``daemon`` (optional) is the
     :class:`~fuseproto.transport.daemons.Daemon` serving the socket; with it errors name
     what became of the process, and :meth:`close` stops it.
     """
@@ -315,6 +323,7 @@ class VhostUserTransport:
         backend_handler=None,
         own_daemon: bool = True,
         tap=None,
+        indirect: bool = False,
     ):
         if mode not in ("poll", "eventfd"):
             raise ValueError("mode must be 'poll' or 'eventfd'")
@@ -327,6 +336,7 @@ class VhostUserTransport:
         self.spin_s = spin_s if mode == "poll" else 0.0
         self.timeout = timeout
         self.backend_handler = backend_handler
+        self.indirect = indirect
         # tap(direction, queue, data): e.g. a fuseproto.capture.CaptureRecorder, which
         # writes every FUSE message that crosses the rings to a pcap file.
         self.tap = tap
@@ -485,12 +495,14 @@ class VhostUserTransport:
             n.backend_channel = True
         self._send(VhostUserRequest.SET_OWNER)
         n.features = _bit(VIRTIO_F_VERSION_1) | _bit(VHOST_USER_F_PROTOCOL_FEATURES)
+        if self.indirect:
+            n.features |= features & _bit(VIRTIO_F_RING_INDIRECT_DESC)
         self._set_u64(VhostUserRequest.SET_FEATURES, n.features)
         # Rings are carved from guest memory before the table is sent; SET_MEM_TABLE must
         # precede SET_VRING_ADDR, which the daemon translates through the table.
         mem = self.mem
         assert mem is not None
-        self.queues = [SplitVirtqueue(mem, i, self.queue_size)
+        self.queues = [SplitVirtqueue(mem, i, self.queue_size, indirect=n.indirect_desc)
                        for i in range(1 + self.request_queues)]
         table = VhostUserMemory.build(dict(nregions=1, padding=0, regions=[dict(
             guest_addr=mem.gpa_base, size=mem.size, user_addr=mem.uaddr_base, mmap_offset=0)]))
@@ -552,8 +564,9 @@ class VhostUserTransport:
             # Nobody waits for a reply-less request (FORGET): reclaim finished ones here,
             # and wait for room if the daemon has not caught up (it may be descheduled).
             self._collect(vq)
-            if vq.free_descriptors() < len(out):
-                self._wait_room(vq, len(out))
+            need = vq.descriptors_for(len(out))
+            if vq.free_descriptors() < need:
+                self._wait_room(vq, need)
         token = vq.add(out, ins, tag)
         if self.tap is not None:
             self.tap(_REQUEST, qi, b"".join(out))

@@ -71,6 +71,7 @@ class GuestMemory:
         self.view = memoryview(self.mm)
         self._bump = 0
         self._free: dict[int, list[int]] = {}
+        self.allocated = 0  # live alloc() blocks (requests' buffers): a leak shows here
 
     # -- allocation: power-of-two size classes with free lists (requests recycle fast) ----
     def carve(self, size: int, align: int = PAGE) -> int:
@@ -85,11 +86,17 @@ class GuestMemory:
         # Size classes: 4 KiB (2**12) and up; sizes <= 4096 all land in class 12.
         cls = (size - 1).bit_length() if size > 4096 else 12
         free = self._free.get(cls)
+        self.allocated += 1
         if free:
             return free.pop()
-        return self.carve(1 << cls, 64)
+        try:
+            return self.carve(1 << cls, 64)
+        except TransportError:
+            self.allocated -= 1
+            raise
 
     def release(self, off: int, size: int) -> None:
+        self.allocated -= 1
         cls = (size - 1).bit_length() if size > 4096 else 12
         free = self._free.get(cls)
         if free is None:
@@ -128,12 +135,19 @@ class Inflight:
     queue: int = 0
     tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
     taken: bool = False
+    table_len: int = 0  # bytes of the indirect table at buf_off (0: a direct chain)
 
 
 class SplitVirtqueue:
-    """One split virtqueue of ``size`` entries laid out in ``mem``."""
+    """One split virtqueue of ``size`` entries laid out in ``mem``.
 
-    def __init__(self, mem: GuestMemory, index: int, size: int = 256):
+    ``indirect`` (only once VIRTIO_RING_F_INDIRECT_DESC is negotiated): a request of two
+    or more segments takes one ring descriptor pointing at an indirect table (2.7.5.3)
+    instead of a chain of ring descriptors.
+    """
+
+    def __init__(self, mem: GuestMemory, index: int, size: int = 256, *,
+                 indirect: bool = False):
         if size & (size - 1) or not 1 <= size <= 32768:
             raise ValueError("queue size must be a power of two <= 32768")
         self.mem = mem
@@ -157,6 +171,7 @@ class SplitVirtqueue:
         self._used_idx_off = self.used_off + 2
         self._used_ring_off = self.used_off + 4
         self._mask = size - 1
+        self.indirect = indirect
 
     # addresses for SET_VRING_ADDR (frontend virtual addresses, like QEMU's)
     @property
@@ -174,6 +189,10 @@ class SplitVirtqueue:
     def free_descriptors(self) -> int:
         return len(self._free_desc)
 
+    def descriptors_for(self, segments: int) -> int:
+        """Ring descriptors a request of ``segments`` segments takes."""
+        return 1 if self.indirect and segments > 1 else segments
+
     def set_interrupts(self, on: bool) -> None:
         """Toggle VIRTQ_AVAIL_F_NO_INTERRUPT: off while busy-polling saves the daemon a
         call-eventfd write per reply."""
@@ -190,9 +209,11 @@ class SplitVirtqueue:
         ``in_sizes`` bytes, and publish it in the avail ring (the caller kicks)."""
         free = self._free_desc
         n_out = len(out)
-        if n_out == 1 and len(in_sizes) == 1 and len(free) >= 2:
-            return self._add_one_one(out[0], in_sizes[0], tag)
         n = n_out + len(in_sizes)
+        if self.indirect and n > 1:
+            return self._add_indirect(out, in_sizes, tag)
+        if n_out == 1 and n == 2 and len(free) >= 2:
+            return self._add_one_one(out[0], in_sizes[0], tag)
         if n == 0:
             raise ValueError("empty descriptor chain")
         if n > len(free):
@@ -278,6 +299,65 @@ class SplitVirtqueue:
                        VIRTQ_DESC_F_WRITE, 0)
         req = Inflight(head, descs, buf, buf_size, in_off, in_size, False, 0, False,
                        self.index, tag)
+        self.inflight[head] = req
+        idx = self._avail_idx
+        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        idx = self._avail_idx = (idx + 1) & 0xFFFF
+        _pack_u16(mm, self._avail_idx_off, idx)  # after the entry (x86 TSO, see add())
+        return req
+
+    def _add_indirect(self, out: Sequence[bytes | bytearray | memoryview],
+                      in_sizes: Sequence[int], tag: object) -> Inflight:
+        """add() through an indirect table: one buffer holds the table (first, so it is
+        16-byte aligned), the device-readable bytes, then the writable areas; it is freed
+        whole when the chain comes back, so the table lives and dies with the request."""
+        free = self._free_desc
+        n = len(out) + len(in_sizes)
+        # 2.7.5.3.1: a table is a chain, and a chain is at most Queue Size descriptors.
+        if n > self.size:
+            raise TransportError(
+                f"queue {self.index}: {n} segments exceed the queue size {self.size}")
+        if not free:
+            raise TransportError(
+                f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
+            )
+        table_len = 16 * n
+        out_total = 0
+        for seg in out:
+            out_total += (len(seg) + 7) & ~7
+        in_total = sum(in_sizes)
+        buf_size = table_len + out_total + in_total
+        mem = self.mem
+        buf = mem.alloc(buf_size)
+        mm = self._mm
+        gpa_base = mem.gpa_base
+        pack_desc = _pack_desc
+        # Table entries chain with NEXT from index 0; the last has no NEXT (2.7.5.3.1).
+        pos = buf + table_len
+        ent = buf
+        i = 1
+        for seg in out:
+            ln = len(seg)
+            mm[pos:pos + ln] = seg
+            pack_desc(mm, ent, gpa_base + pos, ln, VIRTQ_DESC_F_NEXT if i < n else 0,
+                      i if i < n else 0)
+            pos += (ln + 7) & ~7
+            ent += 16
+            i += 1
+        in_off = pos
+        for ln in in_sizes:
+            pack_desc(mm, ent, gpa_base + pos, ln,
+                      VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT if i < n else VIRTQ_DESC_F_WRITE,
+                      i if i < n else 0)
+            pos += ln
+            ent += 16
+            i += 1
+        head = free.pop()
+        # The ring descriptor: INDIRECT alone (never with NEXT), len a multiple of 16.
+        pack_desc(mm, self.desc_off + 16 * head, gpa_base + buf, table_len,
+                  VIRTQ_DESC_F_INDIRECT, 0)
+        req = Inflight(head, [head], buf, buf_size, in_off, in_total, False, 0, False,
+                       self.index, tag, False, table_len)
         self.inflight[head] = req
         idx = self._avail_idx
         _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
