@@ -295,6 +295,22 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
         raise _bug(e, "request") from e
 
 
+_MISSING = object()
+# (opcode, minor) -> (message size, parse) for replies whose body is one fixed-size struct
+# (e.g. fuse_attr_out): fuse_out_header and the body in one unpack_from; None otherwise.
+_FIXED_REPLY: dict[tuple[int, int], Any] = {}
+
+
+def _fixed_reply(op: int, minor: int) -> Any:
+    parts = messages._reply_parts(op, int(minor), None)
+    fixed = None
+    if parts and len(parts) == 1 and type(parts[0]) is messages.Fixed and not parts[0].derive:
+        st, parse = structs.fast_pair("fuse_out_header", parts[0].struct_name, parts[0].size)
+        fixed = (st.size, parse)
+    _FIXED_REPLY[op, minor] = fixed
+    return fixed
+
+
 def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     """Decode one reply to ``request`` (a :class:`Request`, or an opcode).
 
@@ -309,6 +325,19 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     else:
         op, rbody = int(request), None
     n = len(data)
+    # A fixed-size body of exactly the size it must have, no error: every check below
+    # passes but len == n and error == 0, checked here on the one unpack. (Such opcodes
+    # never need the request's body.)
+    fixed = _FIXED_REPLY.get((op, minor), _MISSING)
+    if fixed is _MISSING:
+        try:
+            fixed = _fixed_reply(op, minor)
+        except Exception:  # noqa: BLE001 -- a bad minor/opcode: the general path decides
+            fixed = None
+    if fixed is not None and n == fixed[0]:
+        values, body = fixed[1](data, 0)
+        if values[0] == n and values[1] == 0:
+            return Reply(None, _OPCODES.get(op, op), body, data, request, values)
     if n < _OUT_SIZE:
         raise TruncatedError(
             f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
@@ -437,6 +466,28 @@ def _ext_bytes(ext: Any) -> bytes:
         raise EncodeError(f"cannot build extensions: {e}") from e
 
 
+# (opcode, minor, setxattr_ext) -> (parts, message size, build) for requests whose body is
+# at most one fixed-size struct: fuse_in_header and the body in one struct.pack; else None.
+_FIXED_REQUEST: dict[tuple[int, int, bool], Any] = {}
+_IN_PARAMS = ("n", "opcode", "unique", "nodeid", "uid", "gid", "pid", "total_extlen", "padding")
+
+
+def _fixed_request(op: int, minor: int, xext: bool) -> Any:
+    fixed = None
+    try:
+        parts = messages._request_parts(op, int(minor), xext)
+        build = None
+        if parts is not None and messages.always_parses(parts):
+            build = messages.prefixed_builder(parts, "fuse_in_header", _IN_PARAMS)
+        if build is not None:
+            size = parts[0].size if parts else 0
+            fixed = (parts, _IN_SIZE + size, build)
+    except Exception:  # noqa: BLE001 -- a bad minor/opcode: the general path decides
+        return None
+    _FIXED_REQUEST[op, minor, xext] = fixed
+    return fixed
+
+
 def encode_request(
     opcode: int,
     body: Any,
@@ -465,7 +516,39 @@ def encode_request(
     and names, nothing forced, no extensions) the body is decoded on first use instead.
     """
     op = int(opcode)
-    parts = messages._request_parts(op, int(minor), bool(flags & messages.FUSE_SETXATTR_EXT))
+    xext = bool(flags & messages.FUSE_SETXATTR_EXT)
+    if ext is None and length is None and total_extlen is None:
+        fixed = _FIXED_REQUEST.get((op, minor, xext), _MISSING)
+        if fixed is _MISSING:
+            fixed = _fixed_request(op, minor, xext)
+        if fixed is not None:
+            fbody = _NO_BODY if body is None else body
+            if isinstance(fbody, dict):
+                fparts, n, build = fixed
+                try:
+                    data = build(fbody, n, op, unique, nodeid, uid, gid, pid, 0, padding)
+                except Exception:  # noqa: BLE001 -- the general path below decides the error
+                    data = None
+                if data is not None:
+                    if not return_request:
+                        return data
+                    # struct.pack range-checked the ints, so they are what unpack gives.
+                    if (
+                        int
+                        is type(unique)
+                        is type(nodeid)
+                        is type(uid)
+                        is type(gid)
+                        is type(pid)
+                        is type(padding)
+                    ):
+                        values = (n, op, unique, nodeid, uid, gid, pid, 0, padding)
+                    else:
+                        values = _in_unpack(data, 0)
+                    return data, Request(
+                        None, _OPCODES.get(op, op), _LAZY, [], data, fparts, values
+                    )
+    parts = messages._request_parts(op, int(minor), xext)
     payload = _build_body(parts, body, ("request", opcode))
     extb = b"" if ext is None else _ext_bytes(ext)
     n = _IN_SIZE + len(payload) + len(extb)

@@ -1257,6 +1257,39 @@ def always_parses(parts: tuple[Part, ...]) -> bool:
     return all((type(p) is Fixed and not p.derive) or type(p) is Name for p in parts)
 
 
+@lru_cache(maxsize=1024)
+def prefixed_builder(
+    parts: tuple[Part, ...], head: str, params: tuple[str, ...]
+) -> Callable[..., bytes] | None:
+    """``build(body, *params) -> bytes``: struct ``head`` (its fields from ``params``, in
+    order) followed by the body of ``parts``, in ONE ``struct.pack`` (the two FastLayout
+    formats joined); None unless ``parts`` is at most one underived :class:`Fixed` (a
+    fixed-size body). Same bytes and same failures as ``head``'s pack plus
+    :func:`build_parts`; the caller falls back to those on any exception."""
+    hl = structs.FAST[head]
+    if not hl.flat or len(params) != len(hl.fields):
+        raise ValueError(f"{head}: a flat struct with one parameter per field")
+    out: dict[str, list] = {"fmt": [], "leaves": [], "lines": [], "ns": []}
+    fmt = hl.struct.format
+    if parts:
+        if len(parts) != 1 or type(parts[0]) is not Fixed or parts[0].derive:
+            return None
+        part = parts[0]
+        args = _builder_args(part.con, "g", "", out, {})
+        fmt += part.fl.struct.format[1:]
+    else:
+        args = []
+    src = (
+        f"def build(b, {', '.join(params)}):\n    g = b.get\n"
+        + "".join(f"    {line}\n" for line in out["lines"])
+        + f"    return _pack({', '.join((*params, *args))})\n"
+    )
+    ns: dict[str, Any] = {"_pack": _struct.Struct(fmt).pack, "_nested": _nested, "_ints": _ints}
+    ns["_chars"] = _chars
+    exec(compile(src, f"<fuseproto.wire.messages build {head}+body>", "exec"), ns)  # noqa: S102 -- source generated from the declarations only
+    return ns["build"]
+
+
 def build_parts(parts: tuple[Part, ...], body: Mapping[str, Any]) -> bytes:
     """Encode dict ``body`` as ``parts`` with the fast path (the inverse of parse_parts).
 

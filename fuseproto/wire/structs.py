@@ -562,6 +562,32 @@ def fast(name: str, size: int | None = None) -> FastLayout:
     return _fast_for_key(f"{name}@{size}", name)
 
 
+@cache
+def fast_pair(
+    head: str, name: str, size: int | None = None
+) -> tuple[_struct.Struct, Callable[[Any, int], tuple[tuple, Container]]]:
+    """Flat struct ``head`` followed by struct ``name`` (or its ``size``-byte prefix) as
+    ONE ``struct.Struct`` (the two FastLayout formats joined) and ``parse(buf, offset=0)
+    -> (head values, Container)``, the Container equal to ``fast(name, size).parse(buf,
+    offset + head size)``. No checks, as for FastLayout."""
+    hl = fast(head)
+    if not hl.flat:
+        raise ValueError(f"{head} is not flat")
+    fl = fast(name, size)
+    key = name if fl.size == ALL[name].sizeof() else f"{name}@{fl.size}"
+    st = _struct.Struct(hl.struct.format + fl.struct.format[1:])
+    nh = len(hl.fields)
+    expr = _gen_parse(key, [nh], {})
+    src = (
+        "def parse(buf, offset=0):\n"
+        "    v = _unpack(buf, offset)\n"
+        f"    return v[:{nh}], {expr}\n"
+    )
+    ns: dict[str, Any] = {"_unpack": st.unpack_from, "_C": Container, "_L": ListContainer}
+    exec(compile(src, f"<fuseproto.wire.structs fast {head}+{key}>", "exec"), ns)  # noqa: S102 -- source generated from DECLS only
+    return st, ns["parse"]
+
+
 FAST: dict[str, FastLayout] = {name: fast(name) for name in ALL}
 
 del _name, _spec
