@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -287,9 +288,11 @@ class Session:
                 unique = self._next_unique
                 if unique in pending or unique in self._interrupts:
                     unique = self._free_unique()
+        # A call with **{} still builds a keyword dict: keep the common call plain.
+        encode = functools.partial(codec.encode_request, **hdr) if hdr else codec.encode_request
         try:
             # The Request decode_request(data) would give, without decoding data again.
-            data, request = codec.encode_request(
+            data, request = encode(
                 opcode,
                 body,
                 unique=unique,
@@ -300,7 +303,6 @@ class Session:
                 minor=self.minor if minor is None else minor,
                 flags=self._flags_int if flags is None else flags,
                 return_request=True,
-                **hdr,
             )
         except DecodeError as exc:
             raise LocalProtocolError(

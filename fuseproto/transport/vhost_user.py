@@ -30,6 +30,9 @@ from construct import Array, Bytes, Int8ul, Int32ul, Int64ul, Struct, this
 from ..errors import DaemonError, TransportError, TransportTimeout
 from .virtqueue import GuestMemory, Inflight, SplitVirtqueue, _unpack_u16
 
+# A tuple, not `bytes | bytearray | memoryview`: that builds a UnionType on every call.
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 # -- message schemas (vhost-user.rst "Message types" / "Payload") ---------------------------
 
 VhostUserHeader = Struct("request" / Int32ul, "flags" / Int32ul, "size" / Int32ul)
@@ -542,7 +545,7 @@ class VhostUserTransport:
         str, or ``(opcode, unique)``, formatted only when an error names it)."""
         if self._broken or self._closed:
             raise TransportError(self._broken or "transport is closed")
-        if isinstance(request, bytes | bytearray | memoryview):
+        if isinstance(request, _BYTES_LIKE):
             out: Sequence = (request,)
         else:
             out = list(request)
