@@ -302,9 +302,19 @@ _FIXED_REPLY: dict[tuple[int, int], Any] = {}
 
 
 def _fixed_reply(op: int, minor: int) -> Any:
-    parts = messages._reply_parts(op, int(minor), None)
+    try:
+        parts = messages._reply_parts(op, int(minor), None)
+    except Exception:  # noqa: BLE001 -- a bad minor: the general path decides
+        return None
     fixed = None
-    if parts and len(parts) == 1 and type(parts[0]) is messages.Fixed and not parts[0].derive:
+    # (No such reply is shaped or limited by the request's body: _NEEDS_REQUEST_BODY.)
+    if (
+        op not in _NEEDS_REQUEST_BODY
+        and parts
+        and len(parts) == 1
+        and type(parts[0]) is messages.Fixed
+        and not parts[0].derive
+    ):
         st, parse = structs.fast_pair("fuse_out_header", parts[0].struct_name, parts[0].size)
         fixed = (st.size, parse)
     _FIXED_REPLY[op, minor] = fixed
@@ -319,25 +329,23 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     """
     if type(data) is not bytes:
         data = _as_bytes(data)
-    if isinstance(request, Request):
-        op = int(request.opcode)
-        rbody = request.body if op in _NEEDS_REQUEST_BODY else None
-    else:
-        op, rbody = int(request), None
+    is_request = isinstance(request, Request)
+    op = int(request.opcode) if is_request else int(request)
     n = len(data)
     # A fixed-size body of exactly the size it must have, no error: every check below
     # passes but len == n and error == 0, checked here on the one unpack. (Such opcodes
     # never need the request's body.)
-    fixed = _FIXED_REPLY.get((op, minor), _MISSING)
-    if fixed is _MISSING:
-        try:
-            fixed = _fixed_reply(op, minor)
-        except Exception:  # noqa: BLE001 -- a bad minor/opcode: the general path decides
-            fixed = None
+    try:
+        fixed = _FIXED_REPLY[op, minor]
+    except KeyError:
+        fixed = _fixed_reply(op, minor)
+    except TypeError:  # an unhashable minor: the general path decides
+        fixed = None
     if fixed is not None and n == fixed[0]:
         values, body = fixed[1](data, 0)
         if values[0] == n and values[1] == 0:
             return Reply(None, _OPCODES.get(op, op), body, data, request, values)
+    rbody = request.body if is_request and op in _NEEDS_REQUEST_BODY else None
     if n < _OUT_SIZE:
         raise TruncatedError(
             f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
