@@ -245,3 +245,38 @@ def test_bad_extensions(ext):
 def test_memoryview_and_bytearray_inputs():
     data = in_header(O.FUSE_LOOKUP, b"x\0")
     assert codec.decode_request(bytearray(data)) == codec.decode_request(memoryview(data))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: codec.encode_request(O.FUSE_LOOKUP, Container(name=1 << 32), unique=2),
+        lambda: codec.encode_request(
+            O.FUSE_WRITE,
+            Container(fh=1, offset=0, write_flags=0, lock_owner=0, flags=0, padding=0,
+                      data=1 << 32),
+            unique=2,
+        ),
+        lambda: codec.encode_reply(
+            O.FUSE_IOCTL,
+            Container(result=0, flags=0, in_iovs=0, out_iovs=0, in_iov=[], out_iov=[],
+                      data=(1 << 32) - 1),
+            unique=2,
+        ),
+        lambda: codec.encode_reply(
+            O.FUSE_READDIR,
+            Container(entries=[Container(ino=2, off=1, namelen=9, type=8, name=(1 << 32) - 1)]),
+            unique=2,
+        ),
+    ],
+)
+def test_int_where_bytes_belong_is_refused_without_allocating(build):
+    """bytes(n) would allocate n zero bytes: a mutated body must get EncodeError, not 4 GiB."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(EncodeError):
+            build()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

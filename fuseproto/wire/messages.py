@@ -225,6 +225,14 @@ class _Derived(Subconstruct):
         return self.subcon._build(obj, stream, context, path)
 
 
+def _octets(obj: Any) -> bytes:
+    """``bytes(obj)`` for a byte-string field, refusing an int: ``bytes(n)`` would allocate
+    n zero bytes, and a mutated or forced value must never size an allocation."""
+    if isinstance(obj, int):
+        raise TypeError(f"expected a byte string, got {type(obj).__name__}")
+    return obj if type(obj) is bytes else bytes(obj)
+
+
 def _zero_of(sc: Construct) -> Callable[[Any], Any]:
     if isinstance(sc, Array):
         n = sc.count
@@ -266,7 +274,7 @@ class _CName(Construct):
         return rest[:i]
 
     def _build(self, obj, stream, context, path):
-        obj = bytes(obj)
+        obj = _octets(obj)
         if b"\0" in obj:
             raise SchemaError("name contains NUL", DecodeError, path)
         stream.write(obj + b"\0")
@@ -616,7 +624,7 @@ class Name(Part):
         return i + 1, body
 
     def build(self, body):
-        name = bytes(body[self.field])
+        name = _octets(body[self.field])
         if b"\0" in name:
             raise ValueError(f"{self.field} contains NUL")
         return name + b"\0"
@@ -647,7 +655,7 @@ class NameN(Part):
         return end, body
 
     def build(self, body):
-        return bytes(body[self.field]) + b"\0"  # namelen (derived or forced) is not checked
+        return _octets(body[self.field]) + b"\0"  # namelen (derived or forced) is not checked
 
     def subcons(self):
         lf = self.len_field
@@ -678,7 +686,7 @@ class Sized(Part):
         return end, body
 
     def build(self, body):
-        return bytes(body[self.field])  # the size field (derived or forced) is not checked
+        return _octets(body[self.field])  # the size field (derived or forced) is not checked
 
     def subcons(self):
         sf = self.size_field
@@ -847,7 +855,7 @@ class Dirents(Part):
             if namelen is None:
                 namelen = len(d["name"])
             out.append(pack(_z(d.get("ino")), _z(d.get("off")), namelen, _z(d.get("type"))))
-            out.append(bytes(d["name"]))
+            out.append(_octets(d["name"]))
             pad = rec.get("pad")
             n = -(head + namelen) % 8
             out.append(b"\0" * n if pad is None else _chars(pad, n))
@@ -912,7 +920,7 @@ class IoctlOut(Part):
         out += [_IOVEC_BUILD(_nested(x)) for x in body.get("out_iov") or ()]
         data = body.get("data")
         if data is not None:
-            out.append(bytes(data))
+            out.append(_octets(data))
         return b"".join(out)
 
     def subcons(self):
@@ -950,7 +958,7 @@ class _Greedy(Construct):
         return stream.read()
 
     def _build(self, obj, stream, context, path):
-        stream.write(bytes(obj))
+        stream.write(_octets(obj))
         return obj
 
 
@@ -1418,7 +1426,7 @@ def build_ext(records: list[Mapping[str, Any]]) -> bytes:
             body = b""
             for c in rec["secctx"]:
                 ctx = bytes(_need(c, "ctx", b""))
-                name = bytes(c["name"])
+                name = _octets(c["name"])
                 if b"\0" in name:
                     raise ValueError("secctx name contains NUL")
                 ent = _EXT_HDR.pack(_need(c, "size", len(ctx)), _need(c, "padding", 0))
