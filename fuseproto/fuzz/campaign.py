@@ -108,6 +108,18 @@ class AtherisRun:
     log: str
 
 
+# libFuzzer's RSS reading is ru_maxrss, which Linux carries over from the process that
+# forked and exec'ed it: a fuzzer started from a large process (a test runner) would start
+# "over the limit". The budget is 2 GiB above what this process has used.
+RSS_BUDGET_MB = 2048
+
+
+def _rss_limit_mb() -> int:
+    import resource
+
+    return RSS_BUDGET_MB + resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> AtherisRun:
     """One libFuzzer run of ``fuzz/<target>_fuzzer.py`` for up to ``seconds``."""
@@ -122,7 +134,7 @@ def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
     argv = [sys.executable, str(fz / f"{target}_fuzzer.py"),
             f"-max_total_time={max(1, int(seconds))}", "-print_final_stats=1",
             f"-artifact_prefix={artifacts}/", f"-seed={seed or 1}", "-timeout=10",
-            "-rss_limit_mb=2048", "-max_len=8192"]
+            f"-rss_limit_mb={_rss_limit_mb()}", "-max_len=8192"]
     dic = fz / f"{target}.dict"
     if dic.exists():
         argv.append(f"-dict={dic}")
