@@ -28,6 +28,7 @@ import ctypes
 import errno
 import mmap
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,18 +127,11 @@ class WindowDevice:
     def submit(self, msg: DaxMessage) -> int:
         """Apply one request; returns 0 or a positive errno (the reply's error)."""
         self.requests += 1
-        if self.through_codec:
-            from fuseproto.errors import DecodeError
-            from fuseproto.wire import codec
-
-            try:
-                req = codec.decode_request(msg.raw)
-            except DecodeError:
-                self.refused += 1
-                return errno.EINVAL
-            opcode, nodeid, body = req.opcode, req.nodeid, req.body
-        else:
-            opcode, nodeid, body = msg.opcode, msg.nodeid, msg.body
+        fields = self._fields(msg)
+        if fields is None:
+            self.refused += 1
+            return errno.EINVAL
+        opcode, nodeid, body = fields
         if opcode == FUSE_SETUPMAPPING:
             err = self._setup(nodeid, body)
         elif opcode == FUSE_REMOVEMAPPING:
@@ -148,12 +142,38 @@ class WindowDevice:
             self.refused += 1
         return err
 
+    def _fields(self, msg: Any) -> tuple[Any, int, Any] | None:
+        """(opcode, nodeid, body) of a request: decoded from its wire bytes when
+        ``through_codec``, else its fields as given; None when the bytes do not decode."""
+        if not self.through_codec:
+            return msg.opcode, msg.nodeid, msg.body
+        from fuseproto.errors import DecodeError
+        from fuseproto.wire import codec
+
+        try:
+            req = codec.decode_request(msg.raw)
+        except DecodeError:
+            return None
+        return req.opcode, req.nodeid, req.body
+
+    # The refusal rules (EINVAL), shared by every device including the simulator's.
     def _bad_range(self, offset: int, length: int) -> bool:
         a = self.alignment
         return length <= 0 or offset % a or length % a or offset + length > self.window_size
 
+    def _bad_setup(self, moffset: int, length: int, foffset: int) -> bool:
+        return self._bad_range(moffset, length) or bool(foffset % self.alignment)
+
+    def _bad_remove(self, count: int | None, ranges: Sequence[tuple[int, int]]) -> bool:
+        """``count`` None: no count field to check (the entries are all there is)."""
+        return (
+            (count is not None and count != len(ranges))
+            or len(ranges) > REMOVEMAPPING_MAX_ENTRY
+            or any(self._bad_range(m, n) for m, n in ranges)
+        )
+
     def _setup(self, nodeid: int, body: Any) -> int:
-        if self._bad_range(body.moffset, body.len) or body.foffset % self.alignment:
+        if self._bad_setup(body.moffset, body.len, body.foffset):
             return errno.EINVAL
         m = DeviceMapping(body.moffset, body.len, nodeid, body.foffset, body.flags, body.fh)
         try:
@@ -166,9 +186,7 @@ class WindowDevice:
 
     def _remove(self, body: Any) -> int:
         entries = list(body.entries)
-        if body.count != len(entries) or len(entries) > REMOVEMAPPING_MAX_ENTRY:
-            return errno.EINVAL
-        if any(self._bad_range(e.moffset, e.len) for e in entries):
+        if self._bad_remove(body.count, [(e.moffset, e.len) for e in entries]):
             return errno.EINVAL
         for e in entries:
             try:

@@ -20,13 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fuseproto.errors import DecodeError
-from fuseproto.wire import codec
-
 from .belady import belady_min
 from .device import DeviceMapping, ModelDevice
 from .manager import ManagerFactory, load_manager
-from .messages import FUSE_REMOVEMAPPING, FUSE_SETUPMAPPING, REMOVEMAPPING_MAX_ENTRY
+from .messages import FUSE_REMOVEMAPPING, FUSE_SETUPMAPPING
 from .traces import Trace
 
 __all__ = [
@@ -100,21 +97,13 @@ class SimWindow(ModelDevice):
         self.accepts_records = records
         self.mapped: set[tuple[int, int]] = set()
         self.log = log
-        self._align = self.alignment  # fixed for a simulation
 
     # ---- mapping records -------------------------------------------------------------
     def setup_record(
         self, nodeid: int, fh: int, foffset: int, length: int, flags: int, moffset: int
     ) -> int:
         self.requests += 1
-        a = self._align
-        if (
-            length <= 0
-            or moffset % a
-            or length % a
-            or moffset + length > self.window_size
-            or foffset % a
-        ):
+        if self._bad_setup(moffset, length, foffset):
             err = errno.EINVAL
         elif self.track:
             m = DeviceMapping(moffset, length, nodeid, foffset, flags, fh)
@@ -141,14 +130,7 @@ class SimWindow(ModelDevice):
         self, nodeid: int, entries: Sequence[tuple[int, int]], count: int | None = None
     ) -> int:
         self.requests += 1
-        a = self._align
-        w = self.window_size
-        err = 0
-        if (count is not None and count != len(entries)) or len(entries) > REMOVEMAPPING_MAX_ENTRY:
-            err = errno.EINVAL
-        for m, n in entries:
-            if n <= 0 or m % a or n % a or m + n > w:
-                err = errno.EINVAL
+        err = errno.EINVAL if self._bad_remove(count, entries) else 0
         if err:
             self.refused += 1
         elif self.track:
@@ -160,16 +142,12 @@ class SimWindow(ModelDevice):
 
     # ---- messages --------------------------------------------------------------------
     def submit(self, msg: Any) -> int:
-        if self.through_codec:
-            try:
-                req = codec.decode_request(msg.raw)
-            except DecodeError:
-                self.requests += 1
-                self.refused += 1
-                return errno.EINVAL
-            opcode, nodeid, body = req.opcode, req.nodeid, req.body
-        else:
-            opcode, nodeid, body = msg.opcode, msg.nodeid, msg.body
+        fields = self._fields(msg)
+        if fields is None:
+            self.requests += 1
+            self.refused += 1
+            return errno.EINVAL
+        opcode, nodeid, body = fields
         if opcode == FUSE_SETUPMAPPING:
             return self.setup_record(
                 nodeid, body.fh, body.foffset, body.len, body.flags, body.moffset
