@@ -758,17 +758,12 @@ def fuzz_daemon(
                 repeats[key] = repeats.get(key, 0) + 1
                 if repeats[key] >= 5:
                     muted.add(key[1])
-                if out.finding in ("crash", "daemon-exit", "hang"):
-                    try:
-                        h.start()
-                    except (DaemonError, TransportError) as e:
-                        stats.error = f"restart failed: {e}"
-                        break
-                    pools = h.pools
-                    continue
             elif new and len(corpus) < 4000:
                 corpus.append((data, variant))
-            if out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy():
+            # A fresh daemon after it died, hung, or was left unusable by INIT/DESTROY.
+            if out.finding in ("crash", "daemon-exit", "hang") or (
+                out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy()
+            ):
                 try:
                     h.start()
                 except (DaemonError, TransportError) as e:
