@@ -236,9 +236,7 @@ class Client:
                 fh: int | None = None) -> Any:
         """SETATTR of the given attributes (``atime``/``mtime`` as (seconds, nanoseconds))."""
         valid = FATTR(0)
-        b = Container(valid=0, padding=0, fh=0, size=0, lock_owner=0, atime=0, mtime=0,
-                      ctime=0, atimensec=0, mtimensec=0, ctimensec=0, mode=0, unused4=0,
-                      uid=0, gid=0, unused5=0)
+        b = Container()  # fields left out build as 0 (the codec's rule for absent ints)
         if mode is not None:
             valid |= FATTR.FATTR_MODE
             b.mode = mode
