@@ -84,52 +84,37 @@ def _interesting_int(rng: random.Random, old: int) -> int:
     return rng.getrandbits(rng.choice((8, 16, 32, 64)))
 
 
-def _int_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
-    """Paths (keys / list indexes) of every integer leaf in a decoded body."""
-    out: list[tuple] = []
+def _paths(obj: Any, want: Callable[[Any, Any], bool], prefix: tuple = ()) -> list[tuple]:
+    """Paths (keys / list indexes) of the parts of a decoded body that ``want(key, value)``
+    selects; private keys (``_...``) are skipped, lists are looked into up to 16 items, and
+    a selected part is not looked into."""
     if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if isinstance(k, str) and k.startswith("_"):
-                continue
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, int):
-                out.append((*prefix, k))
-            elif isinstance(v, Mapping | list):
-                out.extend(_int_paths(v, (*prefix, k)))
+        items: Any = obj.items()
     elif isinstance(obj, list):
-        for i, v in enumerate(obj[:16]):
-            if isinstance(v, int):
-                out.append((*prefix, i))
-            elif isinstance(v, Mapping | list):
-                out.extend(_int_paths(v, (*prefix, i)))
-    return out
-
-
-def _bytes_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+        items = enumerate(obj[:16])
+    else:
+        return []
     out: list[tuple] = []
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if isinstance(v, bytes) and k in _BYTES_FIELDS:
-                out.append((*prefix, k))
-            elif isinstance(v, Mapping | list):
-                out.extend(_bytes_paths(v, (*prefix, k)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj[:16]):
-            if isinstance(v, Mapping | list):
-                out.extend(_bytes_paths(v, (*prefix, i)))
+    for k, v in items:
+        if isinstance(k, str) and k.startswith("_"):
+            continue
+        if want(k, v):
+            out.append((*prefix, k))
+        elif isinstance(v, Mapping | list):
+            out.extend(_paths(v, want, (*prefix, k)))
     return out
 
 
-def _list_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
-    out: list[tuple] = []
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if isinstance(v, list) and not (isinstance(k, str) and k.startswith("_")):
-                out.append((*prefix, k))
-            elif isinstance(v, Mapping):
-                out.extend(_list_paths(v, (*prefix, k)))
-    return out
+def _is_int(k: Any, v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_name(k: Any, v: Any) -> bool:
+    return isinstance(v, bytes) and k in _BYTES_FIELDS
+
+
+def _is_field_list(k: Any, v: Any) -> bool:
+    return isinstance(v, list) and isinstance(k, str)
 
 
 def _get(obj: Any, path: tuple) -> Any:
@@ -173,9 +158,9 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         body = Container()
     body = _deep_copy(body)
     choices: list[Callable[[], None]] = []
-    ints = _int_paths(body)
-    names = _bytes_paths(body)
-    lists = _list_paths(body)
+    ints = _paths(body, _is_int)
+    names = _paths(body, _is_name)
+    lists = _paths(body, _is_field_list)
 
     def set_int() -> None:
         p = rng.choice(ints)
