@@ -26,14 +26,13 @@ and run it through every check here with ``--manager mypkg.mydax:make`` (CLI) or
 
 from __future__ import annotations
 
-import errno
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from .device import WindowDevice, WindowFault
+from .device import WindowDevice
 from .host import FuseBackend
 from .messages import FUSE_SETUPMAPPING, DaxMessage, removemapping, setupmapping
 
@@ -298,10 +297,6 @@ class DaxManager(ABC):
     ) -> tuple[bytes, Segment]:
         data = self.backend.fuse_read(nodeid, fh, offset, size)
         return data, Segment(offset, len(data), None)
-
-
-def window_fault_errno(exc: WindowFault) -> int:
-    return exc.errno or errno.EFAULT
 
 
 ManagerFactory = Callable[..., DaxManager]

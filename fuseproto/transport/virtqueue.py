@@ -365,9 +365,6 @@ class SplitVirtqueue:
         _pack_u16(mm, self._avail_idx_off, idx)  # after the entry (x86 TSO, see add())
         return req
 
-    def has_used(self) -> bool:
-        return _unpack_u16(self._mm, self._used_idx_off)[0] != self._last_used
-
     def collect(self) -> list[Inflight]:
         """Consume every new used-ring entry; returns the completed chains (abandoned
         ones are freed and not returned)."""
