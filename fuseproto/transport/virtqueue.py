@@ -15,6 +15,7 @@ import ctypes
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,13 +34,31 @@ VIRTQ_USED_ELEM = struct.Struct("<II")
 VIRTQ_USED_F_NO_NOTIFY = 1
 U16 = struct.Struct("<H")
 U64 = struct.Struct("<Q")
-_pack_u16 = U16.pack_into
+# Never store into a field the device may be reading with Struct.pack_into: CPython's
+# pack_into memset()s the destination to zero before it writes the value, so a concurrent
+# reader can see 0 (libvhost-user then panics "Guest moved used index from N to 0"; the
+# Rust daemon stops serving the queue). Ring fields the device polls (avail flags, idx and
+# ring entries) are stored through GuestMemory.u16, a memoryview cast to native u16 whose
+# item assignment is a single 16-bit store (x86 is little-endian, like virtio 1.x).
 _pack_desc = VIRTQ_DESC.pack_into
 # Two adjacent descriptors in one store (chains are recycled whole, so they often are).
 _pack_desc2 = struct.Struct("<QIHHQIHH").pack_into
 _unpack_u16 = U16.unpack_from
 
 PAGE = mmap.PAGESIZE
+
+# A full memory barrier (store -> load ordering, which x86's TSO does not give): Python has
+# no fence, but taking and releasing a CPython lock executes locked read-modify-write
+# instructions (glibc's semaphore fast path), which order all earlier stores before all
+# later loads on x86. About 0.1 us; used only between publishing and reading a flag.
+_fence_lock = threading.Lock()
+_fence_acquire = _fence_lock.acquire
+_fence_release = _fence_lock.release
+
+
+def full_fence() -> None:
+    _fence_acquire()
+    _fence_release()
 
 
 def _align(n: int, a: int) -> int:
@@ -69,6 +88,7 @@ class GuestMemory:
         self.uaddr_base = ctypes.addressof(probe)
         del probe  # release the buffer export so the mapping can be closed later
         self.view = memoryview(self.mm)
+        self.u16 = self.view.cast("H")  # single-store u16 access: see the note on U16
         self._bump = 0
         self._free: dict[int, list[int]] = {}
         self.allocated = 0  # live alloc() blocks (requests' buffers): a leak shows here
@@ -113,6 +133,7 @@ class GuestMemory:
     def close(self) -> None:
         if self.mm is None:
             return
+        self.u16.release()
         self.view.release()
         self.mm.close()
         os.close(self.fd)
@@ -157,6 +178,7 @@ class SplitVirtqueue:
         self.avail_off = mem.carve(6 + 2 * size, 2)
         self.used_off = mem.carve(6 + 8 * size, PAGE)
         self._mm = mem.mm
+        self._u16 = mem.u16
         # Taken from the end; laid out so a two-descriptor chain is an adjacent pair
         # (0, 1), (2, 3) ... and stays one when it comes back (_add_one_one's one store).
         self._free_desc = [i ^ 1 for i in range(size - 1, -1, -1)] if size > 1 else [0]
@@ -167,6 +189,10 @@ class SplitVirtqueue:
         self._avail_flags_off = self.avail_off
         self._avail_idx_off = self.avail_off + 2
         self._avail_ring_off = self.avail_off + 4
+        # The same fields as indexes into mem.u16 (avail_off is 2-aligned).
+        self._avail_flags_i = self.avail_off >> 1
+        self._avail_idx_i = self._avail_flags_i + 1
+        self._avail_ring_i = self._avail_flags_i + 2
         self._used_flags_off = self.used_off
         self._used_idx_off = self.used_off + 2
         self._used_ring_off = self.used_off + 4
@@ -197,11 +223,21 @@ class SplitVirtqueue:
         """Toggle VIRTQ_AVAIL_F_NO_INTERRUPT: off while busy-polling saves the daemon a
         call-eventfd write per reply."""
         if on != self.interrupts:
-            U16.pack_into(self._mm, self._avail_flags_off, 0 if on else VIRTQ_AVAIL_F_NO_INTERRUPT)
+            self._u16[self._avail_flags_i] = 0 if on else VIRTQ_AVAIL_F_NO_INTERRUPT
             self.interrupts = on
+            if on:
+                # Store the flag, then (in the caller) load used.idx: a full fence between
+                # them, or the daemon may still see NO_INTERRUPT after publishing the
+                # reply we then miss (a lost wake-up until the next poll slice).
+                full_fence()
 
     def device_wants_kick(self) -> bool:
-        return not (U16.unpack_from(self._mm, self._used_flags_off)[0] & VIRTQ_USED_F_NO_NOTIFY)
+        """Whether the device asks to be notified (VIRTQ_USED_F_NO_NOTIFY clear). Called
+        after publishing avail.idx; the fence orders that store before this load (virtio
+        1.x 2.7.13.3: a driver that skipped the kick on a stale flag would strand the
+        request with a device that has just re-enabled notifications and gone to sleep)."""
+        full_fence()
+        return not (_unpack_u16(self._mm, self._used_flags_off)[0] & VIRTQ_USED_F_NO_NOTIFY)
 
     def add(self, out: Sequence[bytes | bytearray | memoryview], in_sizes: Sequence[int],
             tag: object = None) -> Inflight:
@@ -266,11 +302,12 @@ class SplitVirtqueue:
                        self.index, tag)
         self.inflight[head] = req
         idx = self._avail_idx
-        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        u16 = self._u16
+        u16[self._avail_ring_i + (idx & self._mask)] = head
         idx = self._avail_idx = (idx + 1) & 0xFFFF
-        # x86 is TSO and these are plain stores in program order: the ring entry is
+        # x86 is TSO and these are plain single stores in program order: the ring entry is
         # visible before the index that publishes it.
-        _pack_u16(mm, self._avail_idx_off, idx)
+        u16[self._avail_idx_i] = idx
         return req
 
     def _add_one_one(self, seg: bytes | bytearray | memoryview, in_size: int,
@@ -301,9 +338,10 @@ class SplitVirtqueue:
                        self.index, tag)
         self.inflight[head] = req
         idx = self._avail_idx
-        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        u16 = self._u16
+        u16[self._avail_ring_i + (idx & self._mask)] = head
         idx = self._avail_idx = (idx + 1) & 0xFFFF
-        _pack_u16(mm, self._avail_idx_off, idx)  # after the entry (x86 TSO, see add())
+        u16[self._avail_idx_i] = idx  # after the entry (x86 TSO, see add())
         return req
 
     def _add_indirect(self, out: Sequence[bytes | bytearray | memoryview],
@@ -360,9 +398,10 @@ class SplitVirtqueue:
                        self.index, tag, False, table_len)
         self.inflight[head] = req
         idx = self._avail_idx
-        _pack_u16(mm, self._avail_ring_off + 2 * (idx & self._mask), head)
+        u16 = self._u16
+        u16[self._avail_ring_i + (idx & self._mask)] = head
         idx = self._avail_idx = (idx + 1) & 0xFFFF
-        _pack_u16(mm, self._avail_idx_off, idx)  # after the entry (x86 TSO, see add())
+        u16[self._avail_idx_i] = idx  # after the entry (x86 TSO, see add())
         return req
 
     def collect(self) -> list[Inflight]:
