@@ -125,6 +125,10 @@ _OPTIONAL_REPLY_OPS = frozenset(
 _NOT_ONE_REPLY_OPS = _NO_REPLY_OPS | _OPTIONAL_REPLY_OPS
 _INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
 _INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
+_MISSING = object()
+# Opcodes build_request's fast path leaves to the general one (uniques, INIT learning).
+_SLOW_OPS = _NOT_ONE_REPLY_OPS | _INIT_OPS | {_INTERRUPT}
+_FAST_OPCODE_TYPES = (int, fuse_opcode)
 
 
 class _Init(enum.Enum):
@@ -157,7 +161,9 @@ class Session:
             raise ValueError("first_unique must be a positive even number")
         self.max_pending = max_pending
         self._default_minor = minor
-        self.minor: int = minor
+        self._encoders: dict[Any, Any] = {}
+        self._decoders: dict[Any, Any] = {}
+        self.minor = minor
         self._pending: dict[int, Any] = {}
         self._interrupts: dict[int, _Interrupt] = {}  # by the INTERRUPT's own unique
         self._interrupt_of: dict[int, int] = {}  # target unique -> INTERRUPT unique
@@ -182,6 +188,17 @@ class Session:
     def flags(self, value: int) -> None:
         self._flags = InitFlags(value)
         self._flags_int = int(value)  # what every request is encoded with
+        self._reset_fast()
+
+    @property
+    def minor(self) -> int:
+        """The protocol minor requests are encoded and replies decoded with."""
+        return self._minor
+
+    @minor.setter
+    def minor(self, value: int) -> None:
+        self._minor = value
+        self._reset_fast()
 
     @property
     def pending(self) -> Mapping[int, Any]:
@@ -274,6 +291,28 @@ class Session:
         ``flags`` default to the negotiated ones. For INTERRUPT the default unique is the
         target's with bit 0 set. Returns ``(unique, bytes)``.
         """
+        if (unique is None and minor is None and flags is None and not hdr
+                and type(opcode) in _FAST_OPCODE_TYPES):
+            # The common request: a fixed-size body with the negotiated minor and flags,
+            # one reply expected. Same result as the general path below, fewer steps.
+            enc = self._encoders.get(opcode, _MISSING)
+            if enc is _MISSING:
+                enc = self._encoders[opcode] = (
+                    None if opcode in _SLOW_OPS
+                    else codec.request_encoder(opcode, self.minor, self._flags_int))
+            if enc is not None:
+                pending = self._pending
+                unique = self._next_unique
+                if (len(pending) < self.max_pending and unique not in pending
+                        and unique not in self._interrupts):
+                    built = enc(body, unique, nodeid, uid, gid, pid)
+                    if built is not None:
+                        pending[unique] = built[1]
+                        self.requests_seen += 1
+                        nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
+                        self._next_unique = nxt or _UNIQUE_STEP
+                        return unique, built[0]
+                unique = None
         allocated = unique is None
         if allocated:
             if opcode == _INTERRUPT:
@@ -321,6 +360,12 @@ class Session:
             nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
             self._next_unique = nxt or _UNIQUE_STEP
         return unique, data
+
+    def _reset_fast(self) -> None:
+        # Per-opcode fast encoders/decoders from the codec (codec.request_encoder /
+        # reply_decoder) are made for one (minor, flags): forget them when either changes.
+        self._encoders = {}
+        self._decoders = {}
 
     def _free_unique(self) -> int:
         """The first unique from ``next_unique`` on that is not in use."""
@@ -441,7 +486,14 @@ class Session:
         # _decode_paired(pop=True) for the common case, inline (one call less per reply):
         # not INIT, nothing interrupted.
         try:
-            reply = codec.decode_reply(data, request, self.minor)
+            dec = self._decoders.get(request.opcode, _MISSING)
+            if dec is _MISSING:
+                dec = self._decoders[request.opcode] = codec.reply_decoder(
+                    request.opcode, self.minor)
+            if dec is None:
+                reply = codec.decode_reply(data, request, self.minor)
+            else:
+                reply = dec(data, request)
         except DecodeError as exc:
             del self._pending[unique]
             exc.request = request  # type: ignore[attr-defined]

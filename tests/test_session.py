@@ -184,6 +184,30 @@ def test_reply_is_paired_with_its_request(opcode: int) -> None:
     assert not kernel.pending and not server.pending
 
 
+def test_fast_path_equals_general_path_and_follows_minor_and_flags() -> None:
+    """build_request/feed_reply take per-opcode fast paths (codec.request_encoder /
+    reply_decoder) for fixed-size messages: same bytes, same Request and Reply as the
+    codec's general functions, and remade when the minor or flags change."""
+    kernel, server = initialized_pair()
+    body = Container(getattr_flags=0, dummy=0, fh=0)
+    for minor in (kernel.minor, 22):
+        kernel.minor = minor
+        assert not kernel._encoders and not kernel._decoders
+        unique, data = kernel.build_request(OP.FUSE_GETATTR, body, nodeid=5, uid=1, pid=2)
+        assert kernel._encoders[OP.FUSE_GETATTR] is not None
+        expect = codec.encode_request(OP.FUSE_GETATTR, body, unique=unique, nodeid=5, uid=1,
+                                      pid=2, minor=minor)
+        assert data == expect and kernel.pending[unique] == codec.decode_request(expect, minor)
+        req = server.feed_request(data)
+        raw = server.build_reply(req, SIMPLE[int(OP.FUSE_GETATTR)][1])
+        rep = kernel.feed_reply(raw)
+        ref = codec.decode_reply(raw, req, minor)
+        assert (rep.header, rep.body, rep.opcode) == (ref.header, ref.body, ref.opcode)
+        assert kernel._decoders[OP.FUSE_GETATTR] is not None
+    kernel.flags = kernel.flags  # any change of flags drops them too
+    assert not kernel._encoders and not kernel._decoders
+
+
 def test_replies_in_any_order() -> None:
     kernel, server = initialized_pair()
     sent = []

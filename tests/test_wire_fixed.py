@@ -155,3 +155,64 @@ def test_fixed_reply_matches_reference(case, data):
     assert got.header == Container(len=n, error=0, unique=unique)
     assert (got.unique, got.error, got.raw) == (unique, 0, raw)
     assert got.opcode == op and got.request is request
+
+
+@SETTINGS
+@given(st.sampled_from(FIXED_REQUESTS), st.data())
+def test_request_encoder_matches_encode_request(case, data):
+    """codec.request_encoder (the Session's per-opcode fast path) gives exactly what
+    encode_request(return_request=True) gives, or None where that call has to decide."""
+    op, minor = case
+    enc = codec.request_encoder(op, minor)
+    assert enc is not None
+    body = data.draw(body_strategy(messages.request_parts(op, minor)))
+    if data.draw(st.booleans()):
+        body = data.draw(mutated(body))
+    if data.draw(st.booleans()) and not body:
+        body = None
+    hdr = [data.draw(HEADER_INT) for _ in range(5)]
+    got = enc(body, *hdr)
+    kw = dict(zip(("unique", "nodeid", "uid", "gid", "pid"), hdr, strict=True))
+    try:
+        expect = codec.encode_request(op, body, minor=minor, return_request=True, **kw)
+    except EncodeError:
+        assert got is None
+        return
+    if got is None:  # allowed: the general path decided (and succeeded)
+        return
+    data_, request = got
+    assert data_ == expect[0]
+    assert request == expect[1] and request.header == expect[1].header
+    assert request.opcode is expect[1].opcode and request.body == expect[1].body
+
+
+@SETTINGS
+@given(st.sampled_from(FIXED_REPLIES), st.data())
+def test_reply_decoder_matches_decode_reply(case, data):
+    op, minor = case
+    dec = codec.reply_decoder(op, minor)
+    assert dec is not None
+    size = 16 + sum(p.size for p in messages.reply_parts(op, minor))
+    n = size + data.draw(st.sampled_from([0, 0, 0, -1, 1, 8, -size]))
+    length = max(0, data.draw(st.sampled_from([n, n, n + 1, n - 8, 0])))
+    error = data.draw(st.sampled_from([0, 0, 0, -2, 1]))
+    raw = struct.pack("<IiQ", length, error, 2) + data.draw(st.binary(min_size=size, max_size=size))
+    raw = raw[:n]
+    if data.draw(st.booleans()):
+        raw = bytearray(raw)
+    rbody = data.draw(body_strategy(messages.request_parts(op, minor)))
+    request = codec.decode_request(codec.encode_request(op, rbody, unique=2, minor=minor), minor)
+
+    def run(fn):
+        try:
+            r = fn(raw, request)
+        except DecodeError as e:
+            return type(e), str(e)
+        return (r.header, r.error, r.body, r.raw, r.opcode, r.request)
+
+    assert run(dec) == run(lambda d, r: codec.decode_reply(d, r, minor))
+
+
+def test_no_fast_paths_for_variable_messages():
+    assert codec.request_encoder(1, 46) is None  # LOOKUP: a name
+    assert codec.reply_decoder(15, 46) is None  # READ: data

@@ -545,6 +545,20 @@ class VhostUserTransport:
         str, or ``(opcode, unique)``, formatted only when an error names it)."""
         if self._broken or self._closed:
             raise TransportError(self._broken or "transport is closed")
+        if (type(request) is bytes and type(reply_size) is int and reply_size
+                and not hiprio and queue is None and self.request_queues == 1):
+            # The common request (one device-readable buffer, one reply area) straight to
+            # the ring: what the general path below does for it, without building lists.
+            vq = self.queues[1]
+            if not vq.indirect and len(vq._free_desc) >= 2:
+                token = vq._add_one_one(request, reply_size, tag)
+                if self.tap is not None:
+                    self.tap(_REQUEST, 1, request)
+                if self.spin_s and vq.interrupts:
+                    vq.set_interrupts(False)
+                if kick:
+                    self.kick(1)
+                return token
         if isinstance(request, _BYTES_LIKE):
             out: Sequence = (request,)
         else:

@@ -496,6 +496,67 @@ def _fixed_request(op: int, minor: int, xext: bool) -> Any:
     return fixed
 
 
+def request_encoder(opcode: int, minor: int = 46, flags: int = 0) -> Any:
+    """A fast encoder for one request kind, or None when it has none.
+
+    For an opcode whose body is at most one fixed-size struct, returns ``enc(body, unique,
+    nodeid, uid, gid, pid) -> (bytes, Request) | None``: what ``encode_request(opcode,
+    body, unique=..., nodeid=..., uid=..., gid=..., pid=..., minor=minor, flags=flags,
+    return_request=True)`` returns, or None where that call must decide (a body that is not
+    a dict, a value that does not pack: its error is the general path's). Made for callers
+    that send many requests of a few kinds (the Session caches one per opcode)."""
+    op = int(opcode)
+    fixed = _fixed_request(op, minor, bool(flags & messages.FUSE_SETXATTR_EXT))
+    if fixed is None:
+        return None
+    fparts, n, build = fixed
+    name = _OPCODES.get(op, op)
+
+    def enc(body: Any, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> Any:
+        if body is None:
+            body = _NO_BODY
+        elif not isinstance(body, dict):
+            return None
+        try:
+            data = build(body, n, op, unique, nodeid, uid, gid, pid, 0, 0)
+        except Exception:  # noqa: BLE001 -- the general path decides the error
+            return None
+        # struct.pack range-checked the ints, so they are what unpack gives.
+        if int is type(unique) is type(nodeid) is type(uid) is type(gid) is type(pid):
+            values = (n, op, unique, nodeid, uid, gid, pid, 0, 0)
+        else:
+            values = _in_unpack(data, 0)
+        return data, Request(None, name, _LAZY, [], data, fparts, values)
+
+    return enc
+
+
+def reply_decoder(opcode: int, minor: int = 46) -> Any:
+    """A fast decoder for replies to one request kind, or None when it has none.
+
+    For an opcode whose reply body is one fixed-size struct, returns ``dec(data, request)
+    -> Reply``, equal to ``decode_reply(data, request, minor)`` (which it calls for anything
+    but a well-formed success reply of exactly that size, so errors are the same)."""
+    op = int(opcode)
+    try:
+        fixed = _FIXED_REPLY[op, minor]
+    except KeyError:
+        fixed = _fixed_reply(op, minor)
+    if fixed is None:
+        return None
+    size, parse = fixed
+    name = _OPCODES.get(op, op)
+
+    def dec(data: Any, request: Any) -> Reply:
+        if type(data) is bytes and len(data) == size:
+            values, body = parse(data, 0)
+            if values[0] == size and values[1] == 0:
+                return Reply(None, name, body, data, request, values)
+        return decode_reply(data, request, minor)
+
+    return dec
+
+
 def encode_request(
     opcode: int,
     body: Any,
