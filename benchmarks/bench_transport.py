@@ -8,10 +8,18 @@ MB/s with 128 KiB reads with 1 and 16 in flight. Two layers are measured:
 * ``transport``: bytes built once by the codec and replayed; replies are copied out of
   guest memory but not decoded. This is what the vhost-user/virtqueue layer can move.
 
-Two ways to have 1 GETATTR in flight through the client: ``x1`` (build, send, wait,
-decode, repeat) and ``x1 chained`` (the next request is built while the current one is with
-the daemon and sent as soon as its reply is in, before that reply is decoded:
-``Client.prepare`` + ``Client.result(p, then=next)``); the daemon never holds more than one.
+Two ways to have 1 GETATTR in flight through the client: ``x1`` (``client.getattr()`` in
+a loop: build, send, wait, decode, repeat) and ``x1 chained`` (the next request is built
+while the current one is with the daemon and sent as soon as its reply is in, before that
+reply is decoded: ``Client.prepare`` + ``Client.result(p, then=next)``); the daemon never
+holds more than one. ``x32``: 32 requests built and published, one kick, then all 32
+collected, in a loop.
+
+Each daemon is measured in two placements (``--placement``): ``spread`` (the scheduler
+puts the daemon and the frontend where it likes: on 2 CPUs, usually apart) and
+``colocated`` (``VhostUserTransport.spawn(colocate=True)``: both pinned to one CPU). With
+one request in flight the spread placement pays a cross-CPU wake-up per request: in a VM
+whose idle vCPUs halt, more than the whole round trip costs otherwise.
 
 ``--breakdown`` prints the per-operation Python cost of each layer, measured in-process
 with the real VhostUserTransport/virtqueue code and a loopback device played in Python
@@ -20,7 +28,8 @@ transport x1 with a busy pause of 0-20 us after each reply, which shows the pric
 work between a reply and the next kick (the daemon's thread goes to sleep).
 
 Run: ``.venv/bin/python benchmarks/bench_transport.py [--seconds 2] [--daemon c|rust]
-[--virtiofsd PATH] [--repeat N] [--breakdown] [--indirect]``. ``--indirect`` negotiates
+[--virtiofsd PATH] [--repeat N] [--placement spread|colocated|both] [--breakdown]
+[--indirect]``. ``--indirect`` negotiates
 VIRTIO_RING_F_INDIRECT_DESC: every request of two or more segments then goes through an
 indirect table (one ring slot each).
 Targets (issue 3): >= 25k/s with 1 in flight, >= 100k/s with 32, >= 1.5 GB/s reading.
@@ -76,17 +85,25 @@ def _timed(seconds: float, batch) -> tuple[int, float]:
 def bench_client(c: Client, nodeid: int, fh: int, seconds: float) -> dict[str, float]:
     out = {}
     getattr_body = GETATTR_BODY
-    for depth in (1, 32):
-        def batch(depth=depth):
-            pend = [c.submit(fuse_opcode.FUSE_GETATTR, getattr_body, nodeid=FUSE_ROOT_ID,
-                             kick=False) for _ in range(depth)]
-            c.kick()
-            for p in pend:
-                c.result(p)
-            return depth
-        batch()
-        n, dt = _timed(seconds, batch)
-        out[f"getattr x{depth}"] = n / dt
+
+    def sync(n=64):  # one in flight: the plain synchronous call
+        for _ in range(n):
+            c.getattr(FUSE_ROOT_ID)
+        return n
+    sync()
+    n, dt = _timed(seconds, sync)
+    out["getattr x1"] = n / dt
+
+    def batch(depth=32):  # 32 in flight: built, published, one kick, then collected
+        pend = [c.submit(fuse_opcode.FUSE_GETATTR, getattr_body, nodeid=FUSE_ROOT_ID,
+                         kick=False) for _ in range(depth)]
+        c.kick()
+        for p in pend:
+            c.result(p)
+        return depth
+    batch()
+    n, dt = _timed(seconds, batch)
+    out["getattr x32"] = n / dt
     # One in flight, the next built while it is with the daemon.
     cur = [c.submit(fuse_opcode.FUSE_GETATTR, getattr_body, nodeid=FUSE_ROOT_ID)]
 
@@ -188,13 +205,15 @@ def bench_pauses(t: VhostUserTransport, minor: int, seconds: float) -> dict[int,
 
 
 def run(inst: daemons.Installation, seconds: float, mode: str,
-        repeat: int = 1, pauses: bool = False, indirect: bool = False) -> dict[str, dict]:
+        repeat: int = 1, pauses: bool = False, indirect: bool = False,
+        colocate: bool = False) -> dict[str, dict]:
     root = tempfile.mkdtemp(prefix="fuseproto-bench-")
     try:
         with open(os.path.join(root, "data"), "wb") as f:
             f.write(os.urandom(1 << 20) * (FILE_SIZE >> 20))
         t = VhostUserTransport.spawn(inst, root, mode=mode, queue_size=256,
-                                     memory_size=64 << 20, indirect=indirect)
+                                     memory_size=64 << 20, indirect=indirect,
+                                     colocate=colocate)
         if indirect and not t.negotiated.indirect_desc:
             print(f"{inst.kind}: the daemon does not offer indirect descriptors",
                   file=sys.stderr)
@@ -388,7 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="negotiate indirect descriptors (one ring slot per request)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print the per-operation cost of each layer (in-process)")
+    ap.add_argument("--placement", choices=["spread", "colocated", "both"], default="both",
+                    help="spread: daemon and frontend wherever the scheduler puts them; "
+                         "colocated: both pinned to one CPU (spawn(colocate=True)); "
+                         "default both")
     args = ap.parse_args(argv)
+    placements = ["spread", "colocated"] if args.placement == "both" else [args.placement]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, mode={args.mode}, "
           f"indirect={'on' if args.indirect else 'off'}, "
           f"{args.seconds} s per figure, best of {args.repeat}; (n.nnx) = ratio to the target")
@@ -403,17 +427,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemon or not args.virtiofsd:
         installs += [(kind, daemons.install(kind)) for kind in args.daemon or daemons.KINDS]
     width = max(6, *(len(label) for label, _ in installs))
-    print(f"{'daemon':{width}} {'layer':10} " + " ".join(f"{k:>19}" for k in KEYS))
+    print(f"{'daemon':{width}} {'cpus':10} {'layer':10} " + " ".join(f"{k:>19}" for k in KEYS))
     pauses = {}
     for label, inst in installs:
-        res = run(inst, args.seconds, args.mode, args.repeat, pauses=args.breakdown,
-                  indirect=args.indirect)
-        if "pauses" in res:
-            pauses[label] = res.pop("pauses")
-        for layer, figures in res.items():
-            print(f"{label:{width}} {layer:10} " + " ".join(f"{_cell(k, figures):>19}"
-                                                        for k in KEYS))
-    print(f"{'targets':{width + 11}} " + " ".join(
+        for placement in placements:
+            res = run(inst, args.seconds, args.mode, args.repeat,
+                      pauses=args.breakdown and placement == placements[0],
+                      indirect=args.indirect, colocate=placement == "colocated")
+            if "pauses" in res:
+                pauses[label] = res.pop("pauses")
+            for layer, figures in res.items():
+                print(f"{label:{width}} {placement:10} {layer:10} " + " ".join(
+                    f"{_cell(k, figures):>19}" for k in KEYS))
+    print(f"{'targets':{width + 22}} " + " ".join(
         f"{('>= ' + _fmt(k, TARGETS[k])) if k in TARGETS else '':>19}" for k in KEYS))
     if args.breakdown:
         print()

@@ -33,6 +33,7 @@ from .wire.constants import (
     FUSE_KERNEL_MINOR_VERSION,
     FUSE_KERNEL_VERSION,
     FUSE_ROOT_ID,
+    GetattrFlags,
     InitFlags,
     fuse_opcode,
 )
@@ -69,6 +70,8 @@ DEFAULT_INIT_FLAGS = (
     | InitFlags.FUSE_INIT_EXT
 )
 
+_GETATTR = fuse_opcode.FUSE_GETATTR
+_GETATTR_FH = int(GetattrFlags.FUSE_GETATTR_FH)
 _NO_REPLY = frozenset({int(fuse_opcode.FUSE_FORGET), int(fuse_opcode.FUSE_BATCH_FORGET)})
 
 
@@ -118,8 +121,13 @@ class Client:
         if opcode in _NO_REPLY:
             reply_size = 0
         # The tag is formatted only if an error names it.
-        token = self.transport.submit(_split(data, segments) if segments else data, reply_size,
-                                      hiprio=hiprio, kick=kick, tag=(opcode, unique))
+        try:
+            token = self.transport.submit(_split(data, segments) if segments else data,
+                                          reply_size, hiprio=hiprio, kick=kick,
+                                          tag=(opcode, unique))
+        except BaseException:
+            self.session.cancel(unique)  # never sent: nothing will answer it
+            raise
         return Pending(unique, opcode, token)
 
     def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
@@ -181,7 +189,25 @@ class Client:
 
     def call(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
              reply_size: int = DEFAULT_REPLY_SIZE, **kw: Any) -> Any:
-        return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size, **kw))
+        """Send one request and return its reply body (``result(submit(...))``)."""
+        if kw or opcode in _NO_REPLY:
+            return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
+                                           **kw))
+        # submit + result without the Pending in between (the synchronous hot path).
+        session = self.session
+        unique, data = session.build_request(
+            opcode, Container() if body is None else body, nodeid=nodeid,
+            uid=self.uid, gid=self.gid, pid=self.pid)
+        transport = self.transport
+        try:
+            token = transport.submit(data, reply_size, tag=(opcode, unique))
+        except BaseException:
+            session.cancel(unique)  # never sent: nothing will answer it
+            raise
+        reply = session.feed_reply(transport.wait(token, self.timeout))
+        if reply.error:
+            raise FuseError(-reply.error, opcode, unique)
+        return reply.body
 
     def kick(self) -> None:
         """Notify the daemon after several ``submit(..., kick=False)``."""
@@ -224,11 +250,11 @@ class Client:
                     entries=entries), hiprio=True)
 
     def getattr(self, nodeid: int, fh: int | None = None) -> Any:
-        from .wire.constants import GetattrFlags
-
-        flags = int(GetattrFlags.FUSE_GETATTR_FH) if fh is not None else 0
-        return self.call(fuse_opcode.FUSE_GETATTR,
-                         Container(getattr_flags=flags, dummy=0, fh=fh or 0), nodeid=nodeid)
+        if fh is None:
+            body = Container(getattr_flags=0, dummy=0, fh=0)
+        else:
+            body = Container(getattr_flags=_GETATTR_FH, dummy=0, fh=fh)
+        return self.call(_GETATTR, body, nodeid=nodeid)
 
     def setattr(self, nodeid: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None,
@@ -263,9 +289,7 @@ class Client:
 
     def statx(self, nodeid: int, *, mask: int = 0xFFF, sx_flags: int = 0,
               fh: int | None = None) -> Any:
-        from .wire.constants import GetattrFlags
-
-        flags = int(GetattrFlags.FUSE_GETATTR_FH) if fh is not None else 0
+        flags = _GETATTR_FH if fh is not None else 0
         return self.call(fuse_opcode.FUSE_STATX, Container(
             getattr_flags=flags, reserved=0, fh=fh or 0, sx_flags=sx_flags, sx_mask=mask),
             nodeid=nodeid)

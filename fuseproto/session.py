@@ -539,6 +539,12 @@ class Session:
             proposed = _get(self.init_in, "minor") if self.init_in is not None else None
             self.minor = min(reply_minor, proposed) if isinstance(proposed, int) else reply_minor
 
+    def cancel(self, unique: int) -> None:
+        """Forget a request built by :meth:`build_request` that never reached the peer
+        (the transport refused it); its unique becomes free again. Unknown uniques are
+        ignored."""
+        self._complete(unique)
+
     def _complete(self, unique: int) -> None:
         self._pending.pop(unique, None)
         int_unique = self._interrupt_of.pop(unique, None)

@@ -108,6 +108,10 @@ def test_many_in_flight_one_kick(no_leaks, installation, shared_dir):
         held = [c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID, kick=False) for _ in range(128)]
         with pytest.raises(TransportError, match="no free descriptors"):
             c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        with pytest.raises(TransportError, match="no free descriptors"):
+            c.getattr(FUSE_ROOT_ID)
+        # Refused by the transport, never sent: the session forgot them.
+        assert sorted(c.session.pending) == sorted(p.unique for p in held)
         c.kick()
         for p in held:
             c.result(p)

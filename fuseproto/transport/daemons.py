@@ -28,6 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -267,7 +268,8 @@ class Daemon:
     """One running virtiofsd serving ``shared_dir`` on the vhost-user socket ``socket_path``.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Its stderr goes to
-    ``log_path`` (a temporary file by default) and is kept after it exits.
+    ``log_path`` (a temporary file by default) and is kept after it exits. ``cpus`` pins
+    it (all its threads) to those CPUs from its first instruction.
     """
 
     def __init__(
@@ -279,8 +281,14 @@ class Daemon:
         extra_args: list[str] | None = None,
         xattr: bool = True,
         log_path: str | os.PathLike[str] | None = None,
+        cpus: Iterable[int] | None = None,
     ):
         self.installation = installation
+        # CPUs the daemon may run on, set before it executes (so every thread it ever
+        # starts inherits it); None: the system's choice.
+        self.cpus = None if cpus is None else frozenset(cpus)
+        if self.cpus is not None and not self.cpus:
+            raise ValueError("cpus: at least one CPU")
         self.kind = installation.kind
         self.shared_dir = str(shared_dir)
         self.socket_path = str(socket_path)
@@ -293,6 +301,9 @@ class Daemon:
         self._log_kept: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._status: int | None = None
+
+    def _pin(self) -> None:  # in the child, between fork and exec
+        os.sched_setaffinity(0, self.cpus)
 
     # -- command line -------------------------------------------------------------------
     def argv(self) -> list[str]:
@@ -330,6 +341,7 @@ class Daemon:
                 self.proc = subprocess.Popen(
                     self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                     close_fds=True, start_new_session=True,
+                    preexec_fn=None if self.cpus is None else self._pin,
                 )
             except OSError as e:
                 raise DaemonError(f"cannot start {self.installation.binary}: {e}")

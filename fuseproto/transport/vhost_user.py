@@ -294,6 +294,14 @@ class Negotiated:
 _REQUEST, _REPLY = 0, 1
 
 
+def _current_cpu() -> int:
+    """The CPU the calling thread runs on now (field 39 of /proc/thread-self/stat)."""
+    with open("/proc/thread-self/stat") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    return int(stat[stat.rindex(")") + 2:].split()[36])
+
+
 class VhostUserTransport:
     """FUSE-over-virtqueues to one virtiofsd.
 
@@ -365,22 +373,36 @@ class VhostUserTransport:
     @classmethod
     def spawn(cls, installation, shared_dir: str, *, socket_path: str | None = None,
               daemon_args: list[str] | None = None, xattr: bool = True,
-              **kwargs) -> VhostUserTransport:
+              colocate: bool | int = False, **kwargs) -> VhostUserTransport:
         """Start a daemon on ``shared_dir`` (one per connection) and connect to it; the
-        transport owns the daemon and stops it on close."""
+        transport owns the daemon and stops it on close.
+
+        ``colocate``: run the daemon on one CPU and pin the calling thread to that CPU
+        until :meth:`close` (which restores its previous affinity). True picks the CPU
+        this thread is on; an int names one. With one request at a time this saves a
+        cross-CPU wake-up per request (in a VM whose idle vCPUs halt, the largest part of
+        a round trip): about 1.6x the GETATTR round trips here. The price is that the
+        daemon's work no longer overlaps the frontend's: large READs lose ~15%."""
         import tempfile
 
         from .daemons import Daemon
 
+        pinned = None
+        if colocate is not False:
+            cpu = _current_cpu() if colocate is True else int(colocate)
+            pinned = (os.sched_getaffinity(0), cpu)
         tmpdir = None
         if socket_path is None:
             tmpdir = tempfile.mkdtemp(prefix="fuseproto-vu-")
             socket_path = os.path.join(tmpdir, "vhost.sock")
         daemon = Daemon(installation, shared_dir, socket_path, extra_args=daemon_args,
-                        xattr=xattr)
+                        xattr=xattr, cpus=None if pinned is None else {pinned[1]})
         try:
             daemon.start()
             t = cls(socket_path, daemon=daemon, **kwargs)
+            if pinned is not None:
+                os.sched_setaffinity(0, {pinned[1]})
+                t._restore_affinity = pinned[0]
         except BaseException:
             daemon.cleanup()
             if tmpdir:
@@ -757,6 +779,11 @@ class VhostUserTransport:
                 pass  # a caller still holds a view into guest memory; freed with it
         if self.backend is not None:
             self.backend.join()
+        restore = getattr(self, "_restore_affinity", None)
+        if restore is not None:
+            self._restore_affinity = None
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, restore)
 
     def __enter__(self) -> VhostUserTransport:
         return self
