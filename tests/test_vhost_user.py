@@ -335,3 +335,37 @@ def _getattr_body():
     from construct import Container
 
     return Container(getattr_flags=0, dummy=0, fh=0)
+
+
+def _allowed_cpus(pid: int, tid: int | None = None) -> set[int]:
+    path = f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status"
+    with open(path) as f:
+        line = next(ln for ln in f if ln.startswith("Cpus_allowed_list:"))
+    cpus: set[int] = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+@daemon_tests
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_colocate_pins_daemon_and_caller_then_restores(no_leaks, installation, shared_dir):
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    with VhostUserTransport.spawn(installation, shared_dir, colocate=cpu) as t:
+        c = Client(t)
+        c.init()
+        c.getattr(FUSE_ROOT_ID)  # the daemon has started its queue threads by now
+        assert os.sched_getaffinity(0) == {cpu}
+        pid = t.daemon.pid
+        tids = [int(x) for x in os.listdir(f"/proc/{pid}/task")]
+        assert len(tids) >= 2
+        assert all(_allowed_cpus(pid, tid) == {cpu} for tid in tids)
+    assert os.sched_getaffinity(0) == before
+    # colocate=True: the CPU this thread is on
+    with VhostUserTransport.spawn(installation, shared_dir, colocate=True) as t:
+        (cpu,) = os.sched_getaffinity(0)
+        assert _allowed_cpus(t.daemon.pid) == {cpu}
+        assert Client(t).init().major == 7
+    assert os.sched_getaffinity(0) == before
