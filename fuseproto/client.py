@@ -106,20 +106,25 @@ class Client:
         self.split_writes = split_writes
         # Uniques for submit_unchecked, far from the session's own range.
         self._unchecked_unique = 1 << 48
+        self._areas: dict[Any, int] = {}  # reply_area() by opcode, for _areas_minor
+        self._areas_minor: int | None = None
 
     # -- core ---------------------------------------------------------------------------
     def submit(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
-               reply_size: int = DEFAULT_REPLY_SIZE, hiprio: bool = False,
+               reply_size: int | None = None, hiprio: bool = False,
                segments: Sequence[int] | None = None, kick: bool = True) -> Pending:
         """Build a request with the session and put it in flight.
 
         ``segments`` splits the request bytes into device-readable descriptors at these
-        lengths (the remainder is the last descriptor)."""
+        lengths (the remainder is the last descriptor). ``reply_size`` None: see
+        :meth:`reply_area`."""
         unique, data = self.session.build_request(
             opcode, Container() if body is None else body, nodeid=nodeid,
             uid=self.uid, gid=self.gid, pid=self.pid)
         if opcode in _NO_REPLY:
             reply_size = 0
+        elif reply_size is None:
+            reply_size = self.reply_area(opcode)
         # The tag is formatted only if an error names it.
         try:
             token = self.transport.submit(_split(data, segments) if segments else data,
@@ -131,7 +136,7 @@ class Client:
         return Pending(unique, opcode, token)
 
     def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
-                reply_size: int = DEFAULT_REPLY_SIZE, hiprio: bool = False,
+                reply_size: int | None = None, hiprio: bool = False,
                 segments: Sequence[int] | None = None) -> Pending:
         """Build a request with the session (registered as in flight) without sending it;
         :meth:`send` (or ``result(other, then=p)``) sends it. Lets a caller build the next
@@ -141,6 +146,8 @@ class Client:
             uid=self.uid, gid=self.gid, pid=self.pid)
         if opcode in _NO_REPLY:
             reply_size = 0
+        elif reply_size is None:
+            reply_size = self.reply_area(opcode)
         return Pending(unique, opcode, None, True, _split(data, segments) if segments else data,
                        reply_size, hiprio)
 
@@ -188,7 +195,7 @@ class Client:
         return reply.body
 
     def call(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
-             reply_size: int = DEFAULT_REPLY_SIZE, **kw: Any) -> Any:
+             reply_size: int | None = None, **kw: Any) -> Any:
         """Send one request and return its reply body (``result(submit(...))``)."""
         if kw or opcode in _NO_REPLY:
             return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
@@ -199,6 +206,8 @@ class Client:
             opcode, Container() if body is None else body, nodeid=nodeid,
             uid=self.uid, gid=self.gid, pid=self.pid)
         transport = self.transport
+        if reply_size is None:
+            reply_size = self.reply_area(opcode)
         try:
             token = transport.submit(data, reply_size, tag=(opcode, unique))
         except BaseException:
@@ -208,6 +217,20 @@ class Client:
         if reply.error:
             raise FuseError(-reply.error, opcode, unique)
         return reply.body
+
+    def reply_area(self, opcode: Any) -> int:
+        """The device-writable area given to a request when ``reply_size`` is None: the
+        exact reply size where the reply body is one fixed-size struct at the negotiated
+        minor (as Linux's virtio_fs sizes its out arguments: GETATTR gets 16 +
+        sizeof(fuse_attr_out)), else DEFAULT_REPLY_SIZE (16 + 4096)."""
+        if self._areas_minor != self.session.minor:
+            self._areas = {}
+            self._areas_minor = self.session.minor
+        size = self._areas.get(opcode)
+        if size is None:
+            size = self._areas[opcode] = (
+                codec.fixed_reply_size(opcode, self.session.minor) or DEFAULT_REPLY_SIZE)
+        return size
 
     def kick(self) -> None:
         """Notify the daemon after several ``submit(..., kick=False)``."""

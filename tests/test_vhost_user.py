@@ -369,3 +369,21 @@ def test_colocate_pins_daemon_and_caller_then_restores(no_leaks, installation, s
         assert _allowed_cpus(t.daemon.pid) == {cpu}
         assert Client(t).init().major == 7
     assert os.sched_getaffinity(0) == before
+
+
+@daemon_tests
+def test_reply_areas_are_exact_for_fixed_replies(no_leaks, installation, shared_dir):
+    """As Linux sizes out arguments: GETATTR gets 16 + sizeof(fuse_attr_out) bytes to
+    write into, a LOOKUP 16 + sizeof(fuse_entry_out); a variable reply (READLINK) the
+    default 16 + 4096. Both daemons answer into the exact areas."""
+    os.symlink("target", os.path.join(shared_dir, "l"))
+    with VhostUserTransport.spawn(installation, shared_dir) as t:
+        c = Client(t)
+        c.init()
+        p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        assert p.token.in_size == 16 + 104
+        assert c.result(p).attr.ino == os.stat(shared_dir).st_ino
+        assert c.reply_area(1) == 16 + 128  # LOOKUP: fuse_entry_out
+        e = c.lookup(FUSE_ROOT_ID, "l")
+        assert c.reply_area(5) == 16 + 4096  # READLINK: a name
+        assert c.readlink(e.nodeid) == b"target"

@@ -104,7 +104,7 @@ class GuestMemory:
 
     def alloc(self, size: int) -> int:
         # Size classes: 4 KiB (2**12) and up; sizes <= 4096 all land in class 12.
-        cls = (size - 1).bit_length() if size > 4096 else 12
+        cls = (size - 1).bit_length() if size > 256 else 8
         free = self._free.get(cls)
         self.allocated += 1
         if free:
@@ -117,7 +117,7 @@ class GuestMemory:
 
     def release(self, off: int, size: int) -> None:
         self.allocated -= 1
-        cls = (size - 1).bit_length() if size > 4096 else 12
+        cls = (size - 1).bit_length() if size > 256 else 8
         free = self._free.get(cls)
         if free is None:
             self._free[cls] = [off]

@@ -531,6 +531,17 @@ def request_encoder(opcode: int, minor: int = 46, flags: int = 0) -> Any:
     return enc
 
 
+def fixed_reply_size(opcode: int, minor: int = 46) -> int | None:
+    """The whole size (fuse_out_header included) of a successful reply to ``opcode`` when
+    its body is one fixed-size struct (GETATTR: 16 + sizeof(fuse_attr_out)), else None."""
+    op = int(opcode)
+    try:
+        fixed = _FIXED_REPLY[op, minor]
+    except KeyError:
+        fixed = _fixed_reply(op, minor)
+    return None if fixed is None else fixed[0]
+
+
 def reply_decoder(opcode: int, minor: int = 46) -> Any:
     """A fast decoder for replies to one request kind, or None when it has none.
 
