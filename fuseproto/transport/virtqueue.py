@@ -46,6 +46,9 @@ _pack_desc2 = struct.Struct("<QIHHQIHH").pack_into
 _unpack_u16 = U16.unpack_from
 
 PAGE = mmap.PAGESIZE
+# Chains of one request segment and one reply area up to this size (header, body and reply
+# of most metadata requests) live in a buffer owned by their head descriptor.
+SLOT_SIZE = 256
 
 # A full memory barrier (store -> load ordering, which x86's TSO does not give): Python has
 # no fence, but taking and releasing a CPython lock executes locked read-modify-write
@@ -147,7 +150,7 @@ class Inflight:
     head: int
     descs: list[int]
     buf_off: int
-    buf_size: int
+    buf_size: int  # 0: the head's slot (nothing to free)
     in_off: int  # offset of the first device-writable byte
     in_size: int
     done: bool = False
@@ -157,6 +160,7 @@ class Inflight:
     tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
     taken: bool = False
     table_len: int = 0  # bytes of the indirect table at buf_off (0: a direct chain)
+    data: bytes | None = None  # a slot chain's reply, copied out when it completes
 
 
 class SplitVirtqueue:
@@ -198,6 +202,8 @@ class SplitVirtqueue:
         self._used_ring_off = self.used_off + 4
         self._mask = size - 1
         self.indirect = indirect
+        # One SLOT_SIZE buffer per descriptor index, used by a chain whose head it is.
+        self._slot_base = mem.carve(SLOT_SIZE * size, 64)
 
     # addresses for SET_VRING_ADDR (frontend virtual addresses, like QEMU's)
     @property
@@ -317,12 +323,18 @@ class SplitVirtqueue:
         out_total = (ln + 7) & ~7
         buf_size = out_total + in_size
         mem = self.mem
-        buf = mem.alloc(buf_size)
         mm = self._mm
         free = self._free_desc
         descs = free[-2:]
         del free[-2:]
         head, second = descs
+        if buf_size <= SLOT_SIZE:
+            # Small chains (most metadata requests) use their head's own slot: nothing to
+            # allocate or free, and the device reads one compact region.
+            buf = self._slot_base + head * SLOT_SIZE
+            buf_size = 0  # Inflight.buf_size 0: a slot, not an alloc() block
+        else:
+            buf = mem.alloc(buf_size)
         mm[buf:buf + ln] = seg
         in_off = buf + out_total
         gpa = mem.gpa_base + buf
@@ -432,16 +444,26 @@ class SplitVirtqueue:
                 raise TransportError(f"queue {self.index}: used ring returned unknown head {head}")
             req.done = True
             req.used_len = ln
-            free += req.descs
-            if req.abandoned:
+            if not req.buf_size:
+                # A slot chain: copy the (small) reply out now, since the head and its slot
+                # are free for the next chain from here on.
+                if not req.abandoned:
+                    in_off = req.in_off
+                    req.data = mm[in_off:in_off + (ln if ln <= req.in_size else req.in_size)]
+            elif req.abandoned:
                 self.mem.release(req.buf_off, req.buf_size)
-            else:
+            free += req.descs
+            if not req.abandoned:
                 out.append(req)
         self._last_used = last_used
         return out
 
     def take_reply(self, req: Inflight) -> bytes:
         """Copy the device-written bytes out and free the chain's buffer."""
+        if not req.buf_size:
+            data = req.data
+            req.data = None
+            return data
         n = req.used_len
         if n > req.in_size:
             n = req.in_size
