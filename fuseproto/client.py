@@ -118,9 +118,13 @@ class Client:
         ``segments`` splits the request bytes into device-readable descriptors at these
         lengths (the remainder is the last descriptor). ``reply_size`` None: see
         :meth:`reply_area`."""
-        unique, data = self.session.build_request(
-            opcode, Container() if body is None else body, nodeid=nodeid,
-            uid=self.uid, gid=self.gid, pid=self.pid)
+        session = self.session
+        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
+        if built is None:
+            built = session.build_request(
+                opcode, Container() if body is None else body, nodeid=nodeid,
+                uid=self.uid, gid=self.gid, pid=self.pid)
+        unique, data = built
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
@@ -202,9 +206,12 @@ class Client:
                                            **kw))
         # submit + result without the Pending in between (the synchronous hot path).
         session = self.session
-        unique, data = session.build_request(
-            opcode, Container() if body is None else body, nodeid=nodeid,
-            uid=self.uid, gid=self.gid, pid=self.pid)
+        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
+        if built is None:
+            built = session.build_request(
+                opcode, Container() if body is None else body, nodeid=nodeid,
+                uid=self.uid, gid=self.gid, pid=self.pid)
+        unique, data = built
         transport = self.transport
         if reply_size is None:
             reply_size = self.reply_area(opcode)

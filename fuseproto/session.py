@@ -291,28 +291,10 @@ class Session:
         ``flags`` default to the negotiated ones. For INTERRUPT the default unique is the
         target's with bit 0 set. Returns ``(unique, bytes)``.
         """
-        if (unique is None and minor is None and flags is None and not hdr
-                and type(opcode) in _FAST_OPCODE_TYPES):
-            # The common request: a fixed-size body with the negotiated minor and flags,
-            # one reply expected. Same result as the general path below, fewer steps.
-            enc = self._encoders.get(opcode, _MISSING)
-            if enc is _MISSING:
-                enc = self._encoders[opcode] = (
-                    None if opcode in _SLOW_OPS
-                    else codec.request_encoder(opcode, self.minor, self._flags_int))
-            if enc is not None:
-                pending = self._pending
-                unique = self._next_unique
-                if (len(pending) < self.max_pending and unique not in pending
-                        and unique not in self._interrupts):
-                    built = enc(body, unique, nodeid, uid, gid, pid)
-                    if built is not None:
-                        pending[unique] = built[1]
-                        self.requests_seen += 1
-                        nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
-                        self._next_unique = nxt or _UNIQUE_STEP
-                        return unique, built[0]
-                unique = None
+        if unique is None and minor is None and flags is None and not hdr:
+            built = self.build_fixed(opcode, body, nodeid, uid, gid, pid)
+            if built is not None:
+                return built
         allocated = unique is None
         if allocated:
             if opcode == _INTERRUPT:
@@ -360,6 +342,36 @@ class Session:
             nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
             self._next_unique = nxt or _UNIQUE_STEP
         return unique, data
+
+    def build_fixed(self, opcode: int, body: Any, nodeid: int = 0, uid: int = 0,
+                    gid: int = 0, pid: int = 0) -> tuple[int, bytes] | None:
+        """:meth:`build_request` for the common request, positional and cheaper: a body
+        of at most one fixed-size struct, the negotiated minor and flags, one reply
+        expected. Returns what build_request would, or None (nothing changed) when the
+        request is not one of those or needs build_request's general path (its error
+        included)."""
+        if type(opcode) not in _FAST_OPCODE_TYPES:
+            return None
+        enc = self._encoders.get(opcode, _MISSING)
+        if enc is _MISSING:
+            enc = self._encoders[opcode] = (
+                None if opcode in _SLOW_OPS
+                else codec.request_encoder(opcode, self._minor, self._flags_int))
+        if enc is None:
+            return None
+        pending = self._pending
+        unique = self._next_unique
+        if (len(pending) >= self.max_pending or unique in pending
+                or unique in self._interrupts):
+            return None
+        built = enc(body, unique, nodeid, uid, gid, pid)
+        if built is None:
+            return None
+        pending[unique] = built[1]
+        self.requests_seen += 1
+        nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
+        self._next_unique = nxt or _UNIQUE_STEP
+        return unique, built[0]
 
     def _reset_fast(self) -> None:
         # Per-opcode fast encoders/decoders from the codec (codec.request_encoder /
