@@ -387,3 +387,11 @@ def test_reply_areas_are_exact_for_fixed_replies(no_leaks, installation, shared_
         e = c.lookup(FUSE_ROOT_ID, "l")
         assert c.reply_area(5) == 16 + 4096  # READLINK: a name
         assert c.readlink(e.nodeid) == b"target"
+
+
+@daemon_tests
+def test_more_request_queues_than_offered_is_a_typed_error(no_leaks, installation, shared_dir):
+    """Both released daemons offer 2 queues (hiprio + one request queue) through
+    GET_QUEUE_NUM; asking for two request queues fails in the handshake, named."""
+    with pytest.raises(TransportError, match="daemon offers 2 queues, need 3"):
+        VhostUserTransport.spawn(installation, shared_dir, request_queues=2)
