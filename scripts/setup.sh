@@ -11,19 +11,35 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 debian_version=$(cat /etc/debian_version 2>/dev/null || echo unknown)
 log "Debian ${debian_version}, $(uname -r)"
 
-# 1. System packages (never touches the system's apt sources).
+# 1. System packages (never touches the system's apt sources). A line "a | b" names one
+# package by its Debian 13 and Debian 12 names: any of them installed is enough, and the
+# first one the archive has is installed.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
-while read -r pkg; do
-  pkg=${pkg%%#*}; pkg=${pkg// /}
-  [ -z "$pkg" ] && continue
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+while read -r line; do
+  line=${line%%#*}; line=${line// /}
+  [ -z "$line" ] && continue
+  IFS='|' read -ra alts <<< "$line"
+  have=
+  for a in "${alts[@]}"; do if installed "$a"; then have=1; break; fi; done
+  [ -z "$have" ] && missing+=("$line")
 done < scripts/apt-packages.txt
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${missing[*]}" >&2; exit 1; fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  pkgs=()
+  for line in "${missing[@]}"; do
+    IFS='|' read -ra alts <<< "$line"
+    pick=
+    for a in "${alts[@]}"; do
+      if apt-cache show "$a" >/dev/null 2>&1; then pick=$a; break; fi
+    done
+    [ -z "$pick" ] && { echo "setup: the archive has none of: ${alts[*]}" >&2; exit 1; }
+    pkgs+=("$pick")
+  done
+  apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 
 # 2. Python environment.
