@@ -363,6 +363,8 @@ def test_colocate_pins_daemon_and_caller_then_restores(no_leaks, installation, s
         assert len(tids) >= 2
         assert all(_allowed_cpus(pid, tid) == {cpu} for tid in tids)
     assert os.sched_getaffinity(0) == before
+    with pytest.raises(ValueError, match="CPU 4096 is not one this thread may run on"):
+        VhostUserTransport.spawn(installation, shared_dir, colocate=4096)
     # colocate=True: the CPU this thread is on
     with VhostUserTransport.spawn(installation, shared_dir, colocate=True) as t:
         (cpu,) = os.sched_getaffinity(0)

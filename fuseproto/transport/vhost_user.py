@@ -389,8 +389,12 @@ class VhostUserTransport:
 
         pinned = None
         if colocate is not False:
+            allowed = os.sched_getaffinity(0)
             cpu = _current_cpu() if colocate is True else int(colocate)
-            pinned = (os.sched_getaffinity(0), cpu)
+            if cpu not in allowed:
+                raise ValueError(f"colocate: CPU {cpu} is not one this thread may run on "
+                                 f"({sorted(allowed)})")
+            pinned = (allowed, cpu)
         tmpdir = None
         if socket_path is None:
             tmpdir = tempfile.mkdtemp(prefix="fuseproto-vu-")
@@ -401,7 +405,11 @@ class VhostUserTransport:
             daemon.start()
             t = cls(socket_path, daemon=daemon, **kwargs)
             if pinned is not None:
-                os.sched_setaffinity(0, {pinned[1]})
+                try:
+                    os.sched_setaffinity(0, {pinned[1]})
+                except BaseException:
+                    t.close()
+                    raise
                 t._restore_affinity = pinned[0]
         except BaseException:
             daemon.cleanup()
