@@ -321,6 +321,13 @@ def _fixed_reply(op: int, minor: int) -> Any:
     return fixed
 
 
+def _fixed_reply_cached(op: int, minor: int) -> Any:
+    try:
+        return _FIXED_REPLY[op, minor]
+    except KeyError:
+        return _fixed_reply(op, minor)
+
+
 def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     """Decode one reply to ``request`` (a :class:`Request`, or an opcode).
 
@@ -534,11 +541,7 @@ def request_encoder(opcode: int, minor: int = 46, flags: int = 0) -> Any:
 def fixed_reply_size(opcode: int, minor: int = 46) -> int | None:
     """The whole size (fuse_out_header included) of a successful reply to ``opcode`` when
     its body is one fixed-size struct (GETATTR: 16 + sizeof(fuse_attr_out)), else None."""
-    op = int(opcode)
-    try:
-        fixed = _FIXED_REPLY[op, minor]
-    except KeyError:
-        fixed = _fixed_reply(op, minor)
+    fixed = _fixed_reply_cached(int(opcode), minor)
     return None if fixed is None else fixed[0]
 
 
@@ -549,10 +552,7 @@ def reply_decoder(opcode: int, minor: int = 46) -> Any:
     -> Reply``, equal to ``decode_reply(data, request, minor)`` (which it calls for anything
     but a well-formed success reply of exactly that size, so errors are the same)."""
     op = int(opcode)
-    try:
-        fixed = _FIXED_REPLY[op, minor]
-    except KeyError:
-        fixed = _fixed_reply(op, minor)
+    fixed = _fixed_reply_cached(op, minor)
     if fixed is None:
         return None
     size, parse = fixed
