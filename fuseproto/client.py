@@ -118,13 +118,7 @@ class Client:
         ``segments`` splits the request bytes into device-readable descriptors at these
         lengths (the remainder is the last descriptor). ``reply_size`` None: see
         :meth:`reply_area`."""
-        session = self.session
-        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
-        if built is None:
-            built = session.build_request(
-                opcode, Container() if body is None else body, nodeid=nodeid,
-                uid=self.uid, gid=self.gid, pid=self.pid)
-        unique, data = built
+        unique, data = self._build(opcode, body, nodeid)
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
@@ -139,15 +133,23 @@ class Client:
             raise
         return Pending(unique, opcode, token)
 
+    def _build(self, opcode: Any, body: Any, nodeid: int) -> tuple[int, bytes]:
+        """The session builds and registers the request: its positional fast path first."""
+        session = self.session
+        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
+        if built is None:
+            built = session.build_request(
+                opcode, Container() if body is None else body, nodeid=nodeid,
+                uid=self.uid, gid=self.gid, pid=self.pid)
+        return built
+
     def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
                 reply_size: int | None = None, hiprio: bool = False,
                 segments: Sequence[int] | None = None) -> Pending:
         """Build a request with the session (registered as in flight) without sending it;
         :meth:`send` (or ``result(other, then=p)``) sends it. Lets a caller build the next
         request while the current one is with the daemon."""
-        unique, data = self.session.build_request(
-            opcode, Container() if body is None else body, nodeid=nodeid,
-            uid=self.uid, gid=self.gid, pid=self.pid)
+        unique, data = self._build(opcode, body, nodeid)
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
@@ -206,12 +208,7 @@ class Client:
                                            **kw))
         # submit + result without the Pending in between (the synchronous hot path).
         session = self.session
-        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
-        if built is None:
-            built = session.build_request(
-                opcode, Container() if body is None else body, nodeid=nodeid,
-                uid=self.uid, gid=self.gid, pid=self.pid)
-        unique, data = built
+        unique, data = self._build(opcode, body, nodeid)
         transport = self.transport
         if reply_size is None:
             reply_size = self.reply_area(opcode)
