@@ -481,13 +481,13 @@ def _ext_bytes(ext: Any) -> bytes:
         raise EncodeError(f"cannot build extensions: {e}") from e
 
 
-# (opcode, minor, setxattr_ext) -> (parts, message size, build) for requests whose body is
-# at most one fixed-size struct: fuse_in_header and the body in one struct.pack; else None.
-_FIXED_REQUEST: dict[tuple[int, int, bool], Any] = {}
 _IN_PARAMS = ("n", "opcode", "unique", "nodeid", "uid", "gid", "pid", "total_extlen", "padding")
 
 
 def _fixed_request(op: int, minor: int, xext: bool) -> Any:
+    """(parts, message size, build) for a request whose body is at most one fixed-size
+    struct (fuse_in_header and the body in one struct.pack), else None. Cached through
+    request_encoder."""
     fixed = None
     try:
         parts = messages._request_parts(op, int(minor), xext)
@@ -499,7 +499,6 @@ def _fixed_request(op: int, minor: int, xext: bool) -> Any:
             fixed = (parts, _IN_SIZE + size, build)
     except Exception:  # noqa: BLE001 -- a bad minor/opcode: the general path decides
         return None
-    _FIXED_REQUEST[op, minor, xext] = fixed
     return fixed
 
 
@@ -507,30 +506,47 @@ def request_encoder(opcode: int, minor: int = 46, flags: int = 0) -> Any:
     """A fast encoder for one request kind, or None when it has none.
 
     For an opcode whose body is at most one fixed-size struct, returns ``enc(body, unique,
-    nodeid, uid, gid, pid) -> (bytes, Request) | None``: what ``encode_request(opcode,
-    body, unique=..., nodeid=..., uid=..., gid=..., pid=..., minor=minor, flags=flags,
-    return_request=True)`` returns, or None where that call must decide (a body that is not
-    a dict, a value that does not pack: its error is the general path's). Made for callers
-    that send many requests of a few kinds (the Session caches one per opcode)."""
+    nodeid, uid, gid, pid, padding=0, request=True) -> (bytes, Request) | bytes | None``:
+    what ``encode_request(opcode, body, unique=..., nodeid=..., uid=..., gid=..., pid=...,
+    padding=..., minor=minor, flags=flags, return_request=request)`` returns, or None
+    where that call must decide (a body that is not a dict, a value that does not pack: its
+    error is the general path's). encode_request itself takes this path; callers that send
+    many requests of a few kinds keep one per opcode (the Session does)."""
     op = int(opcode)
-    fixed = _fixed_request(op, minor, bool(flags & messages.FUSE_SETXATTR_EXT))
+    xext = bool(flags & messages.FUSE_SETXATTR_EXT)
+    enc = _ENCODERS.get((op, minor, xext), _MISSING)
+    if enc is _MISSING:
+        enc = _ENCODERS[op, minor, xext] = _make_request_encoder(op, minor, xext)
+    return enc
+
+
+# (opcode, minor, setxattr_ext) -> request_encoder's enc, or None.
+_ENCODERS: dict[tuple[int, int, bool], Any] = {}
+
+
+def _make_request_encoder(op: int, minor: int, xext: bool) -> Any:
+    fixed = _fixed_request(op, minor, xext)
     if fixed is None:
         return None
     fparts, n, build = fixed
     name = _OPCODES.get(op, op)
 
-    def enc(body: Any, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> Any:
+    def enc(body: Any, unique: int, nodeid: int, uid: int, gid: int, pid: int,
+            padding: int = 0, request: bool = True) -> Any:
         if body is None:
             body = _NO_BODY
         elif not isinstance(body, dict):
             return None
         try:
-            data = build(body, n, op, unique, nodeid, uid, gid, pid, 0, 0)
+            data = build(body, n, op, unique, nodeid, uid, gid, pid, 0, padding)
         except Exception:  # noqa: BLE001 -- the general path decides the error
             return None
+        if not request:
+            return data
         # struct.pack range-checked the ints, so they are what unpack gives.
-        if int is type(unique) is type(nodeid) is type(uid) is type(gid) is type(pid):
-            values = (n, op, unique, nodeid, uid, gid, pid, 0, 0)
+        if int is type(unique) is type(nodeid) is type(uid) is type(gid) is type(pid) \
+                is type(padding):
+            values = (n, op, unique, nodeid, uid, gid, pid, 0, padding)
         else:
             values = _in_unpack(data, 0)
         return data, Request(None, name, _LAZY, [], data, fparts, values)
@@ -598,36 +614,14 @@ def encode_request(
     op = int(opcode)
     xext = bool(flags & messages.FUSE_SETXATTR_EXT)
     if ext is None and length is None and total_extlen is None:
-        fixed = _FIXED_REQUEST.get((op, minor, xext), _MISSING)
-        if fixed is _MISSING:
-            fixed = _fixed_request(op, minor, xext)
-        if fixed is not None:
-            fbody = _NO_BODY if body is None else body
-            if isinstance(fbody, dict):
-                fparts, n, build = fixed
-                try:
-                    data = build(fbody, n, op, unique, nodeid, uid, gid, pid, 0, padding)
-                except Exception:  # noqa: BLE001 -- the general path below decides the error
-                    data = None
-                if data is not None:
-                    if not return_request:
-                        return data
-                    # struct.pack range-checked the ints, so they are what unpack gives.
-                    if (
-                        int
-                        is type(unique)
-                        is type(nodeid)
-                        is type(uid)
-                        is type(gid)
-                        is type(pid)
-                        is type(padding)
-                    ):
-                        values = (n, op, unique, nodeid, uid, gid, pid, 0, padding)
-                    else:
-                        values = _in_unpack(data, 0)
-                    return data, Request(
-                        None, _OPCODES.get(op, op), _LAZY, [], data, fparts, values
-                    )
+        try:
+            enc = request_encoder(op, minor, flags)
+        except TypeError:  # an unhashable minor: the general path decides
+            enc = None
+        if enc is not None:
+            out = enc(body, unique, nodeid, uid, gid, pid, padding, return_request)
+            if out is not None:
+                return out
     parts = messages._request_parts(op, int(minor), xext)
     payload = _build_body(parts, body, ("request", opcode))
     extb = b"" if ext is None else _ext_bytes(ext)
