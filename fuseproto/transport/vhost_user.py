@@ -575,46 +575,40 @@ class VhostUserTransport:
         str, or ``(opcode, unique)``, formatted only when an error names it)."""
         if self._broken or self._closed:
             raise TransportError(self._broken or "transport is closed")
+        token = None
         if (type(request) is bytes and type(reply_size) is int and reply_size
                 and not hiprio and queue is None and self.request_queues == 1):
             # The common request (one device-readable buffer, one reply area) straight to
-            # the ring: what the general path below does for it, without building lists.
-            vq = self.queues[1]
+            # the ring: what vq.add does for it, without building lists.
+            vq = self.queues[qi := 1]
             if not vq.indirect and len(vq._free_desc) >= 2:
+                out: Sequence = (request,)
                 token = vq._add_one_one(request, reply_size, tag)
-                if self.tap is not None:
-                    self.tap(_REQUEST, 1, request)
-                if self.spin_s and vq.interrupts:
-                    vq.set_interrupts(False)
-                if kick:
-                    self.kick(1)
-                return token
-        if isinstance(request, _BYTES_LIKE):
-            out: Sequence = (request,)
-        else:
-            out = list(request)
-        if isinstance(reply_size, int):
-            ins: Sequence[int] = (reply_size,) if reply_size else ()
-        else:
-            ins = list(reply_size)  # type: ignore[arg-type]
-        if hiprio:
-            qi = 0
-        elif queue is not None:
-            qi = queue
-        elif self.request_queues == 1:
-            qi = 1
-        else:
-            qi = 1 + self._next_queue
-            self._next_queue = (self._next_queue + 1) % self.request_queues
-        vq = self.queues[qi]
-        if not ins:
-            # Nobody waits for a reply-less request (FORGET): reclaim finished ones here,
-            # and wait for room if the daemon has not caught up (it may be descheduled).
-            self._collect(vq)
-            need = vq.descriptors_for(len(out))
-            if vq.free_descriptors() < need:
-                self._wait_room(vq, need)
-        token = vq.add(out, ins, tag)
+        if token is None:
+            out = (request,) if isinstance(request, _BYTES_LIKE) else list(request)
+            if isinstance(reply_size, int):
+                ins: Sequence[int] = (reply_size,) if reply_size else ()
+            else:
+                ins = list(reply_size)  # type: ignore[arg-type]
+            if hiprio:
+                qi = 0
+            elif queue is not None:
+                qi = queue
+            elif self.request_queues == 1:
+                qi = 1
+            else:
+                qi = 1 + self._next_queue
+                self._next_queue = (self._next_queue + 1) % self.request_queues
+            vq = self.queues[qi]
+            if not ins:
+                # Nobody waits for a reply-less request (FORGET): reclaim finished ones
+                # here, and wait for room if the daemon has not caught up (it may be
+                # descheduled).
+                self._collect(vq)
+                need = vq.descriptors_for(len(out))
+                if vq.free_descriptors() < need:
+                    self._wait_room(vq, need)
+            token = vq.add(out, ins, tag)
         if self.tap is not None:
             self.tap(_REQUEST, qi, b"".join(out))
         if self.spin_s and vq.interrupts:
