@@ -15,16 +15,12 @@ import sys
 from collections import deque
 
 import pytest
-from construct import Container
+from test_vhost_user import _getattr_body
 
 from fuseproto.client import Client
 from fuseproto.transport.vhost_user import VhostUserTransport
 from fuseproto.transport.virtqueue import GuestMemory, SplitVirtqueue
 from fuseproto.wire.constants import FUSE_ROOT_ID, fuse_opcode
-
-
-def _getattr_body():
-    return Container(getattr_flags=0, dummy=0, fh=0)
 
 # A reader in another process (the device's view): map the memfd, read avail.idx as fast
 # as it can until told to stop, report every value that went backwards (a torn or
