@@ -74,7 +74,15 @@ from .wire.constants import (
     fuse_opcode,
 )
 
-__all__ = ["ReplyExpectation", "REPLY_EXPECTATION", "Session", "DEFAULT_MAX_PENDING"]
+__all__ = [
+    "ReplyExpectation",
+    "REPLY_EXPECTATION",
+    "Session",
+    "DEFAULT_MAX_PENDING",
+    "InitNegotiation",
+    "negotiate_init",
+    "init_flags",
+]
 
 DEFAULT_MAX_PENDING = 1024
 
@@ -457,7 +465,7 @@ class Session:
         body = request.body
         self._init = _Init.SENT
         self.init_in = body
-        self.offered_flags = _init_flags(body)
+        self.offered_flags = init_flags(body)
         minor = _get(body, "minor")
         if _get(body, "major") == FUSE_KERNEL_VERSION and isinstance(minor, int):
             self.minor = min(minor, self._default_minor)
@@ -540,16 +548,15 @@ class Session:
             del self._interrupt_of[interrupt.target]
 
     def _learn_init_reply(self, error: int, body: Any) -> None:
-        if error != 0 or body is None or _get(body, "major") != FUSE_KERNEL_VERSION:
+        result = negotiate_init(self.init_in, None if error else body,
+                                max_minor=self._default_minor)
+        if result is None:
             self._init = _Init.FAILED
             return
         self._init = _Init.DONE
         self.init_out = body
-        self.flags = _init_flags(body)
-        reply_minor = _get(body, "minor")
-        if isinstance(reply_minor, int):
-            proposed = _get(self.init_in, "minor") if self.init_in is not None else None
-            self.minor = min(reply_minor, proposed) if isinstance(proposed, int) else reply_minor
+        self.flags = result.flags
+        self.minor = result.minor
 
     def cancel(self, unique: int) -> None:
         """Forget a request built by :meth:`build_request` that never reached the peer
@@ -626,12 +633,46 @@ def _get(body: Any, name: str) -> Any:
     return getattr(body, name, None)
 
 
-def _init_flags(body: Any) -> InitFlags:
+def init_flags(body: Any) -> InitFlags:
+    """The 64-bit flags of a fuse_init_in or fuse_init_out body: ``flags | flags2 << 32``,
+    where ``flags2`` counts only when FUSE_INIT_EXT is set in ``flags`` (as Linux reads
+    them)."""
     flags = int(_get(body, "flags") or 0) & 0xFFFFFFFF
     flags2 = 0
     if flags & InitFlags.FUSE_INIT_EXT:
         flags2 = int(_get(body, "flags2") or 0)
     return InitFlags.from_words(flags, flags2)
+
+
+@dataclass(frozen=True)
+class InitNegotiation:
+    """What an INIT exchange settled: every later message is encoded and decoded with it."""
+
+    minor: int  # min(offered minor, the reply's minor, max_minor)
+    flags: InitFlags  # the reply's flags, as the kernel takes them (not masked by the offer)
+    offered: InitFlags  # what the INIT request offered
+
+
+def negotiate_init(offer: Any, reply: Any, *,
+                   max_minor: int = FUSE_KERNEL_MINOR_VERSION) -> InitNegotiation | None:
+    """The one INIT negotiation (the session, the client and the fuzz harness use it).
+
+    ``offer`` is the INIT request's body (fuse_init_in fields, or None if unknown) and
+    ``reply`` the successful reply's body (None for an error reply). Returns None when the
+    reply does not establish a session (no body, or another major version). The flags are
+    the reply's: Linux's process_init_reply tests each bit of the reply, whether offered or
+    not, so a daemon that grants a bit it was not offered (FUSE_SETXATTR_EXT, say) changes
+    the layouts that follow exactly as it would with a kernel."""
+    if reply is None or _get(reply, "major") != FUSE_KERNEL_VERSION:
+        return None
+    minor = max_minor
+    reply_minor = _get(reply, "minor")
+    if isinstance(reply_minor, int):
+        minor = min(minor, reply_minor)
+    offered_minor = _get(offer, "minor")
+    if isinstance(offered_minor, int):
+        minor = min(minor, offered_minor)
+    return InitNegotiation(max(0, minor), init_flags(reply), init_flags(offer))
 
 
 def _name(opcode: Any) -> str:

@@ -420,3 +420,17 @@ def notify_code_or_int(value: int) -> fuse_notify_code | int:
         return fuse_notify_code(value)
     except ValueError:
         return value
+
+
+_OPCODE_NAMES = {int(op): op.name for op in fuse_opcode}
+
+
+def opcode_name(opcode: object) -> str:
+    """fuse.h's name of a request opcode (``FUSE_GETATTR``), or ``opcode_N`` for a number
+    the header does not name. The one spelling every message, finding id and report uses."""
+    try:
+        return _OPCODE_NAMES[int(opcode)]  # type: ignore[call-overload]
+    except KeyError:
+        return f"opcode_{int(opcode)}"  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return f"opcode_{opcode}"
