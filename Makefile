@@ -17,3 +17,5 @@ bench: setup
 
 lint: setup
 	.venv/bin/ruff check fuseproto tests fuzz benchmarks
+	.venv/bin/ruff check --select SLF001 fuseproto
+	.venv/bin/python -m mypy
