@@ -57,11 +57,14 @@ __all__ = [
     "encode_request",
     "encode_reply",
     "encode_notification",
+    "reply_area",
+    "DEFAULT_REPLY_AREA",
 ]
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
 _IN_SIZE = _IN.size
+_IOVEC_SIZE = structs.FAST["fuse_ioctl_iovec"].size
 _OUT_SIZE = _OUT.size
 _in_unpack = _IN.struct.unpack_from
 _out_unpack = _OUT.struct.unpack_from
@@ -701,3 +704,41 @@ def encode_notification(code: int, body: Any, *, length: int | None = None) -> b
     except Exception as e:
         raise EncodeError(f"cannot build fuse_out_header: {e}") from e
     return hdr + payload
+
+
+# --- the one reply-area policy ----------------------------------------------------------
+
+# A reply area for requests whose reply has no fixed size and no size field: a page, which
+# holds every fixed reply and a READLINK target of PATH_MAX.
+DEFAULT_REPLY_AREA = _OUT_SIZE + 4096
+# fuse_ioctl_out and the two iovec lists of an IOCTL retry (FUSE_IOCTL_MAX_IOV each).
+_IOCTL_ROOM = structs.FAST["fuse_ioctl_out"].size + 2 * C.FUSE_IOCTL_MAX_IOV * _IOVEC_SIZE
+
+
+def reply_area(opcode: int, body: Any = None, minor: int = 46) -> int:
+    """The device-writable area for the reply to a request (``body``: its decoded body or
+    the mapping it is built from), sized as Linux's virtio_fs sizes its out arguments:
+
+    * a reply body of one fixed-size struct at ``minor``: exactly header + struct
+      (GETATTR: 16 + sizeof(fuse_attr_out));
+    * READ / READDIR / READDIRPLUS: header + the request's ``size``;
+    * GETXATTR / LISTXATTR: header + ``size``, or header + fuse_getxattr_out for size 0;
+    * IOCTL: header + ``out_size`` + room for fuse_ioctl_out and a retry's iovecs;
+    * anything else: header + 4096 (``DEFAULT_REPLY_AREA``).
+
+    The client, the /dev/fuse bridge and the fuzz harness all ask this one function."""
+    op = int(opcode)
+    size = None
+    if op in _NEEDS_REQUEST_BODY and body is not None:
+        try:
+            size = body.get("out_size" if op == _OP.FUSE_IOCTL else "size")
+        except AttributeError:
+            size = getattr(body, "out_size" if op == _OP.FUSE_IOCTL else "size", None)
+    if isinstance(size, int) and size >= 0:
+        if op == _OP.FUSE_IOCTL:
+            return _OUT_SIZE + size + _IOCTL_ROOM
+        if op in _XATTR_OPS and size == 0:
+            return _OUT_SIZE + structs.FAST["fuse_getxattr_out"].size
+        return _OUT_SIZE + size
+    fixed = fixed_reply_size(op, minor)
+    return DEFAULT_REPLY_AREA if fixed is None else fixed
