@@ -25,9 +25,9 @@ from fuseproto.dax.manager import (
     ReadResult,
     Segment,
     ViewEntry,
-    load_manager,
 )
 from fuseproto.dax.messages import removemapping, setupmapping
+from fuseproto.dax.registry import load_manager
 
 MiB = 1 << 20
 

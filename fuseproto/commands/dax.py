@@ -158,9 +158,10 @@ def _options(specs: list[str]) -> dict[str, dict[str, object]]:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fuseproto.dax import simulator, traces
+    from fuseproto.dax.registry import MANAGERS
 
     names = args.trace or list(traces.TRACE_NAMES)
-    managers = args.manager or ["osv", "linux"]
+    managers = args.manager or list(MANAGERS)
     options = _options(args.option)
     results = []
     print(simulator.format_table([]).splitlines()[0])

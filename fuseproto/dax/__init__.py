@@ -3,7 +3,8 @@
 * :mod:`.messages` -- SETUPMAPPING / REMOVEMAPPING as :class:`DaxMessage` (codec-built)
 * :mod:`.device` -- :class:`ModelDevice`, :class:`MmapDevice`; :mod:`.virtiofsd` --
   :class:`VirtiofsdDevice` (a real daemon) and :class:`ClientBackend`
-* :mod:`.manager` -- the :class:`DaxManager` interface, ``module:factory`` plug-ins
+* :mod:`.manager` -- the :class:`DaxManager` interface; :mod:`.registry` -- the managers
+  by name (:data:`MANAGERS`) and ``module:factory`` plug-ins (:func:`load_manager`)
 * :mod:`.osv` -- :class:`OsvDaxManager` (the seed's OSv manager; seed defects on flags)
 * :mod:`.linux` -- :class:`LinuxDaxManager` (the policy of Linux fs/fuse/dax.c)
 * :mod:`.invariants` -- :class:`DaxChecker`, :func:`check_trace`
@@ -26,7 +27,8 @@ _EXPORTS = {
     "FuseBackend": "host",
     "DaxManager": "manager",
     "ReadResult": "manager",
-    "load_manager": "manager",
+    "MANAGERS": "registry",
+    "load_manager": "registry",
     "OsvDaxManager": "osv",
     "OsvVirtiofs": "osv",
     "LinuxDaxManager": "linux",

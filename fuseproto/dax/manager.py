@@ -1,4 +1,4 @@
-"""The DaxManager interface every policy implements, and ``module:factory`` plug-ins.
+"""The DaxManager interface every policy implements (the names live in :mod:`.registry`).
 
 A manager is the guest side of one mount's DAX window: it decides which file ranges are
 mapped where, sends SETUPMAPPING / REMOVEMAPPING to a :class:`WindowDevice` and serves
@@ -18,19 +18,18 @@ Then expose a factory::
         return MyManager(device, backend, **options)
 
 and run it through every check here with ``--manager mypkg.mydax:make`` (CLI) or
-``load_manager("mypkg.mydax:make")``. The factory is called as
-``factory(device, backend, **options)``; ``device`` is a
+``registry.load_manager("mypkg.mydax:make")`` (:mod:`fuseproto.dax.registry`). The
+factory is called as ``factory(device, backend, **options)``; ``device`` is a
 :class:`~fuseproto.dax.device.WindowDevice`, ``backend`` a
 :class:`~fuseproto.dax.host.FuseBackend`.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from .device import WindowDevice
 from .host import FuseBackend
@@ -46,8 +45,6 @@ __all__ = [
     "Segment",
     "ViewEntry",
     "WriteResult",
-    "builtin_managers",
-    "load_manager",
 ]
 
 
@@ -299,31 +296,6 @@ class DaxManager(ABC):
         return data, Segment(offset, len(data), None)
 
 
+#: What :func:`fuseproto.dax.registry.load_manager` returns: ``factory(device, backend,
+#: **options)`` -> a manager.
 ManagerFactory = Callable[..., DaxManager]
-
-
-def builtin_managers() -> dict[str, ManagerFactory]:
-    from .linux import LinuxDaxManager
-    from .osv import OsvDaxManager
-
-    return {"osv": OsvDaxManager, "linux": LinuxDaxManager}
-
-
-def load_manager(spec: str) -> ManagerFactory:
-    """``"osv"``, ``"linux"`` or ``"package.module:factory"`` -> a factory called as
-    ``factory(device, backend, **options)``."""
-    builtins = builtin_managers()
-    if spec in builtins:
-        return builtins[spec]
-    if ":" not in spec:
-        raise ValueError(
-            f"unknown manager {spec!r}: use one of {sorted(builtins)} or 'module:factory'"
-        )
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{spec!r} is not callable")
-    return obj

@@ -22,8 +22,9 @@ from typing import Any
 
 from .belady import belady_min
 from .device import DeviceMapping, ModelDevice
-from .manager import ManagerFactory, load_manager
+from .manager import ManagerFactory
 from .messages import FUSE_REMOVEMAPPING, FUSE_SETUPMAPPING
+from .registry import load_manager
 from .traces import Trace
 
 __all__ = [

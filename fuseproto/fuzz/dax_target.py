@@ -7,7 +7,7 @@ bytes run out -- ``read(node, offset, size)``, ``write(node, offset, data)``,
 ``forget(node)`` (optionally handing the node id to a new file, as a daemon may), and for
 managers that pin (Linux) ``pin``/``unpin``. The window is small (six 16 KiB chunks, 4 KiB
 alignment) so eviction happens within a few steps. ``FUSEPROTO_DAX_MANAGER`` (``osv``,
-``linux`` or ``package.module:factory``, see :func:`fuseproto.dax.manager.load_manager`)
+``linux`` or ``package.module:factory``, see :func:`fuseproto.dax.registry.load_manager`)
 fixes the manager, e.g. to fuzz one of your own.
 
 Checked: alignment of foffset/moffset/len, mappings inside the window, REMOVEMAPPING
@@ -28,7 +28,7 @@ from construct import Byte, GreedyBytes, Int16ul, Struct
 from ..dax.device import ModelDevice
 from ..dax.host import FileStore
 from ..dax.invariants import DaxChecker
-from ..dax.manager import load_manager
+from ..dax.registry import load_manager
 from . import mutate
 from .targets import TARGETS, Target
 
