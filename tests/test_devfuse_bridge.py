@@ -16,12 +16,8 @@ from typing import Any
 
 import pytest
 
-from fuseproto.transport.devfuse import (
-    DevFuseBridge,
-    DevFuseMount,
-    find_mount_device,
-    unavailable_reason,
-)
+from fuseproto.bridge import DevFuseBridge
+from fuseproto.transport.devfuse import DevFuseMount, find_mount_device, unavailable_reason
 from fuseproto.wire.constants import fuse_opcode
 
 _SKIP = unavailable_reason()

@@ -40,13 +40,8 @@ import pytest
 from construct import Container
 
 from fuseproto import Session
-from fuseproto.transport.devfuse import (
-    DEFER,
-    DevFuseMount,
-    DevFuseServer,
-    find_mount_device,
-    unavailable_reason,
-)
+from fuseproto.fuseserver import DEFER, DevFuseServer
+from fuseproto.transport.devfuse import DevFuseMount, find_mount_device, unavailable_reason
 from fuseproto.wire import codec
 from fuseproto.wire.constants import (
     FATTR,

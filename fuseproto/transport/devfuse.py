@@ -1,13 +1,11 @@
-"""The kernel's ``/dev/fuse`` as a transport: mount a FUSE file system and serve it.
+"""The kernel's ``/dev/fuse`` as a transport: mount a FUSE file system, move its bytes.
 
 :class:`DevFuseMount` owns one kernel connection: it opens ``/dev/fuse``, mounts it with
-mount(2) (through ctypes, no ``fusermount`` helper), reads whole requests and writes whole
-replies as bytes, and always unmounts and closes, also when the body of the ``with`` block
-fails. It never looks inside a message.
-
-:class:`DevFuseServer` is the small server loop on top: every request goes through a
-:class:`fuseproto.Session` (which decodes it with the codec), is handed to a handler, and
-the handler's answer is encoded by the same session and written back.
+mount(2) (:func:`fuseproto.libc.mount`, no ``fusermount`` helper), reads whole requests
+and writes whole replies as bytes, aborts the connection through fusectl, and always
+unmounts and closes, also when the body of the ``with`` block fails. It never looks
+inside a message: serving a mount with a handler is :mod:`fuseproto.fuseserver`,
+forwarding it to virtiofsd is :mod:`fuseproto.bridge`.
 
 Facts used here (from Documentation/filesystems/fuse.rst and the mount(2) and umount(2)
 manual pages): the mount data of a ``fuse`` file system names the device fd, the root
@@ -19,51 +17,16 @@ longer waits for (it was interrupted or aborted) fails with ENOENT; closing the 
 of the device aborts the connection, as does writing to
 ``/sys/fs/fuse/connections/<N>/abort``, where N is the minor device number of the mount.
 """
-
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from construct import Container
-
-from ..errors import (
-    DecodeError,
-    EncodeError,
-    FuseprotoError,
-    ProtocolError,
-    TransportError,
-    TransportTimeout,
-)
-from ..wire import structs
-from ..wire.codec import encode_reply, encode_request
-from ..wire.constants import InitFlags, fuse_opcode
-
-if TYPE_CHECKING:
-    from ..session import Session
-
-_OUT_HEADER = structs.FAST["fuse_out_header"]
-_OUT_HEADER_SIZE = _OUT_HEADER.size
-_FORGETS = (fuse_opcode.FUSE_FORGET, fuse_opcode.FUSE_BATCH_FORGET)
-# Replies whose payload is bounded by the request's ``size`` field.
-_SIZED_REPLIES = (
-    fuse_opcode.FUSE_READ,
-    fuse_opcode.FUSE_READDIR,
-    fuse_opcode.FUSE_READDIRPLUS,
-    fuse_opcode.FUSE_GETXATTR,
-    fuse_opcode.FUSE_LISTXATTR,
-)
-# fuse_ioctl_out + iovec lists of an IOCTL retry (FUSE_IOCTL_MAX_IOV * 16 each way).
-_IOCTL_RETRY_ROOM = 16 + 2 * 256 * 16
+from .. import libc
+from ..errors import TransportError
 
 # mount(2) flags (<sys/mount.h>).
 MS_NOSUID = 0x2
@@ -80,42 +43,12 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 FUSECTL_DIR = "/sys/fs/fuse/connections"
 
-_libc: ctypes.CDLL | None = None
 
-
-def _load_libc() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        lib.mount.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_char_p,
-        ]
-        lib.mount.restype = ctypes.c_int
-        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.umount2.restype = ctypes.c_int
-        _libc = lib
-    return _libc
-
-
-def sys_mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    """mount(2); raises OSError with the errno."""
-    libc = _load_libc()
-    rc = libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode())
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount({target!r}, {fstype!r}): {os.strerror(err)}")
-
-
-def sys_umount2(target: str, flags: int = 0) -> None:
-    """umount2(2); raises OSError with the errno."""
-    libc = _load_libc()
-    if libc.umount2(os.fsencode(target), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount2({target!r}, {flags:#x}): {os.strerror(err)}")
+def read_buffer_size(max_write: int | None) -> int:
+    """The read buffer that holds any request: a WRITE of ``max_write`` bytes (as INIT
+    negotiated it; None before INIT) plus its headers, a SETXATTR of XATTR_SIZE_MAX, and
+    never less than FUSE_MIN_READ_BUFFER."""
+    return max(FUSE_MIN_READ_BUFFER, (max_write or 0) + PAGE_SIZE, XATTR_SIZE_MAX + PAGE_SIZE)
 
 
 def unavailable_reason(device: str = "/dev/fuse") -> str | None:
@@ -233,7 +166,7 @@ class DevFuseMount:
         fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         self.fd = fd
         try:
-            sys_mount(
+            libc.mount(
                 self.fsname,
                 self.mountpoint,
                 f"fuse.{self.subtype}",
@@ -275,7 +208,7 @@ class DevFuseMount:
 
         def attempt() -> None:
             try:
-                sys_umount2(self.mountpoint, 0)
+                libc.umount2(self.mountpoint, 0)
                 result.append(None)
             except BaseException as exc:  # reported to the caller below
                 result.append(exc)
@@ -295,7 +228,7 @@ class DevFuseMount:
             self.mounted = False
             return
         try:
-            sys_umount2(self.mountpoint, MNT_DETACH)
+            libc.umount2(self.mountpoint, MNT_DETACH)
         except OSError as exc2:
             if exc2.errno != errno.EINVAL:
                 raise TransportError(f"cannot unmount {self.mountpoint}: {exc2}") from exc2
@@ -389,335 +322,7 @@ class DevFuseMount:
                 return False
             if exc.errno in (errno.ENODEV, errno.EBADF):
                 raise TransportError("/dev/fuse connection gone") from exc
-            raise ReplyRejectedError(exc.errno, len(data)) from exc
+            raise ReplyRejectedError(exc.errno or errno.EIO, len(data)) from exc
         if n != len(data):
             raise TransportError(f"short write to /dev/fuse: {n} of {len(data)}")
         return True
-
-
-# -- server loop ----------------------------------------------------------------------
-
-
-Handler = Callable[[Any], Any]
-
-#: A handler returns this to answer later, from any thread, with DevFuseServer.complete().
-DEFER: Any = object()
-
-
-@dataclass
-class ServedMessage:
-    """One request seen by the server and what was done with it (for tests and logs)."""
-
-    raw: bytes
-    request: Any = None
-    reply_raw: bytes | None = None
-    error: int = 0
-    accepted: bool | None = None  # the kernel took the reply (False: ENOENT, gone)
-    failure: BaseException | None = None
-
-
-@dataclass
-class ServerStats:
-    """What a server saw; bounded (the oldest messages are dropped)."""
-
-    messages: list[ServedMessage] = field(default_factory=list)
-    failures: list[BaseException] = field(default_factory=list)
-    notifications: list[bytes] = field(default_factory=list)
-    max_messages: int = 100_000
-
-    def record(self, msg: ServedMessage) -> None:
-        self.messages.append(msg)
-        if len(self.messages) > self.max_messages:
-            del self.messages[: len(self.messages) - self.max_messages]
-
-    def fail(self, msg: ServedMessage | None, exc: BaseException) -> None:
-        if msg is not None:
-            msg.failure = exc
-        if len(self.failures) < self.max_messages:
-            self.failures.append(exc)
-
-
-class DevFuseServer:
-    """Serve a :class:`DevFuseMount` with a handler, one request at a time.
-
-    ``handler(request)`` gets a decoded codec ``Request`` and returns the reply body
-    (whatever ``encode_reply`` takes for that opcode), or :data:`DEFER` to answer later
-    with :meth:`complete`; raising ``OSError`` replies with ``-errno``. For requests that
-    take no reply (FORGET, BATCH_FORGET, NOTIFY_REPLY, INTERRUPT) the return value is
-    ignored. Anything that goes wrong otherwise (a request that does not decode, a
-    handler bug, a reply the kernel rejects) is recorded in ``stats.failures`` and, where
-    a request waits, answered with -EIO, so that no caller hangs.
-    """
-
-    def __init__(
-        self,
-        mount: DevFuseMount,
-        handler: Handler,
-        *,
-        session: Session | None = None,
-        poll_interval: float = 0.1,
-    ) -> None:
-        if session is None:
-            from ..session import Session
-
-            session = Session()
-        self.mount = mount
-        self.handler = handler
-        self.session = session
-        self.poll_interval = poll_interval
-        self.stats = ServerStats()
-        self._lock = threading.Lock()  # the session is not thread-safe
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.closed_reason: BaseException | None = None
-
-    @property
-    def bufsize(self) -> int:
-        # Room for the largest request: WRITE header + max_write payload, or SETXATTR.
-        max_write = self.session.max_write or 0
-        return max(FUSE_MIN_READ_BUFFER, max_write + PAGE_SIZE, XATTR_SIZE_MAX + PAGE_SIZE)
-
-    def handle_one(self, timeout: float | None = None) -> bool:
-        """Serve at most one request. False when none arrived within ``timeout``."""
-        raw = self.mount.read_request(self.bufsize, timeout)
-        if raw is None:
-            return False
-        msg = ServedMessage(raw=raw)
-        self.stats.record(msg)
-        try:
-            with self._lock:
-                request = self.session.feed_request(raw)
-                expects_reply = self.session.expects_reply(request)
-        except (DecodeError, ProtocolError) as exc:
-            self.stats.fail(msg, exc)
-            return True
-        msg.request = request
-        self._dispatch(msg, request, expects_reply)
-        return True
-
-    def _dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
-        """Answer one decoded request (the handler's way; the bridge forwards instead)."""
-        body: Any = None
-        error = 0
-        try:
-            body = self.handler(request)
-        except FuseprotoError as exc:
-            self.stats.fail(msg, exc)
-            error = -errno.EIO
-        except OSError as exc:
-            error = -(exc.errno or errno.EIO)
-        except Exception as exc:  # a handler bug: answer EIO so the caller is not stuck
-            self.stats.fail(msg, exc)
-            error = -errno.EIO
-        if not expects_reply or (body is DEFER and not error):
-            return
-        self._reply(msg, request, body, error)
-
-    def complete(self, request: Any, body: Any = None, error: int = 0) -> bool:
-        """Answer a request the handler deferred; True when the kernel took the reply."""
-        msg = next((m for m in reversed(self.stats.messages) if m.request is request), None)
-        return self._reply(msg, request, body, error)
-
-    def _reply(self, msg: ServedMessage | None, request: Any, body: Any, error: int) -> bool:
-        with self._lock:
-            try:
-                reply = self.session.build_reply(request, None if error else body, error=error)
-            except EncodeError as exc:
-                # The body does not fit the schema: the kernel still gets an answer.
-                self.stats.fail(msg, exc)
-                error = -errno.EIO
-                reply = self.session.build_reply(request, None, error=error)
-            except ProtocolError as exc:  # e.g. answered twice: nothing to send
-                self.stats.fail(msg, exc)
-                return False
-        return self._write(msg, reply, error)
-
-    def _write(self, msg: ServedMessage | None, reply: bytes, error: int) -> bool:
-        if msg is not None:
-            msg.reply_raw = reply
-            msg.error = error
-        try:
-            accepted = self.mount.write_reply(reply)
-        except ReplyRejectedError as exc:
-            self.stats.fail(msg, exc)
-            accepted = False
-        if msg is not None:
-            msg.accepted = accepted
-        return accepted
-
-    def notify(self, code: int, body: Any) -> bool:
-        """Send a notification to the kernel. False when the kernel reports ENOENT (the
-        inode or entry it names is not cached); ReplyRejectedError if it refuses it."""
-        with self._lock:
-            data = self.session.build_notification(code, body)
-        self.stats.notifications.append(data)
-        return self.mount.write_reply(data)
-
-    def serve_forever(self) -> None:
-        """Serve until :meth:`stop` or until the connection goes away."""
-        while not self._stop.is_set():
-            try:
-                self.handle_one(self.poll_interval)
-            except TransportError as exc:
-                self.closed_reason = exc
-                return
-
-    def start(self) -> DevFuseServer:
-        self._thread = threading.Thread(
-            target=self.serve_forever, name="devfuse-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TransportTimeout("devfuse server thread did not stop")
-            self._thread = None
-
-    def __enter__(self) -> DevFuseServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-class DevFuseBridge(DevFuseServer):
-    """Serve a kernel mount by forwarding every request to another transport.
-
-    ``transport`` is anything with the contract's ``submit(request_bytes, reply_size)``
-    and ``wait(token, timeout)`` (e.g. :class:`~fuseproto.transport.vhost_user.
-    VhostUserTransport` in front of virtiofsd). Requests go through unchanged; each reply
-    is checked by the session (paired by unique, decoded at the negotiated minor) before
-    it is written to the kernel, and one that fails is replaced by -EIO. FORGET and
-    BATCH_FORGET go out on the high-priority queue (as virtio-fs sends them) with no reply
-    buffer. INTERRUPT is not forwarded (virtio-fs has no interrupts): the kernel gets
-    -ENOSYS, which tells it to stop sending them. Requests are forwarded one at a time.
-
-    One request is adjusted: the kernel offers FUSE_ALLOW_IDMAP in INIT but fails the
-    connection if a daemon accepts it on a mount without ``default_permissions`` (virtiofs
-    always sets that option; a plain FUSE mount need not). For such a mount the bridge
-    re-encodes INIT through the codec without that offer.
-    """
-
-    def __init__(
-        self,
-        mount: DevFuseMount,
-        transport: Any,
-        *,
-        session: Session | None = None,
-        timeout: float = 10.0,
-        poll_interval: float = 0.1,
-    ) -> None:
-        super().__init__(mount, self._unused_handler, session=session, poll_interval=poll_interval)
-        self.transport = transport
-        self.timeout = timeout
-
-    @staticmethod
-    def _unused_handler(request: Any) -> Any:
-        raise AssertionError("the bridge forwards; it has no handler")
-
-    def reply_size(self, request: Any) -> int:
-        """The reply buffer to offer: out header + what the request may get back."""
-        body = request.body
-        op = request.opcode
-        want = 0
-        if op in _SIZED_REPLIES:
-            want = int(body.get("size", 0))
-        elif op == fuse_opcode.FUSE_IOCTL:
-            want = int(body.get("out_size", 0)) + _IOCTL_RETRY_ROOM
-        # Every fixed reply (fuse_statx_out is the largest, 256) and a READLINK target
-        # (PATH_MAX) fit in a page.
-        return _OUT_HEADER_SIZE + max(want, PAGE_SIZE)
-
-    def forwarded(self, request: Any) -> bytes:
-        """The bytes to send on for ``request``: its own, except INIT (see above)."""
-        if request.opcode != fuse_opcode.FUSE_INIT or self.mount.default_permissions:
-            return request.raw
-        body = request.body
-        offered = InitFlags.from_words(body.get("flags", 0), body.get("flags2", 0) or 0)
-        if not offered & InitFlags.FUSE_ALLOW_IDMAP:
-            return request.raw
-        lo, hi = InitFlags(offered & ~InitFlags.FUSE_ALLOW_IDMAP).words()
-        adjusted = Container(body, flags=lo, flags2=hi)
-        h = request.header
-        return encode_request(
-            request.opcode,
-            adjusted,
-            unique=h.unique,
-            nodeid=h.nodeid,
-            uid=h.uid,
-            gid=h.gid,
-            pid=h.pid,
-            ext=request.ext or None,
-        )
-
-    def _dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
-        op = request.opcode
-        if op == fuse_opcode.FUSE_INTERRUPT:
-            with self._lock:
-                tracked = request.unique in self.session.interrupts.values()
-            if tracked:
-                self._reply(msg, request, None, -errno.ENOSYS)
-            return
-        try:
-            if not expects_reply:
-                self.transport.submit(request.raw, 0, hiprio=op in _FORGETS)
-                return
-            token = self.transport.submit(self.forwarded(request), self.reply_size(request))
-            raw = self.transport.wait(token, self.timeout)
-        except TransportError as exc:
-            self.stats.fail(msg, exc)
-            if expects_reply:
-                self._reply(msg, request, None, -errno.EIO)
-            return
-        with self._lock:
-            try:
-                self.session.feed_reply(raw)
-            except (DecodeError, ProtocolError) as exc:
-                self.stats.fail(msg, exc)
-                still_waiting = self.session.pending.get(request.unique) is request
-            else:
-                still_waiting = None
-        if still_waiting is None:
-            self._write(msg, raw, _reply_error(raw))
-        elif still_waiting:
-            self._reply(msg, request, None, -errno.EIO)
-        else:
-            # The session completed it (a body that did not decode): answer EIO directly.
-            self._write(
-                msg,
-                encode_reply(request, None, unique=request.unique, error=-errno.EIO),
-                -errno.EIO,
-            )
-
-
-def _reply_error(raw: bytes) -> int:
-    return int(_OUT_HEADER.parse(raw)["error"])
-
-
-@contextlib.contextmanager
-def serve(
-    mountpoint: str | os.PathLike[str],
-    handler: Handler,
-    *,
-    session: Session | None = None,
-    **mount_options: Any,
-) -> Iterator[DevFuseServer]:
-    """Mount, serve in a thread, and on exit always unmount, stop and close."""
-    mount = DevFuseMount(mountpoint, **mount_options)
-    mount.open()
-    try:
-        server = DevFuseServer(mount, handler, session=session)
-        server.start()
-        try:
-            yield server
-        finally:
-            try:
-                mount.unmount()
-            finally:
-                server.stop()
-    finally:
-        mount.close()
