@@ -49,7 +49,7 @@ from construct import Container
 from fuseproto.client import OUT_HEADER_SIZE, Client
 from fuseproto.errors import DaemonError
 from fuseproto.session import Session
-from fuseproto.transport import daemons
+from fuseproto import daemons
 from fuseproto.transport.vhost_user import Negotiated, VhostUserTransport
 from fuseproto.transport.virtqueue import (
     U16,

@@ -21,7 +21,7 @@ if ! command -v debootstrap >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null
 fi
 if [ ! -x "$root/usr/bin/python3" ]; then
-  mirror=$(.venv/bin/python -c 'from fuseproto.debarchive import system_archive_uri as u; print(u())')
+  mirror=$(.venv/bin/python -c 'from fuseproto.daemons import system_archive_uri as u; print(u())')
   log "debootstrap trixie from $mirror into $root"
   mkdir -p "$root"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,make,git \

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fuseproto.transport import daemons
+from fuseproto import daemons
 
 DAEMON_KINDS = list(daemons.KINDS)
 

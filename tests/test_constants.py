@@ -50,7 +50,7 @@ def _check(h: fuseh.Header, facts: fuseh.Facts, *, newest: bool) -> None:
 
 @pytest.fixture(scope="module")
 def newest(tmp_path_factory: pytest.TempPathFactory) -> tuple[fuseh.Header, fuseh.Facts]:
-    from fuseproto.debarchive import newest_header
+    from fuseproto.daemons import newest_header
 
     path = newest_header()
     h = fuseh.parse_header(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fuseproto.errors import DaemonError
-from fuseproto.transport import daemons
+from fuseproto import daemons
 
 pytestmark = pytest.mark.daemon
 
@@ -24,7 +24,7 @@ def test_install_is_cached_and_runs(installation):
     text = daemons.version_text(installation)
     assert ("7.2" in text) if installation.kind == "c" else text.startswith("virtiofsd 1.13")
     assert os.path.isabs(installation.binary) and os.access(installation.binary, os.X_OK)
-    if installation.kind == "rust" and daemons._glibc_version() < (2, 39):
+    if installation.kind == "rust" and daemons.glibc_version() < (2, 39):
         assert installation.loader and os.path.exists(installation.loader)
 
 

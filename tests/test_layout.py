@@ -117,7 +117,7 @@ def compare(facts: fuseh.Facts, *, exact: bool) -> tuple[list[str], dict]:
 
 @pytest.fixture(scope="module")
 def newest_facts(tmp_path_factory: pytest.TempPathFactory) -> tuple[fuseh.Header, fuseh.Facts]:
-    from fuseproto.debarchive import newest_header
+    from fuseproto.daemons import newest_header
 
     path = newest_header()
     h = fuseh.parse_header(path)

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _install(args: argparse.Namespace) -> int:
     from ..errors import DaemonError
-    from ..transport import daemons
+    from .. import daemons
 
     rc = 0
     unknown = [k for k in args.kind if k not in daemons.KINDS]
@@ -45,7 +45,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..transport import daemons
+    from .. import daemons
 
     found = daemons.installed()
     if args.virtiofsd:

@@ -224,7 +224,7 @@ def _record_daemon(args: argparse.Namespace) -> int:
     import tempfile
 
     from fuseproto.dax import traces, workload
-    from fuseproto.transport import daemons
+    from fuseproto import daemons
 
     if args.command:
         raise SystemExit("record --from-daemon runs its own workload: no command")

@@ -190,7 +190,7 @@ def record_daemon_reads(
     snaplen: int = SNAPLEN,
 ) -> tuple[dict[str, int], list[WorkloadRead]]:
     """Run the workload against a fresh daemon of ``installation`` (a
-    :class:`~fuseproto.transport.daemons.Installation`) and record it to ``pcap_path``.
+    :class:`~fuseproto.daemons.Installation`) and record it to ``pcap_path``.
     Returns the files (path -> size) and the READs sent."""
     from fuseproto.capture import CaptureRecorder
     from fuseproto.client import Client

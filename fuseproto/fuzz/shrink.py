@@ -29,7 +29,7 @@ from typing import Any
 from construct import Container
 
 from ..errors import DecodeError, EncodeError
-from ..transport import daemons
+from .. import daemons
 from ..wire import codec, structs
 from . import mutate
 

@@ -55,7 +55,7 @@ from construct import Container
 from ..client import Client
 from ..errors import DaemonError, DecodeError, FuseError, TransportError
 from ..session import REPLY_EXPECTATION, ReplyExpectation
-from ..transport import daemons
+from .. import daemons
 from ..transport.vhost_user import VhostUserTransport
 from ..wire import codec, structs
 from ..wire.constants import fuse_opcode

@@ -316,7 +316,7 @@ class VhostUserTransport:
     if the daemon offers it, a request of several segments takes one ring descriptor (its
     table in guest memory) instead of one per segment; ``negotiated.indirect_desc`` says
     whether it was agreed. ``daemon`` (optional) is the
-    :class:`~fuseproto.transport.daemons.Daemon` serving the socket; with it errors name
+    :class:`~fuseproto.daemons.Daemon` serving the socket; with it errors name
     what became of the process, and :meth:`close` stops it.
     """
 
@@ -385,7 +385,7 @@ class VhostUserTransport:
         daemon's work no longer overlaps the frontend's: large READs lose ~15%."""
         import tempfile
 
-        from .daemons import Daemon
+        from ..daemons import Daemon
 
         pinned = None
         if colocate is not False:

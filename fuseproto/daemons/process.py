@@ -1,253 +1,84 @@
-"""Finding, installing and running real virtiofsd builds.
-
-Two implementations are supported, both taken from Debian's archive through a private apt
-configuration (:mod:`fuseproto.debarchive`; the system's sources are never edited) and
-unpacked under ``<cache_root>/daemons/<kind>-<version>/``:
-
-* ``c``: the C virtiofsd of QEMU 7.2 (bookworm ``qemu-system-common``,
-  ``usr/lib/qemu/virtiofsd``, FUSE protocol 7.36). Later QEMU releases no longer ship it,
-  so it comes from bookworm on every host. It links against the system's glib, libseccomp,
-  libcap-ng and libnuma, which :func:`install` installs with apt-get when missing.
-* ``rust``: virtiofsd 1.13.x (trixie ``virtiofsd``, ``usr/libexec/virtiofsd``). It needs
-  glibc >= 2.39; on an older host trixie's libc6, libgcc-s1, libcap-ng0 and libseccomp2
-  are unpacked beside it and it runs through that tree's own dynamic loader.
+"""Running one virtiofsd: start, watch, freeze and stop it by its PID, and clean up after it.
 
 A :class:`Daemon` serves exactly one vhost-user frontend connection and exits when that
 connection closes, so the unit of use is one daemon per session. It is stopped by its PID
-only, never by name.
+only, never by name, and :meth:`Daemon.stop` removes what the process leaves on the host
+on every path (normal stop, crash, kill after a timeout, failed start): its socket, its
+lock/pid file and its temporary log.
+
+Where the pid files are (checked against the daemons themselves):
+
+* the C virtiofsd (QEMU 7.2) writes ``<localstatedir>/run/virtiofsd/<socket>.pid``, the
+  socket path as given on its command line with every ``/`` turned into ``.`` (so
+  ``/tmp/x/vhost.sock`` gives ``/var/run/virtiofsd/.tmp.x.vhost.sock.pid``; Debian's
+  ``/var/run`` is ``/run``), holds it locked while it runs and never removes it;
+* the Rust virtiofsd writes ``<socket>.pid`` next to the socket.
+
+Both hold the file open and write their PID into it, so the one this process started is
+told apart from any other daemon's by its content: only a file naming our daemon's PID
+(or left empty by it, see :func:`remove_pid_file`) is removed.
+
+Sandboxing: ``sandbox`` chooses the daemon's own sandbox; the default is ``chroot`` for the
+C daemon and ``none`` for the Rust one (whose ``chroot`` mode the fuzzer uses, as it sends
+hostile requests as root).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
 import os
-import re
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..debarchive import PrivateApt, cache_root, extract
 from ..errors import DaemonError
+from .install import Installation
 
-KINDS = ("c", "rust")
-
-
-@dataclass(frozen=True)
-class DaemonSpec:
-    """Where one kind of daemon comes from in Debian's archive."""
-
-    kind: str
-    suite: str
-    package: str
-    binary: str  # path inside the unpacked package
-    # Extra packages unpacked into the same tree when the host's glibc is too old.
-    private_libs: tuple[str, ...] = ()
-    min_glibc: tuple[int, int] = (0, 0)
-    # soname -> system packages providing it (first that apt knows is installed).
-    system_libs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+# QEMU's qemu_get_local_state_dir() is its configured localstatedir, /var on Debian.
+C_PID_DIR = "/var/run/virtiofsd"
+SANDBOXES = ("none", "chroot")
 
 
-SPECS: dict[str, DaemonSpec] = {
-    "c": DaemonSpec(
-        kind="c",
-        suite="bookworm",
-        package="qemu-system-common",
-        binary="usr/lib/qemu/virtiofsd",
-        system_libs={
-            # trixie renamed glib's package for the 64-bit time_t transition.
-            "libglib-2.0.so.0": ("libglib2.0-0t64", "libglib2.0-0"),
-            "libseccomp.so.2": ("libseccomp2",),
-            "libcap-ng.so.0": ("libcap-ng0",),
-            "libnuma.so.1": ("libnuma1",),
-        },
-    ),
-    "rust": DaemonSpec(
-        kind="rust",
-        suite="trixie",
-        package="virtiofsd",
-        binary="usr/libexec/virtiofsd",
-        private_libs=("libc6", "libgcc-s1", "libcap-ng0", "libseccomp2"),
-        min_glibc=(2, 39),
-        system_libs={
-            "libseccomp.so.2": ("libseccomp2",),
-            "libcap-ng.so.0": ("libcap-ng0",),
-        },
-    ),
-}
+def pid_file_paths(kind: str, socket_path: str) -> list[str]:
+    """Where a daemon of ``kind`` serving ``socket_path`` (exactly as passed on its command
+    line) writes its lock/pid file."""
+    if kind == "c":
+        return [os.path.join(C_PID_DIR, socket_path.replace("/", ".") + ".pid")]
+    return [socket_path + ".pid"]
 
 
-@dataclass
-class Installation:
-    """One unpacked daemon: how to execute it."""
-
-    kind: str
-    version: str  # Debian package version
-    root: str  # unpacked tree
-    binary: str  # absolute path of the executable
-    loader: str | None = None  # private dynamic loader (old-glibc hosts)
-    library_path: str | None = None
-
-    def argv(self) -> list[str]:
-        """The command prefix that runs this daemon (loader first when there is one)."""
-        if self.loader:
-            return [self.loader, "--library-path", self.library_path or "", self.binary]
-        return [self.binary]
-
-    @classmethod
-    def from_path(cls, path: str | os.PathLike[str], kind: str | None = None) -> Installation:
-        """A user's own build (``--virtiofsd PATH``); ``kind`` is guessed from ``--help``."""
-        p = Path(path).resolve()
-        if not os.access(p, os.X_OK):
-            raise DaemonError(f"{p} is not an executable file")
-        if kind is None:
-            kind = _guess_kind(p)
-        if kind not in KINDS:
-            raise DaemonError(f"unknown daemon kind {kind!r} (one of {', '.join(KINDS)})")
-        return cls(kind=kind, version="local", root=str(p.parent), binary=str(p))
-
-
-def _guess_kind(binary: Path) -> str:
+def remove_pid_file(path: str, pid: int) -> bool:
+    """Remove ``path`` if it is the pid file of process ``pid`` (which has exited): it
+    names ``pid``, or it is empty (the daemon died between creating and writing it) and no
+    live process holds a lock on it. Returns whether it was removed; another daemon's file
+    is left alone."""
     try:
-        out = subprocess.run(
-            [str(binary), "--help"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DaemonError(f"cannot run {binary} --help: {e}")
-    text = out.stdout + out.stderr
-    # The Rust daemon's options are long GNU-style ones like --shared-dir; the C one uses
-    # FUSE-style "-o source=".
-    return "rust" if "--shared-dir" in text else "c"
-
-
-def daemons_dir() -> Path:
-    return cache_root() / "daemons"
-
-
-def _glibc_version() -> tuple[int, int]:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, PermissionError):
+        return False
     try:
-        text = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):
-        text = ""
-    m = re.search(r"(\d+)\.(\d+)", text)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def installed(kind: str | None = None) -> list[Installation]:
-    """Installations found in the cache, newest version last, optionally of one kind."""
-    out: list[Installation] = []
-    base = daemons_dir()
-    if not base.is_dir():
-        return out
-    for manifest in sorted(base.glob("*/daemon.json")):
-        try:
-            inst = Installation(**json.loads(manifest.read_text()))
-        except (ValueError, TypeError):
-            continue
-        if (kind is None or inst.kind == kind) and os.path.exists(inst.binary):
-            out.append(inst)
-    return out
-
-
-def find(kind: str) -> Installation | None:
-    """The cached installation of ``kind`` (or ``FUSEPROTO_VIRTIOFSD_<KIND>``), else None."""
-    env = os.environ.get(f"FUSEPROTO_VIRTIOFSD_{kind.upper()}")
-    if env:
-        return Installation.from_path(env, kind)
-    found = installed(kind)
-    return found[-1] if found else None
-
-
-def install(kind: str, *, apt_system_libs: bool = True) -> Installation:
-    """Download and unpack ``kind`` (cached: returns the existing installation if any)."""
-    if kind not in SPECS:
-        raise DaemonError(f"unknown daemon kind {kind!r} (one of {', '.join(KINDS)})")
-    existing = find(kind)
-    if existing is not None:
-        return existing
-    spec = SPECS[kind]
-    apt = PrivateApt.for_suites(spec.suite)
-    deb = apt.download(spec.package)
-    version = deb.name.split("_")[1].replace("%3a", ":")
-    base = daemons_dir()
-    base.mkdir(parents=True, exist_ok=True)
-    final = base / f"{kind}-{version.replace(':', '_')}"
-    # Unpack into a temporary directory and rename, so a half-done install never counts.
-    work = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=base))
-    try:
-        root = work / "root"
-        extract(deb, root)
-        binary = root / spec.binary
-        if not binary.exists():
-            raise DaemonError(f"{spec.package} {version} has no {spec.binary}")
-        need_private = _glibc_version() < spec.min_glibc
-        if need_private:
-            for lib in spec.private_libs:
-                extract(apt.download(lib), root)
-        final_root = final / "root"
-        inst = Installation(kind=kind, version=version, root=str(final_root),
-                            binary=str(final_root / spec.binary))
-        if need_private:
-            inst.loader = str(final_root / "usr/lib64/ld-linux-x86-64.so.2")
-            inst.library_path = str(final_root / "usr/lib/x86_64-linux-gnu")
-            if not (root / "usr/lib64/ld-linux-x86-64.so.2").exists():
-                raise DaemonError("unpacked libc6 has no usr/lib64/ld-linux-x86-64.so.2")
+        content = os.read(fd, 64).strip()
+        if content:
+            if content != str(pid).encode():
+                return False
         else:
-            _ensure_system_libs(binary, spec, allow_apt=apt_system_libs)
-        (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
+            # Both daemons lock the file before writing their PID into it; a lock we can
+            # take means nobody is between those two steps right now. (lockf: the C
+            # daemon's fcntl lock; flock: the Rust daemon's.)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
     finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return inst
-
-
-def _missing_sonames(binary: Path) -> list[str]:
-    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
-    return re.findall(r"^\s*(\S+) => not found", proc.stdout, re.M)
-
-
-def _ensure_system_libs(binary: Path, spec: DaemonSpec, *, allow_apt: bool) -> None:
-    missing = _missing_sonames(binary)
-    if not missing:
-        return
-    pkgs: list[str] = []
-    for soname in missing:
-        candidates = spec.system_libs.get(soname)
-        if not candidates:
-            raise DaemonError(f"{binary} needs {soname}, which no known package provides")
-        for pkg in candidates:
-            probe = subprocess.run(["apt-cache", "show", pkg], capture_output=True)
-            if probe.returncode == 0:
-                pkgs.append(pkg)
-                break
-        else:
-            raise DaemonError(f"{binary} needs {soname}: none of {candidates} is known to apt")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *pkgs]
-    if not allow_apt or os.geteuid() != 0:
-        raise DaemonError(f"{binary} needs {', '.join(missing)}; run: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if proc.returncode != 0 or _missing_sonames(binary):
-        raise DaemonError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-1000:]}")
-
-
-def version_text(inst: Installation) -> str:
-    """What the daemon itself says its version is (first line of ``--version``)."""
-    try:
-        proc = subprocess.run([*inst.argv(), "--version"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DaemonError(f"{inst.binary} --version: {e}")
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    return lines[0] if lines else ""
+        os.close(fd)
 
 
 def describe_status(status: int) -> str:
@@ -269,7 +100,9 @@ class Daemon:
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Its stderr goes to
     ``log_path`` (a temporary file by default) and is kept after it exits. ``cpus`` pins
-    it (all its threads) to those CPUs from its first instruction.
+    it (all its threads) to those CPUs from its first instruction. ``sandbox`` is the
+    daemon's own sandbox mode, ``none`` or ``chroot`` (default: ``chroot`` for the C
+    daemon, ``none`` for the Rust one).
     """
 
     def __init__(
@@ -282,6 +115,7 @@ class Daemon:
         xattr: bool = True,
         log_path: str | os.PathLike[str] | None = None,
         cpus: Iterable[int] | None = None,
+        sandbox: str | None = None,
     ):
         self.installation = installation
         # CPUs the daemon may run on, set before it executes (so every thread it ever
@@ -294,6 +128,15 @@ class Daemon:
         self.socket_path = str(socket_path)
         self.extra_args = list(extra_args or [])
         self.xattr = xattr
+        if sandbox is None:
+            sandbox = "chroot" if self.kind == "c" else "none"
+        if sandbox not in SANDBOXES:
+            raise ValueError(f"sandbox: one of {', '.join(SANDBOXES)}, not {sandbox!r}")
+        self.sandbox = sandbox
+        # The lock/pid files this daemon writes (see pid_file_paths); start() adds any
+        # other *.pid file it finds the running process holding (a build configured with
+        # another localstatedir), and stop() removes those that name this daemon.
+        self.pid_files = pid_file_paths(self.kind, self.socket_path)
         # Without a log_path the log is a temporary file while the daemon runs; stop()
         # keeps its text in memory (log_text()) and removes the file.
         self._own_log = log_path is None
@@ -303,18 +146,18 @@ class Daemon:
         self._status: int | None = None
 
     def _pin(self) -> None:  # in the child, between fork and exec
-        os.sched_setaffinity(0, self.cpus)
+        os.sched_setaffinity(0, self.cpus or ())
 
     # -- command line -------------------------------------------------------------------
     def argv(self) -> list[str]:
         if self.kind == "c":
             args = [f"--socket-path={self.socket_path}", "-o", f"source={self.shared_dir}",
-                    "-o", "sandbox=chroot", "-f"]
+                    "-o", f"sandbox={self.sandbox}", "-f"]
             if self.xattr:
                 args += ["-o", "xattr"]
         else:
             args = ["--socket-path", self.socket_path, "--shared-dir", self.shared_dir,
-                    "--sandbox", "none"]
+                    "--sandbox", self.sandbox]
             if self.xattr:
                 args.append("--xattr")
         return [*self.installation.argv(), *args, *self.extra_args]
@@ -344,6 +187,7 @@ class Daemon:
                     preexec_fn=None if self.cpus is None else self._pin,
                 )
             except OSError as e:
+                self.stop()  # removes the temporary log
                 raise DaemonError(f"cannot start {self.installation.binary}: {e}")
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket_path):
@@ -360,7 +204,21 @@ class Daemon:
                     f"{timeout} s; log:\n{self.log_tail()}"
                 )
             time.sleep(0.002)
+        self._note_pid_files()
         return self
+
+    def _note_pid_files(self) -> None:
+        """Add the *.pid files the running daemon holds open to :attr:`pid_files` (both
+        daemons keep theirs open, locked, from before the socket exists until they exit)."""
+        fd_dir = f"/proc/{self.pid}/fd"
+        with contextlib.suppress(OSError):
+            for name in os.listdir(fd_dir):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(os.path.join(fd_dir, name))
+                    if target.endswith(".pid") and os.path.isabs(target):
+                        known = {os.path.realpath(p) for p in self.pid_files}
+                        if os.path.realpath(target) not in known:
+                            self.pid_files.append(target)
 
     def poll(self) -> int | None:
         """The raw wait status if the daemon has exited (reaping it), else None."""
@@ -447,7 +305,9 @@ class Daemon:
 
     def stop(self, timeout: float = 3.0) -> int | None:
         """Stop the daemon by its PID: SIGTERM (after SIGCONT, in case it was stopped),
-        then SIGKILL; reap it; remove the socket file. Returns the wait status."""
+        then SIGKILL; reap it; remove its socket, its pid file and its temporary log.
+        Safe to call again and after the daemon has exited on its own (crash, end of its
+        connection, failed start). Returns the wait status."""
         if self.proc is not None and self.poll() is None:
             pid = self.proc.pid
             with contextlib.suppress(ProcessLookupError):
@@ -460,9 +320,9 @@ class Daemon:
                     raise DaemonError(f"{self.kind} virtiofsd pid {pid} survived SIGKILL")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        # The C daemon also leaves a "<socket>.pid" lock file next to the socket.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path + ".pid")
+        if self.proc is not None:  # reaped above: its pid files are stale now
+            for path in self.pid_files:
+                remove_pid_file(path, self.proc.pid)
         if self._own_log and self.log_path and self._log_kept is None:
             self._log_kept = self.log_text()
             with contextlib.suppress(FileNotFoundError):
@@ -470,7 +330,8 @@ class Daemon:
         return self._status
 
     def cleanup(self) -> None:
-        """Stop the daemon and remove everything it left (socket, temporary log)."""
+        """Stop the daemon and remove everything it left (socket, pid file, temporary
+        log)."""
         self.stop()
 
     def log_text(self) -> str:

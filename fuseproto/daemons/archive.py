@@ -12,15 +12,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DaemonError
+from ..errors import DaemonError
 
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def cache_root() -> Path:
+    """fuseproto's cache directory: ``$FUSEPROTO_CACHE``, else ``$XDG_CACHE_HOME/fuseproto``
+    (``~/.cache/fuseproto``). Apt state and unpacked daemons live under it."""
     base = os.environ.get("FUSEPROTO_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fuseproto"
     )
@@ -83,8 +86,8 @@ class PrivateApt:
         return proc.stdout
 
     def update(self, *, max_age_s: float = 6 * 3600) -> None:
-        import time
-
+        """Write this configuration's sources list and run ``apt-get update`` unless the
+        lists were fetched for the same sources less than ``max_age_s`` ago."""
         mirror = os.environ.get("FUSEPROTO_DEBIAN_MIRROR") or system_archive_uri()
         for d in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
@@ -151,12 +154,12 @@ def newest_header(cache_dir: Path | None = None) -> Path:
     return header
 
 
-def _debversion_key(v: str) -> tuple:
+def _debversion_key(v: str) -> tuple[int, list[tuple[int, int]]]:
     """Order Debian versions (enough of dpkg's rules: epoch, then ~ sorts first)."""
     epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
 
-    def part(s: str) -> list:
-        out: list = []
+    def part(s: str) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
         for num, alpha in re.findall(r"(\d+)|([^\d]+)", s):
             if num:
                 out.append((1, int(num)))
