@@ -6,8 +6,9 @@ the decoded reply body (a ``construct.Container`` with fuse.h's field names, see
 :mod:`fuseproto.wire.messages`) or a plain value where the body is one (``read`` ->
 bytes); an error reply raises :class:`~fuseproto.errors.FuseError` carrying the errno.
 
-The transport contract (docs/CONTRACTS.md): ``submit(request, reply_size, *, hiprio,
-tag) -> token``, ``wait(token, timeout) -> bytes``, ``close()``. ``reply_size`` is the
+The transport is anything that keeps the :class:`~fuseproto.transport.base.Transport`
+protocol: ``submit(request, reply_size, *, hiprio, kick, tag) -> token``, ``wait(token,
+timeout) -> bytes``, ``kick(queue)``, ``close()``. ``reply_size`` is the
 size of the device-writable area; for READ/READDIR/READDIRPLUS it is exactly
 ``sizeof(fuse_out_header) + size`` (the C virtiofsd fills the whole area, the Rust one
 answers EIO to a bigger one).
@@ -27,6 +28,7 @@ from construct import Container
 
 from .errors import FuseError
 from .session import Session
+from .transport.base import Transport
 from .wire import codec, structs
 from .wire.constants import (
     FATTR,
@@ -36,14 +38,14 @@ from .wire.constants import (
     GetattrFlags,
     InitFlags,
     fuse_opcode,
+    opcode_name,
 )
 
 OUT_HEADER_SIZE = structs.fuse_out_header.sizeof()
 IN_HEADER_SIZE = structs.fuse_in_header.sizeof()
 WRITE_IN_SIZE = structs.fuse_write_in.sizeof()
-# Big enough for every fixed reply (fuse_statx_out is the largest at 256 bytes) and for a
-# READLINK target of PATH_MAX.
-DEFAULT_REPLY_SIZE = OUT_HEADER_SIZE + 4096
+# The reply area of a request whose reply has no fixed size (the codec's policy).
+DEFAULT_REPLY_SIZE = codec.DEFAULT_REPLY_AREA
 
 # What we offer in INIT: roughly what Linux's virtio_fs offers, plus MAP_ALIGNMENT (DAX)
 # and INIT_EXT (flags2 carries the high half).
@@ -92,7 +94,7 @@ class Pending:
 class Client:
     """FUSE operations over ``transport``; see the module docstring."""
 
-    def __init__(self, transport: Any, session: Session | None = None, *,
+    def __init__(self, transport: Transport, session: Session | None = None, *,
                  timeout: float = 5.0, uid: int | None = None, gid: int | None = None,
                  pid: int | None = None, split_writes: bool = True):
         self.transport = transport
@@ -106,8 +108,6 @@ class Client:
         self.split_writes = split_writes
         # Uniques for submit_unchecked, far from the session's own range.
         self._unchecked_unique = 1 << 48
-        self._areas: dict[Any, int] = {}  # reply_area() by opcode, for _areas_minor
-        self._areas_minor: int | None = None
 
     # -- core ---------------------------------------------------------------------------
     def submit(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
@@ -122,7 +122,7 @@ class Client:
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
-            reply_size = self.reply_area(opcode)
+            reply_size = self.reply_area(opcode, body)
         # The tag is formatted only if an error names it.
         try:
             token = self.transport.submit(_split(data, segments) if segments else data,
@@ -134,14 +134,10 @@ class Client:
         return Pending(unique, opcode, token)
 
     def _build(self, opcode: Any, body: Any, nodeid: int) -> tuple[int, bytes]:
-        """The session builds and registers the request: its positional fast path first."""
-        session = self.session
-        built = session.build_fixed(opcode, body, nodeid, self.uid, self.gid, self.pid)
-        if built is None:
-            built = session.build_request(
-                opcode, Container() if body is None else body, nodeid=nodeid,
-                uid=self.uid, gid=self.gid, pid=self.pid)
-        return built
+        """The session builds and registers the request (through the codec's kind)."""
+        return self.session.build_request(
+            opcode, Container() if body is None else body, nodeid=nodeid, uid=self.uid,
+            gid=self.gid, pid=self.pid)
 
     def prepare(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
                 reply_size: int | None = None, hiprio: bool = False,
@@ -153,7 +149,7 @@ class Client:
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
-            reply_size = self.reply_area(opcode)
+            reply_size = self.reply_area(opcode, body)
         return Pending(unique, opcode, None, True, _split(data, segments) if segments else data,
                        reply_size, hiprio)
 
@@ -179,7 +175,7 @@ class Client:
             uid=self.uid, gid=self.gid, pid=self.pid, minor=self.session.minor,
             flags=int(self.session.flags), **hdr)
         token = self.transport.submit(data, reply_size,
-                                      tag=f"{_opname(opcode)} unique {unique} (unchecked)")
+                                      tag=f"{opcode_name(opcode)} unique {unique} (unchecked)")
         return Pending(unique, opcode, token, False)
 
     def result(self, pending: Pending, timeout: float | None = None, *,
@@ -202,39 +198,17 @@ class Client:
 
     def call(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
              reply_size: int | None = None, **kw: Any) -> Any:
-        """Send one request and return its reply body (``result(submit(...))``)."""
-        if kw or opcode in _NO_REPLY:
-            return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
-                                           **kw))
-        # submit + result without the Pending in between (the synchronous hot path).
-        session = self.session
-        unique, data = self._build(opcode, body, nodeid)
-        transport = self.transport
-        if reply_size is None:
-            reply_size = self.reply_area(opcode)
-        try:
-            token = transport.submit(data, reply_size, tag=(opcode, unique))
-        except BaseException:
-            session.cancel(unique)  # never sent: nothing will answer it
-            raise
-        reply = session.feed_reply(transport.wait(token, self.timeout))
-        if reply.error:
-            raise FuseError(-reply.error, opcode, unique)
-        return reply.body
+        """Send one request and return its reply body: ``result(submit(...))``."""
+        return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
+                                       **kw))
 
-    def reply_area(self, opcode: Any) -> int:
+    def reply_area(self, opcode: Any, body: Any = None) -> int:
         """The device-writable area given to a request when ``reply_size`` is None: the
-        exact reply size where the reply body is one fixed-size struct at the negotiated
-        minor (as Linux's virtio_fs sizes its out arguments: GETATTR gets 16 +
-        sizeof(fuse_attr_out)), else DEFAULT_REPLY_SIZE (16 + 4096)."""
-        if self._areas_minor != self.session.minor:
-            self._areas = {}
-            self._areas_minor = self.session.minor
-        size = self._areas.get(opcode)
-        if size is None:
-            size = self._areas[opcode] = (
-                codec.fixed_reply_size(opcode, self.session.minor) or DEFAULT_REPLY_SIZE)
-        return size
+        codec's one policy (:meth:`~fuseproto.wire.codec.RequestKind.reply_area`) at the
+        negotiated minor: exact for a fixed-size reply (as Linux's virtio_fs sizes its out
+        arguments: GETATTR gets 16 + sizeof(fuse_attr_out)), header + ``size`` for
+        READ-like requests, else 16 + 4096."""
+        return self.session.kind(opcode).reply_area(body)
 
     def kick(self) -> None:
         """Notify the daemon after several ``submit(..., kick=False)``."""
@@ -390,7 +364,7 @@ class Client:
                     kick: bool = True) -> Pending:
         return self.submit(fuse_opcode.FUSE_READ, Container(
             fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
-            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size, kick=kick)
+            nodeid=nodeid, kick=kick)
 
     def read(self, nodeid: int, fh: int, offset: int, size: int) -> bytes:
         return bytes(self.result(self.submit_read(nodeid, fh, offset, size)).data)
@@ -428,12 +402,12 @@ class Client:
     def readdir(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
         return list(self.call(fuse_opcode.FUSE_READDIR, Container(
             fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
-            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size).entries)
+            nodeid=nodeid).entries)
 
     def readdirplus(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
         return list(self.call(fuse_opcode.FUSE_READDIRPLUS, Container(
             fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
-            nodeid=nodeid, reply_size=OUT_HEADER_SIZE + size).entries)
+            nodeid=nodeid).entries)
 
     def fallocate(self, nodeid: int, fh: int, offset: int, length: int, mode: int = 0) -> None:
         self.call(fuse_opcode.FUSE_FALLOCATE, Container(fh=fh, offset=offset, length=length,
@@ -470,14 +444,13 @@ class Client:
     def getxattr(self, nodeid: int, name: bytes | str, size: int = 4096) -> bytes | int:
         """The value (``size`` > 0) or, with ``size`` 0, the value's length."""
         body = self.call(fuse_opcode.FUSE_GETXATTR, Container(size=size, padding=0,
-                         name=_b(name)), nodeid=nodeid,
-                         reply_size=OUT_HEADER_SIZE + max(size, 8))
+                         name=_b(name)), nodeid=nodeid)
         return body.size if size == 0 else bytes(body.value)
 
     def listxattr(self, nodeid: int, size: int = 4096) -> list[bytes] | int:
         """The attribute names (``size`` > 0) or, with ``size`` 0, the list's length."""
         body = self.call(fuse_opcode.FUSE_LISTXATTR, Container(size=size, padding=0),
-                         nodeid=nodeid, reply_size=OUT_HEADER_SIZE + max(size, 8))
+                         nodeid=nodeid)
         if size == 0:
             return body.size
         return [n for n in bytes(body.value).split(b"\0") if n]
@@ -520,8 +493,3 @@ def _lk(fh: int, owner: int, start: int, end: int, type: int, pid: int) -> Conta
 
 def _b(name: bytes | str) -> bytes:
     return name.encode() if isinstance(name, str) else bytes(name)
-
-
-def _opname(opcode: Any) -> str:
-    name = getattr(opcode, "name", None)
-    return name if name is not None else str(opcode)

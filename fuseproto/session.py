@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import functools
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,10 +132,6 @@ _OPTIONAL_REPLY_OPS = frozenset(
 _NOT_ONE_REPLY_OPS = _NO_REPLY_OPS | _OPTIONAL_REPLY_OPS
 _INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
 _INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
-_MISSING = object()
-# Opcodes build_request's fast path leaves to the general one (uniques, INIT learning).
-_SLOW_OPS = _NOT_ONE_REPLY_OPS | _INIT_OPS | {_INTERRUPT}
-_FAST_OPCODE_TYPES = (int, fuse_opcode)
 
 
 class _Init(enum.Enum):
@@ -169,8 +164,7 @@ class Session:
             raise ValueError("first_unique must be a positive even number")
         self.max_pending = max_pending
         self._default_minor = minor
-        self._encoders: dict[Any, Any] = {}
-        self._decoders: dict[Any, Any] = {}
+        self._kinds: dict[Any, codec.RequestKind] = {}
         self.minor = minor
         self._pending: dict[int, Any] = {}
         self._interrupts: dict[int, _Interrupt] = {}  # by the INTERRUPT's own unique
@@ -181,9 +175,6 @@ class Session:
         self.init_out: Any = None  # body of the successful INIT reply (fuse_init_out)
         self.offered_flags = InitFlags(0)  # what the INIT request offered
         self.flags = InitFlags(0)  # what the INIT reply chose (see the property)
-        self.requests_seen = 0
-        self.replies_seen = 0
-        self.notifications_seen = 0
 
     # -- views --------------------------------------------------------------------------
 
@@ -196,7 +187,7 @@ class Session:
     def flags(self, value: int) -> None:
         self._flags = InitFlags(value)
         self._flags_int = int(value)  # what every request is encoded with
-        self._reset_fast()
+        self._kinds = {}
 
     @property
     def minor(self) -> int:
@@ -206,7 +197,7 @@ class Session:
     @minor.setter
     def minor(self, value: int) -> None:
         self._minor = value
-        self._reset_fast()
+        self._kinds = {}
 
     @property
     def pending(self) -> Mapping[int, Any]:
@@ -278,9 +269,17 @@ class Session:
 
     # -- the client side: we send requests ---------------------------------------------------
 
+    def kind(self, opcode: Any) -> codec.RequestKind:
+        """The codec's :class:`~fuseproto.wire.codec.RequestKind` of ``opcode`` at the
+        negotiated minor and flags (remembered until either changes)."""
+        k = self._kinds.get(opcode)
+        if k is None:
+            k = self._kinds[opcode] = codec.kind(opcode, self._minor, self._flags_int)
+        return k
+
     def build_request(
         self,
-        opcode: int,
+        opcode: Any,
         body: Any,
         *,
         unique: int | None = None,
@@ -299,12 +298,13 @@ class Session:
         ``flags`` default to the negotiated ones. For INTERRUPT the default unique is the
         target's with bit 0 set. Returns ``(unique, bytes)``.
         """
-        if unique is None and minor is None and flags is None and not hdr:
-            built = self.build_fixed(opcode, body, nodeid, uid, gid, pid)
-            if built is not None:
-                return built
+        if minor is None and flags is None:
+            k = self.kind(opcode)
+        else:
+            k = codec.kind(opcode, self._minor if minor is None else minor,
+                           self._flags_int if flags is None else flags)
         allocated = unique is None
-        if allocated:
+        if unique is None:
             if opcode == _INTERRUPT:
                 unique = (_get(body, "unique") or 0) | _INT_REQ_BIT
                 allocated = False
@@ -317,22 +317,9 @@ class Session:
                 unique = self._next_unique
                 if unique in pending or unique in self._interrupts:
                     unique = self._free_unique()
-        # A call with **{} still builds a keyword dict: keep the common call plain.
-        encode = functools.partial(codec.encode_request, **hdr) if hdr else codec.encode_request
         try:
             # The Request decode_request(data) would give, without decoding data again.
-            data, request = encode(
-                opcode,
-                body,
-                unique=unique,
-                nodeid=nodeid,
-                uid=uid,
-                gid=gid,
-                pid=pid,
-                minor=self.minor if minor is None else minor,
-                flags=self._flags_int if flags is None else flags,
-                return_request=True,
-            )
+            request = k.request(body, unique, nodeid, uid, gid, pid, **hdr)
         except DecodeError as exc:
             raise LocalProtocolError(
                 f"the request built for unique {unique} does not decode: {exc}"
@@ -342,50 +329,12 @@ class Session:
             # free (not pending, not an interrupt's) and without the RESEND bit, and
             # there is room.
             self._pending[unique] = request
-            self.requests_seen += 1
         else:
             self._register(request, LocalProtocolError)
         if allocated:
             # Advance only once the request is in: a refused request uses no unique.
-            nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
-            self._next_unique = nxt or _UNIQUE_STEP
-        return unique, data
-
-    def build_fixed(self, opcode: int, body: Any, nodeid: int = 0, uid: int = 0,
-                    gid: int = 0, pid: int = 0) -> tuple[int, bytes] | None:
-        """:meth:`build_request` for the common request, positional and cheaper: a body
-        of at most one fixed-size struct, the negotiated minor and flags, one reply
-        expected. Returns what build_request would, or None (nothing changed) when the
-        request is not one of those or needs build_request's general path (its error
-        included)."""
-        if type(opcode) not in _FAST_OPCODE_TYPES:
-            return None
-        enc = self._encoders.get(opcode, _MISSING)
-        if enc is _MISSING:
-            enc = self._encoders[opcode] = (
-                None if opcode in _SLOW_OPS
-                else codec.request_encoder(opcode, self._minor, self._flags_int))
-        if enc is None:
-            return None
-        pending = self._pending
-        unique = self._next_unique
-        if (len(pending) >= self.max_pending or unique in pending
-                or unique in self._interrupts):
-            return None
-        built = enc(body, unique, nodeid, uid, gid, pid)
-        if built is None:
-            return None
-        pending[unique] = built[1]
-        self.requests_seen += 1
-        nxt = (unique + _UNIQUE_STEP) & _ALLOC_MASK
-        self._next_unique = nxt or _UNIQUE_STEP
-        return unique, built[0]
-
-    def _reset_fast(self) -> None:
-        # Per-opcode fast encoders/decoders from the codec (codec.request_encoder /
-        # reply_decoder) are made for one (minor, flags): forget them when either changes.
-        self._encoders = {}
-        self._decoders = {}
+            self._next_unique = _step(unique)
+        return unique, request.raw
 
     def _free_unique(self) -> int:
         """The first unique from ``next_unique`` on that is not in use."""
@@ -420,7 +369,6 @@ class Session:
         if opcode in _NOT_ONE_REPLY_OPS:
             if opcode in _OPTIONAL_REPLY_OPS:
                 self._register_interrupt(request, error)
-            self.requests_seen += 1
             return
         if unique in self._interrupts:
             raise error(
@@ -441,7 +389,6 @@ class Session:
         if replaced is not None:
             self._complete(replaced)
         pending[unique] = request
-        self.requests_seen += 1
 
     def _register_interrupt(self, request: Any, error: type[Exception]) -> None:
         unique = request.unique
@@ -478,9 +425,7 @@ class Session:
             _peek_out_header(data)  # raises TruncatedError
         length, error, unique = _out_unpack(data)
         if unique == 0:
-            notification = codec.decode_notification(data)
-            self.notifications_seen += 1
-            return notification
+            return codec.decode_notification(data)
         if length != len(data):
             raise LengthMismatchError(
                 f"fuse_out_header.len is {length} but the message has {len(data)} bytes",
@@ -495,49 +440,22 @@ class Session:
         if self._interrupts:
             interrupt = self._interrupts.get(unique)
             if interrupt is not None:
-                reply = self._decode_paired(data, interrupt.request, pop=False)
+                reply = self.kind(_INTERRUPT).decode_reply(data, interrupt.request)
                 self._after_interrupt_reply(unique, interrupt, reply.error)
                 return reply
         request = self._pending.get(unique)
         if request is None:
             raise RemoteProtocolError(f"reply to unique {unique}, which is not in flight")
-        if request.opcode in _INIT_OPS or self._interrupt_of:
-            return self._decode_paired(data, request, pop=True)
-        # _decode_paired(pop=True) for the common case, inline (one call less per reply):
-        # not INIT, nothing interrupted.
         try:
-            dec = self._decoders.get(request.opcode, _MISSING)
-            if dec is _MISSING:
-                dec = self._decoders[request.opcode] = codec.reply_decoder(
-                    request.opcode, self.minor)
-            if dec is None:
-                reply = codec.decode_reply(data, request, self.minor)
-            else:
-                reply = dec(data, request)
+            reply = self.kind(request.opcode).decode_reply(data, request)
         except DecodeError as exc:
-            del self._pending[unique]
+            # As the kernel: a reply that names a request in flight completes it (EIO).
+            self._complete(unique)
             exc.request = request  # type: ignore[attr-defined]
             raise
-        del self._pending[unique]
-        self.replies_seen += 1
-        return reply
-
-    def _decode_paired(self, data: bytes, request: Any, *, pop: bool) -> Any:
-        unique = request.unique
-        try:
-            reply = codec.decode_reply(data, request, minor=self.minor)
-        except DecodeError as exc:
-            if pop:
-                self._complete(unique)
-                exc.request = request  # type: ignore[attr-defined]
-            raise
-        if pop:
-            if request.opcode in _INIT_OPS:
-                self._learn_init_reply(reply.error, reply.body)
-            del self._pending[unique]
-            if self._interrupt_of:
-                self._complete(unique)
-        self.replies_seen += 1
+        if request.opcode in _INIT_OPS:
+            self._learn_init_reply(reply.error, reply.body)
+        self._complete(unique)
         return reply
 
     def _after_interrupt_reply(self, unique: int, interrupt: _Interrupt, error: int) -> None:
@@ -583,21 +501,20 @@ class Session:
         if interrupt is not None and interrupt.request is request:
             if error == 0:
                 raise LocalProtocolError("an INTERRUPT is answered only with an error")
-            data = codec.encode_reply(request, None, unique=unique, error=error, minor=self.minor)
+            data = self.kind(request.opcode).encode_reply(None, unique=unique, error=error,
+                                                          request=request)
             self._after_interrupt_reply(unique, interrupt, error)
-            self.replies_seen += 1
             return data
         if self._pending.get(unique) is not request:
             raise LocalProtocolError(
                 f"no {_name(request.opcode)} request with unique {unique} is in flight"
             )
-        data = codec.encode_reply(
-            request, None if error else body, unique=unique, error=error, minor=self.minor
+        data = self.kind(request.opcode).encode_reply(
+            None if error else body, unique=unique, error=error, request=request
         )
         if request.opcode in _INIT_OPS:
             self._learn_init_reply(error, body if not error else None)
         self._complete(unique)
-        self.replies_seen += 1
         return data
 
     def build_notification(self, code: int, body: Any) -> bytes:

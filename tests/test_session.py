@@ -184,17 +184,19 @@ def test_reply_is_paired_with_its_request(opcode: int) -> None:
     assert not kernel.pending and not server.pending
 
 
-def test_fast_path_equals_general_path_and_follows_minor_and_flags() -> None:
-    """build_request/feed_reply take per-opcode fast paths (codec.request_encoder /
-    reply_decoder) for fixed-size messages: same bytes, same Request and Reply as the
-    codec's general functions, and remade when the minor or flags change."""
+def test_session_kinds_equal_the_codec_and_follow_minor_and_flags() -> None:
+    """build_request/feed_reply go through the codec's RequestKind for the negotiated
+    minor and flags: same bytes, same Request and Reply as the codec's module functions,
+    and a new kind when the minor or flags change."""
     kernel, server = initialized_pair()
     body = Container(getattr_flags=0, dummy=0, fh=0)
+    seen = []
     for minor in (kernel.minor, 22):
         kernel.minor = minor
-        assert not kernel._encoders and not kernel._decoders
+        k = kernel.kind(OP.FUSE_GETATTR)
+        assert k is codec.kind(OP.FUSE_GETATTR, minor, int(kernel.flags)) and k.minor == minor
+        seen.append(k)
         unique, data = kernel.build_request(OP.FUSE_GETATTR, body, nodeid=5, uid=1, pid=2)
-        assert kernel._encoders[OP.FUSE_GETATTR] is not None
         expect = codec.encode_request(OP.FUSE_GETATTR, body, unique=unique, nodeid=5, uid=1,
                                       pid=2, minor=minor)
         assert data == expect and kernel.pending[unique] == codec.decode_request(expect, minor)
@@ -203,9 +205,10 @@ def test_fast_path_equals_general_path_and_follows_minor_and_flags() -> None:
         rep = kernel.feed_reply(raw)
         ref = codec.decode_reply(raw, req, minor)
         assert (rep.header, rep.body, rep.opcode) == (ref.header, ref.body, ref.opcode)
-        assert kernel._decoders[OP.FUSE_GETATTR] is not None
-    kernel.flags = kernel.flags  # any change of flags drops them too
-    assert not kernel._encoders and not kernel._decoders
+    assert seen[0] is not seen[1]
+    kernel.flags = kernel.flags | InitFlags.FUSE_SETXATTR_EXT
+    assert kernel.kind(OP.FUSE_SETXATTR).flags & InitFlags.FUSE_SETXATTR_EXT
+    assert kernel.kind(OP.FUSE_SETXATTR).parts != codec.kind(OP.FUSE_SETXATTR, 22).parts
 
 
 def test_replies_in_any_order() -> None:
@@ -406,7 +409,6 @@ def test_notifications_are_decoded_and_do_not_touch_pending() -> None:
         note = kernel.feed_reply(server.build_notification(code, body))
         assert isinstance(note, Notification) and note.code == code
     assert list(kernel.pending) == [unique]
-    assert kernel.notifications_seen == len(notes)
     with pytest.raises(DecodeError):  # unique 0 with error 0 is not a notification
         kernel.feed_reply(codec.encode_reply(OP.FUSE_STATFS, None, unique=0))
 

@@ -6,7 +6,7 @@
   removed: the fast builder gives the construct's bytes or fails where the construct fails
   (NotFast means "not mirrored": the codec then builds with the construct).
 * Through the codec: the same bytes as the reference, EncodeError where it raises one;
-  forced ``length``/``total_extlen``; ``return_request=True`` equals decode_request.
+  forced ``length``/``total_extlen``; ``make_request`` equals decode_request.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def fast(parts, body):
 def reference(parts, body):
     """("ok", bytes) | ("error", EncodeError) from the construct, as the codec used it."""
     try:
-        return "ok", codec._build_reference(parts, body, ("test", 0))
+        return "ok", codec.build_reference(parts, body, ("test", 0))
     except EncodeError:
         return "error", EncodeError
 
@@ -307,7 +307,7 @@ def test_requests_forced_header_fields(op, minor, data, length, total_extlen, wi
     )
     try:
         payload = (
-            codec._build_reference(parts, body, ("test", 0))
+            codec.build_reference(parts, body, ("test", 0))
             if not isinstance(body, bytes)
             else body
         )
@@ -334,15 +334,15 @@ def test_requests_forced_header_fields(op, minor, data, length, total_extlen, wi
         + extb
     )
     assert codec.encode_request(op, body, **kw) == expect
-    # return_request: the Request decode_request gives, or its DecodeError.
+    # make_request: the Request decode_request gives, or its DecodeError.
     try:
         decoded = codec.decode_request(expect, minor)
     except DecodeError:
         with pytest.raises(DecodeError):
-            codec.encode_request(op, body, return_request=True, **kw)
+            codec.make_request(op, body, **kw)
         return
-    got, request = codec.encode_request(op, body, return_request=True, **kw)
-    assert got == expect
+    request = codec.make_request(op, body, **kw)
+    assert request.raw == expect
     assert request == decoded
     assert request.header == decoded.header and request.raw == decoded.raw
     assert request.ext == decoded.ext and request.opcode == decoded.opcode
@@ -384,7 +384,7 @@ def test_replies_forced_length(op, minor, xsize, data, length, error):
     else:
         try:
             payload = (
-                codec._build_reference(parts, body, ("test", 0))
+                codec.build_reference(parts, body, ("test", 0))
                 if not isinstance(body, bytes)
                 else body
             )
@@ -408,7 +408,7 @@ def test_notifications_forced_length(code, data, length):
         body = data.draw(mutated(body))
     try:
         payload = (
-            codec._build_reference(parts, body, ("test", 0))
+            codec.build_reference(parts, body, ("test", 0))
             if not isinstance(body, bytes)
             else body
         )
@@ -423,16 +423,14 @@ def test_notifications_forced_length(code, data, length):
     )
 
 
-def test_return_request_lazy_body():
-    data, req = codec.encode_request(
-        3, Container(getattr_flags=1, fh=9), unique=2, nodeid=1, return_request=True
-    )
-    assert req == codec.decode_request(data)
+def test_make_request_lazy_body():
+    req = codec.make_request(3, Container(getattr_flags=1, fh=9), unique=2, nodeid=1)
+    assert req == codec.decode_request(req.raw)
     assert req.body == Container(getattr_flags=1, dummy=0, fh=9)
     req.body = Container(x=1)  # still assignable
     assert req.body == Container(x=1)
     # A lying count: not lazy, the DecodeError decode_request raises.
     with pytest.raises(DecodeError):
-        codec.encode_request(49, Container(count=3, entries=[]), unique=2, return_request=True)
+        codec.make_request(49, Container(count=3, entries=[]), unique=2)
     with pytest.raises(DecodeError):
-        codec.encode_request(3, Container(), unique=2, length=7, return_request=True)
+        codec.make_request(3, Container(), unique=2, length=7)

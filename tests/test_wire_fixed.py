@@ -1,9 +1,9 @@
 """The codec's one-struct paths for fixed-size bodies, differentially against the
 construct reference.
 
-``encode_request`` packs fuse_in_header and a fixed-size body in one ``struct.pack``
-(``messages.prefixed_builder``) and makes the Request from the values in hand;
-``decode_reply`` unpacks fuse_out_header and a fixed-size body in one ``unpack_from``
+A fixed-size :class:`~fuseproto.wire.codec.RequestKind` packs fuse_in_header and its
+body in one ``struct.pack`` (``messages.prefixed_builder``) and makes the Request from the
+values in hand; its ``decode_reply`` unpacks fuse_out_header and a fixed-size body in one ``unpack_from``
 (``structs.fast_pair``). Both must give what the construct gives: same bytes, same
 Containers, same errors.
 """
@@ -35,13 +35,13 @@ FIXED_REQUESTS = [
     (op, minor)
     for op in OPCODES
     for minor in MINORS
-    if codec._fixed_request(int(op), minor, False) is not None
+    if codec.kind(op, minor).fixed_request
 ]
 FIXED_REPLIES = [
     (op, minor)
     for op in OPCODES
     for minor in MINORS
-    if codec._fixed_reply(int(op), minor) is not None
+    if codec.kind(op, minor).fixed_reply_size is not None
 ]
 
 
@@ -74,7 +74,7 @@ def test_fixed_request_matches_reference(case, data):
         body = None
     hdr = {k: data.draw(HEADER_INT) for k in ("unique", "nodeid", "uid", "gid", "pid", "padding")}
     try:
-        payload = codec._build_reference(parts, body, ("test", 0))
+        payload = codec.build_reference(parts, body, ("test", 0))
         expect = (
             struct.pack(
                 "<IIQQIIIHH",
@@ -94,18 +94,18 @@ def test_fixed_request_matches_reference(case, data):
         with pytest.raises(EncodeError):
             codec.encode_request(op, body, minor=minor, **hdr)
         with pytest.raises(EncodeError):
-            codec.encode_request(op, body, minor=minor, return_request=True, **hdr)
+            codec.make_request(op, body, minor=minor, **hdr)
         return
     assert codec.encode_request(op, body, minor=minor, **hdr) == expect
-    got, request = codec.encode_request(op, body, minor=minor, return_request=True, **hdr)
-    assert got == expect
+    request = codec.make_request(op, body, minor=minor, **hdr)
+    assert request.raw == expect
     decoded = codec.decode_request(expect, minor)
     assert request == decoded
     assert request.header == decoded.header
     assert all(type(v) is int for v in request.header.values())
     assert (request.unique, request.nodeid) == (decoded.unique, decoded.nodeid)
     assert request.opcode is decoded.opcode and request.ext == decoded.ext == []
-    assert request.body == messages._schema(parts).parse(payload)
+    assert request.body == messages.schema(parts).parse(payload)
 
 
 @SETTINGS
@@ -150,69 +150,13 @@ def test_fixed_reply_matches_reference(case, data):
     if n != size:
         assert isinstance(got, type) and issubclass(got, DecodeError)
         return
-    expect = messages._schema(parts).parse(raw[16:])
+    expect = messages.schema(parts).parse(raw[16:])
     assert got.body == expect and got.header == header
     assert got.header == Container(len=n, error=0, unique=unique)
     assert (got.unique, got.error, got.raw) == (unique, 0, raw)
     assert got.opcode == op and got.request is request
 
 
-@SETTINGS
-@given(st.sampled_from(FIXED_REQUESTS), st.data())
-def test_request_encoder_matches_encode_request(case, data):
-    """codec.request_encoder (the Session's per-opcode fast path) gives exactly what
-    encode_request(return_request=True) gives, or None where that call has to decide."""
-    op, minor = case
-    enc = codec.request_encoder(op, minor)
-    assert enc is not None
-    body = data.draw(body_strategy(messages.request_parts(op, minor)))
-    if data.draw(st.booleans()):
-        body = data.draw(mutated(body))
-    if data.draw(st.booleans()) and not body:
-        body = None
-    hdr = [data.draw(HEADER_INT) for _ in range(5)]
-    got = enc(body, *hdr)
-    kw = dict(zip(("unique", "nodeid", "uid", "gid", "pid"), hdr, strict=True))
-    try:
-        expect = codec.encode_request(op, body, minor=minor, return_request=True, **kw)
-    except EncodeError:
-        assert got is None
-        return
-    if got is None:  # allowed: the general path decided (and succeeded)
-        return
-    data_, request = got
-    assert data_ == expect[0]
-    assert request == expect[1] and request.header == expect[1].header
-    assert request.opcode is expect[1].opcode and request.body == expect[1].body
-
-
-@SETTINGS
-@given(st.sampled_from(FIXED_REPLIES), st.data())
-def test_reply_decoder_matches_decode_reply(case, data):
-    op, minor = case
-    dec = codec.reply_decoder(op, minor)
-    assert dec is not None
-    size = 16 + sum(p.size for p in messages.reply_parts(op, minor))
-    n = size + data.draw(st.sampled_from([0, 0, 0, -1, 1, 8, -size]))
-    length = max(0, data.draw(st.sampled_from([n, n, n + 1, n - 8, 0])))
-    error = data.draw(st.sampled_from([0, 0, 0, -2, 1]))
-    raw = struct.pack("<IiQ", length, error, 2) + data.draw(st.binary(min_size=size, max_size=size))
-    raw = raw[:n]
-    if data.draw(st.booleans()):
-        raw = bytearray(raw)
-    rbody = data.draw(body_strategy(messages.request_parts(op, minor)))
-    request = codec.decode_request(codec.encode_request(op, rbody, unique=2, minor=minor), minor)
-
-    def run(fn):
-        try:
-            r = fn(raw, request)
-        except DecodeError as e:
-            return type(e), str(e)
-        return (r.header, r.error, r.body, r.raw, r.opcode, r.request)
-
-    assert run(dec) == run(lambda d, r: codec.decode_reply(d, r, minor))
-
-
 def test_no_fast_paths_for_variable_messages():
-    assert codec.request_encoder(1, 46) is None  # LOOKUP: a name
-    assert codec.reply_decoder(15, 46) is None  # READ: data
+    assert not codec.kind(1, 46).fixed_request  # LOOKUP: a name
+    assert codec.kind(15, 46).fixed_reply_size is None  # READ: data

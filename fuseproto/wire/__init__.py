@@ -1,7 +1,9 @@
 """The FUSE wire format: constants, structs, messages and the codec. Pure: no I/O.
 
 ``constants``: IntEnum/IntFlag under the header's names; ``structs``: one construct per
-struct of fuse.h; ``messages``: per-opcode bodies; ``codec``: the encode/decode entry points.
+struct of fuse.h; ``messages``: per-opcode bodies; ``decoded``: the Request / Reply /
+Notification objects; ``codec``: the one entrance (``codec.kind(opcode, minor, flags)``
+and the module functions that reach it).
 """
 
 from . import constants, structs
@@ -9,12 +11,16 @@ from .codec import (
     Notification,
     Reply,
     Request,
+    RequestKind,
     decode_notification,
     decode_reply,
     decode_request,
     encode_notification,
     encode_reply,
     encode_request,
+    kind,
+    make_request,
+    reply_area,
 )
 from .constants import InitFlags, fuse_notify_code, fuse_opcode
 
@@ -33,4 +39,8 @@ __all__ = [
     "encode_notification",
     "encode_reply",
     "encode_request",
+    "RequestKind",
+    "kind",
+    "make_request",
+    "reply_area",
 ]

@@ -1456,3 +1456,8 @@ class _ExtArea(Construct):
 
 
 ext_area: Construct = _ExtArea()
+
+
+def schema(parts: tuple[Part, ...] | None) -> Construct:
+    """The declarative construct of a body made of ``parts`` (``GreedyBytes`` for None)."""
+    return _schema(parts)
