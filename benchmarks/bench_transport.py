@@ -312,8 +312,7 @@ def breakdown(n: int = 64 * 1024) -> list[tuple[str, float, float]]:
     def codec_us(depth: int) -> float:
         t0 = time.perf_counter()
         for i in range(n):
-            _, req = codec.encode_request(op, body, unique=2 + 2 * i, nodeid=FUSE_ROOT_ID,
-                                          return_request=True)
+            req = codec.make_request(op, body, unique=2 + 2 * i, nodeid=FUSE_ROOT_ID)
             codec.decode_reply(reply_for(raw_req), req).body  # noqa: B018 -- decoded
         return (time.perf_counter() - t0) / n * 1e6
 
