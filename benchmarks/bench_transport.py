@@ -46,10 +46,10 @@ import time
 
 from construct import Container
 
+from fuseproto import daemons
 from fuseproto.client import OUT_HEADER_SIZE, Client
 from fuseproto.errors import DaemonError
 from fuseproto.session import Session
-from fuseproto import daemons
 from fuseproto.transport.vhost_user import Negotiated, VhostUserTransport
 from fuseproto.transport.virtqueue import (
     U16,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,15 +106,54 @@ def child_pids() -> set[int]:
     return out
 
 
+def pid_dir_files() -> set[str]:
+    """Names in the C daemon's pid-file directory (/run/virtiofsd), empty if none."""
+    try:
+        return set(os.listdir(daemons.C_PID_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def stale_pid_files(names: set[str]) -> set[str]:
+    """Those of ``names`` in /run/virtiofsd whose daemon is gone: the file names a PID
+    that no longer runs, or is empty. A file of a live daemon (another test process's on
+    a shared machine) is not ours to judge."""
+    stale = set()
+    for name in names:
+        try:
+            text = Path(daemons.C_PID_DIR, name).read_text().strip()
+        except FileNotFoundError:
+            continue  # removed meanwhile by the daemon's owner
+        if not text.isdigit():
+            stale.add(name)
+            continue
+        try:
+            os.kill(int(text), 0)
+        except ProcessLookupError:
+            stale.add(name)
+        except PermissionError:
+            pass
+    return stale
+
+
 @pytest.fixture
 def no_leaks():
-    """Asserts that the test leaves no new fd, child process or socket file behind."""
+    """Asserts that the test leaves no new fd, child process, daemon log or daemon pid
+    file (/run/virtiofsd, where the C daemon writes one per socket) behind."""
     fds_before = open_fds()
     kids_before = child_pids()
     logs_before = _own_logs()
+    pids_before = pid_dir_files()
     yield
     leaked_logs = _own_logs() - logs_before
     assert not leaked_logs, f"leaked daemon logs: {leaked_logs}"
+    new_pid_files = stale_pid_files(pid_dir_files() - pids_before)
+    if new_pid_files:
+        # Other processes on this machine may run daemons too: give a file whose daemon
+        # just exited a moment to be removed by the code that owns it.
+        time.sleep(0.5)
+        new_pid_files = stale_pid_files(new_pid_files)
+    assert not new_pid_files, f"leaked pid files in {daemons.C_PID_DIR}: {new_pid_files}"
     leaked_kids = child_pids() - kids_before
     assert not leaked_kids, f"leaked child processes: {leaked_kids}"
     # /proc/self/fd listing itself opens an fd; compare by number.

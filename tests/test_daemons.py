@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fuseproto.errors import DaemonError
 from fuseproto import daemons
+from fuseproto.errors import DaemonError
 
 pytestmark = pytest.mark.daemon
 
@@ -124,6 +125,90 @@ def test_socket_path_in_use_is_refused(no_leaks, installation, shared_dir, socke
     with pytest.raises(DaemonError, match="already exists"):
         daemons.Daemon(installation, shared_dir, socket_path).start()
     os.unlink(socket_path)
+
+
+def _assert_pid_file_while_running(d: daemons.Daemon) -> str:
+    """The daemon's own pid file exists, names its PID, and is where we expect it."""
+    expected = daemons.pid_file_paths(d.kind, d.socket_path)[0]
+    if d.kind == "c":
+        # /run/virtiofsd/.<socket path with / as .>.pid, as QEMU 7.2 names it
+        name = d.socket_path.replace("/", ".") + ".pid"
+        assert expected == os.path.join(daemons.C_PID_DIR, name)
+        assert os.path.realpath(expected) == os.path.join("/run/virtiofsd", name)
+    else:
+        assert expected == d.socket_path + ".pid"
+    assert Path(expected).read_text().strip() == str(d.pid)
+    assert expected in d.pid_files
+    return expected
+
+
+@pytest.mark.parametrize("how", ["stop", "SIGKILL", "SIGABRT", "frozen"])
+def test_stop_removes_own_pid_file(no_leaks, installation, shared_dir, socket_path, how):
+    """Every way a daemon ends (stopped, killed, crashed, frozen then stopped) leaves no
+    pid file: the C daemon's is in /run/virtiofsd, not next to the socket."""
+    d = daemons.Daemon(installation, shared_dir, socket_path).start()
+    try:
+        pid_file = _assert_pid_file_while_running(d)
+        if how == "frozen":
+            d.freeze()
+        elif how != "stop":
+            d.signal(getattr(signal, how))
+            assert d.wait_exit(5) is not None, d.describe()
+            assert os.path.exists(pid_file)  # the daemon itself leaves it behind
+    finally:
+        d.stop()
+    assert not os.path.exists(pid_file)
+    d.stop()  # a second stop is harmless
+
+
+def test_failed_start_leaves_no_pid_file(no_leaks, installation, shared_dir, socket_path):
+    """A start given up at once (timeout) kills the daemon wherever it was and removes
+    whatever it had written."""
+    d = daemons.Daemon(installation, shared_dir, socket_path)
+    with pytest.raises(DaemonError, match="did not create"):
+        d.start(timeout=0)
+    for path in daemons.pid_file_paths(d.kind, socket_path):
+        assert not os.path.exists(path)
+    assert not os.path.exists(socket_path)
+
+
+def test_remove_pid_file_leaves_other_daemons_files(scratch_dir):
+    path = os.path.join(scratch_dir, "x.sock.pid")
+    Path(path).write_text("4242\n")
+    assert not daemons.remove_pid_file(path, 4243)  # another daemon's
+    assert os.path.exists(path)
+    assert daemons.remove_pid_file(path, 4242)
+    assert not os.path.exists(path)
+    assert not daemons.remove_pid_file(path, 4242)  # already gone
+    # Empty: the daemon died before writing its PID, unless someone holds the lock
+    # (a daemon between locking and writing).
+    Path(path).write_text("")
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert not daemons.remove_pid_file(path, 4242)
+        assert os.path.exists(path)
+    assert daemons.remove_pid_file(path, 4242)
+    assert not os.path.exists(path)
+
+
+def test_sandbox_mode(installation, shared_dir, socket_path):
+    default = daemons.Daemon(installation, shared_dir, socket_path)
+    assert default.sandbox == ("chroot" if installation.kind == "c" else "none")
+    chroot = daemons.Daemon(installation, shared_dir, socket_path, sandbox="chroot")
+    argv = " ".join(chroot.argv())
+    assert ("sandbox=chroot" if installation.kind == "c" else "--sandbox chroot") in argv
+    with pytest.raises(ValueError, match="sandbox"):
+        daemons.Daemon(installation, shared_dir, socket_path, sandbox="namespace")
+
+
+def test_detect_kind(daemon_installations):
+    for kind, inst in daemon_installations.items():
+        assert daemons.kind_from_version(daemons.version_text(inst)) == kind
+        if not inst.loader:  # a binary needing its private loader cannot run alone
+            assert daemons.detect_kind(inst.binary) == kind
+    assert daemons.kind_from_version("virtiofsd version 7.2.19 (Debian 1:7.2+dfsg)") == "c"
+    assert daemons.kind_from_version("virtiofsd 1.13.2") == "rust"
+    assert daemons.kind_from_version("something else") is None
 
 
 def _environ(pid: int) -> set[str]:

@@ -223,8 +223,8 @@ def _record_daemon(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from fuseproto.dax import traces, workload
     from fuseproto import daemons
+    from fuseproto.dax import traces, workload
 
     if args.command:
         raise SystemExit("record --from-daemon runs its own workload: no command")
