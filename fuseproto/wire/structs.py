@@ -47,12 +47,16 @@ returns one for a compat size as well (cached). A FastLayout has:
 * ``.size`` -- ``struct.size``, equal to the construct's ``sizeof()``;
 * ``.parse(buf, offset=0) -> Container`` -- equal to ``ALL[name].parse(...)`` (nested
   Containers, ListContainers for arrays), at ``unpack_from`` speed;
-* ``.build(obj) -> bytes`` -- the inverse; takes any mapping with the fields.
+* ``.build(obj) -> bytes`` -- the inverse; takes any mapping, with construct's build
+  rules for what is absent or None (integers 0, arrays zeros, char arrays NULs);
+* ``.tree`` -- the layout (a tuple of :class:`~.codegen.Node`) all of the above were
+  generated from by :mod:`.codegen`; the message parts' packers come from it too.
 
 The fast path does no checking beyond ``struct``'s own: ``parse`` raises
 ``struct.error`` if fewer than ``.size`` bytes are available from ``offset``, and
-``build`` raises ``struct.error``/``KeyError``/``TypeError`` on a bad object. The codec
-checks lengths first and translates these at its boundary.
+``build`` raises ``struct.error``/``ValueError``/``TypeError`` on a bad value
+(:class:`~.codegen.NotFast` for a nested struct that is not a dict). The codec checks
+lengths first and translates these at its boundary.
 
 Compat (older protocol minors)
 ------------------------------
@@ -85,10 +89,11 @@ from construct import (
     Int32ul,
     Int64sl,
     Int64ul,
-    ListContainer,
     Struct,
     this,
 )
+
+from .codegen import Node, compile_builder, compile_parser, format_of, leaves_of
 
 __all__ = [
     "ALL",
@@ -440,11 +445,20 @@ def layout(name: str) -> list[tuple[str, int, int]]:
 
 
 # --- fast path ---------------------------------------------------------------------------
+#
+# The one layout derivation: each declaration becomes a tree of codegen.Node (scalars with
+# their struct codes, arrays, char arrays, nested structs, union overlays); the format,
+# the leaf names and every fast parse/build function of the wire layer are generated
+# from that tree by codegen.
 
 
 @dataclass(frozen=True)
 class FastLayout:
-    """A precompiled ``struct.Struct`` view of one struct (see the module docstring)."""
+    """A precompiled ``struct.Struct`` view of one struct (see the module docstring).
+
+    ``tree`` is the layout the format and the functions were generated from (codegen
+    builds the message parts' packers from it too).
+    """
 
     name: str
     struct: _struct.Struct
@@ -452,104 +466,44 @@ class FastLayout:
     flat: bool
     parse: Callable[..., Container]
     build: Callable[[Mapping[str, Any]], bytes]
+    tree: tuple[Node, ...]
 
     @property
     def size(self) -> int:
         return self.struct.size
 
 
-def _flatten(key: str, prefix: str, fmt: list[str], leaves: list[str]) -> None:
-    for f in _fields(key):
-        path = prefix + f.name
-        if f.overlay is not None:
-            continue
-        if f.kind == "int":
-            fmt.append(_SCALARS[f.type][1])
-            leaves.append(path)
-        elif f.kind == "array":
-            fmt.append(f"{f.count}{_SCALARS[f.type][1]}")
-            leaves.extend(f"{path}[{i}]" for i in range(f.count))
-        elif f.kind == "bytes":
-            fmt.append(f"{f.count}s")
-            leaves.append(path)
-        else:
-            _flatten(f.type, path + ".", fmt, leaves)
-
-
-def _gen_parse(key: str, pos: list[int], index: dict[str, int]) -> str:
-    """Source of a Container(...) expression over the unpacked tuple ``v``.
-
-    ``pos`` is the next tuple index; ``index`` maps emitted leaf paths to their index
-    so a union overlay can read the leaf it views.
-    """
-    parts: list[str] = []
+@cache
+def _tree(key: str) -> tuple[Node, ...]:
+    nodes: list[Node] = []
     for f in _fields(key):
         if f.overlay is not None:
             path, _ = _leaf_scalar(key, f)
-            # The viewed leaf was emitted just before; find its index by name.
-            idx = index[path]
             mask = (1 << (8 * _SCALARS[f.type][2])) - 1
-            parts.append(f"{f.name!r}: v[{idx}] & {mask}")
-            continue
-        if f.kind in ("int", "bytes"):
-            index[f.name] = pos[0]
-            parts.append(f"{f.name!r}: v[{pos[0]}]")
-            pos[0] += 1
+            nodes.append(Node(f.name, "overlay", view=path, mask=mask))
+        elif f.kind == "int":
+            nodes.append(Node(f.name, "int", _SCALARS[f.type][1]))
         elif f.kind == "array":
-            parts.append(f"{f.name!r}: _L(v[{pos[0]}:{pos[0] + f.count}])")
-            pos[0] += f.count
+            nodes.append(Node(f.name, "array", _SCALARS[f.type][1], f.count))
+        elif f.kind == "bytes":
+            nodes.append(Node(f.name, "bytes", "s", f.count))
         else:
-            start = pos[0]
-            inner = _gen_parse(f.type, pos, {})
-            # Overlays look into a nested struct by "member.first_leaf".
-            index[f"{f.name}.{_fields(f.type)[0].name}"] = start
-            parts.append(f"{f.name!r}: {inner}")
-    return "_C({" + ", ".join(parts) + "})"
-
-
-
-def _gen_build_args(key: str, obj: str, depth: int, lines: list[str]) -> list[str]:
-    args: list[str] = []
-    for f in _fields(key):
-        if f.overlay is not None:
-            continue
-        if f.kind in ("int", "bytes"):
-            args.append(f"{obj}[{f.name!r}]")
-        elif f.kind == "array":
-            args.append(f"*{obj}[{f.name!r}]")
-        else:
-            var = f"o{depth}_{len(lines)}"
-            lines.append(f"    {var} = {obj}[{f.name!r}]")
-            args.extend(_gen_build_args(f.type, var, depth + 1, lines))
-    return args
+            nodes.append(Node(f.name, "struct", children=_tree(f.type)))
+    return tuple(nodes)
 
 
 @cache
 def _fast_for_key(key: str, name: str) -> FastLayout:
-    fmt: list[str] = ["<"]
-    leaves: list[str] = []
-    _flatten(key, "", fmt, leaves)
-    st = _struct.Struct("".join(fmt))
-    expr = _gen_parse(key, [0], {})
-    lines: list[str] = []
-    args = _gen_build_args(key, "obj", 0, lines)
-    src = (
-        "def parse(buf, offset=0):\n"
-        "    v = _unpack(buf, offset)\n"
-        f"    return {expr}\n"
-        "def build(obj):\n"
-        + "".join(line + "\n" for line in lines)
-        + f"    return _pack({', '.join(args)})\n"
+    tree = _tree(key)
+    return FastLayout(
+        name,
+        _struct.Struct(format_of(tree)),
+        tuple(leaves_of(tree)),
+        all(n.kind == "int" for n in tree),
+        compile_parser(tree, label=key),
+        compile_builder(tree, label=key),
+        tree,
     )
-    ns: dict[str, Any] = {
-        "_unpack": st.unpack_from,
-        "_pack": st.pack,
-        "_C": Container,
-        "_L": ListContainer,
-    }
-    exec(compile(src, f"<fuseproto.wire.structs fast {key}>", "exec"), ns)  # noqa: S102 -- source generated from DECLS only
-    flat = all(f.kind == "int" and f.overlay is None for f in _fields(key))
-    return FastLayout(name, st, tuple(leaves), flat, ns["parse"], ns["build"])
 
 
 def fast(name: str, size: int | None = None) -> FastLayout:
@@ -565,7 +519,7 @@ def fast(name: str, size: int | None = None) -> FastLayout:
 @cache
 def fast_pair(
     head: str, name: str, size: int | None = None
-) -> tuple[_struct.Struct, Callable[[Any, int], tuple[tuple, Container]]]:
+) -> tuple[_struct.Struct, Callable[..., tuple[tuple[Any, ...], Container]]]:
     """Flat struct ``head`` followed by struct ``name`` (or its ``size``-byte prefix) as
     ONE ``struct.Struct`` (the two FastLayout formats joined) and ``parse(buf, offset=0)
     -> (head values, Container)``, the Container equal to ``fast(name, size).parse(buf,
@@ -574,18 +528,8 @@ def fast_pair(
     if not hl.flat:
         raise ValueError(f"{head} is not flat")
     fl = fast(name, size)
-    key = name if fl.size == ALL[name].sizeof() else f"{name}@{fl.size}"
-    st = _struct.Struct(hl.struct.format + fl.struct.format[1:])
-    nh = len(hl.fields)
-    expr = _gen_parse(key, [nh], {})
-    src = (
-        "def parse(buf, offset=0):\n"
-        "    v = _unpack(buf, offset)\n"
-        f"    return v[:{nh}], {expr}\n"
-    )
-    ns: dict[str, Any] = {"_unpack": st.unpack_from, "_C": Container, "_L": ListContainer}
-    exec(compile(src, f"<fuseproto.wire.structs fast {head}+{key}>", "exec"), ns)  # noqa: S102 -- source generated from DECLS only
-    return st, ns["parse"]
+    st = _struct.Struct(format_of(fl.tree, hl.tree))
+    return st, compile_parser(fl.tree, hl.tree, label=f"{head}+{name}@{fl.size}")
 
 
 FAST: dict[str, FastLayout] = {name: fast(name) for name in ALL}

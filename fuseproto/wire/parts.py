@@ -1,0 +1,597 @@
+"""The parts a message body is declared with, and what they make of a body.
+
+A body is a tuple of parts (:class:`Fixed`, :class:`Name`, :class:`Sized`, :class:`Rest`,
+:class:`Counted`, :class:`Dirents`, ...; the per-opcode tables are in :mod:`.messages`,
+which documents the body shapes). Each part has three interpretations of one
+declaration:
+
+* ``subcons()``: a fragment of a construct ``Struct`` (made of :mod:`.constructs`);
+  :func:`schema` joins them into the body's construct, the reference;
+* ``parse()``: ``struct.unpack_from`` over ``structs.FAST`` (:func:`parse_parts`), the
+  same Container as the construct, accepting and rejecting the same bytes;
+* ``build()``: the inverse (:func:`build_parts`), fixed structs packed by the builders
+  :mod:`.codegen` generates from ``structs.FAST[...].tree``, names and data concatenated.
+  Where a value is of a kind the fast builder does not mirror (a nested struct or list
+  item that is not a dict ...) it raises :class:`~.codegen.NotFast`; the codec then builds
+  with the construct (tests/test_wire_encode.py checks the two byte for byte and error
+  for error).
+"""
+
+from __future__ import annotations
+
+import struct as _struct
+from collections.abc import Callable, Mapping
+from functools import cache, lru_cache
+from typing import Any
+
+from construct import (
+    Array,
+    Bytes,
+    Const,
+    Construct,
+    Container,
+    GreedyBytes,
+    Int64ul,
+    ListContainer,
+    Struct,
+    Terminated,
+    this,
+)
+
+from ..errors import (
+    DecodeError,
+    LengthMismatchError,
+    LimitExceededError,
+    TrailingDataError,
+    TruncatedError,
+)
+from . import constants as C
+from . import structs
+from .codegen import NotFast, align8, chars, compile_builder, nested, octets
+from .constructs import (
+    BySize,
+    Check,
+    CName,
+    Derived,
+    Greedy,
+    Items,
+    ParseAs,
+    UntilEnd,
+    bytes_default,
+    defaulted,
+)
+
+__all__ = [
+    "FUSE_IOCTL_RETRY",
+    "AnySize",
+    "Counted",
+    "Dirents",
+    "Fixed",
+    "IoctlOut",
+    "Name",
+    "NameN",
+    "Part",
+    "Rest",
+    "Sized",
+    "always_parses",
+    "build_parts",
+    "parse_parts",
+    "prefixed_builder",
+    "schema",
+]
+
+FUSE_IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
+
+
+def _z(v: Any) -> Any:
+    return 0 if v is None else v
+
+
+class Part:
+    """One piece of a body: ``parse``/``build`` (fast) and ``subcons`` (construct).
+
+    ``parse(buf, off, end, body) -> (new offset, body)`` reads the part at ``off`` (the
+    body's bytes end at ``end``) into ``body`` (None before the first part: a part may
+    return its own Container). ``build(body) -> bytes`` is the inverse for a dict body, the
+    bytes ``subcons()`` build for the same value (it raises where they raise, or NotFast).
+    """
+
+    fields: tuple[str, ...] = ()
+    build: Callable[[Mapping[str, Any]], bytes]
+
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def subcons(self) -> list[Construct]:
+        raise NotImplementedError
+
+
+class Fixed(Part):
+    """A struct of fuse.h (or its ``size``-byte compat prefix); fields merged into the body."""
+
+    def __init__(
+        self,
+        struct_name: str,
+        size: int | None = None,
+        derive: Mapping[str, Callable[[Any], Any]] | None = None,
+    ):
+        self.struct_name = struct_name
+        self.fl = structs.fast(struct_name, size)
+        self.size = self.fl.size
+        self.con = structs.compat(struct_name, self.size)
+        self.derive = dict(derive or {})
+        self.fields = tuple(sc.name for sc in self.con.subcons)
+        self._parse = self.fl.parse
+        if self.derive:
+            label = f"{struct_name}@{self.size} derived"
+            self.build = compile_builder(self.fl.tree, derive=self.derive, label=label)
+        else:
+            self.build = self.fl.build
+
+    def parse(self, buf, off, end, body):
+        if end - off < self.size:
+            raise TruncatedError(
+                f"{self.struct_name} needs {self.size} bytes, {end - off} present",
+                offset=end,
+                path=self.struct_name,
+            )
+        c = self._parse(buf, off)
+        if body is None:
+            return off + self.size, c
+        for k, v in c.items():
+            body[k] = v
+        return off + self.size, body
+
+    def subcons(self):
+        return defaulted(self.con, self.derive)
+
+
+class AnySize(Part):
+    """INIT's self-describing struct: the body is one of ``sizes`` (compat prefixes)."""
+
+    def __init__(self, struct_name: str, sizes: tuple[int, ...]):
+        self.struct_name = struct_name
+        self.variants = {n: Fixed(struct_name, n) for n in sizes}
+        self.sizes = tuple(sorted(sizes))
+        self.variant_fields = {n: frozenset(v.fields) for n, v in self.variants.items()}
+        self.all_fields = self.variant_fields[self.sizes[-1]]
+
+    def parse(self, buf, off, end, body):
+        v = self.variants.get(end - off)
+        if v is None:
+            raise LengthMismatchError(
+                f"{self.struct_name} is {end - off} bytes, not one of {self.sizes}",
+                offset=off,
+                path=self.struct_name,
+            )
+        return v.parse(buf, off, end, body)
+
+    def build(self, body):
+        # As constructs.BySize: the shortest form holding every field given (not None).
+        keys = {k for k, v in body.items() if v is not None} & self.all_fields
+        for n in self.sizes:
+            if keys <= self.variant_fields[n]:
+                break
+        return self.variants[n].build(body)
+
+    def subcons(self):
+        raise TypeError("AnySize is a whole body: use schema()")
+
+
+class Name(Part):
+    """A NUL-terminated name, kept as bytes without the NUL."""
+
+    def __init__(self, field: str = "name"):
+        self.field = field
+        self.fields = (field,)
+
+    def parse(self, buf, off, end, body):
+        i = buf.find(b"\0", off, end)
+        if i < 0:
+            raise TruncatedError("name without terminating NUL", offset=end, path=self.field)
+        if body is None:
+            body = Container()
+        body[self.field] = buf[off:i]
+        return i + 1, body
+
+    def build(self, body):
+        name = octets(body[self.field])
+        if b"\0" in name:
+            raise ValueError(f"{self.field} contains NUL")
+        return name + b"\0"
+
+    def subcons(self):
+        return [self.field / CName()]
+
+
+class NameN(Part):
+    """``namelen`` bytes of name then a NUL (INVAL_ENTRY, DELETE); ends the body."""
+
+    def __init__(self, field: str, len_field: str):
+        self.field = field
+        self.len_field = len_field
+        self.fields = (field,)
+
+    def parse(self, buf, off, end, body):
+        n = body[self.len_field]
+        if end - off != n + 1:
+            raise LengthMismatchError(
+                f"{self.len_field}={n} but {end - off} bytes follow (name + NUL)",
+                offset=off,
+                path=self.len_field,
+            )
+        if buf[off + n] != 0:
+            raise DecodeError("name not NUL-terminated", offset=off + n, path=self.field)
+        body[self.field] = buf[off : off + n]
+        return end, body
+
+    def build(self, body):
+        return octets(body[self.field]) + b"\0"  # namelen (derived or forced) is not checked
+
+    def subcons(self):
+        lf = self.len_field
+        return [
+            Check(lambda c, rem: rem == c[lf] + 1, "name length mismatch", LengthMismatchError),
+            self.field / ParseAs(Bytes(this[lf]), Greedy()),
+            Const(b"\0"),
+        ]
+
+
+class Sized(Part):
+    """Exactly ``body[size_field]`` bytes, which end the body (WRITE data, xattr value...)."""
+
+    def __init__(self, field: str, size_field: str):
+        self.field = field
+        self.size_field = size_field
+        self.fields = (field,)
+
+    def parse(self, buf, off, end, body):
+        n = body[self.size_field]
+        if end - off != n:
+            raise LengthMismatchError(
+                f"{self.size_field}={n} but {end - off} bytes present",
+                offset=off,
+                path=self.size_field,
+            )
+        body[self.field] = buf[off:end]
+        return end, body
+
+    def build(self, body):
+        return octets(body[self.field])  # the size field (derived or forced) is not checked
+
+    def subcons(self):
+        sf = self.size_field
+        return [
+            Check(lambda c, rem: rem == c[sf], "size mismatch", LengthMismatchError),
+            self.field / ParseAs(Bytes(this[sf]), Greedy()),
+        ]
+
+
+class Rest(Part):
+    """All remaining bytes (READ reply, READLINK reply ...); ``limit`` caps the length."""
+
+    def __init__(self, field: str, limit: int | None = None):
+        self.field = field
+        self.limit = limit
+        self.fields = (field,)
+
+    def parse(self, buf, off, end, body):
+        if self.limit is not None and end - off > self.limit:
+            raise LimitExceededError(
+                f"{end - off} bytes above the maximum {self.limit}", offset=off, path=self.field
+            )
+        if body is None:
+            body = Container()
+        body[self.field] = buf[off:end]
+        return end, body
+
+    def build(self, body):
+        # As GreedyBytes: bytes or bytearray only; the limit is not checked on build.
+        data = body[self.field]
+        if type(data) is bytearray:
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            raise TypeError(f"{self.field}: expected bytes, got {type(data).__name__}")
+        return data
+
+    def subcons(self):
+        out = []
+        if self.limit is not None:
+            lim = self.limit
+            out.append(Check(lambda c, rem: rem <= lim, "above maximum", LimitExceededError))
+        out.append(self.field / GreedyBytes)
+        return out
+
+
+class Counted(Part):
+    """Exactly ``body[count_field]`` items of ``item`` (a struct name or "u64") to the end."""
+
+    def __init__(
+        self, field: str, count_field: str, item: str, limit: int | None = None, back: int = 0
+    ):
+        self.back = back  # bytes from the count field to the first item, for error offsets
+        self.field = field
+        self.count_field = count_field
+        self.item = item
+        self.limit = limit
+        self.fields = (field,)
+        if item == "u64":
+            self.isize = 8
+            self.fl = None
+        else:
+            self.fl = structs.FAST[item]
+            self.isize = self.fl.size
+            self._item_build = self.fl.build
+
+    def parse(self, buf, off, end, body):
+        n = body[self.count_field]
+        if self.limit is not None and n > self.limit:
+            raise LimitExceededError(
+                f"{self.count_field}={n} above the maximum {self.limit}",
+                offset=off - self.back,
+                path=self.count_field,
+            )
+        if end - off != n * self.isize:
+            raise LengthMismatchError(
+                f"{self.count_field}={n} needs {n * self.isize} bytes, {end - off} present",
+                offset=off - self.back,
+                path=self.count_field,
+            )
+        if self.fl is None:
+            items = ListContainer(_struct.unpack_from(f"<{n}Q", buf, off))
+        else:
+            p = self.fl.parse
+            items = ListContainer([p(buf, o) for o in range(off, end, self.isize)])
+        body[self.field] = items
+        return end, body
+
+    def build(self, body):
+        # The count field (derived or forced) and the limit are not checked on build.
+        if self.fl is None:  # u64 items: the list must be present (it may be None)
+            items = tuple(body[self.field] or ())
+            return _struct.pack(f"<{len(items)}Q", *items)
+        build = self._item_build
+        return b"".join([build(nested(x)) for x in body.get(self.field) or ()])
+
+    def subcons(self):
+        cf, isz, lim = self.count_field, self.isize, self.limit
+        out = []
+        if lim is not None:
+            out.append(
+                Check(lambda c, rem: c[cf] <= lim, "count above maximum", LimitExceededError)
+            )
+        out.append(Check(lambda c, rem: rem == c[cf] * isz, "count mismatch", LengthMismatchError))
+        item = Int64ul if self.item == "u64" else Struct(*defaulted(structs.ALL[self.item]))
+        out.append(self.field / ParseAs(Array(this[cf], item), Items(item)))
+        return out
+
+
+_DIRENT = structs.FAST["fuse_dirent"]
+_DIRENTPLUS = structs.FAST["fuse_direntplus"]
+_DIRENT_SIZE = _DIRENT.size  # FUSE_NAME_OFFSET, 24
+_DIRENTPLUS_SIZE = _DIRENTPLUS.size  # FUSE_NAME_OFFSET_DIRENTPLUS, 152
+_ENTRY_OUT_BUILD = structs.FAST["fuse_entry_out"].build
+
+
+class Dirents(Part):
+    """READDIR (``plus=False``) or READDIRPLUS records to the end, 8-byte aligned, pad kept."""
+
+    def __init__(self, plus: bool):
+        self.plus = plus
+        self.fields = ("entries",)
+
+    def parse(self, buf, off, end, body):
+        items = ListContainer()
+        hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
+        parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
+        while off < end:
+            if end - off < hsize:
+                raise TruncatedError("partial dirent header", offset=end, path="entries")
+            rec = parse(buf, off)
+            d = rec["dirent"] if self.plus else rec
+            namelen = d["namelen"]
+            name_end = off + hsize + namelen
+            rec_end = off + align8(hsize + namelen)
+            if rec_end > end:
+                raise TruncatedError(
+                    f"dirent namelen={namelen} runs past the reply",
+                    offset=end,
+                    path="entries.namelen",
+                )
+            d["name"] = buf[off + hsize : name_end]
+            rec["pad"] = buf[name_end:rec_end]
+            items.append(rec)
+            off = rec_end
+        if body is None:
+            body = Container()
+        body["entries"] = items
+        return off, body
+
+    def build(self, body):
+        out = []
+        plus = self.plus
+        head = _DIRENTPLUS_SIZE if plus else _DIRENT_SIZE
+        pack = _DIRENT.struct.pack
+        for rec in body["entries"]:
+            if not isinstance(rec, dict):
+                raise NotFast
+            if plus:
+                out.append(_ENTRY_OUT_BUILD(nested(rec.get("entry_out"))))
+                d = rec["dirent"]
+                if not isinstance(d, dict):
+                    raise NotFast
+            else:
+                d = rec
+            namelen = d.get("namelen")
+            if namelen is None:
+                namelen = len(d["name"])
+            out.append(pack(_z(d.get("ino")), _z(d.get("off")), namelen, _z(d.get("type"))))
+            out.append(octets(d["name"]))
+            pad = rec.get("pad")
+            n = -(head + namelen) % 8
+            out.append(b"\0" * n if pad is None else chars(pad, n))
+        return b"".join(out)
+
+    def subcons(self):
+        if self.plus:
+            dirent = Struct(
+                *defaulted(structs.ALL["fuse_dirent"], {"namelen": lambda c: len(c.name)}),
+                "name" / ParseAs(Bytes(this.namelen), Greedy()),
+            )
+            rec = Struct(
+                "entry_out" / Struct(*defaulted(structs.ALL["fuse_entry_out"])),
+                "dirent" / dirent,
+                "pad" / bytes_default(lambda c: -(_DIRENTPLUS_SIZE + c.dirent.namelen) % 8),
+            )
+        else:
+            rec = Struct(
+                *defaulted(structs.ALL["fuse_dirent"], {"namelen": lambda c: len(c.name)}),
+                "name" / ParseAs(Bytes(this.namelen), Greedy()),
+                "pad" / bytes_default(lambda c: -(_DIRENT_SIZE + c.namelen) % 8),
+            )
+        return ["entries" / UntilEnd(rec)]
+
+
+_IOVEC = structs.FAST["fuse_ioctl_iovec"]
+_IOVEC_BUILD = structs.FAST["fuse_ioctl_iovec"].build
+
+
+class IoctlOut(Part):
+    """After fuse_ioctl_out: iovecs when FUSE_IOCTL_RETRY is set, else the out data."""
+
+    fields = ("in_iov", "out_iov", "data")
+
+    def parse(self, buf, off, end, body):
+        if body["flags"] & FUSE_IOCTL_RETRY:
+            n_in, n_out = body["in_iovs"], body["out_iovs"]
+            if n_in + n_out > C.FUSE_IOCTL_MAX_IOV:
+                raise LimitExceededError(
+                    f"{n_in}+{n_out} iovecs above FUSE_IOCTL_MAX_IOV", offset=off, path="in_iovs"
+                )
+            if end - off != 16 * (n_in + n_out):
+                raise LengthMismatchError(
+                    f"{n_in}+{n_out} iovecs need {16 * (n_in + n_out)} bytes, {end - off} present",
+                    offset=off,
+                    path="in_iovs",
+                )
+            p = _IOVEC.parse
+            mid = off + 16 * n_in
+            body["in_iov"] = ListContainer([p(buf, o) for o in range(off, mid, 16)])
+            body["out_iov"] = ListContainer([p(buf, o) for o in range(mid, end, 16)])
+            body["data"] = b""
+        else:
+            body["in_iov"] = ListContainer()
+            body["out_iov"] = ListContainer()
+            body["data"] = buf[off:end]
+        return end, body
+
+    def build(self, body):
+        # Both iovec lists and the data are built whatever FUSE_IOCTL_RETRY says.
+        out = [_IOVEC_BUILD(nested(x)) for x in body.get("in_iov") or ()]
+        out += [_IOVEC_BUILD(nested(x)) for x in body.get("out_iov") or ()]
+        data = body.get("data")
+        if data is not None:
+            out.append(octets(data))
+        return b"".join(out)
+
+    def subcons(self):
+        retry = lambda c: bool(c.flags & FUSE_IOCTL_RETRY)  # noqa: E731
+        iovec = Struct(*defaulted(structs.ALL["fuse_ioctl_iovec"]))
+        return [
+            Check(
+                lambda c, rem: not retry(c) or c.in_iovs + c.out_iovs <= C.FUSE_IOCTL_MAX_IOV,
+                "too many iovecs",
+                LimitExceededError,
+            ),
+            Check(
+                lambda c, rem: not retry(c) or rem == 16 * (c.in_iovs + c.out_iovs),
+                "iovec count mismatch",
+                LengthMismatchError,
+            ),
+            "in_iov"
+            / Derived(
+                ParseAs(Array(lambda c: c.in_iovs if retry(c) else 0, iovec), Items(iovec)),
+                lambda c: [],
+            ),
+            "out_iov"
+            / Derived(
+                ParseAs(Array(lambda c: c.out_iovs if retry(c) else 0, iovec), Items(iovec)),
+                lambda c: [],
+            ),
+            "data" / Derived(Greedy(), lambda c: b""),
+        ]
+
+
+# --- whole bodies -----------------------------------------------------------------------
+
+
+@cache
+def schema(parts: tuple[Part, ...] | None) -> Construct:
+    """The construct of a body declared as ``parts`` (``GreedyBytes`` for None: raw bytes).
+
+    ``Struct(*subcons, Terminated)``; INIT's one :class:`AnySize` part is a
+    :class:`~.constructs.BySize` over its compat prefixes. Cached per parts tuple.
+    """
+    if parts is None:
+        return GreedyBytes
+    if len(parts) == 1 and isinstance(parts[0], AnySize):
+        part = parts[0]
+        cons = {n: Struct(*v.subcons(), Terminated) for n, v in part.variants.items()}
+        return BySize(part.struct_name, cons, part.variant_fields)
+    subcons = [sc for p in parts for sc in p.subcons()]
+    return Struct(*subcons, Terminated)
+
+
+def parse_parts(parts: tuple[Part, ...] | None, buf: bytes, off: int, end: int) -> Any:
+    """Decode ``buf[off:end]`` as ``parts`` with the fast path (raw bytes if None)."""
+    if parts is None:
+        return buf[off:end]
+    body = None
+    for p in parts:
+        off, body = p.parse(buf, off, end, body)
+    if body is None:
+        body = Container()
+    if off != end:
+        raise TrailingDataError(f"{end - off} bytes after the body", offset=off, path="body")
+    return body
+
+
+def build_parts(parts: tuple[Part, ...], body: Mapping[str, Any]) -> bytes:
+    """Encode dict ``body`` as ``parts`` with the fast path (the inverse of parse_parts).
+
+    Gives the bytes the construct of ``parts`` builds, or raises where it raises (any
+    exception: the caller translates), or :class:`NotFast` for a value it does not mirror.
+    """
+    if len(parts) == 1:
+        return parts[0].build(body)
+    if not parts:
+        return b""
+    return b"".join([p.build(body) for p in parts])
+
+
+@lru_cache(maxsize=4096)
+def always_parses(parts: tuple[Part, ...]) -> bool:
+    """Whether what :func:`build_parts` makes of ``parts`` always parses back (to the end):
+    fixed structs and NUL-free names, no length or count that could lie."""
+    return all((type(p) is Fixed and not p.derive) or type(p) is Name for p in parts)
+
+
+@lru_cache(maxsize=1024)
+def prefixed_builder(
+    parts: tuple[Part, ...], head: str, params: tuple[str, ...]
+) -> Callable[..., bytes] | None:
+    """``build(body, *params) -> bytes``: struct ``head`` (its fields from ``params``, in
+    order) followed by the body of ``parts``, in ONE ``struct.pack`` (codegen over the two
+    FastLayout trees); None unless ``parts`` is at most one underived :class:`Fixed` (a
+    fixed-size body). Same bytes and same failures as ``head``'s pack plus
+    :func:`build_parts`; the caller falls back to those on any exception."""
+    hl = structs.FAST[head]
+    if not hl.flat or len(params) != len(hl.fields):
+        raise ValueError(f"{head}: a flat struct with one parameter per field")
+    if not parts:
+        return compile_builder((), hl.tree, params, label=f"{head}+empty")
+    part = parts[0]
+    if len(parts) != 1 or type(part) is not Fixed or part.derive:
+        return None
+    label = f"{head}+{part.struct_name}@{part.size}"
+    return compile_builder(part.fl.tree, hl.tree, params, label=label)
