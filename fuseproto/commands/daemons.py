@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "daemons", help="install and list real virtiofsd builds",
         description="The real virtiofsd builds fuseproto drives: C virtiofsd from QEMU 7.2"
@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from ..errors import DaemonError
     from .. import daemons
+    from ..errors import DaemonError
 
     rc = 0
     unknown = [k for k in args.kind if k not in daemons.KINDS]
