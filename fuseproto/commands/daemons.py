@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = dsub.add_parser("list", help="show installed daemons")
     ls.add_argument("--virtiofsd", metavar="PATH", help="also describe this build")
     ls.set_defaults(func=_list)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def _usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_usage)
 
 
 def _install(args: argparse.Namespace) -> int:
