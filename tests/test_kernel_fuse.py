@@ -9,7 +9,7 @@ with ordinary system calls from a worker thread, and checks three things:
 * every reply and notification we wrote was accepted by the kernel (no EINVAL from the
   device) and itself decodes and re-encodes to the same bytes;
 * the system calls return what the file system holds, and the opcodes seen cover the
-  operations driven.
+  operations driven, as far as the kernel's protocol minor can send them (SINCE_MINOR).
 
 Every blocking call has a deadline: on timeout the connection is aborted (which fails the
 stuck call) and the test fails; the mount, threads and directories are always cleaned up.
