@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import errors  # noqa: F401
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Session is imported lazily so that `import fuseproto` stays cheap.
     if name == "Session":
         from .session import Session

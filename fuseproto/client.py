@@ -41,9 +41,9 @@ from .wire.constants import (
     opcode_name,
 )
 
-OUT_HEADER_SIZE = structs.fuse_out_header.sizeof()
-IN_HEADER_SIZE = structs.fuse_in_header.sizeof()
-WRITE_IN_SIZE = structs.fuse_write_in.sizeof()
+OUT_HEADER_SIZE = structs.FAST["fuse_out_header"].size
+IN_HEADER_SIZE = structs.FAST["fuse_in_header"].size
+WRITE_IN_SIZE = structs.FAST["fuse_write_in"].size
 # The reply area of a request whose reply has no fixed size (the codec's policy).
 DEFAULT_REPLY_SIZE = codec.DEFAULT_REPLY_AREA
 
@@ -373,10 +373,10 @@ class Client:
               write_flags: int = 0, flags: int = 0) -> int:
         """WRITE; returns the count the daemon wrote."""
         segments = (IN_HEADER_SIZE, WRITE_IN_SIZE) if self.split_writes and data else None
-        return self.call(fuse_opcode.FUSE_WRITE, Container(
+        return int(self.call(fuse_opcode.FUSE_WRITE, Container(
             fh=fh, offset=offset, size=None, write_flags=write_flags, lock_owner=0,
             flags=flags, padding=0, data=bytes(data)), nodeid=nodeid,
-            segments=segments).size
+            segments=segments).size)
 
     def flush(self, nodeid: int, fh: int, lock_owner: int = 0) -> None:
         self.call(fuse_opcode.FUSE_FLUSH, Container(fh=fh, unused=0, padding=0,
@@ -399,12 +399,12 @@ class Client:
         self.call(fuse_opcode.FUSE_RELEASEDIR, Container(fh=fh, flags=flags, release_flags=0,
                   lock_owner=0), nodeid=nodeid)
 
-    def readdir(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
+    def readdir(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list[Any]:
         return list(self.call(fuse_opcode.FUSE_READDIR, Container(
             fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
             nodeid=nodeid).entries)
 
-    def readdirplus(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list:
+    def readdirplus(self, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> list[Any]:
         return list(self.call(fuse_opcode.FUSE_READDIRPLUS, Container(
             fh=fh, offset=offset, size=size, read_flags=0, lock_owner=0, flags=0, padding=0),
             nodeid=nodeid).entries)
@@ -414,14 +414,14 @@ class Client:
                   mode=mode, padding=0), nodeid=nodeid)
 
     def lseek(self, nodeid: int, fh: int, offset: int, whence: int) -> int:
-        return self.call(fuse_opcode.FUSE_LSEEK, Container(fh=fh, offset=offset,
-                         whence=whence, padding=0), nodeid=nodeid).offset
+        return int(self.call(fuse_opcode.FUSE_LSEEK, Container(fh=fh, offset=offset,
+                         whence=whence, padding=0), nodeid=nodeid).offset)
 
     def copy_file_range(self, nodeid_in: int, fh_in: int, off_in: int, nodeid_out: int,
                         fh_out: int, off_out: int, length: int, flags: int = 0) -> int:
-        return self.call(fuse_opcode.FUSE_COPY_FILE_RANGE, Container(
+        return int(self.call(fuse_opcode.FUSE_COPY_FILE_RANGE, Container(
             fh_in=fh_in, off_in=off_in, nodeid_out=nodeid_out, fh_out=fh_out, off_out=off_out,
-            len=length, flags=flags), nodeid=nodeid_in).size
+            len=length, flags=flags), nodeid=nodeid_in).size)
 
     # -- locks --------------------------------------------------------------------------
     def getlk(self, nodeid: int, fh: int, owner: int, start: int, end: int, type: int,
@@ -445,14 +445,14 @@ class Client:
         """The value (``size`` > 0) or, with ``size`` 0, the value's length."""
         body = self.call(fuse_opcode.FUSE_GETXATTR, Container(size=size, padding=0,
                          name=_b(name)), nodeid=nodeid)
-        return body.size if size == 0 else bytes(body.value)
+        return int(body.size) if size == 0 else bytes(body.value)
 
     def listxattr(self, nodeid: int, size: int = 4096) -> list[bytes] | int:
         """The attribute names (``size`` > 0) or, with ``size`` 0, the list's length."""
         body = self.call(fuse_opcode.FUSE_LISTXATTR, Container(size=size, padding=0),
                          nodeid=nodeid)
         if size == 0:
-            return body.size
+            return int(body.size)
         return [n for n in bytes(body.value).split(b"\0") if n]
 
     def removexattr(self, nodeid: int, name: bytes | str) -> None:

@@ -71,6 +71,7 @@ from .wire.constants import (
     FUSE_UNIQUE_RESEND,
     InitFlags,
     fuse_opcode,
+    opcode_name,
 )
 
 __all__ = [
@@ -360,11 +361,11 @@ class Session:
         opcode = request.opcode
         pending = self._pending
         if unique == 0:
-            raise error(f"{_name(opcode)} request with unique 0 (reserved for notifications)")
+            raise error(f"{opcode_name(opcode)} request with unique 0 (reserved for notifications)")
         if unique in pending:
             raise error(
-                f"unique {unique} used by {_name(opcode)} while "
-                f"{_name(pending[unique].opcode)} with that unique is in flight"
+                f"unique {unique} used by {opcode_name(opcode)} while "
+                f"{opcode_name(pending[unique].opcode)} with that unique is in flight"
             )
         if opcode in _NOT_ONE_REPLY_OPS:
             if opcode in _OPTIONAL_REPLY_OPS:
@@ -372,7 +373,7 @@ class Session:
             return
         if unique in self._interrupts:
             raise error(
-                f"unique {unique} used by {_name(opcode)} while an INTERRUPT "
+                f"unique {unique} used by {opcode_name(opcode)} while an INTERRUPT "
                 "with that unique is outstanding"
             )
         replaced = None
@@ -384,7 +385,7 @@ class Session:
             raise error(f"more than max_pending={self.max_pending} requests in flight")
         if opcode in _INIT_OPS:
             if self._init in (_Init.SENT, _Init.DONE):
-                raise error(f"second {_name(opcode)} (the first is {self._init.value})")
+                raise error(f"second {opcode_name(opcode)} (the first is {self._init.value})")
             self._learn_init_request(request)
         if replaced is not None:
             self._complete(replaced)
@@ -490,7 +491,7 @@ class Session:
 
     # -- the server side: we answer requests ------------------------------------------------
 
-    def build_reply(self, request: Any, body: Any, error: int = 0) -> bytes:
+    def build_reply(self, request: codec.Request, body: Any, error: int = 0) -> bytes:
         """Encode the reply to ``request`` (a Request from :meth:`feed_request`) and
         complete it. ``error`` is 0 or a negative errno; with an error, ``body`` is
         ignored. Answering an INTERRUPT is allowed (header only, -EAGAIN or -ENOSYS)."""
@@ -507,7 +508,7 @@ class Session:
             return data
         if self._pending.get(unique) is not request:
             raise LocalProtocolError(
-                f"no {_name(request.opcode)} request with unique {unique} is in flight"
+                f"no {opcode_name(request.opcode)} request with unique {unique} is in flight"
             )
         data = self.kind(request.opcode).encode_reply(
             None if error else body, unique=unique, error=error, request=request
@@ -590,7 +591,3 @@ def negotiate_init(offer: Any, reply: Any, *,
     if isinstance(offered_minor, int):
         minor = min(minor, offered_minor)
     return InitNegotiation(max(0, minor), init_flags(reply), init_flags(offer))
-
-
-def _name(opcode: Any) -> str:
-    return getattr(opcode, "name", None) or f"opcode {opcode}"

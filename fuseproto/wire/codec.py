@@ -195,7 +195,8 @@ class RequestKind:
         self._pack: Callable[..., bytes] | None = None
         if self._lazy and parts is not None:
             self._pack = messages.prefixed_builder(parts, "fuse_in_header", _IN_PARAMS)
-        self._size = _IN_SIZE + (parts[0].size if parts else 0) if self._pack else 0
+        first = parts[0] if parts else None
+        self._size = _IN_SIZE + (first.size if isinstance(first, messages.Fixed) else 0)
         # Replies: the parts when the request's body does not shape them (xattr replies
         # with a known request size are looked up per reply).
         rparts = self.reply_parts = messages.reply_parts(op, minor, None)

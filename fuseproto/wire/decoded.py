@@ -35,7 +35,7 @@ class _LazyHeader:
     """``header`` as a Container built on first access from ``_values`` (the unpacked
     header tuple) when the codec made the message without one; ``_FIELDS`` names them."""
 
-    __slots__ = ()
+    __slots__ = ("_header", "_values")
     _FIELDS: tuple[str, ...] = ()
     _header: Container | None
     _values: tuple[int, ...]
@@ -68,7 +68,7 @@ class Request(_LazyHeader):
     first access (the codec does that only for bodies it built and that cannot fail).
     """
 
-    __slots__ = ("_header", "_values", "opcode", "_body", "ext", "raw", "_parts")
+    __slots__ = ("opcode", "_body", "ext", "raw", "_parts")
     _FIELDS = _IN_FIELDS
 
     def __init__(
@@ -131,7 +131,7 @@ class Reply(_LazyHeader):
     first access.
     """
 
-    __slots__ = ("_header", "_values", "opcode", "body", "raw", "request")
+    __slots__ = ("opcode", "body", "raw", "request")
     _FIELDS = _OUT_FIELDS
 
     def __init__(
