@@ -228,10 +228,10 @@ class Client:
              minor: int = FUSE_KERNEL_MINOR_VERSION) -> Any:
         """FUSE_INIT; returns fuse_init_out (``session.flags``/``minor`` learn from it).
         ``map_alignment`` is meaningful when FUSE_MAP_ALIGNMENT is in the reply's flags."""
-        flags = int(flags)
+        lo, hi = InitFlags(flags).words()
         return self.call(fuse_opcode.FUSE_INIT, Container(
             major=FUSE_KERNEL_VERSION, minor=minor, max_readahead=max_readahead,
-            flags=flags & 0xFFFFFFFF, flags2=flags >> 32, unused=[0] * 11))
+            flags=lo, flags2=hi, unused=[0] * 11))
 
     def destroy(self) -> None:
         self.call(fuse_opcode.FUSE_DESTROY)
