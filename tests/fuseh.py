@@ -3,15 +3,35 @@
 A small parser takes the struct, field, enum and ``#define`` *names* out of the header;
 a C program generated from those names is compiled against the same header and prints
 every ``sizeof``, ``offsetof`` and value, so the numbers come from the compiler, never
-from our reading of the text. Used by ``test_layout.py`` and ``test_constants.py``.
+from our reading of the text. Used by ``test_layout.py``, ``test_constants.py`` and
+``scripts/compare_fuse_header.py``.
+
+The header the schema describes is *pinned* (:func:`pinned_header`): one
+``linux-libc-dev`` version and the SHA-256 of its ``fuse.h``, so the tests compare with the
+same bytes every day and a newer upstream header changes nothing until the pin is moved.
+What a newer header would change is :func:`diff_facts`'s report, printed by
+``scripts/compare_fuse_header.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fuseproto.daemons import PrivateApt, extract
+
+# The linux/fuse.h that fuseproto.wire describes (protocol 7.46). The pin is the header's
+# own bytes (its SHA-256); the package version says where they were found first. If the
+# archive stops offering that version, any version it still offers whose fuse.h has the
+# same digest will do (a final release after the rc, say); otherwise the tests fail
+# naming the pin, and scripts/compare_fuse_header.py shows what moving it would change.
+PINNED_SUITES = ("sid", "experimental")
+PINNED_LIBC_DEV = "7.3~rc7-1~exp1"
+PINNED_MINOR = 46
+PINNED_FUSE_H_SHA256 = "56549165bbc4fe806ac78ac15eefa159a49bdc1e051a68e44e828d6ee1e4e2a2"
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
@@ -189,3 +209,102 @@ def compile_facts(h: Header, build_dir: Path, include_dir: Path | None = None) -
 def include_root(header: Path) -> Path:
     """``<tree>/usr/include`` for ``<tree>/usr/include/linux/fuse.h``."""
     return header.parent.parent
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree_header(apt: PrivateApt, version: str) -> Path:
+    """``fuse.h`` of ``linux-libc-dev`` ``version``, downloaded and unpacked once (the
+    same tree ``fuseproto.daemons.newest_header`` uses)."""
+    header = apt.root / "trees" / f"linux-libc-dev_{version}" / "usr/include/linux/fuse.h"
+    if not header.exists():
+        extract(apt.download("linux-libc-dev", version), header.parents[3])
+    return header
+
+
+def pinned_header(cache_dir: Path | None = None) -> Path:
+    """Path of the pinned ``linux/fuse.h`` (see ``PINNED_*``), checked by its digest.
+
+    Once unpacked into fuseproto's apt cache it is used from there with no network;
+    otherwise it is fetched through the private apt configuration of
+    :class:`fuseproto.daemons.PrivateApt` (never the system's sources).
+    """
+    apt = PrivateApt.for_suites(*PINNED_SUITES, cache_dir=cache_dir)
+    cached = apt.root / "trees" / f"linux-libc-dev_{PINNED_LIBC_DEV}" / "usr/include/linux/fuse.h"
+    if cached.exists() and _sha256(cached) == PINNED_FUSE_H_SHA256:
+        return cached
+    apt.update()
+    offered = apt.versions("linux-libc-dev")
+    # The pinned version first, then whatever else is offered.
+    for version in sorted(offered, key=lambda v: v != PINNED_LIBC_DEV):
+        header = _tree_header(apt, version)
+        if _sha256(header) == PINNED_FUSE_H_SHA256:
+            return header
+    raise AssertionError(
+        f"no linux-libc-dev in {'/'.join(PINNED_SUITES)} (offered: {', '.join(offered)}) has "
+        f"the pinned fuse.h 7.{PINNED_MINOR} (linux-libc-dev {PINNED_LIBC_DEV}, sha256 "
+        f"{PINNED_FUSE_H_SHA256}): run scripts/compare_fuse_header.py, update the schema if "
+        "needed, and move the pin in tests/fuseh.py"
+    )
+
+
+def header_facts(path: Path, build_dir: Path) -> tuple[Header, Facts]:
+    """Parse a ``<tree>/usr/include/linux/fuse.h`` and compile its facts against that tree
+    (the installed ``/usr/include/linux/fuse.h`` against the system's include path)."""
+    h = parse_header(path)
+    tree = include_root(path)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return h, compile_facts(h, build_dir, None if tree == Path("/usr/include") else tree)
+
+
+def diff_facts(old: tuple[Header, Facts], new: tuple[Header, Facts]) -> list[str]:
+    """What changed from header ``old`` to header ``new``, one line per change: the
+    protocol minor, structs added or removed, a struct's sizeof, fields added, removed,
+    moved or resized, constants (opcodes, notify codes, flags, ``#define``s) added,
+    removed or given a new value, and the dirent size macros. Empty: the same protocol."""
+    (oh, of), (nh, nf) = old, new
+    out: list[str] = []
+    if of.minor != nf.minor:
+        out.append(f"FUSE_KERNEL_MINOR_VERSION: 7.{of.minor} -> 7.{nf.minor}")
+    out += [f"struct {s}: new ({nf.sizeof[s]} bytes)" for s in nf.sizeof if s not in of.sizeof]
+    out += [f"struct {s}: removed" for s in of.sizeof if s not in nf.sizeof]
+    for s in (s for s in of.sizeof if s in nf.sizeof):
+        if of.sizeof[s] != nf.sizeof[s]:
+            out.append(f"struct {s}: sizeof {of.sizeof[s]} -> {nf.sizeof[s]}")
+        ofields = {f[0]: f[1:] for f in of.fields[s]}
+        nfields = {f[0]: f[1:] for f in nf.fields[s]}
+        for name, (off, size) in nfields.items():
+            if name not in ofields:
+                out.append(f"struct {s}: new field {name} at {off} ({_size_text(size)})")
+            elif ofields[name] != (off, size):
+                o_off, o_size = ofields[name]
+                out.append(
+                    f"struct {s}: field {name} at {o_off} ({_size_text(o_size)}) -> "
+                    f"at {off} ({_size_text(size)})"
+                )
+        out += [f"struct {s}: field {n} removed" for n in ofields if n not in nfields]
+    enum_of = {m: e for e, ms in nh.enums.items() for m in ms}
+    enum_of.update({m: e for e, ms in oh.enums.items() for m in ms if m not in enum_of})
+    for name, value in nf.values.items():
+        if name == "FUSE_KERNEL_MINOR_VERSION":  # the first line already says it
+            continue
+        what = f"{enum_of[name]} member" if name in enum_of else "#define"
+        if name not in of.values:
+            out.append(f"{what} {name} = {value:#x}: new")
+        elif of.values[name] != value:
+            out.append(f"{what} {name}: {of.values[name]:#x} -> {value:#x}")
+    out += [
+        f"{(enum_of[n] + ' member') if n in enum_of else '#define'} {n}: removed"
+        for n in of.values
+        if n not in nf.values
+    ]
+    for n in sorted(set(of.dirent_size) & set(nf.dirent_size)):
+        if (of.dirent_size[n], of.direntplus_size[n]) != (nf.dirent_size[n], nf.direntplus_size[n]):
+            out.append(f"FUSE_DIRENT_SIZE/FUSE_DIRENTPLUS_SIZE of namelen {n} changed")
+    return out
+
+
+def _size_text(size: int | None) -> str:
+    return "flexible" if size is None else f"{size} bytes"

@@ -3,9 +3,10 @@
 The C facts come from a program generated from the header's own struct and field names
 (``tests/fuseh.py``) and compiled with gcc against
 
-* the newest ``linux-libc-dev`` of Debian sid/experimental (``newest_header()``, the
-  protocol the schema describes, 7.46): every struct must match exactly, and there must
-  be 76 of them at 7.46;
+* the *pinned* ``linux-libc-dev`` (``fuseh.pinned_header()``: one package version and the
+  SHA-256 of its fuse.h, protocol 7.46, the one the schema describes): every struct must
+  match exactly, and there are 76 of them. A newer upstream header changes nothing here;
+  ``scripts/compare_fuse_header.py`` reports what it would change;
 * this machine's ``/usr/include/linux/fuse.h`` (7.38 on Debian 12): structs it lacks are
   not compared; structs in both must have the same sizeof, and every old field must
   either sit at the same offset with the same size, or have been *carved*: its bytes are
@@ -20,7 +21,9 @@ prefix) for random bytes, and the fast path equal to the construct.
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import fuseh
 import pytest
@@ -116,12 +119,8 @@ def compare(facts: fuseh.Facts, *, exact: bool) -> tuple[list[str], dict]:
 
 
 @pytest.fixture(scope="module")
-def newest_facts(tmp_path_factory: pytest.TempPathFactory) -> tuple[fuseh.Header, fuseh.Facts]:
-    from fuseproto.daemons import newest_header
-
-    path = newest_header()
-    h = fuseh.parse_header(path)
-    return h, fuseh.compile_facts(h, tmp_path_factory.mktemp("newest"), fuseh.include_root(path))
+def pinned_facts(tmp_path_factory: pytest.TempPathFactory) -> tuple[fuseh.Header, fuseh.Facts]:
+    return fuseh.header_facts(fuseh.pinned_header(), tmp_path_factory.mktemp("pinned"))
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +132,112 @@ def installed_facts(tmp_path_factory: pytest.TempPathFactory) -> tuple[fuseh.Hea
 
 
 @pytest.mark.network
-def test_newest_header_layout(newest_facts: tuple[fuseh.Header, fuseh.Facts]) -> None:
-    h, facts = newest_facts
+def test_pinned_header_layout(pinned_facts: tuple[fuseh.Header, fuseh.Facts]) -> None:
+    h, facts = pinned_facts
     # The parser found what gcc found (gcc would not compile a misread name).
     assert set(h.structs) == set(facts.sizeof)
-    if facts.minor == 46:
-        assert len(facts.sizeof) == 76
-        assert set(facts.sizeof) == set(structs.ALL)
+    assert facts.minor == fuseh.PINNED_MINOR == 46
+    assert len(facts.sizeof) == 76
+    assert set(facts.sizeof) == set(structs.ALL)
     problems, _ = compare(facts, exact=True)
     assert problems == []
 
 
 @pytest.mark.network
-def test_newest_header_dirent_macros(newest_facts: tuple[fuseh.Header, fuseh.Facts]) -> None:
+def test_pinned_header_dirent_macros(pinned_facts: tuple[fuseh.Header, fuseh.Facts]) -> None:
     from fuseproto.wire import constants
 
-    _, facts = newest_facts
+    _, facts = pinned_facts
     assert facts.dirent_size
     for n, size in facts.dirent_size.items():
         assert constants.FUSE_DIRENT_SIZE(n) == size
         assert constants.FUSE_DIRENTPLUS_SIZE(n) == facts.direntplus_size[n]
+
+
+@pytest.mark.network
+def test_pinned_header_is_the_pinned_bytes() -> None:
+    path = fuseh.pinned_header()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == fuseh.PINNED_FUSE_H_SHA256
+
+
+@pytest.mark.network
+def test_upstream_diff_reports_what_changed(
+    pinned_facts: tuple[fuseh.Header, fuseh.Facts],
+    installed_facts: tuple[fuseh.Header, fuseh.Facts],
+) -> None:
+    """The report of scripts/compare_fuse_header.py, from an older header to the pinned
+    one: what 7.39..7.46 added must show up, and a header compared with itself is quiet."""
+    assert fuseh.diff_facts(pinned_facts, pinned_facts) == []
+    old = installed_facts[1]
+    report = fuseh.diff_facts(installed_facts, pinned_facts)
+    assert f"FUSE_KERNEL_MINOR_VERSION: 7.{old.minor} -> 7.46" in report
+    if old.minor < 39:
+        assert "fuse_opcode member FUSE_STATX = 0x34: new" in report
+        assert "struct fuse_statx_in: new (24 bytes)" in report
+        assert "struct fuse_open_out: new field backing_id at 12 (4 bytes)" in report
+        assert "struct fuse_open_out: field padding removed" in report
+    # A changed value and a moved field are named with both sides.
+    h, f = pinned_facts
+    moved = fuseh.Facts(
+        f.minor, dict(f.sizeof, fuse_attr_out=f.sizeof["fuse_attr_out"] + 8),
+        dict(f.fields, fuse_attr_out=[(n, o + 8 * (n == "attr"), s)
+                                      for n, o, s in f.fields["fuse_attr_out"]]),
+        dict(f.values, FUSE_ROOT_ID=2), f.dirent_size, f.direntplus_size,
+    )
+    assert fuseh.diff_facts(pinned_facts, (h, moved)) == [
+        "struct fuse_attr_out: sizeof 104 -> 112",
+        "struct fuse_attr_out: field attr at 16 (88 bytes) -> at 24 (88 bytes)",
+        "#define FUSE_ROOT_ID: 0x1 -> 0x2",
+    ]
+
+
+class _FakeArchive:
+    """Stands in for PrivateApt in test_pinned_header_*: offers ``headers`` (version ->
+    fuse.h bytes) and counts network use."""
+
+    def __init__(self, root: Path, headers: dict[str, bytes]):
+        self.root, self.headers, self.network = root, headers, 0
+
+    def update(self) -> None:
+        self.network += 1
+
+    def versions(self, package: str) -> list[str]:
+        return list(self.headers)
+
+    def download(self, package: str, version: str) -> Path:
+        self.network += 1
+        return Path(version)
+
+
+def _fake_archive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, headers: dict[str, bytes]):
+    fake = _FakeArchive(tmp_path, headers)
+    monkeypatch.setattr(fuseh, "PrivateApt", SimpleNamespace(for_suites=lambda *s, cache_dir=None: fake))
+
+    def extract(deb: Path, dest: Path) -> Path:
+        (dest / "usr/include/linux").mkdir(parents=True)
+        (dest / "usr/include/linux/fuse.h").write_bytes(fake.headers[str(deb)])
+        return dest
+
+    monkeypatch.setattr(fuseh, "extract", extract)
+    return fake
+
+
+def test_pinned_header_is_found_by_its_digest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    good, other = b"/* the pinned header */\n", b"/* 7.47 */\n"
+    monkeypatch.setattr(fuseh, "PINNED_FUSE_H_SHA256", hashlib.sha256(good).hexdigest())
+    # The pinned version offered: taken, then used from the cache with no network.
+    fake = _fake_archive(monkeypatch, tmp_path / "a", {"7.47-1": other, fuseh.PINNED_LIBC_DEV: good})
+    path = fuseh.pinned_header()
+    assert path.read_bytes() == good and fuseh.PINNED_LIBC_DEV in str(path)
+    before = fake.network
+    assert fuseh.pinned_header() == path and fake.network == before
+    # The pinned version gone: another version with the same bytes will do, a newer
+    # header will not.
+    fake = _fake_archive(monkeypatch, tmp_path / "b", {"7.47-1": other, "7.46-2": good})
+    assert fuseh.pinned_header().read_bytes() == good
+    _fake_archive(monkeypatch, tmp_path / "c", {"7.47-1": other})
+    with pytest.raises(AssertionError, match=r"pinned fuse.h 7\.46.*compare_fuse_header"):
+        fuseh.pinned_header()
 
 
 def test_installed_header_layout(installed_facts: tuple[fuseh.Header, fuseh.Facts]) -> None:
