@@ -230,12 +230,20 @@ class CaptureRecorder:
 
     record = __call__
 
+    def write_frame(self, frame: bytes, timestamp_ns: int) -> None:
+        """Write one record's bytes exactly as given (pseudo-header included, nothing
+        checked or hinted): for sample files that hold a deliberately broken frame."""
+        with self._lock:
+            if not self.closed:
+                self._writer.write(frame, timestamp_ns)
+
     def _hint(self, direction: int, data: bytes) -> int | None:
         if direction == Direction.REQUEST:
             if len(data) < _IN.size:
                 return None
             values = _IN.struct.unpack_from(data)
-            opcode, unique = values[_IN_OPCODE], values[_IN_UNIQUE]
+            opcode: int = values[_IN_OPCODE]
+            unique = values[_IN_UNIQUE]
             self._opcodes[unique] = opcode
             self._opcodes.move_to_end(unique)
             while len(self._opcodes) > self.max_pending:

@@ -261,5 +261,5 @@ def write_sample_with_errors(
         for i, (direction, queue, data) in enumerate(msgs):
             rec(direction, queue, data, start_ns + i * step_ns)
         # A record of our link type whose pseudo-header has version 9.
-        rec._writer.write(b"\x09" + b"\0" * 15 + b"junk", start_ns + len(msgs) * step_ns)
+        rec.write_frame(b"\x09" + b"\0" * 15 + b"junk", start_ns + len(msgs) * step_ns)
         return rec.count

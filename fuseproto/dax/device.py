@@ -159,7 +159,9 @@ class WindowDevice:
     # The refusal rules (EINVAL), shared by every device including the simulator's.
     def _bad_range(self, offset: int, length: int) -> bool:
         a = self.alignment
-        return length <= 0 or offset % a or length % a or offset + length > self.window_size
+        return (
+            length <= 0 or offset % a != 0 or length % a != 0 or offset + length > self.window_size
+        )
 
     def _bad_setup(self, moffset: int, length: int, foffset: int) -> bool:
         return self._bad_range(moffset, length) or bool(foffset % self.alignment)
@@ -225,6 +227,12 @@ class WindowDevice:
         self._released(removed)
         return removed
 
+    def release_range(self, start: int, end: int) -> list[DeviceMapping]:
+        """Drop window bytes ``[start, end)`` from the extent map with no request and no
+        validation (a bookkeeping view: :func:`~fuseproto.dax.invariants.check_trace`
+        hands bytes a sender mapped over to it); returns the removed pieces."""
+        return self._carve(start, end)
+
     def _released(self, pieces: list[DeviceMapping]) -> None:
         """Hook: pieces no longer mapped (the mmap device closes unused files)."""
 
@@ -239,9 +247,6 @@ class WindowDevice:
             if m.moffset <= moffset < m.end:
                 return m
         return None
-
-    def mapped_bytes(self) -> int:
-        return sum(m.length for m in self._ext.values())
 
     def segments(self, moffset: int, length: int) -> list[tuple[int, int, DeviceMapping | None]]:
         """Split window bytes ``[moffset, moffset+length)`` into ``(start, end, mapping or

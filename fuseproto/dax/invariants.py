@@ -14,7 +14,6 @@ collects it. The invariants (``INVARIANTS`` maps each name to its one-line state
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,11 +150,6 @@ class DaxChecker:
             self._prev[id(m)] = self._snapshot(m)
         return self
 
-    def retire(self, manager: DaxManager) -> None:
-        """The manager's mount is gone: its view no longer counts for overlaps."""
-        if manager in self.managers:
-            self.managers.remove(manager)
-
     def note_forget(self, manager: DaxManager, nodeid: int) -> None:
         """Tell the checker a node was forgotten (its mappings may leave the view from
         anywhere in the stack)."""
@@ -183,7 +177,7 @@ class DaxChecker:
             invariant,
             detail,
             message=msg.describe() if msg is not None else None,
-            raw=msg._raw if msg is not None else None,
+            raw=msg.encoded if msg is not None else None,
             sender=(msg.sender if msg is not None else getattr(manager, "sender", "")),
             state=state,
         )
@@ -402,7 +396,7 @@ class DaxChecker:
             for start, end, dm in dev.segments(e.moffset, e.length):
                 want = e.foffset + (start - e.moffset)
                 if dm is None or dm.nodeid != e.nodeid or dm.file_offset(start) != want:
-                    now = (
+                    found = (
                         "nothing"
                         if dm is None
                         else (f"nodeid {dm.nodeid} at {dm.file_offset(start):#x}")
@@ -410,7 +404,7 @@ class DaxChecker:
                     self._fail(
                         "view_matches_device",
                         f"view says [{start:#x}, {end:#x}) maps "
-                        f"nodeid {e.nodeid} at {want:#x}; the device maps {now}",
+                        f"nodeid {e.nodeid} at {want:#x}; the device maps {found}",
                         manager=m,
                     )
                     break
@@ -538,8 +532,6 @@ def check_trace(
                             },
                         )
                     )
-                    dev._carve(lo, hi)  # report once: the bytes now belong to rec.sender
-        err = mine.submit(msg)
-        if err and err != errno.EINVAL:
-            continue
+                    dev.release_range(lo, hi)  # report once: the bytes now belong to rec.sender
+        mine.submit(msg)
     return checker.violations

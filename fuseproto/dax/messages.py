@@ -73,8 +73,11 @@ class DaxMessage:
         return self._raw
 
     @property
-    def is_setup(self) -> bool:
-        return self.opcode == FUSE_SETUPMAPPING
+    def encoded(self) -> bytes | None:
+        """The wire bytes if already known (given, or encoded by an earlier ``.raw``),
+        else None: never encodes (a report keeps what exists without paying for, or
+        failing on, encoding a deliberately broken message)."""
+        return self._raw
 
     def ranges(self) -> list[tuple[int, int]]:
         """The window ranges ``(moffset, len)`` the message touches."""

@@ -108,9 +108,6 @@ class ClientBackend:
         """Remember ``attr.size`` from a LOOKUP / GETATTR reply."""
         self._sizes[nodeid] = size
 
-    def invalidate(self, nodeid: int) -> None:
-        self._sizes.pop(nodeid, None)
-
     def file_size(self, nodeid: int) -> int:
         if nodeid not in self._sizes:
             self._sizes[nodeid] = self.client.getattr(nodeid).attr.size
