@@ -26,7 +26,12 @@ from typing import Any, BinaryIO
 from ..errors import DecodeError, LengthMismatchError, ProtocolError
 from ..session import Session
 from ..wire import codec, structs
-from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_notify_code, fuse_opcode
+from ..wire.constants import (
+    FUSE_KERNEL_MINOR_VERSION,
+    fuse_notify_code,
+    fuse_opcode,
+    opcode_name,
+)
 from .frames import FRAME_HEADER, LINKTYPE_FUSE, Direction, FrameError, unpack_frame
 from .pcap import DEFAULT_MAX_CAPLEN, PcapError, PcapRecord, read_records
 
@@ -42,6 +47,8 @@ NOTIFICATION = "notification"
 SKIPPED = "skipped"  # a record of another link type
 BAD_FRAME = "bad-frame"  # our link type, unreadable pseudo-header
 CAPTURE_ERROR = "capture-error"  # the file is corrupt; iteration ends
+# The kind a record's pseudo-header direction announces (decoding may refine it).
+_KIND_OF_DIRECTION: dict[int, str] = {Direction.REQUEST: REQUEST, Direction.REPLY: REPLY}
 
 
 @dataclass
@@ -66,8 +73,16 @@ class CapturedMessage:
         return None if self.header is None else self.header["unique"]
 
     @property
-    def decode_failed(self) -> bool:
-        return isinstance(self.error, DecodeError)
+    def opcode_name(self) -> str | None:
+        """fuse.h's name of :attr:`opcode` (``opcode_name()``: ``FUSE_LOOKUP`` or
+        ``opcode_N``; a notification's code: ``FUSE_NOTIFY_...`` or ``notify_N``), or None
+        when the opcode is unknown."""
+        op = self.opcode
+        if op is None:
+            return None
+        if self.kind == NOTIFICATION:
+            return op.name if isinstance(op, fuse_notify_code) else f"notify_{op}"
+        return opcode_name(op)
 
 
 @dataclass
@@ -87,7 +102,7 @@ class CaptureSummary:
         self.records += m.kind != CAPTURE_ERROR
         self.by_kind[m.kind] += 1
         if m.kind in (REQUEST, REPLY, NOTIFICATION) and m.opcode is not None:
-            self.by_opcode[f"{opname(m.opcode)} {m.kind}"] += 1
+            self.by_opcode[f"{m.opcode_name} {m.kind}"] += 1
         if isinstance(m.error, DecodeError):
             self.decode_errors += 1
         elif isinstance(m.error, ProtocolError):
@@ -110,11 +125,6 @@ class CaptureSummary:
             "capture_error": self.capture_error,
             "minor": self.minor,
         }
-
-
-def opname(op: Any) -> str:
-    name = getattr(op, "name", None)
-    return name if name else str(op)
 
 
 def decode_capture(
@@ -157,7 +167,7 @@ def decode_capture(
         summary.minor = session.minor if session is not None else start_minor
         if session is not None:
             summary.unpaired_requests = [
-                (u, opname(r.opcode)) for u, r in sorted(session.pending.items())
+                (u, opcode_name(r.opcode)) for u, r in sorted(session.pending.items())
             ]
 
 
@@ -181,7 +191,7 @@ def _decode_record(
     m.raw = frame.data
     # What the recorder said it is; decoding refines it (a reply with unique 0 is a
     # notification) but even bytes too short for a header keep a kind.
-    m.kind = {Direction.REQUEST: REQUEST, Direction.REPLY: REPLY}.get(frame.direction, NOTIFICATION)
+    m.kind = _KIND_OF_DIRECTION.get(frame.direction, NOTIFICATION)
     if rec.truncated:
         m.error = PcapError(
             f"message captured {len(frame.data)} of {rec.orig_len - FRAME_HEADER.size} "

@@ -58,7 +58,12 @@ from scapy.fields import (
 from scapy.packet import Packet, Raw
 
 from ..wire import messages, structs
-from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_notify_code, fuse_opcode
+from ..wire.constants import (
+    FUSE_KERNEL_MINOR_VERSION,
+    fuse_notify_code,
+    fuse_opcode,
+    opcode_name,
+)
 from .frames import FLAG_MINOR_VALID, FLAG_OPCODE_VALID, LINKTYPE_FUSE
 
 __all__ = [
@@ -80,6 +85,7 @@ _SCALAR_FIELDS: dict[tuple[int, bool], type[Field]] = {
     (4, True): LESignedIntField,
     (8, True): LESignedLongField,
 }
+# scapy's value -> name tables for the enum fields (opcode, notify code).
 _OPCODE_NAMES = {int(o): o.name for o in fuse_opcode}
 _NOTIFY_NAMES = {int(c): c.name for c in fuse_notify_code}
 _IN_SIZE = structs.fuse_in_header.sizeof()
@@ -260,8 +266,10 @@ def _body_class(kind: str, code: int, parts: tuple, body_len: int) -> type[Packe
     key = ("body", kind, code, parts)
     cls = _CLASSES.get(key)
     if cls is None:
-        names = _NOTIFY_NAMES if kind == "notification" else _OPCODE_NAMES
-        opname = names.get(code, str(code))
+        if kind == "notification":
+            opname = _NOTIFY_NAMES.get(code, f"notify_{code}")
+        else:
+            opname = opcode_name(code)
         suffix = {"request": "Request", "reply": "Reply", "notification": ""}[kind]
         size = sum(p.size for p in parts if isinstance(p, messages.Fixed))
         clsname = f"Fuse{_camel(opname)}{suffix}"

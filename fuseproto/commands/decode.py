@@ -39,7 +39,7 @@ exit status:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "decode",
         help="decode a FUSE capture (pcap/pcapng) or one message given in hex",
@@ -241,12 +241,6 @@ _NAMES = ("name", "newname", "link")
 _SHORT_STRUCT = {"attr": ("ino", "mode", "size"), "stat": ("ino", "mode", "size")}
 
 
-def _opname(op: Any) -> str:
-    if op is None:
-        return "?"
-    return getattr(op, "name", None) or f"opcode({op})"
-
-
 def _errname(err: int) -> str:
     name = _errno.errorcode.get(-err)
     return f"{err} ({name})" if name else str(err)
@@ -278,7 +272,7 @@ def _fmt_value(key: str, v: Any) -> str | None:
     return repr(v)
 
 
-def _fmt_list(key: str, items: list | tuple) -> str:
+def _fmt_list(key: str, items: list[Any] | tuple[Any, ...]) -> str:
     if not items:
         return "[]"
     first = items[0]
@@ -324,7 +318,7 @@ def _text_line(m: Any, t0: int | None) -> str:
     arrow = _ARROW.get(m.kind, "??")
     q = "-" if m.queue is None else m.queue
     unique = "?" if m.header is None else m.header["unique"]
-    line = f"{head} {arrow} q{q} unique={unique:<6} {_opname(m.opcode):<22}"
+    line = f"{head} {arrow} q{q} unique={unique:<6} {m.opcode_name or '?':<22}"
     msg = m.message
     extra = []
     if m.kind == "request" and m.header is not None:
@@ -417,7 +411,7 @@ def _json_line(m: Any, t0: int | None, max_bytes: int) -> dict[str, Any]:
         "direction": None if m.direction is None else int(m.direction),
         "queue": m.queue,
         "unique": m.unique,
-        "opcode": None if m.opcode is None else _opname(m.opcode),
+        "opcode": m.opcode_name,
         "opcode_num": None if m.opcode is None else int(m.opcode),
         "paired": m.paired,
         "header": None if m.header is None else _jsonable(m.header, max_bytes),
