@@ -142,10 +142,10 @@ class _Source:
         left = self.left()
         if left is not None:
             return left <= 0
-        b = self.f.peek(1) if hasattr(self.f, "peek") else None  # type: ignore[attr-defined]
-        if b is None:
+        peek = getattr(self.f, "peek", None)
+        if peek is None:
             raise AssertionError("unseekable sources are wrapped in a BufferedReader")
-        return not b
+        return not peek(1)
 
 
 def read_records(
@@ -160,14 +160,16 @@ def read_records(
         with open(source, "rb") as f:
             yield from _read_stream(_Source(f), max_caplen)
     else:
-        f = source
+        stream: BinaryIO = source
         try:
-            seekable = f.seekable()
+            seekable = stream.seekable()
         except (AttributeError, OSError, ValueError):
             seekable = False
-        if not seekable and not hasattr(f, "peek"):
-            f = io.BufferedReader(f)  # type: ignore[arg-type]
-        yield from _read_stream(_Source(f), max_caplen)
+        if not seekable and not hasattr(stream, "peek"):
+            # A pipe or socket file: raw reads with readinto(), which BinaryIO's type
+            # does not declare.
+            stream = io.BufferedReader(stream)  # type: ignore[type-var]
+        yield from _read_stream(_Source(stream), max_caplen)
 
 
 def _read_stream(src: _Source, max_caplen: int) -> Iterator[PcapRecord]:

@@ -18,7 +18,7 @@ def _size(text: str) -> int:
     return int(float(t[:-1] if t[-1:] in SIZE_SUFFIX else t) * mult)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dax",
         help="DAX window managers: simulate traces, record traces",
@@ -134,7 +134,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--seed", type=int, default=0, help="with --from-daemon: workload seed")
     r.add_argument("command", nargs=argparse.REMAINDER, help="command to run (strace mode)")
     r.set_defaults(func=_record)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def _usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_usage)
 
 
 def _options(specs: list[str]) -> dict[str, dict[str, object]]:
@@ -229,7 +234,7 @@ def _record_daemon(args: argparse.Namespace) -> int:
     if args.command:
         raise SystemExit("record --from-daemon runs its own workload: no command")
     if args.virtiofsd:
-        from fuseproto.fuzz.virtiofsd import resolve_installation
+        from fuseproto.fuzz.harness import resolve_installation
 
         installation = resolve_installation(args.virtiofsd, args.virtiofsd_kind)
     else:

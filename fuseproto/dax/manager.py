@@ -27,9 +27,9 @@ factory is called as ``factory(device, backend, **options)``; ``device`` is a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from .device import WindowDevice
 from .host import FuseBackend
@@ -42,6 +42,7 @@ __all__ = [
     "ManagerFactory",
     "ManagerStats",
     "ReadResult",
+    "RecordDevice",
     "Segment",
     "ViewEntry",
     "WriteResult",
@@ -134,6 +135,20 @@ class DaxObserver(Protocol):
     ) -> None: ...
 
 
+class RecordDevice(Protocol):
+    """A window device that takes mapping records (``accepts_records = True``, the
+    simulator's :class:`~fuseproto.dax.simulator.SimWindow`): the same validation as
+    ``submit``, without a message; each returns 0 or a positive errno."""
+
+    def setup_record(
+        self, nodeid: int, fh: int, foffset: int, length: int, flags: int, moffset: int
+    ) -> int: ...
+
+    def remove_record(
+        self, nodeid: int, entries: Sequence[tuple[int, int]], count: int | None = None
+    ) -> int: ...
+
+
 class DaxManager(ABC):
     """One mount's DAX window policy. Single-threaded: callers serialise operations."""
 
@@ -152,7 +167,9 @@ class DaxManager(ABC):
         # A device that takes mapping records (the simulator's) gets SETUPMAPPING /
         # REMOVEMAPPING as plain fields while nobody observes the messages: same
         # decisions, no message objects (tests/test_dax_sim.py compares both paths).
-        self._records = device if getattr(device, "accepts_records", False) else None
+        self._records: RecordDevice | None = (
+            cast(RecordDevice, device) if getattr(device, "accepts_records", False) else None
+        )
 
     # ---- what policies implement ---------------------------------------------------------
     @abstractmethod

@@ -67,6 +67,7 @@ Single-threaded: the C++ holds one mutex across each read; callers here serialis
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,8 +114,8 @@ class MappingPart(NamedTuple):
     mstart: int
 
 
-def _check_defects(names: object) -> frozenset[str]:
-    got = frozenset(names or ())  # type: ignore[arg-type]
+def _check_defects(names: Iterable[str] | None) -> frozenset[str]:
+    got = frozenset(names or ())
     unknown = got - OSV_SEED_DEFECTS
     if unknown:
         raise ValueError(
@@ -135,7 +136,7 @@ class OsvDaxManager(DaxManager):
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         aggressive: bool = False,
-        seed_defects: object = (),
+        seed_defects: Iterable[str] | None = (),
         sender: str = "",
     ) -> None:
         super().__init__(device, backend, sender=sender)
@@ -443,7 +444,9 @@ class OsvVirtiofs:
     manager per device, shared by the device's mounts (``seed_defects`` may name
     ``unregistered_manager``: the committed code never inserts into the table)."""
 
-    def __init__(self, *, seed_defects: object = (), **manager_options: object) -> None:
+    def __init__(
+        self, *, seed_defects: Iterable[str] | None = (), **manager_options: object
+    ) -> None:
         self.seed_defects = _check_defects(seed_defects)
         self.manager_options = manager_options
         self.dax_managers: dict[int, OsvDaxManager] = {}

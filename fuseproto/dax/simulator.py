@@ -311,7 +311,7 @@ def simulate(
     st = mgr.stats
     return SimResult(
         trace=trace.name,
-        manager=name or getattr(mgr, "name", str(manager)),
+        manager=name or str(getattr(mgr, "name", manager)),
         window_size=window_size,
         chunk=chunk,
         reads=len(trace.accesses),

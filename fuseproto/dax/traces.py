@@ -31,7 +31,7 @@ import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +98,7 @@ class Trace:
         return out
 
 
-def _zipf_sampler(n: int, s: float, rnd: random.Random):
+def _zipf_sampler(n: int, s: float, rnd: random.Random) -> Callable[[], int]:
     weights = [1.0 / (k + 1) ** s for k in range(n)]
     cum, acc = [], 0.0
     for w in weights:
@@ -200,7 +200,7 @@ def mix(seed: int = 0) -> Trace:
     return Trace("mix", files, acc)
 
 
-GENERATORS = {
+GENERATORS: dict[str, Callable[[int], Trace]] = {
     "sequential": sequential,
     "random": random_reads,
     "zipf": zipf,
@@ -237,7 +237,7 @@ def make_trace(spec: str, seed: int = 0) -> Trace:
 
 def save(trace: Trace, path: str | os.PathLike[str]) -> None:
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wt") as f:  # type: ignore[operator]
+    with opener(path, "wt") as f:
         f.write(json.dumps({"name": trace.name, "files": trace.files}) + "\n")
         for a in trace.accesses:
             f.write(f"[{a.nodeid},{a.offset},{a.size}]\n")
@@ -245,7 +245,7 @@ def save(trace: Trace, path: str | os.PathLike[str]) -> None:
 
 def load(path: str | os.PathLike[str], name: str | None = None) -> Trace:
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as f:  # type: ignore[operator]
+    with opener(path, "rt") as f:
         head = json.loads(f.readline())
         files = {int(k): int(v) for k, v in head["files"].items()}
         acc = [Access(*json.loads(line)) for line in f if line.strip()]

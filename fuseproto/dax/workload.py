@@ -30,6 +30,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fuseproto.client import Client
+    from fuseproto.daemons import Installation
 
 __all__ = ["SNAPLEN", "WorkloadRead", "create_files", "record_daemon_reads", "run_workload"]
 
@@ -141,7 +146,9 @@ def _interleave(
         pos[i] += burst
 
 
-def run_workload(client, root: str, files: dict[str, int], *, seed: int = 0) -> list[WorkloadRead]:
+def run_workload(
+    client: Client, root: str, files: dict[str, int], *, seed: int = 0
+) -> list[WorkloadRead]:
     """Look up, open, read (checking every byte against ``root``) and release the files
     as the plan says; returns the READs in the order they were sent."""
     from fuseproto.wire.constants import FUSE_ROOT_ID
@@ -182,7 +189,7 @@ def run_workload(client, root: str, files: dict[str, int], *, seed: int = 0) -> 
 
 
 def record_daemon_reads(
-    installation,
+    installation: Installation,
     pcap_path: str | os.PathLike[str],
     *,
     scale: float = 1.0,
