@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_wire_encode import mutated
 from test_wire_properties import MINORS, OPCODES, body_strategy
+from wire_helpers import common
 
 from fuseproto.errors import (
     DecodeError,
@@ -105,7 +106,7 @@ def test_fixed_request_matches_reference(case, data):
     assert all(type(v) is int for v in request.header.values())
     assert (request.unique, request.nodeid) == (decoded.unique, decoded.nodeid)
     assert request.opcode is decoded.opcode and request.ext == decoded.ext == []
-    assert request.body == messages.schema(parts).parse(payload)
+    common(parts, payload, request.body, size=len(payload) if parts else None)
 
 
 @SETTINGS
@@ -150,8 +151,8 @@ def test_fixed_reply_matches_reference(case, data):
     if n != size:
         assert isinstance(got, type) and issubclass(got, DecodeError)
         return
-    expect = messages.schema(parts).parse(raw[16:])
-    assert got.body == expect and got.header == header
+    common(parts, raw[16:], got.body, size=size - 16)
+    assert got.header == header
     assert got.header == Container(len=n, error=0, unique=unique)
     assert (got.unique, got.error, got.raw) == (unique, 0, raw)
     assert got.opcode == op and got.request is request

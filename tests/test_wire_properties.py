@@ -11,12 +11,15 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from construct import ConstructError, Container
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vectors.fuse_vectors import VECTORS
+
+from wire_helpers import common
 
 from fuseproto.errors import DecodeError
 from fuseproto.wire import codec, messages, structs
@@ -27,38 +30,39 @@ OPCODES = [
     if op not in (C.fuse_opcode.CUSE_INIT_BSWAP_RESERVED, C.fuse_opcode.FUSE_INIT_BSWAP_RESERVED)
 ]
 CODES = list(C.fuse_notify_code)
-_INT_BITS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
 MINORS = [22, 23, 36, 46]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _int(typ: str):
-    if typ.startswith("i"):
-        b = int(typ[1:])
-        return st.integers(-(1 << (b - 1)), (1 << (b - 1)) - 1)
-    return st.integers(0, (1 << _INT_BITS[typ]) - 1)
+def _int(code: str):
+    """Integers of struct code ``code`` (lowercase: signed)."""
+    bits = 8 * struct.calcsize(code)
+    if code.islower():
+        return st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return st.integers(0, (1 << bits) - 1)
 
 
-def struct_strategy(key: str):
-    fields = structs._fields(key)
+def tree_strategy(tree):
+    """Containers for a layout tree (``structs.FAST[...].tree``: the codec's own layout)."""
     parts = {}
-    for f in fields:
-        if f.overlay is not None:
-            continue
-        if f.kind == "int":
-            parts[f.name] = _int(f.type)
-        elif f.kind == "array":
-            parts[f.name] = st.lists(_int(f.type), min_size=f.count, max_size=f.count)
-        elif f.kind == "bytes":
-            parts[f.name] = st.binary(min_size=f.count, max_size=f.count)
-        else:
-            parts[f.name] = struct_strategy(f.type)
+    for n in tree:
+        if n.kind == "int":
+            parts[n.name] = _int(n.code)
+        elif n.kind == "array":
+            parts[n.name] = st.lists(_int(n.code), min_size=n.count, max_size=n.count)
+        elif n.kind == "bytes":
+            parts[n.name] = st.binary(min_size=n.count, max_size=n.count)
+        elif n.kind == "struct":
+            parts[n.name] = tree_strategy(n.children)
     return st.fixed_dictionaries(parts).map(Container)
 
 
+def struct_strategy(name: str):
+    return tree_strategy(structs.FAST[name].tree)
+
+
 def fixed_strategy(part: messages.Fixed):
-    key = part.struct_name if part.size == structs.ALL[part.struct_name].sizeof() else f"{part.struct_name}@{part.size}"
-    return struct_strategy(key)
+    return tree_strategy(part.fl.tree)
 
 
 NAME = st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"n"))
@@ -86,13 +90,13 @@ def part_strategy(part, body_so_far):
             rec = st.builds(
                 lambda e, d, n: Container(entry_out=e, dirent=Container(d, name=n)),
                 struct_strategy("fuse_entry_out"),
-                st.fixed_dictionaries({"ino": _int("u64"), "off": _int("u64"), "type": _int("u32")}),
+                st.fixed_dictionaries({"ino": _int("Q"), "off": _int("Q"), "type": _int("I")}),
                 NAME,
             )
         else:
             rec = st.builds(
                 lambda d, n: Container(d, name=n),
-                st.fixed_dictionaries({"ino": _int("u64"), "off": _int("u64"), "type": _int("u32")}),
+                st.fixed_dictionaries({"ino": _int("Q"), "off": _int("Q"), "type": _int("I")}),
                 NAME,
             )
         return st.lists(rec, max_size=4).map(lambda xs: {"entries": xs})
@@ -241,8 +245,6 @@ def test_arbitrary_bytes(data, op, minor):
        st.integers(0, 6), st.sampled_from(MINORS), st.integers(0, 2**16 - 1))
 def test_arbitrary_bodies_behind_a_valid_header(op, body, extlen, minor, pad):
     """Well-framed garbage: any accepted message re-encodes to the same bytes."""
-    import struct
-
     n = 40 + len(body)
     data = struct.pack("<IIQQIIIHH", n, op, 7, 1, 0, 0, 0, extlen, pad) + body
     try:
@@ -350,6 +352,22 @@ def test_differential_vectors(v, body):
     for k in range(len(body)):
         _check_differential(parts, con, body[:k])
     _check_differential(parts, con, body + b"\0")
+
+
+@pytest.mark.parametrize("v,body", _vector_bodies(), ids=[v["name"] for v, _ in _vector_bodies()])
+def test_common_vectors(v, body):
+    """Each golden body: the construct, the fast parser and the fast builder all agree with
+    the hand-written expectation (wire_helpers.common)."""
+    common(_parts_and_con(v)[0], body, v["body"])
+
+
+@pytest.mark.parametrize("name", sorted(structs.ALL))
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_common_structs(name, data):
+    """Each struct: construct, compiled construct and the codegen fast path agree."""
+    raw = data.draw(st.binary(min_size=structs.FAST[name].size, max_size=structs.FAST[name].size))
+    common(name, raw, structs.ALL[name].parse(raw), size=len(raw))
 
 
 @settings(max_examples=300, deadline=None)

@@ -152,11 +152,11 @@ class CName(Construct):  # type: ignore[misc]
         return rest[:i]
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str | None) -> bytes:
-        obj = octets(obj)
-        if b"\0" in obj:
+        name = octets(obj)
+        if b"\0" in name:
             raise SchemaError("name contains NUL", DecodeError, path)
-        stream.write(obj + b"\0")
-        return obj
+        stream.write(name + b"\0")
+        return name
 
 
 class Check(Construct):  # type: ignore[misc]

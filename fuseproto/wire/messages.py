@@ -180,12 +180,23 @@ __all__ = [
     "parse_ext",
     "build_ext",
     "ext_area",
+    "schema",
+    "prefixed_builder",
+    "request_parts_of",
+    "reply_parts_of",
+    "REQUESTS",
+    "REPLIES",
+    "NOTIFICATIONS",
+    # Importable from here, their homes being parts, ext and constructs:
+    "AnySize",
+    "NameN",
+    "IoctlOut",
+    "SchemaError",
+    "FUSE_SETXATTR_EXT",
+    "FUSE_IOCTL_RETRY",
+    "FUSE_EXT_GROUPS",
+    "FUSE_MAX_NR_SECCTX",
 ]
-
-# Also importable from here (their homes are parts, ext, constructs): the other part
-# kinds, the flag constants the tables use, the schema of a parts tuple.
-_REEXPORTED = (AnySize, NameN, IoctlOut, SchemaError, prefixed_builder, schema)
-_REEXPORTED_CONSTANTS = (FUSE_IOCTL_RETRY, FUSE_EXT_GROUPS, FUSE_MAX_NR_SECCTX)
 
 _OP = C.fuse_opcode
 _NC = C.fuse_notify_code
@@ -464,13 +475,6 @@ def notification_parts(code: int) -> Parts | None:
     """The parts of notification ``code``'s body (None: unknown code, raw bytes)."""
     rule = NOTIFICATIONS.get(int(code))
     return None if rule is None else rule()
-
-
-# The names codec.py used before they were public (kept until it calls the public ones).
-_request_parts = request_parts_of
-_reply_parts = reply_parts_of
-_notification_parts = notification_parts
-_schema = schema
 
 
 # --- whole bodies --------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class Fixed(Part):
         else:
             self.build = self.fl.build
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         if end - off < self.size:
             raise TruncatedError(
                 f"{self.struct_name} needs {self.size} bytes, {end - off} present",
@@ -142,7 +142,7 @@ class Fixed(Part):
             body[k] = v
         return off + self.size, body
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         return defaulted(self.con, self.derive)
 
 
@@ -156,7 +156,7 @@ class AnySize(Part):
         self.variant_fields = {n: frozenset(v.fields) for n, v in self.variants.items()}
         self.all_fields = self.variant_fields[self.sizes[-1]]
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         v = self.variants.get(end - off)
         if v is None:
             raise LengthMismatchError(
@@ -166,7 +166,7 @@ class AnySize(Part):
             )
         return v.parse(buf, off, end, body)
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         # As constructs.BySize: the shortest form holding every field given (not None).
         keys = {k for k, v in body.items() if v is not None} & self.all_fields
         for n in self.sizes:
@@ -174,7 +174,7 @@ class AnySize(Part):
                 break
         return self.variants[n].build(body)
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         raise TypeError("AnySize is a whole body: use schema()")
 
 
@@ -185,7 +185,7 @@ class Name(Part):
         self.field = field
         self.fields = (field,)
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         i = buf.find(b"\0", off, end)
         if i < 0:
             raise TruncatedError("name without terminating NUL", offset=end, path=self.field)
@@ -194,13 +194,13 @@ class Name(Part):
         body[self.field] = buf[off:i]
         return i + 1, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         name = octets(body[self.field])
         if b"\0" in name:
             raise ValueError(f"{self.field} contains NUL")
         return name + b"\0"
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         return [self.field / CName()]
 
 
@@ -212,7 +212,7 @@ class NameN(Part):
         self.len_field = len_field
         self.fields = (field,)
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         n = body[self.len_field]
         if end - off != n + 1:
             raise LengthMismatchError(
@@ -225,10 +225,10 @@ class NameN(Part):
         body[self.field] = buf[off : off + n]
         return end, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         return octets(body[self.field]) + b"\0"  # namelen (derived or forced) is not checked
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         lf = self.len_field
         return [
             Check(lambda c, rem: rem == c[lf] + 1, "name length mismatch", LengthMismatchError),
@@ -245,7 +245,7 @@ class Sized(Part):
         self.size_field = size_field
         self.fields = (field,)
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         n = body[self.size_field]
         if end - off != n:
             raise LengthMismatchError(
@@ -256,10 +256,10 @@ class Sized(Part):
         body[self.field] = buf[off:end]
         return end, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         return octets(body[self.field])  # the size field (derived or forced) is not checked
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         sf = self.size_field
         return [
             Check(lambda c, rem: rem == c[sf], "size mismatch", LengthMismatchError),
@@ -275,7 +275,7 @@ class Rest(Part):
         self.limit = limit
         self.fields = (field,)
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         if self.limit is not None and end - off > self.limit:
             raise LimitExceededError(
                 f"{end - off} bytes above the maximum {self.limit}", offset=off, path=self.field
@@ -285,7 +285,7 @@ class Rest(Part):
         body[self.field] = buf[off:end]
         return end, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         # As GreedyBytes: bytes or bytearray only; the limit is not checked on build.
         data = body[self.field]
         if type(data) is bytearray:
@@ -294,7 +294,7 @@ class Rest(Part):
             raise TypeError(f"{self.field}: expected bytes, got {type(data).__name__}")
         return data
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         out = []
         if self.limit is not None:
             lim = self.limit
@@ -323,7 +323,7 @@ class Counted(Part):
             self.isize = self.fl.size
             self._item_build = self.fl.build
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         n = body[self.count_field]
         if self.limit is not None and n > self.limit:
             raise LimitExceededError(
@@ -345,7 +345,7 @@ class Counted(Part):
         body[self.field] = items
         return end, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         # The count field (derived or forced) and the limit are not checked on build.
         if self.fl is None:  # u64 items: the list must be present (it may be None)
             items = tuple(body[self.field] or ())
@@ -353,7 +353,7 @@ class Counted(Part):
         build = self._item_build
         return b"".join([build(nested(x)) for x in body.get(self.field) or ()])
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         cf, isz, lim = self.count_field, self.isize, self.limit
         out = []
         if lim is not None:
@@ -380,7 +380,7 @@ class Dirents(Part):
         self.plus = plus
         self.fields = ("entries",)
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         items = ListContainer()
         hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
         parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
@@ -407,7 +407,7 @@ class Dirents(Part):
         body["entries"] = items
         return off, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         out = []
         plus = self.plus
         head = _DIRENTPLUS_SIZE if plus else _DIRENT_SIZE
@@ -432,7 +432,7 @@ class Dirents(Part):
             out.append(b"\0" * n if pad is None else chars(pad, n))
         return b"".join(out)
 
-    def subcons(self):
+    def subcons(self) -> list[Construct]:
         if self.plus:
             dirent = Struct(
                 *defaulted(structs.ALL["fuse_dirent"], {"namelen": lambda c: len(c.name)}),
@@ -461,7 +461,7 @@ class IoctlOut(Part):
 
     fields = ("in_iov", "out_iov", "data")
 
-    def parse(self, buf, off, end, body):
+    def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
         if body["flags"] & FUSE_IOCTL_RETRY:
             n_in, n_out = body["in_iovs"], body["out_iovs"]
             if n_in + n_out > C.FUSE_IOCTL_MAX_IOV:
@@ -485,7 +485,7 @@ class IoctlOut(Part):
             body["data"] = buf[off:end]
         return end, body
 
-    def build(self, body):
+    def build(self, body: Mapping[str, Any]) -> bytes:
         # Both iovec lists and the data are built whatever FUSE_IOCTL_RETRY says.
         out = [_IOVEC_BUILD(nested(x)) for x in body.get("in_iov") or ()]
         out += [_IOVEC_BUILD(nested(x)) for x in body.get("out_iov") or ()]
@@ -494,8 +494,10 @@ class IoctlOut(Part):
             out.append(octets(data))
         return b"".join(out)
 
-    def subcons(self):
-        retry = lambda c: bool(c.flags & FUSE_IOCTL_RETRY)  # noqa: E731
+    def subcons(self) -> list[Construct]:
+        def retry(c: Any) -> bool:
+            return bool(c.flags & FUSE_IOCTL_RETRY)
+
         iovec = Struct(*defaulted(structs.ALL["fuse_ioctl_iovec"]))
         return [
             Check(
