@@ -18,7 +18,6 @@ from construct import ConstructError, Container
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vectors.fuse_vectors import VECTORS
-
 from wire_helpers import common
 
 from fuseproto.errors import DecodeError
