@@ -255,7 +255,7 @@ class LoopbackTransport(VhostUserTransport):
         self.spin_s, self.timeout, self.backend_handler, self.tap = 0.0005, 5.0, None, None
         self.negotiated, self.kick_fds, self.call_fds = Negotiated(), [], []
         self.sock, self.backend, self._broken, self._closed = None, None, None, False
-        self._next_queue = 0
+        self._next_queue, self._tmpdir, self._restore_affinity = 0, None, None
         self.mem = GuestMemory(8 << 20)
         self.queues = [SplitVirtqueue(self.mem, i, queue_size) for i in range(2)]
         self._dev = [[0, 0], [0, 0]]  # per queue: device's last avail, used index
@@ -265,11 +265,13 @@ class LoopbackTransport(VhostUserTransport):
     def kick(self, queue: int = 1) -> None:
         t0 = time.perf_counter()
         vq = self.queues[queue]
-        mm, mask, gpa = vq._mm, vq.size - 1, self.mem.gpa_base
-        avail = U16.unpack_from(mm, vq._avail_idx_off)[0]
+        # The ring as the device sees it (virtio 1.x 2.7.6 / 2.7.8): avail flags, idx,
+        # ring[]; used flags, idx, ring[].
+        mm, mask, gpa = self.mem.mm, vq.size - 1, self.mem.gpa_base
+        avail = U16.unpack_from(mm, vq.avail_off + 2)[0]
         last, used = self._dev[queue]
         while last != avail:
-            head = U16.unpack_from(mm, vq._avail_ring_off + 2 * (last & mask))[0]
+            head = U16.unpack_from(mm, vq.avail_off + 4 + 2 * (last & mask))[0]
             last = (last + 1) & 0xFFFF
             i, req, area = head, b"", None
             while True:
@@ -286,9 +288,9 @@ class LoopbackTransport(VhostUserTransport):
                 reply = self.reply_for(req)
                 n = len(reply)
                 mm[area:area + n] = reply
-            VIRTQ_USED_ELEM.pack_into(mm, vq._used_ring_off + 8 * (used & mask), head, n)
+            VIRTQ_USED_ELEM.pack_into(mm, vq.used_off + 4 + 8 * (used & mask), head, n)
             used = (used + 1) & 0xFFFF
-        U16.pack_into(mm, vq._used_idx_off, used)
+        U16.pack_into(mm, vq.used_off + 2, used)
         self._dev[queue] = [last, used]
         self.device_s += time.perf_counter() - t0
 

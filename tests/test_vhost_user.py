@@ -18,22 +18,33 @@ import pytest
 
 from fuseproto.client import Client
 from fuseproto.errors import TransportError, TransportTimeout
-from fuseproto.transport.backend import BackendChannel, DaxMapHandler, DaxWindow
-from fuseproto.transport.vhost_user import (
+from fuseproto.transport import Transport
+from fuseproto.transport.backend import BackendChannel, DaxMapHandler
+from fuseproto.transport.vhost_user import VhostUserTransport
+from fuseproto.transport.vhost_user_proto import (
+    BACKEND_PAYLOADS,
+    FRONTEND_PAYLOADS,
+    HEADER_SIZE,
     VHOST_USER_NEED_REPLY_MASK,
     VHOST_USER_VERSION,
     VhostUserBackendRequest,
     VhostUserFSBackendMsg,
     VhostUserHeader,
     VhostUserMemory,
+    VhostUserMemoryRegion,
     VhostUserMMap,
+    VhostUserPayloadError,
     VhostUserProtocolFeature,
-    VhostUserTransport,
+    VhostUserRequest,
+    VhostUserSingleMemoryRegion,
     VhostUserU64,
     VhostUserVringAddr,
+    VhostUserVringState,
+    parse_payload,
     recv_message,
     send_message,
 )
+from fuseproto.transport.window import Window
 from fuseproto.wire.constants import FUSE_ROOT_ID
 
 daemon_tests = pytest.mark.daemon
@@ -42,14 +53,66 @@ daemon_tests = pytest.mark.daemon
 # -- schemas --------------------------------------------------------------------------------
 
 def test_schema_sizes():
-    assert VhostUserHeader.sizeof() == 12
-    assert VhostUserVringAddr.sizeof() == 40
-    assert VhostUserMMap.sizeof() == 40
-    assert VhostUserFSBackendMsg.sizeof() == 256
-    table = VhostUserMemory.build(dict(nregions=2, padding=0, regions=[
-        dict(guest_addr=1, size=2, user_addr=3, mmap_offset=4)] * 2))
+    assert HEADER_SIZE == VhostUserHeader.STRUCT.size == 12
+    assert VhostUserVringAddr.STRUCT.size == 40
+    assert VhostUserMMap.STRUCT.size == 40
+    assert VhostUserFSBackendMsg.STRUCT.size == 256
+    assert VhostUserSingleMemoryRegion.STRUCT.size == 8 + 32
+    table = VhostUserMemory((VhostUserMemoryRegion(guest_addr=1, size=2, user_addr=3,
+                                                   mmap_offset=4),) * 2).serialize_body()
     assert len(table) == 8 + 2 * 32
-    assert VhostUserMemory.parse(table).regions[1].mmap_offset == 4
+    assert VhostUserMemory.parse_body(table).regions[1].mmap_offset == 4
+
+
+# One value of every layout: parse_body(serialize_body(x)) == x, and the bytes are the
+# C struct's (little-endian fields in declaration order).
+_LAYOUT_VECTORS = [
+    (VhostUserHeader(5, 9, 72), bytes.fromhex("05000000" "09000000" "48000000")),
+    (VhostUserU64(0x1_0000_0002), bytes.fromhex("0200000001000000")),
+    (VhostUserVringState(1, 256), bytes.fromhex("01000000" "00010000")),
+    (VhostUserVringAddr(1, 0, 2, 3, 4, 5),
+     bytes.fromhex("01000000" "00000000") + b"".join(n.to_bytes(8, "little") for n in (2, 3, 4, 5))),
+    (VhostUserMemory((VhostUserMemoryRegion(1, 2, 3, 4),)),
+     bytes.fromhex("01000000" "00000000") + b"".join(n.to_bytes(8, "little") for n in (1, 2, 3, 4))),
+    (VhostUserSingleMemoryRegion(VhostUserMemoryRegion(1, 2, 3, 4)),
+     b"".join(n.to_bytes(8, "little") for n in (0, 1, 2, 3, 4))),
+    (VhostUserMMap(shmid=2, fd_offset=3, shm_offset=4, len=5, flags=1),
+     b"\x02" + bytes(7) + b"".join(n.to_bytes(8, "little") for n in (3, 4, 5, 1))),
+    (VhostUserFSBackendMsg(tuple(range(8)), tuple(range(8, 16)), tuple(range(16, 24)),
+                           tuple(range(24, 32))),
+     b"".join(n.to_bytes(8, "little") for n in range(32))),
+]
+
+
+@pytest.mark.parametrize("value, raw", _LAYOUT_VECTORS, ids=lambda v: type(v).__name__)
+def test_layouts_roundtrip_and_refuse_wrong_lengths(value, raw):
+    layout = type(value)
+    assert value.serialize_body() == raw
+    assert layout.parse_body(raw) == value
+    for bad in (raw[:-1], raw + b"\0", b""):
+        with pytest.raises(VhostUserPayloadError, match=rf"payload of {len(bad)} bytes"):
+            layout.parse_body(bad)
+
+
+def test_memory_table_refuses_too_many_regions():
+    with pytest.raises(VhostUserPayloadError, match="9 regions"):
+        VhostUserMemory.parse_body((9).to_bytes(4, "little") + bytes(4 + 9 * 32))
+
+
+def test_payload_registries():
+    assert FRONTEND_PAYLOADS[VhostUserRequest.SET_MEM_TABLE] is VhostUserMemory
+    assert FRONTEND_PAYLOADS[VhostUserRequest.GET_VRING_BASE] is VhostUserVringState
+    assert BACKEND_PAYLOADS[VhostUserBackendRequest.SHMEM_MAP] is VhostUserMMap
+    assert parse_payload(FRONTEND_PAYLOADS, VhostUserRequest.SET_FEATURES,
+                         bytes(8)) == VhostUserU64(0)
+    # A request the table does not know keeps its bytes.
+    assert parse_payload(BACKEND_PAYLOADS, 77, b"raw") == b"raw"
+    with pytest.raises(VhostUserPayloadError, match="payload of 3 bytes"):
+        parse_payload(BACKEND_PAYLOADS, VhostUserBackendRequest.SHMEM_UNMAP, b"abc")
+
+
+def test_vhost_user_transport_is_a_transport():
+    assert issubclass(VhostUserTransport, Transport)
 
 
 def test_framing_roundtrip_with_fd():
@@ -216,7 +279,7 @@ def test_connect_to_dead_daemon_is_typed(no_leaks, daemon):
 
 @daemon_tests
 def test_backend_channel_set_up_when_offered(no_leaks, installation, shared_dir):
-    window = DaxWindow(1 << 20)
+    window = Window(1 << 20)
     handler = DaxMapHandler(window)
     try:
         with VhostUserTransport.spawn(installation, shared_dir, backend_handler=handler) as t:
@@ -236,7 +299,7 @@ def test_backend_channel_set_up_when_offered(no_leaks, installation, shared_dir)
 def backend_peer():
     """(peer socket, window, handler): the test plays the daemon on ``peer``."""
     ours, peer = socket.socketpair()
-    window = DaxWindow(16 * mmap.PAGESIZE)
+    window = Window(16 * mmap.PAGESIZE)
     handler = DaxMapHandler(window)
     chan = BackendChannel(ours, handler)
     chan.start()
@@ -255,7 +318,15 @@ def _ask(peer, request, payload, fds=()):
                  flags=VHOST_USER_VERSION | VHOST_USER_NEED_REPLY_MASK)
     reply = recv_message(peer)
     assert reply.is_reply and reply.request == request
-    return VhostUserU64.parse(reply.payload).u64
+    return VhostUserU64.parse_body(reply.payload).u64
+
+
+def _mmap(fields: dict) -> bytes:
+    return VhostUserMMap(**fields).serialize_body()
+
+
+def _fs_msg(fields: dict) -> bytes:
+    return VhostUserFSBackendMsg(**{k: tuple(v) for k, v in fields.items()}).serialize_body()
 
 
 def _file(content: bytes) -> int:
@@ -270,13 +341,13 @@ def test_shmem_map_and_unmap(backend_peer):
     fd = _file(b"A" * P + b"B" * P)
     try:
         m = dict(shmid=0, padding=bytes(7), fd_offset=P, shm_offset=3 * P, len=P, flags=1)
-        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(m), [fd]) == 0
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, _mmap(m), [fd]) == 0
         assert window.read(3 * P, 4) == b"BBBB"
         window.write(3 * P, b"xy")  # writable (flags bit 0): visible through the file
         assert os.pread(fd, 2, P) == b"xy"
         assert not window.is_mapped(2 * P, P)
         m["len"] = P
-        assert _ask(peer, VhostUserBackendRequest.SHMEM_UNMAP, VhostUserMMap.build(m)) == 0
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_UNMAP, _mmap(m)) == 0
         assert not window.is_mapped(3 * P, P) and window.mapped_pages() == 0
     finally:
         os.close(fd)
@@ -289,20 +360,23 @@ def test_shmem_map_read_only_and_errors(backend_peer):
     fd = _file(b"R" * P)
     try:
         m = dict(shmid=0, padding=bytes(7), fd_offset=0, shm_offset=0, len=P, flags=0)
-        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(m), [fd]) == 0
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, _mmap(m), [fd]) == 0
         assert window.read(0, 1) == b"R"
-        with pytest.raises(ValueError, match="writable"):
+        with pytest.raises(OSError, match="not mapped writable") as ei:
             window.write(0, b"x")
+        assert ei.value.errno == errno.EFAULT
+        with pytest.raises(OSError, match="not mapped readable"):  # a hole: no SIGBUS
+            window.read(P, 1)
         beyond = dict(m, shm_offset=16 * P)
-        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(beyond),
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, _mmap(beyond),
                     [fd]) == errno.EINVAL
         unaligned = dict(m, shm_offset=100)
-        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, VhostUserMMap.build(unaligned),
+        assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, _mmap(unaligned),
                     [fd]) == errno.EINVAL
         other_region = dict(m, shmid=1)
         assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP,
-                    VhostUserMMap.build(other_region), [fd]) == errno.EINVAL
-        no_fd = VhostUserMMap.build(m)
+                    _mmap(other_region), [fd]) == errno.EINVAL
+        no_fd = _mmap(m)
         assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, no_fd) == errno.EINVAL
         assert _ask(peer, 77, b"") == errno.ENOSYS
         assert _ask(peer, VhostUserBackendRequest.SHMEM_MAP, b"short", [fd]) == errno.EINVAL
@@ -318,14 +392,14 @@ def test_legacy_fs_map_and_unmap(backend_peer):
         z = [0] * 8
         msg = dict(fd_offset=[2 * P, 0] + z[2:], cache_offset=[0, 5 * P] + z[2:],
                    len=[P, P] + z[2:], flags=[3, 1] + z[2:])
-        assert _ask(peer, VhostUserBackendRequest.FS_MAP, VhostUserFSBackendMsg.build(msg),
+        assert _ask(peer, VhostUserBackendRequest.FS_MAP, _fs_msg(msg),
                     [fd]) == 0
         assert window.read(0, 1) == b"2" and window.read(5 * P, 1) == b"0"
         assert window.mapped_pages() == 2
         # len ~0: everything from cache_offset to the window's end.
         unmap = dict(fd_offset=z, cache_offset=z, len=[(1 << 64) - 1] + z[1:], flags=z)
         assert _ask(peer, VhostUserBackendRequest.FS_UNMAP,
-                    VhostUserFSBackendMsg.build(unmap)) == 0
+                    _fs_msg(unmap)) == 0
         assert window.mapped_pages() == 0
     finally:
         os.close(fd)

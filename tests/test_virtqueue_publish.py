@@ -19,7 +19,7 @@ from test_vhost_user import _getattr_body
 
 from fuseproto.client import Client
 from fuseproto.transport.vhost_user import VhostUserTransport
-from fuseproto.transport.virtqueue import GuestMemory, SplitVirtqueue
+from fuseproto.transport.virtqueue import U16, VIRTQ_USED_ELEM, GuestMemory, SplitVirtqueue
 from fuseproto.wire.constants import FUSE_ROOT_ID, fuse_opcode
 
 # A reader in another process (the device's view): map the memfd, read avail.idx as fast
@@ -50,18 +50,22 @@ def test_avail_idx_never_seen_going_back():
     vq = SplitVirtqueue(mem, 1, 256)
     stop_off = mem.carve(4096)  # the watcher's stop flag, in a page of its own
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WATCHER, str(mem.fd), str(vq._avail_idx_off),
+        [sys.executable, "-c", _WATCHER, str(mem.fd), str(vq.avail_off + 2),
          str(stop_off)],
         pass_fds=(mem.fd,), stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        # Publish (and recycle, as the device would) 300k chains: idx wraps 4 times.
+        # Publish 300k chains, each returned at once as the device would (used ring
+        # entry, used.idx) and collected: avail.idx wraps 4 times.
+        used = 0
         for _ in range(300_000):
             req = vq.add((b"x" * 48,), (128,))
-            vq.inflight.pop(req.head)
-            vq._free_desc += req.descs
-            if req.buf_size:
-                mem.release(req.buf_off, req.buf_size)
+            VIRTQ_USED_ELEM.pack_into(mem.mm, vq.used_off + 4 + 8 * (used & 255), req.head, 0)
+            used = (used + 1) & 0xFFFF
+            U16.pack_into(mem.mm, vq.used_off + 2, used)
+            (done,) = vq.collect()
+            vq.take_reply(done)
+        assert mem.allocated == 0 and not vq.inflight
         mem.u16[stop_off >> 1] = 0xDEAD
         out, _ = proc.communicate(timeout=30)
     finally:

@@ -5,253 +5,56 @@ virtqueues (queue 0 = hiprio, 1.. = request queues), and then moves whole FUSE m
 through the rings. It never looks inside a FUSE message: callers encode and decode them
 with :mod:`fuseproto.wire.codec` / :class:`fuseproto.session.Session`.
 
-Facts used (QEMU docs/interop/vhost-user.rst, virtio 1.x spec):
-* every message is a 12-byte header (request u32, flags u32, size u32) plus ``size``
-  payload bytes; fds travel as SCM_RIGHTS ancillary data; flags bits 0-1 are the
-  version (1), bit 2 marks a reply, bit 3 asks for a REPLY_ACK;
-* the handshake follows QEMU's order, SET_MEM_TABLE comes before any SET_VRING_ADDR, and
-  rings are started with SET_VRING_ENABLE only after their kick/call fds are set.
+The messages, their layouts and the framing are :mod:`.vhost_user_proto`'s; this module
+is the frontend's state: the handshake, which follows QEMU's order (SET_MEM_TABLE comes
+before any SET_VRING_ADDR, and rings are started with SET_VRING_ENABLE only after their
+kick/call fds are set), and the data path (QEMU docs/interop/vhost-user.rst, virtio 1.x).
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import enum
 import os
 import select
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-from construct import Array, Bytes, Int8ul, Int32ul, Int64ul, Struct, this
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DaemonError, TransportError, TransportTimeout
-from .virtqueue import GuestMemory, Inflight, SplitVirtqueue, _unpack_u16
+from .backend import BackendChannel, BackendHandler
+from .vhost_user_proto import (
+    VHOST_USER_F_PROTOCOL_FEATURES,
+    VHOST_USER_NEED_REPLY_MASK,
+    VHOST_USER_VERSION,
+    VIRTIO_F_RING_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1,
+    Payload,
+    VhostUserMemory,
+    VhostUserMemoryRegion,
+    VhostUserMessage,
+    VhostUserPayloadError,
+    VhostUserProtocolFeature,
+    VhostUserRequest,
+    VhostUserU64,
+    VhostUserVringAddr,
+    VhostUserVringState,
+    recv_message,
+    request_name,
+    send_message,
+)
+from .virtqueue import GuestMemory, Inflight, SplitVirtqueue
 
-# A tuple, not `bytes | bytearray | memoryview`: that builds a UnionType on every call.
+# A tuple, not `bytes | bytearray | memoryview`: isinstance with a tuple is the faster check.
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
-# -- message schemas (vhost-user.rst "Message types" / "Payload") ---------------------------
+if TYPE_CHECKING:
+    from ..daemons import Daemon, Installation
+    from .base import Transport
 
-VhostUserHeader = Struct("request" / Int32ul, "flags" / Int32ul, "size" / Int32ul)
-VhostUserU64 = Struct("u64" / Int64ul)
-VhostUserVringState = Struct("index" / Int32ul, "num" / Int32ul)
-VhostUserVringAddr = Struct(
-    "index" / Int32ul,
-    "flags" / Int32ul,
-    "descriptor" / Int64ul,  # frontend virtual addresses, translated via the mem table
-    "used" / Int64ul,
-    "available" / Int64ul,
-    "log" / Int64ul,
-)
-VhostUserMemoryRegion = Struct(
-    "guest_addr" / Int64ul,
-    "size" / Int64ul,
-    "user_addr" / Int64ul,
-    "mmap_offset" / Int64ul,
-)
-VhostUserMemory = Struct(
-    "nregions" / Int32ul,
-    "padding" / Int32ul,
-    "regions" / Array(this.nregions, VhostUserMemoryRegion),
-)
-VhostUserSingleMemoryRegion = Struct("padding" / Int64ul, "region" / VhostUserMemoryRegion)
-# Backend -> frontend: VHOST_USER_BACKEND_SHMEM_MAP / _UNMAP payload ("MMAP request").
-VhostUserMMap = Struct(
-    "shmid" / Int8ul,
-    "padding" / Bytes(7),
-    "fd_offset" / Int64ul,
-    "shm_offset" / Int64ul,
-    "len" / Int64ul,
-    "flags" / Int64ul,
-)
-# Legacy virtio-fs DAX draft (FS_MAP/FS_UNMAP), as rust-vmm's vhost crate lays it out:
-# parallel arrays of VHOST_USER_FS_BACKEND_ENTRIES (8) entries; unused entries have len 0.
-VHOST_USER_FS_BACKEND_ENTRIES = 8
-VhostUserFSBackendMsg = Struct(
-    "fd_offset" / Array(VHOST_USER_FS_BACKEND_ENTRIES, Int64ul),
-    "cache_offset" / Array(VHOST_USER_FS_BACKEND_ENTRIES, Int64ul),
-    "len" / Array(VHOST_USER_FS_BACKEND_ENTRIES, Int64ul),
-    "flags" / Array(VHOST_USER_FS_BACKEND_ENTRIES, Int64ul),
-)
-
-HEADER_SIZE = VhostUserHeader.sizeof()
-VHOST_USER_VERSION = 0x1
-VHOST_USER_REPLY_MASK = 1 << 2
-VHOST_USER_NEED_REPLY_MASK = 1 << 3
-VHOST_USER_VRING_IDX_MASK = 0xFF
-VHOST_USER_VRING_NOFD_MASK = 1 << 8
-MAX_PAYLOAD = 4096 + 256
-
-
-class VhostUserRequest(enum.IntEnum):
-    """Front-end message types."""
-
-    GET_FEATURES = 1
-    SET_FEATURES = 2
-    SET_OWNER = 3
-    RESET_OWNER = 4
-    SET_MEM_TABLE = 5
-    SET_LOG_BASE = 6
-    SET_LOG_FD = 7
-    SET_VRING_NUM = 8
-    SET_VRING_ADDR = 9
-    SET_VRING_BASE = 10
-    GET_VRING_BASE = 11
-    SET_VRING_KICK = 12
-    SET_VRING_CALL = 13
-    SET_VRING_ERR = 14
-    GET_PROTOCOL_FEATURES = 15
-    SET_PROTOCOL_FEATURES = 16
-    GET_QUEUE_NUM = 17
-    SET_VRING_ENABLE = 18
-    SEND_RARP = 19
-    NET_SET_MTU = 20
-    SET_BACKEND_REQ_FD = 21
-    IOTLB_MSG = 22
-    SET_VRING_ENDIAN = 23
-    GET_CONFIG = 24
-    SET_CONFIG = 25
-    GET_MAX_MEM_SLOTS = 36
-    ADD_MEM_REG = 37
-    REM_MEM_REG = 38
-    SET_STATUS = 39
-    GET_STATUS = 40
-
-
-class VhostUserBackendRequest(enum.IntEnum):
-    """Back-end message types (sent on the SET_BACKEND_REQ_FD channel)."""
-
-    IOTLB_MSG = 1
-    CONFIG_CHANGE_MSG = 2
-    VRING_HOST_NOTIFIER_MSG = 3
-    VRING_CALL = 4
-    VRING_ERR = 5
-    # The legacy virtio-fs DAX draft used 6-9; upstream reassigned 6-8 to SHARED_OBJECT_*.
-    FS_MAP = 6
-    FS_UNMAP = 7
-    FS_SYNC = 8
-    SHMEM_MAP = 9
-    SHMEM_UNMAP = 10
-
-
-class VhostUserProtocolFeature(enum.IntEnum):
-    MQ = 0
-    LOG_SHMFD = 1
-    RARP = 2
-    REPLY_ACK = 3
-    MTU = 4
-    BACKEND_REQ = 5
-    CROSS_ENDIAN = 6
-    CRYPTO_SESSION = 7
-    PAGEFAULT = 8
-    CONFIG = 9
-    BACKEND_SEND_FD = 10
-    HOST_NOTIFIER = 11
-    INFLIGHT_SHMFD = 12
-    RESET_DEVICE = 13
-    INBAND_NOTIFICATIONS = 14
-    CONFIGURE_MEM_SLOTS = 15
-    STATUS = 16
-    XEN_MMAP = 17
-    SHARED_OBJECT = 18
-    DEVICE_STATE = 19
-    SHMEM = 20
-
-
-VIRTIO_F_RING_INDIRECT_DESC = 28
-VIRTIO_F_RING_EVENT_IDX = 29
-VHOST_USER_F_PROTOCOL_FEATURES = 30
-VIRTIO_F_VERSION_1 = 32
-
-PAYLOADS = {
-    VhostUserRequest.SET_VRING_NUM: VhostUserVringState,
-    VhostUserRequest.SET_VRING_BASE: VhostUserVringState,
-    VhostUserRequest.GET_VRING_BASE: VhostUserVringState,
-    VhostUserRequest.SET_VRING_ENABLE: VhostUserVringState,
-    VhostUserRequest.SET_VRING_ADDR: VhostUserVringAddr,
-    VhostUserRequest.SET_MEM_TABLE: VhostUserMemory,
-    VhostUserRequest.ADD_MEM_REG: VhostUserSingleMemoryRegion,
-    VhostUserRequest.REM_MEM_REG: VhostUserSingleMemoryRegion,
-}
-
-
-def _bit(n: int) -> int:
-    return 1 << n
-
-
-# -- framing --------------------------------------------------------------------------------
-
-@dataclass
-class VhostUserMessage:
-    request: int
-    flags: int
-    payload: bytes
-    fds: list[int] = field(default_factory=list)
-
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.flags & VHOST_USER_REPLY_MASK)
-
-    @property
-    def need_reply(self) -> bool:
-        return bool(self.flags & VHOST_USER_NEED_REPLY_MASK)
-
-
-def send_message(sock: socket.socket, request: int, payload: bytes = b"", *,
-                 fds: Sequence[int] = (), flags: int = VHOST_USER_VERSION) -> None:
-    data = VhostUserHeader.build(dict(request=int(request), flags=flags, size=len(payload))) + payload
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    try:
-        sent = sock.sendmsg([data], anc)
-        if sent != len(data):
-            sock.sendall(data[sent:])
-    except (BrokenPipeError, ConnectionResetError) as e:
-        raise TransportError(f"vhost-user socket closed while sending {_name(request)}: {e}")
-
-
-def recv_message(sock: socket.socket, *, what: str = "message") -> VhostUserMessage:
-    """Read one message (header + payload + fds). Raises TransportError on EOF and
-    TransportTimeout if the socket's timeout expires."""
-    fds: list[int] = []
-    try:
-        head, anc, _flags, _ = sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(8 * 4))
-        for level, kind, blob in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
-                fds.extend(arr)
-        if not head:
-            raise TransportError(f"vhost-user socket closed by peer while waiting for {what}")
-        while len(head) < HEADER_SIZE:
-            more = sock.recv(HEADER_SIZE - len(head))
-            if not more:
-                raise TransportError(f"vhost-user socket closed mid-header ({what})")
-            head += more
-        hdr = VhostUserHeader.parse(head)
-        if hdr.size > MAX_PAYLOAD:
-            raise TransportError(f"vhost-user {what}: payload size {hdr.size} too large")
-        payload = b""
-        while len(payload) < hdr.size:
-            more = sock.recv(hdr.size - len(payload))
-            if not more:
-                raise TransportError(f"vhost-user socket closed mid-payload ({what})")
-            payload += more
-    except TimeoutError:
-        for fd in fds:
-            os.close(fd)
-        raise TransportTimeout(f"no vhost-user {what} within {sock.gettimeout()} s")
-    except ConnectionResetError as e:
-        for fd in fds:
-            os.close(fd)
-        raise TransportError(f"vhost-user socket reset while waiting for {what}: {e}")
-    except TransportError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return VhostUserMessage(hdr.request, hdr.flags, payload, fds)
+# tap(direction, queue, data): called for every request submitted and reply taken.
+Tap = Callable[[int, int, bytes], Any]
 
 
 def _tag_text(tag: object) -> str:
@@ -262,13 +65,6 @@ def _tag_text(tag: object) -> str:
         name = getattr(opcode, "name", None)
         return f"{name if name is not None else opcode} unique {unique}"
     return str(tag)
-
-
-def _name(request: int) -> str:
-    try:
-        return VhostUserRequest(request).name
-    except ValueError:
-        return f"request {request}"
 
 
 # -- the transport --------------------------------------------------------------------------
@@ -282,12 +78,12 @@ class Negotiated:
     backend_channel: bool = False
 
     def has(self, feature: VhostUserProtocolFeature) -> bool:
-        return bool(self.protocol_features & _bit(feature))
+        return bool(self.protocol_features & 1 << feature)
 
     @property
     def indirect_desc(self) -> bool:
         """VIRTIO_RING_F_INDIRECT_DESC was agreed (SET_FEATURES)."""
-        return bool(self.features & _bit(VIRTIO_F_RING_INDIRECT_DESC))
+        return bool(self.features & 1 << VIRTIO_F_RING_INDIRECT_DESC)
 
 
 # Directions as the capture format numbers them (fuseproto.capture.frames.Direction).
@@ -324,18 +120,18 @@ class VhostUserTransport:
         self,
         socket_path: str,
         *,
-        daemon=None,
+        daemon: Daemon | None = None,
         queue_size: int = 256,
         request_queues: int = 1,
         memory_size: int = 32 << 20,
         mode: str = "poll",
         spin_s: float = 0.0005,
         timeout: float = 5.0,
-        backend_handler=None,
+        backend_handler: BackendHandler | None = None,
         own_daemon: bool = True,
-        tap=None,
+        tap: Tap | None = None,
         indirect: bool = False,
-    ):
+    ) -> None:
         if mode not in ("poll", "eventfd"):
             raise ValueError("mode must be 'poll' or 'eventfd'")
         self.socket_path = socket_path
@@ -357,10 +153,12 @@ class VhostUserTransport:
         self.call_fds: list[int] = []
         self.sock: socket.socket | None = None
         self.mem: GuestMemory | None = None
-        self.backend = None
+        self.backend: BackendChannel | None = None
         self._broken: str | None = None
         self._closed = False
         self._next_queue = 0
+        self._tmpdir: str | None = None  # spawn()'s socket directory, removed on close
+        self._restore_affinity: set[int] | None = None  # spawn(colocate=): the caller's CPUs
         try:
             self.mem = GuestMemory(memory_size)
             self._connect()
@@ -371,9 +169,10 @@ class VhostUserTransport:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def spawn(cls, installation, shared_dir: str, *, socket_path: str | None = None,
-              daemon_args: list[str] | None = None, xattr: bool = True,
-              colocate: bool | int = False, **kwargs) -> VhostUserTransport:
+    def spawn(cls, installation: Installation, shared_dir: str, *,
+              socket_path: str | None = None, daemon_args: list[str] | None = None,
+              xattr: bool = True, colocate: bool | int = False,
+              **kwargs: Any) -> VhostUserTransport:
         """Start a daemon on ``shared_dir`` (one per connection) and connect to it; the
         transport owns the daemon and stops it on close.
 
@@ -451,8 +250,8 @@ class VhostUserTransport:
         return f" ({self.daemon.describe()})"
 
     # -- control messages ---------------------------------------------------------------
-    def _send(self, request: VhostUserRequest, payload: bytes = b"", *, fds: Sequence[int] = (),
-              need_reply: bool = False) -> None:
+    def _send(self, request: VhostUserRequest, payload: bytes | Payload = b"", *,
+              fds: Sequence[int] = (), need_reply: bool = False) -> None:
         flags = VHOST_USER_VERSION
         if need_reply and self.negotiated.has(VhostUserProtocolFeature.REPLY_ACK):
             flags |= VHOST_USER_NEED_REPLY_MASK
@@ -460,7 +259,11 @@ class VhostUserTransport:
         send_message(self.sock, request, payload, fds=fds, flags=flags)
         if flags & VHOST_USER_NEED_REPLY_MASK:
             ack = self._reply(request)
-            value = VhostUserU64.parse(ack.payload).u64 if len(ack.payload) >= 8 else 1
+            # The status is a u64; a reply without one counts as a refusal.
+            try:
+                value = VhostUserU64.parse_body(ack.payload).u64
+            except VhostUserPayloadError:
+                value = 1
             if value != 0:
                 raise TransportError(f"daemon rejected {request.name} (REPLY_ACK {value})")
 
@@ -476,31 +279,33 @@ class VhostUserTransport:
             os.close(fd)
         if msg.request != request or not msg.is_reply:
             raise TransportError(
-                f"expected reply to {request.name}, got {_name(msg.request)} flags {msg.flags:#x}"
+                f"expected reply to {request.name}, got {request_name(msg.request)} flags {msg.flags:#x}"
             )
         return msg
 
     def _get_u64(self, request: VhostUserRequest) -> int:
         self._send(request)
         msg = self._reply(request)
-        if len(msg.payload) != 8:
-            raise TransportError(f"{request.name} reply has {len(msg.payload)} payload bytes, not 8")
-        return VhostUserU64.parse(msg.payload).u64
+        try:
+            return VhostUserU64.parse_body(msg.payload).u64
+        except VhostUserPayloadError as e:
+            raise TransportError(f"{request.name} reply: {e}") from None
 
-    def _set_u64(self, request: VhostUserRequest, value: int, **kw) -> None:
-        self._send(request, VhostUserU64.build(dict(u64=value)), **kw)
+    def _set_u64(self, request: VhostUserRequest, value: int, *, fds: Sequence[int] = (),
+                 need_reply: bool = False) -> None:
+        self._send(request, VhostUserU64(value), fds=fds, need_reply=need_reply)
 
     def _handshake(self) -> None:
         P = VhostUserProtocolFeature
         n = self.negotiated
         features = self._get_u64(VhostUserRequest.GET_FEATURES)
         for bit in (VIRTIO_F_VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES):
-            if not features & _bit(bit):
+            if not features & 1 << bit:
                 raise TransportError(f"daemon does not offer feature bit {bit} ({features:#x})")
         offered = self._get_u64(VhostUserRequest.GET_PROTOCOL_FEATURES)
-        want = _bit(P.REPLY_ACK) | _bit(P.MQ) | _bit(P.CONFIGURE_MEM_SLOTS)
+        want = 1 << P.REPLY_ACK | 1 << P.MQ | 1 << P.CONFIGURE_MEM_SLOTS
         if self.backend_handler is not None:
-            want |= _bit(P.BACKEND_REQ) | _bit(P.BACKEND_SEND_FD) | _bit(P.SHMEM)
+            want |= 1 << P.BACKEND_REQ | 1 << P.BACKEND_SEND_FD | 1 << P.SHMEM
         # SET_PROTOCOL_FEATURES never takes NEED_REPLY: REPLY_ACK is not agreed yet.
         self._set_u64(VhostUserRequest.SET_PROTOCOL_FEATURES, offered & want)
         n.protocol_features = offered & want
@@ -515,8 +320,6 @@ class VhostUserTransport:
         if n.has(P.CONFIGURE_MEM_SLOTS):
             n.max_mem_slots = self._get_u64(VhostUserRequest.GET_MAX_MEM_SLOTS)
         if self.backend_handler is not None and n.has(P.BACKEND_REQ):
-            from .backend import BackendChannel
-
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 self._send(VhostUserRequest.SET_BACKEND_REQ_FD, fds=[theirs.fileno()],
@@ -527,9 +330,9 @@ class VhostUserTransport:
             self.backend.start()
             n.backend_channel = True
         self._send(VhostUserRequest.SET_OWNER)
-        n.features = _bit(VIRTIO_F_VERSION_1) | _bit(VHOST_USER_F_PROTOCOL_FEATURES)
+        n.features = 1 << VIRTIO_F_VERSION_1 | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         if self.indirect:
-            n.features |= features & _bit(VIRTIO_F_RING_INDIRECT_DESC)
+            n.features |= features & 1 << VIRTIO_F_RING_INDIRECT_DESC
         self._set_u64(VhostUserRequest.SET_FEATURES, n.features)
         # Rings are carved from guest memory before the table is sent; SET_MEM_TABLE must
         # precede SET_VRING_ADDR, which the daemon translates through the table.
@@ -537,18 +340,16 @@ class VhostUserTransport:
         assert mem is not None
         self.queues = [SplitVirtqueue(mem, i, self.queue_size, indirect=n.indirect_desc)
                        for i in range(1 + self.request_queues)]
-        table = VhostUserMemory.build(dict(nregions=1, padding=0, regions=[dict(
-            guest_addr=mem.gpa_base, size=mem.size, user_addr=mem.uaddr_base, mmap_offset=0)]))
+        table = VhostUserMemory((VhostUserMemoryRegion(
+            guest_addr=mem.gpa_base, size=mem.size, user_addr=mem.uaddr_base, mmap_offset=0),))
         self._send(VhostUserRequest.SET_MEM_TABLE, table, fds=[mem.fd], need_reply=True)
         for vq in self.queues:
             i = vq.index
-            self._send(VhostUserRequest.SET_VRING_NUM,
-                       VhostUserVringState.build(dict(index=i, num=vq.size)))
-            self._send(VhostUserRequest.SET_VRING_BASE,
-                       VhostUserVringState.build(dict(index=i, num=0)))
-            self._send(VhostUserRequest.SET_VRING_ADDR, VhostUserVringAddr.build(dict(
+            self._send(VhostUserRequest.SET_VRING_NUM, VhostUserVringState(i, vq.size))
+            self._send(VhostUserRequest.SET_VRING_BASE, VhostUserVringState(i, 0))
+            self._send(VhostUserRequest.SET_VRING_ADDR, VhostUserVringAddr(
                 index=i, flags=0, descriptor=vq.desc_uaddr, used=vq.used_uaddr,
-                available=vq.avail_uaddr, log=0)))
+                available=vq.avail_uaddr, log=0))
             kick = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             self.kick_fds.append(kick)
             self._set_u64(VhostUserRequest.SET_VRING_KICK, i, fds=[kick])
@@ -557,60 +358,46 @@ class VhostUserTransport:
             self._set_u64(VhostUserRequest.SET_VRING_CALL, i, fds=[call])
         # Wait for each ack: the Rust daemon drops a kick that races the enable.
         for vq in self.queues:
-            self._send(VhostUserRequest.SET_VRING_ENABLE,
-                       VhostUserVringState.build(dict(index=vq.index, num=1)), need_reply=True)
+            self._send(VhostUserRequest.SET_VRING_ENABLE, VhostUserVringState(vq.index, 1),
+                       need_reply=True)
+        assert self.sock is not None
         self.sock.settimeout(None)
         self._poller = select.poll()
-        self._poller.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-        self._fd_queue = {}
-        for vq, call in zip(self.queues, self.call_fds, strict=True):
+        self._sock_fd = self.sock.fileno()
+        self._poller.register(self._sock_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        for call in self.call_fds:
             self._poller.register(call, select.POLLIN)
-            self._fd_queue[call] = vq
 
     # -- data path ----------------------------------------------------------------------
     def submit(self, request: bytes | Sequence[bytes], reply_size: int | Sequence[int], *,
                hiprio: bool = False, queue: int | None = None, tag: object = None,
                kick: bool = True) -> Inflight:
         """Put one request in flight; returns the token :meth:`wait` takes. ``tag`` (a
-        str, or ``(opcode, unique)``, formatted only when an error names it)."""
+        str, or ``(opcode, unique)``, formatted only when an error names it). The chain
+        itself is :meth:`SplitVirtqueue.add`'s business (the one way onto a ring)."""
         if self._broken or self._closed:
             raise TransportError(self._broken or "transport is closed")
-        token = None
-        if (type(request) is bytes and type(reply_size) is int and reply_size
-                and not hiprio and queue is None and self.request_queues == 1):
-            # The common request (one device-readable buffer, one reply area) straight to
-            # the ring: what vq.add does for it, without building lists.
-            vq = self.queues[qi := 1]
-            if not vq.indirect and len(vq._free_desc) >= 2:
-                out: Sequence = (request,)
-                token = vq._add_one_one(request, reply_size, tag)
-        if token is None:
-            out = (request,) if isinstance(request, _BYTES_LIKE) else list(request)
-            if isinstance(reply_size, int):
-                ins: Sequence[int] = (reply_size,) if reply_size else ()
-            else:
-                ins = list(reply_size)  # type: ignore[arg-type]
-            if hiprio:
-                qi = 0
-            elif queue is not None:
-                qi = queue
-            elif self.request_queues == 1:
-                qi = 1
-            else:
-                qi = 1 + self._next_queue
-                self._next_queue = (self._next_queue + 1) % self.request_queues
-            vq = self.queues[qi]
-            if not ins:
-                # Nobody waits for a reply-less request (FORGET): reclaim finished ones
-                # here, and wait for room if the daemon has not caught up (it may be
-                # descheduled).
-                self._collect(vq)
-                need = vq.descriptors_for(len(out))
-                if vq.free_descriptors() < need:
-                    self._wait_room(vq, need)
-            token = vq.add(out, ins, tag)
+        if hiprio:
+            qi = 0
+        elif queue is not None:
+            qi = queue
+        elif self.request_queues == 1:
+            qi = 1
+        else:
+            qi = 1 + self._next_queue
+            self._next_queue = (self._next_queue + 1) % self.request_queues
+        vq = self.queues[qi]
+        if not reply_size:
+            # Nobody waits for a reply-less request (FORGET): reclaim finished ones here,
+            # and wait for room if the daemon has not caught up (it may be descheduled).
+            self._collect(vq)
+            need = vq.descriptors_for(1 if isinstance(request, _BYTES_LIKE) else len(request))
+            if vq.free_descriptors() < need:
+                self._wait_room(vq, need)
+        token = vq.add(request, reply_size, tag)
         if self.tap is not None:
-            self.tap(_REQUEST, qi, b"".join(out))
+            self.tap(_REQUEST, qi, bytes(request) if isinstance(request, _BYTES_LIKE)
+                     else b"".join(request))
         if self.spin_s and vq.interrupts:
             # Busy-polling: the daemon need not write the call eventfd (the flag is
             # written on a change only, not per request).
@@ -647,23 +434,14 @@ class VhostUserTransport:
             raise TransportError("reply already taken")
         vq = self.queues[token.queue]
         if not token.done:
-            self._block_until(vq, (token,), self.timeout if timeout is None else timeout)
+            self._block_until(vq, token, self.timeout if timeout is None else timeout)
         token.taken = True
         reply = vq.take_reply(token)
         if self.tap is not None:
             self.tap(_REPLY, token.queue, reply)
         return reply
 
-    def wait_all(self, tokens: Sequence[Inflight], timeout: float | None = None) -> list[bytes]:
-        """Replies for ``tokens`` in order (one deadline for all)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        out = []
-        for t in tokens:
-            out.append(self.wait(t, max(0.0, deadline - time.monotonic())))
-        return out
-
-    def _block_until(self, vq: SplitVirtqueue, tokens: Sequence[Inflight], timeout: float) -> None:
-        token = tokens[0]
+    def _block_until(self, vq: SplitVirtqueue, token: Inflight, timeout: float) -> None:
         if self._broken:
             raise TransportError(self._broken)
         if self._closed:
@@ -674,13 +452,11 @@ class VhostUserTransport:
             # Spin on the used index with as little work per turn as possible: x1 latency
             # is the time from the daemon's store to our next load.
             spin_end = now + min(self.spin_s, timeout)
-            mm = vq._mm
-            used_idx_off = vq._used_idx_off
-            unpack = _unpack_u16
+            has_used = vq.has_used
             monotonic = time.monotonic
             turns = 0
             while True:
-                if unpack(mm, used_idx_off)[0] != vq._last_used:
+                if has_used():
                     self._collect(vq)
                     if token.done:
                         return
@@ -722,7 +498,7 @@ class VhostUserTransport:
         # Short slices: bound a lost wakeup (store->load reordering on the flag) and let
         # us notice a daemon that died without the socket saying so.
         for fd, _ev in self._poller.poll(max(1, int(min(remaining, 0.05) * 1000))):
-            if fd == self.sock.fileno():
+            if fd == self._sock_fd:
                 self._connection_lost(vq, token)
             else:
                 with contextlib.suppress(BlockingIOError):
@@ -763,7 +539,7 @@ class VhostUserTransport:
             if self.daemon.state() not in ("T", "t"):
                 self.daemon.wait_exit(1.0)
             self.daemon.cleanup()
-            tmp = getattr(self, "_tmpdir", None)
+            tmp = self._tmpdir
             if tmp:
                 with contextlib.suppress(OSError):
                     os.rmdir(tmp)
@@ -781,7 +557,7 @@ class VhostUserTransport:
                 pass  # a caller still holds a view into guest memory; freed with it
         if self.backend is not None:
             self.backend.join()
-        restore = getattr(self, "_restore_affinity", None)
+        restore = self._restore_affinity
         if restore is not None:
             self._restore_affinity = None
             with contextlib.suppress(OSError):
@@ -794,10 +570,9 @@ class VhostUserTransport:
         self.close()
 
 
-__all__ = [
-    "VhostUserHeader", "VhostUserU64", "VhostUserVringState", "VhostUserVringAddr",
-    "VhostUserMemoryRegion", "VhostUserMemory", "VhostUserSingleMemoryRegion",
-    "VhostUserMMap", "VhostUserFSBackendMsg", "VhostUserRequest", "VhostUserBackendRequest",
-    "VhostUserProtocolFeature", "VhostUserMessage", "VhostUserTransport", "send_message",
-    "recv_message",
-]
+if TYPE_CHECKING:
+    def _is_a_transport(t: VhostUserTransport) -> Transport:
+        return t  # mypy checks VhostUserTransport against the Transport protocol here
+
+
+__all__ = ["Negotiated", "Tap", "VhostUserTransport"]

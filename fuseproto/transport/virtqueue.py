@@ -44,6 +44,19 @@ _pack_desc = VIRTQ_DESC.pack_into
 # Two adjacent descriptors in one store (chains are recycled whole, so they often are).
 _pack_desc2 = struct.Struct("<QIHHQIHH").pack_into
 _unpack_u16 = U16.unpack_from
+# What a device-readable segment may be.
+Buffer = bytes | bytearray | memoryview
+# A tuple, not the union: isinstance with a tuple is the faster check.
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _as_chain(out: Buffer | Sequence[Buffer],
+              in_sizes: int | Sequence[int]) -> tuple[Sequence[Buffer], Sequence[int]]:
+    """``add()``'s arguments as sequences: one segment, one area (0: none)."""
+    outs = (out,) if isinstance(out, _BYTES_LIKE) else out
+    if isinstance(in_sizes, int):
+        return outs, (in_sizes,) if in_sizes else ()
+    return outs, in_sizes
 
 PAGE = mmap.PAGESIZE
 # Chains of one request segment and one reply area up to this size (header, body and reply
@@ -106,7 +119,9 @@ class GuestMemory:
         return off
 
     def alloc(self, size: int) -> int:
-        # Size classes: 4 KiB (2**12) and up; sizes <= 4096 all land in class 12.
+        """A block of at least ``size`` bytes; :meth:`release` gives it back."""
+        # Size classes: powers of two from 256 bytes (2**8); sizes <= 256 all land in
+        # class 8, a size of 257..512 in class 9, and so on.
         cls = (size - 1).bit_length() if size > 256 else 8
         free = self._free.get(cls)
         self.allocated += 1
@@ -143,9 +158,10 @@ class GuestMemory:
         self.mm = None  # type: ignore[assignment]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Inflight:
-    """One descriptor chain the device owns until it shows up in the used ring."""
+    """One descriptor chain the device owns until it shows up in the used ring (built
+    by :meth:`SplitVirtqueue.add` only; the transport hands it out as its token)."""
 
     head: int
     descs: list[int]
@@ -153,13 +169,13 @@ class Inflight:
     buf_size: int  # 0: the head's slot (nothing to free)
     in_off: int  # offset of the first device-writable byte
     in_size: int
+    queue: int
+    tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
+    table_len: int = 0  # bytes of the indirect table at buf_off (0: a direct chain)
     done: bool = False
     used_len: int = 0
     abandoned: bool = False  # the waiter gave up (timeout); free silently when used
-    queue: int = 0
-    tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
     taken: bool = False
-    table_len: int = 0  # bytes of the indirect table at buf_off (0: a direct chain)
     data: bytes | None = None  # a slot chain's reply, copied out when it completes
 
 
@@ -183,8 +199,10 @@ class SplitVirtqueue:
         self.used_off = mem.carve(6 + 8 * size, PAGE)
         self._mm = mem.mm
         self._u16 = mem.u16
+        self._gpa_base = mem.gpa_base
         # Taken from the end; laid out so a two-descriptor chain is an adjacent pair
-        # (0, 1), (2, 3) ... and stays one when it comes back (_add_one_one's one store).
+        # (0, 1), (2, 3) ... and stays one when it comes back (add() then writes both
+        # descriptors with one store).
         self._free_desc = [i ^ 1 for i in range(size - 1, -1, -1)] if size > 1 else [0]
         self._avail_idx = 0  # next avail index we publish (free-running u16)
         self._last_used = 0  # next used index we consume
@@ -245,33 +263,89 @@ class SplitVirtqueue:
         full_fence()
         return not (_unpack_u16(self._mm, self._used_flags_off)[0] & VIRTQ_USED_F_NO_NOTIFY)
 
-    def add(self, out: Sequence[bytes | bytearray | memoryview], in_sizes: Sequence[int],
+    def add(self, out: Buffer | Sequence[Buffer], in_sizes: int | Sequence[int],
             tag: object = None) -> Inflight:
-        """Write one chain: ``out`` device-readable segments then device-writable areas of
-        ``in_sizes`` bytes, and publish it in the avail ring (the caller kicks)."""
+        """Write one chain and publish it in the avail ring (the caller kicks): ``out``
+        is the device-readable bytes (one segment) or a sequence of segments, ``in_sizes``
+        the size of one device-writable area (0: none) or a sequence of sizes.
+
+        The only way onto the ring. The common chain (one ``bytes`` segment, one area,
+        no indirect table) is placed inline here; other shapes by :meth:`_place_chain` /
+        :meth:`_place_indirect`. Either way the head is published below, once."""
+        free = self._free_desc
+        seg: Buffer
+        if type(out) is bytes and type(in_sizes) is int:  # the transport's usual call
+            seg, area = out, in_sizes
+            pair = area > 0 and not self.indirect
+        else:
+            outs, ins = _as_chain(out, in_sizes)
+            pair = len(outs) == 1 and len(ins) == 1 and not self.indirect
+            if pair:
+                seg, area = outs[0], ins[0]
+        if pair and len(free) >= 2:
+            # One readable segment and one writable area: a descriptor pair, in the
+            # head's slot when small.
+            ln = len(seg)
+            out_total = (ln + 7) & ~7
+            buf_size = out_total + area
+            mm = self._mm
+            descs = free[-2:]
+            del free[-2:]
+            head, second = descs
+            if buf_size <= SLOT_SIZE:
+                # Most metadata requests: nothing to allocate or free, and the device
+                # reads one compact region.
+                buf = self._slot_base + head * SLOT_SIZE
+                buf_size = 0  # Inflight.buf_size 0: a slot, not an alloc() block
+            else:
+                buf = self.mem.alloc(buf_size)
+            mm[buf:buf + ln] = seg
+            gpa = self._gpa_base + buf
+            if second == head + 1:  # an adjacent pair (the free list keeps them so)
+                _pack_desc2(mm, self.desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT,
+                            second, gpa + out_total, area, VIRTQ_DESC_F_WRITE, 0)
+            else:
+                _pack_desc(mm, self.desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second)
+                _pack_desc(mm, self.desc_off + 16 * second, gpa + out_total, area,
+                           VIRTQ_DESC_F_WRITE, 0)
+            req = Inflight(head=head, descs=descs, buf_off=buf, buf_size=buf_size,
+                           in_off=buf + out_total, in_size=area, queue=self.index, tag=tag)
+        else:
+            outs, ins = _as_chain(out, in_sizes)
+            if self.indirect and len(outs) + len(ins) > 1:
+                req = self._place_indirect(outs, ins, tag)
+            else:
+                req = self._place_chain(outs, ins, tag)
+        # Publish: the ring entry, then the index that makes it visible. Single 16-bit
+        # stores (see the note on U16), in program order: x86 is TSO, so the device
+        # never sees the index before the entry, nor a torn or zeroed index.
+        head = req.head
+        self.inflight[head] = req
+        idx = self._avail_idx
+        u16 = self._u16
+        u16[self._avail_ring_i + (idx & self._mask)] = head
+        idx = self._avail_idx = (idx + 1) & 0xFFFF
+        u16[self._avail_idx_i] = idx
+        return req
+
+    def _place_chain(self, out: Sequence[Buffer],
+                     in_sizes: Sequence[int], tag: object) -> Inflight:
+        """Write a chain of ring descriptors (one per segment and area) and its buffer."""
         free = self._free_desc
         n_out = len(out)
         n = n_out + len(in_sizes)
-        if self.indirect and n > 1:
-            return self._add_indirect(out, in_sizes, tag)
-        if n_out == 1 and n == 2 and len(free) >= 2:
-            return self._add_one_one(out[0], in_sizes[0], tag)
         if n == 0:
             raise ValueError("empty descriptor chain")
         if n > len(free):
             raise TransportError(
                 f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
             )
-        if n_out == 1:
-            out_total = (len(out[0]) + 7) & ~7
-        else:
-            out_total = 0
-            for seg in out:
-                out_total += (len(seg) + 7) & ~7
-        in_total = in_sizes[0] if len(in_sizes) == 1 else sum(in_sizes)
+        out_total = 0
+        for seg in out:
+            out_total += (len(seg) + 7) & ~7
+        in_total = sum(in_sizes)
         buf_size = out_total + in_total
-        mem = self.mem
-        buf = mem.alloc(buf_size)
+        buf = self.mem.alloc(buf_size)
         mm = self._mm
         # Chains go back to the free list whole and in order, so the tail is usually one
         # recycled chain.
@@ -280,8 +354,8 @@ class SplitVirtqueue:
         pos = buf
         i = 0
         last = n - 1
-        gpa_base = mem.gpa_base
-        pack_desc = VIRTQ_DESC.pack_into
+        gpa_base = self._gpa_base
+        pack_desc = _pack_desc
         desc_off = self.desc_off
         for seg in out:
             ln = len(seg)
@@ -303,64 +377,15 @@ class SplitVirtqueue:
                           VIRTQ_DESC_F_WRITE, 0)
             pos += ln
             i += 1
-        head = descs[0]
-        req = Inflight(head, descs, buf, buf_size, in_off, in_total, False, 0, False,
-                       self.index, tag)
-        self.inflight[head] = req
-        idx = self._avail_idx
-        u16 = self._u16
-        u16[self._avail_ring_i + (idx & self._mask)] = head
-        idx = self._avail_idx = (idx + 1) & 0xFFFF
-        # x86 is TSO and these are plain single stores in program order: the ring entry is
-        # visible before the index that publishes it.
-        u16[self._avail_idx_i] = idx
-        return req
+        return Inflight(head=descs[0], descs=descs, buf_off=buf, buf_size=buf_size,
+                        in_off=in_off, in_size=in_total, queue=self.index, tag=tag)
 
-    def _add_one_one(self, seg: bytes | bytearray | memoryview, in_size: int,
-                     tag: object) -> Inflight:
-        """add() for the common chain: one device-readable segment, one writable area."""
-        ln = len(seg)
-        out_total = (ln + 7) & ~7
-        buf_size = out_total + in_size
-        mem = self.mem
-        mm = self._mm
-        free = self._free_desc
-        descs = free[-2:]
-        del free[-2:]
-        head, second = descs
-        if buf_size <= SLOT_SIZE:
-            # Small chains (most metadata requests) use their head's own slot: nothing to
-            # allocate or free, and the device reads one compact region.
-            buf = self._slot_base + head * SLOT_SIZE
-            buf_size = 0  # Inflight.buf_size 0: a slot, not an alloc() block
-        else:
-            buf = mem.alloc(buf_size)
-        mm[buf:buf + ln] = seg
-        in_off = buf + out_total
-        gpa = mem.gpa_base + buf
-        desc_off = self.desc_off
-        if second == head + 1:
-            _pack_desc2(mm, desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second,
-                        gpa + out_total, in_size, VIRTQ_DESC_F_WRITE, 0)
-        else:
-            _pack_desc(mm, desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second)
-            _pack_desc(mm, desc_off + 16 * second, gpa + out_total, in_size,
-                       VIRTQ_DESC_F_WRITE, 0)
-        req = Inflight(head, descs, buf, buf_size, in_off, in_size, False, 0, False,
-                       self.index, tag)
-        self.inflight[head] = req
-        idx = self._avail_idx
-        u16 = self._u16
-        u16[self._avail_ring_i + (idx & self._mask)] = head
-        idx = self._avail_idx = (idx + 1) & 0xFFFF
-        u16[self._avail_idx_i] = idx  # after the entry (x86 TSO, see add())
-        return req
-
-    def _add_indirect(self, out: Sequence[bytes | bytearray | memoryview],
-                      in_sizes: Sequence[int], tag: object) -> Inflight:
-        """add() through an indirect table: one buffer holds the table (first, so it is
-        16-byte aligned), the device-readable bytes, then the writable areas; it is freed
-        whole when the chain comes back, so the table lives and dies with the request."""
+    def _place_indirect(self, out: Sequence[Buffer],
+                        in_sizes: Sequence[int], tag: object) -> Inflight:
+        """Write one ring descriptor pointing at an indirect table: one buffer holds the
+        table (first, so it is 16-byte aligned), the device-readable bytes, then the
+        writable areas; it is freed whole when the chain comes back, so the table lives
+        and dies with the request."""
         free = self._free_desc
         n = len(out) + len(in_sizes)
         # 2.7.5.3.1: a table is a chain, and a chain is at most Queue Size descriptors.
@@ -377,10 +402,9 @@ class SplitVirtqueue:
             out_total += (len(seg) + 7) & ~7
         in_total = sum(in_sizes)
         buf_size = table_len + out_total + in_total
-        mem = self.mem
-        buf = mem.alloc(buf_size)
+        buf = self.mem.alloc(buf_size)
         mm = self._mm
-        gpa_base = mem.gpa_base
+        gpa_base = self._gpa_base
         pack_desc = _pack_desc
         # Table entries chain with NEXT from index 0; the last has no NEXT (2.7.5.3.1).
         pos = buf + table_len
@@ -406,15 +430,15 @@ class SplitVirtqueue:
         # The ring descriptor: INDIRECT alone (never with NEXT), len a multiple of 16.
         pack_desc(mm, self.desc_off + 16 * head, gpa_base + buf, table_len,
                   VIRTQ_DESC_F_INDIRECT, 0)
-        req = Inflight(head, [head], buf, buf_size, in_off, in_total, False, 0, False,
-                       self.index, tag, False, table_len)
-        self.inflight[head] = req
-        idx = self._avail_idx
-        u16 = self._u16
-        u16[self._avail_ring_i + (idx & self._mask)] = head
-        idx = self._avail_idx = (idx + 1) & 0xFFFF
-        u16[self._avail_idx_i] = idx  # after the entry (x86 TSO, see add())
-        return req
+        return Inflight(head=head, descs=[head], buf_off=buf, buf_size=buf_size,
+                        in_off=in_off, in_size=in_total, queue=self.index, tag=tag,
+                        table_len=table_len)
+
+    def has_used(self) -> bool:
+        """Whether the device has published used entries :meth:`collect` has not taken
+        yet (one load of used.idx: cheap enough to spin on)."""
+        used_idx: int = _unpack_u16(self._mm, self._used_idx_off)[0]
+        return used_idx != self._last_used
 
     def collect(self) -> list[Inflight]:
         """Consume every new used-ring entry; returns the completed chains (abandoned
@@ -461,9 +485,9 @@ class SplitVirtqueue:
     def take_reply(self, req: Inflight) -> bytes:
         """Copy the device-written bytes out and free the chain's buffer."""
         if not req.buf_size:
-            data = req.data
+            data = req.data  # copied out by collect()
             req.data = None
-            return data
+            return data if data is not None else b""
         n = req.used_len
         if n > req.in_size:
             n = req.in_size
