@@ -12,10 +12,10 @@ header layers and every body layer are generated from the declarations the codec
 the constructs of :mod:`fuseproto.wire.structs` (walked subcon by subcon: integer ->
 little-endian scapy field, integer array -> ``FieldListField``, ``char[n]`` ->
 ``StrFixedLenField``, nested struct -> ``PacketField`` of its own generated layer) and
-the per-opcode parts of :mod:`fuseproto.wire.messages` (``Name`` -> ``StrNullField``,
-``Sized`` -> ``StrLenField`` by its size field, ``Counted`` -> a list by its count field,
-``Dirents`` -> a list of dirent layers, ``Rest`` -> ``StrField``). So field names and
-order are fuse.h's, and :func:`as_dict` of a body layer equals the codec's Container.
+the per-opcode parts of :mod:`fuseproto.wire.messages` (classes in
+:mod:`fuseproto.wire.parts`: ``Name`` -> ``StrNullField``, ``Sized`` -> ``StrLenField``
+by its size field, ``Counted`` -> a list by its count field, ``Dirents`` -> a list of
+dirent layers, ``Rest`` -> ``StrField``). So field names and order are fuse.h's, and :func:`as_dict` of a body layer equals the codec's Container.
 
 Limits of a stateless dissector (use :func:`fuseproto.capture.decode_capture` when they
 matter): a reply's body needs its request's opcode, taken from the capture's opcode hint
@@ -31,11 +31,13 @@ with ``pkt.getfieldval("name")`` (``pkt.name`` is the layer's display name).
 from __future__ import annotations
 
 import struct as _struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from construct import Array, Bytes, Computed, Construct, FormatField, Renamed, Struct
 from scapy.config import conf
 from scapy.fields import (
+    AnyField,
     ByteEnumField,
     ByteField,
     ConditionalField,
@@ -57,7 +59,7 @@ from scapy.fields import (
 )
 from scapy.packet import Packet, Raw
 
-from ..wire import messages, structs
+from ..wire import messages, parts, structs
 from ..wire.constants import (
     FUSE_KERNEL_MINOR_VERSION,
     fuse_notify_code,
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 # (size, signed) of a little-endian struct format -> scapy field.
-_SCALAR_FIELDS: dict[tuple[int, bool], type[Field]] = {
+_SCALAR_FIELDS: dict[tuple[int, bool], type[Field[Any, Any]]] = {
     (1, False): ByteField,
     (2, False): LEShortField,
     (4, False): LEIntField,
@@ -88,8 +90,10 @@ _SCALAR_FIELDS: dict[tuple[int, bool], type[Field]] = {
 # scapy's value -> name tables for the enum fields (opcode, notify code).
 _OPCODE_NAMES = {int(o): o.name for o in fuse_opcode}
 _NOTIFY_NAMES = {int(c): c.name for c in fuse_notify_code}
-_IN_SIZE = structs.fuse_in_header.sizeof()
-_OUT_SIZE = structs.fuse_out_header.sizeof()
+_IN_HEADER = structs.ALL["fuse_in_header"]
+_OUT_HEADER = structs.ALL["fuse_out_header"]
+_IN_SIZE = _IN_HEADER.sizeof()
+_OUT_SIZE = _OUT_HEADER.sizeof()
 _STRUCT_NAMES = {id(con): name for name, con in structs.ALL.items()}
 
 
@@ -103,7 +107,7 @@ class _Element(Packet):
 # --- fields from the struct declarations ---------------------------------------------------
 
 
-def _scalar(fmt: FormatField, name: str) -> Field:
+def _scalar(fmt: FormatField, name: str) -> Field[Any, Any]:
     code = fmt.fmtstr
     try:
         if code[0] != "<":
@@ -113,9 +117,9 @@ def _scalar(fmt: FormatField, name: str) -> Field:
         raise TypeError(f"no scapy field for struct format {fmt.fmtstr!r} ({name})") from None
 
 
-def _fields_of(con: Construct, enums: dict[str, dict[int, str]] | None = None) -> list[Field]:
+def _fields_of(con: Construct, enums: dict[str, dict[int, str]] | None = None) -> list[AnyField]:
     """The scapy fields of a struct construct, subcon by subcon (see module docstring)."""
-    out: list[Field] = []
+    out: list[AnyField] = []
     for sc in con.subcons:
         assert isinstance(sc, Renamed)
         name, inner = sc.name, sc.subcon
@@ -130,7 +134,10 @@ def _fields_of(con: Construct, enums: dict[str, dict[int, str]] | None = None) -
             n = inner.count
             out.append(
                 FieldListField(
-                    name, [0] * n, _scalar(inner.subcon, ""), count_from=lambda p, n=n: n
+                    name,
+                    [0] * n,  # type: ignore[list-item]  # scapy types the default as fields
+                    _scalar(inner.subcon, ""),
+                    count_from=_constant(n),
                 )
             )
         elif isinstance(inner, Bytes):
@@ -143,11 +150,21 @@ def _fields_of(con: Construct, enums: dict[str, dict[int, str]] | None = None) -
     return out
 
 
+def _constant(n: int) -> Callable[[Packet], int]:
+    """A ``count_from`` for a fixed-length array (``T name[n]``)."""
+    return lambda p: n
+
+
 _CLASSES: dict[Any, type[Packet]] = {}
+# The constructs whose id() keys a layer in _CLASSES, kept alive so no id is reused.
+_KEYED_CONSTRUCTS: dict[int, Construct] = {}
 
 
-def _make(name: str, fields: list[Field], base: type[Packet] = _Element, **attrs: Any) -> type:
-    return type(name, (base,), {"name": attrs.pop("display", name), "fields_desc": fields, **attrs})
+def _make(
+    name: str, fields: list[AnyField], base: type[Packet] = _Element, **attrs: Any
+) -> type[Packet]:
+    ns = {"name": attrs.pop("display", name), "fields_desc": fields, **attrs}
+    return cast("type[Packet]", type(name, (base,), ns))
 
 
 def _struct_class(con: Construct) -> type[Packet]:
@@ -156,7 +173,7 @@ def _struct_class(con: Construct) -> type[Packet]:
     if cls is None:
         name = _STRUCT_NAMES.get(id(con)) or f"fuse_struct_{con.sizeof()}_{len(_CLASSES)}"
         cls = _CLASSES[key] = _make(name, _fields_of(con))
-        cls._construct = con  # keep it alive: the key is its id
+        _KEYED_CONSTRUCTS[id(con)] = con
     return cls
 
 
@@ -179,16 +196,16 @@ def _dirent_layer(plus: bool) -> type[Packet]:
             StrLenField(flex, b"", length_from=lambda p: p.namelen),
         ],
     )
-    hsize = structs.fuse_dirent.sizeof()
+    hsize = structs.ALL["fuse_dirent"].sizeof()
     if not plus:
-        fields = [
+        fields: list[AnyField] = [
             *named.fields_desc,
             StrLenField("pad", b"", length_from=lambda p: -(hsize + p.namelen) % 8),
         ]
         cls = _make("fuse_dirent_record", fields)
     else:
         entry = _struct_class(structs.ALL["fuse_entry_out"])
-        psize = structs.fuse_direntplus.sizeof()
+        psize = structs.ALL["fuse_direntplus"].sizeof()
         fields = [
             PacketField("entry_out", entry(), entry),
             PacketField("dirent", named(), named),
@@ -203,23 +220,23 @@ def _dirent_layer(plus: bool) -> type[Packet]:
     return cls
 
 
-def _part_fields(part: messages.Part) -> list[Field]:
-    if isinstance(part, messages.Fixed):
+def _part_fields(part: parts.Part) -> list[AnyField]:
+    if isinstance(part, parts.Fixed):
         return _fields_of(part.con)
-    if isinstance(part, messages.NameN):
+    if isinstance(part, parts.NameN):
         lf = part.len_field
         return [
             StrLenField(part.field, b"", length_from=lambda p: getattr(p, lf)),
             StrFixedLenField(f"{part.field}_nul", b"\0", 1),
         ]
-    if isinstance(part, messages.Name):
+    if isinstance(part, parts.Name):
         return [StrNullField(part.field, b"")]
-    if isinstance(part, messages.Sized):
+    if isinstance(part, parts.Sized):
         sf = part.size_field
         return [StrLenField(part.field, b"", length_from=lambda p: getattr(p, sf))]
-    if isinstance(part, messages.Rest):
+    if isinstance(part, parts.Rest):
         return [StrField(part.field, b"")]
-    if isinstance(part, messages.Counted):
+    if isinstance(part, parts.Counted):
         cf = part.count_field
         if part.item == "u64":
             return [
@@ -229,11 +246,11 @@ def _part_fields(part: messages.Part) -> list[Field]:
             ]
         cls = _struct_class(structs.ALL[part.item])
         return [PacketListField(part.field, [], cls, count_from=lambda p: getattr(p, cf))]
-    if isinstance(part, messages.Dirents):
+    if isinstance(part, parts.Dirents):
         return [PacketListField("entries", [], _dirent_layer(part.plus))]
-    if isinstance(part, messages.IoctlOut):
+    if isinstance(part, parts.IoctlOut):
         iov = _struct_class(structs.ALL["fuse_ioctl_iovec"])
-        retry = messages.FUSE_IOCTL_RETRY
+        retry = parts.FUSE_IOCTL_RETRY
 
         def is_retry(p: Packet) -> bool:
             return bool(p.flags & retry)
@@ -254,16 +271,18 @@ def _camel(name: str) -> str:
     return "".join(w.capitalize() for w in name.removeprefix("FUSE_").split("_"))
 
 
-def _body_class(kind: str, code: int, parts: tuple, body_len: int) -> type[Packet] | None:
-    """The body layer for ``parts`` (None: no body). INIT picks its prefix by length."""
-    if len(parts) == 1 and isinstance(parts[0], messages.AnySize):
-        variant = parts[0].variants.get(body_len)
+def _body_class(
+    kind: str, code: int, body_parts: tuple[parts.Part, ...], body_len: int
+) -> type[Packet] | None:
+    """The body layer for ``body_parts`` (None: no body). INIT picks its prefix by length."""
+    if len(body_parts) == 1 and isinstance(body_parts[0], parts.AnySize):
+        variant = body_parts[0].variants.get(body_len)
         if variant is None:
             return None
-        parts = (variant,)
-    if not parts:
+        body_parts = (variant,)
+    if not body_parts:
         return None
-    key = ("body", kind, code, parts)
+    key = ("body", kind, code, body_parts)
     cls = _CLASSES.get(key)
     if cls is None:
         if kind == "notification":
@@ -271,11 +290,11 @@ def _body_class(kind: str, code: int, parts: tuple, body_len: int) -> type[Packe
         else:
             opname = opcode_name(code)
         suffix = {"request": "Request", "reply": "Reply", "notification": ""}[kind]
-        size = sum(p.size for p in parts if isinstance(p, messages.Fixed))
+        size = sum(p.size for p in body_parts if isinstance(p, parts.Fixed))
         clsname = f"Fuse{_camel(opname)}{suffix}"
         if any(k[:3] == ("body", kind, code) for k in _CLASSES):
             clsname += f"_{size}"  # a compat variant of a layer made before
-        fields = [f for p in parts for f in _part_fields(p)]
+        fields = [f for p in body_parts for f in _part_fields(p)]
         cls = _CLASSES[key] = _make(
             clsname, fields, base=Packet, display=f"{opname} {kind}".rstrip()
         )
@@ -290,17 +309,17 @@ def body_layer(
     None when the body is empty or unknown. ``body_len`` selects INIT's size variant.
     """
     if kind == "request":
-        parts = messages.request_parts(code, minor)
+        body_parts = messages.request_parts(code, minor)
     elif kind == "reply":
         xattr = None
         if code in (fuse_opcode.FUSE_GETXATTR, fuse_opcode.FUSE_LISTXATTR):
-            xattr = 0 if body_len == structs.fuse_getxattr_out.sizeof() else 1
-        parts = messages.reply_parts(code, minor, xattr)
+            xattr = 0 if body_len == structs.ALL["fuse_getxattr_out"].sizeof() else 1
+        body_parts = messages.reply_parts(code, minor, xattr)
     else:
-        parts = messages.notification_parts(code)
-    if parts is None:
+        body_parts = messages.notification_parts(code)
+    if body_parts is None:
         return None
-    return _body_class(kind, code, parts, body_len)
+    return _body_class(kind, code, body_parts, body_len)
 
 
 # --- the capture pseudo-header and the FUSE headers ----------------------------------------
@@ -348,7 +367,7 @@ class FuseInHeader(Packet):
     """struct fuse_in_header, generated from ``structs.fuse_in_header``."""
 
     name = "fuse_in_header"
-    fields_desc = _fields_of(structs.fuse_in_header, {"opcode": _OPCODE_NAMES})
+    fields_desc = _fields_of(_IN_HEADER, {"opcode": _OPCODE_NAMES})
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         # The body ends where the extension area (total_extlen 8-byte units) begins.
@@ -368,7 +387,7 @@ class FuseOutHeader(Packet):
     """struct fuse_out_header, generated from ``structs.fuse_out_header``."""
 
     name = "fuse_out_header"
-    fields_desc = _fields_of(structs.fuse_out_header)
+    fields_desc = _fields_of(_OUT_HEADER)
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         n = max(0, self.len - _OUT_SIZE)
@@ -418,7 +437,7 @@ def as_dict(pkt: Packet | None) -> dict[str, Any]:
     return out
 
 
-def _plain(v: Any, f: Field | None = None) -> Any:
+def _plain(v: Any, f: AnyField | None = None) -> Any:
     if isinstance(v, Packet):
         return as_dict(v)
     if isinstance(v, list):
