@@ -15,7 +15,8 @@ little-endian scapy field, integer array -> ``FieldListField``, ``char[n]`` ->
 the per-opcode parts of :mod:`fuseproto.wire.messages` (classes in
 :mod:`fuseproto.wire.parts`: ``Name`` -> ``StrNullField``, ``Sized`` -> ``StrLenField``
 by its size field, ``Counted`` -> a list by its count field, ``Dirents`` -> a list of
-dirent layers, ``Rest`` -> ``StrField``). So field names and order are fuse.h's, and :func:`as_dict` of a body layer equals the codec's Container.
+dirent layers, ``Rest`` -> ``StrField``). So field names and order are fuse.h's, and
+:func:`as_dict` of a body layer equals the codec's Container.
 
 Limits of a stateless dissector (use :func:`fuseproto.capture.decode_capture` when they
 matter): a reply's body needs its request's opcode, taken from the capture's opcode hint
