@@ -12,6 +12,7 @@ import mmap
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -45,7 +46,7 @@ from fuseproto.transport.vhost_user_proto import (
     send_message,
 )
 from fuseproto.transport.window import Window
-from fuseproto.wire.constants import FUSE_ROOT_ID
+from fuseproto.wire.constants import FUSE_ROOT_ID, fuse_opcode
 
 daemon_tests = pytest.mark.daemon
 
@@ -200,13 +201,33 @@ def test_daemon_never_answering_times_out_then_recovers(no_leaks, installation, 
         c = Client(t)
         c.init()
         t.daemon.freeze()
-        p = c.submit(3, _getattr_body(), nodeid=FUSE_ROOT_ID)
-        start = time.monotonic()
-        with pytest.raises(TransportTimeout) as ei:
-            c.result(p, timeout=0.3)
-        assert time.monotonic() - start < 2
-        msg = str(ei.value)
-        assert f"unique {p.unique}" in msg and "stopped" in msg
+        p = c.submit(fuse_opcode.FUSE_GETATTR, _getattr_body(), nodeid=FUSE_ROOT_ID)
+        # result() waits in a thread: a timeout that never fires fails here, within a
+        # generous bound, instead of hanging until pytest-timeout; one that is ignored
+        # (the transport's default used instead) shows in the figure the message names.
+        outcome: list[BaseException | None] = []
+        elapsed: list[float] = []
+
+        def wait() -> None:
+            start = time.monotonic()
+            try:
+                c.result(p, timeout=0.3)
+                outcome.append(None)
+            except BaseException as e:  # asserted below, typed
+                outcome.append(e)
+            elapsed.append(time.monotonic() - start)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(30)
+        assert not waiter.is_alive(), "result(p, timeout=0.3) still blocked after 30 s"
+        (err,) = outcome
+        assert type(err) is TransportTimeout, repr(err)
+        msg = str(err)
+        assert f"FUSE_GETATTR unique {p.unique}" in msg, msg  # names the request
+        assert "after 0.3 s" in msg, msg  # the timeout given, not the default
+        assert "stopped" in msg, msg  # and the daemon's state
+        assert 0.299 <= elapsed[0] < 30
         t.daemon.thaw()
         # The abandoned chain is reclaimed when the daemon finally uses it.
         assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
