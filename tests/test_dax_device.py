@@ -164,12 +164,11 @@ def test_mmap_device_past_eof_and_truncation_do_not_sigbus(hostdir):
             dev.read(4 * P, 10); raise SystemExit("no fault after truncate")
         except WindowFault:
             pass
-        import ctypes
-        buf = ctypes.create_string_buffer(10)
         try:
-            dev._copy("process_vm_readv", dev.base + 4 * P, buf, 10)
+            dev.window.read(4 * P, 10)  # the window's own copy, without the size check
             raise SystemExit("copy did not fail")
-        except WindowFault as e:
+        except OSError as e:
+            assert e.errno == errno.EFAULT, e
             print("EFAULT", e.errno)
     """)
     r = subprocess.run(

@@ -24,7 +24,6 @@ Devices: :class:`ModelDevice` (pure Python over a :class:`~fuseproto.dax.host.Fi
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import mmap
 import os
@@ -32,7 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuseproto import libc
 from fuseproto.errors import FuseprotoError
+from fuseproto.transport.window import Window
 
 from .host import FileStore, Resolver
 from .messages import (
@@ -393,43 +394,6 @@ class ModelDevice(WindowDevice):
 
 # ---- the real window: this process's memory, real mmap ----------------------------------
 
-_PROT_READ, _PROT_WRITE = mmap.PROT_READ, mmap.PROT_WRITE
-_MAP_SHARED, _MAP_PRIVATE, _MAP_ANONYMOUS = mmap.MAP_SHARED, mmap.MAP_PRIVATE, mmap.MAP_ANONYMOUS
-_MAP_FIXED = 0x10  # linux/mman.h; not exported by the mmap module
-_MAP_NORESERVE = 0x4000
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    for name in ("process_vm_readv", "process_vm_writev"):
-        fn = getattr(libc, name)
-        fn.restype = ctypes.c_ssize_t
-        fn.argtypes = [
-            ctypes.c_int,
-            ctypes.POINTER(_Iovec),
-            ctypes.c_ulong,
-            ctypes.POINTER(_Iovec),
-            ctypes.c_ulong,
-            ctypes.c_ulong,
-        ]
-    return libc
-
-
 class _Source:
     """An open host file backing one or more extents (closed when none is left)."""
 
@@ -445,13 +409,15 @@ class _Source:
 class MmapDevice(WindowDevice):
     """The window as a reserved region of this process's memory.
 
-    A mapping is the host file mmapped at ``base + moffset`` with MAP_FIXED | MAP_SHARED
-    (PROT_WRITE too when FUSE_SETUPMAPPING_FLAG_WRITE is set); REMOVEMAPPING maps
-    anonymous memory back. ``resolver(nodeid, fh)`` gives the host path (or an fd) of a
-    SETUPMAPPING's file; :meth:`map_fd` is the entry point for an fd received on the
-    vhost-user backend channel.
+    The memory work is :attr:`window`'s (a :class:`~fuseproto.transport.window.Window`
+    whose holes are zero memory): a mapping is the host file mmapped at ``moffset`` with
+    MAP_FIXED | MAP_SHARED (PROT_WRITE too when FUSE_SETUPMAPPING_FLAG_WRITE is set);
+    REMOVEMAPPING maps anonymous memory back. This class keeps the extents and the open
+    files. ``resolver(nodeid, fh)`` gives the host path (or an fd) of a SETUPMAPPING's
+    file; :meth:`map_fd` is the entry point for an fd received on the vhost-user backend
+    channel.
 
-    Reads never fault: the file's current size is checked, and the copy itself uses
+    Reads never fault: the file's current size is checked, and the window copies with
     ``process_vm_readv`` on this process, which returns EFAULT instead of raising SIGBUS
     if the file shrank in between.
     """
@@ -470,34 +436,13 @@ class MmapDevice(WindowDevice):
         if window_size % HOST_PAGE_SIZE:
             raise ValueError("the window size must be a multiple of the host page size")
         self.resolver = resolver
-        self._libc = _libc()
-        self._pid = os.getpid()
-        size = max(window_size, HOST_PAGE_SIZE)
-        addr = self._libc.mmap(
-            None,
-            size,
-            _PROT_READ | _PROT_WRITE,
-            _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE,
-            -1,
-            0,
-        )
-        if addr in (None, _MAP_FAILED):
-            e = ctypes.get_errno()
-            raise OSError(e, f"reserving the window: {os.strerror(e)}")
-        self.base: int = addr
-        self._reserved = size
+        # Holes are zero memory (what REMOVEMAPPING leaves), not PROT_NONE.
+        self.window = Window(max(window_size, HOST_PAGE_SIZE),
+                             hole_prot=libc.PROT_READ | libc.PROT_WRITE)
         self._closed = False
         self._sources: dict[int, _Source] = {}
 
     # mapping
-    def _mmap_fixed(
-        self, moffset: int, length: int, prot: int, flags: int, fd: int, off: int
-    ) -> None:
-        addr = self._libc.mmap(self.base + moffset, length, prot, flags | _MAP_FIXED, fd, off)
-        if addr in (None, _MAP_FAILED) or addr != self.base + moffset:
-            e = ctypes.get_errno() or errno.EIO
-            raise OSError(e, os.strerror(e))
-
     def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
         if m.source is None:
             if self.resolver is None:
@@ -512,9 +457,9 @@ class MmapDevice(WindowDevice):
                 mode = os.O_RDWR if m.flags & FLAG_WRITE else os.O_RDONLY
                 src = _Source(os.open(target, mode | os.O_CLOEXEC), True)
             m = DeviceMapping(m.moffset, m.length, m.nodeid, m.foffset, m.flags, m.fh, src)
-        prot = _PROT_READ | (_PROT_WRITE if m.flags & FLAG_WRITE else 0)
         try:
-            self._mmap_fixed(m.moffset, m.length, prot, _MAP_SHARED, m.source.fd, m.foffset)
+            self.window.map_fd(m.source.fd, m.foffset, m.moffset, m.length,
+                               bool(m.flags & FLAG_WRITE))
         except OSError:
             self._close_source(m.source)
             raise
@@ -537,14 +482,7 @@ class MmapDevice(WindowDevice):
         return 0
 
     def _apply_unmap(self, moffset: int, length: int) -> None:
-        self._mmap_fixed(
-            moffset,
-            length,
-            _PROT_READ | _PROT_WRITE,
-            _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE,
-            -1,
-            0,
-        )
+        self.window.unmap(moffset, length)
 
     def _insert(self, m: DeviceMapping) -> None:
         super()._insert(m)
@@ -564,16 +502,6 @@ class MmapDevice(WindowDevice):
             src.fd = -1
 
     # bytes
-    def _copy(self, fn_name: str, addr: int, buf: Any, length: int) -> int:
-        local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), length)
-        remote = _Iovec(addr, length)
-        fn = getattr(self._libc, fn_name)
-        n = fn(self._pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if n < 0:
-            e = ctypes.get_errno()
-            raise WindowFault(e or errno.EFAULT, f"{fn_name}: {os.strerror(e)}")
-        return n
-
     def _check_eof(self, start: int, end: int, m: DeviceMapping, what: str) -> None:
         if m.source is None:
             return
@@ -593,11 +521,10 @@ class MmapDevice(WindowDevice):
         for start, end, m in self.segments(moffset, length):
             if m is not None:
                 self._check_eof(start, end, m, "read")
-        buf = ctypes.create_string_buffer(length)
-        n = self._copy("process_vm_readv", self.base + moffset, buf, length)
-        if n != length:
-            raise WindowFault(errno.EFAULT, f"short copy from the window ({n} of {length})")
-        return buf.raw
+        try:
+            return self.window.read(moffset, length)
+        except OSError as e:  # the file shrank since the check: EFAULT, not SIGBUS
+            raise WindowFault(e.errno or errno.EFAULT, str(e)) from None
 
     def write(self, moffset: int, data: bytes) -> None:
         self._check_inside(moffset, len(data))
@@ -606,10 +533,10 @@ class MmapDevice(WindowDevice):
                 if not m.flags & FLAG_WRITE:
                     raise WindowFault(errno.EFAULT, f"write to read-only window range {start:#x}")
                 self._check_eof(start, end, m, "write")
-        buf = ctypes.create_string_buffer(bytes(data), len(data))
-        n = self._copy("process_vm_writev", self.base + moffset, buf, len(data))
-        if n != len(data):
-            raise WindowFault(errno.EFAULT, f"short copy to the window ({n} of {len(data)})")
+        try:
+            self.window.write(moffset, data)
+        except OSError as e:
+            raise WindowFault(e.errno or errno.EFAULT, str(e)) from None
 
     def close(self) -> None:
         if self._closed:
@@ -620,7 +547,7 @@ class MmapDevice(WindowDevice):
         self._sources.clear()
         self._ext.clear()
         self._starts.clear()
-        self._libc.munmap(self.base, self._reserved)
+        self.window.close()
 
     def __del__(self) -> None:
         try:

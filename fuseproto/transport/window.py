@@ -34,8 +34,8 @@ class Window:
     ``hole_prot``: what an unmapped page is. ``libc.PROT_NONE`` (the default; as QEMU's
     cache BAR: touching a hole faults) or ``PROT_READ | PROT_WRITE`` (anonymous zero
     memory, as a REMOVEMAPPING leaves in the virtio-fs model). Offsets and lengths given to
-    :meth:`map_fd` / :meth:`unmap` must be page-aligned and inside the window
-    (ValueError otherwise)."""
+    :meth:`map_fd` / :meth:`unmap` must be page-aligned and inside the window, otherwise
+    they raise OSError(EINVAL) as mmap(2) would, and change nothing."""
 
     def __init__(self, size: int, *, hole_prot: int = libc.PROT_NONE) -> None:
         if size <= 0 or size % PAGE:
@@ -50,12 +50,14 @@ class Window:
     _HOLE_FLAGS = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
 
     def check_range(self, offset: int, length: int) -> None:
-        """ValueError unless ``offset``/``length`` are page-aligned, ``length`` is not 0
-        and the range lies inside the window."""
+        """OSError(EINVAL) unless ``offset``/``length`` are page-aligned, ``length`` is
+        not 0 and the range lies inside the window."""
         if offset % PAGE or length % PAGE or length <= 0 or offset < 0:
-            raise ValueError(f"range {offset:#x}+{length:#x} is not page-aligned")
+            raise OSError(errno.EINVAL, f"window range {offset:#x}+{length:#x} is not "
+                                        "page-aligned")
         if offset + length > self.size:
-            raise ValueError(f"range {offset:#x}+{length:#x} beyond window size {self.size:#x}")
+            raise OSError(errno.EINVAL, f"window range {offset:#x}+{length:#x} beyond the "
+                                        f"window size {self.size:#x}")
 
     def map_fd(self, fd: int, fd_offset: int, offset: int, length: int,
                writable: bool) -> None:
