@@ -422,25 +422,23 @@ COMPAT_SIZES: dict[str, tuple[int, ...]] = {
 
 
 def layout(name: str) -> list[tuple[str, int, int]]:
-    """``(field, offset, size)`` of struct ``name``'s fields, computed from the construct.
+    """``(field, offset, size)`` of struct ``name``'s fields, from its layout tree (the one
+    the fast path is generated from; ``tests/test_layout.py`` checks it against gcc).
 
-    Offsets are the sizeof of the preceding subcons; a union overlay (``Computed``,
-    size 0) gets the offset of the member it views. Flexible array members are not
-    listed (see ``FLEX``).
+    A union overlay gets the offset of the member it views and its own width. Flexible
+    array members are not listed (see ``FLEX``).
     """
     out: list[tuple[str, int, int]] = []
     offsets: dict[str, int] = {}
     off = 0
-    overlays = UNIONS.get(name, {})
-    for sc in ALL[name].subcons:
-        if sc.name in overlays:
-            f = next(f for f in _fields(name) if f.name == sc.name)
-            out.append((sc.name, offsets[overlays[sc.name]], _SCALARS[f.type][2]))
+    for n in _tree(name):
+        if n.kind == "overlay":
+            out.append((n.name, offsets[n.view.split(".")[0]], (n.mask.bit_length() + 7) // 8))
             continue
-        n = sc.sizeof()
-        offsets[sc.name] = off
-        out.append((sc.name, off, n))
-        off += n
+        size = _struct.calcsize(format_of((n,)))
+        offsets[n.name] = off
+        out.append((n.name, off, size))
+        off += size
     return out
 
 
