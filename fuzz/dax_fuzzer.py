@@ -20,9 +20,9 @@ with atheris.instrument_imports(include=["fuseproto"], exclude=["fuseproto.fuzz"
     import fuseproto.dax.linux  # noqa: F401
     import fuseproto.dax.osv  # noqa: F401
 
-from fuseproto.fuzz import inject, targets  # noqa: E402
+from fuseproto.fuzz import dax_target, inject, targets  # noqa: E402
 
-TARGET = targets.get_target("dax")
+TARGET = dax_target.DAX
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 -- libFuzzer's name

@@ -21,7 +21,7 @@ from pathlib import Path
 from construct import Int16ul, Int32ul, Int64ul
 
 from fuseproto.fuzz import mutate
-from fuseproto.fuzz.targets import TARGETS, get_target
+from fuseproto.fuzz.registry import available_targets, get_target
 from fuseproto.wire.constants import fuse_notify_code, fuse_opcode
 
 NUL = b"\x00"
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("targets", nargs="*", default=None)
     ap.add_argument("--check", action="store_true", help="only check that files are current")
     args = ap.parse_args(argv)
-    names = args.targets or [t for t in TARGETS if t != "virtiofsd"] + _optional()
+    names = args.targets or available_targets()
     stale = []
     for t in names:
         files, dic = generate(t)
@@ -86,17 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"out of date: {', '.join(stale)} (run fuzz/make_corpus.py)", file=sys.stderr)
         return 1
     return 0
-
-
-def _optional() -> list[str]:
-    out = []
-    for t in ("dax", "virtiofsd"):
-        try:
-            get_target(t)
-        except (KeyError, ImportError):
-            continue
-        out.append(t)
-    return out
 
 
 if __name__ == "__main__":

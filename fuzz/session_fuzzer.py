@@ -23,7 +23,7 @@ with atheris.instrument_imports(include=["fuseproto"], exclude=["fuseproto.fuzz"
 
 from fuseproto.fuzz import inject, targets  # noqa: E402
 
-TARGET = targets.get_target("session")
+TARGET = targets.SESSION
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 -- libFuzzer's name

@@ -21,7 +21,7 @@ import atheris
 
 from fuseproto.fuzz import inject, mutate
 from fuseproto.fuzz.findings import Finding, FindingStore
-from fuseproto.fuzz.virtiofsd import DaemonHarness, resolve_installation
+from fuseproto.fuzz.harness import DaemonHarness, resolve_installation
 
 HARNESS = None
 STORE = FindingStore(os.environ.get("FUSEPROTO_FUZZ_OUT", "out/virtiofsd-atheris/findings"))

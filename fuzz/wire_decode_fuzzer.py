@@ -22,7 +22,7 @@ with atheris.instrument_imports(include=["fuseproto"], exclude=["fuseproto.fuzz"
 
 from fuseproto.fuzz import inject, targets  # noqa: E402
 
-TARGET = targets.get_target("wire_decode")
+TARGET = targets.WIRE_DECODE
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 -- libFuzzer's name

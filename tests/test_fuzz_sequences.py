@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 from construct import Container
 
-from fuseproto.fuzz import sequences, shrink, virtiofsd
+from fuseproto import daemons
+from fuseproto.fuzz import sequences, shrink
+from fuseproto.fuzz.forensics import Outcome, outcome_signature
+from fuseproto.fuzz.harness import DaemonHarness
+from fuseproto.fuzz.replay import replay_daemon
+from fuseproto.fuzz.seeds import INIT_FLAGS
 from fuseproto.fuzz.sequences import Step
+from fuseproto.session import Session
 from fuseproto.wire import codec, structs
+from fuseproto.wire.constants import InitFlags
 from fuseproto.wire.constants import fuse_opcode as O
 
 _IN = structs.FAST["fuse_in_header"]
@@ -60,6 +67,55 @@ def test_programs_mutate_structurally_and_roundtrip_json():
                               O.FUSE_BATCH_FORGET, O.FUSE_DESTROY} <= ops
 
 
+def _init_exchange(offer_minor: int, offer_flags: int, reply_minor: int, reply_flags: int,
+                   unique: int) -> tuple[bytes, bytes]:
+    f, f2 = InitFlags(offer_flags).words()
+    req = codec.encode_request(O.FUSE_INIT, Container(
+        major=7, minor=offer_minor, max_readahead=131072, flags=f, flags2=f2,
+        unused=[0] * 11), unique=unique)
+    f, f2 = InitFlags(reply_flags).words()
+    reply = codec.encode_reply(O.FUSE_INIT, Container(
+        major=7, minor=reply_minor, max_readahead=131072, flags=f, max_background=16,
+        congestion_threshold=12, max_write=1 << 20, time_gran=1, max_pages=256,
+        map_alignment=12, flags2=f2, max_stack_depth=0, request_timeout=0, unused=[0] * 11),
+        unique=unique)
+    return req, reply
+
+
+_FEWER = int(InitFlags.FUSE_ASYNC_READ | InitFlags.FUSE_MAX_PAGES | InitFlags.FUSE_INIT_EXT)
+_SETXATTR_EXT = int(InitFlags.FUSE_SETXATTR_EXT)
+
+
+@pytest.mark.parametrize(("offer_minor", "offer_flags", "reply_minor", "reply_flags"), [
+    (46, INIT_FLAGS, 46, _FEWER),  # the reply grants fewer flags than offered
+    (46, INIT_FLAGS & ~_SETXATTR_EXT, 46, INIT_FLAGS),  # ... a flag that was not offered
+    (46, INIT_FLAGS, 31, INIT_FLAGS),  # ... a lower minor
+    (38, INIT_FLAGS, 46, _FEWER),  # the offer's minor is the lower one
+])
+def test_harness_and_session_agree_on_init(offer_minor, offer_flags, reply_minor, reply_flags):
+    """The live-daemon harness negotiates INIT by the session's rule (one function,
+    session.negotiate_init): same minor, and the reply's flags as the kernel takes them --
+    also a granted flag that was not offered (SETXATTR_EXT changes SETXATTR's layout)."""
+    req, reply = _init_exchange(offer_minor, offer_flags, reply_minor, reply_flags, 2)
+    session = Session()
+    session.feed_request(req)
+    session.feed_reply(reply)
+    inst = daemons.Installation(kind="c", version="none", root="/nonexistent",
+                                binary="/nonexistent/virtiofsd")
+    h = DaemonHarness(inst, setup=False)  # never started: no daemon, no directory
+    try:
+        neg = h.learn_init(codec.decode_request(req, h.minor, flags=h.flags), reply)
+        assert neg is not None
+        assert (h.minor, h.flags) == (session.minor, int(session.flags))
+    finally:
+        h.close()
+    assert h.minor == min(offer_minor, reply_minor)
+    assert h.flags == reply_flags
+    # An error reply settles nothing: the harness keeps what it had, as the session does.
+    err = codec.encode_reply(O.FUSE_INIT, None, unique=4, error=-71)
+    assert h.learn_init(None, err) is None and h.flags == reply_flags
+
+
 @pytest.mark.daemon
 def test_program_goes_deep_with_ids_from_replies(daemon_installations, no_leaks):
     """Node id and fh come from the daemon's replies: READ succeeds, the mappings reach the
@@ -67,7 +123,7 @@ def test_program_goes_deep_with_ids_from_replies(daemon_installations, no_leaks)
     the grouped pair shares one kick."""
     for kind, inst in daemon_installations.items():
         sent: list[bytes] = []
-        with virtiofsd.DaemonHarness(inst, setup=False, history=1000,
+        with DaemonHarness(inst, setup=False, history=1000,
                                      on_send=lambda h, d, sent=sent: sent.append(d)) as h:
             res = sequences.run_program(h, _deep_program())
             items = list(h.history)
@@ -81,13 +137,13 @@ def test_program_goes_deep_with_ids_from_replies(daemon_installations, no_leaks)
         assert items[-1].get("batch") == items[-2].get("batch") is not None
 
 
-def _stale_interrupt_kick(installation) -> list[virtiofsd.Outcome]:
+def _stale_interrupt_kick(installation) -> list[Outcome]:
     init = sequences.init_step(random.Random(0))
     init.fields.minor = 46
     prog = [init,
             Step(O.FUSE_INTERRUPT, Container(unique=12345), group=1),
             Step(O.FUSE_STATFS, Container(), node=1, group=1)]
-    with virtiofsd.DaemonHarness(installation, setup=False) as h:
+    with DaemonHarness(installation, setup=False) as h:
         return sequences.run_program(h, prog).outcomes
 
 
@@ -98,13 +154,13 @@ def test_stale_interrupt_on_the_same_kick_segfaults_the_c_daemon(daemon_installa
     wrong-unique), but with both in flight on one kick it dies of SIGSEGV."""
     outs = _stale_interrupt_kick(daemon_installations["c"])
     assert outs[-1].finding == "crash" and outs[-1].evidence["signal"] == "SIGSEGV"
-    assert virtiofsd.outcome_signature("c", outs[-1]) == \
+    assert outcome_signature("c", outs[-1]) == \
         "crash:c:SIGSEGV:after FUSE_INTERRUPT"
     rust = _stale_interrupt_kick(daemon_installations["rust"])
     assert not [o for o in rust if o.finding], [o.cls for o in rust]
 
 
-def _padded_doc(h: virtiofsd.DaemonHarness, core: list[bytes], label: str = "c") -> dict:
+def _padded_doc(h: DaemonHarness, core: list[bytes], label: str = "c") -> dict:
     """20 harmless requests around ``core``, with ``core``'s finding signature."""
     pad = []
     for i in range(20):
@@ -122,7 +178,7 @@ def test_shrink_padded_known_findings_to_their_core(daemon_installations, tmp_pa
     """The short-header SIGABRT and the stale INTERRUPT, each padded with 20 irrelevant
     requests, shrink to <= 3 requests that still reproduce (CLI shrink, then replay)."""
     inst = daemon_installations["c"]
-    with virtiofsd.DaemonHarness(inst) as h:
+    with DaemonHarness(inst) as h:
         h.unique += 2
         short = codec.encode_request(O.FUSE_GETATTR, Container(getattr_flags=0, fh=0),
                                      unique=h.unique, nodeid=1)[:24]
@@ -134,8 +190,8 @@ def test_shrink_padded_known_findings_to_their_core(daemon_installations, tmp_pa
                                 "Assertion 'N' failed"}
     # The stale INTERRUPT's signature is whichever of its two known faces the padded
     # replay shows (wrong unique, or the double-reply abort).
-    outs = virtiofsd.replay_daemon(docs["interrupt"], inst)
-    sigs = [virtiofsd.outcome_signature("c", o) for o in outs if o.finding]
+    outs = replay_daemon(docs["interrupt"], inst)
+    sigs = [outcome_signature("c", o) for o in outs if o.finding]
     assert sigs, [o.cls for o in outs]
     docs["interrupt"]["finding"] = {"signature": sigs[0]}
     for name, doc in docs.items():
@@ -169,7 +225,7 @@ def wrapper(daemon_installations, tmp_path) -> Path:
 
 @pytest.mark.daemon
 def test_campaign_with_virtiofsd_path_names_it_in_the_report(wrapper, tmp_path, no_leaks):
-    assert virtiofsd.detect_kind(str(wrapper)) == "c"
+    assert daemons.detect_kind(str(wrapper)) == "c"
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "campaign",
                            "--virtiofsd", str(wrapper), "--target", "session",

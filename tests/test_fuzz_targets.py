@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import fuzz_faults
 import pytest
 
 from fuseproto.errors import DecodeError
-from fuseproto.fuzz import campaign, engine, inputs, mutate, oracles, targets
+from fuseproto.fuzz import campaign, engine, inputs, mutate, oracles, registry
 from fuseproto.fuzz.findings import FindingStore
 from fuseproto.wire import codec
 
@@ -25,7 +26,7 @@ def test_checked_in_corpus_passes_the_oracle(name):
     files = sorted((ROOT / "corpus" / name).iterdir())
     assert len(files) > 40
     for f in files:
-        targets.get_target(name).check(f.read_bytes())
+        registry.get_target(name).check(f.read_bytes())
 
 
 def test_corpus_and_dictionaries_are_current():
@@ -36,7 +37,7 @@ def test_corpus_and_dictionaries_are_current():
 
 @pytest.mark.parametrize("name", ["wire_decode", "session"])
 def test_target_finds_nothing_on_clean_code(name, tmp_path):
-    st = engine.run_loop(targets.get_target(name), iterations=3000, seed=7,
+    st = engine.run_loop(registry.get_target(name), iterations=3000, seed=7,
                          store=FindingStore(tmp_path))
     assert st.iterations == 3000
     assert st.findings == [], [f.summary for f in st.findings]
@@ -44,7 +45,7 @@ def test_target_finds_nothing_on_clean_code(name, tmp_path):
 
 def test_request_mutator_keeps_most_outputs_well_formed():
     rng = random.Random(3)
-    seeds = [inputs.parse_wire_input(d).message for n, d in targets.get_target(
+    seeds = [inputs.parse_wire_input(d).message for n, d in registry.get_target(
         "wire_decode").corpus() if n.startswith("req-")]
     ok = changed = 0
     for i in range(600):
@@ -85,7 +86,7 @@ def _plant(monkeypatch, owner, attr, fault) -> None:
 
 def test_planted_decoder_bug_is_caught_in_process(monkeypatch, tmp_path):
     _plant(monkeypatch, fuzz_faults.messages.Name, "parse", fuzz_faults.name_off_by_one)
-    st = engine.run_loop(targets.get_target("wire_decode"), iterations=20000, seed=1,
+    st = engine.run_loop(registry.get_target("wire_decode"), iterations=20000, seed=1,
                          store=FindingStore(tmp_path), stop_on_finding=True)
     assert st.findings, "the fuzzer missed the planted off-by-one"
     f = st.findings[0]
@@ -97,7 +98,7 @@ def test_planted_session_bug_is_caught_in_process(monkeypatch, tmp_path):
     from fuseproto.session import Session
 
     _plant(monkeypatch, Session, "feed_reply", fuzz_faults.session_keyerror)
-    st = engine.run_loop(targets.get_target("session"), iterations=20000, seed=2,
+    st = engine.run_loop(registry.get_target("session"), iterations=20000, seed=2,
                          store=FindingStore(tmp_path), stop_on_finding=True)
     assert st.findings and st.findings[0].signature.startswith("KeyError@")
 
@@ -127,7 +128,7 @@ def test_atheris_catches_planted_bug_and_replay_classifies_it(tmp_path):
 
 
 def test_dax_target_clean_on_builtin_managers(tmp_path):
-    st = engine.run_loop(targets.get_target("dax"), iterations=1500, seed=5,
+    st = engine.run_loop(registry.get_target("dax"), iterations=1500, seed=5,
                          store=FindingStore(tmp_path))
     assert st.findings == [], [f.summary for f in st.findings]
 
@@ -138,6 +139,33 @@ def test_dax_target_catches_a_broken_plugged_in_manager(monkeypatch, tmp_path):
     from fuseproto.fuzz.dax_target import ENV_MANAGER
 
     monkeypatch.setenv(ENV_MANAGER, "fuzz_faults:osv_no_forget")
-    st = engine.run_loop(targets.get_target("dax"), iterations=20000, seed=1,
+    st = engine.run_loop(registry.get_target("dax"), iterations=20000, seed=1,
                          store=FindingStore(tmp_path), stop_on_finding=True)
     assert st.findings and st.findings[0].signature == "invariant:read_bytes"
+
+
+def test_run_options_after_the_target_are_ours_the_rest_libfuzzers(tmp_path):
+    """``fuseproto fuzz run wire_decode --seconds 60`` (as fuzz/README.md documents it):
+    options after the target are ``run``'s own; unknown ones and all after ``--`` go to
+    libFuzzer."""
+    from fuseproto.cli import build_parser
+    from fuseproto.commands.fuzz import split_run_args
+
+    args = build_parser().parse_args(["fuzz", "run", "wire_decode", "--seconds", "7", "-runs=5",
+                                      "--out", str(tmp_path), "corpus_dir", "--seed=3", "--",
+                                      "--seconds", "-dict=x"])
+    assert split_run_args(args) == ["-runs=5", "corpus_dir", "--seconds", "-dict=x"]
+    assert (args.seconds, args.out, args.seed, args.target) == (7.0, str(tmp_path), 3,
+                                                                "wire_decode")
+
+
+@pytest.mark.skipif(campaign.fuzz_dir() is None, reason="needs the fuzz/ directory")
+def test_documented_run_command_works(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "run", "wire_decode",
+                           "--seconds", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # libFuzzer ran for our --seconds (not its default), on the run's own corpus directory.
+    done = re.search(r"Done \d+ runs in (\d+) second", proc.stderr)
+    assert done and int(done.group(1)) <= 10, proc.stderr[-2000:]
+    assert any((tmp_path / "corpus" / "wire_decode").iterdir())

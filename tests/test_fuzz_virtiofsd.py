@@ -15,6 +15,8 @@ from construct import Container
 from fuseproto.fuzz import report, virtiofsd
 from fuseproto.fuzz.campaign import run_campaign
 from fuseproto.fuzz.findings import FindingStore
+from fuseproto.fuzz.harness import DaemonHarness
+from fuseproto.fuzz.sanitizer import sanitize
 from fuseproto.wire import codec, structs
 from fuseproto.wire.constants import fuse_opcode as O
 
@@ -24,18 +26,18 @@ pytestmark = pytest.mark.daemon
 def test_sanitize_defuses_device_nodes_and_huge_allocations():
     mk = codec.encode_request(O.FUSE_MKNOD, Container(mode=0o060600, rdev=0x0801, umask=0,
                               name=b"sda"), unique=2, nodeid=1)
-    body = structs.FAST["fuse_mknod_in"].parse(virtiofsd.sanitize(mk), 40)
+    body = structs.FAST["fuse_mknod_in"].parse(sanitize(mk), 40)
     assert body["mode"] == 0o100600 and body["rdev"] == 0
     fa = codec.encode_request(O.FUSE_FALLOCATE, Container(fh=1, offset=0, length=1 << 40,
                               mode=0), unique=4, nodeid=2)
-    assert structs.FAST["fuse_fallocate_in"].parse(virtiofsd.sanitize(fa), 40)["length"] < 1 << 27
+    assert structs.FAST["fuse_fallocate_in"].parse(sanitize(fa), 40)["length"] < 1 << 27
     # Bytes our codec would reject are defused too (trailing garbage after the name).
-    assert virtiofsd.sanitize(mk + b"junk")[40:56] == virtiofsd.sanitize(mk)[40:56]
+    assert sanitize(mk + b"junk")[40:56] == sanitize(mk)[40:56]
 
 
 def test_seed_requests_get_valid_replies(daemon_installations, no_leaks):
     for kind, inst in daemon_installations.items():
-        with virtiofsd.DaemonHarness(inst) as h:
+        with DaemonHarness(inst) as h:
             pid = h.daemon.pid
             # INTERRUPT and NOTIFY_REPLY have their own tests: they break a daemon (below).
             outs = [h.send(r) for r in h.seed_requests()
@@ -47,7 +49,7 @@ def test_seed_requests_get_valid_replies(daemon_installations, no_leaks):
         assert not os.path.exists(f"/proc/{pid}")  # stopped and reaped
 
 
-def _read_request(h: virtiofsd.DaemonHarness, size: int) -> bytes:
+def _read_request(h: DaemonHarness, size: int) -> bytes:
     h.unique += 2
     return codec.encode_request(O.FUSE_READ, Container(fh=h.fhs["file"], offset=0, size=size),
                                 unique=h.unique, nodeid=h.nodes["file"])
@@ -56,7 +58,7 @@ def _read_request(h: virtiofsd.DaemonHarness, size: int) -> bytes:
 def test_read_area_bigger_than_size_is_reported_for_the_c_daemon(daemon_installations):
     """The C daemon fills the whole device-writable area of a READ, past ``size``; the
     fuzzer must report it as a protocol violation with evidence (the Rust one answers EIO)."""
-    with virtiofsd.DaemonHarness(daemon_installations["c"]) as h:
+    with DaemonHarness(daemon_installations["c"]) as h:
         exact = h.send(_read_request(h, 100), variant=0)
         assert exact.finding is None and exact.cls.startswith("FUSE_READ:0")
         big = h.send(_read_request(h, 100), variant=1)
@@ -69,7 +71,7 @@ def test_stale_interrupt_breaks_the_c_daemon(daemon_installations):
     """Finding, kept as a test: an INTERRUPT naming a request that is not in flight is
     answered (-EAGAIN) by QEMU 7.2's C virtiofsd in the *next* request's buffer, so that
     request gets a reply with the wrong unique, or the daemon aborts on the double reply."""
-    with virtiofsd.DaemonHarness(daemon_installations["c"]) as h:
+    with DaemonHarness(daemon_installations["c"]) as h:
         intr = codec.encode_request(O.FUSE_INTERRUPT, Container(unique=12345), unique=801)
         first = h.send(intr)
         assert first.finding is None
@@ -86,7 +88,7 @@ def test_notify_reply_panics_the_rust_daemon(daemon_installations):
     """Finding, kept as a test: virtiofsd 1.13 tries to answer a NOTIFY_REPLY (which has
     no reply, so the chain has no device-writable descriptor) and its queue worker panics
     (EncodeMessage WriteZero); the process lives, the queue is dead."""
-    with virtiofsd.DaemonHarness(daemon_installations["rust"]) as h:
+    with DaemonHarness(daemon_installations["rust"]) as h:
         nr = codec.encode_request(O.FUSE_NOTIFY_REPLY, Container(offset=0, size=None,
                                   data=b"abcd"), unique=900, nodeid=h.nodes["file"])
         assert h.send(nr).cls == "FUSE_NOTIFY_REPLY:noreply"
@@ -105,7 +107,7 @@ def test_crash_is_detected_saved_and_the_daemon_restarted(daemon_installations, 
     killed: list[int] = []
     sent = [0]
 
-    def on_send(h: virtiofsd.DaemonHarness, data: bytes) -> None:
+    def on_send(h: DaemonHarness, data: bytes) -> None:
         sent[0] += 1
         if sent[0] in (10, 60):
             killed.append(h.daemon.pid)

@@ -53,19 +53,14 @@ def register(sub: Any) -> None:
                    help="seconds without a reply before a daemon counts as hung")
     c.set_defaults(func=_campaign)
 
-    r = fsub.add_parser("run", help="run one target (extra args go to libFuzzer)")
+    r = fsub.add_parser(
+        "run", help="run one target (other args go to libFuzzer)",
+        description="Run one target. The options below may come before or after the target;"
+        " any other argument (and everything after --) goes to libFuzzer.",
+        epilog="example: fuseproto fuzz run wire_decode --seconds 60 -- -runs=100000")
     r.add_argument("target", help="wire_decode | session | dax | virtiofsd")
-    r.add_argument("--seconds", type=float, default=60.0)
-    r.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | PATH")
-    r.add_argument("--virtiofsd", default=None, metavar="PATH",
-                   help="for virtiofsd: this binary (same as --daemon PATH)")
-    _kind_option(r)
-    r.add_argument("--sequences", action="store_true",
-                   help="for virtiofsd: run stateful sequence programs, not single requests")
-    r.add_argument("--out", default="out/fuzz-run")
-    r.add_argument("--engine", choices=("atheris", "inprocess"), default="atheris")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER)
+    _run_options(r)
+    r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
 
     rp = fsub.add_parser(
@@ -101,6 +96,37 @@ def register(sub: Any) -> None:
     ls = fsub.add_parser("list", help="list the targets")
     ls.set_defaults(func=_list)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``fuzz run`` (also parsed again from what follows the target)."""
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | PATH")
+    p.add_argument("--virtiofsd", default=None, metavar="PATH",
+                   help="for virtiofsd: this binary (same as --daemon PATH)")
+    _kind_option(p)
+    p.add_argument("--sequences", action="store_true",
+                   help="for virtiofsd: run stateful sequence programs, not single requests")
+    p.add_argument("--out", default="out/fuzz-run")
+    p.add_argument("--engine", choices=("atheris", "inprocess"), default="atheris")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def split_run_args(args: argparse.Namespace) -> list[str]:
+    """Take ``fuzz run``'s own options from the arguments after the target (argparse hands
+    everything after the positional to the remainder) into ``args``; returns the rest,
+    for libFuzzer: unknown arguments, and all that follows ``--``."""
+    rest = list(args.libfuzzer_args)
+    tail: list[str] = []
+    if "--" in rest:
+        cut = rest.index("--")
+        rest, tail = rest[:cut], rest[cut + 1:]
+    own = argparse.ArgumentParser(prog="fuseproto fuzz run TARGET", add_help=False)
+    _run_options(own)
+    _, unknown = own.parse_known_args(rest, namespace=args)
+    extra: list[str] = unknown + tail
+    args.libfuzzer_args = extra
+    return extra
 
 
 def _kind_option(p: argparse.ArgumentParser) -> None:
@@ -139,18 +165,18 @@ def _campaign(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..fuzz import campaign, engine, targets
+    from ..fuzz import campaign, engine, registry
     from ..fuzz.findings import FindingStore
 
     name = args.target.removesuffix(".py").removesuffix("_fuzzer")
-    extra = [a for a in args.libfuzzer_args if a != "--"]
+    extra = split_run_args(args)
     if name == "virtiofsd":
-        from ..fuzz import virtiofsd
+        from ..fuzz import harness, virtiofsd
 
         spec = _daemon_spec(args, "c")
         assert spec is not None
-        inst = virtiofsd.resolve_installation(spec, args.virtiofsd_kind)
-        label = virtiofsd.daemon_label(spec, inst)
+        inst = harness.resolve_installation(spec, args.virtiofsd_kind)
+        label = harness.daemon_label(spec, inst)
         store = FindingStore(Path(args.out) / "findings")
         if args.sequences:
             from ..fuzz.sequences import fuzz_sequences
@@ -186,9 +212,10 @@ def _run(args: argparse.Namespace) -> int:
                 argv.append(str(seeds))
         return subprocess.call(argv)
     store = FindingStore(Path(args.out) / "findings")
-    st = engine.run_loop(targets.get_target(name), seconds=args.seconds, seed=args.seed,
-                         store=store)
-    print(f"{name}: {st.iterations} inputs, {st.per_second:.0f}/s, corpus {st.corpus_size}")
+    loop = engine.run_loop(registry.get_target(name), seconds=args.seconds, seed=args.seed,
+                           store=store)
+    print(f"{name}: {loop.iterations} inputs, {loop.per_second:.0f}/s, "
+          f"corpus {loop.corpus_size}")
     for f in store:
         print(f"  {f.kind}: {f.signature} x{f.count}\n    {f.replay}")
     return 1 if len(store) else 0
@@ -202,10 +229,10 @@ def _infer_target(path: Path, data: bytes) -> str:
                 return str(doc["target"])
         except ValueError:
             pass
-    from ..fuzz.targets import TARGETS
+    from ..fuzz.registry import TARGETS
 
     for part in (path.parent.name, path.name):
-        for t in list(TARGETS) + ["dax", "virtiofsd"]:
+        for t in [*TARGETS, "virtiofsd"]:
             if part == t or part.startswith(t + "-") or part.startswith(t + "_"):
                 return t
     raise SystemExit(f"cannot tell the target of {path}: give --target")
@@ -220,15 +247,17 @@ def _replay(args: argparse.Namespace) -> int:
     target = args.target or _infer_target(path, data)
     verdict: dict[str, Any]
     if target == "virtiofsd":
-        from ..fuzz import virtiofsd
+        from ..fuzz.forensics import outcome_signature
+        from ..fuzz.harness import resolve_installation
+        from ..fuzz.replay import replay_daemon
 
         doc = json.loads(data)
         spec = _doc_daemon(args, doc)
-        outs = virtiofsd.replay_daemon(doc, virtiofsd.resolve_installation(
-            spec, args.virtiofsd_kind or _doc_kind(doc)))
+        outs = replay_daemon(doc, resolve_installation(spec,
+                                                       args.virtiofsd_kind or _doc_kind(doc)))
         label = doc.get("daemon", spec)
         expected = doc.get("finding", {}).get("signature")
-        hits = [(virtiofsd.outcome_signature(label, o), o) for o in outs if o.finding]
+        hits = [(outcome_signature(label, o), o) for o in outs if o.finding]
         match = [o for sig, o in hits if sig == expected]
         hit = match[0] if match else (hits[-1][1] if hits else None)
         verdict = {"target": target, "daemon": spec, "reproduced": bool(match),
@@ -238,7 +267,7 @@ def _replay(args: argparse.Namespace) -> int:
             verdict.update(kind=hit.finding, summary=hit.detail, outcome=hit.cls,
                            evidence=hit.evidence)
     else:
-        from ..fuzz.targets import get_target
+        from ..fuzz.registry import get_target
 
         inject.apply_from_env()
         t = get_target(target)
@@ -279,14 +308,14 @@ def _doc_kind(doc: dict[str, Any]) -> str | None:
 
 
 def _shrink(args: argparse.Namespace) -> int:
-    from ..fuzz import shrink, virtiofsd
+    from ..fuzz import harness, shrink
 
     path = Path(args.file)
     doc = json.loads(path.read_text())
     if doc.get("target") != "virtiofsd":
         raise SystemExit(f"{path}: only virtiofsd reproducers (JSON) are shrunk")
-    inst = virtiofsd.resolve_installation(_doc_daemon(args, doc),
-                                          args.virtiofsd_kind or _doc_kind(doc))
+    inst = harness.resolve_installation(_doc_daemon(args, doc),
+                                        args.virtiofsd_kind or _doc_kind(doc))
     res = shrink.shrink_file(path, inst, seconds=args.seconds, hang_timeout=args.hang_timeout)
     if args.json:
         print(json.dumps(res.to_json() | {"notes": res.notes}, indent=1))
@@ -300,11 +329,10 @@ def _shrink(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..fuzz.campaign import available_inprocess_targets
-    from ..fuzz.targets import get_target
+    from ..fuzz.registry import TARGETS, available_targets
 
-    for n in available_inprocess_targets():
-        print(f"{n:12s} {get_target(n).description}")
+    for n in available_targets():
+        print(f"{n:12s} {TARGETS[n].description}")
     print(f"{'virtiofsd':12s} structure-aware FUSE requests to a real virtiofsd (c, rust or a "
           "path): crashes, panics, hangs, protocol violations; --sequences: stateful programs")
     return 0

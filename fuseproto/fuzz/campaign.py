@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import engine, targets
+from . import engine, registry
 from .findings import Finding, FindingStore
 
 __all__ = ["TargetResult", "CampaignResult", "run_campaign", "fuzz_dir", "run_atheris"]
@@ -177,7 +177,8 @@ def classify_artifact(path: str, target: str, env: dict[str, str] | None = None
          "--json"], capture_output=True, text=True, timeout=120,
         env={**os.environ, **(env or {})})
     try:
-        return json.loads(proc.stdout)
+        verdict: dict[str, Any] = json.loads(proc.stdout)
+        return verdict
     except json.JSONDecodeError:
         return {"reproduced": False, "error": (proc.stderr or proc.stdout)[-500:]}
 
@@ -222,7 +223,7 @@ def _atheris_target(name: str, seconds: float, out: Path, store: FindingStore, s
 
 
 def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int) -> TargetResult:
-    t = targets.get_target(name)
+    t = registry.get_target(name)
     st = engine.run_loop(t, seconds=seconds, seed=seed, store=store)
     res = TargetResult(name, "inprocess", seconds=st.seconds, iterations=st.iterations,
                        coverage={"outcome_classes": st.outcome_classes},
@@ -235,16 +236,16 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
                    hang_timeout: float, *, kind: str | None = None,
                    sequence_share: float = 0.3, shrink_share: float = 0.2,
                    log: Any = None) -> TargetResult:
-    from . import sequences, shrink, virtiofsd
+    from . import harness, sequences, shrink, virtiofsd
 
     say = log or (lambda msg: None)
     res = TargetResult("virtiofsd", "daemon", daemon=spec)
     try:
-        inst = virtiofsd.resolve_installation(spec, kind)
+        inst = harness.resolve_installation(spec, kind)
     except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
         res.error = f"cannot get daemon {spec}: {e}"
         return res
-    label = virtiofsd.daemon_label(spec, inst)
+    label = harness.daemon_label(spec, inst)
     res.daemon = label
     res.daemon_binary = inst.binary
     t0 = time.monotonic()
@@ -309,17 +310,6 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
     return res
 
 
-def available_inprocess_targets() -> list[str]:
-    names = []
-    for n in ("wire_decode", "session", "dax"):
-        try:
-            targets.get_target(n)
-        except (KeyError, ImportError):
-            continue
-        names.append(n)
-    return names
-
-
 def run_campaign(
     out: str | os.PathLike[str],
     *,
@@ -343,7 +333,7 @@ def run_campaign(
     out_path.mkdir(parents=True, exist_ok=True)
     store = FindingStore(out_path / "findings")
     daemons = ["c", "rust"] if daemons is None else daemons
-    names = target_names or available_inprocess_targets()
+    names = target_names or registry.available_targets()
     use_atheris = engine_name == "atheris" and fuzz_dir() is not None
     # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow).
     units = len(names) + 1.5 * len(daemons)

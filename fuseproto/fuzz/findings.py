@@ -16,6 +16,7 @@ import os
 import shlex
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ class FindingStore:
     def __len__(self) -> int:
         return len(self.by_signature)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Finding]:
         return iter(sorted(self.by_signature.values(), key=lambda f: f.first_seen))
 
     def add(self, finding: Finding, reproducer: bytes | dict[str, Any],

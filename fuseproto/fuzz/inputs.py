@@ -89,7 +89,8 @@ def build_wire_input(
     if kind == WIRE_PAIR:
         message = wire_pair_schema.build(dict(request=request, reply=message))
     op = (opcode & ~SETXATTR_EXT_BIT & 0xFFFF) | (SETXATTR_EXT_BIT if setxattr_ext else 0)
-    return wire_input_schema.build(dict(kind=kind, minor=minor, opcode=op, message=message))
+    out: bytes = wire_input_schema.build(dict(kind=kind, minor=minor, opcode=op, message=message))
+    return out
 
 
 def parse_wire_input(data: bytes) -> WireInput | None:
@@ -117,9 +118,10 @@ class SessionRecord:
 
 
 def build_session_input(records: list[SessionRecord]) -> bytes:
-    return _session_input_builder.build(
+    out: bytes = _session_input_builder.build(
         [dict(direction=int(r.is_reply), data=r.data) for r in records]
     )
+    return out
 
 
 def parse_session_input(data: bytes, limit: int = 256) -> list[SessionRecord]:

@@ -34,6 +34,7 @@ __all__ = [
     "mutate_notification",
     "mutate_bytes",
     "restamp",
+    "copy_body",
 ]
 
 _IN = structs.FAST["fuse_in_header"]
@@ -84,7 +85,7 @@ def _interesting_int(rng: random.Random, old: int) -> int:
     return rng.getrandbits(rng.choice((8, 16, 32, 64)))
 
 
-def _paths(obj: Any, want: Callable[[Any, Any], bool], prefix: tuple = ()) -> list[tuple]:
+def _paths(obj: Any, want: Callable[[Any, Any], bool], prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Paths (keys / list indexes) of the parts of a decoded body that ``want(key, value)``
     selects; private keys (``_...``) are skipped, lists are looked into up to 16 items, and
     a selected part is not looked into."""
@@ -94,7 +95,7 @@ def _paths(obj: Any, want: Callable[[Any, Any], bool], prefix: tuple = ()) -> li
         items = enumerate(obj[:16])
     else:
         return []
-    out: list[tuple] = []
+    out: list[tuple[Any, ...]] = []
     for k, v in items:
         if isinstance(k, str) and k.startswith("_"):
             continue
@@ -117,13 +118,13 @@ def _is_field_list(k: Any, v: Any) -> bool:
     return isinstance(v, list) and isinstance(k, str)
 
 
-def _get(obj: Any, path: tuple) -> Any:
+def _get(obj: Any, path: tuple[Any, ...]) -> Any:
     for p in path:
         obj = obj[p]
     return obj
 
 
-def _set(obj: Any, path: tuple, value: Any) -> None:
+def _set(obj: Any, path: tuple[Any, ...], value: Any) -> None:
     for p in path[:-1]:
         obj = obj[p]
     obj[path[-1]] = value
@@ -141,11 +142,13 @@ def _mutate_name(rng: random.Random, old: bytes) -> bytes:
     return bytes(rng.choice(b"abcxyz./\xff\x01") for _ in range(n))
 
 
-def _deep_copy(obj: Any) -> Any:
+def copy_body(obj: Any) -> Any:
+    """A deep copy of a decoded body (Containers and lists copied, ``_``-prefixed fields
+    the codec adds dropped) that a mutator or a caller may change freely."""
     if isinstance(obj, Mapping):
-        return Container((k, _deep_copy(v)) for k, v in obj.items() if not str(k).startswith("_"))
+        return Container((k, copy_body(v)) for k, v in obj.items() if not str(k).startswith("_"))
     if isinstance(obj, list):
-        return ListContainer(_deep_copy(v) for v in obj)
+        return ListContainer(copy_body(v) for v in obj)
     return obj
 
 
@@ -156,7 +159,7 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         return mutate_bytes(bytes(body), rng)
     if body is None:
         body = Container()
-    body = _deep_copy(body)
+    body = copy_body(body)
     choices: list[Callable[[], None]] = []
     ints = _paths(body, _is_int)
     names = _paths(body, _is_name)
@@ -184,7 +187,7 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         if items and r < 0.3:
             items.pop(rng.randrange(len(items)))
         elif items and r < 0.7:
-            items.extend([_deep_copy(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
+            items.extend([copy_body(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
         elif items:
             rng.shuffle(items)
         _set(body, p, ListContainer(items))

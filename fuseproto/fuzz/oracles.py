@@ -31,8 +31,8 @@ from construct import ConstructError
 
 from ..errors import DecodeError, ProtocolError
 from ..session import Session
-from ..wire import codec, messages
-from ..wire.constants import InitFlags
+from ..wire import codec, messages, structs
+from ..wire.constants import InitFlags, opcode_name
 from .inputs import (
     WIRE_NOTIFICATION,
     WIRE_PAIR,
@@ -78,8 +78,13 @@ def _decode(fn: Any, *args: Any, **kw: Any) -> Any:
         return None
 
 
-def _opname(op: Any) -> str:
-    return getattr(op, "name", None) or f"opcode {op}"
+_IN = structs.FAST["fuse_in_header"]
+_OUT = structs.FAST["fuse_out_header"]
+
+
+def _notify_name(code: Any) -> str:
+    """fuse.h's name of a notification code (``FUSE_NOTIFY_POLL``), else ``notify_N``."""
+    return getattr(code, "name", None) or f"notify_{int(code)}"
 
 
 def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: int) -> None:
@@ -125,7 +130,7 @@ def check_wire(data: bytes) -> None:
 
 def _request_body_range(msg: bytes) -> tuple[int, int, int] | None:
     """(opcode, body start, body end) when the header itself is sound."""
-    fl = codec._IN
+    fl = _IN
     if len(msg) < fl.size:
         return None
     h = fl.parse(msg, 0)
@@ -142,7 +147,7 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
         op, off, end = rng
         parts = messages.request_parts(op, minor, flags)
         if parts is not None:
-            _differential(f"request {_opname(req.opcode if req else op)} (minor {minor})",
+            _differential(f"request {opcode_name(req.opcode if req else op)} (minor {minor})",
                           parts, messages.request_body(op, minor, flags), msg, off, end)
     if req is None:
         return None
@@ -153,10 +158,10 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
             gid=h["gid"], pid=h["pid"], minor=minor, flags=flags, ext=req.ext,
             length=h["len"], total_extlen=h["total_extlen"], padding=h["padding"])
     except Exception as e:
-        raise Bug("roundtrip", f"request {_opname(req.opcode)}",
+        raise Bug("roundtrip", f"request {opcode_name(req.opcode)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
     if again != msg:
-        raise Bug("roundtrip", f"request {_opname(req.opcode)}",
+        raise Bug("roundtrip", f"request {opcode_name(req.opcode)}",
                   f"{len(msg)} bytes in, {len(again)} out: {msg.hex()} -> {again.hex()}")
     return req
 
@@ -164,17 +169,17 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
 def _check_reply(msg: bytes, request: Any, minor: int) -> None:
     rep = _decode(codec.decode_reply, msg, request, minor)
     op = int(getattr(request, "opcode", request))
-    fl = codec._OUT
+    fl = _OUT
     if len(msg) >= fl.size:
         h = fl.parse(msg, 0)
         if h["len"] == len(msg) and h["error"] == 0:
             xsize = None
             rbody = getattr(request, "body", None)
-            if hasattr(rbody, "get"):
+            if rbody is not None and hasattr(rbody, "get"):
                 xsize = rbody.get("size")
             parts = messages.reply_parts(op, minor, xsize)
             if parts is not None:
-                _differential(f"reply to {_opname(rep.opcode if rep else op)} (minor {minor})",
+                _differential(f"reply to {opcode_name(rep.opcode if rep else op)} (minor {minor})",
                               parts, messages.reply_body(op, minor, xsize), msg, fl.size,
                               len(msg))
     if rep is None:
@@ -183,16 +188,16 @@ def _check_reply(msg: bytes, request: Any, minor: int) -> None:
         again = codec.encode_reply(request, rep.body, unique=rep.unique, error=rep.error,
                                    minor=minor, length=rep.header["len"])
     except Exception as e:
-        raise Bug("roundtrip", f"reply to {_opname(rep.opcode)}",
+        raise Bug("roundtrip", f"reply to {opcode_name(rep.opcode)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
     if again != msg:
-        raise Bug("roundtrip", f"reply to {_opname(rep.opcode)}",
+        raise Bug("roundtrip", f"reply to {opcode_name(rep.opcode)}",
                   f"{len(msg)} bytes in, {len(again)} out: {msg.hex()} -> {again.hex()}")
 
 
 def _check_notification(msg: bytes) -> None:
     note = _decode(codec.decode_notification, msg)
-    fl = codec._OUT
+    fl = _OUT
     if len(msg) >= fl.size:
         h = fl.parse(msg, 0)
         if h["len"] == len(msg) and h["unique"] == 0 and h["error"] > 0:
@@ -205,17 +210,17 @@ def _check_notification(msg: bytes) -> None:
     try:
         again = codec.encode_notification(note.code, note.body, length=note.header["len"])
     except Exception as e:
-        raise Bug("roundtrip", f"notification {_opname(note.code)}",
+        raise Bug("roundtrip", f"notification {_notify_name(note.code)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
     if again != msg:
-        raise Bug("roundtrip", f"notification {_opname(note.code)}",
+        raise Bug("roundtrip", f"notification {_notify_name(note.code)}",
                   f"{msg.hex()} -> {again.hex()}")
 
 
 # -- session --------------------------------------------------------------------------------
 
 
-def _snapshot(s: Session) -> tuple:
+def _snapshot(s: Session) -> tuple[Any, ...]:
     return (frozenset(s.pending), dict(s.interrupts), s.minor, int(s.flags), s.initialized)
 
 

@@ -2,7 +2,7 @@
 
 One request per opcode (with plausible field values a guest kernel would send), a reply
 to each where the protocol has one, every notification, and a few sessions. The node ids
-and file handles are the ones :class:`~fuseproto.fuzz.virtiofsd.DaemonHarness` sets up
+and file handles are the ones :class:`~fuseproto.fuzz.harness.DaemonHarness` sets up
 (``ROOT`` 1 and whatever LOOKUP returned are filled in at run time there), so the seeds
 work against a real daemon too.
 """
@@ -38,6 +38,7 @@ INIT_FLAGS = int(
     | InitFlags.FUSE_DO_READDIRPLUS | InitFlags.FUSE_MAX_PAGES | InitFlags.FUSE_MAP_ALIGNMENT
     | InitFlags.FUSE_SETXATTR_EXT | InitFlags.FUSE_INIT_EXT
 )
+_INIT_WORDS = InitFlags(INIT_FLAGS).words()  # (flags, flags2) as fuse_init_in/out carry them
 _NODE, _FH, _DIRFH = 2, 1, 2
 _ATTR = C(ino=2, size=4096, blocks=8, mode=0o100644, nlink=1, uid=0, gid=0, blksize=4096)
 _ENTRY = C(nodeid=2, generation=0, entry_valid=1, attr_valid=1, attr=_ATTR)
@@ -55,7 +56,7 @@ class Seed:
 
 def _init_body(minor: int = FUSE_KERNEL_MINOR_VERSION) -> C:
     return C(major=FUSE_KERNEL_VERSION, minor=minor, max_readahead=131072,
-             flags=INIT_FLAGS & 0xFFFFFFFF, flags2=INIT_FLAGS >> 32, unused=[0] * 11)
+             flags=_INIT_WORDS[0], flags2=_INIT_WORDS[1], unused=[0] * 11)
 
 
 def _lk() -> C:
@@ -66,9 +67,9 @@ def request_seeds() -> list[Seed]:
     """One or more seeds per opcode (bodies as the codec's Containers)."""
     return [
         Seed(O.FUSE_INIT, _init_body(), 0, C(major=7, minor=38, max_readahead=131072,
-             flags=INIT_FLAGS & 0xFFFFFFFF, max_background=16, congestion_threshold=12,
+             flags=_INIT_WORDS[0], max_background=16, congestion_threshold=12,
              max_write=1 << 20, time_gran=1, max_pages=256, map_alignment=12,
-             flags2=INIT_FLAGS >> 32, max_stack_depth=0, request_timeout=0, unused=[0] * 11)),
+             flags2=_INIT_WORDS[1], max_stack_depth=0, request_timeout=0, unused=[0] * 11)),
         Seed(O.FUSE_LOOKUP, C(name=b"file"), 1, _ENTRY),
         Seed(O.FUSE_LOOKUP, C(name=b"dir"), 1, _ENTRY),
         Seed(O.FUSE_FORGET, C(nlookup=1), _NODE),

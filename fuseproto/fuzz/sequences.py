@@ -18,7 +18,7 @@ non-zero ``group`` that follow each other go in flight together on one kick.
 
 Every request is built by :func:`fuseproto.wire.codec.encode_request` (``length=`` and
 ``count`` forced where a step lies) and sent through :meth:`DaemonHarness.send_many`, so
-:func:`~fuseproto.fuzz.virtiofsd.sanitize` and the daemon sandbox apply to each one.
+:func:`~fuseproto.fuzz.sanitizer.sanitize` and the daemon sandbox apply to each one.
 Programs are mutated structurally (:func:`mutate_program`: insert / delete / swap /
 duplicate / regroup steps, or one step's fields through :func:`.mutate.mutate_body`).
 """
@@ -34,12 +34,16 @@ from typing import Any
 
 from construct import Container, ListContainer
 
+from .. import daemons
 from ..errors import DaemonError, EncodeError, TransportError
 from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
 from .findings import FindingStore
+from .forensics import FATAL, Outcome
+from .harness import DaemonHarness
+from .virtiofsd import DaemonStats, record_finding
 
 __all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
            "fuzz_sequences", "program_to_json", "program_from_json", "DEPTHS"]
@@ -68,7 +72,7 @@ class Step:
     fields: Any = field(default_factory=Container)  # body as the codec's Container
     node: int = 0  # header nodeid: < 0 -> node pool reference, else literal
     length: int | None = None  # forced fuse_in_header.len (a lie), else derived
-    variant: int = 0  # reply-area choice (virtiofsd.reply_area)
+    variant: int = 0  # reply-area choice (harness.variant_area)
     group: int = 0  # same non-zero group as the previous step: same kick
 
 
@@ -91,14 +95,15 @@ def _mapping_values(rng: random.Random) -> tuple[int, int, int]:
 
 def _entries(rng: random.Random) -> list[Container]:
     n = rng.choice((0, 1, 2, 3, 16, 255, 256, 257, 300))
-    out = []
+    out: list[Container] = []
     for i in range(n):
         if i and rng.random() < 0.3:
             out.append(Container(out[-1]))  # the same range again (overlap)
         else:
             _, ln, mo = _mapping_values(rng)
             out.append(_C(moffset=mo, len=ln))
-    return ListContainer(out)
+    entries: list[Container] = ListContainer(out)
+    return entries
 
 
 def random_step(rng: random.Random) -> Step:
@@ -154,12 +159,11 @@ def random_step(rng: random.Random) -> Step:
 
 
 def init_step(rng: random.Random) -> Step:
-    flags = rng.choice(_INIT_CHOICES)
+    flags, flags2 = InitFlags(rng.choice(_INIT_CHOICES)).words()
     # 7.27 is below what the C daemon accepts (EPROTO, then EIO for everything): rare.
     minor = rng.choice((46, 46, 46, 46, 46, 38, 31, 27))
     return Step(O.FUSE_INIT, _C(major=FUSE_KERNEL_VERSION, minor=minor, max_readahead=131072,
-                                flags=flags & 0xFFFF_FFFF, flags2=flags >> 32,
-                                unused=[0] * 11), node=0)
+                                flags=flags, flags2=flags2, unused=[0] * 11), node=0)
 
 
 def random_program(rng: random.Random, max_steps: int = 16) -> list[Step]:
@@ -226,10 +230,10 @@ def mutate_program(prog: list[Step], rng: random.Random, max_steps: int = 32) ->
 
 @dataclass
 class ProgramResult:
-    outcomes: list[Any] = field(default_factory=list)  # virtiofsd.Outcome per request sent
+    outcomes: list[Outcome] = field(default_factory=list)  # one per request sent
     depth: int = 0  # index into DEPTHS
     mappings: list[tuple[str, str, str]] = field(default_factory=list)  # (op, kind, answer)
-    fatal: Any = None  # the crash/exit/hang outcome that ended it, if any
+    fatal: Outcome | None = None  # the crash/exit/hang outcome that ended it, if any
     skipped: int = 0  # steps the codec would not encode
 
 
@@ -257,7 +261,7 @@ def _mapping_kind(step: Step) -> str:
 
 
 def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -> tuple[int, Any]:
-    body = mutate._deep_copy(step.fields) if isinstance(step.fields, dict) else step.fields
+    body = mutate.copy_body(step.fields) if isinstance(step.fields, dict) else step.fields
     nodeid = _pick(nodes, step.node) if step.node < 0 else step.node
     if isinstance(body, dict):
         if isinstance(body.get("fh"), int) and body["fh"] < 0:
@@ -271,7 +275,7 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
     return nodeid, body
 
 
-def run_program(h: Any, prog: list[Step]) -> ProgramResult:
+def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     """Run ``prog`` on ``h`` (a :class:`DaemonHarness` with ``setup=False``), restarted
     fresh first. Stops at the first crash, exit or hang."""
     h.start()
@@ -319,13 +323,13 @@ def run_program(h: Any, prog: list[Step]) -> ProgramResult:
                 _learn(step, out, h, nodes, fhs, res, destroyed)
                 if step.op == O.FUSE_DESTROY:
                     destroyed = True
-            if out.finding in ("crash", "daemon-exit", "hang"):
+            if out.finding in FATAL:
                 res.fatal = out
                 return res
     return res
 
 
-def _answer(out: Any, err: int | None, kind: str) -> str:
+def _answer(out: Outcome, err: int | None, kind: str) -> str:
     """A mapping request's answer: the errno, or the finding it ran into (crash site)."""
     if out.finding:
         site = out.evidence.get("site") or out.evidence.get("signal") or ""
@@ -333,7 +337,7 @@ def _answer(out: Any, err: int | None, kind: str) -> str:
     return str(err) if err is not None else out.cls.split(":", 1)[-1]
 
 
-def _errno(out: Any) -> int | None:
+def _errno(out: Outcome) -> int | None:
     parts = out.cls.split(":")
     if len(parts) > 1:
         try:
@@ -343,7 +347,7 @@ def _errno(out: Any) -> int | None:
     return None
 
 
-def _learn(step: Step, out: Any, h: Any, nodes: list[int], fhs: list[int], res: ProgramResult,
+def _learn(step: Step, out: Outcome, h: DaemonHarness, nodes: list[int], fhs: list[int], res: ProgramResult,
            destroyed: bool) -> None:
     op = step.op
     if op == O.FUSE_INIT:
@@ -396,6 +400,7 @@ def _from_jsonable(v: Any) -> Any:
 def program_to_json(prog: list[Step]) -> list[dict[str, Any]]:
     out = []
     for s in prog:
+        name: str | int
         try:
             name = O(s.op).name
         except ValueError:
@@ -414,17 +419,15 @@ def program_from_json(doc: list[dict[str, Any]]) -> list[Step]:
 # -- the loop ----------------------------------------------------------------------------------
 
 
-def fuzz_sequences(installation: Any, *, seconds: float, store: FindingStore, seed: int = 0,
+def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store: FindingStore, seed: int = 0,
                    hang_timeout: float = 0.5, label: str | None = None,
-                   max_programs: int | None = None) -> Any:
+                   max_programs: int | None = None) -> DaemonStats:
     """Fuzz one daemon with programs for ``seconds``; findings go to ``store``. Returns a
     :class:`~fuseproto.fuzz.virtiofsd.DaemonStats` whose ``sequences`` says how many
     programs ran, the deepest state reached and every mapping request's answer."""
-    from . import virtiofsd
-
     label = label or installation.kind
     rng = random.Random(seed ^ 0x5E0)
-    stats = virtiofsd.DaemonStats(label)
+    stats = DaemonStats(label)
     depths: Counter[str] = Counter()
     mappings: Counter[str] = Counter()
     programs = 0
@@ -433,8 +436,8 @@ def fuzz_sequences(installation: Any, *, seconds: float, store: FindingStore, se
     corpus: list[list[Step]] = [random_program(rng) for _ in range(8)]
     pending = list(corpus)
     seen_depth: set[tuple[int, str]] = set()
-    with virtiofsd.DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
-                                 history=100_000) as h:
+    with DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
+                       history=100_000) as h:
         stats.version = h.version()
         while time.monotonic() < deadline and (max_programs is None or programs < max_programs):
             if pending:
@@ -459,7 +462,7 @@ def fuzz_sequences(installation: Any, *, seconds: float, store: FindingStore, se
                     new = True
                 stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                 if out.finding is not None:
-                    virtiofsd._record(stats, store, h, label, out, program_to_json(prog))
+                    record_finding(stats, store, h, label, out, program_to_json(prog))
             key = (res.depth, ",".join(sorted({k for _, k, _ in res.mappings})))
             if key not in seen_depth:
                 seen_depth.add(key)

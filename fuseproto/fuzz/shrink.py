@@ -28,10 +28,13 @@ from typing import Any
 
 from construct import Container
 
-from ..errors import DecodeError, EncodeError
 from .. import daemons
+from ..errors import DecodeError, EncodeError
 from ..wire import codec, structs
 from . import mutate
+from .forensics import outcome_signature
+from .harness import DaemonHarness, resolve_installation
+from .replay import replay_items
 
 __all__ = ["ShrinkResult", "shrink", "shrink_file", "min_path"]
 
@@ -72,8 +75,6 @@ def shrink(doc: dict[str, Any], installation: daemons.Installation, *, seconds: 
            hang_timeout: float = 0.5, label: str | None = None,
            log: Callable[[str], None] | None = None) -> ShrinkResult:
     """Minimize reproducer ``doc`` (see the module docstring) against ``installation``."""
-    from . import virtiofsd
-
     t0 = time.monotonic()
     deadline = t0 + seconds
     expected = doc.get("finding", {}).get("signature")
@@ -83,15 +84,15 @@ def shrink(doc: dict[str, Any], installation: daemons.Installation, *, seconds: 
     res = ShrinkResult(None, before=len(items),
                        bytes_before=sum(len(i["hex"]) // 2 for i in items))
     say = log or (lambda m: None)
-    harness = virtiofsd.DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
-                                      history=100_000)
+    harness = DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
+                            history=100_000)
 
     def reproduces(cand: list[dict[str, Any]], check_budget: bool = True) -> bool:
         if check_budget and time.monotonic() > deadline:
             raise _Budget
         res.replays += 1
-        outs = virtiofsd.replay_items(cand, installation, setup=setup, harness=harness)
-        return any(virtiofsd.outcome_signature(label, o) == expected for o in outs)
+        outs = replay_items(cand, installation, setup=setup, harness=harness)
+        return any(outcome_signature(label, o) == expected for o in outs)
 
     try:
         if not expected or not items:
@@ -186,7 +187,7 @@ def _byte_candidates(data: bytes, minor: int) -> list[bytes]:
         for k, v in list(body.items()):
             if str(k).startswith("_") or isinstance(v, bool) or not isinstance(v, int) or not v:
                 continue
-            b = Container(mutate._deep_copy(body))
+            b = Container(mutate.copy_body(body))
             b[k] = 0
             try:
                 out.append(codec.encode_request(
@@ -222,8 +223,6 @@ def shrink_file(path: str | Path, installation: daemons.Installation | None = No
                 log: Callable[[str], None] | None = None) -> ShrinkResult:
     """Shrink the reproducer at ``path``; on success write ``<name>.min.json`` next to it
     (same format, so ``fuseproto fuzz replay`` runs it)."""
-    from . import virtiofsd
-
     doc = json.loads(Path(path).read_text())
     if doc.get("target") != "virtiofsd":
         raise ValueError(f"{path}: only virtiofsd reproducers (JSON) are shrunk")
@@ -231,7 +230,7 @@ def shrink_file(path: str | Path, installation: daemons.Installation | None = No
         spec = doc.get("daemon", "c")
         if spec not in daemons.KINDS:
             spec = doc.get("daemon_binary", spec)
-        installation = virtiofsd.resolve_installation(spec)
+        installation = resolve_installation(spec)
     res = shrink(doc, installation, seconds=seconds, hang_timeout=hang_timeout, log=log)
     if res.doc is not None:
         out = min_path(path)

@@ -1,27 +1,32 @@
-"""The in-process fuzz targets: oracle + structure-aware mutator + seeds, by name.
+"""The in-process fuzz targets of the wire layer and the session: oracle + structure-aware
+mutator + seeds, as :class:`Target` objects (:data:`WIRE_DECODE`, :data:`SESSION`).
 
 ``fuzz/<name>_fuzzer.py`` (atheris, coverage-guided) and the pure-Python loop in
 :mod:`.engine` (tests, replay, environments without atheris) both use these objects, so
-what the campaign runs and what a test runs is the same code.
+what the campaign runs and what a test runs is the same code. The table of every target
+by name is :mod:`.registry`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..wire import codec
+from ..wire import codec, structs
 from ..wire.constants import fuse_opcode
 from . import inputs, mutate, oracles, seeds
 
-__all__ = ["Target", "TARGETS", "get_target", "wire_mutator", "session_mutator"]
+__all__ = ["Target", "WIRE_DECODE", "SESSION", "STRUCTURED_SHARE", "wire_mutator",
+           "session_mutator"]
 
 # libFuzzer's structured/byte mix: this share of custom_mutator calls goes through the
 # schema, the rest through libFuzzer's own byte mutations (atheris.Mutate).
 STRUCTURED_SHARE = 0.7
 _OPS = [int(m) for m in fuse_opcode]
+_OUT = structs.FAST["fuse_out_header"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,12 @@ class Target:
     mutate: Callable[[bytes, int, random.Random], bytes]  # structured only
     corpus: Callable[[], Iterator[tuple[str, bytes]]]
     description: str
+    requires: tuple[str, ...] = ()  # modules the oracle imports when it runs
+
+    @property
+    def available(self) -> bool:
+        """Every module in ``requires`` can be imported here."""
+        return all(importlib.util.find_spec(m) is not None for m in self.requires)
 
     @property
     def fuzzer(self) -> str:
@@ -99,10 +110,10 @@ def session_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
         # Re-address a reply (or flip a record's direction).
         rec = recs[i]
         if rec.is_reply and len(rec.data) >= 16:
-            hdr = dict(codec._OUT.parse(rec.data, 0))
+            hdr = dict(_OUT.parse(rec.data, 0))
             hdr["unique"] = rng.choice((0, 1, 2, 3, 4, hdr["unique"] ^ 1, 1 << 63,
                                         (1 << 63) | hdr["unique"]))
-            recs[i] = inputs.SessionRecord(True, codec._OUT.build(hdr) + rec.data[16:])
+            recs[i] = inputs.SessionRecord(True, _OUT.build(hdr) + rec.data[16:])
         else:
             recs[i] = inputs.SessionRecord(not rec.is_reply, rec.data)
     return inputs.build_session_input(recs[:64])[:max_size]
@@ -112,7 +123,7 @@ def _request_for(recs: list[inputs.SessionRecord], i: int) -> Any:
     """The decoded request a reply at ``i`` answers (by unique), else LOOKUP's opcode."""
     data = recs[i].data
     if len(data) >= 16:
-        unique = codec._OUT.parse(data, 0)["unique"]
+        unique = _OUT.parse(data, 0)["unique"]
         for rec in recs[:i]:
             if not rec.is_reply and len(rec.data) >= 40:
                 try:
@@ -124,24 +135,11 @@ def _request_for(recs: list[inputs.SessionRecord], i: int) -> Any:
     return fuse_opcode.FUSE_LOOKUP
 
 
-TARGETS: dict[str, Target] = {
-    "wire_decode": Target(
-        "wire_decode", oracles.check_wire, wire_mutator, seeds.wire_inputs,
-        "bytes -> decode_request/reply/notification: DecodeError only, roundtrip, "
-        "fast path vs construct"),
-    "session": Target(
-        "session", oracles.check_session, session_mutator, seeds.session_inputs,
-        "request/reply sequences -> Session: DecodeError/ProtocolError only, no state "
-        "change on error, check_valid, bounded pending"),
-}
-
-
-def get_target(name: str) -> Target:
-    """A target by name (``wire_decode``, ``wire_decode_fuzzer``, ``..._fuzzer.py``)."""
-    key = name.rsplit("/", 1)[-1].removesuffix(".py").removesuffix("_fuzzer")
-    if key == "dax" and "dax" not in TARGETS:
-        from . import dax_target  # noqa: F401  (registers itself when fuseproto.dax is there)
-    try:
-        return TARGETS[key]
-    except KeyError:
-        raise KeyError(f"unknown fuzz target {name!r} (one of {', '.join(TARGETS)})") from None
+WIRE_DECODE = Target(
+    "wire_decode", oracles.check_wire, wire_mutator, seeds.wire_inputs,
+    "bytes -> decode_request/reply/notification: DecodeError only, roundtrip, "
+    "fast path vs construct")
+SESSION = Target(
+    "session", oracles.check_session, session_mutator, seeds.session_inputs,
+    "request/reply sequences -> Session: DecodeError/ProtocolError only, no state "
+    "change on error, check_valid, bounded pending")

@@ -1,0 +1,140 @@
+"""Crash forensics for the live-daemon fuzzers: what one request did, where a daemon died,
+and the signature a finding is deduplicated by.
+
+:class:`Outcome` is the verdict on one request (its outcome class, and for a finding the
+kind, a one-line detail and the evidence). :func:`crash_site` reads a daemon's log for the
+place it died (an assertion, a glibc fortify abort, a Rust panic), :func:`death_outcome`
+and :func:`stall_outcome` turn an exit status or a missing reply plus that log into an
+:class:`Outcome`, and :func:`outcome_signature` names a finding so that repeats of the
+same bug land in one reproducer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import daemons
+
+__all__ = ["Outcome", "FATAL", "crash_site", "peek_log", "log_tail", "death_outcome",
+           "stall_outcome", "outcome_signature"]
+
+#: Finding kinds after which the daemon is gone or unusable (a fresh one is started).
+FATAL = ("crash", "daemon-exit", "hang")
+
+
+@dataclass
+class Outcome:
+    """What one request did. ``finding`` is None when nothing was wrong."""
+
+    cls: str  # outcome class, e.g. "FUSE_READ:ok:4K" or "FUSE_LOOKUP:-2"
+    finding: str | None = None  # crash | daemon-exit | hang | protocol
+    detail: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    reply: bytes = b""
+
+
+_SITE_PATTERNS = (
+    # C: "virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: fv_queue_worker: Assertion `0' failed."
+    re.compile(r"([\w.]+\.c):\d+: (\w+): (Assertion `.*' failed)"),
+    # glibc fortify: "*** invalid openat64 call: O_CREAT or O_TMPFILE without mode ***: terminated"
+    re.compile(r"\*\*\* (.+?) \*\*\*"),
+    # Rust: "thread 'vring_worker' panicked at .../src/vhost_user.rs:277:18:\n<message>"
+    re.compile(r"panicked at (?:[^\n]*/)?([\w.]+\.rs):\d+:\d+:\n([^\n]*)"),
+    re.compile(r"panicked at '([^']*)', (?:[^\n]*/)?([\w.]+\.rs)"),
+)
+
+
+def crash_site(log: str) -> str | None:
+    """Where the daemon died, from its log: an assertion, a fortify abort, a Rust panic.
+    Numbers in messages are replaced by N so repeats deduplicate."""
+    for pat in _SITE_PATTERNS:
+        matches = list(pat.finditer(log))
+        if matches:
+            m = matches[-1]
+            text = " ".join(g for g in m.groups() if g)
+            return re.sub(r"\d+", "N", text).replace("`", "'")[:200]
+    return None
+
+
+def peek_log(path: str, offset: int) -> str:
+    """Up to 64 KiB of the log at ``path`` from ``offset`` ("" if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 16).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def log_tail(log: str, lines: int = 6) -> str:
+    """The last ``lines`` lines of a log (the evidence a finding keeps)."""
+    return "\n".join(log.strip().splitlines()[-lines:])
+
+
+def death_outcome(kind: str, name: str, status: int, log: str, previous: list[str]) -> Outcome:
+    """The finding for a daemon that ended with wait ``status`` after request ``name``:
+    a crash when a signal killed it, a daemon-exit otherwise (``log``: what it wrote since
+    the request; ``previous``: the opcode names sent before it)."""
+    site = crash_site(log)
+    ev: dict[str, Any] = {"opcode": name, "status": daemons.describe_status(status),
+                          "previous": previous, "log_tail": log_tail(log)}
+    if site is not None:
+        ev["site"] = site
+    at = f": {site}" if site else ""
+    if os.WIFSIGNALED(status):
+        try:
+            sig = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            sig = f"signal {os.WTERMSIG(status)}"
+        ev["signal"] = sig
+        return Outcome(f"{name}:crash:{sig}", "crash",
+                       f"{kind} virtiofsd killed by {sig} after {name}{at}", ev)
+    return Outcome(f"{name}:exit:{os.WEXITSTATUS(status)}", "daemon-exit",
+                   f"{kind} virtiofsd {ev['status']} after {name}{at}", ev)
+
+
+def stall_outcome(kind: str, name: str, *, area: int, timeout: float, log: str,
+                  previous: list[str], state: str, reply_expected: bool) -> Outcome:
+    """No reply to request ``name`` within ``timeout`` s while the process lives: a worker
+    panic when the log shows one (the queue is dead), no finding when a reply was optional
+    (INTERRUPT), else a hang."""
+    site = crash_site(log)
+    ev: dict[str, Any] = {"opcode": name, "area": area, "timeout_s": timeout,
+                          "previous": previous, "log_tail": log_tail(log)}
+    if site is not None:
+        ev["site"] = site
+        return Outcome(f"{name}:panic", "crash",
+                       f"{kind} virtiofsd worker panicked after {name}: {site}", ev)
+    if not reply_expected:
+        return Outcome(f"{name}:noreply")  # INTERRUPT may go unanswered
+    return Outcome(f"{name}:hang", "hang",
+                   f"no reply to {name} within {timeout} s, daemon alive (state {state})", ev)
+
+
+def outcome_signature(label: str, out: Outcome) -> str | None:
+    """The finding signature of an outcome on daemon ``label`` (None when it is not a
+    finding): kind, daemon, and the crash site / signal, or the protocol rule broken."""
+    if out.finding is None:
+        return None
+    parts = out.cls.split(":")
+    op = parts[0]
+    site = out.evidence.get("site")
+    if out.finding in ("crash", "daemon-exit"):
+        how = out.evidence.get("signal") or out.evidence.get("status") or "panic"
+        prev = out.evidence.get("previous") or []
+        if site is None and "FUSE_INTERRUPT" in prev:
+            # No site in the log: a recent INTERRUPT is the cause (a stale one answered into
+            # the next request's buffer, which a FORGET or a header-only request lacks, or
+            # on the same kick), whatever came next -- one signature, not one per opcode
+            # that happened to follow it (minimized reproducers: INIT, INTERRUPT, 1-3 more).
+            site = "after FUSE_INTERRUPT"
+        return f"{out.finding}:{label}:{how}:{site or op}"
+    if out.finding == "protocol":
+        if len(parts) > 1 and parts[1] == "undecodable":
+            return f"protocol:{label}:{op}:{':'.join(parts[1:])}"
+        return f"protocol:{label}:{parts[1] if len(parts) > 1 else '?'}"
+    return f"{out.finding}:{label}:{op}"

@@ -1,0 +1,532 @@
+"""The live-daemon harness: one real virtiofsd, driven through the vhost-user frontend
+(no VM), one raw request at a time, each reply classified.
+
+:class:`DaemonHarness` owns one daemon at a time: it creates a fresh shared directory with
+a few files, starts the daemon (by PID, through :class:`~fuseproto.daemons.Daemon`,
+sandboxed: :class:`SandboxedDaemon`), connects a
+:class:`~fuseproto.transport.vhost_user.VhostUserTransport`, does INIT and a fixed setup
+(LOOKUP/OPEN/OPENDIR) with the typed client, and then sends raw requests and classifies
+what comes back:
+
+* **crash** -- the daemon was killed by a signal (SIGSEGV, SIGABRT ...), or a Rust
+  worker panicked (the process lives, the queue is dead);
+* **daemon-exit** -- it exited with a status while serving (a guest can end it);
+* **hang** -- the process lives but no reply arrived within ``hang_timeout``;
+* **protocol** -- a reply that breaks FUSE: device wrote more than the area it was
+  given (used.len > area), fewer bytes than a header, ``fuse_out_header.len`` != the
+  bytes written, a ``unique`` that is not the request's, an errno outside (-512, 0],
+  or a body that does not decode for the request (e.g. READ data longer than ``size``:
+  the codec's LimitExceededError).
+
+The area a request gets is :func:`fuseproto.wire.codec.reply_area` (what a guest kernel
+gives, capped at :data:`MAX_AREA`) or one of the deviations of :func:`variant_area`.
+:meth:`DaemonHarness.send_many` puts several requests in flight on one kick (each judged
+as above); every request passes :func:`~fuseproto.fuzz.sanitizer.sanitize` first. With
+``setup=False`` the harness does no INIT/LOOKUP at start (sequence programs,
+:mod:`.sequences`, negotiate INIT themselves); it learns the negotiated minor and flags
+from the first successful INIT reply either way, through
+:func:`fuseproto.session.negotiate_init` (the session's own rule).
+
+After a crash, exit or hang the caller starts a fresh daemon (:meth:`DaemonHarness.start`:
+the old one is stopped by PID, a fresh shared directory is made). The requests sent since
+the daemon's setup are kept in :attr:`DaemonHarness.history` for a reproducer
+(:mod:`.virtiofsd`, :mod:`.replay`); the log and crash analysis is :mod:`.forensics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from construct import Container
+
+from .. import daemons
+from ..client import Client
+from ..errors import DaemonError, DecodeError, TransportError
+from ..session import REPLY_EXPECTATION, InitNegotiation, ReplyExpectation, negotiate_init
+from ..transport.vhost_user import VhostUserTransport
+from ..wire import codec, structs
+from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
+from . import mutate, seeds
+from .forensics import FATAL, Outcome, death_outcome, peek_log, stall_outcome
+from .sanitizer import sanitize
+
+__all__ = [
+    "DaemonHarness",
+    "SandboxedDaemon",
+    "MAX_AREA",
+    "expected_area",
+    "variant_area",
+    "resolve_installation",
+    "daemon_label",
+]
+
+_OP = fuse_opcode
+_IN = structs.FAST["fuse_in_header"]
+_OUT = structs.FAST["fuse_out_header"]
+OUT_SIZE = _OUT.size
+IN_SIZE = _IN.size
+# The largest device-writable area we hand out (guest memory is 32 MiB).
+MAX_AREA = OUT_SIZE + (1 << 20)
+HISTORY = 32  # requests kept for a reproducer
+
+
+class SandboxedDaemon(daemons.Daemon):
+    """A :class:`Daemon` with the chroot sandbox for both kinds (the Rust one defaults to
+    ``--sandbox none`` in :class:`Daemon`); the fuzzer sends hostile requests as root."""
+
+    def argv(self) -> list[str]:
+        args = super().argv()
+        if self.kind == "rust" and "--sandbox" in args:
+            args[args.index("--sandbox") + 1] = "chroot"
+        return args
+
+
+def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
+    """``c`` / ``rust`` (installed, or installed now) or a path to a virtiofsd binary (or
+    a wrapper script that execs one); ``kind`` says which protocol dialect a path speaks
+    (default: :func:`fuseproto.daemons.detect_kind`)."""
+    if spec in daemons.KINDS:
+        return daemons.find(spec) or daemons.install(spec)
+    path = os.path.abspath(spec)
+    inst = daemons.Installation.from_path(path, kind)
+    inst.binary = path  # keep the path as given (a wrapper stays a wrapper)
+    return inst
+
+
+def daemon_label(spec: str, inst: daemons.Installation) -> str:
+    """How findings and reports name a daemon: ``c``/``rust``, or ``kind:basename``."""
+    return spec if spec in daemons.KINDS else f"{inst.kind}:{os.path.basename(spec)}"
+
+
+def _bucket(n: int) -> str:
+    if n <= OUT_SIZE:
+        return "hdr"
+    n -= OUT_SIZE
+    b = 1
+    while b < n:
+        b <<= 2
+    return f"<={b}"
+
+
+def expected_area(op: int, body: Any, minor: int) -> int:
+    """The area a guest kernel would give the reply (:func:`fuseproto.wire.codec.
+    reply_area`), capped at :data:`MAX_AREA`."""
+    return min(codec.reply_area(op, body, minor), MAX_AREA)
+
+
+def variant_area(variant: int, expected: int) -> int:
+    """The area for reply-size ``variant`` given the ``expected`` one (0: as the kernel
+    gives; 1: 4 KiB more; 2: a header only; 3: 64 KiB more; 4: one byte short)."""
+    v = variant % 5
+    if v == 1:
+        return min(expected + 4096, MAX_AREA)
+    if v == 2:
+        return OUT_SIZE
+    if v == 3:
+        return min(expected + 65536, MAX_AREA)
+    if v == 4:
+        return max(expected - 1, 1)
+    return expected
+
+
+@dataclass
+class _InFlight:
+    """One request of a kick, as :meth:`DaemonHarness.send_many` judges its reply."""
+
+    token: Any
+    name: str
+    op: int
+    unique: int | None
+    req: Any  # the decoded request, None if it does not decode
+    area: int
+    expected: int  # the area a kernel would give
+    expectation: ReplyExpectation
+
+
+class DaemonHarness:
+    """One daemon at a time (see the module docstring). Use as a context manager."""
+
+    def __init__(self, installation: daemons.Installation, *, hang_timeout: float = 0.5,
+                 workdir: str | None = None, history: int = HISTORY,
+                 on_send: Callable[[DaemonHarness, bytes], None] | None = None,
+                 setup: bool = True):
+        self.installation = installation
+        # setup=False: no INIT and no LOOKUPs at start (a sequence program negotiates INIT
+        # itself); the harness still learns minor/flags from any INIT reply it sees.
+        self.setup = setup
+        self.kind = installation.kind
+        self.hang_timeout = hang_timeout
+        self._own_workdir = workdir is None
+        self._workdir = workdir
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.on_send = on_send  # test hook: called before each fuzz request is sent
+        self.transport: VhostUserTransport | None = None
+        self.client: Client | None = None
+        self.daemon: daemons.Daemon | None = None
+        self.starts = 0
+        self.unique = 1 << 40
+        self.minor = FUSE_KERNEL_MINOR_VERSION
+        self.flags = 0
+        self.nodes: dict[str, int] = {}
+        self.fhs: dict[str, int] = {}
+        self._gen = 0
+        self._log_offset = 0
+        self._later = 0  # requests of the current batch sent after the one being judged
+        self._inited = False  # an INIT was negotiated since start (minor/flags learned)
+
+    @property
+    def workdir(self) -> str:
+        """The directory each daemon's shared directory, socket and log go under (made on
+        first use unless given)."""
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix="fuseproto-fuzz-")
+        return self._workdir
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> DaemonHarness:
+        self.stop()
+        self._gen += 1
+        base = os.path.join(self.workdir, f"d{self._gen}")
+        shared = os.path.join(base, "shared")
+        os.makedirs(shared)
+        _populate(shared)
+        sock = os.path.join(base, "vhost.sock")
+        self.daemon = SandboxedDaemon(self.installation, shared, sock,
+                                      log_path=os.path.join(base, "daemon.log"))
+        self._log_offset = 0
+        self.daemon.start()
+        try:
+            self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0)
+            self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
+            self._inited = self.setup
+            if self.setup:
+                self._setup()
+            else:
+                self.minor, self.flags = FUSE_KERNEL_MINOR_VERSION, 0
+                self.nodes, self.fhs = {"root": 1}, {}
+        except BaseException:
+            self.stop()
+            raise
+        self.starts += 1
+        self.history.clear()
+        self.new_log()  # skip the start-up chatter
+        return self
+
+    def new_log(self) -> str:
+        """Daemon log text written since the last call."""
+        if self.daemon is None or self.daemon.log_path is None:
+            return ""
+        try:
+            with open(self.daemon.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read(1 << 16)
+        except OSError:
+            return ""
+        self._log_offset += len(data)
+        return data.decode(errors="replace")
+
+    def _setup(self) -> None:
+        c = self.client
+        assert c is not None
+        c.init(flags=seeds.INIT_FLAGS)
+        self.minor = c.session.minor
+        self.flags = int(c.session.flags)
+        self.nodes = {"root": 1}
+        for name in ("file", "small", "dir", "link", "empty"):
+            self.nodes[name] = c.lookup(1, name).nodeid
+        self.fhs = {"file": c.open(self.nodes["file"], os.O_RDWR).fh,
+                    "dir": c.opendir(self.nodes["dir"]).fh}
+
+    def stop(self) -> None:
+        """Close the connection and stop the daemon by PID; remove its directory."""
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()  # stops the daemon it owns
+        if self.daemon is not None:
+            with contextlib.suppress(Exception):
+                self.daemon.stop()
+            shutil.rmtree(os.path.dirname(self.daemon.shared_dir), ignore_errors=True)
+        self.transport = self.client = self.daemon = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> DaemonHarness:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pools(self) -> mutate.Pools:
+        return mutate.Pools(sorted(set(self.nodes.values())), sorted(set(self.fhs.values())))
+
+    def version(self) -> str:
+        try:
+            return daemons.version_text(self.installation)
+        except DaemonError as e:
+            return f"unknown ({e})"
+
+    # -- seeds --------------------------------------------------------------------------
+    def seed_requests(self) -> list[bytes]:
+        """The seed requests with this daemon's node ids and file handles."""
+        node = {1: 1, 2: self.nodes["file"], 3: self.nodes["link"]}
+        fh = {1: self.fhs["file"], 2: self.fhs["dir"]}
+        out = []
+        for s in seeds.request_seeds():
+            if s.opcode in (_OP.FUSE_INIT, _OP.FUSE_DESTROY):
+                continue
+            body = s.body
+            if isinstance(body, dict) and "fh" in body:
+                body = Container(body)
+                body["fh"] = fh.get(body["fh"], body["fh"])
+            if isinstance(body, dict) and "entries" in body and s.opcode == _OP.FUSE_BATCH_FORGET:
+                body = Container(body, entries=[Container(nodeid=self.nodes["empty"], nlookup=1)])
+            if s.opcode == _OP.FUSE_FORGET:
+                nodeid = self.nodes["empty"]
+            elif s.opcode in (_OP.FUSE_OPENDIR, _OP.FUSE_READDIR, _OP.FUSE_READDIRPLUS,
+                              _OP.FUSE_RELEASEDIR, _OP.FUSE_FSYNCDIR):
+                nodeid = self.nodes["dir"]
+            else:
+                nodeid = node.get(s.nodeid, s.nodeid)
+            self.unique += 2
+            out.append(codec.encode_request(s.opcode, body, unique=self.unique, nodeid=nodeid,
+                                            uid=0, gid=0, pid=1, minor=self.minor,
+                                            flags=self.flags))
+        return out
+
+    # -- requests -----------------------------------------------------------------------
+    def send(self, data: bytes, variant: int = 0) -> Outcome:
+        """Send ``data`` (sanitized) with reply-area ``variant``; classify the result."""
+        return self.send_many([(data, variant)])[0]
+
+    def send_many(self, items: list[tuple[bytes, int]], batch: int | None = None
+                  ) -> list[Outcome]:
+        """Put every ``(data, variant)`` in flight on one kick, then classify each reply in
+        order (several requests in flight at once). Every request is sanitized. The list
+        stops at the first crash, exit or hang (later requests have no outcome)."""
+        if self.transport is None:
+            self.start()
+        t = self.transport
+        assert t is not None and self.daemon is not None
+        self._later = 0
+        sent: list[_InFlight] = []
+        outs: list[Outcome] = []
+        for data, variant in items:
+            data = sanitize(data)
+            op, unique = -1, None
+            if len(data) >= IN_SIZE:
+                h = _IN.parse(data, 0)
+                op, unique = h["opcode"], h["unique"]
+            try:
+                req = codec.decode_request(data, self.minor, flags=self.flags)
+            except DecodeError:
+                req = None
+            expectation = REPLY_EXPECTATION.get(op, ReplyExpectation.ONE)
+            expected = expected_area(op, req.body if req is not None else None, self.minor)
+            area = 0 if expectation is ReplyExpectation.NONE else variant_area(variant, expected)
+            item: dict[str, Any] = {"hex": data.hex(), "variant": variant, "area": area}
+            if batch is not None and len(items) > 1:
+                item["batch"] = batch
+            self.history.append(item)
+            name = opcode_name(op)
+            if self.on_send is not None:
+                self.on_send(self, data)
+            try:
+                token = t.submit(data, area, tag=f"{name} unique {unique}", kick=False)
+            except TransportError as e:
+                outs.append(self._dead(name, f"submit failed: {e}"))
+                return outs
+            sent.append(_InFlight(token, name, op, unique, req, area, expected, expectation))
+        try:
+            t.kick(1)
+        except (OSError, TransportError) as e:
+            name = sent[0].name if sent else "?"
+            outs.append(self._dead(name, f"kick failed: {e}"))
+            return outs
+        for k, one in enumerate(sent):
+            # "previous" in the evidence: what was sent before *this* one of the batch.
+            self._later = len(sent) - 1 - k
+            out = self._finish(one)
+            outs.append(out)
+            if out.finding in FATAL:
+                break
+        return outs
+
+    def _finish(self, one: _InFlight) -> Outcome:
+        t, d = self.transport, self.daemon
+        assert t is not None and d is not None
+        name = one.name
+        if one.area == 0:
+            # No reply expected: a cheap liveness probe only when the process is gone.
+            if not d.running():
+                return self._dead(name, "daemon gone after a reply-less request")
+            return Outcome(f"{name}:noreply")
+        timeout = self.hang_timeout if one.expectation is ReplyExpectation.ONE else 0.05
+        try:
+            state = self._await(one.token, timeout)
+        except TransportError as e:
+            return self._dead(name, str(e))
+        if state == "dead":
+            return self._dead(name, "no reply; daemon gone")
+        if state != "done":
+            one.token.abandoned = True  # the transport frees it if it ever completes
+            return stall_outcome(self.kind, name, area=one.area, timeout=self.hang_timeout,
+                                 log=self.new_log(), previous=self._previous(),
+                                 state=d.state(),
+                                 reply_expected=one.expectation is ReplyExpectation.ONE)
+        try:
+            reply = t.wait(one.token, 0)
+        except TransportError as e:
+            return self._dead(name, str(e))
+        out = self._check_reply(one, reply, one.token.used_len)
+        if one.op == _OP.FUSE_INIT and out.finding is None and out.reply and not self._inited:
+            # The first negotiated INIT only (as a kernel): a later one must not change how
+            # we decode.
+            self.learn_init(one.req, out.reply)
+        return out
+
+    def learn_init(self, request: Any, reply: bytes) -> InitNegotiation | None:
+        """Take the minor and flags an INIT exchange settled, by the session's own rule
+        (:func:`fuseproto.session.negotiate_init`: min of the minors, the reply's flags);
+        later requests are encoded and replies decoded with them. ``request`` is the
+        decoded INIT request (None if it did not decode), ``reply`` the reply's bytes.
+        None (and nothing learned) when the reply settles no session (an error, another
+        major version, bytes that do not decode)."""
+        try:
+            rep = codec.decode_reply(reply, request if request is not None else _OP.FUSE_INIT,
+                                     self.minor)
+        except DecodeError:
+            return None
+        neg = negotiate_init(getattr(request, "body", None), None if rep.error else rep.body)
+        if neg is None:
+            return None
+        self.minor, self.flags = neg.minor, int(neg.flags)
+        self._inited = True
+        return neg
+
+    def settle(self, name: str, timeout: float = 0.1) -> Outcome | None:
+        """After a reply-less request (FORGET) nothing reports a death that comes a moment
+        later; wait ``timeout`` s for one (replays end on such requests)."""
+        d = self.daemon
+        if d is None or d.wait_exit(timeout) is None:
+            return None
+        return self._dead(name, "daemon gone after a reply-less request")
+
+    def _await(self, token: Any, timeout: float) -> str:
+        """"done", "dead" or "timeout"; a panicked Rust worker ends the wait early (its
+        log says so), a dead process at once."""
+        t, d = self.transport, self.daemon
+        assert t is not None and d is not None
+        start = time.monotonic()
+        spin_end = start + 0.002
+        deadline = start + timeout
+        next_log = start + 0.05
+        while True:
+            if t.done(token):
+                return "done"
+            now = time.monotonic()
+            if now < spin_end:
+                continue
+            if not d.running():
+                return "done" if t.done(token) else "dead"
+            if now > deadline:
+                return "timeout"
+            if now > next_log:
+                next_log = now + 0.05
+                if self.kind == "rust" and "panicked" in peek_log(d.log_path or "", self._log_offset):
+                    return "timeout"
+            time.sleep(0.0005)
+
+    def _dead(self, name: str, detail: str) -> Outcome:
+        d = self.daemon
+        assert d is not None
+        status = d.wait_exit(1.0)
+        if status is None:
+            return Outcome(f"{name}:transport", "hang", f"transport failed ({detail}) but "
+                           f"{d.describe()}", {"opcode": name})
+        return death_outcome(self.kind, name, status, self.new_log(), self._previous())
+
+    def _previous(self) -> list[str]:
+        """Opcode names of the requests sent before the last one (newest last)."""
+        out = []
+        hist = list(self.history)
+        if self._later:
+            hist = hist[:-self._later]
+        for item in hist[-4:-1]:
+            b = bytes.fromhex(item["hex"][: 2 * IN_SIZE])
+            out.append(opcode_name(_IN.parse(b, 0)["opcode"]) if len(b) >= IN_SIZE else "short")
+        return out
+
+    def _check_reply(self, one: _InFlight, reply: bytes, used_len: int) -> Outcome:
+        name, op, unique, req, area = one.name, one.op, one.unique, one.req, one.area
+        ev: dict[str, Any] = {"opcode": name, "area": area, "used_len": used_len,
+                              "reply_head": reply[:64].hex()}
+        if req is not None and isinstance(req.body, dict | Container) and "size" in req.body:
+            ev["requested_size"] = req.body["size"]
+        if used_len > area:
+            return Outcome(f"{name}:used-overflow", "protocol",
+                           f"used.len {used_len} > device-writable area {area}", ev)
+        if len(reply) < OUT_SIZE:
+            if op == _OP.FUSE_INTERRUPT and not reply:
+                return Outcome(f"{name}:noreply")  # completed without an answer: allowed
+            if used_len == 0 and area < one.expected:
+                # We gave less room than the reply needs; nothing written is defensible.
+                return Outcome(f"{name}:noreply-small-area")
+            ev["previous"] = self._previous()
+            return Outcome(f"{name}:no-reply-written" if not reply else f"{name}:short",
+                           "protocol",
+                           f"request completed with {len(reply)} reply bytes (area {area})", ev)
+        h = _OUT.parse(reply, 0)
+        ev["header"] = dict(h)
+        err = h["error"]
+        if h["len"] != len(reply):
+            return Outcome(f"{name}:len-mismatch", "protocol",
+                           f"fuse_out_header.len {h['len']} != {len(reply)} bytes written", ev)
+        if unique is not None and h["unique"] != unique:
+            ev["previous"] = self._previous()
+            return Outcome(f"{name}:wrong-unique", "protocol",
+                           f"reply unique {h['unique']} to request unique {unique}", ev)
+        if not -511 <= err <= 0:
+            return Outcome(f"{name}:bad-errno", "protocol", f"error {err} outside (-512, 0]", ev)
+        try:
+            codec.decode_reply(reply, req if req is not None else op, self.minor)
+        except DecodeError as e:
+            return Outcome(f"{name}:undecodable:{type(e).__name__}", "protocol",
+                           f"reply does not decode: {type(e).__name__}: {e}", ev, reply)
+        return Outcome(f"{name}:{err}:{_bucket(len(reply))}" if err == 0 else f"{name}:{err}",
+                       reply=reply)
+
+    def healthy(self) -> bool:
+        """A GETATTR on the root answers (used after INIT/DESTROY-like requests)."""
+        if self.client is None or self.daemon is None or not self.daemon.running():
+            return False
+        try:
+            self.client.getattr(1)
+            return True
+        except Exception:  # noqa: BLE001 -- any failure means "not usable"
+            return False
+
+
+def _populate(shared: str) -> None:
+    """The files every fresh daemon serves (node ids: see DaemonHarness._setup)."""
+    with open(os.path.join(shared, "file"), "wb") as f:
+        f.write(bytes(range(256)) * 256)  # 64 KiB, position-dependent content
+    with open(os.path.join(shared, "small"), "wb") as f:
+        f.write(b"hello world")
+    open(os.path.join(shared, "empty"), "wb").close()
+    os.mkdir(os.path.join(shared, "dir"))
+    with open(os.path.join(shared, "dir", "inner"), "wb") as f:
+        f.write(b"inner")
+    os.symlink("file", os.path.join(shared, "link"))
