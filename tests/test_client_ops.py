@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 
 import pytest
 from construct import Container
@@ -436,4 +437,20 @@ def test_setupmapping_not_implemented(fs):
 
 
 def test_syncfs(fs):
-    fs.c.syncfs()
+    # On the wire: FUSE_SYNCFS on the root with a zeroed fuse_syncfs_in, answered by a
+    # bare success header carrying the same unique.
+    crossed = []
+    fs.c.transport.tap = lambda direction, queue, data: crossed.append((direction, bytes(data)))
+    try:
+        assert fs.c.syncfs() is None
+    finally:
+        fs.c.transport.tap = None
+    (d_req, req), (d_rep, rep) = crossed
+    length, opcode, unique, nodeid = struct.unpack_from("<IIQQ", req)
+    assert (d_req, length, opcode, nodeid, req[40:]) == (0, 48, fuse_opcode.FUSE_SYNCFS, ROOT, bytes(8))
+    assert (d_rep, rep) == (1, struct.pack("<IiQ", 16, 0, unique))
+    # Both daemons sync the file system of the node they are given: any known node does,
+    # an unknown nodeid is EBADF -- the request reached their SYNCFS handler.
+    fs.write_host("f", b"x")
+    assert fs.c.syncfs(fs.c.lookup(ROOT, "f").nodeid) is None
+    assert _errno(fs.c.syncfs, 12345) == errno.EBADF
