@@ -161,15 +161,41 @@ def test_stop_removes_own_pid_file(no_leaks, installation, shared_dir, socket_pa
     d.stop()  # a second stop is harmless
 
 
-def test_failed_start_leaves_no_pid_file(no_leaks, installation, shared_dir, socket_path):
-    """A start given up at once (timeout) kills the daemon wherever it was and removes
-    whatever it had written."""
-    d = daemons.Daemon(installation, shared_dir, socket_path)
+def test_start_timeout_kills_and_cleans_up(no_leaks, installation, shared_dir, scratch_dir,
+                                           socket_path):
+    """A start given up after its timeout kills the daemon wherever it was, and removes
+    its pid file even when it is not where the daemon was told to serve: here a second
+    --socket-path makes it serve elsewhere (the C daemon: the last one counts; the Rust
+    one may refuse the repetition and exit, which fails the start too)."""
+    elsewhere = os.path.join(scratch_dir, "elsewhere.sock")
+    opt = [f"--socket-path={elsewhere}"]
+    d = daemons.Daemon(installation, shared_dir, socket_path, extra_args=opt)
+    with pytest.raises(DaemonError, match="did not create|before creating"):
+        d.start(timeout=2)
+    assert not d.running()
+    for path in (*daemons.pid_file_paths(d.kind, socket_path),
+                 *daemons.pid_file_paths(d.kind, elsewhere)):
+        assert not os.path.exists(path), path
+    assert not os.path.exists(socket_path)
+
+
+def test_start_timeout_before_exec_of_the_daemon(no_leaks, installation, shared_dir,
+                                                 scratch_dir, socket_path):
+    """A wrapper that has not yet executed the daemon when the start is given up: killed
+    by PID, no socket, no log, no pid file left."""
+    wrapper = Path(scratch_dir, "slow-virtiofsd")
+    wrapper.write_text(f"#!{sys.executable}\nimport os, sys, time\ntime.sleep(5)\n"
+                       f"argv = {installation.argv()!r} + sys.argv[1:]\n"
+                       "os.execv(argv[0], argv)\n")
+    wrapper.chmod(0o755)
+    slow = daemons.Installation(kind=installation.kind, version="local", root=scratch_dir,
+                                binary=str(wrapper))
+    d = daemons.Daemon(slow, shared_dir, socket_path)
     with pytest.raises(DaemonError, match="did not create"):
-        d.start(timeout=0)
+        d.start(timeout=0.3)
+    assert d.returncode is not None
     for path in daemons.pid_file_paths(d.kind, socket_path):
         assert not os.path.exists(path)
-    assert not os.path.exists(socket_path)
 
 
 def test_remove_pid_file_leaves_other_daemons_files(scratch_dir):

@@ -209,7 +209,8 @@ class Daemon:
 
     def _note_pid_files(self) -> None:
         """Add the *.pid files the running daemon holds open to :attr:`pid_files` (both
-        daemons keep theirs open, locked, from before the socket exists until they exit)."""
+        daemons keep theirs open, locked, from before the socket exists until they exit).
+        Called when the socket appears and again before the daemon is stopped."""
         fd_dir = f"/proc/{self.pid}/fd"
         with contextlib.suppress(OSError):
             for name in os.listdir(fd_dir):
@@ -310,6 +311,7 @@ class Daemon:
         connection, failed start). Returns the wait status."""
         if self.proc is not None and self.poll() is None:
             pid = self.proc.pid
+            self._note_pid_files()  # e.g. a start given up before it noted them
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
                 os.kill(pid, signal.SIGCONT)
