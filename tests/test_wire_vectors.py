@@ -48,6 +48,9 @@ def test_encode_from_expected(v):
     """The hand-written expected body (plain dicts) builds the hand-written bytes."""
     msg = decode_vector(v)
     if v["body"] is None:
+        # Only error replies have no body: the header alone, built from its error.
+        assert (v["kind"], len(v["data"])) == ("reply", 16) and msg.header.error < 0
+        assert msg.body is None and encode_message(v, msg) == v["data"]
         return
     assert encode_message(v, msg, body=v["body"]) == v["data"]
 
