@@ -207,7 +207,7 @@ Parts = tuple[Part, ...]
 RequestRule = Callable[[int, bool], Parts]
 # A reply row: (negotiated minor, the GETXATTR/LISTXATTR request's size: 0, 1 for any
 # other size, None unknown) -> the body's parts.
-ReplyRule = Callable[[int, "int | None"], Parts]
+ReplyRule = Callable[[int, int | None], Parts]
 
 
 def _len_of(field: str) -> Callable[[Any], int]:
@@ -236,7 +236,7 @@ def _nothing(minor: int, xsize: Any) -> Parts:
     return ()
 
 
-def _entry_out(minor: int, xsize: int | None = None) -> Parts:
+def _entry_out(minor: int, xsize: int | None) -> Parts:
     return (Fixed("fuse_entry_out", C.FUSE_COMPAT_ENTRY_OUT_SIZE if minor < 9 else None),)
 
 
