@@ -130,6 +130,9 @@ class DaxChecker:
         self.managers: list[DaxManager] = []
         self._prev: dict[int, dict[str, Any]] = {}
         self._forgotten: dict[int, set[int]] = {}
+        # (Linux) window offsets each manager sent a SETUPMAPPING for since its last
+        # snapshot: a range leaves the free list's head only to be set up there.
+        self._set_up: dict[int, set[int]] = {}
         self.messages_checked = 0
         self.reads_checked = 0
 
@@ -255,6 +258,8 @@ class DaxChecker:
                     manager,
                 )
         if policy == "linux":
+            if msg.opcode == FUSE_SETUPMAPPING:
+                self._set_up.setdefault(id(manager), set()).add(msg.body.moffset)
             dev = manager.device
             for moff, length in msg.ranges():
                 for p, plen in manager.pinned():
@@ -432,8 +437,11 @@ class DaxChecker:
             self._check_stack(m, prev["view"], view)
         if prev is not None and policy == "linux" and "free" in prev:
             old, new = prev["free"], now["free"]
-            # new == old[k:] + (ranges freed since), for some k ranges taken from the head
-            if not any(old[k:] == new[: len(old) - k] for k in range(len(old) + 1)):
+            # new == old[k:] + (ranges freed since), for some k ranges taken from the head;
+            # each range taken was then set up at its offset, so old[:k] were all set up
+            set_up = self._set_up.get(id(m), set())
+            k_max = next((i for i, off in enumerate(old) if off not in set_up), len(old))
+            if not any(old[k:] == new[: len(old) - k] for k in range(k_max + 1)):
                 self._fail(
                     "linux_free_fifo",
                     f"free list went from {[hex(x) for x in old]} to {[hex(x) for x in new]}",
@@ -441,6 +449,7 @@ class DaxChecker:
                 )
         self._prev[id(m)] = now
         self._forgotten.pop(id(m), None)
+        self._set_up.pop(id(m), None)
 
     def _check_stack(self, m: DaxManager, old: list[ViewEntry], new: list[ViewEntry]) -> None:
         forgotten = self._forgotten.get(id(m), set())
