@@ -337,6 +337,19 @@ def test_cli_hex():
     cli("--hex", "zz", check_rc=2)
 
 
+def test_unnamed_opcodes_and_notify_codes_are_spelled_as_everywhere():
+    # wire.constants.opcode_name's spelling (opcode_N); notify codes as notify_N
+    unknown = struct.pack("<IIQQIIIHH", 40, 999, 2, 1, 0, 0, 0, 0, 0)
+    p = cli("--hex", unknown.hex(), "--as", "request", "--json", check_rc=None)
+    row = json.loads(p.stdout)
+    assert row["opcode"] == "opcode_999" and row["opcode_num"] == 999
+    assert " opcode_999 " in cli("--hex", unknown.hex(), "--as", "request", check_rc=None).stdout
+    note = struct.pack("<IiQ", 16, 77, 0)
+    assert json.loads(cli("--hex", note.hex(), "--json", check_rc=None).stdout)["opcode"] == (
+        "notify_77"
+    )
+
+
 def test_cli_help_explains_the_format():
     p = subprocess.run(
         [sys.executable, "-m", "fuseproto", "decode", "--help"],
