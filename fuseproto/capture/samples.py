@@ -87,16 +87,16 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
     def notify(code: int, body: object) -> None:
         out.append((Direction.NOTIFICATION, 0, codec.encode_notification(code, body)))
 
-    flags = int(
+    flags, _ = (
         InitFlags.FUSE_ASYNC_READ
         | InitFlags.FUSE_DO_READDIRPLUS
         | InitFlags.FUSE_MAP_ALIGNMENT
         | InitFlags.FUSE_INIT_EXT
-    )
-    flags2 = int(InitFlags.FUSE_HAS_INODE_DAX) >> 32
+    ).words()
+    _, flags2 = InitFlags(InitFlags.FUSE_HAS_INODE_DAX).words()
     u = req(
         op.FUSE_INIT,
-        Container(major=7, minor=46, max_readahead=131072, flags=flags & 0xFFFFFFFF, flags2=flags2),
+        Container(major=7, minor=46, max_readahead=131072, flags=flags, flags2=flags2),
         queue=HIPRIO,
     )
     rep(
@@ -106,7 +106,7 @@ def sample_session() -> list[tuple[Direction, int, bytes]]:
             major=7,
             minor=46,
             max_readahead=131072,
-            flags=flags & 0xFFFFFFFF,
+            flags=flags,
             max_background=64,
             congestion_threshold=48,
             max_write=1 << 20,

@@ -1,9 +1,12 @@
 """The FUSE wire format: constants, structs, messages and the codec. Pure: no I/O.
 
-``constants``: IntEnum/IntFlag under the header's names; ``structs``: one construct per
-struct of fuse.h; ``messages``: per-opcode bodies; ``decoded``: the Request / Reply /
-Notification objects; ``codec``: the one entrance (``codec.kind(opcode, minor, flags)``
-and the module functions that reach it).
+``constants``: IntEnum/IntFlag under the header's names (and ``opcode_name``);
+``structs``: one construct per struct of fuse.h, each with one layout derivation
+(``FastLayout.tree``); ``messages``: the per-opcode request/reply/notification tables in
+fuse.h's order, built from ``parts`` (body parts), ``constructs`` (custom constructs) and
+``ext`` (the extension area); ``codegen``: the one code generator behind every fast path;
+``decoded``: the Request / Reply / Notification objects; ``codec``: the one entrance
+(``codec.kind(opcode, minor, flags)`` and the module functions that reach it).
 """
 
 from . import constants, structs
