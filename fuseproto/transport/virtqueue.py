@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import TransportError
 
@@ -158,10 +158,15 @@ class GuestMemory:
         self.mm = None  # type: ignore[assignment]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class Inflight:
     """One descriptor chain the device owns until it shows up in the used ring (built
-    by :meth:`SplitVirtqueue.add` only; the transport hands it out as its token)."""
+    by :meth:`SplitVirtqueue.add` only; the transport hands it out as its token).
+
+    The constructor takes what the chain is (the first eight fields, in order, and
+    ``table_len`` for an indirect chain); the completion state after them starts empty
+    and is not a constructor argument. Positional on purpose: a keyword call costs about
+    0.4 us more per request on CPython 3.11, a tenth of a loopback round trip."""
 
     head: int
     descs: list[int]
@@ -172,11 +177,12 @@ class Inflight:
     queue: int
     tag: object = None  # what the caller calls it (str or (opcode, unique)), for errors
     table_len: int = 0  # bytes of the indirect table at buf_off (0: a direct chain)
-    done: bool = False
-    used_len: int = 0
-    abandoned: bool = False  # the waiter gave up (timeout); free silently when used
-    taken: bool = False
-    data: bytes | None = None  # a slot chain's reply, copied out when it completes
+    # completion state, written by SplitVirtqueue.collect and the transport
+    done: bool = field(default=False, init=False)
+    used_len: int = field(default=0, init=False)
+    abandoned: bool = field(default=False, init=False)  # the waiter gave up: free when used
+    taken: bool = field(default=False, init=False)
+    data: bytes | None = field(default=None, init=False)  # a slot chain's reply, copied out
 
 
 class SplitVirtqueue:
@@ -308,8 +314,7 @@ class SplitVirtqueue:
                 _pack_desc(mm, self.desc_off + 16 * head, gpa, ln, VIRTQ_DESC_F_NEXT, second)
                 _pack_desc(mm, self.desc_off + 16 * second, gpa + out_total, area,
                            VIRTQ_DESC_F_WRITE, 0)
-            req = Inflight(head=head, descs=descs, buf_off=buf, buf_size=buf_size,
-                           in_off=buf + out_total, in_size=area, queue=self.index, tag=tag)
+            req = Inflight(head, descs, buf, buf_size, buf + out_total, area, self.index, tag)
         else:
             outs, ins = _as_chain(out, in_sizes)
             if self.indirect and len(outs) + len(ins) > 1:
@@ -377,8 +382,7 @@ class SplitVirtqueue:
                           VIRTQ_DESC_F_WRITE, 0)
             pos += ln
             i += 1
-        return Inflight(head=descs[0], descs=descs, buf_off=buf, buf_size=buf_size,
-                        in_off=in_off, in_size=in_total, queue=self.index, tag=tag)
+        return Inflight(descs[0], descs, buf, buf_size, in_off, in_total, self.index, tag)
 
     def _place_indirect(self, out: Sequence[Buffer],
                         in_sizes: Sequence[int], tag: object) -> Inflight:
@@ -430,9 +434,8 @@ class SplitVirtqueue:
         # The ring descriptor: INDIRECT alone (never with NEXT), len a multiple of 16.
         pack_desc(mm, self.desc_off + 16 * head, gpa_base + buf, table_len,
                   VIRTQ_DESC_F_INDIRECT, 0)
-        return Inflight(head=head, descs=[head], buf_off=buf, buf_size=buf_size,
-                        in_off=in_off, in_size=in_total, queue=self.index, tag=tag,
-                        table_len=table_len)
+        return Inflight(head, [head], buf, buf_size, in_off, in_total, self.index, tag,
+                        table_len)
 
     def has_used(self) -> bool:
         """Whether the device has published used entries :meth:`collect` has not taken
