@@ -267,12 +267,14 @@ class RequestKind:
             return Request(None, self.opcode, LAZY, [], data, self.parts, values)
         return decode_request(data, self.minor, flags=self.flags)
 
-    def parse_request(self, data: bytes, values: tuple[int, ...], end: int) -> Request:
-        """The Request of ``data``, whose header (``values``) is checked and whose body ends
-        at ``end`` (the extension area follows). :func:`decode_request` calls this."""
-        body: Any = data[_IN_SIZE:end] if self.parts is None else \
-            messages.parse_parts(self.parts, data, _IN_SIZE, end)
-        ext = messages.parse_ext(data, end, len(data)) if end != len(data) else []
+    def parse_request(self, data: bytes, values: tuple[int, ...], end: int, n: int) -> Request:
+        """The Request of ``data`` (``n`` bytes), whose header (``values``) is checked and
+        whose body ends at ``end`` (the extension area follows). :func:`decode_request`
+        calls this."""
+        parts = self.parts
+        body: Any = data[_IN_SIZE:end] if parts is None else \
+            messages.parse_parts(parts, data, _IN_SIZE, end)
+        ext = messages.parse_ext(data, end, n) if end != n else []
         return Request(None, self.opcode, body, ext, data, None, values)
 
     # -- replies ---------------------------------------------------------------------------
@@ -378,7 +380,7 @@ class RequestKind:
         return DEFAULT_REPLY_AREA
 
 
-_KINDS: dict[tuple[int, int, bool], RequestKind] = {}
+_KINDS: dict[tuple[int, int, int], RequestKind] = {}
 # Opcodes and minors can come from untrusted bytes: the cache is bounded (every opcode of
 # fuse.h at a few minors fits many times over).
 _KINDS_MAX = 4096
@@ -387,13 +389,13 @@ _KINDS_MAX = 4096
 def kind(opcode: int, minor: int = 46, flags: int = 0) -> RequestKind:
     """The :class:`RequestKind` of ``opcode`` at ``minor`` with the negotiated INIT
     ``flags`` (``flags | flags2 << 32``), made once and cached."""
-    key = (opcode, minor, bool(flags & _SETXATTR_EXT))
+    key = (opcode, minor, flags & _SETXATTR_EXT)
     try:
         return _KINDS[key]
     except KeyError:
         if len(_KINDS) >= _KINDS_MAX:
             _KINDS.clear()
-        k = _KINDS[key] = RequestKind(int(opcode), int(minor), key[2])
+        k = _KINDS[key] = RequestKind(int(opcode), int(minor), bool(key[2]))
         return k
 
 
@@ -420,7 +422,7 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
             raise LengthMismatchError(
                 f"total_extlen={v[7]} ({8 * v[7]} bytes) exceeds the {n - _IN_SIZE} after "
                 "the header", offset=34, path="fuse_in_header.total_extlen")
-        return kind(v[1], minor, flags).parse_request(data, v, end)
+        return kind(v[1], minor, flags).parse_request(data, v, end, n)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 -- the contract: DecodeError only
@@ -428,7 +430,8 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
 
 
 def _op_of(request: Any) -> int:
-    return int(request.opcode) if isinstance(request, Request) else int(request)
+    # An IntEnum member keys the kind cache as its int does.
+    return request.opcode if isinstance(request, Request) else request  # type: ignore[no-any-return]
 
 
 def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
