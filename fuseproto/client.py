@@ -122,7 +122,7 @@ class Client:
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
-            reply_size = self.reply_area(opcode, body)
+            reply_size = self.session.kind(opcode).reply_area(body)
         # The tag is formatted only if an error names it.
         try:
             token = self.transport.submit(_split(data, segments) if segments else data,
@@ -149,7 +149,7 @@ class Client:
         if opcode in _NO_REPLY:
             reply_size = 0
         elif reply_size is None:
-            reply_size = self.reply_area(opcode, body)
+            reply_size = self.session.kind(opcode).reply_area(body)
         return Pending(unique, opcode, None, True, _split(data, segments) if segments else data,
                        reply_size, hiprio)
 
@@ -199,8 +199,10 @@ class Client:
     def call(self, opcode: Any, body: Any = None, *, nodeid: int = 0,
              reply_size: int | None = None, **kw: Any) -> Any:
         """Send one request and return its reply body: ``result(submit(...))``."""
-        return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
-                                       **kw))
+        if kw:
+            return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size,
+                                           **kw))
+        return self.result(self.submit(opcode, body, nodeid=nodeid, reply_size=reply_size))
 
     def reply_area(self, opcode: Any, body: Any = None) -> int:
         """The device-writable area given to a request when ``reply_size`` is None: the

@@ -300,7 +300,7 @@ class Session:
         target's with bit 0 set. Returns ``(unique, bytes)``.
         """
         if minor is None and flags is None:
-            k = self.kind(opcode)
+            k = self._kinds.get(opcode) or self.kind(opcode)
         else:
             k = codec.kind(opcode, self._minor if minor is None else minor,
                            self._flags_int if flags is None else flags)
@@ -320,7 +320,8 @@ class Session:
                     unique = self._free_unique()
         try:
             # The Request decode_request(data) would give, without decoding data again.
-            request = k.request(body, unique, nodeid, uid, gid, pid, **hdr)
+            request = (k.request(body, unique, nodeid, uid, gid, pid, **hdr) if hdr
+                       else k.request(body, unique, nodeid, uid, gid, pid))
         except DecodeError as exc:
             raise LocalProtocolError(
                 f"the request built for unique {unique} does not decode: {exc}"
@@ -334,7 +335,8 @@ class Session:
             self._register(request, LocalProtocolError)
         if allocated:
             # Advance only once the request is in: a refused request uses no unique.
-            self._next_unique = _step(unique)
+            # (_step, inline: this is every request's path.)
+            self._next_unique = ((unique + _UNIQUE_STEP) & _ALLOC_MASK) or _UNIQUE_STEP
         return unique, request.raw
 
     def _free_unique(self) -> int:
@@ -447,16 +449,19 @@ class Session:
         request = self._pending.get(unique)
         if request is None:
             raise RemoteProtocolError(f"reply to unique {unique}, which is not in flight")
+        opcode = request.opcode
         try:
-            reply = self.kind(request.opcode).decode_reply(data, request)
+            reply = (self._kinds.get(opcode) or self.kind(opcode)).decode_reply(data, request)
         except DecodeError as exc:
             # As the kernel: a reply that names a request in flight completes it (EIO).
             self._complete(unique)
             exc.request = request  # type: ignore[attr-defined]
             raise
-        if request.opcode in _INIT_OPS:
+        if opcode in _INIT_OPS:
             self._learn_init_reply(reply.error, reply.body)
-        self._complete(unique)
+        del self._pending[unique]
+        if self._interrupt_of:
+            self._complete(unique)
         return reply
 
     def _after_interrupt_reply(self, unique: int, interrupt: _Interrupt, error: int) -> None:

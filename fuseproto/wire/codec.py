@@ -226,6 +226,13 @@ class RequestKind:
 
         ``body`` is a mapping (see :mod:`.messages` for the shapes) or raw ``bytes``;
         ``ext`` a list of extension records (:func:`.messages.parse_ext`) or raw bytes."""
+        return self._encode(body, unique, nodeid, uid, gid, pid, ext, length, total_extlen,
+                            padding)
+
+    def _encode(self, body: Any, unique: int, nodeid: int, uid: int, gid: int, pid: int,
+                ext: Any, length: int | None, total_extlen: int | None,
+                padding: int) -> bytes:
+        # encode()'s body, positional: request() calls it too (one path, no keyword call).
         pack = self._pack
         if pack is not None and ext is None and length is None and total_extlen is None:
             if body is None:
@@ -254,8 +261,8 @@ class RequestKind:
         (``.raw`` is the bytes); DecodeError exactly when decoding them would raise. When
         they cannot fail to decode (a dict body of fixed structs and names, nothing
         forced, no extensions) the body is decoded on first use instead."""
-        data = self.encode(body, unique, nodeid, uid, gid, pid, ext=ext, length=length,
-                           total_extlen=total_extlen, padding=padding)
+        data = self._encode(body, unique, nodeid, uid, gid, pid, ext, length, total_extlen,
+                            padding)
         if (self._lazy and ext is None and length is None and total_extlen is None
                 and not isinstance(body, _RAW)):
             # struct.pack range-checked the ints, so they are what unpack would give.
