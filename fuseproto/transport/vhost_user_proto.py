@@ -25,8 +25,8 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol, Self
 
 from ..errors import TransportError, TransportTimeout
 
@@ -159,8 +159,25 @@ def _check_size(cls: type, data: bytes | bytearray | memoryview, size: int) -> N
             f"{cls.__name__}: payload of {len(data)} bytes, expected {size}")
 
 
+class _Flat:
+    """A layout whose dataclass fields are its STRUCT's fields, in order: parse_body checks
+    the length, then unpacks; serialize_body packs the fields."""
+
+    __slots__ = ()
+    STRUCT: ClassVar[struct.Struct]
+
+    @classmethod
+    def parse_body(cls, data: bytes | bytearray | memoryview) -> Self:
+        _check_size(cls, data, cls.STRUCT.size)
+        return cls(*cls.STRUCT.unpack(data))
+
+    def serialize_body(self) -> bytes:
+        obj: Any = self  # a dataclass: every subclass is one
+        return self.STRUCT.pack(*(getattr(obj, f.name) for f in fields(obj)))
+
+
 @dataclass(frozen=True, slots=True)
-class VhostUserHeader:
+class VhostUserHeader(_Flat):
     """The 12-byte header in front of every message."""
 
     request: int
@@ -169,37 +186,21 @@ class VhostUserHeader:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<III")
 
-    @classmethod
-    def parse_body(cls, data: bytes | bytearray | memoryview) -> VhostUserHeader:
-        _check_size(cls, data, cls.STRUCT.size)
-        return cls(*cls.STRUCT.unpack(data))
-
-    def serialize_body(self) -> bytes:
-        return self.STRUCT.pack(self.request, self.flags, self.size)
-
 
 HEADER_SIZE = VhostUserHeader.STRUCT.size
 
 
 @dataclass(frozen=True, slots=True)
-class VhostUserU64:
+class VhostUserU64(_Flat):
     """A u64: features, queue counts, vring index for KICK/CALL/ERR, REPLY_ACK status."""
 
     u64: int
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<Q")
 
-    @classmethod
-    def parse_body(cls, data: bytes | bytearray | memoryview) -> VhostUserU64:
-        _check_size(cls, data, cls.STRUCT.size)
-        return cls(cls.STRUCT.unpack(data)[0])
-
-    def serialize_body(self) -> bytes:
-        return self.STRUCT.pack(self.u64)
-
 
 @dataclass(frozen=True, slots=True)
-class VhostUserVringState:
+class VhostUserVringState(_Flat):
     """struct vhost_vring_state: a ring index and a number (size, base, enable)."""
 
     index: int
@@ -207,17 +208,9 @@ class VhostUserVringState:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<II")
 
-    @classmethod
-    def parse_body(cls, data: bytes | bytearray | memoryview) -> VhostUserVringState:
-        _check_size(cls, data, cls.STRUCT.size)
-        return cls(*cls.STRUCT.unpack(data))
-
-    def serialize_body(self) -> bytes:
-        return self.STRUCT.pack(self.index, self.num)
-
 
 @dataclass(frozen=True, slots=True)
-class VhostUserVringAddr:
+class VhostUserVringAddr(_Flat):
     """struct vhost_vring_addr: the ring's parts as frontend virtual addresses, which the
     daemon translates through the memory table."""
 
@@ -230,18 +223,9 @@ class VhostUserVringAddr:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIQQQQ")
 
-    @classmethod
-    def parse_body(cls, data: bytes | bytearray | memoryview) -> VhostUserVringAddr:
-        _check_size(cls, data, cls.STRUCT.size)
-        return cls(*cls.STRUCT.unpack(data))
-
-    def serialize_body(self) -> bytes:
-        return self.STRUCT.pack(self.index, self.flags, self.descriptor, self.used,
-                                self.available, self.log)
-
 
 @dataclass(frozen=True, slots=True)
-class VhostUserMemoryRegion:
+class VhostUserMemoryRegion(_Flat):
     """One region of guest memory: its guest-physical and frontend addresses."""
 
     guest_addr: int
@@ -250,15 +234,6 @@ class VhostUserMemoryRegion:
     mmap_offset: int
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQQ")
-
-    @classmethod
-    def parse_body(cls, data: bytes | bytearray | memoryview) -> VhostUserMemoryRegion:
-        _check_size(cls, data, cls.STRUCT.size)
-        return cls(*cls.STRUCT.unpack(data))
-
-    def serialize_body(self) -> bytes:
-        return self.STRUCT.pack(self.guest_addr, self.size, self.user_addr,
-                                self.mmap_offset)
 
 
 @dataclass(frozen=True, slots=True)
