@@ -124,6 +124,21 @@ def _bug(e: Exception, where: str) -> DecodeError:
     return err
 
 
+def _checked_header(data: bytes, unpack: Callable[[bytes, int], tuple[int, ...]], size: int,
+                    name: str) -> tuple[int, ...]:
+    """The unpacked header of ``data`` (fuse_in_header or fuse_out_header): fewer bytes
+    than the header is TruncatedError, a ``len`` other than ``len(data)`` is
+    LengthMismatchError."""
+    n = len(data)
+    if n < size:
+        raise TruncatedError(f"{n} bytes, {name} needs {size}", offset=n, path=name)
+    v = unpack(data, 0)
+    if v[0] != n:
+        raise LengthMismatchError(f"len={v[0]} but the message is {n} bytes", offset=0,
+                                  path=f"{name}.len")
+    return v
+
+
 def _mapping_get(body: Any, key: str) -> Any:
     if isinstance(body, Mapping):
         return body.get(key)
@@ -298,16 +313,9 @@ class RequestKind:
             values, body = parse(data, 0)
             if values[0] == len(data) and values[1] == 0:
                 return Reply(None, self.opcode, body, data, request, values)
+        v = _checked_header(data, _out_unpack, _OUT_SIZE, "fuse_out_header")
         n = len(data)
-        if n < _OUT_SIZE:
-            raise TruncatedError(
-                f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
-            )
         try:
-            v = _out_unpack(data, 0)
-            if v[0] != n:
-                raise LengthMismatchError(f"len={v[0]} but the message is {n} bytes",
-                                          offset=0, path="fuse_out_header.len")
             if v[1] != 0:
                 if n != _OUT_SIZE:
                     raise TrailingDataError(f"error reply carries {n - _OUT_SIZE} body bytes",
@@ -413,17 +421,9 @@ def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
     """Decode one request (a fuse_in_header and what follows) sent at protocol ``minor``
     with the negotiated INIT ``flags`` (only FUSE_SETXATTR_EXT changes a layout)."""
     data = _as_bytes(data)
+    v = _checked_header(data, _in_unpack, _IN_SIZE, "fuse_in_header")
     n = len(data)
-    if n < _IN_SIZE:
-        raise TruncatedError(
-            f"{n} bytes, fuse_in_header needs {_IN_SIZE}", offset=n, path="fuse_in_header"
-        )
     try:
-        v = _in_unpack(data, 0)
-        if v[0] != n:
-            raise LengthMismatchError(
-                f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_in_header.len"
-            )
         end = n - 8 * v[7]
         if end < _IN_SIZE:
             raise LengthMismatchError(
@@ -453,17 +453,9 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
 def decode_notification(data: bytes) -> Notification:
     """Decode one notification (fuse_out_header with ``unique`` 0 and ``error`` = code)."""
     data = _as_bytes(data)
+    v = _checked_header(data, _out_unpack, _OUT_SIZE, "fuse_out_header")
     n = len(data)
-    if n < _OUT_SIZE:
-        raise TruncatedError(
-            f"{n} bytes, fuse_out_header needs {_OUT_SIZE}", offset=n, path="fuse_out_header"
-        )
     try:
-        v = _out_unpack(data, 0)
-        if v[0] != n:
-            raise LengthMismatchError(
-                f"len={v[0]} but the message is {n} bytes", offset=0, path="fuse_out_header.len"
-            )
         if v[2] != 0:
             raise DecodeError("a notification has unique 0", offset=8, path="fuse_out_header.unique")
         if v[1] <= 0:
