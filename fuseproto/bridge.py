@@ -18,8 +18,9 @@ from construct import Container
 from .errors import DecodeError, ProtocolError, TransportError
 from .fuseserver import DevFuseServer, ServedMessage
 from .session import Session
+from .transport.base import Transport
 from .transport.devfuse import DevFuseMount
-from .wire.codec import Reply, encode_reply, encode_request, reply_area
+from .wire.codec import Reply, encode_reply, encode_request
 from .wire.constants import InitFlags, fuse_opcode
 
 __all__ = ["DevFuseBridge"]
@@ -34,7 +35,7 @@ class DevFuseBridge(DevFuseServer):
     ``transport`` is anything with the contract's ``submit(request_bytes, reply_size)``
     and ``wait(token, timeout)`` (e.g. :class:`~fuseproto.transport.vhost_user.
     VhostUserTransport` in front of virtiofsd). Requests go through unchanged, each with
-    the reply area Linux's virtio_fs would offer (:func:`fuseproto.wire.codec.reply_area`
+    the reply area Linux's virtio_fs would offer (:meth:`fuseproto.wire.codec.RequestKind.reply_area`
     at the negotiated minor); each reply is checked by the session (paired by unique,
     decoded at the negotiated minor) before it is written to the kernel, and one that
     fails is replaced by -EIO. FORGET and BATCH_FORGET go out on the high-priority queue
@@ -51,7 +52,7 @@ class DevFuseBridge(DevFuseServer):
     def __init__(
         self,
         mount: DevFuseMount,
-        transport: Any,
+        transport: Transport,
         *,
         session: Session | None = None,
         timeout: float = 10.0,
@@ -96,7 +97,7 @@ class DevFuseBridge(DevFuseServer):
                 self.transport.submit(request.raw, 0, hiprio=op in _FORGETS)
                 return
             with self.session_lock:
-                area = reply_area(op, request.body, self.session.minor)
+                area = self.session.kind(op).reply_area(request.body)
             token = self.transport.submit(self.forwarded(request), area)
             raw = self.transport.wait(token, self.timeout)
         except TransportError as exc:
