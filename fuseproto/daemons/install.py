@@ -88,6 +88,15 @@ class Installation:
     binary: str  # absolute path of the executable
     loader: str | None = None  # private dynamic loader (old-glibc hosts)
     library_path: str | None = None
+    # Which build: "c" / "rust" for the packaged ones, or a source-built variant of the
+    # C daemon ("c-src", "c-asan-cov", ...; see fuseproto.daemons.build). Empty: the kind.
+    variant: str = ""
+    # How the build is instrumented: "" (plain) or e.g. "asan+ubsan+sancov".
+    instrumentation: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.variant:
+            self.variant = self.kind
 
     def argv(self) -> list[str]:
         """The command prefix that runs this daemon (loader first when there is one)."""

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import DaemonError
@@ -102,7 +102,8 @@ class Daemon:
     ``log_path`` (a temporary file by default) and is kept after it exits. ``cpus`` pins
     it (all its threads) to those CPUs from its first instruction. ``sandbox`` is the
     daemon's own sandbox mode, ``none`` or ``chroot`` (default: ``chroot`` for the C
-    daemon, ``none`` for the Rust one).
+    daemon, ``none`` for the Rust one). ``env`` is merged over this process's environment
+    for the daemon.
     """
 
     def __init__(
@@ -116,8 +117,12 @@ class Daemon:
         log_path: str | os.PathLike[str] | None = None,
         cpus: Iterable[int] | None = None,
         sandbox: str | None = None,
+        env: Mapping[str, str] | None = None,
     ):
         self.installation = installation
+        # Variables set for the daemon over this process's environment (e.g. the coverage
+        # map's FUSEPROTO_COV_MAP and ASAN_OPTIONS for an instrumented build).
+        self.env = dict(env or {})
         # CPUs the daemon may run on, set before it executes (so every thread it ever
         # starts inherits it); None: the system's choice.
         self.cpus = None if cpus is None else frozenset(cpus)
@@ -175,6 +180,7 @@ class Daemon:
         if os.path.exists(self.socket_path):
             raise DaemonError(f"socket path {self.socket_path} already exists")
         env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+        env.update(self.env)
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix=f"virtiofsd-{self.kind}-{os.getpid()}-",
                                               suffix=".log")
