@@ -23,6 +23,7 @@ from fuseproto.capture import (
     read_records,
     unpack_frame,
 )
+from fuseproto.capture.dissect import TRUNCATED
 from fuseproto.capture.frames import FLAG_OPCODE_VALID, FrameError
 from fuseproto.capture.samples import (
     sample_session,
@@ -222,16 +223,77 @@ def test_foreign_linktypes_truncated_records_and_corrupt_tail(tmp_path):
             w.write(pack_frame(d, q, data), 0)
     s = CaptureSummary()
     out = list(decode_capture(path, summary=s))
-    assert [m.error for m in out[:3]] == [None] * 3
-    assert out[3].opcode == OP.FUSE_LOOKUP and out[3].unique == 4
-    assert "captured 120 of 144 bytes (snaplen)" in str(out[3].error)
-    assert s.unpaired_requests == [(4, "FUSE_LOOKUP")] and s.failed
+    assert [m.error for m in out] == [None] * 4  # a snaplen cut is not an error
+    cut = out[3]
+    assert cut.opcode == OP.FUSE_LOOKUP and cut.unique == 4 and cut.paired
+    assert (cut.captured_len, cut.orig_len, cut.truncated) == (120, 144, True)
+    whole = codec.decode_reply(msgs[3][2], OP.FUSE_LOOKUP).body
+    body = cut.message.body
+    # 16 + 104 bytes captured: fuse_entry_out up to fuse_attr.mode; nlink on is cut.
+    assert body.nodeid == whole.nodeid and body.attr_valid_nsec == whole.attr_valid_nsec
+    assert body.attr.ino == whole.attr.ino and body.attr.mode == whole.attr.mode
+    for name in ("nlink", "uid", "gid", "rdev", "blksize", "flags"):
+        assert body.attr[name] is TRUNCATED, name
+    assert s.unpaired_requests == [] and not s.failed and s.truncated == 1
 
     good = (CORPUS / "session.pcap").read_bytes()
     s = CaptureSummary()
     out = list(decode_capture(good[:-7], summary=s))
     assert out[-1].kind == "capture-error" and s.capture_error and s.failed
     assert len(out) == len(msgs)  # every complete record, then the error
+
+
+def test_snaplen_cut_data_keeps_the_captured_prefix_and_pairs(tmp_path):
+    """A READ reply cut inside its data: the data shown is exactly what was captured,
+    the reply pairs with its request, nothing is an error; cut below the header: the
+    header alone (if any), still no error; a record claiming a huge length: header alone,
+    no allocation of that size."""
+    payload = bytes(range(256)) * 16
+    req = codec.encode_request(OP.FUSE_READ, {"fh": 1, "offset": 0, "size": 4096}, unique=2,
+                               nodeid=5)
+    rep = codec.encode_reply(OP.FUSE_READ, {"data": payload}, unique=2)
+    path = tmp_path / "read.pcap"
+    with PcapWriter(path, LINKTYPE_FUSE, snaplen=16 + 16 + 100) as w:
+        w.write(pack_frame(0, 1, req), 0)
+        w.write(pack_frame(1, 1, rep), 1)
+    s = CaptureSummary()
+    r, m = list(decode_capture(path, summary=s))
+    assert r.error is None and m.error is None and m.paired and m.truncated
+    assert m.message.body.data == payload[:100] and m.orig_len == len(rep)
+    assert s.unpaired_requests == [] and not s.failed
+    out = cli(str(path)).stdout
+    assert f"[captured 116 of {len(rep)} bytes: snaplen]" in out and "cut by snaplen: 1" in out
+
+    tiny = tmp_path / "tiny.pcap"
+    with PcapWriter(tiny, LINKTYPE_FUSE, snaplen=16 + 10) as w:
+        w.write(pack_frame(0, 1, req), 0)
+    (t,) = decode_capture(tiny)
+    assert t.error is None and t.truncated and t.header is None and t.captured_len == 10
+
+    huge = tmp_path / "huge.pcap"
+    frame = pack_frame(1, 1, rep)
+    with open(huge, "wb") as f:  # a classic pcap whose one record claims 4 GiB on the wire
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_FUSE))
+        f.write(struct.pack("<IIII", 0, 0, len(frame), 0xFFFFFFF0) + frame)
+    (h,) = decode_capture(huge, pair=False)
+    assert h.error is None and h.truncated and h.message is None and h.header["unique"] == 2
+
+
+def test_shipped_captures_decode_with_no_errors():
+    """Every capture in corpus/captures decodes with zero errors and exit 0; the real
+    DAX capture's snaplen-cut READ replies all pair with their requests."""
+    for path in sorted(CORPUS.glob("*.pcap")):
+        if path.name == "session-errors.pcap":
+            continue  # deliberately broken (see write_sample_with_errors)
+        s = CaptureSummary()
+        msgs = list(decode_capture(path, summary=s))
+        assert not s.failed and s.decode_errors == 0, path
+        cli(str(path))
+        if path.name == "dax-reads.pcap":
+            reads = [m for m in msgs if m.kind == "reply" and m.opcode == OP.FUSE_READ]
+            assert len(reads) == 489 and all(m.paired and m.truncated for m in reads)
+            assert all(len(m.message.body.data) == m.captured_len - 16 for m in reads)
+            assert s.unpaired_requests == []
 
 
 def test_minor_from_init_decodes_old_layouts(tmp_path):

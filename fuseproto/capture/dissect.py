@@ -8,6 +8,16 @@ still be decoded); if the file itself is corrupt, a final entry with ``kind ==
 "capture-error"`` carries the :class:`~fuseproto.capture.pcap.PcapError` and iteration
 ends. :class:`CaptureSummary` counts what went by.
 
+A record cut by the capture's snaplen is not an error (tshark's "[Packet size limited
+during capture]"): every field that lies in the captured bytes is decoded, a field the cut
+reaches is shown as far as it was captured (bytes: the captured prefix) or as
+:data:`TRUNCATED`, the record still pairs, and ``captured_len`` / ``orig_len`` say how
+much was kept. The missing bytes are stood in for twice, by zeros and by 0xff: a field
+whose value is the same both ways was captured, one that differs was cut (and a message
+that decodes only one way keeps its header alone). Messages longer than
+``MAX_TRUNCATED_LEN`` keep their header alone (no allocation sized by a record's claimed
+length).
+
 With ``pair=True`` (the default) requests go through ``Session.feed_request`` and
 replies/notifications through ``Session.feed_reply``, so a reply decodes by its
 request's opcode (and request ``size``) at the minor INIT negotiated. With
@@ -35,7 +45,22 @@ from ..wire.constants import (
 from .frames import FRAME_HEADER, LINKTYPE_FUSE, Direction, FrameError, unpack_frame
 from .pcap import DEFAULT_MAX_CAPLEN, PcapError, PcapRecord, read_records
 
-__all__ = ["CapturedMessage", "CaptureSummary", "decode_capture", "decode_message"]
+__all__ = ["CapturedMessage", "CaptureSummary", "decode_capture", "decode_message",
+           "TRUNCATED", "MAX_TRUNCATED_LEN"]
+
+# The longest cut message whose missing bytes are stood in for (a FUSE message is at most
+# max_pages (<= 65535) pages of data plus headers in theory; real ones are <= 1 MiB + 4 KiB).
+MAX_TRUNCATED_LEN = 16 << 20
+
+
+class _Truncated:
+    """A field the snaplen cut (its value was not captured)."""
+
+    def __repr__(self) -> str:
+        return "[truncated]"
+
+
+TRUNCATED: Any = _Truncated()
 
 _OUT = structs.FAST["fuse_out_header"]
 _IN = structs.FAST["fuse_in_header"]
@@ -65,8 +90,17 @@ class CapturedMessage:
     header: Any = None  # fuse_in_header / fuse_out_header Container when at least that decoded
     opcode: Any = None  # fuse_opcode (a reply's: its request's), notify code, int, or None
     error: Exception | None = None  # DecodeError / ProtocolError / PcapError
-    raw: bytes = b""  # the FUSE message (without the pseudo-header)
+    raw: bytes = b""  # the FUSE message (without the pseudo-header), as captured
     paired: bool = False  # a reply matched to its request
+    orig_len: int | None = None  # the message's length on the wire when the snaplen cut it
+
+    @property
+    def truncated(self) -> bool:
+        return self.orig_len is not None
+
+    @property
+    def captured_len(self) -> int:
+        return len(self.raw)
 
     @property
     def unique(self) -> int | None:
@@ -94,6 +128,7 @@ class CaptureSummary:
     by_opcode: Counter[str] = field(default_factory=Counter)  # "FUSE_LOOKUP request" ...
     decode_errors: int = 0
     protocol_errors: int = 0
+    truncated: int = 0  # records the snaplen cut (decoded as far as captured)
     unpaired_requests: list[tuple[int, str]] = field(default_factory=list)  # (unique, opcode)
     capture_error: str | None = None
     minor: int | None = None
@@ -103,6 +138,7 @@ class CaptureSummary:
         self.by_kind[m.kind] += 1
         if m.kind in (REQUEST, REPLY, NOTIFICATION) and m.opcode is not None:
             self.by_opcode[f"{m.opcode_name} {m.kind}"] += 1
+        self.truncated += m.truncated
         if isinstance(m.error, DecodeError):
             self.decode_errors += 1
         elif isinstance(m.error, ProtocolError):
@@ -121,6 +157,7 @@ class CaptureSummary:
             "opcodes": dict(sorted(self.by_opcode.items())),
             "decode_errors": self.decode_errors,
             "protocol_errors": self.protocol_errors,
+            "truncated": self.truncated,
             "unpaired": [{"unique": u, "opcode": o} for u, o in self.unpaired_requests],
             "capture_error": self.capture_error,
             "minor": self.minor,
@@ -193,20 +230,8 @@ def _decode_record(
     # notification) but even bytes too short for a header keep a kind.
     m.kind = _KIND_OF_DIRECTION.get(frame.direction, NOTIFICATION)
     if rec.truncated:
-        m.error = PcapError(
-            f"message captured {len(frame.data)} of {rec.orig_len - FRAME_HEADER.size} "
-            "bytes (snaplen)",
-            offset=len(frame.data),
-            path="capture.caplen",
-        )
-        _peek_header(m)
-        if m.kind == REPLY and m.header is not None:
-            # The request is named by the hint or the session (which keeps it pending:
-            # a cut reply cannot complete it, so it is listed as unanswered at the end).
-            req = session.pending.get(m.header["unique"]) if session is not None else None
-            op = req.opcode if req is not None else frame.opcode_hint
-            if op is not None:
-                m.opcode = fuse_opcode(op) if op in _OPCODES else op
+        _decode_truncated(m, rec.orig_len - FRAME_HEADER.size, session, frame.opcode_hint,
+                          minor if frame.minor_hint is None else frame.minor_hint)
         return m
     if session is not None:
         _decode_paired(m, session, frame.opcode_hint)
@@ -214,6 +239,88 @@ def _decode_record(
         hint_minor = frame.minor_hint
         _decode_alone(m, frame.opcode_hint, minor if hint_minor is None else hint_minor)
     return m
+
+
+def _decode_truncated(m: CapturedMessage, orig_len: int, session: Session | None,
+                      hint: int | None, minor: int) -> None:
+    """Decode a snaplen-cut message as far as it was captured (see the module docstring)."""
+    captured = m.raw
+    m.orig_len = orig_len
+    head = _IN.size if m.direction == Direction.REQUEST else _OUT.size
+    if orig_len > MAX_TRUNCATED_LEN or len(captured) < head:
+        _peek_header(m)
+        _name_cut_reply(m, session, hint)
+        return
+    missing = orig_len - len(captured)
+    zeros, ones = captured + bytes(missing), captured + b"\xff" * missing
+    m.raw = zeros
+    if session is not None:
+        _decode_paired(m, session, hint)
+    else:
+        _decode_alone(m, hint, minor)
+    m.raw = captured
+    msg = m.message
+    if m.error is not None or msg is None:
+        # The stand-in bytes did not decode: the header is what was captured for sure.
+        m.error, m.message = None, None
+        _peek_header(m)
+        _name_cut_reply(m, session, hint)
+        return
+    try:
+        if isinstance(msg, codec.Request):
+            other: Any = codec.decode_request(ones, minor=msg_minor(session, minor),
+                                              flags=int(session.flags) if session else 0)
+        elif isinstance(msg, codec.Reply):
+            other = codec.decode_reply(ones, msg.request if msg.request is not None
+                                       else msg.opcode, minor=msg_minor(session, minor))
+        else:
+            other = codec.decode_notification(ones)
+    except DecodeError:
+        other = None
+    body = msg.body
+    msg.body = TRUNCATED if other is None else _captured_part(body, other.body)
+
+
+def msg_minor(session: Session | None, minor: int) -> int:
+    return session.minor if session is not None else minor
+
+
+def _captured_part(a: Any, b: Any) -> Any:
+    """What two decodes of one cut message (missing bytes as zeros, as 0xff) agree on:
+    equal values are captured; bytes keep their common prefix; anything else that
+    differs was cut."""
+    if a == b:
+        return a
+    if isinstance(a, bytes | bytearray) and isinstance(b, bytes | bytearray):
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return bytes(a[:n])
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        out = type(a)()
+        for k in a:
+            out[k] = _captured_part(a[k], b[k])
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        same = []
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            same.append(x)
+        return same
+    return TRUNCATED
+
+
+def _name_cut_reply(m: CapturedMessage, session: Session | None, hint: int | None) -> None:
+    """A cut reply shown by its header alone still names its request's opcode (from the
+    session, which keeps the request pending, or the recorder's hint)."""
+    if m.kind == REPLY and m.header is not None:
+        req = session.pending.get(m.header["unique"]) if session is not None else None
+        op = req.opcode if req is not None else hint
+        if op is not None:
+            m.opcode = fuse_opcode(op) if op in _OPCODES else op
 
 
 def _decode_paired(m: CapturedMessage, session: Session, hint: int | None) -> None:

@@ -336,6 +336,8 @@ def _text_line(m: Any, t0: int | None) -> str:
         extra.append(f"<{len(m.raw) - 16} body bytes, no request to decode by>")
     if m.kind == "reply" and not m.paired and m.error is None and msg is not None:
         extra.append("(unpaired)")
+    if m.truncated:
+        extra.append(f"[captured {m.captured_len} of {m.orig_len} bytes: snaplen]")
     if m.error is not None:
         extra.append(f"!! {_err(m.error)}")
     return (line + " " + " ".join(extra)).rstrip()
@@ -360,7 +362,7 @@ def _text_summary(s: Any, shown: int) -> str:
         f"{kinds.get('skipped', 0)} skipped, {kinds.get('bad-frame', 0)} bad; "
         f"{shown} shown; minor {s.minor}",
         f"    decode errors: {s.decode_errors}, protocol errors: {s.protocol_errors}, "
-        f"unanswered requests: {len(s.unpaired_requests)}",
+        f"unanswered requests: {len(s.unpaired_requests)}, cut by snaplen: {s.truncated}",
     ]
     if s.by_opcode:
         lines.append("    per opcode:")
@@ -414,6 +416,8 @@ def _json_line(m: Any, t0: int | None, max_bytes: int) -> dict[str, Any]:
         "opcode": m.opcode_name,
         "opcode_num": None if m.opcode is None else int(m.opcode),
         "paired": m.paired,
+        "orig_len": m.orig_len,
+        "captured_len": m.captured_len,
         "header": None if m.header is None else _jsonable(m.header, max_bytes),
         "body": None,
         "error": None,
