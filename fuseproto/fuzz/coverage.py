@@ -1,0 +1,250 @@
+"""The daemon's edge map: AFL-style shared memory that an instrumented virtiofsd writes and
+the live fuzzers read after each input.
+
+The harness owns the map. :meth:`CoverageMap.create` makes a regular file under
+``/dev/shm`` (``fuseproto-cov-<random>``) of :data:`HEADER_SIZE` + ``map_size`` bytes,
+writes the header, and :meth:`CoverageMap.env` names it to the daemon in
+``FUSEPROTO_COV_MAP``. The daemon's coverage runtime (built into ``c-asan-cov``, see
+``docs/CONTRACTS.md``) fills in the number of guards (edges in the binary) and its pid,
+then increments one u8 counter per edge execution at ``HEADER_SIZE + (guard - 1) %
+map_size`` (wrapping). Header, 64 bytes little-endian: magic ``FPCOVMAP``, u32 version 1,
+u32 map_size, u32 guards, u32 pid, u64 hits, zeros.
+
+The same file outlives daemon restarts (every daemon the harness starts gets the same
+environment), so counters only grow, apart from the u8 wrap. The map keeps a cumulative
+*seen* set of edges: :meth:`CoverageMap.update` folds the counters into it and says how
+many edges were new (the fuzzer's feedback), :meth:`CoverageMap.absorb` does the same
+without crediting anyone (the start-up code of a fresh daemon is not new coverage).
+A plain daemon never writes the header: :attr:`CoverageMap.guards` stays 0 and nothing
+is counted; garbled or short files read as empty, never as an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CoverageMap", "CoverageHeader", "ENV_VAR", "MAGIC", "VERSION", "HEADER_SIZE",
+           "DEFAULT_MAP_SIZE", "TIMELINE_POINTS", "write_header"]
+
+#: The environment variable that names the map file to the daemon.
+ENV_VAR = "FUSEPROTO_COV_MAP"
+MAGIC = b"FPCOVMAP"
+VERSION = 1
+HEADER_SIZE = 64
+DEFAULT_MAP_SIZE = 1 << 16
+#: magic, version, map_size, guards, pid, hits (the rest of the 64 bytes is zero).
+_HEADER = struct.Struct("<8sIIIIQ")
+_GUARDS_AT = 16  # offset of guards (and pid after it) in the header
+#: At most this many (seconds, edges) points are kept for the report's plot.
+TIMELINE_POINTS = 600
+# bytes.translate table: any non-zero counter -> 1 (a hit), zero stays zero.
+_HIT = bytes([0] + [1] * 255)
+
+
+@dataclass(frozen=True)
+class CoverageHeader:
+    """The map file's header as read back (see the module docstring)."""
+
+    magic: bytes
+    version: int
+    map_size: int
+    guards: int
+    pid: int
+    hits: int
+
+    @property
+    def valid(self) -> bool:
+        return self.magic == MAGIC and self.version == VERSION and self.map_size > 0
+
+
+def write_header(map_size: int, guards: int = 0, pid: int = 0, hits: int = 0) -> bytes:
+    """The 64 header bytes (the harness writes guards = pid = 0; the runtime, or a test's
+    synthetic writer, fills them in)."""
+    return _HEADER.pack(MAGIC, VERSION, map_size, guards, pid, hits).ljust(HEADER_SIZE, b"\0")
+
+
+class CoverageMap:
+    """One map file, mapped shared (see the module docstring). Use as a context manager
+    or call :meth:`close` (which unlinks the file)."""
+
+    def __init__(self, path: str, map_size: int):
+        self.path = path
+        self.map_size = map_size
+        self._fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < HEADER_SIZE + map_size:
+                raise ValueError(f"{path}: {size} bytes, a map of {map_size} counters needs "
+                                 f"{HEADER_SIZE + map_size}")
+            self._mm = mmap.mmap(self._fd, HEADER_SIZE + map_size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        # Counter i seen non-zero: bit 8*i set (the 0/1 hit bytes read as one little-endian
+        # int, so & | ~ over the whole map are single big-int operations).
+        self._seen = 0
+        self._seen_edges = 0
+        self._last_hits = b""  # the hit pattern of the last update (unchanged: nothing new)
+        self.t0 = time.monotonic()
+        #: (seconds since creation, edges seen) after each change, thinned to
+        #: :data:`TIMELINE_POINTS` points.
+        self.timeline: list[tuple[float, int]] = [(0.0, 0)]
+        self._step = 0.0  # the smallest gap kept between timeline points (grows to thin)
+
+    @classmethod
+    def create(cls, map_size: int = DEFAULT_MAP_SIZE, directory: str = "/dev/shm"
+               ) -> CoverageMap:
+        """A fresh zeroed map file with the header, owned (and deleted) by the caller."""
+        if not 0 < map_size <= 1 << 24:
+            raise ValueError(f"map_size {map_size} out of range (1 .. 16 MiB)")
+        if not os.path.isdir(directory):
+            directory = "/tmp"
+        path = os.path.join(directory, f"fuseproto-cov-{secrets.token_hex(8)}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, HEADER_SIZE + map_size)
+            os.pwrite(fd, write_header(map_size), 0)
+        finally:
+            os.close(fd)
+        try:
+            return cls(path, map_size)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    @classmethod
+    def open(cls, path: str) -> CoverageMap:
+        """An existing map file (its size from the header); ValueError when the file is
+        too small for a header or for the counters it announces, or the header is not
+        ours (magic, version)."""
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+        if len(head) < HEADER_SIZE:
+            raise ValueError(f"{path}: {len(head)} bytes, shorter than the {HEADER_SIZE}-byte "
+                             "header")
+        h = CoverageHeader(*_HEADER.unpack_from(head, 0))
+        if not h.valid:
+            raise ValueError(f"{path}: not a coverage map (magic {h.magic!r}, version "
+                             f"{h.version}, map_size {h.map_size})")
+        return cls(path, h.map_size)
+
+    # -- reading ----------------------------------------------------------------------------
+    def header(self) -> CoverageHeader:
+        """The header as it is now (the runtime may have rewritten guards and pid)."""
+        return CoverageHeader(*_HEADER.unpack_from(self._mm, 0))
+
+    @property
+    def guards(self) -> int:
+        """Edges in the daemon's binary as its runtime wrote them (0: no instrumented
+        daemon has opened the map, or the header is not ours any more)."""
+        h = self.header()
+        return h.guards if h.valid and h.map_size == self.map_size else 0
+
+    @property
+    def pid(self) -> int:
+        return int.from_bytes(self._mm[_GUARDS_AT + 4:_GUARDS_AT + 8], "little")
+
+    @property
+    def instrumented(self) -> bool:
+        """A coverage runtime has written its guard count into this map."""
+        return self.guards > 0
+
+    def snapshot(self) -> bytes:
+        """The counters as they are now (``map_size`` bytes)."""
+        return self._mm[HEADER_SIZE:HEADER_SIZE + self.map_size]
+
+    def edges(self) -> int:
+        """Counters that are non-zero now (since the last :meth:`reset`; a counter that
+        wrapped to 0 reads as not hit)."""
+        snap = self.snapshot()
+        return len(snap) - snap.count(0)
+
+    @property
+    def seen(self) -> int:
+        """Edges seen non-zero at any :meth:`update` / :meth:`absorb` so far."""
+        return self._seen_edges
+
+    def seen_bitmap(self) -> bytes:
+        """The cumulative seen set as one byte per counter (1: seen)."""
+        return self._seen.to_bytes(self.map_size, "little")
+
+    def update(self) -> int:
+        """Fold the counters into the seen set; the number of edges never seen before
+        (0 when the hit pattern has not changed since the last call: one memcmp)."""
+        hits = self.snapshot().translate(_HIT)
+        if hits == self._last_hits:
+            return 0
+        self._last_hits = hits
+        now = int.from_bytes(hits, "little")
+        new = now & ~self._seen
+        if not new:
+            return 0
+        n = new.bit_count()
+        self._seen |= new
+        self._seen_edges += n
+        self._mark()
+        return n
+
+    def absorb(self) -> int:
+        """Like :meth:`update`, for edges nobody should be credited with (a fresh daemon's
+        start-up and setup); returns how many there were."""
+        return self.update()
+
+    def reset(self) -> None:
+        """Zero the counters (the header and the seen set stay)."""
+        self._mm[HEADER_SIZE:HEADER_SIZE + self.map_size] = bytes(self.map_size)
+        self._last_hits = b""
+
+    def sample(self) -> None:
+        """Add the current (seconds, seen edges) point even if nothing changed (the end of
+        a run, so a plot's line reaches the right edge)."""
+        self.timeline.append((round(time.monotonic() - self.t0, 2), self._seen_edges))
+
+    def _mark(self) -> None:
+        t = time.monotonic() - self.t0
+        if t - self.timeline[-1][0] < self._step:
+            self.timeline[-1] = (self.timeline[-1][0], self._seen_edges)
+            return
+        self.timeline.append((round(t, 2), self._seen_edges))
+        if len(self.timeline) > TIMELINE_POINTS:
+            # Keep every other point and double the spacing from now on.
+            self.timeline = self.timeline[:1] + self.timeline[2:-1:2] + self.timeline[-1:]
+            self._step = max(self._step * 2, t / TIMELINE_POINTS)
+
+    def summary(self) -> dict[str, Any]:
+        """What the report keeps: guards, edges seen, and the timeline."""
+        return {"guards": self.guards, "edges": self._seen_edges, "map_size": self.map_size,
+                "timeline": [list(p) for p in self.timeline]}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """The environment entry that names this map to a daemon."""
+        return {ENV_VAR: self.path}
+
+    def close(self) -> None:
+        """Unmap and delete the file (idempotent)."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(BufferError, ValueError):
+            self._mm.close()
+        os.close(self._fd)
+        self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def __enter__(self) -> CoverageMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

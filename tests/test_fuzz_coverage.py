@@ -1,0 +1,198 @@
+"""The daemon edge map (fuseproto.fuzz.coverage) against a synthetic writer of the format,
+and the sanitizer-report forensics on captured-style report texts (no daemon needed)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from fuseproto.fuzz import coverage
+from fuseproto.fuzz.coverage import ENV_VAR, HEADER_SIZE, CoverageMap
+
+
+class SyntheticRuntime:
+    """What the daemon's coverage runtime does, in Python: open the file named by
+    FUSEPROTO_COV_MAP, check magic, version and size, write guards and pid, and count
+    edge executions (u8, wrapping) at 64 + (guard - 1) % map_size; anything wrong with
+    the file: count into a private buffer instead (the daemon never fails because of it)."""
+
+    def __init__(self, env: dict[str, str], guards: int, pid: int = 4242):
+        self.shared = False
+        self.map_size = 1 << 16
+        self.buf: bytearray | mmap.mmap = bytearray(HEADER_SIZE + self.map_size)
+        path = env.get(ENV_VAR)
+        try:
+            fd = os.open(path or "", os.O_RDWR)
+        except OSError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, HEADER_SIZE, 0)
+            if len(head) < HEADER_SIZE:
+                return
+            magic, version, map_size = struct.unpack_from("<8sII", head)
+            if magic != b"FPCOVMAP" or version != 1 or not map_size \
+                    or size < HEADER_SIZE + map_size:
+                return
+            self.buf = mmap.mmap(fd, HEADER_SIZE + map_size)
+            self.map_size = map_size
+            self.shared = True
+            struct.pack_into("<II", self.buf, 16, guards, pid)
+        finally:
+            os.close(fd)
+
+    def hit(self, guard: int, times: int = 1) -> None:
+        i = HEADER_SIZE + (guard - 1) % self.map_size
+        self.buf[i] = (self.buf[i] + times) & 0xFF
+
+
+def test_create_writes_the_header_and_env_names_the_file():
+    with CoverageMap.create(map_size=4096) as cov:
+        assert cov.path.startswith("/dev/shm/fuseproto-cov-")
+        assert os.path.getsize(cov.path) == HEADER_SIZE + 4096
+        assert cov.env() == {"FUSEPROTO_COV_MAP": cov.path}
+        h = cov.header()
+        assert h.valid and (h.magic, h.version, h.map_size, h.guards, h.pid) == \
+            (b"FPCOVMAP", 1, 4096, 0, 0)
+        with open(cov.path, "rb") as f:
+            assert f.read(HEADER_SIZE) == coverage.write_header(4096)
+        assert cov.guards == 0 and not cov.instrumented and cov.edges() == 0
+        path = cov.path
+    assert not os.path.exists(path)  # the harness owns and deletes it
+
+
+def test_edges_seen_new_and_reset_with_a_synthetic_writer():
+    with CoverageMap.create(map_size=1024) as cov:
+        rt = SyntheticRuntime(cov.env(), guards=3000)
+        assert rt.shared and cov.guards == 3000 and cov.pid == 4242 and cov.instrumented
+        for g in (1, 2, 3, 2):
+            rt.hit(g)
+        assert cov.edges() == 3
+        assert cov.update() == 3 and cov.seen == 3
+        assert cov.update() == 0  # nothing changed
+        rt.hit(2)
+        assert cov.update() == 0  # a known edge again is not new
+        rt.hit(1025)  # guard 1025 folds onto counter 0 (guard 1): not new either
+        assert cov.update() == 0
+        rt.hit(10)
+        rt.hit(11)
+        assert cov.update() == 2 and cov.seen == 5
+        snap = cov.snapshot()
+        assert len(snap) == 1024 and snap[0] == 2 and snap[1] == 3 and snap[9] == 1
+        bm = cov.seen_bitmap()
+        assert [i for i, b in enumerate(bm) if b] == [0, 1, 2, 9, 10]
+        cov.reset()
+        assert cov.edges() == 0 and cov.seen == 5 and cov.guards == 3000
+        rt.hit(3)
+        assert cov.update() == 0
+        rt.hit(500)
+        assert cov.update() == 1 and cov.seen == 6
+        # A counter that wraps to 0 is not "lost" and not new when it comes back.
+        rt.hit(500, 255)
+        assert cov.snapshot()[499] == 0 and cov.update() == 0
+        rt.hit(500)
+        assert cov.update() == 0 and cov.seen == 6
+        cov.sample()
+        s = cov.summary()
+        assert s["guards"] == 3000 and s["edges"] == 6 and s["timeline"][-1][1] == 6
+        assert [p[1] for p in s["timeline"]] == sorted(p[1] for p in s["timeline"])
+
+
+def test_absorb_takes_edges_without_crediting_the_next_input():
+    """A fresh daemon's start-up lights edges; the harness absorbs them, so the first input
+    after a restart is credited only with what it adds."""
+    with CoverageMap.create(map_size=256) as cov:
+        rt = SyntheticRuntime(cov.env(), guards=100)
+        for g in range(1, 40):
+            rt.hit(g)
+        assert cov.absorb() == 39
+        rt.hit(5)
+        assert cov.update() == 0
+        # The restarted daemon's runtime opens the same file: startup again is no news.
+        rt2 = SyntheticRuntime(cov.env(), guards=100, pid=99)
+        for g in range(1, 40):
+            rt2.hit(g)
+        assert cov.absorb() == 0 and cov.pid == 99
+
+
+def test_a_daemon_that_never_writes_the_header_counts_nothing():
+    with CoverageMap.create(map_size=512) as cov:
+        assert cov.update() == 0 and cov.guards == 0 and cov.seen == 0
+        assert not cov.instrumented
+
+
+@pytest.mark.parametrize("damage", ["magic", "version", "map_size", "truncated", "empty",
+                                    "missing"])
+def test_garbled_or_small_maps_are_refused_not_fatal(tmp_path, damage):
+    """A writer that finds a bad map counts privately; the reader refuses such a file with
+    a ValueError (never a crash, never a SIGBUS on a short file)."""
+    path = tmp_path / "map"
+    head = bytearray(coverage.write_header(4096))
+    body = bytes(4096)
+    if damage == "magic":
+        head[:8] = b"NOTAMAP!"
+    elif damage == "version":
+        head[8:12] = (2).to_bytes(4, "little")
+    elif damage == "map_size":
+        head[12:16] = (1 << 20).to_bytes(4, "little")  # announces more than the file has
+    elif damage == "truncated":
+        body = bytes(100)
+    elif damage == "empty":
+        head, body = bytearray(b"FPCO"), b""
+    if damage != "missing":
+        path.write_bytes(bytes(head) + body)
+    rt = SyntheticRuntime({ENV_VAR: str(path)}, guards=77)
+    assert not rt.shared
+    rt.hit(3)  # counts privately
+    if damage == "missing":
+        with pytest.raises(FileNotFoundError):
+            CoverageMap.open(str(path))
+        return
+    with pytest.raises(ValueError):
+        CoverageMap.open(str(path))
+    assert path.read_bytes()[16:20] != (77).to_bytes(4, "little")
+
+
+def test_open_reads_a_valid_map_and_too_small_a_size_is_refused(tmp_path):
+    path = tmp_path / "map"
+    path.write_bytes(coverage.write_header(128, guards=9, pid=1) + bytes(128))
+    m = CoverageMap.open(str(path))
+    try:
+        assert m.map_size == 128 and m.guards == 9
+    finally:
+        m.close()
+    assert not path.exists()
+    path.write_bytes(coverage.write_header(128) + bytes(10))
+    with pytest.raises(ValueError):
+        CoverageMap(str(path), 128)
+    with pytest.raises(ValueError):
+        CoverageMap.create(map_size=0)
+
+
+def test_a_writer_in_another_process_is_seen():
+    """The map is shared memory: another process's counters show up (as the daemon's do)."""
+    with CoverageMap.create(map_size=2048) as cov:
+        code = ("import mmap, os, struct, sys\n"
+                "fd = os.open(os.environ['FUSEPROTO_COV_MAP'], os.O_RDWR)\n"
+                "m = mmap.mmap(fd, 64 + 2048)\n"
+                "struct.pack_into('<II', m, 16, 321, os.getpid())\n"
+                "for g in (1, 7, 7, 2048, 4096): m[64 + (g - 1) % 2048] += 1\n")
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, **cov.env()},
+                       check=True, timeout=30)
+        assert cov.guards == 321 and cov.edges() == 3 and cov.update() == 3
+        assert cov.snapshot()[6] == 2 and cov.snapshot()[2047] == 2
+
+
+def test_timeline_is_thinned_to_its_bound():
+    with CoverageMap.create(map_size=1 << 14) as cov:
+        rt = SyntheticRuntime(cov.env(), guards=1 << 14)
+        for g in range(1, 3000):
+            rt.hit(g)
+            cov.update()
+        assert len(cov.timeline) <= coverage.TIMELINE_POINTS + 1
+        assert cov.timeline[-1][1] == cov.seen == 2999
