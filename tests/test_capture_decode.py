@@ -481,3 +481,51 @@ def test_decode_capture_reports_everything_and_never_raises(msgs, pair):
         assert m.error is None or isinstance(m.error, DecodeError | ProtocolError)
         assert m.message is not None or m.error is not None or m.kind == "reply"
     assert s.records == len(msgs)
+
+
+# --- -V, --stats and the filters ----------------------------------------------------------
+
+
+def _lines(p: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in p.stdout.splitlines() if " #" in ln[:20]]
+
+
+def test_cli_verbose_tree_shows_every_field(sample):
+    out = cli(str(sample), "-V", "--unique", "4", "--no-summary").stdout
+    whole = next(m for m in decode_capture(sample) if m.kind == "reply" and m.unique == 4)
+    for k, v in whole.message.body.attr.items():
+        assert f"            {k}: " in out, k  # nested under body > attr
+    assert "    fuse_in_header\n" in out and "    fuse_out_header\n" in out
+    assert "        nodeid: 2\n" in out and "name: <9 bytes> 68 65 6c 6c 6f" in out
+
+
+def test_cli_stats_counts_errnos_and_latency(sample, tmp_path):
+    p = cli(str(CORPUS / "dax-reads.pcap"), "--stats", "--json", "-q")
+    stats = json.loads(p.stdout.splitlines()[-1])["summary"]["stats"]
+    read = stats["FUSE_READ"]
+    assert read["requests"] == 489 and read["replies"] == {"ok": 489}
+    lat = read["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    # The sample's records are 125 us apart: every latency is exactly that.
+    text = cli(str(sample), "--stats", "-q").stdout
+    assert "FUSE_LOOKUP                    2  ENOENT=1 ok=1" in text
+    assert "125.0/125.0/125.0/125.0" in text
+    assert _lines(cli(str(sample), "-q")) == []
+
+
+def test_cli_filters_by_nodeid_unique_and_errno(sample):
+    msgs = [m for m in decode_capture(sample) if m.kind in ("request", "reply")]
+    to_root = {m.unique for m in msgs if m.kind == "request" and m.header["nodeid"] == 1}
+    lines = _lines(cli(str(sample), "--nodeid", "1", "--no-summary"))
+    assert len(lines) == sum(1 for m in msgs if m.unique in to_root)
+    assert all(f"unique={u} " in " ".join(lines) for u in to_root)
+    assert len(_lines(cli(str(sample), "--unique", "4"))) == 2
+    assert len(_lines(cli(str(sample), "--unique", "0x4"))) == 2
+    (enoent,) = _lines(cli(str(sample), "--errno", "ENOENT"))
+    assert "unique=6 " in enoent and "ENOENT" in enoent
+    ok = _lines(cli(str(sample), "--errno", "0"))
+    assert ok and all("<-" in ln and "error=" not in ln for ln in ok)
+    both = _lines(cli(str(sample), "--filter", "LOOKUP", "--nodeid", "1"))
+    assert len(both) == 4 and all("FUSE_LOOKUP" in ln for ln in both)
+    bad = cli(str(sample), "--errno", "ENOTANERRNO", check_rc=2)
+    assert "unknown errno" in bad.stderr

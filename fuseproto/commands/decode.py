@@ -31,7 +31,17 @@ decoding:
 output:
   TIME (seconds since the first record)  DIR (-> request, <- reply, <= notification)
   qQUEUE  unique  OPCODE  key fields [error]. A summary follows: counts per opcode,
-  decode errors, protocol errors, requests left unanswered.
+  decode errors, protocol errors, requests left unanswered. -V adds every field of every
+  message as a tree (header and body, nested structs and lists); --stats adds, per
+  opcode, the requests, the replies by errno and the latency from request to reply
+  (p50/p90/p99/max). A record the capture's snaplen cut is decoded as far as it was
+  captured and marked [captured N of M bytes: snaplen]; it is not an error.
+
+filters (all given must hold; decode errors are always shown):
+  --filter OPCODE...  requests, replies and notifications of these opcodes / codes
+  --nodeid N          requests to node N and the replies to them
+  --unique N          the request and reply with this unique
+  --errno E           replies with this error (ENOENT, 2, or 0 for success)
 
 exit status:
   0 all decoded; 1 a message failed to decode or the file is corrupt (0 with
@@ -76,6 +86,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="show only these opcodes / notify codes (LOOKUP, FUSE_LOOKUP, 1, INVAL_ENTRY ...); "
         "replies match by their request's opcode; errors are always shown",
     )
+    p.add_argument("--nodeid", type=int, metavar="N",
+                   help="show only requests to node id N and their replies")
+    p.add_argument("--unique", type=_int_any, metavar="N",
+                   help="show only the request and reply with this unique (0x.. accepted)")
+    p.add_argument("--errno", metavar="E", type=_parse_errno,
+                   help="show only replies with this error: a name (ENOENT) or number; "
+                   "0 for successful replies")
+    p.add_argument("-V", "--verbose", action="store_true",
+                   help="every field of every message, as a tree (like tshark -V)")
+    p.add_argument("--stats", action="store_true",
+                   help="per opcode: requests, replies by errno, latency p50/p90/p99/max")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no per-message lines (the summary and --stats only)")
     p.add_argument(
         "--no-pair",
         action="store_true",
@@ -146,6 +169,8 @@ def _run_file(args: argparse.Namespace, out: TextIO) -> int:
         wanted = _filter_set(args.filter)
         if wanted is None:
             return 2
+    picked = _Picker(wanted, args.nodeid, args.unique, args.errno)
+    stats = _Stats() if args.stats else None
     summary = CaptureSummary()
     t0: int | None = None
     shown = 0
@@ -160,13 +185,19 @@ def _run_file(args: argparse.Namespace, out: TextIO) -> int:
         for m in it:
             if t0 is None and m.ts_ns:
                 t0 = m.ts_ns
-            if wanted is not None and m.error is None and not _matches(m, wanted):
+            if stats is not None:
+                stats.add(m)
+            if m.error is None and not picked(m):
                 continue
             shown += 1
+            if args.quiet:
+                continue
             if args.json:
                 print(json.dumps(_json_line(m, t0, args.max_bytes)), file=out)
             else:
                 print(_text_line(m, t0), file=out)
+                if args.verbose:
+                    print(_tree(m), file=out)
     except BrokenPipeError:
         raise
     except OSError as e:
@@ -176,9 +207,15 @@ def _run_file(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             d = summary.as_dict()
             d["shown"] = shown
+            if stats is not None:
+                d["stats"] = stats.as_dict()
             print(json.dumps({"summary": d}), file=out)
         else:
             print(_text_summary(summary, shown), file=out)
+            if stats is not None:
+                print(stats.text(), file=out)
+    elif stats is not None:
+        print(json.dumps({"stats": stats.as_dict()}) if args.json else stats.text(), file=out)
     return 1 if summary.failed and not args.no_fail else 0
 
 
@@ -231,6 +268,108 @@ def _matches(m: Any, wanted: set[tuple[str, int]]) -> bool:
         return False
     space = "notify" if m.kind == "notification" else "op"
     return (space, int(m.opcode)) in wanted
+
+
+def _int_any(text: str) -> int:
+    return int(text, 0)
+
+
+def _parse_errno(text: str) -> int:
+    t = text.strip().upper().lstrip("-")
+    if t.isdigit():
+        return int(t)
+    code = getattr(_errno, t, None)
+    if not isinstance(code, int):
+        raise argparse.ArgumentTypeError(f"unknown errno {text!r}")
+    return code
+
+
+class _Picker:
+    """The display filters: opcode set, node id, unique, errno (all that are given)."""
+
+    def __init__(self, wanted: set[tuple[str, int]] | None, nodeid: int | None,
+                 unique: int | None, err: int | None) -> None:
+        self.wanted, self.nodeid, self.unique, self.err = wanted, nodeid, unique, err
+        # Uniques of requests to ``nodeid`` still waiting for their reply (bounded by the
+        # capture's requests in flight; a reply pops its unique).
+        self._to_node: set[int] = set()
+
+    def __call__(self, m: Any) -> bool:
+        if self.wanted is not None and not _matches(m, self.wanted):
+            return False
+        if self.unique is not None and m.unique != self.unique:
+            return False
+        if self.err is not None and (m.kind != "reply" or m.header is None
+                                     or -int(m.header["error"]) != self.err):
+            return False
+        if self.nodeid is not None:
+            if m.kind == "request":
+                if m.header is None or m.header["nodeid"] != self.nodeid:
+                    return False
+                self._to_node.add(m.unique)
+            elif m.kind == "reply":
+                if m.unique not in self._to_node:
+                    return False
+                self._to_node.discard(m.unique)
+            else:
+                return False
+        return True
+
+
+class _Stats:
+    """Per opcode: requests, replies by errno, request-to-reply latency."""
+
+    # Requests waiting for their reply, by unique, at most this many (a capture of a
+    # daemon that never answers must not grow memory without bound).
+    MAX_WAITING = 1 << 16
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.replies: dict[str, dict[str, int]] = {}
+        self.latency: dict[str, list[int]] = {}
+        self._waiting: dict[int, int] = {}  # unique -> request ts_ns
+
+    def add(self, m: Any) -> None:
+        name = m.opcode_name or "?"
+        if m.kind == "request":
+            self.requests[name] = self.requests.get(name, 0) + 1
+            if m.unique is not None and len(self._waiting) < self.MAX_WAITING:
+                self._waiting[m.unique] = m.ts_ns
+        elif m.kind == "reply" and m.header is not None:
+            err = -int(m.header["error"])
+            key = "ok" if err == 0 else _errno.errorcode.get(err, str(err))
+            by = self.replies.setdefault(name, {})
+            by[key] = by.get(key, 0) + 1
+            sent = self._waiting.pop(m.unique, None)
+            if sent is not None and m.ts_ns >= sent:
+                self.latency.setdefault(name, []).append(m.ts_ns - sent)
+
+    @staticmethod
+    def _pct(sorted_ns: list[int], q: float) -> float:
+        i = min(len(sorted_ns) - 1, max(0, round(q * (len(sorted_ns) - 1))))
+        return sorted_ns[i] / 1000.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in sorted(set(self.requests) | set(self.replies)):
+            lat = sorted(self.latency.get(name, []))
+            d: dict[str, Any] = {"requests": self.requests.get(name, 0),
+                                 "replies": dict(sorted(self.replies.get(name, {}).items()))}
+            if lat:
+                d["latency_us"] = {"p50": self._pct(lat, 0.5), "p90": self._pct(lat, 0.9),
+                                   "p99": self._pct(lat, 0.99), "max": lat[-1] / 1000.0}
+            out[name] = d
+        return out
+
+    def text(self) -> str:
+        lines = ["--- per opcode: requests, replies by errno, latency (us) p50/p90/p99/max"]
+        for name, d in self.as_dict().items():
+            reps = " ".join(f"{k}={n}" for k, n in d["replies"].items()) or "-"
+            lat = d.get("latency_us")
+            lt = ("-" if lat is None else
+                  f"{lat['p50']:.1f}/{lat['p90']:.1f}/{lat['p99']:.1f}/{lat['max']:.1f}")
+            lines.append(f"    {name:<24} {d['requests']:>7}  {reps:<28} {lt}")
+        return "\n".join(lines)
 
 
 # --- text output ---------------------------------------------------------------------------
@@ -341,6 +480,43 @@ def _text_line(m: Any, t0: int | None) -> str:
     if m.error is not None:
         extra.append(f"!! {_err(m.error)}")
     return (line + " " + " ".join(extra)).rstrip()
+
+
+def _tree(m: Any) -> str:
+    """Every field of ``m`` as an indented tree (header, then body), like tshark -V."""
+    lines: list[str] = []
+
+    def walk(label: str, v: Any, depth: int) -> None:
+        pad = "    " * depth
+        if isinstance(v, Mapping):
+            lines.append(f"{pad}{label}")
+            for k, x in v.items():
+                if not str(k).startswith("_"):
+                    walk(str(k), x, depth + 1)
+        elif isinstance(v, list | tuple):
+            lines.append(f"{pad}{label}: {len(v)} item(s)")
+            for i, x in enumerate(v):
+                walk(f"[{i}]", x, depth + 1)
+        elif isinstance(v, bytes | bytearray):
+            b = bytes(v)
+            shown = b[:32].hex(" ") + (" ..." if len(b) > 32 else "")
+            lines.append(f"{pad}{label}: <{len(b)} bytes> {shown}".rstrip())
+        else:
+            lines.append(f"{pad}{label}: {_fmt_value(label, v)}")
+
+    hdr_name = "fuse_in_header" if m.kind == "request" else "fuse_out_header"
+    if m.header is not None:
+        walk(hdr_name, m.header, 1)
+    msg = m.message
+    if msg is not None and msg.body is not None:
+        walk("body", msg.body if isinstance(msg.body, Mapping | bytes | bytearray)
+             else {"value": msg.body}, 1)
+        if getattr(msg, "ext", None):
+            walk("extensions", list(msg.ext), 1)
+    if m.truncated:
+        lines.append(f"    [Packet size limited during capture: {m.captured_len} of "
+                     f"{m.orig_len} bytes]")
+    return "\n".join(lines)
 
 
 def _err(e: Any) -> str:
