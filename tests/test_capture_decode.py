@@ -493,8 +493,9 @@ def _lines(p: subprocess.CompletedProcess) -> list[str]:
 def test_cli_verbose_tree_shows_every_field(sample):
     out = cli(str(sample), "-V", "--unique", "4", "--no-summary").stdout
     whole = next(m for m in decode_capture(sample) if m.kind == "reply" and m.unique == 4)
-    for k, v in whole.message.body.attr.items():
-        assert f"            {k}: " in out, k  # nested under body > attr
+    for k, v in whole.message.body.attr.items():  # nested under body > attr
+        shown = oct(v) if k == "mode" else hex(v) if k == "flags" and v else str(v)
+        assert f"\n            {k}: {shown}\n" in out, k
     assert "    fuse_in_header\n" in out and "    fuse_out_header\n" in out
     assert "        nodeid: 2\n" in out and "name: <9 bytes> 68 65 6c 6c 6f" in out
 
