@@ -83,6 +83,44 @@ def test_rdpcap_shows_fuse_layers(sample):
     assert rm.count == 2 and [e.moffset for e in rm.entries] == [0, 2 << 20]
 
 
+def test_layers_are_module_attributes_under_their_names(sample):
+    """Every generated body layer is an attribute of the module under its class name
+    (importable, in __all__, picklable), and dissection uses exactly those classes."""
+    import pickle
+
+    from fuseproto.capture.scapy_layers import (  # noqa: F401 -- importable by name
+        FuseGetxattrReply,
+        FuseGetxattrReply_value,
+        FuseInitReply,
+        FuseLookupReply,
+        FuseNotifyInvalEntry,
+    )
+    from fuseproto.wire.constants import fuse_opcode
+
+    exported = [n for n in L.__all__ if n.startswith("Fuse") and n not in
+                ("FuseCapture", "FuseInHeader", "FuseOutHeader")]
+    assert len(set(exported)) == len(exported)
+    from fuseproto.wire import messages
+
+    for op in fuse_opcode:  # every opcode with a request body has its layer exported
+        if messages.request_parts(op):
+            camel = "".join(w.capitalize() for w in op.name.removeprefix("FUSE_").split("_"))
+            assert f"Fuse{camel}Request" in exported, op
+    for n in exported:
+        cls = getattr(L, n)
+        assert issubclass(cls, scapy_all.Packet) and cls.__name__ == n
+        assert cls.__module__ == L.__name__ and pickle.loads(pickle.dumps(cls)) is cls
+    for op in (fuse_opcode.FUSE_LOOKUP, fuse_opcode.FUSE_READ, fuse_opcode.FUSE_SETUPMAPPING):
+        name = "Fuse" + op.name.removeprefix("FUSE_").capitalize() + "Request"
+        assert getattr(L, name) is L.body_layer("request", op)
+    assert [f.name for f in FuseGetxattrReply.fields_desc] == ["size", "padding"]
+    assert [f.name for f in FuseGetxattrReply_value.fields_desc] == ["value"]
+    for pkt in scapy_all.rdpcap(str(sample)):
+        body = pkt[L.FuseCapture].payload.payload
+        if not isinstance(body, scapy_all.Raw | scapy_all.NoPayload):
+            assert getattr(L, type(body).__name__) is type(body)
+
+
 def test_scapy_fields_equal_codec_for_every_message(sample):
     pkts = scapy_all.rdpcap(str(sample))
     decoded = list(decode_capture(sample))

@@ -164,7 +164,10 @@ _KEYED_CONSTRUCTS: dict[int, Construct] = {}
 def _make(
     name: str, fields: list[AnyField], base: type[Packet] = _Element, **attrs: Any
 ) -> type[Packet]:
-    ns = {"name": attrs.pop("display", name), "fields_desc": fields, **attrs}
+    # __module__: scapy's metaclass would name its own module; the classes live here (and
+    # the exported ones are attributes of this module, so they pickle by name).
+    ns = {"name": attrs.pop("display", name), "fields_desc": fields, "__module__": __name__,
+          **attrs}
     return cast("type[Packet]", type(name, (base,), ns))
 
 
@@ -294,7 +297,9 @@ def _body_class(
         size = sum(p.size for p in body_parts if isinstance(p, parts.Fixed))
         clsname = f"Fuse{_camel(opname)}{suffix}"
         if any(k[:3] == ("body", kind, code) for k in _CLASSES):
-            clsname += f"_{size}"  # a compat variant of a layer made before
+            # A compat variant of a layer made before (by its size), or the other shape of
+            # an xattr reply (the raw value).
+            clsname += f"_{size}" if size else f"_{getattr(body_parts[0], 'field', len(_CLASSES))}"
         fields = [f for p in body_parts for f in _part_fields(p)]
         cls = _CLASSES[key] = _make(
             clsname, fields, base=Packet, display=f"{opname} {kind}".rstrip()
@@ -448,3 +453,40 @@ def _plain(v: Any, f: AnyField | None = None) -> Any:
     if isinstance(v, int):
         return int(v)
     return v
+
+
+# --- every generated layer under its own name ------------------------------------------------
+
+
+def _export_layers() -> list[str]:
+    """Generate the body layer of every request, reply and notification fuse.h names (at
+    the newest minor; GETXATTR/LISTXATTR replies in both shapes; INIT at its full size)
+    and bind each to its class name in this module, so ``from
+    fuseproto.capture.scapy_layers import FuseLookupReply`` works and the classes pickle
+    by name. Compat variants of older minors are still made on demand by
+    :func:`body_layer`."""
+    jobs: list[tuple[str, int, int]] = []
+    getxattr_out = structs.ALL["fuse_getxattr_out"].sizeof()
+    for op in fuse_opcode:
+        for kind in ("request", "reply"):
+            ps = messages.request_parts(op) if kind == "request" else messages.reply_parts(op)
+            if ps is None:
+                continue
+            if len(ps) == 1 and isinstance(ps[0], parts.AnySize):
+                jobs.append((kind, int(op), max(ps[0].variants)))
+            elif kind == "reply" and op in (fuse_opcode.FUSE_GETXATTR,
+                                            fuse_opcode.FUSE_LISTXATTR):
+                jobs += [(kind, int(op), getxattr_out), (kind, int(op), getxattr_out + 1)]
+            else:
+                jobs.append((kind, int(op), 0))
+    jobs += [("notification", int(code), 0) for code in fuse_notify_code]
+    names = []
+    for kind, code, body_len in jobs:
+        cls = body_layer(kind, code, body_len=body_len)
+        if cls is not None and cls.__name__ not in globals():
+            globals()[cls.__name__] = cls
+            names.append(cls.__name__)
+    return names
+
+
+__all__ += _export_layers()
