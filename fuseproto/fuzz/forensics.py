@@ -3,10 +3,17 @@ and the signature a finding is deduplicated by.
 
 :class:`Outcome` is the verdict on one request (its outcome class, and for a finding the
 kind, a one-line detail and the evidence). :func:`crash_site` reads a daemon's log for the
-place it died (an assertion, a glibc fortify abort, a Rust panic), :func:`death_outcome`
-and :func:`stall_outcome` turn an exit status or a missing reply plus that log into an
-:class:`Outcome`, and :func:`outcome_signature` names a finding so that repeats of the
-same bug land in one reproducer.
+place it died (an assertion as gcc or clang words it, a glibc fortify abort, a Rust
+panic), :func:`death_outcome` and :func:`stall_outcome` turn an exit status or a missing
+reply plus that log into an :class:`Outcome`, and :func:`outcome_signature` names a
+finding so that repeats of the same bug land in one reproducer.
+
+A sanitizer report in the log (an instrumented daemon: :mod:`.sanitizer_report`) makes
+the death an ``asan`` / ``ubsan`` finding, whatever the status says: ASan aborts
+(``abort_on_error=1``: SIGABRT, like a failed assertion) and UBSan exits with status 1
+(``halt_on_error=1``: like the daemon's own ``exit(1)``); the log is what tells them
+apart. Its frames are symbolized offline against the daemon's binary, the report text
+goes into the evidence, and the signature is the tool, the kind and the top frames.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import daemons
+from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
-__all__ = ["Outcome", "FATAL", "crash_site", "peek_log", "log_tail", "death_outcome",
+__all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "log_tail", "death_outcome",
            "stall_outcome", "outcome_signature"]
 
+#: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
+SANITIZER_FINDINGS = ("asan", "ubsan", "lsan")
 #: Finding kinds after which the daemon is gone or unusable (a fresh one is started).
-FATAL = ("crash", "daemon-exit", "hang")
+FATAL = ("crash", "daemon-exit", "hang", *SANITIZER_FINDINGS)
 
 
 @dataclass
@@ -31,15 +41,19 @@ class Outcome:
     """What one request did. ``finding`` is None when nothing was wrong."""
 
     cls: str  # outcome class, e.g. "FUSE_READ:ok:4K" or "FUSE_LOOKUP:-2"
-    finding: str | None = None  # crash | daemon-exit | hang | protocol
+    finding: str | None = None  # crash | daemon-exit | hang | protocol | asan | ubsan
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     reply: bytes = b""
 
 
 _SITE_PATTERNS = (
-    # C: "virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: fv_queue_worker: Assertion `0' failed."
-    re.compile(r"([\w.]+\.c):\d+: (\w+): (Assertion `.*' failed)"),
+    # C, gcc: "virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: fv_queue_worker:
+    # Assertion `0' failed."; clang prints the whole signature in place of the name
+    # ("...: void fv_queue_worker(gpointer, gpointer): Assertion ..."): the identifier
+    # right before the parameter list is the function, as gcc would name it.
+    re.compile(r"([\w.]+\.c):\d+: (?:[^:\n]*?[\s*])?(\w+)(?:\([^\n]*?\))?: "
+               r"(Assertion `.*' failed)"),
     # glibc fortify: "*** invalid openat64 call: O_CREAT or O_TMPFILE without mode ***: terminated"
     re.compile(r"\*\*\* (.+?) \*\*\*"),
     # Rust: "thread 'vring_worker' panicked at .../src/vhost_user.rs:277:18:\n<message>"
@@ -75,10 +89,33 @@ def log_tail(log: str, lines: int = 6) -> str:
     return "\n".join(log.strip().splitlines()[-lines:])
 
 
-def death_outcome(kind: str, name: str, status: int, log: str, previous: list[str]) -> Outcome:
+def sanitizer_outcome(kind: str, name: str, report: SanitizerReport, binary: str | None,
+                      ev: dict[str, Any]) -> Outcome:
+    """The ``asan`` / ``ubsan`` finding for ``report`` (seen after request ``name``),
+    symbolized against ``binary``; ``ev`` is the evidence gathered so far."""
+    rep = symbolize(report, binary)
+    ev.update(sanitizer=rep.tool, sanitizer_kind=rep.kind, headline=rep.headline,
+              frames=[f"#{f.index} {f.describe()}" for f in rep.frames[:12]],
+              sanitizer_signature=report_signature(rep), report=rep.text[:8000])
+    if rep.location:
+        ev["source"] = rep.location
+    top = " < ".join(rep.top_functions())
+    return Outcome(f"{name}:{rep.short_tool}:{rep.kind}", rep.short_tool,
+                   f"{kind} virtiofsd: {rep.tool} {rep.kind} after {name}"
+                   + (f" in {top}" if top else ""), ev)
+
+
+def death_outcome(kind: str, name: str, status: int, log: str, previous: list[str],
+                  binary: str | None = None) -> Outcome:
     """The finding for a daemon that ended with wait ``status`` after request ``name``:
+    a sanitizer finding when its log holds a report (symbolized against ``binary``), else
     a crash when a signal killed it, a daemon-exit otherwise (``log``: what it wrote since
     the request; ``previous``: the opcode names sent before it)."""
+    report = parse_report(log) if has_report(log) else None
+    if report is not None:
+        return sanitizer_outcome(kind, name, report, binary, {
+            "opcode": name, "status": daemons.describe_status(status), "previous": previous,
+            "log_tail": log_tail(log)})
     site = crash_site(log)
     ev: dict[str, Any] = {"opcode": name, "status": daemons.describe_status(status),
                           "previous": previous, "log_tail": log_tail(log)}
@@ -120,6 +157,8 @@ def outcome_signature(label: str, out: Outcome) -> str | None:
     finding): kind, daemon, and the crash site / signal, or the protocol rule broken."""
     if out.finding is None:
         return None
+    if out.finding in SANITIZER_FINDINGS:
+        return f"{out.finding}:{label}:{out.evidence.get('sanitizer_signature', '?')}"
     parts = out.cls.split(":")
     op = parts[0]
     site = out.evidence.get("site")

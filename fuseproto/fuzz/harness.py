@@ -27,6 +27,13 @@ as above); every request passes :func:`~fuseproto.fuzz.sanitizer.sanitize` first
 from the first successful INIT reply either way, through
 :func:`fuseproto.session.negotiate_init` (the session's own rule).
 
+Every daemon starts with :data:`SANITIZER_ENV` (the options an ASan/UBSan build needs;
+ignored by a plain one) and, given a :class:`~fuseproto.fuzz.coverage.CoverageMap`, the
+map's name: the same file for every daemon the harness starts, whose start-up and setup
+edges are absorbed (a restart is not new coverage); the loops read it after each input.
+A sanitizer report in the log turns a death (or a stall while the report is written)
+into an ``asan`` / ``ubsan`` finding (:mod:`.forensics`).
+
 After a crash, exit or hang the caller starts a fresh daemon (:meth:`DaemonHarness.start`:
 the old one is stopped by PID, a fresh shared directory is made). The requests sent since
 the daemon's setup are kept in :attr:`DaemonHarness.history` for a reproducer
@@ -55,8 +62,10 @@ from ..transport.vhost_user import VhostUserTransport
 from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
+from .coverage import CoverageMap
 from .forensics import FATAL, Outcome, death_outcome, peek_log, stall_outcome
 from .sanitizer import sanitize
+from .sanitizer_report import has_report
 
 __all__ = [
     "DaemonHarness",
@@ -66,6 +75,8 @@ __all__ = [
     "variant_area",
     "resolve_installation",
     "daemon_label",
+    "SANITIZER_ENV",
+    "instrumented",
 ]
 
 _OP = fuse_opcode
@@ -76,6 +87,13 @@ IN_SIZE = _IN.size
 # The largest device-writable area we hand out (guest memory is 32 MiB).
 MAX_AREA = OUT_SIZE + (1 << 20)
 HISTORY = 32  # requests kept for a reproducer
+#: The environment of every daemon the harness starts: what an ASan/UBSan build needs
+#: (no leak check, no colours, no in-process symbolizer: the sandbox has none; reports
+#: are symbolized offline), a fatal report aborts / halts. A plain daemon ignores it.
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=0:color=never:symbolize=0:abort_on_error=1:handle_abort=1",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:color=never:symbolize=0",
+}
 
 
 class SandboxedDaemon(daemons.Daemon):
@@ -90,20 +108,42 @@ class SandboxedDaemon(daemons.Daemon):
 
 
 def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
-    """``c`` / ``rust`` (installed, or installed now) or a path to a virtiofsd binary (or
+    """``c`` / ``rust`` (installed, or installed now), a built variant's name
+    (``c-asan-cov``, ``c-src``: :func:`fuseproto.daemons.find`; not built is a
+    DaemonError naming the command that builds it), or a path to a virtiofsd binary (or
     a wrapper script that execs one); ``kind`` says which protocol dialect a path speaks
     (default: :func:`fuseproto.daemons.detect_kind`)."""
     if spec in daemons.KINDS:
         return daemons.find(spec) or daemons.install(spec)
+    if _is_variant_name(spec):
+        found = daemons.find(spec)
+        if found is None:
+            raise DaemonError(f"daemon variant {spec!r} is not built (fuseproto daemons build "
+                              f"{spec}), and no file of that name exists")
+        return found
     path = os.path.abspath(spec)
     inst = daemons.Installation.from_path(path, kind)
     inst.binary = path  # keep the path as given (a wrapper stays a wrapper)
     return inst
 
 
+def _is_variant_name(spec: str) -> bool:
+    """A daemon name (``c-asan-cov``), not a path: no slash and no such file here."""
+    return "/" not in spec and not os.path.exists(spec)
+
+
 def daemon_label(spec: str, inst: daemons.Installation) -> str:
-    """How findings and reports name a daemon: ``c``/``rust``, or ``kind:basename``."""
-    return spec if spec in daemons.KINDS else f"{inst.kind}:{os.path.basename(spec)}"
+    """How findings and reports name a daemon: ``c``/``rust``, a variant's name
+    (``c-asan-cov``), or ``kind:basename`` for a path."""
+    if spec in daemons.KINDS or _is_variant_name(spec):
+        return spec
+    return f"{inst.kind}:{os.path.basename(spec)}"
+
+
+def instrumented(installation: daemons.Installation) -> bool:
+    """The installation says it is built with SanitizerCoverage (``sancov``); a map whose
+    header shows guards after a start says so too (:attr:`CoverageMap.instrumented`)."""
+    return "sancov" in installation.instrumentation
 
 
 def _bucket(n: int) -> str:
@@ -157,8 +197,10 @@ class DaemonHarness:
     def __init__(self, installation: daemons.Installation, *, hang_timeout: float = 0.5,
                  workdir: str | None = None, history: int = HISTORY,
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
-                 setup: bool = True):
+                 setup: bool = True, coverage: CoverageMap | None = None):
         self.installation = installation
+        # The daemon's edge map (same file across restarts); None: not measured.
+        self.coverage = coverage
         # setup=False: no INIT and no LOOKUPs at start (a sequence program negotiates INIT
         # itself); the harness still learns minor/flags from any INIT reply it sees.
         self.setup = setup
@@ -199,8 +241,11 @@ class DaemonHarness:
         os.makedirs(shared)
         _populate(shared)
         sock = os.path.join(base, "vhost.sock")
+        env = dict(SANITIZER_ENV)
+        if self.coverage is not None:
+            env.update(self.coverage.env())
         self.daemon = SandboxedDaemon(self.installation, shared, sock,
-                                      log_path=os.path.join(base, "daemon.log"))
+                                      log_path=os.path.join(base, "daemon.log"), env=env)
         self._log_offset = 0
         self.daemon.start()
         try:
@@ -218,6 +263,8 @@ class DaemonHarness:
         self.starts += 1
         self.history.clear()
         self.new_log()  # skip the start-up chatter
+        if self.coverage is not None:
+            self.coverage.absorb()  # start-up and setup: not any input's coverage
         return self
 
     def new_log(self) -> str:
@@ -382,8 +429,15 @@ class DaemonHarness:
             return self._dead(name, "no reply; daemon gone")
         if state != "done":
             one.token.abandoned = True  # the transport frees it if it ever completes
+            log = self.new_log()
+            if has_report(log):
+                # A sanitizer report is being written: the daemon halts when it is done.
+                status = d.wait_exit(5.0)
+                if status is not None:
+                    return death_outcome(self.kind, name, status, log + self.new_log(),
+                                         self._previous(), self.installation.binary)
             return stall_outcome(self.kind, name, area=one.area, timeout=self.hang_timeout,
-                                 log=self.new_log(), previous=self._previous(),
+                                 log=log, previous=self._previous(),
                                  state=d.state(),
                                  reply_expected=one.expectation is ReplyExpectation.ONE)
         try:
@@ -456,7 +510,8 @@ class DaemonHarness:
         if status is None:
             return Outcome(f"{name}:transport", "hang", f"transport failed ({detail}) but "
                            f"{d.describe()}", {"opcode": name})
-        return death_outcome(self.kind, name, status, self.new_log(), self._previous())
+        return death_outcome(self.kind, name, status, self.new_log(), self._previous(),
+                             self.installation.binary)
 
     def _previous(self) -> list[str]:
         """Opcode names of the requests sent before the last one (newest last)."""

@@ -21,15 +21,23 @@ Every request is built by :func:`fuseproto.wire.codec.encode_request` (``length=
 :func:`~fuseproto.fuzz.sanitizer.sanitize` and the daemon sandbox apply to each one.
 Programs are mutated structurally (:func:`mutate_program`: insert / delete / swap /
 duplicate / regroup steps, or one step's fields through :func:`.mutate.mutate_body`).
+
+:func:`fuzz_sequences` keeps a program that lit new daemon edges (an instrumented daemon,
+:class:`~fuseproto.fuzz.virtiofsd.EdgeFeedback`; each program's fresh daemon start is
+absorbed, not credited) with energy in proportion to them, and one that reached a new
+outcome class or depth; programs with new edges are saved to ``corpus_dir`` as JSON and
+read back at the next start.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from construct import Container, ListContainer
@@ -40,10 +48,12 @@ from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
+from .corpus import Corpus, energy_for
+from .coverage import CoverageMap
 from .findings import FindingStore
 from .forensics import FATAL, Outcome
 from .harness import DaemonHarness
-from .virtiofsd import DaemonStats, record_finding
+from .virtiofsd import DaemonStats, EdgeFeedback, record_finding
 
 __all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
            "fuzz_sequences", "program_to_json", "program_from_json", "DEPTHS"]
@@ -421,10 +431,14 @@ def program_from_json(doc: list[dict[str, Any]]) -> list[Step]:
 
 def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store: FindingStore, seed: int = 0,
                    hang_timeout: float = 0.5, label: str | None = None,
-                   max_programs: int | None = None) -> DaemonStats:
+                   max_programs: int | None = None, coverage: CoverageMap | None = None,
+                   feedback: str = "auto", corpus_dir: str | Path | None = None) -> DaemonStats:
     """Fuzz one daemon with programs for ``seconds``; findings go to ``store``. Returns a
     :class:`~fuseproto.fuzz.virtiofsd.DaemonStats` whose ``sequences`` says how many
-    programs ran, the deepest state reached and every mapping request's answer."""
+    programs ran, the deepest state reached and every mapping request's answer, and whose
+    ``edges`` the daemon's edges over time (instrumented daemons). ``coverage``,
+    ``feedback`` and ``corpus_dir`` as for :func:`~fuseproto.fuzz.virtiofsd.fuzz_daemon`
+    (saved programs are JSON)."""
     label = label or installation.kind
     rng = random.Random(seed ^ 0x5E0)
     stats = DaemonStats(label)
@@ -433,43 +447,64 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
     programs = 0
     t0 = time.monotonic()
     deadline = t0 + seconds
-    corpus: list[list[Step]] = [random_program(rng) for _ in range(8)]
+    cdir = Path(corpus_dir) if corpus_dir is not None else None
+    corpus: Corpus[list[Step]] = Corpus(2000)
+    for _ in range(8):
+        corpus.add(random_program(rng))
+    for raw in Corpus.load(cdir, ".json", limit=1000):
+        try:
+            if corpus.add(program_from_json(json.loads(raw))):
+                stats.corpus_loaded += 1
+        except (ValueError, KeyError, TypeError):
+            continue  # a file from another version of the format
     pending = list(corpus)
     seen_depth: set[tuple[int, str]] = set()
-    with DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
-                       history=100_000) as h:
-        stats.version = h.version()
-        while time.monotonic() < deadline and (max_programs is None or programs < max_programs):
-            if pending:
-                prog = pending.pop(0)
-            elif rng.random() < 0.2:
-                prog = random_program(rng)
-            else:
-                prog = mutate_program(rng.choice(corpus), rng)
-            try:
-                res = run_program(h, prog)
-            except (DaemonError, TransportError) as e:
-                stats.error = f"program aborted: {e}"
-                break
-            programs += 1
-            stats.requests += len(res.outcomes)
-            depths[DEPTHS[res.depth]] += 1
-            for op, kind, answer in res.mappings:
-                mappings[f"{op} {kind}: {answer}"] += 1
-            new = False
-            for out in res.outcomes:
-                if out.cls not in stats.classes:
+    fb = EdgeFeedback(installation, coverage, feedback)
+    try:
+        with DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
+                           history=100_000, coverage=fb.map) as h:
+            fb.started()
+            stats.version = h.version()
+            while time.monotonic() < deadline and (max_programs is None
+                                                   or programs < max_programs):
+                if pending:
+                    prog = pending.pop(0)
+                elif rng.random() < 0.2:
+                    prog = random_program(rng)
+                else:
+                    prog = mutate_program(corpus.choose(rng), rng)
+                try:
+                    res = run_program(h, prog)
+                except (DaemonError, TransportError) as e:
+                    stats.error = f"program aborted: {e}"
+                    break
+                programs += 1
+                stats.requests += len(res.outcomes)
+                depths[DEPTHS[res.depth]] += 1
+                for op, kind, answer in res.mappings:
+                    mappings[f"{op} {kind}: {answer}"] += 1
+                new = False
+                for out in res.outcomes:
+                    if out.cls not in stats.classes:
+                        new = True
+                    stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
+                    if out.finding is not None:
+                        record_finding(stats, store, h, label, out, program_to_json(prog))
+                key = (res.depth, ",".join(sorted({k for _, k, _ in res.mappings})))
+                if key not in seen_depth:
+                    seen_depth.add(key)
                     new = True
-                stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
-                if out.finding is not None:
-                    record_finding(stats, store, h, label, out, program_to_json(prog))
-            key = (res.depth, ",".join(sorted({k for _, k, _ in res.mappings})))
-            if key not in seen_depth:
-                seen_depth.add(key)
-                new = True
-            if new and len(corpus) < 2000:
-                corpus.append(prog)
-        stats.starts = h.starts
+                edges = fb.new_edges()
+                if fb.steering and edges:
+                    doc = json.dumps(program_to_json(prog), sort_keys=True).encode()
+                    if corpus.add(prog, energy_for(edges)) and Corpus.save(cdir, doc, ".json"):
+                        stats.corpus_saved += 1
+                elif new:
+                    corpus.add(prog)
+            stats.starts = h.starts
+        stats.edges = fb.summary()
+    finally:
+        fb.close()
     stats.seconds = time.monotonic() - t0
     stats.outcome_classes = len(stats.classes)
     stats.corpus_size = len(corpus)

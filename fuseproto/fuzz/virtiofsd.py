@@ -2,8 +2,15 @@
 daemon, one at a time, through :class:`~fuseproto.fuzz.harness.DaemonHarness`.
 
 :func:`fuzz_daemon` mutates the seed requests (with the daemon's own node ids and file
-handles), keeps inputs that reach a new outcome class, mutes features that keep hitting
-a known finding, and starts a fresh daemon after a crash, exit or hang.
+handles), mutes features that keep hitting a known finding, and starts a fresh daemon
+after a crash, exit or hang. What it keeps depends on what it can see: with an
+instrumented daemon (``c-asan-cov``: the edge map of :mod:`.coverage` shows guards) an
+input that lights new daemon edges joins the corpus with energy in proportion to them
+(:func:`.corpus.energy_for`), and so does one that reaches a new outcome class; with a
+plain daemon, the outcome class alone steers (opcode x errno x reply size, or the
+failure). ``feedback="outcome"`` forces the latter even when edges are measured (the
+benchmark's control). Inputs that lit new edges are written to ``corpus_dir`` and read
+back at the next start.
 :func:`record_finding` (also used by :mod:`.sequences`) files a finding under its
 signature (:func:`.forensics.outcome_signature`) with a reproducer: a JSON document with
 the daemon kind, version and binary, the setup (``setup_mode: none`` for a program) and
@@ -18,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import daemons
@@ -25,11 +33,17 @@ from ..errors import DaemonError, TransportError
 from ..wire import structs
 from ..wire.constants import opcode_name
 from . import mutate
+from .corpus import Corpus, energy_for
+from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 from .forensics import FATAL, Outcome, outcome_signature
-from .harness import DaemonHarness
+from .harness import DaemonHarness, instrumented
 
-__all__ = ["DaemonStats", "fuzz_daemon", "record_finding"]
+__all__ = ["DaemonStats", "fuzz_daemon", "record_finding", "FEEDBACKS", "EdgeFeedback"]
+
+#: ``auto``: daemon edges when the daemon is instrumented, else outcome classes;
+#: ``coverage`` / ``outcome``: that one (``coverage`` on a plain daemon is ``outcome``).
+FEEDBACKS = ("auto", "coverage", "outcome")
 
 _IN = structs.FAST["fuse_in_header"]
 
@@ -48,10 +62,55 @@ class DaemonStats:
     skipped: int = 0  # mutants not sent: they hit a muted feature
     error: str | None = None
     sequences: dict[str, Any] = field(default_factory=dict)  # sequence mode's summary
+    # The daemon's edges (EdgeFeedback.summary()): guards, edges, timeline, feedback;
+    # empty when the daemon is not instrumented.
+    edges: dict[str, Any] = field(default_factory=dict)
+    corpus_loaded: int = 0  # inputs read back from the corpus directory
+    corpus_saved: int = 0  # inputs written to it
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+
+class EdgeFeedback:
+    """The daemon edge map as the loops use it: after each input, how many edges were
+    new (0 when the daemon is not instrumented or feedback is ``outcome``-only:
+    ``steering`` is False then, but the edges are still counted for the report).
+    Owns the map when it made it (``close``)."""
+
+    def __init__(self, installation: daemons.Installation, coverage: CoverageMap | None,
+                 feedback: str = "auto"):
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback: one of {', '.join(FEEDBACKS)}, not {feedback!r}")
+        self.feedback = feedback
+        self._own = coverage is None
+        self.map = coverage if coverage is not None else CoverageMap.create()
+        self.installation = installation
+        self.measured = instrumented(installation)  # refined once a daemon has started
+
+    def started(self) -> None:
+        """After the first daemon start: a map with guards is an instrumented daemon."""
+        self.measured = self.measured or self.map.instrumented
+
+    @property
+    def steering(self) -> bool:
+        return self.measured and self.feedback != "outcome"
+
+    def new_edges(self) -> int:
+        return self.map.update() if self.measured else 0
+
+    def summary(self) -> dict[str, Any]:
+        if not self.measured:
+            return {}
+        self.map.sample()
+        return dict(self.map.summary(), feedback="coverage" if self.steering else "outcome",
+                    variant=self.installation.variant,
+                    instrumentation=self.installation.instrumentation)
+
+    def close(self) -> None:
+        if self._own:
+            self.map.close()
 
 
 def fuzz_daemon(
@@ -64,60 +123,84 @@ def fuzz_daemon(
     max_requests: int | None = None,
     on_send: Callable[[DaemonHarness, bytes], None] | None = None,
     label: str | None = None,
+    coverage: CoverageMap | None = None,
+    feedback: str = "auto",
+    corpus_dir: str | Path | None = None,
 ) -> DaemonStats:
-    """Fuzz one daemon for ``seconds``: structure-aware mutants of the seed requests, one at
-    a time; inputs reaching a new outcome class join the corpus; findings go to ``store``."""
+    """Fuzz one daemon for ``seconds``: structure-aware mutants of the seed requests (and
+    of ``corpus_dir``'s saved inputs), one at a time; inputs lighting new daemon edges or
+    reaching a new outcome class join the corpus (see the module docstring); findings go
+    to ``store``. ``coverage``: the edge map to use (shared with other loops; default:
+    a fresh one for this run)."""
     label = label or installation.kind
     rng = random.Random(seed)
     stats = DaemonStats(label)
     t0 = time.monotonic()
     deadline = t0 + seconds
-    with DaemonHarness(installation, hang_timeout=hang_timeout, on_send=on_send) as h:
-        stats.version = h.version()
-        corpus: list[tuple[bytes, int]] = [(r, 0) for r in h.seed_requests()]
-        pending_seeds = list(corpus)
-        pools = h.pools
-        # Features (a short request, an opcode) that keep triggering an already known
-        # finding are mostly skipped, so the time goes to finding something new.
-        repeats: dict[tuple[str, str], int] = {}
-        muted: set[str] = set()
-        while time.monotonic() < deadline and (max_requests is None
-                                               or stats.requests < max_requests):
-            if pending_seeds:
-                data, variant = pending_seeds.pop(0)
-            else:
-                parent, variant = rng.choice(corpus)
-                if rng.random() < 0.15:
-                    variant = rng.randrange(5)
-                data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
-                                             pools=pools, max_size=1 << 16)
-                if muted and _feature(data) in muted and rng.random() < 0.9:
-                    stats.skipped += 1
-                    continue
-            out = h.send(data, variant)
-            stats.requests += 1
-            new = out.cls not in stats.classes
-            stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
-            if out.finding is not None:
-                f = record_finding(stats, store, h, label, out)
-                key = (f.signature, _feature(data))
-                repeats[key] = repeats.get(key, 0) + 1
-                if repeats[key] >= 5:
-                    muted.add(key[1])
-            elif new and len(corpus) < 4000:
-                corpus.append((data, variant))
-            # A fresh daemon after it died, hung, or was left unusable by INIT/DESTROY.
-            if out.finding in FATAL or (
-                out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy()
-            ):
-                try:
-                    h.start()
-                except (DaemonError, TransportError) as e:
-                    stats.error = f"restart failed: {e}"
-                    break
-                pools = h.pools
-        stats.starts = h.starts
-        stats.corpus_size = len(corpus)
+    cdir = Path(corpus_dir) if corpus_dir is not None else None
+    fb = EdgeFeedback(installation, coverage, feedback)
+    try:
+        with DaemonHarness(installation, hang_timeout=hang_timeout, on_send=on_send,
+                           coverage=fb.map) as h:
+            fb.started()
+            stats.version = h.version()
+            corpus: Corpus[tuple[bytes, int]] = Corpus(4000)
+            for r in h.seed_requests():
+                corpus.add((r, 0))
+            for raw in Corpus.load(cdir, ".bin", limit=2000):
+                if len(raw) > 1 and corpus.add((raw[1:], raw[0] % 5)):
+                    stats.corpus_loaded += 1
+            pending_seeds = list(corpus)
+            pools = h.pools
+            # Features (a short request, an opcode) that keep triggering an already known
+            # finding are mostly skipped, so the time goes to finding something new.
+            repeats: dict[tuple[str, str], int] = {}
+            muted: set[str] = set()
+            while time.monotonic() < deadline and (max_requests is None
+                                                   or stats.requests < max_requests):
+                if pending_seeds:
+                    data, variant = pending_seeds.pop(0)
+                else:
+                    parent, variant = corpus.choose(rng)
+                    if rng.random() < 0.15:
+                        variant = rng.randrange(5)
+                    data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
+                                                 pools=pools, max_size=1 << 16)
+                    if muted and _feature(data) in muted and rng.random() < 0.9:
+                        stats.skipped += 1
+                        continue
+                out = h.send(data, variant)
+                stats.requests += 1
+                new = out.cls not in stats.classes
+                stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
+                edges = fb.new_edges()
+                if out.finding is not None:
+                    f = record_finding(stats, store, h, label, out)
+                    key = (f.signature, _feature(data))
+                    repeats[key] = repeats.get(key, 0) + 1
+                    if repeats[key] >= 5:
+                        muted.add(key[1])
+                elif fb.steering and edges:
+                    if corpus.add((data, variant), energy_for(edges)) and \
+                            Corpus.save(cdir, bytes([variant]) + data, ".bin"):
+                        stats.corpus_saved += 1
+                elif new:
+                    corpus.add((data, variant))
+                # A fresh daemon after it died, hung, or was left unusable by INIT/DESTROY.
+                if out.finding in FATAL or (
+                    out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy()
+                ):
+                    try:
+                        h.start()
+                    except (DaemonError, TransportError) as e:
+                        stats.error = f"restart failed: {e}"
+                        break
+                    pools = h.pools
+            stats.starts = h.starts
+            stats.corpus_size = len(corpus)
+        stats.edges = fb.summary()
+    finally:
+        fb.close()
     stats.seconds = time.monotonic() - t0
     stats.outcome_classes = len(stats.classes)
     return stats
