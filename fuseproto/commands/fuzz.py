@@ -28,8 +28,10 @@ def register(sub: Any) -> None:
         epilog="examples:\n  fuseproto fuzz campaign --seconds 100 --out out/run1\n"
         "  fuseproto fuzz campaign --virtiofsd ./my-virtiofsd --virtiofsd-kind rust\n"
         "  fuseproto fuzz campaign --no-daemon --dax-manager mypkg.mydax:make")
-    c.add_argument("--daemon", action="append", default=None, metavar="c|rust|PATH",
-                   help="daemon to fuzz (repeatable; default: c and rust)")
+    c.add_argument("--daemon", action="append", default=None, metavar="c|rust|VARIANT|PATH",
+                   help="daemon to fuzz: a packaged kind, a built variant (c-asan-cov, "
+                   "c-src) or a binary (repeatable; default: c-asan-cov when built, else c; "
+                   "and rust)")
     c.add_argument("--virtiofsd", action="append", default=None, metavar="PATH",
                    help="a virtiofsd binary (or a wrapper script that execs one) to fuzz; "
                    "repeatable, same as --daemon PATH")
@@ -41,6 +43,7 @@ def register(sub: Any) -> None:
     c.add_argument("--shrink-share", type=float, default=0.2, metavar="F",
                    help="share of each daemon's time for minimizing its new findings "
                    "(default 0.2; 0: no shrinking)")
+    _corpus_options(c)
     c.add_argument("--seconds", type=float, default=120.0, help="total time budget")
     c.add_argument("--out", default="out/fuzz", help="report directory (default out/fuzz)")
     c.add_argument("--target", action="append", default=None,
@@ -101,12 +104,17 @@ def register(sub: Any) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     """The options of ``fuzz run`` (also parsed again from what follows the target)."""
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | PATH")
+    p.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | a built variant "
+                   "(c-asan-cov, c-src) | PATH")
     p.add_argument("--virtiofsd", default=None, metavar="PATH",
                    help="for virtiofsd: this binary (same as --daemon PATH)")
     _kind_option(p)
     p.add_argument("--sequences", action="store_true",
                    help="for virtiofsd: run stateful sequence programs, not single requests")
+    p.add_argument("--feedback", choices=("auto", "coverage", "outcome"), default="auto",
+                   help="for virtiofsd: what keeps an input: the daemon's new edges (an "
+                   "instrumented daemon; auto) or new outcome classes only")
+    _corpus_options(p)
     p.add_argument("--out", default="out/fuzz-run")
     p.add_argument("--engine", choices=("atheris", "inprocess"), default="atheris")
     p.add_argument("--seed", type=int, default=0)
@@ -129,6 +137,25 @@ def split_run_args(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus-dir", default=None, metavar="DIR",
+                   help="virtiofsd: where inputs that lit new daemon edges are kept and "
+                   "loaded from, one folder per target and daemon variant (default: "
+                   "$FUSEPROTO_FUZZ_CORPUS or the fuseproto cache's fuzz-corpus/)")
+    p.add_argument("--no-corpus", action="store_true",
+                   help="virtiofsd: neither load nor keep a corpus between runs")
+
+
+def _corpus_root(args: argparse.Namespace) -> Path | None:
+    if args.no_corpus:
+        return None
+    if args.corpus_dir:
+        return Path(args.corpus_dir)
+    from ..fuzz.corpus import corpus_root
+
+    return corpus_root()
+
+
 def _kind_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--virtiofsd-kind", choices=("c", "rust"), default=None,
                    help="which daemon a PATH is: c (QEMU's, FUSE-style -o options) or rust "
@@ -143,7 +170,7 @@ def _campaign(args: argparse.Namespace) -> int:
     from ..fuzz.campaign import run_campaign
 
     chosen = (args.daemon or []) + (args.virtiofsd or [])
-    daemons = [] if args.no_daemon else (chosen or ["c", "rust"])
+    daemons = [] if args.no_daemon else (chosen or None)
     env = None
     if args.dax_manager:
         import os
@@ -156,7 +183,7 @@ def _campaign(args: argparse.Namespace) -> int:
         args.out, seconds=args.seconds, daemons=daemons, target_names=args.target,
         engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
-        shrink_share=args.shrink_share,
+        shrink_share=args.shrink_share, corpus_root=_corpus_root(args),
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)
@@ -178,18 +205,25 @@ def _run(args: argparse.Namespace) -> int:
         inst = harness.resolve_installation(spec, args.virtiofsd_kind)
         label = harness.daemon_label(spec, inst)
         store = FindingStore(Path(args.out) / "findings")
+        root = _corpus_root(args)
+        mode = "sequences" if args.sequences else "requests"
+        cdir = root / f"virtiofsd-{mode}-{inst.variant}" if root is not None else None
         if args.sequences:
             from ..fuzz.sequences import fuzz_sequences
 
             st = fuzz_sequences(inst, seconds=args.seconds, store=store, seed=args.seed,
-                                label=label)
+                                label=label, feedback=args.feedback, corpus_dir=cdir)
             q = st.sequences
             print(f"{label}: {q['programs']} programs, deepest state {q['deepest']}")
         else:
             st = virtiofsd.fuzz_daemon(inst, seconds=args.seconds, store=store,
-                                       seed=args.seed, label=label)
+                                       seed=args.seed, label=label, feedback=args.feedback,
+                                       corpus_dir=cdir)
+        edges = (f", {st.edges['edges']} of {st.edges['guards']} daemon edges "
+                 f"({st.edges['feedback']} feedback), corpus {st.corpus_loaded} loaded / "
+                 f"{st.corpus_saved} saved" if st.edges else "")
         print(f"{st.daemon} ({st.version}): {st.requests} requests, {st.per_second:.0f}/s, "
-              f"{st.outcome_classes} outcome classes, {st.starts} daemon starts")
+              f"{st.outcome_classes} outcome classes, {st.starts} daemon starts{edges}")
         for f in store:
             print(f"  {f.kind}: {f.signature} x{f.count}\n    {f.replay}")
         return 1 if len(store) else 0
@@ -333,6 +367,8 @@ def _list(args: argparse.Namespace) -> int:
 
     for n in available_targets():
         print(f"{n:12s} {TARGETS[n].description}")
-    print(f"{'virtiofsd':12s} structure-aware FUSE requests to a real virtiofsd (c, rust or a "
-          "path): crashes, panics, hangs, protocol violations; --sequences: stateful programs")
+    print(f"{'virtiofsd':12s} structure-aware FUSE requests to a real virtiofsd (c, rust, a "
+          "built variant such as c-asan-cov, or a path): crashes, panics, hangs, protocol "
+          "violations, ASan/UBSan reports; steered by the daemon's edges when it is "
+          "instrumented; --sequences: stateful programs")
     return 0

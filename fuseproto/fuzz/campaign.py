@@ -10,7 +10,11 @@ restarts the harness with the time left. The virtiofsd target runs against each 
 given: single hostile requests (:func:`.virtiofsd.fuzz_daemon`), then stateful sequence
 programs (:func:`.sequences.fuzz_sequences`, ``sequence_share`` of its time), then each of
 its new findings is minimized (:func:`.shrink.shrink_file`, ``<name>.min.json``) within
-``shrink_share`` of its time.
+``shrink_share`` of its time. Both loops of one daemon share one edge map
+(:mod:`.coverage`): with an instrumented daemon (the default C daemon is ``c-asan-cov``
+when it is built: :func:`.harness.default_daemons`) new edges steer them and the result
+carries the edges over time; with ``corpus_root`` the inputs that lit new edges are kept
+in ``<corpus_root>/virtiofsd-{requests,sequences}-<variant>/`` and loaded by the next run.
 
 Everything lands under ``out``: ``report.md`` and ``report.json`` (see :mod:`.report`),
 ``findings/<target>[-<daemon>]/`` (one reproducer per signature), ``corpus/<target>/``
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import engine, registry
+from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 
 __all__ = ["TargetResult", "CampaignResult", "run_campaign", "fuzz_dir", "run_atheris"]
@@ -66,6 +71,9 @@ class TargetResult:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     sequences: dict[str, Any] = field(default_factory=dict)  # virtiofsd sequence mode
+    # virtiofsd on an instrumented daemon: guards, edges, timeline [[s, edges]], feedback,
+    # variant, instrumentation, and the edges when sequences started (``requests_edges``)
+    edges: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -235,7 +243,7 @@ def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int)
 def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
                    hang_timeout: float, *, kind: str | None = None,
                    sequence_share: float = 0.3, shrink_share: float = 0.2,
-                   log: Any = None) -> TargetResult:
+                   log: Any = None, corpus_root: Path | None = None) -> TargetResult:
     from . import harness, sequences, shrink, virtiofsd
 
     say = log or (lambda msg: None)
@@ -251,21 +259,34 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
     t0 = time.monotonic()
     before = set(store.by_signature)
     single = seconds * max(0.0, 1.0 - sequence_share - shrink_share)
+    dirs = {m: (corpus_root / f"virtiofsd-{m}-{inst.variant}" if corpus_root else None)
+            for m in ("requests", "sequences")}
+    cov = CoverageMap.create()
     try:
         st = virtiofsd.fuzz_daemon(inst, seconds=single, store=store, seed=seed,
-                                   hang_timeout=hang_timeout, label=label)
+                                   hang_timeout=hang_timeout, label=label, coverage=cov,
+                                   corpus_dir=dirs["requests"])
         sq = None
         if sequence_share > 0:
             left = seconds * (1.0 - shrink_share) - (time.monotonic() - t0)
             sq = sequences.fuzz_sequences(inst, seconds=max(1.0, left), store=store,
-                                          seed=seed, hang_timeout=hang_timeout, label=label)
+                                          seed=seed, hang_timeout=hang_timeout, label=label,
+                                          coverage=cov, corpus_dir=dirs["sequences"])
     except Exception as e:  # noqa: BLE001
         res.error = f"{type(e).__name__}: {e}"
         return res
+    finally:
+        cov.close()
+    res.edges = dict(sq.edges if sq is not None and sq.edges else st.edges)
+    if res.edges:
+        res.edges["requests_edges"] = st.edges.get("edges", 0)
+        res.edges["corpus_loaded"] = st.corpus_loaded + (sq.corpus_loaded if sq else 0)
+        res.edges["corpus_saved"] = st.corpus_saved + (sq.corpus_saved if sq else 0)
+        res.coverage["daemon_edges"] = res.edges["edges"]
     res.daemon_version = st.version
     res.iterations = st.requests + (sq.requests if sq else 0)
     classes = set(st.classes) | (set(sq.classes) if sq else set())
-    res.coverage = {"outcome_classes": len(classes)}
+    res.coverage["outcome_classes"] = len(classes)
     res.corpus_size = st.corpus_size + (sq.corpus_size if sq else 0)
     sigs = [f.signature for f in st.findings]
     if sq is not None:
@@ -325,14 +346,17 @@ def run_campaign(
     daemon_kind: str | None = None,
     sequence_share: float = 0.3,
     shrink_share: float = 0.2,
+    corpus_root: str | os.PathLike[str] | None = None,
 ) -> CampaignResult:
-    """Run the campaign and write the report; see the module docstring."""
-    from . import report
+    """Run the campaign and write the report; see the module docstring. ``daemons``
+    default: :func:`.harness.default_daemons` (``c-asan-cov`` for C when it is built)."""
+    from . import harness, report
 
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     store = FindingStore(out_path / "findings")
-    daemons = ["c", "rust"] if daemons is None else daemons
+    daemons = harness.default_daemons() if daemons is None else daemons
+    croot = Path(corpus_root) if corpus_root is not None else None
     names = target_names or registry.available_targets()
     use_atheris = engine_name == "atheris" and fuzz_dir() is not None
     # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow).
@@ -360,9 +384,11 @@ def run_campaign(
     for spec in daemons:
         say(f"virtiofsd ({spec}): {1.5 * unit:.0f} s")
         r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout, kind=daemon_kind,
-                           sequence_share=sequence_share, shrink_share=shrink_share, log=say)
+                           sequence_share=sequence_share, shrink_share=shrink_share, log=say,
+                           corpus_root=croot)
         say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
             f"{len(r.findings)} findings, {r.restarts} restarts"
+            + (f", {r.edges['edges']} of {r.edges['guards']} daemon edges" if r.edges else "")
             + (f", error: {r.error}" if r.error else ""))
         result.results.append(r)
     result.seconds = time.monotonic() - t0

@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 
 from ..daemons import cache_root
 
-__all__ = ["Corpus", "default_dir", "energy_for", "ENV_CORPUS", "MAX_SAVED"]
+__all__ = ["Corpus", "corpus_root", "default_dir", "energy_for", "ENV_CORPUS", "MAX_SAVED"]
 
 T = TypeVar("T")
 
@@ -35,12 +35,16 @@ ENV_CORPUS = "FUSEPROTO_FUZZ_CORPUS"
 MAX_SAVED = 5000
 
 
-def default_dir(target: str, variant: str) -> Path:
-    """``<cache>/fuzz-corpus/<target>-<variant>`` (or under ``$FUSEPROTO_FUZZ_CORPUS``)."""
+def corpus_root() -> Path:
+    """``$FUSEPROTO_FUZZ_CORPUS``, else ``<fuseproto cache>/fuzz-corpus``."""
     base = os.environ.get(ENV_CORPUS)
-    root = Path(base) if base else cache_root() / "fuzz-corpus"
+    return Path(base) if base else cache_root() / "fuzz-corpus"
+
+
+def default_dir(target: str, variant: str) -> Path:
+    """``<corpus_root>/<target>-<variant>``: one corpus per target and daemon variant."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target}-{variant}")
-    return root / safe
+    return corpus_root() / safe
 
 
 def energy_for(new_edges: int) -> float:

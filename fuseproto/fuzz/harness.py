@@ -77,6 +77,7 @@ __all__ = [
     "daemon_label",
     "SANITIZER_ENV",
     "instrumented",
+    "default_daemons",
 ]
 
 _OP = fuse_opcode
@@ -140,6 +141,13 @@ def daemon_label(spec: str, inst: daemons.Installation) -> str:
     return f"{inst.kind}:{os.path.basename(spec)}"
 
 
+def default_daemons() -> list[str]:
+    """The daemons a campaign fuzzes unless told: the instrumented C build ``c-asan-cov``
+    when it is built (its edges steer the fuzzer, its sanitizers make memory errors
+    findings), else the packaged ``c``; and the packaged ``rust``."""
+    return ["c-asan-cov" if daemons.find("c-asan-cov") is not None else "c", "rust"]
+
+
 def instrumented(installation: daemons.Installation) -> bool:
     """The installation says it is built with SanitizerCoverage (``sancov``); a map whose
     header shows guards after a start says so too (:attr:`CoverageMap.instrumented`)."""
@@ -197,8 +205,11 @@ class DaemonHarness:
     def __init__(self, installation: daemons.Installation, *, hang_timeout: float = 0.5,
                  workdir: str | None = None, history: int = HISTORY,
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
-                 setup: bool = True, coverage: CoverageMap | None = None):
+                 setup: bool = True, coverage: CoverageMap | None = None,
+                 env: dict[str, str] | None = None):
         self.installation = installation
+        # Extra environment for every daemon started (over SANITIZER_ENV and the map's).
+        self.env = dict(env or {})
         # The daemon's edge map (same file across restarts); None: not measured.
         self.coverage = coverage
         # setup=False: no INIT and no LOOKUPs at start (a sequence program negotiates INIT
@@ -244,6 +255,7 @@ class DaemonHarness:
         env = dict(SANITIZER_ENV)
         if self.coverage is not None:
             env.update(self.coverage.env())
+        env.update(self.env)
         self.daemon = SandboxedDaemon(self.installation, shared, sock,
                                       log_path=os.path.join(base, "daemon.log"), env=env)
         self._log_offset = 0

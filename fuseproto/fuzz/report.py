@@ -1,7 +1,9 @@
 """The campaign report: ``report.json`` (machine-readable) and ``report.md`` (for people).
 
 Sections of the Markdown report, in order: Summary (one row per target: engine, time,
-inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), Sequences
+inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), Daemon
+coverage (per instrumented daemon: its edges over time, the feedback that steered, the
+corpus carried over; the plot is ``edges.png``, drawn with matplotlib's Agg), Sequences
 (per daemon: programs run, how deep they got, every SETUPMAPPING/REMOVEMAPPING shape and
 the daemon's answer, findings only sequences reached), Findings (one per signature: kind,
 count, what, reproducer and its minimized twin, the ``fuseproto fuzz replay`` commands,
@@ -17,14 +19,18 @@ from typing import Any
 
 __all__ = ["write", "SECTIONS"]
 
-SECTIONS = ("## Summary", "## Daemons", "## Sequences", "## Findings", "## How to reproduce")
+SECTIONS = ("## Summary", "## Daemons", "## Daemon coverage", "## Sequences", "## Findings",
+            "## How to reproduce")
+#: The plot of the daemons' edges over time, next to report.md.
+PLOT = "edges.png"
 
 
 def _cov(c: dict[str, int]) -> str:
     if "cov" in c:
         return f"cov {c['cov']}, ft {c.get('ft', 0)}"
     if "outcome_classes" in c:
-        return f"{c['outcome_classes']} outcome classes"
+        edges = f", {c['daemon_edges']} daemon edges" if "daemon_edges" in c else ""
+        return f"{c['outcome_classes']} outcome classes{edges}"
     return "-"
 
 
@@ -41,11 +47,13 @@ def to_json(result: Any) -> dict[str, Any]:
                     for r in result.results if r.engine == "daemon"],
         "sequences": {r.daemon: r.sequences for r in result.results
                       if r.engine == "daemon" and r.sequences},
+        "daemon_edges": {r.daemon: getattr(r, "edges", {}) for r in result.results
+                         if r.engine == "daemon" and getattr(r, "edges", None)},
         "findings": [f.to_json() for f in result.findings],
     }
 
 
-def _md(result: Any) -> str:
+def _md(result: Any, plotted: bool = False) -> str:
     j = to_json(result)
     lines = [
         "# fuseproto fuzz campaign",
@@ -75,14 +83,21 @@ def _md(result: Any) -> str:
                 lines.append(f"- **{r.target} {r.daemon or ''} error**: {r.error}")
     lines += ["", "Coverage: `cov`/`ft` are libFuzzer's edge and feature counts over the "
               "instrumented fuseproto modules; for the daemons, the number of distinct "
-              "outcome classes (opcode x errno x reply size, or the failure) seen.",
+              "outcome classes (opcode x errno x reply size, or the failure) seen, and for "
+              "an instrumented daemon the edges of its own code reached (SanitizerCoverage "
+              "guards that fired).",
               "", "## Daemons", ""]
     daemons = [r for r in result.results if r.engine == "daemon"]
     if not daemons:
         lines.append("No daemon was fuzzed.")
     for r in daemons:
+        e = getattr(r, "edges", {}) or {}
+        inst = (f", the instrumented build ({e['instrumentation']}): memory errors are "
+                "findings, its edges steer the fuzzer" if e.get("instrumentation") else "")
         lines.append(f"- `{r.daemon}`: {r.daemon_version or 'unknown version'}"
-                     + (f", binary `{r.daemon_binary}`" if r.daemon_binary else ""))
+                     + (f", binary `{r.daemon_binary}`" if r.daemon_binary else "") + inst)
+    lines += ["", "## Daemon coverage", ""]
+    lines += _edges_md(j["daemon_edges"], plotted)
     lines += ["", "## Sequences", ""]
     lines += _sequences_md(daemons)
     lines += ["", "## Findings", ""]
@@ -100,11 +115,14 @@ def _md(result: Any) -> str:
             f"- replay: `{f.replay}`",
         ]
         lines += _minimized_md(f)
-        ev = {k: v for k, v in f.evidence.items() if k != "log_tail"}
+        ev = {k: v for k, v in f.evidence.items() if k not in ("log_tail", "report")}
         if ev:
             lines.append(f"- evidence: `{json.dumps(ev, default=str)[:600]}`")
         tail = f.evidence.get("log_tail")
-        if tail:
+        if f.evidence.get("report"):
+            # A sanitizer report: the report itself (frames symbolized in `frames` above).
+            lines += ["- sanitizer report:", "", "```", str(f.evidence["report"])[:3000], "```"]
+        elif tail:
             lines += ["- daemon log tail:", "", "```", str(tail)[-800:], "```"]
         lines.append("")
     lines += [
@@ -160,6 +178,64 @@ def _sequences_md(daemons: list[Any]) -> list[str]:
     return lines
 
 
+def _edges_md(edges: dict[str, dict[str, Any]], plotted: bool) -> list[str]:
+    if not edges:
+        return ["No instrumented daemon was fuzzed (build one with `fuseproto daemons build "
+                "c-asan-cov`): the daemons were steered by outcome classes only."]
+    lines = ["| daemon | instrumentation | feedback | guards | edges reached | after 10 s | "
+             "after 25% | after 50% | single requests | corpus loaded / saved |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, e in edges.items():
+        tl = e.get("timeline") or [[0, 0]]
+        end = tl[-1][0] or 1
+
+        def at(t: float, tl: list[list[float]] = tl) -> int:
+            return int(max((p[1] for p in tl if p[0] <= t), default=0))
+
+        lines.append(f"| {name} | {e.get('instrumentation') or '-'} | {e.get('feedback')} | "
+                     f"{e.get('guards')} | {e.get('edges')} | {at(10)} | {at(end / 4)} | "
+                     f"{at(end / 2)} | {e.get('requests_edges', '-')} | "
+                     f"{e.get('corpus_loaded', 0)} / {e.get('corpus_saved', 0)} |")
+    lines += ["", "Edges: distinct SanitizerCoverage edges of the daemon's own code that fired "
+              "at least once (the daemons' start-up included; counted from the shared-memory "
+              "map the daemon's coverage runtime writes, `fuseproto/fuzz/coverage.py`). "
+              "`single requests`: edges when the single-request loop handed over to the "
+              "sequence programs. `report.json` has the full timelines "
+              "(`daemon_edges.<daemon>.timeline`: [seconds, edges])."]
+    if plotted:
+        lines += ["", f"![daemon edges over time]({PLOT})"]
+    return lines
+
+
+def plot_edges(edges: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Draw each daemon's edges over time into ``path`` (PNG); False when there is nothing
+    to draw or matplotlib is missing."""
+    if not edges:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, e in edges.items():
+        tl = e.get("timeline") or []
+        if tl:
+            ax.step([p[0] for p in tl], [p[1] for p in tl], where="post",
+                    label=f"{name} ({e.get('feedback')})")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("daemon edges reached")
+    ax.set_title("virtiofsd edges over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def _minimized_md(f: Any) -> list[str]:
     sh = getattr(f, "shrink", None) or {}
     if getattr(f, "minimized", ""):
@@ -179,6 +255,7 @@ def write(result: Any, out: Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     jp, mp = out / "report.json", out / "report.md"
-    jp.write_text(json.dumps(to_json(result), indent=1, default=str) + "\n")
-    mp.write_text(_md(result))
+    j = to_json(result)
+    jp.write_text(json.dumps(j, indent=1, default=str) + "\n")
+    mp.write_text(_md(result, plot_edges(j["daemon_edges"], out / PLOT)))
     return mp, jp

@@ -226,6 +226,8 @@ def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, la
         "daemon": label,
         "daemon_binary": h.installation.binary,
         "daemon_version": stats.version,
+        "daemon_variant": h.installation.variant,
+        "daemon_instrumentation": h.installation.instrumentation,
         "finding": {"kind": out.finding, "signature": sig, "detail": out.detail},
         "setup": "fuseproto.fuzz.harness.DaemonHarness (INIT, LOOKUP file/small/dir/link/"
                  "empty, OPEN file O_RDWR, OPENDIR dir)",

@@ -1,0 +1,107 @@
+"""Coverage feedback against the instrumented C virtiofsd: does it reach more daemon code?
+
+Same machine, same seconds, one run, one after the other (never two daemons at once):
+
+1. **edges**: the live single-request loop (:func:`fuseproto.fuzz.virtiofsd.fuzz_daemon`;
+   ``--sequences``: the sequence programs) against ``c-asan-cov`` for ``--seconds``
+   (default 300) with coverage feedback (inputs that light new daemon edges are kept and
+   picked more often), then for the same time with the outcome-class heuristic alone
+   (``feedback="outcome"``: the map is still read, to count, but steers nothing). Both
+   start from the seeds only (no saved corpus) with the same seed. Printed: the edges each
+   reached, at 25/50/100% of the time, and the ratio (goal >= 1.5x);
+2. **requests/s**: the same loop for ``--rate-seconds`` (default 20) against
+   ``c-asan-cov`` (edges read after every request) and against the packaged ``c`` build
+   (plain): the price of ASan + UBSan + coverage, as a ratio.
+
+Run: ``.venv/bin/python benchmarks/bench_coverage.py [--seconds 300] [--rate-seconds 20]
+[--seed 0] [--sequences] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from typing import Any
+
+from fuseproto import daemons
+from fuseproto.fuzz import virtiofsd
+from fuseproto.fuzz.findings import FindingStore
+from fuseproto.fuzz.sequences import fuzz_sequences
+
+
+def _edges_at(timeline: list[list[float]], t: float) -> int:
+    return int(max((p[1] for p in timeline if p[0] <= t), default=0))
+
+
+def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str,
+            sequences: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-cov-") as tmp:
+        store = FindingStore(tmp)
+        if sequences:
+            st = fuzz_sequences(inst, seconds=seconds, store=store, seed=seed,
+                                feedback=feedback, label=inst.variant)
+        else:
+            st = virtiofsd.fuzz_daemon(inst, seconds=seconds, store=store, seed=seed,
+                                       feedback=feedback, label=inst.variant)
+    e = st.edges or {}
+    tl = e.get("timeline") or [[0, 0]]
+    return {"feedback": feedback, "daemon": inst.variant, "seconds": round(st.seconds, 1),
+            "requests": st.requests, "per_second": round(st.per_second, 1),
+            "edges": e.get("edges", 0), "guards": e.get("guards", 0),
+            "edges_25": _edges_at(tl, seconds / 4), "edges_50": _edges_at(tl, seconds / 2),
+            "outcome_classes": st.outcome_classes, "corpus": st.corpus_size,
+            "findings": len(store), "starts": st.starts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=300.0,
+                    help="seconds per feedback arm (default 300)")
+    ap.add_argument("--rate-seconds", type=float, default=20.0,
+                    help="seconds per daemon for requests/s (default 20; 0: skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sequences", action="store_true",
+                    help="compare with sequence programs instead of single requests")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line")
+    a = ap.parse_args(argv)
+    inst = daemons.find("c-asan-cov")
+    if inst is None:
+        print("bench_coverage: c-asan-cov is not built (fuseproto daemons build c-asan-cov)",
+              file=sys.stderr)
+        return 2
+    mode = "sequence programs" if a.sequences else "single requests"
+    print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
+          f"({inst.instrumentation}), seed {a.seed}")
+    arms = [run_arm(inst, a.seconds, a.seed, fb, a.sequences) for fb in ("coverage", "outcome")]
+    print(f"{'feedback':10s} {'edges':>7s} {'@25%':>7s} {'@50%':>7s} {'guards':>7s} "
+          f"{'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} {'findings':>8s}")
+    for r in arms:
+        print(f"{r['feedback']:10s} {r['edges']:7d} {r['edges_25']:7d} {r['edges_50']:7d} "
+              f"{r['guards']:7d} {r['requests']:9d} {r['per_second']:7.0f} "
+              f"{r['outcome_classes']:8d} {r['corpus']:7d} {r['findings']:8d}")
+    cov, out = arms
+    ratio = cov["edges"] / out["edges"] if out["edges"] else float("inf")
+    print(f"edge ratio coverage / outcome-class: {ratio:.2f}x (goal >= 1.5x)")
+    result: dict[str, Any] = {"seconds": a.seconds, "mode": mode, "arms": arms,
+                              "edge_ratio": round(ratio, 3)}
+    if a.rate_seconds > 0:
+        plain = daemons.find("c") or daemons.install("c")
+        print(f"== requests/s in the live loop, {a.rate_seconds:.0f} s each")
+        rates = [run_arm(plain, a.rate_seconds, a.seed, "auto", a.sequences),
+                 run_arm(inst, a.rate_seconds, a.seed, "auto", a.sequences)]
+        for r in rates:
+            print(f"{r['daemon']:12s} {r['per_second']:8.0f} requests/s "
+                  f"({r['requests']} requests, {r['starts']} daemon starts)")
+        slow = rates[0]["per_second"] / rates[1]["per_second"] if rates[1]["per_second"] else 0
+        print(f"packaged c / c-asan-cov: {slow:.2f}x")
+        result["rates"] = rates
+        result["rate_ratio"] = round(slow, 3)
+    if a.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
