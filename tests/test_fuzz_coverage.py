@@ -66,7 +66,17 @@ def test_create_writes_the_header_and_env_names_the_file():
     assert not os.path.exists(path)  # the harness owns and deletes it
 
 
-def test_edges_seen_new_and_reset_with_a_synthetic_writer():
+@pytest.fixture(params=["numpy", "bytes"])
+def reader(request, monkeypatch):
+    """Both ways update() reads the counters: numpy's, and the pure-bytes fallback."""
+    if request.param == "bytes":
+        monkeypatch.setattr(coverage, "np", None)
+    elif coverage.np is None:
+        pytest.skip("numpy is not installed")
+    return request.param
+
+
+def test_edges_seen_new_and_reset_with_a_synthetic_writer(reader):
     with CoverageMap.create(map_size=1024) as cov:
         rt = SyntheticRuntime(cov.env(), guards=3000)
         assert rt.shared and cov.guards == 3000 and cov.pid == 4242 and cov.instrumented
@@ -103,7 +113,7 @@ def test_edges_seen_new_and_reset_with_a_synthetic_writer():
         assert [p[1] for p in s["timeline"]] == sorted(p[1] for p in s["timeline"])
 
 
-def test_absorb_takes_edges_without_crediting_the_next_input():
+def test_absorb_takes_edges_without_crediting_the_next_input(reader):
     """A fresh daemon's start-up lights edges; the harness absorbs them, so the first input
     after a restart is credited only with what it adds."""
     with CoverageMap.create(map_size=256) as cov:
@@ -174,21 +184,23 @@ def test_open_reads_a_valid_map_and_too_small_a_size_is_refused(tmp_path):
         CoverageMap.create(map_size=0)
 
 
-def test_a_writer_in_another_process_is_seen():
+@pytest.mark.parametrize("size", [2048, 2047])  # a size not a multiple of 8: byte view
+def test_a_writer_in_another_process_is_seen(size):
     """The map is shared memory: another process's counters show up (as the daemon's do)."""
-    with CoverageMap.create(map_size=2048) as cov:
+    with CoverageMap.create(map_size=size) as cov:
         code = ("import mmap, os, struct, sys\n"
                 "fd = os.open(os.environ['FUSEPROTO_COV_MAP'], os.O_RDWR)\n"
-                "m = mmap.mmap(fd, 64 + 2048)\n"
+                f"m = mmap.mmap(fd, 64 + {size})\n"
                 "struct.pack_into('<II', m, 16, 321, os.getpid())\n"
-                "for g in (1, 7, 7, 2048, 4096): m[64 + (g - 1) % 2048] += 1\n")
+                f"for g in (1, 7, 7, {size}, {2 * size}): m[64 + (g - 1) % {size}] += 1\n")
         subprocess.run([sys.executable, "-c", code], env={**os.environ, **cov.env()},
                        check=True, timeout=30)
         assert cov.guards == 321 and cov.edges() == 3 and cov.update() == 3
-        assert cov.snapshot()[6] == 2 and cov.snapshot()[2047] == 2
+        assert cov.snapshot()[6] == 2 and cov.snapshot()[size - 1] == 2
+        assert [i for i, b in enumerate(cov.seen_bitmap()) if b] == [0, 6, size - 1]
 
 
-def test_timeline_is_thinned_to_its_bound():
+def test_timeline_is_thinned_to_its_bound(reader):
     with CoverageMap.create(map_size=1 << 14) as cov:
         rt = SyntheticRuntime(cov.env(), guards=1 << 14)
         for g in range(1, 3000):

@@ -10,6 +10,11 @@ then increments one u8 counter per edge execution at ``HEADER_SIZE + (guard - 1)
 map_size`` (wrapping). Header, 64 bytes little-endian: magic ``FPCOVMAP``, u32 version 1,
 u32 map_size, u32 guards, u32 pid, u64 hits, zeros.
 
+Reading is on the per-input path (~1,000 inputs/s against an ASan build): with numpy
+(when installed) one AND of the counters with an "unseen" mask and an ``any()`` over
+8 Ki words, ~10 us for 64 Ki counters; without it, a byte translate and a compare with
+the previous hit pattern (~100-250 us on the same machine).
+
 The same file outlives daemon restarts (every daemon the harness starts gets the same
 environment), so counters only grow, apart from the u8 wrap. The map keeps a cumulative
 *seen* set of edges: :meth:`CoverageMap.update` folds the counters into it and says how
@@ -29,6 +34,11 @@ import struct
 import time
 from dataclasses import dataclass
 from typing import Any
+
+try:  # the fast path of update(); the module works without it
+    import numpy as np
+except ImportError:  # pragma: no cover -- numpy comes with matplotlib (the dev extra)
+    np = None  # type: ignore[assignment]
 
 __all__ = ["CoverageMap", "CoverageHeader", "ENV_VAR", "MAGIC", "VERSION", "HEADER_SIZE",
            "DEFAULT_MAP_SIZE", "TIMELINE_POINTS", "write_header"]
@@ -92,6 +102,17 @@ class CoverageMap:
         self._seen = 0
         self._seen_edges = 0
         self._last_hits = b""  # the hit pattern of the last update (unchanged: nothing new)
+        # numpy views of the counters and the unseen mask (0xFF: counter never seen
+        # non-zero); None without numpy.
+        self._words: Any = None
+        self._unseen: Any = None
+        self._tmp: Any = None
+        if np is not None:
+            dtype = np.uint64 if map_size % 8 == 0 else np.uint8
+            self._words = np.frombuffer(self._mm, dtype=dtype, offset=HEADER_SIZE,
+                                        count=map_size // np.dtype(dtype).itemsize)
+            self._unseen = np.full_like(self._words, np.iinfo(dtype).max)
+            self._tmp = np.empty_like(self._words)
         self.t0 = time.monotonic()
         #: (seconds since creation, edges seen) after each change, thinned to
         #: :data:`TIMELINE_POINTS` points.
@@ -173,11 +194,23 @@ class CoverageMap:
 
     def seen_bitmap(self) -> bytes:
         """The cumulative seen set as one byte per counter (1: seen)."""
+        if self._unseen is not None:
+            return bytes((self._unseen.view(np.uint8) == 0).astype(np.uint8).tobytes())
         return self._seen.to_bytes(self.map_size, "little")
 
     def update(self) -> int:
-        """Fold the counters into the seen set; the number of edges never seen before
-        (0 when the hit pattern has not changed since the last call: one memcmp)."""
+        """Fold the counters into the seen set; the number of edges never seen before."""
+        if self._words is not None:
+            np.bitwise_and(self._words, self._unseen, out=self._tmp)
+            if not self._tmp.any():
+                return 0
+            fresh = self._tmp.view(np.uint8) != 0
+            n = int(np.count_nonzero(fresh))
+            self._unseen.view(np.uint8)[fresh] = 0
+            self._seen_edges += n
+            self._mark()
+            return n
+        # Without numpy: nothing new when the hit pattern is the last one (one memcmp).
         hits = self.snapshot().translate(_HIT)
         if hits == self._last_hits:
             return 0
@@ -232,6 +265,7 @@ class CoverageMap:
         """Unmap and delete the file (idempotent)."""
         if self._fd < 0:
             return
+        self._words = self._tmp = None  # views of the map: released before it is unmapped
         with contextlib.suppress(BufferError, ValueError):
             self._mm.close()
         os.close(self._fd)
