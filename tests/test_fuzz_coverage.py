@@ -295,3 +295,42 @@ def test_planted_heap_overflow_is_an_asan_finding(tmp_path, no_leaks):
         h.unique += 2
         ok = h.send(codec.encode_request(O.FUSE_STATFS, None, unique=h.unique, nodeid=1))
         assert ok.finding is None and ok.cls.startswith("FUSE_STATFS:0:"), ok.cls
+
+
+def test_report_shows_daemon_edges_table_json_and_plot(tmp_path):
+    """The report's Daemon coverage section, report.json's timelines and edges.png, from a
+    campaign result (no daemon needed)."""
+    import json
+    import time
+
+    from fuseproto.fuzz import report
+    from fuseproto.fuzz.campaign import CampaignResult, TargetResult
+
+    r = TargetResult("virtiofsd", "daemon", daemon="c-asan-cov", seconds=60.0, iterations=50000,
+                     coverage={"outcome_classes": 300, "daemon_edges": 4100})
+    r.edges = {"guards": 21000, "edges": 4100, "map_size": 65536, "feedback": "coverage",
+               "variant": "c-asan-cov", "instrumentation": "asan+ubsan+sancov",
+               "timeline": [[0.0, 0], [0.4, 2500], [5.0, 3200], [20.0, 3900], [60.0, 4100]],
+               "requests_edges": 3900, "corpus_loaded": 12, "corpus_saved": 40}
+    plain = TargetResult("virtiofsd", "daemon", daemon="rust", seconds=60.0, iterations=9,
+                         coverage={"outcome_classes": 20})
+    res = CampaignResult(str(tmp_path), time.time(), seconds=120.0, results=[r, plain])
+    md_path, json_path = report.write(res, tmp_path)
+    md = md_path.read_text()
+    assert "## Daemon coverage" in md and "![daemon edges over time](edges.png)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| c-asan-cov | asan"))
+    # guards, edges, after 10 s, after 25% (15 s), after 50% (30 s), when sequences began
+    assert row.split(" | ")[1:10] == ["asan+ubsan+sancov", "coverage", "21000", "4100",
+                                       "3200", "3200", "3900", "3900", "12 / 40 |"]
+    assert "300 outcome classes, 4100 daemon edges" in md
+    assert "the instrumented build (asan+ubsan+sancov)" in md
+    j = json.loads(json_path.read_text())
+    assert list(j["daemon_edges"]) == ["c-asan-cov"]
+    assert j["daemon_edges"]["c-asan-cov"]["timeline"][-1] == [60.0, 4100]
+    png = (tmp_path / "edges.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # Without an instrumented daemon: the section says so and there is no plot.
+    out2 = tmp_path / "plain"
+    report.write(CampaignResult(str(out2), time.time(), results=[plain]), out2)
+    assert "No instrumented daemon was fuzzed" in (out2 / "report.md").read_text()
+    assert not (out2 / "edges.png").exists()
