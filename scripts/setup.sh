@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything fuseproto needs on a fresh Debian 12 or 13 machine (as root):
 # system packages (only those missing), a virtualenv in .venv with fuseproto and its dev
-# and capture extras, and the real virtiofsd daemons (cached under ~/.cache/fuseproto).
+# and capture extras, the real virtiofsd daemons and the C virtiofsd variants built from
+# Debian's source (all cached under ~/.cache/fuseproto).
 # Idempotent: a second run does almost nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +57,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# 3. Real daemons (C virtiofsd from QEMU 7.2, Rust virtiofsd 1.13), cached.
+# 3. Real daemons (C virtiofsd from QEMU 7.2, Rust virtiofsd 1.13), cached; then the C
+# virtiofsd built from Debian's source (c-src, c-asan-cov; minutes the first time, then
+# cached: a second run returns at once).
 if .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
   .venv/bin/fuseproto daemons install
+  .venv/bin/fuseproto daemons build
 fi
 log "ready"

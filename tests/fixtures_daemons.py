@@ -4,6 +4,12 @@ Imported by ``tests/conftest.py``. Daemons are installed on first use (cached un
 ``~/.cache/fuseproto/daemons``), so a fresh CI machine needs only network access to the
 Debian archive. Every fixture stops what it started by PID and removes its temporary
 directories even when the test fails.
+
+The ``installation`` fixture (and ``daemon``, ``vhost`` built on it) runs a test on the
+packaged ``c`` and ``rust`` daemons; the modules named in :data:`BUILT_VARIANT_MODULES`
+(tests of the C daemon's behaviour) also run on source-built variants (``c-src``: it
+must behave like the packaged C daemon), built on first use (cached; ``make setup``
+builds them beforehand).
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ import pytest
 from fuseproto import daemons
 
 DAEMON_KINDS = list(daemons.KINDS)
+# Test modules whose daemon tests also run on these source-built variants (each one
+# adds that module's daemon tests once more to the suite's time: keep the list short).
+BUILT_VARIANT_MODULES: dict[str, tuple[str, ...]] = {
+    "test_client_ops": ("c-src",),
+    "test_daemons": ("c-src",),
+}
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """``daemon_kind`` (behind ``installation``): the packaged kinds, plus the built
+    variants :data:`BUILT_VARIANT_MODULES` gives the test's module."""
+    if "daemon_kind" in metafunc.fixturenames:
+        extra = BUILT_VARIANT_MODULES.get(metafunc.module.__name__.rpartition(".")[2], ())
+        metafunc.parametrize("daemon_kind", [*DAEMON_KINDS, *extra])
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +49,22 @@ def daemon_installations() -> dict[str, daemons.Installation]:
     return {kind: daemons.install(kind) for kind in DAEMON_KINDS}
 
 
-@pytest.fixture(params=DAEMON_KINDS)
-def daemon_kind(request) -> str:
-    return request.param
+_built: dict[str, daemons.Installation] = {}
+
+
+def built_installation(variant: str) -> daemons.Installation:
+    """A source-built variant, built now if needed (cached; once per test session)."""
+    if variant not in _built:
+        _built[variant] = daemons.build(variant)
+    return _built[variant]
 
 
 @pytest.fixture
 def installation(daemon_installations, daemon_kind) -> daemons.Installation:
-    return daemon_installations[daemon_kind]
+    """The daemon a test runs on: ``c``, ``rust`` or a built variant (``c-src``)."""
+    if daemon_kind in daemon_installations:
+        return daemon_installations[daemon_kind]
+    return built_installation(daemon_kind)
 
 
 @pytest.fixture

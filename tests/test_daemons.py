@@ -20,7 +20,7 @@ pytestmark = pytest.mark.daemon
 
 
 def test_install_is_cached_and_runs(installation):
-    again = daemons.install(installation.kind)
+    again = daemons.resolve(installation.variant)  # install() / build(): cached
     assert again.binary == installation.binary
     text = daemons.version_text(installation)
     assert ("7.2" in text) if installation.kind == "c" else text.startswith("virtiofsd 1.13")

@@ -3,6 +3,10 @@
 The system's apt sources are never touched: each suite gets its own sources list, lists
 directory and cache under ``cache_dir`` (default ``~/.cache/fuseproto/apt``), and
 ``apt-get download`` fetches a ``.deb`` which :func:`extract` unpacks with ``dpkg -x``.
+A configuration made with ``sources=True`` has ``deb-src`` lines instead: ``apt-get
+source --download-only`` fetches a source package (``.dsc`` and its tarballs, checked
+against the signed index), which ``dpkg-source -x`` unpacks with Debian's patches
+applied (:mod:`fuseproto.daemons.build`).
 The archive's address is taken from the system's own apt configuration, so whatever
 mirror this machine uses is used here too.
 """
@@ -58,11 +62,13 @@ class PrivateApt:
 
     suites: tuple[str, ...]
     root: Path
+    sources: bool = False  # deb-src lines (source packages) instead of deb lines
 
     @classmethod
-    def for_suites(cls, *suites: str, cache_dir: Path | None = None) -> PrivateApt:
-        root = (cache_dir or cache_root() / "apt") / "+".join(suites)
-        return cls(tuple(suites), root)
+    def for_suites(cls, *suites: str, cache_dir: Path | None = None,
+                   sources: bool = False) -> PrivateApt:
+        name = "+".join(suites) + ("+src" if sources else "")
+        return cls(tuple(suites), (cache_dir or cache_root() / "apt") / name, sources)
 
     def _options(self) -> list[str]:
         r = self.root
@@ -92,7 +98,8 @@ class PrivateApt:
         for d in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         keyring = f" [signed-by={DEFAULT_KEYRING}]" if os.path.exists(DEFAULT_KEYRING) else ""
-        lines = "".join(f"deb{keyring} {mirror} {s} main\n" for s in self.suites)
+        kind = "deb-src" if self.sources else "deb"
+        lines = "".join(f"{kind}{keyring} {mirror} {s} main\n" for s in self.suites)
         src = self.root / "sources.list"
         stamp = self.root / "updated"
         fresh = (
@@ -128,6 +135,24 @@ class PrivateApt:
         if not found:
             raise DaemonError(f"apt-get download {package}={version} produced no .deb in {dest}")
         return found[0]
+
+
+    def source(self, package: str, version: str, dest: Path | None = None) -> Path:
+        """Download source package ``package`` ``version`` (a ``sources=True``
+        configuration); returns its ``.dsc``, next to the files it lists. Cached: an
+        existing ``.dsc`` is reused (``dpkg-source -x`` checks the files' sums)."""
+        if not self.sources:
+            raise DaemonError("PrivateApt.source needs a configuration with sources=True")
+        dest = dest or (self.root / "sources")
+        dest.mkdir(parents=True, exist_ok=True)
+        dsc = dest / f"{package}_{version.split(':', 1)[-1]}.dsc"
+        if dsc.exists():
+            return dsc
+        self.update()
+        self._run("apt-get", "source", "--download-only", f"{package}={version}", cwd=dest)
+        if not dsc.exists():
+            raise DaemonError(f"apt-get source {package}={version} produced no {dsc.name} in {dest}")
+        return dsc
 
 
 def extract(deb: Path, dest: Path) -> Path:

@@ -14,6 +14,10 @@ manifest describing the :class:`Installation`:
   are unpacked beside it and it runs through that tree's own dynamic loader.
 
 ``FUSEPROTO_VIRTIOFSD_C`` / ``FUSEPROTO_VIRTIOFSD_RUST`` name a user's own build instead.
+
+Source-built variants of the C daemon (``c-src``, ``c-asan-cov``, ...; made by
+:mod:`fuseproto.daemons.build`) live under ``<cache_root>/daemons/builds/<variant>-
+<version>/`` with the same manifest; :func:`installed` and :func:`find` know them too.
 """
 
 from __future__ import annotations
@@ -119,32 +123,42 @@ class Installation:
 
 
 def daemons_dir() -> Path:
-    """Where installations are unpacked: ``<cache_root>/daemons/<kind>-<version>/``."""
+    """Where installations are unpacked: ``<cache_root>/daemons/<kind>-<version>/``
+    (source builds: ``builds/<variant>-<version>/`` below it)."""
     return cache_root() / "daemons"
 
 
-def installed(kind: str | None = None) -> list[Installation]:
-    """Installations found in the cache, newest version last, optionally of one kind."""
+def installed(kind: str | None = None, *, variant: str | None = None) -> list[Installation]:
+    """Installations found in the cache (packaged ones, then source builds), newest
+    version last within each, optionally of one protocol ``kind`` and/or one ``variant``
+    (``c``, ``rust``, ``c-src``, ...)."""
     out: list[Installation] = []
     base = daemons_dir()
     if not base.is_dir():
         return out
-    for manifest in sorted(base.glob("*/daemon.json")):
+    manifests = [*sorted(base.glob("*/daemon.json")), *sorted(base.glob("builds/*/daemon.json"))]
+    for manifest in manifests:
         try:
             inst = Installation(**json.loads(manifest.read_text()))
         except (ValueError, TypeError):
             continue
-        if (kind is None or inst.kind == kind) and os.path.exists(inst.binary):
+        if kind is not None and inst.kind != kind:
+            continue
+        if variant is not None and inst.variant != variant:
+            continue
+        if os.path.exists(inst.binary):
             out.append(inst)
     return out
 
 
-def find(kind: str) -> Installation | None:
-    """The cached installation of ``kind`` (or ``FUSEPROTO_VIRTIOFSD_<KIND>``), else None."""
-    env = os.environ.get(f"FUSEPROTO_VIRTIOFSD_{kind.upper()}")
-    if env:
-        return Installation.from_path(env, kind)
-    found = installed(kind)
+def find(name: str) -> Installation | None:
+    """The cached installation of kind ``c`` / ``rust`` (or ``FUSEPROTO_VIRTIOFSD_<KIND>``)
+    or of a built variant (``c-src``, ``c-asan-cov``, ...), else None."""
+    if name in KINDS:
+        env = os.environ.get(f"FUSEPROTO_VIRTIOFSD_{name.upper()}")
+        if env:
+            return Installation.from_path(env, name)
+    found = installed(variant=name)
     return found[-1] if found else None
 
 
