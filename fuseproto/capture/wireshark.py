@@ -145,16 +145,23 @@ class _Generator:
     def __init__(self) -> None:
         self.fields: list[str] = []  # ProtoField constructors, FL[1..]
         self.by_abbrev: dict[str, _Raw] = {}
+        self.ctors: dict[str, str] = {}  # abbrev -> ProtoField constructor
         self.layouts: dict[str, str | None] = {}  # struct name -> its S[...] table
         self.struct_names = {id(con): name for name, con in structs.ALL.items()}
         self.bodies: dict[str, int] = {}  # the Lua of a part list -> its index in P
 
     def field(self, abbrev: str, label: str, ctor: str, *args: str) -> _Raw:
-        ref = self.by_abbrev.get(abbrev)
-        if ref is None:
+        """A ProtoField (made once per abbrev; a name that is another type elsewhere, as
+        SYMLINK's ``link`` string and READLINK's ``link`` bytes, gets ``.<type>`` added)."""
+        known = self.by_abbrev.get(abbrev)
+        if known is not None and self.ctors[abbrev] != ctor:
+            abbrev = f"{abbrev}.{ctor}"
+            known = self.by_abbrev.get(abbrev)
+        if known is None:
             self.fields.append(f"ProtoField.{ctor}({', '.join([_q(abbrev), _q(label), *args])})")
-            ref = self.by_abbrev[abbrev] = _Raw(f"FL[{len(self.fields)}]")
-        return ref
+            known = self.by_abbrev[abbrev] = _Raw(f"FL[{len(self.fields)}]")
+            self.ctors[abbrev] = ctor
+        return known
 
     def struct(self, name: str, con: Construct) -> str:
         """The layout of struct ``name`` (and of the structs nested in it) into S."""
@@ -198,15 +205,7 @@ class _Generator:
         return self.field(f"fuse.{field}", field, "string")
 
     def bytes_field(self, field: str) -> _Raw:
-        abbrev = f"fuse.{field}"
-        if abbrev in self.by_abbrev and f"fuse.{field}.bytes" not in self.by_abbrev:
-            # The name is a string field elsewhere (SYMLINK's link vs READLINK's reply).
-            if self.fields[int(self.by_abbrev[abbrev].code[3:-1]) - 1].startswith(
-                    "ProtoField.string"):
-                abbrev = f"fuse.{field}.bytes"
-        elif f"fuse.{field}.bytes" in self.by_abbrev:
-            abbrev = f"fuse.{field}.bytes"
-        return self.field(abbrev, field, "bytes")
+        return self.field(f"fuse.{field}", field, "bytes")
 
     def part(self, p: parts.Part) -> Any:
         """One part as the runtime's tuple (see _RUNTIME's dissect_parts)."""
@@ -320,24 +319,22 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
         cap_fields.append((name, pf, off, n))
         off += n
 
-    def offset(struct_name: str, field: str) -> int:
-        return int(structs.FAST[struct_name].struct.size
-                   - sum(sc.subcon.sizeof() for sc in _after(structs.ALL[struct_name], field)))
-
     consts = {
         "MSG": FRAME_HEADER.size,
         "ENCAP": encap,
         "MAX_MINOR": FUSE_KERNEL_MINOR_VERSION,
         "KERNEL_VERSION": FUSE_KERNEL_VERSION,
         "SETXATTR_EXT": xext,
-        "INIT_OP": int(fuse_opcode.FUSE_INIT),
-        "INIT_OUT_MINOR": offset("fuse_init_out", "minor"),
-        "INIT_OUT_FLAGS": offset("fuse_init_out", "flags"),
+        # The INIT opcodes -> {offset of minor, of flags} in their reply's struct.
+        "INIT_OUT": {int(op): (_offset(out, "minor"), _offset(out, "flags")) for op, out in (
+            (fuse_opcode.FUSE_INIT, "fuse_init_out"), (fuse_opcode.CUSE_INIT, "cuse_init_out"))},
         "XATTR_SIZE_FIELD": "size",  # fuse_getxattr_in.size picks the reply's shape
+        "INTERRUPT_OP": int(fuse_opcode.FUSE_INTERRUPT),
+        "INTERRUPT_TARGET": "unique",  # fuse_interrupt_in.unique: the request interrupted
         "MAX_PENDING": 65536,
         "DIRENT_SIZE": structs.ALL["fuse_dirent"].sizeof(),
         "DIRENTPLUS_SIZE": structs.ALL["fuse_direntplus"].sizeof(),
-        "NAMELEN_OFF": offset("fuse_dirent", "namelen"),
+        "NAMELEN_OFF": _offset("fuse_dirent", "namelen"),
         "IOVEC": "fuse_ioctl_iovec",
         "IOVEC_SIZE": structs.ALL["fuse_ioctl_iovec"].sizeof(),
         "IOCTL_RETRY": parts.FUSE_IOCTL_RETRY,
@@ -386,7 +383,12 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
     return "\n".join(out) + "\n" + ENGINE
 
 
-def _after(con: Construct, field: str) -> list[Any]:
-    """The subcons of struct ``con`` from ``field`` on (for its offset from the end)."""
-    names = [sc.name for sc in con.subcons]
-    return [sc for sc in con.subcons[names.index(field):] if not isinstance(sc.subcon, Computed)]
+def _offset(struct_name: str, field: str) -> int:
+    """The byte offset of ``field`` in struct ``struct_name``."""
+    off = 0
+    for sc in structs.ALL[struct_name].subcons:
+        if sc.name == field:
+            return off
+        if not isinstance(sc.subcon, Computed):
+            off += sc.subcon.sizeof()
+    raise KeyError(f"{struct_name} has no field {field}")

@@ -66,6 +66,9 @@ local function add_struct(tree, tvb, off, sname, limit, cap, vals)
             local sub = tree:add(tvb(math.min(a, cap), got * es), name .. ": " .. got .. " item(s)")
             for i = 0, got - 1 do
                 local v = read(tvb, a + i * es, et)
+                if es == 8 then  -- a 64-bit field takes a (U)Int64 value
+                    v = et == "u64" and tvb(a + i * es, 8):le_uint64() or tvb(a + i * es, 8):le_int64()
+                end
                 sub:add_le(pf, tvb(a + i * es, es), v, string.format("[%d]: %s", i, tostring(v)))
             end
         elseif t == "bytes" then
@@ -330,10 +333,16 @@ local function request(top, tvb, pinfo, cap, rep, hint_minor)
         ok = dissect_parts(body_tree(top, tvb, MSG + hs, e, cap), tvb, MSG + hs, e, cap, parts, bvals)
     end
     if ok and e < rep then ok = extensions(top, tvb, e, rep, cap) end
-    if ok and not pinfo.visited and not NO_REPLY[op] then
+    -- In flight from now on (as the Session: not FORGET & co, which get no reply; an
+    -- INTERRUPT only while the request it interrupts is).
+    if ok and not pinfo.visited and not NO_REPLY[op]
+            and (op ~= INTERRUPT_OP or pending[bvals[INTERRUPT_TARGET]] ~= nil) then
         if pending[unique] == nil then npending = npending + 1 end
         if npending <= MAX_PENDING then pending[unique] = {op = op, size = bvals[XATTR_SIZE_FIELD]} end
-        if op == INIT_OP then session.offer_minor = bvals.minor end
+        if INIT_OUT[op] and bvals.major == KERNEL_VERSION and bvals.minor then
+            session.offer_minor = bvals.minor
+            session.minor = math.min(bvals.minor, MAX_MINOR)
+        end
     end
     return ok
 end
@@ -362,12 +371,17 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
         info = {op = op, minor = session.minor or hint_minor or MAX_MINOR,
                 xsize = (p and p.op == op) and p.size or nil, stray = p == nil}
         frames[pinfo.number] = info
-        if op == INIT_OP and vals.error == 0 and rep - a >= INIT_OUT_FLAGS + 4
-                and a + INIT_OUT_FLAGS + 4 <= cap and tvb(a, 4):le_uint() == KERNEL_VERSION then
-            local m = math.min(MAX_MINOR, tvb(a + INIT_OUT_MINOR, 4):le_uint())
+        -- INIT / CUSE_INIT: negotiate_init (minor = min(46, offered, granted); the
+        -- reply's flags, as Linux reads them).
+        local at = INIT_OUT[op or -1]
+        if at and vals.error == 0 and rep - a >= at[1] + 4 and a + at[1] + 4 <= cap
+                and tvb(a, 4):le_uint() == KERNEL_VERSION then
+            local m = math.min(MAX_MINOR, tvb(a + at[1], 4):le_uint())
             if session.offer_minor then m = math.min(m, session.offer_minor) end
             session.minor = m
-            session.xext = band(tvb(a + INIT_OUT_FLAGS, 4):le_uint(), SETXATTR_EXT) ~= 0
+            local fl = 0
+            if rep - a >= at[2] + 4 and a + at[2] + 4 <= cap then fl = tvb(a + at[2], 4):le_uint() end
+            session.xext = band(fl, SETXATTR_EXT) ~= 0
         end
     end
     local op = info.op
