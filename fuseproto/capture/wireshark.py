@@ -280,11 +280,13 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
     xext = int(InitFlags.FUSE_SETXATTR_EXT)
     req: dict[int, str] = {}
     rep: dict[int, str] = {}
+    # Requests first: their names (SYMLINK's ``link``) keep the plain string field names.
     for op in fuse_opcode:
         rows = g.rules((False, True), lambda m, x, op=op: messages.request_parts(
             op, m, xext if x else 0))
         if rows:
             req[int(op)] = _rule_table(rows)
+    for op in fuse_opcode:
         rows = g.rules((-1, 0, 1), lambda m, k, op=op: messages.reply_parts(
             op, m, None if k == -1 else k))
         if rows:
