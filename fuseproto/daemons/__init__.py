@@ -4,7 +4,7 @@
   (the system's sources are never edited): newest versions, downloads, ``dpkg -x``.
 * :mod:`~fuseproto.daemons.install`: install (cached) and find the C virtiofsd of QEMU 7.2
   and the Rust virtiofsd 1.13 (:class:`Installation`, :func:`install`, :func:`find`).
-* :mod:`~fuseproto.daemons.build`: build QEMU 7.2's C virtiofsd from Debian's source, in
+* :mod:`~fuseproto.daemons.variants`: build QEMU 7.2's C virtiofsd from Debian's source, in
   variants (``c-src``, ``c-asan-cov`` with ASan/UBSan and an edge-coverage map, ...;
   :data:`VARIANTS`, :func:`build`), cached like the installations; :func:`resolve` takes
   any daemon name (``c``, ``rust``, a variant) or path.
@@ -18,7 +18,6 @@ other way round).
 """
 
 from .archive import PrivateApt, cache_root, extract, newest_header, system_archive_uri
-from .build import DEFAULT_BUILDS, SOURCE_VERSION, VARIANTS, Variant, build, recipe, resolve
 from .detect import detect_kind, glibc_version, kind_from_help, kind_from_version, version_text
 from .install import KINDS, SPECS, DaemonSpec, Installation, daemons_dir, find, install, installed
 from .process import (
@@ -29,6 +28,7 @@ from .process import (
     pid_file_paths,
     remove_pid_file,
 )
+from .variants import DEFAULT_BUILDS, SOURCE_VERSION, VARIANTS, Variant, build, recipe, resolve
 
 __all__ = [
     "C_PID_DIR",

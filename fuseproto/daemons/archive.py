@@ -6,7 +6,7 @@ directory and cache under ``cache_dir`` (default ``~/.cache/fuseproto/apt``), an
 A configuration made with ``sources=True`` has ``deb-src`` lines instead: ``apt-get
 source --download-only`` fetches a source package (``.dsc`` and its tarballs, checked
 against the signed index), which ``dpkg-source -x`` unpacks with Debian's patches
-applied (:mod:`fuseproto.daemons.build`).
+applied (:mod:`fuseproto.daemons.variants`).
 The archive's address is taken from the system's own apt configuration, so whatever
 mirror this machine uses is used here too.
 """

@@ -16,7 +16,7 @@ manifest describing the :class:`Installation`:
 ``FUSEPROTO_VIRTIOFSD_C`` / ``FUSEPROTO_VIRTIOFSD_RUST`` name a user's own build instead.
 
 Source-built variants of the C daemon (``c-src``, ``c-asan-cov``, ...; made by
-:mod:`fuseproto.daemons.build`) live under ``<cache_root>/daemons/builds/<variant>-
+:mod:`fuseproto.daemons.variants`) live under ``<cache_root>/daemons/builds/<variant>-
 <version>/`` with the same manifest; :func:`installed` and :func:`find` know them too.
 """
 
@@ -93,7 +93,7 @@ class Installation:
     loader: str | None = None  # private dynamic loader (old-glibc hosts)
     library_path: str | None = None
     # Which build: "c" / "rust" for the packaged ones, or a source-built variant of the
-    # C daemon ("c-src", "c-asan-cov", ...; see fuseproto.daemons.build). Empty: the kind.
+    # C daemon ("c-src", "c-asan-cov", ...; see fuseproto.daemons.variants). Empty: the kind.
     variant: str = ""
     # How the build is instrumented: "" (plain) or e.g. "asan+ubsan+sancov".
     instrumentation: str = ""

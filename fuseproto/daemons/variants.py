@@ -243,7 +243,9 @@ def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
         inst = Installation(kind="c", version=SOURCE_VERSION, root=str(final),
                             binary=str(final / "virtiofsd"), variant=spec.name,
                             instrumentation=spec.instrumentation)
-        recipe = _recipe(spec, src, link_extra, steps, binary, time.monotonic() - t0)
+        # The objects stay beside the binary (obj/); the recipe names them relative to it.
+        shown = [os.path.relpath(a, work) if a.startswith(str(work)) else a for a in link_extra]
+        recipe = _recipe(spec, src, shown, steps, binary, time.monotonic() - t0)
         (work / "build.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
         if final.exists():
