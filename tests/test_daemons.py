@@ -67,6 +67,23 @@ def test_rust_backtrace_removed(no_leaks, installation, shared_dir, socket_path,
     d.cleanup()
 
 
+def test_env_is_merged_over_ours(no_leaks, installation, shared_dir, socket_path, monkeypatch):
+    monkeypatch.setenv("FUSEPROTO_TEST_INHERITED", "1")
+    env = {"FUSEPROTO_TEST_GIVEN": "yes"}
+    with daemons.Daemon(installation, shared_dir, socket_path, env=env) as d:
+        names = _environ(d.pid)
+    assert {"FUSEPROTO_TEST_INHERITED", "FUSEPROTO_TEST_GIVEN"} <= names
+    assert "FUSEPROTO_TEST_GIVEN" not in os.environ
+
+
+def test_variant_and_instrumentation_default_to_the_kind(daemon_installations):
+    for kind, inst in daemon_installations.items():
+        assert (inst.variant, inst.instrumentation) == (kind, "")
+        assert daemons.find(kind) == inst
+        assert inst in daemons.installed(variant=kind)
+    assert daemons.Installation("c", "1", "/", "/x").variant == "c"
+
+
 def test_exit_by_signal_is_described(no_leaks, installation, shared_dir, socket_path):
     d = daemons.Daemon(installation, shared_dir, socket_path).start()
     try:
