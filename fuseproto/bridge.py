@@ -11,11 +11,12 @@ replaced by forwarding.
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any
 
 from construct import Container
 
-from .errors import DecodeError, ProtocolError, TransportError
+from .errors import DecodeError, ProtocolError, TransportError, TransportTimeout
 from .fuseserver import DevFuseServer, ServedMessage
 from .session import Session
 from .transport.base import Transport
@@ -38,7 +39,14 @@ class DevFuseBridge(DevFuseServer):
     the reply area Linux's virtio_fs would offer (:meth:`fuseproto.wire.codec.RequestKind.reply_area`
     at the negotiated minor); each reply is checked by the session (paired by unique,
     decoded at the negotiated minor) before it is written to the kernel, and one that
-    fails is replaced by -EIO. FORGET and BATCH_FORGET go out on the high-priority queue
+    fails is replaced by -EIO. A request waits for the daemon as long as it takes, as a
+    kernel request does (``timeout`` None; a float restores a per-request limit, answered
+    -EIO, for tests): answering EIO for a request the daemon may still carry out would be
+    a lie (an rmdir answered EIO that still removes the directory). When the transport
+    breaks -- the daemon died or closed the connection -- the bridge ends at once
+    (:meth:`~fuseproto.fuseserver.DevFuseServer.end`): ``closed_reason`` names the
+    daemon's fate, the kernel connection is aborted so nothing hangs, and no further
+    request is read. FORGET and BATCH_FORGET go out on the high-priority queue
     (as virtio-fs sends them) with no reply buffer. INTERRUPT is not forwarded (virtio-fs
     has no interrupts): the kernel gets -ENOSYS, which tells it to stop sending them.
     Requests are forwarded one at a time.
@@ -55,10 +63,12 @@ class DevFuseBridge(DevFuseServer):
         transport: Transport,
         *,
         session: Session | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         poll_interval: float = 0.1,
+        keep_messages: int = 1024,
     ) -> None:
-        super().__init__(mount, _no_handler, session=session, poll_interval=poll_interval)
+        super().__init__(mount, _no_handler, session=session, poll_interval=poll_interval,
+                         keep_messages=keep_messages)
         self.transport = transport
         self.timeout = timeout
 
@@ -99,11 +109,16 @@ class DevFuseBridge(DevFuseServer):
             with self.session_lock:
                 area = self.session.kind(op).reply_area(request.body)
             token = self.transport.submit(self.forwarded(request), area)
-            raw = self.transport.wait(token, self.timeout)
-        except TransportError as exc:
+            raw = self.transport.wait(token, math.inf if self.timeout is None else self.timeout)
+        except TransportTimeout as exc:  # only with a per-request timeout
             self.stats.fail(msg, exc)
             if expects_reply:
                 self.reply(msg, request, None, -errno.EIO)
+            return
+        except TransportError as exc:
+            # The daemon is gone: no answer will come for this or any request.
+            self.stats.fail(msg, exc)
+            self.end(exc)
             return
         with self.session_lock:
             try:

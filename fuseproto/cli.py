@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "daemons",
     "decode",
     "fuzz",
+    "mount",
     "wireshark",
 ]
 

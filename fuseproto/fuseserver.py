@@ -52,23 +52,41 @@ class ServedMessage:
 
 @dataclass
 class ServerStats:
-    """What a server saw; bounded (the oldest messages are dropped)."""
+    """What a server saw: counters for everything, and a bounded tail of the last
+    ``max_messages`` messages (with their bytes), failures and notifications. Memory
+    stays flat however long a mount lives; a capture file is where every message goes."""
 
     messages: list[ServedMessage] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
     notifications: list[bytes] = field(default_factory=list)
-    max_messages: int = 100_000
+    max_messages: int = 1024
+    requests: int = 0  # requests read from the kernel
+    replies: int = 0  # replies written (accepted or not)
+    failed: int = 0  # failures seen (the tail keeps the last max_messages)
+    errors: dict[int, int] = field(default_factory=dict)  # errno -> replies with it
+
+    def _keep(self, items: list[Any], item: Any) -> None:
+        items.append(item)
+        if len(items) > self.max_messages:
+            del items[: len(items) - self.max_messages]
 
     def record(self, msg: ServedMessage) -> None:
-        self.messages.append(msg)
-        if len(self.messages) > self.max_messages:
-            del self.messages[: len(self.messages) - self.max_messages]
+        self.requests += 1
+        self._keep(self.messages, msg)
+
+    def replied(self, error: int) -> None:
+        self.replies += 1
+        if error:
+            self.errors[-error] = self.errors.get(-error, 0) + 1
 
     def fail(self, msg: ServedMessage | None, exc: BaseException) -> None:
         if msg is not None:
             msg.failure = exc
-        if len(self.failures) < self.max_messages:
-            self.failures.append(exc)
+        self.failed += 1
+        self._keep(self.failures, exc)
+
+    def notified(self, data: bytes) -> None:
+        self._keep(self.notifications, data)
 
 
 class DevFuseServer:
@@ -90,6 +108,7 @@ class DevFuseServer:
         *,
         session: Session | None = None,
         poll_interval: float = 0.1,
+        keep_messages: int = 1024,
     ) -> None:
         if session is None:
             session = Session()
@@ -97,7 +116,7 @@ class DevFuseServer:
         self.handler = handler
         self.session = session
         self.poll_interval = poll_interval
-        self.stats = ServerStats()
+        self.stats = ServerStats(max_messages=keep_messages)
         self.session_lock = threading.Lock()  # held around every use of the session
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +193,7 @@ class DevFuseServer:
         if msg is not None:
             msg.reply_raw = reply
             msg.error = error
+        self.stats.replied(error)
         try:
             accepted = self.mount.write_reply(reply)
         except ReplyRejectedError as exc:
@@ -188,17 +208,33 @@ class DevFuseServer:
         inode or entry it names is not cached); ReplyRejectedError if it refuses it."""
         with self.session_lock:
             data = self.session.build_notification(code, body)
-        self.stats.notifications.append(data)
+        self.stats.notified(data)
         return self.mount.write_reply(data)
 
     def serve_forever(self) -> None:
-        """Serve until :meth:`stop` or until the connection goes away."""
+        """Serve until :meth:`stop`, :meth:`end`, or until the connection goes away."""
         while not self._stop.is_set():
             try:
                 self.handle_one(self.poll_interval)
             except TransportError as exc:
                 self.closed_reason = exc
                 return
+
+    def end(self, reason: BaseException) -> None:
+        """Give up the whole connection at once (the peer that answers is gone): record
+        ``reason`` as :attr:`closed_reason`, stop serving and abort the kernel connection,
+        so every system call still waiting fails (ENOTCONN) instead of hanging. The mount
+        stays until its owner unmounts it."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+        self._stop.set()
+        with contextlib.suppress(OSError, FuseprotoError):
+            self.mount.abort()
+
+    @property
+    def serving(self) -> bool:
+        """Whether the serving thread runs (False once stopped or ended)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> DevFuseServer:
         self._thread = threading.Thread(

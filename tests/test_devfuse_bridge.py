@@ -37,7 +37,7 @@ class Bridged:
         self.mountpoint = mountpoint
         self.shared = shared
         self.mount = DevFuseMount(mountpoint, subtype="fuseproto-bridge")
-        self.bridge = DevFuseBridge(self.mount, transport)
+        self.bridge = DevFuseBridge(self.mount, transport, keep_messages=1 << 20)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fs-call")
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -690,7 +690,8 @@ class Harness:
         self.fs = MemFS()
         self.session = Session()
         self.mount = DevFuseMount(mountpoint)
-        self.server = DevFuseServer(self.mount, self.fs, session=self.session)
+        self.server = DevFuseServer(self.mount, self.fs, session=self.session,
+                                    keep_messages=1 << 20)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fs-call")
         self.timed_out: list[str] = []
 

@@ -1,0 +1,200 @@
+"""``fuseproto mount``: a kernel mount served by a real virtiofsd, used as a user would,
+under faults: the daemon killed, the daemon stopped for longer than any old timeout, the
+command ended by SIGTERM / SIGHUP / SIGINT. Nothing may hang, lie (EIO for an operation
+that then happens) or be left behind (mount, daemon, socket directory, pid file)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fuseproto.capture import CaptureSummary, decode_capture
+from fuseproto.fuseserver import ServedMessage, ServerStats
+from fuseproto.transport.devfuse import find_mount_device, unavailable_reason
+
+_SKIP = unavailable_reason()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+
+def kernel(fn):  # type: ignore[no-untyped-def]
+    """Marks of a test that mounts through /dev/fuse and starts a daemon."""
+    for mark in (pytest.mark.kernel, pytest.mark.daemon,
+                 pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")):
+        fn = mark(fn)
+    return fn
+
+
+class Mounted:
+    """The command running in its own process, with its daemon's PID."""
+
+    def __init__(self, base: str, daemon: str, *extra: str) -> None:
+        self.share = os.path.join(base, "share")
+        self.mnt = os.path.join(base, "mnt")
+        os.mkdir(self.share)
+        os.mkdir(self.mnt)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fuseproto", "mount", "--daemon", daemon, *extra,
+             self.share, self.mnt],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.first = self.proc.stderr.readline()  # type: ignore[union-attr]
+        m = re.search(r"virtiofsd pid (\d+)", self.first)
+        if m is None:
+            self.proc.kill()
+            raise AssertionError(f"no start line: {self.first!r} {self.proc.stderr.read()}")
+        self.daemon_pid = int(m.group(1))
+        # The daemon's socket directory (from its command line): it must be gone at the end.
+        argv = Path(f"/proc/{self.daemon_pid}/cmdline").read_bytes().split(b"\0")
+        sock = next(a.split(b"=", 1)[1] if b"=" in a else argv[i + 1]
+                    for i, a in enumerate(argv) if a.startswith(b"--socket-path"))
+        self.socket_dir = os.path.dirname(os.fsdecode(sock))
+        deadline = time.monotonic() + 10
+        while find_mount_device(self.mnt) is None:
+            assert time.monotonic() < deadline, "not mounted after 10 s"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise AssertionError(f"fuseproto mount did not end within {timeout} s") from None
+        return self.proc.returncode, self.first + err
+
+    def kill_if_running(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+        for pid in (self.daemon_pid,):  # never leave a stopped daemon behind
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def mounted(no_leaks: object, scratch_dir: str) -> Iterator[object]:
+    made: list[Mounted] = []
+
+    def make(daemon: str = "c", *extra: str) -> Mounted:
+        m = Mounted(scratch_dir, daemon, *extra)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.kill_if_running()
+    for m in made:
+        assert find_mount_device(m.mnt) is None, "mount left behind"
+        assert not os.path.exists(f"/proc/{m.daemon_pid}"), "daemon left running"
+        assert not os.path.exists(m.socket_dir), f"{m.socket_dir} left behind"
+
+
+@kernel
+@pytest.mark.parametrize("daemon", ["c", "rust"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_serves_and_a_signal_unmounts_cleanly(mounted, daemon, sig, scratch_dir):
+    cap = os.path.join(scratch_dir, "mount.pcap")
+    m = mounted(daemon, "-w", cap)
+    Path(m.mnt, "made-here").write_bytes(b"x" * 100_000)
+    os.mkdir(os.path.join(m.mnt, "d"))
+    os.rename(os.path.join(m.mnt, "made-here"), os.path.join(m.mnt, "d", "moved"))
+    assert Path(m.share, "d", "moved").read_bytes() == b"x" * 100_000
+    Path(m.share, "from-host").write_text("hello")
+    assert Path(m.mnt, "from-host").read_text() == "hello"
+    m.proc.send_signal(sig)
+    rc, err = m.finish()
+    assert rc == 0, err
+    assert f"{signal.Signals(sig).name}: unmounting" in err
+    assert find_mount_device(m.mnt) is None and not os.path.exists(f"/proc/{m.daemon_pid}")
+    s = CaptureSummary()
+    msgs = list(decode_capture(cap, summary=s))
+    assert msgs and not s.failed and s.decode_errors == 0
+    ops = {m.opcode_name for m in msgs}
+    assert {"FUSE_INIT", "FUSE_WRITE", "FUSE_MKDIR", "FUSE_RENAME"} <= ops or \
+        {"FUSE_INIT", "FUSE_WRITE", "FUSE_MKDIR", "FUSE_RENAME2"} <= ops
+
+
+@kernel
+@pytest.mark.parametrize("daemon", ["c", "rust"])
+def test_a_dead_daemon_ends_the_mount_at_once(mounted, daemon):
+    m = mounted(daemon)
+    assert os.listdir(m.mnt) == []
+    start = time.monotonic()
+    os.kill(m.daemon_pid, signal.SIGKILL)
+    rc, err = m.finish(timeout=10)
+    assert rc == 1, err
+    assert "the daemon is gone" in err and "SIGKILL" in err, err
+    assert time.monotonic() - start < 5
+    assert find_mount_device(m.mnt) is None
+
+
+@kernel
+def test_a_stopped_daemon_is_waited_for_not_answered_eio(mounted):
+    """The old bridge answered EIO after 10 s and the rmdir happened anyway when the
+    daemon resumed. Now the call waits for the daemon, like a kernel FUSE request."""
+    m = mounted("c")
+    target = os.path.join(m.mnt, "victim")
+    os.mkdir(target)
+    result: list[object] = []
+    os.kill(m.daemon_pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=lambda: result.append(_rmdir(target)), daemon=True)
+        t.start()
+        t.join(11.0)  # longer than the old 10 s bridge timeout
+        assert t.is_alive() and not result, f"rmdir returned while the daemon was stopped: {result}"
+    finally:
+        os.kill(m.daemon_pid, signal.SIGCONT)
+    t.join(10.0)
+    assert result == [None], result
+    assert not os.path.exists(os.path.join(m.share, "victim"))
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.finish()[0] == 0
+
+
+def _rmdir(path: str) -> object:
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        return e
+    return None
+
+
+def test_server_stats_stay_bounded():
+    """Counters for everything, a tail of the last max_messages with their bytes: a long
+    mount does not keep every message it forwarded."""
+    s = ServerStats(max_messages=64)
+    for i in range(10_000):
+        msg = ServedMessage(raw=bytes(1024))
+        s.record(msg)
+        s.replied(-2 if i % 10 == 0 else 0)
+        if i % 100 == 0:
+            s.fail(msg, OSError(5, "x"))
+    assert len(s.messages) == 64 and s.messages[-1] is msg
+    assert s.requests == 10_000 and s.replies == 10_000 and s.errors == {2: 1000}
+    assert s.failed == 100 and len(s.failures) == 64
+
+
+def test_help_explains_the_endings():
+    p = subprocess.run([sys.executable, "-m", "fuseproto", "mount", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    for words in ("SIGTERM", "SIGHUP", "ENOTCONN", "exit status", "--timeout", "-w"):
+        assert words in p.stdout, words
