@@ -60,6 +60,7 @@ from ..wire.constants import (
     fuse_opcode,
     opcode_name,
 )
+from .dissect import MAX_TRUNCATED_LEN
 from .frames import FRAME_HEADER, LINKTYPE_FUSE
 from .wireshark_engine import ENGINE
 
@@ -280,18 +281,19 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
     xext = int(InitFlags.FUSE_SETXATTR_EXT)
     req: dict[int, str] = {}
     rep: dict[int, str] = {}
-    # Requests first: their names (SYMLINK's ``link``) keep the plain string field names.
-    for op in fuse_opcode:
-        rows = g.rules((False, True), lambda m, x, op=op: messages.request_parts(
-            op, m, xext if x else 0))
+    # The codec's rule tables themselves (not the cached lookups: thousands of keys would
+    # only churn the codec's caches). Requests first: their names (SYMLINK's ``link``)
+    # keep the plain string field names.
+    for op, rule in messages.REQUESTS.items():
+        rows = g.rules((False, True), rule)  # key: FUSE_SETXATTR_EXT negotiated
         if rows:
             req[int(op)] = _rule_table(rows)
-    for op in fuse_opcode:
-        rows = g.rules((-1, 0, 1), lambda m, k, op=op: messages.reply_parts(
-            op, m, None if k == -1 else k))
+    for op, reply_rule in messages.REPLIES.items():
+        # key: the GETXATTR/LISTXATTR request's size (-1 unknown, 0, 1 any other)
+        rows = g.rules((-1, 0, 1), lambda m, k, r=reply_rule: r(m, None if k == -1 else k))
         if rows:
             rep[int(op)] = _rule_table(rows)
-    notes = {int(c): g.body(messages.notification_parts(c)) for c in fuse_notify_code}
+    notes = {int(c): g.body(rule()) for c, rule in messages.NOTIFICATIONS.items()}
     named = {
         "capture": g.field("fuse.capture", "capture pseudo-header", "none"),
         "in_header": g.field("fuse.in_header", "fuse_in_header", "none"),
@@ -330,7 +332,13 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
         # The INIT opcodes -> {offset of minor, of flags} in their reply's struct.
         "INIT_OUT": {int(op): (_offset(out, "minor"), _offset(out, "flags")) for op, out in (
             (fuse_opcode.FUSE_INIT, "fuse_init_out"), (fuse_opcode.CUSE_INIT, "cuse_init_out"))},
-        "XATTR_SIZE_FIELD": "size",  # fuse_getxattr_in.size picks the reply's shape
+        # The codec's reply size checks (fuseproto.wire.codec "Checks made on decode").
+        "SIZE_LIMITED": {int(op): True for op in (
+            fuse_opcode.FUSE_READ, fuse_opcode.FUSE_READDIR, fuse_opcode.FUSE_READDIRPLUS)},
+        "XATTR_OPS": {int(op): True for op in (
+            fuse_opcode.FUSE_GETXATTR, fuse_opcode.FUSE_LISTXATTR)},
+        "IOCTL_OP": int(fuse_opcode.FUSE_IOCTL),
+        "MAX_CUT": MAX_TRUNCATED_LEN,
         "INTERRUPT_OP": int(fuse_opcode.FUSE_INTERRUPT),
         "INTERRUPT_TARGET": "unique",  # fuse_interrupt_in.unique: the request interrupted
         "MAX_PENDING": 65536,

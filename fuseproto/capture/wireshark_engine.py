@@ -296,12 +296,72 @@ function fuse.init()
     session = {minor = nil, xext = false, offer_minor = nil}
 end
 
-local function body_tree(top, tvb, a, e, cap)
-    return top:add(PF.body, tvb(math.min(a, cap), math.max(0, math.min(e, cap) - a)))
+-- A tree that keeps nothing: dissecting into it only checks that a body parses.
+local STUB = {}
+local function stub() return STUB end
+STUB.add, STUB.add_le, STUB.set_text, STUB.append_text, STUB.add_proto_expert_info =
+    stub, stub, stub, stub, stub
+
+-- The message of a record the snaplen cut, its missing bytes stood in by fill (0 or 0xff):
+-- the tvb(off, n):le_uint() ... interface the dissection functions read through.
+local function stand_in(tvb, cap, rep, fill)
+    local function byte(i) if i < cap then return tvb(i, 1):uint() end return fill end
+    local function uint(o, n)
+        local x = 0
+        for k = n - 1, 0, -1 do x = x * 256 + byte(o + k) end
+        return x
+    end
+    local function int(o, n)
+        local x, half = uint(o, n), 2 ^ (8 * n - 1)
+        if x >= half then x = x - 2 * half end
+        return x
+    end
+    local R = {}
+    R.__index = R
+    function R:le_uint() return uint(self.o, self.n) end
+    R.uint = R.le_uint
+    function R:le_int() return int(self.o, self.n) end
+    function R:le_uint64() local x = uint(self.o, 8); return {tonumber = function() return x end} end
+    function R:le_int64() local x = int(self.o, 8); return {tonumber = function() return x end} end
+    function R:stringz() return "" end
+    local v = {len = function() return rep end}
+    return setmetatable(v, {__call = function(_, o, n) return setmetatable({o = o, n = n or 0}, R) end})
 end
 
-local function raw_body(top, tvb, a, e, cap)
-    add_bytes(top, PF.raw_body, tvb, a, e - a, cap)
+-- A body [a, e) and a request's extension area [e, rep); check(vals, tree) adds the checks
+-- against the request (a reply's size limit). Returns ok and the body's integer fields.
+local function whole(tree, tvb, a, e, rep, cap, parts, check)
+    local vals = {}
+    local ok = true
+    if parts == nil then
+        add_bytes(tree, PF.raw_body, tvb, a, e - a, cap)
+    else
+        local bt = tree:add(PF.body, tvb(math.min(a, cap), math.max(0, math.min(e, cap) - a)))
+        ok = dissect_parts(bt, tvb, a, e, cap, parts, vals)
+    end
+    if ok and e < rep then ok = extensions(tree, tvb, e, rep, cap) end
+    if ok and check then ok = check(vals, tree) end
+    return ok, vals
+end
+
+-- Show a body. A record the snaplen cut is shown as fuseproto decode shows it: its missing
+-- bytes stood in by zeros and by 0xff, it keeps its header alone if the zeros do not
+-- decode, has "body: [truncated]" if the 0xff do not, else every field as far as
+-- captured. Returns ok, the fields (the zeros' for a cut record), and whether it decoded.
+local function show_body(top, tvb, a, e, rep, cap, parts, check)
+    if rep <= cap then
+        local ok, vals = whole(top, tvb, a, e, rep, cap, parts, check)
+        return ok, vals, ok
+    end
+    if rep - MSG > MAX_CUT then return true, {}, false end
+    local ok, zvals = whole(STUB, stand_in(tvb, cap, rep, 0), a, e, rep, rep, parts, check)
+    if not ok then return true, zvals, false end
+    if whole(STUB, stand_in(tvb, cap, rep, 255), a, e, rep, rep, parts, check) then
+        whole(top, tvb, a, e, rep, cap, parts, nil)
+    else
+        top:add("body: [truncated]")
+    end
+    return true, zvals, true
 end
 
 local function request(top, tvb, pinfo, cap, rep, hint_minor)
@@ -324,27 +384,48 @@ local function request(top, tvb, pinfo, cap, rep, hint_minor)
         frames[pinfo.number] = info
     end
     local parts = pick(REQ[op], math.min(info.minor, MAX_MINOR), info.xext)
-    local ok
-    local bvals = {}
-    if parts == nil then
-        raw_body(top, tvb, MSG + hs, e, cap)
-        ok = true
-    else
-        ok = dissect_parts(body_tree(top, tvb, MSG + hs, e, cap), tvb, MSG + hs, e, cap, parts, bvals)
-    end
-    if ok and e < rep then ok = extensions(top, tvb, e, rep, cap) end
+    local ok, bvals, decoded = show_body(top, tvb, MSG + hs, e, rep, cap, parts, nil)
     -- In flight from now on (as the Session: not FORGET & co, which get no reply; an
     -- INTERRUPT only while the request it interrupts is).
-    if ok and not pinfo.visited and not NO_REPLY[op]
+    if decoded and not pinfo.visited and not NO_REPLY[op]
             and (op ~= INTERRUPT_OP or pending[bvals[INTERRUPT_TARGET]] ~= nil) then
         if pending[unique] == nil then npending = npending + 1 end
-        if npending <= MAX_PENDING then pending[unique] = {op = op, size = bvals[XATTR_SIZE_FIELD]} end
+        if npending <= MAX_PENDING then
+            pending[unique] = {op = op, size = bvals.size, out_size = bvals.out_size}
+        end
         if INIT_OUT[op] and bvals.major == KERNEL_VERSION and bvals.minor then
             session.offer_minor = bvals.minor
             session.minor = math.min(bvals.minor, MAX_MINOR)
         end
     end
     return ok
+end
+
+-- The codec's check of a paired reply against its request: READ/READDIR/READDIRPLUS data
+-- and a GETXATTR/LISTXATTR value (when size != 0) at most the request's size, IOCTL out
+-- data at most its out_size.
+local function size_check(op, req, nbody)
+    if req == nil then return nil end
+    local limit, field = nil, nil
+    if SIZE_LIMITED[op] or (XATTR_OPS[op] and req.size and req.size ~= 0) then
+        limit, field = req.size, "size"
+    elseif op == IOCTL_OP then
+        limit, field = req.out_size, "out_size"
+    end
+    if limit == nil then return nil end
+    return function(vals, tree)
+        local n = nbody
+        if op == IOCTL_OP then
+            if vals.flags == nil or band(vals.flags, IOCTL_RETRY) ~= 0 then return true end
+            n = nbody - S.fuse_ioctl_out.size
+            if n <= 0 then return true end
+        end
+        if n > limit then
+            return err(tree, "%d bytes of reply data, the request asked for at most %d (%s)",
+                n, limit, field)
+        end
+        return true
+    end
 end
 
 local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
@@ -359,9 +440,7 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
         local code = vals.error
         pinfo.cols.info = (NOTIFY_NAME[code] or ("notify_" .. code)) .. " notification"
         if code <= 0 then return err(top, "error=%d is not a notify code", code) end
-        local parts = NOT[code]
-        if parts == nil then raw_body(top, tvb, a, rep, cap); return true end
-        return dissect_parts(body_tree(top, tvb, a, rep, cap), tvb, a, rep, cap, parts, {})
+        return (show_body(top, tvb, a, rep, rep, cap, NOT[code], nil))
     end
     local info = frames[pinfo.number]
     if info == nil then
@@ -369,7 +448,7 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
         if p ~= nil then pending[vals.unique] = nil; npending = npending - 1 end
         local op = hint_op or (p and p.op)
         info = {op = op, minor = session.minor or hint_minor or MAX_MINOR,
-                xsize = (p and p.op == op) and p.size or nil, stray = p == nil}
+                req = (p and p.op == op) and p or nil, stray = p == nil}
         frames[pinfo.number] = info
         -- INIT / CUSE_INIT: negotiate_init (minor = min(46, offered, granted); the
         -- reply's flags, as Linux reads them).
@@ -385,12 +464,14 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
         end
     end
     local op = info.op
+    pinfo.cols.info = string.format("%s reply unique=%d error=%d",
+        op and (OPNAME[op] or ("opcode_" .. op)) or "?", vals.unique, vals.error)
     if info.stray then
+        -- (decode shows a cut reply to no request by its header alone, without a warning)
+        if rep > cap then return true end
         top:add_proto_expert_info(EX.stray, string.format(
             "reply to unique %d, which is not in flight", vals.unique))
     end
-    pinfo.cols.info = string.format("%s reply unique=%d error=%d",
-        op and (OPNAME[op] or ("opcode_" .. op)) or "?", vals.unique, vals.error)
     if vals.error ~= 0 then
         if rep > a then return err(top, "error reply carries %d body bytes", rep - a) end
         return true
@@ -399,10 +480,10 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
         top:add(string.format("[no request to decode by: %d body bytes]", rep - a))
         return true
     end
-    local xkey = info.xsize == nil and -1 or (info.xsize == 0 and 0 or 1)
+    local req = info.req
+    local xkey = (req == nil or req.size == nil) and -1 or (req.size == 0 and 0 or 1)
     local parts = pick(REP[op], math.min(info.minor, MAX_MINOR), xkey)
-    if parts == nil then raw_body(top, tvb, a, rep, cap); return true end
-    return dissect_parts(body_tree(top, tvb, a, rep, cap), tvb, a, rep, cap, parts, {})
+    return (show_body(top, tvb, a, rep, rep, cap, parts, size_check(op, req, rep - a)))
 end
 
 function fuse.dissector(tvb, pinfo, tree)
