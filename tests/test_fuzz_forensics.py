@@ -218,3 +218,41 @@ int main(int argc, char **argv) {
     u = death_outcome("c", "FUSE_SETATTR", status, p.stderr, [], exe)
     assert u.finding == "ubsan" and u.evidence["source"] == "planted.c:5"
     assert ":planted.c:5:shift|main" in outcome_signature("x", u)
+
+
+ABRT_REPORT = """\
+==17850==ERROR: AddressSanitizer: ABRT on unknown address 0x0000000045ba (pc 0x7f870e77deec bp 0x7f87097fd6c0 sp 0x7f87097fc190 T3)
+    #0 0x7f870e77deec in __pthread_kill_implementation nptl/pthread_kill.c:44:76
+    #1 0x7f870e72efb1 in raise signal/../sysdeps/posix/raise.c:26:13
+    #2 0x7f870e719471 in abort stdlib/abort.c:79:7
+    #3 0x7f870e719394 in __assert_fail_base assert/assert.c:94:3
+    #4 0x7f870e727ec1 in __assert_fail assert/assert.c:103:3
+    #5 0x561f0f654763 in unref_inode ../../tools/virtiofsd/passthrough_ll.c:1734:5
+    #6 0x561f0f659da9 in unref_inode_lolocked ../../tools/virtiofsd/passthrough_ll.c:1759:5
+    #7 0x561f0f659c5d in lo_forget_one ../../tools/virtiofsd/passthrough_ll.c:1777:5
+
+AddressSanitizer can not provide additional info.
+SUMMARY: AddressSanitizer: ABRT nptl/pthread_kill.c:44:76 in __pthread_kill_implementation
+Thread T3 created by T0 here:
+==17850==ABORTING
+"""
+
+
+def test_an_assertion_asan_caught_stays_the_crash_it_is_in_a_plain_build():
+    """With handle_abort=1 ASan reports a failed assertion as an "ABRT": the finding is
+    the same crash (same signature) as from the gcc build, with the stack as evidence."""
+    assertion = ("virtiofsd: ../../tools/virtiofsd/passthrough_ll.c:1734: void "
+                 "unref_inode(struct lo_data *, struct lo_inode *, uint64_t): Assertion "
+                 "`inode->nlookup >= n' failed.\n")
+    o = death_outcome("c", "FUSE_FORGET", ABORTED, assertion + ABRT_REPORT, [], BIN)
+    plain = death_outcome("c", "FUSE_FORGET", ABORTED,
+                          "virtiofsd: ../../tools/virtiofsd/passthrough_ll.c:1734: "
+                          "unref_inode: Assertion `inode->nlookup >= n' failed.\n", [])
+    assert o.finding == "crash" and outcome_signature("x", o) == outcome_signature("x", plain)
+    assert o.evidence["frames"][5].startswith("#5 unref_inode ") and \
+        "passthrough_ll.c:1734" in o.evidence["frames"][5]
+    # An abort with no site in the log: an asan finding named by the frames below abort().
+    a = death_outcome("c", "FUSE_FORGET", ABORTED, ABRT_REPORT, [], BIN)
+    assert a.finding == "asan"
+    assert outcome_signature("x", a) == ("asan:x:ABRT:unref_inode|unref_inode_lolocked|"
+                                         "lo_forget_one")

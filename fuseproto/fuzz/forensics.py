@@ -9,7 +9,9 @@ reply plus that log into an :class:`Outcome`, and :func:`outcome_signature` name
 finding so that repeats of the same bug land in one reproducer.
 
 A sanitizer report in the log (an instrumented daemon: :mod:`.sanitizer_report`) makes
-the death an ``asan`` / ``ubsan`` finding, whatever the status says: ASan aborts
+the death an ``asan`` / ``ubsan`` finding, whatever the status says (except an assertion
+or fortify abort that ASan's ``handle_abort`` reported as ``ABRT``: that stays the crash
+it is in a plain build, with the stack as evidence): ASan aborts
 (``abort_on_error=1``: SIGABRT, like a failed assertion) and UBSan exits with status 1
 (``halt_on_error=1``: like the daemon's own ``exit(1)``); the log is what tells them
 apart. Its frames are symbolized offline against the daemon's binary, the report text
@@ -112,15 +114,20 @@ def death_outcome(kind: str, name: str, status: int, log: str, previous: list[st
     a crash when a signal killed it, a daemon-exit otherwise (``log``: what it wrote since
     the request; ``previous``: the opcode names sent before it)."""
     report = parse_report(log) if has_report(log) else None
-    if report is not None:
+    site = crash_site(log)
+    if report is not None and not (report.kind == "ABRT" and site is not None):
         return sanitizer_outcome(kind, name, report, binary, {
             "opcode": name, "status": daemons.describe_status(status), "previous": previous,
             "log_tail": log_tail(log)})
-    site = crash_site(log)
+    # An assertion or fortify abort that ASan caught (handle_abort=1: an "ABRT" report) is
+    # the same crash as in a plain build, with the same signature (its site); the
+    # symbolized stack comes along as evidence.
     ev: dict[str, Any] = {"opcode": name, "status": daemons.describe_status(status),
                           "previous": previous, "log_tail": log_tail(log)}
     if site is not None:
         ev["site"] = site
+    if report is not None:
+        ev["frames"] = [f"#{f.index} {f.describe()}" for f in symbolize(report, binary).frames[:12]]
     at = f": {site}" if site else ""
     if os.WIFSIGNALED(status):
         try:

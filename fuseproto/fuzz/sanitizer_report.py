@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 
 __all__ = ["Frame", "SanitizerReport", "parse_report", "symbolize", "report_signature",
-           "TOP_FRAMES", "has_report"]
+           "TOP_FRAMES", "SIGNAL_KINDS", "has_report"]
 
 #: How many top frames a signature names.
 TOP_FRAMES = 3
@@ -45,10 +45,16 @@ _FRAME = re.compile(
     r"\s*(?:\((?:([^()\s]+)\+(0x[0-9a-fA-F]+)|<unknown module>)\))?"  # (MODULE+0xOFF)
     r"(?: \(BuildId: [0-9a-fA-F]+\))?\s*$")
 _END = re.compile(r"^(?:SUMMARY: \w+Sanitizer:.*|==\d+==ABORTING)$", re.M)
-# Frames of the sanitizer runtime itself (interceptors, the report machinery) say where
-# the report was raised from, not where the bug is.
+# Frames of the sanitizer runtime itself (interceptors, the report machinery) and of
+# libc's abort path (an assertion or fortify failure caught with handle_abort=1) say how
+# the report was raised, not where the bug is.
 _RUNTIME_FRAME = re.compile(r"^(?:__asan_|__ubsan_|__sanitizer_|__interceptor_|"
-                            r"__interception::|___interceptor_|__lsan_)")
+                            r"__interception::|___interceptor_|__lsan_|"
+                            r"(?:__)?pthread_kill(?:_implementation|_internal)?$|"
+                            r"(?:__GI_)?raise$|(?:__GI_)?abort$|__assert_fail(?:_base)?$|"
+                            r"__libc_message$|__fortify_fail$|__chk_fail$)")
+#: Kinds of a report on a fatal signal (not a memory access the sanitizer checked).
+SIGNAL_KINDS = ("ABRT", "SEGV", "BUS", "FPE", "ILL")
 
 
 @dataclass(frozen=True)
