@@ -176,10 +176,16 @@ def fuzz_daemon(
                 edges = fb.new_edges()
                 if out.finding is not None:
                     f = record_finding(stats, store, h, label, out)
-                    key = (f.signature, _feature(data))
-                    repeats[key] = repeats.get(key, 0) + 1
-                    if repeats[key] >= 5:
-                        muted.add(key[1])
+                    features = {_feature(data)}
+                    if "FUSE_INTERRUPT" in (out.evidence.get("previous") or ()):
+                        # A stale INTERRUPT breaks whatever request follows it (the C
+                        # daemon answers it in the next one's buffer): mute its cause too.
+                        features.add("FUSE_INTERRUPT")
+                    for feat in features:
+                        key = (f.signature, feat)
+                        repeats[key] = repeats.get(key, 0) + 1
+                        if repeats[key] >= 5:
+                            muted.add(feat)
                 elif fb.steering and edges:
                     if corpus.add((data, variant), energy_for(edges)) and \
                             Corpus.save(cdir, bytes([variant]) + data, ".bin"):
