@@ -329,9 +329,7 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
         "MAX_MINOR": FUSE_KERNEL_MINOR_VERSION,
         "KERNEL_VERSION": FUSE_KERNEL_VERSION,
         "SETXATTR_EXT": xext,
-        # The INIT opcodes -> {offset of minor, of flags} in their reply's struct.
-        "INIT_OUT": {int(op): (_offset(out, "minor"), _offset(out, "flags")) for op, out in (
-            (fuse_opcode.FUSE_INIT, "fuse_init_out"), (fuse_opcode.CUSE_INIT, "cuse_init_out"))},
+        "INIT_OPS": {int(fuse_opcode.FUSE_INIT): True, int(fuse_opcode.CUSE_INIT): True},
         # The codec's reply size checks (fuseproto.wire.codec "Checks made on decode").
         "SIZE_LIMITED": {int(op): True for op in (
             fuse_opcode.FUSE_READ, fuse_opcode.FUSE_READDIR, fuse_opcode.FUSE_READDIRPLUS)},
@@ -339,6 +337,7 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
             fuse_opcode.FUSE_GETXATTR, fuse_opcode.FUSE_LISTXATTR)},
         "IOCTL_OP": int(fuse_opcode.FUSE_IOCTL),
         "MAX_CUT": MAX_TRUNCATED_LEN,
+        "MIN_ERROR": -511,  # a reply's error lies in (-512, 0] (512 is ERESTARTSYS)
         "INTERRUPT_OP": int(fuse_opcode.FUSE_INTERRUPT),
         "INTERRUPT_TARGET": "unique",  # fuse_interrupt_in.unique: the request interrupted
         "MAX_PENDING": 65536,
@@ -375,9 +374,9 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
     out.append("fuse.fields = FL")
     out.append("local EX = {malformed = ProtoExpert.new(\"fuse.malformed\", "
                "\"Malformed FUSE message\", expert.group.MALFORMED, expert.severity.ERROR)}")
-    out.append("EX.stray = ProtoExpert.new(\"fuse.stray\", \"Reply without a request in "
-               "flight\", expert.group.SEQUENCE, expert.severity.WARN)")
-    out.append("fuse.experts = {EX.malformed, EX.stray}")
+    out.append("EX.protocol = ProtoExpert.new(\"fuse.protocol\", \"FUSE protocol error (the "
+               "session refuses the message)\", expert.group.SEQUENCE, expert.severity.WARN)")
+    out.append("fuse.experts = {EX.malformed, EX.protocol}")
     out.append(f"local PF = {_lua(named)}")
     out.append(f"local CAPTURE_FIELDS = {_lua(cap_fields)}")
     out.append("local S = {}")

@@ -77,7 +77,13 @@ local function add_struct(tree, tvb, off, sname, limit, cap, vals)
             tree:add(name .. ": [truncated]")
         else
             tree:add_le(pf, tvb(a, fs))
-            if vals then vals[name] = read(tvb, a, t) end
+            if vals then
+                vals[name] = read(tvb, a, t)
+                -- A 64-bit value exactly, as text (a Lua number keeps 53 bits): "#unique".
+                if fs == 8 then
+                    vals["#" .. name] = tostring(t == "u64" and tvb(a, 8):le_uint64() or tvb(a, 8):le_int64())
+                end
+            end
         end
     end
     return subs
@@ -89,19 +95,21 @@ local function dirents(tree, tvb, off, e, cap, plus, vals)
     local hs = plus and DIRENTPLUS_SIZE or DIRENT_SIZE
     while off < e do
         if e - off < hs then return err(list, "partial dirent header") end
-        if off + hs > cap then list:add("[" .. n .. "]: [truncated]"); break end
-        local item = list:add(tvb(off, hs), "[" .. n .. "]")
-        local d, dsub
+        if off + hs > cap then break end  -- (a cut record: whole records only, as decode)
+        local pre = plus and off + DIRENTPLUS_SIZE - DIRENT_SIZE or off
+        local namelen = tvb(pre + NAMELEN_OFF, 4):le_uint()
+        local rec_end = off + hs + namelen + (-(hs + namelen) % 8)
+        if rec_end > e then
+            return err(list, "dirent namelen=%d runs past the reply", namelen)
+        end
+        if rec_end > cap then break end
+        local item = list:add(tvb(off, rec_end - off), "[" .. n .. "]")
+        local dsub = item  -- where the name goes: the record, or READDIRPLUS's dirent
         if plus then
-            local subs = add_struct(item, tvb, off, "fuse_direntplus", hs, cap, nil)
-            dsub, d = subs.dirent, off + DIRENTPLUS_SIZE - DIRENT_SIZE
+            dsub = add_struct(item, tvb, off, "fuse_direntplus", hs, cap, nil).dirent
         else
             add_struct(item, tvb, off, "fuse_dirent", hs, cap, nil)
-            dsub, d = item, off
         end
-        local namelen = tvb(d + NAMELEN_OFF, 4):le_uint()
-        local rec_end = off + hs + namelen + (-(hs + namelen) % 8)
-        if rec_end > e then return err(item, "dirent namelen=%d runs past the reply", namelen) end
         add_name(dsub, PF.dirent_name, tvb, off + hs, namelen, cap)
         add_bytes(item, PF.dirent_pad, tvb, off + hs + namelen, rec_end - off - hs - namelen, cap)
         n = n + 1
@@ -135,10 +143,10 @@ local function counted(tree, tvb, off, e, cap, p, vals)
 end
 
 local function iovecs(tree, tvb, off, n, cap, label)
-    local list = tree:add(tvb(math.min(off, cap), 0), label .. ": " .. n .. " item(s)")
-    for i = 0, n - 1 do
+    local got = math.max(0, math.min(n, math.floor((cap - off) / IOVEC_SIZE)))
+    local list = tree:add(tvb(math.min(off, cap), 0), label .. ": " .. got .. " item(s)")
+    for i = 0, got - 1 do
         local a = off + i * IOVEC_SIZE
-        if a + IOVEC_SIZE > cap then break end
         add_struct(list:add(tvb(a, IOVEC_SIZE), "[" .. i .. "]"), tvb, a, IOVEC, IOVEC_SIZE, cap, nil)
     end
 end
@@ -224,11 +232,12 @@ local function extensions(tree, tvb, off, e, cap)
     local n = 0
     while off < e do
         if e - off < EXT_HDR_SIZE then return err(list, "partial fuse_ext_header") end
-        if off + EXT_HDR_SIZE > cap then list:add("[" .. n .. "]: [truncated]"); break end
+        if off + EXT_HDR_SIZE > cap then break end
         local size, typ = tvb(off, 4):le_uint(), tvb(off + 4, 4):le_uint()
         if size < 8 or size % 8 ~= 0 or size > e - off then
             return err(list, "extension size %d (must be 8..%d, a multiple of 8)", size, e - off)
         end
+        if off + size > cap then break end
         local rend, p = off + size, off + EXT_HDR_SIZE
         local item = list:add(tvb(off, math.min(size, cap - off)), "[" .. n .. "]")
         add_struct(item, tvb, off, "fuse_ext_header", EXT_HDR_SIZE, cap, nil)
@@ -289,11 +298,11 @@ end
 
 -- State of the first pass: requests in flight by unique, the negotiated minor and
 -- FUSE_SETXATTR_EXT; per frame what was known when it went by.
-local pending, npending, session, frames
+local pending, npending, interrupt_of, session, frames
 
 function fuse.init()
-    pending, npending, frames = {}, 0, {}
-    session = {minor = nil, xext = false, offer_minor = nil}
+    pending, npending, interrupt_of, frames = {}, 0, {}, {}
+    session = {minor = nil, xext = false, offer_minor = nil, init = "none"}
 end
 
 -- A tree that keeps nothing: dissecting into it only checks that a body parses.
@@ -321,8 +330,8 @@ local function stand_in(tvb, cap, rep, fill)
     function R:le_uint() return uint(self.o, self.n) end
     R.uint = R.le_uint
     function R:le_int() return int(self.o, self.n) end
-    function R:le_uint64() local x = uint(self.o, 8); return {tonumber = function() return x end} end
-    function R:le_int64() local x = int(self.o, 8); return {tonumber = function() return x end} end
+    function R:le_uint64() return UInt64.new(uint(self.o, 4), uint(self.o + 4, 4)) end
+    function R:le_int64() return Int64.new(uint(self.o, 4), uint(self.o + 4, 4)) end
     function R:stringz() return "" end
     local v = {len = function() return rep end}
     return setmetatable(v, {__call = function(_, o, n) return setmetatable({o = o, n = n or 0}, R) end})
@@ -364,40 +373,83 @@ local function show_body(top, tvb, a, e, rep, cap, parts, check)
     return true, zvals, true
 end
 
-local function request(top, tvb, pinfo, cap, rep, hint_minor)
-    local hs = S.fuse_in_header.size
-    local vals = {}
-    add_struct(top:add(PF.in_header, tvb(MSG, hs)), tvb, MSG, "fuse_in_header", hs, cap, vals)
-    local op, unique = vals.opcode, vals.unique
-    pinfo.cols.info = string.format("%s request unique=%d nodeid=%d", OPNAME[op] or ("opcode_" .. op),
-        unique, vals.nodeid)
-    if vals.len ~= rep - MSG then
-        return err(top, "len=%d but the message is %d bytes", vals.len, rep - MSG)
+local function opname(op)
+    return OPNAME[op] or ("opcode_" .. op)
+end
+
+-- Enter a request that decoded into the requests in flight, as the Session does; returns
+-- the Session's complaint (a protocol error) instead when it would refuse it.
+local function register(op, unique, bvals)
+    if unique == "0" then return opname(op) .. " request with unique 0 (reserved for notifications)" end
+    local p = pending[unique]
+    if p ~= nil then
+        return string.format("unique %s used by %s while %s with that unique is in flight",
+            unique, opname(op), opname(p.op))
     end
-    local e = rep - 8 * vals.total_extlen
-    if e < MSG + hs then
-        return err(top, "total_extlen=%d exceeds the bytes after the header", vals.total_extlen)
+    -- No reply to wait for (FORGET & co); an INTERRUPT only while its request is in flight.
+    if NO_REPLY[op] or (op == INTERRUPT_OP and pending[bvals["#" .. INTERRUPT_TARGET]] == nil) then
+        return nil
     end
-    local info = frames[pinfo.number]
-    if info == nil then
-        info = {minor = session.minor or hint_minor or MAX_MINOR, xext = session.xext}
-        frames[pinfo.number] = info
-    end
-    local parts = pick(REQ[op], math.min(info.minor, MAX_MINOR), info.xext)
-    local ok, bvals, decoded = show_body(top, tvb, MSG + hs, e, rep, cap, parts, nil)
-    -- In flight from now on (as the Session: not FORGET & co, which get no reply; an
-    -- INTERRUPT only while the request it interrupts is).
-    if decoded and not pinfo.visited and not NO_REPLY[op]
-            and (op ~= INTERRUPT_OP or pending[bvals[INTERRUPT_TARGET]] ~= nil) then
-        if pending[unique] == nil then npending = npending + 1 end
-        if npending <= MAX_PENDING then
-            pending[unique] = {op = op, size = bvals.size, out_size = bvals.out_size}
+    if INIT_OPS[op] then
+        if session.init == "sent" or session.init == "done" then
+            return string.format("second %s (the first is %s)", opname(op), session.init)
         end
-        if INIT_OUT[op] and bvals.major == KERNEL_VERSION and bvals.minor then
+        session.init = "sent"
+        if bvals.major == KERNEL_VERSION and bvals.minor then
             session.offer_minor = bvals.minor
             session.minor = math.min(bvals.minor, MAX_MINOR)
         end
     end
+    if npending < MAX_PENDING then
+        npending = npending + 1
+        pending[unique] = {op = op, size = bvals.size, out_size = bvals.out_size}
+        if op == INTERRUPT_OP then interrupt_of[bvals["#" .. INTERRUPT_TARGET]] = unique end
+    end
+    return nil
+end
+
+-- A reply came for unique: it is no longer in flight, nor an INTERRUPT of it.
+local function complete(unique)
+    if pending[unique] ~= nil then pending[unique] = nil; npending = npending - 1 end
+    local i = interrupt_of[unique]
+    if i ~= nil then
+        interrupt_of[unique] = nil
+        if pending[i] ~= nil then pending[i] = nil; npending = npending - 1 end
+    end
+end
+
+local function request(top, tvb, pinfo, cap, rep, hint_minor)
+    local hs = S.fuse_in_header.size
+    local vals = {}
+    add_struct(top:add(PF.in_header, tvb(MSG, hs)), tvb, MSG, "fuse_in_header", hs, cap, vals)
+    local op, unique = vals.opcode, vals["#unique"]  -- (uniques: exact, as text)
+    pinfo.cols.info = string.format("%s request unique=%s nodeid=%s", opname(op), unique,
+        vals["#nodeid"])
+    -- (decode: a cut record that does not decode keeps its header alone, no error)
+    if vals.len ~= rep - MSG then
+        if rep > cap then return true end
+        return err(top, "len=%d but the message is %d bytes", vals.len, rep - MSG)
+    end
+    local e = rep - 8 * vals.total_extlen
+    if e < MSG + hs then
+        if rep > cap then return true end
+        return err(top, "total_extlen=%d exceeds the bytes after the header", vals.total_extlen)
+    end
+    local info = frames[pinfo.number]
+    local first = info == nil
+    if first then
+        info = {minor = session.minor or hint_minor or MAX_MINOR, xext = session.xext}
+        frames[pinfo.number] = info
+    end
+    local parts = pick(REQ[op], math.min(info.minor, MAX_MINOR), info.xext)
+    if first then
+        local _, bvals, decoded = show_body(STUB, tvb, MSG + hs, e, rep, cap, parts, nil)
+        if decoded then info.warn = register(op, unique, bvals) end
+    end
+    -- (decode shows a cut request the Session refuses by its header alone, no warning)
+    if info.warn and rep > cap then return true end
+    local ok = show_body(top, tvb, MSG + hs, e, rep, cap, parts, nil)
+    if info.warn then top:add_proto_expert_info(EX.protocol, info.warn) end
     return ok
 end
 
@@ -428,51 +480,68 @@ local function size_check(op, req, nbody)
     end
 end
 
+-- INIT / CUSE_INIT reply to a request in flight: negotiate_init (minor = min(46, offered,
+-- granted); FUSE_SETXATTR_EXT from the reply's flags, as Linux reads them).
+local function learn_init(error, bvals)
+    if error ~= 0 or bvals.major ~= KERNEL_VERSION then session.init = "failed"; return end
+    session.init = "done"
+    local m = math.min(MAX_MINOR, bvals.minor or MAX_MINOR)
+    if session.offer_minor then m = math.min(m, session.offer_minor) end
+    session.minor = m
+    session.xext = band(bvals.flags or 0, SETXATTR_EXT) ~= 0
+end
+
 local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
     local hs = S.fuse_out_header.size
     local vals = {}
     add_struct(top:add(PF.out_header, tvb(MSG, hs)), tvb, MSG, "fuse_out_header", hs, cap, vals)
+    -- (decode: a cut record that does not decode keeps its header alone, no error)
     if vals.len ~= rep - MSG then
+        if rep > cap then return true end
         return err(top, "len=%d but the message is %d bytes", vals.len, rep - MSG)
     end
     local a = MSG + hs
     if vals.unique == 0 then
         local code = vals.error
         pinfo.cols.info = (NOTIFY_NAME[code] or ("notify_" .. code)) .. " notification"
-        if code <= 0 then return err(top, "error=%d is not a notify code", code) end
+        if code <= 0 then
+            if rep > cap then return true end
+            return err(top, "error=%d is not a notify code", code)
+        end
         return (show_body(top, tvb, a, rep, rep, cap, NOT[code], nil))
     end
+    local unique = vals["#unique"]
     local info = frames[pinfo.number]
-    if info == nil then
-        local p = pending[vals.unique]
-        if p ~= nil then pending[vals.unique] = nil; npending = npending - 1 end
-        local op = hint_op or (p and p.op)
-        info = {op = op, minor = session.minor or hint_minor or MAX_MINOR,
-                req = (p and p.op == op) and p or nil, stray = p == nil}
-        frames[pinfo.number] = info
-        -- INIT / CUSE_INIT: negotiate_init (minor = min(46, offered, granted); the
-        -- reply's flags, as Linux reads them).
-        local at = INIT_OUT[op or -1]
-        if at and vals.error == 0 and rep - a >= at[1] + 4 and a + at[1] + 4 <= cap
-                and tvb(a, 4):le_uint() == KERNEL_VERSION then
-            local m = math.min(MAX_MINOR, tvb(a + at[1], 4):le_uint())
-            if session.offer_minor then m = math.min(m, session.offer_minor) end
-            session.minor = m
-            local fl = 0
-            if rep - a >= at[2] + 4 and a + at[2] + 4 <= cap then fl = tvb(a + at[2], 4):le_uint() end
-            session.xext = band(fl, SETXATTR_EXT) ~= 0
+    local first = info == nil
+    if first then
+        if vals.error > 0 or vals.error < MIN_ERROR then
+            info = {warn = string.format("reply to unique %s with error %d (must be 0 or a "
+                .. "negative errno above %d)", unique, vals.error, MIN_ERROR - 1)}
+        else
+            -- As the Session: the request in flight with this unique (popped, even if the
+            -- reply does not decode), else the recorder's opcode hint.
+            local p = pending[unique]
+            complete(unique)
+            info = {op = (p and p.op) or hint_op, req = p,
+                    minor = session.minor or hint_minor or MAX_MINOR}
+            if p == nil then
+                info.warn = string.format("reply to unique %s, which is not in flight", unique)
+            end
         end
+        frames[pinfo.number] = info
     end
     local op = info.op
-    pinfo.cols.info = string.format("%s reply unique=%d error=%d",
-        op and (OPNAME[op] or ("opcode_" .. op)) or "?", vals.unique, vals.error)
-    if info.stray then
-        -- (decode shows a cut reply to no request by its header alone, without a warning)
+    pinfo.cols.info = string.format("%s reply unique=%s error=%d",
+        op and opname(op) or "?", unique, vals.error)
+    if info.warn then
+        -- decode: a protocol error; shown by the opcode hint when that decodes, else (and
+        -- always when the snaplen cut it) by its header alone.
         if rep > cap then return true end
-        top:add_proto_expert_info(EX.stray, string.format(
-            "reply to unique %d, which is not in flight", vals.unique))
+        top:add_proto_expert_info(EX.protocol, info.warn)
+        if op == nil or (vals.error ~= 0 and rep > a) then return true end
     end
     if vals.error ~= 0 then
+        if first and info.req and INIT_OPS[op] then learn_init(vals.error, {}) end
         if rep > a then return err(top, "error reply carries %d body bytes", rep - a) end
         return true
     end
@@ -483,7 +552,11 @@ local function reply(top, tvb, pinfo, cap, rep, hint_op, hint_minor)
     local req = info.req
     local xkey = (req == nil or req.size == nil) and -1 or (req.size == 0 and 0 or 1)
     local parts = pick(REP[op], math.min(info.minor, MAX_MINOR), xkey)
-    return (show_body(top, tvb, a, rep, rep, cap, parts, size_check(op, req, rep - a)))
+    local check = size_check(op, req, rep - a)
+    if info.warn and not show_body(STUB, tvb, a, rep, rep, cap, parts, check) then return true end
+    local ok, bvals, decoded = show_body(top, tvb, a, rep, rep, cap, parts, check)
+    if first and req and INIT_OPS[op] and decoded then learn_init(0, bvals) end
+    return ok
 end
 
 function fuse.dissector(tvb, pinfo, tree)
