@@ -205,9 +205,11 @@ def _run(args: argparse.Namespace) -> int:
         inst = harness.resolve_installation(spec, args.virtiofsd_kind)
         label = harness.daemon_label(spec, inst)
         store = FindingStore(Path(args.out) / "findings")
+        from ..fuzz.corpus import default_dir
+
         root = _corpus_root(args)
         mode = "sequences" if args.sequences else "requests"
-        cdir = root / f"virtiofsd-{mode}-{inst.variant}" if root is not None else None
+        cdir = default_dir(f"virtiofsd-{mode}", label, root) if root is not None else None
         if args.sequences:
             from ..fuzz.sequences import fuzz_sequences
 

@@ -14,7 +14,7 @@ its new findings is minimized (:func:`.shrink.shrink_file`, ``<name>.min.json``)
 (:mod:`.coverage`): with an instrumented daemon (the default C daemon is ``c-asan-cov``
 when it is built: :func:`.harness.default_daemons`) new edges steer them and the result
 carries the edges over time; with ``corpus_root`` the inputs that lit new edges are kept
-in ``<corpus_root>/virtiofsd-{requests,sequences}-<variant>/`` and loaded by the next run.
+in ``<corpus_root>/virtiofsd-{requests,sequences}-<daemon>/`` and loaded by the next run.
 
 Everything lands under ``out``: ``report.md`` and ``report.json`` (see :mod:`.report`),
 ``findings/<target>[-<daemon>]/`` (one reproducer per signature), ``corpus/<target>/``
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import engine, registry
+from .corpus import default_dir
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 
@@ -259,7 +260,7 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
     t0 = time.monotonic()
     before = set(store.by_signature)
     single = seconds * max(0.0, 1.0 - sequence_share - shrink_share)
-    dirs = {m: (corpus_root / f"virtiofsd-{m}-{inst.variant}" if corpus_root else None)
+    dirs = {m: (default_dir(f"virtiofsd-{m}", label, corpus_root) if corpus_root else None)
             for m in ("requests", "sequences")}
     cov = CoverageMap.create()
     try:

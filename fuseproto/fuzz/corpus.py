@@ -41,10 +41,12 @@ def corpus_root() -> Path:
     return Path(base) if base else cache_root() / "fuzz-corpus"
 
 
-def default_dir(target: str, variant: str) -> Path:
-    """``<corpus_root>/<target>-<variant>``: one corpus per target and daemon variant."""
+def default_dir(target: str, variant: str, root: Path | None = None) -> Path:
+    """``<root>/<target>-<variant>`` (root: :func:`corpus_root`): one corpus per target
+    (``virtiofsd-requests``, ``virtiofsd-sequences``) and daemon (a variant name, or a
+    path's label: ``c:mybuild`` becomes ``c_mybuild``)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target}-{variant}")
-    return corpus_root() / safe
+    return (root if root is not None else corpus_root()) / safe
 
 
 def energy_for(new_edges: int) -> float:
