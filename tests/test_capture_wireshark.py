@@ -1,9 +1,12 @@
 """The generated Wireshark dissector (fuseproto.capture.wireshark) against `fuseproto decode -V`.
 
 tshark (Debian's package, installed by scripts/setup.sh) loads the plugin with ``-X
-lua_script:`` and dissects every shipped capture and the sample; both trees are parsed into
-{message index: {field path: value}} and compared. Deliberate differences of presentation,
-normalized here before comparing:
+lua_script:`` and dissects every shipped capture, the sample (also without opcode hints,
+and cut at 11 snaplens), every golden vector and garbled captures; both trees are parsed
+into {message index: {field path: value}} and compared, and the kind of complaint too
+(decode's decode errors = the plugin's expert errors, its protocol errors = the plugin's
+Sequence warnings). Deliberate differences of presentation, normalized here before
+comparing:
 
 * integers: decode prints ``mode`` in Python octal (``0o100644``) and non-zero ``*flags*``
   in hex (``0x2``), Wireshark prints C octal (``0100644``) and zero-padded hex
@@ -14,7 +17,7 @@ normalized here before comparing:
   (its first 36 bytes, then an ellipsis; ``<MISSING>`` when empty) with ``(N bytes)``
   appended by the plugin: compared as length + common prefix;
 * names (``name``, ``newname``, SYMLINK's ``link``, dirent names) are strings in Wireshark:
-  compared with decode's bytes as text;
+  compared with decode's bytes as Wireshark escapes them (:func:`ws_text`);
 * fields whose name starts with ``_`` (``fuse_sx_time.__reserved`` ...) are left out by
   decode -V (construct hides them); Wireshark shows them, they are not compared;
 * a message that fails to decode: decode shows its header only, the plugin the header, what

@@ -26,19 +26,24 @@ here from the declarations the codec itself decodes with:
   rules at every minor.
 
 So if a struct gains a field, or an opcode a body, the plugin gains it with no edit here.
-The rest of the plugin (:data:`.wireshark_engine.ENGINE`) is the engine that walks those tables; it names
-no field.
+The rest of the plugin (:data:`.wireshark_engine.ENGINE`) is the engine that walks those
+tables; it names no field.
 
-Replies are decoded by their request's opcode: the pseudo-header's opcode hint when the
-recorder wrote one, else the request with the same ``unique`` earlier in the capture
-(paired on the first pass; run ``tshark -2`` or let Wireshark's first pass do it). The
-minor is the one INIT negotiated in the capture, else the minor hint, else 46. A record the
-snaplen cut is dissected as far as it was captured (fields past the cut show
-``[truncated]``, data as far as captured) with a ``[Packet size limited during capture: N
-of M bytes]`` line. A message that breaks the layout gets an expert error (group
-Malformed) and is shown as far as it parsed; an unknown opcode or notify code has its body
-as raw bytes. ``tests/test_capture_wireshark.py`` runs tshark on every shipped capture and
-checks it shows the fields and values ``fuseproto decode -V`` shows.
+It decodes as ``fuseproto decode`` does. Replies are decoded by their request's opcode: the
+request in flight with the same ``unique`` (paired on the first pass: ``tshark -2``, or
+Wireshark's own first pass), else the pseudo-header's opcode hint. The minor is the one
+INIT negotiated in the capture, else the minor hint, else 46. What the Session would
+refuse (a reply to no request in flight, an error out of range, a unique reused, a second
+INIT) is an expert warning (group Sequence); a message that breaks its layout an expert
+error (group Malformed, the codec's reason), shown as far as it parsed; an unknown opcode
+or notify code has its body as raw bytes. A record the snaplen cut is shown as decode
+shows it: its missing bytes stood in by zeros and by 0xff, it keeps its header alone when
+the zeros do not decode, has ``body: [truncated]`` when the 0xff do not, else every field
+as far as captured (``[truncated]`` past the cut, data as far as captured), with a
+``[Packet size limited during capture: N of M bytes]`` line.
+``tests/test_capture_wireshark.py`` runs tshark on every shipped capture, the sample, the
+golden vectors, cut and garbled captures, and checks it shows the fields and values
+``fuseproto decode -V`` shows.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ _EPILOG = """\
 The plugin is Lua, generated from fuseproto's own schema (every struct, request, reply and
 notification the codec knows, field names as in fuse.h). It dissects fuseproto captures:
 link type LINKTYPE_USER0 (147; --linktype for USER1..15) with the 16-byte pseudo-header of
-docs/capture.md. Replies are decoded by their request's opcode: the pseudo-header's opcode
-hint, else the request with the same unique (paired on the first pass: use tshark -2).
+docs/capture.md. Replies are decoded by their request's opcode: the request with the same
+unique (paired on the first pass: use tshark -2), else the pseudo-header's opcode hint.
 
 examples:
   fuseproto wireshark --install                   then: wireshark session.pcap
