@@ -36,10 +36,10 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from vectors.fuse_vectors import BY_NAME, VECTORS
 
 from fuseproto.capture import CaptureRecorder, Direction
 from fuseproto.capture.samples import write_sample
@@ -288,9 +288,6 @@ def _mutated_capture(path: Path, seed: int, snaplen: int, count: int = 1500) -> 
     extended, ``len`` fixed up or not, direction changed), recorded in random order."""
     import random
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from vectors.fuse_vectors import VECTORS
-
     from fuseproto.capture.samples import sample_session
 
     kinds = {"request": Direction.REQUEST, "reply": Direction.REPLY,
@@ -379,9 +376,6 @@ def _vector_captures(tmp: Path) -> list[Path]:
     FUSE_SETXATTR_EXT from the capture, as they would from a real one); every reply right
     after its request under a fresh unique. INIT and CUSE_INIT vectors get a capture each
     (a session has one INIT)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from vectors.fuse_vectors import BY_NAME, VECTORS
-
     from fuseproto.wire import codec
     from fuseproto.wire.constants import InitFlags
 

@@ -57,6 +57,7 @@ from construct import Array, Bytes, Computed, Construct, FormatField, Renamed, S
 from ..session import REPLY_EXPECTATION, ReplyExpectation
 from ..wire import messages, parts, structs
 from ..wire.constants import (
+    FUSE_IOCTL_MAX_IOV,
     FUSE_KERNEL_MINOR_VERSION,
     FUSE_KERNEL_VERSION,
     InitFlags,
@@ -66,23 +67,19 @@ from ..wire.constants import (
     opcode_name,
 )
 from .dissect import MAX_TRUNCATED_LEN
-from .frames import FRAME_HEADER, LINKTYPE_FUSE
+from .frames import FRAME_HEADER, LINKTYPE_FUSE, LINKTYPE_USER0
 from .wireshark_engine import ENGINE
 
 __all__ = ["PLUGIN_NAME", "lua_plugin", "wtap_encap_name"]
 
 PLUGIN_NAME = "fuseproto.lua"
 
-# LINKTYPE_USER0..15 (147..162) are Wireshark's encapsulations USER0..USER15.
-_LINKTYPE_USER0 = 147
-
-
 def wtap_encap_name(linktype: int) -> str:
     """Wireshark's name (``wtap_encaps.<name>``) of the encapsulation of pcap ``linktype``;
-    only the private link types LINKTYPE_USER0..15 (147..162) are supported."""
-    if not _LINKTYPE_USER0 <= linktype <= _LINKTYPE_USER0 + 15:
+    only the private link types LINKTYPE_USER0..15 (147..162: USER0..USER15)."""
+    if not LINKTYPE_USER0 <= linktype <= LINKTYPE_USER0 + 15:
         raise ValueError(f"link type {linktype} is not one of LINKTYPE_USER0..15 (147..162)")
-    return f"USER{linktype - _LINKTYPE_USER0}"
+    return f"USER{linktype - LINKTYPE_USER0}"
 
 
 def _q(s: str) -> str:
@@ -352,7 +349,7 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
         "IOVEC": "fuse_ioctl_iovec",
         "IOVEC_SIZE": structs.ALL["fuse_ioctl_iovec"].sizeof(),
         "IOCTL_RETRY": parts.FUSE_IOCTL_RETRY,
-        "IOCTL_MAX_IOV": 256,
+        "IOCTL_MAX_IOV": FUSE_IOCTL_MAX_IOV,
         "EXT_HDR_SIZE": structs.ALL["fuse_ext_header"].sizeof(),
         "SECCTX_SIZE": structs.ALL["fuse_secctx"].sizeof(),
         "EXT_GROUPS": int(fuse_ext_type.FUSE_EXT_GROUPS),

@@ -65,11 +65,11 @@ local function add_struct(tree, tvb, off, sname, limit, cap, vals)
             local got = math.max(0, math.min(count, math.floor((cap - a) / es)))
             local sub = tree:add(tvb(math.min(a, cap), got * es), name .. ": " .. got .. " item(s)")
             for i = 0, got - 1 do
-                local v = read(tvb, a + i * es, et)
-                if es == 8 then  -- a 64-bit field takes a (U)Int64 value
-                    v = et == "u64" and tvb(a + i * es, 8):le_uint64() or tvb(a + i * es, 8):le_int64()
-                end
-                sub:add_le(pf, tvb(a + i * es, es), v, string.format("[%d]: %s", i, tostring(v)))
+                local r = tvb(a + i * es, es)
+                local v  -- (a 64-bit field takes a (U)Int64 value)
+                if es == 8 then v = et == "u64" and r:le_uint64() or r:le_int64()
+                else v = read(tvb, a + i * es, et) end
+                sub:add_le(pf, r, v, string.format("[%d]: %s", i, tostring(v)))
             end
         elseif t == "bytes" then
             add_bytes(tree, pf, tvb, a, fs, cap)
@@ -89,7 +89,7 @@ local function add_struct(tree, tvb, off, sname, limit, cap, vals)
     return subs
 end
 
-local function dirents(tree, tvb, off, e, cap, plus, vals)
+local function dirents(tree, tvb, off, e, cap, plus)
     local list = tree:add(tvb(math.min(off, cap), 0), "entries")
     local n = 0
     local hs = plus and DIRENTPLUS_SIZE or DIRENT_SIZE
@@ -200,7 +200,7 @@ local function dissect_parts(tree, tvb, off, e, cap, parts, vals)
             if not counted(tree, tvb, off, e, cap, p, vals) then return false end
             off = e
         elseif k == "dirents" then
-            if not dirents(tree, tvb, off, e, cap, p[2], vals) then return false end
+            if not dirents(tree, tvb, off, e, cap, p[2]) then return false end
             off = e
         elseif k == "ioctl_out" then
             if vals.flags == nil then tree:add("in_iov: [truncated]"); return true end
