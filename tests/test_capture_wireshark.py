@@ -453,6 +453,19 @@ def test_plugin_is_generated_from_the_schema(plugin):
         lua_plugin(1)
 
 
+def test_a_new_struct_field_reaches_the_plugin(monkeypatch):
+    """Nothing names a field by hand: a field added to a struct declaration shows up."""
+    from construct import Int32ul, Struct
+
+    from fuseproto.wire import structs
+
+    grown = Struct(*structs.ALL["fuse_poll_out"].subcons, "revents2" / Int32ul)
+    monkeypatch.setitem(structs.ALL, "fuse_poll_out", grown)
+    src = lua_plugin()
+    assert 'ProtoField.uint32("fuse.poll_out.revents2", "revents2", base.DEC)' in src
+    assert '{"revents2", "u32", 8, 4, FL[' in src
+
+
 def test_cli_writes_the_plugin(plugin, tmp_path, monkeypatch, capsys):
     out = tmp_path / "p.lua"
     assert cli_main(["wireshark", "-o", str(out)]) == 0
