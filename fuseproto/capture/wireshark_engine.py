@@ -16,7 +16,8 @@ ENGINE = r"""
 -- fuseproto.capture.wireshark from the schema (S: struct layouts, P: body part lists,
 -- REQ/REP/NOT: which parts a body has); nothing below names a field of fuse.h.
 
-local band = bit32.band
+-- bit32 in Wireshark's Lua 5.2; Lua 5.3+ has the & operator (a syntax error in 5.2: load it).
+local band = (bit32 and bit32.band) or load("return function(a, b) return a & b end")()
 
 local function err(item, fmt, ...)
     item:add_proto_expert_info(EX.malformed, string.format(fmt, ...))
