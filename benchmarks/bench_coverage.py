@@ -8,7 +8,9 @@ Same machine, same seconds, one run, one after the other (never two daemons at o
    picked more often), then for the same time with the outcome-class heuristic alone
    (``feedback="outcome"``: the map is still read, to count, but steers nothing). Both
    start from the seeds only (no saved corpus) with the same seed. Printed: the edges each
-   reached, at 25/50/100% of the time, and the ratio (goal >= 1.5x);
+   reached, at 25/50/100% of the time, and the ratio (goal >= 1.5x), and the same for
+   the edges added after the seeds had run (``seeds``: both arms send the same seeds
+   first, which light most of what single requests ever reach);
 2. **requests/s**: the same loop for ``--rate-seconds`` (default 20) against
    ``c-asan-cov`` (edges read after every request) and against the packaged ``c`` build
    (plain): the price of ASan + UBSan + coverage, as a ratio.
@@ -50,6 +52,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
     return {"feedback": feedback, "daemon": inst.variant, "seconds": round(st.seconds, 1),
             "requests": st.requests, "per_second": round(st.per_second, 1),
             "edges": e.get("edges", 0), "guards": e.get("guards", 0),
+            "seed_edges": st.seed_edges,
             "edges_25": _edges_at(tl, seconds / 4), "edges_50": _edges_at(tl, seconds / 2),
             "outcome_classes": st.outcome_classes, "corpus": st.corpus_size,
             "findings": len(store), "starts": st.starts}
@@ -75,17 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
           f"({inst.instrumentation}), seed {a.seed}")
     arms = [run_arm(inst, a.seconds, a.seed, fb, a.sequences) for fb in ("coverage", "outcome")]
-    print(f"{'feedback':10s} {'edges':>7s} {'@25%':>7s} {'@50%':>7s} {'guards':>7s} "
-          f"{'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} {'findings':>8s}")
+    print(f"{'feedback':10s} {'edges':>7s} {'seeds':>7s} {'@25%':>7s} {'@50%':>7s} "
+          f"{'guards':>7s} {'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} "
+          f"{'findings':>8s}")
     for r in arms:
-        print(f"{r['feedback']:10s} {r['edges']:7d} {r['edges_25']:7d} {r['edges_50']:7d} "
-              f"{r['guards']:7d} {r['requests']:9d} {r['per_second']:7.0f} "
-              f"{r['outcome_classes']:8d} {r['corpus']:7d} {r['findings']:8d}")
+        print(f"{r['feedback']:10s} {r['edges']:7d} {r['seed_edges']:7d} {r['edges_25']:7d} "
+              f"{r['edges_50']:7d} {r['guards']:7d} {r['requests']:9d} "
+              f"{r['per_second']:7.0f} {r['outcome_classes']:8d} {r['corpus']:7d} "
+              f"{r['findings']:8d}")
     cov, out = arms
     ratio = cov["edges"] / out["edges"] if out["edges"] else float("inf")
-    print(f"edge ratio coverage / outcome-class: {ratio:.2f}x (goal >= 1.5x)")
+    # What the mutations added beyond the seeds' own edges (the seeds are the same in both).
+    gain = [r["edges"] - r["seed_edges"] for r in arms]
+    gain_ratio = gain[0] / gain[1] if gain[1] > 0 else float("inf")
+    print(f"edge ratio coverage / outcome-class: {ratio:.2f}x (goal >= 1.5x); edges added "
+          f"after the seeds: {gain[0]} vs {gain[1]} ({gain_ratio:.2f}x)")
     result: dict[str, Any] = {"seconds": a.seconds, "mode": mode, "arms": arms,
-                              "edge_ratio": round(ratio, 3)}
+                              "edge_ratio": round(ratio, 3),
+                              "gain_ratio": round(gain_ratio, 3)}
     if a.rate_seconds > 0:
         plain = daemons.find("c") or daemons.install("c")
         print(f"== requests/s in the live loop, {a.rate_seconds:.0f} s each")

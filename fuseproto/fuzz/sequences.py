@@ -495,6 +495,8 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                     seen_depth.add(key)
                     new = True
                 edges = fb.new_edges()
+                if not pending and not stats.seed_edges:
+                    stats.seed_edges = fb.map.seen if fb.measured else 0
                 if fb.steering and edges:
                     doc = json.dumps(program_to_json(prog), sort_keys=True).encode()
                     if corpus.add(prog, energy_for(edges)) and Corpus.save(cdir, doc, ".json"):
@@ -503,6 +505,8 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                     corpus.add(prog)
             stats.starts = h.starts
         stats.edges = fb.summary()
+        if stats.edges:
+            stats.edges["seed_edges"] = stats.seed_edges
     finally:
         fb.close()
     stats.seconds = time.monotonic() - t0

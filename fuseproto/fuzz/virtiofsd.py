@@ -65,6 +65,7 @@ class DaemonStats:
     # The daemon's edges (EdgeFeedback.summary()): guards, edges, timeline, feedback;
     # empty when the daemon is not instrumented.
     edges: dict[str, Any] = field(default_factory=dict)
+    seed_edges: int = 0  # daemon edges once the seeds (and saved inputs) had all run
     corpus_loaded: int = 0  # inputs read back from the corpus directory
     corpus_saved: int = 0  # inputs written to it
 
@@ -174,6 +175,8 @@ def fuzz_daemon(
                 new = out.cls not in stats.classes
                 stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                 edges = fb.new_edges()
+                if not pending_seeds and not stats.seed_edges:
+                    stats.seed_edges = fb.map.seen if fb.measured else 0
                 if out.finding is not None:
                     f = record_finding(stats, store, h, label, out)
                     features = {_feature(data)}
@@ -205,6 +208,8 @@ def fuzz_daemon(
             stats.starts = h.starts
             stats.corpus_size = len(corpus)
         stats.edges = fb.summary()
+        if stats.edges:
+            stats.edges["seed_edges"] = stats.seed_edges
     finally:
         fb.close()
     stats.seconds = time.monotonic() - t0
