@@ -530,3 +530,19 @@ def test_cli_filters_by_nodeid_unique_and_errno(sample):
     assert len(both) == 4 and all("FUSE_LOOKUP" in ln for ln in both)
     bad = cli(str(sample), "--errno", "ENOTANERRNO", check_rc=2)
     assert "unknown errno" in bad.stderr
+
+
+def test_a_cut_request_still_pairs_and_checks_its_reply(tmp_path):
+    """A READ request cut inside fuse_read_in: shown as far as captured, but the session
+    keeps the whole request, so its (uncut) reply pairs and is checked against its size."""
+    req = codec.encode_request(OP.FUSE_READ, {"fh": 1, "offset": 0, "size": 4096}, unique=2,
+                               nodeid=5)
+    rep = codec.encode_reply(OP.FUSE_READ, {"data": b"abc"}, unique=2)
+    path = tmp_path / "cutreq.pcap"
+    with PcapWriter(path, LINKTYPE_FUSE, snaplen=16 + 40 + 18) as w:
+        w.write(pack_frame(0, 1, req), 0)
+        w.write(pack_frame(1, 1, rep), 1)
+    r, m = decode_capture(path)
+    assert r.truncated and r.error is None and r.message.body.fh == 1
+    assert r.message.body.size is TRUNCATED  # body bytes 16..20; cut at 18
+    assert m.error is None and m.paired and m.message.body.data == b"abc"

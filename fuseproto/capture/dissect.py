@@ -277,8 +277,15 @@ def _decode_truncated(m: CapturedMessage, orig_len: int, session: Session | None
             other = codec.decode_notification(ones)
     except DecodeError:
         other = None
-    body = msg.body
-    msg.body = TRUNCATED if other is None else _captured_part(body, other.body)
+    # A new object for what is shown: the session still holds the request decoded with
+    # zeros for the missing bytes (its size checks and pairing need whole values).
+    body = TRUNCATED if other is None else _captured_part(msg.body, other.body)
+    if isinstance(msg, codec.Request):
+        m.message = codec.Request(msg.header, msg.opcode, body, msg.ext, msg.raw)
+    elif isinstance(msg, codec.Reply):
+        m.message = codec.Reply(msg.header, msg.opcode, body, msg.raw, msg.request)
+    else:
+        m.message = codec.Notification(msg.header, msg.code, body, msg.raw)
 
 
 def msg_minor(session: Session | None, minor: int) -> int:

@@ -509,8 +509,10 @@ def _tree(m: Any) -> str:
         walk(hdr_name, m.header, 1)
     msg = m.message
     if msg is not None and msg.body is not None:
-        walk("body", msg.body if isinstance(msg.body, Mapping | bytes | bytearray)
-             else {"value": msg.body}, 1)
+        if isinstance(msg.body, Mapping | bytes | bytearray):
+            walk("body", msg.body, 1)
+        else:  # a body nothing of which was captured ([truncated])
+            lines.append(f"    body: {msg.body!r}")
         if getattr(msg, "ext", None):
             walk("extensions", list(msg.ext), 1)
     if m.truncated:
