@@ -18,9 +18,17 @@ Variants (:data:`VARIANTS`), all of protocol kind ``c``:
   (``csrc/cov_runtime.c``: the edge map named by ``FUSEPROTO_COV_MAP``) and our seccomp
   widening (``csrc/sanitizer_sandbox.c``, ``-Wl,--wrap=seccomp_load``);
 * ``c-asan-cov-planted``: the same objects relinked once more with a planted memory error
-  (``csrc/planted_bug.c``, ``-Wl,--wrap=fstatvfs64``), for tests only.
+  (``csrc/planted_bug.c``, ``-Wl,--wrap=fstatvfs64``), for tests only;
+* ``c-dax`` / ``c-dax-asan-cov``: c-src / c-asan-cov built from a copy of the source with
+  our DAX patch applied (``csrc/dax/*.patch``: FUSE_SETUPMAPPING / FUSE_REMOVEMAPPING
+  carried out through the vhost-user backend channel's FS_MAP / FS_UNMAP; ``-o dax``
+  turns it on). The copy (``source/qemu-<version>+<variant>/``) is hard links to the
+  plain source but for the patched files, which are real copies: the plain source stays
+  untouched. A changed patch re-patches the copy and re-runs ninja in the kept tree
+  (only the changed files recompile).
 
-Layout under ``daemons_dir()/builds/``: ``source/qemu-<version>/`` (the unpacked source),
+Layout under ``daemons_dir()/builds/``: ``source/qemu-<version>/`` (the unpacked source;
+``+<variant>`` for a patched copy),
 ``tree/<variant>/`` (QEMU's build directory, kept so a relink costs seconds), and
 ``<variant>-<version>/`` with ``virtiofsd``, ``daemon.json`` (the
 :class:`~fuseproto.daemons.install.Installation`), ``build.json`` (the recipe and step
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -110,11 +119,26 @@ class Variant:
     tree: str = ""  # the build tree (another variant's to share its objects); "": own
     extras: tuple[Extra, ...] = ()
     test_only: bool = False
+    patches: tuple[str, ...] = ()  # csrc/ patches applied (-p1) to a copy of the source
+
+    @property
+    def patch_digest(self) -> str:
+        """sha256 of the patches, in order ("" without patches)."""
+        if not self.patches:
+            return ""
+        h = hashlib.sha256()
+        for p in self.patches:
+            h.update((CSRC / p).read_bytes())
+        return h.hexdigest()
 
     @property
     def tree_name(self) -> str:
         return self.tree or self.name
 
+
+# Our DAX implementation (see the patch's header for what it does).
+DAX_PATCHES = ("dax/0001-dax.patch",)
+DAX_OPTIONS = ("-o", "dax")  # the daemon argument that turns it on
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("c-src", "gcc, Debian 12's flags (a control)", "gcc", DEBIAN_CFLAGS,
@@ -125,11 +149,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("c-asan-cov-planted", "c-asan-cov + a planted heap overflow (tests only)",
             "clang", SANITIZE_CFLAGS, (SANITIZE,), "asan+ubsan+sancov", tree="c-asan-cov",
             extras=(COV_RUNTIME, SANITIZER_SANDBOX, PLANTED_BUG), test_only=True),
+    Variant("c-dax", "c-src + our DAX patch (-o dax)", "gcc", DEBIAN_CFLAGS,
+            DEBIAN_LDFLAGS, patches=DAX_PATCHES),
+    Variant("c-dax-asan-cov", "c-asan-cov + our DAX patch (-o dax)", "clang",
+            SANITIZE_CFLAGS, (SANITIZE,), "asan+ubsan+sancov",
+            extras=(COV_RUNTIME, SANITIZER_SANDBOX), patches=DAX_PATCHES),
 )}
-DEFAULT_BUILDS = ("c-src", "c-asan-cov")
+DEFAULT_BUILDS = ("c-src", "c-asan-cov", "c-dax")
 # Programs a build runs, and the Debian packages they come from.
 TOOLS = {"gcc": "gcc", "clang": "clang", "ninja": "ninja-build", "meson": "meson",
-         "pkg-config": "pkg-config", "dpkg-source": "dpkg-dev", "python3": "python3"}
+         "pkg-config": "pkg-config", "dpkg-source": "dpkg-dev", "python3": "python3",
+         "patch": "patch"}
 
 
 def builds_dir() -> Path:
@@ -147,12 +177,12 @@ def build(variant: str, *, jobs: int | None = None) -> Installation:
     if spec is None:
         raise DaemonError(f"unknown build variant {variant!r} (one of {', '.join(VARIANTS)})")
     existing = find(variant)
-    if existing is not None:
+    if existing is not None and not _stale(spec, existing):
         return existing
     builds_dir().mkdir(parents=True, exist_ok=True)
     with _locked(builds_dir() / ".lock"):
         existing = find(variant)
-        if existing is not None:
+        if existing is not None and not _stale(spec, existing):
             return existing
         _check_tools(spec)
         log_path = builds_dir() / f"{variant}.log"
@@ -218,9 +248,22 @@ class _Steps:
                            f"log {self.log_path}, its tail:\n{tail}")
 
 
+def _stale(spec: Variant, inst: Installation) -> bool:
+    """A patched variant whose build.json names other patches than csrc/ holds now."""
+    if not spec.patches:
+        return False
+    try:
+        built = json.loads((Path(inst.root) / "build.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return bool(built.get("patch_sha256") != spec.patch_digest)
+
+
 def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
     t0 = time.monotonic()
     src = _source(steps)
+    if spec.patches:
+        src = _patched_source(spec, src, steps)
     tree = _tree(VARIANTS[spec.tree_name], src, steps, jobs)
     final = install_dir(spec.name)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=builds_dir()))
@@ -282,12 +325,63 @@ def _source(steps: _Steps) -> Path:
     return dest
 
 
+def _patch_files(patch: Path) -> set[str]:
+    """The files a -p1 patch changes."""
+    return {line[6:].split("\t")[0].strip() for line in patch.read_text().splitlines()
+            if line.startswith("+++ b/")}
+
+
+def _patched_source(spec: Variant, src: Path, steps: _Steps) -> Path:
+    """``src`` with ``spec.patches`` applied, as a copy made of hard links but for the
+    patched files (kept; made again when the patches change, the files touched by the
+    old or the new patches getting a new mtime so that ninja recompiles them)."""
+    dest = src.with_name(f"{src.name}+{spec.tree_name}")
+    stamp = dest / ".fuseproto-patches.json"
+    digest = spec.patch_digest
+    old: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads(stamp.read_text())
+    if old.get("sha256") == digest:
+        return dest
+    files: set[str] = set()
+    for p in spec.patches:
+        files |= _patch_files(CSRC / p)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    steps.run("copy source", ["cp", "-al", str(src), str(tmp)], src.parent)
+    try:
+        for rel in sorted(files):  # a real copy: patching must not write through a link
+            target = tmp / rel
+            if target.exists():
+                target.unlink()
+                shutil.copy2(src / rel, target)
+        for p in spec.patches:
+            steps.run(f"patch {p}", ["patch", "-p1", "--forward", "--no-backup-if-mismatch",
+                                     "-i", str(CSRC / p)], tmp)
+        now = time.time()
+        for rel in sorted(files | set(old.get("files", []))):
+            if (tmp / rel).exists():
+                if rel not in files:  # back to the plain file: a copy, then a new mtime
+                    (tmp / rel).unlink()
+                    shutil.copy2(src / rel, tmp / rel)
+                os.utime(tmp / rel, (now, now))
+        (tmp / stamp.name).write_text(json.dumps({"sha256": digest, "patches": spec.patches,
+                                                  "files": sorted(files)}, indent=2) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def _tree(spec: Variant, src: Path, steps: _Steps, jobs: int) -> Path:
     """QEMU's build directory for ``spec``, configured and with virtiofsd built (kept:
     a stamp file marks it complete; an incomplete one is started over)."""
     tree = builds_dir() / "tree" / spec.name
     stamp = tree / "fuseproto-built"
     if stamp.exists() and (tree / TARGET).exists():
+        if spec.patches:  # the patched copy may have changed: ninja rebuilds what did
+            steps.run("ninja", ["ninja", "-j", str(jobs), TARGET], tree)
         return tree
     if tree.exists():
         shutil.rmtree(tree)
@@ -355,6 +449,8 @@ def _recipe(spec: Variant, src: Path, link_extra: list[str], steps: _Steps, bina
         "steps": steps.times,
         "size": binary.stat().st_size,
         "test_only": spec.test_only,
+        "patches": list(spec.patches),
+        "patch_sha256": spec.patch_digest,
     }
 
 
@@ -367,6 +463,8 @@ def _first_line(argv: list[str]) -> str:
 
 def _check_tools(spec: Variant) -> None:
     needed = [spec.cc, "ninja", "meson", "pkg-config", "dpkg-source", "python3"]
+    if spec.patches:
+        needed.append("patch")
     missing = sorted({TOOLS[t] for t in needed if shutil.which(t) is None})
     if missing:
         raise DaemonError(f"building {spec.name} needs the Debian package(s) "
