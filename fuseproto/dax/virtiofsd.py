@@ -12,19 +12,84 @@ mapping (resolving the node id to the host file), or the vhost-user backend chan
 hands it the daemon's fd (``MmapDevice.map_fd``).
 
 :class:`ClientBackend` is the :class:`~fuseproto.dax.host.FuseBackend` of a live daemon.
+
+Against a daemon that implements DAX (the source build ``c-dax``, run with ``-o dax``):
+:class:`DeviceTarget` lets the vhost-user backend channel's
+:class:`~fuseproto.transport.backend.DaxMapHandler` map what the daemon asks into a
+:class:`~fuseproto.dax.device.MmapDevice` (the real window, and its extent map), so the
+device's mappings are the daemon's own, not a mirror; ``VirtiofsdDevice(...,
+record=handler, mirror=False)`` pairs each DAX request with the backend requests it
+caused (:attr:`VirtiofsdDevice.log`), and :func:`check_backend_record` checks the
+invariants on that record (:func:`open_dax_daemon` sets all of it up).
 """
 
 from __future__ import annotations
 
 import errno
+import os
+from dataclasses import dataclass
 from typing import Any
 
-from fuseproto.errors import FuseError
+from fuseproto.client import DEFAULT_INIT_FLAGS, Client
+from fuseproto.errors import DaemonError, FuseError
+from fuseproto.transport.backend import ALL_ONES, BackendEvent, DaxMapHandler
+from fuseproto.transport.vhost_user import VhostUserTransport
+from fuseproto.transport.vhost_user_proto import (
+    VHOST_USER_FS_FLAG_MAP_W,
+    VhostUserBackendRequest,
+    VhostUserFSBackendMsg,
+)
+from fuseproto.wire.constants import InitFlags
 
-from .device import DeviceMapping, WindowDevice, WindowFault
-from .messages import DaxMessage
+from .device import DeviceMapping, MmapDevice, WindowDevice, WindowFault
+from .invariants import Violation
+from .messages import FLAG_READ, FLAG_WRITE, FUSE_SETUPMAPPING, DaxMessage
 
-__all__ = ["ClientBackend", "VirtiofsdDevice"]
+__all__ = ["ClientBackend", "DeviceTarget", "LiveDax", "RecordEntry", "VirtiofsdDevice",
+           "check_backend_record", "open_dax_daemon"]
+
+# INVARIANTS-style names of what check_backend_record checks on the backend record.
+RECORD_INVARIANTS: dict[str, str] = {
+    "alignment": "every FS_MAP / FS_UNMAP range is aligned to 2**map_alignment, len != 0",
+    "inside_window": "every mapped or unmapped range lies inside the window",
+    "no_overlap": "a map never covers part of a live mapping (only all of it, or none)",
+    "accounting": "mapped bytes from the record == the window's mapped pages; "
+    "mapped + free == total",
+    "handle_access": "the daemon never maps more access than the handle allows: no "
+    "writable map for a read-only handle, nor a map flag beyond the fd's access mode",
+    "unmap_all": "after DESTROY nothing is left mapped",
+}
+
+
+@dataclass(frozen=True)
+class RecordEntry:
+    """One DAX request sent to the daemon, its answer (0 or errno) and the
+    backend-channel requests the daemon sent while serving it."""
+
+    msg: DaxMessage
+    error: int
+    events: tuple[BackendEvent, ...]
+
+
+class DeviceTarget:
+    """The backend channel's map target over an :class:`MmapDevice`: the daemon's FS_MAP
+    goes to :meth:`MmapDevice.map_fd` (window and extent map), FS_UNMAP puts holes back
+    and drops the extents. Raises OSError for what the window refuses."""
+
+    def __init__(self, device: MmapDevice) -> None:
+        self.device = device
+        self.size = device.window_size
+
+    def map_fd(self, fd: int, fd_offset: int, offset: int, length: int,
+               writable: bool) -> None:
+        err = self.device.map_fd(fd, fd_offset, offset, length,
+                                 FLAG_READ | (FLAG_WRITE if writable else 0))
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def unmap(self, offset: int, length: int) -> None:
+        self.device.window.unmap(offset, length)
+        self.device.release_range(offset, offset + length)
 
 
 class VirtiofsdDevice(WindowDevice):
@@ -40,6 +105,7 @@ class VirtiofsdDevice(WindowDevice):
         window_size: int | None = None,
         map_alignment: int | None = 12,
         mirror: bool = True,
+        record: DaxMapHandler | None = None,
     ) -> None:
         size = window.window_size if window is not None else (window_size or 0)
         align = window.map_alignment if window is not None else map_alignment
@@ -48,14 +114,20 @@ class VirtiofsdDevice(WindowDevice):
         self.window = window
         self.mirror = mirror
         self.replies: dict[int, int] = {}  # errno -> count of daemon answers
+        # With a backend-channel handler: each request with the backend requests it caused.
+        self.record = record
+        self.log: list[RecordEntry] = []
 
     def submit(self, msg: DaxMessage) -> int:
         self.requests += 1
+        first = len(self.record.events) if self.record is not None else 0
         try:
             self.client.call(msg.opcode, msg.body, nodeid=msg.nodeid)
             err = 0
         except FuseError as e:
             err = e.errno or errno.EIO
+        if self.record is not None:
+            self.log.append(RecordEntry(msg, err, tuple(self.record.events[first:])))
         self.replies[err] = self.replies.get(err, 0) + 1
         if err:
             self.refused += 1
@@ -131,3 +203,172 @@ class ClientBackend:
             done += self.client.write(nodeid, fh, offset + done, data[done : done + self.max_read])
         self._sizes[nodeid] = max(self._sizes.get(nodeid, 0), offset + done)
         return done
+
+
+# ---- the backend-channel record as ground truth -------------------------------------------
+def _entries(ev: BackendEvent) -> list[tuple[int, int, int, int]]:
+    """(fd_offset, cache_offset, len, flags) of an FS_MAP / FS_UNMAP event, up to len 0."""
+    m = ev.payload
+    if not isinstance(m, VhostUserFSBackendMsg):
+        return []
+    out = []
+    for fo, co, ln, fl in zip(m.fd_offset, m.cache_offset, m.len, m.flags, strict=True):
+        if ln == 0:
+            break
+        out.append((fo, co, ln, fl))
+    return out
+
+
+def record_mappings(events: list[BackendEvent], window_size: int) -> dict[int, tuple[int, bool]]:
+    """What the record leaves mapped: start -> (end, writable), replaying the accepted
+    FS_MAP / FS_UNMAP requests."""
+    live: dict[int, tuple[int, bool]] = {}
+    R = VhostUserBackendRequest
+    for ev in events:
+        if ev.result != 0 or ev.request not in (R.FS_MAP, R.FS_UNMAP):
+            continue
+        for _fo, co, ln, fl in _entries(ev):
+            end = window_size if ln == ALL_ONES else co + ln
+            _carve(live, co, end)
+            if ev.request == R.FS_MAP:
+                live[co] = (end, bool(fl & VHOST_USER_FS_FLAG_MAP_W))
+    return live
+
+
+def _carve(live: dict[int, tuple[int, bool]], start: int, end: int) -> None:
+    for s0, (e0, w) in list(live.items()):
+        if s0 < end and start < e0:
+            del live[s0]
+            if s0 < start:
+                live[s0] = (start, w)
+            if e0 > end:
+                live[end] = (e0, w)
+
+
+def check_backend_record(
+    events: list[BackendEvent],
+    window_size: int,
+    map_alignment: int | None = 12,
+    *,
+    log: list[RecordEntry] | tuple[RecordEntry, ...] = (),
+    handle_access: dict[int, int] | None = None,
+    mapped_bytes: int | None = None,
+    expect_empty: bool = False,
+) -> list[Violation]:
+    """The invariants (:data:`RECORD_INVARIANTS`) on what the daemon actually asked the
+    frontend to map (``events``: a :class:`DaxMapHandler` record). ``log`` (from
+    :attr:`VirtiofsdDevice.log`) ties requests to the backend requests they caused and
+    ``handle_access`` gives each fh's open mode (os.O_RDONLY / O_RDWR) for
+    ``handle_access``; ``mapped_bytes``: what the window says is mapped (accounting);
+    ``expect_empty``: nothing may be left mapped (after DESTROY)."""
+    align = 1 << map_alignment if map_alignment is not None else 1
+    out: list[Violation] = []
+    R = VhostUserBackendRequest
+    names = {R.FS_MAP: "FS_MAP", R.FS_UNMAP: "FS_UNMAP"}
+    live: dict[int, tuple[int, bool]] = {}
+    for i, ev in enumerate(events):
+        if ev.request not in names:
+            continue
+        what = f"event {i} {names[R(ev.request)]}"
+        for fo, co, ln, fl in _entries(ev):
+            whole = ev.request == R.FS_UNMAP and ln == ALL_ONES
+            end = window_size if whole else co + ln
+            if fo % align or co % align or (not whole and ln % align):
+                out.append(Violation("alignment", f"{what} [{co:#x}, +{ln:#x}) file "
+                                                  f"{fo:#x} not aligned to {align:#x}"))
+            if end > window_size:
+                out.append(Violation("inside_window", f"{what} [{co:#x}, {end:#x}) beyond "
+                                                      f"the window ({window_size:#x})"))
+            if ev.request == R.FS_MAP:
+                writable = bool(fl & VHOST_USER_FS_FLAG_MAP_W)
+                if ev.fd_access == os.O_WRONLY or (writable and ev.fd_access != os.O_RDWR):
+                    out.append(Violation("handle_access", f"{what} flags {fl:#x} with an fd "
+                                                          f"of access mode {ev.fd_access}"))
+                if ev.result == 0:
+                    part = [(s0, e0) for s0, (e0, _w) in live.items()
+                            if s0 < end and co < e0 and (s0 < co or e0 > end)]
+                    if part:
+                        out.append(Violation("no_overlap", f"{what} [{co:#x}, {end:#x}) "
+                                                           f"covers part of {part}"))
+            if ev.result == 0:
+                _carve(live, co, end)
+                if ev.request == R.FS_MAP:
+                    live[co] = (end, bool(fl & VHOST_USER_FS_FLAG_MAP_W))
+    total = sum(e - s for s, (e, _w) in live.items())
+    if total > window_size:
+        out.append(Violation("accounting", f"mapped {total:#x} > window {window_size:#x}"))
+    if mapped_bytes is not None and mapped_bytes != total:
+        out.append(Violation("accounting", f"the record leaves {total:#x} bytes mapped, "
+                                           f"the window has {mapped_bytes:#x}"))
+    if expect_empty and live:
+        out.append(Violation("unmap_all", f"{len(live)} range(s) still mapped: "
+                                          f"{sorted((hex(s), hex(e)) for s, (e, _w) in live.items())[:8]}"))
+    for entry in log:
+        msg = entry.msg
+        if msg.opcode != FUSE_SETUPMAPPING or handle_access is None:
+            continue
+        mode = handle_access.get(msg.body.fh)
+        if mode is None or mode == os.O_RDWR:
+            continue
+        wants_write = bool(msg.body.flags & FLAG_WRITE)
+        maps_write = any(ev.request == R.FS_MAP and
+                         (any(fl & VHOST_USER_FS_FLAG_MAP_W for *_x, fl in _entries(ev))
+                          or ev.fd_access not in (None, os.O_RDONLY))
+                         for ev in entry.events)
+        if maps_write or (wants_write and entry.error == 0):
+            out.append(Violation("handle_access", f"a read-only handle (fh {msg.body.fh:#x}) "
+                                 f"got a writable mapping (answer {entry.error})",
+                                 message=msg.describe()))
+    return out
+
+
+@dataclass
+class LiveDax:
+    """A DAX-enabled daemon with the real window: :func:`open_dax_daemon`'s result."""
+
+    client: Any
+    window: MmapDevice
+    handler: DaxMapHandler
+    device: VirtiofsdDevice
+    map_alignment: int
+
+    def violations(self, **kw: Any) -> list[Violation]:
+        """:func:`check_backend_record` on this daemon's record and window."""
+        return check_backend_record(self.handler.events, self.window.window_size,
+                                    self.map_alignment, log=self.device.log,
+                                    mapped_bytes=self.window.window.mapped_pages()
+                                    * os.sysconf("SC_PAGE_SIZE"), **kw)
+
+    def close(self) -> None:
+        self.client.close()
+        self.window.close()
+
+
+def open_dax_daemon(installation: Any, shared_dir: str, window_size: int, *,
+                    daemon_args: list[str] | None = None, **spawn: Any) -> LiveDax:
+    """Start ``installation`` (``c-dax``) with ``-o dax -o dax_window=<window_size>`` on
+    ``shared_dir`` with a backend channel mapping into a new :class:`MmapDevice`, INIT it
+    offering FUSE_MAP_ALIGNMENT, and return the pieces. The window's extents are the
+    daemon's mappings (``mirror=False``)."""
+    window = MmapDevice(window_size)
+    handler = DaxMapHandler(DeviceTarget(window))
+    args = ["-o", "dax", "-o", f"dax_window={window_size}", *(daemon_args or [])]
+    try:
+        transport = VhostUserTransport.spawn(installation, shared_dir, daemon_args=args,
+                                             backend_handler=handler, **spawn)
+    except BaseException:
+        window.close()
+        raise
+    client = Client(transport)
+    try:
+        out = client.init(flags=DEFAULT_INIT_FLAGS | InitFlags.FUSE_MAP_ALIGNMENT)
+        if not out.flags & InitFlags.FUSE_MAP_ALIGNMENT:
+            raise DaemonError(f"{installation.binary} does not offer FUSE_MAP_ALIGNMENT "
+                              "(not c-dax, or no -o dax)")
+        align = int(out.map_alignment)
+    except BaseException:
+        client.close()
+        window.close()
+        raise
+    device = VirtiofsdDevice(client, window, mirror=False, record=handler)
+    return LiveDax(client, window, handler, device, align)

@@ -12,12 +12,19 @@ frontend owns and the guest sees as a virtio shared memory region
 
 Replies (a u64, 0 = success) are sent when the message sets NEED_REPLY. Messages and
 framing come from :mod:`.vhost_user_proto`.
+
+:class:`DaxMapHandler` records every request it receives (:attr:`DaxMapHandler.events`,
+with the access mode of the fd that came with it): that record is the ground truth of
+what the daemon mapped, which the DAX invariants check
+(:func:`fuseproto.dax.virtiofsd.check_backend_record`). The source build ``c-dax``
+(``fuseproto daemons build c-dax``, ``-o dax``) sends the legacy FS_MAP / FS_UNMAP.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -46,6 +53,20 @@ from .window import Window
 ALL_ONES = (1 << 64) - 1  # FS_UNMAP len: "to the end of the window"
 
 
+class MapTarget(Protocol):
+    """Where :class:`DaxMapHandler` maps: a :class:`~fuseproto.transport.window.Window`,
+    or an adapter that also keeps an extent map (``fuseproto.dax.virtiofsd.DeviceTarget``).
+    Both raise OSError for a range they refuse."""
+
+    @property
+    def size(self) -> int: ...
+
+    def map_fd(self, fd: int, fd_offset: int, offset: int, length: int,
+               writable: bool) -> None: ...
+
+    def unmap(self, offset: int, length: int) -> None: ...
+
+
 class BackendHandler(Protocol):
     """What :class:`BackendChannel` calls for each backend request: returns the u64
     result (0 = success, else an errno). The channel closes ``fds`` afterwards."""
@@ -55,24 +76,32 @@ class BackendHandler(Protocol):
 
 @dataclass
 class BackendEvent:
-    """One request the daemon sent on the backend channel, and our answer (0 = ok)."""
+    """One request the daemon sent on the backend channel, and our answer (0 = ok).
+    ``fd_access``: ``O_ACCMODE`` of the fd that came with it (os.O_RDONLY / O_WRONLY /
+    O_RDWR), None without one."""
 
     request: int
     payload: object
     result: int
+    fd_access: int | None = None
 
 
 @dataclass
 class DaxMapHandler:
-    """Handles map/unmap requests by mapping into ``window`` (shmid ``shmid`` only)."""
+    """Handles map/unmap requests by mapping into ``window`` (shmid ``shmid`` only), and
+    records each in :attr:`events` (a list: appended from the channel's thread)."""
 
-    window: Window
+    window: Window | MapTarget
     shmid: int = 0
     events: list[BackendEvent] = field(default_factory=list)
 
     def handle(self, request: int, payload: bytes, fds: list[int]) -> int:
         R = VhostUserBackendRequest
         m: object = payload
+        access = None
+        if fds:
+            with contextlib.suppress(OSError):
+                access = fcntl.fcntl(fds[0], fcntl.F_GETFL) & os.O_ACCMODE
         try:
             m = parse_payload(BACKEND_PAYLOADS, request, payload)
             if isinstance(m, VhostUserMMap):
@@ -85,7 +114,7 @@ class DaxMapHandler:
             result = errno.EINVAL
         except (ValueError, OSError) as e:
             result = getattr(e, "errno", None) or errno.EINVAL
-        self.events.append(BackendEvent(request, m, result))
+        self.events.append(BackendEvent(request, m, result, access))
         return result
 
     def _shmem(self, is_map: bool, m: VhostUserMMap, fds: list[int]) -> int:
