@@ -52,7 +52,9 @@ __all__ = ["ClientBackend", "DeviceTarget", "LiveDax", "RecordEntry", "Virtiofsd
 RECORD_INVARIANTS: dict[str, str] = {
     "alignment": "every FS_MAP / FS_UNMAP range is aligned to 2**map_alignment, len != 0",
     "inside_window": "every mapped or unmapped range lies inside the window",
-    "no_overlap": "a map never covers part of a live mapping (only all of it, or none)",
+    "exact_ranges": "an accepted SETUPMAPPING is mapped exactly as asked (one FS_MAP of "
+    "its foffset, moffset, len), an accepted REMOVEMAPPING unmaps exactly its entries; a "
+    "refused request maps and unmaps nothing",
     "accounting": "mapped bytes from the record == the window's mapped pages; "
     "mapped + free == total",
     "handle_access": "the daemon never maps more access than the handle allows: no "
@@ -79,11 +81,14 @@ class DeviceTarget:
     def __init__(self, device: MmapDevice) -> None:
         self.device = device
         self.size = device.window_size
+        # The node id of the request being served (VirtiofsdDevice.submit sets it): the
+        # owner of what gets mapped, which FS_MAP itself does not carry.
+        self.nodeid = 0
 
     def map_fd(self, fd: int, fd_offset: int, offset: int, length: int,
                writable: bool) -> None:
         err = self.device.map_fd(fd, fd_offset, offset, length,
-                                 FLAG_READ | (FLAG_WRITE if writable else 0))
+                                 FLAG_READ | (FLAG_WRITE if writable else 0), self.nodeid)
         if err:
             raise OSError(err, os.strerror(err))
 
@@ -120,7 +125,11 @@ class VirtiofsdDevice(WindowDevice):
 
     def submit(self, msg: DaxMessage) -> int:
         self.requests += 1
-        first = len(self.record.events) if self.record is not None else 0
+        first = 0
+        if self.record is not None:
+            first = len(self.record.events)
+            if isinstance(self.record.window, DeviceTarget):
+                self.record.window.nodeid = msg.nodeid
         try:
             self.client.call(msg.opcode, msg.body, nodeid=msg.nodeid)
             err = 0
@@ -284,12 +293,6 @@ def check_backend_record(
                 if ev.fd_access == os.O_WRONLY or (writable and ev.fd_access != os.O_RDWR):
                     out.append(Violation("handle_access", f"{what} flags {fl:#x} with an fd "
                                                           f"of access mode {ev.fd_access}"))
-                if ev.result == 0:
-                    part = [(s0, e0) for s0, (e0, _w) in live.items()
-                            if s0 < end and co < e0 and (s0 < co or e0 > end)]
-                    if part:
-                        out.append(Violation("no_overlap", f"{what} [{co:#x}, {end:#x}) "
-                                                           f"covers part of {part}"))
             if ev.result == 0:
                 _carve(live, co, end)
                 if ev.request == R.FS_MAP:
@@ -305,6 +308,7 @@ def check_backend_record(
                                           f"{sorted((hex(s), hex(e)) for s, (e, _w) in live.items())[:8]}"))
     for entry in log:
         msg = entry.msg
+        out += _exact(entry)
         if msg.opcode != FUSE_SETUPMAPPING or handle_access is None:
             continue
         mode = handle_access.get(msg.body.fh)
@@ -320,6 +324,28 @@ def check_backend_record(
                                  f"got a writable mapping (answer {entry.error})",
                                  message=msg.describe()))
     return out
+
+
+def _exact(entry: RecordEntry) -> list[Violation]:
+    """exact_ranges for one request: what its backend requests did vs what it asked."""
+    R = VhostUserBackendRequest
+    msg, b = entry.msg, entry.msg.body
+    maps = [e for ev in entry.events if ev.request == R.FS_MAP for e in _entries(ev)]
+    unmaps = [(co, ln) for ev in entry.events if ev.request == R.FS_UNMAP
+              for _fo, co, ln, _fl in _entries(ev)]
+    if entry.error:
+        want_maps: list[tuple[int, int, int]] = []
+        want_unmaps: list[tuple[int, int]] = []
+    elif msg.opcode == FUSE_SETUPMAPPING:
+        want_maps, want_unmaps = [(b.foffset, b.moffset, b.len)], []
+    else:
+        want_maps, want_unmaps = [], [(e.moffset, e.len) for e in b.entries]
+    got_maps = [(fo, co, ln) for fo, co, ln, _fl in maps]
+    if got_maps == want_maps and unmaps == want_unmaps:
+        return []
+    return [Violation("exact_ranges", f"answer {entry.error}: asked maps {want_maps} "
+                                      f"unmaps {want_unmaps}, the daemon sent maps "
+                                      f"{got_maps} unmaps {unmaps}", message=msg.describe())]
 
 
 @dataclass

@@ -1,0 +1,282 @@
+"""DAX against a real daemon: ``c-dax`` (QEMU 7.2's virtiofsd with our DAX patch, ``-o dax``).
+
+* The build is cached, keeps the plain source untouched, and without ``-o dax`` the
+  daemon answers SETUPMAPPING / REMOVEMAPPING with ENOSYS like c-src.
+* The OSv manager (default and aggressive) and the Linux manager serve reads through the
+  real window, which the daemon fills over the backend channel (FS_MAP with its fd): the
+  bytes equal the host file and FUSE_READ, also for a file larger than the window; the
+  invariants run on the backend-channel record (the daemon's actual mappings).
+* Refused requests get the right errno and map nothing; DESTROY unmaps everything.
+* Every record invariant can fail (fed a violation, it reports it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import pytest
+from fixtures_daemons import built_installation
+
+from fuseproto.client import Client
+from fuseproto.daemons.variants import SOURCE_VERSION, builds_dir, recipe
+from fuseproto.dax.invariants import DaxChecker
+from fuseproto.dax.linux import LinuxDaxManager
+from fuseproto.dax.messages import FLAG_READ, FLAG_WRITE, removemapping, setupmapping
+from fuseproto.dax.osv import OsvDaxManager
+from fuseproto.dax.virtiofsd import (
+    ClientBackend,
+    RecordEntry,
+    check_backend_record,
+    open_dax_daemon,
+)
+from fuseproto.errors import FuseError
+from fuseproto.transport.backend import ALL_ONES, BackendEvent
+from fuseproto.transport.vhost_user import VhostUserTransport
+from fuseproto.transport.vhost_user_proto import (
+    VHOST_USER_FS_FLAG_MAP_R,
+    VHOST_USER_FS_FLAG_MAP_W,
+    VhostUserBackendRequest,
+    VhostUserFSBackendMsg,
+)
+from fuseproto.wire.constants import FUSE_ROOT_ID, fuse_opcode
+
+pytestmark = pytest.mark.daemon
+
+MiB = 1 << 20
+WINDOW = 4 * MiB
+CHUNK = 256 * 1024
+R = VhostUserBackendRequest
+
+
+@pytest.fixture(scope="module")
+def cdax():
+    return built_installation("c-dax")
+
+
+class Files:
+    """Random files in ``shared_dir`` (one larger than the window), looked up and opened."""
+
+    def __init__(self, live, shared_dir: str, seed: int = 1):
+        rnd = random.Random(seed)
+        self.data: dict[int, bytes] = {}
+        self.fh: dict[int, int] = {}
+        self.live = live
+        sizes = [1, 4095, 100_000, 3 * MiB + 17, WINDOW + 2 * MiB + 5]
+        for i, size in enumerate(sizes):
+            path = os.path.join(shared_dir, f"file{i}")
+            with open(path, "wb") as f:
+                f.write(rnd.randbytes(size))
+            entry = live.client.lookup(FUSE_ROOT_ID, f"file{i}")
+            with open(path, "rb") as f:
+                self.data[entry.nodeid] = f.read()
+            self.fh[entry.nodeid] = live.client.open(entry.nodeid).fh
+        self.backend = ClientBackend(live.client)
+
+    def reads(self, count: int, seed: int = 2):
+        rnd = random.Random(seed)
+        ids = list(self.data)
+        for _ in range(count):
+            n = rnd.choice(ids)
+            size = len(self.data[n])
+            yield n, rnd.randrange(0, size + 10), rnd.choice([1, 100, 4096, 70_000, 600_000])
+
+
+@pytest.fixture
+def live(no_leaks, cdax, shared_dir):
+    lv = open_dax_daemon(cdax, shared_dir, WINDOW)
+    try:
+        yield lv
+    finally:
+        lv.close()
+
+
+def _errno(fn) -> int:
+    try:
+        fn()
+    except FuseError as e:
+        return e.errno
+    return 0
+
+
+def test_build_is_cached_and_the_plain_source_untouched(cdax):
+    assert cdax.variant == "c-dax"
+    rec = recipe("c-dax")
+    assert rec is not None and rec["patches"] and len(rec["patch_sha256"]) == 64
+    assert built_installation("c-dax") is cdax
+    version = SOURCE_VERSION.split(":", 1)[-1]
+    plain = builds_dir() / "source" / f"qemu-{version}" / "tools/virtiofsd/fuse_lowlevel.c"
+    patched = plain.parents[2].with_name(f"qemu-{version}+c-dax") / "tools/virtiofsd"
+    assert "fuseproto c-dax" not in plain.read_text()
+    assert "fuseproto c-dax" in (patched / "fuse_lowlevel.c").read_text()
+
+
+def test_without_the_option_it_answers_enosys_like_c_src(no_leaks, cdax, shared_dir):
+    with open(os.path.join(shared_dir, "f"), "wb") as f:
+        f.write(bytes(8192))
+    client = Client(VhostUserTransport.spawn(cdax, shared_dir))
+    try:
+        from fuseproto.client import DEFAULT_INIT_FLAGS
+        from fuseproto.wire.constants import InitFlags
+
+        out = client.init(flags=DEFAULT_INIT_FLAGS | InitFlags.FUSE_MAP_ALIGNMENT)
+        assert not out.flags & InitFlags.FUSE_MAP_ALIGNMENT
+        n = client.lookup(FUSE_ROOT_ID, "f").nodeid
+        fh = client.open(n).fh
+        msg = setupmapping(n, fh=fh, foffset=0, length=4096, moffset=0, flags=FLAG_READ)
+        assert _errno(lambda: client.call(msg.opcode, msg.body, nodeid=n)) == errno.ENOSYS
+        rm = removemapping(0, [(0, 4096)])
+        assert _errno(lambda: client.call(rm.opcode, rm.body)) == errno.ENOSYS
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("config", ["osv", "osv-aggressive", "linux"])
+def test_managers_read_through_the_real_window(live, shared_dir, config):
+    files = Files(live, shared_dir)
+    if config == "linux":
+        mgr = LinuxDaxManager(live.device, files.backend, range_shift=18)
+    else:
+        mgr = OsvDaxManager(live.device, files.backend, chunk_size=CHUNK,
+                            aggressive=config == "osv-aggressive")
+    checker = DaxChecker.for_manager(mgr, oracle=lambda n, o, s: files.data[n][o : o + s])
+    compared = 0
+    for n, off, size in files.reads(300, seed=7):
+        want = files.data[n][off : off + size]
+        assert live.client.read(n, files.fh[n], off, size) == want  # FUSE_READ agrees
+        got = b""
+        while len(got) < len(want):  # the application's read loop (OSv reads short)
+            res = mgr.read(n, off + len(got), size - len(got), fh=files.fh[n])
+            assert not res.fell_back and not res.error, res
+            if not res.data:
+                break
+            got += bytes(res.data)
+        assert got == want, (n, off, size)
+        compared += len(want)
+    checker.check_state()
+    assert compared > MiB and mgr.stats.dax_bytes == compared
+    assert set(live.device.replies) == {0}
+    maps = [e for e in live.handler.events if e.request == R.FS_MAP]
+    assert maps and all(e.result == 0 and e.fd_access == os.O_RDONLY for e in maps)
+    assert live.violations(handle_access={fh: os.O_RDONLY for fh in files.fh.values()}) == []
+    # The device's extent map is the record's: what the manager believes is mapped is.
+    for v in mgr.view() if hasattr(mgr, "view") else []:
+        assert live.window.mapping_at(v.moffset) is not None
+
+
+def test_refused_requests_get_the_right_errno_and_map_nothing(live, shared_dir):
+    with open(os.path.join(shared_dir, "f"), "wb") as f:
+        f.write(os.urandom(64 * 1024))
+    c = live.client
+    n = c.lookup(FUSE_ROOT_ID, "f").nodeid
+    ro = c.open(n, os.O_RDONLY).fh
+
+    def setup(**kw):
+        args = dict(fh=ro, foffset=0, length=4096, moffset=0, flags=FLAG_READ) | kw
+        msg = setupmapping(n, **args)
+        return _errno(lambda: c.call(msg.opcode, msg.body, nodeid=n))
+
+    assert setup(foffset=100) == errno.EINVAL  # misaligned file offset
+    assert setup(moffset=512) == errno.EINVAL  # misaligned window offset
+    assert setup(length=1000) == errno.EINVAL  # misaligned length
+    assert setup(length=0) == errno.EINVAL
+    assert setup(moffset=WINDOW - 4096, length=8192) == errno.EINVAL  # past the window end
+    assert setup(flags=FLAG_READ | 4) == errno.EINVAL  # an unknown flag
+    assert setup(foffset=(1 << 64) - 4096, length=8192) == errno.EINVAL  # wraps around
+    assert setup(flags=FLAG_READ | FLAG_WRITE) == errno.EACCES  # read-only handle, write
+    assert setup(fh=0xDEAD) == errno.EBADF  # no such handle
+
+    def remove(entries, count=None):
+        msg = removemapping(0, entries, count=count)
+        if count is None and len(entries) <= 256:
+            return _errno(lambda: c.call(msg.opcode, msg.body))
+        return _errno(lambda: c.result(c.submit_unchecked(msg.opcode, msg.body)))
+
+    assert remove([(0, 4096)], count=2) == errno.EINVAL  # count says more than follows
+    assert remove([(0, 4096), (8192, 4096)], count=1) == errno.EINVAL  # fewer
+    assert remove([(0, 4096)] * 257) == errno.EINVAL  # more than one page of entries
+    assert remove([(0, 4096), (100, 4096)]) == errno.EINVAL  # one entry misaligned
+    assert remove([(WINDOW, 4096)]) == errno.EINVAL  # outside the window
+    assert live.handler.events == []  # nothing reached the frontend
+    # A read-write handle may map writable; the fd the frontend receives is O_RDWR, and a
+    # store through the window reaches the host file.
+    rw = c.open(n, os.O_RDWR).fh
+    assert setup(fh=rw, flags=FLAG_READ | FLAG_WRITE, moffset=8192) == 0
+    assert setup(fh=rw, flags=FLAG_READ, moffset=16384) == 0  # read-only asked: O_RDONLY
+    assert [e.fd_access for e in live.handler.events] == [os.O_RDWR, os.O_RDONLY]
+    live.window.write(8192 + 10, b"through DAX")
+    with open(os.path.join(shared_dir, "f"), "rb") as f:
+        assert f.read()[10:21] == b"through DAX"
+    assert remove([(8192, 4096), (16384, 4096)]) == 0
+    assert live.window.mappings() == []
+    assert live.violations(handle_access={ro: os.O_RDONLY, rw: os.O_RDWR}) == []
+
+
+def test_destroy_unmaps_everything(live, shared_dir):
+    with open(os.path.join(shared_dir, "f"), "wb") as f:
+        f.write(os.urandom(1 * MiB))
+    c = live.client
+    n = c.lookup(FUSE_ROOT_ID, "f").nodeid
+    fh = c.open(n).fh
+    for i in range(4):
+        msg = setupmapping(n, fh=fh, foffset=i * 65536, length=65536, moffset=i * MiB,
+                           flags=FLAG_READ)
+        assert live.device.submit(msg) == 0
+    assert len(live.window.mappings()) == 4 and live.window.window.mapped_pages() == 64
+    c.destroy()
+    assert live.window.mappings() == [] and live.window.window.mapped_pages() == 0
+    last = live.handler.events[-1]
+    assert last.request == R.FS_UNMAP and last.payload.len[0] == ALL_ONES
+    assert live.violations(expect_empty=True) == []
+
+
+# ---- every record invariant can fail ----------------------------------------------------
+def _ev(request, entries, result=0, fd_access=None):
+    cols = [[0] * 8 for _ in range(4)]
+    for i, entry in enumerate(entries):
+        for col, v in zip(cols, entry, strict=True):
+            col[i] = v
+    msg = VhostUserFSBackendMsg(*(tuple(c) for c in cols))
+    return BackendEvent(request, msg, result, fd_access)
+
+
+MAP_R, MAP_RW = VHOST_USER_FS_FLAG_MAP_R, VHOST_USER_FS_FLAG_MAP_R | VHOST_USER_FS_FLAG_MAP_W
+
+
+@pytest.mark.parametrize("name,events,kw", [
+    ("alignment", [_ev(R.FS_MAP, [(100, 0, 4096, MAP_R)], fd_access=os.O_RDONLY)], {}),
+    ("inside_window", [_ev(R.FS_MAP, [(0, WINDOW, 4096, MAP_R)], fd_access=os.O_RDONLY)], {}),
+    ("exact_ranges", [_ev(R.FS_MAP, [(0, 4096, 4096, MAP_R)], fd_access=os.O_RDONLY)],
+     {"log": [RecordEntry(setupmapping(5, fh=7, foffset=0, length=4096, moffset=0, flags=0),
+                          0, (_ev(R.FS_MAP, [(0, 4096, 4096, MAP_R)],
+                                  fd_access=os.O_RDONLY),))]}),
+    ("accounting", [_ev(R.FS_MAP, [(0, 0, 8192, MAP_R)], fd_access=os.O_RDONLY)],
+     {"mapped_bytes": 4096}),
+    ("unmap_all", [_ev(R.FS_MAP, [(0, 0, 8192, MAP_R)], fd_access=os.O_RDONLY)],
+     {"expect_empty": True}),
+    ("handle_access", [_ev(R.FS_MAP, [(0, 0, 4096, MAP_RW)], fd_access=os.O_RDONLY)], {}),
+])
+def test_each_record_invariant_can_fail(name, events, kw):
+    found = check_backend_record(events, WINDOW, 12, **kw)
+    assert [v.invariant for v in found] == [name], found
+    # ... and the unmap that follows clears what only the live state made wrong.
+    if name in ("accounting", "unmap_all"):
+        events = [*events, _ev(R.FS_UNMAP, [(0, 0, ALL_ONES, 0)])]
+        assert check_backend_record(events, WINDOW, 12, **kw | {"mapped_bytes": 0}) == []
+
+
+def test_a_writable_mapping_of_a_read_only_handle_is_reported():
+    """The daemon-side check: a SETUPMAPPING on a read-only handle that the daemon served
+    with a writable map (even with an O_RDWR fd it opened itself) is a violation."""
+    msg = setupmapping(5, fh=7, foffset=0, length=4096, moffset=0, flags=FLAG_READ | FLAG_WRITE)
+    ev = _ev(R.FS_MAP, [(0, 0, 4096, MAP_RW)], fd_access=os.O_RDWR)
+    log = [RecordEntry(msg, 0, (ev,))]
+    found = check_backend_record([ev], WINDOW, 12, log=log, handle_access={7: os.O_RDONLY})
+    assert [v.invariant for v in found] == ["handle_access"]
+    assert check_backend_record([ev], WINDOW, 12, log=log, handle_access={7: os.O_RDWR}) == []
+    # Refused (EACCES, nothing sent): fine.
+    refused = [RecordEntry(msg, errno.EACCES, ())]
+    assert check_backend_record([], WINDOW, 12, log=refused,
+                                handle_access={7: os.O_RDONLY}) == []
+    assert fuse_opcode.FUSE_SETUPMAPPING == msg.opcode
