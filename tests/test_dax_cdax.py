@@ -279,4 +279,4 @@ def test_a_writable_mapping_of_a_read_only_handle_is_reported():
     refused = [RecordEntry(msg, errno.EACCES, ())]
     assert check_backend_record([], WINDOW, 12, log=refused,
                                 handle_access={7: os.O_RDONLY}) == []
-    assert fuse_opcode.FUSE_SETUPMAPPING == msg.opcode
+    assert msg.opcode == fuse_opcode.FUSE_SETUPMAPPING
