@@ -280,3 +280,20 @@ def test_a_writable_mapping_of_a_read_only_handle_is_reported():
     assert check_backend_record([], WINDOW, 12, log=refused,
                                 handle_access={7: os.O_RDONLY}) == []
     assert msg.opcode == fuse_opcode.FUSE_SETUPMAPPING
+
+
+def test_disconnect_drops_every_mapping(no_leaks, cdax, shared_dir):
+    """No DESTROY: the connection ends with mappings live; the daemon exits cleanly and
+    the frontend's window is left with nothing mapped."""
+    with open(os.path.join(shared_dir, "f"), "wb") as f:
+        f.write(os.urandom(MiB))
+    live = open_dax_daemon(cdax, shared_dir, WINDOW)
+    try:
+        n = live.client.lookup(FUSE_ROOT_ID, "f").nodeid
+        fh = live.client.open(n).fh
+        msg = setupmapping(n, fh=fh, foffset=0, length=65536, moffset=MiB, flags=FLAG_READ)
+        assert live.device.submit(msg) == 0 and live.window.window.mapped_pages() == 16
+        live.client.close()
+        assert live.window.window.mapped_pages() == 0 and live.window.mappings() == []
+    finally:
+        live.close()

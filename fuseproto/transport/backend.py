@@ -117,6 +117,13 @@ class DaxMapHandler:
         self.events.append(BackendEvent(request, m, result, access))
         return result
 
+    def disconnected(self) -> None:
+        """The connection ended (:class:`BackendChannel` calls this when the channel
+        closes): the window's mappings die with it, as a VMM drops the DAX cache when the
+        daemon goes. Not recorded in :attr:`events` (nothing the daemon sent)."""
+        with contextlib.suppress(OSError):
+            self.window.unmap(0, self.window.size)
+
     def _shmem(self, is_map: bool, m: VhostUserMMap, fds: list[int]) -> int:
         if m.shmid != self.shmid or (is_map and not fds):
             return errno.EINVAL
@@ -161,8 +168,11 @@ class BackendChannel:
             while True:
                 try:
                     msg = recv_message(self.sock, what="backend request")
-                except TransportError:
-                    return  # peer closed: the daemon exited or we closed
+                except TransportError:  # peer closed: the daemon exited or we closed
+                    hook = getattr(self.handler, "disconnected", None)
+                    if hook is not None:
+                        hook()
+                    return
                 try:
                     result = self.handler.handle(msg.request, msg.payload, msg.fds)
                 finally:
