@@ -45,7 +45,8 @@ from .device import DeviceMapping, MmapDevice, WindowDevice, WindowFault
 from .invariants import Violation
 from .messages import FLAG_READ, FLAG_WRITE, FUSE_SETUPMAPPING, DaxMessage
 
-__all__ = ["ClientBackend", "DeviceTarget", "LiveDax", "RecordEntry", "VirtiofsdDevice",
+__all__ = ["RECORD_INVARIANTS", "ClientBackend", "DeviceTarget", "LiveDax", "RecordEntry",
+           "VirtiofsdDevice",
            "check_backend_record", "open_dax_daemon"]
 
 # INVARIANTS-style names of what check_backend_record checks on the backend record.
