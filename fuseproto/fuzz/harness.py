@@ -109,34 +109,18 @@ class SandboxedDaemon(daemons.Daemon):
 
 
 def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
-    """``c`` / ``rust`` (installed, or installed now), a built variant's name
-    (``c-asan-cov``, ``c-src``: :func:`fuseproto.daemons.find`; not built is a
-    DaemonError naming the command that builds it), or a path to a virtiofsd binary (or
-    a wrapper script that execs one); ``kind`` says which protocol dialect a path speaks
-    (default: :func:`fuseproto.daemons.detect_kind`)."""
-    if spec in daemons.KINDS:
-        return daemons.find(spec) or daemons.install(spec)
-    if _is_variant_name(spec):
-        found = daemons.find(spec)
-        if found is None:
-            raise DaemonError(f"daemon variant {spec!r} is not built (fuseproto daemons build "
-                              f"{spec}), and no file of that name exists")
-        return found
-    path = os.path.abspath(spec)
-    inst = daemons.Installation.from_path(path, kind)
-    inst.binary = path  # keep the path as given (a wrapper stays a wrapper)
-    return inst
-
-
-def _is_variant_name(spec: str) -> bool:
-    """A daemon name (``c-asan-cov``), not a path: no slash and no such file here."""
-    return "/" not in spec and not os.path.exists(spec)
+    """``c`` / ``rust`` (installed, or installed now), a build variant's name
+    (``c-asan-cov``, ``c-src``, ...: built now if it is not cached), or a path to a
+    virtiofsd binary (or a wrapper script that execs one, kept as given); ``kind`` says
+    which protocol dialect a path speaks (default: :func:`fuseproto.daemons.detect_kind`).
+    The daemons package's own resolver (:func:`fuseproto.daemons.resolve`)."""
+    return daemons.resolve(spec, kind)
 
 
 def daemon_label(spec: str, inst: daemons.Installation) -> str:
     """How findings and reports name a daemon: ``c``/``rust``, a variant's name
     (``c-asan-cov``), or ``kind:basename`` for a path."""
-    if spec in daemons.KINDS or _is_variant_name(spec):
+    if spec in daemons.KINDS or spec in daemons.VARIANTS:
         return spec
     return f"{inst.kind}:{os.path.basename(spec)}"
 
