@@ -334,3 +334,24 @@ def test_report_shows_daemon_edges_table_json_and_plot(tmp_path):
     report.write(CampaignResult(str(out2), time.time(), results=[plain]), out2)
     assert "No instrumented daemon was fuzzed" in (out2 / "report.md").read_text()
     assert not (out2 / "edges.png").exists()
+
+
+@pytest.mark.daemon
+def test_planted_signed_overflow_is_a_ubsan_finding(no_leaks):
+    """FUSEPROTO_PLANTED_BUG=signed-overflow: UBSan's "runtime error" in the same wrapper
+    is a ubsan finding (not the crash its abort status alone would say), named by the
+    message (numbers as N), its source line and the top frames."""
+    from fuseproto.fuzz.forensics import outcome_signature
+    from fuseproto.fuzz.harness import DaemonHarness
+    from fuseproto.wire import codec
+    from fuseproto.wire.constants import fuse_opcode as O
+
+    inst = _variant("c-asan-cov-planted")
+    with DaemonHarness(inst, env={"FUSEPROTO_PLANTED_BUG": "signed-overflow"}) as h:
+        h.unique += 2
+        out = h.send(codec.encode_request(O.FUSE_STATFS, None, unique=h.unique, nodeid=1))
+    assert out.finding == "ubsan", (out.cls, out.detail)
+    sig = outcome_signature("c-asan-cov-planted", out)
+    assert sig.startswith("ubsan:c-asan-cov-planted:signed integer overflow:"), sig
+    assert ":planted_bug.c:" in sig and ":__wrap_fstatvfs" in sig
+    assert "runtime error: signed integer overflow" in out.evidence["report"]
