@@ -305,3 +305,27 @@ def test_disconnect_drops_every_mapping(no_leaks, cdax, shared_dir):
         assert live.window.window.mapped_pages() == 0 and live.window.mappings() == []
     finally:
         live.close()
+
+
+def test_instrumented_build_serves_dax(no_leaks, shared_dir):
+    """c-dax-asan-cov (the patch under ASan + UBSan + coverage): the OSv manager's reads
+    through the real window, a refused request, DESTROY; no sanitizer report (the
+    daemon exits 0)."""
+    inst = built_installation("c-dax-asan-cov")
+    assert inst.instrumentation
+    live = open_dax_daemon(inst, shared_dir, WINDOW)
+    try:
+        files = Files(live, shared_dir)
+        mgr = OsvDaxManager(live.device, files.backend, chunk_size=CHUNK)
+        for n, off, size in files.reads(80, seed=3):
+            res = mgr.read(n, off, size, fh=files.fh[n])
+            assert not res.error and res.data == files.data[n][off : off + len(res.data)]
+        n = next(iter(files.fh))
+        bad = setupmapping(n, fh=files.fh[n], foffset=1, length=4096, moffset=0, flags=0)
+        assert live.device.submit(bad) == errno.EINVAL
+        live.client.destroy()
+        assert live.violations(expect_empty=True) == []
+        daemon = live.client.transport.daemon
+    finally:
+        live.close()
+    assert daemon.proc.returncode == 0

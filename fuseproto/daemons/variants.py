@@ -155,7 +155,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             SANITIZE_CFLAGS, (SANITIZE,), "asan+ubsan+sancov",
             extras=(COV_RUNTIME, SANITIZER_SANDBOX), patches=DAX_PATCHES),
 )}
-DEFAULT_BUILDS = ("c-src", "c-asan-cov", "c-dax")
+DEFAULT_BUILDS = ("c-src", "c-asan-cov", "c-dax", "c-dax-asan-cov")
 # Programs a build runs, and the Debian packages they come from.
 TOOLS = {"gcc": "gcc", "clang": "clang", "ninja": "ninja-build", "meson": "meson",
          "pkg-config": "pkg-config", "dpkg-source": "dpkg-dev", "python3": "python3",
