@@ -21,7 +21,8 @@ from fixtures_daemons import built_installation
 
 from fuseproto.client import Client
 from fuseproto.daemons.variants import SOURCE_VERSION, builds_dir, recipe
-from fuseproto.dax.invariants import DaxChecker
+from fuseproto.dax.device import MmapDevice
+from fuseproto.dax.invariants import DaxChecker, TraceRecord, check_trace
 from fuseproto.dax.linux import LinuxDaxManager
 from fuseproto.dax.messages import FLAG_READ, FLAG_WRITE, removemapping, setupmapping
 from fuseproto.dax.osv import OsvDaxManager
@@ -329,3 +330,64 @@ def test_instrumented_build_serves_dax(no_leaks, shared_dir):
     finally:
         live.close()
     assert daemon.proc.returncode == 0
+
+
+def test_files_changed_on_the_host(live, shared_dir):
+    """Documented outcome: the window maps the host file (MAP_SHARED), so an overwrite on
+    the host is visible through DAX at once, with no new mapping; after the host shrinks
+    the file, a read past the new end is not served from the window (EFAULT, never
+    SIGBUS) and falls back to FUSE_READ, which returns what the file now holds."""
+    path = os.path.join(shared_dir, "f")
+    with open(path, "wb") as f:
+        f.write(os.urandom(MiB))
+    n = live.client.lookup(FUSE_ROOT_ID, "f").nodeid
+    fh = live.client.open(n).fh
+    mgr = OsvDaxManager(live.device, ClientBackend(live.client), chunk_size=CHUNK)
+    assert not mgr.read(n, 0, 4096, fh=fh).error and mgr.stats.setupmapping == 1
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"X" * 50)
+    res = mgr.read(n, 0, 4096, fh=fh)
+    assert res.data[100:150] == b"X" * 50 and not res.fell_back
+    assert mgr.stats.setupmapping == 1
+    assert bytes(res.data) == live.client.read(n, fh, 0, 4096)
+    os.truncate(path, 8192)
+    res = mgr.read(n, 10000, 100, fh=fh)
+    assert res.fell_back and res.error == errno.EFAULT and res.data == b""
+    assert live.violations() == []
+
+
+def test_several_mounts_sharing_one_window(no_leaks, cdax, shared_dir):
+    """Documented outcome: two connections (two daemons, two managers) on one window,
+    each believing the whole window its own, map over each other: the record shows both
+    daemons' maps, check_trace on the two senders' messages reports the clash, and the
+    first mount then reads the second one's file through its stale belief."""
+    for name in ("a", "b"):
+        with open(os.path.join(shared_dir, name), "wb") as f:
+            f.write(os.urandom(MiB))
+    window = MmapDevice(WINDOW)
+    lives = []
+    try:
+        for _ in range(2):
+            lives.append(open_dax_daemon(cdax, shared_dir, WINDOW, window=window))
+        mgrs, nodes = [], []
+        for live, name in zip(lives, ("a", "b"), strict=True):
+            n = live.client.lookup(FUSE_ROOT_ID, name).nodeid
+            nodes.append((n, live.client.open(n).fh))
+            mgrs.append(OsvDaxManager(live.device, ClientBackend(live.client),
+                                      chunk_size=CHUNK, sender=f"mount-{name}"))
+        for mgr, (n, fh) in zip(mgrs, nodes, strict=True):
+            assert not mgr.read(n, 0, 4096, fh=fh).error
+        assert all(any(e.request == R.FS_MAP for e in lv.handler.events) for lv in lives)
+        records = [TraceRecord(e.msg.sender, e.msg.raw, e.error)
+                   for lv in lives for e in lv.device.log]
+        found = check_trace(records, WINDOW, 12)
+        assert [v.invariant for v in found] == ["cross_manager_overlap"], found
+        # ... and mount a, re-reading, is served mount b's file: the window is b's now.
+        (na, fha), (nb, fhb) = nodes
+        with open(os.path.join(shared_dir, "b"), "rb") as f:
+            assert bytes(mgrs[0].read(na, 0, 4096, fh=fha).data) == f.read(4096)
+    finally:
+        for live in lives:
+            live.close()
+        window.close()

@@ -86,14 +86,23 @@ class DeviceTarget:
         # owner of what gets mapped, which FS_MAP itself does not carry.
         self.nodeid = 0
 
+    @property
+    def closed(self) -> bool:
+        """The device's window was given back (no map or unmap may touch it now)."""
+        return self.device.window.base == 0
+
     def map_fd(self, fd: int, fd_offset: int, offset: int, length: int,
                writable: bool) -> None:
+        if self.closed:
+            raise OSError(errno.EBADF, "the window is closed")
         err = self.device.map_fd(fd, fd_offset, offset, length,
                                  FLAG_READ | (FLAG_WRITE if writable else 0), self.nodeid)
         if err:
             raise OSError(err, os.strerror(err))
 
     def unmap(self, offset: int, length: int) -> None:
+        if self.closed:
+            raise OSError(errno.EBADF, "the window is closed")
         self.device.window.unmap(offset, length)
         self.device.release_range(offset, offset + length)
 
@@ -358,6 +367,7 @@ class LiveDax:
     handler: DaxMapHandler
     device: VirtiofsdDevice
     map_alignment: int
+    owns_window: bool = True
 
     def violations(self, **kw: Any) -> list[Violation]:
         """:func:`check_backend_record` on this daemon's record and window."""
@@ -368,23 +378,30 @@ class LiveDax:
 
     def close(self) -> None:
         self.client.close()
-        self.window.close()
+        if self.owns_window:
+            self.window.close()
 
 
 def open_dax_daemon(installation: Any, shared_dir: str, window_size: int, *,
-                    daemon_args: list[str] | None = None, **spawn: Any) -> LiveDax:
+                    daemon_args: list[str] | None = None, window: MmapDevice | None = None,
+                    **spawn: Any) -> LiveDax:
     """Start ``installation`` (``c-dax``) with ``-o dax -o dax_window=<window_size>`` on
     ``shared_dir`` with a backend channel mapping into a new :class:`MmapDevice`, INIT it
     offering FUSE_MAP_ALIGNMENT, and return the pieces. The window's extents are the
-    daemon's mappings (``mirror=False``)."""
-    window = MmapDevice(window_size)
+    daemon's mappings (``mirror=False``). ``window``: an existing one to share with other
+    connections (several mounts on one device; :meth:`LiveDax.close` then leaves it open,
+    close it after every connection)."""
+    own = window is None
+    if window is None:
+        window = MmapDevice(window_size)
     handler = DaxMapHandler(DeviceTarget(window))
     args = ["-o", "dax", "-o", f"dax_window={window_size}", *(daemon_args or [])]
     try:
         transport = VhostUserTransport.spawn(installation, shared_dir, daemon_args=args,
                                              backend_handler=handler, **spawn)
     except BaseException:
-        window.close()
+        if own:
+            window.close()
         raise
     client = Client(transport)
     try:
@@ -395,7 +412,8 @@ def open_dax_daemon(installation: Any, shared_dir: str, window_size: int, *,
         align = int(out.map_alignment)
     except BaseException:
         client.close()
-        window.close()
+        if own:
+            window.close()
         raise
     device = VirtiofsdDevice(client, window, mirror=False, record=handler)
-    return LiveDax(client, window, handler, device, align)
+    return LiveDax(client, window, handler, device, align, own)

@@ -121,6 +121,8 @@ class DaxMapHandler:
         """The connection ended (:class:`BackendChannel` calls this when the channel
         closes): the window's mappings die with it, as a VMM drops the DAX cache when the
         daemon goes. Not recorded in :attr:`events` (nothing the daemon sent)."""
+        if getattr(self.window, "closed", False) or getattr(self.window, "base", None) == 0:
+            return  # already given back: a MAP_FIXED now would land on foreign memory
         with contextlib.suppress(OSError):
             self.window.unmap(0, self.window.size)
 
