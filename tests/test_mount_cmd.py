@@ -5,6 +5,7 @@ that then happens) or be left behind (mount, daemon, socket directory, pid file)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from fuseproto import libc
 from fuseproto.capture import CaptureSummary, decode_capture
 from fuseproto.fuseserver import ServedMessage, ServerStats
-from fuseproto.transport.devfuse import find_mount_device, unavailable_reason
+from fuseproto.transport.devfuse import MNT_DETACH, find_mount_device, unavailable_reason
 
 _SKIP = unavailable_reason()
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +101,14 @@ def mounted(no_leaks: object, scratch_dir: str) -> Iterator[object]:
     try:
         yield make
     finally:
+        left = []
         for m in made:
             m.kill_if_running()
+            if find_mount_device(m.mnt) is not None:  # the command was killed: clean up
+                left.append(m.mnt)
+                with contextlib.suppress(OSError):
+                    libc.umount2(m.mnt, MNT_DETACH)
+    assert not left, f"mount left behind: {left}"
     for m in made:
         assert find_mount_device(m.mnt) is None, "mount left behind"
         assert not os.path.exists(f"/proc/{m.daemon_pid}"), "daemon left running"
