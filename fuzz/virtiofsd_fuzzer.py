@@ -50,7 +50,12 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 -- libFuzzer's name
     STORE.add(f, {"target": "virtiofsd", "daemon": h.kind, "requests": list(h.history)},
               suffix=".json")
     if out.finding in ("crash", "daemon-exit", "hang"):
-        h.start()
+        # libFuzzer ends the process on this exception without running Python's atexit:
+        # stop the daemon by PID and remove its socket, pid file and scratch directory now
+        # (a later input, under -fork or -keep_going, starts a fresh one).
+        global HARNESS
+        HARNESS = None
+        h.close()
         raise RuntimeError(f"virtiofsd {out.finding}: {out.detail}")
 
 

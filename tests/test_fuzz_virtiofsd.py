@@ -149,3 +149,21 @@ def test_campaign_writes_report_and_findings_replay(tmp_path, no_leaks):
                            "--json"], capture_output=True, text=True, timeout=120)
     verdict = json.loads(proc.stdout)
     assert verdict["target"] == "virtiofsd" and verdict["requests_sent"] > 0
+
+
+def test_atheris_harness_leaves_nothing_after_a_crash(daemon_installations, tmp_path):
+    """libFuzzer ends the process on the crash without Python's atexit: the harness stops
+    its daemon and removes its pid file and scratch directory before raising."""
+    from fixtures_daemons import pid_dir_files, stale_pid_files
+
+    crash = tmp_path / "short-request"
+    crash.write_bytes(b"\x00" + bytes(10))  # variant 0, a request shorter than its header
+    before_pid = pid_dir_files()
+    before_tmp = set(Path("/tmp").glob("fuseproto-fuzz-*"))
+    env = dict(os.environ, FUSEPROTO_FUZZ_DAEMON="c", FUSEPROTO_FUZZ_OUT=str(tmp_path / "f"))
+    p = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "fuzz" /
+                        "virtiofsd_fuzzer.py"), str(crash)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0 and "virtiofsd crash" in p.stdout + p.stderr
+    assert not stale_pid_files(pid_dir_files() - before_pid)
+    assert set(Path("/tmp").glob("fuseproto-fuzz-*")) <= before_tmp
