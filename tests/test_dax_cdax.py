@@ -391,3 +391,59 @@ def test_several_mounts_sharing_one_window(no_leaks, cdax, shared_dir):
         for live in lives:
             live.close()
         window.close()
+
+
+# ---- planted daemon-side bugs: each caught by the record invariants ------------------------
+def _bug_scenario(live, shared_dir, bug):
+    with open(os.path.join(shared_dir, "f"), "wb") as f:
+        f.write(os.urandom(MiB))
+    c = live.client
+    n = c.lookup(FUSE_ROOT_ID, "f").nodeid
+    ro = c.open(n, os.O_RDONLY).fh
+
+    def setup(**kw):
+        args = dict(fh=ro, foffset=0, length=65536, moffset=0, flags=FLAG_READ) | kw
+        return live.device.submit(setupmapping(n, **args))
+
+    if bug == "align":
+        setup(foffset=100)
+    elif bug == "window-end":
+        setup(moffset=WINDOW - 4096, length=8192)
+    elif bug == "count":
+        setup(moffset=0)
+        setup(moffset=MiB)
+        msg = removemapping(0, [(0, 65536), (MiB, 65536)], count=1)
+        first = len(live.handler.events)  # sent unchecked: logged here, not by the device
+        err = _errno(lambda: c.result(c.submit_unchecked(msg.opcode, msg.body)))
+        live.device.log.append(RecordEntry(msg, err, tuple(live.handler.events[first:])))
+    elif bug == "access":
+        setup(flags=FLAG_READ | FLAG_WRITE)
+    elif bug == "unmap":
+        setup()
+        live.device.submit(removemapping(0, [(0, 65536)]))
+    return live.violations(handle_access={ro: os.O_RDONLY})
+
+
+BUG_CAUGHT_BY = {"align": "alignment", "window-end": "inside_window", "count": "exact_ranges",
+                 "access": "handle_access", "unmap": "exact_ranges"}
+
+
+@pytest.mark.parametrize("bug", sorted(BUG_CAUGHT_BY))
+def test_planted_daemon_bug_is_caught(no_leaks, cdax, shared_dir, bug):
+    from fuseproto.daemons.variants import DAX_BUGS
+
+    assert set(DAX_BUGS) == set(BUG_CAUGHT_BY)
+    buggy = built_installation(f"c-dax-bug-{bug}")
+    live = open_dax_daemon(buggy, shared_dir, WINDOW)
+    try:
+        found = {v.invariant for v in _bug_scenario(live, shared_dir, bug)}
+    finally:
+        live.close()
+    assert BUG_CAUGHT_BY[bug] in found, found
+    for name in os.listdir(shared_dir):
+        os.unlink(os.path.join(shared_dir, name))
+    live = open_dax_daemon(cdax, shared_dir, WINDOW)  # the same scenario on c-dax: clean
+    try:
+        assert _bug_scenario(live, shared_dir, bug) == []
+    finally:
+        live.close()

@@ -120,6 +120,10 @@ class Variant:
     extras: tuple[Extra, ...] = ()
     test_only: bool = False
     patches: tuple[str, ...] = ()  # csrc/ patches applied (-p1) to a copy of the source
+    # QEMU sources recompiled (with the tree's own command) with these -D defines and
+    # linked instead of the tree's objects: the planted-bug test variants of c-dax.
+    defines: tuple[str, ...] = ()
+    recompile: tuple[str, ...] = ()
 
     @property
     def patch_digest(self) -> str:
@@ -139,6 +143,15 @@ class Variant:
 # Our DAX implementation (see the patch's header for what it does).
 DAX_PATCHES = ("dax/0001-dax.patch",)
 DAX_OPTIONS = ("-o", "dax")  # the daemon argument that turns it on
+# Planted bugs of the patch (#ifdef FUSEPROTO_DAX_BUG_<NAME>), one test variant each.
+DAX_BUGS = {
+    "align": "SETUPMAPPING's foffset alignment not checked",
+    "window-end": "the window's end checked one page too far",
+    "count": "REMOVEMAPPING's count taken from the length",
+    "access": "a read-only handle mapped writable",
+    "unmap": "REMOVEMAPPING leaves the last page of each batch mapped",
+}
+DAX_BUG_SOURCES = ("tools/virtiofsd/fuse_lowlevel.c", "tools/virtiofsd/passthrough_ll.c")
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("c-src", "gcc, Debian 12's flags (a control)", "gcc", DEBIAN_CFLAGS,
@@ -154,6 +167,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("c-dax-asan-cov", "c-asan-cov + our DAX patch (-o dax)", "clang",
             SANITIZE_CFLAGS, (SANITIZE,), "asan+ubsan+sancov",
             extras=(COV_RUNTIME, SANITIZER_SANDBOX), patches=DAX_PATCHES),
+    *(Variant(f"c-dax-bug-{bug}", f"c-dax + a planted DAX bug: {why} (tests only)", "gcc",
+              DEBIAN_CFLAGS, DEBIAN_LDFLAGS, tree="c-dax", patches=DAX_PATCHES,
+              test_only=True, defines=(f"FUSEPROTO_DAX_BUG_{bug.upper().replace('-', '_')}",),
+              recompile=DAX_BUG_SOURCES)
+      for bug, why in DAX_BUGS.items()),
 )}
 DEFAULT_BUILDS = ("c-src", "c-asan-cov", "c-dax", "c-dax-asan-cov")
 # Programs a build runs, and the Debian packages they come from.
@@ -270,16 +288,18 @@ def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
     try:
         binary = work / "virtiofsd"
         link_extra: list[str] = []
-        if spec.extras:
+        replaced = _recompile(spec, tree, src, work, steps) if spec.recompile else {}
+        if spec.extras or replaced:
             objs = work / "obj"
-            objs.mkdir()
+            objs.mkdir(exist_ok=True)
             for extra in spec.extras:
                 obj = objs / (Path(extra.source).stem + ".o")
                 steps.run(f"compile {extra.source}",
                           [spec.cc, *extra.cflags, "-c", str(CSRC / extra.source), "-o", str(obj)],
                           objs)
                 link_extra += [str(obj), *(f"-Wl,--wrap={w}" for w in extra.wraps)]
-            steps.run("link", [*_link_command(tree, binary, steps), *link_extra], tree)
+            link = [replaced.get(a, a) for a in _link_command(tree, binary, steps)]
+            steps.run("link", [*link, *link_extra], tree)
         else:
             shutil.copy2(tree / TARGET, binary)
         _check_binary(binary, steps)
@@ -403,6 +423,40 @@ def _configure_argv(spec: Variant, src: Path) -> list[str]:
             f"--extra-cflags={cflags}", f"--extra-ldflags={' '.join(spec.ldflags)}"]
 
 
+def _recompile(spec: Variant, tree: Path, src: Path, work: Path,
+               steps: _Steps) -> dict[str, str]:
+    """Compile ``spec.recompile`` with the tree's own commands plus ``spec.defines``
+    into ``work/obj``; returns {the tree's object: ours} for the link command."""
+    proc = subprocess.run(["ninja", "-t", "commands", TARGET], cwd=tree,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise steps.failed("recompile", f"ninja -t commands: {proc.stderr.strip()}")
+    objs = work / "obj"
+    objs.mkdir(exist_ok=True)
+    out: dict[str, str] = {}
+    for rel in spec.recompile:
+        for line in proc.stdout.splitlines():
+            argv = shlex.split(line)
+            if "-c" not in argv or "-o" not in argv:
+                continue
+            source = argv[argv.index("-c") + 1]
+            if os.path.normpath(tree / source) != os.path.normpath(src / rel):
+                continue
+            i = argv.index("-o")
+            ours = objs / (Path(rel).name + ".o")
+            out[argv[i + 1]] = str(ours)
+            argv[i + 1] = str(ours)
+            for dep in ("-MD", "-MQ", "-MF"):  # no depfile next to the tree's
+                while dep in argv:
+                    j = argv.index(dep)
+                    del argv[j:j + (1 if dep == "-MD" else 2)]
+            steps.run(f"recompile {rel}", [*argv, *(f"-D{d}" for d in spec.defines)], tree)
+            break
+        else:
+            raise steps.failed("recompile", f"no compile command for {rel}")
+    return out
+
+
 def _link_command(tree: Path, output: Path, steps: _Steps) -> list[str]:
     """QEMU's own link command for virtiofsd (``ninja -t commands``), writing ``output``
     instead: our objects and --wrap flags go after it."""
@@ -451,6 +505,7 @@ def _recipe(spec: Variant, src: Path, link_extra: list[str], steps: _Steps, bina
         "test_only": spec.test_only,
         "patches": list(spec.patches),
         "patch_sha256": spec.patch_digest,
+        "defines": list(spec.defines),
     }
 
 

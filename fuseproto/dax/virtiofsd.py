@@ -349,7 +349,8 @@ def _exact(entry: RecordEntry) -> list[Violation]:
     elif msg.opcode == FUSE_SETUPMAPPING:
         want_maps, want_unmaps = [(b.foffset, b.moffset, b.len)], []
     else:
-        want_maps, want_unmaps = [], [(e.moffset, e.len) for e in b.entries]
+        # the entries the count announces (a daemon must refuse a mismatch)
+        want_maps, want_unmaps = [], [(e.moffset, e.len) for e in b.entries][: b.count]
     got_maps = [(fo, co, ln) for fo, co, ln, _fl in maps]
     if got_maps == want_maps and unmaps == want_unmaps:
         return []
