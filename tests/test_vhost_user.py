@@ -492,3 +492,20 @@ def test_more_request_queues_than_offered_is_a_typed_error(no_leaks, installatio
     GET_QUEUE_NUM; asking for two request queues fails in the handshake, named."""
     with pytest.raises(TransportError, match="daemon offers 2 queues, need 3"):
         VhostUserTransport.spawn(installation, shared_dir, request_queues=2)
+
+
+def test_a_closed_window_refuses_to_map(tmp_path):
+    """After close() the base address is gone: a MAP_FIXED there would land at a low
+    address of this process. Every operation is refused with EBADF instead."""
+    f = tmp_path / "file"
+    f.write_bytes(b"x" * mmap.PAGESIZE)
+    window = Window(4 * mmap.PAGESIZE)
+    window.close()
+    window.close()  # safe twice
+    with open(f, "rb") as fh:
+        for op in (lambda: window.map_fd(fh.fileno(), 0, 0, mmap.PAGESIZE, False),
+                   lambda: window.unmap(0, mmap.PAGESIZE),
+                   lambda: window.read(0, 1), lambda: window.write(0, b"y")):
+            with pytest.raises(OSError) as e:
+                op()
+            assert e.value.errno == errno.EBADF and "closed" in str(e.value)

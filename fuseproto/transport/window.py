@@ -51,7 +51,10 @@ class Window:
 
     def check_range(self, offset: int, length: int) -> None:
         """OSError(EINVAL) unless ``offset``/``length`` are page-aligned, ``length`` is
-        not 0 and the range lies inside the window."""
+        not 0 and the range lies inside the window; OSError(EBADF) once closed (the base
+        address is gone: a MAP_FIXED there would land anywhere)."""
+        if not self.base:
+            raise OSError(errno.EBADF, "the window is closed")
         if offset % PAGE or length % PAGE or length <= 0 or offset < 0:
             raise OSError(errno.EINVAL, f"window range {offset:#x}+{length:#x} is not "
                                         "page-aligned")
@@ -112,6 +115,8 @@ class Window:
         self._copy(libc.process_vm_writev, offset, buf, length, "write")
 
     def _check_inside(self, offset: int, length: int) -> None:
+        if not self.base:
+            raise OSError(errno.EBADF, "the window is closed")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(
                 f"range {offset:#x}+{length:#x} outside the window of {self.size:#x} bytes")
