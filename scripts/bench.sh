@@ -7,3 +7,4 @@ py=.venv/bin/python
 echo "== wire decode/encode vs struct baseline"; $py benchmarks/bench_decode.py
 echo "== vhost-user transport and client vs real virtiofsd"; $py benchmarks/bench_transport.py --seconds 1.5 --repeat 3
 echo "== DAX lookup cost and simulator throughput"; $py benchmarks/bench_dax.py
+echo "== capture decoding: decode_capture and the decode CLI vs the raw codec"; $py benchmarks/bench_decode_cli.py
