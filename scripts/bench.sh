@@ -8,3 +8,9 @@ echo "== wire decode/encode vs struct baseline"; $py benchmarks/bench_decode.py
 echo "== vhost-user transport and client vs real virtiofsd"; $py benchmarks/bench_transport.py --seconds 1.5 --repeat 3
 echo "== DAX lookup cost and simulator throughput"; $py benchmarks/bench_dax.py
 echo "== capture decoding: decode_capture and the decode CLI vs the raw codec"; $py benchmarks/bench_decode_cli.py
+echo "== DAX through the real c-dax daemon vs the model device"; $py benchmarks/bench_dax_cdax.py
+# Long (2 x 300 s by default): FUSEPROTO_BENCH_COVERAGE_SECONDS to shorten, 0 to skip.
+cov_s=${FUSEPROTO_BENCH_COVERAGE_SECONDS:-300}
+if [ "$cov_s" != 0 ]; then
+  echo "== daemon edges with coverage feedback vs outcome classes (c-asan-cov)"; $py benchmarks/bench_coverage.py --seconds "$cov_s"
+fi
