@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import subprocess
@@ -254,3 +255,24 @@ def test_dax_record_from_a_virtiofsd_path(wrapper, tmp_path, no_leaks, capsys):
     assert main(["dax", "record", "--virtiofsd", str(wrapper), "--scale", "0.05",
                  str(trace)]) == 0
     assert "c virtiofsd" in capsys.readouterr().out and trace.stat().st_size > 0
+
+
+def test_program_reaches_mapping_accepted_on_c_dax(no_leaks):
+    """Against our c-dax daemon the harness starts it with -o dax and a backend channel
+    into a real window: the deep program's SETUPMAPPING is accepted (the backend-channel
+    record holds the FS_MAP of the file), REMOVEMAPPING's lying count is refused, and the
+    depth reached is "mapping-accepted" (the packaged daemons stop at "mapping-sent")."""
+    from fixtures_daemons import built_installation
+
+    inst = built_installation("c-dax")
+    with DaemonHarness(inst, setup=False, history=1000) as h:
+        assert h.has_dax and h.window is not None
+        res = sequences.run_program(h, _deep_program())
+        events = list(h.dax.events)
+        mapped = h.window.mapped_pages()
+    assert res.fatal is None, [o.cls for o in res.outcomes]
+    assert sequences.DEPTHS[res.depth] == "mapping-accepted"
+    answers = [a for _, _, a in res.mappings]
+    assert answers[0] == "0" and answers[1] != "0", res.mappings  # count 3 but 1 entry
+    assert any(e.result == 0 for e in events), events  # FS_MAP carried out
+    assert mapped == (2 << 20) // mmap.PAGESIZE  # the 2 MiB chunk is in the window

@@ -58,7 +58,9 @@ from .. import daemons
 from ..client import Client
 from ..errors import DaemonError, DecodeError, TransportError
 from ..session import REPLY_EXPECTATION, InitNegotiation, ReplyExpectation, negotiate_init
+from ..transport.backend import DaxMapHandler
 from ..transport.vhost_user import VhostUserTransport
+from ..transport.window import Window
 from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
@@ -106,6 +108,11 @@ class SandboxedDaemon(daemons.Daemon):
         if self.kind == "rust" and "--sandbox" in args:
             args[args.index("--sandbox") + 1] = "chroot"
         return args
+
+
+# The window a c-dax daemon maps into under the fuzzer: room for every aligned mapping the
+# sequence programs make (up to 8 chunks of 2 MiB at moffset < 16 MiB, twice).
+DAX_WINDOW = 32 << 20
 
 
 def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
@@ -206,6 +213,10 @@ class DaemonHarness:
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.on_send = on_send  # test hook: called before each fuzz request is sent
         self.transport: VhostUserTransport | None = None
+        # The DAX window of a c-dax daemon (None for daemons without DAX): the backend
+        # channel maps what the daemon asks into it, and its handler's events record it.
+        self.window: Window | None = None
+        self.dax: DaxMapHandler | None = None
         self.client: Client | None = None
         self.daemon: daemons.Daemon | None = None
         self.starts = 0
@@ -240,12 +251,19 @@ class DaemonHarness:
         if self.coverage is not None:
             env.update(self.coverage.env())
         env.update(self.env)
-        self.daemon = SandboxedDaemon(self.installation, shared, sock,
+        extra = None
+        if self.has_dax:
+            extra = ["-o", "dax", "-o", f"dax_window={DAX_WINDOW}"]
+        self.daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
                                       log_path=os.path.join(base, "daemon.log"), env=env)
         self._log_offset = 0
         self.daemon.start()
         try:
-            self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0)
+            if self.has_dax:
+                self.window = Window(DAX_WINDOW)
+                self.dax = DaxMapHandler(self.window)
+            self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0,
+                                                backend_handler=self.dax)
             self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
             self._inited = self.setup
             if self.setup:
@@ -297,7 +315,17 @@ class DaemonHarness:
             with contextlib.suppress(Exception):
                 self.daemon.stop()
             shutil.rmtree(os.path.dirname(self.daemon.shared_dir), ignore_errors=True)
+        if self.window is not None:
+            self.window.close()
         self.transport = self.client = self.daemon = None
+        self.window = self.dax = None
+
+    @property
+    def has_dax(self) -> bool:
+        """Whether the daemon implements DAX (our c-dax variants): it is started with
+        ``-o dax`` and a backend channel mapping into a real window, so SETUPMAPPING and
+        REMOVEMAPPING can be accepted and carried out."""
+        return getattr(self.installation, "variant", "").startswith("c-dax")
 
     def close(self) -> None:
         self.stop()
