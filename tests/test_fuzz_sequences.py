@@ -276,3 +276,22 @@ def test_program_reaches_mapping_accepted_on_c_dax(no_leaks):
     assert answers[0] == "0" and answers[1] != "0", res.mappings  # count 3 but 1 entry
     assert any(e.result == 0 for e in events), events  # FS_MAP carried out
     assert mapped == (2 << 20) // mmap.PAGESIZE  # the 2 MiB chunk is in the window
+
+
+def test_dax_oracles_catch_a_daemon_side_bug_and_accept_the_clean_daemon(tmp_path):
+    """Live DAX fuzzing on c-dax: the backend-channel record and the mapping answers are
+    checked after every program. The clean daemon gives no DAX finding; the variant with
+    a missed alignment check is caught within a bounded run."""
+    from fixtures_daemons import built_installation
+
+    from fuseproto.fuzz.findings import FindingStore
+
+    found = {}
+    for variant in ("c-dax", "c-dax-bug-align"):
+        stats = sequences.fuzz_sequences(
+            built_installation(variant), seconds=60, store=FindingStore(tmp_path / variant),
+            seed=1, max_programs=400, feedback="outcome", label=variant)
+        assert stats.sequences["deepest"] == "mapping-accepted", variant
+        found[variant] = [f for f in stats.sequences["findings"] if f.startswith("dax:")]
+    assert found["c-dax"] == []
+    assert "dax:c-dax-bug-align:alignment" in found["c-dax-bug-align"], found

@@ -43,7 +43,10 @@ from typing import Any
 from construct import Container, ListContainer
 
 from .. import daemons
+from ..dax.invariants import Violation
+from ..dax.virtiofsd import check_backend_record
 from ..errors import DaemonError, EncodeError, TransportError
+from ..transport.window import PAGE
 from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
 from ..wire.constants import fuse_opcode as O
@@ -52,7 +55,7 @@ from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import FindingStore
 from .forensics import FATAL, Outcome
-from .harness import DaemonHarness
+from .harness import DAX_WINDOW, DaemonHarness
 from .virtiofsd import DaemonStats, EdgeFeedback, record_finding
 
 __all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
@@ -245,6 +248,9 @@ class ProgramResult:
     mappings: list[tuple[str, str, str]] = field(default_factory=list)  # (op, kind, answer)
     fatal: Outcome | None = None  # the crash/exit/hang outcome that ended it, if any
     skipped: int = 0  # steps the codec would not encode
+    # With a DAX daemon: what its backend-channel record and its answers break (the DAX
+    # invariants on what it actually mapped, and mapping requests it should have refused).
+    dax_violations: list[Violation] = field(default_factory=list)
 
 
 def _pick(pool: list[int], ref: int) -> int:
@@ -329,6 +335,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
                 kind = _mapping_kind(step) + ("" if res.depth else ", no INIT accepted")
                 res.mappings.append((O(step.op).name, kind, _answer(out, err, h.kind)))
                 res.depth = max(res.depth, 6 if err == 0 else 5 if fhs else res.depth)
+                if err == 0 and h.dax is not None:
+                    res.dax_violations += _accepted_but_invalid(step)
             if out.finding is None and err == 0:
                 _learn(step, out, h, nodes, fhs, res, destroyed)
                 if step.op == O.FUSE_DESTROY:
@@ -336,7 +344,32 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             if out.finding in FATAL:
                 res.fatal = out
                 return res
+    if h.dax is not None and h.window is not None:
+        res.dax_violations += check_backend_record(
+            list(h.dax.events), DAX_WINDOW, mapped_bytes=h.window.mapped_pages() * PAGE)
     return res
+
+
+def _accepted_but_invalid(step: Step) -> list[Violation]:
+    """A mapping request a DAX daemon answered 0 although the protocol says refuse: a
+    SETUPMAPPING not aligned to 4 KiB (the map alignment c-dax announces) or reaching past
+    the window, a REMOVEMAPPING whose count is not its number of entries."""
+    f = step.fields
+    if step.op == O.FUSE_SETUPMAPPING:
+        fo, ln, mo = (int(f.get(k, 0) or 0) for k in ("foffset", "len", "moffset"))
+        if fo % PAGE or ln % PAGE or mo % PAGE or not ln:
+            return [Violation("accepted_misaligned", f"SETUPMAPPING foffset={fo:#x} "
+                                                     f"len={ln:#x} moffset={mo:#x} answered 0")]
+        if mo + ln > DAX_WINDOW:
+            return [Violation("accepted_outside_window", f"SETUPMAPPING [{mo:#x}, "
+                              f"{mo + ln:#x}) beyond the {DAX_WINDOW:#x}-byte window answered 0")]
+        return []
+    entries = f.get("entries") or []
+    count = f.get("count")
+    if count is not None and count != len(entries):
+        return [Violation("accepted_count_mismatch", f"REMOVEMAPPING count={count} with "
+                                                     f"{len(entries)} entries answered 0")]
+    return []
 
 
 def _answer(out: Outcome, err: int | None, kind: str) -> str:
@@ -490,6 +523,10 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                     stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                     if out.finding is not None:
                         record_finding(stats, store, h, label, out, program_to_json(prog))
+                for v in res.dax_violations:  # one finding per invariant (by signature)
+                    out = Outcome(f"{v.invariant}:dax", "dax", f"{v.invariant}: {v.detail}",
+                                  {"invariant": v.invariant})
+                    record_finding(stats, store, h, label, out, program_to_json(prog))
                 key = (res.depth, ",".join(sorted({k for _, k, _ in res.mappings})))
                 if key not in seen_depth:
                     seen_depth.add(key)
