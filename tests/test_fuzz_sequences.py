@@ -278,20 +278,22 @@ def test_program_reaches_mapping_accepted_on_c_dax(no_leaks):
     assert mapped == (2 << 20) // mmap.PAGESIZE  # the 2 MiB chunk is in the window
 
 
-def test_dax_oracles_catch_a_daemon_side_bug_and_accept_the_clean_daemon(tmp_path):
-    """Live DAX fuzzing on c-dax: the backend-channel record and the mapping answers are
-    checked after every program. The clean daemon gives no DAX finding; the variant with
-    a missed alignment check is caught within a bounded run."""
+def test_dax_oracles_catch_daemon_side_bugs_and_accept_the_clean_daemon(tmp_path):
+    """Live DAX fuzzing on c-dax: after every program the backend-channel record is
+    checked and every accepted mapping request is judged against the protocol and the
+    real window. The clean daemon gives no DAX finding in 1000 programs; the variant whose
+    REMOVEMAPPING takes its count from the length is caught within 400 (seed 1)."""
     from fixtures_daemons import built_installation
 
     from fuseproto.fuzz.findings import FindingStore
 
     found = {}
-    for variant in ("c-dax", "c-dax-bug-align"):
+    for variant, programs in (("c-dax", 1000), ("c-dax-bug-count", 400)):
         stats = sequences.fuzz_sequences(
-            built_installation(variant), seconds=60, store=FindingStore(tmp_path / variant),
-            seed=1, max_programs=400, feedback="outcome", label=variant)
+            built_installation(variant), seconds=180, store=FindingStore(tmp_path / variant),
+            seed=1, max_programs=programs, feedback="outcome", label=variant)
         assert stats.sequences["deepest"] == "mapping-accepted", variant
+        assert stats.sequences["programs"] == programs, (variant, stats.sequences)
         found[variant] = [f for f in stats.sequences["findings"] if f.startswith("dax:")]
     assert found["c-dax"] == []
-    assert "dax:c-dax-bug-align:alignment" in found["c-dax-bug-align"], found
+    assert "dax:c-dax-bug-count:accepted_count_mismatch" in found["c-dax-bug-count"], found

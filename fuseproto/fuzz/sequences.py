@@ -48,7 +48,7 @@ from ..dax.virtiofsd import check_backend_record
 from ..errors import DaemonError, EncodeError, TransportError
 from ..transport.window import PAGE
 from ..wire import codec
-from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
+from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags, SetupmappingFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
 from .corpus import Corpus, energy_for
@@ -96,6 +96,9 @@ def _C(**kw: Any) -> Container:
 def _mapping_values(rng: random.Random) -> tuple[int, int, int]:
     """(foffset, len, moffset): aligned, misaligned, overlapping or out of any window."""
     kind = rng.random()
+    if kind < 0.1:  # at the end of the fuzzer's DAX window: just inside, at, one page past
+        ln = rng.choice((4096, _MIB2))
+        return 0, ln, DAX_WINDOW - ln + rng.choice((-4096, 0, 0, 4096))
     if kind < 0.4:  # aligned 2 MiB chunks (virtio-fs's DAX granule)
         return (rng.randrange(4) * _MIB2, _MIB2 * rng.choice((1, 1, 2)), rng.randrange(8) * _MIB2)
     if kind < 0.6:  # page aligned, small
@@ -298,6 +301,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     res = ProgramResult()
     nodes: list[int] = [1]
     fhs: list[int] = []
+    fh_mode: dict[int, int] = {}  # fh -> O_ACCMODE it was opened with
     uniques: list[int] = []
     destroyed = False
     i = 0
@@ -311,6 +315,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         i = j
         items: list[tuple[bytes, int]] = []
         built: list[Step] = []
+        bodies: list[Any] = []
         for step in group:
             h.unique += 2
             nodeid, body = _resolve(step, nodes, fhs, uniques)
@@ -324,21 +329,26 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             uniques.append(h.unique)
             items.append((data, step.variant))
             built.append(step)
+            bodies.append(body)
         if not items:
             continue
         batch += 1
         outs = h.send_many(items, batch=batch)
         res.outcomes += outs
-        for step, out in zip(built, outs, strict=False):
+        for k, (step, out) in enumerate(zip(built, outs, strict=False)):
             err = _errno(out)
             if step.op in _MAP_OPS:
                 kind = _mapping_kind(step) + ("" if res.depth else ", no INIT accepted")
                 res.mappings.append((O(step.op).name, kind, _answer(out, err, h.kind)))
                 res.depth = max(res.depth, 6 if err == 0 else 5 if fhs else res.depth)
                 if err == 0 and h.dax is not None:
-                    res.dax_violations += _accepted_but_invalid(step)
+                    res.dax_violations += _accepted_but_invalid(
+                        step, bodies[k], fh_mode, h, last=k == len(built) - 1)
             if out.finding is None and err == 0:
+                had = len(fhs)
                 _learn(step, out, h, nodes, fhs, res, destroyed)
+                if len(fhs) > had and step.op in (O.FUSE_OPEN, O.FUSE_CREATE):
+                    fh_mode[fhs[-1]] = int(step.fields.get("flags") or 0) & 3
                 if step.op == O.FUSE_DESTROY:
                     destroyed = True
             if out.finding in FATAL:
@@ -350,10 +360,17 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     return res
 
 
-def _accepted_but_invalid(step: Step) -> list[Violation]:
-    """A mapping request a DAX daemon answered 0 although the protocol says refuse: a
-    SETUPMAPPING not aligned to 4 KiB (the map alignment c-dax announces) or reaching past
-    the window, a REMOVEMAPPING whose count is not its number of entries."""
+_MAP_WRITE = int(SetupmappingFlags.FUSE_SETUPMAPPING_FLAG_WRITE)
+
+
+def _accepted_but_invalid(step: Step, body: Any, fh_mode: dict[int, int],
+                          h: DaemonHarness, *, last: bool) -> list[Violation]:
+    """A mapping request a DAX daemon answered 0 although the protocol says refuse, or
+    whose effect is not in the real window: a SETUPMAPPING not aligned to 4 KiB (the map
+    alignment c-dax announces), reaching past the window, or asking write access through
+    a handle opened read-only; a REMOVEMAPPING whose count is not its number of entries,
+    or (the last request of its kick, so nothing remapped since) that left one of its
+    ranges mapped."""
     f = step.fields
     if step.op == O.FUSE_SETUPMAPPING:
         fo, ln, mo = (int(f.get(k, 0) or 0) for k in ("foffset", "len", "moffset"))
@@ -363,12 +380,26 @@ def _accepted_but_invalid(step: Step) -> list[Violation]:
         if mo + ln > DAX_WINDOW:
             return [Violation("accepted_outside_window", f"SETUPMAPPING [{mo:#x}, "
                               f"{mo + ln:#x}) beyond the {DAX_WINDOW:#x}-byte window answered 0")]
+        fh = body.get("fh") if hasattr(body, "get") else None
+        if (isinstance(fh, int) and int(f.get("flags") or 0) & _MAP_WRITE
+                and fh_mode.get(fh) == 0):  # opened O_RDONLY
+            return [Violation("accepted_write_on_read_only_handle",
+                              f"SETUPMAPPING with FLAG_WRITE through fh {fh} (opened O_RDONLY) "
+                              "answered 0")]
         return []
     entries = f.get("entries") or []
     count = f.get("count")
     if count is not None and count != len(entries):
         return [Violation("accepted_count_mismatch", f"REMOVEMAPPING count={count} with "
                                                      f"{len(entries)} entries answered 0")]
+    if last and h.window is not None:
+        for e in entries:
+            mo, ln = int(e.get("moffset") or 0), int(e.get("len") or 0)
+            if ln and not mo % PAGE and not ln % PAGE and mo + ln <= DAX_WINDOW and any(
+                    h.window.is_mapped(p, PAGE) for p in (mo, mo + ln - PAGE)):
+                return [Violation("accepted_unmap_left_mapped",
+                                  f"REMOVEMAPPING of [{mo:#x}, {mo + ln:#x}) answered 0, "
+                                  "the window still maps it")]
     return []
 
 
