@@ -198,14 +198,21 @@ def install(kind: str, *, apt_system_libs: bool = True) -> Installation:
                 raise DaemonError("unpacked libc6 has no usr/lib64/ld-linux-x86-64.so.2")
         else:
             _ensure_system_libs(binary, spec, allow_apt=apt_system_libs)
-        (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
+        publish(work, final, inst)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return inst
+
+
+def publish(work: Path, final: Path, inst: Installation) -> None:
+    """Make a finished tree the cached installation: write its ``daemon.json`` (what
+    :func:`installed` reads back) and move ``work`` to ``final``, replacing an older one.
+    The packaged installs and the source builds both end here."""
+    (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    work.rename(final)
 
 
 def _missing_sonames(binary: Path) -> list[str]:

@@ -50,13 +50,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DaemonError
 from .archive import PrivateApt
-from .install import KINDS, Installation, daemons_dir, find, install
+from .install import KINDS, Installation, daemons_dir, find, install, publish
 
 SOURCE_PACKAGE = "qemu"
 SOURCE_VERSION = "1:7.2+dfsg-7+deb12u18"
@@ -310,10 +310,7 @@ def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
         shown = [os.path.relpath(a, work) if a.startswith(str(work)) else a for a in link_extra]
         recipe = _recipe(spec, src, shown, steps, binary, time.monotonic() - t0)
         (work / "build.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
+        publish(work, final, inst)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
