@@ -18,6 +18,7 @@ import random
 
 import pytest
 from fixtures_daemons import built_installation
+from test_dax_live import random_reads
 
 from fuseproto.client import Client
 from fuseproto.daemons.variants import SOURCE_VERSION, builds_dir, recipe
@@ -77,12 +78,7 @@ class Files:
         self.backend = ClientBackend(live.client)
 
     def reads(self, count: int, seed: int = 2):
-        rnd = random.Random(seed)
-        ids = list(self.data)
-        for _ in range(count):
-            n = rnd.choice(ids)
-            size = len(self.data[n])
-            yield n, rnd.randrange(0, size + 10), rnd.choice([1, 100, 4096, 70_000, 600_000])
+        return random_reads(self.data, count, seed)
 
 
 @pytest.fixture

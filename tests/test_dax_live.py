@@ -64,13 +64,7 @@ class Live:
         return self.paths[nodeid]
 
     def reads(self, count: int, seed: int = 2):
-        rnd = random.Random(seed)
-        ids = list(self.data)
-        for _ in range(count):
-            n = rnd.choice(ids)
-            size = len(self.data[n])
-            off = rnd.randrange(0, size + 10)
-            yield n, off, rnd.choice([1, 100, 4096, 70_000, 600_000])
+        return random_reads(self.data, count, seed)
 
     def close(self) -> None:
         self.client.close()
@@ -136,3 +130,14 @@ def test_mmap_window_dax_reads_match_fuse_read(live, policy):
             assert got == want, (n, off, size)
             compared += len(want)
         assert compared > 1 * MiB and mgr.stats.dax_bytes == compared
+
+
+def random_reads(data: dict, count: int, seed: int = 2):
+    """(node id, offset, size) of ``count`` reads over the files ``data`` (node id -> bytes):
+    offsets anywhere in a file and a little past its end, sizes from 1 byte to 600 KB."""
+    rnd = random.Random(seed)
+    ids = list(data)
+    for _ in range(count):
+        n = rnd.choice(ids)
+        off = rnd.randrange(0, len(data[n]) + 10)
+        yield n, off, rnd.choice([1, 100, 4096, 70_000, 600_000])
