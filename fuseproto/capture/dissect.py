@@ -266,13 +266,15 @@ def _decode_truncated(m: CapturedMessage, orig_len: int, session: Session | None
         _peek_header(m)
         _name_cut_reply(m, session, hint)
         return
+    # The second decode at what the first used: the session's minor and flags, if any.
+    dminor = session.minor if session is not None else minor
     try:
         if isinstance(msg, codec.Request):
-            other: Any = codec.decode_request(ones, minor=msg_minor(session, minor),
-                                              flags=int(session.flags) if session else 0)
+            flags = int(session.flags) if session is not None else 0
+            other: Any = codec.decode_request(ones, minor=dminor, flags=flags)
         elif isinstance(msg, codec.Reply):
             other = codec.decode_reply(ones, msg.request if msg.request is not None
-                                       else msg.opcode, minor=msg_minor(session, minor))
+                                       else msg.opcode, minor=dminor)
         else:
             other = codec.decode_notification(ones)
     except DecodeError:
@@ -286,10 +288,6 @@ def _decode_truncated(m: CapturedMessage, orig_len: int, session: Session | None
         m.message = codec.Reply(msg.header, msg.opcode, body, msg.raw, msg.request)
     else:
         m.message = codec.Notification(msg.header, msg.code, body, msg.raw)
-
-
-def msg_minor(session: Session | None, minor: int) -> int:
-    return session.minor if session is not None else minor
 
 
 def _captured_part(a: Any, b: Any) -> Any:

@@ -72,7 +72,6 @@ __all__ = [
     "encode_notification",
     "build_reference",
     "reply_area",
-    "fixed_reply_size",
     "DEFAULT_REPLY_AREA",
 ]
 
@@ -517,9 +516,3 @@ def reply_area(opcode: int, body: Any = None, minor: int = 46) -> int:
     """The one reply-area policy (:meth:`RequestKind.reply_area`): the client, the
     /dev/fuse bridge and the fuzz harness all ask it."""
     return kind(opcode, minor).reply_area(body)
-
-
-def fixed_reply_size(opcode: int, minor: int = 46) -> int | None:
-    """The whole size (fuse_out_header included) of a successful reply to ``opcode`` when
-    its body is one fixed-size struct (GETATTR: 16 + sizeof(fuse_attr_out)), else None."""
-    return kind(opcode, minor).fixed_reply_size
