@@ -28,7 +28,17 @@ from .process import (
     pid_file_paths,
     remove_pid_file,
 )
-from .variants import DEFAULT_BUILDS, SOURCE_VERSION, VARIANTS, Variant, build, recipe, resolve
+from .variants import (
+    DEFAULT_BUILDS,
+    SOURCE_VERSION,
+    VARIANTS,
+    Variant,
+    build,
+    dax_options,
+    has_dax,
+    recipe,
+    resolve,
+)
 
 __all__ = [
     "C_PID_DIR",
@@ -46,6 +56,8 @@ __all__ = [
     "build",
     "cache_root",
     "daemons_dir",
+    "dax_options",
+    "has_dax",
     "describe_status",
     "detect_kind",
     "extract",

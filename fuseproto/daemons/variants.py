@@ -143,6 +143,18 @@ class Variant:
 # Our DAX implementation (see the patch's header for what it does).
 DAX_PATCHES = ("dax/0001-dax.patch",)
 DAX_OPTIONS = ("-o", "dax")  # the daemon argument that turns it on
+
+
+def has_dax(inst: Installation) -> bool:
+    """Whether ``inst`` is a build with our DAX patch (``c-dax`` and its variants)."""
+    spec = VARIANTS.get(getattr(inst, "variant", ""))
+    return spec is not None and DAX_PATCHES[0] in spec.patches
+
+
+def dax_options(window_size: int) -> list[str]:
+    """The daemon arguments that turn our DAX implementation on for a window of
+    ``window_size`` bytes (the one place that spells them)."""
+    return [*DAX_OPTIONS, "-o", f"dax_window={window_size}"]
 # Planted bugs of the patch (#ifdef FUSEPROTO_DAX_BUG_<NAME>), one test variant each.
 DAX_BUGS = {
     "align": "SETUPMAPPING's foffset alignment not checked",

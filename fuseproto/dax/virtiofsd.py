@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fuseproto.client import DEFAULT_INIT_FLAGS, Client
+from fuseproto.daemons import dax_options
 from fuseproto.errors import DaemonError, FuseError
 from fuseproto.transport.backend import ALL_ONES, BackendEvent, DaxMapHandler
 from fuseproto.transport.vhost_user import VhostUserTransport
@@ -396,7 +397,7 @@ def open_dax_daemon(installation: Any, shared_dir: str, window_size: int, *,
     if window is None:
         window = MmapDevice(window_size)
     handler = DaxMapHandler(DeviceTarget(window))
-    args = ["-o", "dax", "-o", f"dax_window={window_size}", *(daemon_args or [])]
+    args = [*dax_options(window_size), *(daemon_args or [])]
     try:
         transport = VhostUserTransport.spawn(installation, shared_dir, daemon_args=args,
                                              backend_handler=handler, **spawn)

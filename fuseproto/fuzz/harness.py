@@ -254,7 +254,7 @@ class DaemonHarness:
         env.update(self.env)
         extra = None
         if self.has_dax:
-            extra = ["-o", "dax", "-o", f"dax_window={DAX_WINDOW}"]
+            extra = daemons.dax_options(DAX_WINDOW)
         self.daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
                                       log_path=os.path.join(base, "daemon.log"), env=env)
         self._log_offset = 0
@@ -326,7 +326,7 @@ class DaemonHarness:
         """Whether the daemon implements DAX (our c-dax variants): it is started with
         ``-o dax`` and a backend channel mapping into a real window, so SETUPMAPPING and
         REMOVEMAPPING can be accepted and carried out."""
-        return getattr(self.installation, "variant", "").startswith("c-dax")
+        return daemons.has_dax(self.installation)
 
     def close(self) -> None:
         self.stop()
