@@ -16,7 +16,7 @@ from typing import Any
 
 from construct import Container
 
-from .errors import DecodeError, ProtocolError, TransportError, TransportTimeout
+from .errors import DaemonError, DecodeError, ProtocolError, TransportError, TransportTimeout
 from .fuseserver import DevFuseServer, ServedMessage
 from .session import Session
 from .transport.base import Transport
@@ -92,6 +92,13 @@ class DevFuseBridge(DevFuseServer):
             pid=h.pid,
             ext=request.ext or None,
         )
+
+    def idle(self) -> None:
+        """An idle mount still ends at once when the daemon dies (not at the next
+        request): the transport's daemon, if it owns one, is checked on every empty poll."""
+        daemon = getattr(self.transport, "daemon", None)
+        if daemon is not None and not daemon.running():
+            self.end(DaemonError(daemon.describe()))
 
     def dispatch(self, msg: ServedMessage, request: Any, expects_reply: bool) -> None:
         """Forward ``request`` and write the daemon's checked reply (or -EIO) back."""

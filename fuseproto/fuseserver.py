@@ -215,10 +215,14 @@ class DevFuseServer:
         """Serve until :meth:`stop`, :meth:`end`, or until the connection goes away."""
         while not self._stop.is_set():
             try:
-                self.handle_one(self.poll_interval)
+                if not self.handle_one(self.poll_interval):
+                    self.idle()
             except TransportError as exc:
                 self.closed_reason = exc
                 return
+
+    def idle(self) -> None:
+        """Called when a poll brought no request; the bridge checks on its daemon here."""
 
     def end(self, reason: BaseException) -> None:
         """Give up the whole connection at once (the peer that answers is gone): record

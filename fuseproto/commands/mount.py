@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bridge import DevFuseBridge
     from ..capture import CaptureRecorder
     from ..daemons import resolve
-    from ..errors import DaemonError, FuseprotoError
+    from ..errors import FuseprotoError
     from ..transport.devfuse import DevFuseMount, find_mount_device, unavailable_reason
     from ..transport.vhost_user import VhostUserTransport
 
@@ -108,15 +108,13 @@ def run(args: argparse.Namespace) -> int:
         say(f"{args.mountpoint} serves {args.share} through {transport.daemon.describe()}; "
             "SIGINT, SIGTERM or SIGHUP unmounts")
         daemon = transport.daemon
-        # The bridge notices a dead daemon when a request fails; an idle mount is watched
-        # here, so the connection ends at once either way.
-        while not stop.wait(0.2) and bridge.serving and daemon.running():
+        # The bridge ends the connection itself when the daemon dies (idle or not).
+        while not stop.wait(0.2) and bridge.serving:
             pass
         if caught:
             say(f"{signal.Signals(caught[0]).name}: unmounting")
             return 0
         if not daemon.running():
-            bridge.end(bridge.closed_reason or DaemonError(daemon.describe()))
             print(f"fuseproto mount: the daemon is gone ({daemon.describe()}); the "
                   f"connection was aborted and {args.mountpoint} unmounted", file=sys.stderr)
             return 1
