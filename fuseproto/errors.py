@@ -77,6 +77,10 @@ class DaemonError(FuseprotoError):
     """A daemon (virtiofsd) could not be installed, started, or exited unexpectedly."""
 
 
+class GuestError(FuseprotoError):
+    """A test guest (QEMU with a Linux kernel) could not be prepared, booted or finished."""
+
+
 class FuseError(FuseprotoError, OSError):
     """The file system answered a request with an error (``errno`` is positive)."""
 
