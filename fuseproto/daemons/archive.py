@@ -117,6 +117,17 @@ class PrivateApt:
         out = self._run("apt-cache", "madison", package)
         return [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
 
+    def depends(self, package: str) -> list[str]:
+        """The package names the newest ``package`` depends on (its ``Depends:`` field,
+        versions and alternatives after the first left out), e.g. the versioned kernel
+        image behind ``linux-image-cloud-amd64``."""
+        self.update()
+        out = self._run("apt-cache", "show", "--no-all-versions", package)
+        m = re.search(r"^Depends:\s*(.*)$", out, re.M)
+        if not m:
+            return []
+        return [alt.split("|")[0].split("(")[0].strip() for alt in m.group(1).split(",")]
+
     def download(self, package: str, version: str | None = None, dest: Path | None = None) -> Path:
         """Download one .deb (cached: an existing file for that version is reused)."""
         self.update()
