@@ -30,7 +30,7 @@ from .. import daemons
 from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
 __all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "log_tail", "death_outcome",
-           "stall_outcome", "outcome_signature"]
+           "stall_outcome", "outcome_signature", "PanicWatch"]
 
 #: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
 SANITIZER_FINDINGS = ("asan", "ubsan", "lsan")
@@ -49,30 +49,39 @@ class Outcome:
     reply: bytes = b""
 
 
-_SITE_PATTERNS = (
+# Each pattern: a regex and how its groups make the site. What tells two sites apart is
+# kept (file and line are stable for one daemon build; the assertion's own text); what
+# varies between two hits of one site (numbers in a panic's message) becomes N.
+_SITE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # C, gcc: "virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: fv_queue_worker:
     # Assertion `0' failed."; clang prints the whole signature in place of the name
     # ("...: void fv_queue_worker(gpointer, gpointer): Assertion ..."): the identifier
     # right before the parameter list is the function, as gcc would name it.
-    re.compile(r"([\w.]+\.c):\d+: (?:[^:\n]*?[\s*])?(\w+)(?:\([^\n]*?\))?: "
-               r"(Assertion `.*' failed)"),
+    (re.compile(r"([\w.]+\.c):(\d+): (?:[^:\n]*?[\s*])?(\w+)(?:\([^\n]*?\))?: "
+                r"Assertion `(.*)' failed"), "{0}:{1} {2}: Assertion '{3}' failed"),
     # glibc fortify: "*** invalid openat64 call: O_CREAT or O_TMPFILE without mode ***: terminated"
-    re.compile(r"\*\*\* (.+?) \*\*\*"),
-    # Rust: "thread 'vring_worker' panicked at .../src/vhost_user.rs:277:18:\n<message>"
-    re.compile(r"panicked at (?:[^\n]*/)?([\w.]+\.rs):\d+:\d+:\n([^\n]*)"),
-    re.compile(r"panicked at '([^']*)', (?:[^\n]*/)?([\w.]+\.rs)"),
+    (re.compile(r"\*\*\* (.+?) \*\*\*"), "{0}"),
+    # Rust: "thread 'vring_worker' (81) panicked at .../src/vhost_user.rs:277:18:\n<message>"
+    (re.compile(r"panicked at (?:[^\n]*/)?([\w.]+\.rs:\d+:\d+):\n([^\n]*)"), "{0}: {1#}"),
+    # Rust before 1.73: "panicked at '<message>', src/vhost_user.rs:277:18"
+    (re.compile(r"panicked at '([^']*)', (?:[^\n]*/)?([\w.]+\.rs:\d+:\d+)"), "{1}: {0#}"),
 )
 
 
 def crash_site(log: str) -> str | None:
-    """Where the daemon died, from its log: an assertion, a fortify abort, a Rust panic.
-    Numbers in messages are replaced by N so repeats deduplicate."""
-    for pat in _SITE_PATTERNS:
+    """Where the daemon died, from its log (the last such line): an assertion as
+    ``file.c:LINE function: Assertion 'EXPR' failed`` (gcc's and clang's wording alike), a
+    glibc fortify abort's message, a Rust panic as ``file.rs:LINE:COL: message`` with the
+    message's numbers as N (values, not sites: ``InvalidXattrSize((N, N))``)."""
+    for pat, fmt in _SITE_PATTERNS:
         matches = list(pat.finditer(log))
         if matches:
-            m = matches[-1]
-            text = " ".join(g for g in m.groups() if g)
-            return re.sub(r"\d+", "N", text).replace("`", "'")[:200]
+            groups = matches[-1].groups()
+            masked = [re.sub(r"\d+", "N", g) for g in groups]
+            text = fmt
+            for i, g in enumerate(groups):
+                text = text.replace(f"{{{i}#}}", masked[i]).replace(f"{{{i}}}", g)
+            return text.replace("`", "'")[:240]
     return None
 
 
@@ -84,6 +93,37 @@ def peek_log(path: str, offset: int) -> str:
             return f.read(1 << 16).decode(errors="replace")
     except OSError:
         return ""
+
+
+class PanicWatch:
+    """Notices a Rust worker panic in a daemon's log as it is written: the process lives
+    on with a dead queue, so only the log tells. :meth:`seen` costs one ``stat`` while the
+    log does not grow and reads only what is new; it is true once a ``panicked at`` line
+    *and* the message line after it are there (the site :func:`crash_site` needs)."""
+
+    __slots__ = ("path", "offset", "_size")
+
+    def __init__(self, path: str | None, offset: int = 0):
+        self.path = path or ""
+        self.offset = offset  # where the text that counts starts
+        self._size = offset
+
+    def seen(self) -> bool:
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return False
+        if size <= self._size:
+            return False
+        text = peek_log(self.path, self.offset)
+        at = text.find("panicked at")
+        if at < 0:
+            self._size = size
+            return False
+        # Complete: the location line and the message line both end in a newline (an old
+        # Rust writes "panicked at 'message', file" on one line).
+        rest = text[at:]
+        return rest.count("\n") >= (1 if "panicked at '" in rest else 2)
 
 
 def log_tail(log: str, lines: int = 6) -> str:
@@ -166,6 +206,8 @@ def outcome_signature(label: str, out: Outcome) -> str | None:
         return None
     if out.finding in SANITIZER_FINDINGS:
         return f"{out.finding}:{label}:{out.evidence.get('sanitizer_signature', '?')}"
+    if out.finding == "escape":  # a canary breach (.canaries): what happened to which
+        return f"escape:{label}:{out.evidence.get('breach')}:{out.evidence.get('canary')}"
     parts = out.cls.split(":")
     op = parts[0]
     site = out.evidence.get("site")

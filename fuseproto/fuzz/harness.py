@@ -64,8 +64,9 @@ from ..transport.window import Window
 from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
+from .canaries import Breach, Canaries
 from .coverage import CoverageMap
-from .forensics import FATAL, Outcome, death_outcome, peek_log, stall_outcome
+from .forensics import FATAL, Outcome, PanicWatch, death_outcome, stall_outcome
 from .sanitizer import sanitize
 from .sanitizer_report import has_report
 
@@ -80,6 +81,8 @@ __all__ = [
     "SANITIZER_ENV",
     "instrumented",
     "default_daemons",
+    "escape_outcome",
+    "CANARIES",
 ]
 
 _OP = fuse_opcode
@@ -97,6 +100,19 @@ SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=0:color=never:symbolize=0:abort_on_error=1:handle_abort=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:color=never:symbolize=0",
 }
+
+
+#: Where the harness plants escape canaries (:mod:`.canaries`): ``beside`` the share (the
+#: default: every live target checks them), ``inside`` it (tests only: a daemon that can
+#: reach them, so each check is shown to fire), or ``off``.
+CANARIES = ("beside", "inside", "off")
+
+
+def escape_outcome(name: str, breach: Breach) -> Outcome:
+    """The ``escape`` finding for a canary breach seen after request ``name``."""
+    return Outcome(f"{name}:escape-{breach.kind}", "escape",
+                   f"escape canary {breach.kind}: {breach.detail} (after {name})",
+                   {"opcode": name, "breach": breach.kind, "canary": breach.canary})
 
 
 class SandboxedDaemon(daemons.Daemon):
@@ -198,8 +214,14 @@ class DaemonHarness:
                  workdir: str | None = None, history: int = HISTORY,
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
                  setup: bool = True, coverage: CoverageMap | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, canaries: str = "beside"):
+        if canaries not in CANARIES:
+            raise ValueError(f"canaries: one of {', '.join(CANARIES)}, not {canaries!r}")
         self.installation = installation
+        # Escape canaries beside each share (checked by check_canaries(), and every reply
+        # scanned for their tokens); None until a daemon starts, or when "off".
+        self.canary_mode = canaries
+        self.canaries: Canaries | None = None
         # Extra environment for every daemon started (over SANITIZER_ENV and the map's).
         self.env = dict(env or {})
         # The daemon's edge map (same file across restarts); None: not measured.
@@ -247,6 +269,10 @@ class DaemonHarness:
         shared = os.path.join(base, "shared")
         os.makedirs(shared)
         _populate(shared)
+        self.canaries = None
+        if self.canary_mode != "off":
+            self.canaries = Canaries.plant(shared if self.canary_mode == "inside" else base,
+                                           shared)
         sock = os.path.join(base, "vhost.sock")
         env = dict(SANITIZER_ENV)
         if self.coverage is not None:
@@ -277,6 +303,8 @@ class DaemonHarness:
             raise
         self.starts += 1
         self.history.clear()
+        if self.canaries is not None:
+            self.canaries.rearm()  # the socket and log are there now; setup read nothing
         self.new_log()  # skip the start-up chatter
         if self.coverage is not None:
             self.coverage.absorb()  # start-up and setup: not any input's coverage
@@ -470,6 +498,11 @@ class DaemonHarness:
         except TransportError as e:
             return self._dead(name, str(e))
         out = self._check_reply(one, reply, one.token.used_len)
+        if self.canaries is not None and out.finding is None:
+            leak = self.canaries.scan(reply)
+            if leak is not None:
+                out = escape_outcome(name, leak)
+                out.reply = reply
         if one.op == _OP.FUSE_INIT and out.finding is None and out.reply and not self._inited:
             # The first negotiated INIT only (as a kernel): a later one must not change how
             # we decode.
@@ -511,7 +544,10 @@ class DaemonHarness:
         start = time.monotonic()
         spin_end = start + 0.002
         deadline = start + timeout
-        next_log = start + 0.05
+        # A Rust worker panic is seen in the log within ~2 ms of being written (one stat
+        # per look while the log does not grow), not at the hang timeout.
+        watch = PanicWatch(d.log_path, self._log_offset) if self.kind == "rust" else None
+        next_log = spin_end
         while True:
             if t.done(token):
                 return "done"
@@ -522,9 +558,9 @@ class DaemonHarness:
                 return "done" if t.done(token) else "dead"
             if now > deadline:
                 return "timeout"
-            if now > next_log:
-                next_log = now + 0.05
-                if self.kind == "rust" and "panicked" in peek_log(d.log_path or "", self._log_offset):
+            if watch is not None and now > next_log:
+                next_log = now + 0.002
+                if watch.seen():
                     return "timeout"
             time.sleep(0.0005)
 
@@ -587,6 +623,19 @@ class DaemonHarness:
                            f"reply does not decode: {type(e).__name__}: {e}", ev, reply)
         return Outcome(f"{name}:{err}:{_bucket(len(reply))}" if err == 0 else f"{name}:{err}",
                        reply=reply)
+
+    def check_canaries(self, name: str = "program") -> list[Outcome]:
+        """The escape findings since the last check (:meth:`.canaries.Canaries.check`:
+        a canary beside the share read, written, linked, renamed or deleted, an entry
+        created there), each reported once (the canaries are re-armed); ``name``: what
+        ran since (an opcode, or "program"). Every live loop calls this after each input."""
+        c = self.canaries
+        if c is None:
+            return []
+        breaches = c.check()
+        if breaches:
+            c.rearm()
+        return [escape_outcome(name, b) for b in breaches]
 
     def healthy(self) -> bool:
         """A GETATTR on the root answers (used after INIT/DESTROY-like requests)."""
