@@ -1,0 +1,233 @@
+"""Escape canaries: files and a directory planted *beside* a daemon's shared directory,
+and symlinks inside the share that point out at them, checked after every input.
+
+A virtio-fs daemon must never let a guest reach outside its shared directory. Each live
+fuzz target's scratch directory ``base/`` holds the share (``base/shared/``) and, with
+:meth:`Canaries.plant`, next to it:
+
+* ``base/canary`` -- a file whose content is a unique random token (repeated, so any
+  read of at least two tokens' worth of it carries a whole one);
+* ``base/canary-dir/`` with ``canary-dir/canary`` (its own token) inside;
+* in the share, ``escape -> ../canary``, ``escape-dir -> ../canary-dir`` and
+  ``escape-abs -> <absolute path of base>/canary``: symlinks out.
+
+:meth:`Canaries.check` says what happened to them since they were armed: **read** (the
+access time moved: canaries are armed with an atime a day older than their mtime, so
+``relatime`` -- this machine's ext4 -- updates it on the next read; our own checks read
+with ``O_NOATIME``), **written** (size, mtime, ctime or content changed; a directory's
+entries), **linked** (nlink changed: a hard link made to it), **renamed** (gone, and an
+entry with its inode appeared beside the share), **deleted** (gone), **created** (a new
+entry beside the share or in the canary directory). :meth:`Canaries.scan` says whether a
+reply carries a canary's token. Breaches are reported once: :meth:`Canaries.rearm`
+takes a fresh snapshot (and moves atimes back).
+
+The generators of :mod:`.sequences` use :data:`ESCAPE_NAMES` and :data:`SYMLINK_TARGETS`
+(``..``, absolute names, names with ``/``, the symlinks out); the harness
+(:class:`~fuseproto.fuzz.harness.DaemonHarness`) plants the canaries for every daemon it
+starts and turns breaches into ``escape`` findings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+
+__all__ = ["Canaries", "Breach", "ESCAPE_NAMES", "SYMLINK_TARGETS", "CANARY_FILE",
+           "CANARY_DIR", "ESCAPE_LINKS"]
+
+CANARY_FILE = "canary"
+CANARY_DIR = "canary-dir"
+#: The symlinks planted in the share: name -> where it points (``{base}``: the absolute
+#: path of the share's parent).
+ESCAPE_LINKS = {"escape": "../" + CANARY_FILE, "escape-dir": "../" + CANARY_DIR,
+                "escape-abs": "{base}/" + CANARY_FILE}
+#: Names a program tries in LOOKUP / CREATE / MKDIR / RENAME / UNLINK / LINK: the parent,
+#: absolute names, names with ``/``, the symlinks out, and what lies beside the share.
+ESCAPE_NAMES = (b"..", b".", b"../" + CANARY_FILE.encode(), b"/" + CANARY_FILE.encode(),
+                CANARY_FILE.encode(), b"escape", b"escape-dir", b"escape-abs",
+                b"dir/../../" + CANARY_FILE.encode(), b"../" + CANARY_DIR.encode(),
+                b"escape/", b"escape-dir/" + CANARY_FILE.encode(), b"/", b"/etc/passwd",
+                b"../../../../../../etc/passwd", b"dir/..", b"../shared/file")
+#: What SYMLINK steps point new links at (following one must stay inside the share).
+SYMLINK_TARGETS = (b"../" + CANARY_FILE.encode(), b"/etc/passwd", b"..", b"/",
+                   b"../../" + CANARY_FILE.encode(), b"escape")
+# How many times a token is repeated in its canary file: any window of 2 x (len + 1)
+# bytes holds a whole token.
+_REPEAT = 16
+_OLD = 24 * 3600  # an atime this much older than the mtime: relatime updates it on read
+
+
+@dataclass
+class Breach:
+    """Something a daemon did to a canary (or a reply that carries one)."""
+
+    kind: str  # read | written | linked | renamed | deleted | created | reply
+    canary: str  # the canary's path relative to base (or the new entry's)
+    detail: str
+
+
+@dataclass
+class _Snap:
+    ino: int
+    mode: int
+    nlink: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    digest: str  # content sha1 (a file) or the sorted entry names (a directory)
+
+
+@dataclass
+class Canaries:
+    """The canaries beside one share (see the module docstring)."""
+
+    base: str
+    shared: str
+    tokens: dict[str, bytes] = field(default_factory=dict)  # canary path -> its token
+    _snaps: dict[str, _Snap] = field(default_factory=dict)
+    _beside: set[str] = field(default_factory=set)  # base's entries when armed
+    _base_mtime: int = 0
+
+    @classmethod
+    def plant(cls, base: str, shared: str, *, links: bool = True) -> Canaries:
+        """Create the canaries in ``base`` (the share's parent; for a test, the share
+        itself) and the symlinks out in ``shared``; armed at once."""
+        c = cls(os.path.abspath(base), os.path.abspath(shared))
+        os.makedirs(os.path.join(c.base, CANARY_DIR), exist_ok=True)
+        for rel in (CANARY_FILE, os.path.join(CANARY_DIR, CANARY_FILE)):
+            tok = b"CANARY-" + secrets.token_hex(16).encode()
+            c.tokens[rel] = tok
+            with open(os.path.join(c.base, rel), "wb") as f:
+                f.write((tok + b"\n") * _REPEAT)
+        if links:
+            for name, target in ESCAPE_LINKS.items():
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(target.format(base=c.base), os.path.join(c.shared, name))
+        c.rearm()
+        return c
+
+    @property
+    def paths(self) -> list[str]:
+        """The canaries, relative to ``base``."""
+        return [CANARY_FILE, CANARY_DIR, os.path.join(CANARY_DIR, CANARY_FILE)]
+
+    def rearm(self) -> None:
+        """Age the canaries' access times again and take a fresh snapshot (after a breach
+        was reported, or to start over)."""
+        for rel in self.paths:
+            p = os.path.join(self.base, rel)
+            with contextlib.suppress(OSError):
+                st = os.lstat(p)
+                os.utime(p, ns=(st.st_mtime_ns - _OLD * 10**9, st.st_mtime_ns),
+                         follow_symlinks=False)
+        self._snaps = {}
+        for rel in self.paths:
+            s = self._snap(rel)
+            if s is not None:
+                self._snaps[rel] = s
+        self._beside = set(self._entries(self.base))
+        self._base_mtime = os.stat(self.base).st_mtime_ns
+
+    # -- reading without touching ------------------------------------------------------
+    @staticmethod
+    def _entries(path: str) -> list[str]:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    def _snap(self, rel: str, deep: bool = True) -> _Snap | None:
+        p = os.path.join(self.base, rel)
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return None
+        digest = ""
+        if deep:
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    digest = "\0".join(self._entries(p))
+                else:
+                    fd = os.open(p, os.O_RDONLY | os.O_NOATIME | os.O_NOFOLLOW)
+                    try:
+                        digest = hashlib.sha1(os.read(fd, 1 << 20)).hexdigest()
+                    finally:
+                        os.close(fd)
+            except OSError as e:
+                digest = f"unreadable: {e}"
+        return _Snap(st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns,
+                     st.st_ctime_ns, st.st_atime_ns, digest)
+
+    # -- the checks -----------------------------------------------------------------------
+    def check(self) -> list[Breach]:
+        """What happened to the canaries since they were armed (empty: nothing). Cheap
+        when nothing did (a few ``lstat``): contents and listings are read only when a
+        time or size moved."""
+        out: list[Breach] = []
+        try:
+            base_mtime = os.stat(self.base).st_mtime_ns
+        except OSError as e:
+            return [Breach("deleted", ".", f"the share's parent is gone: {e}")]
+        now_beside = self._entries(self.base) if base_mtime != self._base_mtime \
+            else sorted(self._beside)
+        new_beside = [n for n in now_beside if n not in self._beside]
+        moved_to: dict[int, str] = {}
+        for n in new_beside:
+            with contextlib.suppress(OSError):
+                moved_to[os.lstat(os.path.join(self.base, n)).st_ino] = n
+        for rel, old in self._snaps.items():
+            cur = self._snap(rel, deep=False)
+            if cur is None:
+                if old.ino in moved_to:
+                    out.append(Breach("renamed", rel, f"{rel} was renamed to "
+                                      f"{moved_to.pop(old.ino)} (inode {old.ino})"))
+                else:
+                    out.append(Breach("deleted", rel, f"{rel} is gone"))
+                continue
+            if cur.ino != old.ino:
+                out.append(Breach("renamed", rel, f"{rel} was replaced: inode {old.ino} -> "
+                                  f"{cur.ino}"))
+                continue
+            if cur.nlink != old.nlink and not stat.S_ISDIR(old.mode):
+                out.append(Breach("linked", rel, f"{rel}: nlink {old.nlink} -> {cur.nlink} "
+                                  "(a hard link to it was made or removed)"))
+            changed = [k for k in ("size", "mtime_ns", "ctime_ns", "mode")
+                       if getattr(cur, k) != getattr(old, k)]
+            if changed:
+                deep = self._snap(rel)
+                what = ", ".join(changed)
+                if deep is not None and deep.digest != old.digest:
+                    what += ", " + ("entries" if stat.S_ISDIR(old.mode) else "content")
+                if stat.S_ISDIR(old.mode) and deep is not None and deep.digest != old.digest:
+                    added = sorted(set(deep.digest.split("\0")) - set(old.digest.split("\0"))
+                                   - {""})
+                    for n in added:
+                        out.append(Breach("created", os.path.join(rel, n),
+                                          f"{n} appeared in the canary directory {rel}"))
+                out.append(Breach("written", rel, f"{rel} changed: {what}"))
+            elif cur.atime_ns != old.atime_ns:
+                out.append(Breach("read", rel, f"{rel} was read: atime "
+                                  f"{old.atime_ns} -> {cur.atime_ns}"))
+        for n in new_beside:
+            if n in moved_to.values():
+                out.append(Breach("created", n, f"{n} appeared beside the share"))
+        return out
+
+    def scan(self, data: bytes) -> Breach | None:
+        """A canary's token in ``data`` (a reply), or None."""
+        for rel, tok in self.tokens.items():
+            if tok in data:
+                return Breach("reply", rel, f"a reply carries the token of {rel} "
+                              f"(at byte {data.find(tok)})")
+        return None
+
+    def normalize(self, data: bytes) -> bytes:
+        """``data`` with this base's absolute path replaced by ``$BASE`` (so the same
+        symlink in two shares reads the same)."""
+        return data.replace(self.base.encode(), b"$BASE")
