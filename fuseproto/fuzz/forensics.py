@@ -208,8 +208,6 @@ def outcome_signature(label: str, out: Outcome) -> str | None:
         return f"{out.finding}:{label}:{out.evidence.get('sanitizer_signature', '?')}"
     if out.finding == "escape":  # a canary breach (.canaries): what happened to which
         return f"escape:{label}:{out.evidence.get('breach')}:{out.evidence.get('canary')}"
-    if out.finding == "escape":  # a canary breach (.canaries): what happened to which
-        return f"escape:{label}:{out.evidence.get('breach')}:{out.evidence.get('canary')}"
     parts = out.cls.split(":")
     op = parts[0]
     site = out.evidence.get("site")
