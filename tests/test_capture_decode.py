@@ -448,7 +448,7 @@ _SAMPLE = sample_session()
 def _messages(draw):
     """Sample messages, some mutated or cut, plus arbitrary bytes, in any direction."""
     if draw(st.booleans()):
-        return draw(st.integers(0, 3)), draw(st.binary(max_size=200))
+        return draw(st.integers(0, 4)), draw(st.binary(max_size=200))
     d, _, data = draw(st.sampled_from(_SAMPLE))
     buf = bytearray(data)
     for _ in range(draw(st.integers(0, 3))):
@@ -466,7 +466,7 @@ def test_decode_capture_reports_everything_and_never_raises(msgs, pair):
     buf = io.BytesIO()
     w = PcapWriter(buf, LINKTYPE_FUSE)
     for d, data in msgs:
-        # direction 3 is invalid: a bad-frame entry
+        # direction 3 is an annotation, 4 is invalid: a bad-frame entry
         w.write(
             pack_frame(Direction.REQUEST, 1, data)[:1]
             + bytes([d])
@@ -477,9 +477,10 @@ def test_decode_capture_reports_everything_and_never_raises(msgs, pair):
     out = list(decode_capture(buf.getvalue(), pair=pair, summary=s))
     assert len(out) == len(msgs)
     for m in out:
-        assert m.kind in ("request", "reply", "notification", "bad-frame")
+        assert m.kind in ("request", "reply", "notification", "annotation", "bad-frame")
         assert m.error is None or isinstance(m.error, DecodeError | ProtocolError)
-        assert m.message is not None or m.error is not None or m.kind == "reply"
+        assert (m.message is not None or m.error is not None
+                or m.kind in ("reply", "annotation"))
     assert s.records == len(msgs)
 
 

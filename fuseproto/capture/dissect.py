@@ -71,6 +71,7 @@ REPLY = "reply"
 NOTIFICATION = "notification"
 SKIPPED = "skipped"  # a record of another link type
 BAD_FRAME = "bad-frame"  # our link type, unreadable pseudo-header
+ANNOTATION = "annotation"  # a recorder's note (Direction.ANNOTATION): UTF-8 text in raw
 CAPTURE_ERROR = "capture-error"  # the file is corrupt; iteration ends
 # The kind a record's pseudo-header direction announces (decoding may refine it).
 _KIND_OF_DIRECTION: dict[int, str] = {Direction.REQUEST: REQUEST, Direction.REPLY: REPLY}
@@ -83,7 +84,8 @@ class CapturedMessage:
     index: int  # record number in the file
     file_offset: int  # where the record starts in the file
     ts_ns: int
-    kind: str  # request / reply / notification / skipped / bad-frame / capture-error
+    kind: str  # request / reply / notification / annotation / skipped / bad-frame /
+    # capture-error
     direction: int | None = None
     queue: int | None = None
     message: Any = None  # codec Request / Reply / Notification, or None
@@ -226,6 +228,9 @@ def _decode_record(
     m.direction = frame.direction
     m.queue = frame.queue
     m.raw = frame.data
+    if frame.direction == Direction.ANNOTATION:
+        m.kind = ANNOTATION  # not a FUSE message: nothing to decode, not an error
+        return m
     # What the recorder said it is; decoding refines it (a reply with unique 0 is a
     # notification) but even bytes too short for a header keep a kind.
     m.kind = _KIND_OF_DIRECTION.get(frame.direction, NOTIFICATION)

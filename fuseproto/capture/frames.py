@@ -9,6 +9,9 @@ There is no registered link type for FUSE, so captures use a DLT_USER type,
       1     1    direction  0 REQUEST      to the daemon (fuse_in_header ...)
                             1 REPLY        from the daemon (fuse_out_header, unique != 0)
                             2 NOTIFICATION from the daemon (fuse_out_header, unique 0)
+                            3 ANNOTATION   not a FUSE message: UTF-8 text from the
+                                           recorder (what the recording proxy saw but could
+                                           not parse, backend-channel messages, ...)
       2     2    queue      virtqueue index the message used (0 hiprio, 1.. request
                             queues; /dev/fuse captures use 0)
       4     1    flags      bit 0 OPCODE_VALID: ``opcode`` holds the opcode of the
@@ -88,6 +91,7 @@ class Direction(enum.IntEnum):
     REQUEST = 0
     REPLY = 1
     NOTIFICATION = 2
+    ANNOTATION = 3
 
 
 class FrameError(DecodeError):
@@ -166,7 +170,8 @@ def unpack_frame(record: bytes) -> Frame:
         d: Direction | int = Direction(direction)
     except ValueError:
         raise FrameError(
-            f"capture direction {direction} is not 0, 1 or 2", offset=1, path="capture.direction"
+            f"capture direction {direction} is not 0, 1, 2 or 3", offset=1,
+            path="capture.direction"
         ) from None
     return Frame(d, queue, record[n:], flags, minor, opcode)
 
@@ -229,6 +234,16 @@ class CaptureRecorder:
             self._writer.write(rec, ts)
 
     record = __call__
+
+    def annotate(self, queue: int, text: str, timestamp_ns: int | None = None) -> None:
+        """Write an ANNOTATION record (UTF-8 ``text``, minor hint as for messages): what a
+        recorder saw that is not a FUSE message, or could not read as one."""
+        ts = self._clock() if timestamp_ns is None else timestamp_ns  # type: ignore[operator]
+        with self._lock:
+            if not self.closed:
+                rec = pack_frame(Direction.ANNOTATION, queue, text.encode("utf-8", "replace"),
+                                 minor=self.minor)
+                self._writer.write(rec, ts)
 
     def write_frame(self, frame: bytes, timestamp_ns: int) -> None:
         """Write one record's bytes exactly as given (pseudo-header included, nothing

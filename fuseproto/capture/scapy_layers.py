@@ -338,7 +338,8 @@ class FuseCapture(Packet):
     fields_desc = [
         ByteField("version", 1),
         # "dir", not "direction": scapy's Packet already has a ``direction`` attribute.
-        ByteEnumField("dir", 0, {0: "request", 1: "reply", 2: "notification"}),
+        ByteEnumField("dir", 0, {0: "request", 1: "reply", 2: "notification",
+                                 3: "annotation"}),
         LEShortField("queue", 0),
         FlagsField("flags", 0, 8, ["OPCODE_VALID", "MINOR_VALID", "INJECTED"]),
         ByteField("minor", 0),

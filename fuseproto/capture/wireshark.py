@@ -359,7 +359,7 @@ def lua_plugin(linktype: int = LINKTYPE_FUSE) -> str:
         "NOTIFY_NAME": {int(c): c.name for c in fuse_notify_code},
         "ERRNAME": {0: "OK", **{-n: name for n, name in sorted(_errno.errorcode.items())},
                     **{int(c): c.name for c in fuse_notify_code}},  # error = notify code
-        "DIRNAME": {0: "request", 1: "reply", 2: "notification"},
+        "DIRNAME": {0: "request", 1: "reply", 2: "notification", 3: "annotation"},
         "NO_REPLY": {int(op): True for op, e in REPLY_EXPECTATION.items()
                      if e is ReplyExpectation.NONE},
     }

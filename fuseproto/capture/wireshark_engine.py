@@ -569,7 +569,12 @@ function fuse.dissector(tvb, pinfo, tree)
     for _, f in ipairs(CAPTURE_FIELDS) do ph:add_le(f[2], tvb(f[3], f[4])) end
     local version, dir, flags = tvb(0, 1):uint(), tvb(1, 1):uint(), tvb(4, 1):uint()
     if version ~= 1 then return err(top, "capture pseudo-header version %d (expected 1)", version) end
-    if dir > 2 then return err(top, "capture pseudo-header direction %d", dir) end
+    if dir == 3 then  -- an ANNOTATION record: the recorder's UTF-8 note, no FUSE message
+        pinfo.cols.info = "annotation"
+        if cap > MSG then top:add(tvb(MSG, cap - MSG), "annotation: " .. tvb(MSG, cap - MSG):string()) end
+        return true
+    end
+    if dir > 3 then return err(top, "capture pseudo-header direction %d", dir) end
     local hint_op = band(flags, 1) ~= 0 and tvb(8, 4):le_uint() or nil
     local hint_minor = band(flags, 2) ~= 0 and tvb(5, 1):uint() or nil
     if rep > cap then

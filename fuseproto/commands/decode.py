@@ -454,6 +454,9 @@ def _text_line(m: Any, t0: int | None) -> str:
         return f"{head} .. skipped: record of another link type ({len(m.raw)} bytes)"
     if m.kind == "bad-frame":
         return f"{head} !! bad capture record: {_err(m.error)}"
+    if m.kind == "annotation":
+        q = "-" if m.queue is None else m.queue
+        return f"{head} ## q{q} {m.raw.decode('utf-8', 'replace')}"
     arrow = _ARROW.get(m.kind, "??")
     q = "-" if m.queue is None else m.queue
     unique = "?" if m.header is None else m.header["unique"]
