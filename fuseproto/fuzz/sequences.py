@@ -254,6 +254,9 @@ class ProgramResult:
     # With a DAX daemon: what its backend-channel record and its answers break (the DAX
     # invariants on what it actually mapped, and mapping requests it should have refused).
     dax_violations: list[Violation] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # the program step each outcome answers
+    # Escape canary breaches seen after the program (harness.check_canaries).
+    escapes: list[Outcome] = field(default_factory=list)
 
 
 def _pick(pool: list[int], ref: int) -> int:
@@ -312,11 +315,12 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             while j < len(prog) and prog[j].group == prog[i].group:
                 j += 1
         group = prog[i:j]
-        i = j
+        first, i = i, j
         items: list[tuple[bytes, int]] = []
         built: list[Step] = []
         bodies: list[Any] = []
-        for step in group:
+        idxs: list[int] = []
+        for n, step in enumerate(group, first):
             h.unique += 2
             nodeid, body = _resolve(step, nodes, fhs, uniques)
             try:
@@ -330,11 +334,13 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             items.append((data, step.variant))
             built.append(step)
             bodies.append(body)
+            idxs.append(n)
         if not items:
             continue
         batch += 1
         outs = h.send_many(items, batch=batch)
         res.outcomes += outs
+        res.steps += idxs[:len(outs)]
         for k, (step, out) in enumerate(zip(built, outs, strict=False)):
             err = _errno(out)
             if step.op in _MAP_OPS:
@@ -353,10 +359,12 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
                     destroyed = True
             if out.finding in FATAL:
                 res.fatal = out
+                res.escapes = h.check_canaries("program")
                 return res
     if h.dax is not None and h.window is not None:
         res.dax_violations += check_backend_record(
             list(h.dax.events), DAX_WINDOW, mapped_bytes=h.window.mapped_pages() * PAGE)
+    res.escapes = h.check_canaries("program")
     return res
 
 
@@ -554,6 +562,8 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                     stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                     if out.finding is not None:
                         record_finding(stats, store, h, label, out, program_to_json(prog))
+                for out in res.escapes:  # a canary beside the share was touched
+                    record_finding(stats, store, h, label, out, program_to_json(prog))
                 for v in res.dax_violations:  # one finding per invariant (by signature)
                     out = Outcome(f"{v.invariant}:dax", "dax", f"{v.invariant}: {v.detail}",
                                   {"invariant": v.invariant})

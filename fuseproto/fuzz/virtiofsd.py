@@ -172,6 +172,8 @@ def fuzz_daemon(
                         continue
                 out = h.send(data, variant)
                 stats.requests += 1
+                for esc in h.check_canaries(out.cls.split(":", 1)[0]):  # escape canaries
+                    record_finding(stats, store, h, label, esc)
                 new = out.cls not in stats.classes
                 stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                 edges = fb.new_edges()
