@@ -73,20 +73,22 @@ SUMMARY: UndefinedBehaviorSanitizer: undefined-behavior ../../tools/virtiofsd/fu
 """
 
 
-def test_clang_and_gcc_assertions_give_one_site():
+def test_clang_and_gcc_assertions_are_read_alike():
+    """gcc names the function, clang prints its whole signature: the same site either way
+    (file, line, function, the assertion's text as written)."""
     gcc = ("virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: fv_queue_worker: "
            "Assertion `0' failed.")
-    clang = ("virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:512: void "
+    clang = ("virtiofsd: ../../tools/virtiofsd/fuse_virtio.c:497: void "
              "fv_queue_worker(gpointer, gpointer): Assertion `0' failed.")
-    assert crash_site(gcc) == crash_site(clang) == "fuse_virtio.c fv_queue_worker Assertion 'N' failed"
+    assert crash_site(gcc) == crash_site(clang) == "fuse_virtio.c:497 fv_queue_worker: Assertion '0' failed"
     ptr = ("virtiofsd: ../../tools/virtiofsd/passthrough_ll.c:210: struct lo_inode "
            "*lo_inode(fuse_req_t, fuse_ino_t): Assertion `ino->nlookup > 0' failed.")
-    assert crash_site(ptr) == "passthrough_ll.c lo_inode Assertion 'ino->nlookup > N' failed"
+    assert crash_site(ptr) == "passthrough_ll.c:210 lo_inode: Assertion 'ino->nlookup > 0' failed"
     static = ("virtiofsd: ../../tools/virtiofsd/fuse_lowlevel.c:1700: static void "
               "do_interrupt(fuse_req_t, fuse_ino_t, struct fuse_mbuf_iter *): Assertion "
               "`req->interrupted == 0' failed.")
-    assert crash_site(static).startswith("fuse_lowlevel.c do_interrupt Assertion")
-    # Both build's aborts are the same crash finding, with the same signature.
+    assert crash_site(static).startswith("fuse_lowlevel.c:1700 do_interrupt: Assertion")
+    # Both wordings of one site are one crash finding, with one signature.
     outs = [death_outcome("c", "FUSE_READ", ABORTED, log, []) for log in (gcc, clang)]
     assert {o.finding for o in outs} == {"crash"}
     assert outcome_signature("c", outs[0]) == outcome_signature("c", outs[1])
@@ -125,7 +127,7 @@ def test_asan_death_is_an_asan_finding_not_a_crash_and_dedups_across_runs():
     assert ev["frames"][0].startswith("#0 virtiofsd+0x1b2c2") and ev["status"]
     sigs = {outcome_signature("c-asan-cov", x) for x in outs}
     assert sigs == {"asan:c-asan-cov:heap-buffer-overflow:virtiofsd+0x1b2c2|virtiofsd+0x3c0de|"
-                    "virtiofsd+0x2f111"}
+                    "virtiofsd+0x2f111"}  # unsymbolized: the offsets tell sites apart
 
 
 def test_symbolized_frames_skip_the_sanitizer_runtime():
@@ -136,8 +138,8 @@ def test_symbolized_frames_skip_the_sanitizer_runtime():
                                    "fuse_session_process_buf_int"]
     o = death_outcome("c", "FUSE_WRITE", ABORTED, ASAN_SYMBOLIZED, [])
     assert outcome_signature("c-asan-cov", o) == (
-        "asan:c-asan-cov:heap-use-after-free:lo_write_buf|do_write_buf|"
-        "fuse_session_process_buf_int")
+        "asan:c-asan-cov:heap-use-after-free:lo_write_buf@passthrough_ll.c:2085|"
+        "do_write_buf@fuse_lowlevel.c:1123|fuse_session_process_buf_int@fuse_lowlevel.c:2580")
 
 
 def test_ubsan_halt_is_told_from_the_daemons_own_exit_1():
@@ -208,7 +210,8 @@ int main(int argc, char **argv) {
     o = death_outcome("c", "FUSE_STATFS", ABORTED, p.stderr, [], exe)
     assert o.finding == "asan"
     sig = outcome_signature("c-asan-cov-planted", o)
-    assert sig.startswith("asan:c-asan-cov-planted:heap-buffer-overflow:__wrap_fstatvfs_like|main")
+    assert sig.startswith("asan:c-asan-cov-planted:heap-buffer-overflow:"
+                          "__wrap_fstatvfs_like@planted.c:4|main@planted.c:8")
     assert o.evidence["frames"][0].startswith("#0 __wrap_fstatvfs_like planted.c:4")
     p = subprocess.run([exe, "40"], capture_output=True, text=True, env=env, timeout=60)
     # UBSan halts with exit(1) alone; next to ASan, abort_on_error makes it SIGABRT: either
@@ -217,7 +220,7 @@ int main(int argc, char **argv) {
     status = EXIT_1 if p.returncode == 1 else ABORTED
     u = death_outcome("c", "FUSE_SETATTR", status, p.stderr, [], exe)
     assert u.finding == "ubsan" and u.evidence["source"] == "planted.c:5"
-    assert ":planted.c:5:shift|main" in outcome_signature("x", u)
+    assert ":planted.c:5:shift@planted.c:5|main@planted.c:7" in outcome_signature("x", u)
 
 
 ABRT_REPORT = """\
@@ -254,5 +257,6 @@ def test_an_assertion_asan_caught_stays_the_crash_it_is_in_a_plain_build():
     # An abort with no site in the log: an asan finding named by the frames below abort().
     a = death_outcome("c", "FUSE_FORGET", ABORTED, ABRT_REPORT, [], BIN)
     assert a.finding == "asan"
-    assert outcome_signature("x", a) == ("asan:x:ABRT:unref_inode|unref_inode_lolocked|"
-                                         "lo_forget_one")
+    assert outcome_signature("x", a) == ("asan:x:ABRT:unref_inode@passthrough_ll.c:1734|"
+                                         "unref_inode_lolocked@passthrough_ll.c:1759|"
+                                         "lo_forget_one@passthrough_ll.c:1777")

@@ -187,8 +187,8 @@ def test_shrink_padded_known_findings_to_their_core(daemon_installations, tmp_pa
         h.unique += 2
         statfs = codec.encode_request(O.FUSE_STATFS, Container(), unique=h.unique, nodeid=1)
         docs = {"short": _padded_doc(h, [short]), "interrupt": _padded_doc(h, [intr, statfs])}
-    docs["short"]["finding"] = {"signature": "crash:c:SIGABRT:fuse_virtio.c fv_queue_worker "
-                                "Assertion 'N' failed"}
+    docs["short"]["finding"] = {"signature": "crash:c:SIGABRT:fuse_virtio.c:497 "
+                                "fv_queue_worker: Assertion '0' failed"}
     # The stale INTERRUPT's signature is whichever of its two known faces the padded
     # replay shows (wrong unique, or the double-reply abort).
     outs = replay_daemon(docs["interrupt"], inst)
@@ -278,22 +278,49 @@ def test_program_reaches_mapping_accepted_on_c_dax(no_leaks):
     assert mapped == (2 << 20) // mmap.PAGESIZE  # the 2 MiB chunk is in the window
 
 
-def test_dax_oracles_catch_daemon_side_bugs_and_accept_the_clean_daemon(tmp_path):
-    """Live DAX fuzzing on c-dax: after every program the backend-channel record is
-    checked and every accepted mapping request is judged against the protocol and the
-    real window. The clean daemon gives no DAX finding in 1000 programs; the variant whose
-    REMOVEMAPPING takes its count from the length is caught within 400 (seed 1)."""
+# Each planted daemon-side DAX bug (fuseproto/daemons/csrc/dax/0001-dax.patch) and the
+# invariant the live fuzzer must report it under.
+DAX_BUG_CATCHES = {
+    "c-dax-bug-align": "alignment",  # FS_MAP with a misaligned file offset (record)
+    "c-dax-bug-window-end": "inside_window",  # FS_MAP one page past the window (record)
+    "c-dax-bug-count": "accepted_count_mismatch",  # count != entries answered 0
+    "c-dax-bug-access": "accepted_write_on_read_only_handle",  # write via an O_RDONLY fh
+    "c-dax-bug-unmap": "accepted_unmap_left_mapped",  # REMOVEMAPPING left a page mapped
+}
+
+
+def _dax_findings(variant, tmp_path, programs):
     from fixtures_daemons import built_installation
 
     from fuseproto.fuzz.findings import FindingStore
 
-    found = {}
-    for variant, programs in (("c-dax", 1000), ("c-dax-bug-count", 400)):
-        stats = sequences.fuzz_sequences(
-            built_installation(variant), seconds=180, store=FindingStore(tmp_path / variant),
-            seed=1, max_programs=programs, feedback="outcome", label=variant)
-        assert stats.sequences["deepest"] == "mapping-accepted", variant
-        assert stats.sequences["programs"] == programs, (variant, stats.sequences)
-        found[variant] = [f for f in stats.sequences["findings"] if f.startswith("dax:")]
-    assert found["c-dax"] == []
-    assert "dax:c-dax-bug-count:accepted_count_mismatch" in found["c-dax-bug-count"], found
+    stats = sequences.fuzz_sequences(
+        built_installation(variant), seconds=240, store=FindingStore(tmp_path / variant),
+        seed=1, max_programs=programs, feedback="outcome", label=variant)
+    assert stats.sequences["deepest"] == "mapping-accepted", variant
+    assert stats.sequences["programs"] == programs, (variant, stats.sequences)
+    return stats, [f for f in stats.sequences["findings"] if f.startswith("dax:")]
+
+
+def test_dax_oracles_accept_the_clean_daemon(tmp_path):
+    """Live DAX fuzzing on clean c-dax: after every program the backend-channel record is
+    checked and every accepted mapping request is judged against the protocol and the
+    real window; 600 programs (mostly mapping-aware ones) give no DAX finding, and the
+    mapping shapes the report shows include accepted and refused ones."""
+    stats, found = _dax_findings("c-dax", tmp_path, 600)
+    assert found == []
+    maps = stats.sequences["mappings"]
+    assert any(k.startswith("FUSE_SETUPMAPPING aligned-2M in window") and k.endswith(": 0")
+               for k in maps), maps
+    assert any("past the window end by one page" in k and k.endswith(": 22") for k in maps), maps
+    assert any(k.startswith("FUSE_REMOVEMAPPING") and "lying count" in k and k.endswith(": 22")
+               for k in maps), maps
+
+
+@pytest.mark.parametrize("variant", sorted(DAX_BUG_CATCHES))
+def test_dax_oracles_catch_each_daemon_side_bug(variant, tmp_path):
+    """Each variant of our DAX patch with a realistic bug is caught by the live DAX fuzzing
+    (mapping-aware programs, seed 1) within 300 programs, under the invariant that names
+    the bug."""
+    _stats, found = _dax_findings(variant, tmp_path, 300)
+    assert f"dax:{variant}:{DAX_BUG_CATCHES[variant]}" in found, found

@@ -94,8 +94,25 @@ class SanitizerReport:
     def top_functions(self, n: int = TOP_FRAMES) -> list[str]:
         """The top ``n`` frames' names below the sanitizer runtime's own frames (function
         if known, else ``module+offset``)."""
+        return [f.function or f.describe() for f in self._below_runtime()[:n]]
+
+    def top_sites(self, n: int = TOP_FRAMES) -> list[str]:
+        """The same frames as :meth:`top_functions`, each with its source line when the
+        frame has one (``lo_write_buf@passthrough_ll.c:2085``): two faults in one function
+        are two sites (lines are stable for one build)."""
+        out = []
+        for f in self._below_runtime()[:n]:
+            name = f.function or f.describe()
+            if f.function and f.location:
+                path, _, rest = f.location.partition(":")
+                line = rest.split(":")[0]
+                name += f"@{os.path.basename(path)}" + (f":{line}" if line else "")
+            out.append(name)
+        return out
+
+    def _below_runtime(self) -> list[Frame]:
         frames = [f for f in self.frames if not (f.function and _RUNTIME_FRAME.match(f.function))]
-        return [f.function or f.describe() for f in (frames or self.frames)[:n]]
+        return frames or self.frames
 
 
 def has_report(log: str) -> bool:
@@ -222,8 +239,9 @@ def symbolize(report: SanitizerReport, binary: str | None = None) -> SanitizerRe
 
 def report_signature(report: SanitizerReport, n: int = TOP_FRAMES) -> str:
     """``<kind>:[<file:line>:]<f0>|<f1>|<f2>``: what a report is deduplicated by (no
-    addresses, no pids; UBSan's source location when it names one).
+    addresses, no pids; UBSan's source location when it names one; each frame as
+    :meth:`SanitizerReport.top_sites` names it, with its line once symbolized).
     :func:`~.forensics.outcome_signature` puts the tool and the daemon in front."""
-    frames = "|".join(report.top_functions(n)) or "?"
+    frames = "|".join(report.top_sites(n)) or "?"
     where = f"{report.location}:" if report.location else ""
     return f"{report.kind}:{where}{frames}"
