@@ -268,7 +268,7 @@ class DaemonHarness:
         base = os.path.join(self.workdir, f"d{self._gen}")
         shared = os.path.join(base, "shared")
         os.makedirs(shared)
-        _populate(shared)
+        populate(shared)
         self.canaries = None
         if self.canary_mode != "off":
             self.canaries = Canaries.plant(shared if self.canary_mode == "inside" else base,
@@ -586,43 +586,8 @@ class DaemonHarness:
         return out
 
     def _check_reply(self, one: _InFlight, reply: bytes, used_len: int) -> Outcome:
-        name, op, unique, req, area = one.name, one.op, one.unique, one.req, one.area
-        ev: dict[str, Any] = {"opcode": name, "area": area, "used_len": used_len,
-                              "reply_head": reply[:64].hex()}
-        if req is not None and isinstance(req.body, dict | Container) and "size" in req.body:
-            ev["requested_size"] = req.body["size"]
-        if used_len > area:
-            return Outcome(f"{name}:used-overflow", "protocol",
-                           f"used.len {used_len} > device-writable area {area}", ev)
-        if len(reply) < OUT_SIZE:
-            if op == _OP.FUSE_INTERRUPT and not reply:
-                return Outcome(f"{name}:noreply")  # completed without an answer: allowed
-            if used_len == 0 and area < one.expected:
-                # We gave less room than the reply needs; nothing written is defensible.
-                return Outcome(f"{name}:noreply-small-area")
-            ev["previous"] = self._previous()
-            return Outcome(f"{name}:no-reply-written" if not reply else f"{name}:short",
-                           "protocol",
-                           f"request completed with {len(reply)} reply bytes (area {area})", ev)
-        h = _OUT.parse(reply, 0)
-        ev["header"] = dict(h)
-        err = h["error"]
-        if h["len"] != len(reply):
-            return Outcome(f"{name}:len-mismatch", "protocol",
-                           f"fuse_out_header.len {h['len']} != {len(reply)} bytes written", ev)
-        if unique is not None and h["unique"] != unique:
-            ev["previous"] = self._previous()
-            return Outcome(f"{name}:wrong-unique", "protocol",
-                           f"reply unique {h['unique']} to request unique {unique}", ev)
-        if not -511 <= err <= 0:
-            return Outcome(f"{name}:bad-errno", "protocol", f"error {err} outside (-512, 0]", ev)
-        try:
-            codec.decode_reply(reply, req if req is not None else op, self.minor)
-        except DecodeError as e:
-            return Outcome(f"{name}:undecodable:{type(e).__name__}", "protocol",
-                           f"reply does not decode: {type(e).__name__}: {e}", ev, reply)
-        return Outcome(f"{name}:{err}:{_bucket(len(reply))}" if err == 0 else f"{name}:{err}",
-                       reply=reply)
+        return judge_reply(one.name, one.op, one.unique, one.req, one.area, one.expected,
+                           reply, used_len, self.minor, self._previous)
 
     def check_canaries(self, name: str = "program") -> list[Outcome]:
         """The escape findings since the last check (:meth:`.canaries.Canaries.check`:
@@ -648,7 +613,52 @@ class DaemonHarness:
             return False
 
 
-def _populate(shared: str) -> None:
+def judge_reply(name: str, op: int, unique: int | None, req: Any, area: int, expected: int,
+                reply: bytes, used_len: int, minor: int,
+                previous: Callable[[], list[str]] = list) -> Outcome:
+    """The protocol oracle on one completed request (see the module docstring): ``req``
+    the decoded request (None if it does not decode), ``area`` the device-writable bytes
+    it was given (``expected``: what a kernel would give), ``reply`` the bytes written,
+    ``used_len`` the used ring's length; ``previous`` names the requests before it."""
+    ev: dict[str, Any] = {"opcode": name, "area": area, "used_len": used_len,
+                          "reply_head": reply[:64].hex()}
+    if req is not None and isinstance(req.body, dict | Container) and "size" in req.body:
+        ev["requested_size"] = req.body["size"]
+    if used_len > area:
+        return Outcome(f"{name}:used-overflow", "protocol",
+                       f"used.len {used_len} > device-writable area {area}", ev)
+    if len(reply) < OUT_SIZE:
+        if op == _OP.FUSE_INTERRUPT and not reply:
+            return Outcome(f"{name}:noreply")  # completed without an answer: allowed
+        if used_len == 0 and area < expected:
+            # We gave less room than the reply needs; nothing written is defensible.
+            return Outcome(f"{name}:noreply-small-area")
+        ev["previous"] = previous()
+        return Outcome(f"{name}:no-reply-written" if not reply else f"{name}:short",
+                       "protocol",
+                       f"request completed with {len(reply)} reply bytes (area {area})", ev)
+    h = _OUT.parse(reply, 0)
+    ev["header"] = dict(h)
+    err = h["error"]
+    if h["len"] != len(reply):
+        return Outcome(f"{name}:len-mismatch", "protocol",
+                       f"fuse_out_header.len {h['len']} != {len(reply)} bytes written", ev)
+    if unique is not None and h["unique"] != unique:
+        ev["previous"] = previous()
+        return Outcome(f"{name}:wrong-unique", "protocol",
+                       f"reply unique {h['unique']} to request unique {unique}", ev)
+    if not -511 <= err <= 0:
+        return Outcome(f"{name}:bad-errno", "protocol", f"error {err} outside (-512, 0]", ev)
+    try:
+        codec.decode_reply(reply, req if req is not None else op, minor)
+    except DecodeError as e:
+        return Outcome(f"{name}:undecodable:{type(e).__name__}", "protocol",
+                       f"reply does not decode: {type(e).__name__}: {e}", ev, reply)
+    return Outcome(f"{name}:{err}:{_bucket(len(reply))}" if err == 0 else f"{name}:{err}",
+                   reply=reply)
+
+
+def populate(shared: str) -> None:
     """The files every fresh daemon serves (node ids: see DaemonHarness._setup)."""
     with open(os.path.join(shared, "file"), "wb") as f:
         f.write(bytes(range(256)) * 256)  # 64 KiB, position-dependent content
