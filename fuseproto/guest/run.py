@@ -1,0 +1,111 @@
+"""One boot of the test guest against real daemons: each daemon serves its own prepared
+share, the guest mounts them all (one virtio-fs device each, tagged by the daemon's name),
+runs the workload in each, and the results are checked in the guest's output and on the
+host.
+
+``interpose`` puts something between QEMU and a daemon (a recording proxy): called with
+(tag, the daemon's socket, a scratch directory) it is a context manager giving the socket
+QEMU should connect to, and is left after QEMU has exited (so whatever it records is
+complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from .. import daemons
+from .assets import GuestAssets, prepare
+from .vm import Guest, GuestRun, Share, TagRun
+from .workload import check_guest, check_host, prepare_share, script
+
+Interpose = Callable[[str, str, str], AbstractContextManager[str]]
+DAEMON_EXIT_TIMEOUT = 10.0
+
+
+@dataclass
+class ShareRun:
+    """One daemon's part of a boot."""
+
+    tag: str
+    daemon: str  # variant name (c, rust, c-src ...)
+    version: str
+    share: str  # the host directory it served (gone after run_workload unless keep=True)
+    guest: TagRun | None
+    daemon_exit: str  # "exited with code 0" when QEMU's disconnect ended it cleanly
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkloadRun:
+    guest: GuestRun
+    shares: dict[str, ShareRun]
+
+    def problems(self) -> list[str]:
+        """Everything that went wrong, each prefixed with its share's tag."""
+        out = [f"guest: /init: {e}" for e in self.guest.errors]
+        if not self.guest.finished:
+            out.append("guest: /init did not finish")
+        for s in self.shares.values():
+            out += [f"{s.tag}: {p}" for p in s.problems]
+        return out
+
+
+def run_workload(names: Sequence[str], *, timeout: float = 240.0,
+                 interpose: Interpose | None = None, assets: GuestAssets | None = None,
+                 workdir: str | None = None) -> WorkloadRun:
+    """Boot once with one share per daemon in ``names`` (``c``, ``rust``, a built variant
+    or a path), run the workload in each and check it. Daemons, QEMU and anything
+    ``interpose`` started are stopped by PID; the shares live in ``workdir`` (a temporary
+    directory removed afterwards when not given)."""
+    assets = assets or prepare()
+    own = workdir is None
+    base = workdir or tempfile.mkdtemp(prefix="fuseproto-guest-run-")
+    try:
+        with contextlib.ExitStack() as stack:
+            shares: list[Share] = []
+            running: dict[str, tuple[daemons.Daemon, str]] = {}
+            for i, name in enumerate(names):
+                tag = _tag(name, i)
+                inst = daemons.resolve(name)
+                folder = os.path.join(base, tag)
+                share = os.path.join(folder, "share")
+                os.makedirs(share)
+                prepare_share(share)
+                daemon = daemons.Daemon(inst, share, os.path.join(folder, "daemon.sock"))
+                stack.callback(daemon.stop)
+                daemon.start()
+                running[tag] = (daemon, share)
+                sock = daemon.socket_path
+                if interpose is not None:
+                    sock = stack.enter_context(interpose(tag, sock, folder))
+                shares.append(Share(tag, sock))
+            with Guest(assets, shares, script()) as guest:
+                result = guest.wait(timeout)
+            # Leaving the stack (after the results are taken below) stops the interposers
+            # first, then the daemons.
+            out: dict[str, ShareRun] = {}
+            for tag, (daemon, share) in running.items():
+                daemon.wait_exit(DAEMON_EXIT_TIMEOUT)
+                run = result.tags.get(tag)
+                problems = check_guest(run) + check_host(share)
+                out[tag] = ShareRun(tag, daemon.installation.variant,
+                                    daemon.installation.version, share, run,
+                                    daemon.exit_description(), problems)
+        return WorkloadRun(result, out)
+    finally:
+        if own:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _tag(name: str, index: int) -> str:
+    """A virtio-fs tag for daemon ``name``: the name itself when it is one (``c``,
+    ``rust``, ``c-src``), else ``share<index>`` (a path)."""
+    if name.replace("-", "").replace("_", "").isalnum() and len(name) <= 32:
+        return name
+    return f"share{index}"
