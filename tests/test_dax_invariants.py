@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from fuseproto.dax.device import ModelDevice
+from fuseproto.dax.device import ModelDevice, RefusingDevice
 from fuseproto.dax.host import FileStore
 from fuseproto.dax.invariants import INVARIANTS, DaxChecker, TraceRecord, check_trace
+from fuseproto.dax.linux import LinuxDaxManager
 from fuseproto.dax.manager import Accounting, DaxManager, ReadResult, Segment, ViewEntry
 from fuseproto.dax.messages import FLAG_READ, removemapping, setupmapping
 
@@ -79,8 +80,9 @@ class World:
             raise_on_violation=False,
         )
 
-    def manager(self, policy: str = "scripted", sender: str = "", **state) -> Scripted:
-        m = Scripted(self.dev, self.files, policy=policy, sender=sender)
+    def manager(self, policy: str = "scripted", sender: str = "", device=None,
+                **state) -> Scripted:
+        m = Scripted(device or self.dev, self.files, policy=policy, sender=sender)
         for k, v in state.items():
             setattr(m, k, v)
         self.checker.attach(m)
@@ -299,10 +301,110 @@ def _no_duplicate_chunks(bad: bool) -> list[str]:
     return w.found()
 
 
+def _past_eof(bad: bool) -> list[str]:
+    w = World()
+    w.manager().send(_setup(0, foffset=len(FILES[2]) if bad else len(FILES[2]) - P))
+    return w.found()
+
+
+def _read(m: Scripted, offset: int, size: int) -> None:
+    data = FILES[2][offset : offset + size]
+    m.finish_read(2, offset, size, ReadResult(data, [Segment(offset, len(data), None)]))
+
+
+def _miss_span_outside(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(chunk_size=P)
+    m.send(_setup(P, foffset=2 * P if bad else 0))  # a read of [0, 100) needs chunk 0 only
+    _read(m, 0, 100)
+    return w.found()
+
+
+def _miss_span_too_much(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(chunk_size=P)
+    m.send(_setup(0, foffset=P))
+    if bad:  # the same chunk mapped twice for one read
+        m.send(_setup(P, foffset=P))
+    _read(m, P + 10, P - 20)
+    return w.found()
+
+
+def _miss_span_write(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(chunk_size=P)
+    m.send(_setup(0, length=2 * P if bad else P, foffset=0))
+    w.checker.note_write(m, 2, 100, 200)
+    return w.found()
+
+
+def _unit_alignment(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(chunk_size=2 * P)
+    m.send(_setup(P if bad else 2 * P, length=2 * P))  # 4 KiB-aligned, not chunk-aligned
+    return w.found()
+
+
+def _unit_alignment_remove(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(range_size=2 * P)
+    m.send(removemapping(2, [(0, 2 * P), (2 * P, P if bad else 2 * P)]))
+    return w.found()
+
+
+def _writable_flag(bad: bool) -> list[str]:
+    w = World()
+    w.map(2, 0, P)  # read-only on the device
+    w.manager(entries=[ViewEntry(0, P, 2, 0, writable=bad)])
+    w.checker.check_state()
+    return w.found()
+
+
+def _refused_request(bad: bool) -> list[str]:
+    w = World()
+    w.map(2, 0, P)  # an old mapping left on the device (OSv evicts without a message)
+    dev = RefusingDevice(w.dev)
+    m = w.manager(device=dev)
+    dev.refuse(errno.EIO)
+    assert m.send(_setup(0)) == errno.EIO
+    if bad:  # the manager records the mapping the device refused
+        m.entries = [ViewEntry(0, P, 2, 0)]
+    w.checker.check_state()
+    return w.found()
+
+
+def _in_use_leak(bad: bool) -> list[str]:
+    w = World()
+    m = w.manager(entries=[w.map(2, 0, P)], pins=[(0, P)])
+    w.checker.check_in_use(m, [] if bad else [0])
+    return w.found()
+
+
+class _OneBatch(LinuxDaxManager):
+    """Linux with its REMOVEMAPPING batching broken: one message for every range."""
+
+    def _removemapping_list(self, nodeid, ranges):
+        return self.send_removemapping(nodeid, [(r.window_offset, r.length) for r in ranges])
+
+
+def _removemapping_hundreds(bad: bool) -> list[str]:
+    """Forgetting an inode with 300 ranges: correct batches of at most 256 entries."""
+    files = FileStore({2: bytes(300 * P)})
+    dev = ModelDevice(300 * P, files)
+    mgr = (_OneBatch if bad else LinuxDaxManager)(dev, files, range_shift=12,
+                                                   background="off")
+    checker = DaxChecker.for_manager(mgr, raise_on_violation=False)
+    assert len(mgr.read(2, 0, 300 * P).data) == 300 * P and len(mgr.view()) == 300
+    mgr.forget(2)
+    checker.check_state()
+    return [v.invariant for v in checker.violations]
+
+
 CASES: dict[str, list[Callable[[bool], list[str]]]] = {
     "alignment": [_alignment_setup, _alignment_remove],
     "inside_window": [_inside_window_setup, _inside_window_remove],
-    "removemapping_count": [_removemapping_count, _removemapping_too_many],
+    "removemapping_count": [_removemapping_count, _removemapping_too_many,
+                            _removemapping_hundreds],
     "view_overlap": [_view_overlap],
     "view_matches_device": [_view_matches_device],
     "cross_manager_overlap": [
@@ -318,6 +420,12 @@ CASES: dict[str, list[Callable[[bool], list[str]]]] = {
     "linux_free_fifo": [_linux_free_fifo, _linux_free_fifo_reorder],
     "decode": [_decode],
     "no_duplicate_chunks": [_no_duplicate_chunks],
+    "past_eof": [_past_eof],
+    "miss_span": [_miss_span_outside, _miss_span_too_much, _miss_span_write],
+    "unit_alignment": [_unit_alignment, _unit_alignment_remove],
+    "writable_flag": [_writable_flag],
+    "refused_request": [_refused_request],
+    "in_use_leak": [_in_use_leak],
 }
 
 

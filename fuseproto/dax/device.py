@@ -48,6 +48,7 @@ __all__ = [
     "DeviceMapping",
     "MmapDevice",
     "ModelDevice",
+    "RefusingDevice",
     "WindowDevice",
     "WindowFault",
     "HOST_PAGE_SIZE",
@@ -390,6 +391,77 @@ class ModelDevice(WindowDevice):
             n = max(0, min(end - start, len(buf) - f0))  # bytes past EOF are not kept
             buf[f0 : f0 + n] = data[pos : pos + n]
             pos += end - start
+
+
+_INNER: Any = object()  # RefusingDevice: "the inner device's map_alignment"
+
+
+class RefusingDevice(WindowDevice):
+    """Another device seen through a geometry of its own, refusing chosen requests.
+
+    :meth:`refuse` arms a request (``after`` requests from now) to be answered with an
+    errno (EINVAL, ENOSPC, EIO, ...) without reaching ``inner``: a daemon that refuses
+    before acting, so a manager's error paths run. ``window_size`` (a prefix of inner's
+    window) and ``map_alignment`` (a multiple of inner's) let a fuzzer choose the geometry
+    per input over one device; requests breaking them are refused with EINVAL here, as a
+    device of that geometry would. The window's bytes and extent map are ``inner``'s.
+    """
+
+    name = "refusing"
+
+    def __init__(self, inner: WindowDevice, *, window_size: int | None = None,
+                 map_alignment: int | None = _INNER) -> None:
+        size = inner.window_size if window_size is None else window_size
+        if not 0 <= size <= inner.window_size:
+            raise ValueError(f"window_size {size} outside inner's {inner.window_size}")
+        align = inner.map_alignment if map_alignment is _INNER else map_alignment
+        super().__init__(size, align, through_codec=False)
+        self.inner = inner
+        self.files = getattr(inner, "files", None)
+        self._armed: dict[int, int] = {}  # request number -> errno
+        self.injected = 0  # requests answered by an armed refusal
+
+    def refuse(self, errno_: int, after: int = 0) -> None:
+        """Answer the request ``after`` requests from now with ``errno_``."""
+        self._armed[self.requests + after] = errno_
+
+    def disarm(self) -> None:
+        self._armed.clear()
+
+    def submit(self, msg: DaxMessage) -> int:
+        n = self.requests
+        self.requests += 1
+        err = self._armed.pop(n, 0)
+        if err:
+            self.injected += 1
+        elif msg.opcode == FUSE_SETUPMAPPING:
+            b = msg.body
+            err = errno.EINVAL if self._bad_setup(b.moffset, b.len, b.foffset) else 0
+        elif msg.opcode == FUSE_REMOVEMAPPING:
+            ranges = [(e.moffset, e.len) for e in msg.body.entries]
+            err = errno.EINVAL if self._bad_remove(msg.body.count, ranges) else 0
+        if not err:
+            err = self.inner.submit(msg)
+        if err:
+            self.refused += 1
+        return err
+
+    def mappings(self) -> list[DeviceMapping]:
+        return self.inner.mappings()
+
+    def mapping_at(self, moffset: int) -> DeviceMapping | None:
+        return self.inner.mapping_at(moffset)
+
+    def segments(self, moffset: int, length: int) -> list[tuple[int, int, DeviceMapping | None]]:
+        return self.inner.segments(moffset, length)
+
+    def read(self, moffset: int, length: int) -> bytes:
+        self._check_inside(moffset, length)
+        return self.inner.read(moffset, length)
+
+    def write(self, moffset: int, data: bytes) -> None:
+        self._check_inside(moffset, len(data))
+        self.inner.write(moffset, data)
 
 
 # ---- the real window: this process's memory, real mmap ----------------------------------

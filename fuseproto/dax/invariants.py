@@ -9,87 +9,54 @@ any manager exposes through the :class:`~fuseproto.dax.manager.DaxManager` inter
 
 A violation is a :class:`Violation` naming the invariant, the message that broke it and
 the state around it; :class:`DaxChecker` raises it as :class:`InvariantViolation` or
-collects it. The invariants (``INVARIANTS`` maps each name to its one-line statement):
+collects it. The invariants (``INVARIANTS`` maps each name to its one-line statement)
+and the violation types live in :mod:`.violations`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fuseproto.errors import FuseprotoError
 
 from .device import ModelDevice, WindowDevice
 from .manager import DaxManager, ReadResult, ViewEntry
-from .messages import FUSE_REMOVEMAPPING, FUSE_SETUPMAPPING, REMOVEMAPPING_MAX_ENTRY, DaxMessage
+from .messages import (
+    FLAG_WRITE,
+    FUSE_REMOVEMAPPING,
+    FUSE_SETUPMAPPING,
+    REMOVEMAPPING_MAX_ENTRY,
+    DaxMessage,
+)
+from .violations import (
+    DEFAULT_INVARIANTS,
+    INVARIANTS,
+    InvariantViolation,
+    Violation,
+    fmt_view,
+    policy_unit,
+)
 
 __all__ = [
+    "DEFAULT_INVARIANTS",
     "INVARIANTS",
     "DaxChecker",
     "InvariantViolation",
     "TraceRecord",
     "Violation",
     "check_trace",
+    "policy_unit",
 ]
 
-INVARIANTS: dict[str, str] = {
-    "alignment": "foffset, moffset and len (and every REMOVEMAPPING entry) are multiples "
-    "of 2**map_alignment, and len is not 0",
-    "inside_window": "every mapping and every removed range lies inside the window",
-    "removemapping_count": "REMOVEMAPPING count equals its number of entries and is at most "
-    f"{REMOVEMAPPING_MAX_ENTRY}",
-    "view_overlap": "no two live mappings of one manager's own view overlap in the window",
-    "view_matches_device": "every live mapping of a manager's view is what the device maps "
-    "there (same node, same file offset)",
-    "cross_manager_overlap": "two managers sharing one window never both hold a live mapping "
-    "of the same window bytes",
-    "accounting": "mapped + free == total, and the view fits in what is counted as mapped",
-    "read_bytes": "the bytes a read returns are the file's bytes at that offset",
-    "read_stale_range": "a read is never served from a window range that now maps another "
-    "file or another offset (use after eviction)",
-    "osv_stack": "(OSv) only the top of the stack is evicted, and a new mapping starts at the "
-    "first empty chunk",
-    "linux_in_use": "(Linux) a range in use is never removed or remapped to other data",
-    "linux_free_fifo": "(Linux) the free list is a FIFO: ranges leave from the head, freed "
-    "ranges join at the tail",
-    "decode": "(traces) every captured DAX request decodes",
-    "no_duplicate_chunks": "(opt-in) no file range is mapped at two places of one view",
-}
-DEFAULT_INVARIANTS = frozenset(INVARIANTS) - {"no_duplicate_chunks"}
 
-
-@dataclass
-class Violation:
-    invariant: str
-    detail: str
-    message: str | None = None  # DaxMessage.describe() of the message that broke it
-    raw: bytes | None = None
-    sender: str = ""
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        s = f"[{self.invariant}] {self.detail}"
-        if self.message:
-            s += f"\n  message: {self.message}"
-        if self.sender:
-            s += f"\n  sender: {self.sender}"
-        for k, v in self.state.items():
-            s += f"\n  {k}: {v}"
-        return s
-
-
-class InvariantViolation(FuseprotoError, AssertionError):
-    def __init__(self, violation: Violation) -> None:
-        self.violation = violation
-        super().__init__(str(violation))
-
-
-def _fmt_view(view: list[ViewEntry], limit: int = 12) -> str:
-    parts = [f"[{e.moffset:#x}+{e.length:#x} n{e.nodeid}@{e.foffset:#x}]" for e in view[:limit]]
-    if len(view) > limit:
-        parts.append(f"... {len(view) - limit} more")
-    return " ".join(parts) or "(empty)"
+def _file_size(manager: Any, nodeid: int) -> int | None:
+    """The size the manager's backend gives ``nodeid`` (None: it cannot say)."""
+    try:
+        return int(manager.backend.file_size(nodeid))
+    except Exception:  # noqa: BLE001 -- a backend without the node: nothing to judge
+        return None
 
 
 class DaxChecker:
@@ -100,6 +67,14 @@ class DaxChecker:
     (a Hypothesis ``@invariant`` does). ``oracle(nodeid, offset, size)`` returns the
     file's true bytes (default: from a :class:`~fuseproto.dax.host.FileStore` given as
     ``files``). ``raise_on_violation=False`` collects into :attr:`violations`.
+
+    ``full_every`` (default 1) runs the state checks (view against device, overlap, the
+    policies' stack / FIFO rules) on every ``check_state()`` call, or on every n-th one
+    (``check_state(full=True)`` forces one; a fuzzer forces one at the end of each input):
+    the message, access, accounting and refusal checks run at every call whatever it
+    is. The policy checks compare with the state of the previous *full* check, which stays
+    sound over several steps (a mapping kept throughout lies below all that vanished;
+    ranges leave the Linux free list only from its head).
     """
 
     def __init__(
@@ -113,6 +88,7 @@ class DaxChecker:
         policy: str | None = "auto",
         enabled: Iterable[str] | None = None,
         raise_on_violation: bool = True,
+        full_every: int = 1,
     ) -> None:
         self.window_size = window_size
         self.map_alignment = map_alignment
@@ -135,6 +111,15 @@ class DaxChecker:
         self._set_up: dict[int, set[int]] = {}
         self.messages_checked = 0
         self.reads_checked = 0
+        self.full_every = max(1, full_every)
+        self.full_checks = 0
+        self._calls = 0
+        # SETUPMAPPINGs sent since the manager's last read / write / check_state: the
+        # mappings that access caused (miss_span).
+        self._pending: dict[int, list[DaxMessage]] = {}
+        # Refused SETUPMAPPINGs since the last check_state, with the view entries that
+        # covered their range when the refusal came (refused_request).
+        self._refused: dict[int, list[tuple[DaxMessage, list[ViewEntry]]]] = {}
 
     # ---- plumbing -------------------------------------------------------------------------
     @classmethod
@@ -174,7 +159,7 @@ class DaxChecker:
         if invariant not in self.enabled:
             return
         if manager is not None:
-            state.setdefault("view", _fmt_view(manager.view()))
+            state.setdefault("view", fmt_view(manager.view()))
             state.setdefault("accounting", manager.accounting())
         v = Violation(
             invariant,
@@ -246,6 +231,20 @@ class DaxChecker:
     # ---- DaxObserver ----------------------------------------------------------------------------
     def on_send(self, manager: DaxManager, msg: DaxMessage) -> None:
         self.check_message(msg, manager)
+        unit = policy_unit(manager)
+        if unit is not None:
+            self._check_unit(msg, manager, unit)
+        if msg.opcode == FUSE_SETUPMAPPING:
+            self._pending.setdefault(id(manager), []).append(msg)
+            size = _file_size(manager, msg.nodeid)
+            if size is not None and msg.body.foffset >= size:
+                self._fail(
+                    "past_eof",
+                    f"SETUPMAPPING of nodeid {msg.nodeid} at file offset "
+                    f"{msg.body.foffset:#x}, at or past its end ({size:#x} bytes)",
+                    msg,
+                    manager,
+                )
         policy = self._policy(manager)
         if policy == "osv" and msg.opcode == FUSE_SETUPMAPPING:
             first_empty = manager.accounting().mapped
@@ -280,9 +279,34 @@ class DaxChecker:
                         manager,
                     )
 
+    def _check_unit(self, msg: DaxMessage, manager: DaxManager, unit: int) -> None:
+        if msg.opcode == FUSE_SETUPMAPPING:
+            b = msg.body
+            bad = [f"{n}={v:#x}" for n, v in (("foffset", b.foffset), ("moffset", b.moffset),
+                                             ("len", b.len)) if v % unit]
+        else:
+            bad = [f"entry ({e.moffset:#x}, {e.len:#x})" for e in msg.body.entries
+                   if e.moffset % unit or e.len % unit]
+        if bad:
+            self._fail("unit_alignment", f"not a multiple of the policy's unit {unit:#x}: "
+                       f"{', '.join(bad[:4])}", msg, manager)
+
     def on_reply(self, manager: DaxManager, msg: DaxMessage, error: int) -> None:
-        if error or msg.opcode != FUSE_SETUPMAPPING:
+        if msg.opcode != FUSE_SETUPMAPPING:
             return
+        b = msg.body
+        if error:
+            if "refused_request" in self.enabled:
+                lo, hi = b.moffset, b.moffset + b.len
+                covering = [e for e in manager.view() if e.moffset < hi and lo < e.end]
+                self._refused.setdefault(id(manager), []).append((msg, covering))
+            return
+        refused = self._refused.get(id(manager))
+        if refused:  # asked again and accepted: no longer a refused mapping
+            key = (msg.nodeid, b.foffset, b.len, b.moffset)
+            refused[:] = [r for r in refused
+                          if (r[0].nodeid, r[0].body.foffset, r[0].body.len,
+                              r[0].body.moffset) != key]
         lo, hi = msg.body.moffset, msg.body.moffset + msg.body.len
         for other in self.managers:
             if other is manager or getattr(other, "unmounted", False):
@@ -292,10 +316,10 @@ class DaxChecker:
                 self._fail(
                     "cross_manager_overlap",
                     f"{manager.sender} mapped [{lo:#x}, {hi:#x}) over live mappings of "
-                    f"{other.sender}: {_fmt_view(clash)}",
+                    f"{other.sender}: {fmt_view(clash)}",
                     msg,
                     manager,
-                    other_view=_fmt_view(other.view()),
+                    other_view=fmt_view(other.view()),
                 )
 
     def on_window_access(
@@ -321,6 +345,12 @@ class DaxChecker:
         self, manager: DaxManager, nodeid: int, offset: int, size: int, result: ReadResult
     ) -> None:
         self.reads_checked += 1
+        pending = self._pending.pop(id(manager), None)
+        if pending:
+            end = offset + max(size, 0)
+            if getattr(manager, "aggressive", False):
+                end = 1 << 64
+            self._check_span(manager, nodeid, offset, end, pending)
         data = result.data
         if len(data) > max(size, 0) or sum(s.length for s in result.segments) != len(data):
             self._fail(
@@ -343,6 +373,60 @@ class DaxChecker:
                     manager=manager,
                 )
 
+    def note_write(self, manager: DaxManager, nodeid: int, offset: int, length: int) -> None:
+        """Tell the checker a write of ``length`` bytes at ``offset`` just ended: the
+        SETUPMAPPINGs it caused are judged like a read's (miss_span)."""
+        pending = self._pending.pop(id(manager), None)
+        if pending:
+            self._check_span(manager, nodeid, offset, offset + length, pending)
+
+    def _check_span(self, manager: DaxManager, nodeid: int, offset: int, end: int,
+                    pending: list[DaxMessage]) -> None:
+        if "miss_span" not in self.enabled:
+            return
+        size = _file_size(manager, nodeid)
+        if size is not None:
+            end = min(end, size)
+        unit = policy_unit(manager) or (1 << (self.map_alignment or 0))
+        lo = offset // unit * unit
+        hi = max(-(-end // unit) * unit, lo)
+        # The writable upgrade re-sends a mapping already there: not a new one.
+        new = [m for m in pending if not self._is_upgrade(manager, m)]
+        outside = [m for m in new if m.nodeid != nodeid or m.body.foffset < lo
+                   or m.body.foffset + m.body.len > hi]
+        total = sum(m.body.len for m in new)
+        if outside or total > hi - lo:
+            self._fail(
+                "miss_span",
+                f"an access of nodeid {nodeid} [{offset:#x}, {end:#x}) needs file units "
+                f"[{lo:#x}, {hi:#x}) (unit {unit:#x}) and caused {len(new)} SETUPMAPPING(s) "
+                f"of {total:#x} bytes"
+                + (f"; outside: {outside[0].describe()}" if outside else ""),
+                outside[0] if outside else new[-1],
+                manager,
+            )
+
+    @staticmethod
+    def _is_upgrade(manager: DaxManager, msg: DaxMessage) -> bool:
+        if not msg.body.flags & FLAG_WRITE:
+            return False
+        b = msg.body
+        return any(e.moffset == b.moffset and e.nodeid == msg.nodeid and e.foffset == b.foffset
+                   for e in manager.view())
+
+    def check_in_use(self, manager: DaxManager, held: Iterable[int]) -> None:
+        """in_use_leak: the window offsets of the ranges the caller holds (pins) are
+        exactly the ranges the manager reports in use."""
+        want = set(held)
+        got = {p for p, _n in manager.pinned()}
+        if got != want:
+            self._fail(
+                "in_use_leak",
+                f"ranges in use {sorted(hex(x) for x in got)}, the callers hold "
+                f"{sorted(hex(x) for x in want)}",
+                manager=manager,
+            )
+
     # ---- state checks -------------------------------------------------------------------------
     def _snapshot(self, m: DaxManager) -> dict[str, Any]:
         snap: dict[str, Any] = {"view": m.view()}
@@ -351,11 +435,24 @@ class DaxChecker:
             snap["free"] = free_list()
         return snap
 
-    def check_state(self, manager: DaxManager | None = None) -> None:
+    def check_state(self, manager: DaxManager | None = None, *, full: bool | None = None) -> None:
         """Check every attached manager (or one) now; remembers the state for the policy
-        checks that compare with the previous call."""
+        checks that compare with the previous full check (see ``full_every``)."""
+        self._calls += 1
+        if full is None:
+            full = self._calls % self.full_every == 0
         for m in [manager] if manager is not None else list(self.managers):
-            self._check_one(m)
+            self._pending.pop(id(m), None)
+            refused = self._refused.pop(id(m), None)
+            if refused:
+                self._check_refused(m, refused)
+            if full:
+                self._check_one(m)
+            else:
+                self._check_accounting(m, m.accounting())
+        if not full:
+            return
+        self.full_checks += 1
         if manager is None and len(self.managers) > 1:
             live = [m for m in self.managers if not getattr(m, "unmounted", False)]
             for i, a in enumerate(live):
@@ -365,10 +462,37 @@ class DaxChecker:
                             if ea.moffset < eb.end and eb.moffset < ea.end:
                                 self._fail(
                                     "cross_manager_overlap",
-                                    f"{a.sender} {_fmt_view([ea])} overlaps "
-                                    f"{b.sender} {_fmt_view([eb])}",
+                                    f"{a.sender} {fmt_view([ea])} overlaps "
+                                    f"{b.sender} {fmt_view([eb])}",
                                     manager=a,
                                 )
+
+    def _check_refused(self, m: DaxManager,
+                       refused: list[tuple[DaxMessage, list[ViewEntry]]]) -> None:
+        view = m.view()
+        for msg, before in refused:
+            b = msg.body
+            lo, hi = b.moffset, b.moffset + b.len
+            for e in view:
+                if e.end <= lo or hi <= e.moffset or e in before or e.nodeid != msg.nodeid:
+                    continue
+                if e.foffset - e.moffset == b.foffset - b.moffset:
+                    self._fail(
+                        "refused_request",
+                        f"the device refused {msg.describe()}, yet the view holds "
+                        f"{fmt_view([e])}",
+                        msg,
+                        m,
+                    )
+
+    def _check_accounting(self, m: DaxManager, acc: Any) -> None:
+        if acc.mapped + acc.free != acc.total or acc.total > self.window_size:
+            self._fail(
+                "accounting",
+                f"mapped {acc.mapped:#x} + free {acc.free:#x} != total "
+                f"{acc.total:#x} (window {self.window_size:#x})",
+                manager=m,
+            )
 
     def _check_one(self, m: DaxManager) -> None:
         view = m.view()
@@ -390,16 +514,24 @@ class DaxChecker:
         ordered = sorted(view, key=lambda e: e.moffset)
         for a, b in zip(ordered, ordered[1:], strict=False):
             if b.moffset < a.end:
-                self._fail("view_overlap", f"{_fmt_view([a])} overlaps {_fmt_view([b])}", manager=m)
+                self._fail("view_overlap", f"{fmt_view([a])} overlaps {fmt_view([b])}", manager=m)
         for e in ordered:
             if e.moffset < 0 or e.end > self.window_size:
                 self._fail(
-                    "inside_window", f"view entry {_fmt_view([e])} outside the window", manager=m
+                    "inside_window", f"view entry {fmt_view([e])} outside the window", manager=m
                 )
         dev = m.device
         for e in ordered:
             for start, end, dm in dev.segments(e.moffset, e.length):
                 want = e.foffset + (start - e.moffset)
+                if dm is not None and bool(dm.flags & FLAG_WRITE) != e.writable:
+                    self._fail(
+                        "writable_flag",
+                        f"view says [{start:#x}, {end:#x}) is "
+                        f"{'writable' if e.writable else 'read-only'}; the device maps it "
+                        f"with flags {dm.flags:#x}",
+                        manager=m,
+                    )
                 if dm is None or dm.nodeid != e.nodeid or dm.file_offset(start) != want:
                     found = (
                         "nothing"
@@ -425,7 +557,7 @@ class DaxChecker:
                         self._fail(
                             "no_duplicate_chunks",
                             f"nodeid {e.nodeid} offset {off:#x} "
-                            f"mapped at {seen[key]:#x} and in {_fmt_view([e])}",
+                            f"mapped at {seen[key]:#x} and in {fmt_view([e])}",
                             manager=m,
                         )
                         break
@@ -470,7 +602,7 @@ class DaxChecker:
             if lost_from is not None and lost_from < kept_top:
                 self._fail(
                     "osv_stack",
-                    f"{_fmt_view([e])} was evicted below the top of the "
+                    f"{fmt_view([e])} was evicted below the top of the "
                     f"stack (a kept mapping ends at {kept_top:#x})",
                     manager=m,
                 )
