@@ -3,10 +3,13 @@ pcap and standalone reproducer script of each finding (against the planted bug).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +158,110 @@ int main(int argc, char **argv) { return lo_read(7, argc > 1) & 1; }
     assert rep is not None and sr.symbolize(rep, exe).top_functions()[0] == "lo_read"
 
 
+
+
+# -- a finding's pcap and reproducer script, against a real bug ---------------------------
+def _variant(name: str):
+    from fuseproto import daemons
+
+    inst = daemons.find(name)
+    if inst is None:
+        pytest.skip(f"{name} is not built (fuseproto daemons build {name})")
+    return inst
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # A fresh interpreter with nothing but the package importable (no CLI on PATH).
+    env = {k: v for k, v in os.environ.items() if k != "FUSEPROTO_PLANTED_BUG"}
+    env["PATH"] = "/usr/bin:/bin"
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd="/")
+
+
+@pytest.mark.daemon
+def test_planted_bug_gets_a_pcap_and_a_script_that_reproduces_it(tmp_path, no_leaks):
+    """c-asan-cov-planted with FUSEPROTO_PLANTED_BUG=heap-overflow: a STATFS is an ASan
+    finding. Its pcap holds the whole exchange (setup, the STATFS flagged INJECTED, the
+    finding as an annotation); its script, run alone, says "reproduced" (exit 1) against
+    the planted build and "not reproduced" (exit 0) against c-asan-cov and c-src."""
+    from fuseproto.capture import decode_capture
+    from fuseproto.fuzz import virtiofsd
+    from fuseproto.fuzz.findings import FindingStore
+    from fuseproto.fuzz.harness import DaemonHarness
+    from fuseproto.wire import codec
+    from fuseproto.wire.constants import fuse_opcode as O
+
+    label = "c-asan-cov-planted"
+    inst = _variant(label)
+    for other in ("c-asan-cov", "c-src"):
+        _variant(other)
+    store = FindingStore(tmp_path / "findings")
+    stats = virtiofsd.DaemonStats(label)
+    with DaemonHarness(inst, env={"FUSEPROTO_PLANTED_BUG": "heap-overflow"}) as h:
+        h.unique += 2
+        ok = h.send(codec.encode_request(O.FUSE_GETATTR, None, unique=h.unique, nodeid=1))
+        assert ok.finding is None, ok.cls
+        h.unique += 2
+        statfs = codec.encode_request(O.FUSE_STATFS, None, unique=h.unique, nodeid=1)
+        out = h.send(statfs)
+        assert out.finding == "asan", (out.cls, out.detail)
+        f = virtiofsd.record_finding(stats, store, h, label, out)
+    assert f.script.endswith(".repro.py") and f.pcap.endswith(".pcap")
+    doc = json.loads(Path(f.reproducer).read_text())
+    assert doc["daemon_env"] == {"FUSEPROTO_PLANTED_BUG": "heap-overflow"}
+
+    msgs = list(decode_capture(f.pcap))
+    requests = [m for m in msgs if m.kind == "request"]
+    ops = [m.opcode for m in requests]
+    assert ops[0] == O.FUSE_INIT and O.FUSE_LOOKUP in ops  # the harness's setup
+    assert ops[-2:] == [O.FUSE_GETATTR, O.FUSE_STATFS] and requests[-1].raw == statfs
+    assert sum(m.kind == "reply" and m.paired for m in msgs) >= len(requests) - 1
+    assert msgs[-1].kind == "annotation" and f.signature.encode() in msgs[-1].raw
+
+    script = Path(f.script).read_text()
+    assert "import fuseproto.fuzz.replay" in script or "from fuseproto.fuzz.replay" in script
+    here = _run_script(f.script, "--pcap", str(tmp_path / "replay.pcap"))
+    assert here.returncode == 1 and here.stdout.startswith("reproduced: asan"), \
+        here.stdout + here.stderr
+    assert any(m.kind == "request" and m.raw == statfs
+               for m in decode_capture(tmp_path / "replay.pcap"))
+    for other in ("c-asan-cov", "c-src"):
+        there = _run_script(f.script, "--daemon", other)
+        assert there.returncode == 0 and there.stdout.strip() == "not reproduced", \
+            (other, there.stdout, there.stderr)
+    js = _run_script(f.script, "--json")
+    verdict = json.loads(js.stdout)
+    assert verdict["reproduced"] and verdict["expected"] == f.signature
+    assert verdict["binary"] == inst.binary
+
+
+def test_in_process_finding_gets_a_script(tmp_path, monkeypatch):
+    """An in-process target's finding (a planted decoder off-by-one): the script replays
+    the saved input under the same oracle; without the fault it does not reproduce."""
+    from fuseproto.fuzz import engine, registry
+    from fuseproto.fuzz.findings import FindingStore
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.syspath_prepend(tests_dir)
+    import fuzz_faults
+
+    parse = fuzz_faults.messages.Name.parse
+    fuzz_faults.name_off_by_one()
+    planted = fuzz_faults.messages.Name.parse
+    fuzz_faults.messages.Name.parse = parse
+    monkeypatch.setattr(fuzz_faults.messages.Name, "parse", planted)
+    st = engine.run_loop(registry.get_target("wire_decode"), iterations=20000, seed=1,
+                         store=FindingStore(tmp_path), stop_on_finding=True)
+    assert st.findings, "the planted off-by-one was not found"
+    f = st.findings[0]
+    assert f.script.endswith(".repro.py") and not f.pcap
+    env = {**os.environ, "FUSEPROTO_FUZZ_INJECT": "fuzz_faults:name_off_by_one",
+           "PYTHONPATH": tests_dir}
+    p = subprocess.run([sys.executable, f.script], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 1 and p.stdout.startswith(f"reproduced: {f.kind}"), \
+        p.stdout + p.stderr
+    env.pop("FUSEPROTO_FUZZ_INJECT")
+    p = subprocess.run([sys.executable, f.script], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0 and p.stdout.strip() == "not reproduced", p.stdout + p.stderr

@@ -7,7 +7,6 @@ import json
 import shlex
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def register(sub: Any) -> None:
         "replay", help="re-run a reproducer and say what it does",
         description="Re-run a reproducer written by a campaign (a crash-* input of an in-process"
         " target, or a virtiofsd JSON reproducer, minimized or not) and report whether the same"
-        " signature comes back. Exit status 0: it reproduced.")
+        " signature comes back. Exit status 1: it reproduced, 0: it did not.")
     rp.add_argument("file")
     rp.add_argument("--target", default=None, help="default: from the file")
     rp.add_argument("--daemon", default=None, help="virtiofsd: c | rust | PATH (default: "
@@ -275,46 +274,17 @@ def _infer_target(path: Path, data: bytes) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ..fuzz import inject
-    from ..fuzz.findings import classify_exception
+    from ..fuzz import replay
 
     path = Path(args.file)
     data = path.read_bytes()
     target = args.target or _infer_target(path, data)
     verdict: dict[str, Any]
     if target == "virtiofsd":
-        from ..fuzz.forensics import outcome_signature
-        from ..fuzz.harness import resolve_installation
-        from ..fuzz.replay import replay_daemon
-
-        doc = json.loads(data)
-        spec = _doc_daemon(args, doc)
-        outs = replay_daemon(doc, resolve_installation(spec,
-                                                       args.virtiofsd_kind or _doc_kind(doc)))
-        label = doc.get("daemon", spec)
-        expected = doc.get("finding", {}).get("signature")
-        hits = [(outcome_signature(label, o), o) for o in outs if o.finding]
-        match = [o for sig, o in hits if sig == expected]
-        hit = match[0] if match else (hits[-1][1] if hits else None)
-        verdict = {"target": target, "daemon": spec, "reproduced": bool(match),
-                   "requests_sent": len(outs), "expected": expected,
-                   "seen": sorted({sig for sig, _ in hits if sig})}
-        if hit is not None:
-            verdict.update(kind=hit.finding, summary=hit.detail, outcome=hit.cls,
-                           evidence=hit.evidence)
+        verdict = replay.daemon_verdict(json.loads(data), _daemon_spec(args, None),
+                                        args.virtiofsd_kind)
     else:
-        from ..fuzz.registry import get_target
-
-        inject.apply_from_env()
-        t = get_target(target)
-        try:
-            t.check(data)
-            verdict = {"target": target, "reproduced": False}
-        except (Exception, AssertionError) as e:  # noqa: B014
-            kind, sig, summary = classify_exception(e)
-            verdict = {"target": target, "reproduced": True, "kind": kind, "signature": sig,
-                       "summary": summary,
-                       "traceback": "".join(traceback.format_exception(e))[-3000:]}
+        verdict = replay.input_verdict(target, data)
     if args.json:
         print(json.dumps(verdict, indent=1, default=str))
     else:
@@ -329,29 +299,14 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if verdict["reproduced"] else 0
 
 
-def _doc_daemon(args: argparse.Namespace, doc: dict[str, Any]) -> str:
-    """The daemon to use for a reproducer: the option, else the one it was found on."""
-    spec = _daemon_spec(args, None) or doc.get("daemon", "c")
-    if spec not in ("c", "rust") and ":" in spec:
-        spec = doc.get("daemon_binary", spec)
-    return spec
-
-
-def _doc_kind(doc: dict[str, Any]) -> str | None:
-    label = str(doc.get("daemon", ""))
-    kind = label.split(":", 1)[0]
-    return kind if kind in ("c", "rust") and ":" in label else None
-
-
 def _shrink(args: argparse.Namespace) -> int:
-    from ..fuzz import harness, shrink
+    from ..fuzz import replay, shrink
 
     path = Path(args.file)
     doc = json.loads(path.read_text())
     if doc.get("target") != "virtiofsd":
         raise SystemExit(f"{path}: only virtiofsd reproducers (JSON) are shrunk")
-    inst = harness.resolve_installation(_doc_daemon(args, doc),
-                                        args.virtiofsd_kind or _doc_kind(doc))
+    _, inst = replay.doc_installation(doc, _daemon_spec(args, None), args.virtiofsd_kind)
     res = shrink.shrink_file(path, inst, seconds=args.seconds, hang_timeout=args.hang_timeout)
     if args.json:
         print(json.dumps(res.to_json() | {"notes": res.notes}, indent=1))

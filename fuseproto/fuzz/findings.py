@@ -5,7 +5,9 @@ property and where (``roundtrip:request FUSE_LOOKUP``), the exception type and t
 innermost fuseproto function it escaped from (``IndexError@fuseproto/wire/messages.py:
 parse``), or for a daemon the failure class and the request that caused it
 (``crash:c:FUSE_READ:SIGSEGV``). The store keeps one reproducer per signature (the
-smallest seen), counts repeats, and says how to replay it.
+smallest seen), counts repeats, and says how to replay it. Beside each reproducer it
+writes a standalone reproducer script (``<name>.repro.py``) and, for a finding on a
+daemon, a pcap of the exchange (``<name>.pcap``): :mod:`.reproducer`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .oracles import Bug
+from .reproducer import PCAP_SUFFIX, SCRIPT_SUFFIX, input_doc, write_pcap, write_script
 
 __all__ = ["Finding", "FindingStore", "classify_exception", "replay_command"]
 
@@ -45,6 +48,8 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     minimized: str = ""  # <reproducer>.min.json (virtiofsd: fuseproto fuzz shrink)
     shrink: dict[str, Any] = field(default_factory=dict)  # ShrinkResult.to_json() + notes
+    script: str = ""  # <reproducer>.repro.py: replays it with the fuseproto package alone
+    pcap: str = ""  # <reproducer>.pcap: the daemon's exchange (daemon findings)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,9 +116,12 @@ class FindingStore:
         return iter(sorted(self.by_signature.values(), key=lambda f: f.first_seen))
 
     def add(self, finding: Finding, reproducer: bytes | dict[str, Any],
-            suffix: str = ".bin") -> Finding:
-        """Record ``finding`` with its reproducer (bytes, or a JSON document); a known
-        signature only counts, keeping the smaller reproducer."""
+            suffix: str = ".bin",
+            exchange: list[tuple[int, int, bytes, int]] | None = None) -> Finding:
+        """Record ``finding`` with its reproducer (bytes: an in-process target's input, or
+        a JSON document), the reproducer script, and the pcap of ``exchange`` (a daemon's
+        messages: (direction, queue, bytes, time_ns)); a known signature only counts,
+        keeping the smaller reproducer (and the script and pcap that go with it)."""
         data = (reproducer if isinstance(reproducer, bytes)
                 else json.dumps(reproducer, indent=1).encode())
         known = self.by_signature.get(finding.signature)
@@ -122,19 +130,33 @@ class FindingStore:
             # Once minimized, the reproducer stays the one the .min.json was made from.
             if known.reproducer and not known.minimized \
                     and len(data) < os.path.getsize(known.reproducer):
-                Path(known.reproducer).write_bytes(data)
+                _write(known, reproducer, data, exchange)
             return known
         h = hashlib.sha1(finding.signature.encode()).hexdigest()[:12]
         tag = f"{finding.target}-{finding.daemon}" if finding.daemon else finding.target
         d = self.root / tag
         d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{finding.kind}-{h}{suffix}"
-        path.write_bytes(data)
-        finding.reproducer = str(path)
-        finding.replay = replay_command(str(path), finding.target,
+        finding.reproducer = str(d / f"{finding.kind}-{h}{suffix}")
+        _write(finding, reproducer, data, exchange)
+        finding.replay = replay_command(finding.reproducer, finding.target,
                                         finding.daemon if finding.target == "virtiofsd" else None)
         self.by_signature[finding.signature] = finding
         return finding
 
     def to_json(self) -> list[dict[str, Any]]:
         return [f.to_json() for f in self]
+
+
+def _write(f: Finding, reproducer: bytes | dict[str, Any], data: bytes,
+           exchange: list[tuple[int, int, bytes, int]] | None) -> None:
+    """Write ``f``'s reproducer file, its script and (given an exchange) its pcap."""
+    path = Path(f.reproducer)
+    path.write_bytes(data)
+    stem = path.with_name(path.name.removesuffix(path.suffix))
+    doc = (reproducer if isinstance(reproducer, dict)
+           else input_doc(f.target, reproducer, f.kind, f.signature))
+    f.script = str(write_script(f"{stem}{SCRIPT_SUFFIX}", doc, f.summary))
+    if exchange is not None:
+        sent = [bytes.fromhex(i["hex"]) for i in doc.get("requests", ()) if "hex" in i]
+        f.pcap = str(write_pcap(f"{stem}{PCAP_SUFFIX}", exchange, injected=sent,
+                                note=f"fuseproto finding {f.kind}: {f.signature}"))

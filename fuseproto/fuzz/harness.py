@@ -37,7 +37,9 @@ into an ``asan`` / ``ubsan`` finding (:mod:`.forensics`).
 After a crash, exit or hang the caller starts a fresh daemon (:meth:`DaemonHarness.start`:
 the old one is stopped by PID, a fresh shared directory is made). The requests sent since
 the daemon's setup are kept in :attr:`DaemonHarness.history` for a reproducer
-(:mod:`.virtiofsd`, :mod:`.replay`); the log and crash analysis is :mod:`.forensics`.
+(:mod:`.virtiofsd`, :mod:`.replay`), every message since its start (setup included, taken
+by the transport's tap) in :attr:`DaemonHarness.exchange` for the finding's pcap
+(:mod:`.reproducer`); the log and crash analysis is :mod:`.forensics`.
 """
 
 from __future__ import annotations
@@ -234,6 +236,9 @@ class DaemonHarness:
         self._own_workdir = workdir is None
         self._workdir = workdir
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        # Every message to and from the current daemon since its start, setup included, as
+        # (direction, queue, bytes, time_ns): a finding's pcap (the transport's tap).
+        self.exchange: deque[tuple[int, int, bytes, int]] = deque(maxlen=2 * history + 64)
         self.on_send = on_send  # test hook: called before each fuzz request is sent
         self.transport: VhostUserTransport | None = None
         # The DAX window of a c-dax daemon (None for daemons without DAX): the backend
@@ -289,7 +294,9 @@ class DaemonHarness:
             if self.has_dax:
                 self.window = Window(DAX_WINDOW)
                 self.dax = DaxMapHandler(self.window)
+            self.exchange.clear()
             self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0,
+                                                tap=self._tap,
                                                 backend_handler=self.dax)
             self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
             self._inited = self.setup
@@ -309,6 +316,9 @@ class DaemonHarness:
         if self.coverage is not None:
             self.coverage.absorb()  # start-up and setup: not any input's coverage
         return self
+
+    def _tap(self, direction: int, queue: int, data: bytes) -> None:
+        self.exchange.append((direction, queue, data, time.time_ns()))
 
     def new_log(self) -> str:
         """Daemon log text written since the last call."""

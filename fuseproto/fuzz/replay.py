@@ -1,22 +1,37 @@
-"""Replaying virtiofsd reproducers: a finding's requests, sent again to a fresh daemon.
+"""Replaying reproducers: a finding's requests sent again to a fresh daemon, or an
+in-process target's input checked again; the verdict ``fuseproto fuzz replay`` and the
+standalone reproducer scripts (:mod:`.reproducer`) print.
 
-A reproducer (written by :func:`.virtiofsd.record_finding`) lists the requests its daemon
-saw since setup as ``{"hex", "variant", "batch"}`` items; consecutive items with the same
-``batch`` id shared one kick and are put in flight together again
+A virtiofsd reproducer (written by :func:`.virtiofsd.record_finding`) lists the requests
+its daemon saw since setup as ``{"hex", "variant", "batch"}`` items; consecutive items
+with the same ``batch`` id shared one kick and are put in flight together again
 (:func:`request_groups`). ``setup_mode: none`` marks a sequence program's reproducer (no
-harness setup; the program's own INIT comes first). ``fuseproto fuzz replay`` and
-:mod:`.shrink` use these functions.
+harness setup; the program's own INIT comes first); ``daemon_env`` is the environment
+the daemon was started with (e.g. ``FUSEPROTO_PLANTED_BUG``). :func:`doc_installation`
+finds the daemon a reproducer names. :func:`daemon_verdict` and :func:`input_verdict`
+say whether the finding's signature came back; :func:`reproducer_main` is what a
+reproducer script runs. :mod:`.shrink` uses :func:`replay_items` too.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import traceback
 from typing import Any
 
 from .. import daemons
-from .forensics import FATAL, Outcome
-from .harness import DaemonHarness
+from ..errors import FuseprotoError
+from .findings import classify_exception
+from .forensics import FATAL, Outcome, outcome_signature
+from .harness import DaemonHarness, resolve_installation
+from .reproducer import write_pcap
 
-__all__ = ["request_groups", "replay_items", "replay_daemon"]
+__all__ = ["request_groups", "replay_items", "replay_daemon", "doc_installation",
+           "daemon_verdict", "input_verdict", "reproducer_main", "Exchange"]
+
+#: A daemon's messages as the harness taps them: (direction, queue, bytes, time_ns).
+Exchange = list[tuple[int, int, bytes, int]]
 
 
 def request_groups(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -33,13 +48,16 @@ def request_groups(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def replay_items(items: list[dict[str, Any]], installation: daemons.Installation, *,
                  setup: bool = True, hang_timeout: float = 0.5,
-                 harness: DaemonHarness | None = None) -> list[Outcome]:
-    """Send reproducer ``items`` (hex, variant, batch) to a fresh daemon; the outcome of
-    each. Stops when the daemon dies or hangs; protocol findings do not stop it. With
-    ``harness`` (a started one, same ``setup``) that harness is restarted and reused."""
+                 harness: DaemonHarness | None = None, env: dict[str, str] | None = None,
+                 exchange: Exchange | None = None) -> list[Outcome]:
+    """Send reproducer ``items`` (hex, variant, batch) to a fresh daemon (started with
+    ``env`` over the harness's own); the outcome of each. Stops when the daemon dies or
+    hangs; protocol findings do not stop it. With ``harness`` (a started one, same
+    ``setup``) that harness is restarted and reused. ``exchange``, when given, receives
+    every message of the replay (setup included)."""
     own = harness is None
     h = harness or DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
-                                 history=100_000)
+                                 history=100_000, env=env)
     outs: list[Outcome] = []
     try:
         h.start()
@@ -55,6 +73,8 @@ def replay_items(items: list[dict[str, Any]], installation: daemons.Installation
                 if late is not None:
                     outs.append(late)
     finally:
+        if exchange is not None:
+            exchange.extend(h.exchange)
         if own:
             h.close()
         else:
@@ -63,9 +83,107 @@ def replay_items(items: list[dict[str, Any]], installation: daemons.Installation
 
 
 def replay_daemon(repro: dict[str, Any], installation: daemons.Installation, *,
-                  hang_timeout: float = 0.5) -> list[Outcome]:
+                  hang_timeout: float = 0.5, exchange: Exchange | None = None
+                  ) -> list[Outcome]:
     """Send a reproducer's requests to a fresh daemon (the setup it names: the harness's
-    INIT + LOOKUPs, or none for a sequence program, which starts with its own INIT)."""
+    INIT + LOOKUPs, or none for a sequence program, which starts with its own INIT; the
+    environment it names)."""
     return replay_items(repro.get("requests", []), installation,
                         setup=repro.get("setup_mode", "harness") != "none",
-                        hang_timeout=hang_timeout)
+                        hang_timeout=hang_timeout, env=repro.get("daemon_env"),
+                        exchange=exchange)
+
+
+def doc_installation(doc: dict[str, Any], spec: str | None = None,
+                     kind: str | None = None) -> tuple[str, daemons.Installation]:
+    """The daemon to replay reproducer ``doc`` against: ``spec`` (c | rust | a variant |
+    a path) when given, else the one it was found on (a kind or variant by name, a path's
+    label ``kind:name`` by its recorded binary); (spec used, installation)."""
+    label = str(doc.get("daemon", ""))
+    if spec is None:
+        spec = label or "c"
+        if spec not in daemons.KINDS and spec not in daemons.VARIANTS and ":" in spec:
+            spec = doc.get("daemon_binary", spec)
+    if kind is None and ":" in label and label.split(":", 1)[0] in daemons.KINDS \
+            and spec == doc.get("daemon_binary"):
+        kind = label.split(":", 1)[0]
+    return spec, resolve_installation(spec, kind)
+
+
+def daemon_verdict(doc: dict[str, Any], spec: str | None = None, kind: str | None = None,
+                   *, hang_timeout: float = 0.5, exchange: Exchange | None = None
+                   ) -> dict[str, Any]:
+    """Replay virtiofsd reproducer ``doc``; its verdict: ``reproduced`` when the
+    finding's signature (named after the daemon it was found on, so another daemon showing
+    the same bug counts) comes back, and what was seen."""
+    used, inst = doc_installation(doc, spec, kind)
+    outs = replay_daemon(doc, inst, hang_timeout=hang_timeout, exchange=exchange)
+    label = doc.get("daemon", used)
+    expected = (doc.get("finding") or {}).get("signature")
+    hits = [(outcome_signature(label, o), o) for o in outs if o.finding]
+    match = [o for sig, o in hits if sig == expected]
+    hit = match[0] if match else (hits[-1][1] if hits else None)
+    verdict: dict[str, Any] = {
+        "target": "virtiofsd", "daemon": used, "binary": inst.binary,
+        "reproduced": bool(match), "requests_sent": len(outs), "expected": expected,
+        "seen": sorted({sig for sig, _ in hits if sig})}
+    if hit is not None:
+        verdict.update(kind=hit.finding, summary=hit.detail, outcome=hit.cls,
+                       evidence=hit.evidence)
+    return verdict
+
+
+def input_verdict(target: str, data: bytes, expected: str | None = None) -> dict[str, Any]:
+    """Check ``data`` again under in-process ``target``'s oracle (after the planted fault
+    of ``FUSEPROTO_FUZZ_INJECT``, if any): reproduced when it fails with the ``expected``
+    signature (any failure when none is expected)."""
+    from . import inject
+    from .registry import get_target
+
+    inject.apply_from_env()
+    try:
+        get_target(target).check(data)
+    except (Exception, AssertionError) as e:  # noqa: B014 -- a finding, whatever it is
+        kind, sig, summary = classify_exception(e)
+        return {"target": target, "reproduced": expected is None or sig == expected,
+                "kind": kind, "signature": sig, "summary": summary, "expected": expected,
+                "seen": [sig], "traceback": "".join(traceback.format_exception(e))[-3000:]}
+    return {"target": target, "reproduced": False, "expected": expected, "seen": []}
+
+
+def reproducer_main(doc: dict[str, Any], argv: list[str] | None = None) -> int:
+    """A reproducer script's main (:mod:`.reproducer`): replay ``doc``, print
+    ``reproduced`` or ``not reproduced``; exit status 1 / 0, 2 when it could not run."""
+    p = argparse.ArgumentParser(description="Replay a fuseproto fuzz finding.")
+    p.add_argument("--daemon", default=None, metavar="c|rust|VARIANT|PATH",
+                   help="virtiofsd findings: replay against this daemon (default: the one "
+                   "the finding was seen on)")
+    p.add_argument("--virtiofsd-kind", choices=daemons.KINDS, default=None,
+                   help="which daemon a PATH is (default: detected)")
+    p.add_argument("--hang-timeout", type=float, default=0.5)
+    p.add_argument("--pcap", default=None, metavar="FILE",
+                   help="virtiofsd findings: write the replay's exchange as a pcap")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    args = p.parse_args(argv)
+    target = str(doc.get("target", ""))
+    expected = (doc.get("finding") or {}).get("signature")
+    try:
+        if "input_hex" in doc:
+            verdict = input_verdict(target, bytes.fromhex(doc["input_hex"]), expected)
+        else:
+            exchange: Exchange = []
+            verdict = daemon_verdict(doc, args.daemon, args.virtiofsd_kind,
+                                     hang_timeout=args.hang_timeout, exchange=exchange)
+            if args.pcap:
+                write_pcap(args.pcap, exchange, note=f"replay of {expected}")
+    except (FuseprotoError, OSError, KeyError, ValueError) as e:
+        print(f"could not run: {type(e).__name__}: {e}")
+        return 2
+    if args.json:
+        print(json.dumps(verdict, indent=1, default=str))
+    elif verdict["reproduced"]:
+        print(f"reproduced: {verdict.get('kind')}: {verdict.get('summary', '')}")
+    else:
+        seen = verdict.get("seen") or []
+        print("not reproduced" + (f" (saw instead: {', '.join(seen)})" if seen else ""))
+    return 1 if verdict["reproduced"] else 0

@@ -85,7 +85,7 @@ def shrink(doc: dict[str, Any], installation: daemons.Installation, *, seconds: 
                        bytes_before=sum(len(i["hex"]) // 2 for i in items))
     say = log or (lambda m: None)
     harness = DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
-                            history=100_000)
+                            history=100_000, env=doc.get("daemon_env"))
 
     def reproduces(cand: list[dict[str, Any]], check_budget: bool = True) -> bool:
         if check_budget and time.monotonic() > deadline:

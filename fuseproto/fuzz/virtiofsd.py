@@ -246,6 +246,8 @@ def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, la
                  "empty, OPEN file O_RDWR, OPENDIR dir)",
         "requests": list(h.history),
     }
+    if h.env:
+        repro["daemon_env"] = dict(h.env)  # what the daemon was started with, over ours
     if not h.setup:
         repro["setup_mode"] = "none"
         repro["setup"] = ("none: a sequence program (fuseproto.fuzz.sequences), INIT is its "
@@ -253,7 +255,7 @@ def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, la
     if program is not None:
         repro["program"] = program
         f.evidence.setdefault("mode", "sequence")
-    f = store.add(f, repro, suffix=".json")
+    f = store.add(f, repro, suffix=".json", exchange=list(h.exchange))
     if all(x.signature != f.signature for x in stats.findings):
         stats.findings.append(f)
     return f
