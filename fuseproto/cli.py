@@ -10,10 +10,12 @@ import sys
 # One module per subcommand group; each defines register(subparsers) which adds its parser
 # and sets ``func`` (called with the parsed args, returns the exit code).
 COMMAND_MODULES = [
+    "capture",
     "dax",
     "daemons",
     "decode",
     "fuzz",
+    "guest",
     "mount",
     "wireshark",
 ]

@@ -424,10 +424,11 @@ def send_message(sock: socket.socket, request: int, payload: bytes | Payload = b
             f"vhost-user socket closed while sending {request_name(request)}: {e}") from e
 
 
-def recv_message(sock: socket.socket, *, what: str = "message") -> VhostUserMessage:
-    """Read one message (header + payload + fds). Raises TransportError on EOF or an
-    oversized payload and TransportTimeout if the socket's timeout expires; fds received
-    before an error are closed."""
+def recv_message(sock: socket.socket, *, what: str = "message",
+                 max_payload: int = MAX_PAYLOAD) -> VhostUserMessage:
+    """Read one message (header + payload + fds). Raises TransportError on EOF or a
+    payload over ``max_payload`` bytes and TransportTimeout if the socket's timeout
+    expires; fds received before an error are closed."""
     fds: list[int] = []
     try:
         head, anc, _flags, _ = sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(8 * 4))
@@ -444,7 +445,7 @@ def recv_message(sock: socket.socket, *, what: str = "message") -> VhostUserMess
                 raise TransportError(f"vhost-user socket closed mid-header ({what})")
             head += more
         hdr = VhostUserHeader.parse_body(head)
-        if hdr.size > MAX_PAYLOAD:
+        if hdr.size > max_payload:
             raise TransportError(f"vhost-user {what}: payload size {hdr.size} too large")
         payload = b""
         while len(payload) < hdr.size:

@@ -32,6 +32,11 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 # virtq_used_elem { le32 id; le32 len; }
 VIRTQ_USED_ELEM = struct.Struct("<II")
 VIRTQ_USED_F_NO_NOTIFY = 1
+# Byte offsets of the fields inside the avail and used rings (the structs above).
+VIRTQ_AVAIL_IDX = 2
+VIRTQ_AVAIL_RING = 4
+VIRTQ_USED_IDX = 2
+VIRTQ_USED_RING = 4
 U16 = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 # Never store into a field the device may be reading with Struct.pack_into: CPython's
@@ -215,15 +220,15 @@ class SplitVirtqueue:
         self.inflight: dict[int, Inflight] = {}
         self.interrupts = True
         self._avail_flags_off = self.avail_off
-        self._avail_idx_off = self.avail_off + 2
-        self._avail_ring_off = self.avail_off + 4
+        self._avail_idx_off = self.avail_off + VIRTQ_AVAIL_IDX
+        self._avail_ring_off = self.avail_off + VIRTQ_AVAIL_RING
         # The same fields as indexes into mem.u16 (avail_off is 2-aligned).
         self._avail_flags_i = self.avail_off >> 1
         self._avail_idx_i = self._avail_flags_i + 1
         self._avail_ring_i = self._avail_flags_i + 2
         self._used_flags_off = self.used_off
-        self._used_idx_off = self.used_off + 2
-        self._used_ring_off = self.used_off + 4
+        self._used_idx_off = self.used_off + VIRTQ_USED_IDX
+        self._used_ring_off = self.used_off + VIRTQ_USED_RING
         self._mask = size - 1
         self.indirect = indirect
         # One SLOT_SIZE buffer per descriptor index, used by a chain whose head it is.
