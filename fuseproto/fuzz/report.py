@@ -114,6 +114,12 @@ def _md(result: Any, plotted: bool = False) -> str:
             f"- reproducer: `{f.reproducer}`",
             f"- replay: `{f.replay}`",
         ]
+        if getattr(f, "script", ""):
+            lines.append(f"- standalone reproducer: `python3 {f.script}` (prints reproduced "
+                         "/ not reproduced; `--daemon SPEC` for another build)")
+        if getattr(f, "pcap", ""):
+            lines.append(f"- exchange: `{f.pcap}` (pcap, fuseproto's FUSE link type: "
+                         "`fuseproto decode`, Wireshark)")
         lines += _minimized_md(f)
         ev = {k: v for k, v in f.evidence.items() if k not in ("log_tail", "report")}
         if ev:
