@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything fuseproto needs on a fresh Debian 12 or 13 machine (as root):
 # system packages (only those missing), a virtualenv in .venv with fuseproto and its dev
-# and capture extras, the real virtiofsd daemons and the C virtiofsd variants built from
-# Debian's source (all cached under ~/.cache/fuseproto).
+# and capture extras, the real virtiofsd daemons, the C virtiofsd variants built from
+# Debian's source and the test guest's kernel and initramfs (all cached under
+# ~/.cache/fuseproto).
 # Idempotent: a second run does almost nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,5 +64,12 @@ fi
 if .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
   .venv/bin/fuseproto daemons install
   .venv/bin/fuseproto daemons build
+fi
+
+# 4. The test guest: Debian 12's cloud kernel, its virtio-fs modules and busybox, downloaded
+# into the cache (never installed), and the initramfs built from them (cached: a second
+# run returns at once).
+if .venv/bin/fuseproto guest --help >/dev/null 2>&1; then
+  .venv/bin/fuseproto guest setup
 fi
 log "ready"

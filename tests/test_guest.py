@@ -175,3 +175,14 @@ def test_a_stuck_guest_is_killed_and_leaves_nothing(assets, tmp_path):
         finally:
             g.stop()
         assert daemon.wait_exit(10) is not None, daemon.describe()
+
+
+def test_cli_setup_and_a_daemon_that_does_not_exist(assets, capsys, tmp_path):
+    from fuseproto.cli import main
+
+    assert main(["guest", "setup"]) == 0
+    out = capsys.readouterr().out
+    assert f"kernel   {assets.kernel_package}: {assets.kernel}" in out
+    assert "virtiofs" in out and "qemu " in out
+    assert main(["guest", "run", "--daemon", str(tmp_path / "no-such-virtiofsd")]) == 2
+    assert "FAILED" in capsys.readouterr().out
