@@ -283,6 +283,10 @@ def _replay(args: argparse.Namespace) -> int:
     if target == "virtiofsd":
         verdict = replay.daemon_verdict(json.loads(data), _daemon_spec(args, None),
                                         args.virtiofsd_kind)
+    elif target == "diff":
+        from ..fuzz.diff import diff_verdict
+
+        verdict = diff_verdict(json.loads(data))
     else:
         verdict = replay.input_verdict(target, data)
     if args.json:

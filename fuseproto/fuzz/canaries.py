@@ -32,12 +32,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import secrets
 import stat
 from dataclasses import dataclass, field
+from typing import Any
+
+from construct import Container
+
+from ..wire.constants import fuse_opcode as O
 
 __all__ = ["Canaries", "Breach", "ESCAPE_NAMES", "SYMLINK_TARGETS", "CANARY_FILE",
-           "CANARY_DIR", "ESCAPE_LINKS"]
+           "CANARY_DIR", "ESCAPE_LINKS", "escape_request"]
 
 CANARY_FILE = "canary"
 CANARY_DIR = "canary-dir"
@@ -231,3 +237,72 @@ class Canaries:
         """``data`` with this base's absolute path replaced by ``$BASE`` (so the same
         symlink in two shares reads the same)."""
         return data.replace(self.base.encode(), b"$BASE")
+
+
+# -- what programs try ---------------------------------------------------------------------
+
+_RW = os.O_RDWR
+# Node ids and handles a program did not get from a reply: small numbers both daemons
+# hand out (C: indexes into its inode and fd maps; Rust: counters), and far ones.
+_GUESSES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 1 << 32, (1 << 64) - 1)
+
+
+def escape_request(rng: random.Random) -> tuple[int, Any, int]:
+    """One escape attempt for a sequence program, as ``(opcode, body, node)`` (node and
+    ``fh`` < 0 are references into what the program got so far, as in :mod:`.sequences`):
+    a LOOKUP of :data:`ESCAPE_NAMES` (``..``, absolute names, names with ``/``, the
+    symlinks out) from the root or the newest node; OPEN / READ / READLINK / SETATTR /
+    GETXATTR of whatever the newest node is (a symlink out after such a LOOKUP); CREATE,
+    MKDIR, MKNOD, SYMLINK (pointing out), LINK, RENAME, UNLINK and RMDIR with those names;
+    READ / WRITE / GETATTR / RELEASE through a handle or node id of *another* file (an older
+    pool entry) or a guessed one."""
+    name = rng.choice(ESCAPE_NAMES)
+    r = rng.random()
+    parent = rng.choice((1, 1, 1, -1, -2))
+    if r < 0.25:
+        return O.FUSE_LOOKUP, Container(name=name), parent
+    if r < 0.32:
+        return O.FUSE_OPEN, Container(flags=rng.choice((os.O_RDONLY, _RW, os.O_WRONLY | os.O_APPEND,
+                                                        _RW | os.O_TRUNC)), open_flags=0), -1
+    if r < 0.36:
+        return O.FUSE_READLINK, Container(), -1
+    if r < 0.44:  # another file's handle (or a guessed one) with this node, and vice versa
+        fh = rng.choice((-2, -3, rng.choice(_GUESSES)))
+        node = rng.choice((-1, -2, rng.choice(_GUESSES)))
+        if rng.random() < 0.5:
+            return O.FUSE_READ, Container(fh=fh, offset=0, size=4096, read_flags=0,
+                                          lock_owner=0, flags=0), node
+        return O.FUSE_WRITE, Container(fh=fh, offset=0, size=None, write_flags=0,
+                                       lock_owner=0, flags=0, data=b"escape"), node
+    if r < 0.48:
+        return O.FUSE_GETATTR, Container(getattr_flags=rng.choice((0, 1)),
+                                         fh=rng.choice((0, -1, -2)), dummy=0), \
+            rng.choice((-1, rng.choice(_GUESSES)))
+    if r < 0.52:
+        return O.FUSE_SETATTR, Container(valid=rng.choice((1 << 3, 1 << 0, (1 << 3) | (1 << 4))),
+                                         padding=0, fh=0, size=0, lock_owner=0, atime=0,
+                                         mtime=0, ctime=0, atimensec=0, mtimensec=0,
+                                         ctimensec=0, mode=0o100777, unused4=0, uid=0, gid=0,
+                                         unused5=0), -1
+    if r < 0.56:
+        return O.FUSE_GETXATTR, Container(size=256, padding=0, name=b"user.x"), -1
+    if r < 0.64:
+        return O.FUSE_CREATE, Container(flags=_RW | os.O_CREAT, mode=0o100644, umask=0o022,
+                                        open_flags=0, name=name), parent
+    if r < 0.68:
+        return O.FUSE_MKDIR, Container(mode=0o755, umask=0o022, name=name), parent
+    if r < 0.72:
+        return O.FUSE_MKNOD, Container(mode=0o100644, rdev=0, umask=0o022, name=name), parent
+    if r < 0.78:
+        return O.FUSE_SYMLINK, Container(name=b"out%d" % rng.randrange(3),
+                                         link=rng.choice(SYMLINK_TARGETS)), 1
+    if r < 0.83:
+        return O.FUSE_LINK, Container(oldnodeid=rng.choice((-1, -2, rng.choice(_GUESSES))),
+                                      name=rng.choice((name, b"hard%d" % rng.randrange(2)))), 1
+    if r < 0.90:
+        old, new = (name, b"moved") if rng.random() < 0.5 else (
+            rng.choice((b"escape", b"file", b"dir")), name)
+        return O.FUSE_RENAME, Container(newdir=rng.choice((1, -1)), name=old, newname=new), 1
+    if r < 0.95:
+        return O.FUSE_UNLINK, Container(name=name), parent
+    return O.FUSE_RMDIR, Container(name=name), parent

@@ -170,6 +170,10 @@ def reproducer_main(doc: dict[str, Any], argv: list[str] | None = None) -> int:
     try:
         if "input_hex" in doc:
             verdict = input_verdict(target, bytes.fromhex(doc["input_hex"]), expected)
+        elif target == "diff":  # a divergence: the program on both daemons again
+            from .diff import diff_verdict
+
+            verdict = diff_verdict(doc, hang_timeout=args.hang_timeout)
         else:
             exchange: Exchange = []
             verdict = daemon_verdict(doc, args.daemon, args.virtiofsd_kind,

@@ -13,8 +13,11 @@ References are resolved at run time from earlier replies, so the requests are de
 ``Step.node`` and any *negative* body value for ``fh``, INTERRUPT's ``unique`` or a
 BATCH_FORGET entry's ``nodeid`` index the pools the program has filled so far (-1: the
 newest node id a LOOKUP/CREATE returned, the newest fh an OPEN/CREATE/OPENDIR returned,
-the newest unique sent); non-negative values are sent as they are. Steps with the same
-non-zero ``group`` that follow each other go in flight together on one kick.
+the newest unique sent), and so do LINK's ``oldnodeid`` and RENAME's ``newdir``;
+non-negative values are sent as they are. Steps with the same non-zero ``group`` that
+follow each other go in flight together on one kick. One random step in ten is an escape
+attempt (:func:`.canaries.escape_request`: ``..``, absolute names, names with ``/``,
+symlinks out, another file's handle or node id), judged by the escape canaries.
 
 Every request is built by :func:`fuseproto.wire.codec.encode_request` (``length=`` and
 ``count`` forced where a step lies) and sent through :meth:`DaemonHarness.send_many`, so
@@ -51,6 +54,7 @@ from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags, SetupmappingFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
+from .canaries import escape_request
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import FindingStore
@@ -123,7 +127,12 @@ def _entries(rng: random.Random) -> list[Container]:
 
 
 def random_step(rng: random.Random) -> Step:
-    """One step from the templates (weights favour the deep paths)."""
+    """One step from the templates (weights favour the deep paths); one in ten an escape
+    attempt (:func:`.canaries.escape_request`)."""
+    r = rng.random()
+    if r < 0.1:
+        op, body, node = escape_request(rng)
+        return Step(op, body, node=node)
     r = rng.random()
     if r < 0.12:
         return Step(O.FUSE_LOOKUP, _C(name=rng.choice(_FILES)), node=1)
@@ -294,6 +303,9 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
         for e in body.get("entries") or []:
             if isinstance(e, dict) and isinstance(e.get("nodeid"), int) and e["nodeid"] < 0:
                 e["nodeid"] = _pick(nodes, e["nodeid"])
+        for key in ("oldnodeid", "newdir"):  # LINK's source, RENAME's target directory
+            if isinstance(body.get(key), int) and body[key] < 0:
+                body[key] = _pick(nodes, body[key])
     return nodeid, body
 
 

@@ -1,0 +1,69 @@
+"""The differential target's allow-list: known, explained differences between QEMU 7.2's
+C virtiofsd and virtiofsd 1.13 (Rust) that are not findings.
+
+Each entry matches a divergence (:class:`.diff.Divergence`) by opcode, kind and errno
+pair (``None``: any) and, optionally, by the state it happened in; it says *why* the two
+daemons may differ there. The errno pair is (C daemon, Rust daemon): the differential
+target always runs the C-kind daemon as side ``a``. A divergence no entry matches is a
+finding. Allowed divergences are still counted and listed in the report (with the
+reason), so the table can be audited against what a run saw.
+
+``when`` values: ``before-init`` (no INIT was accepted by both daemons yet),
+``after-destroy`` (a DESTROY was accepted earlier in the program), ``bad-name`` (the
+request's name or newname is not one path component: ``/`` in it, ``.``, ``..``).
+"""
+
+from __future__ import annotations
+
+import errno as E
+from dataclasses import dataclass
+
+__all__ = ["AllowEntry", "ALLOW", "WHENS"]
+
+WHENS = ("before-init", "after-destroy", "bad-name")
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    op: str | None  # opcode name, e.g. "FUSE_LOOKUP"; None: any
+    kind: str | None  # divergence kind (accepted-vs-refused, errno, data, attr.size, ...)
+    errnos: tuple[int | None, int | None] | None  # (C, Rust), negative errno; None: any
+    reason: str
+    when: str | None = None  # one of WHENS, or None: any state
+
+    def matches(self, op: str, kind: str, errnos: tuple[int | None, int | None],
+                state: set[str]) -> bool:
+        if self.op is not None and self.op != op:
+            return False
+        if self.kind is not None and self.kind != kind:
+            return False
+        if self.when is not None and self.when not in state:
+            return False
+        if self.errnos is None:
+            return True
+        return all(want is None or want == got for want, got in zip(self.errnos, errnos,
+                                                                    strict=True))
+
+
+def _e(n: int) -> int:
+    return -n
+
+
+#: The known differences, each with its reason (see the module docstring).
+ALLOW: tuple[AllowEntry, ...] = (
+    AllowEntry("FUSE_INIT", "accepted-vs-refused", (_e(E.EPROTO), 0),
+               reason="protocol floor: QEMU 7.2's C daemon refuses INIT below 7.31 "
+               "(fuse_lowlevel.c do_init: 'unsupported protocol version', EPROTO); the "
+               "Rust one negotiates older minors"),
+    AllowEntry(None, "errno", (_e(E.EIO), None), when="before-init",
+               reason="before a successful INIT the C daemon answers every request EIO "
+               "(fuse_lowlevel.c: requests before init are refused); the Rust one refuses "
+               "them with errors of its own (EBADF, ENOSYS, ...)"),
+    AllowEntry(None, "errno", (_e(E.EINVAL), None), when="bad-name",
+               reason="a name that is not one path component ('/' in it, '.', '..'): the "
+               "C daemon refuses it with EINVAL before touching the file system "
+               "(passthrough_ll.c is_safe_path_component, or strchr '/' in lookup), the "
+               "Rust one hands it to the kernel beneath the share and reports what is not "
+               "there (ENOENT, ENOTDIR, EISDIR, EBUSY); the escape canaries check that "
+               "neither gets out"),
+)
