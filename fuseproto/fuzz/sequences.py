@@ -51,15 +51,18 @@ from ..dax.virtiofsd import check_backend_record
 from ..errors import DaemonError, EncodeError, TransportError
 from ..transport.window import PAGE
 from ..wire import codec
-from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags, SetupmappingFlags
+from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
 from .canaries import escape_request
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
+from .dax_programs import accepted_but_invalid, dax_program, fd_access_violations, mapping_kind
 from .findings import FindingStore
 from .forensics import FATAL, Outcome
 from .harness import DAX_WINDOW, DaemonHarness
+from .steps import C as _C
+from .steps import Step
 from .virtiofsd import DaemonStats, EdgeFeedback, record_finding
 
 __all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
@@ -79,22 +82,6 @@ _INIT_CHOICES = (
     0,
     (1 << 64) - 1,
 )
-
-
-@dataclass
-class Step:
-    """One request of a program (see the module docstring for references)."""
-
-    op: int  # fuse_opcode value
-    fields: Any = field(default_factory=Container)  # body as the codec's Container
-    node: int = 0  # header nodeid: < 0 -> node pool reference, else literal
-    length: int | None = None  # forced fuse_in_header.len (a lie), else derived
-    variant: int = 0  # reply-area choice (harness.variant_area)
-    group: int = 0  # same non-zero group as the previous step: same kick
-
-
-def _C(**kw: Any) -> Container:
-    return Container(**kw)
 
 
 def _mapping_values(rng: random.Random) -> tuple[int, int, int]:
@@ -272,25 +259,6 @@ def _pick(pool: list[int], ref: int) -> int:
     return pool[ref % len(pool)] if pool else 0
 
 
-def _mapping_kind(step: Step) -> str:
-    f = step.fields
-    if step.op == O.FUSE_SETUPMAPPING:
-        ln, mo = f.get("len", 0) or 0, f.get("moffset", 0) or 0
-        if mo + ln >= 1 << 32:
-            return "out-of-window"
-        if ln and ln % _MIB2 == 0 and mo % _MIB2 == 0:
-            return "aligned-2M"
-        if ln and ln % 4096 == 0 and mo % 4096 == 0:
-            return "aligned-4K"
-        return "misaligned"
-    entries = f.get("entries") or []
-    count = f.get("count")
-    n = len(entries)
-    lie = count is not None and count != n
-    return f"{'0' if n == 0 else '1' if n == 1 else '2-256' if n <= 256 else '>256'} entries" + (
-        ", lying count" if lie else "")
-
-
 def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -> tuple[int, Any]:
     body = mutate.copy_body(step.fields) if isinstance(step.fields, dict) else step.fields
     nodeid = _pick(nodes, step.node) if step.node < 0 else step.node
@@ -350,18 +318,23 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         if not items:
             continue
         batch += 1
+        seen = len(h.dax.events) if h.dax is not None else 0
         outs = h.send_many(items, batch=batch)
         res.outcomes += outs
         res.steps += idxs[:len(outs)]
         for k, (step, out) in enumerate(zip(built, outs, strict=False)):
             err = _errno(out)
             if step.op in _MAP_OPS:
-                kind = _mapping_kind(step) + ("" if res.depth else ", no INIT accepted")
+                kind = mapping_kind(step, DAX_WINDOW) + ("" if res.depth else ", no INIT accepted")
                 res.mappings.append((O(step.op).name, kind, _answer(out, err, h.kind)))
                 res.depth = max(res.depth, 6 if err == 0 else 5 if fhs else res.depth)
-                if err == 0 and h.dax is not None:
-                    res.dax_violations += _accepted_but_invalid(
-                        step, bodies[k], fh_mode, h, last=k == len(built) - 1)
+                if h.dax is not None and h.window is not None:
+                    if err == 0:
+                        res.dax_violations += accepted_but_invalid(
+                            step, bodies[k], fh_mode, h.window, last=k == len(built) - 1)
+                    if step.op == O.FUSE_SETUPMAPPING and len(built) == 1:
+                        res.dax_violations += fd_access_violations(
+                            list(h.dax.events)[seen:], bodies[k].get("fh"), fh_mode)
             if out.finding is None and err == 0:
                 had = len(fhs)
                 _learn(step, out, h, nodes, fhs, res, destroyed)
@@ -378,49 +351,6 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             list(h.dax.events), DAX_WINDOW, mapped_bytes=h.window.mapped_pages() * PAGE)
     res.escapes = h.check_canaries("program")
     return res
-
-
-_MAP_WRITE = int(SetupmappingFlags.FUSE_SETUPMAPPING_FLAG_WRITE)
-
-
-def _accepted_but_invalid(step: Step, body: Any, fh_mode: dict[int, int],
-                          h: DaemonHarness, *, last: bool) -> list[Violation]:
-    """A mapping request a DAX daemon answered 0 although the protocol says refuse, or
-    whose effect is not in the real window: a SETUPMAPPING not aligned to 4 KiB (the map
-    alignment c-dax announces), reaching past the window, or asking write access through
-    a handle opened read-only; a REMOVEMAPPING whose count is not its number of entries,
-    or (the last request of its kick, so nothing remapped since) that left one of its
-    ranges mapped."""
-    f = step.fields
-    if step.op == O.FUSE_SETUPMAPPING:
-        fo, ln, mo = (int(f.get(k, 0) or 0) for k in ("foffset", "len", "moffset"))
-        if fo % PAGE or ln % PAGE or mo % PAGE or not ln:
-            return [Violation("accepted_misaligned", f"SETUPMAPPING foffset={fo:#x} "
-                                                     f"len={ln:#x} moffset={mo:#x} answered 0")]
-        if mo + ln > DAX_WINDOW:
-            return [Violation("accepted_outside_window", f"SETUPMAPPING [{mo:#x}, "
-                              f"{mo + ln:#x}) beyond the {DAX_WINDOW:#x}-byte window answered 0")]
-        fh = body.get("fh") if hasattr(body, "get") else None
-        if (isinstance(fh, int) and int(f.get("flags") or 0) & _MAP_WRITE
-                and fh_mode.get(fh) == 0):  # opened O_RDONLY
-            return [Violation("accepted_write_on_read_only_handle",
-                              f"SETUPMAPPING with FLAG_WRITE through fh {fh} (opened O_RDONLY) "
-                              "answered 0")]
-        return []
-    entries = f.get("entries") or []
-    count = f.get("count")
-    if count is not None and count != len(entries):
-        return [Violation("accepted_count_mismatch", f"REMOVEMAPPING count={count} with "
-                                                     f"{len(entries)} entries answered 0")]
-    if last and h.window is not None:
-        for e in entries:
-            mo, ln = int(e.get("moffset") or 0), int(e.get("len") or 0)
-            if ln and not mo % PAGE and not ln % PAGE and mo + ln <= DAX_WINDOW and any(
-                    h.window.is_mapped(p, PAGE) for p in (mo, mo + ln - PAGE)):
-                return [Violation("accepted_unmap_left_mapped",
-                                  f"REMOVEMAPPING of [{mo:#x}, {mo + ln:#x}) answered 0, "
-                                  "the window still maps it")]
-    return []
 
 
 def _answer(out: Outcome, err: int | None, kind: str) -> str:
@@ -533,8 +463,17 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
     deadline = t0 + seconds
     cdir = Path(corpus_dir) if corpus_dir is not None else None
     corpus: Corpus[list[Step]] = Corpus(2000)
+    # A DAX daemon gets mostly mapping-aware programs (dax_programs): random steps seldom
+    # build the one request near a boundary that a daemon-side DAX bug needs.
+    dax = daemons.has_dax(installation)
+
+    def fresh() -> list[Step]:
+        if rng.random() < (0.7 if dax else 0.05):
+            return dax_program(rng, DAX_WINDOW)
+        return random_program(rng)
+
     for _ in range(8):
-        corpus.add(random_program(rng))
+        corpus.add(fresh())
     for raw in Corpus.load(cdir, ".json", limit=1000):
         try:
             if corpus.add(program_from_json(json.loads(raw))):
@@ -553,8 +492,8 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                                                    or programs < max_programs):
                 if pending:
                     prog = pending.pop(0)
-                elif rng.random() < 0.2:
-                    prog = random_program(rng)
+                elif rng.random() < (0.4 if dax else 0.2):
+                    prog = fresh()
                 else:
                     prog = mutate_program(corpus.choose(rng), rng)
                 try:
