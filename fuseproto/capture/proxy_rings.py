@@ -214,7 +214,7 @@ class QueueWatch:
             note(self.index, f"queue {self.index} not observed: {e}")
             return
         self._scan_avail(mem, w, record, note)
-        self._scan_used(mem, w, record, note)
+        self._scan_used(mem, w, record, note, reused=False)
 
     def _scan_avail(self, mem: GuestMap, w: _Where, record: Record, note: Note) -> None:
         _, dmm, doff, amm, aoff, _, _ = w
@@ -246,15 +246,22 @@ class QueueWatch:
                 self.pending.pop(head, None)
                 continue
             if head in self.pending:
-                note(self.index, f"queue {self.index}: head {head} made available again "
-                                 "before its used entry was seen")
+                # The driver reuses a head only after taking its used entry: read the used
+                # ring now, so the old chain's reply is paired with the old request.
+                self._scan_used(mem, w, record, note, reused=True)
+                if head in self.pending:
+                    note(self.index, f"queue {self.index}: head {head} made available again "
+                                     "before its used entry was seen")
             unique = int.from_bytes(data[8:16], "little") if len(data) >= 16 else None
             self.pending[head] = _Chain(writable, unique)
             self.requests += 1
             record(0, self.index, data)
         self.last_avail = last
 
-    def _scan_used(self, mem: GuestMap, w: _Where, record: Record, note: Note) -> None:
+    def _scan_used(self, mem: GuestMap, w: _Where, record: Record, note: Note, *,
+                   reused: bool) -> None:
+        """``reused``: the driver has already made one of these heads available again, so
+        a reply whose unique is not its request's was overwritten, not sent that way."""
         _, dmm, doff, _, _, umm, uoff = w
         idx = _unpack_u16(umm, uoff + VIRTQ_USED_IDX)[0]
         last = self.last_used
@@ -298,11 +305,15 @@ class QueueWatch:
                 continue
             if chain.unique is not None and len(data) >= 16:
                 unique = int.from_bytes(data[8:16], "little")
+                if unique != chain.unique and reused:
+                    note(self.index, f"queue {self.index} used head {head}: the reply to "
+                                     f"unique {chain.unique} is not recorded: the driver took "
+                                     "it and reused its buffer before the proxy read it")
+                    continue
                 if unique != chain.unique:
                     note(self.index, f"queue {self.index} used head {head}: the reply names "
                                      f"unique {unique}, the chain's request was unique "
-                                     f"{chain.unique} (a daemon's mistake, or the driver "
-                                     "reused the buffer before the proxy read it)")
+                                     f"{chain.unique}")
             self.replies += 1
             record(1, self.index, data)
         self.last_used = last

@@ -108,7 +108,9 @@ class VhostUserTransport:
     sequence of device-writable area sizes. ``reply_size`` 0 means no reply (FORGET).
 
     ``mode`` chooses completion: "poll" spins on the used ring before blocking on the call
-    eventfd, "eventfd" blocks at once. ``indirect`` asks for VIRTIO_RING_F_INDIRECT_DESC:
+    eventfd, "eventfd" blocks at once, "interrupt" looks at the used ring only after a
+    call (as a guest driver waiting for its interrupt: a recording proxy then reads each
+    reply before the caller can reuse its buffer). ``indirect`` asks for VIRTIO_RING_F_INDIRECT_DESC:
     if the daemon offers it, a request of several segments takes one ring descriptor (its
     table in guest memory) instead of one per segment; ``negotiated.indirect_desc`` says
     whether it was agreed. ``daemon`` (optional) is the
@@ -132,8 +134,8 @@ class VhostUserTransport:
         tap: Tap | None = None,
         indirect: bool = False,
     ) -> None:
-        if mode not in ("poll", "eventfd"):
-            raise ValueError("mode must be 'poll' or 'eventfd'")
+        if mode not in ("poll", "eventfd", "interrupt"):
+            raise ValueError("mode must be 'poll', 'eventfd' or 'interrupt'")
         self.socket_path = socket_path
         self.daemon = daemon
         self.own_daemon = own_daemon and daemon is not None
@@ -157,6 +159,7 @@ class VhostUserTransport:
         self._broken: str | None = None
         self._closed = False
         self._next_queue = 0
+        self._called: set[int] = set()  # queues whose call came while waiting on another
         self._tmpdir: str | None = None  # spawn()'s socket directory, removed on close
         self._restore_affinity: set[int] | None = None  # spawn(colocate=): the caller's CPUs
         try:
@@ -463,9 +466,14 @@ class VhostUserTransport:
                 turns += 1
                 if not turns & 15 and monotonic() > spin_end:
                     break
+        # "interrupt": the ring is read only once a call came (interrupts stay on, so none
+        # is lost); the other modes look before they block.
+        look = self.mode != "interrupt" or vq.index in self._called
+        self._called.discard(vq.index)
         while True:
             vq.set_interrupts(True)
-            self._collect(vq)
+            if look:
+                self._collect(vq)
             if token.done:
                 return
             remaining = deadline - time.monotonic()
@@ -476,7 +484,7 @@ class VhostUserTransport:
                 raise TransportTimeout(
                     f"no reply{what} on queue {vq.index} after {timeout:.3g} s{state}"
                 )
-            self._poll_once(vq, token, remaining)
+            look = self._poll_once(vq, token, remaining) or self.mode != "interrupt"
 
     def _wait_room(self, vq: SplitVirtqueue, n: int) -> None:
         deadline = time.monotonic() + self.timeout
@@ -493,18 +501,24 @@ class VhostUserTransport:
                     f"for {self.timeout:.3g} s{state}")
             self._poll_once(vq, None, remaining)
 
-    def _poll_once(self, vq: SplitVirtqueue, token: Inflight | None, remaining: float) -> None:
-        """Block on the call eventfds and the socket for a short slice."""
+    def _poll_once(self, vq: SplitVirtqueue, token: Inflight | None, remaining: float) -> bool:
+        """Block on the call eventfds and the socket for a short slice; returns whether a
+        call came."""
         # Short slices: bound a lost wakeup (store->load reordering on the flag) and let
         # us notice a daemon that died without the socket saying so.
         for fd, _ev in self._poller.poll(max(1, int(min(remaining, 0.05) * 1000))):
             if fd == self._sock_fd:
                 self._connection_lost(vq, token)
             else:
+                self._called.add(self.call_fds.index(fd))
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(fd)
         if self.daemon is not None and not self.daemon.running():
             self._connection_lost(vq, token)
+        if vq.index in self._called:
+            self._called.discard(vq.index)
+            return True
+        return False
 
     def _connection_lost(self, vq: SplitVirtqueue, token: Inflight | None) -> None:
         # The daemon never writes to this socket unprompted: readable means EOF.
