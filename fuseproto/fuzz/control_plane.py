@@ -393,10 +393,10 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
             if msg is None:
                 res.outcomes.append(Outcome(f"{name}:{'ok' if valid else 'taken'}"))
                 continue
-            out = _check_reply(step, msg, valid)
-            res.outcomes.append(out or Outcome(f"{name}:{'ok' if valid else 'taken'}"))
-            if out is not None:
-                res.finding = out
+            bad = _check_reply(step, msg, valid)
+            res.outcomes.append(bad or Outcome(f"{name}:{'ok' if valid else 'taken'}"))
+            if bad is not None:
+                res.finding = bad
                 break
         else:
             res.expected_serving = model.serving(1)
