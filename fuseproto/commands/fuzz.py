@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
         description="Run one target. The options below may come before or after the target;"
         " any other argument (and everything after --) goes to libFuzzer.",
         epilog="example: fuseproto fuzz run wire_decode --seconds 60 -- -runs=100000")
-    r.add_argument("target", help="wire_decode | session | dax | virtiofsd")
+    r.add_argument("target", help="wire_decode | session | dax | virtiofsd | diff")
     _run_options(r)
     r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
@@ -108,6 +108,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--virtiofsd", default=None, metavar="PATH",
                    help="for virtiofsd: this binary (same as --daemon PATH)")
     _kind_option(p)
+    p.add_argument("--against", default="rust", metavar="rust|VARIANT|PATH",
+                   help="for diff: the second daemon, compared with --daemon (default rust)")
     p.add_argument("--sequences", action="store_true",
                    help="for virtiofsd: run stateful sequence programs, not single requests")
     p.add_argument("--feedback", choices=("auto", "coverage", "outcome"), default="auto",
@@ -196,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 
     name = args.target.removesuffix(".py").removesuffix("_fuzzer")
     extra = split_run_args(args)
+    if name == "diff":
+        return _run_diff(args)
     if name == "virtiofsd":
         from ..fuzz import harness, virtiofsd
 
@@ -251,6 +255,31 @@ def _run(args: argparse.Namespace) -> int:
                            store=store)
     print(f"{name}: {loop.iterations} inputs, {loop.per_second:.0f}/s, "
           f"corpus {loop.corpus_size}")
+    for f in store:
+        print(f"  {f.kind}: {f.signature} x{f.count}\n    {f.replay}")
+    return 1 if len(store) else 0
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    """``fuzz run diff``: the differential target, --daemon (C) vs --against (Rust)."""
+    from ..fuzz import harness
+    from ..fuzz.diff import fuzz_diff
+    from ..fuzz.findings import FindingStore
+
+    specs = (_daemon_spec(args, "c") or "c", args.against)
+    insts = [harness.resolve_installation(s, args.virtiofsd_kind if k == 0 else None)
+             for k, s in enumerate(specs)]
+    labels = (harness.daemon_label(specs[0], insts[0]),
+              harness.daemon_label(specs[1], insts[1]))
+    store = FindingStore(Path(args.out) / "findings")
+    st = fuzz_diff(insts[0], insts[1], seconds=args.seconds, store=store, seed=args.seed,
+                   labels=labels)
+    print(f"{labels[0]} vs {labels[1]}: {st.programs} programs ({st.per_second:.1f}/s), "
+          f"{st.requests} requests, {st.compared} answers compared, "
+          f"{len(st.divergences)} kinds of divergence ({len(st.findings)} not allow-listed)")
+    for sig, d in sorted(st.divergences.items()):
+        why = f"allowed: {d['allowed']}" if d["allowed"] else "FINDING"
+        print(f"  {sig} x{d['count']}: {d['detail'][:100]}\n    {why[:160]}")
     for f in store:
         print(f"  {f.kind}: {f.signature} x{f.count}\n    {f.replay}")
     return 1 if len(store) else 0
@@ -332,4 +361,7 @@ def _list(args: argparse.Namespace) -> int:
           "built variant such as c-asan-cov, or a path): crashes, panics, hangs, protocol "
           "violations, ASan/UBSan reports; steered by the daemon's edges when it is "
           "instrumented; --sequences: stateful programs")
+    print(f"{'diff':12s} the same sequence programs against two daemons (--daemon c, "
+          "--against rust) on identical shares: every divergence not in the allow-list "
+          "(fuseproto/fuzz/diff_allow.py) is a finding")
     return 0

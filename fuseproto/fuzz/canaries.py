@@ -183,16 +183,18 @@ class Canaries:
         now_beside = self._entries(self.base) if base_mtime != self._base_mtime \
             else sorted(self._beside)
         new_beside = [n for n in now_beside if n not in self._beside]
-        moved_to: dict[int, str] = {}
+        moved_to: dict[tuple[int, int], str] = {}  # (inode, type) -> new entry
         for n in new_beside:
             with contextlib.suppress(OSError):
-                moved_to[os.lstat(os.path.join(self.base, n)).st_ino] = n
+                st = os.lstat(os.path.join(self.base, n))
+                moved_to[(st.st_ino, stat.S_IFMT(st.st_mode))] = n
         for rel, old in self._snaps.items():
             cur = self._snap(rel, deep=False)
             if cur is None:
-                if old.ino in moved_to:
+                key = (old.ino, stat.S_IFMT(old.mode))  # a reused inode number is not enough
+                if key in moved_to:
                     out.append(Breach("renamed", rel, f"{rel} was renamed to "
-                                      f"{moved_to.pop(old.ino)} (inode {old.ino})"))
+                                      f"{moved_to.pop(key)} (inode {old.ino})"))
                 else:
                     out.append(Breach("deleted", rel, f"{rel} is gone"))
                 continue
@@ -220,8 +222,9 @@ class Canaries:
             elif cur.atime_ns != old.atime_ns:
                 out.append(Breach("read", rel, f"{rel} was read: atime "
                                   f"{old.atime_ns} -> {cur.atime_ns}"))
+        left = set(moved_to.values())
         for n in new_beside:
-            if n in moved_to.values():
+            if n in left:
                 out.append(Breach("created", n, f"{n} appeared beside the share"))
         return out
 
