@@ -324,3 +324,25 @@ def test_dax_oracles_catch_each_daemon_side_bug(variant, tmp_path):
     the bug."""
     _stats, found = _dax_findings(variant, tmp_path, 300)
     assert f"dax:{variant}:{DAX_BUG_CATCHES[variant]}" in found, found
+
+
+def test_campaign_report_shows_accepted_and_refused_mapping_shapes_on_c_dax(tmp_path):
+    """A campaign on c-dax: the report's Sequences section has a row per mapping shape
+    with the accepted count and the refusals by errno; in-window 4 KiB mappings are
+    accepted, ones reaching one page past the window refused with EINVAL."""
+    from fixtures_daemons import built_installation
+
+    built_installation("c-dax")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "campaign",
+                           "--daemon", "c-dax", "--target", "session", "--engine",
+                           "inprocess", "--seconds", "16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+            for line in md.splitlines() if line.startswith("| FUSE_")}
+    inside = [r for k, r in rows.items() if k.startswith("FUSE_SETUPMAPPING aligned-4K in window")]
+    assert inside and sum(int(r[0]) for r in inside) > 0, md
+    past = [r for k, r in rows.items() if "past the window end by one page" in k]
+    assert past and all(r[0] == "0" for r in past) and any("-22 x" in r[1] for r in past), md

@@ -152,10 +152,12 @@ def daemon_label(spec: str, inst: daemons.Installation) -> str:
 
 
 def default_daemons() -> list[str]:
-    """The daemons a campaign fuzzes unless told: the instrumented C build ``c-asan-cov``
-    when it is built (its edges steer the fuzzer, its sanitizers make memory errors
-    findings), else the packaged ``c``; and the packaged ``rust``."""
-    return ["c-asan-cov" if daemons.find("c-asan-cov") is not None else "c", "rust"]
+    """The daemons a campaign fuzzes unless told: the instrumented C build with our DAX
+    patch ``c-dax-asan-cov`` when it is built (its edges steer the fuzzer, its sanitizers
+    make memory errors findings, its mappings land in a real window and are judged),
+    else ``c-asan-cov``, else the packaged ``c``; and the packaged ``rust``."""
+    c = next((v for v in ("c-dax-asan-cov", "c-asan-cov") if daemons.find(v) is not None), "c")
+    return [c, "rust"]
 
 
 def instrumented(installation: daemons.Installation) -> bool:

@@ -169,18 +169,89 @@ def _sequences_md(daemons: list[Any]) -> list[str]:
                      f"{q.get('requests', 0)} | {q.get('deepest', '-')} | {depth} |")
     for r in runs:
         q = r.sequences
-        lines += ["", f"Mappings attempted on `{r.daemon}` (request shape: the daemon's "
-                  "answer -- an errno, or the finding the request ran into, which an earlier "
-                  "request of the program may have caused):", ""]
-        maps = q.get("mappings") or {}
-        if not maps:
-            lines.append("- none reached the daemon")
-        for k, n in maps.items():
-            lines.append(f"- {k} x{n}")
+        lines += ["", f"Mappings attempted on `{r.daemon}`, by request shape: how many the "
+                  "daemon accepted (answered 0), refused (errno x count), and what else "
+                  "happened (a finding the request ran into, which an earlier request of "
+                  "the program may have caused; no reply):", ""]
+        lines += _mapping_shapes(q.get("mappings") or {})
         new = q.get("new_findings") or []
         lines.append("")
         lines.append(f"Findings only sequences reached on `{r.daemon}`: "
                      + (", ".join(f"`{s}`" for s in new) if new else "none"))
+    return lines
+
+
+def _mapping_shapes(maps: dict[str, int]) -> list[str]:
+    """``{"OP shape: answer": n}`` as a table: one row per (op, shape)."""
+    if not maps:
+        return ["- none reached the daemon"]
+    rows: dict[str, dict[str, Any]] = {}
+    for key, n in maps.items():
+        shape, _, answer = key.rpartition(": ")
+        row = rows.setdefault(shape, {"ok": 0, "refused": {}, "other": {}})
+        if answer == "0":
+            row["ok"] += n
+        elif answer.lstrip("-").isdigit():
+            row["refused"][answer] = row["refused"].get(answer, 0) + n
+        else:
+            row["other"][answer] = row["other"].get(answer, 0) + n
+    out = ["| request shape | accepted | refused | other |", "|---|---:|---|---|"]
+    for shape, row in sorted(rows.items()):
+        refused = ", ".join(f"{e} x{c}" for e, c in sorted(row["refused"].items(),
+                                                          key=lambda kv: -kv[1]))
+        other = ", ".join(f"{a} x{c}" for a, c in sorted(row["other"].items(),
+                                                        key=lambda kv: -kv[1]))
+        out.append(f"| {shape} | {row['ok']} | {refused or '-'} | {other or '-'} |")
+    return out
+
+
+def _diff_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
+    if not pairs:
+        return ["No differential run (it needs a C and a Rust daemon among the daemons)."]
+    lines = ["The same sequence programs on both daemons, each on a fresh, identically "
+             "populated share; answers compared step by step (accepted vs refused, errno "
+             "class, data, directory entries, the size / type / permissions / owner / link "
+             "count of the same file; `fuseproto/fuzz/diff.py`). A divergence is a finding "
+             "unless the allow-list (`fuseproto/fuzz/diff_allow.py`) explains it.",
+             "",
+             "| pair | seconds | programs | requests | answers compared | not compared | "
+             "divergences | findings |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, q in pairs.items():
+        lines.append(f"| {name} | {q.get('seconds', 0)} | {q.get('programs', 0)} | "
+                     f"{q.get('requests', 0)} | {q.get('compared', 0)} | "
+                     f"{q.get('uncompared', 0)} | {len(q.get('divergences') or {})} | "
+                     f"{len(q.get('findings') or [])} |")
+    for name, q in pairs.items():
+        lines += ["", f"Divergences of `{name}` (`signature` xcount: an example; then "
+                  "FINDING, or why it is allowed):", ""]
+        divs = q.get("divergences") or {}
+        if not divs:
+            lines.append("- none: the two daemons agreed on every answer compared")
+        for sig, d in divs.items():
+            why = f"allowed: {d['allowed']}" if d.get("allowed") else "**FINDING**"
+            lines.append(f"- `{sig}` x{d.get('count')}: {d.get('detail', '')[:160]}; {why}")
+    return lines
+
+
+def _canaries_md(result: Any) -> list[str]:
+    live = [r for r in result.results if r.engine in ("daemon", "daemon-pair")]
+    if not live:
+        return ["No live daemon was fuzzed."]
+    lines = ["Beside each daemon's share: a file and a directory holding unique random "
+             "tokens, and inside the share symlinks out to them (`fuseproto/fuzz/"
+             "canaries.py`). After every request (single requests) or program (sequences, "
+             "diff) the fuzzer checks that none was read (access time), written, linked, "
+             "renamed or deleted and nothing was created beside the share; every reply is "
+             "scanned for the tokens. Programs try `..`, absolute names, names with `/`, "
+             "the symlinks out and handles or node ids of other files.", ""]
+    escapes = [f for f in result.findings if f.kind == "escape"]
+    for r in live:
+        names = {r.daemon} | set((r.daemon or "").split("-vs-"))
+        mine = [f for f in escapes if f.daemon in names]
+        lines.append(f"- `{r.target}` on `{r.daemon}`: "
+                     + (", ".join(f"`{f.signature}` x{f.count}" for f in mine) if mine
+                        else "no breach"))
     return lines
 
 
