@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
                    "repeatable, same as --daemon PATH")
     _kind_option(c)
     c.add_argument("--no-daemon", action="store_true", help="skip the virtiofsd target")
+    c.add_argument("--no-diff", action="store_true",
+                   help="skip the differential target (C vs Rust daemon on identical shares; "
+                   "run when the daemons include both kinds)")
     c.add_argument("--sequence-share", type=float, default=0.3, metavar="F",
                    help="share of each daemon's time spent on stateful sequence programs "
                    "(default 0.3)")
@@ -184,6 +187,7 @@ def _campaign(args: argparse.Namespace) -> int:
         args.out, seconds=args.seconds, daemons=daemons, target_names=args.target,
         engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
+        diff=not args.no_diff,
         shrink_share=args.shrink_share, corpus_root=_corpus_root(args),
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))

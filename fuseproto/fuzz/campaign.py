@@ -75,6 +75,9 @@ class TargetResult:
     # virtiofsd on an instrumented daemon: guards, edges, timeline [[s, edges]], feedback,
     # variant, instrumentation, and the edges when sequences started (``requests_edges``)
     edges: dict[str, Any] = field(default_factory=dict)
+    # the diff target (a daemon pair): programs, answers compared, every divergence seen
+    # with its count and, when the allow-list explains it, the reason (DiffStats.summary)
+    diff: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -332,6 +335,59 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
     return res
 
 
+def diff_pair(specs: list[str], kind: str | None = None) -> tuple[str, str] | None:
+    """The daemons the diff target compares, from a campaign's list: the first C-kind one
+    without DAX (a DAX build answers mapping requests the Rust one cannot; else the
+    packaged ``c``) and the first Rust-kind one; None when the list lacks either kind."""
+    from .. import daemons as d
+    from . import harness
+
+    c_spec = rust_spec = None
+    has_c = False
+    for spec in specs:
+        try:
+            inst = harness.resolve_installation(spec, kind)
+        except Exception:  # noqa: BLE001 -- the daemon's own target reports it
+            continue
+        if inst.kind == "c":
+            has_c = True
+            if c_spec is None and not d.has_dax(inst):
+                c_spec = spec
+        elif inst.kind == "rust" and rust_spec is None:
+            rust_spec = spec
+    if has_c and c_spec is None:
+        c_spec = "c"
+    return (c_spec, rust_spec) if c_spec and rust_spec else None
+
+
+def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, seed: int,
+                 hang_timeout: float, kind: str | None = None) -> TargetResult:
+    """The differential target on ``pair`` (C-kind first) for ``seconds``."""
+    from . import diff, harness
+
+    res = TargetResult("diff", "daemon-pair")
+    try:
+        insts = [harness.resolve_installation(s, kind) for s in pair]
+        labels = (harness.daemon_label(pair[0], insts[0]),
+                  harness.daemon_label(pair[1], insts[1]))
+        res.daemon = diff.diff_label(*labels)
+        st = diff.fuzz_diff(insts[0], insts[1], seconds=seconds, store=store, seed=seed,
+                            hang_timeout=hang_timeout, labels=labels)
+    except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    res.seconds = st.seconds
+    res.iterations = st.requests
+    res.daemon_version = " / ".join(st.versions)
+    res.coverage = {"outcome_classes": len(st.divergences)}
+    res.corpus_size = st.corpus_size
+    res.restarts = st.starts
+    res.findings = [f.signature for f in st.findings + st.daemon_findings]
+    res.diff = st.summary()
+    res.error = st.error
+    return res
+
+
 def run_campaign(
     out: str | os.PathLike[str],
     *,
@@ -344,12 +400,15 @@ def run_campaign(
     env: dict[str, str] | None = None,
     command: str = "",
     log: Any = None,
+    diff: bool = True,
     daemon_kind: str | None = None,
     sequence_share: float = 0.3,
     shrink_share: float = 0.2,
     corpus_root: str | os.PathLike[str] | None = None,
 ) -> CampaignResult:
-    """Run the campaign and write the report; see the module docstring. ``daemons``
+    """Run the campaign and write the report; see the module docstring. ``diff``: also
+    the differential target (:mod:`.diff`) when the daemons include a C and a Rust one
+    (:func:`diff_pair`), for one time unit. ``daemons``
     default: :func:`.harness.default_daemons` (``c-asan-cov`` for C when it is built)."""
     from . import harness, report
 
@@ -360,8 +419,10 @@ def run_campaign(
     croot = Path(corpus_root) if corpus_root is not None else None
     names = target_names or registry.available_targets()
     use_atheris = engine_name == "atheris" and fuzz_dir() is not None
-    # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow).
-    units = len(names) + 1.5 * len(daemons)
+    # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow), the
+    # diff of a C and a Rust daemon 1.
+    pair = diff_pair(daemons, daemon_kind) if diff else None
+    units = len(names) + 1.5 * len(daemons) + (1 if pair else 0)
     unit = seconds / units if units else 0
     result = CampaignResult(str(out_path), time.time(), command=command)
     try:
@@ -390,6 +451,14 @@ def run_campaign(
         say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
             f"{len(r.findings)} findings, {r.restarts} restarts"
             + (f", {r.edges['edges']} of {r.edges['guards']} daemon edges" if r.edges else "")
+            + (f", error: {r.error}" if r.error else ""))
+        result.results.append(r)
+    if pair is not None:
+        say(f"diff ({pair[0]} vs {pair[1]}): {unit:.0f} s")
+        r = _diff_target(pair, unit, store, seed, hang_timeout, daemon_kind)
+        say(f"diff ({r.daemon}): {r.diff.get('programs', 0)} programs, "
+            f"{len(r.diff.get('divergences', {}))} kinds of divergence, "
+            f"{len(r.diff.get('findings', []))} not allow-listed"
             + (f", error: {r.error}" if r.error else ""))
         result.results.append(r)
     result.seconds = time.monotonic() - t0

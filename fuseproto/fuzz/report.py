@@ -5,7 +5,10 @@ inputs, inputs/s, coverage, corpus, findings), Daemons (kind, version, binary), 
 coverage (per instrumented daemon: its edges over time, the feedback that steered, the
 corpus carried over; the plot is ``edges.png``, drawn with matplotlib's Agg), Sequences
 (per daemon: programs run, how deep they got, every SETUPMAPPING/REMOVEMAPPING shape and
-the daemon's answer, findings only sequences reached), Findings (one per signature: kind,
+the daemon's answer, findings only sequences reached), Differential (the diff target: C
+vs Rust daemon on identical shares, every divergence with its count, a finding or the
+allow-list's reason), Escape canaries (what was planted, and any breach per daemon),
+Findings (one per signature: kind,
 count, what, reproducer and its minimized twin, the ``fuseproto fuzz replay`` commands,
 evidence), How to reproduce.
 """
@@ -19,8 +22,8 @@ from typing import Any
 
 __all__ = ["write", "SECTIONS"]
 
-SECTIONS = ("## Summary", "## Daemons", "## Daemon coverage", "## Sequences", "## Findings",
-            "## How to reproduce")
+SECTIONS = ("## Summary", "## Daemons", "## Daemon coverage", "## Sequences",
+            "## Differential", "## Escape canaries", "## Findings", "## How to reproduce")
 #: The plot of the daemons' edges over time, next to report.md.
 PLOT = "edges.png"
 
@@ -49,6 +52,8 @@ def to_json(result: Any) -> dict[str, Any]:
                       if r.engine == "daemon" and r.sequences},
         "daemon_edges": {r.daemon: getattr(r, "edges", {}) for r in result.results
                          if r.engine == "daemon" and getattr(r, "edges", None)},
+        "diff": {r.daemon: getattr(r, "diff", {}) for r in result.results
+                 if getattr(r, "diff", None)},
         "findings": [f.to_json() for f in result.findings],
     }
 
@@ -100,6 +105,10 @@ def _md(result: Any, plotted: bool = False) -> str:
     lines += _edges_md(j["daemon_edges"], plotted)
     lines += ["", "## Sequences", ""]
     lines += _sequences_md(daemons)
+    lines += ["", "## Differential", ""]
+    lines += _diff_md(j["diff"])
+    lines += ["", "## Escape canaries", ""]
+    lines += _canaries_md(result)
     lines += ["", "## Findings", ""]
     if not result.findings:
         lines.append("No findings.")
