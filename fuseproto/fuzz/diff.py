@@ -406,11 +406,14 @@ def _record(stats: DiffStats, store: FindingStore, label: str, pr: PairResult,
 def fuzz_diff(inst_a: daemons.Installation, inst_b: daemons.Installation, *, seconds: float,
               store: FindingStore, seed: int = 0, hang_timeout: float = 0.5,
               labels: tuple[str, str] | None = None, max_programs: int | None = None,
-              programs: list[list[Step]] | None = None) -> DiffStats:
+              programs: list[list[Step]] | None = None,
+              harnesses: tuple[DaemonHarness, DaemonHarness] | None = None) -> DiffStats:
     """Run programs on ``inst_a`` and ``inst_b`` (the C-kind daemon first: the allow-list's
     errno pairs are (C, Rust)) for ``seconds`` or ``max_programs``; unexplained
     divergences and either daemon's own findings go to ``store``. ``programs``: run these
-    first (then random and mutated ones)."""
+    first (then random and mutated ones). ``harnesses``: two unstarted
+    :class:`DaemonHarness` (``setup=False``) to use instead of plain ones (closed at the
+    end)."""
     la, lb = labels or (inst_a.kind, inst_b.kind)
     label = diff_label(la, lb)
     rng = random.Random(seed ^ 0xD1FF)
@@ -422,10 +425,10 @@ def fuzz_diff(inst_a: daemons.Installation, inst_b: daemons.Installation, *, sec
     t0 = time.monotonic()
     deadline = t0 + seconds
     try:
-        with DaemonHarness(inst_a, hang_timeout=hang_timeout, setup=False,
-                           history=100_000) as ha, \
-                DaemonHarness(inst_b, hang_timeout=hang_timeout, setup=False,
-                              history=100_000) as hb:
+        ha0, hb0 = harnesses or (
+            DaemonHarness(inst_a, hang_timeout=hang_timeout, setup=False, history=100_000),
+            DaemonHarness(inst_b, hang_timeout=hang_timeout, setup=False, history=100_000))
+        with ha0 as ha, hb0 as hb:
             stats.versions = (ha.version(), hb.version())
             side[0].version, side[1].version = stats.versions
             while time.monotonic() < deadline and (max_programs is None

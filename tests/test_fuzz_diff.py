@@ -1,0 +1,202 @@
+"""The differential target: comparison rules, the allow-list, a bounded fixed-seed run of
+the real C daemon against the real Rust one, a forced divergence, replaying a finding,
+and the campaign's report."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from construct import Container
+
+from fuseproto.fuzz import diff, report, sequences
+from fuseproto.fuzz.campaign import diff_pair, run_campaign
+from fuseproto.fuzz.diff import SideAnswer, compare
+from fuseproto.fuzz.diff_allow import ALLOW, WHENS
+from fuseproto.fuzz.findings import FindingStore
+from fuseproto.fuzz.harness import DaemonHarness
+from fuseproto.fuzz.sequences import Step
+from fuseproto.wire import codec
+from fuseproto.wire.constants import fuse_opcode as O
+
+
+def _attr(**kw):
+    a = dict(ino=7, size=11, blocks=8, atime=1, mtime=2, ctime=3, atimensec=0, mtimensec=0,
+             ctimensec=0, mode=0o100644, nlink=1, uid=0, gid=0, rdev=0, blksize=4096, flags=0)
+    a.update(kw)
+    return Container(**a)
+
+
+def _entry(**kw) -> SideAnswer:
+    body = Container(nodeid=kw.pop("nodeid", 5), generation=0, entry_valid=1, attr_valid=1,
+                     entry_valid_nsec=0, attr_valid_nsec=0, attr=_attr(**kw))
+    return SideAnswer(0, None, codec.encode_reply(O.FUSE_LOOKUP, body, unique=2), 46)
+
+
+def _err(e: int) -> SideAnswer:
+    return SideAnswer(-e, None, codec.encode_reply(O.FUSE_LOOKUP, None, unique=2, error=-e), 46)
+
+
+def _data(b: bytes, base: str = "") -> SideAnswer:
+    return SideAnswer(0, None, codec.encode_reply(O.FUSE_READLINK, Container(link=b),
+                                                  unique=2), 46, base)
+
+
+def test_compare_rules():
+    kinds = lambda a, b, op=O.FUSE_LOOKUP: [k for k, _ in compare(op, a, b)]  # noqa: E731
+    assert kinds(_entry(), _entry(ino=99, nodeid=8, mtime=5)) == []  # ids and times: not compared
+    assert kinds(_entry(), _err(errno.ENOENT)) == ["accepted-vs-refused"]
+    assert kinds(_err(errno.EINVAL), _err(errno.ENOENT)) == ["errno"]
+    assert kinds(_err(errno.ENOENT), _err(errno.ENOTDIR)) == []  # one class: not found
+    assert kinds(_entry(), _entry(size=12)) == ["attr.size"]
+    assert kinds(_entry(), _entry(mode=0o120777)) == ["attr.type"]
+    assert kinds(_entry(), _entry(mode=0o100600, nlink=2)) == ["attr.perm", "attr.nlink"]
+    assert kinds(_entry(), _entry(uid=1)) == ["attr.owner"]
+    # A directory's size and link count are the file system's business.
+    assert kinds(_entry(mode=0o40755, size=4096, nlink=2),
+                 _entry(mode=0o40755, size=60, nlink=3)) == []
+    # Data: each share's own absolute path reads $BASE.
+    assert kinds(_data(b"/tmp/a/canary", "/tmp/a"), _data(b"/tmp/b/canary", "/tmp/b"),
+                 O.FUSE_READLINK) == []
+    assert kinds(_data(b"x"), _data(b"y"), O.FUSE_READLINK) == ["data"]
+    # A finding on either side is the daemon's own finding, not a divergence.
+    assert compare(O.FUSE_LOOKUP, SideAnswer(None, "crash", b"", 46), _entry()) == []
+    assert kinds(SideAnswer(None, None, b"", 46), _err(errno.EAGAIN),
+                 O.FUSE_INTERRUPT) == ["reply-vs-none"]
+    assert diff.errno_class(-errno.ENAMETOOLONG) == diff.errno_class(errno.EINVAL) == "invalid"
+    assert diff.errno_class(-errno.EBADF) == "EBADF"
+
+
+def test_allow_list_entries_have_reasons_and_match():
+    assert ALLOW and all(len(e.reason) > 40 for e in ALLOW)
+    assert all(e.when in (None, *WHENS) for e in ALLOW)
+    allowed = diff._allowed  # noqa: SLF001 -- the table's own matcher
+    assert allowed("FUSE_INIT", "accepted-vs-refused", (-errno.EPROTO, 0), set())
+    assert allowed("FUSE_OPEN", "errno", (-errno.EIO, -errno.EBADF), {"before-init"})
+    assert not allowed("FUSE_OPEN", "errno", (-errno.EIO, -errno.EBADF), set())
+    # Before INIT, the Rust daemon *accepting* what the C one refuses is not explained.
+    assert not allowed("FUSE_OPEN", "accepted-vs-refused", (-errno.EIO, 0), {"before-init"})
+    assert allowed("FUSE_UNLINK", "errno", (-errno.EINVAL, -errno.ENOENT), {"bad-name"})
+    assert not allowed("FUSE_LOOKUP", "accepted-vs-refused", (-errno.EINVAL, 0), {"bad-name"})
+    assert not allowed("FUSE_READ", "data", (0, 0), {"before-init", "bad-name"})
+
+
+def _init() -> Step:
+    s = sequences.init_step(random.Random(0))
+    s.fields.minor = 46
+    return s
+
+
+def _baseline() -> list[Step]:
+    return [
+        _init(),
+        Step(O.FUSE_LOOKUP, Container(name=b"small"), node=1),
+        Step(O.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0), node=-1),
+        Step(O.FUSE_READ, Container(fh=-1, offset=0, size=4096, read_flags=0, lock_owner=0,
+                                    flags=0), node=-1),
+        Step(O.FUSE_GETATTR, Container(getattr_flags=0, fh=0, dummy=0), node=-1),
+        Step(O.FUSE_LOOKUP, Container(name=b"escape"), node=1),
+        Step(O.FUSE_READLINK, Container(), node=-1),
+        Step(O.FUSE_LOOKUP, Container(name=b"escape-abs"), node=1),
+        Step(O.FUSE_READLINK, Container(), node=-1),
+        Step(O.FUSE_LOOKUP, Container(name=b"dir"), node=1),
+        Step(O.FUSE_OPENDIR, Container(flags=0, open_flags=0), node=-1),
+        Step(O.FUSE_READDIRPLUS, Container(fh=-1, offset=0, size=4096, read_flags=0,
+                                           lock_owner=0, flags=0), node=-1),
+    ]
+
+
+class _Skewed(DaemonHarness):
+    """A harness whose share differs from the standard one (a forced divergence)."""
+
+    def start(self) -> DaemonHarness:
+        super().start()
+        assert self.daemon is not None
+        with open(os.path.join(self.daemon.shared_dir, "small"), "ab") as f:
+            f.write(b", skewed")
+        return self
+
+
+@pytest.mark.daemon
+def test_identical_shares_agree_and_a_skewed_one_is_reported(daemon_installations, tmp_path):
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        same = diff.run_pair(ha, hb, _baseline())
+    assert same.divergences == [] and same.compared == len(_baseline())
+    store = FindingStore(tmp_path)
+    st = diff.fuzz_diff(c, rust, seconds=60, store=store, programs=[_baseline()],
+                        max_programs=1,
+                        harnesses=(DaemonHarness(c, setup=False), _Skewed(rust, setup=False)))
+    sigs = {f.signature for f in st.findings}
+    assert {"diff:c-vs-rust:FUSE_LOOKUP:attr.size:0/0", "diff:c-vs-rust:FUSE_READ:data:0/0",
+            "diff:c-vs-rust:FUSE_GETATTR:attr.size:0/0"} <= sigs
+    f = next(f for f in store if f.signature.endswith("FUSE_READ:data:0/0"))
+    doc = json.loads(Path(f.reproducer).read_text())
+    assert doc["target"] == "diff" and doc["finding"]["step"] == 3
+    assert b"skewed" in bytes.fromhex(doc["replies"][1])
+    assert "11 vs 19 bytes" in f.summary
+
+
+@pytest.mark.daemon
+def test_bounded_fixed_seed_run_c_vs_rust(daemon_installations, tmp_path):
+    """30 fixed programs: every divergence is either explained by the allow-list or a
+    finding with a reproducer (and the store holds exactly those)."""
+    rng = random.Random(0)
+    progs = [sequences.random_program(rng) for _ in range(30)]
+    store = FindingStore(tmp_path)
+    st = diff.fuzz_diff(daemon_installations["c"], daemon_installations["rust"], seconds=300,
+                        store=store, programs=progs, max_programs=30)
+    assert st.programs == 30 and st.compared > 100 and st.canary_checks == 60
+    assert st.divergences, "the two daemons never differ? (the INIT floor alone should)"
+    unexplained = {s for s, d in st.divergences.items() if not d["allowed"]}
+    assert unexplained == {f.signature for f in st.findings}
+    assert unexplained == {f.signature for f in store if f.target == "diff"}
+    for f in st.findings:
+        assert Path(f.reproducer).exists() and f.replay.endswith("--target diff")
+    assert not [f for f in store if f.kind == "escape"]
+    for sig, d in sorted(st.divergences.items()):
+        print(f"{sig} x{d['count']}: {d['allowed'] or 'FINDING'}")
+
+
+@pytest.mark.daemon
+def test_a_divergence_replays(daemon_installations, tmp_path):
+    """Finding, kept as a test: the Rust daemon resolves a LOOKUP of "dir/inner" (a name
+    with '/'), the C one refuses it (EINVAL). Its reproducer replays with ``fuseproto fuzz
+    replay`` and with its standalone script."""
+    prog = [_init(), Step(O.FUSE_LOOKUP, Container(name=b"dir/inner"), node=1)]
+    store = FindingStore(tmp_path)
+    st = diff.fuzz_diff(daemon_installations["c"], daemon_installations["rust"], seconds=60,
+                        store=store, programs=[prog], max_programs=1)
+    (f,) = st.findings
+    assert f.signature == "diff:c-vs-rust:FUSE_LOOKUP:accepted-vs-refused:-22/0"
+    out = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "replay", f.reproducer,
+                          "--json"], capture_output=True, text=True, timeout=120)
+    verdict = json.loads(out.stdout)
+    assert out.returncode == 1 and verdict["reproduced"] and verdict["target"] == "diff"
+    script = subprocess.run([sys.executable, f.script], capture_output=True, text=True,
+                            timeout=120)
+    assert script.returncode == 1 and script.stdout.startswith("reproduced"), script
+
+
+@pytest.mark.daemon
+def test_campaign_runs_the_diff_and_reports_it(daemon_installations, tmp_path):
+    assert diff_pair(["c", "rust"]) == ("c", "rust")
+    assert diff_pair(["c"]) is None
+    res = run_campaign(tmp_path, seconds=10, daemons=["c", "rust"],
+                       target_names=["wire_decode"], engine_name="inprocess",
+                       shrink_share=0)
+    (r,) = [r for r in res.results if r.target == "diff"]
+    assert r.daemon == "c-vs-rust" and r.diff["programs"] > 0 and not r.error
+    md = (tmp_path / "report.md").read_text()
+    for section in report.SECTIONS:
+        assert section in md
+    assert "| c-vs-rust |" in md
+    j = json.loads((tmp_path / "report.json").read_text())
+    assert j["diff"]["c-vs-rust"]["programs"] == r.diff["programs"]
+    assert "`virtiofsd` on `c`: " in md and "`diff` on `c-vs-rust`: " in md
