@@ -10,8 +10,10 @@ restarts the harness with the time left. The virtiofsd target runs against each 
 given: single hostile requests (:func:`.virtiofsd.fuzz_daemon`), then stateful sequence
 programs (:func:`.sequences.fuzz_sequences`, ``sequence_share`` of its time), then each of
 its new findings is minimized (:func:`.shrink.shrink_file`, ``<name>.min.json``) within
-``shrink_share`` of its time. Both loops of one daemon share one edge map
-(:mod:`.coverage`): with an instrumented daemon (the default C daemon is ``c-asan-cov``
+``shrink_share`` of its time. With ``jobs`` > 1 every target runs that many jobs at once
+(:mod:`.jobs`: libFuzzer ``-fork`` for atheris, parallel workers with their own daemons
+for the rest), merged into the same store, corpus and report. Both loops of one daemon
+share one edge map (:mod:`.coverage`): with an instrumented daemon (the default C daemon is ``c-asan-cov``
 when it is built: :func:`.harness.default_daemons`) new edges steer them and the result
 carries the edges over time; with ``corpus_root`` the inputs that lit new edges are kept
 in ``<corpus_root>/virtiofsd-{requests,sequences}-<daemon>/`` and loaded by the next run.
@@ -35,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import engine, registry
+from . import engine, jobs, registry
 from .corpus import default_dir
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
@@ -105,6 +107,8 @@ class CampaignResult:
 
 _STAT = re.compile(r"stat::(\w+):\s+(\d+)")
 _PROGRESS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)")
+# libFuzzer -fork's own progress lines: "#12727: cov: 1496 ft: 1292 corp: 111 exec/s 2887"
+_FORK_PROGRESS = re.compile(r"#(\d+): cov: (\d+) ft: (\d+) corp: (\d+) exec/s (\d+)")
 _ARTIFACT = re.compile(r"Test unit written to (\S+)")
 
 
@@ -118,6 +122,8 @@ class AtherisRun:
     exec_per_sec: int
     artifact: str | None
     log: str
+    # Every crash/timeout/oom input the run left (under -fork, several jobs may crash).
+    artifacts: list[str] = field(default_factory=list)
 
 
 # libFuzzer's RSS reading is ru_maxrss, which Linux carries over from the process that
@@ -133,8 +139,10 @@ def _rss_limit_mb() -> int:
 
 
 def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
-                extra: list[str] | None = None, env: dict[str, str] | None = None) -> AtherisRun:
-    """One libFuzzer run of ``fuzz/<target>_fuzzer.py`` for up to ``seconds``."""
+                extra: list[str] | None = None, env: dict[str, str] | None = None,
+                n_jobs: int = 1) -> AtherisRun:
+    """One libFuzzer run of ``fuzz/<target>_fuzzer.py`` for up to ``seconds`` (with
+    ``n_jobs`` > 1: under ``-fork=n_jobs``)."""
     fz = fuzz_dir()
     if fz is None:
         raise FileNotFoundError("fuzz/ directory not found next to the fuseproto package")
@@ -143,8 +151,8 @@ def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
     logs = workdir / "logs"
     for d in (work_corpus, artifacts, logs):
         d.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(fz / f"{target}_fuzzer.py"),
-            f"-max_total_time={max(1, int(seconds))}", "-print_final_stats=1",
+    argv = jobs.libfuzzer_argv(fz / f"{target}_fuzzer.py", n_jobs, workdir, extra)
+    argv += [f"-max_total_time={max(1, int(seconds))}", "-print_final_stats=1",
             f"-artifact_prefix={artifacts}/", f"-seed={seed or 1}", "-timeout=10",
             f"-rss_limit_mb={_rss_limit_mb()}", "-max_len=8192"]
     dic = fz / f"{target}.dict"
@@ -170,14 +178,24 @@ def run_atheris(target: str, seconds: float, workdir: Path, *, seed: int = 0,
     stats = {k: int(v) for k, v in _STAT.findall(text)}
     prog = _PROGRESS.findall(text)
     last = prog[-1] if prog else ("0", "0", "0", "0")
+    fork = _FORK_PROGRESS.findall(text)
+    if fork:
+        # The parent's totals (stat:: lines, if any, are one job's).
+        n, cov, ft, corp, eps = (int(x) for x in fork[-1])
+        stats["number_of_executed_units"] = max(n, stats.get("number_of_executed_units", 0))
+        stats["average_exec_per_sec"] = eps
+        last = (str(n), str(cov), str(ft), str(corp))
     art = _ARTIFACT.findall(text)
+    left = sorted(str(p) for p in artifacts.iterdir()
+                  if p.name.startswith(("crash-", "timeout-", "oom-", "leak-")))
     return AtherisRun(
         returncode=proc.returncode,
         executions=stats.get("number_of_executed_units", int(last[0])),
         cov=int(last[1]), ft=int(last[2]), corpus=int(last[3]),
         exec_per_sec=stats.get("average_exec_per_sec", 0),
-        artifact=art[-1] if art else None,
+        artifact=art[-1] if art else (left[0] if left else None),
         log=str(log_path),
+        artifacts=left or ([art[-1]] if art else []),
     )
 
 
@@ -196,8 +214,10 @@ def classify_artifact(path: str, target: str, env: dict[str, str] | None = None
 
 
 def _atheris_target(name: str, seconds: float, out: Path, store: FindingStore, seed: int,
-                    env: dict[str, str] | None) -> TargetResult:
+                    env: dict[str, str] | None, n_jobs: int = 1) -> TargetResult:
     res = TargetResult(name, "atheris")
+    if n_jobs > 1:
+        res.notes.append(f"libFuzzer -fork={n_jobs}")
     t0 = time.monotonic()
     deadline = t0 + seconds
     runs = 0
@@ -205,7 +225,7 @@ def _atheris_target(name: str, seconds: float, out: Path, store: FindingStore, s
         left = deadline - time.monotonic()
         if left < 1 or runs > _MAX_RESTARTS:
             break
-        run = run_atheris(name, left, out, seed=seed + runs, env=env)
+        run = run_atheris(name, left, out, seed=seed + runs, env=env, n_jobs=n_jobs)
         runs += 1
         res.iterations += run.executions
         res.coverage = {"cov": max(res.coverage.get("cov", 0), run.cov),
@@ -215,28 +235,34 @@ def _atheris_target(name: str, seconds: float, out: Path, store: FindingStore, s
             if run.returncode not in (0, None):
                 res.error = f"libFuzzer exited {run.returncode} without an artifact ({run.log})"
             break
-        data = Path(run.artifact).read_bytes()
-        verdict = classify_artifact(run.artifact, name, env)
-        if verdict.get("reproduced"):
-            f = Finding(name, verdict["kind"], verdict["signature"], verdict["summary"])
-        else:
-            f = Finding(name, "exception", f"unreproduced:{name}",
-                        f"libFuzzer reported a crash that did not replay: "
-                        f"{verdict.get('error', '')[:200]}")
-        f.evidence = {"libfuzzer_log": run.log}
-        f = store.add(f, data)
-        with contextlib.suppress(OSError):
-            os.unlink(run.artifact)
-        if f.signature not in res.findings:
-            res.findings.append(f.signature)
+        for artifact in run.artifacts or [run.artifact]:
+            data = Path(artifact).read_bytes()
+            verdict = classify_artifact(artifact, name, env)
+            if verdict.get("reproduced"):
+                f = Finding(name, verdict["kind"], verdict["signature"], verdict["summary"])
+            else:
+                f = Finding(name, "exception", f"unreproduced:{name}",
+                            f"libFuzzer reported a crash that did not replay: "
+                            f"{verdict.get('error', '')[:200]}")
+            f.evidence = {"libfuzzer_log": run.log}
+            f = store.add(f, data)
+            with contextlib.suppress(OSError):
+                os.unlink(artifact)
+            if f.signature not in res.findings:
+                res.findings.append(f.signature)
         res.restarts += 1
     res.seconds = time.monotonic() - t0
     return res
 
 
-def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int) -> TargetResult:
-    t = registry.get_target(name)
-    st = engine.run_loop(t, seconds=seconds, seed=seed, store=store)
+def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int,
+                      n_jobs: int = 1, out: Path | None = None) -> TargetResult:
+    if n_jobs > 1:
+        st = jobs.run_inprocess(name, jobs=n_jobs, seconds=seconds, store=store, seed=seed,
+                                workdir=out)
+    else:
+        st = engine.run_loop(registry.get_target(name), seconds=seconds, seed=seed,
+                             store=store)
     res = TargetResult(name, "inprocess", seconds=st.seconds, iterations=st.iterations,
                        coverage={"outcome_classes": st.outcome_classes},
                        corpus_size=st.corpus_size,
@@ -247,8 +273,9 @@ def _inprocess_target(name: str, seconds: float, store: FindingStore, seed: int)
 def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
                    hang_timeout: float, *, kind: str | None = None,
                    sequence_share: float = 0.3, shrink_share: float = 0.2,
-                   log: Any = None, corpus_root: Path | None = None) -> TargetResult:
-    from . import harness, sequences, shrink, virtiofsd
+                   log: Any = None, corpus_root: Path | None = None, n_jobs: int = 1,
+                   out: Path | None = None) -> TargetResult:
+    from . import harness
 
     say = log or (lambda msg: None)
     res = TargetResult("virtiofsd", "daemon", daemon=spec)
@@ -265,6 +292,38 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
     single = seconds * max(0.0, 1.0 - sequence_share - shrink_share)
     dirs = {m: (default_dir(f"virtiofsd-{m}", label, corpus_root) if corpus_root else None)
             for m in ("requests", "sequences")}
+    if n_jobs > 1:
+        res.notes.append(f"{n_jobs} daemons in parallel (one edge map each, edges united)")
+    try:
+        if n_jobs > 1:
+            st, union = jobs.fuzz_live("requests", spec, jobs=n_jobs, seconds=single,
+                                       store=store, label=label, seed=seed, kind=kind,
+                                       hang_timeout=hang_timeout, workdir=out,
+                                       corpus_dir=dirs["requests"])
+            sq = None
+            if sequence_share > 0:
+                left = seconds * (1.0 - shrink_share) - (time.monotonic() - t0)
+                sq, _ = jobs.fuzz_live("sequences", spec, jobs=n_jobs,
+                                       seconds=max(1.0, left), store=store, label=label,
+                                       seed=seed, kind=kind, hang_timeout=hang_timeout,
+                                       workdir=out, corpus_dir=dirs["sequences"],
+                                       prior_edges=union)
+        else:
+            st, sq = _daemon_loops(inst, single, seconds, t0, store, seed, hang_timeout,
+                                   label, dirs, sequence_share, shrink_share)
+    except Exception as e:  # noqa: BLE001
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    return _daemon_result(res, st, sq, store, before, inst, label, t0, seconds,
+                          hang_timeout, say)
+
+
+def _daemon_loops(inst: Any, single: float, seconds: float, t0: float, store: FindingStore,
+                  seed: int, hang_timeout: float, label: str, dirs: dict[str, Path | None],
+                  sequence_share: float, shrink_share: float) -> tuple[Any, Any]:
+    """One daemon's single-request loop, then its sequence programs (one edge map)."""
+    from . import sequences, virtiofsd
+
     cov = CoverageMap.create()
     try:
         st = virtiofsd.fuzz_daemon(inst, seconds=single, store=store, seed=seed,
@@ -276,11 +335,17 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
             sq = sequences.fuzz_sequences(inst, seconds=max(1.0, left), store=store,
                                           seed=seed, hang_timeout=hang_timeout, label=label,
                                           coverage=cov, corpus_dir=dirs["sequences"])
-    except Exception as e:  # noqa: BLE001
-        res.error = f"{type(e).__name__}: {e}"
-        return res
     finally:
         cov.close()
+    return st, sq
+
+
+def _daemon_result(res: TargetResult, st: Any, sq: Any, store: FindingStore, before: set[str],
+                   inst: Any, label: str, t0: float, seconds: float, hang_timeout: float,
+                   say: Any) -> TargetResult:
+    """Fill ``res`` from the loops' statistics, then minimize the new findings."""
+    from . import shrink
+
     res.edges = dict(sq.edges if sq is not None and sq.edges else st.edges)
     if res.edges:
         res.edges["requests_edges"] = st.edges.get("edges", 0)
@@ -405,11 +470,12 @@ def run_campaign(
     sequence_share: float = 0.3,
     shrink_share: float = 0.2,
     corpus_root: str | os.PathLike[str] | None = None,
+    jobs: int = 1,
 ) -> CampaignResult:
     """Run the campaign and write the report; see the module docstring. ``diff``: also
     the differential target (:mod:`.diff`) when the daemons include a C and a Rust one
     (:func:`diff_pair`), for one time unit. ``daemons``
-    default: :func:`.harness.default_daemons` (``c-asan-cov`` for C when it is built)."""
+    default: :func:`.harness.default_daemons` (``c-dax-asan-cov`` for C when it is built)."""
     from . import harness, report
 
     out_path = Path(out)
@@ -438,16 +504,16 @@ def run_campaign(
     for name in names:
         say(f"{name}: {'atheris' if use_atheris else 'in-process'} for {unit:.0f} s")
         if use_atheris:
-            r = _atheris_target(name, unit, out_path, store, seed, env)
+            r = _atheris_target(name, unit, out_path, store, seed, env, jobs)
         else:
-            r = _inprocess_target(name, unit, store, seed)
+            r = _inprocess_target(name, unit, store, seed, jobs, out_path)
         say(f"{name}: {r.iterations} inputs, {r.per_second:.0f}/s, {len(r.findings)} findings")
         result.results.append(r)
     for spec in daemons:
         say(f"virtiofsd ({spec}): {1.5 * unit:.0f} s")
         r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout, kind=daemon_kind,
                            sequence_share=sequence_share, shrink_share=shrink_share, log=say,
-                           corpus_root=croot)
+                           corpus_root=croot, n_jobs=jobs, out=out_path)
         say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
             f"{len(r.findings)} findings, {r.restarts} restarts"
             + (f", {r.edges['edges']} of {r.edges['guards']} daemon edges" if r.edges else "")

@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,31 @@ class FindingStore:
                                         finding.daemon if finding.target == "virtiofsd" else None)
         self.by_signature[finding.signature] = finding
         return finding
+
+    def adopt(self, other: Finding) -> Finding:
+        """Take in a finding of another store (a parallel worker's, :mod:`.jobs`): a known
+        signature adds its count; a new one is copied here with its files (reproducer,
+        script, pcap, minimized reproducer) under this store's layout."""
+        known = self.by_signature.get(other.signature)
+        if known is not None:
+            known.count += other.count
+            return known
+        f = replace(other, evidence=dict(other.evidence), shrink=dict(other.shrink))
+        tag = f"{f.target}-{f.daemon}" if f.daemon else f.target
+        d = self.root / tag
+        d.mkdir(parents=True, exist_ok=True)
+        for attr in ("reproducer", "script", "pcap", "minimized"):
+            src = getattr(f, attr)
+            if src and os.path.exists(src):
+                dst = d / os.path.basename(src)
+                if Path(src).resolve() != dst.resolve():
+                    shutil.copy2(src, dst)
+                setattr(f, attr, str(dst))
+        if f.reproducer:
+            f.replay = replay_command(f.reproducer, f.target,
+                                      f.daemon if f.target == "virtiofsd" else None)
+        self.by_signature[f.signature] = f
+        return f
 
     def to_json(self) -> list[dict[str, Any]]:
         return [f.to_json() for f in self]
