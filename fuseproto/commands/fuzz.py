@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
                    "(default 0.2; 0: no shrinking)")
     _corpus_options(c)
     c.add_argument("--seconds", type=float, default=120.0, help="total time budget")
+    _jobs_option(c)
     c.add_argument("--out", default="out/fuzz", help="report directory (default out/fuzz)")
     c.add_argument("--target", action="append", default=None,
                    help="in-process target(s) to run (default: all available)")
@@ -106,6 +107,7 @@ def register(sub: Any) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     """The options of ``fuzz run`` (also parsed again from what follows the target)."""
     p.add_argument("--seconds", type=float, default=60.0)
+    _jobs_option(p)
     p.add_argument("--daemon", default="c", help="for virtiofsd: c | rust | a built variant "
                    "(c-asan-cov, c-src) | PATH")
     p.add_argument("--virtiofsd", default=None, metavar="PATH",
@@ -139,6 +141,13 @@ def split_run_args(args: argparse.Namespace) -> list[str]:
     extra: list[str] = unknown + tail
     args.libfuzzer_args = extra
     return extra
+
+
+def _jobs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="parallel jobs: libFuzzer -fork=N for the atheris targets, N "
+                   "daemons (or loops) in parallel for the others; one merged corpus and "
+                   "report (default 1)")
 
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +197,7 @@ def _campaign(args: argparse.Namespace) -> int:
         engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
         diff=not args.no_diff,
-        shrink_share=args.shrink_share, corpus_root=_corpus_root(args),
+        shrink_share=args.shrink_share, corpus_root=_corpus_root(args), jobs=args.jobs,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)
@@ -217,7 +226,17 @@ def _run(args: argparse.Namespace) -> int:
         root = _corpus_root(args)
         mode = "sequences" if args.sequences else "requests"
         cdir = default_dir(f"virtiofsd-{mode}", label, root) if root is not None else None
-        if args.sequences:
+        if args.jobs > 1:
+            from ..fuzz import jobs
+
+            st, _ = jobs.fuzz_live(mode, spec, jobs=args.jobs, seconds=args.seconds,
+                                   store=store, label=label, seed=args.seed,
+                                   kind=args.virtiofsd_kind, feedback=args.feedback,
+                                   corpus_dir=cdir, workdir=Path(args.out))
+            q = st.sequences
+            print(f"{label}: {args.jobs} jobs" + (f", {q['programs']} programs, deepest "
+                                                  f"state {q['deepest']}" if q else ""))
+        elif args.sequences:
             from ..fuzz.sequences import fuzz_sequences
 
             st = fuzz_sequences(inst, seconds=args.seconds, store=store, seed=args.seed,
@@ -239,7 +258,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "atheris" and campaign.fuzz_dir() is not None:
         fz = campaign.fuzz_dir()
         assert fz is not None
-        argv = [sys.executable, str(fz / f"{name}_fuzzer.py")]
+        from ..fuzz.jobs import libfuzzer_argv
+
+        argv = libfuzzer_argv(fz / f"{name}_fuzzer.py", args.jobs, Path(args.out), extra)
         if not any(a.startswith("-max_total_time") for a in extra):
             argv.append(f"-max_total_time={int(args.seconds)}")
         dic = fz / f"{name}.dict"
@@ -255,8 +276,14 @@ def _run(args: argparse.Namespace) -> int:
                 argv.append(str(seeds))
         return subprocess.call(argv)
     store = FindingStore(Path(args.out) / "findings")
-    loop = engine.run_loop(registry.get_target(name), seconds=args.seconds, seed=args.seed,
-                           store=store)
+    if args.jobs > 1:
+        from ..fuzz.jobs import run_inprocess
+
+        loop = run_inprocess(name, jobs=args.jobs, seconds=args.seconds, store=store,
+                             seed=args.seed, workdir=Path(args.out))
+    else:
+        loop = engine.run_loop(registry.get_target(name), seconds=args.seconds,
+                               seed=args.seed, store=store)
     print(f"{name}: {loop.iterations} inputs, {loop.per_second:.0f}/s, "
           f"corpus {loop.corpus_size}")
     for f in store:
