@@ -47,7 +47,7 @@ from ..errors import DaemonError, DecodeError, TransportError
 from ..wire import codec
 from ..wire.constants import fuse_opcode as O
 from .corpus import Corpus
-from .diff_allow import ALLOW, AllowEntry
+from .diff_allow import AllowEntry, explain
 from .findings import Finding, FindingStore
 from .forensics import Outcome
 from .harness import DaemonHarness
@@ -239,11 +239,6 @@ def compare(op: int, a: SideAnswer, b: SideAnswer) -> list[tuple[str, str]]:
     return []
 
 
-def _allowed(op: str, kind: str, errnos: tuple[int | None, int | None],
-             state: set[str]) -> AllowEntry | None:
-    return next((e for e in ALLOW if e.matches(op, kind, errnos, state)), None)
-
-
 def _op_name(op: int) -> str:
     try:
         return O(op).name
@@ -302,7 +297,7 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         here = state | ({"bad-name"} if _bad_name(step) else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
-            d = Divergence(name, kind, errnos, detail, i, _allowed(name, kind, errnos, here))
+            d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))
             res.divergences.append(d)
             if kind in ("accepted-vs-refused", "reply-vs-none") or step.op in _WRITE_LIKE:
                 stopped = True

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass
 
-__all__ = ["AllowEntry", "ALLOW", "WHENS"]
+__all__ = ["AllowEntry", "ALLOW", "WHENS", "explain"]
 
 WHENS = ("before-init", "after-destroy", "bad-name")
 
@@ -67,3 +67,9 @@ ALLOW: tuple[AllowEntry, ...] = (
                "there (ENOENT, ENOTDIR, EISDIR, EBUSY); the escape canaries check that "
                "neither gets out"),
 )
+
+
+def explain(op: str, kind: str, errnos: tuple[int | None, int | None],
+            state: set[str]) -> AllowEntry | None:
+    """The first entry of :data:`ALLOW` that explains a divergence (None: a finding)."""
+    return next((e for e in ALLOW if e.matches(op, kind, errnos, state)), None)
