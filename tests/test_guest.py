@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from fuseproto import guest
 from fuseproto.errors import GuestError
 from fuseproto.guest import workload
 from fuseproto.guest.initramfs import Entry, cpio_newc, parse_newc
-from fuseproto.guest.run import run_workload
+from fuseproto.guest.run import RecordingProxies, run_workload
 from fuseproto.guest.vm import Guest, Share, parse_console
 
 pytestmark = [pytest.mark.guest, pytest.mark.daemon]
@@ -186,3 +188,119 @@ def test_cli_setup_and_a_daemon_that_does_not_exist(assets, capsys, tmp_path):
     assert "virtiofs" in out and "qemu " in out
     assert main(["guest", "run", "--daemon", str(tmp_path / "no-such-virtiofsd")]) == 2
     assert "FAILED" in capsys.readouterr().out
+
+
+# -- the same guest through the recording proxy ------------------------------------------
+# QEMU -> `fuseproto capture proxy` (its own process, per daemon) -> daemon: the workload
+# must behave exactly as without it, and the capture must hold the whole conversation.
+WORKLOAD_OPCODES = {
+    "FUSE_INIT", "FUSE_LOOKUP", "FUSE_GETATTR", "FUSE_OPENDIR", "FUSE_READDIRPLUS",
+    "FUSE_RELEASEDIR", "FUSE_OPEN", "FUSE_READ", "FUSE_FLUSH", "FUSE_RELEASE",
+    "FUSE_READLINK", "FUSE_CREATE", "FUSE_WRITE", "FUSE_MKDIR", "FUSE_RMDIR", "FUSE_UNLINK",
+    "FUSE_RENAME", "FUSE_SYMLINK", "FUSE_SETATTR", "FUSE_SETXATTR", "FUSE_GETXATTR",
+    "FUSE_LISTXATTR", "FUSE_REMOVEXATTR", "FUSE_FSYNC", "FUSE_FORGET", "FUSE_DESTROY",
+}
+# Requests the workload makes an exact number of (mkdir guest-dir and doomed-dir; the
+# three new files; setxattr user.guest and user.doomed; truncate x2 + chmod; dd
+# conv=fsync + fsync + fdatasync + sync FILE).
+EXACT_COUNTS = {
+    "FUSE_INIT": 1, "FUSE_MKDIR": 2, "FUSE_RMDIR": 1, "FUSE_UNLINK": 1, "FUSE_RENAME": 1,
+    "FUSE_SYMLINK": 1, "FUSE_CREATE": 3, "FUSE_SETXATTR": 2, "FUSE_REMOVEXATTR": 1,
+    "FUSE_LISTXATTR": 1, "FUSE_SETATTR": 3, "FUSE_FSYNC": 4, "FUSE_DESTROY": 1,
+}
+# Bytes the guest wrote: guest.txt (two writes), guest-dir/inner.txt, the 8 MiB copy.
+WRITTEN = len(b"written by the guest\n") + len(b"appended\n") + len(b"inside\n") + workload.BIG_SIZE
+LOST = re.compile(r"the reply to unique (\d+) is not recorded")
+
+
+class Capture:
+    """One share's capture, decoded once."""
+
+    def __init__(self, path: str) -> None:
+        from fuseproto.capture import CaptureSummary, decode_capture
+
+        self.path = path
+        self.summary = CaptureSummary()
+        self.messages = list(decode_capture(path, summary=self.summary))
+        self.notes = [m.raw.decode(errors="replace") for m in self.messages
+                      if m.kind == "annotation"]
+        self.requests = [m for m in self.messages if m.kind == "request"]
+
+    def count(self, opcode: str) -> int:
+        return self.summary.by_opcode[f"{opcode} request"]
+
+    def lost_replies(self) -> set[int]:
+        """Uniques whose reply the proxy says it could not record (and why)."""
+        return {int(m.group(1)) for n in self.notes for m in [LOST.search(n)] if m}
+
+
+@pytest.fixture(scope="module")
+def proxied(assets):
+    pytest.importorskip("fuseproto.capture.proxy",
+                        reason="the recording proxy (issue 12 §1) is not in this tree")
+    with tempfile.TemporaryDirectory(prefix="fuseproto-test-guest-proxy-") as work:
+        proxies = RecordingProxies()
+        run = run_workload(KINDS, assets=assets, workdir=work, interpose=proxies)
+        captures = {tag: Capture(path) for tag, path in proxies.captures.items()}
+        yield run, proxies, captures
+
+
+def test_workload_through_the_proxy_is_unchanged(proxied):
+    run, proxies, _ = proxied
+    assert run.problems() == [], run.guest.tail()
+    for kind in KINDS:
+        assert proxies.exits[kind] == "exited with code 0", proxies.logs[kind]
+        assert run.shares[kind].daemon_exit == "exited with code 0"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_capture_decodes_with_no_errors(proxied, kind):
+    _, proxies, captures = proxied
+    cap = captures[kind]
+    s = cap.summary
+    assert s.capture_error is None
+    assert (s.decode_errors, s.protocol_errors) == (0, 0), [
+        (m.index, m.kind, repr(m.error)) for m in cap.messages if m.error][:5]
+    # The guest negotiated 7.38; the C daemon answers 7.36, the Rust one 7.38+.
+    assert s.minor == {"c": 36, "rust": 38}[kind]
+    out = subprocess.run([sys.executable, "-m", "fuseproto", "decode", "-q", cap.path],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "decode errors: 0, protocol errors: 0" in out.stdout
+    assert f"--- {s.records} records" in out.stdout
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_capture_holds_what_the_guest_did(proxied, kind):
+    cap = proxied[2][kind]
+    seen = {k.rsplit(" ", 1)[0] for k in cap.summary.by_opcode if k.endswith(" request")}
+    assert seen >= WORKLOAD_OPCODES, sorted(WORKLOAD_OPCODES - seen)
+    assert {op: cap.count(op) for op in EXACT_COUNTS} == EXACT_COUNTS
+    writes = [m for m in cap.requests if m.opcode_name == "FUSE_WRITE"]
+    assert sum(m.message.body.size for m in writes) == WRITTEN
+    # The 8 MiB file read cold, then the copy read back cold.
+    reads = [m for m in cap.requests if m.opcode_name == "FUSE_READ"]
+    assert sum(m.message.body.size for m in reads) >= 2 * workload.BIG_SIZE
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_request_has_its_reply_or_the_capture_says_why(proxied, kind):
+    """Nothing vanishes silently: a request without a recorded reply is one the proxy
+    annotated (its reply lost to buffer reuse, or a used entry of length 0: the Rust
+    daemon completes DESTROY without writing a reply)."""
+    cap = proxied[2][kind]
+    unpaired = {u for u, _ in cap.summary.unpaired_requests}
+    empty = [n for n in cap.notes if "used.len 0" in n]
+    unexplained = unpaired - cap.lost_replies()
+    assert len(unexplained) <= len(empty), (sorted(unexplained), cap.notes[:5])
+    ops = {u: o for u, o in cap.summary.unpaired_requests}
+    assert all(ops[u] == "FUSE_DESTROY" for u in unexplained), ops
+
+
+@pytest.mark.xfail(reason="the proxy reads a reply on the daemon's call; a Linux guest "
+                   "already draining its used ring takes later replies and reuses their "
+                   "buffers first (~20-30 of ~200 READ replies per run here, annotated)",
+                   strict=False)
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_reply_is_lost(proxied, kind):
+    assert proxied[2][kind].lost_replies() == set()

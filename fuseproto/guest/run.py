@@ -13,19 +13,93 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from .. import daemons
+from ..errors import GuestError
 from .assets import GuestAssets, prepare
 from .vm import Guest, GuestRun, Share, TagRun
 from .workload import check_guest, check_host, prepare_share, script
 
 Interpose = Callable[[str, str, str], AbstractContextManager[str]]
 DAEMON_EXIT_TIMEOUT = 10.0
+PROXY_START_TIMEOUT = 30.0
+
+
+class RecordingProxies:
+    """An ``interpose`` for :func:`run_workload`: QEMU -> ``fuseproto capture proxy`` (a
+    process of its own per share, started and stopped by PID) -> daemon, each share's
+    FUSE traffic recorded to ``<capture_dir or the share's folder>/<tag>.pcap``.
+
+    After the run, :attr:`captures` maps each tag to its capture and :attr:`exits` to
+    what became of its proxy ("exited with code 0": it ended by itself when QEMU
+    disconnected, as ``--once`` says)."""
+
+    def __init__(self, capture_dir: str | None = None) -> None:
+        self.capture_dir = capture_dir
+        self.captures: dict[str, str] = {}
+        self.exits: dict[str, str] = {}
+        self.logs: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, tag: str, daemon_socket: str, folder: str) -> Iterator[str]:
+        listen = os.path.join(folder, "vmm.sock")
+        capture = os.path.join(self.capture_dir or folder, f"{tag}.pcap")
+        log_path = os.path.join(folder, "proxy.log")
+        self.captures[tag] = capture
+        ready_r, ready_w = os.pipe()
+        argv = [sys.executable, "-m", "fuseproto", "capture", "proxy", "--listen", listen,
+                "--daemon-socket", daemon_socket, "-w", capture, "--ready-fd", str(ready_w)]
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=log, pass_fds=(ready_w,),
+                                        start_new_session=True)
+        finally:
+            os.close(ready_w)
+        try:
+            with os.fdopen(ready_r, "rb") as ready:
+                ok, _, _ = select.select([ready], [], [], PROXY_START_TIMEOUT)
+                if not ok or ready.readline() != b"ready\n":
+                    raise GuestError(f"capture proxy for {tag} did not get ready: "
+                                     f"{_read(log_path)[-2000:]}")
+            yield listen
+            # QEMU has exited: the proxy ends by itself once it has seen the disconnect.
+            try:
+                proc.wait(DAEMON_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(DAEMON_EXIT_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.exits[tag] = f"stopped by fuseproto (exit {proc.returncode})"
+            else:
+                self.exits[tag] = daemons.describe_status(
+                    proc.returncode << 8 if proc.returncode >= 0 else -proc.returncode)
+            self.logs[tag] = _read(log_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listen)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 @dataclass
