@@ -48,7 +48,7 @@ from fuseproto.client import DEFAULT_INIT_FLAGS, Client
 from fuseproto.dax.messages import FLAG_READ
 from fuseproto.transport.backend import DaxMapHandler
 from fuseproto.transport.vhost_user import VhostUserTransport
-from fuseproto.transport.vhost_user_proto import VhostUserMemoryRegion
+from fuseproto.transport.vhost_user_proto import VhostUserMemoryRegion, VhostUserProtocolFeature
 from fuseproto.transport.virtqueue import (
     VIRTQ_DESC,
     VIRTQ_DESC_F_INDIRECT,
@@ -286,24 +286,27 @@ def test_records_everything_and_changes_nothing(installation, shared_dir, scratc
 def test_daemon_socket_daemon_exits_cleanly(kind, daemon_installations, shared_dir,
                                             scratch_dir, proxy_factory, no_leaks):
     """--daemon-socket: a daemon we started; when the frontend disconnects the proxy closes
-    the daemon's connection, the daemon exits 0 and the proxy exits 0."""
+    the daemon's connection, the daemon exits 0 and the proxy exits 0. The memory comes
+    with ADD_MEM_REG, as QEMU sends it once CONFIGURE_MEM_SLOTS is agreed."""
     make_tree(shared_dir)
     d = daemons.Daemon(daemon_installations[kind], shared_dir,
                        os.path.join(scratch_dir, "daemon.sock"))
     d.start()
     try:
         proxy = proxy_factory("--daemon-socket", d.socket_path)
-        with connect(proxy.listen) as t:
+        with connect(proxy.listen, add_mem_reg=True) as t:
+            assert t.negotiated.has(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS)
             c = Client(t)
             c.init()
-            assert c.lookup(FUSE_ROOT_ID, "hello.txt").attr.size == 260000
+            assert c.read(*_open(c, "hello.txt"), 0, 13) == b"hello, proxy\n"
         assert proxy.wait() == 0, proxy.stderr
         assert d.wait_exit(10) is not None, d.describe()
         assert d.returncode == 0, d.describe() + d.log_tail()
         assert "listening on" in proxy.stderr
     finally:
         d.cleanup()
-    assert decode_cli(proxy.pcap)["kinds"] == {"request": 2, "reply": 2}
+    assert decode_cli(proxy.pcap)["kinds"] == {"request": 4, "reply": 4}
+    assert recorded(proxy.pcap)[-1][2].endswith(b"hello, proxy\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

@@ -37,6 +37,7 @@ from .vhost_user_proto import (
     VhostUserPayloadError,
     VhostUserProtocolFeature,
     VhostUserRequest,
+    VhostUserSingleMemoryRegion,
     VhostUserU64,
     VhostUserVringAddr,
     VhostUserVringState,
@@ -110,10 +111,12 @@ class VhostUserTransport:
     ``mode`` chooses completion: "poll" spins on the used ring before blocking on the call
     eventfd, "eventfd" blocks at once, "interrupt" looks at the used ring only after a
     call (as a guest driver waiting for its interrupt: a recording proxy then reads each
-    reply before the caller can reuse its buffer). ``indirect`` asks for VIRTIO_RING_F_INDIRECT_DESC:
-    if the daemon offers it, a request of several segments takes one ring descriptor (its
-    table in guest memory) instead of one per segment; ``negotiated.indirect_desc`` says
-    whether it was agreed. ``daemon`` (optional) is the
+    reply before the caller can reuse its buffer). ``indirect`` asks for
+    VIRTIO_RING_F_INDIRECT_DESC: if the daemon offers it, a request of several segments
+    takes one ring descriptor (its table in guest memory) instead of one per segment;
+    ``negotiated.indirect_desc`` says whether it was agreed. ``add_mem_reg``: hand the
+    memory over with ADD_MEM_REG, as QEMU does once CONFIGURE_MEM_SLOTS is agreed, rather
+    than SET_MEM_TABLE. ``daemon`` (optional) is the
     :class:`~fuseproto.daemons.Daemon` serving the socket; with it errors name
     what became of the process, and :meth:`close` stops it.
     """
@@ -133,6 +136,7 @@ class VhostUserTransport:
         own_daemon: bool = True,
         tap: Tap | None = None,
         indirect: bool = False,
+        add_mem_reg: bool = False,
     ) -> None:
         if mode not in ("poll", "eventfd", "interrupt"):
             raise ValueError("mode must be 'poll', 'eventfd' or 'interrupt'")
@@ -146,6 +150,9 @@ class VhostUserTransport:
         self.timeout = timeout
         self.backend_handler = backend_handler
         self.indirect = indirect
+        # Hand the memory over with ADD_MEM_REG, as QEMU does once CONFIGURE_MEM_SLOTS is
+        # agreed, instead of SET_MEM_TABLE (the default, kept when the daemon lacks it).
+        self.add_mem_reg = add_mem_reg
         # tap(direction, queue, data): e.g. a fuseproto.capture.CaptureRecorder, which
         # writes every FUSE message that crosses the rings to a pcap file.
         self.tap = tap
@@ -343,9 +350,14 @@ class VhostUserTransport:
         assert mem is not None
         self.queues = [SplitVirtqueue(mem, i, self.queue_size, indirect=n.indirect_desc)
                        for i in range(1 + self.request_queues)]
-        table = VhostUserMemory((VhostUserMemoryRegion(
-            guest_addr=mem.gpa_base, size=mem.size, user_addr=mem.uaddr_base, mmap_offset=0),))
-        self._send(VhostUserRequest.SET_MEM_TABLE, table, fds=[mem.fd], need_reply=True)
+        region = VhostUserMemoryRegion(
+            guest_addr=mem.gpa_base, size=mem.size, user_addr=mem.uaddr_base, mmap_offset=0)
+        if self.add_mem_reg and n.has(P.CONFIGURE_MEM_SLOTS):
+            self._send(VhostUserRequest.ADD_MEM_REG, VhostUserSingleMemoryRegion(region),
+                       fds=[mem.fd], need_reply=True)
+        else:
+            self._send(VhostUserRequest.SET_MEM_TABLE, VhostUserMemory((region,)),
+                       fds=[mem.fd], need_reply=True)
         for vq in self.queues:
             i = vq.index
             self._send(VhostUserRequest.SET_VRING_NUM, VhostUserVringState(i, vq.size))
