@@ -61,6 +61,7 @@ from .rawfront import (
     GETS,
     KNOWN_REQUESTS,
     LAYOUTS,
+    MAY_REPLY,
     MEM_MODES,
     QUEUE_SIZE,
     QUEUES,
@@ -79,7 +80,7 @@ from .rawfront import (
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
            "program_to_json", "program_from_json", "step_tag", "replay_control",
-           "record_control_finding"]
+           "record_control_finding", "shrink_control", "finding_key"]
 
 R = VhostUserRequest
 P = VhostUserProtocolFeature
@@ -156,8 +157,8 @@ class ControlModel:
         *in its place* (SET_VRING_ADDR needs a memory table first)."""
         req = step.request
         idx = 1 if step.index is None else step.index
-        if valid and req == R.SET_VRING_ADDR and not self.mem:
-            valid = False  # the addresses are translated through a table not yet given
+        if valid:
+            valid = self._in_place(step, fe)
         if not valid:
             self.broken = True
             touches_ring = idx in self.rings and req in (*VRING_STATE, R.SET_VRING_ADDR,
@@ -187,6 +188,34 @@ class ControlModel:
             ring.enabled = fe.value_of(step) == 1
         elif req == R.GET_VRING_BASE:
             ring.kick = False  # stops the ring until the next SET_VRING_KICK
+        return True
+
+    def _in_place(self, step: CtlStep, fe: RawFrontend) -> bool:
+        """The order rules of vhost-user.rst: features only once GET_FEATURES told what is
+        offered (protocol features only when it offers PROTOCOL_FEATURES), GET_QUEUE_NUM
+        and GET_MAX_MEM_SLOTS only with MQ / CONFIGURE_MEM_SLOTS agreed, one SET_OWNER,
+        ring addresses only once a memory table can translate them, SET_VRING_ENABLE only once
+        PROTOCOL_FEATURES is agreed by SET_FEATURES."""
+        req = step.request
+        if req in (R.SET_FEATURES, R.GET_PROTOCOL_FEATURES, R.SET_PROTOCOL_FEATURES):
+            if not fe.offered:
+                return False
+            if req != R.SET_FEATURES and not fe.offered >> VHOST_USER_F_PROTOCOL_FEATURES & 1:
+                return False
+        if req == R.SET_PROTOCOL_FEATURES and not fe.offered_protocol:
+            return False
+        if req == R.GET_QUEUE_NUM:
+            return bool(fe.protocol >> P.MQ & 1)
+        if req == R.GET_MAX_MEM_SLOTS:
+            return bool(fe.protocol >> P.CONFIGURE_MEM_SLOTS & 1)
+        if req == R.SET_OWNER:
+            return not self.owner
+        if req == R.SET_VRING_ADDR:
+            return self.mem  # the addresses are translated through the table
+        if req == R.SET_VRING_ENABLE:
+            # "sent only when VHOST_USER_F_PROTOCOL_FEATURES has been negotiated"
+            return self.features is not None and bool(
+                self.features >> VHOST_USER_F_PROTOCOL_FEATURES & 1)
         return True
 
     def serving(self, q: int = 1) -> bool:
@@ -309,6 +338,7 @@ class ControlResult:
     steps_run: int = 0
     log: str = ""
     first_invalid: str | None = None  # step_tag() of the first step invalid in its place
+    invalid: list[str] = field(default_factory=list)  # step_tag() of every invalid step
 
 
 def _check_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome | None:
@@ -325,7 +355,7 @@ def _check_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome |
                        f"reply to {name} has version {msg.flags & 3}", ev)
     layout: Any = GETS.get(R(step.request)) if step.request in KNOWN_REQUESTS else None
     size = layout.STRUCT.size if layout is not None else VhostUserU64.STRUCT.size
-    if len(msg.payload) != size:
+    if len(msg.payload) != size and (layout is not None or step.request not in MAY_REPLY):
         return Outcome(f"{name}:reply-size", "protocol",
                        f"reply to {name} carries {len(msg.payload)} bytes, its layout "
                        f"{size}", ev)
@@ -357,9 +387,10 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
             if step.need_reply and not fe.protocol & 1 << P.REPLY_ACK:
                 valid = False  # NEED_REPLY before REPLY_ACK is agreed: undefined
             valid = model.apply(step, valid, fe)
-            if not valid and res.first_invalid is None and step_tag(step) != \
-                    f"{step.name}[need-reply]":  # an early NEED_REPLY is harmless
-                res.first_invalid = step_tag(step)
+            if not valid and step_tag(step) != f"{step.name}[need-reply]":
+                # (an early NEED_REPLY is harmless: not a cause)
+                res.invalid.append(step_tag(step))
+                res.first_invalid = res.first_invalid or res.invalid[0]
             name = step.name
             sent.append(name)
             res.steps_run += 1
@@ -374,26 +405,23 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
                                               {"step": name, "flags": msg.flags})
                         break
             except TransportError:
-                out = died(live, name, sent[-4:-1])
-                if out.finding == "daemon-exit" and (model.broken or not valid):
-                    out = Outcome(f"refused-exit:{name}", None, out.detail, out.evidence)
-                res.outcomes.append(out)
-                res.finding = out if out.finding else None
+                res.finding = _death(live, name, sent[-4:-1], model.broken or not valid, res)
                 break
             if expected and msg is None:
-                if not live.daemon.running():
-                    res.finding = died(live, name, sent[-4:-1])
-                elif valid and not model.broken:
+                if _closed(fe) or not live.daemon.running():
+                    res.finding = _death(live, name, sent[-4:-1], model.broken or not valid,
+                                         res)
+                    break
+                if valid and not model.broken:
                     res.finding = stalled(live, name, f"no reply to {name}", timeout)
-                else:
-                    res.outcomes.append(Outcome(f"noreply:{name}"))
-                    continue
-                res.outcomes.append(res.finding)
-                break
+                    res.outcomes.append(res.finding)
+                    break
+                res.outcomes.append(Outcome(f"noreply:{name}"))
+                continue
             if msg is None:
                 res.outcomes.append(Outcome(f"{name}:{'ok' if valid else 'taken'}"))
                 continue
-            bad = _check_reply(step, msg, valid)
+            bad = _check_reply(step, msg, valid and model.certain)
             res.outcomes.append(bad or Outcome(f"{name}:{'ok' if valid else 'taken'}"))
             if bad is not None:
                 res.finding = bad
@@ -409,36 +437,59 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
     return res
 
 
+def _closed(fe: RawFrontend) -> bool:
+    """The daemon closed the control socket (it is exiting)."""
+    try:
+        if fe.pending():
+            fe.recv(0.01)
+    except TransportError:
+        return True
+    return False
+
+
+def _death(live: LiveDaemon, name: str, previous: list[str], refusable: bool,
+           res: ControlResult) -> Outcome | None:
+    """The verdict on a daemon that closed the socket or died after step ``name``: an
+    exit is a refusal (no finding) when ``refusable`` (an invalid step was sent)."""
+    out = died(live, name, previous)
+    if out.finding == "daemon-exit" and refusable:
+        out = Outcome(f"refused-exit:{name}", None, out.detail, out.evidence)
+    res.outcomes.append(out)
+    return out if out.finding else None
+
+
+def _answers(fe: RawFrontend, live: LiveDaemon, what: str, model: ControlModel,
+             res: ControlResult, timeout: float) -> tuple[bool, Outcome | None]:
+    """GET_FEATURES as a probe: (answered, finding)."""
+    try:
+        _, msg = fe.send_step(CtlStep(R.GET_FEATURES))
+    except TransportError:
+        return False, _death(live, what, [], model.broken, res)
+    if msg is None:
+        if _closed(fe) or not live.daemon.running():
+            return False, _death(live, what, [], model.broken, res)
+        return False, stalled(live, what, "control socket open but no reply to GET_FEATURES",
+                              timeout)
+    return True, _check_reply(CtlStep(R.GET_FEATURES), msg, True)
+
+
 def _end_probes(fe: RawFrontend, live: LiveDaemon, model: ControlModel, res: ControlResult,
                 timeout: float) -> Outcome | None:
-    """After the program: a ring set up for us must answer a FUSE INIT, and the control
-    socket must still answer GET_FEATURES (or be closed by a daemon that exited)."""
+    """After the program: the control socket must still answer GET_FEATURES (or be closed
+    by a daemon that exited, after an invalid step), and a ring set up for us must answer
+    a FUSE INIT. GET_FEATURES goes first as a barrier: the daemon handles messages in
+    order, so once it is answered the last SET_VRING_ENABLE is in effect (the Rust daemon
+    drops a kick that comes before it; a VMM enables rings before the guest kicks)."""
+    ok, bad = _answers(fe, live, "probe GET_FEATURES", model, res, timeout)
+    if not ok or bad is not None:
+        return bad
     if res.expected_serving:
         out = fuse_probe(fe, live, timeout)
         res.outcomes.append(out)
         res.served = out.finding is None
         if out.finding is not None:
             return out
-    elif not live.daemon.running():
-        out = died(live, "after the program", [])
-        if out.finding == "daemon-exit" and model.broken:
-            res.outcomes.append(Outcome("refused-exit:late", None, out.detail, out.evidence))
-            return None
-        return out
-    try:
-        expected, msg = fe.send_step(CtlStep(R.GET_FEATURES))
-    except TransportError:
-        out = died(live, "probe GET_FEATURES", [])
-        if out.finding == "daemon-exit" and model.broken:
-            res.outcomes.append(Outcome("refused-exit:late", None, out.detail, out.evidence))
-            return None
-        return out
-    if msg is None:
-        if not live.daemon.running():
-            return died(live, "probe GET_FEATURES", [])
-        return stalled(live, "probe GET_FEATURES", "control socket open but no reply to "
-                       "GET_FEATURES", timeout)
-    return _check_reply(CtlStep(R.GET_FEATURES), msg, True)
+    return None
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -480,6 +531,37 @@ def record_control_finding(store: FindingStore, label: str, installation: daemon
     return store.add(f, doc, suffix=".json")
 
 
+def finding_key(out: Outcome | None) -> tuple[str, ...] | None:
+    """What must stay the same while a program is shrunk: the kind and the signal or site
+    (not the step it died at)."""
+    if out is None or out.finding is None:
+        return None
+    ev = out.evidence
+    return (out.finding, str(ev.get("site") or ev.get("signal") or out.cls.split(":")[-1]))
+
+
+def shrink_control(prog: list[CtlStep], installation: daemons.Installation, layout: str,
+                   key: tuple[str, ...], *, seconds: float = 5.0, timeout: float = 0.5,
+                   env: dict[str, str] | None = None) -> tuple[list[CtlStep], ControlResult | None]:
+    """Drop steps one at a time (last first) while the program still gives a finding with
+    ``key`` (:func:`finding_key`), within ``seconds``; the smaller program and its run."""
+    end = time.monotonic() + seconds
+    best, best_res = list(prog), None
+    wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
+    try:
+        i = len(best) - 1
+        while i >= 0 and time.monotonic() < end:
+            cand = best[:i] + best[i + 1:]
+            res = run_control_program(cand, installation, workdir=wd, layout=layout,
+                                      timeout=timeout, env=env)
+            if finding_key(res.finding) == key:
+                best, best_res = cand, res
+            i -= 1
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+    return best, best_res
+
+
 def replay_control(doc: dict[str, Any], installation: daemons.Installation,
                    timeout: float = 0.5) -> ControlResult:
     """Run a control-plane reproducer's program again on a fresh daemon."""
@@ -495,13 +577,17 @@ def replay_control(doc: dict[str, Any], installation: daemons.Installation,
 def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
                        store: FindingStore, seed: int = 0, label: str | None = None,
                        timeout: float = 0.5, max_programs: int | None = None,
-                       env: dict[str, str] | None = None) -> ControlStats:
+                       env: dict[str, str] | None = None, shrink_seconds: float = 3.0
+                       ) -> ControlStats:
     """Mutated control programs, each on a fresh daemon, for ``seconds``; a program that
-    reaches a new outcome class joins the corpus; findings go to ``store``."""
+    reaches a new outcome class joins the corpus; findings go to ``store``. The first
+    program of each kind of finding is shrunk (:func:`shrink_control`, ``shrink_seconds``)
+    and its invalid steps name the cause in the signature."""
     label = label or installation.kind
     rng = random.Random(seed)
     st = ControlStats(label)
     corpus: list[list[CtlStep]] = [standard_program()]
+    shrunk: dict[Any, str | None] = {}  # finding key -> the cause its minimal program shows
     t0 = time.monotonic()
     wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
     try:
@@ -524,8 +610,20 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
                 new |= o.cls not in st.classes
                 st.classes[o.cls] = st.classes.get(o.cls, 0) + 1
             if res.finding is not None:
+                key = finding_key(res.finding)
+                cause = res.first_invalid
+                if key not in shrunk and shrink_seconds > 0:
+                    # First time: a minimal program names the cause (the steps it keeps).
+                    small, sres = shrink_control(prog, installation, layout, key or (),
+                                                 seconds=shrink_seconds, timeout=timeout,
+                                                 env=env)
+                    shrunk[key] = "+".join(sorted(set(sres.invalid))) if sres else cause
+                    if sres is not None and sres.finding is not None:
+                        prog, res = small, sres
+                assert res.finding is not None
+                cause = shrunk.get(key) or cause
                 f = record_control_finding(store, label, installation, prog, layout,
-                                           res.finding, res.log, res.first_invalid)
+                                           res.finding, res.log, cause)
                 if all(x.signature != f.signature for x in st.findings):
                     st.findings.append(f)
             elif new and len(corpus) < 500:
