@@ -114,8 +114,10 @@ class DevFuseBridge(DevFuseServer):
                 self.transport.submit(request.raw, 0, hiprio=op in _FORGETS)
                 return
             with self.session_lock:
-                area = self.session.kind(op).reply_area(request.body)
-            token = self.transport.submit(self.forwarded(request), area)
+                kind = self.session.kind(op)
+            # As a guest would: WRITE/READ data in their own page-aligned segments.
+            out, area = kind.chain(self.forwarded(request), request.body)
+            token = self.transport.submit(out, area)
             raw = self.transport.wait(token, math.inf if self.timeout is None else self.timeout)
         except TransportTimeout as exc:  # only with a per-request timeout
             self.stats.fail(msg, exc)

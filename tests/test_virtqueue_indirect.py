@@ -222,3 +222,53 @@ def test_timeout_then_late_completion_reclaims_table(no_leaks, installation, sha
     finally:
         t.daemon.thaw()
         t.close()
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_data_parts_start_on_a_page(indirect):
+    """A side of two or more parts ends in data (WRITE's payload, READ's pages): the data
+    starts on a page of guest memory, as a guest's page-backed buffers do (a daemon may do
+    O_DIRECT I/O straight into it), and the headers before it end where it begins."""
+    from fuseproto.wire import codec
+
+    mem = GuestMemory(4 << 20)
+    try:
+        vq = SplitVirtqueue(mem, 1, 16, indirect=indirect)
+        body = Container(fh=1, offset=0, size=None, write_flags=0, lock_owner=0, flags=0,
+                         data=b"D" * 12288)
+        raw = codec.encode_request(fuse_opcode.FUSE_WRITE, body, unique=2, nodeid=2)
+        out, area = codec.kind(fuse_opcode.FUSE_WRITE).chain(raw, codec.decode_request(raw).body)
+        assert isinstance(out, list) and len(out) == 2 and b"".join(out) == raw
+        assert out[1] == b"D" * 12288
+        rd = codec.encode_request(fuse_opcode.FUSE_READ, Container(
+            fh=1, offset=0, size=65536, read_flags=0, lock_owner=0, flags=0), unique=4, nodeid=2)
+        rout, rarea = codec.kind(fuse_opcode.FUSE_READ).chain(rd, codec.decode_request(rd).body)
+        assert rout == rd and rarea == [OUT_HEADER_SIZE, 65536]
+        for segs, areas in ((out, area), (rout, rarea), (rout, _read_split(16384))):
+            req = vq.add(segs, areas, "t")
+            mm = mem.mm
+            if indirect:
+                table = [_desc(mm, req.buf_off + 16 * i) for i in range(req.table_len // 16)]
+            else:
+                table, d = [], req.head
+                while True:
+                    table.append(_desc(mm, vq.desc_off + 16 * d))
+                    if not table[-1][2] & VIRTQ_DESC_F_NEXT:
+                        break
+                    d = table[-1][3]
+            reads = [(a - mem.gpa_base, n) for a, n, f, _ in table if not f & VIRTQ_DESC_F_WRITE]
+            writes = [(a - mem.gpa_base, n) for a, n, f, _ in table if f & VIRTQ_DESC_F_WRITE]
+            for side in (reads, writes):
+                if len(side) > 1:
+                    assert all(off % PAGE == 0 for off, _ in side[1:]), side
+                    assert all(a + n == b for (a, n), (b, _) in pairwise(side)), side
+            for (off, n), seg in zip(reads, segs if isinstance(segs, list) else [segs],
+                                     strict=True):
+                assert bytes(mm[off:off + n]) == seg
+            assert writes[0][0] == req.in_off
+            _complete(vq, req.head, 0)
+            for done in vq.collect():
+                vq.take_reply(done)
+        assert mem.allocated == 0
+    finally:
+        mem.close()

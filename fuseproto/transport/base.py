@@ -21,12 +21,13 @@ class Transport(Protocol):
     the daemon), ``TransportError`` (connection or daemon gone; the transport stays
     broken). Never a hang."""
 
-    def submit(self, request: bytes | Sequence[bytes], reply_size: int, /, *,
+    def submit(self, request: bytes | Sequence[bytes], reply_size: int | Sequence[int], /, *,
                hiprio: bool = False, kick: bool = True, tag: object = None) -> Any:
         """Put one request in flight and return its token.
 
         ``request`` is the whole FUSE request, or its device-readable segments in order;
-        ``reply_size`` the writable area for the reply (0: no reply, e.g. FORGET).
+        ``reply_size`` the writable area for the reply (0: no reply, e.g. FORGET), or its
+        writable areas in order (:meth:`fuseproto.wire.codec.RequestKind.chain`).
         ``hiprio`` sends on the high-priority queue (FORGET, INTERRUPT); ``kick=False``
         defers the notification to :meth:`kick`; ``tag`` (a str or ``(opcode, unique)``)
         names the request in error messages only."""

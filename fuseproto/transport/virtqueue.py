@@ -86,6 +86,26 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) & ~(a - 1)
 
 
+def _chain_layout(out: Sequence[Buffer], in_sizes: Sequence[int],
+                  start: int) -> tuple[int, int, int]:
+    """Where a chain's readable segments (``out_at``) and writable areas (``in_at``) start
+    in its buffer, and the buffer's size, the segments of each side being contiguous
+    (readable ones 8-byte padded). A side of two or more parts ends in a data part (WRITE's
+    payload after its headers, READ's data after fuse_out_header, as a guest kernel hands
+    page-backed buffers): that last part starts on a page boundary, so a daemon may do
+    O_DIRECT I/O straight into it; the headers before it end where it begins."""
+    out_at = start
+    if len(out) > 1:
+        head = sum((len(seg) + 7) & ~7 for seg in out[:-1])
+        out_at = _align(start + head, PAGE) - head
+    pos = out_at + sum((len(seg) + 7) & ~7 for seg in out)
+    in_at = (pos + 7) & ~7
+    if len(in_sizes) > 1:
+        head = sum(in_sizes[:-1])
+        in_at = _align(in_at + head, PAGE) - head
+    return out_at, in_at, in_at + sum(in_sizes)
+
+
 class GuestMemory:
     """One memfd, mapped here and handed to the daemon with SET_MEM_TABLE.
 
@@ -133,7 +153,9 @@ class GuestMemory:
         if free:
             return free.pop()
         try:
-            return self.carve(1 << cls, 64)
+            # Blocks of a page or more start on a page (data segments are placed on page
+            # boundaries inside them, as a guest's page-backed buffers are).
+            return self.carve(1 << cls, PAGE if cls >= 12 else 64)
         except TransportError:
             self.allocated -= 1
             raise
@@ -350,18 +372,15 @@ class SplitVirtqueue:
             raise TransportError(
                 f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
             )
-        out_total = 0
-        for seg in out:
-            out_total += (len(seg) + 7) & ~7
+        out_at, in_at, buf_size = _chain_layout(out, in_sizes, 0)
         in_total = sum(in_sizes)
-        buf_size = out_total + in_total
         buf = self.mem.alloc(buf_size)
         mm = self._mm
         # Chains go back to the free list whole and in order, so the tail is usually one
         # recycled chain.
         descs = free[-n:]
         del free[-n:]
-        pos = buf
+        pos = buf + out_at
         i = 0
         last = n - 1
         gpa_base = self._gpa_base
@@ -377,7 +396,7 @@ class SplitVirtqueue:
                 pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln, 0, 0)
             pos += (ln + 7) & ~7
             i += 1
-        in_off = pos
+        pos = in_off = buf + in_at
         for ln in in_sizes:
             if i < last:
                 pack_desc(mm, desc_off + 16 * descs[i], gpa_base + pos, ln,
@@ -406,17 +425,14 @@ class SplitVirtqueue:
                 f"queue {self.index}: no free descriptors ({len(self.inflight)} requests in flight)"
             )
         table_len = 16 * n
-        out_total = 0
-        for seg in out:
-            out_total += (len(seg) + 7) & ~7
+        out_at, in_at, buf_size = _chain_layout(out, in_sizes, table_len)
         in_total = sum(in_sizes)
-        buf_size = table_len + out_total + in_total
         buf = self.mem.alloc(buf_size)
         mm = self._mm
         gpa_base = self._gpa_base
         pack_desc = _pack_desc
         # Table entries chain with NEXT from index 0; the last has no NEXT (2.7.5.3.1).
-        pos = buf + table_len
+        pos = buf + out_at
         ent = buf
         i = 1
         for seg in out:
@@ -427,7 +443,7 @@ class SplitVirtqueue:
             pos += (ln + 7) & ~7
             ent += 16
             i += 1
-        in_off = pos
+        pos = in_off = buf + in_at
         for ln in in_sizes:
             pack_desc(mm, ent, gpa_base + pos, ln,
                       VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT if i < n else VIRTQ_DESC_F_WRITE,

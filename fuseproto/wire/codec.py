@@ -93,6 +93,7 @@ _SIZE_LIMITED = frozenset(int(op) for op in (_OP.FUSE_READ, _OP.FUSE_READDIR,
                                             _OP.FUSE_READDIRPLUS))
 _XATTR_OPS = frozenset(int(op) for op in (_OP.FUSE_GETXATTR, _OP.FUSE_LISTXATTR))
 _IOCTL = int(_OP.FUSE_IOCTL)
+_READ, _WRITE = int(_OP.FUSE_READ), int(_OP.FUSE_WRITE)
 # Replies decoded against (or shaped by) the request's body.
 _NEEDS_REQUEST_BODY = _SIZE_LIMITED | _XATTR_OPS | {_IOCTL}
 
@@ -392,6 +393,23 @@ class RequestKind:
                     return _OUT_SIZE + structs.FAST["fuse_getxattr_out"].size
                 return _OUT_SIZE + size
         return DEFAULT_REPLY_AREA
+
+    def chain(self, raw: bytes, body: Any = None) -> tuple[bytes | list[bytes], int | list[int]]:
+        """The descriptor chain a guest kernel builds for this request, as
+        ``(readable, writable)`` for a transport's ``submit``: the reply area of
+        :meth:`reply_area`; WRITE's data as its own readable segment after the headers,
+        and READ's data as its own writable area after fuse_out_header (a guest's data
+        lives in its own pages; the transport starts such a last part on a page, so a
+        daemon may do O_DIRECT I/O into it). Anything else: one segment, one area."""
+        area = self.reply_area(body)
+        if self.op == _WRITE and body is not None:
+            data = _mapping_get(body, "data")
+            n = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
+            if 0 < n < len(raw) and raw[-n:] == data:
+                return [raw[:-n], raw[-n:]], area
+        elif self.op == _READ and area > _OUT_SIZE:
+            return raw, [_OUT_SIZE, area - _OUT_SIZE]
+        return raw, area
 
 
 _KINDS: dict[tuple[int, int, int], RequestKind] = {}
