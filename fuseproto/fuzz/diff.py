@@ -45,6 +45,7 @@ from typing import Any
 from .. import daemons
 from ..errors import DaemonError, DecodeError, TransportError
 from ..wire import codec
+from ..wire.constants import FUSE_KERNEL_VERSION
 from ..wire.constants import fuse_opcode as O
 from .corpus import Corpus
 from .diff_allow import AllowEntry, explain
@@ -294,15 +295,17 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         sa, sb = SideAnswer.of(oa, minor_a, base_a), SideAnswer.of(ob, minor_b, base_b)
         res.compared += 1
         name = _op_name(step.op)
-        here = state | ({"bad-name"} if _bad_name(step) else set())
+        here = state | ({"bad-name"} if _bad_name(step) else set()) | (
+            {"guessed-id"} if step.node >= 2 else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))
             res.divergences.append(d)
             if kind in ("accepted-vs-refused", "reply-vs-none") or step.op in _WRITE_LIKE:
                 stopped = True
-        if step.op == O.FUSE_INIT and sa.errno == 0 and sb.errno == 0:
-            state.discard("before-init")
+        if step.op == O.FUSE_INIT and sa.errno == 0 and sb.errno == 0 and \
+                isinstance(step.fields, dict) and step.fields.get("major") == FUSE_KERNEL_VERSION:
+            state.discard("before-init")  # another major: the reply asks for a new INIT
         if step.op == O.FUSE_DESTROY and sa.errno == 0 and sb.errno == 0:
             state.add("after-destroy")
     return res

@@ -8,9 +8,10 @@ target always runs the C-kind daemon as side ``a``. A divergence no entry matche
 finding. Allowed divergences are still counted and listed in the report (with the
 reason), so the table can be audited against what a run saw.
 
-``when`` values: ``before-init`` (no INIT was accepted by both daemons yet),
+``when`` values: ``before-init`` (no INIT of major 7 was accepted by both daemons yet),
 ``after-destroy`` (a DESTROY was accepted earlier in the program), ``bad-name`` (the
-request's name or newname is not one path component: ``/`` in it, ``.``, ``..``).
+request's name or newname is not one path component: ``/`` in it, ``.``, ``..``),
+``guessed-id`` (the request's node id is a literal >= 2, not one a reply gave).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 __all__ = ["AllowEntry", "ALLOW", "WHENS", "explain"]
 
-WHENS = ("before-init", "after-destroy", "bad-name")
+WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,24 @@ ALLOW: tuple[AllowEntry, ...] = (
                reason="before a successful INIT the C daemon answers every request EIO "
                "(fuse_lowlevel.c: requests before init are refused); the Rust one refuses "
                "them with errors of its own (EBADF, ENOSYS, ...)"),
+    AllowEntry(None, "errno", (None, _e(E.EBADF)), when="guessed-id",
+               reason="a node id the program guessed (a literal, not one a reply gave): "
+               "the daemons number inodes differently; Rust refuses an id it never handed "
+               "out with EBADF, C answers what its own inode map gives (ENOENT, ...)"),
+    AllowEntry("FUSE_RENAME", "accepted-vs-refused", (_e(E.EIO), 0),
+               reason="the C daemon renames only a name it has handed out an inode for "
+               "(passthrough_ll.c lo_rename: lookup_name() finds no inode -> EIO); a kernel "
+               "always LOOKUPs first; the Rust one renames by name"),
+    AllowEntry("FUSE_RELEASE", "accepted-vs-refused", (0, _e(E.EBADF)),
+               reason="the C daemon's RELEASE ignores the node id and answers 0 whatever "
+               "the fh (passthrough_ll.c lo_release: (void)ino, reply 0 even when the fh is "
+               "not open); the Rust one refuses a handle it does not hold for that inode"),
+    *(AllowEntry(op, "accepted-vs-refused", (0, _e(E.EBADF)),
+                 reason="the C daemon takes the open file from fh alone (passthrough_ll.c "
+                 "lo_fi_fd; the node id is not checked), the Rust one looks the handle up "
+                 "under the node id and refuses a pair that does not match (EBADF): another "
+                 "file's node id with a valid fh is served by C")
+      for op in ("FUSE_READ", "FUSE_WRITE", "FUSE_FLUSH", "FUSE_FSYNC")),
     AllowEntry(None, "errno", (_e(E.EINVAL), None), when="bad-name",
                reason="a name that is not one path component ('/' in it, '.', '..'): the "
                "C daemon refuses it with EINVAL before touching the file system "
