@@ -98,6 +98,7 @@ class Canaries:
     _snaps: dict[str, _Snap] = field(default_factory=dict)
     _beside: set[str] = field(default_factory=set)  # base's entries when armed
     _base_mtime: int = 0
+    _quick: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # path, stat
 
     @classmethod
     def plant(cls, base: str, shared: str, *, links: bool = True) -> Canaries:
@@ -138,6 +139,17 @@ class Canaries:
                 self._snaps[rel] = s
         self._beside = set(self._entries(self.base))
         self._base_mtime = os.stat(self.base).st_mtime_ns
+        self._quick = [(p, self._key(p)) for p in
+                       (os.path.join(self.base, rel) for rel in self._snaps)]
+
+    @staticmethod
+    def _key(path: str) -> tuple[int, ...]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return ()
+        return (st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns,
+                st.st_ctime_ns, st.st_atime_ns)
 
     # -- reading without touching ------------------------------------------------------
     @staticmethod
@@ -180,6 +192,8 @@ class Canaries:
             base_mtime = os.stat(self.base).st_mtime_ns
         except OSError as e:
             return [Breach("deleted", ".", f"the share's parent is gone: {e}")]
+        if base_mtime == self._base_mtime and all(self._key(p) == k for p, k in self._quick):
+            return out  # nothing moved (the common case: one stat per canary)
         now_beside = self._entries(self.base) if base_mtime != self._base_mtime \
             else sorted(self._beside)
         new_beside = [n for n in now_beside if n not in self._beside]
