@@ -186,8 +186,12 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         r = rng.random()
         if items and r < 0.3:
             items.pop(rng.randrange(len(items)))
-        elif items and r < 0.7:
+        elif items and r < 0.55:
             items.extend([copy_body(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
+        elif items and r < 0.7:
+            # Exactly at a protocol maximum (REMOVEMAPPING's 256 entries) or one past it.
+            n = rng.choice((255, 256, 257))
+            items.extend([copy_body(rng.choice(items))] * max(0, n - len(items)))
         elif items:
             rng.shuffle(items)
         _set(body, p, ListContainer(items))
@@ -305,8 +309,10 @@ def mutate_request(
     elif r < 0.94:
         kind = rng.random()
         if kind < 0.4:
-            ext.append(Container(type=32, groups=[rng.getrandbits(32)
-                                                  for _ in range(rng.choice((0, 1, 3, 64)))]))
+            groups = [rng.getrandbits(32) for _ in range(rng.choice((0, 1, 3, 64)))]
+            # nr_groups derived, or forced to lie about the groups that follow
+            nr = rng.choice((None, None, 0, len(groups) + 1, len(groups) + 2, 0xFFFF_FFFF))
+            ext.append(Container(type=32, nr_groups=nr, groups=groups))
         elif kind < 0.7:
             ext.append(Container(type=1, secctx=[Container(
                 name=rng.choice((b"security.selinux", b"", b"x" * 300)),

@@ -17,6 +17,7 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     construct (``messages.*_body(...).parse``) accept the same bodies and agree on them.
 session (``fuseproto.session`` docstring):
   * ``feed_request``/``feed_reply`` raise only DecodeError or ProtocolError;
+  * a reply is paired with the request of its own unique (``reply.request.unique``);
   * a raising call leaves the session unchanged, except that a reply naming a request in
     flight whose body does not decode completes that request (the error carries it);
   * ``Session.check_valid()`` holds after every call and the pending table stays within
@@ -232,7 +233,12 @@ def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Sessio
         what = "feed_reply" if rec.is_reply else "feed_request"
         try:
             if rec.is_reply:
-                s.feed_reply(rec.data)
+                rep = s.feed_reply(rec.data)
+                paired = getattr(rep, "request", None)
+                # Paired by unique: the request a reply answers carries the reply's unique.
+                if paired is not None and paired.unique != rep.unique:
+                    raise Bug("state", what, f"reply to unique {rep.unique} paired with "
+                              f"request {paired.unique}")
             else:
                 s.feed_request(rec.data)
         except (DecodeError, ProtocolError) as e:

@@ -27,6 +27,7 @@ __all__ = ["Target", "WIRE_DECODE", "SESSION", "STRUCTURED_SHARE", "wire_mutator
 STRUCTURED_SHARE = 0.7
 _OPS = [int(m) for m in fuse_opcode]
 _OUT = structs.FAST["fuse_out_header"]
+_IN = structs.FAST["fuse_in_header"]
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,20 @@ def session_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
         recs[i] = inputs.SessionRecord(rec.is_reply, new)
     elif r < 0.7 and len(recs) > 1:
         del recs[i]
-    elif r < 0.82:
+    elif r < 0.76:
         recs.insert(rng.randrange(len(recs) + 1), recs[i])
+    elif r < 0.82:
+        # A burst: copies of one request under fresh uniques, all in flight at once
+        # (reaches max_pending; an INTERRUPT copied so interrupts the same request again).
+        rec, at = recs[i], rng.randrange(len(recs) + 1)
+        if len(rec.data) >= _IN.size and not rec.is_reply:
+            hdr = dict(_IN.parse(rec.data, 0))
+            base = rng.getrandbits(16) << 1
+            for k in range(rng.choice((2, 4, 8, 9, 16))):
+                hdr["unique"] = base + 2 * k + 2 + (hdr["unique"] & 1)
+                recs.insert(at, inputs.SessionRecord(False, _IN.build(hdr) + rec.data[_IN.size:]))
+        else:
+            recs.insert(at, rec)
     elif r < 0.9 and len(recs) > 1:
         j = rng.randrange(len(recs))
         recs[i], recs[j] = recs[j], recs[i]
