@@ -177,9 +177,11 @@ class WindowDevice:
         )
 
     def _setup(self, nodeid: int, body: Any) -> int:
-        if self._bad_setup(body.moffset, body.len, body.foffset):
+        # item access: a Container's attributes go through Python code, its items do not
+        moffset, length, foffset = body["moffset"], body["len"], body["foffset"]
+        if self._bad_setup(moffset, length, foffset):
             return errno.EINVAL
-        m = DeviceMapping(body.moffset, body.len, nodeid, body.foffset, body.flags, body.fh)
+        m = DeviceMapping(moffset, length, nodeid, foffset, body["flags"], body["fh"])
         try:
             m = self._apply_map(m)
         except OSError as e:
@@ -436,10 +438,10 @@ class RefusingDevice(WindowDevice):
             self.injected += 1
         elif msg.opcode == FUSE_SETUPMAPPING:
             b = msg.body
-            err = errno.EINVAL if self._bad_setup(b.moffset, b.len, b.foffset) else 0
+            err = errno.EINVAL if self._bad_setup(b["moffset"], b["len"], b["foffset"]) else 0
         elif msg.opcode == FUSE_REMOVEMAPPING:
-            ranges = [(e.moffset, e.len) for e in msg.body.entries]
-            err = errno.EINVAL if self._bad_remove(msg.body.count, ranges) else 0
+            ranges = [(e["moffset"], e["len"]) for e in msg.body["entries"]]
+            err = errno.EINVAL if self._bad_remove(msg.body["count"], ranges) else 0
         if not err:
             err = self.inner.submit(msg)
         if err:

@@ -109,6 +109,9 @@ class DaxChecker:
         # (Linux) window offsets each manager sent a SETUPMAPPING for since its last
         # snapshot: a range leaves the free list's head only to be set up there.
         self._set_up: dict[int, set[int]] = {}
+        # (OSv) window ranges set up since the last full check: a mapping found in both
+        # snapshots was kept throughout only if none of them covered it again.
+        self._remapped: dict[int, list[tuple[int, int]]] = {}
         self.messages_checked = 0
         self.reads_checked = 0
         self.full_every = max(1, full_every)
@@ -174,56 +177,58 @@ class DaxChecker:
             raise InvariantViolation(v)
 
     # ---- message checks (also used on traces) ------------------------------------------------
+    # Bodies are construct Containers: item access (dict, in C) instead of attributes on
+    # these paths, which run for every message.
     def check_message(self, msg: DaxMessage, manager: DaxManager | None = None) -> None:
         self.messages_checked += 1
         align = 1 << (self.map_alignment or 0)
         body = msg.body
         if msg.opcode == FUSE_SETUPMAPPING:
-            bad = [
-                f"{name}={getattr(body, name):#x}"
-                for name in ("foffset", "moffset", "len")
-                if getattr(body, name) % align
-            ]
-            if bad or body.len == 0:
+            foffset, moffset, length = body["foffset"], body["moffset"], body["len"]
+            if foffset % align or moffset % align or length % align or length == 0:
+                bad = [f"{name}={v:#x}" for name, v in (("foffset", foffset),
+                       ("moffset", moffset), ("len", length)) if v % align]
                 self._fail(
                     "alignment",
                     f"SETUPMAPPING not aligned to {align:#x}: {', '.join(bad) or 'len=0'}",
                     msg,
                     manager,
                 )
-            if body.moffset + body.len > self.window_size:
+            if moffset + length > self.window_size:
                 self._fail(
                     "inside_window",
-                    f"SETUPMAPPING [{body.moffset:#x}, "
-                    f"{body.moffset + body.len:#x}) beyond the {self.window_size:#x}-byte "
-                    "window",
+                    f"SETUPMAPPING [{moffset:#x}, {moffset + length:#x}) beyond the "
+                    f"{self.window_size:#x}-byte window",
                     msg,
                     manager,
                 )
         elif msg.opcode == FUSE_REMOVEMAPPING:
-            entries = list(body.entries)
-            if body.count != len(entries) or body.count > REMOVEMAPPING_MAX_ENTRY:
+            entries = body["entries"]
+            count = body["count"]
+            if count != len(entries) or count > REMOVEMAPPING_MAX_ENTRY:
                 self._fail(
                     "removemapping_count",
-                    f"count={body.count} with {len(entries)} "
+                    f"count={count} with {len(entries)} "
                     f"entries (max {REMOVEMAPPING_MAX_ENTRY})",
                     msg,
                     manager,
                 )
+            window = self.window_size
             for i, e in enumerate(entries):
-                if e.moffset % align or e.len % align or e.len == 0:
+                moffset, length = e["moffset"], e["len"]
+                if moffset % align or length % align or length == 0:
                     self._fail(
                         "alignment",
-                        f"REMOVEMAPPING entry {i} ({e.moffset:#x}, "
-                        f"{e.len:#x}) not aligned to {align:#x}",
+                        f"REMOVEMAPPING entry {i} ({moffset:#x}, "
+                        f"{length:#x}) not aligned to {align:#x}",
                         msg,
                         manager,
                     )
-                if e.moffset + e.len > self.window_size:
+                if moffset + length > window:
                     self._fail(
                         "inside_window",
                         f"REMOVEMAPPING entry {i} ends at "
-                        f"{e.moffset + e.len:#x}, beyond the window",
+                        f"{moffset + length:#x}, beyond the window",
                         msg,
                         manager,
                     )
@@ -234,59 +239,77 @@ class DaxChecker:
         unit = policy_unit(manager)
         if unit is not None:
             self._check_unit(msg, manager, unit)
-        if msg.opcode == FUSE_SETUPMAPPING:
+        setup = msg.opcode == FUSE_SETUPMAPPING
+        body = msg.body
+        if setup:
             self._pending.setdefault(id(manager), []).append(msg)
             size = _file_size(manager, msg.nodeid)
-            if size is not None and msg.body.foffset >= size:
+            if size is not None and body["foffset"] >= size:
                 self._fail(
                     "past_eof",
                     f"SETUPMAPPING of nodeid {msg.nodeid} at file offset "
-                    f"{msg.body.foffset:#x}, at or past its end ({size:#x} bytes)",
+                    f"{body['foffset']:#x}, at or past its end ({size:#x} bytes)",
                     msg,
                     manager,
                 )
         policy = self._policy(manager)
-        if policy == "osv" and msg.opcode == FUSE_SETUPMAPPING:
+        if policy == "osv" and setup:
+            self._remapped.setdefault(id(manager), []).append(
+                (body["moffset"], body["moffset"] + body["len"]))
             first_empty = manager.accounting().mapped
-            if msg.body.moffset != first_empty:
+            if body["moffset"] != first_empty:
                 self._fail(
                     "osv_stack",
-                    f"new mapping at {msg.body.moffset:#x}, first empty "
+                    f"new mapping at {body['moffset']:#x}, first empty "
                     f"chunk is at {first_empty:#x}",
                     msg,
                     manager,
                 )
         if policy == "linux":
-            if msg.opcode == FUSE_SETUPMAPPING:
-                self._set_up.setdefault(id(manager), set()).add(msg.body.moffset)
-            dev = manager.device
-            for moff, length in msg.ranges():
-                for p, plen in manager.pinned():
-                    lo, hi = max(p, moff), min(p + plen, moff + length)
-                    if lo >= hi:
-                        continue
-                    if msg.opcode == FUSE_SETUPMAPPING and all(
-                        m is not None
-                        and m.nodeid == msg.nodeid
-                        and m.file_offset(a) == msg.body.foffset + (a - moff)
-                        for a, _b, m in dev.segments(lo, hi - lo)
-                    ):
-                        continue  # the writable upgrade: same data at the same place
-                    self._fail(
-                        "linux_in_use",
-                        f"range [{p:#x}, {p + plen:#x}) is in use and would be removed or remapped",
-                        msg,
-                        manager,
-                    )
+            self._check_in_use_ranges(manager, msg, setup)
+
+    def _check_in_use_ranges(self, manager: DaxManager, msg: DaxMessage, setup: bool) -> None:
+        dev = manager.device
+        if setup:
+            moff, length = msg.body["moffset"], msg.body["len"]
+            self._set_up.setdefault(id(manager), set()).add(moff)
+            # A range in use is mapped: a SETUPMAPPING where the device maps nothing
+            # cannot remap one (and asking the manager costs a walk of all its ranges).
+            if all(m is None for _a, _b, m in dev.segments(moff, length)):
+                return
+        pinned = manager.pinned()
+        if not pinned:
+            return
+        for moff, length in msg.ranges():
+            for p, plen in pinned:
+                lo, hi = max(p, moff), min(p + plen, moff + length)
+                if lo >= hi:
+                    continue
+                if setup and all(
+                    m is not None
+                    and m.nodeid == msg.nodeid
+                    and m.file_offset(a) == msg.body["foffset"] + (a - moff)
+                    for a, _b, m in dev.segments(lo, hi - lo)
+                ):
+                    continue  # the writable upgrade: same data at the same place
+                self._fail(
+                    "linux_in_use",
+                    f"range [{p:#x}, {p + plen:#x}) is in use and would be removed or remapped",
+                    msg,
+                    manager,
+                )
 
     def _check_unit(self, msg: DaxMessage, manager: DaxManager, unit: int) -> None:
+        b = msg.body
         if msg.opcode == FUSE_SETUPMAPPING:
-            b = msg.body
-            bad = [f"{n}={v:#x}" for n, v in (("foffset", b.foffset), ("moffset", b.moffset),
-                                             ("len", b.len)) if v % unit]
+            f, m, n = b["foffset"], b["moffset"], b["len"]
+            if not (f % unit or m % unit or n % unit):
+                return
+            bad = [f"{k}={v:#x}" for k, v in (("foffset", f), ("moffset", m), ("len", n))
+                   if v % unit]
         else:
-            bad = [f"entry ({e.moffset:#x}, {e.len:#x})" for e in msg.body.entries
-                   if e.moffset % unit or e.len % unit]
+            bad = [f"entry ({e['moffset']:#x}, {e['len']:#x})" for e in b["entries"]
+                   if e["moffset"] % unit or e["len"] % unit]
         if bad:
             self._fail("unit_alignment", f"not a multiple of the policy's unit {unit:#x}: "
                        f"{', '.join(bad[:4])}", msg, manager)
@@ -295,19 +318,20 @@ class DaxChecker:
         if msg.opcode != FUSE_SETUPMAPPING:
             return
         b = msg.body
+        lo, hi = b["moffset"], b["moffset"] + b["len"]
         if error:
             if "refused_request" in self.enabled:
-                lo, hi = b.moffset, b.moffset + b.len
                 covering = [e for e in manager.view() if e.moffset < hi and lo < e.end]
                 self._refused.setdefault(id(manager), []).append((msg, covering))
             return
         refused = self._refused.get(id(manager))
         if refused:  # asked again and accepted: no longer a refused mapping
-            key = (msg.nodeid, b.foffset, b.len, b.moffset)
+            key = (msg.nodeid, b["foffset"], b["len"], lo)
             refused[:] = [r for r in refused
-                          if (r[0].nodeid, r[0].body.foffset, r[0].body.len,
-                              r[0].body.moffset) != key]
-        lo, hi = msg.body.moffset, msg.body.moffset + msg.body.len
+                          if (r[0].nodeid, r[0].body["foffset"], r[0].body["len"],
+                              r[0].body["moffset"]) != key]
+        if len(self.managers) < 2:
+            return
         for other in self.managers:
             if other is manager or getattr(other, "unmounted", False):
                 continue
@@ -582,11 +606,14 @@ class DaxChecker:
         self._prev[id(m)] = now
         self._forgotten.pop(id(m), None)
         self._set_up.pop(id(m), None)
+        self._remapped.pop(id(m), None)
 
     def _check_stack(self, m: DaxManager, old: list[ViewEntry], new: list[ViewEntry]) -> None:
         forgotten = self._forgotten.get(id(m), set())
         new_set = set(new)
-        kept = [e for e in old if e in new_set]
+        remapped = self._remapped.get(id(m), [])
+        kept = [e for e in old if e in new_set
+                and not any(lo < e.end and e.moffset < hi for lo, hi in remapped)]
         kept_top = max((e.end for e in kept), default=0)
         new_by_start = {e.moffset: e for e in new}
         for e in old:

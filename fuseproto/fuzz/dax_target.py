@@ -1,19 +1,18 @@
-"""The DAX fuzz target: operations chosen by the input drive a window manager over the
-model device, and the black-box invariants (:mod:`fuseproto.dax.invariants`) plus the
-manager's own ``check_valid()`` are checked after every step.
+"""The DAX fuzz target: a geometry and operations chosen by the input drive the window
+managers, and every invariant of :mod:`fuseproto.dax.invariants` watches them.
 
-Input (read with atheris' FuzzedDataProvider): a manager choice, then operations until the
-bytes run out -- ``read(node, offset, size)``, ``write(node, offset, data)``,
-``forget(node)`` (optionally handing the node id to a new file, as a daemon may), and for
-managers that pin (Linux) ``pin``/``unpin``. The window is small (six 16 KiB chunks, 4 KiB
-alignment) so eviction happens within a few steps. ``FUSEPROTO_DAX_MANAGER`` (``osv``,
-``linux`` or ``package.module:factory``, see :func:`fuseproto.dax.registry.load_manager`)
-fixes the manager, e.g. to fuzz one of your own.
+The input format (geometry header, 6-byte operations) is :mod:`.dax_ops`'s; what each
+operation does and how it is judged, :mod:`.dax_run`'s. Here: the *model* stage (pattern
+files, :class:`~fuseproto.dax.device.ModelDevice` behind a
+:class:`~fuseproto.dax.device.RefusingDevice`), the seeds and the mutator.
 
-Checked: alignment of foffset/moffset/len, mappings inside the window, REMOVEMAPPING
-count <= 256 and == its entries, no overlap, view == device, accounting, bytes read ==
-file bytes, no read from an evicted range, the policy's own rules -- every invariant of
-``DEFAULT_INVARIANTS`` -- and that reads and writes return the file's data.
+``FUSEPROTO_DAX_MANAGER`` (``osv``, ``osv-aggressive``, ``linux`` or
+``package.module:factory``, see :func:`fuseproto.dax.registry.load_manager`) fixes the
+manager, e.g. to fuzz one of your own; ``FUSEPROTO_DAX_OSV_DEFECTS`` turns on OSv seed
+defects (:data:`fuseproto.dax.osv.OSV_SEED_DEFECTS`). ``FUSEPROTO_DAX_DEVICE=c-dax`` (or
+another DAX build, e.g. ``c-dax-bug-unmap``) runs the same inputs against a live daemon
+(:mod:`.dax_live`): one daemon per process, the invariants also on its backend-channel
+record.
 """
 
 from __future__ import annotations
@@ -23,141 +22,135 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from construct import Byte, GreedyBytes, Int16ul, Struct
-
-from ..dax.device import ModelDevice
-from ..dax.host import FileStore
-from ..dax.invariants import DaxChecker
-from ..dax.registry import load_manager
+from ..dax.device import ModelDevice, RefusingDevice
 from . import mutate
+from .dax_ops import (
+    HEADER_SIZE,
+    OP_SIZE,
+    PatternFiles,
+    Program,
+    decode_program,
+    encode_program,
+)
+from .dax_run import ENV_MANAGER, ENV_OSV_DEFECTS, FULL_EVERY, run_program
 from .targets import Target
 
-__all__ = ["DAX", "check_dax", "dax_mutator", "dax_inputs", "ENV_MANAGER"]
+__all__ = ["DAX", "ENV_DEVICE", "ENV_MANAGER", "ENV_OSV_DEFECTS", "ModelStage", "check_dax",
+           "dax_inputs", "dax_mutator", "run_model"]
 
-ENV_MANAGER = "FUSEPROTO_DAX_MANAGER"
-CHUNK = 16 * 1024
-WINDOW = 6 * CHUNK
-NODES = (2, 3, 4, 5)
-MAX_STEPS = 64
-_CONFIGS = ("osv", "osv-aggressive", "linux")
-OPS = ("read", "read", "read", "write", "forget", "pin", "unpin")
+ENV_DEVICE = "FUSEPROTO_DAX_DEVICE"  # "model" (default) or a DAX daemon build: c-dax, ...
 
 
-def _content(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+class ModelStage:
+    """The model: pattern files and the model device, no daemon."""
+
+    reuse_nodes = True
+
+    def __init__(self, program: Program) -> None:
+        geo = program.geometry
+        self.backend = PatternFiles()
+        model = ModelDevice(geo.window_size, self.backend,  # type: ignore[arg-type]
+                            geo.map_alignment, through_codec=False)
+        self.device = RefusingDevice(model)
+
+    def node(self, n: int) -> int:
+        return n
+
+    def set_file(self, nodeid: int, size: int, key: int) -> None:
+        self.backend.add(nodeid, size, key)
+
+    def oracle(self, nodeid: int, offset: int, size: int) -> bytes:
+        return self.backend.read(nodeid, offset, size)
+
+    def fh(self, nodeid: int, write: bool) -> int:
+        return 0
 
 
-def _make(config: str, device: ModelDevice, files: FileStore) -> Any:
-    spec = os.environ.get(ENV_MANAGER) or config
-    if spec == "osv-aggressive":
-        return load_manager("osv")(device, files, chunk_size=CHUNK, aggressive=True)
-    if spec == "osv":
-        return load_manager("osv")(device, files, chunk_size=CHUNK)
-    if spec == "linux":
-        return load_manager("linux")(device, files, range_shift=14)
-    return load_manager(spec)(device, files)
+def run_model(data: bytes, *, full_every: int = FULL_EVERY) -> Any:
+    """One input on the model; the checker (None: nothing to run)."""
+    program = decode_program(data)
+    if program is None:
+        return None
+    return run_program(program, ModelStage(program), full_every=full_every)
 
 
 def check_dax(data: bytes) -> None:
-    """The DAX target's oracle (raises InvariantViolation / AssertionError / the bug).
-    Needs atheris (its FuzzedDataProvider reads the input), imported here so that the
-    target table imports without it."""
-    import atheris
+    """The DAX target's oracle: raises InvariantViolation / AssertionError / the bug."""
+    device = os.environ.get(ENV_DEVICE, "model")
+    if device in ("", "model"):
+        run_model(data)
+        return
+    from .dax_live import check_live
 
-    fdp = atheris.FuzzedDataProvider(data)
-    config = _CONFIGS[fdp.ConsumeIntInRange(0, len(_CONFIGS) - 1)]
-    files = FileStore()
-    for n in NODES:
-        files.add(n, _content(n, (n - 1) * CHUNK + 1000 * n))
-    device = ModelDevice(WINDOW, files)
-    mgr = _make(config, device, files)
-    checker = DaxChecker.for_manager(mgr)
-    pins: list[tuple[int, int]] = []
-    generation = 0
-    for _ in range(MAX_STEPS):
-        if fdp.remaining_bytes() < 2:
-            break
-        op = OPS[fdp.ConsumeIntInRange(0, len(OPS) - 1)]
-        node = NODES[fdp.ConsumeIntInRange(0, len(NODES) - 1)]
-        if op == "read":
-            offset = fdp.ConsumeIntInRange(0, 5 * CHUNK)
-            size = fdp.ConsumeIntInRange(0, 3 * CHUNK)
-            res = mgr.read(node, offset, size)
-            file = files.data(node)
-            if not res.error:
-                assert bytes(res.data) == bytes(file[offset:offset + len(res.data)]), (
-                    f"read({node}, {offset}, {size}) returned other bytes than the file's")
-                if offset < len(file) and size:
-                    assert res.data, f"read({node}, {offset}, {size}) inside the file is empty"
-        elif op == "write":
-            offset = fdp.ConsumeIntInRange(0, 5 * CHUNK)
-            payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 2 * CHUNK)) or b"x"
-            before = bytearray(files.data(node))
-            res = mgr.write(node, offset, payload)
-            if not res.error:
-                assert res.written == len(payload), f"write wrote {res.written}/{len(payload)}"
-                if offset > len(before):
-                    before.extend(bytes(offset - len(before)))
-                before[offset:offset + len(payload)] = payload
-                assert files.data(node) == before, "write did not reach the file"
-        elif op == "forget":
-            if node in [n for n, _m in pins]:
-                continue  # the kernel never forgets a node with an access in flight
-            mgr.forget(node)
-            checker.note_forget(mgr, node)
-            if fdp.ConsumeBool():  # the daemon hands the node id to another file
-                generation += 1
-                files.add(node, _content(node + 7 * generation, 3 * CHUNK + 77))
-        elif op == "pin" and hasattr(mgr, "pin"):
-            moffset = mgr.pin(node, fdp.ConsumeIntInRange(0, 5 * CHUNK))
-            if moffset is not None:
-                pins.append((node, moffset))
-        elif op == "unpin" and pins and hasattr(mgr, "unpin"):
-            _node, moffset = pins.pop(fdp.ConsumeIntInRange(0, len(pins) - 1))
-            mgr.unpin(moffset)
-        checker.check_state()
-        mgr.check_valid()
-    for _node, moffset in pins:
-        mgr.unpin(moffset)
-    mgr.unmount()
-    checker.check_state()
+    check_live(data, device)
 
 
-_seed_schema = Struct("config" / Byte, "ops" / GreedyBytes)
-_op_schema = Struct("op" / Byte, "node" / Byte, "a" / Int16ul, "b" / Int16ul)
+# ---- seeds ------------------------------------------------------------------------------
+def _header(config: int, *, align: int = 0, unit: int = 2, chunks: int = 5, extra: int = 0,
+            sizes: tuple[int, ...] = (0x12, 0x25, 0x07, 0x33)) -> dict[str, Any]:
+    return dict(config=config, align=align, unit=unit, chunks=chunks, extra=extra,
+                sizes=list(sizes))
+
+
+def _ops(rng: random.Random, n: int, kinds: tuple[int, ...] = tuple(range(11))
+         ) -> list[dict[str, int]]:
+    return [dict(kind=rng.choice(kinds), sel=rng.randrange(256), a=rng.randrange(65536),
+                 b=rng.randrange(65536)) for _ in range(n)]
 
 
 def dax_inputs() -> Iterator[tuple[str, bytes]]:
-    """Seeds: each configuration with a few op sequences (bytes for FuzzedDataProvider)."""
+    """Seeds: each manager over small and large windows, and a few shapes the invariants
+    need reached (hundreds of Linux ranges forgotten at once, refusals, deep unmaps,
+    several mounts)."""
     rng = random.Random(11)
-    for ci in range(len(_CONFIGS)):
-        for k in range(4):
-            ops = b"".join(_op_schema.build(dict(op=rng.randrange(256), node=rng.randrange(256),
-                                                 a=rng.randrange(65536),
-                                                 b=rng.randrange(65536)))
-                           for _ in range(8 + 8 * k))
-            yield f"dax-{_CONFIGS[ci]}-{k}", _seed_schema.build(dict(config=ci, ops=ops))
+    for config in range(3):
+        for k, (chunks, unit) in enumerate(((5, 2), (20, 0), (200, 1), (230, 0x80))):
+            yield (f"dax-{config}-{k}",
+                   encode_program(_header(config, chunks=chunks, unit=unit, extra=k * 5),
+                                  _ops(rng, 8 + 4 * k)))
+    # Linux, 300 ranges of 4 KiB, a file of 2 windows read in 5 pieces of 256 KiB and
+    # forgotten: 300 ranges in 2 REMOVEMAPPINGs.
+    whole = [dict(kind=0, sel=0, a=(4 << 13) | (i * 64), b=5 << 13)
+             for i in range(5)] + [dict(kind=5, sel=0, a=0, b=0)]
+    yield "dax-linux-hundreds", encode_program(
+        _header(2, unit=0, chunks=238, extra=0x10, sizes=(0x07, 0x01, 0x01, 0x01)), whole)
+    # OSv: refusals in the middle of reads, deep unmaps, direct maps; three mounts.
+    refuse = [dict(kind=8, sel=0, a=i, b=i) for i in range(4)]
+    yield "dax-osv-refusals", encode_program(
+        _header(0, chunks=8, extra=0x08), [o for r in refuse
+                                            for o in (r, *_ops(rng, 3, (0, 6, 7)))])
+    yield "dax-linux-refusals", encode_program(
+        _header(2, chunks=8, extra=0x08), [o for r in refuse
+                                            for o in (r, *_ops(rng, 3, (0, 4, 6, 7, 10)))])
 
 
 def dax_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
-    """Operation-level edits: repeat, drop or splice 6-byte steps; else byte mutation."""
-    if len(data) < 8 or rng.random() < 0.4:
+    """Edits that keep the structure: a header byte replaced, operations repeated,
+    dropped, spliced or one field changed; else a byte mutation."""
+    if len(data) < HEADER_SIZE + OP_SIZE or rng.random() < 0.25:
         return mutate.mutate_bytes(data, rng, max_size)
-    head, body = data[:1], bytearray(data[1:])
-    i = rng.randrange(0, max(1, len(body) - 6))
-    step = body[i:i + 6]
+    head, body = bytearray(data[:HEADER_SIZE]), bytearray(data[HEADER_SIZE:])
+    nops = len(body) // OP_SIZE
+    i = rng.randrange(nops) * OP_SIZE
+    step = body[i:i + OP_SIZE]
     r = rng.random()
-    if r < 0.4:
+    if r < 0.2:
+        head[rng.randrange(HEADER_SIZE)] = rng.randrange(256)
+    elif r < 0.4:
         body[i:i] = step * rng.randint(1, 4)
+    elif r < 0.55:
+        del body[i:i + OP_SIZE]
     elif r < 0.7:
-        del body[i:i + 6]
-    else:
-        j = rng.randrange(0, max(1, len(body)))
+        j = rng.randrange(nops + 1) * OP_SIZE
         body[j:j] = step
-    return (head + bytes(body))[:max_size]
+    else:
+        field = rng.randrange(OP_SIZE)
+        body[i + field] = rng.choice((0, 1, 0x1F, 0x20, 0x3F, 0x80, 0xC0, 0xE0, 0xFF,
+                                      rng.randrange(256)))
+    return (bytes(head) + bytes(body))[:max_size]
 
 
 DAX = Target(
     "dax", check_dax, dax_mutator, dax_inputs,
-    "operations -> DAX manager (osv/linux/module:factory) over the model device: every "
-    "invariant of fuseproto.dax.invariants after each step", requires=("atheris",))
+    "geometry + operations -> DAX managers (osv/linux/module:factory) over the model "
+    "device (or FUSEPROTO_DAX_DEVICE=c-dax): every invariant of fuseproto.dax.invariants")
