@@ -12,7 +12,9 @@ how it works:
   workload expects, and the guest mounts them all (virtio-fs, one device per daemon) and
   runs the workload in each: ls, cat, stat, write, mkdir, rmdir, rm, rename, symlink,
   truncate, chmod, extended attributes, an 8 MiB dd read and write, fsync, flock. Its
-  results are checked in the guest's output and on the host.
+  results are checked in the guest's output and on the host. With -w, each daemon's
+  traffic goes through a recording proxy (`fuseproto capture proxy`, a process of its own)
+  and is written to DIR/<daemon>.pcap (decode it with `fuseproto decode`).
 
 files:
   The kernel, its virtio-fs modules and busybox come from Debian's archive by package name
@@ -47,6 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rn.add_argument("--keep", metavar="DIR",
                     help="put the shares in DIR (created; kept afterwards) instead of a "
                     "temporary directory")
+    rn.add_argument("-w", "--write", metavar="DIR",
+                    help="put a recording proxy (fuseproto capture proxy) between QEMU and "
+                    "each daemon and write DIR/<daemon>.pcap")
+    rn.add_argument("--snaplen", type=int, metavar="BYTES",
+                    help="with -w: record at most this many bytes of each message")
     rn.add_argument("--console", action="store_true", help="print the guest's serial console")
     rn.set_defaults(func=_run)
 
@@ -81,13 +88,17 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from ..errors import DaemonError, GuestError
-    from ..guest.run import run_workload
+    from ..guest.run import RecordingProxies, run_workload
 
     names = args.daemon or ["c", "rust"]
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
+    proxies = None
+    if args.write:
+        os.makedirs(args.write, exist_ok=True)
+        proxies = RecordingProxies(os.path.abspath(args.write), snaplen=args.snaplen)
     try:
-        run = run_workload(names, timeout=args.timeout, workdir=args.keep)
+        run = run_workload(names, timeout=args.timeout, workdir=args.keep, interpose=proxies)
     except (GuestError, DaemonError) as e:
         print(f"guest: FAILED: {e}")
         return 2
@@ -104,6 +115,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"    {problem}")
         if args.keep:
             print(f"    share kept at {s.share}")
+        if proxies is not None:
+            print(f"    capture {proxies.captures[s.tag]} (proxy {proxies.exits.get(s.tag)})")
     for problem in run.problems():
         if problem.startswith("guest:"):
             print(f"  {problem}")

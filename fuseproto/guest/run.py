@@ -37,14 +37,16 @@ PROXY_START_TIMEOUT = 30.0
 class RecordingProxies:
     """An ``interpose`` for :func:`run_workload`: QEMU -> ``fuseproto capture proxy`` (a
     process of its own per share, started and stopped by PID) -> daemon, each share's
-    FUSE traffic recorded to ``<capture_dir or the share's folder>/<tag>.pcap``.
+    FUSE traffic recorded to ``<capture_dir or the share's folder>/<tag>.pcap`` (each
+    message whole, or its first ``snaplen`` bytes).
 
     After the run, :attr:`captures` maps each tag to its capture and :attr:`exits` to
     what became of its proxy ("exited with code 0": it ended by itself when QEMU
     disconnected, as ``--once`` says)."""
 
-    def __init__(self, capture_dir: str | None = None) -> None:
+    def __init__(self, capture_dir: str | None = None, *, snaplen: int | None = None) -> None:
         self.capture_dir = capture_dir
+        self.snaplen = snaplen  # record at most this many bytes of each message
         self.captures: dict[str, str] = {}
         self.exits: dict[str, str] = {}
         self.logs: dict[str, str] = {}
@@ -58,6 +60,8 @@ class RecordingProxies:
         ready_r, ready_w = os.pipe()
         argv = [sys.executable, "-m", "fuseproto", "capture", "proxy", "--listen", listen,
                 "--daemon-socket", daemon_socket, "-w", capture, "--ready-fd", str(ready_w)]
+        if self.snaplen is not None:
+            argv += ["--snaplen", str(self.snaplen)]
         try:
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
