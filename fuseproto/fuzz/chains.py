@@ -1,0 +1,751 @@
+"""Hostile descriptor chains: a live target whose input decides the virtqueue chain a FUSE
+request travels in, not only the message.
+
+The honest path stays :meth:`fuseproto.transport.virtqueue.SplitVirtqueue.add`; here a
+:class:`ChainInput` says how to cut the request into device-readable descriptors (at odd
+offsets, headers split mid-field), how to split the reply area into device-writable ones
+(or give none), in which order they come (readable and writable misordered or
+interleaved), whether they sit in an indirect table, and which hostile edits apply
+(:data:`OPS`): zero-length descriptors, addresses outside guest memory or across the two
+regions of the memory table (contiguous: valid; with a hole: not), lengths past the end
+of memory, ``next`` loops and out-of-range indices, chains longer than the ring, indirect
+tables of a bad length, nested or looping, INDIRECT with NEXT, an avail entry naming no
+descriptor, an avail index jumping past the ring. :func:`chain_check` walks the chain
+as written and says whether it is valid virtio 1.x (2.7.5, 2.7.13) and what the device
+may write. The rings are written by :class:`~.rawfront.RingWriter` through
+:mod:`fuseproto.transport.virtqueue`'s layouts, on a daemon set up by
+:class:`~.rawfront.RawFrontend` (memory shown as one region, two, or two with a hole).
+
+Oracles (:meth:`ChainSession.run`): for every chain, a used entry naming a head we never
+published, or a used.len past the device-writable bytes of the chain (**used-overflow**,
+:func:`judge_used`) is a protocol finding; a death by signal, an abort, a sanitizer
+report, a Rust worker panic is a crash. For a *valid* chain an exit, a stall or a reply
+that breaks FUSE (:func:`.harness.judge_reply`) is a finding too; for an *invalid* one the
+device may refuse it: exit (QEMU's libvhost-user calls ``vu_panic``), drop it, or stop the
+queue -- outcome classes ``refused-exit`` / ``dropped`` / ``queue-stopped``, not findings.
+After a hostile chain an honest GETATTR checks the queue still serves.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from construct import Container
+
+from .. import daemons
+from ..errors import DaemonError, DecodeError, TransportError
+from ..transport.virtqueue import (
+    VIRTQ_DESC,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+)
+from ..wire import codec, structs
+from ..wire.constants import fuse_opcode, opcode_name
+from . import mutate
+from .findings import Finding, FindingStore
+from .forensics import Outcome, log_tail, outcome_signature
+from .harness import expected_area, judge_reply
+from .rawfront import (
+    LAYOUTS,
+    QUEUE_SIZE,
+    LiveDaemon,
+    RawFrontend,
+    RingWriter,
+    died,
+    init_body,
+    stalled,
+    standard_program,
+    wait_used,
+)
+
+__all__ = ["OPS", "ChainInput", "Desc", "ChainCheck", "chain_check", "judge_used",
+           "ChainSession", "ChainStats", "fuzz_chains", "random_input", "mutate_input",
+           "replay_chains"]
+
+OP = fuse_opcode
+_IN = structs.FAST["fuse_in_header"]
+#: Hostile edits a ChainInput may carry: (name, argument).
+OPS = ("zero", "outside", "addr-zero", "huge", "straddle", "loop", "next-oob", "avail-oob",
+       "avail-jump", "indirect-badlen", "indirect-nested", "indirect-loop", "indirect-next",
+       "indirect-long", "indirect-tail", "write-flag", "len-lie")
+SCRATCH = 8 << 20  # buffers from here on (rings sit below 1 MiB)
+BOUNDARY = 16 << 20  # where the two-region layouts split guest memory
+TABLE_AREA = 6 << 20  # indirect tables
+
+
+@dataclass
+class ChainInput:
+    """One request and the chain it travels in (see the module docstring)."""
+
+    request: bytes
+    area: int  # device-writable bytes in all (0: none)
+    cuts: list[int] = field(default_factory=list)  # readable split points
+    splits: list[int] = field(default_factory=list)  # writable split points in the area
+    order: str = "normal"  # normal | writable-first | interleaved
+    indirect: bool = False
+    ops: list[tuple[str, int]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["request"] = self.request.hex()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChainInput:
+        return cls(bytes.fromhex(d["request"]), d["area"], list(d["cuts"]), list(d["splits"]),
+                   d["order"], bool(d["indirect"]), [tuple(o) for o in d["ops"]])
+
+    def tags(self) -> str:
+        """The chain's shape in a few words (outcome classes, signatures)."""
+        t = sorted({o for o, _ in self.ops})
+        if self.order != "normal":
+            t.append(self.order)
+        if self.indirect:
+            t.append("indirect")
+        if not self.area:
+            t.append("no-writable")
+        return "+".join(t) or "plain"
+
+
+@dataclass
+class Desc:
+    """One descriptor as written: guest address, length, flags, next; ``off``: the memfd
+    offset of its buffer (None: points nowhere we own)."""
+
+    addr: int
+    len: int
+    flags: int
+    next: int = 0
+    off: int | None = None
+
+
+@dataclass
+class ChainCheck:
+    """What :func:`chain_check` found: whether the chain is valid, why not, and the
+    device-writable descriptors in walk order (what the device may fill)."""
+
+    valid: bool
+    reasons: list[str]
+    writable: list[Desc]
+
+    @property
+    def writable_bytes(self) -> int:
+        return sum(d.len for d in self.writable)
+
+
+def _in_memory(fe_regions: Any, addr: int, length: int) -> bool:
+    """[addr, addr+length) lies in guest memory (it may cross contiguous regions)."""
+    end = addr + length
+    pos = addr
+    while pos < end:
+        r = next((r for r in fe_regions if r.gpa <= pos < r.gpa + r.size), None)
+        if r is None:
+            return False
+        pos = r.gpa + r.size
+    return length > 0 or any(r.gpa <= addr < r.gpa + r.size for r in fe_regions)
+
+
+def chain_check(ring: list[Desc | None], head: int, tables: dict[int, list[Desc]],
+                regions: Any, *, indirect_ok: bool, size: int = QUEUE_SIZE) -> ChainCheck:
+    """Walk the chain at ``head`` of ``ring`` (descriptor index -> Desc) the way a device
+    does and judge it against virtio 1.x 2.7.5: every buffer inside guest memory, readable
+    before writable, ``next`` in range and no loop, at most ``size`` descriptors, an
+    indirect descriptor only when negotiated, alone (no NEXT), with a table of a non-zero
+    multiple of 16 bytes that holds no indirect descriptor (``tables``: table address ->
+    its entries)."""
+    reasons: list[str] = []
+    writable: list[Desc] = []
+    if not 0 <= head < size or ring[head] is None:
+        return ChainCheck(False, ["avail entry names no descriptor"], [])
+    seen_w = False
+
+    def walk(entries: list[Desc | None], start: int, in_table: bool) -> None:
+        nonlocal seen_w
+        i, steps, visited = start, 0, set()
+        while True:
+            if not 0 <= i < len(entries) or entries[i] is None:
+                reasons.append("next out of range")
+                return
+            if i in visited:
+                reasons.append("next loops")
+                return
+            visited.add(i)
+            d = entries[i]
+            assert d is not None
+            steps += 1
+            if steps == size + 1:
+                # Invalid, but walk on: the device may follow it, and what it may fill
+                # is every writable buffer the chain names (loops end the walk).
+                reasons.append("chain longer than the ring")
+            if d.flags & VIRTQ_DESC_F_INDIRECT:
+                if in_table:
+                    reasons.append("nested indirect")
+                    return
+                if not indirect_ok:
+                    reasons.append("indirect not negotiated")
+                if d.flags & VIRTQ_DESC_F_NEXT:
+                    reasons.append("INDIRECT with NEXT")
+                if d.len == 0 or d.len % 16:
+                    reasons.append("indirect table length")
+                table = tables.get(d.addr)
+                if table is None or not _in_memory(regions, d.addr, max(d.len, 1)):
+                    reasons.append("indirect table outside memory")
+                    return
+                n = min(d.len // 16, len(table))
+                if n > size:
+                    reasons.append("indirect table longer than the ring")
+                walk(list(table[:n]), 0, True)
+                return
+            if not _in_memory(regions, d.addr, d.len):
+                reasons.append("buffer outside guest memory")
+            if d.flags & VIRTQ_DESC_F_WRITE:
+                seen_w = True
+                writable.append(d)
+            elif seen_w:
+                reasons.append("readable after writable")
+            if not d.flags & VIRTQ_DESC_F_NEXT:
+                return
+            i = d.next
+
+    walk(list(ring), head, False)
+    return ChainCheck(not reasons, sorted(set(reasons)), writable)
+
+
+def judge_used(name: str, head: int, used: list[tuple[int, int]], check: ChainCheck,
+               outstanding: set[int]) -> Outcome | None:
+    """The used ring's oracle: an entry for a head we never published (or that is not
+    outstanding), or a used.len past the chain's device-writable bytes, is a protocol
+    finding (virtio 1.x 2.7.8.1: the device MUST NOT write more than ``len``... of the
+    writable buffers; used.len is the bytes written)."""
+    for uid, ulen in used:
+        if uid != head and uid not in outstanding:
+            return Outcome(f"{name}:used-unknown-head", "protocol",
+                           f"used entry for descriptor {uid}, which is not a chain in "
+                           f"flight (head {head})", {"used_id": uid, "used_len": ulen})
+        if uid == head and ulen > check.writable_bytes:
+            return Outcome(f"{name}:used-overflow", "protocol",
+                           f"used.len {ulen} > the chain's device-writable bytes "
+                           f"{check.writable_bytes}",
+                           {"used_len": ulen, "writable": check.writable_bytes,
+                            "writable_descs": len(check.writable)})
+    return None
+
+
+def _seed_body(op: int, **over: Any) -> Container:
+    from . import seeds
+
+    body = next(s.body for s in seeds.request_seeds() if s.opcode == op)
+    return Container(body, **over)
+
+
+class ChainSession:
+    """One daemon, set up honestly (:func:`~.rawfront.standard_program` with memory shown
+    as ``layout``, INDIRECT_DESC asked for when ``indirect``; then INIT, LOOKUP, OPEN,
+    OPENDIR on honest chains), then hostile chains on ring 1, one at a time. Descriptors
+    0.. carry the fuzz chain, 250/251 the honest ones; :attr:`mirror` is what we wrote
+    (the ring as the device reads it)."""
+
+    HONEST = 250
+
+    def __init__(self, installation: daemons.Installation, workdir: str, *,
+                 layout: str = "two", indirect: bool = False, timeout: float = 0.5,
+                 env: dict[str, str] | None = None):
+        self.installation, self.layout, self.timeout = installation, layout, timeout
+        self.live = LiveDaemon(installation, workdir, env)
+        self.history: list[ChainInput] = []
+        self.unique = 100
+        try:
+            self.fe = RawFrontend(self.live.socket, self.live.daemon, layout=layout,
+                                  indirect=indirect, timeout=max(timeout, 1.0))
+            for step in [*standard_program(), standard_program()[0]]:  # + a barrier
+                expected, msg = self.fe.send_step(step)
+                if expected and msg is None:
+                    raise DaemonError(f"no reply to {step.name} in the honest handshake")
+            self.indirect_ok = bool(self.fe.features >> 28 & 1)
+            self.ring: RingWriter = self.fe.ring(1)
+            self.mirror: list[Desc | None] = [None] * QUEUE_SIZE
+            self._setup()
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- honest requests --------------------------------------------------------------------
+    def next_unique(self) -> int:
+        self.unique += 2
+        return self.unique
+
+    def request(self, op: int, body: Any, nodeid: int = 1) -> bytes:
+        return codec.encode_request(op, body, unique=self.next_unique(), nodeid=nodeid)
+
+    def honest(self, data: bytes, area: int) -> tuple[str, bytes]:
+        """One request on a plain two-descriptor chain: (wait state, reply bytes)."""
+        fe, ring, h = self.fe, self.ring, self.HONEST
+        off = 30 << 20
+        fe.mem.mm[off:off + len(data)] = data
+        ring.desc(h, fe.gpa(off), len(data), VIRTQ_DESC_F_NEXT if area else 0, h + 1)
+        ring.desc(h + 1, fe.gpa(off + (1 << 20)), area, VIRTQ_DESC_F_WRITE, 0)
+        ring.publish(h)
+        self.kick()
+        seen: list[tuple[int, int]] = []
+        state = wait_used(ring, h, self.live, self.timeout, seen)
+        ulen = next((n for i, n in seen if i == h), 0)
+        return state, bytes(fe.mem.mm[off + (1 << 20):off + (1 << 20) + min(ulen, area)])
+
+    def _call(self, op: int, body: Any, nodeid: int = 1) -> Any:
+        data = self.request(op, body, nodeid)
+        state, reply = self.honest(data, codec.reply_area(op, body))
+        if state != "done":
+            raise DaemonError(f"no reply to {opcode_name(op)} in the set-up ({state})")
+        rep = codec.decode_reply(reply, codec.decode_request(data))
+        if rep.error:
+            raise DaemonError(f"{opcode_name(op)} failed in the set-up: {rep.error}")
+        return rep.body
+
+    def _setup(self) -> None:
+        self._call(OP.FUSE_INIT, init_body())
+        self.file = self._call(OP.FUSE_LOOKUP, Container(name=b"file")).nodeid
+        self.dir = self._call(OP.FUSE_LOOKUP, Container(name=b"dir")).nodeid
+        self.fh = self._call(OP.FUSE_OPEN, _seed_body(OP.FUSE_OPEN, flags=2), self.file).fh
+        self.dfh = self._call(OP.FUSE_OPENDIR, _seed_body(OP.FUSE_OPENDIR), self.dir).fh
+
+    def templates(self) -> list[tuple[int, Any, int]]:
+        """(opcode, body, nodeid) of the requests the chains carry (our node ids, fhs)."""
+        rd = _seed_body(OP.FUSE_READ, fh=self.fh)
+        wr = _seed_body(OP.FUSE_WRITE, fh=self.fh)
+        return [
+            (OP.FUSE_GETATTR, _seed_body(OP.FUSE_GETATTR), 1),
+            (OP.FUSE_LOOKUP, Container(name=b"file"), 1),
+            (OP.FUSE_READ, rd, self.file),
+            (OP.FUSE_READ, Container(rd, size=65536), self.file),
+            (OP.FUSE_WRITE, Container(wr, data=bytes(range(256)) * 12), self.file),
+            (OP.FUSE_WRITE, Container(wr, data=b"\xa5" * ((1 << 20) + 4096)), self.file),
+            (OP.FUSE_READDIR, _seed_body(OP.FUSE_READDIR, fh=self.dfh), self.dir),
+            (OP.FUSE_STATFS, Container(), 1),
+        ]
+
+    def kick(self) -> None:
+        import os
+
+        fd = self.fe.kick_fds.get(1)
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def alive(self) -> Outcome | None:
+        """An honest GETATTR: None when the queue serves, else the verdict."""
+        state, reply = self.honest(self.request(OP.FUSE_GETATTR, _seed_body(OP.FUSE_GETATTR)),
+                                   codec.reply_area(OP.FUSE_GETATTR, None))
+        if state == "done":
+            return None
+        if state == "dead":
+            return died(self.live, "probe FUSE_GETATTR", [])
+        return stalled(self.live, "probe FUSE_GETATTR", "no reply to an honest GETATTR",
+                       self.timeout)
+
+    def stop(self) -> None:
+        fe = getattr(self, "fe", None)
+        if fe is not None:
+            fe.close()
+        self.live.stop()
+
+    # -- hostile chains -----------------------------------------------------------------------
+    def _place(self, inp: ChainInput) -> tuple[list[Desc], int]:
+        """Buffers for the input's pieces; returns the descriptors (not yet linked) and
+        how many of them are readable."""
+        fe, req = self.fe, inp.request
+        cuts = sorted({c for c in inp.cuts if 0 < c < len(req)})[:200]
+        bounds = [0, *cuts, len(req)]
+        reads = [req[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        splits = sorted({s for s in inp.splits if 0 < s < inp.area})[:30]
+        wb = [0, *splits, inp.area] if inp.area else []
+        writes = [b - a for a, b in zip(wb, wb[1:], strict=False)]
+        items: list[tuple[str, Any]] = [("r", r) for r in reads]
+        witems: list[tuple[str, Any]] = [("w", n) for n in writes]
+        if inp.order == "writable-first":
+            items = witems + items
+        elif inp.order == "interleaved":
+            mixed = []
+            for k in range(max(len(items), len(witems))):
+                mixed += items[k:k + 1] + witems[k:k + 1]
+            items = mixed
+        else:
+            items += witems
+        pos, out = SCRATCH, []
+        for kind, x in items:
+            n = len(x) if kind == "r" else x
+            if kind == "r":
+                fe.mem.mm[pos:pos + n] = x
+            else:
+                fe.mem.mm[pos:pos + n] = bytes(n)
+            out.append(Desc(fe.gpa(pos), n, VIRTQ_DESC_F_WRITE if kind == "w" else 0,
+                            off=pos))
+            pos = (pos + n + 7) & ~7
+        return out, len(reads)
+
+    def build(self, inp: ChainInput) -> tuple[int, int, dict[int, list[Desc]], list[str]]:
+        """Write the input's chain: (head, avail advance, indirect tables, extra reasons it
+        is invalid beyond what :func:`chain_check` sees)."""
+        fe = self.fe
+        ents, _ = self._place(inp)
+        extra: list[str] = []
+        ops = [(o, a) for o, a in inp.ops if o in OPS]
+        for o, a in ops:
+            if not ents:
+                break
+            i = a % len(ents)
+            d = ents[i]
+            if o == "zero":
+                ents.insert(a % (len(ents) + 1), Desc(d.addr, 0, d.flags, off=d.off))
+            elif o == "outside":
+                d.addr, d.off = fe.memory_end + 4096 * (1 + a % 16), None
+            elif o == "addr-zero":
+                d.addr, d.off = 0, None
+            elif o == "huge":
+                d.len = 0xFFFFF000
+            elif o == "straddle" and d.len >= 2 and d.off is not None:
+                off = BOUNDARY - d.len // 2
+                fe.mem.mm[off:off + d.len] = fe.mem.mm[d.off:d.off + d.len]
+                d.addr, d.off = fe.gpa(off), off
+            elif o == "write-flag":
+                d.flags ^= VIRTQ_DESC_F_WRITE
+            elif o == "len-lie":
+                d.len += 1 + a % 64
+        limit = QUEUE_SIZE + 1 if inp.indirect else self.HONEST - 10
+        if inp.indirect and any(o == "indirect-long" for o, _ in ops):
+            pad = max(0, QUEUE_SIZE + 1 - len(ents))
+            ents = [Desc(ents[0].addr, 0, 0, off=ents[0].off) for _ in range(pad)] + ents
+        ents = ents[:limit]
+        n = len(ents)
+        for k, d in enumerate(ents):  # link them
+            if k < n - 1:
+                d.flags |= VIRTQ_DESC_F_NEXT
+                d.next = k + 1
+        for o, a in ops:
+            last = ents[-1]
+            if o == "loop" and not inp.indirect or o == "indirect-loop" and inp.indirect:
+                last.flags |= VIRTQ_DESC_F_NEXT
+                last.next = a % n
+            elif o == "next-oob":
+                d = ents[a % n]
+                d.flags |= VIRTQ_DESC_F_NEXT
+                d.next = (n if inp.indirect else QUEUE_SIZE) + a % 1000
+        tables: dict[int, list[Desc]] = {}
+        tail = not inp.indirect and any(o == "indirect-tail" for o, _ in ops)
+        if tail and any(d.flags & VIRTQ_DESC_F_WRITE for d in ents):
+            # Direct readable descriptors, then one INDIRECT descriptor whose table holds
+            # the writable ones: valid (2.7.5.3.2: the device MUST handle it).
+            k = next(k for k, d in enumerate(ents) if d.flags & VIRTQ_DESC_F_WRITE)
+            table = ents[k:]
+            for j, d in enumerate(table):
+                d.next = j + 1
+            toff = TABLE_AREA
+            for j, d in enumerate(table):
+                VIRTQ_DESC.pack_into(fe.mem.mm, toff + 16 * j, d.addr & (1 << 64) - 1,
+                                     d.len & 0xFFFFFFFF, d.flags, d.next & 0xFFFF)
+            tables[fe.gpa(toff)] = table
+            ents = ents[:k] + [Desc(fe.gpa(toff), 16 * len(table), VIRTQ_DESC_F_INDIRECT,
+                                    off=toff)]
+            if k:
+                ents[k - 1].flags |= VIRTQ_DESC_F_NEXT
+                ents[k - 1].next = k
+        if inp.indirect:
+            toff = TABLE_AREA
+            taddr = fe.gpa(toff)
+            for o, a in ops:
+                if o == "indirect-nested":
+                    d = ents[a % n]
+                    d.flags, d.addr, d.len, d.off = VIRTQ_DESC_F_INDIRECT, taddr, 16 * n, None
+            for k, d in enumerate(ents):
+                VIRTQ_DESC.pack_into(fe.mem.mm, toff + 16 * k, d.addr & (1 << 64) - 1,
+                                     d.len & 0xFFFFFFFF, d.flags, d.next & 0xFFFF)
+            tables[taddr] = ents
+            top = Desc(taddr, 16 * n, VIRTQ_DESC_F_INDIRECT, off=toff)
+            for o, a in ops:
+                if o == "indirect-badlen":
+                    top.len = 0 if a % 5 == 0 else max(0, 16 * n - 1 - a % 15)
+                elif o == "indirect-next":
+                    top.flags |= VIRTQ_DESC_F_NEXT
+                    top.next = 1
+            ring_ents = [top]
+            if top.flags & VIRTQ_DESC_F_NEXT:
+                ring_ents.append(Desc(ents[0].addr, 0, 0, off=ents[0].off))
+        else:
+            ring_ents = ents
+        for k, d in enumerate(ring_ents):
+            self.ring.desc(k, d.addr, d.len, d.flags, d.next)
+            self.mirror[k] = Desc(d.addr & (1 << 64) - 1, d.len & 0xFFFFFFFF, d.flags & 0xFFFF,
+                                  d.next & 0xFFFF, d.off)
+        head, advance = 0, 1
+        for o, a in ops:
+            if o == "avail-oob":
+                head = QUEUE_SIZE + a % 1000
+            elif o == "avail-jump":
+                advance = QUEUE_SIZE + 1 + a % 100
+                extra.append("avail index moved past the ring")
+        return head, advance, tables, extra
+
+    def run(self, inp: ChainInput) -> tuple[Outcome, bool]:
+        """Send one input; (its outcome, whether the session is still usable)."""
+        self.history.append(inp)
+        req = inp.request
+        op = _IN.parse(req, 0)["opcode"] if len(req) >= _IN.size else -1
+        unique = _IN.parse(req, 0)["unique"] if len(req) >= _IN.size else None
+        name = opcode_name(op) if op >= 0 else "short"
+        head, advance, tables, extra = self.build(inp)
+        check = chain_check(self.mirror, head, tables, self.fe.regions,
+                            indirect_ok=self.indirect_ok)
+        if extra:
+            check = ChainCheck(False, sorted(set(check.reasons + extra)), check.writable)
+        self.ring.publish(head, advance)
+        self.kick()
+        seen: list[tuple[int, int]] = []
+        timeout = self.timeout if check.valid else min(self.timeout, 0.2)
+        state = wait_used(self.ring, head, self.live, timeout, seen)
+        tag = inp.tags()
+        ev = {"chain": tag, "valid": check.valid, "reasons": check.reasons,
+              "writable": check.writable_bytes}
+        bad = judge_used(name, head, seen, check, set())
+        if bad is not None:
+            bad.evidence.update(ev)
+            return bad, self.alive() is None
+        if state == "done":
+            return self._judge(inp, name, op, unique, head, seen, check, ev)
+        if state == "dead":
+            out = died(self.live, name, [])
+            return self._refusable(out, check, ev), False
+        if state == "panic":
+            out = stalled(self.live, name, "", timeout)
+            out.evidence.update(ev)
+            return out, False
+        if check.valid:
+            out = stalled(self.live, name, f"no used entry for a valid chain ({tag})", timeout)
+            out.evidence.update(ev)
+            return out, False
+        probe = self.alive()
+        if probe is None:
+            return Outcome(f"{name}:{tag}:dropped", evidence=ev), False
+        if probe.finding == "hang":
+            return Outcome(f"{name}:{tag}:queue-stopped", evidence=ev), False
+        return self._refusable(probe, check, ev), False
+
+    def _refusable(self, out: Outcome, check: ChainCheck, ev: dict[str, Any]) -> Outcome:
+        out.evidence.update(ev)
+        if out.finding == "daemon-exit" and not check.valid:
+            reason = (out.evidence.get("log_tail") or "").strip().splitlines()[-1:] or [""]
+            return Outcome(f"refused-exit:{ev['chain']}", None, reason[0][:200], out.evidence)
+        return out
+
+    def _judge(self, inp: ChainInput, name: str, op: int, unique: int | None, head: int,
+               seen: list[tuple[int, int]], check: ChainCheck, ev: dict[str, Any]
+               ) -> tuple[Outcome, bool]:
+        ulen = next(n for i, n in seen if i == head)
+        reply = bytearray()
+        for d in check.writable:
+            take = min(d.len, ulen - len(reply))
+            if take <= 0:
+                if len(reply) >= ulen:
+                    break
+                continue  # a zero-length descriptor
+            reply += self.fe.mem.mm[d.off:d.off + take] if d.off is not None else bytes(take)
+        try:
+            req = codec.decode_request(inp.request)
+        except DecodeError:
+            req = None
+        exp = expected_area(op, req.body if req is not None else None, 46) if op >= 0 else 0
+        out = judge_reply(name, op, unique, req, check.writable_bytes, exp, bytes(reply),
+                          ulen, 46)
+        out.evidence.update(ev)
+        if not check.valid and out.finding == "protocol":
+            out = Outcome(f"{name}:{inp.tags()}:answered-invalid", evidence=out.evidence)
+        if check.valid and out.finding is None:
+            return out, True
+        probe = self.alive()
+        if probe is not None and out.finding is None:
+            if probe.finding in ("crash", "asan", "ubsan"):
+                probe.evidence.update(ev)
+                return probe, False
+            return Outcome(f"{name}:{inp.tags()}:queue-stopped", evidence=ev), False
+        return out, probe is None
+
+
+# -- inputs and the loop ----------------------------------------------------------------------
+
+_CUTS = (1, 2, 3, 4, 7, 8, 12, 16, 20, 24, 28, 32, 36, 39, 40, 41, 44, 48, 56, 64, 80)
+
+
+def random_input(data: bytes, area: int, rng: random.Random) -> ChainInput:
+    """A chain for request ``data`` (reply area ``area``): odd cuts (headers split
+    mid-field), odd writable splits, sometimes an order, indirect, and hostile ops."""
+    inp = ChainInput(data, area)
+    for _ in range(rng.choice((0, 1, 1, 2, 3, 8))):
+        inp.cuts.append(rng.choice(_CUTS) if rng.random() < 0.7 else rng.randrange(1, 1 + len(data)))
+    if area and rng.random() < 0.4:
+        inp.splits = [rng.randrange(1, area + 1) for _ in range(rng.choice((1, 2, 5)))]
+    if rng.random() < 0.08:
+        inp.area, inp.splits = 0, []
+    elif rng.random() < 0.1:
+        inp.area = rng.choice((1, 15, 16, 17, area // 2 + 1, area + 4096))
+    if rng.random() < 0.08:
+        inp.order = rng.choice(("writable-first", "interleaved"))
+    inp.indirect = rng.random() < 0.3
+    for _ in range(rng.choice((0, 0, 1, 1, 2))):
+        inp.ops.append((rng.choice(OPS), rng.randrange(1 << 16)))
+    return inp
+
+
+def mutate_input(parent: ChainInput, rng: random.Random) -> ChainInput:
+    """One change to the chain (a cut, a split, an op added or dropped, the order, the
+    indirect bit) or, sometimes, to the request through :func:`.mutate.mutate_request`."""
+    c = ChainInput(parent.request, parent.area, list(parent.cuts), list(parent.splits),
+                   parent.order, parent.indirect, list(parent.ops))
+    k = rng.randrange(8)
+    if k == 0:
+        c.cuts.append(rng.choice(_CUTS))
+    elif k == 1 and c.cuts:
+        c.cuts.pop(rng.randrange(len(c.cuts)))
+    elif k == 2 and c.area:
+        c.splits.append(rng.randrange(1, c.area + 1))
+    elif k == 3:
+        c.ops.append((rng.choice(OPS), rng.randrange(1 << 16)))
+    elif k == 4 and c.ops:
+        c.ops.pop(rng.randrange(len(c.ops)))
+    elif k == 5:
+        c.indirect = not c.indirect
+    elif k == 6:
+        c.order = rng.choice(("normal", "normal", "writable-first", "interleaved"))
+    else:
+        c.request = mutate.mutate_request(c.request, rng, max_size=1 << 16)
+    return c
+
+
+@dataclass
+class ChainStats:
+    daemon: str
+    inputs: int = 0
+    seconds: float = 0.0
+    starts: int = 0
+    valid: int = 0  # inputs whose chain was valid virtio
+    classes: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds else 0.0
+
+
+def _signature(label: str, out: Outcome) -> str:
+    """The live target's signature; without a crash site, the daemon's last word (QEMU's
+    ``fv_panic: libvhost-user: <why>``) or else the chain's shape names the cause."""
+    sig = outcome_signature(label, out) or ""
+    if out.finding in ("crash", "daemon-exit", "hang") and "site" not in out.evidence:
+        how = out.evidence.get("signal") or out.finding
+        last = (out.evidence.get("log_tail") or "").strip().splitlines()[-1:]
+        why = last[0].split("libvhost-user: ", 1)[1] if last and "libvhost-user: " in last[0] \
+            else out.evidence.get("chain", "?")
+        sig = f"{out.finding}:{label}:{how}:{re.sub(r'[0-9]+', 'N', why)[:120]}"
+    return sig.replace(":", ":chain:", 1)
+
+
+def record_chain_finding(store: FindingStore, label: str, s: ChainSession, out: Outcome,
+                         indirect: bool) -> Finding:
+    """File ``out`` with a reproducer: the session's memory layout and the inputs it ran
+    (``fuseproto fuzz replay`` runs them on a fresh daemon)."""
+    sig = _signature(label, out)
+    f = Finding("chains", out.finding or "", sig, out.detail[:300], daemon=label,
+                evidence=dict(out.evidence, log_tail=log_tail(s.live.log(), 10)))
+    doc = {"target": "chains", "daemon": label, "daemon_binary": s.installation.binary,
+           "daemon_variant": s.installation.variant, "layout": s.layout,
+           "indirect": indirect, "finding": {"kind": out.finding, "signature": sig,
+                                             "detail": out.detail},
+           "log_tail": log_tail(s.live.log(), 10),
+           "inputs": [i.to_json() for i in s.history[-32:]]}
+    return store.add(f, doc, suffix=".json")
+
+
+def replay_chains(doc: dict[str, Any], installation: daemons.Installation,
+                  timeout: float = 0.5) -> list[Outcome]:
+    """Run a chain reproducer's inputs again on a fresh daemon; the outcome of each (it
+    stops when the session is no longer usable)."""
+    wd = tempfile.mkdtemp(prefix="fuseproto-chain-")
+    s = None
+    outs: list[Outcome] = []
+    try:
+        s = ChainSession(installation, wd, layout=doc.get("layout", "two"),
+                         indirect=doc.get("indirect", False), timeout=timeout)
+        for d in doc["inputs"]:
+            out, usable = s.run(ChainInput.from_json(d))
+            outs.append(out)
+            if not usable:
+                break
+    finally:
+        if s is not None:
+            s.stop()
+        shutil.rmtree(wd, ignore_errors=True)
+    return outs
+
+
+def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: FindingStore,
+                seed: int = 0, label: str | None = None, timeout: float = 0.5,
+                max_inputs: int | None = None, env: dict[str, str] | None = None
+                ) -> ChainStats:
+    """Hostile chains for ``seconds``: each daemon start takes the next memory layout
+    (one, two, two with a hole) and asks for INDIRECT_DESC every other time; inputs
+    reaching a new outcome class join the corpus; a fresh daemon after each fatal outcome
+    (or a refused chain)."""
+    label = label or installation.kind
+    rng = random.Random(seed)
+    st = ChainStats(label)
+    t0 = time.monotonic()
+    wd = tempfile.mkdtemp(prefix="fuseproto-chain-")
+    s: ChainSession | None = None
+    corpus: list[ChainInput] = []
+    try:
+        while time.monotonic() - t0 < seconds and (max_inputs is None
+                                                    or st.inputs < max_inputs):
+            if s is None:
+                layout = LAYOUTS[st.starts % len(LAYOUTS)]
+                indirect = st.starts % 2 == 1
+                try:
+                    s = ChainSession(installation, wd, layout=layout, indirect=indirect,
+                                     timeout=timeout, env=env)
+                except (DaemonError, TransportError, OSError) as e:
+                    st.error = f"start failed: {type(e).__name__}: {e}"
+                    break
+                st.starts += 1
+                tmpl = s.templates()
+            if corpus and rng.random() < 0.5:
+                inp = mutate_input(rng.choice(corpus), rng)
+            else:
+                op, body, node = rng.choice(tmpl)
+                data = s.request(op, body, node)
+                inp = random_input(data, min(codec.reply_area(op, body), 1 << 20) or 4096, rng)
+            out, usable = s.run(inp)
+            st.inputs += 1
+            st.valid += bool(out.evidence.get("valid"))
+            new = out.cls not in st.classes
+            st.classes[out.cls] = st.classes.get(out.cls, 0) + 1
+            if out.finding is not None:
+                f = record_chain_finding(store, label, s, out, s.indirect_ok)
+                if all(x.signature != f.signature for x in st.findings):
+                    st.findings.append(f)
+            elif new and len(corpus) < 2000:
+                corpus.append(inp)
+            if not usable or out.finding is not None:
+                s.stop()
+                s = None
+    finally:
+        if s is not None:
+            s.stop()
+        shutil.rmtree(wd, ignore_errors=True)
+        st.seconds = time.monotonic() - t0
+    return st
