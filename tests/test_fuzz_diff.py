@@ -85,6 +85,11 @@ def test_allow_list_entries_have_reasons_and_match():
     assert allowed("FUSE_UNLINK", "errno", (-errno.EINVAL, -errno.ENOENT), {"bad-name"})
     assert not allowed("FUSE_LOOKUP", "accepted-vs-refused", (-errno.EINVAL, 0), {"bad-name"})
     assert not allowed("FUSE_READ", "data", (0, 0), {"before-init", "bad-name"})
+    assert allowed("FUSE_LOOKUP", "errno", (-errno.ENOENT, -errno.EBADF), {"guessed-id"})
+    assert not allowed("FUSE_LOOKUP", "errno", (-errno.ENOENT, -errno.EBADF), set())
+    assert allowed("FUSE_RELEASE", "accepted-vs-refused", (0, -errno.EBADF), set())
+    assert not allowed("FUSE_RELEASE", "accepted-vs-refused", (0, -errno.ENOMEM), set())
+    assert allowed("FUSE_RENAME", "errno", (-errno.EIO, -errno.ENOTDIR), set())
 
 
 def _init() -> Step:

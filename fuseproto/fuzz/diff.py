@@ -88,6 +88,9 @@ _ENTRY_OPS = (O.FUSE_LOOKUP, O.FUSE_CREATE, O.FUSE_MKDIR, O.FUSE_MKNOD, O.FUSE_S
               O.FUSE_LINK, O.FUSE_TMPFILE)
 _ATTR_OPS = (O.FUSE_GETATTR, O.FUSE_SETATTR)
 _DATA_OPS = (O.FUSE_READ, O.FUSE_READLINK, O.FUSE_GETXATTR, O.FUSE_LISTXATTR)
+# Requests whose header node id means nothing (a literal 0 there is not a guess).
+_NO_NODE = (O.FUSE_INIT, O.FUSE_DESTROY, O.FUSE_INTERRUPT, O.FUSE_BATCH_FORGET,
+            O.FUSE_NOTIFY_REPLY, O.FUSE_SYNCFS)
 # Both accepted but answered differently: the two shares differ afterwards.
 _WRITE_LIKE = (O.FUSE_WRITE, O.FUSE_SETATTR, O.FUSE_FALLOCATE, O.FUSE_COPY_FILE_RANGE,
                O.FUSE_COPY_FILE_RANGE_64, O.FUSE_SETXATTR, O.FUSE_REMOVEXATTR, O.FUSE_INIT,
@@ -296,7 +299,8 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         res.compared += 1
         name = _op_name(step.op)
         here = state | ({"bad-name"} if _bad_name(step) else set()) | (
-            {"guessed-id"} if step.node >= 2 else set())
+            {"guessed-id"} if step.node not in (1,) and step.node >= 0
+            and step.op not in _NO_NODE else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))

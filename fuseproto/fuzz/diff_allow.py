@@ -11,7 +11,8 @@ reason), so the table can be audited against what a run saw.
 ``when`` values: ``before-init`` (no INIT of major 7 was accepted by both daemons yet),
 ``after-destroy`` (a DESTROY was accepted earlier in the program), ``bad-name`` (the
 request's name or newname is not one path component: ``/`` in it, ``.``, ``..``),
-``guessed-id`` (the request's node id is a literal >= 2, not one a reply gave).
+``guessed-id`` (the request's node id is a literal other than the root's 1, not one a
+reply gave, on a request that names a node).
 """
 
 from __future__ import annotations
@@ -61,13 +62,15 @@ ALLOW: tuple[AllowEntry, ...] = (
                "(fuse_lowlevel.c: requests before init are refused); the Rust one refuses "
                "them with errors of its own (EBADF, ENOSYS, ...)"),
     AllowEntry(None, "errno", (None, _e(E.EBADF)), when="guessed-id",
-               reason="a node id the program guessed (a literal, not one a reply gave): "
-               "the daemons number inodes differently; Rust refuses an id it never handed "
-               "out with EBADF, C answers what its own inode map gives (ENOENT, ...)"),
-    AllowEntry("FUSE_RENAME", "accepted-vs-refused", (_e(E.EIO), 0),
+               reason="a node id the program guessed (a literal, 0 included, not one a "
+               "reply gave): the daemons number inodes differently; Rust refuses an id it "
+               "never handed out with EBADF, C answers what its own inode map gives "
+               "(ENOENT, ...)"),
+    AllowEntry("FUSE_RENAME", None, (_e(E.EIO), None),
                reason="the C daemon renames only a name it has handed out an inode for "
-               "(passthrough_ll.c lo_rename: lookup_name() finds no inode -> EIO); a kernel "
-               "always LOOKUPs first; the Rust one renames by name"),
+               "(passthrough_ll.c lo_rename: lookup_name() finds no inode -> EIO, before "
+               "any other check); a kernel always LOOKUPs first; the Rust one renames by "
+               "name (or says why not: ENOTDIR, ...)"),
     AllowEntry("FUSE_RELEASE", "accepted-vs-refused", (0, _e(E.EBADF)),
                reason="the C daemon's RELEASE ignores the node id and answers 0 whatever "
                "the fh (passthrough_ll.c lo_release: (void)ino, reply 0 even when the fh is "
