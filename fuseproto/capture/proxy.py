@@ -138,6 +138,11 @@ class FuseTap:
         self.notes += 1
         self.recorder.annotate(queue, text)
 
+    def flush(self) -> None:
+        """Write what was recorded to the file (the proxy calls it after each round of
+        events: whole records only, so the file is valid whenever the proxy dies)."""
+        self.recorder.flush()
+
 
 @dataclass
 class ProxyStats:
@@ -241,6 +246,7 @@ class RecordingProxy:
                 events = self._poll.poll(max(timeout, 1))
                 if not events:
                     self.scan_all()
+                    self.tap.flush()
                     continue
                 for fd, _ev in events:
                     if fd == wakeup_fd:
@@ -251,11 +257,13 @@ class RecordingProxy:
                         handler()
                     if self.closed_by is not None:
                         break
+                self.tap.flush()
         finally:
             if wakeup_fd is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self._poll.unregister(wakeup_fd)
             self.scan_all()  # what the rings hold when the session ends
+            self.tap.flush()
             self._count()
         return self.closed_by
 
@@ -375,13 +383,23 @@ class RecordingProxy:
             self._unwatch(n.source)
             self.note(n.queue, f"queue {n.queue} {n.kind} eventfd: {e}; no longer forwarded")
             return
-        if n.kind == "kick":
-            self.stats.kicks += 1
-        else:
-            self.stats.calls += 1
         q = self.queues.get(n.queue)
+        if n.kind == "kick":
+            # The daemon may start at once: the chains it is told about stay the driver's
+            # to leave alone until their used entries reach it, which takes a call this
+            # proxy forwards only after reading them (below).
+            self.stats.kicks += 1
+            self._forward(n)
+            if q is not None:
+                self.scan(q)
+            return
+        # A call: the replies are read before the driver is told they are there.
+        self.stats.calls += 1
         if q is not None:
             self.scan(q)
+        self._forward(n)
+
+    def _forward(self, n: _Notify) -> None:
         try:
             os.eventfd_write(n.sink, 1)
         except OSError as e:

@@ -277,6 +277,10 @@ class QueueWatch:
         ring = uoff + VIRTQ_USED_RING
         for _ in range(new):
             head, length = _unpack_used(umm, ring + 8 * (last % size))
+            if reused and head not in self.pending:
+                # Part of the avail batch being read (the daemon was quick): its request
+                # is recorded first, its reply on the next scan.
+                break
             last = (last + 1) & 0xFFFF
             chain = self.pending.pop(head, None)
             try:

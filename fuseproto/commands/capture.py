@@ -40,13 +40,17 @@ readiness:
 ending:
   With --once (the default) the proxy exits 0 when the VMM disconnects (the daemon's
   connection is closed too, and a daemon it started exits and is reaped). SIGINT, SIGTERM
-  and SIGHUP close both connections and the capture and exit 0. Every record is written
-  to the file as it is made, so the capture is valid even if the proxy is killed.
+  and SIGHUP close both connections and the capture and exit 0. Records reach the file
+  after each round of events the proxy handles (whole records only), so the capture is
+  valid even if the proxy is killed.
 
 exit status:
   0 the VMM disconnected, or a signal; 1 the daemon closed the connection or died first;
   2 bad usage, or the daemon or the sockets could not be set up.
 """
+
+
+OUTPUT_BUFFER = 4 << 20
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -160,7 +164,9 @@ def run_proxy(args: argparse.Namespace) -> int:
     recorder: Any = None
     try:
         try:
-            out = open(args.write, "wb", buffering=0)  # noqa: SIM115 -- closed below
+            # Buffered, flushed by the proxy after each round of events: the buffer holds
+            # whole records only (one write() each), so the file is valid at any moment.
+            out = open(args.write, "wb", buffering=OUTPUT_BUFFER)  # noqa: SIM115
             snaplen = args.snaplen or DEFAULT_MAX_CAPLEN
             recorder = CaptureRecorder(out, snaplen=snaplen)
             if starter is not None:
