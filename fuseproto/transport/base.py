@@ -21,7 +21,8 @@ class Transport(Protocol):
     the daemon), ``TransportError`` (connection or daemon gone; the transport stays
     broken). Never a hang."""
 
-    def submit(self, request: bytes | Sequence[bytes], reply_size: int | Sequence[int], /, *,
+    def submit(self, request: bytes | Sequence[bytes | memoryview],
+               reply_size: int | Sequence[int], /, *,
                hiprio: bool = False, kick: bool = True, tag: object = None) -> Any:
         """Put one request in flight and return its token.
 

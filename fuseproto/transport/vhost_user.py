@@ -384,7 +384,8 @@ class VhostUserTransport:
             self._poller.register(call, select.POLLIN)
 
     # -- data path ----------------------------------------------------------------------
-    def submit(self, request: bytes | Sequence[bytes], reply_size: int | Sequence[int], *,
+    def submit(self, request: bytes | Sequence[bytes | memoryview],
+               reply_size: int | Sequence[int], *,
                hiprio: bool = False, queue: int | None = None, tag: object = None,
                kick: bool = True) -> Inflight:
         """Put one request in flight; returns the token :meth:`wait` takes. ``tag`` (a

@@ -394,7 +394,8 @@ class RequestKind:
                 return _OUT_SIZE + size
         return DEFAULT_REPLY_AREA
 
-    def chain(self, raw: bytes, body: Any = None) -> tuple[bytes | list[bytes], int | list[int]]:
+    def chain(self, raw: bytes, body: Any = None
+              ) -> tuple[bytes | list[memoryview], int | list[int]]:
         """The descriptor chain a guest kernel builds for this request, as
         ``(readable, writable)`` for a transport's ``submit``: the reply area of
         :meth:`reply_area`; WRITE's data as its own readable segment after the headers,
@@ -405,8 +406,12 @@ class RequestKind:
         if self.op == _WRITE and body is not None:
             data = _mapping_get(body, "data")
             n = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
-            if 0 < n < len(raw) and raw[-n:] == data:
-                return [raw[:-n], raw[-n:]], area
+            # WRITE's data is the request's tail unless extensions follow it (no copy
+            # and no compare of a megabyte: the header says where it ends).
+            if 0 < n < len(raw) - _IN_SIZE and _in_unpack(raw)[7] == 0 \
+                    and _in_unpack(raw)[0] == len(raw):
+                view = memoryview(raw)
+                return [view[:-n], view[-n:]], area
         elif self.op == _READ and area > _OUT_SIZE:
             return raw, [_OUT_SIZE, area - _OUT_SIZE]
         return raw, area
