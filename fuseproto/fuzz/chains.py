@@ -74,13 +74,20 @@ _IN = structs.FAST["fuse_in_header"]
 SCRATCH = 8 << 20  # buffers from here on (rings sit below 1 MiB)
 BOUNDARY = 16 << 20  # where the two-region layouts split guest memory
 TABLE_AREA = 6 << 20  # indirect tables
+PROBE_TIMEOUT = 0.1  # the honest probe after an invalid chain
+
+
+_SEED_BODIES: dict[int, Any] = {}
 
 
 def _seed_body(op: int, **over: Any) -> Container:
-    from . import seeds
+    """The seeds' body for ``op`` (the first one), with ``over`` set."""
+    if not _SEED_BODIES:
+        from . import seeds
 
-    body = next(s.body for s in seeds.request_seeds() if s.opcode == op)
-    return Container(body, **over)
+        for sd in reversed(seeds.request_seeds()):
+            _SEED_BODIES[sd.opcode] = sd.body
+    return Container(_SEED_BODIES[op], **over)
 
 
 class ChainSession:
@@ -122,7 +129,8 @@ class ChainSession:
     def request(self, op: int, body: Any, nodeid: int = 1) -> bytes:
         return codec.encode_request(op, body, unique=self.next_unique(), nodeid=nodeid)
 
-    def honest(self, data: bytes, area: int) -> tuple[str, bytes]:
+    def honest(self, data: bytes, area: int, timeout: float | None = None
+               ) -> tuple[str, bytes]:
         """One request on a plain two-descriptor chain: (wait state, reply bytes)."""
         fe, ring, h = self.fe, self.ring, self.HONEST
         off = 30 << 20
@@ -132,7 +140,7 @@ class ChainSession:
         ring.publish(h)
         self.kick()
         seen: list[tuple[int, int]] = []
-        state = wait_used(ring, h, self.live, self.timeout, seen)
+        state = wait_used(ring, h, self.live, timeout or self.timeout, seen)
         ulen = next((n for i, n in seen if i == h), 0)
         return state, bytes(fe.mem.mm[off + (1 << 20):off + (1 << 20) + min(ulen, area)])
 
@@ -178,10 +186,11 @@ class ChainSession:
             except OSError:
                 pass
 
-    def alive(self) -> Outcome | None:
-        """An honest GETATTR: None when the queue serves, else the verdict."""
+    def alive(self, timeout: float | None = None) -> Outcome | None:
+        """An honest GETATTR: None when the queue serves (within ``timeout``, default the
+        hang timeout), else the verdict."""
         state, reply = self.honest(self.request(OP.FUSE_GETATTR, _seed_body(OP.FUSE_GETATTR)),
-                                   codec.reply_area(OP.FUSE_GETATTR, None))
+                                   codec.reply_area(OP.FUSE_GETATTR, None), timeout)
         if state == "done":
             return None
         if state == "dead":
@@ -249,7 +258,7 @@ class ChainSession:
                 d.addr, d.off = 0, None
             elif o == "huge":
                 d.len = 0xFFFFF000
-            elif o == "straddle" and d.len >= 2 and d.off is not None:
+            elif o == "straddle" and 2 <= d.len <= 4 << 20 and d.off is not None:
                 off = BOUNDARY - d.len // 2
                 fe.mem.mm[off:off + d.len] = fe.mem.mm[d.off:d.off + d.len]
                 d.addr, d.off = fe.gpa(off), off
@@ -346,7 +355,9 @@ class ChainSession:
         self.ring.publish(head, advance)
         self.kick()
         seen: list[tuple[int, int]] = []
-        timeout = self.timeout if check.valid else min(self.timeout, 0.2)
+        # An invalid chain the device skips has no used entry: the honest probe behind it
+        # (served in order) tells a skip from a stall, so the wait can be short.
+        timeout = self.timeout if check.valid else min(self.timeout, 0.05)
         state = wait_used(self.ring, head, self.live, timeout, seen)
         tag = inp.tags()
         ev = {"chain": tag, "valid": check.valid, "reasons": check.reasons,
@@ -368,7 +379,9 @@ class ChainSession:
             out = stalled(self.live, name, f"no used entry for a valid chain ({tag})", timeout)
             out.evidence.update(ev)
             return out, False
-        probe = self.alive()
+        # An honest request takes a few ms: a short wait tells a stopped queue (after an
+        # invalid chain the device may stop it: no finding either way).
+        probe = self.alive(PROBE_TIMEOUT)
         if probe is None:
             return Outcome(f"{name}:{tag}:dropped", evidence=ev), False
         if probe.finding == "hang":
@@ -406,7 +419,7 @@ class ChainSession:
             out = Outcome(f"{name}:{inp.tags()}:answered-invalid", evidence=out.evidence)
         if check.valid and out.finding is None:
             return out, True
-        probe = self.alive()
+        probe = self.alive(PROBE_TIMEOUT if out.finding is None else None)
         if probe is not None and out.finding is None:
             if probe.finding in ("crash", "asan", "ubsan"):
                 probe.evidence.update(ev)

@@ -35,6 +35,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -373,8 +374,11 @@ def _check_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome |
 
 def run_control_program(prog: list[CtlStep], installation: daemons.Installation, *,
                         workdir: str, layout: str = "one", timeout: float = 0.5,
-                        env: dict[str, str] | None = None) -> ControlResult:
-    """Run ``prog`` against a fresh daemon and judge it (see the module docstring)."""
+                        env: dict[str, str] | None = None,
+                        before_step: Callable[[int, LiveDaemon], None] | None = None
+                        ) -> ControlResult:
+    """Run ``prog`` against a fresh daemon and judge it (see the module docstring).
+    ``before_step(i, live)`` (tests) runs before step ``i`` is sent."""
     res = ControlResult()
     live = LiveDaemon(installation, workdir, env)
     fe: RawFrontend | None = None
@@ -393,6 +397,8 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
                 res.first_invalid = res.first_invalid or res.invalid[0]
             name = step.name
             sent.append(name)
+            if before_step is not None:
+                before_step(len(sent) - 1, live)
             res.steps_run += 1
             try:
                 expected, msg = fe.send_step(step)
