@@ -7,11 +7,13 @@ directions (framing: :mod:`fuseproto.transport.vhost_user_proto`). The proxy kee
 * its own read-only mapping of the guest memory (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG:
   the same fds, mapped again here, :class:`~fuseproto.capture.proxy_rings.GuestMap`);
 * the kick and call eventfds: the daemon is handed eventfds of the proxy's own. A kick
-  from the VMM is forwarded to the daemon after the avail ring has been read (the new
-  chains recorded as requests); a call from the daemon is forwarded to the VMM after the
-  used ring has been read (the replies recorded from the writable buffers, ``used.len``
-  bytes). The rings are also read every ``scan_interval`` seconds, so a driver that polls
-  instead of waiting for calls is recorded too (a few ms later);
+  from the VMM is forwarded to the daemon at once and the avail ring read right after
+  (the new chains recorded as requests: they stay untouched until their used entries
+  reach the driver); a call from the daemon is forwarded to the VMM after the used ring
+  has been read (the replies recorded from the writable buffers, ``used.len`` bytes).
+  While chains are in flight the rings are also read every ``scan_interval`` seconds
+  (1 ms): a guest that drains its used ring takes entries no call announced (with
+  EVENT_IDX the daemon calls once per drain), and reuses their buffers soon after;
 * the backend channel (SET_BACKEND_REQ_FD): the daemon gets one end of a socket pair of the
   proxy's, whose requests (FS_MAP / FS_UNMAP, SHMEM_MAP, ...) go to the VMM's channel and
   whose replies come back, each recorded as an annotation record.
@@ -181,11 +183,15 @@ class RecordingProxy:
     both sockets and every fd it creates or receives; :meth:`close` releases them."""
 
     def __init__(self, vmm: socket.socket, daemon: socket.socket, tap: FuseTap, *,
-                 scan_interval: float = 0.02) -> None:
+                 scan_interval: float = 0.001, idle_interval: float = 0.02) -> None:
         self.vmm = vmm
         self.daemon = daemon
         self.tap = tap
+        # How often the rings are read besides kicks and calls: while chains are in
+        # flight (the driver may drain the used ring on its own, and with EVENT_IDX the
+        # daemon calls only once per drain), and when nothing is (for polling drivers).
         self.scan_interval = scan_interval
+        self.idle_interval = idle_interval
         self.mem = GuestMap()
         self.queues: dict[int, QueueWatch] = {}
         self.stats = ProxyStats()
@@ -241,9 +247,12 @@ class RecordingProxy:
             self._poll.register(wakeup_fd, select.POLLIN)
         try:
             while self.closed_by is None:
-                active = any(q.started for q in self.queues.values())
-                timeout = int(self.scan_interval * 1000) if active else 1000
-                events = self._poll.poll(max(timeout, 1))
+                active = [q for q in self.queues.values() if q.started]
+                if any(q.pending for q in active):
+                    timeout = self.scan_interval
+                else:
+                    timeout = self.idle_interval if active else 1.0
+                events = self._poll.poll(max(1, round(timeout * 1000)))
                 if not events:
                     self.scan_all()
                     self.tap.flush()

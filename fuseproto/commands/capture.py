@@ -95,9 +95,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "next connection (a new daemon per connection with --daemon)")
     x.add_argument("--ready-fd", type=int, metavar="N",
                    help="write 'ready\\n' to this inherited fd (then close it) once listening")
-    x.add_argument("--scan-interval", type=float, default=0.02, metavar="S",
-                   help="also read the rings every S seconds while they run, for drivers "
-                   "that poll instead of waiting for calls (default 0.02)")
+    x.add_argument("--scan-interval", type=float, default=0.001, metavar="S",
+                   help="while requests are in flight, also read the rings every S seconds "
+                   "(default 0.001): a guest draining its used ring takes replies no call "
+                   "announced, and may reuse their buffers before the next call")
     x.add_argument("--quiet", action="store_true", help="no status lines on stderr")
     x.set_defaults(func=run_proxy)
 
