@@ -176,6 +176,11 @@ class ChainSession:
             (OP.FUSE_STATFS, Container(), 1),
         ]
 
+    def read_request(self, size: int = 4096) -> tuple[bytes, int]:
+        """A READ of the scratch file and the area a kernel gives its reply."""
+        body = _seed_body(OP.FUSE_READ, fh=self.fh, size=size)
+        return self.request(OP.FUSE_READ, body, self.file), codec.reply_area(OP.FUSE_READ, body)
+
     def kick(self) -> None:
         import os
 
