@@ -81,7 +81,7 @@ from .rawfront import (
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
            "program_to_json", "program_from_json", "step_tag", "replay_control",
-           "record_control_finding", "shrink_control", "finding_key"]
+           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply"]
 
 R = VhostUserRequest
 P = VhostUserProtocolFeature
@@ -342,7 +342,7 @@ class ControlResult:
     invalid: list[str] = field(default_factory=list)  # step_tag() of every invalid step
 
 
-def _check_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome | None:
+def judge_control_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome | None:
     """A protocol finding when ``msg`` is not a proper reply to ``step``."""
     name = step.name
     ev: dict[str, Any] = {"step": name, "reply_request": msg.request, "flags": msg.flags,
@@ -427,7 +427,7 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
             if msg is None:
                 res.outcomes.append(Outcome(f"{name}:{'ok' if valid else 'taken'}"))
                 continue
-            bad = _check_reply(step, msg, valid and model.certain)
+            bad = judge_control_reply(step, msg, valid and model.certain)
             res.outcomes.append(bad or Outcome(f"{name}:{'ok' if valid else 'taken'}"))
             if bad is not None:
                 res.finding = bad
@@ -476,7 +476,7 @@ def _answers(fe: RawFrontend, live: LiveDaemon, what: str, model: ControlModel,
             return False, _death(live, what, [], model.broken, res)
         return False, stalled(live, what, "control socket open but no reply to GET_FEATURES",
                               timeout)
-    return True, _check_reply(CtlStep(R.GET_FEATURES), msg, True)
+    return True, judge_control_reply(CtlStep(R.GET_FEATURES), msg, True)
 
 
 def _end_probes(fe: RawFrontend, live: LiveDaemon, model: ControlModel, res: ControlResult,
