@@ -597,7 +597,9 @@ class DaxChecker:
             # each range taken was then set up at its offset, so old[:k] were all set up
             set_up = self._set_up.get(id(m), set())
             k_max = next((i for i, off in enumerate(old) if off not in set_up), len(old))
-            if not any(old[k:] == new[: len(old) - k] for k in range(k_max + 1)):
+            # ranges are unique: old[k:] (when not empty) starts where new starts
+            ks = {len(old)} | ({old.index(new[0])} if new and new[0] in old else set())
+            if not any(k <= k_max and old[k:] == new[: len(old) - k] for k in ks):
                 self._fail(
                     "linux_free_fifo",
                     f"free list went from {[hex(x) for x in old]} to {[hex(x) for x in new]}",
