@@ -17,6 +17,9 @@ share one edge map (:mod:`.coverage`): with an instrumented daemon (the default 
 when it is built: :func:`.harness.default_daemons`) new edges steer them and the result
 carries the edges over time; with ``corpus_root`` the inputs that lit new edges are kept
 in ``<corpus_root>/virtiofsd-{requests,sequences}-<daemon>/`` and loaded by the next run.
+Below the FUSE layer, each daemon also gets hostile descriptor chains (:mod:`.chains`)
+and vhost-user control-plane programs (:mod:`.control_plane`): results ``chains`` and
+``control_plane``, engine ``below-fuse``.
 
 Everything lands under ``out``: ``report.md`` and ``report.json`` (see :mod:`.report`),
 ``findings/<target>[-<daemon>]/`` (one reproducer per signature), ``corpus/<target>/``
@@ -453,6 +456,37 @@ def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, see
     return res
 
 
+def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: int,
+                        hang_timeout: float, kind: str | None) -> list[TargetResult]:
+    """Below the FUSE layer on one daemon: hostile descriptor chains (:mod:`.chains`) for
+    60% of ``seconds``, then control-plane programs (:mod:`.control_plane`)."""
+    from . import chains, control_plane, harness
+
+    try:
+        inst = harness.resolve_installation(spec, kind)
+    except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
+        return [TargetResult("chains", "below-fuse", daemon=spec,
+                             error=f"cannot get daemon {spec}: {e}")]
+    label = harness.daemon_label(spec, inst)
+    out = []
+    st = chains.fuzz_chains(inst, seconds=0.6 * seconds, store=store, seed=seed, label=label,
+                            timeout=hang_timeout)
+    out.append(TargetResult(
+        "chains", "below-fuse", daemon=label, daemon_binary=inst.binary, seconds=st.seconds,
+        iterations=st.inputs, coverage={"outcome_classes": len(st.classes)},
+        findings=[f.signature for f in st.findings], restarts=max(0, st.starts - 1),
+        error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio"]))
+    cs = control_plane.fuzz_control_plane(inst, seconds=0.4 * seconds, store=store,
+                                          seed=seed, label=label, timeout=hang_timeout)
+    out.append(TargetResult(
+        "control_plane", "below-fuse", daemon=label, daemon_binary=inst.binary,
+        seconds=cs.seconds, iterations=cs.programs,
+        coverage={"outcome_classes": len(cs.classes)},
+        findings=[f.signature for f in cs.findings], restarts=cs.programs, error=cs.error,
+        notes=[f"{cs.served} programs ended with ring 1 set up and serving a FUSE INIT"]))
+    return out
+
+
 def run_campaign(
     out: str | os.PathLike[str],
     *,
@@ -466,6 +500,7 @@ def run_campaign(
     command: str = "",
     log: Any = None,
     diff: bool = True,
+    below_fuse: bool = True,
     daemon_kind: str | None = None,
     sequence_share: float = 0.3,
     shrink_share: float = 0.2,
@@ -474,7 +509,9 @@ def run_campaign(
 ) -> CampaignResult:
     """Run the campaign and write the report; see the module docstring. ``diff``: also
     the differential target (:mod:`.diff`) when the daemons include a C and a Rust one
-    (:func:`diff_pair`), for one time unit. ``daemons``
+    (:func:`diff_pair`), for one time unit. ``below_fuse``: also the hostile descriptor
+    chains (:mod:`.chains`) and the vhost-user control plane (:mod:`.control_plane`) on
+    each daemon, half a unit per daemon between them. ``daemons``
     default: :func:`.harness.default_daemons` (``c-dax-asan-cov`` for C when it is built)."""
     from . import harness, report
 
@@ -488,7 +525,7 @@ def run_campaign(
     # Time shares: each in-process target 1, each daemon 1.5 (restarts are slow), the
     # diff of a C and a Rust daemon 1.
     pair = diff_pair(daemons, daemon_kind) if diff else None
-    units = len(names) + 1.5 * len(daemons) + (1 if pair else 0)
+    units = len(names) + (2.0 if below_fuse else 1.5) * len(daemons) + (1 if pair else 0)
     unit = seconds / units if units else 0
     result = CampaignResult(str(out_path), time.time(), command=command)
     try:
@@ -519,6 +556,13 @@ def run_campaign(
             + (f", {r.edges['edges']} of {r.edges['guards']} daemon edges" if r.edges else "")
             + (f", error: {r.error}" if r.error else ""))
         result.results.append(r)
+        if below_fuse:
+            say(f"chains and control plane ({spec}): {0.5 * unit:.0f} s")
+            for r in _below_fuse_targets(spec, 0.5 * unit, store, seed, hang_timeout,
+                                         daemon_kind):
+                say(f"{r.target} ({r.daemon}): {r.iterations} inputs, {r.per_second:.0f}/s, "
+                    f"{len(r.findings)} findings" + (f", error: {r.error}" if r.error else ""))
+                result.results.append(r)
     if pair is not None:
         say(f"diff ({pair[0]} vs {pair[1]}): {unit:.0f} s")
         r = _diff_target(pair, unit, store, seed, hang_timeout, daemon_kind)
