@@ -67,7 +67,7 @@ from .rawfront import (
 )
 
 __all__ = ["ChainSession", "ChainStats", "fuzz_chains", "random_input", "mutate_input",
-           "replay_chains"]
+           "replay_chains", "chains_verdict", "record_chain_finding"]
 
 OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
@@ -548,6 +548,27 @@ def replay_chains(doc: dict[str, Any], installation: daemons.Installation,
             s.stop()
         shutil.rmtree(wd, ignore_errors=True)
     return outs
+
+
+def chains_verdict(doc: dict[str, Any], spec: str | None = None, kind: str | None = None
+                   ) -> dict[str, Any]:
+    """Replay chain reproducer ``doc`` (``fuseproto fuzz replay``): reproduced when the
+    finding's signature comes back."""
+    from .replay import doc_installation
+
+    used, inst = doc_installation(doc, spec, kind)
+    label = doc.get("daemon", used)
+    outs = replay_chains(doc, inst)
+    expected = (doc.get("finding") or {}).get("signature")
+    hits = [(_signature(label, o), o) for o in outs if o.finding]
+    match = [o for sig, o in hits if sig == expected]
+    verdict: dict[str, Any] = {"target": "chains", "daemon": used, "binary": inst.binary,
+                               "reproduced": bool(match), "inputs_sent": len(outs),
+                               "expected": expected, "seen": sorted({s for s, _ in hits})}
+    hit = match[0] if match else (hits[-1][1] if hits else None)
+    if hit is not None:
+        verdict.update(kind=hit.finding, summary=hit.detail, outcome=hit.cls)
+    return verdict
 
 
 def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: FindingStore,

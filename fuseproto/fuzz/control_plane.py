@@ -81,7 +81,7 @@ from .rawfront import (
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
            "program_to_json", "program_from_json", "step_tag", "replay_control",
-           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply"]
+           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply", "control_verdict"]
 
 R = VhostUserRequest
 P = VhostUserProtocolFeature
@@ -532,6 +532,7 @@ def record_control_finding(store: FindingStore, label: str, installation: daemon
     doc = {"target": "control_plane", "daemon": label, "daemon_binary": installation.binary,
            "daemon_variant": installation.variant, "layout": layout,
            "first_invalid": cause, "log_tail": log_tail(log, 10),
+           "key": list(finding_key(out) or ()),
            "finding": {"kind": out.finding, "signature": sig, "detail": out.detail},
            "program": program_to_json(prog)}
     return store.add(f, doc, suffix=".json")
@@ -578,6 +579,27 @@ def replay_control(doc: dict[str, Any], installation: daemons.Installation,
                                    timeout=timeout)
     finally:
         shutil.rmtree(wd, ignore_errors=True)
+
+
+def control_verdict(doc: dict[str, Any], spec: str | None = None, kind: str | None = None
+                    ) -> dict[str, Any]:
+    """Replay control-plane reproducer ``doc`` (``fuseproto fuzz replay``): reproduced when
+    a finding of the same kind and site or signal (:func:`finding_key`) comes back."""
+    from .replay import doc_installation
+
+    used, inst = doc_installation(doc, spec, kind)
+    res = replay_control(doc, inst)
+    got = finding_key(res.finding)
+    verdict: dict[str, Any] = {"target": "control_plane", "daemon": used,
+                               "binary": inst.binary,
+                               "reproduced": got is not None and list(got) == doc.get("key"),
+                               "steps_sent": res.steps_run,
+                               "expected": (doc.get("finding") or {}).get("signature"),
+                               "seen": [":".join(got)] if got else []}
+    if res.finding is not None:
+        verdict.update(kind=res.finding.finding, summary=res.finding.detail,
+                       outcome=res.finding.cls)
+    return verdict
 
 
 def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
