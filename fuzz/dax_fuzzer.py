@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Atheris harness: operations from FuzzedDataProvider drive a DAX window manager.
+"""Atheris harness: a geometry and operations drive DAX window managers.
 
-The manager (OSv, OSv aggressive, Linux, or FUSEPROTO_DAX_MANAGER=package.module:factory)
-runs over the model device; after every read/write/forget/pin the invariants of
-fuseproto.dax.invariants and the manager's check_valid() are checked (see
-fuseproto/fuzz/dax_target.py).
+Each input chooses the manager (OSv, OSv aggressive, Linux; FUSEPROTO_DAX_MANAGER fixes
+one, or names package.module:factory), the map alignment, the policy's unit, the window
+(1 to 402 units), the mounts and the files' sizes, then runs up to 48 operations (reads,
+writes, forgets, OSv's direct map/unmap, Linux pins and reclaim worker, device refusals,
+mounts); every invariant of fuseproto.dax.invariants watches (see
+fuseproto/fuzz/dax_target.py, dax_ops.py, dax_run.py). FUSEPROTO_DAX_DEVICE=c-dax runs the
+same inputs against the real DAX daemon (one per process) and its real window.
 
-    python fuzz/dax_fuzzer.py corpus/dax
+    python fuzz/dax_fuzzer.py corpus/dax -dict=fuzz/dax.dict
 """
 
 import random
@@ -14,11 +17,11 @@ import sys
 
 import atheris
 
-# Instrument the code under test only (not the mutators, not construct's internals).
-with atheris.instrument_imports(include=["fuseproto"], exclude=["fuseproto.fuzz"]):
-    import fuseproto.dax.invariants  # noqa: F401
-    import fuseproto.dax.linux  # noqa: F401
-    import fuseproto.dax.osv  # noqa: F401
+# Instrument the code under test only: the managers and the window devices (not the
+# invariants that judge them, the fuzzer's own modules, or construct).
+with atheris.instrument_imports(include=["fuseproto.dax.osv", "fuseproto.dax.linux",
+                                         "fuseproto.dax.manager", "fuseproto.dax.device"]):
+    import fuseproto.dax.registry  # noqa: F401 -- imports the four
 
 from fuseproto.fuzz import dax_target, inject, targets  # noqa: E402
 
