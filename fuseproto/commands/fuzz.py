@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
                    "repeatable, same as --daemon PATH")
     _kind_option(c)
     c.add_argument("--no-daemon", action="store_true", help="skip the virtiofsd target")
+    c.add_argument("--no-below-fuse", action="store_true",
+                   help="skip the hostile descriptor chains and vhost-user control-plane "
+                   "programs each daemon gets otherwise")
     c.add_argument("--no-diff", action="store_true",
                    help="skip the differential target (C vs Rust daemon on identical shares; "
                    "run when the daemons include both kinds)")
@@ -64,7 +67,8 @@ def register(sub: Any) -> None:
         description="Run one target. The options below may come before or after the target;"
         " any other argument (and everything after --) goes to libFuzzer.",
         epilog="example: fuseproto fuzz run wire_decode --seconds 60 -- -runs=100000")
-    r.add_argument("target", help="wire_decode | session | dax | virtiofsd | diff")
+    r.add_argument("target", help="wire_decode | session | dax | virtiofsd | diff | chains | "
+                   "control_plane")
     _run_options(r)
     r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
@@ -196,7 +200,7 @@ def _campaign(args: argparse.Namespace) -> int:
         args.out, seconds=args.seconds, daemons=daemons, target_names=args.target,
         engine_name=args.engine, seed=args.seed, hang_timeout=args.hang_timeout, env=env,
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
-        diff=not args.no_diff,
+        diff=not args.no_diff, below_fuse=not args.no_below_fuse,
         shrink_share=args.shrink_share, corpus_root=_corpus_root(args), jobs=args.jobs,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
@@ -213,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
     extra = split_run_args(args)
     if name == "diff":
         return _run_diff(args)
+    if name in ("chains", "control_plane"):
+        return _run_below_fuse(args, name)
     if name == "virtiofsd":
         from ..fuzz import harness, virtiofsd
 
@@ -291,6 +297,30 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if len(store) else 0
 
 
+def _run_below_fuse(args: argparse.Namespace, name: str) -> int:
+    """``fuzz run chains`` / ``fuzz run control_plane``: below the FUSE layer, one daemon."""
+    from ..fuzz import chains, control_plane, harness
+    from ..fuzz.findings import FindingStore
+
+    spec = _daemon_spec(args, "c") or "c"
+    inst = harness.resolve_installation(spec, args.virtiofsd_kind)
+    label = harness.daemon_label(spec, inst)
+    store = FindingStore(Path(args.out) / "findings")
+    if name == "chains":
+        st = chains.fuzz_chains(inst, seconds=args.seconds, store=store, seed=args.seed,
+                                label=label)
+        print(f"{label}: {st.inputs} chains ({st.per_second:.1f}/s), {st.valid} valid "
+              f"virtio, {len(st.classes)} outcome classes, {st.starts} daemon starts")
+    else:
+        cs = control_plane.fuzz_control_plane(inst, seconds=args.seconds, store=store,
+                                              seed=args.seed, label=label)
+        print(f"{label}: {cs.programs} programs ({cs.per_second:.1f}/s), {cs.steps} "
+              f"messages, {cs.served} ended serving, {len(cs.classes)} outcome classes")
+    for f in store:
+        print(f"  {f.kind}: {f.signature} x{f.count}\n    {f.replay}")
+    return 1 if len(store) else 0
+
+
 def _run_diff(args: argparse.Namespace) -> int:
     """``fuzz run diff``: the differential target, --daemon (C) vs --against (Rust)."""
     from ..fuzz import harness
@@ -327,7 +357,7 @@ def _infer_target(path: Path, data: bytes) -> str:
     from ..fuzz.registry import TARGETS
 
     for part in (path.parent.name, path.name):
-        for t in [*TARGETS, "virtiofsd"]:
+        for t in [*TARGETS, "virtiofsd", "chains", "control_plane"]:
             if part == t or part.startswith(t + "-") or part.startswith(t + "_"):
                 return t
     raise SystemExit(f"cannot tell the target of {path}: give --target")
@@ -347,6 +377,16 @@ def _replay(args: argparse.Namespace) -> int:
         from ..fuzz.diff import diff_verdict
 
         verdict = diff_verdict(json.loads(data))
+    elif target == "chains":
+        from ..fuzz.chains import chains_verdict
+
+        verdict = chains_verdict(json.loads(data), _daemon_spec(args, None),
+                                 args.virtiofsd_kind)
+    elif target == "control_plane":
+        from ..fuzz.control_plane import control_verdict
+
+        verdict = control_verdict(json.loads(data), _daemon_spec(args, None),
+                                  args.virtiofsd_kind)
     else:
         verdict = replay.input_verdict(target, data)
     if args.json:
@@ -395,4 +435,10 @@ def _list(args: argparse.Namespace) -> int:
     print(f"{'diff':12s} the same sequence programs against two daemons (--daemon c, "
           "--against rust) on identical shares: every divergence not in the allow-list "
           "(fuseproto/fuzz/diff_allow.py) is a finding")
+    print(f"{'chains':12s} hostile virtqueue descriptor chains to a real virtiofsd (odd "
+          "splits, misordered, outside memory, across memory regions, loops, indirect "
+          "tables): used.len past the area, crashes, panics; exits and stalls on valid chains")
+    print(f"{'control_plane':12s} vhost-user front-end message programs to a fresh virtiofsd "
+          "(boundary values, ring indices past the queue count, odd memory tables, fds, "
+          "order): crashes, exits after valid steps, hangs, replies that break the protocol")
     return 0
