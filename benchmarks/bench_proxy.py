@@ -111,7 +111,9 @@ def proxied(daemon: str, share: str, seconds: float, scratch: str) -> tuple[dict
                                 timeout=10) as t:
             c = Client(t)
             c.init()
+            cpu0 = _cpu_seconds(proc.pid)
             figures = workload(c, seconds)
+            cpu = _cpu_seconds(proc.pid) - cpu0
         if proc.wait(30) != 0:
             raise RuntimeError(f"the proxy exited with {proc.returncode}")
     finally:
@@ -125,7 +127,15 @@ def proxied(daemon: str, share: str, seconds: float, scratch: str) -> tuple[dict
         if m.error is not None:
             kinds["errors"] = kinds.get("errors", 0) + 1
     os.unlink(pcap)
+    kinds["cpu_us_per_request"] = round(cpu / max(1, kinds.get("request", 1)) * 1e6)
     return figures, kinds
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/PID/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -171,7 +181,9 @@ def main() -> int:
               f"via proxy {1e6 / best_p['getattr x1']:.1f} us: the proxy adds {added:.1f} us")
         print(f"  last capture: {kinds.get('request', 0)} requests, {kinds.get('reply', 0)} "
               f"replies, {kinds.get('annotation', 0)} annotations, "
-              f"{kinds.get('errors', 0)} decode/protocol errors")
+              f"{kinds.get('errors', 0)} decode/protocol errors; the proxy's CPU time "
+              f"{kinds['cpu_us_per_request']} us per request (all three workloads)")
+        print(f"  machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 
