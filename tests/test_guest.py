@@ -114,8 +114,9 @@ def test_one_boot_serves_both_daemons(direct):
     assert g.release.endswith("-cloud-amd64")
     assert set(g.tags) == set(KINDS)
     assert direct.problems() == []
-    # Boot + two workloads (2 x 8 MiB through TCG) in one QEMU run.
-    assert direct.wall_seconds < 120, direct.wall_seconds
+    # Boot + two workloads (2 x 8 MiB through TCG) in one QEMU run: ~17 s on an idle
+    # 2-core machine, ~45 s when it is shared; far below the run's 240 s timeout.
+    assert direct.wall_seconds < 200, direct.wall_seconds
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -210,7 +211,7 @@ EXACT_COUNTS = {
 }
 # Bytes the guest wrote: guest.txt (two writes), guest-dir/inner.txt, the 8 MiB copy.
 WRITTEN = len(b"written by the guest\n") + len(b"appended\n") + len(b"inside\n") + workload.BIG_SIZE
-LOST = re.compile(r"the reply to unique (\d+) is not recorded")
+UNIQUE = re.compile(r"\bunique (\d+)")
 
 
 class Capture:
@@ -229,9 +230,12 @@ class Capture:
     def count(self, opcode: str) -> int:
         return self.summary.by_opcode[f"{opcode} request"]
 
-    def lost_replies(self) -> set[int]:
-        """Uniques whose reply the proxy says it could not record (and why)."""
-        return {int(m.group(1)) for n in self.notes for m in [LOST.search(n)] if m}
+    def explained(self) -> tuple[set[int], int]:
+        """What the proxy's annotations account for: the uniques they name, and how many
+        name none (a used entry of length 0, a head reused before its used entry)."""
+        named = {int(u) for n in self.notes for u in UNIQUE.findall(n)}
+        anonymous = sum(1 for n in self.notes if not UNIQUE.search(n))
+        return named, anonymous
 
 
 @pytest.fixture(scope="module")
@@ -286,21 +290,46 @@ def test_capture_holds_what_the_guest_did(proxied, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_request_has_its_reply_or_the_capture_says_why(proxied, kind):
     """Nothing vanishes silently: a request without a recorded reply is one the proxy
-    annotated (its reply lost to buffer reuse, or a used entry of length 0: the Rust
-    daemon completes DESTROY without writing a reply)."""
+    annotated (by its unique, or in a note naming none: e.g. the Rust daemon completes
+    DESTROY with a used entry of length 0, no reply at all)."""
     cap = proxied[2][kind]
     unpaired = {u for u, _ in cap.summary.unpaired_requests}
-    empty = [n for n in cap.notes if "used.len 0" in n]
-    unexplained = unpaired - cap.lost_replies()
-    assert len(unexplained) <= len(empty), (sorted(unexplained), cap.notes[:5])
-    ops = {u: o for u, o in cap.summary.unpaired_requests}
-    assert all(ops[u] == "FUSE_DESTROY" for u in unexplained), ops
+    named, anonymous = cap.explained()
+    unexplained = unpaired - named
+    assert len(unexplained) <= anonymous, (sorted(unexplained), cap.notes[:5])
+    # A request the capture lacks would leave a reply unpaired: a protocol error.
+    assert cap.summary.protocol_errors == 0
 
 
-@pytest.mark.xfail(reason="the proxy reads a reply on the daemon's call; a Linux guest "
-                   "already draining its used ring takes later replies and reuses their "
-                   "buffers first (~20-30 of ~200 READ replies per run here, annotated)",
+@pytest.mark.xfail(reason="the proxy reads a reply after the daemon's used entry; a Linux "
+                   "guest already draining its used ring may take a later reply and reuse "
+                   "its buffer first (annotated; a few to ~30 of ~200 READ replies per run "
+                   "here, and the reused buffer is sometimes recorded as a reply)",
                    strict=False)
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_reply_is_lost(proxied, kind):
-    assert proxied[2][kind].lost_replies() == set()
+    cap = proxied[2][kind]
+    ops = {o for _, o in cap.summary.unpaired_requests}
+    assert ops <= ({"FUSE_DESTROY"} if kind == "rust" else set()), cap.notes[:5]
+    assert cap.summary.by_kind["notification"] == 0  # virtio-fs: none on the request queue
+    assert [n for n in cap.notes if "used.len 0" not in n] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shipped_guest_capture(kind):
+    """corpus/captures/guest-<daemon>.pcap (``fuseproto guest run -w corpus/captures
+    --snaplen 256``): the workload's conversation, cut at 256 bytes a message, decodes with
+    no errors and holds what the guest did."""
+    cap = Capture(str(Path(__file__).resolve().parent.parent / "corpus" / "captures"
+                      / f"guest-{kind}.pcap"))
+    s = cap.summary
+    assert (s.decode_errors, s.protocol_errors, s.capture_error) == (0, 0, None)
+    assert s.minor == {"c": 36, "rust": 38}[kind]
+    assert s.truncated > 100  # the READ replies and WRITE requests, cut by the snaplen
+    seen = {k.rsplit(" ", 1)[0] for k in s.by_opcode if k.endswith(" request")}
+    assert seen >= WORKLOAD_OPCODES, sorted(WORKLOAD_OPCODES - seen)
+    assert {op: cap.count(op) for op in EXACT_COUNTS} == EXACT_COUNTS
+    writes = [m for m in cap.requests if m.opcode_name == "FUSE_WRITE"]
+    assert sum(m.message.body.size for m in writes) == WRITTEN
+    named, anonymous = cap.explained()
+    assert len({u for u, _ in s.unpaired_requests} - named) <= anonymous

@@ -14,7 +14,7 @@ how it works:
   truncate, chmod, extended attributes, an 8 MiB dd read and write, fsync, flock. Its
   results are checked in the guest's output and on the host. With -w, each daemon's
   traffic goes through a recording proxy (`fuseproto capture proxy`, a process of its own)
-  and is written to DIR/<daemon>.pcap (decode it with `fuseproto decode`).
+  and is written to DIR/guest-<daemon>.pcap (decode it with `fuseproto decode`).
 
 files:
   The kernel, its virtio-fs modules and busybox come from Debian's archive by package name
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "temporary directory")
     rn.add_argument("-w", "--write", metavar="DIR",
                     help="put a recording proxy (fuseproto capture proxy) between QEMU and "
-                    "each daemon and write DIR/<daemon>.pcap")
+                    "each daemon and write DIR/guest-<daemon>.pcap")
     rn.add_argument("--snaplen", type=int, metavar="BYTES",
                     help="with -w: record at most this many bytes of each message")
     rn.add_argument("--console", action="store_true", help="print the guest's serial console")

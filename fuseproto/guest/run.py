@@ -37,7 +37,7 @@ PROXY_START_TIMEOUT = 30.0
 class RecordingProxies:
     """An ``interpose`` for :func:`run_workload`: QEMU -> ``fuseproto capture proxy`` (a
     process of its own per share, started and stopped by PID) -> daemon, each share's
-    FUSE traffic recorded to ``<capture_dir or the share's folder>/<tag>.pcap`` (each
+    FUSE traffic recorded to ``<capture_dir or the share's folder>/guest-<tag>.pcap`` (each
     message whole, or its first ``snaplen`` bytes).
 
     After the run, :attr:`captures` maps each tag to its capture and :attr:`exits` to
@@ -54,7 +54,7 @@ class RecordingProxies:
     @contextlib.contextmanager
     def __call__(self, tag: str, daemon_socket: str, folder: str) -> Iterator[str]:
         listen = os.path.join(folder, "vmm.sock")
-        capture = os.path.join(self.capture_dir or folder, f"{tag}.pcap")
+        capture = os.path.join(self.capture_dir or folder, f"guest-{tag}.pcap")
         log_path = os.path.join(folder, "proxy.log")
         self.captures[tag] = capture
         ready_r, ready_w = os.pipe()
