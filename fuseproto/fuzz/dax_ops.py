@@ -113,6 +113,15 @@ class Program:
     ops: list[Op]
 
 
+class _Header(NamedTuple):
+    config: int
+    align: int
+    unit: int
+    chunks: int
+    extra: int
+    sizes: tuple[int, ...]
+
+
 def _geometry(h: Any) -> Geometry:
     config = h.config % len(CONFIGS)
     ab = h.align
@@ -135,7 +144,8 @@ def decode_program(data: bytes) -> Program | None:
     """The program an input describes (None: shorter than the header)."""
     if len(data) < HEADER_SIZE:
         return None
-    geo = _geometry(HEADER.parse(data[:HEADER_SIZE]))
+    h = data[:HEADER_SIZE]  # HEADER's fields, read directly (this runs for every input)
+    geo = _geometry(_Header(h[0], h[1], h[2], h[3], h[4], tuple(h[5:9])))
     ops = []
     end = min(len(data), HEADER_SIZE + MAX_OPS * OP_SIZE)
     for off in range(HEADER_SIZE, end - OP_SIZE + 1, OP_SIZE):

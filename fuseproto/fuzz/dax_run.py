@@ -89,8 +89,9 @@ class Mounts:
     device, shared by its mounts; seed defects from ``FUSEPROTO_DAX_OSV_DEFECTS``), or one
     manager (Linux: one connection for the device's mounts; a plug-in)."""
 
-    def __init__(self, geo: Geometry, stage: Stage, checker: DaxChecker) -> None:
-        self.stage, self.checker = stage, checker
+    def __init__(self, geo: Geometry, stage: Stage, checker: DaxChecker,
+                 observe: bool = True) -> None:
+        self.stage, self.checker, self.observe = stage, checker, observe
         spec = os.environ.get(ENV_MANAGER) or CONFIGS[geo.config]
         self.policy = spec if spec in CONFIGS else "plugin"
         self.geo = geo
@@ -124,8 +125,14 @@ class Mounts:
             live = [m for m in self.mounts if not m.unmounted]
             mgr = mnt = live[0] if live else self._new_manager()
         if mgr is not None and mgr not in self.checker.managers:
-            self.checker.attach(mgr)
+            self._track(mgr)
         self.mounts.append(mnt)
+
+    def _track(self, mgr: Any) -> None:
+        if self.observe:
+            self.checker.attach(mgr)
+        else:  # known, not watched (the benchmark's floor)
+            self.checker.managers.append(mgr)
 
     def manager(self, i: int) -> Any:
         mnt = self.mounts[i % len(self.mounts)]
@@ -154,7 +161,7 @@ class Mounts:
         elif self.fs is None and not pinned:  # the connection's manager starts over
             self.mounts[0].unmount()
             new = self._new_manager()
-            self.checker.attach(new)
+            self._track(new)
             self.mounts = [new] * len(self.mounts)
 
     def unmount_all(self) -> None:
@@ -172,19 +179,21 @@ def _kinds(policy: str) -> tuple[str, ...]:
 
 
 def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
-                on_step: Callable[[], None] | None = None) -> DaxChecker | None:
+                on_step: Callable[[], None] | None = None,
+                checked: bool = True) -> DaxChecker | None:
     """Run ``program`` on ``stage``; raises InvariantViolation / AssertionError (or
     whatever the manager raises) at the first thing found; None when a plugged-in
     manager refuses the geometry. ``full_every=1``: every check after every operation
     (the benchmark's baseline). ``on_step`` runs after each operation's checks (the live
-    stage checks the backend record there)."""
+    stage checks the backend record there). ``checked=False``: no checker at all, only
+    the operations and their own judgement (the benchmark's floor)."""
     geo = program.geometry
     for i, code in enumerate(geo.size_codes):
         stage.set_file(stage.node(2 + i), geo.file_size(code), key=2 + i)
     dev = stage.device
     checker = DaxChecker(geo.window_size, geo.map_alignment, oracle=stage.oracle, device=dev)
     try:
-        run = _Run(geo, stage, checker)
+        run = _Run(geo, stage, checker, checked)
     except UnfitGeometry:
         return None
     kinds = _kinds(run.mounts.policy)
@@ -202,13 +211,16 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
 class _Run:
     """One program's state: the mounts, the pins, the generation of reused node ids."""
 
-    def __init__(self, geo: Geometry, stage: Stage, checker: DaxChecker) -> None:
-        self.geo, self.stage, self.checker = geo, stage, checker
-        self.mounts = Mounts(geo, stage, checker)
+    def __init__(self, geo: Geometry, stage: Stage, checker: DaxChecker,
+                 checked: bool = True) -> None:
+        self.geo, self.stage, self.checker, self.checked = geo, stage, checker, checked
+        self.mounts = Mounts(geo, stage, checker, observe=checked)
         self.pins: list[tuple[Any, int, int]] = []  # (manager, nodeid, moffset)
         self.generation = 0
 
     def check(self, full: bool) -> None:
+        if not self.checked:
+            return
         self.checker.check_state(full=full)
         if not full:
             return
@@ -222,7 +234,8 @@ class _Run:
         self.pins.clear()
         self.check(True)
         self.mounts.unmount_all()
-        self.checker.check_state(full=True)
+        if self.checked:
+            self.checker.check_state(full=True)
 
     # ---- operations ------------------------------------------------------------------------
     def apply(self, kind: str, op: Op) -> None:
@@ -270,7 +283,8 @@ class _Run:
         n = max(1, min(length(op.b, size, offset, self.geo.unit), 1 << 16))
         payload = pattern_bytes(op.a * 7919 + op.b + 1, offset, n)
         res = mgr.write(node, offset, payload, fh=self.stage.fh(node, True))
-        self.checker.note_write(mgr, node, offset, n)
+        if self.checked:
+            self.checker.note_write(mgr, node, offset, n)
         done = n if not res.error else res.written
         assert 0 <= done <= n and (res.error or res.written == n), \
             f"write of {n:#x} at {offset:#x} wrote {res.written:#x} (error {res.error})"

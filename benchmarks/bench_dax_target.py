@@ -1,0 +1,142 @@
+"""The DAX fuzz target's rate: inputs/s against the 2,000/s goal, with baselines measured
+in the same run.
+
+The inputs are what the fuzzer runs: the seeds and structure-aware mutants of them
+(``dax_mutator``, fixed seed), the same list for every mode:
+
+* ``incremental`` -- the target as it runs (:data:`~fuseproto.fuzz.dax_run.FULL_EVERY`:
+  message, access and refusal checks at every step, the full state checks every
+  FULL_EVERY steps, after any refusal and at the end);
+* ``full`` -- every check after every step (the baseline the incremental mode replaces);
+* ``unchecked`` -- the operations with no checker at all (the managers' and devices' own
+  cost: what no checking scheme can go below);
+* ``atheris`` -- ``fuzz/dax_fuzzer.py`` under libFuzzer for a few seconds (its
+  ``average_exec_per_sec``: the instrumented rate a campaign reports);
+* ``live`` -- ``FUSEPROTO_DAX_DEVICE=c-dax``: the same kind of inputs against the real
+  daemon and window, one daemon for all of them (skipped when c-dax is not built).
+
+Run: ``.venv/bin/python benchmarks/bench_dax_target.py [--inputs N] [--atheris SECONDS]
+[--live N]``. On a shared machine the absolute numbers move with the load; the ratios
+between modes of one run are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fuseproto.fuzz import dax_target
+from fuseproto.fuzz.dax_ops import decode_program
+from fuseproto.fuzz.dax_run import FULL_EVERY, run_program
+
+GOAL = 2000.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fuzz_inputs(n: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    corpus = [d for _name, d in dax_target.dax_inputs()]
+    out = list(corpus)
+    while len(out) < n:
+        d = dax_target.dax_mutator(rng.choice(corpus), 4096, rng)
+        out.append(d)
+        if rng.random() < 0.3:
+            corpus.append(d)
+    return out[:n]
+
+
+def _run_model(data: bytes, mode: str) -> None:
+    program = decode_program(data)
+    if program is None:
+        return
+    stage = dax_target.ModelStage(program)
+    try:
+        run_program(program, stage, full_every=1 if mode == "full" else FULL_EVERY,
+                    checked=mode != "unchecked")
+    except AssertionError:
+        pass  # a finding (none expected on clean managers): counted like any input
+
+
+def rate(inputs: list[bytes], mode: str, repeat: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for d in inputs:
+            _run_model(d, mode)
+        best = min(best, time.perf_counter() - t0)
+    return len(inputs) / best
+
+
+def atheris_rate(seconds: int) -> float | None:
+    harness = ROOT / "fuzz" / "dax_fuzzer.py"
+    with tempfile.TemporaryDirectory() as work:
+        proc = subprocess.run(
+            [sys.executable, str(harness), f"-max_total_time={seconds}", "-seed=1",
+             "-print_final_stats=1", f"-dict={ROOT / 'fuzz' / 'dax.dict'}", work,
+             str(ROOT / "corpus" / "dax")],
+            capture_output=True, text=True, timeout=seconds + 120)
+    m = re.search(r"average_exec_per_sec:\s+(\d+)", proc.stderr)
+    return float(m.group(1)) if m else None
+
+
+def live_rate(inputs: list[bytes], device: str = "c-dax") -> float | None:
+    from fuseproto.daemons import find
+    from fuseproto.fuzz import dax_live
+
+    if find(device) is None:
+        return None
+    try:
+        dax_live.check_live(inputs[0], device)  # the daemon starts: not counted
+        t0 = time.perf_counter()
+        for d in inputs:
+            try:
+                dax_live.check_live(d, device)
+            except AssertionError:
+                pass
+        return len(inputs) / (time.perf_counter() - t0)
+    finally:
+        dax_live.close_session()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inputs", type=int, default=600)
+    ap.add_argument("--atheris", type=int, default=10, metavar="SECONDS",
+                    help="seconds of the atheris harness (0: skip)")
+    ap.add_argument("--live", type=int, default=60, metavar="N",
+                    help="inputs against c-dax (0: skip)")
+    args = ap.parse_args()
+    inputs = fuzz_inputs(args.inputs)
+    ops = sum(len(p.ops) for p in map(decode_program, inputs) if p is not None)
+    print(f"{len(inputs)} inputs (seeds + mutants), {ops / len(inputs):.1f} operations each "
+          f"on average; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    rates = {m: rate(inputs, m) for m in ("unchecked", "incremental", "full")}
+    inc = rates["incremental"]
+    for mode, r in rates.items():
+        print(f"  {mode:12s} {r:8.0f} inputs/s   {r / GOAL:5.2f}x the goal   "
+              f"{r / inc:5.2f}x incremental")
+    print(f"incremental vs full checks: {inc / rates['full']:.2f}x; the checks cost "
+          f"{rates['unchecked'] / inc:.2f}x the operations alone")
+    if args.atheris:
+        a = atheris_rate(args.atheris)
+        print(f"  {'atheris':12s} {a or 0:8.0f} inputs/s   {(a or 0) / GOAL:5.2f}x the goal   "
+              f"(instrumented managers, libFuzzer, {args.atheris} s)")
+    if args.live:
+        lr = live_rate(fuzz_inputs(args.live, seed=2))
+        if lr is None:
+            print("  live         skipped (c-dax not built: fuseproto daemons build c-dax)")
+        else:
+            print(f"  {'live c-dax':12s} {lr:8.1f} inputs/s   {lr / inc:5.3f}x incremental "
+                  f"(one daemon, real window, backend record checked per input)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
