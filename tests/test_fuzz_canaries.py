@@ -208,3 +208,35 @@ def test_rust_without_a_sandbox_creates_and_deletes_outside_the_share(daemon_ins
     errs, breaches = seen["rust"]
     assert {("created", "mknod-out"), ("created", "mkdir-out"), ("deleted", INNER)} <= breaches
     assert errs[2] == 0
+
+
+@pytest.mark.daemon
+def test_control_plane_and_chain_targets_check_the_canaries(daemon_installations, tmp_path):
+    """The vhost-user targets' daemons (rawfront.LiveDaemon) have canaries too: a canary
+    touched during a control-plane program is that program's finding, and a chain
+    session's escapes() sees one touched between inputs."""
+    from fuseproto.fuzz import chains, control_plane
+    from fuseproto.fuzz.rawfront import standard_program
+
+    inst = daemon_installations["c"]
+
+    def touch(i: int, live) -> None:
+        if i == 3:
+            with open(os.path.join(live.canaries.base, INNER), "ab") as f:
+                f.write(b"!")
+
+    res = control_plane.run_control_program(standard_program(), inst, workdir=str(tmp_path),
+                                            before_step=touch)
+    assert res.finding is not None and res.finding.finding == "escape"
+    assert res.finding.evidence["canary"] == INNER
+    clean = control_plane.run_control_program(standard_program(), inst,
+                                              workdir=str(tmp_path))
+    assert clean.finding is None
+    s = chains.ChainSession(inst, str(tmp_path))
+    try:
+        assert s.live.escapes("x") == []
+        os.rename(os.path.join(s.live.canaries.base, CANARY_FILE),
+                  os.path.join(s.live.canaries.base, "gone"))
+        assert [o.evidence["breach"] for o in s.live.escapes("x")] == ["renamed"]
+    finally:
+        s.stop()

@@ -438,6 +438,8 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
     finally:
         if fe is not None:
             fe.close()
+        if res.finding is None:  # the escape canaries beside the share
+            res.finding = next(iter(live.escapes("program")), None)
         res.log = live.log()[-4000:]
         live.stop()
     return res

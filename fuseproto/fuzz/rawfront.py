@@ -56,8 +56,9 @@ from ..transport.virtqueue import (
 from ..wire import codec
 from ..wire.constants import fuse_opcode
 from . import seeds
+from .canaries import Canaries
 from .forensics import Outcome, PanicWatch, death_outcome, log_tail
-from .harness import SANITIZER_ENV, SandboxedDaemon, judge_reply, populate
+from .harness import SANITIZER_ENV, SandboxedDaemon, escape_outcome, judge_reply, populate
 
 __all__ = ["LAYOUTS", "Region", "layout_regions", "RingWriter", "RawFrontend", "memory_table",
            "CtlStep", "standard_program", "LiveDaemon", "wait_used", "stalled", "died",
@@ -466,16 +467,27 @@ class LiveDaemon:
             shared = os.path.join(self.base, "shared")
             os.mkdir(shared)
             populate(shared)
+            # Escape canaries beside the share (.canaries), checked by escapes().
+            self.canaries = Canaries.plant(self.base, shared)
             self.socket = os.path.join(self.base, "vhost.sock")
             self.daemon = SandboxedDaemon(installation, shared, self.socket,
                                           log_path=os.path.join(self.base, "daemon.log"),
                                           env={**SANITIZER_ENV, **(env or {})})
             self.daemon.start()
+            self.canaries.rearm()  # the socket and log are there now
         except BaseException:
             shutil.rmtree(self.base, ignore_errors=True)
             raise
         self.kind = installation.kind
         self.binary = installation.binary
+
+    def escapes(self, name: str) -> list[Outcome]:
+        """The escape findings (a canary beside the share read, written, linked, renamed,
+        deleted, an entry created there) since the last look; ``name``: what ran."""
+        breaches = self.canaries.check()
+        if breaches:
+            self.canaries.rearm()
+        return [escape_outcome(name, b) for b in breaches]
 
     def log(self) -> str:
         try:
