@@ -447,7 +447,7 @@ def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, see
     res.seconds = st.seconds
     res.iterations = st.requests
     res.daemon_version = " / ".join(st.versions)
-    res.coverage = {"outcome_classes": len(st.divergences)}
+    res.coverage = {"outcome_classes": st.outcome_classes}
     res.corpus_size = st.corpus_size
     res.restarts = st.starts
     res.findings = [f.signature for f in st.findings + st.daemon_findings]

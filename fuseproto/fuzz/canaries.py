@@ -14,7 +14,8 @@ fuzz target's scratch directory ``base/`` holds the share (``base/shared/``) and
 :meth:`Canaries.check` says what happened to them since they were armed: **read** (the
 access time moved: canaries are armed with an atime a day older than their mtime, so
 ``relatime`` -- this machine's ext4 -- updates it on the next read; our own checks read
-with ``O_NOATIME``), **written** (size, mtime, ctime or content changed; a directory's
+with ``O_NOATIME``; :attr:`Canaries.atime_works` says whether this file system updates
+atimes at all), **written** (size, mtime, ctime or content changed; a directory's
 entries), **linked** (nlink changed: a hard link made to it), **renamed** (gone, and an
 entry with its inode appeared beside the share), **deleted** (gone), **created** (a new
 entry beside the share or in the canary directory). :meth:`Canaries.scan` says whether a
@@ -99,6 +100,9 @@ class Canaries:
     _beside: set[str] = field(default_factory=set)  # base's entries when armed
     _base_mtime: int = 0
     _quick: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # path, stat
+    # Whether a read moves an aged atime here (False on a noatime mount: then only the
+    # reply scan sees a canary read). Tried once at plant().
+    atime_works: bool = True
 
     @classmethod
     def plant(cls, base: str, shared: str, *, links: bool = True) -> Canaries:
@@ -111,12 +115,24 @@ class Canaries:
             c.tokens[rel] = tok
             with open(os.path.join(c.base, rel), "wb") as f:
                 f.write((tok + b"\n") * _REPEAT)
+        c.atime_works = c._atime_moves(os.path.join(c.base, CANARY_FILE))
         if links:
             for name, target in ESCAPE_LINKS.items():
                 with contextlib.suppress(FileExistsError):
                     os.symlink(target.format(base=c.base), os.path.join(c.shared, name))
         c.rearm()
         return c
+
+    @staticmethod
+    def _atime_moves(path: str) -> bool:
+        """Age ``path``'s atime, read it, see whether the atime moved (rearm ages it
+        again)."""
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_mtime_ns - _OLD * 10**9, st.st_mtime_ns))
+        before = os.stat(path).st_atime_ns
+        with open(path, "rb") as f:
+            f.read(1)
+        return os.stat(path).st_atime_ns != before
 
     @property
     def paths(self) -> list[str]:

@@ -343,6 +343,7 @@ class DiffStats:
     seconds: float = 0.0
     starts: int = 0
     corpus_size: int = 0
+    outcome_classes: int = 0  # distinct (outcome class, daemon) pairs seen
     # signature -> {count, op, kind, errnos, detail, allowed (reason) or None}
     divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)  # divergences not allowed
@@ -359,6 +360,7 @@ class DiffStats:
                 "programs": self.programs, "requests": self.requests,
                 "compared": self.compared, "uncompared": self.uncompared,
                 "seconds": round(self.seconds, 1), "canary_checks": self.canary_checks,
+                "outcome_classes": self.outcome_classes,
                 "divergences": dict(sorted(self.divergences.items())),
                 "findings": [f.signature for f in self.findings],
                 "daemon_findings": [f.signature for f in self.daemon_findings]}
@@ -466,6 +468,7 @@ def fuzz_diff(inst_a: daemons.Installation, inst_b: daemons.Installation, *, sec
     finally:
         stats.seconds = time.monotonic() - t0
     stats.corpus_size = len(corpus)
+    stats.outcome_classes = len(seen_classes)
     stats.daemon_findings = side[0].findings + side[1].findings
     return stats
 
