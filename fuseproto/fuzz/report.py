@@ -244,13 +244,13 @@ def _diff_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _canaries_md(result: Any) -> list[str]:
-    live = [r for r in result.results if r.engine in ("daemon", "daemon-pair")]
+    live = [r for r in result.results if r.daemon]  # every target on a live daemon
     if not live:
         return ["No live daemon was fuzzed."]
     lines = ["Beside each daemon's share: a file and a directory holding unique random "
              "tokens, and inside the share symlinks out to them (`fuseproto/fuzz/"
-             "canaries.py`). After every request (single requests) or program (sequences, "
-             "diff) the fuzzer checks that none was read (access time), written, linked, "
+             "canaries.py`). After every request (single requests, chains) or program "
+             "(sequences, diff, control plane) the fuzzer checks that none was read (access time), written, linked, "
              "renamed or deleted and nothing was created beside the share; every reply is "
              "scanned for the tokens. Programs try `..`, absolute names, names with `/`, "
              "the symlinks out and handles or node ids of other files.", ""]
