@@ -12,6 +12,8 @@ same inputs against the real DAX daemon (one per process) and its real window.
     python fuzz/dax_fuzzer.py corpus/dax -dict=fuzz/dax.dict
 """
 
+import ctypes
+import os
 import random
 import sys
 
@@ -28,8 +30,32 @@ from fuseproto.fuzz import dax_target, inject, targets  # noqa: E402
 TARGET = dax_target.DAX
 
 
+LIVE = os.environ.get(dax_target.ENV_DEVICE, "model") not in ("", "model")
+
+
+def _stop_live(_arg: object = None) -> None:
+    from fuseproto.fuzz import dax_live
+
+    dax_live.close_session()  # the daemon stopped by PID, its scratch directory removed
+
+
+# libFuzzer ends the process with exit() (time up) or abort() (a finding) and Python's
+# atexit never runs: a C atexit handler stops the live daemon at the normal end, and a
+# finding stops it before the exception reaches libFuzzer.
+_AT_EXIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_stop_live)
+if LIVE:  # glibc exports atexit() as __cxa_atexit(func, arg, dso_handle)
+    ctypes.CDLL(None).__cxa_atexit(_AT_EXIT, None, None)
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 -- libFuzzer's name
-    TARGET.check(data)
+    if not LIVE:
+        TARGET.check(data)
+        return
+    try:
+        TARGET.check(data)
+    except BaseException:
+        _stop_live()
+        raise
 
 
 def CustomMutator(data: bytes, max_size: int, seed: int) -> bytes:  # noqa: N802

@@ -158,7 +158,7 @@ def decode_program(data: bytes) -> Program | None:
 
 def encode_program(header: dict[str, object], ops: list[dict[str, int]]) -> bytes:
     """An input from a header's fields and ops' ``kind, sel, a, b`` (seeds, tests)."""
-    return HEADER.build(header) + b"".join(OP.build(o) for o in ops)
+    return bytes(HEADER.build(header)) + b"".join(bytes(OP.build(o)) for o in ops)
 
 
 def position(code: int, size: int, unit: int) -> int:
