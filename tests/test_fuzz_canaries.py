@@ -239,5 +239,7 @@ def test_control_plane_and_chain_targets_check_the_canaries(daemon_installations
         os.rename(os.path.join(s.live.canaries.base, CANARY_FILE),
                   os.path.join(s.live.canaries.base, "gone"))
         assert [o.evidence["breach"] for o in s.live.escapes("x")] == ["renamed"]
+        tok = s.live.canaries.tokens[INNER]
+        assert [o.evidence["breach"] for o in s.live.escapes("x", b"..." + tok)] == ["reply"]
     finally:
         s.stop()

@@ -608,7 +608,7 @@ def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: Fi
                 inp = random_input(data, min(codec.reply_area(op, body), 1 << 20) or 4096, rng)
             out, usable = s.run(inp)
             if out.finding is None:  # the escape canaries beside the share
-                out = next(iter(s.live.escapes(out.cls.split(":", 1)[0])), out)
+                out = next(iter(s.live.escapes(out.cls.split(":", 1)[0], out.reply)), out)
             st.inputs += 1
             st.valid += bool(out.evidence.get("valid"))
             new = out.cls not in st.classes

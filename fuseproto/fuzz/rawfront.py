@@ -481,13 +481,15 @@ class LiveDaemon:
         self.kind = installation.kind
         self.binary = installation.binary
 
-    def escapes(self, name: str) -> list[Outcome]:
+    def escapes(self, name: str, reply: bytes = b"") -> list[Outcome]:
         """The escape findings (a canary beside the share read, written, linked, renamed,
-        deleted, an entry created there) since the last look; ``name``: what ran."""
+        deleted, an entry created there) since the last look, and ``reply`` carrying a
+        canary's token; ``name``: what ran."""
         breaches = self.canaries.check()
         if breaches:
             self.canaries.rearm()
-        return [escape_outcome(name, b) for b in breaches]
+        leak = self.canaries.scan(reply) if reply else None
+        return [escape_outcome(name, b) for b in ([leak] if leak else []) + breaches]
 
     def log(self) -> str:
         try:
