@@ -641,6 +641,18 @@ def linux_upgrade_registers_again() -> None:
     _patch(linux_mod.LinuxDaxManager, "_setup_one_mapping", _setup_one_mapping)
 
 
+@_mutant("dax", "dax/linux.py LinuxDaxManager._removemapping_list",
+         "missed REMOVEMAPPING batch split at 256: all of an inode's ranges go in one message")
+def linux_forget_no_batch_split() -> None:
+    def _removemapping_list(self: Any, nodeid: int, ranges: list[Any]) -> int:
+        if not ranges:
+            return 0
+        # BUG: batches of at most REMOVEMAPPING_MAX_ENTRY entries
+        return self.send_removemapping(nodeid, [(r.window_offset, r.length) for r in ranges])
+
+    _patch(linux_mod.LinuxDaxManager, "_removemapping_list", _removemapping_list)
+
+
 @_mutant("dax", "dax/linux.py LinuxDaxManager.forget",
          "stale lookup after forget: the inode's ranges are freed but its index is kept "
          "(get instead of pop), so the node id still finds them")
