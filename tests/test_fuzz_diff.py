@@ -65,6 +65,14 @@ def test_compare_rules():
     assert kinds(_data(b"/tmp/a/canary", "/tmp/a"), _data(b"/tmp/b/canary", "/tmp/b"),
                  O.FUSE_READLINK) == []
     assert kinds(_data(b"x"), _data(b"y"), O.FUSE_READLINK) == ["data"]
+    # Directory entries: the same names and types in any order agree.
+    def rd(names):
+        ents = [Container(ino=i + 1, off=i + 1, namelen=len(n), type=8, name=n)
+                for i, n in enumerate(names)]
+        return SideAnswer(0, None, codec.encode_reply(O.FUSE_READDIR, Container(entries=ents),
+                                                      unique=2), 46)
+    assert kinds(rd([b"a", b"b"]), rd([b"b", b"a"]), O.FUSE_READDIR) == []
+    assert kinds(rd([b"a"]), rd([b"a", b"c"]), O.FUSE_READDIR) == ["entries"]
     # A finding on either side is the daemon's own finding, not a divergence.
     assert compare(O.FUSE_LOOKUP, SideAnswer(None, "crash", b"", 46), _entry()) == []
     assert kinds(SideAnswer(None, None, b"", 46), _err(errno.EAGAIN),
