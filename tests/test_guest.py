@@ -333,3 +333,29 @@ def test_shipped_guest_capture(kind):
     assert sum(m.message.body.size for m in writes) == WRITTEN
     named, anonymous = cap.explained()
     assert len({u for u, _ in s.unpaired_requests} - named) <= anonymous
+
+
+# -- a real guest's READ pattern as a DAX trace ----------------------------------------------
+def test_dax_record_from_guest(assets, tmp_path, capsys):
+    """`fuseproto dax record --from-guest rust OUT.pcap`: the guest makes the DAX
+    workload's reads with O_DIRECT through the proxy; the trace read from the capture is
+    exactly the workload's reads, in order, on one node per file, with the files' sizes."""
+    pytest.importorskip("fuseproto.capture.proxy",
+                        reason="the recording proxy (issue 12 §1) is not in this tree")
+    from fuseproto.cli import main
+    from fuseproto.dax import traces
+    from fuseproto.dax import workload as dax_workload
+
+    out = tmp_path / "guest-reads.pcap"
+    assert main(["dax", "record", "--from-guest", "rust", "--scale", "0.05", str(out)]) == 0
+    assert "READs of" in capsys.readouterr().out
+    files = dax_workload.file_sizes(scale=0.05)
+    plan = dax_workload.read_plan(files)
+    trace = traces.from_capture(out, "guest")
+    assert len(trace.accesses) == len(plan)
+    nodes: dict[str, int] = {}
+    for (path, offset, size), a in zip(plan, trace.accesses, strict=True):
+        assert nodes.setdefault(path, a.nodeid) == a.nodeid, path
+        assert (a.offset, a.size) == (offset, size), path
+    assert len(set(nodes.values())) == len(nodes)
+    assert {p: trace.files[n] for p, n in nodes.items()} == {p: files[p] for p in nodes}

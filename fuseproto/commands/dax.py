@@ -100,11 +100,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     r = dsub.add_parser(
         "record",
-        help="record a trace: a real program's reads (strace), or a real daemon's traffic",
+        help="record a trace: a real program's reads (strace), a real daemon's traffic, or "
+        "a real guest's reads",
         description="Run COMMAND under strace and save its regular-file reads as a trace; "
         "or, with --from-daemon, drive a real virtiofsd with a mixed read workload through "
         "the vhost-user transport, capture the traffic and save the capture (OUTPUT.pcap) "
-        "or the trace of its FUSE_READs (OUTPUT.jsonl[.gz]). Either is replayed with "
+        "or the trace of its FUSE_READs (OUTPUT.jsonl[.gz]); or, with --from-guest, boot a "
+        "real Linux guest (fuseproto guest) that makes the same workload's reads with "
+        "O_DIRECT on a share the daemon serves, recorded through the capture proxy. Either "
+        "is replayed with "
         "`fuseproto dax simulate --trace OUTPUT`.",
     )
     r.add_argument("output", help="file to write (.pcap, .jsonl or .jsonl.gz)")
@@ -113,6 +117,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="KIND",
         choices=["c", "rust"],
         help="record the workload against this virtiofsd (c or rust; installed if needed)",
+    )
+    r.add_argument(
+        "--from-guest",
+        metavar="DAEMON",
+        help="record a real Linux guest (QEMU, `fuseproto guest`) making the workload's "
+        "reads with O_DIRECT on a share this daemon serves (c, rust, a built variant), "
+        "through the recording proxy",
     )
     r.add_argument(
         "--virtiofsd",
@@ -129,9 +140,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--scale",
         type=float,
         default=1.0,
-        help="with --from-daemon: file sizes relative to the default workload",
+        help="with --from-daemon / --from-guest: file sizes relative to the default workload",
     )
-    r.add_argument("--seed", type=int, default=0, help="with --from-daemon: workload seed")
+    r.add_argument("--seed", type=int, default=0,
+                   help="with --from-daemon / --from-guest: workload seed")
     r.add_argument("command", nargs=argparse.REMAINDER, help="command to run (strace mode)")
     r.set_defaults(func=_record)
 
@@ -213,6 +225,8 @@ def _record(args: argparse.Namespace) -> int:
 
     from fuseproto.dax import traces
 
+    if args.from_guest:
+        return _record_guest(args)
     if args.from_daemon or args.virtiofsd:
         return _record_daemon(args)
     if not args.command:
@@ -257,5 +271,42 @@ def _record_daemon(args: argparse.Namespace) -> int:
         f"{installation.kind} virtiofsd {installation.version}: {len(reads)} READs of "
         f"{len(trace.files)} files ({trace.working_set >> 20} MiB), capture {size} bytes "
         f"-> {args.output}"
+    )
+    return 0
+
+
+def _record_guest(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from fuseproto.dax import traces
+    from fuseproto.errors import DaemonError, GuestError
+    from fuseproto.guest.reads import record_guest_reads
+
+    if args.command or args.from_daemon or args.virtiofsd:
+        raise SystemExit("record --from-guest runs its own workload: no command, no "
+                         "--from-daemon / --virtiofsd")
+    as_pcap = args.output.endswith((".pcap", ".pcapng"))
+    tmp = None if as_pcap else tempfile.mkdtemp(prefix="fuseproto-record-")
+    pcap = args.output if tmp is None else os.path.join(tmp, "reads.pcap")
+    try:
+        try:
+            got = record_guest_reads(args.from_guest, pcap, scale=args.scale, seed=args.seed)
+        except (GuestError, DaemonError) as e:
+            print(f"record --from-guest: FAILED: {e}")
+            return 1
+        trace = traces.from_capture(pcap, "guest")
+        if not as_pcap:
+            traces.save(trace, args.output)
+        size = os.path.getsize(pcap)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    g = got.run.guest
+    print(
+        f"guest {g.release} on {args.from_guest}: {len(trace.accesses)} READs of "
+        f"{len(trace.files)} files ({trace.working_set >> 20} MiB) in {g.seconds:.1f} s, "
+        f"capture {size} bytes -> {args.output}"
     )
     return 0

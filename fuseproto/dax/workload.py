@@ -71,6 +71,11 @@ def _sizes(scale: float, rnd: random.Random) -> dict[str, int]:
     return files
 
 
+def file_sizes(*, scale: float = 1.0, seed: int = 0) -> dict[str, int]:
+    """The workload's files, path -> size, as :func:`create_files` makes them."""
+    return _sizes(scale, random.Random(seed))
+
+
 def create_files(root: str, *, scale: float = 1.0, seed: int = 0) -> dict[str, int]:
     """Write the workload's files (random bytes) under ``root``; returns path -> size."""
     rnd = random.Random(seed)
@@ -146,6 +151,13 @@ def _interleave(
         pos[i] += burst
 
 
+def read_plan(files: dict[str, int], seed: int = 0) -> list[tuple[str, int, int]]:
+    """The workload's reads ``(path, offset, size)`` in the order they are made (the
+    applications' reads interleaved in bursts): what :func:`run_workload` sends, and what
+    a real guest reads (``fuseproto dax record --from-guest``)."""
+    return list(_interleave(_plan(files, seed), seed))
+
+
 def run_workload(
     client: Client, root: str, files: dict[str, int], *, seed: int = 0
 ) -> list[WorkloadRead]:
@@ -169,7 +181,7 @@ def run_workload(
             parent = nodes[sub]
         return parent
 
-    for path, offset, size in _interleave(_plan(files, seed), seed):
+    for path, offset, size in read_plan(files, seed):
         nodeid = lookup(path)
         if path not in handles:
             client.getattr(nodeid)

@@ -5,6 +5,7 @@
  *   fpguest setxattr PATH NAME VALUE    fpguest getxattr PATH NAME
  *   fpguest listxattr PATH              fpguest removexattr PATH NAME
  *   fpguest fsync PATH                  fpguest flock PATH
+ *   fpguest preads < LIST               (LIST: lines "PATH OFFSET SIZE")
  *
  * Prints one line of results on stdout; on failure prints "ERR <call> <errno name>" and
  * exits 1, so the host can tell which call failed and why.
@@ -87,6 +88,51 @@ static int do_fsync(const char *path)
     return close(fd) < 0 ? fail("close") : 0;
 }
 
+/* One O_DIRECT pread per line of stdin, in order, each file opened once and kept open (as
+ * a program reading its files would): every read reaches the file system as made, with no
+ * page cache or readahead in between. Prints "<reads done> <reads failed>". */
+static int do_preads(void)
+{
+    static char *paths[64];
+    static int fds[64];
+    char path[4096];
+    long long offset;
+    size_t size, nfiles = 0, done = 0, failed = 0;
+    void *buf = NULL;
+    size_t cap = 0;
+
+    while (scanf("%4095s %lld %zu", path, &offset, &size) == 3) {
+        size_t i = 0;
+
+        while (i < nfiles && strcmp(paths[i], path))
+            i++;
+        if (i == nfiles) {
+            if (nfiles == 64 || !(paths[i] = strdup(path)))
+                return fail("too-many-files");
+            fds[i] = open(path, O_RDONLY | O_DIRECT);
+            if (fds[i] < 0)
+                return fail("open");
+            nfiles++;
+        }
+        if (size > cap) {
+            free(buf);
+            cap = (size + 4095) & ~(size_t)4095;
+            if (posix_memalign(&buf, 4096, cap))
+                return fail("posix_memalign");
+        }
+        if (pread(fds[i], buf, size, offset) < 0) {
+            printf("ERR pread %s %lld %zu %s\n", path, offset, size, strerrorname_np(errno));
+            failed++;
+        } else {
+            done++;
+        }
+    }
+    for (size_t i = 0; i < nfiles; i++)
+        close(fds[i]);
+    printf("%zu %zu\n", done, failed);
+    return failed != 0;
+}
+
 int main(int argc, char **argv)
 {
     char value[4096];
@@ -118,6 +164,9 @@ int main(int argc, char **argv)
         return do_flock(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "fsync"))
         return do_fsync(argv[2]);
-    fprintf(stderr, "usage: fpguest setxattr|getxattr|removexattr|listxattr|flock|fsync PATH ...\n");
+    if (argc == 2 && !strcmp(argv[1], "preads"))
+        return do_preads();
+    fprintf(stderr, "usage: fpguest setxattr|getxattr|removexattr|listxattr|flock|fsync PATH ..., "
+            "fpguest preads < LIST\n");
     return 2;
 }
