@@ -17,8 +17,10 @@ the VMMs implement them (the host does ``mmap(MAP_FIXED)`` into the window):
   partial page past end of file read as zero, as with mmap.
 
 Devices: :class:`ModelDevice` (pure Python over a :class:`~fuseproto.dax.host.FileStore`),
-:class:`MmapDevice` (a reserved region of this process, real ``mmap``), and
-:class:`~fuseproto.dax.virtiofsd.VirtiofsdDevice` (a real daemon).
+:class:`MmapDevice` (a reserved region of this process, real ``mmap``),
+:class:`~fuseproto.dax.virtiofsd.VirtiofsdDevice` (a real daemon), and
+:class:`RefusingDevice` (another device with a geometry of its own, refusing chosen
+requests: the fuzzer's error paths).
 """
 
 from __future__ import annotations
