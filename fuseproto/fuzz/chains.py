@@ -348,15 +348,18 @@ class ChainSession:
     def run(self, inp: ChainInput) -> tuple[Outcome, bool]:
         """Send one input; (its outcome, whether the session is still usable)."""
         self.history.append(inp)
-        req = inp.request
-        op = _IN.parse(req, 0)["opcode"] if len(req) >= _IN.size else -1
-        unique = _IN.parse(req, 0)["unique"] if len(req) >= _IN.size else None
-        name = opcode_name(op) if op >= 0 else "short"
         head, advance, tables, extra = self.build(inp)
         check = chain_check(self.mirror, head, tables, self.fe.regions,
                             indirect_ok=self.indirect_ok)
         if extra:
-            check = ChainCheck(False, sorted(set(check.reasons + extra)), check.writable)
+            check = ChainCheck(False, sorted(set(check.reasons + extra)), check.writable,
+                               check.readable)
+        # Judge against what the device reads (a length that lies or a flag flipped
+        # changes the message), not what we meant to send.
+        req = self.read_back(check)
+        op = _IN.parse(req, 0)["opcode"] if len(req) >= _IN.size else -1
+        unique = _IN.parse(req, 0)["unique"] if len(req) >= _IN.size else None
+        name = opcode_name(op) if op >= 0 else "short"
         self.ring.publish(head, advance)
         self.kick()
         seen: list[tuple[int, int]] = []
@@ -393,6 +396,16 @@ class ChainSession:
             return Outcome(f"{name}:{tag}:queue-stopped", evidence=ev), False
         return self._refusable(probe, check, ev), False
 
+    def read_back(self, check: ChainCheck) -> bytes:
+        """The device-readable bytes of the chain as written, in walk order (buffers we
+        do not own, or past memory, count as nothing)."""
+        out = bytearray()
+        size = self.fe.mem.size
+        for d in check.readable:
+            if d.off is not None and len(out) < 4 << 20:
+                out += self.fe.mem.mm[d.off:min(d.off + d.len, size)]
+        return bytes(out)
+
     def _refusable(self, out: Outcome, check: ChainCheck, ev: dict[str, Any]) -> Outcome:
         out.evidence.update(ev)
         if out.finding == "daemon-exit" and not check.valid:
@@ -413,7 +426,7 @@ class ChainSession:
                 continue  # a zero-length descriptor
             reply += self.fe.mem.mm[d.off:d.off + take] if d.off is not None else bytes(take)
         try:
-            req = codec.decode_request(inp.request)
+            req = codec.decode_request(self.read_back(check))
         except DecodeError:
             req = None
         exp = expected_area(op, req.body if req is not None else None, 46) if op >= 0 else 0

@@ -76,10 +76,20 @@ class ChainCheck:
     valid: bool
     reasons: list[str]
     writable: list[Desc]
+    readable: list[Desc] = field(default_factory=list)  # in walk order: what it reads
 
     @property
     def writable_bytes(self) -> int:
         return sum(d.len for d in self.writable)
+
+    @property
+    def used_bound(self) -> int:
+        """The most used.len may say: the writable bytes; for a chain that loops, a device
+        that bounds its walk by the ring size (instead of refusing the loop) may count
+        each writable buffer up to that many times."""
+        if "next loops" in self.reasons:
+            return self.writable_bytes * QUEUE_SIZE
+        return self.writable_bytes
 
 
 def _in_memory(fe_regions: Any, addr: int, length: int) -> bool:
@@ -104,6 +114,7 @@ def chain_check(ring: list[Desc | None], head: int, tables: dict[int, list[Desc]
     its entries)."""
     reasons: list[str] = []
     writable: list[Desc] = []
+    readable: list[Desc] = []
     if not 0 <= head < size or ring[head] is None:
         return ChainCheck(False, ["avail entry names no descriptor"], [])
     seen_w = False
@@ -150,20 +161,23 @@ def chain_check(ring: list[Desc | None], head: int, tables: dict[int, list[Desc]
             if d.flags & VIRTQ_DESC_F_WRITE:
                 seen_w = True
                 writable.append(d)
-            elif seen_w:
-                reasons.append("readable after writable")
+            else:
+                readable.append(d)
+                if seen_w:
+                    reasons.append("readable after writable")
             if not d.flags & VIRTQ_DESC_F_NEXT:
                 return
             i = d.next
 
     walk(list(ring), head, False)
-    return ChainCheck(not reasons, sorted(set(reasons)), writable)
+    return ChainCheck(not reasons, sorted(set(reasons)), writable, readable)
 
 
 def judge_used(name: str, head: int, used: list[tuple[int, int]], check: ChainCheck,
                outstanding: set[int]) -> Outcome | None:
     """The used ring's oracle: an entry for a head we never published (or that is not
-    outstanding), or a used.len past the chain's device-writable bytes, is a protocol
+    outstanding), or a used.len past the chain's device-writable bytes
+    (:attr:`ChainCheck.used_bound`), is a protocol
     finding (virtio 1.x 2.7.8.1: the device MUST NOT write more than ``len``... of the
     writable buffers; used.len is the bytes written)."""
     for uid, ulen in used:
@@ -171,7 +185,7 @@ def judge_used(name: str, head: int, used: list[tuple[int, int]], check: ChainCh
             return Outcome(f"{name}:used-unknown-head", "protocol",
                            f"used entry for descriptor {uid}, which is not a chain in "
                            f"flight (head {head})", {"used_id": uid, "used_len": ulen})
-        if uid == head and ulen > check.writable_bytes:
+        if uid == head and ulen > check.used_bound:
             return Outcome(f"{name}:used-overflow", "protocol",
                            f"used.len {ulen} > the chain's device-writable bytes "
                            f"{check.writable_bytes}",
