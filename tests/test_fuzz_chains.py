@@ -96,6 +96,15 @@ def test_judge_used_flags_a_length_past_the_writable_area_and_unknown_heads():
     assert judge_used("FUSE_READ", 0, [(7, 16)], check, {7}) is None  # a late completion
 
 
+def test_used_bound_of_a_looping_chain():
+    """A device that bounds a looping walk by the ring size (instead of refusing it) may
+    count the writable buffer each time round: not a finding; past that it is."""
+    loop = _check(Desc(BASE, 40, N, 1), Desc(BASE + 64, 1, W | N, 1))
+    assert not loop.valid and "next loops" in loop.reasons and loop.used_bound == 256
+    assert judge_used("FUSE_READ", 0, [(0, 254)], loop, set()) is None
+    assert judge_used("FUSE_READ", 0, [(0, 257)], loop, set()) is not None
+
+
 def test_panic_watch_waits_for_the_message_line(tmp_path):
     log = tmp_path / "d.log"
     log.write_text("[INFO virtiofsd] Client connected\n")
