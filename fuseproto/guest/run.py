@@ -129,6 +129,8 @@ class WorkloadRun:
     def problems(self) -> list[str]:
         """Everything that went wrong, each prefixed with its share's tag."""
         out = [f"guest: /init: {e}" for e in self.guest.errors]
+        if self.guest.returncode != 0:
+            out.append(f"guest: QEMU exited with {self.guest.returncode}")
         if not self.guest.finished:
             out.append("guest: /init did not finish")
         for s in self.shares.values():
