@@ -159,6 +159,28 @@ def test_run_options_after_the_target_are_ours_the_rest_libfuzzers(tmp_path):
                                                                 "wire_decode")
 
 
+@pytest.mark.parametrize("argv, ours, libfuzzer", [
+    # options before the target
+    (["--seconds", "5", "--jobs", "2", "wire_decode", "-runs=3"],
+     {"seconds": 5.0, "jobs": 2}, ["-runs=3"]),
+    # a live target's options after it, --opt=value spelling
+    (["virtiofsd", "--daemon", "rust", "--sequences", "--seconds=3", "--jobs=2", "--no-corpus"],
+     {"seconds": 3.0, "jobs": 2, "daemon": "rust", "sequences": True, "no_corpus": True}, []),
+    # some before, some after; everything after -- is libFuzzer's, even our names
+    (["--daemon", "rust", "virtiofsd", "--feedback", "outcome", "--", "-x"],
+     {"daemon": "rust", "feedback": "outcome", "seconds": 60.0}, ["-x"]),
+    (["session", "-runs=3", "--seconds", "4", "--", "--jobs", "9"],
+     {"seconds": 4.0, "jobs": 1}, ["-runs=3", "--jobs", "9"]),
+])
+def test_run_options_in_any_order(argv, ours, libfuzzer):
+    from fuseproto.cli import build_parser
+    from fuseproto.commands.fuzz import split_run_args
+
+    args = build_parser().parse_args(["fuzz", "run", *argv])
+    assert split_run_args(args) == libfuzzer
+    assert {k: getattr(args, k) for k in ours} == ours
+
+
 @pytest.mark.skipif(campaign.fuzz_dir() is None, reason="needs the fuzz/ directory")
 def test_documented_run_command_works(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "run", "wire_decode",
