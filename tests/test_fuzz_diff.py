@@ -61,6 +61,7 @@ def test_compare_rules():
     # A directory's size and link count are the file system's business.
     assert kinds(_entry(mode=0o40755, size=4096, nlink=2),
                  _entry(mode=0o40755, size=60, nlink=3)) == []
+    assert kinds(_entry(mode=0o120777, size=30), _entry(mode=0o120777, size=31)) == []
     # Data: each share's own absolute path reads $BASE.
     assert kinds(_data(b"/tmp/a/canary", "/tmp/a"), _data(b"/tmp/b/canary", "/tmp/b"),
                  O.FUSE_READLINK) == []
