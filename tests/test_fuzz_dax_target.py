@@ -119,6 +119,31 @@ def test_refusals_run_error_paths_and_are_judged():
     assert mgr.stats.setupmapping == 3  # the mapping, the refused upgrade, the upgrade
 
 
+class _Mute(list):
+    def append(self, item):
+        pass
+
+
+def linux_silent(device, backend, **options):
+    """Linux dropping its warnings (a refused REMOVEMAPPING goes unreported)."""
+    mgr = LinuxDaxManager(device, backend, range_shift=14)
+    mgr.warnings = _Mute()
+    return mgr
+
+
+def test_a_refused_removemapping_is_a_documented_warning(monkeypatch):
+    # Linux reads 2 ranges, the device refuses the next request, the inode is forgotten:
+    # its REMOVEMAPPING fails, the ranges are freed anyway, with a warning.
+    ops = [("read", 0, 0, 5 << 13), ("refuse", 0, 2, 0), ("forget", 0, 0, 0)]
+    data = _program(2, ops, sizes=[0x12, 1, 1, 1])
+    checker = dax_target.run_model(data)
+    mgr = checker.managers[0]
+    assert mgr.stats.errors == {errno.EIO: 1} and len(mgr.warnings) == 1
+    monkeypatch.setenv(ENV_MANAGER, "test_fuzz_dax_target:linux_silent")
+    with pytest.raises(AssertionError, match="no warning"):
+        dax_target.run_model(data)
+
+
 def test_osv_direct_map_and_deep_unmap_more_than_mapped():
     data = _program(0, [("map", 0, 0, 2), ("map", 1, 0, 1), ("unmap", 0x10, 0, 99),
                         ("unmap", 0x10, 0, 1), ("map", 2, 0, 0)], chunks=6)
@@ -141,7 +166,7 @@ def test_refusing_device_refuses_armed_requests_and_its_own_geometry():
     assert setup(P) == errno.EINVAL  # not aligned to its 8 KiB
     dev.refuse(errno.ENOSPC, after=1)
     assert setup(0) == 0 and setup(2 * P) == errno.ENOSPC and setup(2 * P) == 0
-    assert dev.injected == 1 and len(inner.mappings()) == 2 == len(dev.mappings())
+    assert len(dev.injected) == 1 and len(inner.mappings()) == 2 == len(dev.mappings())
     assert dev.submit(removemapping(0, [(0, 2 * P)], count=2)) == errno.EINVAL
     with pytest.raises(ValueError):
         RefusingDevice(inner, window_size=9 * P)

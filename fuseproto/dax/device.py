@@ -423,7 +423,9 @@ class RefusingDevice(WindowDevice):
         self.inner = inner
         self.files = getattr(inner, "files", None)
         self._armed: dict[int, int] = {}  # request number -> errno
-        self.injected = 0  # requests answered by an armed refusal
+        self.injected: list[DaxMessage] = []  # requests answered by an armed refusal
+        # validate here only what inner would not (a narrower window, a coarser alignment)
+        self._narrower = size != inner.window_size or self.alignment != inner.alignment
 
     def refuse(self, errno_: int, after: int = 0) -> None:
         """Answer the request ``after`` requests from now with ``errno_``."""
@@ -437,7 +439,9 @@ class RefusingDevice(WindowDevice):
         self.requests += 1
         err = self._armed.pop(n, 0)
         if err:
-            self.injected += 1
+            self.injected.append(msg)
+        elif not self._narrower:
+            pass
         elif msg.opcode == FUSE_SETUPMAPPING:
             b = msg.body
             err = errno.EINVAL if self._bad_setup(b["moffset"], b["len"], b["foffset"]) else 0
