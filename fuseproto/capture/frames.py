@@ -221,7 +221,10 @@ class CaptureRecorder:
         timestamp_ns: int | None = None,
         *,
         injected: bool = False,
+        orig_len: int | None = None,
     ) -> None:
+        """``orig_len``: the message's whole length when ``data`` is only its first bytes
+        (the record is then cut, as a snaplen cuts it)."""
         ts = self._clock() if timestamp_ns is None else timestamp_ns  # type: ignore[operator]
         data = bytes(data)
         with self._lock:
@@ -231,7 +234,8 @@ class CaptureRecorder:
             rec = pack_frame(
                 direction, queue, data, opcode=opcode, minor=self.minor, injected=injected
             )
-            self._writer.write(rec, ts)
+            self._writer.write(rec, ts, orig_len=None if orig_len is None
+                               else FRAME_HEADER.size + orig_len)
 
     record = __call__
 

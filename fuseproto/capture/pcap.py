@@ -425,12 +425,15 @@ class PcapWriter:
         self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
         self.count = 0
 
-    def write(self, data: bytes, ts_ns: int) -> None:
-        """Append one record captured at ``ts_ns`` (nanoseconds since the epoch)."""
+    def write(self, data: bytes, ts_ns: int, *, orig_len: int | None = None) -> None:
+        """Append one record captured at ``ts_ns`` (nanoseconds since the epoch).
+        ``orig_len``: the packet's length on the wire when ``data`` is only its first
+        bytes (a recorder that never read the rest)."""
         sec, ns = divmod(int(ts_ns), 1_000_000_000)
         frac = ns if self.nanosecond else ns // 1000
         cap = bytes(data[: self.snaplen])
-        self._f.write(self._rec.pack(sec & 0xFFFFFFFF, frac, len(cap), len(data)) + cap)
+        orig = len(data) if orig_len is None else max(orig_len, len(data))
+        self._f.write(self._rec.pack(sec & 0xFFFFFFFF, frac, len(cap), orig) + cap)
         self.count += 1
 
     def flush(self) -> None:

@@ -101,16 +101,19 @@ class FuseTap:
         self._init: dict[int, Any] = {}  # unique -> the INIT request (at most a few)
         self.notes = 0
 
-    def record(self, direction: int, queue: int, data: bytes) -> None:
+    def record(self, direction: int, queue: int, data: bytes, length: int) -> None:
+        """One message: ``data`` its first bytes (all of it unless a snaplen cut it),
+        ``length`` its whole length."""
         rec = self.recorder
+        cut = None if length == len(data) else length
         if direction == Direction.REQUEST:
-            rec(Direction.REQUEST, queue, data)
+            rec(Direction.REQUEST, queue, data, orig_len=cut)
             if len(data) >= _IN.size:
                 head = _IN.struct.unpack_from(data)
                 if head[_IN_OPCODE] in _INIT_OPS:
                     self._saw_init(queue, head[_IN_UNIQUE], data)
             return
-        rec(Direction.REPLY, queue, data)
+        rec(Direction.REPLY, queue, data, orig_len=cut)
         if self._init and len(data) >= _OUT.size:
             request = self._init.pop(_OUT.struct.unpack_from(data)[_OUT_UNIQUE], None)
             if request is not None:
@@ -183,7 +186,8 @@ class RecordingProxy:
     both sockets and every fd it creates or receives; :meth:`close` releases them."""
 
     def __init__(self, vmm: socket.socket, daemon: socket.socket, tap: FuseTap, *,
-                 scan_interval: float = 0.001, idle_interval: float = 0.02) -> None:
+                 scan_interval: float = 0.001, idle_interval: float = 0.02,
+                 snaplen: int | None = None) -> None:
         self.vmm = vmm
         self.daemon = daemon
         self.tap = tap
@@ -192,6 +196,8 @@ class RecordingProxy:
         # daemon calls only once per drain), and when nothing is (for polling drivers).
         self.scan_interval = scan_interval
         self.idle_interval = idle_interval
+        # Read at most this many bytes of each message (the rest is never copied).
+        self.snaplen = snaplen
         self.mem = GuestMap()
         self.queues: dict[int, QueueWatch] = {}
         self.stats = ProxyStats()
@@ -225,6 +231,8 @@ class RecordingProxy:
         q = self.queues.get(index)
         if q is None:
             q = self.queues[index] = QueueWatch(index)
+            if self.snaplen is not None:
+                q.limit = min(q.limit, self.snaplen)
         return q
 
     def scan(self, queue: QueueWatch) -> None:
@@ -402,10 +410,12 @@ class RecordingProxy:
             if q is not None:
                 self.scan(q)
             return
-        # A call: the replies are read before the driver is told they are there.
+        # A call: the replies are read, and written to the file, before the driver is
+        # told they are there.
         self.stats.calls += 1
         if q is not None:
             self.scan(q)
+        self.tap.flush()
         self._forward(n)
 
     def _forward(self, n: _Notify) -> None:

@@ -38,6 +38,9 @@ __all__ = ["GuestMap", "MAX_RECORD", "QueueWatch", "RingError"]
 # The largest message recorded whole: larger chains (a hostile or broken descriptor length)
 # are noted, not read (no allocation sized by a guest's claim).
 MAX_RECORD = 16 << 20
+# Read at least this much of every message whatever the snaplen (which the recorder applies
+# when it writes): the proxy decodes INIT pairs itself to learn the minor.
+MIN_READ = 256
 _unpack_desc = VIRTQ_DESC.unpack_from
 _unpack_u16 = U16.unpack_from
 _unpack_used = VIRTQ_USED_ELEM.unpack_from
@@ -150,7 +153,8 @@ Note = Callable[[int, str], None]
 # A ring's parts in the proxy's mappings: (GuestMap.generation, desc mapping, offset,
 # avail mapping, offset, used mapping, offset).
 _Where = tuple[int, mmap.mmap, int, mmap.mmap, int, mmap.mmap, int]
-Record = Callable[[int, int, bytes], None]  # (direction 0 request / 1 reply, queue, bytes)
+# (direction 0 request / 1 reply, queue, the message's first bytes, its whole length)
+Record = Callable[[int, int, bytes, int], None]
 
 
 @dataclass(slots=True)
@@ -174,6 +178,7 @@ class QueueWatch:
     pending: dict[int, _Chain] = field(default_factory=dict)  # head -> chain (<= size)
     requests: int = 0
     replies: int = 0
+    limit: int = MAX_RECORD  # bytes of each message read (a snaplen: the rest not copied)
     _where: _Where | None = None
     _broken: str | None = None
 
@@ -239,7 +244,7 @@ class QueueWatch:
                 if total > MAX_RECORD:
                     raise RingError(f"{total} device-readable bytes, more than the proxy "
                                     f"records ({MAX_RECORD})")
-                data = mem.read(readable, total)
+                data = mem.read(readable, min(total, max(self.limit, MIN_READ)))
             except RingError as e:
                 note(self.index, f"queue {self.index} avail head {head}: request not "
                                  f"recorded: {e}")
@@ -255,7 +260,7 @@ class QueueWatch:
             unique = int.from_bytes(data[8:16], "little") if len(data) >= 16 else None
             self.pending[head] = _Chain(writable, unique)
             self.requests += 1
-            record(0, self.index, data)
+            record(0, self.index, data, total)
         self.last_avail = last
 
     def _scan_used(self, mem: GuestMap, w: _Where, record: Record, note: Note, *,
@@ -302,7 +307,7 @@ class QueueWatch:
                                      f"{length} exceeds the chain's {room} writable bytes; "
                                      f"{room} recorded")
                     length = room
-                data = mem.read(chain.writable, min(length, MAX_RECORD))
+                data = mem.read(chain.writable, min(length, max(self.limit, MIN_READ)))
             except RingError as e:
                 note(self.index, f"queue {self.index} used head {head}: reply not "
                                  f"recorded: {e}")
@@ -319,7 +324,7 @@ class QueueWatch:
                                      f"unique {unique}, the chain's request was unique "
                                      f"{chain.unique}")
             self.replies += 1
-            record(1, self.index, data)
+            record(1, self.index, data, length)
         self.last_used = last
 
     def _walk(self, mem: GuestMap, dmm: mmap.mmap, doff: int,

@@ -88,8 +88,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     x.add_argument("-w", "--write", required=True, metavar="FILE",
                    help="the pcap file to write (replaced if it exists)")
     x.add_argument("--snaplen", type=_size, default=None, metavar="BYTES",
-                   help="record at most this many bytes of each message (default: whole "
-                   "messages, up to 16M)")
+                   help="record at most this many bytes of each message, as tcpdump -s "
+                   "(the rest is not even read: cheap for large READs and WRITEs; "
+                   "`fuseproto decode` shows what was cut); default: whole messages, up "
+                   "to 16M")
     x.add_argument("--once", action=argparse.BooleanOptionalAction, default=True,
                    help="exit when the VMM disconnects (default); --no-once waits for the "
                    "next connection (a new daemon per connection with --daemon)")
@@ -142,6 +144,8 @@ def run_proxy(args: argparse.Namespace) -> int:
         return _fail(f"--shared-dir {args.shared_dir!r} is not a directory")
     if os.path.lexists(args.listen):
         return _fail(f"--listen {args.listen} already exists")
+    if args.snaplen is not None and args.snaplen < 16:
+        return _fail("--snaplen: at least 16 (a FUSE reply header)")
     if args.scan_interval <= 0:
         return _fail("--scan-interval must be positive")
     starter = None
@@ -237,7 +241,8 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
         return 1
     say(f"VMM connected; recording to {args.write}")
     recorder.minor = None  # a new session negotiates its own
-    proxy = RecordingProxy(vmm, daemon, FuseTap(recorder), scan_interval=args.scan_interval)
+    proxy = RecordingProxy(vmm, daemon, FuseTap(recorder), scan_interval=args.scan_interval,
+                           snaplen=args.snaplen)
     try:
         ended = proxy.run(stop_r)
     finally:
