@@ -126,3 +126,26 @@ def test_cli_runs_sequences_on_two_daemons(tmp_path, no_leaks):
     m = re.search(r"\): (\d+) requests, \d+/s, (\d+) outcome classes, (\d+) daemon starts",
                   proc.stdout)
     assert m and int(m.group(1)) > 0 and int(m.group(3)) >= 2, proc.stdout
+
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("loop, specs", [("chains", ["c"]), ("control_plane", ["c"]),
+                                         ("diff", ["c", "rust"])])
+def test_other_live_loops_run_in_two_workers(loop, specs, tmp_path, no_leaks):
+    """Chains, control plane and the C-vs-Rust differential with --jobs 2: the loop's own
+    statistics type comes back with both workers' counts merged, their findings in the
+    caller's store."""
+    store = FindingStore(tmp_path / "findings")
+    st = jobs.run_loop_jobs(loop, specs, jobs=2, seconds=5, store=store, labels=specs,
+                            seed=2, workdir=tmp_path)
+    done = getattr(st, "inputs", None) or getattr(st, "programs", 0)
+    assert done >= 2 and st.per_second > 0, st
+    assert st.seconds <= 5 + jobs.GRACE_S
+    if loop == "diff":
+        assert st.daemons == ("c", "rust") and st.compared > 0
+        assert all(d["count"] >= 1 for d in st.divergences.values())
+    else:
+        assert st.daemon == "c" and sum(st.classes.values()) >= done
+    for f in st.findings:
+        assert store.by_signature[f.signature] is f and Path(f.reproducer).exists()
+    assert not list(tmp_path.glob(".jobs-*"))

@@ -429,7 +429,8 @@ def diff_pair(specs: list[str], kind: str | None = None) -> tuple[str, str] | No
 
 
 def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, seed: int,
-                 hang_timeout: float, kind: str | None = None) -> TargetResult:
+                 hang_timeout: float, kind: str | None = None, n_jobs: int = 1,
+                 out: Path | None = None) -> TargetResult:
     """The differential target on ``pair`` (C-kind first) for ``seconds``."""
     from . import diff, harness
 
@@ -439,8 +440,14 @@ def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, see
         labels = (harness.daemon_label(pair[0], insts[0]),
                   harness.daemon_label(pair[1], insts[1]))
         res.daemon = diff.diff_label(*labels)
-        st = diff.fuzz_diff(insts[0], insts[1], seconds=seconds, store=store, seed=seed,
-                            hang_timeout=hang_timeout, labels=labels)
+        if n_jobs > 1:
+            res.notes.append(f"{n_jobs} daemon pairs in parallel")
+            st = jobs.run_loop_jobs("diff", list(pair), jobs=n_jobs, seconds=seconds,
+                                    store=store, labels=list(labels), seed=seed, kind=kind,
+                                    timeout=hang_timeout, workdir=out)
+        else:
+            st = diff.fuzz_diff(insts[0], insts[1], seconds=seconds, store=store, seed=seed,
+                                hang_timeout=hang_timeout, labels=labels)
     except Exception as e:  # noqa: BLE001 -- reported, the campaign goes on
         res.error = f"{type(e).__name__}: {e}"
         return res
@@ -457,7 +464,8 @@ def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, see
 
 
 def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: int,
-                        hang_timeout: float, kind: str | None) -> list[TargetResult]:
+                        hang_timeout: float, kind: str | None, n_jobs: int = 1,
+                        out_dir: Path | None = None) -> list[TargetResult]:
     """Below the FUSE layer on one daemon: hostile descriptor chains (:mod:`.chains`) for
     60% of ``seconds``, then control-plane programs (:mod:`.control_plane`)."""
     from . import chains, control_plane, harness
@@ -469,15 +477,20 @@ def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: in
                              error=f"cannot get daemon {spec}: {e}")]
     label = harness.daemon_label(spec, inst)
     out = []
-    st = chains.fuzz_chains(inst, seconds=0.6 * seconds, store=store, seed=seed, label=label,
-                            timeout=hang_timeout)
+    def par(loop: str, share: float) -> Any:
+        return jobs.run_loop_jobs(loop, [spec], jobs=n_jobs, seconds=share * seconds,
+                                  store=store, labels=[label], seed=seed, kind=kind,
+                                  timeout=hang_timeout, workdir=out_dir)
+
+    st = par("chains", 0.6) if n_jobs > 1 else chains.fuzz_chains(
+        inst, seconds=0.6 * seconds, store=store, seed=seed, label=label, timeout=hang_timeout)
     out.append(TargetResult(
         "chains", "below-fuse", daemon=label, daemon_binary=inst.binary, seconds=st.seconds,
         iterations=st.inputs, coverage={"outcome_classes": len(st.classes)},
         findings=[f.signature for f in st.findings], restarts=max(0, st.starts - 1),
         error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio"]))
-    cs = control_plane.fuzz_control_plane(inst, seconds=0.4 * seconds, store=store,
-                                          seed=seed, label=label, timeout=hang_timeout)
+    cs = par("control_plane", 0.4) if n_jobs > 1 else control_plane.fuzz_control_plane(
+        inst, seconds=0.4 * seconds, store=store, seed=seed, label=label, timeout=hang_timeout)
     out.append(TargetResult(
         "control_plane", "below-fuse", daemon=label, daemon_binary=inst.binary,
         seconds=cs.seconds, iterations=cs.programs,
@@ -559,13 +572,13 @@ def run_campaign(
         if below_fuse:
             say(f"chains and control plane ({spec}): {0.5 * unit:.0f} s")
             for r in _below_fuse_targets(spec, 0.5 * unit, store, seed, hang_timeout,
-                                         daemon_kind):
+                                         daemon_kind, jobs, out_path):
                 say(f"{r.target} ({r.daemon}): {r.iterations} inputs, {r.per_second:.0f}/s, "
                     f"{len(r.findings)} findings" + (f", error: {r.error}" if r.error else ""))
                 result.results.append(r)
     if pair is not None:
         say(f"diff ({pair[0]} vs {pair[1]}): {unit:.0f} s")
-        r = _diff_target(pair, unit, store, seed, hang_timeout, daemon_kind)
+        r = _diff_target(pair, unit, store, seed, hang_timeout, daemon_kind, jobs, out_path)
         say(f"diff ({r.daemon}): {r.diff.get('programs', 0)} programs, "
             f"{len(r.diff.get('divergences', {}))} kinds of divergence, "
             f"{len(r.diff.get('findings', []))} not allow-listed"

@@ -6,15 +6,17 @@
   ``argv[0]`` is a ``.py`` file that need not be executable: :func:`libfuzzer_argv` puts
   a small executable launcher in its place (``<out>/bin/<target>_fuzzer``, a ``#!`` line
   naming this interpreter, then the harness run as ``__main__``).
-* **live targets** (the virtiofsd requests and sequences loops) and the in-process loop
-  run in N worker processes (``python -m fuseproto.fuzz.jobs DIR``), each with its own
+* **live targets** (the virtiofsd requests and sequences loops; the descriptor chains,
+  the control plane and the C-vs-Rust differential: :data:`LOOPS`) and the in-process
+  loop run in N worker processes (``python -m fuseproto.fuzz.jobs DIR``), each with its own
   daemons (every :class:`~fuseproto.fuzz.harness.DaemonHarness` makes its own scratch
   directory, socket and log), its own seed (``seed + i``), its own edge map and finding
   store. Inputs that lit new daemon edges go to the one corpus directory they share
   (entries are named by their SHA-1, so the workers' saves merge); at the end the
   workers' findings are adopted by the caller's store (same signature: counts add up),
   their statistics summed and their edge sets united (:func:`fuzz_live`,
-  :func:`run_inprocess`).
+  :func:`run_inprocess`, :func:`run_loop_jobs`: counters add up, durations take the
+  longest, per-class and per-signature counts merge).
 
 Workers are started and stopped by PID (their own process group): each has ``seconds``
 plus a grace period, then SIGTERM (a worker stops its daemons and exits), then SIGKILL.
@@ -43,7 +45,7 @@ from .findings import Finding, FindingStore
 from .virtiofsd import DaemonStats
 
 __all__ = ["libfuzzer_argv", "fork_requested", "run_workers", "fuzz_live", "run_inprocess",
-           "LIVE_MODES", "GRACE_S"]
+           "run_loop_jobs", "LIVE_MODES", "LOOPS", "GRACE_S"]
 
 #: The live loops a worker can run.
 LIVE_MODES = ("requests", "sequences")
@@ -139,7 +141,8 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 
 
 def _stats_json(st: Any) -> dict[str, Any]:
-    d = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "findings"}
+    d = {f.name: getattr(st, f.name) for f in dataclasses.fields(st)
+         if f.name != "findings" and not _finding_list(getattr(st, f.name))}
     out: dict[str, Any] = json.loads(json.dumps(d, default=str))
     return out
 
@@ -177,9 +180,61 @@ def _inprocess_worker(d: Path, *, target: str, seconds: float, seed: int) -> dic
     return {"stats": _stats_json(st), "findings": store.to_json()}
 
 
+def _chains(insts: list[Any], labels: list[str], seconds: float, store: FindingStore,
+            seed: int, timeout: float) -> Any:
+    from .chains import fuzz_chains
+
+    return fuzz_chains(insts[0], seconds=seconds, store=store, seed=seed, label=labels[0],
+                       timeout=timeout)
+
+
+def _control_plane(insts: list[Any], labels: list[str], seconds: float,
+                   store: FindingStore, seed: int, timeout: float) -> Any:
+    from .control_plane import fuzz_control_plane
+
+    return fuzz_control_plane(insts[0], seconds=seconds, store=store, seed=seed,
+                              label=labels[0], timeout=timeout)
+
+
+def _diff(insts: list[Any], labels: list[str], seconds: float, store: FindingStore,
+          seed: int, timeout: float) -> Any:
+    from .diff import fuzz_diff
+
+    return fuzz_diff(insts[0], insts[1], seconds=seconds, store=store, seed=seed,
+                     hang_timeout=timeout, labels=(labels[0], labels[1]))
+
+
+#: The other live loops by target name: (installations, labels, seconds, store, seed,
+#: timeout) -> the loop's statistics (a dataclass with ``findings``).
+LOOPS: dict[str, Callable[..., Any]] = {
+    "chains": _chains,
+    "control_plane": _control_plane,
+    "diff": _diff,
+}
+
+
+def _loop_worker(d: Path, *, loop: str, specs: list[str], kind: str | None,
+                 labels: list[str], seconds: float, seed: int, timeout: float
+                 ) -> dict[str, Any]:
+    from .harness import resolve_installation
+
+    insts = [resolve_installation(s, kind if i == 0 else None) for i, s in enumerate(specs)]
+    store = FindingStore(d / "findings")
+    st = LOOPS[loop](insts, labels, seconds, store, seed, timeout)
+    lists = {f.name: [x.signature for x in getattr(st, f.name)]
+             for f in dataclasses.fields(st) if _finding_list(getattr(st, f.name))}
+    return {"stats": {k: v for k, v in _stats_json(st).items() if k not in lists},
+            "lists": lists, "findings": store.to_json()}
+
+
+def _finding_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], Finding)
+
+
 _WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "live": _live_worker,
     "inprocess": _inprocess_worker,
+    "loop": _loop_worker,
 }
 
 
@@ -339,6 +394,99 @@ def run_inprocess(target: str, *, jobs: int, seconds: float, store: FindingStore
         st.corpus_size += p.get("corpus_size", 0)
         st.outcome_classes = max(st.outcome_classes, p.get("outcome_classes", 0))
     return st
+
+
+#: Counters that are a number of distinct things: the largest job's, not a sum.
+_DISTINCT = ("outcome_classes", "corpus_loaded", "seed_edges")
+
+
+def _merge_value(name: str, values: list[Any]) -> Any:
+    """One field of several jobs' statistics, merged (see the module docstring)."""
+    if not values:
+        return None
+    first = values[0]
+    if isinstance(first, bool):
+        return any(values)
+    if isinstance(first, int | float) and all(isinstance(v, int | float) for v in values):
+        return max(values) if name in _DISTINCT or name == "seconds" else sum(values)
+    if isinstance(first, dict):
+        out: dict[str, Any] = {}
+        for v in values:
+            for k, x in v.items():
+                if k not in out:
+                    out[k] = dict(x) if isinstance(x, dict) else x
+                elif isinstance(x, int | float) and not isinstance(x, bool):
+                    out[k] += x
+                elif isinstance(x, dict) and isinstance(x.get("count"), int):
+                    out[k]["count"] += x["count"]
+        return out
+    if isinstance(first, list):
+        merged: list[Any] = []
+        for v in values:
+            merged += [x for x in v if x not in merged]
+        return merged
+    if name == "error":
+        return "; ".join(str(v) for v in values if v)[:2000] or None
+    return next((v for v in values if v), first)
+
+
+def run_loop_jobs(loop: str, specs: list[str], *, jobs: int, seconds: float,
+                  store: FindingStore, labels: list[str], seed: int = 0,
+                  kind: str | None = None, timeout: float = 0.5,
+                  workdir: Path | None = None) -> Any:
+    """Live loop ``loop`` (a key of :data:`LOOPS`) on daemons ``specs`` in ``jobs``
+    parallel workers (seeds ``seed + i``, each with its own daemons) for ``seconds``;
+    findings go to ``store``; the loop's own statistics type, merged."""
+    jd = _jobs_dir(workdir)
+    try:
+        args = [{"loop": loop, "specs": specs, "kind": kind, "labels": labels,
+                 "seconds": seconds, "seed": seed + i, "timeout": timeout}
+                for i in range(jobs)]
+        results = run_workers("loop", args, seconds=seconds, workdir=jd)
+        found = {f.signature: f for f in _adopt(store, results)}
+    finally:
+        shutil.rmtree(jd, ignore_errors=True)
+    done = [r for r in results if "stats" in r]
+    if not done:
+        raise RuntimeError("; ".join(r.get("error", "?") for r in results)[:2000])
+    cls = _STATS[loop]()
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if any(f.name in r.get("lists", {}) for r in done) or f.name == "findings":
+            sigs = _merge_value(f.name, [r.get("lists", {}).get(f.name, []) for r in done])
+            fields[f.name] = [found[s] for s in sigs or [] if s in found]
+            continue
+        value = _merge_value(f.name, [r["stats"][f.name] for r in done if f.name in r["stats"]])
+        if isinstance(value, list) and f.type in ("tuple[str, str]", "tuple[str, ...]"):
+            value = tuple(value)
+        fields[f.name] = value
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        fields["error"] = "; ".join(filter(None, [fields.get("error"), *errors]))[:2000]
+    return cls(**fields)
+
+
+def _chain_stats() -> type:
+    from .chains import ChainStats
+
+    return ChainStats
+
+
+def _control_stats() -> type:
+    from .control_plane import ControlStats
+
+    return ControlStats
+
+
+def _diff_stats() -> type:
+    from .diff import DiffStats
+
+    return DiffStats
+
+
+_STATS: dict[str, Callable[[], type]] = {"chains": _chain_stats,
+                                         "control_plane": _control_stats,
+                                         "diff": _diff_stats}
 
 
 if __name__ == "__main__":
