@@ -306,14 +306,24 @@ def _run_below_fuse(args: argparse.Namespace, name: str) -> int:
     inst = harness.resolve_installation(spec, args.virtiofsd_kind)
     label = harness.daemon_label(spec, inst)
     store = FindingStore(Path(args.out) / "findings")
+    if args.jobs > 1:
+        from ..fuzz.jobs import run_loop_jobs
+
+        print(f"{label}: {args.jobs} jobs")
     if name == "chains":
-        st = chains.fuzz_chains(inst, seconds=args.seconds, store=store, seed=args.seed,
-                                label=label)
+        st = (run_loop_jobs(name, [spec], jobs=args.jobs, seconds=args.seconds, store=store,
+                            labels=[label], seed=args.seed, kind=args.virtiofsd_kind,
+                            workdir=Path(args.out)) if args.jobs > 1 else
+              chains.fuzz_chains(inst, seconds=args.seconds, store=store, seed=args.seed,
+                                 label=label))
         print(f"{label}: {st.inputs} chains ({st.per_second:.1f}/s), {st.valid} valid "
               f"virtio, {len(st.classes)} outcome classes, {st.starts} daemon starts")
     else:
-        cs = control_plane.fuzz_control_plane(inst, seconds=args.seconds, store=store,
-                                              seed=args.seed, label=label)
+        cs = (run_loop_jobs(name, [spec], jobs=args.jobs, seconds=args.seconds, store=store,
+                            labels=[label], seed=args.seed, kind=args.virtiofsd_kind,
+                            workdir=Path(args.out)) if args.jobs > 1 else
+              control_plane.fuzz_control_plane(inst, seconds=args.seconds, store=store,
+                                               seed=args.seed, label=label))
         print(f"{label}: {cs.programs} programs ({cs.per_second:.1f}/s), {cs.steps} "
               f"messages, {cs.served} ended serving, {len(cs.classes)} outcome classes")
     for f in store:
@@ -333,8 +343,16 @@ def _run_diff(args: argparse.Namespace) -> int:
     labels = (harness.daemon_label(specs[0], insts[0]),
               harness.daemon_label(specs[1], insts[1]))
     store = FindingStore(Path(args.out) / "findings")
-    st = fuzz_diff(insts[0], insts[1], seconds=args.seconds, store=store, seed=args.seed,
-                   labels=labels)
+    if args.jobs > 1:
+        from ..fuzz.jobs import run_loop_jobs
+
+        st = run_loop_jobs("diff", list(specs), jobs=args.jobs, seconds=args.seconds,
+                           store=store, labels=list(labels), seed=args.seed,
+                           kind=args.virtiofsd_kind, workdir=Path(args.out))
+        print(f"{args.jobs} jobs")
+    else:
+        st = fuzz_diff(insts[0], insts[1], seconds=args.seconds, store=store, seed=args.seed,
+                       labels=labels)
     print(f"{labels[0]} vs {labels[1]}: {st.programs} programs ({st.per_second:.1f}/s), "
           f"{st.requests} requests, {st.compared} answers compared, "
           f"{len(st.divergences)} kinds of divergence ({len(st.findings)} not allow-listed)")
