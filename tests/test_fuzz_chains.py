@@ -163,7 +163,8 @@ def test_chain_findings_on_the_c_daemon(daemon_installations, tmp_path):
     a buffer across two contiguous memory regions inside an indirect table ends the daemon
     ("Looped descriptor": it counts iovecs against the table's entries); a direct chain
     ending in an indirect table (which the device MUST handle) completes with nothing
-    written; a zero-length descriptor ends it. Invalid chains are refusals, not findings."""
+    written; a zero-length descriptor ends it; a request bigger than its buffer aborts it.
+    Invalid chains are refusals, not findings."""
     c = daemon_installations["c"]
     out, _ = _run(c, tmp_path, cuts=[40], indirect=True, ops=[("straddle", 1)])
     assert out.finding == "daemon-exit" and out.evidence["valid"]
@@ -179,6 +180,14 @@ def test_chain_findings_on_the_c_daemon(daemon_installations, tmp_path):
     # The same straddle directly (not in a table) is served.
     out, usable = _run(c, tmp_path, cuts=[40], indirect=False, ops=[("straddle", 1)])
     assert out.finding is None and usable
+    # A WRITE of 1 MiB + 4 KiB (bigger than the daemon's buffer) aborts it; Rust: ENOMEM.
+    s = ChainSession(c, str(tmp_path))
+    try:
+        op, body, node = s.templates()[5]
+        out, _ = s.run(ChainInput(s.request(op, body, node), 4096))
+    finally:
+        s.stop()
+    assert out.finding == "crash" and "fuse_virtio.c:502" in out.evidence["site"]
 
 
 def test_rust_worker_panic_is_a_prompt_finding(daemon_installations, tmp_path):
