@@ -69,6 +69,9 @@ class RecordingProxies:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=log, pass_fds=(ready_w,),
                                         start_new_session=True)
+        except OSError as e:
+            os.close(ready_r)
+            raise GuestError(f"cannot start the capture proxy: {e}") from e
         finally:
             os.close(ready_w)
         try:
@@ -115,7 +118,7 @@ class ShareRun:
     tag: str
     daemon: str  # variant name (c, rust, c-src ...)
     version: str
-    share: str  # the host directory it served (gone after run_workload unless keep=True)
+    share: str  # the host directory it served (removed afterwards unless workdir was given)
     guest: TagRun | None
     daemon_exit: str  # "exited with code 0" when QEMU's disconnect ended it cleanly
     problems: list[str] = field(default_factory=list)
@@ -161,6 +164,8 @@ def run_workload(names: Sequence[str], *, timeout: float = 240.0,
             running: dict[str, tuple[daemons.Daemon, str]] = {}
             for i, name in enumerate(names):
                 tag = _tag(name, i)
+                if tag in running:  # the same daemon twice: one share each
+                    tag = f"{tag}-{i}"
                 inst = daemons.resolve(name)
                 folder = os.path.join(base, tag)
                 share = os.path.join(folder, "share")
