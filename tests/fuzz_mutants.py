@@ -231,6 +231,12 @@ def reply_fast_path_ignores_minor() -> None:
     _patch(codec.RequestKind, "__init__", init)
 
 
+@_mutant("wire_decode", "wire/codec.py _out_unpack",
+         "wrong field width/sign: fuse_out_header is unpacked as <IIQ, error as a u32")
+def out_header_error_unsigned() -> None:
+    _patch(codec, "_out_unpack", struct.Struct("<IIQ").unpack_from)  # BUG: "<IiQ"
+
+
 @_mutant("wire_decode", "wire/parts.py AnySize.build",
          "lost field on re-encode: fuse_init_in/out is built short unless flags carry "
          "FUSE_INIT_EXT, whatever fields the body holds")
