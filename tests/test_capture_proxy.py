@@ -329,6 +329,44 @@ def test_daemon_socket_daemon_exits_cleanly(kind, daemon_installations, shared_d
     assert recorded(proxy.pcap)[-1][2].endswith(b"hello, proxy\n")
 
 
+def test_no_once_serves_the_next_connection_into_its_own_file(
+        daemon_installations, shared_dir, scratch_dir, proxy_factory, no_leaks):
+    """--no-once: each VMM connection gets a new daemon and its own capture file."""
+    make_tree(shared_dir)
+    proxy = proxy_factory("--daemon", "rust", "--shared-dir", shared_dir, "--no-once")
+    for n in range(2):
+        with connect(proxy.listen) as t:
+            c = Client(t)
+            c.init()
+            assert c.lookup(FUSE_ROOT_ID, "sub").nodeid
+            assert c.getattr(FUSE_ROOT_ID).attr.ino
+        # the next connection waits until the proxy listens again
+        deadline = time.monotonic() + 20
+        while n == 0 and "session ended" not in _peek(proxy) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert proxy.proc.poll() is None  # still waiting for a third
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.wait() == 0, proxy.stderr
+    said = proxy.said + proxy.stderr
+    assert said.count("exited with code 0") == 2, said  # two daemons, each ended cleanly
+    second = proxy.pcap.replace(".pcap", ".1.pcap")
+    for path in (proxy.pcap, second):
+        assert decode_cli(path)["kinds"] == {"request": 3, "reply": 3}, path
+
+
+def _peek(proxy: Proxy) -> str:
+    """What the proxy has said so far (its stderr, read without blocking)."""
+    import fcntl
+    fd = proxy.proc.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = os.read(fd, 65536).decode()
+    except BlockingIOError:
+        chunk = ""
+    proxy.said = getattr(proxy, "said", "") + chunk
+    return proxy.said
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_signal_leaves_a_valid_capture(sig, daemon_installations, shared_dir, scratch_dir,
                                        proxy_factory, no_leaks):

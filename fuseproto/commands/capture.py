@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "to 16M")
     x.add_argument("--once", action=argparse.BooleanOptionalAction, default=True,
                    help="exit when the VMM disconnects (default); --no-once waits for the "
-                   "next connection (a new daemon per connection with --daemon)")
+                   "next connection (a new daemon per connection with --daemon; session N "
+                   "is written to FILE with .N before its extension)")
     x.add_argument("--ready-fd", type=int, metavar="N",
                    help="write 'ready\\n' to this inherited fd (then close it) once listening")
     x.add_argument("--scan-interval", type=float, default=0.001, metavar="S",
@@ -128,8 +129,6 @@ def _fail(text: str) -> int:
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    from ..capture.frames import CaptureRecorder
-    from ..capture.pcap import DEFAULT_MAX_CAPLEN
     from ..errors import FuseprotoError
 
     def say(text: str) -> None:
@@ -165,15 +164,10 @@ def run_proxy(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in sigs}
     old_wakeup = signal.set_wakeup_fd(stop_w)
     listener: socket.socket | None = None
-    out: Any = None
-    recorder: Any = None
+    output = _Output(args.write, args.snaplen)
     try:
         try:
-            # Buffered, flushed by the proxy after each round of events: the buffer holds
-            # whole records only (one write() each), so the file is valid at any moment.
-            out = open(args.write, "wb", buffering=OUTPUT_BUFFER)  # noqa: SIM115
-            snaplen = args.snaplen or DEFAULT_MAX_CAPLEN
-            recorder = CaptureRecorder(out, snaplen=snaplen)
+            output.open(0)  # the first file now: a bad path is an error before "ready"
             if starter is not None:
                 starter.start()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -186,10 +180,12 @@ def run_proxy(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.write(args.ready_fd, b"ready\n")
                 os.close(args.ready_fd)
+        session = 0
         while True:
-            rc = _one_session(args, listener, stop_r, recorder, starter, caught, say)
+            rc = _one_session(args, listener, stop_r, output, session, starter, caught, say)
             if rc is not None:
                 return rc
+            session += 1
     finally:
         if listener is not None:
             listener.close()
@@ -198,10 +194,7 @@ def run_proxy(args: argparse.Namespace) -> int:
                     os.unlink(args.listen)
         if starter is not None:
             starter.cleanup()
-        if recorder is not None:
-            recorder.close()
-        if out is not None:
-            out.close()
+        output.close()
         signal.set_wakeup_fd(old_wakeup)
         for s, h in old.items():
             signal.signal(s, h)
@@ -210,8 +203,8 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 
 def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
-                 recorder: Any, starter: _DaemonStarter | None, caught: list[int],
-                 say: Any) -> int | None:
+                 output: _Output, session: int, starter: _DaemonStarter | None,
+                 caught: list[int], say: Any) -> int | None:
     """Serve one VMM connection; returns the exit code, or None to wait for the next."""
     import select
 
@@ -239,15 +232,21 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
         vmm.close()
         print(f"fuseproto capture proxy: {e}", file=sys.stderr)
         return 1
-    say(f"VMM connected; recording to {args.write}")
-    recorder.minor = None  # a new session negotiates its own
+    try:
+        recorder = output.open(session)
+    except OSError as e:
+        vmm.close()
+        daemon.close()
+        print(f"fuseproto capture proxy: {e}", file=sys.stderr)
+        return 1
+    say(f"VMM connected; recording to {output.path}")
     proxy = RecordingProxy(vmm, daemon, FuseTap(recorder), scan_interval=args.scan_interval,
                            snaplen=args.snaplen)
     try:
         ended = proxy.run(stop_r)
     finally:
         proxy.close()
-        recorder.flush()
+        output.close()  # this session's file is complete
     st = proxy.stats
     fate = ""
     if starter is not None:
@@ -267,6 +266,46 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
     if starter is not None:
         starter.start()
     return None
+
+
+class _Output:
+    """The capture file of each session: FILE for the first, FILE.1.pcap-style names
+    (the session number before the extension) for the next ones with --no-once: one FUSE
+    session per file, as `fuseproto decode` pairs one INIT per capture."""
+
+    def __init__(self, path: str, snaplen: int | None) -> None:
+        self.first = path
+        self.snaplen = snaplen
+        self.path = path
+        self.session = -1
+        self._file: Any = None
+        self.recorder: Any = None
+
+    def open(self, session: int) -> Any:
+        from ..capture.frames import CaptureRecorder
+        from ..capture.pcap import DEFAULT_MAX_CAPLEN
+
+        if session == self.session:
+            return self.recorder
+        self.close()
+        stem, ext = os.path.splitext(self.first)
+        self.path = self.first if session == 0 else f"{stem}.{session}{ext}"
+        # Buffered, flushed by the proxy after each round of events and before it forwards
+        # a call: the buffer holds whole records only (one write() each), so the file is
+        # valid at any moment.
+        self._file = open(self.path, "wb", buffering=OUTPUT_BUFFER)  # noqa: SIM115
+        self.recorder = CaptureRecorder(self._file, snaplen=self.snaplen or DEFAULT_MAX_CAPLEN)
+        self.session = session
+        return self.recorder
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.session = -1
 
 
 class _DaemonStarter:
