@@ -9,6 +9,7 @@ echo "== vhost-user transport and client vs real virtiofsd"; $py benchmarks/benc
 echo "== DAX lookup cost and simulator throughput"; $py benchmarks/bench_dax.py
 echo "== capture decoding: decode_capture and the decode CLI vs the raw codec"; $py benchmarks/bench_decode_cli.py
 echo "== DAX through the real c-dax daemon vs the model device"; $py benchmarks/bench_dax_cdax.py
+echo "== the recording proxy (fuseproto capture proxy) vs a direct connection"; $py benchmarks/bench_proxy.py --seconds 1
 echo "== fuseproto mount vs the host, same disk"; $py benchmarks/bench_mount.py
 # Long (2 x 300 s by default): FUSEPROTO_BENCH_COVERAGE_SECONDS to shorten, 0 to skip.
 cov_s=${FUSEPROTO_BENCH_COVERAGE_SECONDS:-300}
