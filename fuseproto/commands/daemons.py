@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " name through a private apt configuration and unpacked under ~/.cache/fuseproto/daemons"
         " (FUSEPROTO_CACHE moves it); and QEMU 7.2's C virtiofsd built from Debian's qemu source"
         " package in variants (c-src: as Debian builds it; c-asan-cov: clang with ASan, UBSan"
-        " and an edge-coverage map). FUSEPROTO_VIRTIOFSD_C / FUSEPROTO_VIRTIOFSD_RUST point at"
+        " and an edge-coverage map), and rust-cov: Debian 13's Rust virtiofsd built in a Debian 13"
+        " chroot with an edge-coverage map (on demand). FUSEPROTO_VIRTIOFSD_C / FUSEPROTO_VIRTIOFSD_RUST point at"
         " your own builds.")
     dsub = p.add_subparsers(dest="daemons_command", metavar="ACTION")
     inst = dsub.add_parser("install", help="download and unpack virtiofsd (cached)")
@@ -21,13 +22,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="which daemons (default: all)")
     inst.set_defaults(func=_install)
     bld = dsub.add_parser(
-        "build", help="build C virtiofsd variants from Debian's source (cached)",
+        "build", help="build virtiofsd variants from Debian's source (cached)",
         description="Fetch Debian 12's qemu source package and build virtiofsd with QEMU's"
         " own build system; a built variant is kept under ~/.cache/fuseproto/daemons/builds"
         " and a second run returns at once. Needs clang, meson, ninja-build, libglib2.0-dev,"
-        " libcap-ng-dev, libseccomp-dev, libclang-rt-14-dev, dpkg-dev (scripts/setup.sh).")
+        " libcap-ng-dev, libseccomp-dev, libclang-rt-14-dev, dpkg-dev (scripts/setup.sh)."
+        " rust-cov (not built by default) is built in a Debian 13 chroot made with debootstrap"
+        " (root; ~1.6 GB, about 10 minutes plus cargo's time the first time).")
     bld.add_argument("variant", nargs="*", metavar="VARIANT",
-                     help="c-src, c-asan-cov, c-asan-cov-planted (default: c-src c-asan-cov)")
+                     help="c-src, c-asan-cov, ..., rust-cov (default: c-src c-asan-cov c-dax"
+                     " c-dax-asan-cov)")
     bld.add_argument("-j", "--jobs", type=int, default=None,
                      help="parallel compile jobs (default: the number of CPUs)")
     bld.set_defaults(func=_build)
@@ -109,7 +113,7 @@ def _list(args: argparse.Namespace) -> int:
     for name, spec in daemons.VARIANTS.items():
         if name not in have:
             tests = " (tests only)" if spec.test_only else ""
-            print(f"{name:19} {'c':4} {'not built':28} {spec.instrumentation or '-':17} "
+            print(f"{name:19} {spec.kind:4} {'not built':28} {spec.instrumentation or '-':17} "
                   f"(fuseproto daemons build {name}){tests}")
     if not found:
         print(f"no daemons installed under {daemons.daemons_dir()}; "

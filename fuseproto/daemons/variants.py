@@ -9,7 +9,8 @@ so the daemon is compiled exactly as QEMU's meson files say (its config header, 
 warning and hardening flags, libvhost-user, the few util/ files it needs) rather than
 from a hand-kept list of files and defines that could drift from what Debian ships.
 
-Variants (:data:`VARIANTS`), all of protocol kind ``c``:
+Variants (:data:`VARIANTS`), all of protocol kind ``c`` but ``rust-cov`` (the Rust
+virtiofsd with an edge map, built in a Debian 13 chroot by :mod:`.rust_build`):
 
 * ``c-src``: gcc with Debian 12's build flags (``dpkg-buildflags`` on bookworm), a
   control that must behave like the packaged daemon;
@@ -55,6 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DaemonError
+from . import rust_build
 from .archive import PrivateApt
 from .install import KINDS, Installation, daemons_dir, find, install, publish
 
@@ -124,6 +126,8 @@ class Variant:
     # linked instead of the tree's objects: the planted-bug test variants of c-dax.
     defines: tuple[str, ...] = ()
     recompile: tuple[str, ...] = ()
+    # The protocol kind: "c" (built here) or "rust" (rust-cov: fuseproto.daemons.rust_build).
+    kind: str = "c"
 
     @property
     def patch_digest(self) -> str:
@@ -184,6 +188,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
               test_only=True, defines=(f"FUSEPROTO_DAX_BUG_{bug.upper().replace('-', '_')}",),
               recompile=DAX_BUG_SOURCES)
       for bug, why in DAX_BUGS.items()),
+    # The Rust virtiofsd of Debian 13 with an edge map (built by rust_build, on demand).
+    Variant(rust_build.NAME, rust_build.DESCRIPTION, "rustc", (), (),
+            rust_build.INSTRUMENTATION, kind="rust"),
 )}
 DEFAULT_BUILDS = ("c-src", "c-asan-cov", "c-dax", "c-dax-asan-cov")
 # Programs a build runs, and the Debian packages they come from.
@@ -206,6 +213,8 @@ def build(variant: str, *, jobs: int | None = None) -> Installation:
     spec = VARIANTS.get(variant)
     if spec is None:
         raise DaemonError(f"unknown build variant {variant!r} (one of {', '.join(VARIANTS)})")
+    if spec.kind == "rust":
+        return rust_build.build(variant, jobs=jobs)
     existing = find(variant)
     if existing is not None and not _stale(spec, existing):
         return existing
@@ -538,6 +547,8 @@ def _check_tools(spec: Variant) -> None:
 
 def recipe(variant: str) -> dict[str, Any] | None:
     """The ``build.json`` of a built variant (recipe, step times, size), else None."""
+    if variant == rust_build.NAME:
+        return rust_build.recipe()
     inst = find(variant)
     if inst is None:
         return None
