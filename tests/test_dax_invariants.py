@@ -400,6 +400,20 @@ def _removemapping_hundreds(bad: bool) -> list[str]:
     return [v.invariant for v in checker.violations]
 
 
+def _invalid_accepted(bad: bool) -> list[str]:
+    w = World()
+    msg = _setup(P + 1)  # misaligned: a device must refuse it
+    w.checker.check_refused(msg, 0 if bad else w.dev.submit(msg), "moffset misaligned", False)
+    return w.found()
+
+
+def _invalid_accepted_changed(bad: bool) -> list[str]:
+    w = World()
+    msg = removemapping(0, [(0, P)], count=2)
+    w.checker.check_refused(msg, errno.EINVAL, "count is not the entries", bad)
+    return w.found()
+
+
 CASES: dict[str, list[Callable[[bool], list[str]]]] = {
     "alignment": [_alignment_setup, _alignment_remove],
     "inside_window": [_inside_window_setup, _inside_window_remove],
@@ -426,6 +440,7 @@ CASES: dict[str, list[Callable[[bool], list[str]]]] = {
     "writable_flag": [_writable_flag],
     "refused_request": [_refused_request],
     "in_use_leak": [_in_use_leak],
+    "invalid_accepted": [_invalid_accepted, _invalid_accepted_changed],
 }
 
 

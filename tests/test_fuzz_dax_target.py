@@ -286,12 +286,17 @@ def test_live_clean_c_dax_finds_nothing(live_session, monkeypatch, tmp_path):
 
 
 @pytest.mark.daemon
-@pytest.mark.parametrize("bug, caught_by", [("unmap", "exact_ranges"),
-                                            ("access", "handle_access")])
+@pytest.mark.parametrize("bug, caught_by", [
+    ("unmap", "exact_ranges"),  # by the managers' own REMOVEMAPPINGs
+    ("access", "handle_access"),  # OSv's read mappings through the read-only handle
+    ("align", "alignment"),  # the rest by probes: the frontend refuses, the record shows
+    ("window-end", "inside_window"),
+    ("count", "invalid_accepted"),
+])
 def test_live_mode_catches_a_planted_daemon_bug(live_session, monkeypatch, tmp_path, bug,
                                                 caught_by):
-    """The daemon bugs correct managers' traffic reaches (the other three need requests
-    no correct manager sends: the sequence programs catch those)."""
+    """Each planted daemon bug of c-dax, caught by the live DAX target with a fixed seed
+    within a bounded run."""
     built_installation(f"c-dax-bug-{bug}")
     st = _live_run(monkeypatch, tmp_path, f"c-dax-bug-{bug}", 40, seed=4)
     assert st.findings, f"c-dax-bug-{bug} not caught in {st.iterations} inputs"

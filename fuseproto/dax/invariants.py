@@ -68,13 +68,12 @@ class DaxChecker:
     file's true bytes (default: from a :class:`~fuseproto.dax.host.FileStore` given as
     ``files``). ``raise_on_violation=False`` collects into :attr:`violations`.
 
-    ``full_every`` (default 1) runs the state checks (view against device, overlap,
-    accounting, the policies' stack / FIFO rules) on every ``check_state()`` call, or on
-    every n-th one (``check_state(full=True)`` forces one; a fuzzer forces one at the end
-    of each input and after any refusal): the message, access and refusal checks run at
-    every call whatever it is. The policy checks compare with the state of the previous *full* check, which stays
-    sound over several steps (a mapping kept throughout lies below all that vanished;
-    ranges leave the Linux free list only from its head).
+    ``full_every`` (default 1): the state checks (view against device, overlap,
+    accounting, the policies' stack / FIFO rules) run at every n-th ``check_state()``
+    (``full=True`` forces one); the message, access and refusal checks at every one. The
+    policy checks compare with the previous *full* check, sound over several steps (a
+    mapping kept throughout lies below all that vanished; ranges leave the Linux free
+    list only from its head).
     """
 
     def __init__(
@@ -369,8 +368,7 @@ class DaxChecker:
         self, manager: DaxManager, nodeid: int, offset: int, size: int, result: ReadResult
     ) -> None:
         self.reads_checked += 1
-        pending = self._pending.pop(id(manager), None)
-        if pending:
+        if pending := self._pending.pop(id(manager), None):
             end = offset + max(size, 0)
             if getattr(manager, "aggressive", False):
                 end = 1 << 64
@@ -398,10 +396,9 @@ class DaxChecker:
                 )
 
     def note_write(self, manager: DaxManager, nodeid: int, offset: int, length: int) -> None:
-        """Tell the checker a write of ``length`` bytes at ``offset`` just ended: the
-        SETUPMAPPINGs it caused are judged like a read's (miss_span)."""
-        pending = self._pending.pop(id(manager), None)
-        if pending:
+        """A write of ``length`` bytes at ``offset`` just ended: its SETUPMAPPINGs are
+        judged like a read's (miss_span)."""
+        if pending := self._pending.pop(id(manager), None):
             self._check_span(manager, nodeid, offset, offset + length, pending)
 
     def _check_span(self, manager: DaxManager, nodeid: int, offset: int, end: int,
@@ -437,6 +434,13 @@ class DaxChecker:
         b = msg.body
         return any(e.moffset == b.moffset and e.nodeid == msg.nodeid and e.foffset == b.foffset
                    for e in manager.view())
+
+    def check_refused(self, msg: DaxMessage, error: int, why: str, changed: bool) -> None:
+        """invalid_accepted: ``msg`` (invalid: ``why``) got ``error``; ``changed``: the window
+        changed while it was served."""
+        if not error or changed:
+            self._fail("invalid_accepted", f"{why}: answered {error}, window changed: {changed}",
+                       msg)
 
     def check_in_use(self, manager: DaxManager, held: Iterable[int]) -> None:
         """in_use_leak: the window offsets of the ranges the caller holds (pins) are

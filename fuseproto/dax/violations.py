@@ -54,6 +54,9 @@ INVARIANTS: dict[str, str] = {
     "asked in the manager's view",
     "in_use_leak": "after each operation the ranges a manager holds in use are exactly those "
     "its callers hold (no reference left behind, e.g. by an error path)",
+    "invalid_accepted": "(devices) a request the protocol forbids (misaligned, empty, past "
+    "the window, count not its entries or above 256, write through a read-only handle) is "
+    "refused and changes nothing",
 }
 DEFAULT_INVARIANTS = frozenset(INVARIANTS) - {"no_duplicate_chunks"}
 

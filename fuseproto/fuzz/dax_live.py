@@ -24,6 +24,7 @@ map of a read-only handle.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import shutil
 import tempfile
@@ -31,9 +32,15 @@ from typing import Any
 
 from ..dax.device import RefusingDevice
 from ..dax.invariants import InvariantViolation
-from ..dax.messages import removemapping
-from ..dax.virtiofsd import ClientBackend, LiveDax, check_backend_record, open_dax_daemon
-from ..errors import FuseprotoError
+from ..dax.messages import DaxMessage, removemapping
+from ..dax.virtiofsd import (
+    ClientBackend,
+    LiveDax,
+    RecordEntry,
+    check_backend_record,
+    open_dax_daemon,
+)
+from ..errors import FuseError, FuseprotoError
 from ..wire.constants import FUSE_ROOT_ID
 from .dax_ops import NODES, Program, decode_program, pattern_bytes
 from .dax_run import run_program
@@ -143,6 +150,20 @@ class LiveStage:
 
     def fh(self, nodeid: int, write: bool) -> int:
         return (self.sess.rw if write else self.sess.ro)[nodeid]
+
+    def probe(self, msg: DaxMessage) -> int:
+        """Sent as built (a lying count included), recorded like the device's requests."""
+        live = self.sess.live
+        assert live is not None
+        first = len(live.handler.events)
+        client = live.client
+        try:
+            client.result(client.submit_unchecked(msg.opcode, msg.body, nodeid=msg.nodeid))
+            err = 0
+        except FuseError as e:
+            err = e.errno or errno.EIO
+        live.device.log.append(RecordEntry(msg, err, tuple(live.handler.events[first:])))
+        return err
 
 
 _SESSION: LiveSession | None = None

@@ -28,6 +28,10 @@ Operations (``Op.kind`` modulo the policy's table, :data:`OSV_KINDS` /
               or ENOMEM (no effect on the window)
 ``mount``     unmounts that mount, or mounts one more (up to 3; Linux and plug-ins:
               unmount the connection's manager and start a new one)
+``probe``     a request the protocol forbids, sent to the device itself (``a % 7``: foffset,
+              moffset or len off the device's alignment, past the window's end, count
+              one more than the entries, 257 entries, write through a read-only handle):
+              it must be refused and change nothing (``invalid_accepted``)
 
 After each operation: the checker's per-step checks; every :data:`FULL_EVERY` operations,
 after any operation the device refused something in, and at the end, the full state
@@ -43,7 +47,14 @@ from typing import Any, Protocol
 
 from ..dax.device import RefusingDevice
 from ..dax.invariants import DaxChecker
-from ..dax.messages import FUSE_REMOVEMAPPING
+from ..dax.messages import (
+    FLAG_READ,
+    FLAG_WRITE,
+    FUSE_REMOVEMAPPING,
+    DaxMessage,
+    removemapping,
+    setupmapping,
+)
 from ..dax.osv import OsvDaxManager, OsvVirtiofs
 from ..dax.registry import load_manager
 from .dax_ops import CONFIGS, Geometry, Op, Program, length, pattern_bytes, position
@@ -56,9 +67,9 @@ ENV_OSV_DEFECTS = "FUSEPROTO_DAX_OSV_DEFECTS"  # comma-separated OSV_SEED_DEFECT
 FULL_EVERY = 32
 ERRNOS = (errno.EINVAL, errno.ENOSPC, errno.EIO, errno.ENOMEM)
 OSV_KINDS = ("read", "read", "read", "read", "write", "forget", "map", "unmap", "refuse",
-             "mount", "aggressive_read")
+             "mount", "aggressive_read", "probe")
 LINUX_KINDS = ("read", "read", "read", "read", "write", "forget", "pin", "unpin", "refuse",
-               "mount", "worker")
+               "mount", "worker", "probe")
 MAX_MOUNTS = 3
 
 
@@ -83,6 +94,11 @@ class Stage(Protocol):
     def oracle(self, nodeid: int, offset: int, size: int) -> bytes: ...
 
     def fh(self, nodeid: int, write: bool) -> int: ...
+
+    def probe(self, msg: DaxMessage) -> int:
+        """Send ``msg`` to the device itself (no geometry of the input's, no refusal
+        armed, no manager); 0 or an errno."""
+        ...
 
 
 class Mounts:
@@ -376,6 +392,44 @@ class _Run:
 
     def op_refuse(self, op: Op) -> None:
         self.stage.device.refuse(ERRNOS[op.a % len(ERRNOS)], after=op.b % 4)
+
+    def op_probe(self, op: Op) -> None:
+        dev = self.stage.device.inner
+        a, w = dev.alignment, dev.window_size
+        if w < 2 * a:
+            return
+        shape = op.a % 7
+        if shape < 3 and a == 1:
+            return  # no alignment to break
+        node = self.stage.node(op.node)
+        fh = self.stage.fh(node, False)
+        at = (op.b % (w // a - 1)) * a
+        if shape < 4:
+            off = [0, at, a]  # foffset, moffset, len
+            if shape < 3:
+                off[shape] += a // 2 or 1
+            else:
+                off[1:] = [w - a, 2 * a]
+            msg = setupmapping(node, fh=fh, flags=FLAG_READ, foffset=off[0], moffset=off[1],
+                               length=off[2])
+            why = ("foffset misaligned", "moffset misaligned", "len misaligned",
+                   "past the window's end")[shape]
+        elif shape == 4:
+            msg = removemapping(0, [(at, a), (at + a, a)] if at + 2 * a <= w else [(at, a)],
+                                count=3 if at + 2 * a <= w else 2)
+            why = "count is not the number of entries"
+        elif shape == 5:
+            msg = removemapping(0, [(at, a)] * 257)
+            why = "257 entries"
+        elif self.stage.reuse_nodes:
+            return  # the model has no handles
+        else:
+            msg = setupmapping(node, fh=fh, flags=FLAG_READ | FLAG_WRITE, foffset=0,
+                               moffset=at, length=a)
+            why = "write through a read-only handle"
+        before = dev.mappings()
+        err = self.stage.probe(msg)
+        self.checker.check_refused(msg, err, why, dev.mappings() != before)
 
     def op_mount(self, op: Op) -> None:
         self.mounts.toggle(op.mount, bool(self.pins))
