@@ -301,13 +301,13 @@ class RecordingProxy:
         keep: set[int] = set()
         try:
             fds, keep = self._observe_frontend(msg)
-        except (VhostUserPayloadError, ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 -- whatever it is, the message goes through
             fds, keep = msg.fds, set()
             self.note(BACKEND_QUEUE, f"vhost-user {request_name(msg.request)} from the "
                                      f"front-end: {e} (forwarded unchanged, not observed)")
         try:
             send_message(self.daemon, msg.request, msg.payload, fds=fds, flags=msg.flags)
-        except TransportError as e:
+        except (TransportError, OSError) as e:  # OSError: a send timeout
             self._end("daemon", e)
         finally:
             for fd in msg.fds:
@@ -441,7 +441,7 @@ class RecordingProxy:
                 q.started = False
         try:
             send_message(self.vmm, msg.request, msg.payload, fds=msg.fds, flags=msg.flags)
-        except TransportError as e:
+        except (TransportError, OSError) as e:  # OSError: a send timeout
             self._end("frontend", e)
         finally:
             for fd in msg.fds:
@@ -484,7 +484,7 @@ class RecordingProxy:
         try:
             self.note(BACKEND_QUEUE, describe_backend(msg))
             send_message(dst, msg.request, msg.payload, fds=msg.fds, flags=msg.flags)
-        except TransportError as e:
+        except (TransportError, OSError) as e:
             self.note(BACKEND_QUEUE, f"backend channel: cannot forward from the {sender}: {e}")
         finally:
             for fd in msg.fds:
