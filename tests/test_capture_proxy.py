@@ -623,3 +623,62 @@ def test_ring_reader_notes_index_jumps_and_bad_used_entries(ring):
     ring.scan()
     assert "not seen on the avail ring" in ring.notes[-1]
     assert ring.records[-1][0] == 1 and len(ring.records[-1][2]) == 5
+
+
+def _request(unique: int) -> bytes:
+    return codec.encode_request(fuse_opcode.FUSE_GETATTR, {"getattr_flags": 0, "dummy": 0,
+                                "fh": 0}, unique=unique, nodeid=1)
+
+
+def _chain(ring: Ring, head: int, slot: int, request: bytes) -> tuple[int, int]:
+    """A request/reply descriptor pair at ``head`` (and head+1) in data slot ``slot``;
+    returns the reply buffer's offset in the memfd and its size."""
+    base = ring.DATA + 0x400 * slot
+    ring.mm[base:base + len(request)] = request
+    ring.desc(head, ring.GPA + base, len(request), VIRTQ_DESC_F_NEXT, head + 1)
+    ring.desc(head + 1, ring.GPA + base + 0x200, 0x100, VIRTQ_DESC_F_WRITE)
+    return base + 0x200, 0x100
+
+
+def test_ring_reader_records_a_request_before_a_reply_the_daemon_was_quick_with(ring):
+    """The daemon completes a chain made available while the reader was on the avail
+    ring: its request is still recorded first, then its reply."""
+    reply_b = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=8, error=-2)
+    _chain(ring, 0, 0, _request(6))
+    rb, _ = _chain(ring, 2, 1, _request(8))
+    ring.mm[rb:rb + len(reply_b)] = reply_b
+
+    def record(d, q, b, n):
+        ring.records.append((d, q, b))
+        if len(ring.records) == 1:  # while A is being recorded: B published and completed
+            ring.publish(2)
+            ring.use(2, len(reply_b))
+
+    ring.publish(0)
+    ring.q.scan(ring.mem, record, lambda q, text: ring.notes.append(text))
+    assert [(d, unique_of(b)) for d, _, b in ring.records] == [(0, 6), (0, 8), (1, 8)]
+    assert ring.notes == []
+
+
+@pytest.mark.parametrize("overwritten", [True, False])
+def test_ring_reader_tells_a_reused_buffer_from_a_wrong_unique(ring, overwritten):
+    """A reply under another unique: a buffer the driver took and reused (its length field
+    is not used.len) is annotated, not recorded; a daemon that names the wrong unique in an
+    otherwise consistent reply is recorded as it sent it, and annotated."""
+    rb, _ = _chain(ring, 0, 0, _request(6))
+    ring.publish(0)
+    ring.scan()
+    if overwritten:
+        ring.mm[rb:rb + 40] = _request(10)[:40]  # a new request's bytes in the old buffer
+        ring.use(0, 16)
+    else:
+        wrong = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=7, error=-2)
+        ring.mm[rb:rb + 16] = wrong
+        ring.use(0, 16)
+    ring.scan()
+    if overwritten:
+        assert ring.records[1:] == []
+        assert "the reply to unique 6 is not recorded" in ring.notes[0]
+    else:
+        assert unique_of(ring.records[1][2]) == 7
+        assert "names unique 7, the chain's request was unique 6" in ring.notes[0]

@@ -219,7 +219,11 @@ class QueueWatch:
             note(self.index, f"queue {self.index} not observed: {e}")
             return
         self._scan_avail(mem, w, record, note)
-        self._scan_used(mem, w, record, note, reused=False)
+        if self._scan_used(mem, w, record, note, reused=False, stop_at_unknown=True):
+            # A used entry for a chain made available after the avail ring was read (the
+            # daemon was that quick): read the avail ring again, so its request comes first.
+            self._scan_avail(mem, w, record, note)
+            self._scan_used(mem, w, record, note, reused=False, stop_at_unknown=False)
 
     def _scan_avail(self, mem: GuestMap, w: _Where, record: Record, note: Note) -> None:
         _, dmm, doff, amm, aoff, _, _ = w
@@ -253,7 +257,7 @@ class QueueWatch:
             if head in self.pending:
                 # The driver reuses a head only after taking its used entry: read the used
                 # ring now, so the old chain's reply is paired with the old request.
-                self._scan_used(mem, w, record, note, reused=True)
+                self._scan_used(mem, w, record, note, reused=True, stop_at_unknown=True)
                 if head in self.pending:
                     note(self.index, f"queue {self.index}: head {head} made available again "
                                      "before its used entry was seen")
@@ -264,27 +268,31 @@ class QueueWatch:
         self.last_avail = last
 
     def _scan_used(self, mem: GuestMap, w: _Where, record: Record, note: Note, *,
-                   reused: bool) -> None:
-        """``reused``: the driver has already made one of these heads available again, so
-        a reply whose unique is not its request's was overwritten, not sent that way."""
+                   reused: bool, stop_at_unknown: bool) -> bool:
+        """Record the replies of the new used entries. ``reused``: the driver has already
+        made one of these heads available again, so a reply whose unique is not its
+        request's was overwritten, not sent that way. ``stop_at_unknown``: stop before an
+        entry whose chain is not known yet (returns True then)."""
         _, dmm, doff, _, _, umm, uoff = w
         idx = _unpack_u16(umm, uoff + VIRTQ_USED_IDX)[0]
         last = self.last_used
         if idx == last:
-            return
+            return False
         new = (idx - last) & 0xFFFF
         size = self.size
         if new > size:
             note(self.index, f"queue {self.index}: used.idx moved from {last} to {idx}, more "
                              f"than the queue size {size}; those replies are not recorded")
             self.last_used = idx
-            return
+            return False
         ring = uoff + VIRTQ_USED_RING
+        stopped = False
         for _ in range(new):
             head, length = _unpack_used(umm, ring + 8 * (last % size))
-            if reused and head not in self.pending:
-                # Part of the avail batch being read (the daemon was quick): its request
-                # is recorded first, its reply on the next scan.
+            if stop_at_unknown and head not in self.pending:
+                # A chain of an avail entry not read yet (the daemon was quick): its
+                # request is recorded first, its reply after.
+                stopped = True
                 break
             last = (last + 1) & 0xFFFF
             chain = self.pending.pop(head, None)
@@ -314,7 +322,10 @@ class QueueWatch:
                 continue
             if chain.unique is not None and len(data) >= 16:
                 unique = int.from_bytes(data[8:16], "little")
-                if unique != chain.unique and reused:
+                # What the daemon wrote says its own length (fuse_out_header.len ==
+                # used.len): a buffer that does not, under another unique, was reused.
+                if unique != chain.unique and (
+                        reused or int.from_bytes(data[:4], "little") != length):
                     note(self.index, f"queue {self.index} used head {head}: the reply to "
                                      f"unique {chain.unique} is not recorded: the driver took "
                                      "it and reused its buffer before the proxy read it")
@@ -326,6 +337,7 @@ class QueueWatch:
             self.replies += 1
             record(1, self.index, data, length)
         self.last_used = last
+        return stopped
 
     def _walk(self, mem: GuestMap, dmm: mmap.mmap, doff: int,
               head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
