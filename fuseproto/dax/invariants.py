@@ -51,8 +51,7 @@ __all__ = [
 ]
 
 
-def _file_size(manager: Any, nodeid: int) -> int | None:
-    """The size the manager's backend gives ``nodeid`` (None: it cannot say)."""
+def _file_size(manager: Any, nodeid: int) -> int | None:  # None: the backend cannot say
     try:
         return int(manager.backend.file_size(nodeid))
     except Exception:  # noqa: BLE001 -- a backend without the node: nothing to judge
@@ -408,7 +407,8 @@ class DaxChecker:
         size = _file_size(manager, nodeid)
         if size is not None:
             end = min(end, size)
-        unit = policy_unit(manager) or (1 << (self.map_alignment or 0))
+        if (unit := policy_unit(manager)) is None:  # no unit said: its policy is its own
+            return
         lo = offset // unit * unit
         hi = max(-(-end // unit) * unit, lo)
         # The writable upgrade re-sends a mapping already there: not a new one.
@@ -436,8 +436,8 @@ class DaxChecker:
                    for e in manager.view())
 
     def check_refused(self, msg: DaxMessage, error: int, why: str, changed: bool) -> None:
-        """invalid_accepted: ``msg`` (invalid: ``why``) got ``error``; ``changed``: the window
-        changed while it was served."""
+        """invalid_accepted: ``msg`` (invalid: ``why``) got ``error``; ``changed``: the
+        window changed meanwhile."""
         if not error or changed:
             self._fail("invalid_accepted", f"{why}: answered {error}, window changed: {changed}",
                        msg)

@@ -45,7 +45,7 @@ INVARIANTS: dict[str, str] = {
     "the file (as the manager's backend knows its size)",
     "miss_span": "the SETUPMAPPINGs one read (or write) causes map only the policy units the "
     "access touches, up to end of file (aggressive: from the access to end of file), and "
-    "no more bytes than those units",
+    "no more bytes than those units (managers that name their unit: chunk_size, range_size)",
     "unit_alignment": "foffset, moffset and len of every SETUPMAPPING and REMOVEMAPPING entry "
     "are multiples of the policy's own unit (OSv chunk, Linux range), not only of "
     "2**map_alignment",
