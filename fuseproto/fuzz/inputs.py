@@ -3,7 +3,8 @@
 A FUSE message alone does not say how to decode it (a reply needs its request's opcode,
 a request the negotiated minor), so each target wraps messages in a small envelope of its
 own. The envelopes are construct schemas like everything else on the wire; the fuzz loop
-itself reads them by slicing (it runs millions of times).
+itself reads and builds them by slicing and joining (it runs millions of times; the
+tests compare both ways with the schemas).
 
 ``wire`` input (wire_decode_fuzzer)::
 
@@ -23,7 +24,7 @@ itself reads them by slicing (it runs millions of times).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from construct import GreedyBytes, GreedyRange, Int8ul, Int16ul, Prefixed, Struct
 
@@ -36,6 +37,8 @@ __all__ = [
     "SessionRecord",
     "wire_input_schema",
     "session_record_schema",
+    "session_input_schema",
+    "wire_pair_schema",
     "build_wire_input",
     "parse_wire_input",
     "build_session_input",
@@ -62,12 +65,12 @@ session_record_schema = Struct(
     "direction" / Int8ul,
     "data" / Prefixed(Int16ul, GreedyBytes),
 )
-# Building only: GreedyRange swallows errors, so parsing goes through parse_session_input.
-_session_input_builder = GreedyRange(session_record_schema)
+# The reference for build_session_input (tests compare); never for parsing: GreedyRange
+# swallows errors, so parsing goes through parse_session_input.
+session_input_schema = GreedyRange(session_record_schema)
 
 
-@dataclass(frozen=True, slots=True)
-class WireInput:
+class WireInput(NamedTuple):  # a tuple: made once per input (a frozen dataclass is slower)
     kind: int  # WIRE_* (kind byte % 4)
     minor: int
     opcode: int  # without SETXATTR_EXT_BIT
@@ -87,10 +90,13 @@ def build_wire_input(
 ) -> bytes:
     """One wire fuzz input (see the module docstring)."""
     if kind == WIRE_PAIR:
-        message = wire_pair_schema.build(dict(request=request, reply=message))
+        if len(request) > 0xFFFF:
+            raise ValueError(f"a pair's request is {len(request)} bytes, more than u16")
+        message = len(request).to_bytes(2, "little") + request + message
     op = (opcode & ~SETXATTR_EXT_BIT & 0xFFFF) | (SETXATTR_EXT_BIT if setxattr_ext else 0)
-    out: bytes = wire_input_schema.build(dict(kind=kind, minor=minor, opcode=op, message=message))
-    return out
+    # The schema's bytes (wire_input_schema, wire_pair_schema; tests/test_fuzz_targets.py
+    # compares them), joined by hand: the mutators build one per input.
+    return bytes((kind, minor)) + op.to_bytes(2, "little") + message
 
 
 def parse_wire_input(data: bytes) -> WireInput | None:
@@ -111,17 +117,20 @@ def parse_wire_input(data: bytes) -> WireInput | None:
     return WireInput(kind, data[1], op & ~SETXATTR_EXT_BIT, bool(op & SETXATTR_EXT_BIT), msg)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(NamedTuple):  # a tuple: parsing makes one per record
     is_reply: bool
     data: bytes
 
 
 def build_session_input(records: list[SessionRecord]) -> bytes:
-    out: bytes = _session_input_builder.build(
-        [dict(direction=int(r.is_reply), data=r.data) for r in records]
-    )
-    return out
+    """The records as :data:`session_record_schema` builds them, one after another (joined
+    by hand: the mutator builds one per input; tests/test_fuzz_targets.py compares)."""
+    out = []
+    for r in records:
+        if len(r.data) > 0xFFFF:
+            raise ValueError(f"a session record is {len(r.data)} bytes, more than u16")
+        out.append(bytes((int(r.is_reply),)) + len(r.data).to_bytes(2, "little") + r.data)
+    return b"".join(out)
 
 
 def parse_session_input(data: bytes, limit: int = 256) -> list[SessionRecord]:
