@@ -240,8 +240,11 @@ def test_campaign_with_virtiofsd_path_names_it_in_the_report(wrapper, tmp_path, 
     assert d["binary"] == str(wrapper) and d["version"].startswith("virtiofsd version 7.2")
     seq = j["sequences"]["c:my-virtiofsd.sh"]
     assert seq["programs"] > 0 and seq["mappings"] and "## Sequences" in md
-    t = j["targets"][-1]
-    assert t["target"] == "virtiofsd" and t["iterations"] > 0 and not t["error"], t
+    (t,) = [t for t in j["targets"] if t["target"] == "virtiofsd"]
+    assert t["iterations"] > 0 and not t["error"], t
+    below = [t for t in j["targets"] if t["engine"] == "below-fuse"]
+    assert [t["target"] for t in below] == ["chains", "control_plane"]
+    assert all(t["daemon"] == "c:my-virtiofsd.sh" and not t["error"] for t in below), below
     mins = [f for f in j["findings"] if f["minimized"]]
     assert mins and all(os.path.exists(f["minimized"]) for f in mins)
     assert mins[0]["minimized"] in md
