@@ -81,7 +81,7 @@ from .rawfront import (
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
            "program_to_json", "program_from_json", "step_tag", "replay_control",
-           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply", "control_verdict"]
+           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply", "control_verdict", "valid_ring_step"]
 
 R = VhostUserRequest
 P = VhostUserProtocolFeature
@@ -269,14 +269,29 @@ def hostile_step(rng: random.Random) -> CtlStep:
     return replace(base, need_reply=True)
 
 
+def valid_ring_step(rng: random.Random) -> CtlStep:
+    """A ring message that is valid anywhere after the memory table (a VMM sends these
+    when it stops, restarts or reconfigures a ring): the order they come in is what is
+    tested."""
+    q = rng.choice((0, 1, 1))
+    req = rng.choice((R.SET_VRING_KICK, R.SET_VRING_CALL, R.GET_VRING_BASE, R.SET_VRING_ENABLE,
+                      R.SET_VRING_NUM, R.SET_VRING_BASE, R.SET_VRING_ADDR))
+    value = {R.SET_VRING_ENABLE: rng.choice((0, 1)), R.SET_VRING_NUM: QUEUE_SIZE,
+             R.SET_VRING_BASE: 0}.get(req)
+    return CtlStep(req, q, value, need_reply=req == R.SET_VRING_ENABLE)
+
+
 def mutate_program(prog: list[CtlStep], rng: random.Random) -> list[CtlStep]:
-    """Insert hostile steps, delete, duplicate, swap, or change one step's fields."""
+    """Insert hostile steps or valid ring steps in odd places, delete, duplicate, swap, or
+    change one step's fields."""
     out = [replace(s) for s in prog]
     for _ in range(1 + (rng.random() < 0.3) + (rng.random() < 0.1)):
         k = rng.randrange(10)
         i = rng.randrange(len(out) + 1)
-        if k < 5 or not out:
+        if k < 4 or not out:
             out.insert(i, hostile_step(rng))
+        elif k == 4:
+            out.insert(i, valid_ring_step(rng))
         elif k == 5 and len(out) > 1:
             del out[min(i, len(out) - 1)]
         elif k == 6:
