@@ -370,7 +370,10 @@ class ChainSession:
         tag = inp.tags()
         ev = {"chain": tag, "valid": check.valid, "reasons": check.reasons,
               "writable": check.writable_bytes}
-        bad = judge_used(name, head, seen, check, set())
+        # An avail index that jumps past what was written publishes the stale ring slots
+        # again: the heads they name (ours and the honest one) may come back too.
+        stale = {0, self.HONEST} if any(o == "avail-jump" for o, _ in inp.ops) else set()
+        bad = judge_used(name, head, seen, check, stale)
         if bad is not None:
             bad.evidence.update(ev)
             return bad, self.alive() is None
