@@ -236,22 +236,17 @@ def test_planted_bug_gets_a_pcap_and_a_script_that_reproduces_it(tmp_path, no_le
 
 
 def test_in_process_finding_gets_a_script(tmp_path, monkeypatch):
-    """An in-process target's finding (a planted decoder off-by-one): the script replays
-    the saved input under the same oracle; without the fault it does not reproduce."""
-    from fuseproto.fuzz import engine, registry
+    """An in-process target's finding (a decoder off-by-one planted through
+    FUSEPROTO_FUZZ_INJECT, fuzzed in a fresh worker process): the script replays the saved
+    input under the same oracle; without the fault it does not reproduce."""
+    from fuseproto.fuzz import jobs
     from fuseproto.fuzz.findings import FindingStore
 
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.syspath_prepend(tests_dir)
-    import fuzz_faults
-
-    parse = fuzz_faults.messages.Name.parse
-    fuzz_faults.name_off_by_one()
-    planted = fuzz_faults.messages.Name.parse
-    fuzz_faults.messages.Name.parse = parse
-    monkeypatch.setattr(fuzz_faults.messages.Name, "parse", planted)
-    st = engine.run_loop(registry.get_target("wire_decode"), iterations=20000, seed=1,
-                         store=FindingStore(tmp_path), stop_on_finding=True)
+    monkeypatch.setenv("FUSEPROTO_FUZZ_INJECT", "fuzz_faults:name_off_by_one")
+    monkeypatch.setenv("PYTHONPATH", tests_dir)
+    st = jobs.run_inprocess("wire_decode", jobs=1, seconds=10, store=FindingStore(tmp_path),
+                            seed=1, workdir=tmp_path)
     assert st.findings, "the planted off-by-one was not found"
     f = st.findings[0]
     assert f.script.endswith(".repro.py") and not f.pcap
