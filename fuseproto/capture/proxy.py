@@ -78,6 +78,8 @@ BACKEND_QUEUE = 0xFFFF
 # Largest vhost-user payload forwarded (the biggest known layout is ~4 KiB; GET_CONFIG's
 # and future ones are smaller than this): a larger header ends the session.
 MAX_FORWARDED_PAYLOAD = 1 << 20
+# Replaced kick/call eventfd pairs kept forwarding (a VMM swaps call fds to mask vectors).
+MAX_RETIRED = 64
 # A peer that starts a message and stops mid-way: give up the session after this long.
 MESSAGE_TIMEOUT = 30.0
 
@@ -206,6 +208,7 @@ class RecordingProxy:
         self._poll = select.poll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._notify: dict[tuple[str, int], _Notify] = {}
+        self._retired: list[_Notify] = []  # replaced pairs, still forwarded (bounded)
         # (our end of the daemon's channel, the VMM's channel)
         self._backend: tuple[socket.socket, socket.socket] | None = None
         self._stopping_rings: list[int] = []  # GET_VRING_BASE sent, reply not yet seen
@@ -382,14 +385,20 @@ class RecordingProxy:
         return [ours], {theirs, ours}
 
     def _drop_notify(self, kind: str, index: int) -> None:
+        """A new kick/call fd replaces the old one. The old pair stays watched and
+        forwarded: the daemon switches only when it reads the message, and may signal
+        the old fd until then (QEMU swaps call fds to mask a vector and checks the old one
+        when it unmasks); a lost call would leave the guest waiting forever."""
         old = self._notify.pop((kind, index), None)
         if old is None:
             return
-        # A call the daemon made just before the switch still reaches the VMM's old fd.
-        self._notified(old)
-        self._unwatch(old.source)
-        _close(old.source)
-        _close(old.sink)
+        self._retired.append(old)
+        while len(self._retired) > MAX_RETIRED:
+            gone = self._retired.pop(0)
+            self._notified(gone)
+            self._unwatch(gone.source)
+            _close(gone.source)
+            _close(gone.sink)
 
     def _notified(self, n: _Notify) -> None:
         try:
@@ -498,11 +507,12 @@ class RecordingProxy:
 
     def close(self) -> None:
         """Close both connections (the daemon then exits) and every fd the proxy holds."""
-        for key in list(self._notify):
-            n = self._notify.pop(key)
+        for n in [*self._notify.values(), *self._retired]:
             self._unwatch(n.source)
             _close(n.source)
             _close(n.sink)
+        self._notify.clear()
+        self._retired.clear()
         self._drop_backend()
         for s in (self.vmm, self.daemon):
             with contextlib.suppress(OSError):
