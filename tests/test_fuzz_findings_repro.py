@@ -219,7 +219,7 @@ def test_planted_bug_gets_a_pcap_and_a_script_that_reproduces_it(tmp_path, no_le
     assert msgs[-1].kind == "annotation" and f.signature.encode() in msgs[-1].raw
 
     script = Path(f.script).read_text()
-    assert "import fuseproto.fuzz.replay" in script or "from fuseproto.fuzz.replay" in script
+    assert "from fuseproto.fuzz.verdict import reproducer_main" in script
     here = _run_script(f.script, "--pcap", str(tmp_path / "replay.pcap"))
     assert here.returncode == 1 and here.stdout.startswith("reproduced: asan"), \
         here.stdout + here.stderr
@@ -260,3 +260,24 @@ def test_in_process_finding_gets_a_script(tmp_path, monkeypatch):
     p = subprocess.run([sys.executable, f.script], capture_output=True, text=True,
                        timeout=120, env=env)
     assert p.returncode == 0 and p.stdout.strip() == "not reproduced", p.stdout + p.stderr
+
+
+@pytest.mark.daemon
+def test_descriptor_chain_finding_script_reproduces(tmp_path, no_leaks):
+    """The scripts of the targets below the FUSE layer go through the same table as
+    ``fuzz replay`` (fuseproto.fuzz.verdict): a chains crash with a site in the log (the
+    packaged C daemon has several within seconds) says "reproduced"."""
+    from fuseproto import daemons
+    from fuseproto.fuzz import chains
+    from fuseproto.fuzz.findings import FindingStore
+
+    inst = daemons.find("c")
+    if inst is None:
+        pytest.skip("the packaged C daemon is not installed")
+    store = FindingStore(tmp_path)
+    chains.fuzz_chains(inst, seconds=6, store=store, seed=1, label="c")
+    sited = [f for f in store if f.kind == "crash" and "Assertion" in f.signature]
+    assert sited, [f.signature for f in store]
+    # Two assertions of fv_queue_worker (different lines) would be two findings here.
+    p = _run_script(sited[0].script)
+    assert p.returncode == 1 and p.stdout.startswith("reproduced: crash"), p.stdout + p.stderr

@@ -9,26 +9,22 @@ with the same ``batch`` id shared one kick and are put in flight together again
 harness setup; the program's own INIT comes first); ``daemon_env`` is the environment
 the daemon was started with (e.g. ``FUSEPROTO_PLANTED_BUG``). :func:`doc_installation`
 finds the daemon a reproducer names. :func:`daemon_verdict` and :func:`input_verdict`
-say whether the finding's signature came back; :func:`reproducer_main` is what a
-reproducer script runs. :mod:`.shrink` uses :func:`replay_items` too.
+say whether the finding's signature came back (:mod:`.verdict` picks the replay a
+reproducer's target needs). :mod:`.shrink` uses :func:`replay_items` too.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import traceback
 from typing import Any
 
 from .. import daemons
-from ..errors import FuseprotoError
 from .findings import classify_exception
 from .forensics import FATAL, Outcome, outcome_signature
 from .harness import DaemonHarness, resolve_installation
-from .reproducer import write_pcap
 
 __all__ = ["request_groups", "replay_items", "replay_daemon", "doc_installation",
-           "daemon_verdict", "input_verdict", "reproducer_main", "Exchange"]
+           "daemon_verdict", "input_verdict", "Exchange"]
 
 #: A daemon's messages as the harness taps them: (direction, queue, bytes, time_ns).
 Exchange = list[tuple[int, int, bytes, int]]
@@ -149,45 +145,3 @@ def input_verdict(target: str, data: bytes, expected: str | None = None) -> dict
                 "kind": kind, "signature": sig, "summary": summary, "expected": expected,
                 "seen": [sig], "traceback": "".join(traceback.format_exception(e))[-3000:]}
     return {"target": target, "reproduced": False, "expected": expected, "seen": []}
-
-
-def reproducer_main(doc: dict[str, Any], argv: list[str] | None = None) -> int:
-    """A reproducer script's main (:mod:`.reproducer`): replay ``doc``, print
-    ``reproduced`` or ``not reproduced``; exit status 1 / 0, 2 when it could not run."""
-    p = argparse.ArgumentParser(description="Replay a fuseproto fuzz finding.")
-    p.add_argument("--daemon", default=None, metavar="c|rust|VARIANT|PATH",
-                   help="virtiofsd findings: replay against this daemon (default: the one "
-                   "the finding was seen on)")
-    p.add_argument("--virtiofsd-kind", choices=daemons.KINDS, default=None,
-                   help="which daemon a PATH is (default: detected)")
-    p.add_argument("--hang-timeout", type=float, default=0.5)
-    p.add_argument("--pcap", default=None, metavar="FILE",
-                   help="virtiofsd findings: write the replay's exchange as a pcap")
-    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    args = p.parse_args(argv)
-    target = str(doc.get("target", ""))
-    expected = (doc.get("finding") or {}).get("signature")
-    try:
-        if "input_hex" in doc:
-            verdict = input_verdict(target, bytes.fromhex(doc["input_hex"]), expected)
-        elif target == "diff":  # a divergence: the program on both daemons again
-            from .diff import diff_verdict
-
-            verdict = diff_verdict(doc, hang_timeout=args.hang_timeout)
-        else:
-            exchange: Exchange = []
-            verdict = daemon_verdict(doc, args.daemon, args.virtiofsd_kind,
-                                     hang_timeout=args.hang_timeout, exchange=exchange)
-            if args.pcap:
-                write_pcap(args.pcap, exchange, note=f"replay of {expected}")
-    except (FuseprotoError, OSError, KeyError, ValueError) as e:
-        print(f"could not run: {type(e).__name__}: {e}")
-        return 2
-    if args.json:
-        print(json.dumps(verdict, indent=1, default=str))
-    elif verdict["reproduced"]:
-        print(f"reproduced: {verdict.get('kind')}: {verdict.get('summary', '')}")
-    else:
-        seen = verdict.get("seen") or []
-        print("not reproduced" + (f" (saw instead: {', '.join(seen)})" if seen else ""))
-    return 1 if verdict["reproduced"] else 0

@@ -3,7 +3,7 @@
 :func:`write_script` writes ``<name>.repro.py``: a Python program that needs only the
 fuseproto package (no ``fuseproto`` command). It embeds the reproducer document (a
 virtiofsd reproducer: daemon, its environment, the requests; an in-process target's
-input as hex) and hands it to :func:`fuseproto.fuzz.replay.reproducer_main`, which starts
+input as hex) and hands it to :func:`fuseproto.fuzz.verdict.reproducer_main`, which starts
 the same daemon (or ``--daemon SPEC``), replays the exchange and prints ``reproduced`` or
 ``not reproduced``; the exit status says the same (1 reproduced, 0 not, 2 could not run:
 so ``git bisect run`` reads "the bug is here" as "bad").
@@ -43,7 +43,7 @@ _SCRIPT = '''#!/usr/bin/env python3
 import json
 import sys
 
-from fuseproto.fuzz.replay import reproducer_main
+from fuseproto.fuzz.verdict import reproducer_main
 
 REPRODUCER = json.loads({doc})
 
