@@ -382,31 +382,14 @@ def _infer_target(path: Path, data: bytes) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ..fuzz import replay
+    from ..fuzz import verdict as verdicts
 
     path = Path(args.file)
     data = path.read_bytes()
     target = args.target or _infer_target(path, data)
-    verdict: dict[str, Any]
-    if target == "virtiofsd":
-        verdict = replay.daemon_verdict(json.loads(data), _daemon_spec(args, None),
-                                        args.virtiofsd_kind)
-    elif target == "diff":
-        from ..fuzz.diff import diff_verdict
-
-        verdict = diff_verdict(json.loads(data))
-    elif target == "chains":
-        from ..fuzz.chains import chains_verdict
-
-        verdict = chains_verdict(json.loads(data), _daemon_spec(args, None),
-                                 args.virtiofsd_kind)
-    elif target == "control_plane":
-        from ..fuzz.control_plane import control_verdict
-
-        verdict = control_verdict(json.loads(data), _daemon_spec(args, None),
-                                  args.virtiofsd_kind)
-    else:
-        verdict = replay.input_verdict(target, data)
+    verdict: dict[str, Any] = verdicts.verdict(
+        target, json.loads(data) if target in verdicts.DAEMON_TARGETS else None, data,
+        spec=_daemon_spec(args, None), kind=args.virtiofsd_kind)
     if args.json:
         print(json.dumps(verdict, indent=1, default=str))
     else:
