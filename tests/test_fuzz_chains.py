@@ -273,3 +273,23 @@ def test_live_harness_reads_a_rust_panic_before_the_hang_timeout(daemon_installa
         took = time.monotonic() - t0
     assert out.finding == "crash" and out.cls.endswith(":panic"), out
     assert took < 1.0, took
+
+
+def test_c_daemon_aborts_on_a_request_with_unique_0(daemon_installations, tmp_path):
+    """Finding (C), first seen by the chain target (a WRITE flag flipped on a zeroed
+    buffer made the header all zeros): a request whose ``unique`` is 0 -- reserved for
+    notifications, but a guest can send it -- aborts the daemon when it replies
+    (virtio_send_msg's ``out->unique`` assertion); the Rust daemon answers it."""
+    import struct
+
+    getattr0 = struct.pack("<IIQQIIII", 56, 3, 0, 1, 0, 0, 0, 0) + bytes(16)
+    for kind, inst in daemon_installations.items():
+        s = ChainSession(inst, str(tmp_path))
+        try:
+            out, _ = s.run(ChainInput(getattr0, 4112))
+        finally:
+            s.stop()
+        if kind == "c":
+            assert out.finding == "crash" and "virtio_send_msg" in out.evidence["site"]
+        else:
+            assert out.finding is None and out.cls.startswith("FUSE_GETATTR:0")
