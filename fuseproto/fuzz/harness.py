@@ -44,7 +44,6 @@ by the transport's tap) in :attr:`DaemonHarness.exchange` for the finding's pcap
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -71,6 +70,7 @@ from .coverage import CoverageMap
 from .forensics import FATAL, Outcome, PanicWatch, death_outcome, stall_outcome
 from .sanitizer import sanitize
 from .sanitizer_report import has_report
+from .spare import Spare, Started, stop_started
 
 __all__ = [
     "DaemonHarness",
@@ -218,7 +218,8 @@ class DaemonHarness:
                  workdir: str | None = None, history: int = HISTORY,
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
                  setup: bool = True, coverage: CoverageMap | None = None,
-                 env: dict[str, str] | None = None, canaries: str = "beside"):
+                 env: dict[str, str] | None = None, canaries: str = "beside",
+                 spare: bool = False):
         if canaries not in CANARIES:
             raise ValueError(f"canaries: one of {', '.join(CANARIES)}, not {canaries!r}")
         self.installation = installation
@@ -259,6 +260,9 @@ class DaemonHarness:
         self._log_offset = 0
         self._later = 0  # requests of the current batch sent after the one being judged
         self._inited = False  # an INIT was negotiated since start (minor/flags learned)
+        # spare=True: the next daemon is made in the background and retired ones stopped
+        # there (:mod:`.spare`; only where spare_allowed()).
+        self._spare: Spare[Started] | None = Spare(stop_started) if spare else None
 
     @property
     def workdir(self) -> str:
@@ -270,57 +274,77 @@ class DaemonHarness:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> DaemonHarness:
+        """A fresh daemon (the spare when one is ready), the current one stopped."""
         self.stop()
-        self._gen += 1
-        base = os.path.join(self.workdir, f"d{self._gen}")
+        started = self._spare.take() if self._spare is not None else None
+        if started is None or not started.daemon.running():
+            if started is not None:
+                stop_started(started)
+            self._gen += 1
+            started = self.prepare_daemon(self._gen)
+        self._adopt(started)
+        if self._spare is not None and self.spare_allowed():
+            self._gen = gen = self._gen + 1
+            self._spare.launch_with(lambda: self.prepare_daemon(gen))
+        return self
+
+    def spare_allowed(self) -> bool:
+        """Whether a spare daemon may run beside this one (:mod:`.spare`: not with a
+        shared edge map, not with a DAX window)."""
+        return not (self.has_dax or instrumented(self.installation) or (
+            self.coverage is not None and self.coverage.instrumented))
+
+    def prepare_daemon(self, gen: int) -> Started:
+        """Daemon number ``gen``: its scratch share and canaries, started, connected and
+        (``setup``) set up; not yet the harness's (:meth:`start` adopts it; a spare is
+        made by this same call in a background thread)."""
+        base = os.path.join(self.workdir, f"d{gen}")
         shared = os.path.join(base, "shared")
         os.makedirs(shared)
         populate(shared)
-        self.canaries = None
+        canaries = None
         if self.canary_mode != "off":
-            self.canaries = Canaries.plant(shared if self.canary_mode == "inside" else base,
-                                           shared)
+            canaries = Canaries.plant(shared if self.canary_mode == "inside" else base, shared)
         sock = os.path.join(base, "vhost.sock")
         env = dict(SANITIZER_ENV)
         if self.coverage is not None:
             env.update(self.coverage.env())
         env.update(self.env)
-        extra = None
-        if self.has_dax:
-            extra = daemons.dax_options(DAX_WINDOW)
-        self.daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
-                                      log_path=os.path.join(base, "daemon.log"), env=env)
-        self._log_offset = 0
-        self.daemon.start()
+        extra = daemons.dax_options(DAX_WINDOW) if self.has_dax else None
+        daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
+                                 log_path=os.path.join(base, "daemon.log"), env=env)
+        s = Started(daemon, base, deque(maxlen=self.exchange.maxlen), canaries,
+                    minor=FUSE_KERNEL_MINOR_VERSION, nodes={"root": 1})
         try:
+            daemon.start()
             if self.has_dax:
-                self.window = Window(DAX_WINDOW)
-                self.dax = DaxMapHandler(self.window)
-            self.exchange.clear()
-            self.transport = VhostUserTransport(sock, daemon=self.daemon, timeout=5.0,
-                                                tap=self._tap,
-                                                backend_handler=self.dax)
-            self.client = Client(self.transport, timeout=5.0, uid=0, gid=0, pid=1)
-            self._inited = self.setup
+                s.window = Window(DAX_WINDOW)
+                s.dax = DaxMapHandler(s.window)
+            ex = s.exchange
+            s.transport = VhostUserTransport(
+                sock, daemon=daemon, timeout=5.0, backend_handler=s.dax,
+                tap=lambda d, q, data: ex.append((d, q, data, time.time_ns())))
+            s.client = Client(s.transport, timeout=5.0, uid=0, gid=0, pid=1)
             if self.setup:
-                self._setup()
-            else:
-                self.minor, self.flags = FUSE_KERNEL_MINOR_VERSION, 0
-                self.nodes, self.fhs = {"root": 1}, {}
+                s.set_up(seeds.INIT_FLAGS)
         except BaseException:
-            self.stop()
+            stop_started(s)
             raise
+        if canaries is not None:
+            canaries.rearm()  # the socket and log are there now; setup read nothing
+        return s
+
+    def _adopt(self, s: Started) -> None:
+        self.daemon, self.transport, self.client = s.daemon, s.transport, s.client
+        self.window, self.dax, self.canaries, self.exchange = s.window, s.dax, s.canaries, s.exchange
+        self.minor, self.flags, self.nodes, self.fhs = s.minor, s.flags, s.nodes, s.fhs
+        self._inited = self.setup
+        self._log_offset = 0
         self.starts += 1
         self.history.clear()
-        if self.canaries is not None:
-            self.canaries.rearm()  # the socket and log are there now; setup read nothing
         self.new_log()  # skip the start-up chatter
         if self.coverage is not None:
             self.coverage.absorb()  # start-up and setup: not any input's coverage
-        return self
-
-    def _tap(self, direction: int, queue: int, data: bytes) -> None:
-        self.exchange.append((direction, queue, data, time.time_ns()))
 
     def new_log(self) -> str:
         """Daemon log text written since the last call."""
@@ -335,29 +359,16 @@ class DaemonHarness:
         self._log_offset += len(data)
         return data.decode(errors="replace")
 
-    def _setup(self) -> None:
-        c = self.client
-        assert c is not None
-        c.init(flags=seeds.INIT_FLAGS)
-        self.minor = c.session.minor
-        self.flags = int(c.session.flags)
-        self.nodes = {"root": 1}
-        for name in ("file", "small", "dir", "link", "empty"):
-            self.nodes[name] = c.lookup(1, name).nodeid
-        self.fhs = {"file": c.open(self.nodes["file"], os.O_RDWR).fh,
-                    "dir": c.opendir(self.nodes["dir"]).fh}
-
     def stop(self) -> None:
-        """Close the connection and stop the daemon by PID; remove its directory."""
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self.transport.close()  # stops the daemon it owns
+        """Close the connection and stop the daemon by PID; remove its directory (in the
+        background with a spare: :meth:`close` waits for it)."""
         if self.daemon is not None:
-            with contextlib.suppress(Exception):
-                self.daemon.stop()
-            shutil.rmtree(os.path.dirname(self.daemon.shared_dir), ignore_errors=True)
-        if self.window is not None:
-            self.window.close()
+            s = Started(self.daemon, os.path.dirname(self.daemon.shared_dir), self.exchange,
+                        transport=self.transport, window=self.window)
+            if self._spare is not None and self.spare_allowed():
+                self._spare.retire(stop_started, s)
+            else:
+                stop_started(s)
         self.transport = self.client = self.daemon = None
         self.window = self.dax = None
 
@@ -370,6 +381,8 @@ class DaemonHarness:
 
     def close(self) -> None:
         self.stop()
+        if self._spare is not None:
+            self._spare.close()  # the untaken spare stopped, every retirement joined
         if self._own_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -671,7 +684,7 @@ def judge_reply(name: str, op: int, unique: int | None, req: Any, area: int, exp
 
 
 def populate(shared: str) -> None:
-    """The files every fresh daemon serves (node ids: see DaemonHarness._setup)."""
+    """The files every fresh daemon serves (node ids: see Started.set_up)."""
     with open(os.path.join(shared, "file"), "wb") as f:
         f.write(bytes(range(256)) * 256)  # 64 KiB, position-dependent content
     with open(os.path.join(shared, "small"), "wb") as f:

@@ -35,6 +35,7 @@ __all__ = [
     "mutate_bytes",
     "restamp",
     "copy_body",
+    "random_name",
 ]
 
 _IN = structs.FAST["fuse_in_header"]
@@ -138,8 +139,30 @@ def _mutate_name(rng: random.Random, old: bytes) -> bytes:
         return old[: rng.randrange(len(old) + 1)]
     if r < 0.8:
         return old + rng.choice((b"x", b"/", b"..", b"\xff", b"a" * 200))
-    n = rng.choice((1, 8, 64, 255, 256, 4096))
-    return bytes(rng.choice(b"abcxyz./\xff\x01") for _ in range(n))
+    return random_name(rng, rng.choice((1, 8, 64, 255, 256, 4096)))
+
+
+_NAME_BYTES = b"abcxyz./\xff\x01"
+_NAME_BITS = len(_NAME_BYTES).bit_length()  # what random.choice draws per pick
+_NAME_TABLE = bytes(_NAME_BYTES[b >> (8 - _NAME_BITS)] if b >> (8 - _NAME_BITS) < len(_NAME_BYTES)
+                    else 0 for b in range(256))
+_NAME_REJECT = bytes(b for b in range(256) if b >> (8 - _NAME_BITS) >= len(_NAME_BYTES))
+
+
+def random_name(rng: random.Random, n: int) -> bytes:
+    """``bytes(rng.choice(_NAME_BYTES) for _ in range(n))``, the same bytes and the same
+    state of ``rng`` after (tests/test_fuzz_rates.py), ~10x faster for long names.
+
+    ``choice`` draws ``getrandbits(4)`` per pick (one 32-bit output, its top bits) and
+    draws again above the last index; a bulk ``getrandbits(32 * k)`` is those k outputs,
+    little-endian, so the top byte of each word is one draw. Taking as many words as picks
+    are still missing never draws more than ``choice`` would."""
+    out = b""
+    while len(out) < n:
+        need = n - len(out)
+        top = rng.getrandbits(32 * need).to_bytes(4 * need, "little")[3::4]
+        out += top.translate(_NAME_TABLE, _NAME_REJECT)
+    return out
 
 
 def copy_body(obj: Any) -> Any:

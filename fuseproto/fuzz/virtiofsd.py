@@ -127,12 +127,14 @@ def fuzz_daemon(
     coverage: CoverageMap | None = None,
     feedback: str = "auto",
     corpus_dir: str | Path | None = None,
+    spare: bool = True,
 ) -> DaemonStats:
     """Fuzz one daemon for ``seconds``: structure-aware mutants of the seed requests (and
     of ``corpus_dir``'s saved inputs), one at a time; inputs lighting new daemon edges or
     reaching a new outcome class join the corpus (see the module docstring); findings go
     to ``store``. ``coverage``: the edge map to use (shared with other loops; default:
-    a fresh one for this run)."""
+    a fresh one for this run). ``spare``: restarts take a daemon made in the background
+    (:mod:`.spare`; a plain daemon only)."""
     label = label or installation.kind
     rng = random.Random(seed)
     stats = DaemonStats(label)
@@ -142,7 +144,7 @@ def fuzz_daemon(
     fb = EdgeFeedback(installation, coverage, feedback)
     try:
         with DaemonHarness(installation, hang_timeout=hang_timeout, on_send=on_send,
-                           coverage=fb.map) as h:
+                           coverage=fb.map, spare=spare) as h:
             fb.started()
             stats.version = h.version()
             corpus: Corpus[tuple[bytes, int]] = Corpus(4000)

@@ -1,0 +1,132 @@
+"""A warm spare daemon for the live loops: the next daemon is made while this one is fuzzed.
+
+A live target restarts its daemon after every crash, exit or hang, and a start costs
+tens of milliseconds (scratch share, fork/exec, the vhost-user handshake, INIT and the
+setup LOOKUPs) against well under one for a request. :class:`Spare` runs the harness's
+own start (the one door: :meth:`~fuseproto.fuzz.harness.DaemonHarness.prepare_daemon`)
+in a background thread, so a restart takes a daemon that is already serving, and stops
+retired daemons (by PID, reaped, their directories removed) in the background too.
+:meth:`Spare.close` joins every thread, so nothing outlives the harness.
+
+The harness only uses a spare where two daemons at once cannot disturb each other:
+not for an instrumented daemon (every daemon it starts shares one edge map,
+``FUSEPROTO_COV_MAP``: a spare's start-up edges would land in the live daemon's input),
+not for a DAX daemon (its window and backend channel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Spare", "Started", "stop_started"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Started:
+    """One daemon started, connected and set up, with what the harness learned doing so."""
+
+    daemon: Any
+    base: str  # its scratch directory (share, socket, log)
+    exchange: deque[tuple[int, int, bytes, int]]  # what its transport's tap saw
+    canaries: Any = None
+    transport: Any = None
+    client: Any = None
+    window: Any = None
+    dax: Any = None
+    minor: int = 0
+    flags: int = 0
+    nodes: dict[str, int] = field(default_factory=dict)
+    fhs: dict[str, int] = field(default_factory=dict)
+
+    def set_up(self, init_flags: int) -> None:
+        """The harness's fixed setup: INIT, LOOKUP of the files ``populate`` made, OPEN
+        ``file`` O_RDWR, OPENDIR ``dir``; what the daemon answered is kept."""
+        c = self.client
+        c.init(flags=init_flags)
+        self.minor, self.flags = c.session.minor, int(c.session.flags)
+        for name in ("file", "small", "dir", "link", "empty"):
+            self.nodes[name] = c.lookup(1, name).nodeid
+        self.fhs = {"file": c.open(self.nodes["file"], os.O_RDWR).fh,
+                    "dir": c.opendir(self.nodes["dir"]).fh}
+
+
+def stop_started(s: Started) -> None:
+    """Close its connection, stop the daemon by PID (reaped), remove its directory and
+    window. Never raises: it also runs in the background."""
+    if s.transport is not None:
+        with contextlib.suppress(Exception):
+            s.transport.close()  # stops the daemon it owns
+    with contextlib.suppress(Exception):
+        s.daemon.stop()
+    shutil.rmtree(s.base, ignore_errors=True)
+    if s.window is not None:
+        with contextlib.suppress(Exception):
+            s.window.close()
+
+
+class Spare(Generic[T]):
+    """One object made ahead in a background thread (:meth:`launch_with`); ``discard``
+    undoes one nobody took. Background ``retire`` calls are joined by :meth:`close`."""
+
+    def __init__(self, discard: Callable[[T], None]):
+        self._discard = discard
+        self._thread: threading.Thread | None = None
+        self._result: T | None = None
+        self.error: BaseException | None = None  # why the last spare could not be made
+        self._retiring: list[threading.Thread] = []
+        self.made = 0  # spares made
+        self.taken = 0  # spares taken ready (not made while the caller waited)
+
+    def _run(self, make: Callable[[], T]) -> None:
+        try:
+            self._result = make()
+            self.made += 1
+        except BaseException as e:  # noqa: BLE001 -- kept, the caller makes one itself
+            self.error = e
+
+    def launch_with(self, make: Callable[[], T]) -> None:
+        """Start making the next one with ``make()`` (unless one is on its way or ready)."""
+        if self._thread is None:
+            self._result = self.error = None
+            self._thread = threading.Thread(target=self._run, args=(make,),
+                                            name="fuseproto-spare", daemon=True)
+            self._thread.start()
+
+    def take(self) -> T | None:
+        """The spare (waiting for it if it is still being made), or None if none was
+        launched or making it failed (:attr:`error`)."""
+        t = self._thread
+        if t is None:
+            return None
+        ready = not t.is_alive()
+        t.join()
+        self._thread = None
+        out, self._result = self._result, None
+        if out is not None and ready:
+            self.taken += 1
+        return out
+
+    def retire(self, stop: Callable[..., Any], *args: Any) -> None:
+        """Run ``stop(*args)`` in the background (joined by :meth:`close`)."""
+        self._retiring = [t for t in self._retiring if t.is_alive()]
+        t = threading.Thread(target=stop, args=args, name="fuseproto-retire", daemon=True)
+        t.start()
+        self._retiring.append(t)
+
+    def close(self) -> None:
+        """Discard an untaken spare and wait for every retirement."""
+        out = self.take()
+        if out is not None:
+            self._discard(out)
+        for t in self._retiring:
+            t.join()
+        self._retiring = []
