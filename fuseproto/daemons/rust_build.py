@@ -216,14 +216,16 @@ def _build(steps: _Steps, jobs: int) -> Installation:
     shutil.copy2(CSRC / RUNTIME, build / "fpcov" / RUNTIME)
     steps.run("compile runtime", in_chroot(root, [
         "cc", *RUNTIME_CFLAGS, "-c", f"{BUILD}/fpcov/{RUNTIME}", "-o", RUNTIME_OBJ]))
-    # The crate as Debian ships it, copied fresh (a new mtime: cargo relinks the binary,
-    # which picks up a changed runtime object; the dependencies stay built).
+    # The crate as Debian ships it, copied fresh; main.rs gets a new mtime so that cargo
+    # recompiles the binary's crate and relinks it with the (maybe changed) runtime object
+    # (seconds; the dependencies and the library crate stay built).
     src = build / "src"
     shutil.rmtree(src, ignore_errors=True)
     registry = root / "usr/share/cargo/registry" / f"{CRATE}-{crate_version}"
     if not (registry / "Cargo.toml").exists():
         raise steps.failed("source", f"{CRATE_PACKAGE} {version} has no {registry}")
     shutil.copytree(registry, src)
+    os.utime(src / "src" / "main.rs")
     cargo = ["cargo", "build", "--release", "--offline", "-j", str(jobs), "--target", TARGET,
              "--bin", CRATE, "--manifest-path", f"{BUILD}/src/Cargo.toml"]
     cargo_env = {**CARGO_ENV, "RUSTFLAGS": shlex.join(RUSTFLAGS)}
