@@ -3,7 +3,7 @@
 
 Each input chooses the manager (OSv, OSv aggressive, Linux; FUSEPROTO_DAX_MANAGER fixes
 one, or names package.module:factory), the map alignment, the policy's unit, the window
-(1 to 402 units), the mounts and the files' sizes, then runs up to 48 operations (reads,
+(1 to 402 units), the mounts and the files' sizes, then runs up to 32 operations (reads,
 writes, forgets, OSv's direct map/unmap, Linux pins and reclaim worker, device refusals,
 mounts); every invariant of fuseproto.dax.invariants watches (see
 fuseproto/fuzz/dax_target.py, dax_ops.py, dax_run.py). FUSEPROTO_DAX_DEVICE=c-dax runs the

@@ -51,7 +51,7 @@ __all__ = [
 CONFIGS = ("osv", "osv-aggressive", "linux")
 NODES = (2, 3, 4, 5)
 ALIGNS = (12, 12, 12, 12, 13, 14, 16, 21)
-MAX_OPS = 48
+MAX_OPS = 32
 READ_MAX = 256 << 10  # one read's bytes, at most (bytes copied are what a step costs)
 HEADER = Struct("config" / Byte, "align" / Byte, "unit" / Byte, "chunks" / Byte,
                 "extra" / Byte, "sizes" / Array(4, Byte))
