@@ -682,3 +682,15 @@ def test_ring_reader_tells_a_reused_buffer_from_a_wrong_unique(ring, overwritten
     else:
         assert unique_of(ring.records[1][2]) == 7
         assert "names unique 7, the chain's request was unique 6" in ring.notes[0]
+
+
+def test_ring_reader_does_not_record_past_the_chain_it_read(ring):
+    """used.len larger than the writable bytes of the chain read at that head: not the
+    chain the daemon completed (reused before the proxy read it): annotated, not recorded."""
+    _chain(ring, 0, 0, _request(6))
+    ring.publish(0)
+    ring.scan()
+    ring.use(0, 0x100 + 16)
+    ring.scan()
+    assert ring.records[1:] == []
+    assert "the reply to unique 6 is not recorded: used.len 272 exceeds" in ring.notes[0]

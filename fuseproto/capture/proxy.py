@@ -7,9 +7,9 @@ directions (framing: :mod:`fuseproto.transport.vhost_user_proto`). The proxy kee
 * its own read-only mapping of the guest memory (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG:
   the same fds, mapped again here, :class:`~fuseproto.capture.proxy_rings.GuestMap`);
 * the kick and call eventfds: the daemon is handed eventfds of the proxy's own. A kick
-  from the VMM is forwarded to the daemon at once and the avail ring read right after
-  (the new chains recorded as requests: they stay untouched until their used entries
-  reach the driver); a call from the daemon is forwarded to the VMM after the used ring
+  from the VMM is forwarded to the daemon after the avail ring has been read (the new
+  chains recorded as requests, before the daemon can complete them and a guest reuse
+  their descriptors); a call from the daemon is forwarded to the VMM after the used ring
   has been read (the replies recorded from the writable buffers, ``used.len`` bytes).
   While chains are in flight the rings are also read every ``scan_interval`` seconds
   (1 ms): a guest that drains its used ring takes entries no call announced (with
@@ -409,22 +409,19 @@ class RecordingProxy:
             self._unwatch(n.source)
             self.note(n.queue, f"queue {n.queue} {n.kind} eventfd: {e}; no longer forwarded")
             return
+        # Read the rings first, then pass the notification on. A kick: the new chains
+        # are read before the daemon may take them (once it has, a guest draining its used
+        # ring can reuse their descriptors, indirect tables and buffers at once). A call:
+        # the replies are read, and written to the file, before the driver is told.
         q = self.queues.get(n.queue)
         if n.kind == "kick":
-            # The daemon may start at once: the chains it is told about stay the driver's
-            # to leave alone until their used entries reach it, which takes a call this
-            # proxy forwards only after reading them (below).
             self.stats.kicks += 1
-            self._forward(n)
-            if q is not None:
-                self.scan(q)
-            return
-        # A call: the replies are read, and written to the file, before the driver is
-        # told they are there.
-        self.stats.calls += 1
+        else:
+            self.stats.calls += 1
         if q is not None:
             self.scan(q)
-        self.tap.flush()
+        if n.kind == "call":
+            self.tap.flush()
         self._forward(n)
 
     def _forward(self, n: _Notify) -> None:

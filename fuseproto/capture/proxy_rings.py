@@ -311,10 +311,13 @@ class QueueWatch:
                                          f"for a chain with {room} writable bytes")
                     continue
                 if length > room:
-                    note(self.index, f"queue {self.index} used head {head}: used.len "
-                                     f"{length} exceeds the chain's {room} writable bytes; "
-                                     f"{room} recorded")
-                    length = room
+                    # Not the chain the proxy read at this head: the driver had reused its
+                    # descriptors (or indirect table) before the proxy got to them.
+                    note(self.index, f"queue {self.index} used head {head}: the reply to "
+                                     f"unique {chain.unique} is not recorded: used.len "
+                                     f"{length} exceeds the {room} writable bytes of the chain "
+                                     "read at this head (reused before the proxy read it?)")
+                    continue
                 data = mem.read(chain.writable, min(length, max(self.limit, MIN_READ)))
             except RingError as e:
                 note(self.index, f"queue {self.index} used head {head}: reply not "
