@@ -285,7 +285,10 @@ def _chroot(steps: _Steps) -> Path:
     tmp.mkdir(parents=True)
     try:
         mirror = _mirror()
-        steps.run("debootstrap", ["debootstrap", "--variant=minbase",
+        # In a private mount namespace too: the /proc and /sys debootstrap mounts in the
+        # new tree go away with it even if it is killed (rmtree must never meet them).
+        steps.run("debootstrap", ["unshare", "--mount", "--propagation", "private", "--",
+                                  "debootstrap", "--variant=minbase",
                                   "--include=ca-certificates", SUITE, str(tmp), mirror])
         (tmp / "etc/apt/sources.list").write_text(
             f"deb {mirror} {SUITE} main\ndeb-src {mirror} {SUITE} main\n")
