@@ -147,8 +147,15 @@ def split_run_args(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return n
+
+
 def _jobs_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=_positive, default=1, metavar="N",
                    help="parallel jobs: libFuzzer -fork=N for the atheris targets, N "
                    "daemons (or loops) in parallel for the others; one merged corpus and "
                    "report (default 1)")
