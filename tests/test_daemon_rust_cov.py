@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 from fuseproto import daemons
 from fuseproto.client import Client
 from fuseproto.daemons import rust_build
+from fuseproto.errors import DaemonError
 from fuseproto.fuzz.coverage import CoverageMap
 from fuseproto.transport.vhost_user import VhostUserTransport
 from fuseproto.wire.constants import FUSE_ROOT_ID
@@ -146,3 +148,23 @@ def test_live_fuzzer_edges_grow_on_rust_cov(tmp_path, no_leaks, rust_cov):
     assert e["edges"] > after_setup + 50, (after_setup, e["edges"])
     assert [p[1] for p in tl] == sorted(p[1] for p in tl)
     assert st.requests > 500 and st.corpus_saved > 10
+
+
+# -- a failed build ---------------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("debootstrap"),
+                    reason="building rust-cov needs root and debootstrap")
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    """A chroot that cannot be made (an archive nobody answers at): DaemonError naming the
+    step and the log's tail; no chroot, no half-made tree, no installation, no mount left;
+    the log stays beside the builds."""
+    monkeypatch.setenv("FUSEPROTO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FUSEPROTO_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    with pytest.raises(DaemonError, match="step 'debootstrap' failed") as e:
+        daemons.build("rust-cov")
+    assert "127.0.0.1:9" in str(e.value)
+    builds = rust_build.builds_dir()
+    assert str(builds).startswith(str(tmp_path))
+    assert sorted(p.name for p in builds.iterdir()) == [".rust.lock", "rust-cov.log"]
+    assert daemons.find("rust-cov") is None
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
