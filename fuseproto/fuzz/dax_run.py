@@ -7,7 +7,8 @@ with the input's geometry, and a :class:`~fuseproto.dax.invariants.DaxChecker` w
 every message and access.
 
 Operations (``Op.kind`` modulo the policy's table, :data:`OSV_KINDS` /
-:data:`LINUX_KINDS`; a plugged-in manager gets OSv's, skipping what it lacks):
+:data:`LINUX_KINDS`; a plugged-in manager named "linux" gets Linux's, any other OSv's,
+skipping what it lacks):
 
 ``read``      through a mount; the bytes must be the file's (checker), a read inside the
               file that reports no error returns something (Linux: everything up to end
@@ -25,7 +26,8 @@ Operations (``Op.kind`` modulo the policy's table, :data:`OSV_KINDS` /
 ``worker``    (Linux) the background reclaim, forced or when queued
 ``aggressive_read``  (OSv) a read with the aggressive mode flipped for it
 ``refuse``    arms the device: request ``b % 4`` from now fails with EINVAL, ENOSPC, EIO
-              or ENOMEM (no effect on the window)
+              or ENOMEM (no effect on the window); Linux must then warn of a refused
+              REMOVEMAPPING (the range is freed anyway, as the kernel does)
 ``mount``     unmounts that mount, or mounts one more (up to 3; Linux and plug-ins:
               unmount the connection's manager and start a new one)
 ``probe``     a request the protocol forbids, sent to the device itself (``a % 7``: foffset,
