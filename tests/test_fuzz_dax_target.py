@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from pathlib import Path
 
 import pytest
 from fixtures_daemons import built_installation
@@ -301,3 +302,34 @@ def test_live_mode_catches_a_planted_daemon_bug(live_session, monkeypatch, tmp_p
     st = _live_run(monkeypatch, tmp_path, f"c-dax-bug-{bug}", 40, seed=4)
     assert st.findings, f"c-dax-bug-{bug} not caught in {st.iterations} inputs"
     assert st.findings[0].signature == f"invariant:{caught_by}", st.findings[0].summary
+
+
+@pytest.mark.daemon
+def test_live_atheris_harness_leaves_no_daemon_or_directory(no_leaks, tmp_path):
+    """libFuzzer ends the process with exit(): the harness still stops its daemon by PID
+    and removes its scratch directory (a C atexit handler)."""
+    import glob
+    import tempfile
+
+    from fuseproto.fuzz import campaign
+
+    if campaign.fuzz_dir() is None:
+        pytest.skip("needs the fuzz/ directory")
+    built_installation("c-dax")
+    pattern = os.path.join(tempfile.gettempdir(), "fuseproto-daxlive-*")
+    before = set(glob.glob(pattern))
+    run = campaign.run_atheris("dax", 3, tmp_path, seed=2,
+                               env={dax_target.ENV_DEVICE: "c-dax"})
+    assert run.artifact is None and run.executions > 3, Path(run.log).read_text()[-2000:]
+    assert set(glob.glob(pattern)) == before
+    daemons = [p for p in os.listdir("/proc") if p.isdigit() and "fuseproto-daxlive-" in
+               _cmdline(p)]
+    assert daemons == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
