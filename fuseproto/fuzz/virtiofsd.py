@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import daemons
-from ..errors import DaemonError, TransportError
-from ..wire import structs
+from ..errors import DaemonError, DecodeError, TransportError
+from ..wire import codec, structs
 from ..wire.constants import opcode_name
 from . import mutate
 from .corpus import Corpus, energy_for
@@ -169,7 +169,8 @@ def fuzz_daemon(
                         variant = rng.randrange(5)
                     data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
                                                  pools=pools, max_size=1 << 16)
-                    if muted and _feature(data) in muted and rng.random() < 0.9:
+                    if muted and not muted.isdisjoint(_features(data, variant, h)) \
+                            and rng.random() < 0.9:
                         stats.skipped += 1
                         continue
                 out = h.send(data, variant)
@@ -183,7 +184,7 @@ def fuzz_daemon(
                     stats.seed_edges = fb.map.seen if fb.measured else 0
                 if out.finding is not None:
                     f = record_finding(stats, store, h, label, out)
-                    features = {_feature(data)}
+                    features = _features(data, variant, h)
                     if "FUSE_INTERRUPT" in (out.evidence.get("previous") or ()):
                         # A stale INTERRUPT breaks whatever request follows it (the C
                         # daemon answers it in the next one's buffer): mute its cause too.
@@ -221,10 +222,23 @@ def fuzz_daemon(
     return stats
 
 
-def _feature(data: bytes) -> str:
+def _features(data: bytes, variant: int, h: DaemonHarness) -> set[str]:
+    """What a known finding may hang on: the opcode (``short``: no header); for a request
+    our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
+    reply area smaller than the kernel's (``area:<variant>``). A daemon that dies on every
+    malformed request of one kind, or on every reply that does not fit (the Rust worker
+    panics on each), gets that kind muted whatever the opcode."""
     if len(data) < _IN.size:
-        return "short"
-    return opcode_name(_IN.parse(data, 0)["opcode"])
+        return {"short"}
+    out = {opcode_name(_IN.parse(data, 0)["opcode"])}
+    if variant % 5 in (2, 4):
+        out.add(f"area:{variant % 5}")
+    try:
+        codec.decode_request(data, h.minor, flags=h.flags)
+    except DecodeError as e:
+        field = e.path if (e.path or "").startswith("fuse_in_header") else ""
+        out.add(f"bad:{type(e).__name__}:{field}")
+    return out
 
 
 def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: str,
