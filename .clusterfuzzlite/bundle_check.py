@@ -56,6 +56,9 @@ DATA_FILES = {
     "fuseproto/daemons/variants.py": "the C sources of the daemon builds, read only by "
                                      "`fuseproto daemons build` (reached from the DAX "
                                      "target through fuseproto.dax's lazy exports)",
+    "fuseproto/daemons/rust_build.py": "the coverage runtime's C source for the Rust "
+                                       "daemon build, read only by `fuseproto daemons "
+                                       "build rust-cov`",
     "fuseproto/fuzz/findings.py": "the package's own directory, to name the frame an "
                                   "exception escaped from; no file is read",
 }
