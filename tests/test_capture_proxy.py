@@ -30,6 +30,7 @@ import json
 import mmap
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -394,7 +395,15 @@ def test_signal_leaves_a_valid_capture(sig, daemon_installations, shared_dir, sc
         assert "rust virtiofsd pid" in proxy.stderr
     else:
         assert rc == -signal.SIGKILL
-        # (a killed proxy leaves its daemon to exit when its connection closes)
+        # A killed proxy cannot clean up: its daemon exits when its connection closes
+        # (the test waits for that, by PID) and the test removes the daemon's directory.
+        started = next(ln for ln in proxy.stderr.splitlines() if " started " in ln)
+        pid = int(started.split(" pid ")[1].split()[0])
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}"), "the daemon outlived its connection"
+        shutil.rmtree(os.path.dirname(started.rsplit(" on ", 1)[1]), ignore_errors=True)
     got = recorded(proxy.pcap)
     assert len(got) >= 42  # INIT + 20 GETATTR, requests and replies (one at a time)
     assert got[:42] == tap.crossed[:42]

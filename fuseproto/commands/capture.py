@@ -175,6 +175,8 @@ def run_proxy(args: argparse.Namespace) -> int:
             listener.listen(1)
         except (FuseprotoError, OSError) as e:
             return _fail(str(e))
+        if starter is not None:
+            say(f"started {starter.describe()} on {starter.socket_path}")
         say(f"listening on {args.listen}")
         if args.ready_fd is not None:
             with contextlib.suppress(OSError):
