@@ -174,7 +174,7 @@ class QueueWatch:
     used: int = 0
     last_avail: int = 0  # SET_VRING_BASE, then the next avail entry to read
     last_used: int = 0
-    started: bool = False  # between a kick fd (or SET_VRING_ADDR) and GET_VRING_BASE
+    started: bool = False  # from SET_VRING_KICK until the reply to GET_VRING_BASE
     pending: dict[int, _Chain] = field(default_factory=dict)  # head -> chain (<= size)
     requests: int = 0
     replies: int = 0
