@@ -204,6 +204,11 @@ def fuzz_daemon(
                 if out.finding in FATAL or (
                     out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy()
                 ):
+                    if out.finding is None:  # left unusable: each costs a restart too
+                        key = ("unusable", out.cls.split(":", 1)[0])
+                        repeats[key] = repeats.get(key, 0) + 1
+                        if repeats[key] >= 5:
+                            muted.add(key[1])
                     try:
                         h.start()
                     except (DaemonError, TransportError) as e:
