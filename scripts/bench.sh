@@ -11,6 +11,7 @@ echo "== capture decoding: decode_capture and the decode CLI vs the raw codec"; 
 echo "== DAX through the real c-dax daemon vs the model device"; $py benchmarks/bench_dax_cdax.py
 echo "== the recording proxy (fuseproto capture proxy) vs a direct connection"; $py benchmarks/bench_proxy.py --seconds 1
 echo "== fuseproto mount vs the host, same disk"; $py benchmarks/bench_mount.py
+echo "== time to catch each bug variant (tests/fuzz_mutants.py) vs the clean targets"; $py benchmarks/bench_time_to_catch.py
 # Long (2 x 300 s by default): FUSEPROTO_BENCH_COVERAGE_SECONDS to shorten, 0 to skip.
 cov_s=${FUSEPROTO_BENCH_COVERAGE_SECONDS:-300}
 if [ "$cov_s" != 0 ]; then
