@@ -281,3 +281,40 @@ def test_descriptor_chain_finding_script_reproduces(tmp_path, no_leaks):
     # Two assertions of fv_queue_worker (different lines) would be two findings here.
     p = _run_script(sited[0].script)
     assert p.returncode == 1 and p.stdout.startswith("reproduced: crash"), p.stdout + p.stderr
+
+
+def test_store_keeps_script_and_pcap_with_the_smaller_reproducer_and_adopts(tmp_path):
+    """A repeat with a smaller reproducer replaces the reproducer, its script and its pcap
+    together; another store's finding is adopted with its files (counts add up)."""
+    from fuseproto.capture import decode_capture
+    from fuseproto.capture.frames import Direction
+    from fuseproto.fuzz.findings import Finding, FindingStore
+    from fuseproto.wire import codec
+    from fuseproto.wire.constants import fuse_opcode as O
+
+    def doc(n: int) -> tuple[dict, list]:
+        reqs = [codec.encode_request(O.FUSE_GETATTR, None, unique=2 * i + 2, nodeid=1)
+                for i in range(n)]
+        ex = [(Direction.REQUEST, 1, r, 1_000_000_000 + i) for i, r in enumerate(reqs)]
+        return ({"target": "virtiofsd", "daemon": "c", "requests": [{"hex": r.hex()}
+                 for r in reqs], "finding": {"kind": "crash", "signature": "crash:c:X"}}, ex)
+
+    store = FindingStore(tmp_path / "a")
+    big, big_ex = doc(5)
+    f = store.add(Finding("virtiofsd", "crash", "crash:c:X", "x", daemon="c"), big, ".json",
+                  exchange=big_ex)
+    assert len([m for m in decode_capture(f.pcap) if m.kind == "request"]) == 5
+    small, small_ex = doc(2)
+    g = store.add(Finding("virtiofsd", "crash", "crash:c:X", "x", daemon="c"), small,
+                  ".json", exchange=small_ex)
+    assert g is f and f.count == 2
+    msgs = list(decode_capture(f.pcap))
+    assert [m.kind for m in msgs] == ["request", "request", "annotation"]
+    assert msgs[0].raw == bytes.fromhex(small["requests"][0]["hex"])
+    assert repr(json.dumps(small, separators=(",", ":"))) in Path(f.script).read_text()
+    other = FindingStore(tmp_path / "b")
+    h = other.adopt(f)
+    assert h is not f and h.count == 2 and Path(h.reproducer).parent.parent == tmp_path / "b"
+    for attr in ("reproducer", "script", "pcap"):
+        assert Path(getattr(h, attr)).read_bytes() == Path(getattr(f, attr)).read_bytes()
+    assert other.adopt(f) is h and h.count == 4
