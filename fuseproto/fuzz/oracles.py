@@ -19,7 +19,7 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     *shape* not seen before in this process (the parts, the body's length, the fast
     path's verdict -- the error's class and field, or the length of every bytes / list
     field and the value of every count / size field it accepted) and otherwise on one
-    body in :data:`DIFF_EVERY` by a CRC32 of the body's bytes. Both rules are functions
+    message in :data:`DIFF_EVERY` by a CRC32 of its bytes. Both rules are functions
     of the input (a replay in a fresh process always runs it: its shape is new);
     ``FUSEPROTO_FUZZ_DIFF_EVERY=1`` runs it on every body (:func:`set_diff_every`).
 session (``fuseproto.session`` docstring):
@@ -124,6 +124,22 @@ def diff_stats() -> dict[str, int]:
     return dict(_STATS)
 
 
+_LAYOUTS: dict[Any, tuple[Any, ...]] = {}
+
+
+def _layout(parts: Any) -> tuple[Any, ...]:
+    """The parts' declaration as plain values (class, struct, size, fields, limits ...):
+    equal for the equal tuples the cached lookups make per minor, so one shape is one
+    shape whatever minor asked for it."""
+    out = _LAYOUTS.get(parts)
+    if out is None:
+        out = _LAYOUTS[parts] = tuple(
+            (type(p).__name__, *sorted((k, v) for k, v in vars(p).items()
+                                       if isinstance(v, int | str | tuple | type(None))))
+            for p in parts)
+    return out
+
+
 def _deciding(parts: Any) -> tuple[str, ...]:
     names = _DECIDING.get(parts)
     if names is None:
@@ -143,14 +159,14 @@ def _shape(parts: Any, data: bytes, off: int, end: int, fast: Any,
     body was refused)."""
     deciding = _deciding(parts)
     if err is not None:
-        out: list[Any] = [parts, end - off, type(err), getattr(err, "path", None)]
+        out: list[Any] = [_layout(parts), end - off, type(err), getattr(err, "path", None)]
         head = parts[0] if deciding else None
         if isinstance(head, messages.Fixed) and end - off >= head.size:
             fast = head.fl.parse(data, off)
         else:
             return tuple(out)
     else:
-        out = [parts, end - off]
+        out = [_layout(parts), end - off]
         for k, v in fast.items():
             if isinstance(v, bytes | list):
                 out += (k, len(v))
@@ -173,7 +189,7 @@ def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: i
     _STATS["bodies"] += 1
     shape = _shape(parts, data, off, end, fast, fast_err)
     if shape in _SHAPES:
-        if DIFF_EVERY > 1 and zlib.crc32(data[off:end]) % DIFF_EVERY:
+        if DIFF_EVERY > 1 and zlib.crc32(data) % DIFF_EVERY:
             return
     else:
         if len(_SHAPES) >= _SHAPES_MAX:
