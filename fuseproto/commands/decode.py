@@ -537,10 +537,11 @@ def _err(e: Any) -> str:
 
 def _text_summary(s: Any, shown: int) -> str:
     kinds = s.by_kind
+    notes = f"{kinds['annotation']} annotations, " if kinds.get("annotation") else ""
     lines = [
         f"--- {s.records} records: {kinds.get('request', 0)} requests, "
         f"{kinds.get('reply', 0)} replies, {kinds.get('notification', 0)} notifications, "
-        f"{kinds.get('skipped', 0)} skipped, {kinds.get('bad-frame', 0)} bad; "
+        f"{notes}{kinds.get('skipped', 0)} skipped, {kinds.get('bad-frame', 0)} bad; "
         f"{shown} shown; minor {s.minor}",
         f"    decode errors: {s.decode_errors}, protocol errors: {s.protocol_errors}, "
         f"unanswered requests: {len(s.unpaired_requests)}, cut by snaplen: {s.truncated}",
