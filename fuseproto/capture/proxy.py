@@ -258,11 +258,11 @@ class RecordingProxy:
             self._poll.register(wakeup_fd, select.POLLIN)
         try:
             while self.closed_by is None:
-                active = [q for q in self.queues.values() if q.started]
-                if any(q.pending for q in active):
+                queues = self.queues.values()
+                if any(q.pending for q in queues):
                     timeout = self.scan_interval
                 else:
-                    timeout = self.idle_interval if active else 1.0
+                    timeout = self.idle_interval if any(q.started for q in queues) else 1.0
                 events = self._poll.poll(max(1, round(timeout * 1000)))
                 if not events:
                     self.scan_all()

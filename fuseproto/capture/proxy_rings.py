@@ -127,6 +127,14 @@ class GuestMap:
     def read(self, segments: list[tuple[int, int]], limit: int) -> bytes:
         """The bytes of ``segments`` (guest-physical ``(addr, len)``), at most ``limit``;
         a segment that crosses from one region into the next is read piece by piece."""
+        if len(segments) == 1:  # the usual reply area, or a one-descriptor request
+            addr, ln = segments[0]
+            ln = min(ln, limit)
+            for r in self.regions:
+                off = addr - r.guest_addr
+                if off >= 0 and off + ln <= r.size:
+                    off += r.base
+                    return r.mm[off:off + ln]
         out = []
         left = limit
         for addr, ln in segments:
@@ -161,6 +169,7 @@ Record = Callable[[int, int, bytes, int], None]
 class _Chain:
     writable: list[tuple[int, int]]
     unique: int | None  # the request's fuse_in_header.unique, if it had one
+    room: int  # bytes of the writable buffers
 
 
 @dataclass
@@ -243,8 +252,7 @@ class QueueWatch:
             head = _unpack_u16(amm, ring + 2 * (last % size))[0]
             last = (last + 1) & 0xFFFF
             try:
-                readable, writable = self._walk(mem, dmm, doff, head)
-                total = sum(ln for _, ln in readable)
+                readable, writable, total, room = self._walk(mem, dmm, doff, head)
                 if total > MAX_RECORD:
                     raise RingError(f"{total} device-readable bytes, more than the proxy "
                                     f"records ({MAX_RECORD})")
@@ -262,7 +270,7 @@ class QueueWatch:
                     note(self.index, f"queue {self.index}: head {head} made available again "
                                      "before its used entry was seen")
             unique = int.from_bytes(data[8:16], "little") if len(data) >= 16 else None
-            self.pending[head] = _Chain(writable, unique)
+            self.pending[head] = _Chain(writable, unique, room)
             self.requests += 1
             record(0, self.index, data, total)
         self.last_avail = last
@@ -300,11 +308,11 @@ class QueueWatch:
                 if chain is None:
                     # Not seen on the avail ring (a missed scan): its descriptors are still
                     # the driver's until it takes this entry; read them now.
-                    _, writable = self._walk(mem, dmm, doff, head)
-                    chain = _Chain(writable, None)
+                    _, writable, _, room = self._walk(mem, dmm, doff, head)
+                    chain = _Chain(writable, None, room)
                     note(self.index, f"queue {self.index}: used head {head} was not seen on "
                                      "the avail ring; its request is not in the capture")
-                room = sum(ln for _, ln in chain.writable)
+                room = chain.room
                 if not length:
                     if room:
                         note(self.index, f"queue {self.index} used head {head}: used.len 0 "
@@ -342,13 +350,14 @@ class QueueWatch:
         self.last_used = last
         return stopped
 
-    def _walk(self, mem: GuestMap, dmm: mmap.mmap, doff: int,
-              head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def _walk(self, mem: GuestMap, dmm: mmap.mmap, doff: int, head: int
+              ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int, int]:
         """The device-readable and device-writable ``(gpa, len)`` segments of the chain at
-        ``head`` (virtio 1.x 2.7.5, indirect tables 2.7.5.3)."""
+        ``head`` and their byte counts (virtio 1.x 2.7.5, indirect tables 2.7.5.3)."""
         table, toff, tsize = dmm, doff, self.size
         readable: list[tuple[int, int]] = []
         writable: list[tuple[int, int]] = []
+        total = room = 0
         i = head
         steps = 0
         limit = self.size
@@ -368,12 +377,17 @@ class QueueWatch:
                 indirect = True
                 i = 0
                 continue
-            (writable if flags & VIRTQ_DESC_F_WRITE else readable).append((addr, ln))
-            if flags & VIRTQ_DESC_F_WRITE == 0 and writable:
+            if flags & VIRTQ_DESC_F_WRITE:
+                writable.append((addr, ln))
+                room += ln
+            elif writable:
                 raise RingError("a device-readable descriptor after a writable one")
+            else:
+                readable.append((addr, ln))
+                total += ln
             steps += 1
             if not flags & VIRTQ_DESC_F_NEXT:
-                return readable, writable
+                return readable, writable, total, room
             if steps >= limit:
                 raise RingError(f"chain longer than {limit} descriptors (a loop?)")
             i = nxt
