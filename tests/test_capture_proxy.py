@@ -630,8 +630,8 @@ def test_ring_reader_notes_index_jumps_and_bad_used_entries(ring):
     ring.use(2, 5)  # a used entry for a chain never made available
     ring.desc(2, ring.GPA + ring.DATA, 8, VIRTQ_DESC_F_WRITE)
     ring.scan()
-    assert "not seen on the avail ring" in ring.notes[-1]
-    assert ring.records[-1][0] == 1 and len(ring.records[-1][2]) == 5
+    assert "its chain was not read when it was made available" in ring.notes[-1]
+    assert ring.records == []  # a reply that would pair with nothing is not recorded
 
 
 def _request(unique: int) -> bytes:
@@ -703,3 +703,23 @@ def test_ring_reader_does_not_record_past_the_chain_it_read(ring):
     ring.scan()
     assert ring.records[1:] == []
     assert "the reply to unique 6 is not recorded: used.len 272 exceeds" in ring.notes[0]
+
+
+def test_ring_reader_records_a_request_read_twice_once(ring):
+    """An old avail entry read late (its descriptors already reused for a newer request,
+    made available at another head) reads as that newer request: it is recorded once,
+    annotated, and the reply pairs with the newer head."""
+    req = _request(242)
+    rb, _ = _chain(ring, 0, 0, req)
+    ring.publish(0)
+    ring.desc(2, ring.GPA + ring.DATA, len(req), VIRTQ_DESC_F_NEXT, 3)  # same buffers
+    ring.desc(3, ring.GPA + rb, 0x100, VIRTQ_DESC_F_WRITE)
+    ring.publish(2)
+    ring.scan()
+    assert [unique_of(b) for _, _, b in ring.records] == [242]
+    assert "avail head 0 was read after the driver had reused" in ring.notes[0]
+    reply = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=242, error=-2)
+    ring.mm[rb:rb + len(reply)] = reply
+    ring.use(2, len(reply))
+    ring.scan()
+    assert ring.records[-1] == (1, 1, reply)

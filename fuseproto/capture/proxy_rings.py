@@ -170,6 +170,7 @@ class _Chain:
     writable: list[tuple[int, int]]
     unique: int | None  # the request's fuse_in_header.unique, if it had one
     room: int  # bytes of the writable buffers
+    key: bytes = b""  # the request's first bytes and length: the same request read twice
 
 
 @dataclass
@@ -185,6 +186,7 @@ class QueueWatch:
     last_used: int = 0
     started: bool = False  # from SET_VRING_KICK until the reply to GET_VRING_BASE
     pending: dict[int, _Chain] = field(default_factory=dict)  # head -> chain (<= size)
+    by_unique: dict[int, int] = field(default_factory=dict)  # pending unique -> head
     requests: int = 0
     replies: int = 0
     limit: int = MAX_RECORD  # bytes of each message read (a snaplen: the rest not copied)
@@ -195,6 +197,7 @@ class QueueWatch:
         """SET_VRING_BASE: the ring starts (again) at ``base``."""
         self.last_avail = self.last_used = base & 0xFFFF
         self.pending.clear()
+        self.by_unique.clear()
         self._where = None
         self._broken = None
 
@@ -260,7 +263,7 @@ class QueueWatch:
             except RingError as e:
                 note(self.index, f"queue {self.index} avail head {head}: request not "
                                  f"recorded: {e}")
-                self.pending.pop(head, None)
+                self._take(head)
                 continue
             if head in self.pending:
                 # The driver reuses a head only after taking its used entry: read the used
@@ -270,10 +273,45 @@ class QueueWatch:
                     note(self.index, f"queue {self.index}: head {head} made available again "
                                      "before its used entry was seen")
             unique = int.from_bytes(data[8:16], "little") if len(data) >= 16 else None
-            self.pending[head] = _Chain(writable, unique, room)
+            chain = _Chain(writable, unique, room, data[:64] + total.to_bytes(4, "little"))
+            if unique is not None and self._read_twice(head, chain, note):
+                continue
+            self._take(head)
+            self.pending[head] = chain
+            if unique is not None:
+                self.by_unique[unique] = head
             self.requests += 1
             record(0, self.index, data, total)
         self.last_avail = last
+
+    def _take(self, head: int) -> _Chain | None:
+        """The pending chain at ``head``, no longer pending."""
+        chain = self.pending.pop(head, None)
+        if chain is not None and chain.unique is not None and (
+                self.by_unique.get(chain.unique) == head):
+            del self.by_unique[chain.unique]
+        return chain
+
+    def _read_twice(self, head: int, chain: _Chain, note: Note) -> bool:
+        """Whether ``chain`` is a request already recorded at another head: that head's
+        entry was read late, after the driver had reused its descriptors (or indirect
+        table) for this request. Not recorded again; it is pending here now."""
+        assert chain.unique is not None
+        other = self.by_unique.get(chain.unique)
+        if other is None or other == head:
+            return False
+        old = self.pending.get(other)
+        if old is None or old.key != chain.key:
+            return False
+        self._take(other)
+        self._take(head)
+        self.pending[head] = chain
+        self.by_unique[chain.unique] = head
+        note(self.index, f"queue {self.index}: avail head {other} was read after the driver "
+                         f"had reused its descriptors for unique {chain.unique} (now at head "
+                         f"{head}): recorded once, that head's own request is not in the "
+                         "capture")
+        return True
 
     def _scan_used(self, mem: GuestMap, w: _Where, record: Record, note: Note, *,
                    reused: bool, stop_at_unknown: bool) -> bool:
@@ -303,15 +341,18 @@ class QueueWatch:
                 stopped = True
                 break
             last = (last + 1) & 0xFFFF
-            chain = self.pending.pop(head, None)
+            chain = self._take(head)
             try:
                 if chain is None:
-                    # Not seen on the avail ring (a missed scan): its descriptors are still
-                    # the driver's until it takes this entry; read them now.
+                    # No request was read for this chain (a missed or late scan): its reply
+                    # would pair with nothing, and its buffers may be another's by now.
                     _, writable, _, room = self._walk(mem, dmm, doff, head)
-                    chain = _Chain(writable, None, room)
-                    note(self.index, f"queue {self.index}: used head {head} was not seen on "
-                                     "the avail ring; its request is not in the capture")
+                    top = mem.read(writable, 16) if room >= 16 else b""
+                    unique = int.from_bytes(top[8:16], "little") if top else "?"
+                    note(self.index, f"queue {self.index} used head {head}: its chain was not "
+                                     f"read when it was made available; the reply to unique "
+                                     f"{unique} is not recorded")
+                    continue
                 room = chain.room
                 if not length:
                     if room:
