@@ -723,3 +723,26 @@ def test_ring_reader_records_a_request_read_twice_once(ring):
     ring.use(2, len(reply))
     ring.scan()
     assert ring.records[-1] == (1, 1, reply)
+
+
+def test_ring_reader_a_late_read_entry_then_its_own_reply(ring):
+    """Head 0 read late holds request 408 (a later chain's, whose own entry is head 2);
+    head 0's used entry then brings a whole reply to 406: neither 406 nor a second copy
+    of 408 is recorded, and 408's reply pairs with the one 408 request recorded."""
+    r0, _ = _chain(ring, 0, 0, _request(408))
+    ring.publish(0)
+    ring.scan()  # records 408 (read late: head 0 was 406's)
+    ring.mm[r0:r0 + 16] = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=406,
+                                             error=-2)
+    ring.use(0, 16)
+    _chain(ring, 0, 1, _request(410))  # head 0 reused for 410
+    ring.publish(0)
+    r2, _ = _chain(ring, 2, 2, _request(408))  # 408's own entry
+    ring.publish(2)
+    ring.scan()
+    reply = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=408, error=-2)
+    ring.mm[r2:r2 + 16] = reply
+    ring.use(2, 16)
+    ring.scan()
+    assert [(d, unique_of(b)) for d, _, b in ring.records] == [(0, 408), (0, 410), (1, 408)]
+    assert "avail head 0 was read late" in ring.notes[0] and len(ring.notes) == 1

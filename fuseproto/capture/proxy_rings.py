@@ -187,6 +187,9 @@ class QueueWatch:
     started: bool = False  # from SET_VRING_KICK until the reply to GET_VRING_BASE
     pending: dict[int, _Chain] = field(default_factory=dict)  # head -> chain (<= size)
     by_unique: dict[int, int] = field(default_factory=dict)  # pending unique -> head
+    # Requests recorded from an avail entry read late (unique -> key, bounded): when the
+    # request shows up at its own head it is not recorded a second time.
+    stale: dict[int, bytes] = field(default_factory=dict)
     requests: int = 0
     replies: int = 0
     limit: int = MAX_RECORD  # bytes of each message read (a snaplen: the rest not copied)
@@ -198,6 +201,7 @@ class QueueWatch:
         self.last_avail = self.last_used = base & 0xFFFF
         self.pending.clear()
         self.by_unique.clear()
+        self.stale.clear()
         self._where = None
         self._broken = None
 
@@ -275,6 +279,12 @@ class QueueWatch:
             unique = int.from_bytes(data[8:16], "little") if len(data) >= 16 else None
             chain = _Chain(writable, unique, room, data[:64] + total.to_bytes(4, "little"))
             if unique is not None and self._read_twice(head, chain, note):
+                continue
+            if unique is not None and self.stale.get(unique) == chain.key:
+                del self.stale[unique]  # recorded already, from the entry read late
+                self._take(head)
+                self.pending[head] = chain
+                self.by_unique[unique] = head
                 continue
             self._take(head)
             self.pending[head] = chain
@@ -376,11 +386,23 @@ class QueueWatch:
                 unique = int.from_bytes(data[8:16], "little")
                 # What the daemon wrote says its own length (fuse_out_header.len ==
                 # used.len): a buffer that does not, under another unique, was reused.
-                if unique != chain.unique and (
-                        reused or int.from_bytes(data[:4], "little") != length):
+                genuine = int.from_bytes(data[:4], "little") == length
+                if unique != chain.unique and not genuine:
                     note(self.index, f"queue {self.index} used head {head}: the reply to "
                                      f"unique {chain.unique} is not recorded: the driver took "
                                      "it and reused its buffer before the proxy read it")
+                    continue
+                if unique != chain.unique and reused:
+                    # A whole reply, to another request: the avail entry was read late, its
+                    # descriptors already holding a later request (recorded in its place).
+                    note(self.index, f"queue {self.index} avail head {head} was read late: "
+                                     f"the request recorded for it (unique {chain.unique}) is "
+                                     f"a later chain's; this chain's own request and reply "
+                                     f"(unique {unique}) are not in the capture")
+                    if chain.unique is not None:
+                        self.stale[chain.unique] = chain.key
+                        while len(self.stale) > 2 * size:
+                            del self.stale[next(iter(self.stale))]
                     continue
                 if unique != chain.unique:
                     note(self.index, f"queue {self.index} used head {head}: the reply names "
