@@ -745,4 +745,6 @@ def test_ring_reader_a_late_read_entry_then_its_own_reply(ring):
     ring.use(2, 16)
     ring.scan()
     assert [(d, unique_of(b)) for d, _, b in ring.records] == [(0, 408), (0, 410), (1, 408)]
-    assert "avail head 0 was read late" in ring.notes[0] and len(ring.notes) == 1
+    assert "avail head 0 was read late" in ring.notes[0]
+    assert "unique 408 made available at head 2: recorded once already" in ring.notes[1]
+    assert len(ring.notes) == 2

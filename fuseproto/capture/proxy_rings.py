@@ -281,10 +281,13 @@ class QueueWatch:
             if unique is not None and self._read_twice(head, chain, note):
                 continue
             if unique is not None and self.stale.get(unique) == chain.key:
-                del self.stale[unique]  # recorded already, from the entry read late
+                del self.stale[unique]  # recorded already, from an entry read late
                 self._take(head)
                 self.pending[head] = chain
                 self.by_unique[unique] = head
+                note(self.index, f"queue {self.index}: unique {unique} made available at "
+                                 f"head {head}: recorded once already, from another head's "
+                                 "entry read late; its reply is awaited here")
                 continue
             self._take(head)
             self.pending[head] = chain
@@ -387,22 +390,26 @@ class QueueWatch:
                 # What the daemon wrote says its own length (fuse_out_header.len ==
                 # used.len): a buffer that does not, under another unique, was reused.
                 genuine = int.from_bytes(data[:4], "little") == length
-                if unique != chain.unique and not genuine:
-                    note(self.index, f"queue {self.index} used head {head}: the reply to "
-                                     f"unique {chain.unique} is not recorded: the driver took "
-                                     "it and reused its buffer before the proxy read it")
-                    continue
-                if unique != chain.unique and reused:
-                    # A whole reply, to another request: the avail entry was read late, its
-                    # descriptors already holding a later request (recorded in its place).
-                    note(self.index, f"queue {self.index} avail head {head} was read late: "
-                                     f"the request recorded for it (unique {chain.unique}) is "
-                                     f"a later chain's; this chain's own request and reply "
-                                     f"(unique {unique}) are not in the capture")
-                    if chain.unique is not None:
-                        self.stale[chain.unique] = chain.key
-                        while len(self.stale) > 2 * size:
-                            del self.stale[next(iter(self.stale))]
+                if unique != chain.unique and (reused or not genuine):
+                    if genuine:
+                        # A whole reply, to another request: the avail entry was read late,
+                        # its descriptors already holding a later request (recorded in its
+                        # place).
+                        note(self.index, f"queue {self.index} avail head {head} was read "
+                                         f"late: the request recorded for it (unique "
+                                         f"{chain.unique}) is a later chain's; this chain's "
+                                         f"own request and reply (unique {unique}) are not in "
+                                         "the capture")
+                    else:
+                        note(self.index, f"queue {self.index} used head {head}: the reply to "
+                                         f"unique {chain.unique} is not recorded: the driver "
+                                         "took it and reused its buffer before the proxy "
+                                         "read it")
+                    # Either way, should this request show up again at a head of its own,
+                    # the entry here was read late: it is not recorded twice.
+                    self.stale[chain.unique] = chain.key
+                    while len(self.stale) > 2 * size:
+                        del self.stale[next(iter(self.stale))]
                     continue
                 if unique != chain.unique:
                     note(self.index, f"queue {self.index} used head {head}: the reply names "
