@@ -44,6 +44,7 @@ by the transport's tap) in :attr:`DaemonHarness.exchange` for the finding's pcap
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -260,9 +261,10 @@ class DaemonHarness:
         self._log_offset = 0
         self._later = 0  # requests of the current batch sent after the one being judged
         self._inited = False  # an INIT was negotiated since start (minor/flags learned)
-        # spare=True: the next daemon is made in the background and retired ones stopped
-        # there (:mod:`.spare`; only where spare_allowed()).
-        self._spare: Spare[Started] | None = Spare(stop_started) if spare else None
+        # spare=True: the next daemons (FUSEPROTO_FUZZ_SPARES, 3) are made in the background
+        # and retired ones stopped there (:mod:`.spare`; only where spare_allowed()).
+        self._spare: Spare[Started] | None = (
+            Spare(stop_started, int(os.environ.get("FUSEPROTO_FUZZ_SPARES", "3"))) if spare else None)
 
     @property
     def workdir(self) -> str:
@@ -283,9 +285,9 @@ class DaemonHarness:
             self._gen += 1
             started = self.prepare_daemon(self._gen)
         self._adopt(started)
-        if self._spare is not None and self.spare_allowed():
+        while self._spare is not None and self._spare.wanted() and self.spare_allowed():
             self._gen = gen = self._gen + 1
-            self._spare.launch_with(lambda: self.prepare_daemon(gen))
+            self._spare.launch_with(functools.partial(self.prepare_daemon, gen))
         return self
 
     def spare_allowed(self) -> bool:

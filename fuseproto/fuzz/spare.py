@@ -4,8 +4,11 @@ A live target restarts its daemon after every crash, exit or hang, and a start c
 tens of milliseconds (scratch share, fork/exec, the vhost-user handshake, INIT and the
 setup LOOKUPs) against well under one for a request. :class:`Spare` runs the harness's
 own start (the one door: :meth:`~fuseproto.fuzz.harness.DaemonHarness.prepare_daemon`)
-in a background thread, so a restart takes a daemon that is already serving, and stops
-retired daemons (by PID, reaped, their directories removed) in the background too.
+in background threads, up to ``depth`` daemons ahead (the harness: 3, or
+``FUSEPROTO_FUZZ_SPARES``; the Rust daemon dies every ~20 requests and a start takes
+75-180 ms, so one spare is often not ready yet), so a restart takes a daemon that is
+already serving, and stops retired daemons (by PID, reaped, their directories removed)
+in the background too.
 :meth:`Spare.close` joins every thread, so nothing outlives the harness.
 
 The harness only uses a spare where two daemons at once cannot disturb each other:
@@ -73,47 +76,59 @@ def stop_started(s: Started) -> None:
             s.window.close()
 
 
-class Spare(Generic[T]):
-    """One object made ahead in a background thread (:meth:`launch_with`); ``discard``
-    undoes one nobody took. Background ``retire`` calls are joined by :meth:`close`."""
+class _Job(Generic[T]):
+    """One spare being made in its own thread."""
 
-    def __init__(self, discard: Callable[[T], None]):
-        self._discard = discard
-        self._thread: threading.Thread | None = None
-        self._result: T | None = None
-        self.error: BaseException | None = None  # why the last spare could not be made
-        self._retiring: list[threading.Thread] = []
-        self.made = 0  # spares made
-        self.taken = 0  # spares taken ready (not made while the caller waited)
+    def __init__(self, make: Callable[[], T]):
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(make,), name="fuseproto-spare",
+                                       daemon=True)
+        self.thread.start()
 
     def _run(self, make: Callable[[], T]) -> None:
         try:
-            self._result = make()
-            self.made += 1
+            self.result = make()
         except BaseException as e:  # noqa: BLE001 -- kept, the caller makes one itself
             self.error = e
 
+
+class Spare(Generic[T]):
+    """Up to ``depth`` objects made ahead, each in a background thread
+    (:meth:`launch_with`); ``discard`` undoes one nobody took. Background ``retire``
+    calls are joined by :meth:`close`."""
+
+    def __init__(self, discard: Callable[[T], None], depth: int = 1):
+        self._discard = discard
+        self.depth = max(1, depth)
+        self._jobs: deque[_Job[T]] = deque()
+        self.error: BaseException | None = None  # why the last spare could not be made
+        self._retiring: list[threading.Thread] = []
+        self.made = 0  # spares taken
+        self.taken = 0  # of those, ready when asked for (not made while the caller waited)
+
+    def wanted(self) -> bool:
+        """Fewer than ``depth`` spares are on their way or ready."""
+        return len(self._jobs) < self.depth
+
     def launch_with(self, make: Callable[[], T]) -> None:
-        """Start making the next one with ``make()`` (unless one is on its way or ready)."""
-        if self._thread is None:
-            self._result = self.error = None
-            self._thread = threading.Thread(target=self._run, args=(make,),
-                                            name="fuseproto-spare", daemon=True)
-            self._thread.start()
+        """Start making one more with ``make()`` (call while :meth:`wanted`)."""
+        self._jobs.append(_Job(make))
 
     def take(self) -> T | None:
-        """The spare (waiting for it if it is still being made), or None if none was
-        launched or making it failed (:attr:`error`)."""
-        t = self._thread
-        if t is None:
+        """A spare: the oldest one ready, else the oldest one once made (waiting for it);
+        None if none was launched or making it failed (:attr:`error`)."""
+        if not self._jobs:
             return None
-        ready = not t.is_alive()
-        t.join()
-        self._thread = None
-        out, self._result = self._result, None
-        if out is not None and ready:
-            self.taken += 1
-        return out
+        job = next((j for j in self._jobs if not j.thread.is_alive()), self._jobs[0])
+        ready = not job.thread.is_alive()
+        self._jobs.remove(job)
+        job.thread.join()
+        self.error = job.error
+        if job.result is not None:
+            self.made += 1
+            self.taken += ready
+        return job.result
 
     def retire(self, stop: Callable[..., Any], *args: Any) -> None:
         """Run ``stop(*args)`` in the background (joined by :meth:`close`)."""
@@ -123,10 +138,11 @@ class Spare(Generic[T]):
         self._retiring.append(t)
 
     def close(self) -> None:
-        """Discard an untaken spare and wait for every retirement."""
-        out = self.take()
-        if out is not None:
-            self._discard(out)
+        """Discard the untaken spares and wait for every retirement."""
+        while self._jobs:
+            out = self.take()
+            if out is not None:
+                self._discard(out)
         for t in self._retiring:
             t.join()
         self._retiring = []
