@@ -297,6 +297,14 @@ class QueueWatch:
             record(0, self.index, data, total)
         self.last_avail = last
 
+    def _read_late(self, chain: _Chain) -> None:
+        """``chain`` may have been read from an entry the driver had already reused: should
+        its request show up again at a head of its own, it is not recorded twice."""
+        if chain.unique is not None:
+            self.stale[chain.unique] = chain.key
+            while len(self.stale) > 2 * max(self.size, 1):
+                del self.stale[next(iter(self.stale))]
+
     def _take(self, head: int) -> _Chain | None:
         """The pending chain at ``head``, no longer pending."""
         chain = self.pending.pop(head, None)
@@ -379,6 +387,7 @@ class QueueWatch:
                                      f"unique {chain.unique} is not recorded: used.len "
                                      f"{length} exceeds the {room} writable bytes of the chain "
                                      "read at this head (reused before the proxy read it?)")
+                    self._read_late(chain)
                     continue
                 data = mem.read(chain.writable, min(length, max(self.limit, MIN_READ)))
             except RingError as e:
@@ -405,11 +414,7 @@ class QueueWatch:
                                          f"unique {chain.unique} is not recorded: the driver "
                                          "took it and reused its buffer before the proxy "
                                          "read it")
-                    # Either way, should this request show up again at a head of its own,
-                    # the entry here was read late: it is not recorded twice.
-                    self.stale[chain.unique] = chain.key
-                    while len(self.stale) > 2 * size:
-                        del self.stale[next(iter(self.stale))]
+                    self._read_late(chain)
                     continue
                 if unique != chain.unique:
                     note(self.index, f"queue {self.index} used head {head}: the reply names "
