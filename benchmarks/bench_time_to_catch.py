@@ -33,7 +33,7 @@ from fuseproto.fuzz import engine, registry  # noqa: E402
 from fuseproto.fuzz.findings import FindingStore  # noqa: E402
 
 CAPS = {"wire_decode": 30000, "session": 20000, "dax": 4000}
-QUICK_CAPS = {"wire_decode": 10000, "session": 4000, "dax": 1000}
+QUICK_CAPS = {"wire_decode": 10000, "session": 4000, "dax": 2500}
 
 
 def baseline(target: str, seeds: list[int], cap: int) -> dict:

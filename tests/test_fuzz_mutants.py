@@ -19,7 +19,7 @@ from fuseproto.fuzz.findings import FindingStore
 
 SEED = 1
 # Inputs each target is given to catch a mutant (and the clean run's length).
-BUDGET = {"wire_decode": 10000, "session": 4000, "dax": 1000}
+BUDGET = {"wire_decode": 10000, "session": 4000, "dax": 2500}
 # Realistic variants the targets do not catch within BUDGET (measured by the benchmark
 # with a larger cap, and said in fuzz/README.md): not asserted here.
 SLOW = {
