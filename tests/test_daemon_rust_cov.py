@@ -2,8 +2,8 @@
 runtime (fuseproto.daemons.rust_build): its recipe, serving a client as the packaged Rust
 daemon does, its map filling, and the live fuzzer's edges growing on it.
 
-rust-cov is not part of ``make setup`` (a Debian 13 chroot, ~1.6 GB, and cargo's build of
-~100 crates: see the README's daemon build table). These tests run when it is built
+rust-cov is not part of ``make setup`` (a Debian 13 chroot, 1.4 GB, and cargo's build of
+~100 crates: 17-30 minutes here; see the README's daemon build table). These tests run when it is built
 (``fuseproto daemons build rust-cov``), or build it first when ``FUSEPROTO_BUILD_RUST_COV=1``;
 otherwise they are skipped, saying so.
 """
@@ -37,7 +37,7 @@ def rust_cov() -> daemons.Installation:
     if inst is None:
         if os.environ.get("FUSEPROTO_BUILD_RUST_COV") != "1":
             pytest.skip("rust-cov is not built: run `fuseproto daemons build rust-cov` (a "
-                        "Debian 13 chroot, ~1.6 GB; see README) or set "
+                        "Debian 13 chroot, 1.4 GB, 17-30 min; see README) or set "
                         "FUSEPROTO_BUILD_RUST_COV=1 to build it here")
         inst = daemons.build("rust-cov")
     return inst

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " and a second run returns at once. Needs clang, meson, ninja-build, libglib2.0-dev,"
         " libcap-ng-dev, libseccomp-dev, libclang-rt-14-dev, dpkg-dev (scripts/setup.sh)."
         " rust-cov (not built by default) is built in a Debian 13 chroot made with debootstrap"
-        " (root; ~1.6 GB, about 10 minutes plus cargo's time the first time).")
+        " (root; 1.4 GB, 17-30 minutes the first time on 2 cores).")
     bld.add_argument("variant", nargs="*", metavar="VARIANT",
                      help="c-src, c-asan-cov, ..., rust-cov (default: c-src c-asan-cov c-dax"
                      " c-dax-asan-cov)")

@@ -25,7 +25,7 @@ Debian 12's rustc is too old for that set, so the build runs in a Debian 13 chro
    that loader on any host (Debian 12's glibc is too old for it), as the packaged Rust
    daemon does.
 
-Layout under ``daemons_dir()/builds/``: ``trixie-build-root/`` (the chroot, ~1.6 GB; its
+Layout under ``daemons_dir()/builds/``: ``trixie-build-root/`` (the chroot, 1.4 GB; its
 ``build/`` holds the crate copy, the runtime object and cargo's target directory, kept so
 that a rebuild only relinks) and ``rust-cov-<version>/`` with ``virtiofsd``, ``lib/``,
 ``daemon.json``, ``build.json`` (recipe, step times, size) and ``build.log``. Chroot
