@@ -244,7 +244,10 @@ def proxied(assets):
                         reason="the recording proxy (issue 12 §1) is not in this tree")
     with tempfile.TemporaryDirectory(prefix="fuseproto-test-guest-proxy-") as work:
         proxies = RecordingProxies()
-        run = run_workload(KINDS, assets=assets, workdir=work, interpose=proxies)
+        try:
+            run = run_workload(KINDS, assets=assets, workdir=work, interpose=proxies)
+        except GuestError as e:  # say what the proxies saw (their logs are read on exit)
+            pytest.fail(f"{e}\nproxy logs: {proxies.logs}")
         captures = {tag: Capture(path) for tag, path in proxies.captures.items()}
         yield run, proxies, captures
 
