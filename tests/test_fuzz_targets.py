@@ -191,3 +191,18 @@ def test_documented_run_command_works(tmp_path):
     done = re.search(r"Done \d+ runs in (\d+) second", proc.stderr)
     assert done and int(done.group(1)) <= 10, proc.stderr[-2000:]
     assert any((tmp_path / "corpus" / "wire_decode").iterdir())
+
+
+def test_help_after_the_target_is_help_not_a_run():
+    """``fuseproto fuzz run virtiofsd --help`` prints run's help and exits 0 at once (it
+    used to hand --help to libFuzzer and fuzz the C daemon for a minute); after ``--`` a
+    flag still goes to libFuzzer."""
+    from fuseproto.cli import build_parser
+    from fuseproto.commands.fuzz import split_run_args
+
+    proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "run", "virtiofsd",
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: fuseproto fuzz run" in proc.stdout, proc.stderr
+    assert "--seconds" in proc.stdout
+    args = build_parser().parse_args(["fuzz", "run", "wire_decode", "--", "-help=1"])
+    assert split_run_args(args) == ["-help=1"]

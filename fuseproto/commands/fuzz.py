@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
                    "control_plane")
     _run_options(r)
     r.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    r.set_defaults(func=_run)
+    r.set_defaults(func=_run, run_parser=r)
 
     rp = fsub.add_parser(
         "replay", help="re-run a reproducer and say what it does",
@@ -139,6 +139,11 @@ def split_run_args(args: argparse.Namespace) -> list[str]:
     if "--" in rest:
         cut = rest.index("--")
         rest, tail = rest[:cut], rest[cut + 1:]
+    if {"-h", "--help"} & set(rest):  # help, not a libFuzzer run, wherever it is asked
+        parser = getattr(args, "run_parser", None)
+        if parser is not None:
+            parser.print_help()
+            raise SystemExit(0)
     own = argparse.ArgumentParser(prog="fuseproto fuzz run TARGET", add_help=False)
     _run_options(own)
     _, unknown = own.parse_known_args(rest, namespace=args)
