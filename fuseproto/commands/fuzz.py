@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
     c.add_argument("--daemon", action="append", default=None, metavar="c|rust|VARIANT|PATH",
                    help="daemon to fuzz: a packaged kind, a built variant (c-dax-asan-cov, "
                    "c-asan-cov, c-src, ...) or a binary (repeatable; default: c-dax-asan-cov "
-                   "when built, else c-asan-cov, else c; and rust)")
+                   "when built, else c-asan-cov, else c; and rust-cov when built, else "
+                   "rust)")
     c.add_argument("--virtiofsd", action="append", default=None, metavar="PATH",
                    help="a virtiofsd binary (or a wrapper script that execs one) to fuzz; "
                    "repeatable, same as --daemon PATH")

@@ -156,9 +156,10 @@ def default_daemons() -> list[str]:
     """The daemons a campaign fuzzes unless told: the instrumented C build with our DAX
     patch ``c-dax-asan-cov`` when it is built (its edges steer the fuzzer, its sanitizers
     make memory errors findings, its mappings land in a real window and are judged),
-    else ``c-asan-cov``, else the packaged ``c``; and the packaged ``rust``."""
+    else ``c-asan-cov``, else the packaged ``c``; and ``rust-cov`` (the Rust daemon with
+    an edge map, built on demand) when it is built, else the packaged ``rust``."""
     c = next((v for v in ("c-dax-asan-cov", "c-asan-cov") if daemons.find(v) is not None), "c")
-    return [c, "rust"]
+    return [c, "rust-cov" if daemons.find("rust-cov") is not None else "rust"]
 
 
 def instrumented(installation: daemons.Installation) -> bool:
