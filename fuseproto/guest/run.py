@@ -33,6 +33,9 @@ from .workload import script as workload_script
 
 Interpose = Callable[[str, str, str], AbstractContextManager[str]]
 DAEMON_EXIT_TIMEOUT = 10.0
+# A guest silent this long is hung (the longest quiet step, the 8 MiB dd through TCG on a
+# loaded machine, takes ~10 s; boot ~6-20 s).
+STALL_TIMEOUT = 90.0
 PROXY_START_TIMEOUT = 30.0
 
 
@@ -180,7 +183,7 @@ def run_workload(names: Sequence[str], *, timeout: float = 240.0,
                     sock = stack.enter_context(interpose(tag, sock, folder))
                 shares.append(Share(tag, sock))
             with Guest(assets, shares, script) as guest:
-                result = guest.wait(timeout)
+                result = guest.wait(timeout, stall=STALL_TIMEOUT)
             # Leaving the stack (after the results are taken below) stops the interposers
             # first, then the daemons.
             out: dict[str, ShareRun] = {}

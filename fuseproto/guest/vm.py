@@ -190,20 +190,38 @@ class Guest:
             return Path(self.console_path).read_text(errors="replace")
         return ""
 
-    def wait(self, timeout: float) -> GuestRun:
+    def wait(self, timeout: float, *, stall: float | None = None) -> GuestRun:
         """Wait for QEMU to exit (the guest powers off after its workload), at most
-        ``timeout`` seconds; then kill it. Returns what the console showed; raises
-        :class:`GuestError` if QEMU had to be killed or failed to start."""
+        ``timeout`` seconds, or ``stall`` seconds without a new byte on the console (a
+        hung guest: a FUSE request never answered); then kill it. Returns what the
+        console showed; raises :class:`GuestError` if QEMU had to be killed or failed to
+        start."""
         if self.proc is None:
             raise GuestError("guest not started")
-        try:
-            rc: int | None = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
+        deadline = time.monotonic() + timeout
+        seen, last = -1, time.monotonic()
+        rc: int | None = None
+        why = f"did not finish within {timeout} s"
+        while True:
+            try:
+                rc = self.proc.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            with contextlib.suppress(OSError):
+                size = os.path.getsize(self.console_path)
+                if size != seen:
+                    seen, last = size, now
+            if now > deadline:
+                break
+            if stall is not None and now - last > stall:
+                why = f"hung: no console output for {stall} s"
+                break
         run = self._result(rc)
         if rc is None:
             self.stop()
-            raise GuestError(f"guest did not finish within {timeout} s; console tail:\n"
+            raise GuestError(f"guest {why}; console tail:\n"
                              f"{run.tail()}\nQEMU: {self.qemu_log()[-1000:]}")
         if rc != 0 and not run.console:
             raise GuestError(f"QEMU exited with {rc}: {self.qemu_log()[-2000:]}")
