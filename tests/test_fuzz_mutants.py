@@ -10,11 +10,13 @@ seeds are measured by ``benchmarks/bench_time_to_catch.py``.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import fuzz_mutants
 import pytest
 
-from fuseproto.fuzz import engine, inject, registry
+from fuseproto.fuzz import campaign, engine, inject, registry
 from fuseproto.fuzz.findings import FindingStore
 
 SEED = 1
@@ -81,3 +83,17 @@ def test_planted_through_the_inject_hook_and_undone(tmp_path):
     finally:
         fuzz_mutants.undo()
     assert ModelDevice.read is clean
+
+
+@pytest.mark.skipif(campaign.fuzz_dir() is None, reason="needs the fuzz/ directory")
+def test_atheris_harness_catches_a_variant_planted_by_the_hook(tmp_path):
+    """The coverage-guided harness (a subprocess) with the variant planted through
+    FUSEPROTO_FUZZ_INJECT; ``fuzz replay`` reproduces it with the hook, not without."""
+    tests = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+           "FUSEPROTO_FUZZ_INJECT": "fuzz_mutants:session_pop_before_validate"}
+    run = campaign.run_atheris("session", 30, tmp_path, seed=3, env=env)
+    assert run.artifact, Path(run.log).read_text()[-2000:]
+    verdict = campaign.classify_artifact(run.artifact, "session", env)
+    assert verdict["reproduced"] and verdict["signature"] == "state:feed_reply"
+    assert campaign.classify_artifact(run.artifact, "session")["reproduced"] is False
