@@ -450,9 +450,9 @@ def test_a_silent_guest_is_taken_for_hung(assets, tmp_path):
         assert g.rundir is None and g.proc is not None and g.proc.returncode is not None
 
 
-@pytest.mark.xfail(reason="a guest sometimes hangs through the capture proxy (~1 boot in 6 "
-                   "here: one daemon's INIT is forwarded and never answered, 0 calls seen); "
-                   "the boots above retry once", strict=False)
+@pytest.mark.xfail(reason="a guest sometimes hangs through the capture proxy (2 of ~14 "
+                   "boots on a loaded machine, 0 of 8 idle: one daemon's INIT forwarded and "
+                   "never answered, 0 calls seen); the boots above retry once", strict=False)
 def test_the_guest_never_hangs_through_the_proxy():
     """Last in this file: no boot through the proxy above hung (the VM must never hang
     because of the proxy)."""
