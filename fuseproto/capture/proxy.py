@@ -13,7 +13,13 @@ directions (framing: :mod:`fuseproto.transport.vhost_user_proto`). The proxy kee
   has been read (the replies recorded from the writable buffers, ``used.len`` bytes).
   While chains are in flight the rings are also read every ``scan_interval`` seconds
   (1 ms): a guest that drains its used ring takes entries no call announced (with
-  EVENT_IDX the daemon calls once per drain), and reuses their buffers soon after;
+  EVENT_IDX the daemon calls once per drain), and reuses their buffers soon after.
+  A kick never overtakes a message: the front-end messages already waiting are forwarded
+  before it (QEMU sends SET_VRING_ENABLE without waiting for a reply and the guest may
+  kick at once; the Rust daemon drops a kick that reaches a ring not enabled yet, and with
+  EVENT_IDX the guest then never kicks again). And a queue whose chains stay pending with
+  no used entry is kicked again (:data:`REKICK_FIRST`, doubling up to :data:`REKICK_MAX`):
+  a kick the daemon dropped anyway must not hang the VM, and one too many is harmless;
 * the backend channel (SET_BACKEND_REQ_FD): the daemon gets one end of a socket pair of the
   proxy's, whose requests (FS_MAP / FS_UNMAP, SHMEM_MAP, ...) go to the VMM's channel and
   whose replies come back, each recorded as an annotation record.
@@ -82,6 +88,17 @@ MAX_FORWARDED_PAYLOAD = 1 << 20
 MAX_RETIRED = 64
 # A peer that starts a message and stops mid-way: give up the session after this long.
 MESSAGE_TIMEOUT = 30.0
+# A queue with chains pending and no new used entry for REKICK_FIRST seconds is kicked
+# again (then after twice as long each time, up to REKICK_MAX): a daemon may drop a kick
+# (the Rust daemon reads and ignores a kick that reaches a ring not enabled yet), and a
+# guest using EVENT_IDX sends no further kick until the daemon has moved avail_event, so
+# one lost kick would block the queue for good. A kick with nothing new is harmless; the
+# first comes later than most requests take (the slowest a guest workload made here, an
+# fsync on the C daemon, ~0.12 s on a loaded machine).
+REKICK_FIRST = 0.25
+REKICK_MAX = 1.0
+# Front-end messages forwarded ahead of one kick at most (those already waiting).
+MAX_AHEAD = 64
 
 _IN = structs.FAST["fuse_in_header"]
 _IN_OPCODE = _IN.fields.index("opcode")
@@ -160,6 +177,7 @@ class ProxyStats:
     backend_messages: int = 0
     kicks: int = 0
     calls: int = 0
+    rekicks: int = 0  # kicks the proxy repeated to a stalled queue (see REKICK_FIRST)
     requests: int = 0
     replies: int = 0
     notes: int = 0
@@ -173,6 +191,17 @@ class _Notify:
     source: int
     sink: int
     kind: str  # "kick" (VMM -> daemon) or "call" (daemon -> VMM)
+
+
+@dataclass
+class _Stall:
+    """A queue with chains pending: since when nothing moved on its used ring."""
+
+    used: int  # QueueWatch.last_used then
+    since: float  # time.monotonic() of the last progress (or of the last kick sent)
+    delay: float = REKICK_FIRST  # the next repeated kick after this long
+    rekicks: int = 0  # kicks repeated since the last progress
+    started: float = 0.0  # when the stall began
 
 
 def _close(fd: int) -> None:
@@ -189,7 +218,8 @@ class RecordingProxy:
 
     def __init__(self, vmm: socket.socket, daemon: socket.socket, tap: FuseTap, *,
                  scan_interval: float = 0.001, idle_interval: float = 0.02,
-                 snaplen: int | None = None) -> None:
+                 snaplen: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.vmm = vmm
         self.daemon = daemon
         self.tap = tap
@@ -200,6 +230,7 @@ class RecordingProxy:
         self.idle_interval = idle_interval
         # Read at most this many bytes of each message (the rest is never copied).
         self.snaplen = snaplen
+        self.log = log  # status lines (a kick repeated), e.g. the CLI's stderr
         self.mem = GuestMap()
         self.queues: dict[int, QueueWatch] = {}
         self.stats = ProxyStats()
@@ -212,6 +243,9 @@ class RecordingProxy:
         # (our end of the daemon's channel, the VMM's channel)
         self._backend: tuple[socket.socket, socket.socket] | None = None
         self._stopping_rings: list[int] = []  # GET_VRING_BASE sent, reply not yet seen
+        self._stalls: dict[int, _Stall] = {}  # queue -> its chains pending, no progress
+        self._vmm_poll = select.poll()  # the VMM's socket alone: messages ahead of a kick
+        self._vmm_poll.register(vmm.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         for s in (vmm, daemon):
             s.settimeout(MESSAGE_TIMEOUT)
         self._watch(vmm.fileno(), self._from_frontend)
@@ -266,6 +300,7 @@ class RecordingProxy:
                 events = self._poll.poll(max(1, round(timeout * 1000)))
                 if not events:
                     self.scan_all()
+                    self._check_stalls()
                     self.tap.flush()
                     continue
                 for fd, _ev in events:
@@ -277,6 +312,7 @@ class RecordingProxy:
                         handler()
                     if self.closed_by is not None:
                         break
+                self._check_stalls()
                 self.tap.flush()
         finally:
             if wakeup_fd is not None:
@@ -293,6 +329,8 @@ class RecordingProxy:
 
     # -- the front-end's messages -------------------------------------------------------
     def _from_frontend(self) -> None:
+        if not self._vmm_poll.poll(0):
+            return  # taken already, ahead of a kick (_messages_ahead)
         try:
             msg = recv_message(self.vmm, what="front-end message",
                                max_payload=MAX_FORWARDED_PAYLOAD)
@@ -416,6 +454,15 @@ class RecordingProxy:
         q = self.queues.get(n.queue)
         if n.kind == "kick":
             self.stats.kicks += 1
+            # What the VMM said before this kick reaches the daemon before it (its
+            # SET_VRING_ENABLE above all: a kick ahead of it is dropped by the Rust daemon).
+            self._messages_ahead()
+            # The daemon's current kick fd (the VMM may have replaced it meanwhile).
+            n = self._notify.get(("kick", n.queue), n)
+            q = self.queues.get(n.queue)
+            stall = self._stalls.get(n.queue)
+            if stall is not None:  # a fresh kick: the stall's clock starts again
+                stall.since, stall.delay = time.monotonic(), REKICK_FIRST
         else:
             self.stats.calls += 1
         if q is not None:
@@ -424,11 +471,56 @@ class RecordingProxy:
             self.tap.flush()
         self._forward(n)
 
+    def _messages_ahead(self) -> None:
+        """Forward the front-end messages already waiting (at most MAX_AHEAD): sent
+        before the kick being handled, they must reach the daemon first, as they would on a
+        direct connection."""
+        for _ in range(MAX_AHEAD):
+            if self.closed_by is not None or not self._vmm_poll.poll(0):
+                return
+            self._from_frontend()
+
     def _forward(self, n: _Notify) -> None:
         try:
             os.eventfd_write(n.sink, 1)
         except OSError as e:
             self.note(n.queue, f"queue {n.queue}: cannot forward a {n.kind}: {e}")
+
+    def _check_stalls(self) -> None:
+        """Kick again a queue whose chains are pending with no used entry for a while
+        (REKICK_FIRST, doubling up to REKICK_MAX): the VM must not hang on a kick the
+        daemon dropped. Says so through ``log`` when the daemon then answered."""
+        now = time.monotonic()
+        for q in self.queues.values():
+            stall = self._stalls.get(q.index)
+            busy = q.started and bool(q.pending)
+            if stall is not None and (not busy or stall.used != q.last_used):
+                del self._stalls[q.index]
+                if stall.rekicks and q.last_used != stall.used:
+                    self._say(f"queue {q.index}: the daemon answered after {stall.rekicks} "
+                              f"repeated kick(s), {now - stall.started:.3f} s without a "
+                              "used entry (a kick lost, or a slow request)")
+                stall = None
+            if not busy:
+                continue
+            if stall is None:
+                self._stalls[q.index] = _Stall(q.last_used, now, started=now)
+                continue
+            kick = self._notify.get(("kick", q.index))
+            if kick is None or now - stall.since < stall.delay:
+                continue
+            self.scan(q)
+            if q.last_used != stall.used or not q.pending:
+                continue  # it moved: the next round says so
+            self.stats.rekicks += 1
+            stall.rekicks += 1
+            stall.since = now
+            stall.delay = min(stall.delay * 2, REKICK_MAX)
+            self._forward(kick)
+
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
 
     # -- the daemon's replies --------------------------------------------------------------
     def _from_daemon(self) -> None:

@@ -243,7 +243,7 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
         return 1
     say(f"VMM connected; recording to {output.path}")
     proxy = RecordingProxy(vmm, daemon, FuseTap(recorder), scan_interval=args.scan_interval,
-                           snaplen=args.snaplen)
+                           snaplen=args.snaplen, log=say)
     try:
         ended = proxy.run(stop_r)
     finally:
@@ -254,7 +254,8 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
     if starter is not None:
         fate = f"; {starter.finish()}"
     say(f"session ended by the {ended}: {st.requests} requests, {st.replies} replies, "
-        f"{st.notes} annotations, {st.kicks} kicks, {st.calls} calls recorded{fate}")
+        f"{st.notes} annotations, {st.kicks} kicks, {st.calls} calls recorded, "
+        f"{st.rekicks} kicks repeated{fate}")
     if ended == "signal":
         if caught:
             say(f"{signal.Signals(caught[0]).name}: capture closed")
