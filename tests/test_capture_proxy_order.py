@@ -2,9 +2,10 @@
 replayed by a raw frontend of ours against real c and rust daemons through the proxy (the
 CLI, in a child process).
 
-QEMU 7.2 starts a vhost-user-fs device with SET_VRING_NUM / BASE / ADDR / KICK / CALL per
-ring and then SET_VRING_ENABLE per ring, without waiting for a reply; the guest may kick
-as soon as it runs again. The Rust daemon (vhost-user-backend) reads a kick that reaches a
+QEMU 7.2 starts a vhost-user-fs device with SET_VRING_NUM / BASE / ADDR / KICK per ring
+(signalling each new kick fd once), then SET_VRING_ENABLE per ring, then SET_VRING_CALL
+per ring (the guest notifiers), none waiting for a reply (seen through the proxy); the
+guest may kick as soon as it runs again. Replayed here in standard_program's order. The Rust daemon (vhost-user-backend) reads a kick that reaches a
 ring not enabled yet and drops it, and does not look at the ring when it is enabled; a
 guest with EVENT_IDX then sends no further kick (avail_event never moved). Two ways the
 proxy could lose that kick:
