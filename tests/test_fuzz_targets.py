@@ -139,7 +139,8 @@ def test_dax_target_catches_a_broken_plugged_in_manager(monkeypatch, tmp_path):
     from fuseproto.fuzz.dax_target import ENV_MANAGER
 
     monkeypatch.setenv(ENV_MANAGER, "fuzz_faults:osv_no_forget")
-    st = engine.run_loop(registry.get_target("dax"), iterations=20000, seed=1,
+    # Seed 7 catches it within ~50 inputs (seeds 1-8: 52..1,516 inputs, 1-41 s here).
+    st = engine.run_loop(registry.get_target("dax"), iterations=20000, seed=7,
                          store=FindingStore(tmp_path), stop_on_finding=True)
     assert st.findings and st.findings[0].signature == "invariant:read_bytes"
 
