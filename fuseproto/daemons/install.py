@@ -22,14 +22,18 @@ Source-built variants of the C daemon (``c-src``, ``c-asan-cov``, ...; made by
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DaemonError
 from .archive import PrivateApt, cache_root, extract
@@ -203,6 +207,30 @@ def install(kind: str, *, apt_system_libs: bool = True) -> Installation:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return inst
+
+
+def build_record(name: str) -> dict[str, Any] | None:
+    """The ``build.json`` a source build left beside its installation ``name`` (recipe,
+    step times, size), else None."""
+    inst = find(name)
+    if inst is None:
+        return None
+    try:
+        data: dict[str, Any] = json.loads((Path(inst.root) / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (made if missing): one build at a time."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def publish(work: Path, final: Path, inst: Installation) -> None:

@@ -36,7 +36,6 @@ mounted: the mounts vanish with the namespace whatever happens. Needs root.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -45,14 +44,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DaemonError
 from .archive import system_archive_uri
-from .install import Installation, daemons_dir, find, publish
+from .install import Installation, build_lock, build_record, daemons_dir, find, publish
 
 NAME = "rust-cov"
 DESCRIPTION = "Debian 13's rustc, trixie's crates, edge coverage map"
@@ -121,7 +119,7 @@ def build(variant: str = NAME, *, jobs: int | None = None) -> Installation:
     if existing is not None and not _stale(existing):
         return existing
     builds_dir().mkdir(parents=True, exist_ok=True)
-    with _locked(builds_dir() / ".rust.lock"):
+    with build_lock(builds_dir() / ".rust.lock"):
         existing = find(NAME)
         if existing is not None and not _stale(existing):
             return existing
@@ -346,21 +344,6 @@ def _check(work: Path, steps: _Steps, crate_version: str) -> None:
 
 def recipe() -> dict[str, Any] | None:
     """The ``build.json`` of the built ``rust-cov`` (recipe, step times, size), else None."""
-    inst = find(NAME)
-    if inst is None:
-        return None
-    try:
-        data: dict[str, Any] = json.loads((Path(inst.root) / "build.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data
+    return build_record(NAME)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

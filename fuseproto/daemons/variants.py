@@ -41,7 +41,6 @@ log's tail (the log of a failed build stays at ``builds/<variant>.log``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -50,7 +49,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -58,7 +56,16 @@ from typing import IO, Any
 from ..errors import DaemonError
 from . import rust_build
 from .archive import PrivateApt
-from .install import KINDS, Installation, daemons_dir, find, install, publish
+from .install import (
+    KINDS,
+    Installation,
+    build_lock,
+    build_record,
+    daemons_dir,
+    find,
+    install,
+    publish,
+)
 
 SOURCE_PACKAGE = "qemu"
 SOURCE_VERSION = "1:7.2+dfsg-7+deb12u18"
@@ -219,7 +226,7 @@ def build(variant: str, *, jobs: int | None = None) -> Installation:
     if existing is not None and not _stale(spec, existing):
         return existing
     builds_dir().mkdir(parents=True, exist_ok=True)
-    with _locked(builds_dir() / ".lock"):
+    with build_lock(builds_dir() / ".lock"):
         existing = find(variant)
         if existing is not None and not _stale(spec, existing):
             return existing
@@ -549,21 +556,6 @@ def recipe(variant: str) -> dict[str, Any] | None:
     """The ``build.json`` of a built variant (recipe, step times, size), else None."""
     if variant == rust_build.NAME:
         return rust_build.recipe()
-    inst = find(variant)
-    if inst is None:
-        return None
-    try:
-        data: dict[str, Any] = json.loads((Path(inst.root) / "build.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data
+    return build_record(variant)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
