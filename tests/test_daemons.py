@@ -234,6 +234,24 @@ def test_remove_pid_file_leaves_other_daemons_files(scratch_dir):
     assert not os.path.exists(path)
 
 
+def test_stale_pid_files_of_killed_owners_are_swept(scratch_dir):
+    """A daemon whose owner was SIGKILLed is never stopped, so its pid file stays: the
+    next start sweeps ours (``.tmp.fuseproto-*``) whose process is gone, and nothing
+    else."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID no process holds now
+    stale = os.path.join(scratch_dir, ".tmp.fuseproto-vu-abc.vhost.sock.pid")
+    live = os.path.join(scratch_dir, ".tmp.fuseproto-vu-def.vhost.sock.pid")
+    foreign = os.path.join(scratch_dir, ".srv.other.sock.pid")
+    Path(stale).write_text(f"{dead.pid}\n")
+    Path(live).write_text(f"{os.getpid()}\n")
+    Path(foreign).write_text(f"{dead.pid}\n")
+    assert daemons.sweep_stale_pid_files(scratch_dir) == [stale]
+    assert not os.path.exists(stale) and os.path.exists(live) and os.path.exists(foreign)
+
+
 def test_sandbox_mode(installation, shared_dir, socket_path):
     default = daemons.Daemon(installation, shared_dir, socket_path)
     assert default.sandbox == ("chroot" if installation.kind == "c" else "none")

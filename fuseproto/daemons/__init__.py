@@ -27,6 +27,7 @@ from .process import (
     describe_status,
     pid_file_paths,
     remove_pid_file,
+    sweep_stale_pid_files,
 )
 from .variants import (
     DEFAULT_BUILDS,
@@ -71,6 +72,7 @@ __all__ = [
     "pid_file_paths",
     "recipe",
     "remove_pid_file",
+    "sweep_stale_pid_files",
     "resolve",
     "system_archive_uri",
     "version_text",

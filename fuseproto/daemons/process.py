@@ -81,6 +81,34 @@ def remove_pid_file(path: str, pid: int) -> bool:
         os.close(fd)
 
 
+def sweep_stale_pid_files(directory: str = C_PID_DIR) -> list[str]:
+    """Remove the pid files our own daemons left in ``directory`` when their owner was
+    killed before it could stop them (the names of fuseproto's temporary socket
+    directories, ``.tmp.fuseproto-*``): each only if the process it names is gone (see
+    :func:`remove_pid_file`). Other programs' files are left alone. Returns the paths
+    removed; :meth:`Daemon.start` calls it."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(".tmp.fuseproto-") and name.endswith(".pid")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                text = f.read(64).strip()
+        except OSError:
+            continue
+        pid = int(text) if text.isdigit() else 0
+        if pid and os.path.exists(f"/proc/{pid}"):
+            continue  # its daemon (or a process now holding that PID) lives
+        if remove_pid_file(path, pid):
+            removed.append(path)
+    return removed
+
+
 def describe_status(status: int) -> str:
     """``os.waitpid`` status -> "exited with code N" / "killed by signal SIGKILL (9)"."""
     if os.WIFSIGNALED(status):
@@ -179,6 +207,8 @@ class Daemon:
             raise DaemonError("daemon already started")
         if os.path.exists(self.socket_path):
             raise DaemonError(f"socket path {self.socket_path} already exists")
+        if self.kind == "c":
+            sweep_stale_pid_files()
         env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
         env.update(self.env)
         if self.log_path is None:
