@@ -87,7 +87,7 @@ def sweep_stale_pid_files(directory: str = C_PID_DIR) -> list[str]:
     directories, ``.tmp.fuseproto-*``): each only if the process it names is gone (see
     :func:`remove_pid_file`). Other programs' files are left alone. Returns the paths
     removed; :meth:`Daemon.start` calls it."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
