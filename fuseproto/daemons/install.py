@@ -233,11 +233,15 @@ def build_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def publish(work: Path, final: Path, inst: Installation) -> None:
+def publish(work: Path, final: Path, inst: Installation,
+            record: dict[str, Any] | None = None) -> None:
     """Make a finished tree the cached installation: write its ``daemon.json`` (what
-    :func:`installed` reads back) and move ``work`` to ``final``, replacing an older one.
-    The packaged installs and the source builds both end here."""
+    :func:`installed` reads back) and, for a source build, its ``record`` as
+    ``build.json`` (what :func:`build_record` reads back), and move ``work`` to ``final``,
+    replacing an older one. The packaged installs and the source builds all end here."""
     (work / "daemon.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
+    if record is not None:
+        (work / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     work.rename(final)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -134,11 +133,8 @@ def build(variant: str = NAME, *, jobs: int | None = None) -> Installation:
 
 
 def _stale(inst: Installation) -> bool:
-    try:
-        built = json.loads((Path(inst.root) / "build.json").read_text())
-    except (OSError, ValueError):
-        return True
-    return bool(built.get("runtime_sha256") != runtime_digest())
+    built = build_record(inst.variant or NAME)
+    return built is None or built.get("runtime_sha256") != runtime_digest()
 
 
 # -- steps --------------------------------------------------------------------------------
@@ -260,8 +256,7 @@ def _build(steps: _Steps, jobs: int) -> Installation:
             "runtime_sha256": runtime_digest(),
             "test_only": False,
         }
-        (work / "build.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        publish(work, final, inst)
+        publish(work, final, inst, recipe)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

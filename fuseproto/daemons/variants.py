@@ -298,11 +298,8 @@ def _stale(spec: Variant, inst: Installation) -> bool:
     """A patched variant whose build.json names other patches than csrc/ holds now."""
     if not spec.patches:
         return False
-    try:
-        built = json.loads((Path(inst.root) / "build.json").read_text())
-    except (OSError, ValueError):
-        return True
-    return bool(built.get("patch_sha256") != spec.patch_digest)
+    built = build_record(inst.variant or spec.name)
+    return built is None or built.get("patch_sha256") != spec.patch_digest
 
 
 def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
@@ -337,8 +334,7 @@ def _build(spec: Variant, steps: _Steps, jobs: int) -> Installation:
         # The objects stay beside the binary (obj/); the recipe names them relative to it.
         shown = [os.path.relpath(a, work) if a.startswith(str(work)) else a for a in link_extra]
         recipe = _recipe(spec, src, shown, steps, binary, time.monotonic() - t0)
-        (work / "build.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        publish(work, final, inst)
+        publish(work, final, inst, recipe)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
