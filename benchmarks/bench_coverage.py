@@ -16,8 +16,13 @@ Same machine, same seconds, one run, one after the other (never two daemons at o
    (plain): the price of ASan + UBSan + coverage, as a ratio; and without restarts (the
    clean seed requests replayed for up to 10 s each), the price per request alone.
 
+``--targets`` runs several live targets in each arm, one after the other, the seconds
+split evenly, all folding into one edge map (the union the live fuzzer reached):
+``requests``, ``sequences``, ``chains`` (hostile descriptor chains), ``control_plane``
+(vhost-user front-end programs), or ``all``; the new edges each added are printed too.
+
 Run: ``.venv/bin/python benchmarks/bench_coverage.py [--seconds 300] [--rate-seconds 20]
-[--seed 0] [--sequences] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
+[--seed 0] [--sequences | --targets all] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
 """
 
 from __future__ import annotations
@@ -40,25 +45,61 @@ def _edges_at(timeline: list[list[float]], t: float) -> int:
     return int(max((p[1] for p in timeline if p[0] <= t), default=0))
 
 
+#: The live targets an arm can run (``--targets``), each for its share of the seconds.
+TARGETS = ("requests", "sequences", "chains", "control_plane")
+
+
+def run_target(inst: daemons.Installation, target: str, seconds: float, seed: int,
+               feedback: str, cov: CoverageMap, store: FindingStore) -> Any:
+    """One live target for ``seconds`` on ``inst``, its edges folded into ``cov``."""
+    from fuseproto.fuzz.chains import fuzz_chains
+    from fuseproto.fuzz.control_plane import fuzz_control_plane
+
+    kw = {"seconds": seconds, "store": store, "seed": seed, "feedback": feedback,
+          "label": inst.variant, "coverage": cov}
+    if target == "sequences":
+        return fuzz_sequences(inst, **kw)
+    if target == "chains":
+        return fuzz_chains(inst, **kw)
+    if target == "control_plane":
+        return fuzz_control_plane(inst, **kw)
+    return virtiofsd.fuzz_daemon(inst, **kw)
+
+
 def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str,
-            sequences: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-cov-") as tmp:
+            targets: tuple[str, ...]) -> dict[str, Any]:
+    """One arm: ``targets`` one after the other (``seconds`` split evenly), all folding
+    into one edge map, so the edges are the union the live fuzzer reached."""
+    share = seconds / len(targets)
+    per: dict[str, int] = {}
+    requests = starts = corpus = classes = findings = 0
+    seed_edges = 0
+    with tempfile.TemporaryDirectory(prefix="bench-cov-") as tmp, \
+            CoverageMap.create() as cov:
         store = FindingStore(tmp)
-        if sequences:
-            st = fuzz_sequences(inst, seconds=seconds, store=store, seed=seed,
-                                feedback=feedback, label=inst.variant)
-        else:
-            st = virtiofsd.fuzz_daemon(inst, seconds=seconds, store=store, seed=seed,
-                                       feedback=feedback, label=inst.variant)
-    e = st.edges or {}
+        for t in targets:
+            before = cov.seen
+            st = run_target(inst, t, share, seed, feedback, cov, store)
+            per[t] = cov.seen - before
+            requests += getattr(st, "requests", 0) or getattr(st, "inputs", 0) \
+                or getattr(st, "programs", 0)
+            starts += getattr(st, "starts", 0)
+            corpus += st.corpus_size
+            classes += getattr(st, "outcome_classes", 0) or len(st.classes)
+            if t in ("requests", "sequences") and not seed_edges:
+                seed_edges = st.seed_edges
+        cov.sample()
+        e = cov.summary()
+        findings = len(store)
     tl = e.get("timeline") or [[0, 0]]
-    return {"feedback": feedback, "daemon": inst.variant, "seconds": round(st.seconds, 1),
-            "requests": st.requests, "per_second": round(st.per_second, 1),
+    return {"feedback": feedback, "daemon": inst.variant, "targets": list(targets),
+            "seconds": round(seconds, 1), "requests": requests,
+            "per_second": round(requests / seconds, 1) if seconds else 0.0,
             "edges": e.get("edges", 0), "guards": e.get("guards", 0),
-            "seed_edges": st.seed_edges,
+            "seed_edges": seed_edges, "per_target": per,
             "edges_25": _edges_at(tl, seconds / 4), "edges_50": _edges_at(tl, seconds / 2),
-            "outcome_classes": st.outcome_classes, "corpus": st.corpus_size,
-            "findings": len(store), "starts": st.starts}
+            "outcome_classes": classes, "corpus": corpus,
+            "findings": findings, "starts": starts}
 
 
 def steady_rate(inst: daemons.Installation, seconds: float) -> float:
@@ -92,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per daemon for requests/s (default 20; 0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sequences", action="store_true",
-                    help="compare with sequence programs instead of single requests")
+                    help="compare with sequence programs instead of single requests "
+                         "(the same as --targets sequences)")
+    ap.add_argument("--targets", default="requests",
+                    help="comma-separated live targets each arm runs one after the other, "
+                         f"the seconds split evenly, edges united: {', '.join(TARGETS)}, "
+                         "or all (default: requests)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     a = ap.parse_args(argv)
     inst = daemons.find("c-asan-cov")
@@ -100,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_coverage: c-asan-cov is not built (fuseproto daemons build c-asan-cov)",
               file=sys.stderr)
         return 2
-    mode = "sequence programs" if a.sequences else "single requests"
+    targets = TARGETS if a.targets == "all" else tuple(a.targets.split(","))
+    if a.sequences:
+        targets = ("sequences",)
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        ap.error(f"--targets: unknown {', '.join(bad)} (one of {', '.join(TARGETS)}, all)")
+    mode = " + ".join(targets)
     print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
           f"({inst.instrumentation}), seed {a.seed}")
-    arms = [run_arm(inst, a.seconds, a.seed, fb, a.sequences) for fb in ("coverage", "outcome")]
+    arms = [run_arm(inst, a.seconds, a.seed, fb, targets) for fb in ("coverage", "outcome")]
     print(f"{'feedback':10s} {'edges':>7s} {'seeds':>7s} {'@25%':>7s} {'@50%':>7s} "
           f"{'guards':>7s} {'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} "
           f"{'findings':>8s}")
@@ -112,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['edges_50']:7d} {r['guards']:7d} {r['requests']:9d} "
               f"{r['per_second']:7.0f} {r['outcome_classes']:8d} {r['corpus']:7d} "
               f"{r['findings']:8d}")
+    if len(targets) > 1:
+        for r in arms:
+            print(f"  {r['feedback']:10s} new edges per target, in order: "
+                  + ", ".join(f"{t} {n}" for t, n in r["per_target"].items()))
     cov, out = arms
     ratio = cov["edges"] / out["edges"] if out["edges"] else float("inf")
     # What the mutations added beyond the seeds' own edges (the seeds are the same in both).
@@ -125,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.rate_seconds > 0:
         plain = daemons.find("c") or daemons.install("c")
         print(f"== requests/s in the live loop, {a.rate_seconds:.0f} s each")
-        rates = [run_arm(plain, a.rate_seconds, a.seed, "auto", a.sequences),
-                 run_arm(inst, a.rate_seconds, a.seed, "auto", a.sequences)]
+        rates = [run_arm(plain, a.rate_seconds, a.seed, "auto", targets[:1]),
+                 run_arm(inst, a.rate_seconds, a.seed, "auto", targets[:1])]
         for r in rates:
             print(f"{r['daemon']:12s} {r['per_second']:8.0f} requests/s "
                   f"({r['requests']} requests, {r['starts']} daemon starts)")

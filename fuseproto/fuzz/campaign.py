@@ -463,6 +463,12 @@ def _diff_target(pair: tuple[str, str], seconds: float, store: FindingStore, see
     return res
 
 
+def _below_coverage(st: Any) -> dict[str, int]:
+    """A below-FUSE loop's coverage figures: outcome classes, and daemon edges when seen."""
+    return {"outcome_classes": len(st.classes),
+            **({"daemon_edges": st.edges["edges"]} if st.edges else {})}
+
+
 def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: int,
                         hang_timeout: float, kind: str | None, n_jobs: int = 1,
                         out_dir: Path | None = None) -> list[TargetResult]:
@@ -486,17 +492,19 @@ def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: in
         inst, seconds=0.6 * seconds, store=store, seed=seed, label=label, timeout=hang_timeout)
     out.append(TargetResult(
         "chains", "below-fuse", daemon=label, daemon_binary=inst.binary, seconds=st.seconds,
-        iterations=st.inputs, coverage={"outcome_classes": len(st.classes)},
+        iterations=st.inputs, coverage=_below_coverage(st),
         findings=[f.signature for f in st.findings], restarts=max(0, st.starts - 1),
-        error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio"]))
+        error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio"],
+        corpus_size=st.corpus_size, edges=st.edges))
     cs = par("control_plane", 0.4) if n_jobs > 1 else control_plane.fuzz_control_plane(
         inst, seconds=0.4 * seconds, store=store, seed=seed, label=label, timeout=hang_timeout)
     out.append(TargetResult(
         "control_plane", "below-fuse", daemon=label, daemon_binary=inst.binary,
         seconds=cs.seconds, iterations=cs.programs,
-        coverage={"outcome_classes": len(cs.classes)},
+        coverage=_below_coverage(cs),
         findings=[f.signature for f in cs.findings], restarts=cs.programs, error=cs.error,
-        notes=[f"{cs.served} programs ended with ring 1 set up and serving a FUSE INIT"]))
+        notes=[f"{cs.served} programs ended with ring 1 set up and serving a FUSE INIT"],
+        corpus_size=cs.corpus_size, edges=cs.edges))
     return out
 
 

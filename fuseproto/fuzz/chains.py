@@ -49,6 +49,8 @@ from ..transport.virtqueue import (
 from ..wire import codec, structs
 from ..wire.constants import fuse_opcode, opcode_name
 from . import mutate
+from .corpus import Corpus, energy_for
+from .coverage import CoverageMap
 from .descchain import OPS, ChainCheck, ChainInput, Desc, chain_check, judge_used
 from .findings import Finding, FindingStore
 from .forensics import Outcome, log_tail, outcome_signature
@@ -65,6 +67,7 @@ from .rawfront import (
     standard_program,
     wait_used,
 )
+from .virtiofsd import EdgeFeedback
 
 __all__ = ["ChainSession", "ChainStats", "fuzz_chains", "random_input", "mutate_input",
            "replay_chains", "chains_verdict", "record_chain_finding"]
@@ -509,6 +512,10 @@ class ChainStats:
     classes: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
+    corpus_size: int = 0
+    # The daemon's edges (EdgeFeedback.summary(): guards, edges, timeline, feedback);
+    # empty when the daemon is not instrumented.
+    edges: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -589,19 +596,26 @@ def chains_verdict(doc: dict[str, Any], spec: str | None = None, kind: str | Non
 
 def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: FindingStore,
                 seed: int = 0, label: str | None = None, timeout: float = 0.5,
-                max_inputs: int | None = None, env: dict[str, str] | None = None
+                max_inputs: int | None = None, env: dict[str, str] | None = None,
+                coverage: CoverageMap | None = None, feedback: str = "auto"
                 ) -> ChainStats:
     """Hostile chains for ``seconds``: each daemon start takes the next memory layout
-    (one, two, two with a hole) and asks for INDIRECT_DESC every other time; inputs
-    reaching a new outcome class join the corpus; a fresh daemon after each fatal outcome
-    (or a refused chain)."""
+    (one, two, two with a hole) and asks for INDIRECT_DESC every other time; a fresh
+    daemon after each fatal outcome (or a refused chain). What is kept: on an
+    instrumented daemon (``feedback`` as in :class:`~.virtiofsd.EdgeFeedback`) a chain
+    that lit new daemon edges, with energy for how many (libvhost-user's descriptor walk
+    answers most hostile shapes with the same few outcomes, so the edges see what the
+    outcome class cannot); and a chain reaching a new outcome class. A start's own edges
+    (handshake, setup) are absorbed, not credited to the next chain."""
     label = label or installation.kind
     rng = random.Random(seed)
     st = ChainStats(label)
     t0 = time.monotonic()
     wd = tempfile.mkdtemp(prefix="fuseproto-chain-")
     s: ChainSession | None = None
-    corpus: list[ChainInput] = []
+    corpus: Corpus[ChainInput] = Corpus(2000)
+    fb = EdgeFeedback(installation, coverage, feedback)
+    env = {**(env or {}), **fb.map.env()}
     try:
         while time.monotonic() - t0 < seconds and (max_inputs is None
                                                     or st.inputs < max_inputs):
@@ -615,9 +629,11 @@ def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: Fi
                     st.error = f"start failed: {type(e).__name__}: {e}"
                     break
                 st.starts += 1
+                fb.started()
+                fb.map.absorb()
                 tmpl = s.templates()
-            if corpus and rng.random() < 0.5:
-                inp = mutate_input(rng.choice(corpus), rng)
+            if len(corpus) and rng.random() < 0.5:
+                inp = mutate_input(corpus.choose(rng), rng)
             else:
                 op, body, node = rng.choice(tmpl)
                 data = s.request(op, body, node)
@@ -629,18 +645,24 @@ def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: Fi
             st.valid += bool(out.evidence.get("valid"))
             new = out.cls not in st.classes
             st.classes[out.cls] = st.classes.get(out.cls, 0) + 1
+            edges = fb.new_edges()
             if out.finding is not None:
                 f = record_chain_finding(store, label, s, out, s.indirect_ok)
                 if all(x.signature != f.signature for x in st.findings):
                     st.findings.append(f)
-            elif new and len(corpus) < 2000:
-                corpus.append(inp)
+            elif fb.steering and edges:
+                corpus.add(inp, energy_for(edges))
+            elif new:
+                corpus.add(inp)
             if not usable or out.finding is not None:
                 s.stop()
                 s = None
+        st.edges = fb.summary()
     finally:
         if s is not None:
             s.stop()
+        fb.close()
         shutil.rmtree(wd, ignore_errors=True)
         st.seconds = time.monotonic() - t0
+        st.corpus_size = len(corpus)
     return st

@@ -54,6 +54,8 @@ from ..transport.vhost_user_proto import (
     VhostUserU64,
     request_name,
 )
+from .corpus import Corpus, energy_for
+from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 from .forensics import Outcome, log_tail, outcome_signature
 from .rawfront import (
@@ -77,6 +79,7 @@ from .rawfront import (
     stalled,
     standard_program,
 )
+from .virtiofsd import EdgeFeedback
 
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
@@ -527,6 +530,8 @@ class ControlStats:
     classes: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
+    corpus_size: int = 0
+    edges: dict[str, Any] = field(default_factory=dict)  # as ChainStats.edges
 
     @property
     def per_second(self) -> float:
@@ -622,23 +627,29 @@ def control_verdict(doc: dict[str, Any], spec: str | None = None, kind: str | No
 def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
                        store: FindingStore, seed: int = 0, label: str | None = None,
                        timeout: float = 0.5, max_programs: int | None = None,
-                       env: dict[str, str] | None = None, shrink_seconds: float = 3.0
+                       env: dict[str, str] | None = None, shrink_seconds: float = 3.0,
+                       coverage: CoverageMap | None = None, feedback: str = "auto"
                        ) -> ControlStats:
-    """Mutated control programs, each on a fresh daemon, for ``seconds``; a program that
-    reaches a new outcome class joins the corpus; findings go to ``store``. The first
-    program of each kind of finding is shrunk (:func:`shrink_control`, ``shrink_seconds``)
-    and its invalid steps name the cause in the signature."""
+    """Mutated control programs, each on a fresh daemon, for ``seconds``; findings go to
+    ``store``. Kept: a program that lit new daemon edges (an instrumented daemon; energy
+    for how many; ``feedback`` as in :class:`~.virtiofsd.EdgeFeedback`), and one that
+    reaches a new outcome class. The first program of each kind of finding is shrunk
+    (:func:`shrink_control`, ``shrink_seconds``) and its invalid steps name the cause in
+    the signature."""
     label = label or installation.kind
     rng = random.Random(seed)
     st = ControlStats(label)
-    corpus: list[list[CtlStep]] = [standard_program()]
+    corpus: Corpus[list[CtlStep]] = Corpus(500)
+    corpus.add(standard_program())
     shrunk: dict[Any, str | None] = {}  # finding key -> the cause its minimal program shows
+    fb = EdgeFeedback(installation, coverage, feedback)
+    env = {**(env or {}), **fb.map.env()}
     t0 = time.monotonic()
     wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
     try:
         while time.monotonic() - t0 < seconds and (max_programs is None
                                                     or st.programs < max_programs):
-            parent = rng.choice(corpus)
+            parent = corpus.choose(rng)
             prog = parent if st.programs == 0 else mutate_program(parent, rng)
             layout = LAYOUTS[st.programs % len(LAYOUTS)]
             try:
@@ -647,6 +658,7 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
             except (DaemonError, TransportError, OSError) as e:
                 st.error = f"{type(e).__name__}: {e}"
                 break
+            fb.started()
             st.programs += 1
             st.steps += res.steps_run
             st.served += bool(res.served)
@@ -654,6 +666,7 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
             for o in res.outcomes:
                 new |= o.cls not in st.classes
                 st.classes[o.cls] = st.classes.get(o.cls, 0) + 1
+            edges = fb.new_edges()
             if res.finding is not None:
                 key = finding_key(res.finding)
                 cause = res.first_invalid
@@ -662,6 +675,7 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
                     small, sres = shrink_control(prog, installation, layout, key or (),
                                                  seconds=shrink_seconds, timeout=timeout,
                                                  env=env)
+                    fb.map.absorb()  # the shrinker's runs are not the next program's
                     shrunk[key] = "+".join(sorted(set(sres.invalid))) if sres else cause
                     if sres is not None and sres.finding is not None:
                         prog, res = small, sres
@@ -671,10 +685,14 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
                                            res.finding, res.log, cause)
                 if all(x.signature != f.signature for x in st.findings):
                     st.findings.append(f)
-            elif new and len(corpus) < 500:
-                corpus.append(prog)
+            elif fb.steering and edges:
+                corpus.add(prog, energy_for(edges))
+            elif new:
+                corpus.add(prog)
+        st.edges = fb.summary()
     finally:
+        fb.close()
         shutil.rmtree(wd, ignore_errors=True)
         st.seconds = time.monotonic() - t0
+        st.corpus_size = len(corpus)
     return st
-

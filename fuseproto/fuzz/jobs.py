@@ -405,6 +405,8 @@ def _merge_value(name: str, values: list[Any]) -> Any:
     if not values:
         return None
     first = values[0]
+    if name == "edges":  # each job had its own edge map: the best one is a lower bound
+        return dict(max(values, key=lambda e: (e or {}).get("edges", 0)) or {})
     if isinstance(first, bool):
         return any(values)
     if isinstance(first, int | float) and all(isinstance(v, int | float) for v in values):

@@ -50,8 +50,12 @@ def to_json(result: Any) -> dict[str, Any]:
                     for r in result.results if r.engine == "daemon"],
         "sequences": {r.daemon: r.sequences for r in result.results
                       if r.engine == "daemon" and r.sequences},
-        "daemon_edges": {r.daemon: getattr(r, "edges", {}) for r in result.results
-                         if r.engine == "daemon" and getattr(r, "edges", None)},
+        # per live target on an instrumented daemon: the virtiofsd target under the
+        # daemon's name, the below-FUSE ones as "<daemon> <target>"
+        "daemon_edges": {(r.daemon if r.engine == "daemon" else f"{r.daemon} {r.target}"):
+                         getattr(r, "edges", {}) for r in result.results
+                         if r.engine in ("daemon", "below-fuse")
+                         and getattr(r, "edges", None)},
         "diff": {r.daemon: getattr(r, "diff", {}) for r in result.results
                  if getattr(r, "diff", None)},
         "findings": [f.to_json() for f in result.findings],
@@ -268,7 +272,7 @@ def _edges_md(edges: dict[str, dict[str, Any]], plotted: bool) -> list[str]:
     if not edges:
         return ["No instrumented daemon was fuzzed (build one with `fuseproto daemons build "
                 "c-asan-cov`): the daemons were steered by outcome classes only."]
-    lines = ["| daemon | instrumentation | feedback | guards | edges reached | after 10 s | "
+    lines = ["| daemon (target) | instrumentation | feedback | guards | edges reached | after 10 s | "
              "after 25% | after 50% | single requests | corpus loaded / saved |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, e in edges.items():
@@ -286,7 +290,8 @@ def _edges_md(edges: dict[str, dict[str, Any]], plotted: bool) -> list[str]:
               "at least once (the daemons' start-up included; counted from the shared-memory "
               "map the daemon's coverage runtime writes, `fuseproto/fuzz/coverage.py`). "
               "`single requests`: edges when the single-request loop handed over to the "
-              "sequence programs. `report.json` has the full timelines "
+              "sequence programs. Rows named `<daemon> chains` / `<daemon> control_plane`: "
+              "the below-FUSE targets, each with its own map and clock. `report.json` has the full timelines "
               "(`daemon_edges.<daemon>.timeline`: [seconds, edges])."]
     if plotted:
         lines += ["", f"![daemon edges over time]({PLOT})"]
