@@ -293,3 +293,25 @@ def test_c_daemon_aborts_on_a_request_with_unique_0(daemon_installations, tmp_pa
             assert out.finding == "crash" and "virtio_send_msg" in out.evidence["site"]
         else:
             assert out.finding is None and out.cls.startswith("FUSE_GETATTR:0")
+
+
+def test_chains_steer_by_daemon_edges_on_an_instrumented_daemon(daemon_installations,
+                                                                tmp_path):
+    """On c-asan-cov the chains read the edge map: edges are counted and steer (chains
+    that lit new edges are kept); on a packaged daemon there are none to count."""
+    from fixtures_daemons import built_installation
+
+    inst = built_installation("c-asan-cov")
+    st = chains.fuzz_chains(inst, seconds=60, store=FindingStore(tmp_path / "cov"), seed=2,
+                            max_inputs=30)
+    assert st.inputs == 30 and st.error is None, st.error
+    e = st.edges
+    assert e["feedback"] == "coverage" and e["guards"] > 5000 and e["edges"] > 1000, e
+    assert st.corpus_size >= 1
+    off = chains.fuzz_chains(inst, seconds=60, store=FindingStore(tmp_path / "off"), seed=2,
+                             max_inputs=10, feedback="outcome")
+    assert off.edges["feedback"] == "outcome" and off.edges["edges"] > 1000
+    plain = daemon_installations["c"]
+    st = chains.fuzz_chains(plain, seconds=60, store=FindingStore(tmp_path / "plain"),
+                            seed=2, max_inputs=5)
+    assert st.inputs == 5 and st.edges == {}

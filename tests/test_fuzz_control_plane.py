@@ -202,3 +202,17 @@ def test_bounded_campaign_and_replay(daemon_installations, tmp_path):
             doc = json.loads(Path(crashes[0].reproducer).read_text())
             again = cp.replay_control(doc, inst)
             assert again.finding is not None and again.finding.finding == "crash"
+
+
+def test_programs_steer_by_daemon_edges_on_an_instrumented_daemon(tmp_path):
+    """On c-asan-cov the control programs read the edge map (counted, steering); the
+    shrinker's runs are absorbed, not credited to the next program."""
+    from fixtures_daemons import built_installation
+
+    inst = built_installation("c-asan-cov")
+    st = cp.fuzz_control_plane(inst, seconds=60, store=FindingStore(tmp_path), seed=0,
+                               max_programs=12, shrink_seconds=0.5)
+    assert st.programs == 12 and st.error is None, st.error
+    e = st.edges
+    assert e["feedback"] == "coverage" and e["guards"] > 5000 and e["edges"] > 1000, e
+    assert st.corpus_size >= 2  # the standard program and at least one that lit edges
