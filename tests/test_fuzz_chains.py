@@ -188,6 +188,18 @@ def test_chain_findings_on_the_c_daemon(daemon_installations, tmp_path):
     finally:
         s.stop()
     assert out.finding == "crash" and "fuse_virtio.c:502" in out.evidence["site"]
+    # Its pcap: the handshake (annotations), the honest setup and the hostile WRITE.
+    from fuseproto.capture import decode_capture
+    from fuseproto.wire.constants import fuse_opcode
+
+    f = chains.record_chain_finding(FindingStore(tmp_path / "store"), "c", s, out, False)
+    recs = list(decode_capture(f.pcap))
+    ops = [m.opcode for m in recs if m.kind == "request"]
+    assert ops[0] == fuse_opcode.FUSE_INIT and ops[-1] == fuse_opcode.FUSE_WRITE
+    assert sum(m.kind == "reply" and m.paired for m in recs) >= 5  # INIT, LOOKUPs, OPENs
+    notes = [m.raw.decode() for m in recs if m.kind == "annotation"]
+    assert any(n.startswith("hostile chain") for n in notes)
+    assert any(n.startswith("front-end: SET_MEM_TABLE") for n in notes)
 
 
 def test_rust_worker_panic_is_a_prompt_finding(daemon_installations, tmp_path):

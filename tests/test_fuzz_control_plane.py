@@ -131,6 +131,17 @@ def test_crash_oracle_c_aborts_on_get_vring_base_of_a_ring_never_started(daemon_
     assert res.finding is not None and res.finding.finding == "crash"
     assert "fv_queue_cleanup_thread" in res.finding.evidence["site"]
     assert res.first_invalid is None  # every step valid in its place
+    # The finding's pcap shows the program: each vhost-user message as an annotation.
+    f = cp.record_control_finding(FindingStore(tmp_path / "store"), "c",
+                                  daemon_installations["c"], prog, "one", res.finding,
+                                  res.log, None, res.exchange)
+    from fuseproto.capture import decode_capture
+
+    recs = list(decode_capture(f.pcap))
+    notes = [m.raw.decode() for m in recs if m.kind == "annotation"]
+    assert sum(n.startswith("front-end: GET_VRING_BASE") for n in notes) == 1
+    assert any(n.startswith("back-end: GET_FEATURES") for n in notes)
+    assert len(notes) >= len(prog[:i + 1]) and not [m for m in recs if m.error]
     res = _run(daemon_installations["rust"], tmp_path, prog)
     assert res.finding is None and res.served
 

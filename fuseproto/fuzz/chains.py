@@ -39,6 +39,7 @@ from typing import Any
 from construct import Container
 
 from .. import daemons
+from ..capture.frames import Direction
 from ..errors import DaemonError, DecodeError, TransportError
 from ..transport.virtqueue import (
     VIRTQ_DESC,
@@ -136,6 +137,7 @@ class ChainSession:
                ) -> tuple[str, bytes]:
         """One request on a plain two-descriptor chain: (wait state, reply bytes)."""
         fe, ring, h = self.fe, self.ring, self.HONEST
+        self.note(Direction.REQUEST, data)
         off = 30 << 20
         fe.mem.mm[off:off + len(data)] = data
         ring.desc(h, fe.gpa(off), len(data), VIRTQ_DESC_F_NEXT if area else 0, h + 1)
@@ -145,7 +147,16 @@ class ChainSession:
         seen: list[tuple[int, int]] = []
         state = wait_used(ring, h, self.live, timeout or self.timeout, seen)
         ulen = next((n for i, n in seen if i == h), 0)
-        return state, bytes(fe.mem.mm[off + (1 << 20):off + (1 << 20) + min(ulen, area)])
+        reply = bytes(fe.mem.mm[off + (1 << 20):off + (1 << 20) + min(ulen, area)])
+        if reply:
+            self.note(Direction.REPLY, reply)
+        return state, reply
+
+    def note(self, direction: int, data: bytes) -> None:
+        """Keep one record for a finding's pcap (the front-end's exchange, ring 1): the
+        honest requests and replies, each hostile chain's shape (an annotation), the
+        bytes the device reads from it and what it wrote back."""
+        self.fe.note(data, direction, 1)
 
     def _call(self, op: int, body: Any, nodeid: int = 1) -> Any:
         data = self.request(op, body, nodeid)
@@ -360,6 +371,10 @@ class ChainSession:
         # Judge against what the device reads (a length that lies or a flag flipped
         # changes the message), not what we meant to send.
         req = self.read_back(check)
+        self.note(Direction.ANNOTATION, f"hostile chain {inp.tags()}: "
+                  f"{'valid' if check.valid else 'invalid: ' + ', '.join(check.reasons)}"
+                  .encode())
+        self.note(Direction.REQUEST, req)
         op = _IN.parse(req, 0)["opcode"] if len(req) >= _IN.size else -1
         unique = _IN.parse(req, 0)["unique"] if len(req) >= _IN.size else None
         name = opcode_name(op) if op >= 0 else "short"
@@ -431,6 +446,8 @@ class ChainSession:
                     break
                 continue  # a zero-length descriptor
             reply += self.fe.mem.mm[d.off:d.off + take] if d.off is not None else bytes(take)
+        if reply:
+            self.note(Direction.REPLY, bytes(reply))
         try:
             req = codec.decode_request(self.read_back(check))
         except DecodeError:
@@ -548,7 +565,7 @@ def record_chain_finding(store: FindingStore, label: str, s: ChainSession, out: 
                                              "detail": out.detail},
            "log_tail": log_tail(s.live.log(), 10),
            "inputs": [i.to_json() for i in s.history[-32:]]}
-    return store.add(f, doc, suffix=".json")
+    return store.add(f, doc, suffix=".json", exchange=list(s.fe.exchange))
 
 
 def replay_chains(doc: dict[str, Any], installation: daemons.Installation,

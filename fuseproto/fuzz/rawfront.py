@@ -20,11 +20,13 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import daemons
+from ..capture.frames import Direction
 from ..errors import TransportError, TransportTimeout
 from ..transport.vhost_user_proto import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -174,6 +176,9 @@ class RawFrontend:
         self.protocol = 0  # agreed by the last SET_PROTOCOL_FEATURES
         self.features = 0  # the last SET_FEATURES
         self.tolerated: list[int] = []  # requests whose reply may come (or not)
+        # What a finding's pcap shows (direction, queue, bytes, time_ns): each vhost-user
+        # message both ways as an annotation, FUSE requests and replies on the rings.
+        self.exchange: deque[tuple[int, int, bytes, int]] = deque(maxlen=512)
         try:
             self.regions = layout_regions(self.mem, layout)
             self.queues = [SplitVirtqueue(self.mem, i, QUEUE_SIZE) for i in range(QUEUES)]
@@ -219,6 +224,8 @@ class RawFrontend:
         if step.need_reply:
             flags |= VHOST_USER_NEED_REPLY_MASK
         assert self.sock is not None
+        self.note(f"front-end: {request_name(step.request)} flags={flags:#x} "
+                  f"payload={len(payload)} fds={len(fds)} {payload[:64].hex()}")
         try:
             send_message(self.sock, step.request, payload, fds=fds, flags=flags)
         finally:
@@ -253,6 +260,8 @@ class RawFrontend:
                 self.sock.settimeout(None)
             for fd in msg.fds:
                 os.close(fd)
+            self.note(f"back-end: {request_name(msg.request)} flags={msg.flags:#x} "
+                      f"payload={len(msg.payload)} fds={len(msg.fds)} {msg.payload[:64].hex()}")
             if msg.is_reply and msg.request in self.tolerated:
                 self.tolerated.remove(msg.request)
                 continue
@@ -262,6 +271,13 @@ class RawFrontend:
         if msg.request == R.GET_PROTOCOL_FEATURES and msg.is_reply and len(msg.payload) == 8:
             self.offered_protocol = VhostUserU64.parse_body(msg.payload).u64
         return msg
+
+    def note(self, text: str | bytes, direction: int = Direction.ANNOTATION,
+             queue: int = 0) -> None:
+        """Keep one record of :attr:`exchange` (text: an annotation; bytes: a FUSE
+        message on ``queue``)."""
+        data = text.encode() if isinstance(text, str) else text
+        self.exchange.append((direction, queue, data, time.time_ns()))
 
     def pending(self) -> bool:
         """Something (a reply nobody asked for, or EOF) waits on the socket."""
@@ -565,6 +581,7 @@ def fuse_probe(fe: RawFrontend, live: LiveDaemon, timeout: float) -> Outcome:
     area = codec.reply_area(fuse_opcode.FUSE_INIT, None, 46)
     off = 8 << 20
     fe.mem.mm[off:off + len(data)] = data
+    fe.note(data, Direction.REQUEST, 1)
     ring.desc(0, fe.gpa(off), len(data), 1, 1)
     ring.desc(1, fe.gpa(off + 4096), area, 2, 0)
     ring.publish(0)
@@ -579,6 +596,7 @@ def fuse_probe(fe: RawFrontend, live: LiveDaemon, timeout: float) -> Outcome:
                        "for it", timeout)
     used_len = next(n for i, n in seen if i == 0)
     reply = bytes(fe.mem.mm[off + 4096:off + 4096 + min(used_len, area)])
+    fe.note(reply, Direction.REPLY, 1)
     return judge_reply("FUSE_INIT", fuse_opcode.FUSE_INIT, 2, None, area, area, reply,
                        used_len, 46)
 
