@@ -355,3 +355,132 @@ def test_planted_signed_overflow_is_a_ubsan_finding(no_leaks):
     assert sig.startswith("ubsan:c-asan-cov-planted:signed integer overflow:"), sig
     assert ":planted_bug.c:" in sig and ":__wrap_fstatvfs" in sig
     assert "runtime error: signed integer overflow" in out.evidence["report"]
+
+
+def _mapped_cov_files() -> set[str]:
+    """fuseproto-cov-* files this process has mapped now."""
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if "fuseproto-cov-" in line}
+
+
+def test_sibling_maps_share_one_seen_set(reader):
+    """One map per daemon (spawn), one seen set: a daemon is credited only with edges no
+    map of the set has seen; a fresh daemon's start-up is absorbed; what a spare lights
+    while it waits never reaches the map being read; closing a sibling unmaps and deletes
+    it and the parent falls back to its own file."""
+    with CoverageMap.create(map_size=1024) as root:
+        a, b = root.spawn(), root.spawn()
+        assert len({root.path, a.path, b.path}) == 3
+        assert all(os.path.dirname(m.path) == os.path.dirname(root.path) for m in (a, b))
+        ra = SyntheticRuntime(a.env(), guards=500, pid=1)
+        for g in range(1, 21):  # daemon a's start-up
+            ra.hit(g)
+        root.follow(a)
+        assert root.instrumented and root.pid == 1
+        assert root.absorb() == 20 and root.seen == 20
+        rb = SyntheticRuntime(b.env(), guards=500, pid=2)
+        for g in (*range(1, 21), 200, 201):  # the spare b starts (and lights two more)
+            rb.hit(g)
+        ra.hit(5)
+        assert root.update() == 0  # b's edges are not in a's map
+        ra.hit(100)
+        assert root.update() == 1 and root.seen == 21
+        root.follow(b)  # b adopted: its start-up (and 200, 201) absorbed, not credited
+        assert root.pid == 2 and root.absorb() == 2 and root.seen == 23
+        rb.hit(100)  # what a lit already: not new from b either
+        assert root.update() == 0
+        rb.hit(300)
+        assert root.update() == 1 and root.seen == 24
+        assert root.summary()["edges"] == 24 and root.timeline[-1][1] == 24
+        assert [i for i, v in enumerate(root.seen_bitmap()) if v] == \
+            [*range(20), 99, 199, 200, 299]
+        with pytest.raises(ValueError):
+            root.follow(CoverageMap.create(map_size=1024))  # its own seen set: refused
+        root.follow(None)
+        assert root.guards == 0 and root.summary()["guards"] == 500  # the last daemon's
+        for m in (a, b):
+            m.close()
+            assert not os.path.exists(m.path) and m.path not in _mapped_cov_files()
+        root.follow(a)  # a closed map is never read: the parent's own file is
+        assert root.guards == 0 and root.update() == 0 and root.seen == 24
+
+
+@pytest.mark.daemon
+def test_each_daemon_and_spare_has_its_own_map_removed_with_it(daemon_installations,
+                                                                no_leaks, tmp_path):
+    """The harness gives every daemon it starts (spares too) a map of its own, reads the
+    current one through the given map, and unmaps and deletes each as its daemon is
+    retired, discarded or fails to start: nothing is left in /dev/shm."""
+    import signal
+
+    from fuseproto.fuzz.harness import DaemonHarness, resolve_installation
+
+    made: list[str] = []
+
+    def recording(root: CoverageMap):
+        spawn = root.spawn
+
+        def wrapped() -> CoverageMap:
+            m = spawn()
+            made.append(m.path)
+            return m
+        return wrapped
+
+    inst = daemon_installations["c"]
+    with CoverageMap.create() as root:
+        root.spawn = recording(root)  # type: ignore[method-assign]
+        with DaemonHarness(inst, coverage=root, spare=True) as h:
+            assert h.spare_allowed() and h.spare is not None
+            seen_env = []
+            for _ in range(3):
+                assert h.edge_map is not None and h.daemon is not None
+                assert h.daemon.env["FUSEPROTO_COV_MAP"] == h.edge_map.path != root.path
+                assert root.current is h.edge_map
+                seen_env.append(h.edge_map.path)
+                h.daemon.signal(signal.SIGKILL)
+                h.start()
+            assert len(set(seen_env)) == 3
+            assert h.spare.settle() >= 1  # spares made, each with a map
+            assert len(made) >= 3 + 1
+        assert root.current is root and os.path.exists(root.path)
+        # A daemon that cannot start: its map goes with it.
+        bad = tmp_path / "virtiofsd"
+        bad.write_text("#!/bin/sh\nexit 3\n")
+        bad.chmod(0o755)
+        before = len(made)
+        with pytest.raises(Exception), DaemonHarness(  # noqa: B017 -- DaemonError or transport
+                resolve_installation(str(bad), "c"), coverage=root, spare=True):
+            pass
+        assert len(made) > before
+    leftover = [p for p in made if os.path.exists(p)]
+    assert not leftover, leftover
+    assert not _mapped_cov_files() & set(made)
+    assert not os.path.exists(root.path)
+
+
+@pytest.mark.daemon
+def test_spares_beside_c_asan_cov_do_not_light_the_live_map(no_leaks):
+    """With c-asan-cov and warm spares: once the spares are up (each started with its own
+    map), the live daemon's map shows nothing new; a request does; after a kill the next
+    daemon (a spare) is adopted with its start-up absorbed."""
+    import signal
+
+    from fuseproto.fuzz.harness import DaemonHarness
+    from fuseproto.wire import codec
+    from fuseproto.wire.constants import fuse_opcode as O
+
+    inst = _variant("c-asan-cov")
+    with CoverageMap.create() as root, DaemonHarness(inst, coverage=root, spare=True) as h:
+        assert h.spare_allowed() and root.instrumented and root.guards > 1000
+        assert h.spare is not None and h.spare.settle() >= 1
+        assert root.update() == 0  # the spares' start-ups are in their own maps
+        first = h.edge_map
+        h.unique += 2
+        out = h.send(codec.encode_request(O.FUSE_STATFS, None, unique=h.unique, nodeid=1))
+        assert out.finding is None and root.update() > 0  # the live daemon's new edges
+        seen = root.seen
+        h.daemon.signal(signal.SIGKILL)
+        h.start()
+        assert first is not None and h.edge_map is not None and h.edge_map is not first
+        assert root.update() == 0 and root.seen >= seen
+    assert first is not None and not os.path.exists(first.path)

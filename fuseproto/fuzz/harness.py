@@ -12,11 +12,7 @@ what comes back:
   worker panicked (the process lives, the queue is dead);
 * **daemon-exit** -- it exited with a status while serving (a guest can end it);
 * **hang** -- the process lives but no reply arrived within ``hang_timeout``;
-* **protocol** -- a reply that breaks FUSE: device wrote more than the area it was
-  given (used.len > area), fewer bytes than a header, ``fuse_out_header.len`` != the
-  bytes written, a ``unique`` that is not the request's, an errno outside (-512, 0],
-  or a body that does not decode for the request (e.g. READ data longer than ``size``:
-  the codec's LimitExceededError).
+* **protocol** -- a reply that breaks FUSE (:func:`.replies.judge_reply`).
 
 The area a request gets is :func:`fuseproto.wire.codec.reply_area` (what a guest kernel
 gives, capped at :data:`MAX_AREA`) or one of the deviations of :func:`variant_area`.
@@ -28,9 +24,13 @@ from the first successful INIT reply either way, through
 :func:`fuseproto.session.negotiate_init` (the session's own rule).
 
 Every daemon starts with :data:`SANITIZER_ENV` (the options an ASan/UBSan build needs;
-ignored by a plain one) and, given a :class:`~fuseproto.fuzz.coverage.CoverageMap`, the
-map's name: the same file for every daemon the harness starts, whose start-up and setup
-edges are absorbed (a restart is not new coverage); the loops read it after each input.
+ignored by a plain one) and, given a :class:`~fuseproto.fuzz.coverage.CoverageMap`, a map
+of its own (:meth:`~fuseproto.fuzz.coverage.CoverageMap.spawn`: a sibling file sharing the
+given map's seen set), so a warm spare's start-up never lands in the live daemon's
+counters. When the harness adopts a daemon the given map follows that daemon's map and its
+start-up and setup edges are absorbed (a restart is not new coverage); the loops read the
+given map after each input; a retired daemon's map is unmapped and its file deleted with
+the daemon (:func:`.spare.stop_started`).
 A sanitizer report in the log turns a death (or a stall while the report is written)
 into an ``asan`` / ``ubsan`` finding (:mod:`.forensics`).
 
@@ -67,8 +67,9 @@ from ..wire import codec, structs
 from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
 from .canaries import Breach, Canaries
-from .coverage import CoverageMap
+from .coverage import ENV_VAR, CoverageMap
 from .forensics import FATAL, Outcome, PanicWatch, death_outcome, stall_outcome
+from .replies import MAX_AREA, expected_area, judge_reply, variant_area
 from .sanitizer import sanitize
 from .sanitizer_report import has_report
 from .spare import Spare, Started, stop_started
@@ -79,6 +80,7 @@ __all__ = [
     "MAX_AREA",
     "expected_area",
     "variant_area",
+    "judge_reply",
     "resolve_installation",
     "daemon_label",
     "SANITIZER_ENV",
@@ -90,11 +92,7 @@ __all__ = [
 
 _OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
-_OUT = structs.FAST["fuse_out_header"]
-OUT_SIZE = _OUT.size
 IN_SIZE = _IN.size
-# The largest device-writable area we hand out (guest memory is 32 MiB).
-MAX_AREA = OUT_SIZE + (1 << 20)
 HISTORY = 32  # requests kept for a reproducer
 #: The environment of every daemon the harness starts: what an ASan/UBSan build needs
 #: (no leak check, no colours, no in-process symbolizer: the sandbox has none; reports
@@ -168,37 +166,6 @@ def instrumented(installation: daemons.Installation) -> bool:
     return "sancov" in installation.instrumentation
 
 
-def _bucket(n: int) -> str:
-    if n <= OUT_SIZE:
-        return "hdr"
-    n -= OUT_SIZE
-    b = 1
-    while b < n:
-        b <<= 2
-    return f"<={b}"
-
-
-def expected_area(op: int, body: Any, minor: int) -> int:
-    """The area a guest kernel would give the reply (:func:`fuseproto.wire.codec.
-    reply_area`), capped at :data:`MAX_AREA`."""
-    return min(codec.reply_area(op, body, minor), MAX_AREA)
-
-
-def variant_area(variant: int, expected: int) -> int:
-    """The area for reply-size ``variant`` given the ``expected`` one (0: as the kernel
-    gives; 1: 4 KiB more; 2: a header only; 3: 64 KiB more; 4: one byte short)."""
-    v = variant % 5
-    if v == 1:
-        return min(expected + 4096, MAX_AREA)
-    if v == 2:
-        return OUT_SIZE
-    if v == 3:
-        return min(expected + 65536, MAX_AREA)
-    if v == 4:
-        return max(expected - 1, 1)
-    return expected
-
-
 @dataclass
 class _InFlight:
     """One request of a kick, as :meth:`DaemonHarness.send_many` judges its reply."""
@@ -231,8 +198,10 @@ class DaemonHarness:
         self.canaries: Canaries | None = None
         # Extra environment for every daemon started (over SANITIZER_ENV and the map's).
         self.env = dict(env or {})
-        # The daemon's edge map (same file across restarts); None: not measured.
+        # The edge map the loops read (it follows the current daemon's own map, spawned
+        # from it; one seen set across all daemons); None: not measured.
         self.coverage = coverage
+        self.edge_map: CoverageMap | None = None  # the current daemon's own map
         # setup=False: no INIT and no LOOKUPs at start (a sequence program negotiates INIT
         # itself); the harness still learns minor/flags from any INIT reply it sees.
         self.setup = setup
@@ -291,11 +260,16 @@ class DaemonHarness:
             self._spare.launch_with(functools.partial(self.prepare_daemon, gen))
         return self
 
+    @property
+    def spare(self) -> Spare[Started] | None:
+        """The warm spares (None: made in line at each start)."""
+        return self._spare
+
     def spare_allowed(self) -> bool:
-        """Whether a spare daemon may run beside this one (:mod:`.spare`: not with a
-        shared edge map, not with a DAX window)."""
-        return not (self.has_dax or instrumented(self.installation) or (
-            self.coverage is not None and self.coverage.instrumented))
+        """Whether a spare daemon may run beside this one (:mod:`.spare`): not with a DAX
+        window, not when ``env`` names one edge map for every daemon (each daemon gets
+        its own map otherwise)."""
+        return not (self.has_dax or ENV_VAR in self.env)
 
     def prepare_daemon(self, gen: int) -> Started:
         """Daemon number ``gen``: its scratch share and canaries, started, connected and
@@ -309,16 +283,17 @@ class DaemonHarness:
         if self.canary_mode != "off":
             canaries = Canaries.plant(shared if self.canary_mode == "inside" else base, shared)
         sock = os.path.join(base, "vhost.sock")
-        env = dict(SANITIZER_ENV)
-        if self.coverage is not None:
-            env.update(self.coverage.env())
-        env.update(self.env)
         extra = daemons.dax_options(DAX_WINDOW) if self.has_dax else None
         daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
-                                 log_path=os.path.join(base, "daemon.log"), env=env)
+                                 log_path=os.path.join(base, "daemon.log"))
         s = Started(daemon, base, deque(maxlen=self.exchange.maxlen), canaries,
                     minor=FUSE_KERNEL_MINOR_VERSION, nodes={"root": 1})
         try:
+            daemon.env = dict(SANITIZER_ENV)
+            if self.coverage is not None:
+                s.coverage = self.coverage.spawn()  # this daemon's own map
+                daemon.env.update(s.coverage.env())
+            daemon.env.update(self.env)
             daemon.start()
             if self.has_dax:
                 s.window = Window(DAX_WINDOW)
@@ -339,6 +314,7 @@ class DaemonHarness:
 
     def _adopt(self, s: Started) -> None:
         self.daemon, self.transport, self.client = s.daemon, s.transport, s.client
+        self.edge_map = s.coverage
         self.window, self.dax, self.canaries, self.exchange = s.window, s.dax, s.canaries, s.exchange
         self.minor, self.flags, self.nodes, self.fhs = s.minor, s.flags, s.nodes, s.fhs
         self._inited = self.setup
@@ -347,6 +323,7 @@ class DaemonHarness:
         self.history.clear()
         self.new_log()  # skip the start-up chatter
         if self.coverage is not None:
+            self.coverage.follow(s.coverage)
             self.coverage.absorb()  # start-up and setup: not any input's coverage
 
     def new_log(self) -> str:
@@ -365,15 +342,17 @@ class DaemonHarness:
     def stop(self) -> None:
         """Close the connection and stop the daemon by PID; remove its directory (in the
         background with a spare: :meth:`close` waits for it)."""
+        if self.coverage is not None:
+            self.coverage.follow(None)  # before the daemon's own map is closed
         if self.daemon is not None:
             s = Started(self.daemon, os.path.dirname(self.daemon.shared_dir), self.exchange,
-                        transport=self.transport, window=self.window)
+                        transport=self.transport, window=self.window, coverage=self.edge_map)
             if self._spare is not None and self.spare_allowed():
                 self._spare.retire(stop_started, s)
             else:
                 stop_started(s)
         self.transport = self.client = self.daemon = None
-        self.window = self.dax = None
+        self.window = self.dax = self.edge_map = None
 
     @property
     def has_dax(self) -> bool:
@@ -639,51 +618,6 @@ class DaemonHarness:
             return True
         except Exception:  # noqa: BLE001 -- any failure means "not usable"
             return False
-
-
-def judge_reply(name: str, op: int, unique: int | None, req: Any, area: int, expected: int,
-                reply: bytes, used_len: int, minor: int,
-                previous: Callable[[], list[str]] = list) -> Outcome:
-    """The protocol oracle on one completed request (see the module docstring): ``req``
-    the decoded request (None if it does not decode), ``area`` the device-writable bytes
-    it was given (``expected``: what a kernel would give), ``reply`` the bytes written,
-    ``used_len`` the used ring's length; ``previous`` names the requests before it."""
-    ev: dict[str, Any] = {"opcode": name, "area": area, "used_len": used_len,
-                          "reply_head": reply[:64].hex()}
-    if req is not None and isinstance(req.body, dict | Container) and "size" in req.body:
-        ev["requested_size"] = req.body["size"]
-    if used_len > area:
-        return Outcome(f"{name}:used-overflow", "protocol",
-                       f"used.len {used_len} > device-writable area {area}", ev)
-    if len(reply) < OUT_SIZE:
-        if op == _OP.FUSE_INTERRUPT and not reply:
-            return Outcome(f"{name}:noreply")  # completed without an answer: allowed
-        if used_len == 0 and area < expected:
-            # We gave less room than the reply needs; nothing written is defensible.
-            return Outcome(f"{name}:noreply-small-area")
-        ev["previous"] = previous()
-        return Outcome(f"{name}:no-reply-written" if not reply else f"{name}:short",
-                       "protocol",
-                       f"request completed with {len(reply)} reply bytes (area {area})", ev)
-    h = _OUT.parse(reply, 0)
-    ev["header"] = dict(h)
-    err = h["error"]
-    if h["len"] != len(reply):
-        return Outcome(f"{name}:len-mismatch", "protocol",
-                       f"fuse_out_header.len {h['len']} != {len(reply)} bytes written", ev)
-    if unique is not None and h["unique"] != unique:
-        ev["previous"] = previous()
-        return Outcome(f"{name}:wrong-unique", "protocol",
-                       f"reply unique {h['unique']} to request unique {unique}", ev)
-    if not -511 <= err <= 0:
-        return Outcome(f"{name}:bad-errno", "protocol", f"error {err} outside (-512, 0]", ev)
-    try:
-        codec.decode_reply(reply, req if req is not None else op, minor)
-    except DecodeError as e:
-        return Outcome(f"{name}:undecodable:{type(e).__name__}", "protocol",
-                       f"reply does not decode: {type(e).__name__}: {e}", ev, reply)
-    return Outcome(f"{name}:{err}:{_bucket(len(reply))}" if err == 0 else f"{name}:{err}",
-                   reply=reply)
 
 
 def populate(shared: str) -> None:

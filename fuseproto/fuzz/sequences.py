@@ -22,7 +22,9 @@ symlinks out, another file's handle or node id), judged by the escape canaries.
 Every request is built by :func:`fuseproto.wire.codec.encode_request` (``length=`` and
 ``count`` forced where a step lies) and sent through :meth:`DaemonHarness.send_many`, so
 :func:`~fuseproto.fuzz.sanitizer.sanitize` and the daemon sandbox apply to each one.
-Programs are mutated structurally (:func:`mutate_program`: insert / delete / swap /
+Each program runs on a daemon of its own, taken from the harness's warm spares
+(:mod:`.spare`: started, connected, not yet INITed, made in the background while the
+previous program runs; its own edge map). Programs are mutated structurally (:func:`mutate_program`: insert / delete / swap /
 duplicate / regroup steps, or one step's fields through :func:`.mutate.mutate_body`).
 
 :func:`fuzz_sequences` keeps a program that lit new daemon edges (an instrumented daemon,
@@ -446,13 +448,16 @@ def program_from_json(doc: list[dict[str, Any]]) -> list[Step]:
 def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store: FindingStore, seed: int = 0,
                    hang_timeout: float = 0.5, label: str | None = None,
                    max_programs: int | None = None, coverage: CoverageMap | None = None,
-                   feedback: str = "auto", corpus_dir: str | Path | None = None) -> DaemonStats:
+                   feedback: str = "auto", corpus_dir: str | Path | None = None,
+                   spare: bool = True) -> DaemonStats:
     """Fuzz one daemon with programs for ``seconds``; findings go to ``store``. Returns a
     :class:`~fuseproto.fuzz.virtiofsd.DaemonStats` whose ``sequences`` says how many
     programs ran, the deepest state reached and every mapping request's answer, and whose
     ``edges`` the daemon's edges over time (instrumented daemons). ``coverage``,
     ``feedback`` and ``corpus_dir`` as for :func:`~fuseproto.fuzz.virtiofsd.fuzz_daemon`
-    (saved programs are JSON)."""
+    (saved programs are JSON). ``spare``: each program takes a daemon made in the
+    background (:mod:`.spare`: a warm spare; not for a DAX daemon), so a program does
+    not wait for a start."""
     label = label or installation.kind
     rng = random.Random(seed ^ 0x5E0)
     stats = DaemonStats(label)
@@ -485,7 +490,7 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
     fb = EdgeFeedback(installation, coverage, feedback)
     try:
         with DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
-                           history=100_000, coverage=fb.map) as h:
+                           history=100_000, coverage=fb.map, spare=spare) as h:
             fb.started()
             stats.version = h.version()
             while time.monotonic() < deadline and (max_programs is None

@@ -11,10 +11,13 @@ already serving, and stops retired daemons (by PID, reaped, their directories re
 in the background too.
 :meth:`Spare.close` joins every thread, so nothing outlives the harness.
 
-The harness only uses a spare where two daemons at once cannot disturb each other:
-not for an instrumented daemon (every daemon it starts shares one edge map,
-``FUSEPROTO_COV_MAP``: a spare's start-up edges would land in the live daemon's input),
-not for a DAX daemon (its window and backend channel).
+The harness only uses a spare where two daemons at once cannot disturb each other.
+An instrumented daemon may have spares: each daemon gets its own edge map
+(:meth:`~fuseproto.fuzz.coverage.CoverageMap.spawn`, in :attr:`Started.coverage`), so a
+spare's start-up edges never land in the live daemon's counters, and the map is unmapped
+and its file deleted when the daemon is stopped (:func:`stop_started`, also after a failed
+start). Not for a DAX daemon (its window and backend channel), nor when the caller's
+environment names one map for every daemon.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Started:
     flags: int = 0
     nodes: dict[str, int] = field(default_factory=dict)
     fhs: dict[str, int] = field(default_factory=dict)
+    coverage: Any = None  # its own edge map (a CoverageMap sibling), closed with it
 
     def set_up(self, init_flags: int) -> None:
         """The harness's fixed setup: INIT, LOOKUP of the files ``populate`` made, OPEN
@@ -63,8 +67,9 @@ class Started:
 
 
 def stop_started(s: Started) -> None:
-    """Close its connection, stop the daemon by PID (reaped), remove its directory and
-    window. Never raises: it also runs in the background."""
+    """Close its connection, stop the daemon by PID (reaped), remove its directory, window
+    and edge map (unmapped, its file deleted). Never raises: it also runs in the
+    background."""
     if s.transport is not None:
         with contextlib.suppress(Exception):
             s.transport.close()  # stops the daemon it owns
@@ -74,6 +79,9 @@ def stop_started(s: Started) -> None:
     if s.window is not None:
         with contextlib.suppress(Exception):
             s.window.close()
+    if s.coverage is not None:
+        with contextlib.suppress(Exception):
+            s.coverage.close()
 
 
 class _Job(Generic[T]):
@@ -129,6 +137,12 @@ class Spare(Generic[T]):
             self.made += 1
             self.taken += ready
         return job.result
+
+    def settle(self) -> int:
+        """Wait until every spare on its way is made (or failed); how many are ready."""
+        for job in list(self._jobs):
+            job.thread.join()
+        return sum(j.result is not None for j in self._jobs)
 
     def retire(self, stop: Callable[..., Any], *args: Any) -> None:
         """Run ``stop(*args)`` in the background (joined by :meth:`close`)."""

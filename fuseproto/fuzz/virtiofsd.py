@@ -46,6 +46,9 @@ __all__ = ["DaemonStats", "fuzz_daemon", "record_finding", "FEEDBACKS", "EdgeFee
 FEEDBACKS = ("auto", "coverage", "outcome")
 
 _IN = structs.FAST["fuse_in_header"]
+#: The share of mutants skipped when a feature of theirs is muted (it kept hitting a known
+#: finding); the rest are still sent, so a new finding behind that feature can come up.
+MUTED_SKIP = 0.9
 
 
 @dataclass
@@ -133,8 +136,9 @@ def fuzz_daemon(
     of ``corpus_dir``'s saved inputs), one at a time; inputs lighting new daemon edges or
     reaching a new outcome class join the corpus (see the module docstring); findings go
     to ``store``. ``coverage``: the edge map to use (shared with other loops; default:
-    a fresh one for this run). ``spare``: restarts take a daemon made in the background
-    (:mod:`.spare`; a plain daemon only)."""
+    a fresh one for this run; each daemon gets its own map beside it, one seen set).
+    ``spare``: restarts take a daemon made in the background (:mod:`.spare`; not for a
+    DAX daemon)."""
     label = label or installation.kind
     rng = random.Random(seed)
     stats = DaemonStats(label)
@@ -170,7 +174,7 @@ def fuzz_daemon(
                     data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
                                                  pools=pools, max_size=1 << 16)
                     if muted and not muted.isdisjoint(_features(data, variant, h)) \
-                            and rng.random() < 0.9:
+                            and rng.random() < MUTED_SKIP:
                         stats.skipped += 1
                         continue
                 out = h.send(data, variant)
