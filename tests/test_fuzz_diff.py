@@ -189,6 +189,16 @@ def test_a_divergence_replays(daemon_installations, tmp_path):
                         store=store, programs=[prog], max_programs=1)
     (f,) = st.findings
     assert f.signature == "diff:c-vs-rust:FUSE_LOOKUP:accepted-vs-refused:-22/0"
+    # Its pcap: each daemon's exchange after an annotation naming it, every reply paired.
+    from fuseproto.capture import decode_capture
+
+    recs = list(decode_capture(f.pcap))
+    notes = [m.raw.decode() for m in recs if m.kind == "annotation"]
+    assert notes[:2] == ["daemon c: the program's exchange",
+                         "daemon rust: the program's exchange"]
+    lookups = [m for m in recs if m.kind == "reply" and m.opcode == O.FUSE_LOOKUP]
+    assert len(lookups) == 2 and all(m.paired for m in lookups)
+    assert sorted(m.message.error for m in lookups) == [-22, 0]
     out = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "replay", f.reproducer,
                           "--json"], capture_output=True, text=True, timeout=120)
     verdict = json.loads(out.stdout)

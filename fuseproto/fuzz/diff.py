@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import daemons
+from ..capture.frames import Direction
 from ..errors import DaemonError, DecodeError, TransportError
 from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION
@@ -385,6 +386,21 @@ def _reproducer(label: str, labels: tuple[str, str], hs: tuple[DaemonHarness, Da
     }
 
 
+def pair_exchange(names: tuple[str, ...] | list[str],
+                  hs: tuple[DaemonHarness, DaemonHarness]) -> list[tuple[int, int, bytes, int]]:
+    """Both daemons' exchanges for one pcap: the first daemon's messages, then the
+    second's, each after an annotation naming the daemon (the programs are the same, so
+    are the uniques: one daemon after the other keeps every reply paired)."""
+    out: list[tuple[int, int, bytes, int]] = []
+    for name, h in zip(names, hs, strict=True):
+        ex = list(h.exchange)
+        ts = ex[0][3] if ex else time.time_ns()
+        out.append((Direction.ANNOTATION, 0, f"daemon {name}: the program's exchange"
+                    .encode(), ts))
+        out += ex
+    return out
+
+
 def _record(stats: DiffStats, store: FindingStore, label: str, pr: PairResult,
             prog: list[Step], hs: tuple[DaemonHarness, DaemonHarness]) -> int:
     """Count the divergences; file the ones not allowed. Returns how many signatures were
@@ -403,7 +419,8 @@ def _record(stats: DiffStats, store: FindingStore, label: str, pr: PairResult,
             f = Finding("diff", "divergence", sig, f"{d.op}: {d.kind}: {d.detail}"[:300],
                         daemon=label, evidence={"op": d.op, "kind": d.kind,
                                                 "errnos": list(d.errnos), "step": d.step})
-            f = store.add(f, _reproducer(label, stats.daemons, hs, prog, d, pr), ".json")
+            f = store.add(f, _reproducer(label, stats.daemons, hs, prog, d, pr), ".json",
+                          exchange=pair_exchange(stats.daemons, hs))
             if all(x.signature != f.signature for x in stats.findings):
                 stats.findings.append(f)
     return new
