@@ -30,7 +30,6 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from fuseproto import libc
@@ -67,36 +66,48 @@ class WindowFault(FuseprotoError, OSError):
         super().__init__(errno_, message)
 
 
-@dataclass(frozen=True, slots=True)
 class DeviceMapping:
-    """One live mapping in the window as the device holds it."""
+    """One live mapping in the window as the device holds it. Immutable by contract (a
+    plain slotted class, not a frozen dataclass: one is built per request and per split,
+    and a frozen dataclass costs five times as much to build). Equality and hashing ignore
+    ``source``; ``end`` is ``moffset + length``."""
 
-    moffset: int
-    length: int
-    nodeid: int
-    foffset: int
-    flags: int
-    fh: int = 0
-    source: Any = field(default=None, compare=False, repr=False)
+    __slots__ = ("moffset", "length", "nodeid", "foffset", "flags", "fh", "source", "end")
 
-    @property
-    def end(self) -> int:
-        return self.moffset + self.length
+    def __init__(self, moffset: int, length: int, nodeid: int, foffset: int, flags: int,
+                 fh: int = 0, source: Any = None) -> None:
+        self.moffset = moffset
+        self.length = length
+        self.nodeid = nodeid
+        self.foffset = foffset
+        self.flags = flags
+        self.fh = fh
+        self.source = source
+        self.end = moffset + length
+
+    def _key(self) -> tuple[int, int, int, int, int, int]:
+        return (self.moffset, self.length, self.nodeid, self.foffset, self.flags, self.fh)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"DeviceMapping(moffset={self.moffset!r}, length={self.length!r}, "
+                f"nodeid={self.nodeid!r}, foffset={self.foffset!r}, flags={self.flags!r}, "
+                f"fh={self.fh!r})")
 
     def file_offset(self, moffset: int) -> int:
         return self.foffset + (moffset - self.moffset)
 
     def piece(self, start: int, end: int) -> DeviceMapping:
         """The part of this mapping covering window bytes ``[start, end)``."""
-        return DeviceMapping(
-            start,
-            end - start,
-            self.nodeid,
-            self.file_offset(start),
-            self.flags,
-            self.fh,
-            self.source,
-        )
+        return DeviceMapping(start, end - start, self.nodeid, self.foffset + (start - self.moffset),
+                             self.flags, self.fh, self.source)
 
 
 class WindowDevice:
@@ -162,13 +173,13 @@ class WindowDevice:
 
     # The refusal rules (EINVAL), shared by every device including the simulator's.
     def _bad_range(self, offset: int, length: int) -> bool:
-        a = self.alignment
+        a = 1 << (self.map_alignment or 0)  # self.alignment, without the property call
         return (
             length <= 0 or offset % a != 0 or length % a != 0 or offset + length > self.window_size
         )
 
     def _bad_setup(self, moffset: int, length: int, foffset: int) -> bool:
-        return self._bad_range(moffset, length) or bool(foffset % self.alignment)
+        return self._bad_range(moffset, length) or bool(foffset % (1 << (self.map_alignment or 0)))
 
     def _bad_remove(self, count: int | None, ranges: Sequence[tuple[int, int]]) -> bool:
         """``count`` None: no count field to check (the entries are all there is)."""
@@ -193,15 +204,15 @@ class WindowDevice:
         return 0
 
     def _remove(self, body: Any) -> int:
-        entries = list(body.entries)
-        if self._bad_remove(body.count, [(e.moffset, e.len) for e in entries]):
+        ranges = [(e["moffset"], e["len"]) for e in body["entries"]]
+        if self._bad_remove(body["count"], ranges):
             return errno.EINVAL
-        for e in entries:
+        for moffset, length in ranges:
             try:
-                self._apply_unmap(e.moffset, e.len)
+                self._apply_unmap(moffset, length)
             except OSError as ex:
                 return ex.errno or errno.EIO
-            self._carve(e.moffset, e.moffset + e.len)
+            self._carve(moffset, moffset + length)
         return 0
 
     # ---- extent map -----------------------------------------------------------------
@@ -212,13 +223,16 @@ class WindowDevice:
     def _carve(self, start: int, end: int) -> list[DeviceMapping]:
         """Remove window bytes ``[start, end)`` from the extent map, splitting extents
         that straddle the edges; returns the removed pieces."""
-        removed = []
-        i = bisect.bisect_right(self._starts, start) - 1
-        if i < 0 or self._ext[self._starts[i]].end <= start:
+        removed: list[DeviceMapping] = []
+        starts, ext = self._starts, self._ext
+        i = bisect.bisect_right(starts, start) - 1
+        if i < 0 or ext[starts[i]].end <= start:
             i += 1
-        while i < len(self._starts) and self._starts[i] < end:
-            m = self._ext.pop(self._starts[i])
-            del self._starts[i]
+            if i >= len(starts) or starts[i] >= end:
+                return removed  # nothing there: nothing released
+        while i < len(starts) and starts[i] < end:
+            m = ext.pop(starts[i])
+            del starts[i]
             removed.append(m.piece(max(start, m.moffset), min(end, m.end)))
             if m.moffset < start:
                 left = m.piece(m.moffset, start)
@@ -259,9 +273,15 @@ class WindowDevice:
         None)`` pieces."""
         out: list[tuple[int, int, DeviceMapping | None]] = []
         pos, end = moffset, moffset + length
-        i = max(bisect.bisect_right(self._starts, pos) - 1, 0)
+        starts, ext = self._starts, self._ext
+        i = bisect.bisect_right(starts, pos) - 1
+        if i >= 0 and length > 0:  # the common case: one mapping covers it all
+            m = ext[starts[i]]
+            if m.end >= end:
+                return [(pos, end, m)]
+        i = max(i, 0)
         while pos < end:
-            m = self._ext[self._starts[i]] if i < len(self._starts) else None
+            m = ext[starts[i]] if i < len(starts) else None
             if m is not None and m.end <= pos:
                 i += 1
                 continue
@@ -342,11 +362,12 @@ class ModelDevice(WindowDevice):
     def _apply_map(self, m: DeviceMapping) -> DeviceMapping:
         if self.files is None:
             return m
-        if m.nodeid not in self.files:
-            raise OSError(errno.EBADF, f"no host file for nodeid {m.nodeid}")
         # Like mmap, the mapping holds the file itself: if the node id is later given to
         # another file, this mapping still shows the old one.
-        src = self.files.data(m.nodeid)
+        try:
+            src = self.files.data(m.nodeid)
+        except (KeyError, FileNotFoundError):
+            raise OSError(errno.EBADF, f"no host file for nodeid {m.nodeid}") from None
         return DeviceMapping(m.moffset, m.length, m.nodeid, m.foffset, m.flags, m.fh, src)
 
     def _bytes_of(self, m: DeviceMapping) -> bytearray:
@@ -357,9 +378,12 @@ class ModelDevice(WindowDevice):
         self._check_inside(moffset, length)
         if self.files is None:
             return bytes(length)
-        out = bytearray()
-        for start, end, m in self.segments(moffset, length):
+        segs = self.segments(moffset, length)
+        out = bytearray() if len(segs) > 1 else None  # one piece: its bytes as they are
+        for start, end, m in segs:
             if m is None:
+                if out is None:
+                    return bytes(end - start)
                 out += bytes(end - start)
                 continue
             data = self._bytes_of(m)
@@ -372,9 +396,12 @@ class ModelDevice(WindowDevice):
                 )
             f0 = m.file_offset(start)
             chunk = data[f0 : f0 + (end - start)]
+            if len(chunk) < end - start:
+                chunk = bytes(chunk) + bytes(end - start - len(chunk))
+            if out is None:
+                return bytes(chunk)
             out += chunk
-            out += bytes(end - start - len(chunk))
-        return bytes(out)
+        return bytes(out) if out is not None else b""
 
     def write(self, moffset: int, data: bytes) -> None:
         self._check_inside(moffset, len(data))

@@ -30,6 +30,7 @@ from .messages import (
     REMOVEMAPPING_MAX_ENTRY,
     DaxMessage,
 )
+from .policy_rules import free_list_follows_fifo, stack_evictions
 from .violations import (
     DEFAULT_INVARIANTS,
     INVARIANTS,
@@ -95,13 +96,13 @@ class DaxChecker:
             oracle = lambda n, o, s: bytes(files.data(n)[o : o + s])  # noqa: E731
         self.oracle = oracle
         self.policy = policy
-        self.enabled = frozenset(DEFAULT_INVARIANTS if enabled is None else enabled)
-        unknown = self.enabled - set(INVARIANTS)
-        if unknown:
+        self.enabled = DEFAULT_INVARIANTS if enabled is None else frozenset(enabled)
+        if unknown := self.enabled - INVARIANTS.keys():
             raise ValueError(f"unknown invariants {sorted(unknown)}")
         self.raise_on_violation = raise_on_violation
         self.violations: list[Violation] = []
         self.managers: list[DaxManager] = []
+        self._units: dict[int, int | None] = {}
         self._prev: dict[int, dict[str, Any]] = {}
         self._forgotten: dict[int, set[int]] = {}
         # (Linux) window offsets each manager sent a SETUPMAPPING for since its last
@@ -143,6 +144,13 @@ class DaxChecker:
         """Tell the checker a node was forgotten (its mappings may leave the view from
         anywhere in the stack)."""
         self._forgotten.setdefault(id(manager), set()).add(nodeid)
+
+    def _unit(self, manager: DaxManager) -> int | None:
+        """:func:`policy_unit`, asked once per manager (it is fixed at construction)."""
+        key = id(manager)
+        if key not in self._units:
+            self._units[key] = policy_unit(manager)
+        return self._units[key]
 
     def _policy(self, manager: DaxManager | None) -> str | None:
         if self.policy != "auto":
@@ -234,7 +242,7 @@ class DaxChecker:
     # ---- DaxObserver ----------------------------------------------------------------------------
     def on_send(self, manager: DaxManager, msg: DaxMessage) -> None:
         self.check_message(msg, manager)
-        unit = policy_unit(manager)
+        unit = self._unit(manager)
         if unit is not None:
             self._check_unit(msg, manager, unit)
         setup = msg.opcode == FUSE_SETUPMAPPING
@@ -273,7 +281,8 @@ class DaxChecker:
             self._set_up.setdefault(id(manager), set()).add(moff)
             # A range in use is mapped: a SETUPMAPPING where the device maps nothing
             # cannot remap one (and asking the manager costs a walk of all its ranges).
-            if all(m is None for _a, _b, m in dev.segments(moff, length)):
+            segs = dev.segments(moff, length)
+            if segs[0][2] is None if len(segs) == 1 else all(m is None for *_, m in segs):
                 return
         pinned = manager.pinned()
         if not pinned:
@@ -407,15 +416,15 @@ class DaxChecker:
         size = _file_size(manager, nodeid)
         if size is not None:
             end = min(end, size)
-        if (unit := policy_unit(manager)) is None:  # no unit said: its policy is its own
+        if (unit := self._unit(manager)) is None:  # no unit said: its policy is its own
             return
         lo = offset // unit * unit
         hi = max(-(-end // unit) * unit, lo)
         # The writable upgrade re-sends a mapping already there: not a new one.
         new = [m for m in pending if not self._is_upgrade(manager, m)]
-        outside = [m for m in new if m.nodeid != nodeid or m.body.foffset < lo
-                   or m.body.foffset + m.body.len > hi]
-        total = sum(m.body.len for m in new)
+        outside = [m for m in new if m.nodeid != nodeid or m.body["foffset"] < lo
+                   or m.body["foffset"] + m.body["len"] > hi]
+        total = sum(m.body["len"] for m in new)
         if outside or total > hi - lo:
             self._fail(
                 "miss_span",
@@ -456,8 +465,8 @@ class DaxChecker:
             )
 
     # ---- state checks -------------------------------------------------------------------------
-    def _snapshot(self, m: DaxManager) -> dict[str, Any]:
-        snap: dict[str, Any] = {"view": m.view()}
+    def _snapshot(self, m: DaxManager, view: list[ViewEntry] | None = None) -> dict[str, Any]:
+        snap: dict[str, Any] = {"view": m.view() if view is None else view}
         free_list = getattr(m, "free_list", None)
         if callable(free_list):
             snap["free"] = free_list()
@@ -580,19 +589,13 @@ class DaxChecker:
                         break
                     seen[key] = e.moffset + (off - e.foffset)
         prev = self._prev.get(id(m))
-        now = self._snapshot(m)
+        now = self._snapshot(m, view)
         policy = self._policy(m)
         if prev is not None and policy == "osv":
             self._check_stack(m, prev["view"], view)
         if prev is not None and policy == "linux" and "free" in prev:
             old, new = prev["free"], now["free"]
-            # new == old[k:] + (ranges freed since), for some k ranges taken from the head;
-            # each range taken was then set up at its offset, so old[:k] were all set up
-            set_up = self._set_up.get(id(m), set())
-            k_max = next((i for i, off in enumerate(old) if off not in set_up), len(old))
-            # ranges are unique: old[k:] (when not empty) starts where new starts
-            ks = {len(old)} | ({old.index(new[0])} if new and new[0] in old else set())
-            if not any(k <= k_max and old[k:] == new[: len(old) - k] for k in ks):
+            if not free_list_follows_fifo(old, new, self._set_up.get(id(m), ())):
                 self._fail(
                     "linux_free_fifo",
                     f"free list went from {[hex(x) for x in old]} to {[hex(x) for x in new]}",
@@ -604,30 +607,10 @@ class DaxChecker:
         self._remapped.pop(id(m), None)
 
     def _check_stack(self, m: DaxManager, old: list[ViewEntry], new: list[ViewEntry]) -> None:
-        forgotten = self._forgotten.get(id(m), set())
-        new_set = set(new)
-        remapped = self._remapped.get(id(m), [])
-        kept = [e for e in old if e in new_set
-                and not any(lo < e.end and e.moffset < hi for lo, hi in remapped)]
-        kept_top = max((e.end for e in kept), default=0)
-        new_by_start = {e.moffset: e for e in new}
-        for e in old:
-            if e in new_set or e.nodeid in forgotten:
-                continue
-            # gone or shrunk (or extended, when it was the top): what vanished must lie
-            # above every mapping that stayed
-            cur = new_by_start.get(e.moffset)
-            if cur is not None and cur.nodeid == e.nodeid and cur.foffset == e.foffset:
-                lost_from = cur.end if cur.length < e.length else None
-            else:
-                lost_from = e.moffset
-            if lost_from is not None and lost_from < kept_top:
-                self._fail(
-                    "osv_stack",
-                    f"{fmt_view([e])} was evicted below the top of the "
-                    f"stack (a kept mapping ends at {kept_top:#x})",
-                    manager=m,
-                )
+        for e, kept_top in stack_evictions(old, new, self._forgotten.get(id(m), ()),
+                                           self._remapped.get(id(m), [])):
+            self._fail("osv_stack", f"{fmt_view([e])} was evicted below the top of the "
+                       f"stack (a kept mapping ends at {kept_top:#x})", manager=m)
 
 
 # ---- captured traces --------------------------------------------------------------------------

@@ -40,6 +40,8 @@ import bisect
 import errno
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 
 from .device import WindowDevice, WindowFault
 from .host import FuseBackend
@@ -52,6 +54,10 @@ from .messages import (
 )
 
 __all__ = ["FUSE_DAX_SHIFT", "LinuxDaxManager"]
+
+_REFCNT = attrgetter("refcnt")
+_NODEID = attrgetter("nodeid")
+_WINDOW_OFFSET = attrgetter("window_offset")
 
 FUSE_DAX_SHIFT = 21
 FUSE_DAX_RECLAIM_CHUNK = 10
@@ -125,7 +131,8 @@ class LinuxDaxManager(DaxManager):
         nr = device.window_size >> range_shift
         self.nr_ranges = nr
         self.free_threshold = max(nr * reclaim_threshold // 100, 1)
-        self._ranges = [_Range(i << range_shift, self.range_size) for i in range(nr)]
+        size = self.range_size
+        self._ranges = list(map(_Range, range(0, nr * size, size), repeat(size, nr)))
         self._free: deque[_Range] = deque(self._ranges)
         self._busy: dict[int, _Range] = {}  # window offset -> range, in busy-list order
         self._inodes: dict[int, _InodeDax] = {}
@@ -136,7 +143,7 @@ class LinuxDaxManager(DaxManager):
     # ---- lists ---------------------------------------------------------------------------------
     def free_list(self) -> list[int]:
         """Window offsets of the free ranges, head first."""
-        return [r.window_offset for r in self._free]
+        return list(map(_WINDOW_OFFSET, self._free))
 
     def busy_list(self) -> list[int]:
         return list(self._busy)
@@ -172,7 +179,10 @@ class LinuxDaxManager(DaxManager):
         r.writable = writable
         if not upgrade:
             r.nodeid, r.start_idx = nodeid, start_idx
-            self._inodes.setdefault(nodeid, _InodeDax()).insert(r)
+            inode = self._inodes.get(nodeid)
+            if inode is None:
+                inode = self._inodes[nodeid] = _InodeDax()
+            inode.insert(r)
             self._busy[r.window_offset] = r
         return 0
 
@@ -403,7 +413,10 @@ class LinuxDaxManager(DaxManager):
         r.refcnt -= 1
 
     def pinned(self) -> list[tuple[int, int]]:
-        return [(r.window_offset, r.length) for r in self._ranges if r.refcnt > 1]
+        ranges = self._ranges
+        if max(map(_REFCNT, ranges), default=1) <= 1:  # every count looked at, in C
+            return []
+        return [(r.window_offset, r.length) for r in ranges if r.refcnt > 1]
 
     def view(self) -> list[ViewEntry]:
         return [
@@ -417,17 +430,22 @@ class LinuxDaxManager(DaxManager):
         return Accounting(len(self._busy) * sz, len(self._free) * sz, self.nr_ranges * sz)
 
     def check_valid(self) -> None:
-        free_ids = {id(r) for r in self._free}
-        assert len(free_ids) == len(self._free), "a range twice on the free list"
-        for r in self._ranges:
-            in_busy = self._busy.get(r.window_offset) is r
-            assert in_busy != (id(r) in free_ids), f"{r} must be on exactly one list"
-            assert r.refcnt >= 1
-            if in_busy:
-                assert r.nodeid is not None and self._inodes[r.nodeid].tree.get(r.start_idx) is r
-            else:
-                assert r.nodeid is None, f"free range still owned: {r}"
-        for nodeid, inode in self._inodes.items():
+        # Whole-window facts through map() (C loops: this runs at every full check, over
+        # up to hundreds of ranges); Python loops only over the busy ranges.
+        free, busy, inodes, ranges = self._free, self._busy, self._inodes, self._ranges
+        free_ids = set(map(id, free))
+        assert len(free_ids) == len(free), "a range twice on the free list"
+        busy_ids = set(map(id, busy.values()))
+        if not free_ids.isdisjoint(busy_ids) or free_ids | busy_ids != set(map(id, ranges)):
+            bad = [r for r in ranges if (id(r) in free_ids) == (id(r) in busy_ids)]
+            raise AssertionError(f"{bad[:1] or 'a foreign range'} must be on exactly one list")
+        assert list(busy) == list(map(_WINDOW_OFFSET, busy.values())), "busy list keys"
+        assert min(map(_REFCNT, ranges), default=1) >= 1, "a reference count below 1"
+        if not set(map(_NODEID, free)) <= {None}:
+            raise AssertionError(f"free range still owned: {[r for r in free if r.nodeid][:1]}")
+        for r in busy.values():
+            assert r.nodeid is not None and inodes[r.nodeid].tree.get(r.start_idx) is r
+        for nodeid, inode in inodes.items():
             assert inode.keys == sorted(inode.tree), f"inode {nodeid} index out of order"
             for idx, r in inode.tree.items():
                 assert r.nodeid == nodeid and r.start_idx == idx

@@ -49,9 +49,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ViewEntry:
-    """One live mapping in a manager's own view of the window."""
+class ViewEntry(NamedTuple):
+    """One live mapping in a manager's own view of the window. A NamedTuple (immutable,
+    compared and hashed by value): every full check builds the whole view, and a frozen
+    dataclass costs several times as much to build."""
 
     moffset: int
     length: int

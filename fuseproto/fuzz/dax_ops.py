@@ -203,6 +203,9 @@ PAGE = 4096
 
 def pattern_bytes(key: int, offset: int, n: int) -> bytes:
     """``n`` bytes of the pattern stream ``key`` from ``offset``."""
+    if n <= _POOL_SIZE:  # one slice (every read: READ_MAX is far below the pool's size)
+        start = (offset + key) % _POOL_SIZE
+        return _POOL2[start:start + max(n, 0)]
     parts = []
     while n > 0:
         start = (offset + key) % _POOL_SIZE
@@ -238,6 +241,8 @@ class PatternFile:
             return b""
         pages = self.pages
         if not pages:
+            if b <= self.base:  # all original bytes: one slice of the pool
+                return pattern_bytes(self.key, a, b - a)
             return self._base(a, b)
         parts = []
         pos = a
