@@ -147,10 +147,10 @@ class DaxChecker:
 
     def _unit(self, manager: DaxManager) -> int | None:
         """:func:`policy_unit`, asked once per manager (it is fixed at construction)."""
-        key = id(manager)
-        if key not in self._units:
-            self._units[key] = policy_unit(manager)
-        return self._units[key]
+        unit = self._units.get(id(manager), 0)
+        if unit == 0:
+            unit = self._units[id(manager)] = policy_unit(manager)
+        return unit
 
     def _policy(self, manager: DaxManager | None) -> str | None:
         if self.policy != "auto":
@@ -248,7 +248,11 @@ class DaxChecker:
         setup = msg.opcode == FUSE_SETUPMAPPING
         body = msg.body
         if setup:
-            self._pending.setdefault(id(manager), []).append(msg)
+            pending = self._pending.get(id(manager))
+            if pending is None:
+                self._pending[id(manager)] = [msg]
+            else:
+                pending.append(msg)
             size = _file_size(manager, msg.nodeid)
             if size is not None and body["foffset"] >= size:
                 self._fail(
@@ -278,7 +282,10 @@ class DaxChecker:
         dev = manager.device
         if setup:
             moff, length = msg.body["moffset"], msg.body["len"]
-            self._set_up.setdefault(id(manager), set()).add(moff)
+            set_up = self._set_up.get(id(manager))
+            if set_up is None:
+                set_up = self._set_up[id(manager)] = set()
+            set_up.add(moff)
             # A range in use is mapped: a SETUPMAPPING where the device maps nothing
             # cannot remap one (and asking the manager costs a walk of all its ranges).
             segs = dev.segments(moff, length)
@@ -421,7 +428,11 @@ class DaxChecker:
         lo = offset // unit * unit
         hi = max(-(-end // unit) * unit, lo)
         # The writable upgrade re-sends a mapping already there: not a new one.
-        new = [m for m in pending if not self._is_upgrade(manager, m)]
+        new = pending
+        if any(m.body["flags"] & FLAG_WRITE for m in pending):
+            there = {(e.moffset, e.nodeid, e.foffset) for e in manager.view()}
+            new = [m for m in pending if not (m.body["flags"] & FLAG_WRITE and (
+                m.body["moffset"], m.nodeid, m.body["foffset"]) in there)]
         outside = [m for m in new if m.nodeid != nodeid or m.body["foffset"] < lo
                    or m.body["foffset"] + m.body["len"] > hi]
         total = sum(m.body["len"] for m in new)
@@ -435,14 +446,6 @@ class DaxChecker:
                 outside[0] if outside else new[-1],
                 manager,
             )
-
-    @staticmethod
-    def _is_upgrade(manager: DaxManager, msg: DaxMessage) -> bool:
-        if not msg.body.flags & FLAG_WRITE:
-            return False
-        b = msg.body
-        return any(e.moffset == b.moffset and e.nodeid == msg.nodeid and e.foffset == b.foffset
-                   for e in manager.view())
 
     def check_refused(self, msg: DaxMessage, error: int, why: str, changed: bool) -> None:
         """invalid_accepted: ``msg`` (invalid: ``why``) got ``error``; ``changed``: the

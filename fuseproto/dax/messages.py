@@ -143,6 +143,6 @@ def removemapping(
 ) -> DaxMessage:
     """``entries`` are ``(moffset, len)``; ``count`` forces fuse_removemapping_in.count
     (only for building deliberately broken messages in tests and fuzzers)."""
-    ents = ListContainer(Container(moffset=m, len=n) for m, n in entries)
+    ents = ListContainer([Container(moffset=m, len=n) for m, n in entries])
     body = Container(count=len(ents) if count is None else count, entries=ents)
     return DaxMessage(FUSE_REMOVEMAPPING, nodeid, body, unique, sender)

@@ -222,7 +222,7 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
     for step, op in enumerate(program.ops):
         before, warned = len(dev.injected), run.warnings()
         run.apply(kinds[op.kind % len(kinds)], op)
-        refused = dev.injected[before:]
+        refused = dev.injected[before:] if len(dev.injected) > before else None
         if refused:
             run.judge_refused(refused, warned)
         run.check(bool(refused) or (step + 1) % full_every == 0)
