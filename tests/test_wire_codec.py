@@ -125,6 +125,30 @@ def test_sizes_at_minor(minor):
                                     minor=minor) == data
 
 
+def _plain(parts):
+    return None if parts is None else [
+        (type(p).__name__, sorted((k, v) for k, v in vars(p).items()
+                                  if isinstance(v, int | str | tuple | type(None))))
+        for p in parts]
+
+
+def test_layouts_change_only_at_minor_steps():
+    """The cached parts lookups key by messages.layout_step: every rule must give the same
+    layout at a minor as at its step (a rule comparing with a minor not in MINOR_STEPS
+    fails here), and one parts tuple serves every minor of a step."""
+    minors = [*range(0, 16), 22, 23, 36, 46, 47, 255, 1 << 31]
+    for table, extra in ((messages.REQUESTS, (False, True)), (messages.REPLIES, (None, 0, 1))):
+        for op, rule in table.items():
+            for x in extra:
+                for minor in minors:
+                    step = messages.layout_step(minor)
+                    assert step <= minor and (step == 0 or step in messages.MINOR_STEPS)
+                    assert _plain(rule(minor, x)) == _plain(rule(step, x)), (op, minor, x)
+    assert messages.request_parts(O.FUSE_WRITE, 12) is messages.request_parts(O.FUSE_WRITE, 200)
+    assert messages.request_parts(O.FUSE_WRITE, 8) is not messages.request_parts(O.FUSE_WRITE, 9)
+    assert messages.reply_parts(O.FUSE_STATFS, 3) is messages.reply_parts(O.FUSE_STATFS, 0)
+
+
 @pytest.mark.parametrize("minor,init_in,init_out", [(22, 16, 24), (23, 16, 64), (36, 64, 64), (46, 64, 64)])
 def test_init_sizes_per_minor(minor, init_in, init_out):
     """A kernel at ``minor`` sends init_in of its size; a daemon at ``minor`` answers likewise."""

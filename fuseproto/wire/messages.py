@@ -184,6 +184,8 @@ __all__ = [
     "prefixed_builder",
     "request_parts_of",
     "reply_parts_of",
+    "layout_step",
+    "MINOR_STEPS",
     "REQUESTS",
     "REPLIES",
     "NOTIFICATIONS",
@@ -237,11 +239,11 @@ def _nothing(minor: int, xsize: Any) -> Parts:
 
 
 def _entry_out(minor: int, xsize: int | None) -> Parts:
-    return (Fixed("fuse_entry_out", C.FUSE_COMPAT_ENTRY_OUT_SIZE if minor < 9 else None),)
+    return (Fixed("fuse_entry_out", C.FUSE_COMPAT_ENTRY_OUT_SIZE if minor < _V9 else None),)
 
 
 def _attr_out(minor: int, xsize: int | None) -> Parts:
-    return (Fixed("fuse_attr_out", C.FUSE_COMPAT_ATTR_OUT_SIZE if minor < 9 else None),)
+    return (Fixed("fuse_attr_out", C.FUSE_COMPAT_ATTR_OUT_SIZE if minor < _V9 else None),)
 
 
 def _xattr_out(minor: int, xsize: int | None) -> Parts:
@@ -255,6 +257,14 @@ _MKNOD_COMPAT = C.FUSE_COMPAT_MKNOD_IN_SIZE  # before 7.12
 _WRITE_COMPAT = C.FUSE_COMPAT_WRITE_IN_SIZE  # before 7.9
 _SETXATTR_COMPAT = C.FUSE_COMPAT_SETXATTR_IN_SIZE  # without FUSE_SETXATTR_EXT
 _STATFS_COMPAT = C.FUSE_COMPAT_STATFS_SIZE  # before 7.4
+# The minors from which a layout grows (the only minors the rules below compare with):
+# fuse_statfs_out from 7.4; fuse_entry_out, fuse_attr_out and fuse_write_in from 7.9;
+# fuse_mknod_in from 7.12.
+_V4, _V9, _V12 = 4, 9, 12
+#: Every minor at which some body's layout changes: between two steps every rule gives
+#: the same parts, so the cached lookups key by :func:`layout_step` (an untrusted minor
+#: makes at most one parts tuple per step, not one per value).
+MINOR_STEPS = (_V4, _V9, _V12)
 
 # --- requests, in fuse.h's opcode order ---------------------------------------------------
 
@@ -266,7 +276,7 @@ REQUESTS: dict[int, RequestRule] = {
     _OP.FUSE_READLINK: _nothing,
     _OP.FUSE_SYMLINK: lambda minor, xext: (Name(), Name("link")),
     _OP.FUSE_MKNOD: lambda minor, xext: (
-        Fixed("fuse_mknod_in", _MKNOD_COMPAT if minor < 12 else None),
+        Fixed("fuse_mknod_in", _MKNOD_COMPAT if minor < _V12 else None),
         Name(),
     ),
     _OP.FUSE_MKDIR: lambda minor, xext: (Fixed("fuse_mkdir_in"), Name()),
@@ -277,7 +287,7 @@ REQUESTS: dict[int, RequestRule] = {
     _OP.FUSE_OPEN: _in("fuse_open_in"),
     _OP.FUSE_READ: _in("fuse_read_in"),
     _OP.FUSE_WRITE: lambda minor, xext: (
-        Fixed("fuse_write_in", _WRITE_COMPAT if minor < 9 else None, {"size": _len_of("data")}),
+        Fixed("fuse_write_in", _WRITE_COMPAT if minor < _V9 else None, {"size": _len_of("data")}),
         Sized("data", "size"),
     ),
     _OP.FUSE_STATFS: _nothing,
@@ -357,7 +367,7 @@ REPLIES: dict[int, ReplyRule] = {
     _OP.FUSE_READ: lambda minor, xsize: (Rest("data"),),
     _OP.FUSE_WRITE: _out("fuse_write_out"),
     _OP.FUSE_STATFS: lambda minor, xsize: (
-        Fixed("fuse_statfs_out", _STATFS_COMPAT if minor < 4 else None),
+        Fixed("fuse_statfs_out", _STATFS_COMPAT if minor < _V4 else None),
     ),
     _OP.FUSE_RELEASE: _nothing,
     _OP.FUSE_FSYNC: _nothing,
@@ -436,12 +446,27 @@ NOTIFICATIONS: dict[int, Callable[[], Parts]] = {
 # --- the cached lookups --------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)
+def layout_step(minor: int) -> int:
+    """The lowest minor whose layouts are ``minor``'s: the last of :data:`MINOR_STEPS`
+    at or below it (0 below the first)."""
+    if minor >= _V12:
+        return _V12
+    if minor >= _V9:
+        return _V9
+    return _V4 if minor >= _V4 else 0
+
+
 def request_parts_of(opcode: int, minor: int, setxattr_ext: bool) -> Parts | None:
     """:func:`request_parts` keyed by plain values (``setxattr_ext``: FUSE_SETXATTR_EXT
-    negotiated), the form the codec caches by. Same tuple object for the same key."""
+    negotiated), the form the codec caches by. Same tuple object for the same key, and for
+    every minor of one :func:`layout_step`."""
+    return _request_parts(opcode, layout_step(minor), setxattr_ext)
+
+
+@lru_cache(maxsize=4096)
+def _request_parts(opcode: int, step: int, setxattr_ext: bool) -> Parts | None:
     rule = REQUESTS.get(opcode)
-    return None if rule is None else rule(minor, setxattr_ext)
+    return None if rule is None else rule(step, setxattr_ext)
 
 
 def request_parts(opcode: int, minor: int = 46, flags: int = 0) -> Parts | None:
@@ -452,11 +477,16 @@ def request_parts(opcode: int, minor: int = 46, flags: int = 0) -> Parts | None:
     return request_parts_of(int(opcode), int(minor), bool(flags & FUSE_SETXATTR_EXT))
 
 
-@lru_cache(maxsize=4096)
 def reply_parts_of(opcode: int, minor: int, xattr_size: int | None) -> Parts | None:
-    """:func:`reply_parts` keyed by plain values (``xattr_size`` already 0, 1 or None)."""
+    """:func:`reply_parts` keyed by plain values (``xattr_size`` already 0, 1 or None);
+    one tuple per :func:`layout_step` as for requests."""
+    return _reply_parts(opcode, layout_step(minor), xattr_size)
+
+
+@lru_cache(maxsize=4096)
+def _reply_parts(opcode: int, step: int, xattr_size: int | None) -> Parts | None:
     rule = REPLIES.get(opcode)
-    return None if rule is None else rule(minor, xattr_size)
+    return None if rule is None else rule(step, xattr_size)
 
 
 def reply_parts(opcode: int, minor: int = 46, xattr_size: int | None = None) -> Parts | None:
