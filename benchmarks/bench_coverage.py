@@ -13,8 +13,10 @@ Same machine, same seconds, one run, one after the other (never two daemons at o
    first, which light most of what single requests ever reach);
 2. **requests/s**: the same loop for ``--rate-seconds`` (default 20) against
    ``c-asan-cov`` (edges read after every request) and against the packaged ``c`` build
-   (plain): the price of ASan + UBSan + coverage, as a ratio; and without restarts (the
-   clean seed requests replayed for up to 10 s each), the price per request alone.
+   (plain): the price of ASan + UBSan + coverage, as a ratio; ``c-asan-cov`` again with
+   every daemon started in line (``spare=False``): what its warm spares (each daemon with
+   its own edge map) are worth; and without restarts (the clean seed requests replayed
+   for up to 10 s each), the price per request alone.
 
 ``--targets`` runs several live targets in each arm, one after the other, the seconds
 split evenly, all folding into one edge map (the union the live fuzzer reached):
@@ -50,24 +52,26 @@ TARGETS = ("requests", "sequences", "chains", "control_plane")
 
 
 def run_target(inst: daemons.Installation, target: str, seconds: float, seed: int,
-               feedback: str, cov: CoverageMap, store: FindingStore) -> Any:
-    """One live target for ``seconds`` on ``inst``, its edges folded into ``cov``."""
+               feedback: str, cov: CoverageMap, store: FindingStore, spare: bool = True
+               ) -> Any:
+    """One live target for ``seconds`` on ``inst``, its edges folded into ``cov``
+    (``spare``: the single-request loop and the sequence programs take warm spares)."""
     from fuseproto.fuzz.chains import fuzz_chains
     from fuseproto.fuzz.control_plane import fuzz_control_plane
 
     kw = {"seconds": seconds, "store": store, "seed": seed, "feedback": feedback,
           "label": inst.variant, "coverage": cov}
     if target == "sequences":
-        return fuzz_sequences(inst, **kw)
+        return fuzz_sequences(inst, spare=spare, **kw)
     if target == "chains":
         return fuzz_chains(inst, **kw)
     if target == "control_plane":
         return fuzz_control_plane(inst, **kw)
-    return virtiofsd.fuzz_daemon(inst, **kw)
+    return virtiofsd.fuzz_daemon(inst, spare=spare, **kw)
 
 
 def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str,
-            targets: tuple[str, ...]) -> dict[str, Any]:
+            targets: tuple[str, ...], spare: bool = True) -> dict[str, Any]:
     """One arm: ``targets`` one after the other (``seconds`` split evenly), all folding
     into one edge map, so the edges are the union the live fuzzer reached."""
     share = seconds / len(targets)
@@ -79,7 +83,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
         store = FindingStore(tmp)
         for t in targets:
             before = cov.seen
-            st = run_target(inst, t, share, seed, feedback, cov, store)
+            st = run_target(inst, t, share, seed, feedback, cov, store, spare)
             per[t] = cov.seen - before
             requests += getattr(st, "requests", 0) or getattr(st, "inputs", 0) \
                 or getattr(st, "programs", 0)
@@ -93,6 +97,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
         findings = len(store)
     tl = e.get("timeline") or [[0, 0]]
     return {"feedback": feedback, "daemon": inst.variant, "targets": list(targets),
+            "spare": spare,
             "seconds": round(seconds, 1), "requests": requests,
             "per_second": round(requests / seconds, 1) if seconds else 0.0,
             "edges": e.get("edges", 0), "guards": e.get("guards", 0),
@@ -182,13 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         plain = daemons.find("c") or daemons.install("c")
         print(f"== requests/s in the live loop, {a.rate_seconds:.0f} s each")
         rates = [run_arm(plain, a.rate_seconds, a.seed, "auto", targets[:1]),
-                 run_arm(inst, a.rate_seconds, a.seed, "auto", targets[:1])]
+                 run_arm(inst, a.rate_seconds, a.seed, "auto", targets[:1]),
+                 run_arm(inst, a.rate_seconds, a.seed, "auto", targets[:1], spare=False)]
         for r in rates:
-            print(f"{r['daemon']:12s} {r['per_second']:8.0f} requests/s "
-                  f"({r['requests']} requests, {r['starts']} daemon starts)")
+            how = "warm spares" if r["spare"] else "starts in line"
+            print(f"{r['daemon']:12s} {how:15s} {r['per_second']:8.0f} requests/s "
+                  f"({r['requests']} requests, {r['starts']} daemon starts, "
+                  f"{r['edges']} edges)")
         slow = rates[0]["per_second"] / rates[1]["per_second"] if rates[1]["per_second"] else 0
+        gain = rates[1]["per_second"] / rates[2]["per_second"] if rates[2]["per_second"] else 0
         print(f"packaged c / c-asan-cov: {slow:.2f}x (the loop restarts a daemon after every "
-              "crash: start-up dominates)")
+              "crash, a program starts on a fresh one: start-up dominates); c-asan-cov with "
+              f"warm spares / starts in line: {gain:.2f}x")
+        result["spare_gain"] = round(gain, 3)
         steady = [steady_rate(plain, min(10.0, a.rate_seconds)),
                   steady_rate(inst, min(10.0, a.rate_seconds))]
         print(f"no restarts (clean seed requests replayed): c {steady[0]:.0f}/s, c-asan-cov "
