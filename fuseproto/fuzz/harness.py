@@ -58,7 +58,7 @@ from construct import Container
 
 from .. import daemons
 from ..client import Client
-from ..errors import DaemonError, DecodeError, TransportError
+from ..errors import DaemonError, DecodeError, TransportError, TransportTimeout
 from ..session import REPLY_EXPECTATION, InitNegotiation, ReplyExpectation, negotiate_init
 from ..transport.backend import DaxMapHandler
 from ..transport.vhost_user import VhostUserTransport
@@ -94,6 +94,9 @@ _OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
 IN_SIZE = _IN.size
 HISTORY = 32  # requests kept for a reproducer
+#: How long one blocked wait for a reply lasts before the harness looks at the daemon
+#: (gone? a Rust worker panic in its log?) and waits again.
+AWAIT_SLICE = 0.001
 #: The environment of every daemon the harness starts: what an ASan/UBSan build needs
 #: (no leak check, no colours, no in-process symbolizer: the sandbox has none; reports
 #: are symbolized offline), a fatal report aborts / halts. A plain daemon ignores it.
@@ -482,7 +485,7 @@ class DaemonHarness:
             return Outcome(f"{name}:noreply")
         timeout = self.hang_timeout if one.expectation is ReplyExpectation.ONE else 0.05
         try:
-            state = self._await(one.token, timeout)
+            state, reply = self._await(one.token, timeout)
         except TransportError as e:
             return self._dead(name, str(e))
         if state == "dead":
@@ -500,10 +503,6 @@ class DaemonHarness:
                                  log=log, previous=self._previous(),
                                  state=d.state(),
                                  reply_expected=one.expectation is ReplyExpectation.ONE)
-        try:
-            reply = t.wait(one.token, 0)
-        except TransportError as e:
-            return self._dead(name, str(e))
         out = self._check_reply(one, reply, one.token.used_len)
         if self.canaries is not None and out.finding is None:
             leak = self.canaries.scan(reply)
@@ -543,33 +542,31 @@ class DaemonHarness:
             return None
         return self._dead(name, "daemon gone after a reply-less request")
 
-    def _await(self, token: Any, timeout: float) -> str:
-        """"done", "dead" or "timeout"; a panicked Rust worker ends the wait early (its
-        log says so), a dead process at once."""
+    def _await(self, token: Any, timeout: float) -> tuple[str, bytes]:
+        """("done", the reply), ("dead", b"") or ("timeout", b""): the transport's own
+        wait (a short spin, then blocked on the call eventfd) in slices of
+        :data:`AWAIT_SLICE` s, doubling up to 16 times that; between slices a dead
+        process ends the wait, and so does a panicked Rust worker (its log says so: one
+        ``stat`` per look while the log does not grow), not the hang timeout."""
         t, d = self.transport, self.daemon
         assert t is not None and d is not None
-        start = time.monotonic()
-        spin_end = start + 0.002
-        deadline = start + timeout
-        # A Rust worker panic is seen in the log within ~2 ms of being written (one stat
-        # per look while the log does not grow), not at the hang timeout.
+        deadline = time.monotonic() + timeout
         watch = PanicWatch(d.log_path, self._log_offset) if self.kind == "rust" else None
-        next_log = spin_end
+        slice_s = AWAIT_SLICE
         while True:
+            step = min(slice_s, deadline - time.monotonic())
+            slice_s = min(2 * slice_s, 16 * AWAIT_SLICE)
+            if step > 0:
+                try:
+                    return "done", t.wait(token, step)
+                except TransportTimeout:
+                    token.abandoned = False  # the slice ended, not our wait
             if t.done(token):
-                return "done"
-            now = time.monotonic()
-            if now < spin_end:
-                continue
+                return "done", t.wait(token, 0)
             if not d.running():
-                return "done" if t.done(token) else "dead"
-            if now > deadline:
-                return "timeout"
-            if watch is not None and now > next_log:
-                next_log = now + 0.002
-                if watch.seen():
-                    return "timeout"
-            time.sleep(0.0005)
+                return "dead", b""
+            if time.monotonic() >= deadline or (watch is not None and watch.seen()):
+                return "timeout", b""
 
     def _dead(self, name: str, detail: str) -> Outcome:
         d = self.daemon

@@ -31,6 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from construct import Container
+
+from ..wire.constants import fuse_opcode
+
 __all__ = ["Spare", "Started", "stop_started"]
 
 T = TypeVar("T")
@@ -55,15 +59,25 @@ class Started:
     coverage: Any = None  # its own edge map (a CoverageMap sibling), closed with it
 
     def set_up(self, init_flags: int) -> None:
-        """The harness's fixed setup: INIT, LOOKUP of the files ``populate`` made, OPEN
-        ``file`` O_RDWR, OPENDIR ``dir``; what the daemon answered is kept."""
+        """The harness's fixed setup: INIT, LOOKUP of the files ``populate`` made (in
+        flight together, one kick), then OPEN ``file`` O_RDWR and OPENDIR ``dir`` (one
+        kick); what the daemon answered is kept."""
         c = self.client
         c.init(flags=init_flags)
         self.minor, self.flags = c.session.minor, int(c.session.flags)
-        for name in ("file", "small", "dir", "link", "empty"):
-            self.nodes[name] = c.lookup(1, name).nodeid
-        self.fhs = {"file": c.open(self.nodes["file"], os.O_RDWR).fh,
-                    "dir": c.opendir(self.nodes["dir"]).fh}
+        names = ("file", "small", "dir", "link", "empty")
+        looked = [c.submit(fuse_opcode.FUSE_LOOKUP, Container(name=n.encode()), nodeid=1,
+                           kick=False) for n in names]
+        c.kick()
+        for name, p in zip(names, looked, strict=True):
+            self.nodes[name] = c.result(p).nodeid
+        opened = [c.submit(fuse_opcode.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0),
+                           nodeid=self.nodes["file"], kick=False),
+                  c.submit(fuse_opcode.FUSE_OPENDIR,
+                           Container(flags=os.O_RDONLY | os.O_DIRECTORY, open_flags=0),
+                           nodeid=self.nodes["dir"], kick=False)]
+        c.kick()
+        self.fhs = {"file": c.result(opened[0]).fh, "dir": c.result(opened[1]).fh}
 
 
 def stop_started(s: Started) -> None:

@@ -49,6 +49,8 @@ _IN = structs.FAST["fuse_in_header"]
 #: The share of mutants skipped when a feature of theirs is muted (it kept hitting a known
 #: finding); the rest are still sent, so a new finding behind that feature can come up.
 MUTED_SKIP = 0.9
+# Body fields that carry a NUL-terminated name (a NUL inside one is a feature of its own).
+_NAMES = ("name", "newname", "link")
 
 
 @dataclass
@@ -234,19 +236,25 @@ def fuzz_daemon(
 def _features(data: bytes, variant: int, h: DaemonHarness) -> set[str]:
     """What a known finding may hang on: the opcode (``short``: no header); for a request
     our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
-    reply area smaller than the kernel's (``area:<variant>``). A daemon that dies on every
-    malformed request of one kind, or on every reply that does not fit (the Rust worker
-    panics on each), gets that kind muted whatever the opcode."""
+    reply area smaller than the kernel's (``area:<variant>``); a name with a NUL inside
+    (``name:nul``). A daemon that dies on every malformed request of one kind, on every
+    reply that does not fit, or on every name with a NUL (the Rust worker panics on
+    each), gets that kind muted whatever the opcode."""
     if len(data) < _IN.size:
         return {"short"}
     out = {opcode_name(_IN.parse(data, 0)["opcode"])}
     if variant % 5 in (2, 4):
         out.add(f"area:{variant % 5}")
     try:
-        codec.decode_request(data, h.minor, flags=h.flags)
+        req = codec.decode_request(data, h.minor, flags=h.flags)
     except DecodeError as e:
         field = e.path if (e.path or "").startswith("fuse_in_header") else ""
         out.add(f"bad:{type(e).__name__}:{field}")
+        return out
+    body = req.body
+    if isinstance(body, dict) and any(
+            isinstance(body.get(k), bytes | bytearray) and b"\0" in body[k] for k in _NAMES):
+        out.add("name:nul")  # a name with a NUL inside, whatever the opcode
     return out
 
 
