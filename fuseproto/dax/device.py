@@ -9,9 +9,11 @@ the VMMs implement them (the host does ``mmap(MAP_FIXED)`` into the window):
 * REMOVEMAPPING puts anonymous (zero) memory back over the range; removing a range that
   is not mapped succeeds;
 * ``foffset``, ``moffset`` and ``len`` must be multiples of ``2**map_alignment``, ``len``
-  non-zero and the range inside the window, otherwise the request is refused with
-  EINVAL and has no effect (a REMOVEMAPPING is checked whole before any entry applies;
-  its ``count`` must match its entries and be at most FUSE_REMOVEMAPPING_MAX_ENTRY);
+  non-zero, the range inside the window, the file range end at or below 2**63 - 1 and
+  the flags at most READ | WRITE, otherwise the request is refused with EINVAL and has
+  no effect (a REMOVEMAPPING is checked whole before any entry applies; its ``count``
+  must match its entries and be 1 to FUSE_REMOVEMAPPING_MAX_ENTRY). The table of these
+  shapes, with a request of each, is :mod:`.forbidden`'s;
 * reading a mapped page that lies wholly past the host file's end would raise SIGBUS;
   devices refuse it with :class:`WindowFault` (EFAULT) instead. Bytes of the last,
   partial page past end of file read as zero, as with mmap.
@@ -38,6 +40,7 @@ from fuseproto.transport.window import Window
 
 from .host import FileStore, Resolver
 from .messages import (
+    FLAG_READ,
     FLAG_WRITE,
     FUSE_REMOVEMAPPING,
     FUSE_SETUPMAPPING,
@@ -56,6 +59,7 @@ __all__ = [
 ]
 
 HOST_PAGE_SIZE = mmap.PAGESIZE
+FILE_OFFSET_MAX = (1 << 63) - 1  # loff_t: a mapped file range ends at or below it
 
 
 class WindowFault(FuseprotoError, OSError):
@@ -178,13 +182,17 @@ class WindowDevice:
             length <= 0 or offset % a != 0 or length % a != 0 or offset + length > self.window_size
         )
 
-    def _bad_setup(self, moffset: int, length: int, foffset: int) -> bool:
-        return self._bad_range(moffset, length) or bool(foffset % (1 << (self.map_alignment or 0)))
+    def _bad_setup(self, moffset: int, length: int, foffset: int, flags: int = 0) -> bool:
+        return (self._bad_range(moffset, length)
+                or bool(foffset % (1 << (self.map_alignment or 0)))
+                or foffset + length > FILE_OFFSET_MAX  # wraps, or past any file offset
+                or bool(flags & ~(FLAG_READ | FLAG_WRITE)))
 
     def _bad_remove(self, count: int | None, ranges: Sequence[tuple[int, int]]) -> bool:
         """``count`` None: no count field to check (the entries are all there is)."""
         return (
             (count is not None and count != len(ranges))
+            or not ranges
             or len(ranges) > REMOVEMAPPING_MAX_ENTRY
             or any(self._bad_range(m, n) for m, n in ranges)
         )
@@ -192,7 +200,7 @@ class WindowDevice:
     def _setup(self, nodeid: int, body: Any) -> int:
         # item access: a Container's attributes go through Python code, its items do not
         moffset, length, foffset = body["moffset"], body["len"], body["foffset"]
-        if self._bad_setup(moffset, length, foffset):
+        if self._bad_setup(moffset, length, foffset, body["flags"]):
             return errno.EINVAL
         m = DeviceMapping(moffset, length, nodeid, foffset, body["flags"], body["fh"])
         try:
@@ -471,7 +479,8 @@ class RefusingDevice(WindowDevice):
             pass
         elif msg.opcode == FUSE_SETUPMAPPING:
             b = msg.body
-            err = errno.EINVAL if self._bad_setup(b["moffset"], b["len"], b["foffset"]) else 0
+            err = (errno.EINVAL if self._bad_setup(b["moffset"], b["len"], b["foffset"],
+                                                    b["flags"]) else 0)
         elif msg.opcode == FUSE_REMOVEMAPPING:
             ranges = [(e["moffset"], e["len"]) for e in msg.body["entries"]]
             err = errno.EINVAL if self._bad_remove(msg.body["count"], ranges) else 0

@@ -28,6 +28,7 @@ from typing import Any
 
 from construct import ListContainer
 
+from ..dax.forbidden import Request, refusal
 from ..dax.invariants import Violation
 from ..transport.backend import BackendEvent
 from ..transport.vhost_user_proto import VhostUserBackendRequest
@@ -175,43 +176,38 @@ def mapping_kind(step: Step, window: int) -> str:
 
 def accepted_but_invalid(step: Step, body: Any, fh_mode: dict[int, int], window: Window,
                          *, last: bool) -> list[Violation]:
-    """A mapping request a DAX daemon answered 0 although the protocol says refuse, or
-    whose effect is not in the real window: a SETUPMAPPING not aligned to 4 KiB (the map
-    alignment c-dax announces), reaching past the window, or asking write access through
-    a handle opened read-only; a REMOVEMAPPING whose count is not its number of entries,
-    or (the last request of its kick, so nothing remapped since) that left one of its
-    ranges mapped."""
+    """A mapping request a DAX daemon answered 0 although the protocol says refuse (a row
+    of :data:`fuseproto.dax.forbidden.FORBIDDEN`, for the 4 KiB map alignment c-dax
+    announces: misaligned fields, past the window or the largest file offset, unknown
+    flags, write access through a handle opened read-only, a count that is not the number
+    of entries or is 0 or above 256, bad entries), or whose effect is not in the real
+    window: a REMOVEMAPPING (the last request of its kick, so nothing remapped since) that
+    left one of its ranges mapped."""
     f = step.fields
     size = window.size
-    if step.op == O.FUSE_SETUPMAPPING:
-        fo, ln, mo = (int(f.get(k, 0) or 0) for k in ("foffset", "len", "moffset"))
-        if fo % PAGE or ln % PAGE or mo % PAGE or not ln:
-            return [Violation("accepted_misaligned", f"SETUPMAPPING foffset={fo:#x} "
-                                                     f"len={ln:#x} moffset={mo:#x} answered 0")]
-        if mo + ln > size:
-            return [Violation("accepted_outside_window", f"SETUPMAPPING [{mo:#x}, "
-                              f"{mo + ln:#x}) beyond the {size:#x}-byte window answered 0")]
-        fh = body.get("fh") if hasattr(body, "get") else None
-        if (isinstance(fh, int) and int(f.get("flags") or 0) & MAP_WRITE
-                and fh_mode.get(fh) == _RDONLY):
-            return [Violation("accepted_write_on_read_only_handle",
-                              f"SETUPMAPPING with FLAG_WRITE through fh {fh} (opened O_RDONLY) "
-                              "answered 0")]
-        return []
-    entries = f.get("entries") or []
-    count = f.get("count")
-    if count is not None and count != len(entries):
-        return [Violation("accepted_count_mismatch", f"REMOVEMAPPING count={count} with "
-                                                     f"{len(entries)} entries answered 0")]
-    if last:
-        for e in entries:
+    fh = body.get("fh") if hasattr(body, "get") else None
+    read_only = isinstance(fh, int) and fh_mode.get(fh) == _RDONLY
+    row = refusal(Request.of(step.op, f, size, PAGE, read_only))
+    if row is not None:
+        return [Violation(row.violation, f"{row.name}: {_describe(step.op, f)} answered 0")]
+    if step.op == O.FUSE_REMOVEMAPPING and last:
+        for e in f.get("entries") or []:
             mo, ln = int(e.get("moffset") or 0), int(e.get("len") or 0)
-            if ln and not mo % PAGE and not ln % PAGE and mo + ln <= size and any(
-                    window.is_mapped(p, PAGE) for p in range(mo, mo + ln, PAGE)):
+            if any(window.is_mapped(p, PAGE) for p in range(mo, mo + ln, PAGE)):
                 return [Violation("accepted_unmap_left_mapped",
                                   f"REMOVEMAPPING of [{mo:#x}, {mo + ln:#x}) answered 0, "
                                   "the window still maps part of it")]
     return []
+
+
+def _describe(op: int, f: Any) -> str:
+    if op == O.FUSE_SETUPMAPPING:
+        return "SETUPMAPPING " + " ".join(f"{k}={int(f.get(k) or 0):#x}" for k in
+                                          ("foffset", "len", "moffset", "flags"))
+    entries = f.get("entries") or []
+    return (f"REMOVEMAPPING count={f.get('count')} with {len(entries)} entries "
+            + " ".join(f"({int(e.get('moffset') or 0):#x}, {int(e.get('len') or 0):#x})"
+                       for e in entries[:4]))
 
 
 def fd_access_violations(events: list[BackendEvent], fh: Any,

@@ -30,10 +30,12 @@ skipping what it lacks):
               REMOVEMAPPING (the range is freed anyway, as the kernel does)
 ``mount``     unmounts that mount, or mounts one more (up to 3; Linux and plug-ins:
               unmount the connection's manager and start a new one)
-``probe``     a request the protocol forbids, sent to the device itself (``a % 7``: foffset,
-              moffset or len off the device's alignment, past the window's end, count
-              one more than the entries, 257 entries, write through a read-only handle):
-              it must be refused and change nothing (``invalid_accepted``)
+``probe``     a request the protocol forbids, sent to the device itself: the row ``a``
+              (modulo their number) of :data:`fuseproto.dax.forbidden.FORBIDDEN`
+              (misaligned fields, past the window's end or the largest file offset,
+              unknown flags, a lying count, count 0 or 257 entries, bad entries, write
+              through a read-only handle) built at window offset ``b``: it must be
+              refused and change nothing (``invalid_accepted``)
 
 After each operation: the checker's per-step checks; every :data:`FULL_EVERY` operations,
 after any operation the device refused something in, and at the end, the full state
@@ -48,15 +50,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..dax.device import RefusingDevice
+from ..dax.forbidden import FORBIDDEN, Where
 from ..dax.invariants import DaxChecker
-from ..dax.messages import (
-    FLAG_READ,
-    FLAG_WRITE,
-    FUSE_REMOVEMAPPING,
-    DaxMessage,
-    removemapping,
-    setupmapping,
-)
+from ..dax.messages import FUSE_REMOVEMAPPING, DaxMessage
 from ..dax.osv import OsvDaxManager, OsvVirtiofs
 from ..dax.registry import load_manager
 from .dax_ops import CONFIGS, Geometry, Op, Program, length, pattern_bytes, position
@@ -400,38 +396,17 @@ class _Run:
         a, w = dev.alignment, dev.window_size
         if w < 2 * a:
             return
-        shape = op.a % 7
-        if shape < 3 and a == 1:
-            return  # no alignment to break
-        node = self.stage.node(op.node)
-        fh = self.stage.fh(node, False)
-        at = (op.b % (w // a - 1)) * a
-        if shape < 4:
-            off = [0, at, a]  # foffset, moffset, len
-            if shape < 3:
-                off[shape] += a // 2 or 1
-            else:
-                off[1:] = [w - a, 2 * a]
-            msg = setupmapping(node, fh=fh, flags=FLAG_READ, foffset=off[0], moffset=off[1],
-                               length=off[2])
-            why = ("foffset misaligned", "moffset misaligned", "len misaligned",
-                   "past the window's end")[shape]
-        elif shape == 4:
-            msg = removemapping(0, [(at, a), (at + a, a)] if at + 2 * a <= w else [(at, a)],
-                                count=3 if at + 2 * a <= w else 2)
-            why = "count is not the number of entries"
-        elif shape == 5:
-            msg = removemapping(0, [(at, a)] * 257)
-            why = "257 entries"
-        elif self.stage.reuse_nodes:
+        row = FORBIDDEN[op.a % len(FORBIDDEN)]
+        if row.handles and self.stage.reuse_nodes:
             return  # the model has no handles
-        else:
-            msg = setupmapping(node, fh=fh, flags=FLAG_READ | FLAG_WRITE, foffset=0,
-                               moffset=at, length=a)
-            why = "write through a read-only handle"
+        node = self.stage.node(op.node)
+        at = (op.b % (w // a - 1)) * a  # an aligned offset with two units above it
+        msg = row.build(Where(a, w, at, node, self.stage.fh(node, False)))
+        if msg is None:
+            return  # the geometry cannot express it (no alignment to break)
         before = dev.mappings()
         err = self.stage.probe(msg)
-        self.checker.check_refused(msg, err, why, dev.mappings() != before)
+        self.checker.check_refused(msg, err, row.name, dev.mappings() != before)
 
     def op_mount(self, op: Op) -> None:
         self.mounts.toggle(op.mount, bool(self.pins))
