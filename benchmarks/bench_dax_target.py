@@ -1,7 +1,8 @@
 """The DAX fuzz target's rate: inputs/s against the 2,000/s goal, with baselines measured
 in the same run.
 
-The inputs are what the fuzzer runs: the seeds and structure-aware mutants of them
+Garbage collection is tuned as the harness tunes it (:func:`~fuseproto.fuzz.dax_target.
+tune_gc`). The inputs are what the fuzzer runs: the seeds and structure-aware mutants of them
 (``dax_mutator``, fixed seed), the same list for every mode:
 
 * ``incremental`` -- the target as it runs (:data:`~fuseproto.fuzz.dax_run.FULL_EVERY`:
@@ -12,6 +13,9 @@ The inputs are what the fuzzer runs: the seeds and structure-aware mutants of th
   cost: what no checking scheme can go below);
 * ``atheris`` -- ``fuzz/dax_fuzzer.py`` under libFuzzer for a few seconds (its
   ``average_exec_per_sec``: the instrumented rate a campaign reports);
+* ``instrumented`` -- the incremental mode in a process whose managers and devices are
+  instrumented as ``fuzz/dax_fuzzer.py`` instruments them (atheris, no libFuzzer): what
+  the instrumentation alone costs;
 * ``live`` -- ``FUSEPROTO_DAX_DEVICE=c-dax``: the same kind of inputs against the real
   daemon and window, one daemon for all of them (skipped when c-dax is not built).
 
@@ -86,6 +90,22 @@ def atheris_rate(seconds: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def instrumented_rate(n: int) -> float | None:
+    """The incremental rate in a process that imported the harness (its instrumentation
+    of the managers and devices), without libFuzzer."""
+    code = (f"import sys; sys.path[:0] = [{str(ROOT / 'fuzz')!r}, {str(ROOT / 'benchmarks')!r}]\n"
+            "import dax_fuzzer  # noqa: F401 -- instruments as a campaign does\n"
+            "import bench_dax_target as b\n"
+            "b.dax_target.tune_gc()\n"
+            f"print(b.rate(b.fuzz_inputs({n}), 'incremental'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+
+
 def live_rate(inputs: list[bytes], device: str = "c-dax") -> float | None:
     from fuseproto.daemons import find
     from fuseproto.fuzz import dax_live
@@ -110,9 +130,12 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=600)
     ap.add_argument("--atheris", type=int, default=10, metavar="SECONDS",
                     help="seconds of the atheris harness (0: skip)")
+    ap.add_argument("--instrumented", type=int, default=1, metavar="0|1",
+                    help="measure the incremental mode with the harness's instrumentation")
     ap.add_argument("--live", type=int, default=60, metavar="N",
                     help="inputs against c-dax (0: skip)")
     args = ap.parse_args()
+    dax_target.tune_gc()  # as the atheris harness runs (every mode below alike)
     inputs = fuzz_inputs(args.inputs)
     ops = sum(len(p.ops) for p in map(decode_program, inputs) if p is not None)
     print(f"{len(inputs)} inputs (seeds + mutants), {ops / len(inputs):.1f} operations each "
@@ -124,6 +147,11 @@ def main() -> int:
               f"{r / inc:5.2f}x incremental")
     print(f"incremental vs full checks: {inc / rates['full']:.2f}x; the checks cost "
           f"{rates['unchecked'] / inc:.2f}x the operations alone")
+    if args.instrumented:
+        r = instrumented_rate(args.inputs)
+        print(f"  {'instrumented':12s} {r or 0:8.0f} inputs/s   {(r or 0) / GOAL:5.2f}x the goal   "
+              f"{(r or 0) / inc:5.2f}x incremental (atheris-instrumented managers and devices, "
+              "no libFuzzer)")
     if args.atheris:
         a = atheris_rate(args.atheris)
         print(f"  {'atheris':12s} {a or 0:8.0f} inputs/s   {(a or 0) / GOAL:5.2f}x the goal   "

@@ -102,7 +102,7 @@ class DaxChecker:
         self.raise_on_violation = raise_on_violation
         self.violations: list[Violation] = []
         self.managers: list[DaxManager] = []
-        self._units: dict[int, int | None] = {}
+        self._traits: dict[int, tuple[int | None, str | None]] = {}  # unit, policy
         self._prev: dict[int, dict[str, Any]] = {}
         self._forgotten: dict[int, set[int]] = {}
         # (Linux) window offsets each manager sent a SETUPMAPPING for since its last
@@ -145,12 +145,13 @@ class DaxChecker:
         anywhere in the stack)."""
         self._forgotten.setdefault(id(manager), set()).add(nodeid)
 
-    def _unit(self, manager: DaxManager) -> int | None:
-        """:func:`policy_unit`, asked once per manager (it is fixed at construction)."""
-        unit = self._units.get(id(manager), 0)
-        if unit == 0:
-            unit = self._units[id(manager)] = policy_unit(manager)
-        return unit
+    def _traits_of(self, manager: DaxManager) -> tuple[int | None, str | None]:
+        """(:func:`policy_unit`, policy) of a manager, asked once (both are fixed when it
+        is built; this runs for every message)."""
+        got = self._traits.get(id(manager))
+        if got is None:
+            got = self._traits[id(manager)] = (policy_unit(manager), self._policy(manager))
+        return got
 
     def _policy(self, manager: DaxManager | None) -> str | None:
         if self.policy != "auto":
@@ -242,7 +243,7 @@ class DaxChecker:
     # ---- DaxObserver ----------------------------------------------------------------------------
     def on_send(self, manager: DaxManager, msg: DaxMessage) -> None:
         self.check_message(msg, manager)
-        unit = self._unit(manager)
+        unit, policy = self._traits_of(manager)
         if unit is not None:
             self._check_unit(msg, manager, unit)
         setup = msg.opcode == FUSE_SETUPMAPPING
@@ -262,7 +263,6 @@ class DaxChecker:
                     msg,
                     manager,
                 )
-        policy = self._policy(manager)
         if policy == "osv" and setup:
             self._remapped.setdefault(id(manager), []).append(
                 (body["moffset"], body["moffset"] + body["len"]))
@@ -365,7 +365,7 @@ class DaxChecker:
     ) -> None:
         for start, end, m in manager.device.segments(moffset, length):
             want = foffset + (start - moffset)
-            if m is None or m.nodeid != nodeid or m.file_offset(start) != want:
+            if m is None or m.nodeid != nodeid or m.foffset + (start - m.moffset) != want:
                 now = (
                     "nothing"
                     if m is None
@@ -423,7 +423,7 @@ class DaxChecker:
         size = _file_size(manager, nodeid)
         if size is not None:
             end = min(end, size)
-        if (unit := self._unit(manager)) is None:  # no unit said: its policy is its own
+        if (unit := self._traits_of(manager)[0]) is None:  # no unit said: its policy is its own
             return
         lo = offset // unit * unit
         hi = max(-(-end // unit) * unit, lo)
