@@ -3,7 +3,10 @@ the default, explores near it, and breeds from configs that paid off."""
 
 from __future__ import annotations
 
+import errno
 import threading
+
+import pytest
 
 from fuseproto.daemons.options import DEFAULT, GENES, DaemonConfig
 from fuseproto.fuzz.configs import ConfigChooser
@@ -57,3 +60,50 @@ def test_threads_share_one_chooser():
         t.join()
     assert len(out) == 800 and sum(ch.used.values()) == 800
     assert sum(ch.gain.values()) == 800
+
+
+# -- with the real daemons ----------------------------------------------------------------------
+
+@pytest.mark.daemon
+def test_replay_starts_the_daemon_with_the_reproducers_config(daemon_installations):
+    """A reproducer's ``daemon_config`` is how its daemon is started again: a MKDIR on a
+    share the config makes read-only is EROFS; without the config it is made."""
+    from construct import Container
+
+    from fuseproto.fuzz.replay import replay_daemon
+    from fuseproto.wire import codec
+    from fuseproto.wire.constants import fuse_opcode
+
+    rust = daemon_installations["rust"]
+    ro = DaemonConfig("rust", tuple(1 if name == "readonly" else 0
+                                    for name, _ in GENES["rust"]))
+    req = codec.encode_request(fuse_opcode.FUSE_MKDIR,
+                               Container(mode=0o755, umask=0, name=b"newdir"),
+                               unique=1 << 41, nodeid=1)
+    doc = {"target": "virtiofsd", "daemon": "rust", "requests": [{"hex": req.hex()}]}
+    (plain,) = replay_daemon(doc, rust)
+    (refused,) = replay_daemon(dict(doc, daemon_config=ro.to_json()), rust)
+    assert plain.cls.startswith("FUSE_MKDIR:0:"), plain.cls
+    assert refused.cls == f"FUSE_MKDIR:-{errno.EROFS}", refused.cls
+
+
+@pytest.mark.daemon
+def test_the_live_loop_varies_its_daemons_configs(daemon_installations, tmp_path):
+    """With ``configs=True`` the daemons the loop starts (the C daemon dies often) get
+    several configs; a finding on a non-default one names it in its reproducer."""
+    import json
+    from pathlib import Path
+
+    from fuseproto.fuzz.findings import FindingStore
+    from fuseproto.fuzz.virtiofsd import fuzz_daemon
+
+    st = fuzz_daemon(daemon_installations["c"], seconds=60, store=FindingStore(tmp_path),
+                     seed=0, max_requests=400, configs=True)
+    assert st.error is None and st.starts >= 3, (st.error, st.starts)
+    assert len(st.configs["daemons"]) >= 2, st.configs
+    assert sum(st.configs["daemons"].values()) >= st.starts
+    for f in st.findings:
+        doc = json.loads(Path(f.reproducer).read_text())
+        if "daemon_config" in doc:
+            cfg = doc["daemon_config"]
+            assert cfg["kind"] == "c" and cfg["label"] != "default" and cfg["args"]

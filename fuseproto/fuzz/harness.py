@@ -58,6 +58,7 @@ from construct import Container
 
 from .. import daemons
 from ..client import Client
+from ..daemons.options import DaemonConfig
 from ..errors import DaemonError, DecodeError, TransportError, TransportTimeout
 from ..session import REPLY_EXPECTATION, InitNegotiation, ReplyExpectation, negotiate_init
 from ..transport.backend import DaxMapHandler
@@ -94,6 +95,12 @@ _OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
 IN_SIZE = _IN.size
 HISTORY = 32  # requests kept for a reproducer
+#: Requests the daemon answers only after the host has flushed data to disk (syncfs(2),
+#: fsync(2)): on a machine busy writing they take seconds, which is not a hang. These get
+#: SLOW_TIMEOUT s before they count as hung (a real hang of one then costs that long).
+SLOW_OPS = frozenset({int(fuse_opcode.FUSE_SYNCFS), int(fuse_opcode.FUSE_FSYNC),
+                      int(fuse_opcode.FUSE_FSYNCDIR)})
+SLOW_TIMEOUT = 10.0
 #: How long one blocked wait for a reply lasts before the harness looks at the daemon
 #: (gone? a Rust worker panic in its log?) and waits again.
 AWAIT_SLICE = 0.001
@@ -191,7 +198,7 @@ class DaemonHarness:
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
                  setup: bool = True, coverage: CoverageMap | None = None,
                  env: dict[str, str] | None = None, canaries: str = "beside",
-                 spare: bool = False):
+                 spare: bool = False, config: Any = None):
         if canaries not in CANARIES:
             raise ValueError(f"canaries: one of {', '.join(CANARIES)}, not {canaries!r}")
         self.installation = installation
@@ -201,6 +208,11 @@ class DaemonHarness:
         self.canaries: Canaries | None = None
         # Extra environment for every daemon started (over SANITIZER_ENV and the map's).
         self.env = dict(env or {})
+        # The daemons' configuration (fuseproto.daemons.options): a DaemonConfig for every
+        # daemon, or a chooser (.configs.ConfigChooser: next() per daemon); None: the
+        # default. ``config``: the current daemon's.
+        self.configs = config
+        self.config: DaemonConfig | None = None
         # The edge map the loops read (it follows the current daemon's own map, spawned
         # from it; one seen set across all daemons); None: not measured.
         self.coverage = coverage
@@ -286,11 +298,15 @@ class DaemonHarness:
         if self.canary_mode != "off":
             canaries = Canaries.plant(shared if self.canary_mode == "inside" else base, shared)
         sock = os.path.join(base, "vhost.sock")
-        extra = daemons.dax_options(DAX_WINDOW) if self.has_dax else None
-        daemon = SandboxedDaemon(self.installation, shared, sock, extra_args=extra,
+        cfg = self.configs if isinstance(self.configs, DaemonConfig) or self.configs is None \
+            else self.configs.next()
+        extra = daemons.dax_options(DAX_WINDOW) if self.has_dax else []
+        daemon = SandboxedDaemon(self.installation, shared, sock,
+                                 extra_args=[*extra, *(cfg.args if cfg else ())],
+                                 xattr=cfg.xattr if cfg else True,
                                  log_path=os.path.join(base, "daemon.log"))
         s = Started(daemon, base, deque(maxlen=self.exchange.maxlen), canaries,
-                    minor=FUSE_KERNEL_MINOR_VERSION, nodes={"root": 1})
+                    minor=FUSE_KERNEL_MINOR_VERSION, nodes={"root": 1}, config=cfg)
         try:
             daemon.env = dict(SANITIZER_ENV)
             if self.coverage is not None:
@@ -307,7 +323,7 @@ class DaemonHarness:
                 tap=lambda d, q, data: ex.append((d, q, data, time.time_ns())))
             s.client = Client(s.transport, timeout=5.0, uid=0, gid=0, pid=1)
             if self.setup:
-                s.set_up(seeds.INIT_FLAGS)
+                s.set_up(seeds.INIT_FLAGS | (cfg.init_flags if cfg else 0))
         except BaseException:
             stop_started(s)
             raise
@@ -317,7 +333,7 @@ class DaemonHarness:
 
     def _adopt(self, s: Started) -> None:
         self.daemon, self.transport, self.client = s.daemon, s.transport, s.client
-        self.edge_map = s.coverage
+        self.edge_map, self.config = s.coverage, s.config
         self.window, self.dax, self.canaries, self.exchange = s.window, s.dax, s.canaries, s.exchange
         self.minor, self.flags, self.nodes, self.fhs = s.minor, s.flags, s.nodes, s.fhs
         self._inited = self.setup
@@ -484,6 +500,8 @@ class DaemonHarness:
                 return self._dead(name, "daemon gone after a reply-less request")
             return Outcome(f"{name}:noreply")
         timeout = self.hang_timeout if one.expectation is ReplyExpectation.ONE else 0.05
+        if one.op in SLOW_OPS:  # the host's own flush takes what the disk takes
+            timeout = max(timeout, SLOW_TIMEOUT)
         try:
             state, reply = self._await(one.token, timeout)
         except TransportError as e:

@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 from .. import daemons
+from ..daemons.options import DaemonConfig, config_from_json
 from .findings import classify_exception
 from .forensics import FATAL, Outcome, outcome_signature
 from .harness import DaemonHarness, resolve_installation
@@ -45,15 +46,16 @@ def request_groups(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def replay_items(items: list[dict[str, Any]], installation: daemons.Installation, *,
                  setup: bool = True, hang_timeout: float = 0.5,
                  harness: DaemonHarness | None = None, env: dict[str, str] | None = None,
-                 exchange: Exchange | None = None) -> list[Outcome]:
+                 exchange: Exchange | None = None, config: Any = None) -> list[Outcome]:
     """Send reproducer ``items`` (hex, variant, batch) to a fresh daemon (started with
     ``env`` over the harness's own); the outcome of each. Stops when the daemon dies or
     hangs; protocol findings do not stop it. With ``harness`` (a started one, same
     ``setup``) that harness is restarted and reused. ``exchange``, when given, receives
-    every message of the replay (setup included)."""
+    every message of the replay (setup included). ``config``: the daemon's options
+    (a :class:`~fuseproto.daemons.options.DaemonConfig`; None: the default)."""
     own = harness is None
     h = harness or DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
-                                 history=100_000, env=env)
+                                 history=100_000, env=env, config=config)
     outs: list[Outcome] = []
     try:
         h.start()
@@ -87,7 +89,13 @@ def replay_daemon(repro: dict[str, Any], installation: daemons.Installation, *,
     return replay_items(repro.get("requests", []), installation,
                         setup=repro.get("setup_mode", "harness") != "none",
                         hang_timeout=hang_timeout, env=repro.get("daemon_env"),
-                        exchange=exchange)
+                        exchange=exchange, config=doc_config(repro))
+
+
+def doc_config(doc: dict[str, Any]) -> DaemonConfig | None:
+    """The daemon options a reproducer names (``daemon_config``), None for the default."""
+    cfg = doc.get("daemon_config")
+    return config_from_json(cfg) if cfg else None
 
 
 def doc_installation(doc: dict[str, Any], spec: str | None = None,

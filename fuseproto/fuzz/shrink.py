@@ -34,7 +34,7 @@ from ..wire import codec, structs
 from . import mutate
 from .forensics import outcome_signature
 from .harness import DaemonHarness, resolve_installation
-from .replay import replay_items
+from .replay import doc_config, replay_items
 
 __all__ = ["ShrinkResult", "shrink", "shrink_file", "min_path"]
 
@@ -85,7 +85,8 @@ def shrink(doc: dict[str, Any], installation: daemons.Installation, *, seconds: 
                        bytes_before=sum(len(i["hex"]) // 2 for i in items))
     say = log or (lambda m: None)
     harness = DaemonHarness(installation, hang_timeout=hang_timeout, setup=setup,
-                            history=100_000, env=doc.get("daemon_env"))
+                            history=100_000, env=doc.get("daemon_env"),
+                            config=doc_config(doc))
 
     def reproduces(cand: list[dict[str, Any]], check_budget: bool = True) -> bool:
         if check_budget and time.monotonic() > deadline:

@@ -23,6 +23,7 @@ environment names one map for every daemon.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -33,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from construct import Container
 
+from ..errors import FuseError
 from ..wire.constants import fuse_opcode
 
 __all__ = ["Spare", "Started", "stop_started"]
@@ -52,6 +54,7 @@ class Started:
     client: Any = None
     window: Any = None
     dax: Any = None
+    config: Any = None  # its fuseproto.daemons.options.DaemonConfig (None: the default)
     minor: int = 0
     flags: int = 0
     nodes: dict[str, int] = field(default_factory=dict)
@@ -60,8 +63,8 @@ class Started:
 
     def set_up(self, init_flags: int) -> None:
         """The harness's fixed setup: INIT, LOOKUP of the files ``populate`` made (in
-        flight together, one kick), then OPEN ``file`` O_RDWR and OPENDIR ``dir`` (one
-        kick); what the daemon answered is kept."""
+        flight together, one kick), then OPEN ``file`` O_RDWR (O_RDONLY on a read-only
+        share) and OPENDIR ``dir`` (one kick); what the daemon answered is kept."""
         c = self.client
         c.init(flags=init_flags)
         self.minor, self.flags = c.session.minor, int(c.session.flags)
@@ -77,7 +80,14 @@ class Started:
                            Container(flags=os.O_RDONLY | os.O_DIRECTORY, open_flags=0),
                            nodeid=self.nodes["dir"], kick=False)]
         c.kick()
-        self.fhs = {"file": c.result(opened[0]).fh, "dir": c.result(opened[1]).fh}
+        self.fhs = {"dir": c.result(opened[1]).fh}
+        try:
+            self.fhs["file"] = c.result(opened[0]).fh
+        except FuseError as e:  # a read-only share (a config with --readonly)
+            if e.errno != errno.EROFS:
+                raise
+            self.fhs["file"] = c.call(fuse_opcode.FUSE_OPEN, Container(
+                flags=os.O_RDONLY, open_flags=0), nodeid=self.nodes["file"]).fh
 
 
 def stop_started(s: Started) -> None:

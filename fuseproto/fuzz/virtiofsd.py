@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import daemons
+from ..daemons.options import DEFAULT
 from ..errors import DaemonError, DecodeError, TransportError
 from ..wire import codec, structs
 from ..wire.constants import opcode_name
 from . import mutate
+from .configs import ConfigChooser
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
@@ -73,6 +75,7 @@ class DaemonStats:
     seed_edges: int = 0  # daemon edges once the seeds (and saved inputs) had all run
     corpus_loaded: int = 0  # inputs read back from the corpus directory
     corpus_saved: int = 0  # inputs written to it
+    configs: dict[str, Any] = field(default_factory=dict)  # ConfigChooser.summary()
 
     @property
     def per_second(self) -> float:
@@ -133,6 +136,7 @@ def fuzz_daemon(
     feedback: str = "auto",
     corpus_dir: str | Path | None = None,
     spare: bool = True,
+    configs: bool = False,
 ) -> DaemonStats:
     """Fuzz one daemon for ``seconds``: structure-aware mutants of the seed requests (and
     of ``corpus_dir``'s saved inputs), one at a time; inputs lighting new daemon edges or
@@ -140,7 +144,10 @@ def fuzz_daemon(
     to ``store``. ``coverage``: the edge map to use (shared with other loops; default:
     a fresh one for this run; each daemon gets its own map beside it, one seen set).
     ``spare``: restarts take a daemon made in the background (:mod:`.spare`; not for a
-    DAX daemon)."""
+    DAX daemon). ``configs``: each daemon started gets a configuration of its own
+    (:mod:`.configs`: the default, or options chosen by what configs gained: new edges,
+    or new outcome classes with ``feedback="outcome"``); a finding's reproducer names
+    its daemon's config."""
     label = label or installation.kind
     rng = random.Random(seed)
     stats = DaemonStats(label)
@@ -148,9 +155,10 @@ def fuzz_daemon(
     deadline = t0 + seconds
     cdir = Path(corpus_dir) if corpus_dir is not None else None
     fb = EdgeFeedback(installation, coverage, feedback)
+    chooser = ConfigChooser(installation.kind, seed) if configs else None
     try:
         with DaemonHarness(installation, hang_timeout=hang_timeout, on_send=on_send,
-                           coverage=fb.map, spare=spare) as h:
+                           coverage=fb.map, spare=spare, config=chooser) as h:
             fb.started()
             stats.version = h.version()
             corpus: Corpus[tuple[bytes, int]] = Corpus(4000)
@@ -186,6 +194,8 @@ def fuzz_daemon(
                 new = out.cls not in stats.classes
                 stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                 edges = fb.new_edges()
+                if chooser is not None:
+                    chooser.credit(h.config, edges if fb.steering else int(new))
                 if not pending_seeds and not stats.seed_edges:
                     stats.seed_edges = fb.map.seen if fb.measured else 0
                 if out.finding is not None:
@@ -223,6 +233,8 @@ def fuzz_daemon(
                     pools = h.pools
             stats.starts = h.starts
             stats.corpus_size = len(corpus)
+            if chooser is not None:
+                stats.configs = chooser.summary()
         stats.edges = fb.summary()
         if stats.edges:
             stats.edges["seed_edges"] = stats.seed_edges
@@ -281,6 +293,8 @@ def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, la
     }
     if h.env:
         repro["daemon_env"] = dict(h.env)  # what the daemon was started with, over ours
+    if h.config is not None and h.config.choice != DEFAULT[h.config.kind].choice:
+        repro["daemon_config"] = h.config.to_json()  # its options (fuseproto.daemons.options)
     if not h.setup:
         repro["setup_mode"] = "none"
         repro["setup"] = ("none: a sequence program (fuseproto.fuzz.sequences), INIT is its "
