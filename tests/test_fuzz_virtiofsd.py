@@ -100,6 +100,39 @@ def test_notify_reply_panics_the_rust_daemon(daemon_installations):
     assert "WriteZero" in out.evidence["site"]
 
 
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_a_frozen_daemon_is_a_hang_and_a_dead_one_a_crash(daemon_installations, kind,
+                                                          no_leaks):
+    """The harness's wait (blocked in slices, looking at the daemon between them) still
+    reports a daemon that never answers as a hang, and one killed while it waits as a
+    crash with its signal, not as a hang."""
+    with DaemonHarness(daemon_installations[kind], hang_timeout=0.3) as h:
+        getattr_ = [r for r in h.seed_requests()
+                    if structs.FAST["fuse_in_header"].parse(r, 0)["opcode"] == O.FUSE_GETATTR][0]
+        assert h.send(getattr_).finding is None
+        h.daemon.freeze()
+        out = h.send(getattr_)
+        assert out.finding == "hang" and out.cls == "FUSE_GETATTR:hang", (out.cls, out.detail)
+        h.daemon.thaw()
+        h.start()
+        h.on_send = lambda hh, _data: hh.daemon.freeze()  # frozen before the kick ...
+        pid = h.daemon.pid
+
+        def kill_later() -> None:
+            import time
+            time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)  # ... and killed while the harness waits
+
+        import threading
+        t = threading.Thread(target=kill_later)
+        t.start()
+        out = h.send(getattr_)
+        t.join()
+        h.on_send = None
+    assert out.finding == "crash" and out.evidence.get("signal") == "SIGKILL", \
+        (out.cls, out.detail, out.evidence)
+
+
 def test_crash_is_detected_saved_and_the_daemon_restarted(daemon_installations, tmp_path,
                                                            no_leaks):
     """A daemon killed by a signal mid-request (SIGSEGV sent by PID from the test hook) is a

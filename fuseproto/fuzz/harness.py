@@ -104,6 +104,9 @@ SLOW_TIMEOUT = 10.0
 #: How long one blocked wait for a reply lasts before the harness looks at the daemon
 #: (gone? a Rust worker panic in its log?) and waits again.
 AWAIT_SLICE = 0.001
+#: How long :meth:`DaemonHarness.healthy` waits for its GETATTR (the Rust daemon answers
+#: nothing after some DESTROYs: each probe waited the hang timeout, 0.5 s).
+HEALTH_TIMEOUT = 0.1
 #: The environment of every daemon the harness starts: what an ASan/UBSan build needs
 #: (no leak check, no colours, no in-process symbolizer: the sandbox has none; reports
 #: are symbolized offline), a fatal report aborts / halts. A plain daemon ignores it.
@@ -625,12 +628,20 @@ class DaemonHarness:
         return [escape_outcome(name, b) for b in breaches]
 
     def healthy(self) -> bool:
-        """A GETATTR on the root answers (used after INIT/DESTROY-like requests)."""
-        if self.client is None or self.daemon is None or not self.daemon.running():
+        """A GETATTR on the root answers, with no error, within :data:`HEALTH_TIMEOUT`
+        (at most the hang timeout; used after INIT/DESTROY-like requests: a probe, not an
+        oracle; waited for as a fuzz request is, so a dead process or a panicked Rust
+        worker ends the wait at once)."""
+        c = self.client
+        if c is None or self.daemon is None or not self.daemon.running():
             return False
         try:
-            self.client.getattr(1)
-            return True
+            p = c.submit(_OP.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), nodeid=1)
+            state, reply = self._await(p.token, min(self.hang_timeout, HEALTH_TIMEOUT))
+            if state != "done":
+                p.token.abandoned = True  # the transport frees it if it ever completes
+                return False
+            return not c.session.feed_reply(reply).error
         except Exception:  # noqa: BLE001 -- any failure means "not usable"
             return False
 
