@@ -142,6 +142,14 @@ def dax_inputs() -> Iterator[tuple[str, bytes]]:
     yield "dax-linux-refusals", encode_program(
         _header(2, chunks=8, extra=0x08), [o for r in refuse
                                             for o in (r, *_ops(rng, 3, (0, 4, 6, 7, 10)))])
+    # Linux, a range pinned at the busy list's head: the worker forced, then a read larger
+    # than the window (the free list runs out: inline reclaim of the inode's lowest range)
+    # must both pass the pinned range by.
+    pinned = [dict(kind=0, sel=0, a=0, b=2 << 13), dict(kind=6, sel=0, a=0, b=0),
+              dict(kind=10, sel=0x10, a=0, b=0), dict(kind=0, sel=0, a=(4 << 13) | 1, b=5 << 13),
+              dict(kind=7, sel=0, a=0, b=0), dict(kind=5, sel=0, a=0, b=0)]
+    yield "dax-linux-pinned-reclaim", encode_program(
+        _header(2, chunks=8, sizes=(0x07, 0x12, 0x25, 0x33)), pinned)
     # Every forbidden request shape once (a probe per row of dax.forbidden.FORBIDDEN).
     yield "dax-probes", encode_program(
         _header(0, chunks=8), [dict(kind=11, sel=i & 3, a=i, b=3 * i)
