@@ -4,7 +4,10 @@ rates themselves are measured by benchmarks/bench_fuzz_rates.py, not here):
 * the envelopes joined by hand are the bytes their construct schemas build;
 * the fast random name is the one ``random.choice`` made, and leaves the rng alike;
 * the sampled construct differential still catches a bug only it can see, with the
-  default sampling, and the finding replays in a fresh state;
+  default sampling, and the finding replays in a fresh state; a message it compared
+  before is compared again once the fast path's verdict changed;
+* the mutators' in-place field edits are the bytes decoding, changing that field and
+  re-encoding give; the harness's mutator replays from libFuzzer's seed;
 * the warm spare daemon: a restart takes it, everything it started is stopped by PID.
 """
 
@@ -16,10 +19,12 @@ import signal
 
 import fuzz_mutants
 import pytest
+from construct import Container
 from fixtures_daemons import child_pids
 
-from fuseproto.fuzz import inputs, mutate, oracles, registry
+from fuseproto.fuzz import inputs, mutate, oracles, registry, targets
 from fuseproto.fuzz.harness import DaemonHarness
+from fuseproto.wire import codec, messages, structs
 
 
 @pytest.mark.parametrize("name", ["wire_decode", "session"])
@@ -79,6 +84,119 @@ def test_sampled_differential_catches_a_bug_only_it_sees(tmp_path):
         with fuzz_mutants.planted("ioctl_retry_wrong_bit"), pytest.raises(oracles.Bug):
             registry.TARGETS["wire_decode"].check(data)
         registry.TARGETS["wire_decode"].check(data)  # clean code: nothing
+    finally:
+        oracles.set_diff_every(every)
+
+
+def _set_leaf(body, leaf, value):
+    """Set a FastLayout leaf (``attr.ino``, ``spare[2]``) in a decoded body."""
+    *path, last = leaf.split(".")
+    for p in path:
+        body = body[p]
+    if last.endswith("]"):
+        name, i = last[:-1].split("[")
+        body[name][int(i)] = value
+    else:
+        body[last] = value
+
+
+def _field_edits(kind, msg, op, minor=46, flags=0):
+    """(expected re-encoded bytes, in-place bytes) for every header field and every
+    field of the body's leading fixed structs of one seed message."""
+    head = structs.FAST["fuse_in_header" if kind == "req" else "fuse_out_header"]
+    if kind == "req":
+        parts = messages.request_parts(op, minor, flags)
+    elif kind == "rep":
+        parts, decode = messages.reply_parts(op, minor), codec.decode_reply
+    else:
+        parts, decode = messages.notification_parts(op), codec.decode_notification
+    for name, off, size, _derived, _deciding in mutate.fixed_fields(parts):
+        if any(p.startswith("_") for p in name.split(".")):
+            continue  # fuse.h's __reserved fields: copy_body drops them (built as 0)
+        if kind == "req":
+            msg_obj = codec.decode_request(msg, minor, flags=flags)
+        else:
+            msg_obj = decode(msg) if kind == "not" else decode(msg, op, minor)
+        body = mutate.copy_body(msg_obj.body)
+        _set_leaf(body, name, 5)
+        if kind == "req":
+            h = msg_obj.header
+            again = codec.encode_request(op, body, unique=h["unique"], nodeid=h["nodeid"],
+                                         uid=h["uid"], gid=h["gid"], pid=h["pid"], minor=minor,
+                                         flags=flags, ext=msg_obj.ext, padding=h["padding"])
+        elif kind == "rep":
+            again = codec.encode_reply(op, body, unique=msg_obj.unique, minor=minor)
+        else:
+            again = codec.encode_notification(op, body)
+        at = head.size + off
+        yield name, again, msg[:at] + (5).to_bytes(size, "little") + msg[at + size:]
+
+
+def test_field_edits_are_what_reencoding_gives():
+    """The structured mutators write one field of the body's leading fixed structs in
+    place instead of decode / change / encode: for every field of every seed message's
+    body, the two give the same bytes (the offsets are the schema's)."""
+    n = 0
+    for name, data in registry.TARGETS["wire_decode"].corpus():
+        w = inputs.parse_wire_input(data)
+        kind = name.split("-")[0]
+        if kind == "req":
+            op = structs.FAST["fuse_in_header"].parse(w.message)["opcode"]
+        elif kind in ("rep", "notify"):
+            op = w.opcode if kind == "rep" else structs.FAST["fuse_out_header"].parse(
+                w.message)["error"]
+        else:
+            continue
+        flags = oracles.SETXATTR_EXT if w.setxattr_ext else 0
+        for field, again, edited in _field_edits(kind[:3], w.message, op, w.minor, flags):
+            assert again == edited, (name, field)
+            n += 1
+    assert n > 300
+
+
+def test_the_harness_mutator_replays_from_libfuzzers_seed():
+    calls = [(d, 4096, 1000 + i) for i, (_n, d) in enumerate(
+        registry.TARGETS["wire_decode"].corpus())]
+
+    def run(first_seed):
+        m = targets.libfuzzer_mutator(registry.TARGETS["wire_decode"], lambda d, n: d[::-1])
+        return [m(d, n, first_seed if i == 0 else s) for i, (d, n, s) in enumerate(calls)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert targets.libfuzzer_flags(["h.py", "corpus"]) == ["h.py", "-max_len=8192", "corpus"]
+    assert targets.libfuzzer_flags(["h.py", "-max_len=64"]) == ["h.py", "-max_len=64"]
+
+
+def test_a_message_compared_before_is_compared_again_when_the_fast_path_changes(monkeypatch):
+    """The differential skips the construct on a message it already compared only while
+    the fast path gives the verdict that agreed then."""
+    look = codec.encode_reply(1, Container(nodeid=7, attr=Container(ino=7)), unique=2)
+    data = inputs.build_wire_input(inputs.WIRE_REPLY, look, opcode=1)
+    every = oracles.DIFF_EVERY
+    oracles.set_diff_every(1)
+    try:
+        oracles.check_wire(data)
+        before = oracles.diff_stats()
+        oracles.check_wire(data)  # the same message: not parsed by the construct again
+        after = oracles.diff_stats()
+        assert after["repeats"] == before["repeats"] + 1
+        assert after["compared"] == before["compared"]
+        fast_pair = structs.fast_pair
+
+        def wrong_pair(head, name, size=None):  # the fixed reply's fast path, broken
+            st, parse = fast_pair(head, name, size)
+
+            def bad(buf, off=0):
+                values, body = parse(buf, off)
+                body["generation"] ^= 1
+                return values, body
+            return st, bad
+
+        monkeypatch.setattr(codec.structs, "fast_pair", wrong_pair)
+        monkeypatch.setattr(codec, "_KINDS", {})
+        with pytest.raises(oracles.Bug, match="differential"):
+            oracles.check_wire(data)
     finally:
         oracles.set_diff_every(every)
 

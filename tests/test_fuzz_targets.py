@@ -116,6 +116,19 @@ def test_atheris_harness_runs_clean(tmp_path):
 
 
 @pytest.mark.skipif(campaign.fuzz_dir() is None, reason="needs the fuzz/ directory")
+@pytest.mark.parametrize("name", ["wire_decode", "session"])
+def test_atheris_harness_instruments_the_code_under_test_only(name, tmp_path):
+    """The decoders, encoders and the session are instrumented; the oracles and
+    mutators, the construct reference and the declaration-only modules are not."""
+    proc = subprocess.run([sys.executable, str(ROOT / "fuzz" / f"{name}_fuzzer.py"), "-runs=0"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = set(re.findall(r"INFO: Instrumenting (\S+)", proc.stderr))
+    wire = {f"fuseproto.wire.{m}" for m in ("codec", "messages", "parts", "ext", "decoded")}
+    assert got == {"fuseproto", "fuseproto.session", "fuseproto.wire"} | wire
+
+
+@pytest.mark.skipif(campaign.fuzz_dir() is None, reason="needs the fuzz/ directory")
 def test_atheris_catches_planted_bug_and_replay_classifies_it(tmp_path):
     env = _env_with_fault("name_off_by_one")
     run = campaign.run_atheris("wire_decode", 30, tmp_path, seed=3, env=env)

@@ -10,19 +10,30 @@ header. Every output is built by :mod:`fuseproto.wire.codec` (with ``length=``,
 not decode, the raw fallback edits the bytes and re-stamps ``len`` through the header's
 schema.
 
+Changing ONE integer field (a header field, or a field of the body's leading fixed
+structs) of a message that decodes and re-encoding it gives the bytes of the message with
+the new value written at the field's offset: the codec re-encodes every message it
+decodes byte for byte (the wire oracle checks exactly that). So those mutations are
+byte-level edits at the field offsets of the schema's compiled structs (``structs.FAST``
+/ the body's :class:`~fuseproto.wire.messages.Fixed` parts, cached per layout): no decode
+and no encode, ~10x cheaper. Names, lists, extensions and derived-field changes still go
+through decode, :func:`mutate_body` and the codec.
+
 All functions take a :class:`random.Random` so a seed reproduces a mutation.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import struct
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from construct import Container, ListContainer
 
 from ..errors import DecodeError, EncodeError
-from ..wire import codec, structs
+from ..wire import codec, messages, structs
 from ..wire.constants import fuse_notify_code, fuse_opcode
 
 __all__ = [
@@ -40,6 +51,7 @@ __all__ = [
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
+_IN_SIZE, _OUT_SIZE = _IN.size, _OUT.size
 
 # Boundary values for the integer fields (sizes, offsets, counts, flags, modes ...).
 INTERESTING_INTS: tuple[int, ...] = (
@@ -61,6 +73,8 @@ _DERIVED = ("size", "in_size", "count", "namelen", "in_iovs", "out_iovs", "nr_gr
 _BYTES_FIELDS = ("name", "newname", "link", "value", "data", "info", "ctx")
 _OPCODES = [int(m) for m in fuse_opcode]
 _CODES = [int(m) for m in fuse_notify_code]
+_NOTE_CODES = (*_CODES, 0, 100, 0x7FFFFFFF)
+_REPLY_ERRORS = (0, -1, -2, -5, -22, -38, -511, -512, -4096, 1, 0x7FFFFFFF, -0x80000000)
 
 
 class Pools:
@@ -190,14 +204,7 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
 
     def set_int() -> None:
         p = rng.choice(ints)
-        old = _get(body, p)
-        key = p[-1]
-        if key in ("nodeid", "parent", "newdir", "oldnodeid") and rng.random() < 0.5:
-            _set(body, p, pools.pick_nodeid(rng))
-        elif key == "fh" and pools.fhs and rng.random() < 0.5:
-            _set(body, p, rng.choice(pools.fhs))
-        else:
-            _set(body, p, _interesting_int(rng, old))
+        _set(body, p, _field_value(p[-1], _get(body, p), rng, pools))
 
     def set_bytes() -> None:
         p = rng.choice(names)
@@ -245,6 +252,180 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
     return body
 
 
+# --- byte-level field edits (see the module docstring) --------------------------------------
+
+#: The share of body mutations done as one field edit in place when the body starts with
+#: fixed structs (the rest decode and go through mutate_body: names, lists, derived fields).
+FIELD_EDIT_SHARE = 0.5
+_FORMAT_ITEM = re.compile(r"(\d*)([a-zA-Z?])")
+# (leaf name, offset, size) per compiled struct, by (name, size): the format's codes, in
+# the order of FastLayout.fields (arrays are one leaf per item; char arrays are skipped).
+_LEAVES: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}
+Field = tuple[str, int, int, bool, bool]  # leaf, offset in the body, size, derived, deciding
+_FIELDS: dict[Any, tuple[Field, ...]] = {}
+_FIELDS_MAX = 4096
+_IN_AT = {name: (off, size) for name, off, size in structs.layout("fuse_in_header")}
+_OUT_AT = {name: (off, size) for name, off, size in structs.layout("fuse_out_header")}
+_OPCODE = _IN_AT["opcode"][0]
+_LEN, _ERROR, _UNIQUE = (_OUT_AT[f][0] for f in ("len", "error", "unique"))
+
+
+def struct_leaves(fl: structs.FastLayout) -> tuple[tuple[str, int, int], ...]:
+    """``(leaf, offset, size)`` of every integer leaf of a compiled struct (nested fields
+    dotted, array items ``name[i]``, as ``fl.fields`` names them), from its format."""
+    key = (fl.name, fl.size)
+    out = _LEAVES.get(key)
+    if out is None:
+        leaves: list[tuple[str, int, int]] = []
+        names, off = iter(fl.fields), 0
+        for count, code in _FORMAT_ITEM.findall(fl.struct.format.lstrip("<>=!@")):
+            n, size = int(count or 1), struct.calcsize("<" + code)
+            if code == "s":
+                next(names)
+                off += n
+                continue
+            for _ in range(n):
+                leaves.append((next(names), off, size))
+                off += size
+        if off != fl.size or next(names, None) is not None:
+            raise ValueError(f"{fl.name}: format {fl.struct.format} does not match its fields")
+        out = _LEAVES[key] = tuple(leaves)
+    return out
+
+
+# The fields a part's parse reads to decide how far and which way it goes (a count,
+# a size, a name length; IOCTL's reply branches on FUSE_IOCTL_RETRY in ``flags``).
+_DECIDING_ATTRS = ("count_field", "size_field", "len_field")
+_DECIDING_BY_PART = {messages.IoctlOut: ("flags",)}
+_DECIDING: dict[Any, tuple[str, ...]] = {}
+
+
+def deciding_fields(parts: Any) -> tuple[str, ...]:
+    """The body fields the parts' parse branches on, in part order: the wire oracle's
+    shapes record their values, and the field edits favour them (where parsers go
+    wrong)."""
+    names = _DECIDING.get(parts)
+    if names is None:
+        found: list[str] = []
+        for p in parts or ():
+            found += [getattr(p, a) for a in _DECIDING_ATTRS if isinstance(getattr(p, a, None), str)]
+            found += _DECIDING_BY_PART.get(type(p), ())
+        names = _DECIDING[parts] = tuple(found)
+    return names
+
+
+def fixed_fields(parts: Any) -> tuple[Field, ...]:
+    """The integer fields of a body's leading :class:`~fuseproto.wire.messages.Fixed`
+    parts (offsets from the body's start), each marked derived when the encoder computes
+    it (a ``size``/``count`` written over is a lie about what follows) and deciding when
+    a later part branches on it (:func:`deciding_fields`)."""
+    out: list[Field] = []
+    base = 0
+    deciding = set(deciding_fields(parts))
+    for p in parts or ():
+        if type(p) is not messages.Fixed:
+            break
+        out += [(name, base + off, size, name in p.derive, name in deciding)
+                for name, off, size in struct_leaves(p.fl)]
+        base += p.size
+    return tuple(out)
+
+
+def _fields_of(key: tuple[Any, ...], parts: Callable[[], Any]) -> tuple[Field, ...]:
+    out = _FIELDS.get(key)
+    if out is None:
+        if len(_FIELDS) >= _FIELDS_MAX:
+            _FIELDS.clear()
+        out = _FIELDS[key] = fixed_fields(parts())
+    return out
+
+
+def _request_fields(op: int, minor: int, flags: int) -> tuple[Field, ...]:
+    ext = bool(flags & messages.FUSE_SETXATTR_EXT)
+    return _fields_of((0, op, minor, ext), lambda: messages.request_parts(op, minor, flags))
+
+
+def _reply_fields(op: int, minor: int) -> tuple[Field, ...]:
+    return _fields_of((1, op, minor), lambda: messages.reply_parts(op, minor))
+
+
+def _notification_fields(code: int) -> tuple[Field, ...]:
+    return _fields_of((2, code), lambda: messages.notification_parts(code))
+
+
+def _put(data: bytes, off: int, size: int, value: int) -> bytes:
+    """``data`` with ``value`` (two's complement, cut to ``size`` bytes) at ``off``."""
+    return (data[:off] + (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+            + data[off + size:])
+
+
+def _field_value(key: Any, old: int, rng: random.Random, pools: Pools, bits: int = 32) -> int:
+    """A new value for integer field ``key`` (its last name) holding ``old``: node ids and
+    handles from the pools; in a ``flags`` word half the time one bit toggled (one of the
+    low eight mostly, where the protocol's flag sets begin); else a boundary value."""
+    if key in ("nodeid", "parent", "newdir", "oldnodeid") and rng.random() < 0.5:
+        return pools.pick_nodeid(rng)
+    if key == "fh" and pools.fhs and rng.random() < 0.5:
+        return rng.choice(pools.fhs)
+    if isinstance(key, str) and key.endswith("flags") and rng.random() < 0.5:
+        return old ^ (1 << rng.randrange(8 if rng.random() < 0.7 else bits))
+    return _interesting_int(rng, old)
+
+
+def _edit_body_field(data: bytes, fields: tuple[Field, ...], base: int, rng: random.Random,
+                     pools: Pools) -> bytes | None:
+    """One body field of ``fields`` (at ``base``) set in place; None if none fits in
+    ``data``. A third of the time a field a later part branches on (a count, a size,
+    IOCTL's flags: where parsers go wrong), derived or not; otherwise mostly a field the
+    encoder does not derive (mutate_body re-derives the derived ones 60% of the time),
+    else any, so a size or count lies."""
+    room = len(data) - base
+    fits = [f for f in fields if f[1] + f[2] <= room]
+    if not fits:
+        return None
+    r = rng.random()
+    if r < 0.3:
+        fits = [f for f in fits if f[4]] or fits
+    elif r < 0.72:
+        fits = [f for f in fits if not f[3]] or fits
+    name, off, size, _, _ = rng.choice(fits)
+    off += base
+    old = int.from_bytes(data[off:off + size], "little")
+    value = _field_value(name.rsplit(".", 1)[-1], old, rng, pools, 8 * size)
+    return _put(data, off, size, value)
+
+
+def _edit_in_header(data: bytes, r: float, rng: random.Random, pools: Pools) -> bytes:
+    """mutate_request's header branches (r in [0.45, 0.84)) as one field written."""
+    if r < 0.6:
+        field = rng.choice(("nodeid", "nodeid", "unique", "uid", "gid", "pid", "padding"))
+        off, size = _IN_AT[field]
+        if field == "nodeid" and rng.random() < 0.6:
+            value = pools.pick_nodeid(rng)
+        else:
+            value = _interesting_int(rng, int.from_bytes(data[off:off + size], "little"))
+    elif r < 0.72:
+        # Another opcode's header over this body: the daemon parses bytes it did not expect.
+        field = "opcode"
+        value = rng.choice(_OPCODES) if rng.random() < 0.9 else rng.getrandbits(32)
+    else:
+        field, n = "len", len(data)
+        value = rng.choice((0, 1, 39, 40, n - 1, n + 1, n + 8, n + 4096, 0xFFFF_FFFF,
+                            _interesting_int(rng, n)))
+    off, size = _IN_AT[field]
+    return _put(data, off, size, value)
+
+
+def _edit_out_header(data: bytes, field: str, rng: random.Random) -> bytes:
+    """mutate_reply's unique / len branches as one field written."""
+    off, size = _OUT_AT[field]
+    if field == "unique":
+        old = int.from_bytes(data[off:off + size], "little")
+        return _put(data, off, size, _interesting_int(rng, old))
+    n = len(data)
+    return _put(data, off, size, rng.choice((0, 15, 16, n - 1, n + 1, 0xFFFF_FFFF)))
+
+
 def restamp(data: bytes, *, request: bool) -> bytes:
     """``data`` with its header's ``len`` set to ``len(data)`` (through the header schema)."""
     fl = _IN if request else _OUT
@@ -284,7 +465,7 @@ def _encode_request(req: Any, body: Any, hdr: MutableMapping[str, Any], minor: i
     return codec.encode_request(
         hdr["opcode"], body, unique=hdr["unique"], nodeid=hdr["nodeid"], uid=hdr["uid"],
         gid=hdr["gid"], pid=hdr["pid"], minor=minor, flags=flags, ext=ext,
-        length=hdr.get("len_forced"), total_extlen=hdr.get("extlen_forced"),
+        total_extlen=hdr.get("extlen_forced"),
         padding=hdr.get("padding", 0),
     )
 
@@ -299,7 +480,18 @@ def mutate_request(
     max_size: int = 1 << 16,
 ) -> bytes:
     """A mutated request (see the module docstring); falls back to bytes if ``data`` does
-    not decode."""
+    not decode. One header field (r in [0.45, 0.84)) or, half the time, one field of the
+    body's leading fixed structs is written in place."""
+    r = rng.random()
+    if len(data) >= _IN_SIZE:
+        if 0.45 <= r < 0.84:
+            return _edit_in_header(data, r, rng, pools)[:max_size]
+        if r < 0.45 and rng.random() < FIELD_EDIT_SHARE:
+            op = int.from_bytes(data[_OPCODE:_OPCODE + 4], "little")
+            out = _edit_body_field(data, _request_fields(op, minor, flags), _IN_SIZE, rng,
+                                   pools)
+            if out is not None:
+                return out[:max_size]
     try:
         req = codec.decode_request(data, minor, flags=flags)
     except DecodeError:
@@ -309,26 +501,8 @@ def mutate_request(
     hdr["opcode"] = int(req.opcode)
     body: Any = req.body
     ext: Any = list(req.ext)
-    r = rng.random()
-    if r < 0.45:
+    if r < 0.84:  # [0.45, 0.84) was handled above (a request that decodes has a header)
         body = mutate_body(body, rng, pools)
-    elif r < 0.6:
-        field = rng.choice(("nodeid", "nodeid", "unique", "uid", "gid", "pid", "padding"))
-        if field == "nodeid" and rng.random() < 0.6:
-            hdr[field] = pools.pick_nodeid(rng)
-        else:
-            hdr[field] = _interesting_int(rng, hdr[field]) & (
-                0xFFFF if field == "padding" else
-                0xFFFF_FFFF if field in ("uid", "gid", "pid") else (1 << 64) - 1)
-    elif r < 0.72:
-        # Another opcode's header over this body: the daemon parses bytes it did not expect.
-        hdr["opcode"] = rng.choice(_OPCODES) if rng.random() < 0.9 else rng.getrandbits(32)
-        body = _raw_body(req, data)
-    elif r < 0.84:
-        n = len(data)
-        hdr["len_forced"] = rng.choice(
-            (0, 1, 39, 40, n - 1, n + 1, n + 8, n + 4096, 0xFFFF_FFFF, _interesting_int(rng, n))
-        ) & 0xFFFF_FFFF
     elif r < 0.94:
         kind = rng.random()
         if kind < 0.4:
@@ -352,11 +526,6 @@ def mutate_request(
     return out[:max_size]
 
 
-def _raw_body(req: Any, data: bytes) -> bytes:
-    end = len(data) - 8 * req.header["total_extlen"]
-    return data[_IN.size:end]
-
-
 def mutate_reply(
     data: bytes,
     request: Any,
@@ -365,56 +534,74 @@ def mutate_reply(
     minor: int = 46,
     max_size: int = 1 << 16,
 ) -> bytes:
-    """A mutated reply to ``request`` (a Request or an opcode)."""
+    """A mutated reply to ``request`` (a Request or an opcode). The error, unique and len
+    branches and, half the time, a change to one field of the body's leading fixed
+    structs are written in place."""
+    r = rng.random()
+    if len(data) >= _OUT_SIZE:
+        has_body = not any(data[_ERROR:_ERROR + 4])  # error 0: decode gives a body
+        if 0.82 <= r < 0.92:
+            return _edit_out_header(data, "len", rng)[:max_size]
+        if 0.7 <= r < 0.82:
+            return _edit_out_header(data, "unique", rng)[:max_size]
+        if 0.55 <= r < 0.7 or (r < 0.55 and not has_body):
+            error = rng.choice(_REPLY_ERRORS)
+            if error and rng.random() < 0.8:  # the header alone, as for a failed request
+                return _put(_put(data[:_OUT_SIZE], _LEN, 4, _OUT_SIZE), _ERROR, 4, error)
+            if error or has_body:
+                return _put(data, _ERROR, 4, error)[:max_size]
+            # error 0 and no body: the codec builds the body (every field 0).
+            try:
+                unique = int.from_bytes(data[_UNIQUE:_UNIQUE + 8], "little")
+                return codec.encode_reply(request, None, unique=unique, minor=minor)[:max_size]
+            except EncodeError:
+                return mutate_bytes(data, rng, max_size)
+        if r < 0.55 and rng.random() < FIELD_EDIT_SHARE:
+            op = int(getattr(request, "opcode", request))
+            out = _edit_body_field(data, _reply_fields(op, minor), _OUT_SIZE, rng,
+                                   _DEFAULT_POOLS)
+            if out is not None:
+                return out[:max_size]
     try:
         rep = codec.decode_reply(data, request, minor)
     except DecodeError:
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
-    hdr = dict(rep.header)
     body: Any = rep.body
-    length = None
-    r = rng.random()
     if r < 0.55 and body is not None:
         body = mutate_body(body, rng)
-    elif r < 0.7:
-        hdr["error"] = rng.choice((0, -1, -2, -5, -22, -38, -511, -512, -4096, 1, 0x7FFFFFFF,
-                                   -0x80000000))
-        if hdr["error"] and rng.random() < 0.8:
-            body = None
-    elif r < 0.82:
-        hdr["unique"] = _interesting_int(rng, hdr["unique"])
-    elif r < 0.92:
-        n = len(data)
-        length = rng.choice((0, 15, 16, n - 1, n + 1, 0xFFFF_FFFF))
-    else:
+    else:  # r >= 0.92 (the header branches were handled above)
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
     try:
-        return codec.encode_reply(request, body, unique=hdr["unique"], error=hdr["error"],
-                                  minor=minor, length=length)[:max_size]
+        return codec.encode_reply(request, body, unique=rep.unique, error=rep.error,
+                                  minor=minor)[:max_size]
     except EncodeError:
         return mutate_bytes(data, rng, max_size)
 
 
 def mutate_notification(data: bytes, rng: random.Random, *, max_size: int = 1 << 16) -> bytes:
+    """A mutated notification: the code or len written in place, or a body change (one
+    field of its leading fixed struct in place half the time)."""
+    r = rng.random()
+    if len(data) >= _OUT_SIZE:
+        if 0.6 <= r < 0.8:
+            return _put(data, _ERROR, 4, rng.choice(_NOTE_CODES))[:max_size]
+        if r >= 0.8:
+            n = len(data)
+            return _put(data, _LEN, 4, rng.choice((0, 16, n + 1, 0xFFFF_FFFF)))[:max_size]
+        if rng.random() < FIELD_EDIT_SHARE:
+            code = int.from_bytes(data[_ERROR:_ERROR + 4], "little", signed=True)
+            out = _edit_body_field(data, _notification_fields(code), _OUT_SIZE, rng,
+                                   _DEFAULT_POOLS)
+            if out is not None:
+                return out[:max_size]
     try:
         note = codec.decode_notification(data)
     except DecodeError:
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
-    code = int(note.code)
-    body: Any = note.body
-    length = None
-    r = rng.random()
-    if r < 0.6:
-        body = mutate_body(body, rng)
-    elif r < 0.8:
-        code = rng.choice(_CODES + [0, 100, 0x7FFFFFFF])
-        body = data[_OUT.size:]
-    else:
-        length = rng.choice((0, 16, len(data) + 1, 0xFFFF_FFFF))
     try:
-        return codec.encode_notification(code, body, length=length)[:max_size]
+        return codec.encode_notification(int(note.code), mutate_body(note.body, rng))[:max_size]
     except EncodeError:
         return mutate_bytes(data, rng, max_size)

@@ -22,6 +22,11 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     message in :data:`DIFF_EVERY` by a CRC32 of its bytes. Both rules are functions
     of the input (a replay in a fresh process always runs it: its shape is new);
     ``FUSEPROTO_FUZZ_DIFF_EVERY=1`` runs it on every body (:func:`set_diff_every`).
+    The fast-path side is the body the decoder returned (parsed again only when the
+    decoder refused the message), and a message already compared in this process (same
+    bytes, body range, construct, opcode and minor) is not parsed by the construct
+    again when the fast path gives the verdict that agreed then (the construct's side is
+    a function of those).
 session (``fuseproto.session`` docstring):
   * ``feed_request``/``feed_reply`` raise only DecodeError or ProtocolError;
   * a reply is paired with the request of its own unique (``reply.request.unique``);
@@ -51,6 +56,7 @@ from .inputs import (
     parse_session_input,
     parse_wire_input,
 )
+from .mutate import deciding_fields
 
 __all__ = ["Bug", "check_wire", "check_session", "SESSION_MAX_PENDING", "DIFF_EVERY",
            "set_diff_every", "diff_stats"]
@@ -91,6 +97,10 @@ def _decode(fn: Any, *args: Any, **kw: Any) -> Any:
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
+_IN_SIZE, _OUT_SIZE = _IN.size, _OUT.size
+_in_unpack, _out_unpack = _IN.struct.unpack_from, _OUT.struct.unpack_from
+_IN_LEN, _IN_OPCODE, _IN_EXTLEN = (_IN.fields.index(f) for f in ("len", "opcode", "total_extlen"))
+_OUT_LEN, _OUT_ERROR, _OUT_UNIQUE = (_OUT.fields.index(f) for f in ("len", "error", "unique"))
 
 
 def _notify_name(code: Any) -> str:
@@ -100,15 +110,20 @@ def _notify_name(code: Any) -> str:
 
 #: The differential's sampling of already-seen shapes: one body in DIFF_EVERY (by CRC32).
 DIFF_EVERY = max(1, int(os.environ.get("FUSEPROTO_FUZZ_DIFF_EVERY", "8")))
-# The fields a part's parse reads to decide how far and which way it goes (a count,
-# a size, a name length; IOCTL's reply branches on FUSE_IOCTL_RETRY in ``flags``).
-_DECIDING_ATTRS = ("count_field", "size_field", "len_field")
-_DECIDING_BY_PART = {messages.IoctlOut: ("flags",)}
-_DECIDING: dict[Any, tuple[str, ...]] = {}
 _SHAPES: set[tuple[Any, ...]] = set()
 _SHAPES_MAX = 1 << 16
-# What the differential did in this process: bodies seen, construct parses run.
-_STATS = {"bodies": 0, "compared": 0}
+# What the differential did in this process: bodies seen, construct parses run, and
+# compares skipped because the same message was compared before (and agreed).
+_STATS = {"bodies": 0, "compared": 0, "repeats": 0}
+# Messages compared and agreed on: (construct, what, body range, bytes) -> the fast
+# path's verdict then (its body, or None for a refusal). The construct side is a function
+# of the key; the fast side is compared with what agreed, so a fast path changed since
+# (a planted bug) is compared again.
+_AGREED: dict[tuple[Any, ...], Any] = {}
+_AGREED_MAX = 1 << 12
+_NOT_SEEN = object()
+_BODIES: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+_BODIES_MAX = 4096
 
 
 def set_diff_every(n: int) -> None:
@@ -117,6 +132,7 @@ def set_diff_every(n: int) -> None:
     global DIFF_EVERY
     DIFF_EVERY = max(1, int(n))
     _SHAPES.clear()
+    _AGREED.clear()
 
 
 def diff_stats() -> dict[str, int]:
@@ -140,24 +156,13 @@ def _layout(parts: Any) -> tuple[Any, ...]:
     return out
 
 
-def _deciding(parts: Any) -> tuple[str, ...]:
-    names = _DECIDING.get(parts)
-    if names is None:
-        found: list[str] = []
-        for p in parts:
-            found += [getattr(p, a) for a in _DECIDING_ATTRS if isinstance(getattr(p, a, None), str)]
-            found += _DECIDING_BY_PART.get(type(p), ())
-        names = _DECIDING[parts] = tuple(found)
-    return names
-
-
 def _shape(parts: Any, data: bytes, off: int, end: int, fast: Any,
            err: Exception | None) -> tuple[Any, ...]:
     """What decides the fast path's control flow on ``data[off:end]``: its verdict (the
     error's class and field, or the length of each variable part it accepted) and the
     value of each field a part decides by (read from the leading fixed struct when the
     body was refused)."""
-    deciding = _deciding(parts)
+    deciding = deciding_fields(parts)
     if err is not None:
         out: list[Any] = [_layout(parts), end - off, type(err), getattr(err, "path", None)]
         head = parts[0] if deciding else None
@@ -175,17 +180,39 @@ def _shape(parts: Any, data: bytes, off: int, end: int, fast: Any,
     return tuple(out)
 
 
-def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: int) -> None:
+def _where(what: tuple[Any, ...]) -> str:
+    """A differential finding's ``where`` from ``(kind, opcode or code, minor)`` (formatted
+    only when there is a finding)."""
+    kind, op, minor = what
+    if kind == "notification":
+        return f"notification {op}"
+    return f"{kind} {opcode_name(op)} (minor {minor})"
+
+
+def _differential(what: tuple[Any, ...], parts: Any, con: Any, data: bytes, off: int,
+                  end: int, decoded: Any = None) -> None:
     """Fast path vs construct on ``data[off:end]``: same acceptance, same Container (on the
-    bodies the sampling in the module docstring picks)."""
-    try:
-        fast = messages.parse_parts(parts, data, off, end)
-        fast_err: Exception | None = None
-    except DecodeError as e:
-        cause = _translated(e)
-        if cause is not None:
-            raise cause
-        fast, fast_err = None, e
+    bodies the sampling in the module docstring picks).
+
+    ``decoded`` is the body the codec's decoder returned for this message (it parsed
+    ``data[off:end]`` with parts of this layout): then that body is the fast path's
+    verdict, so what is compared is what the decoder gives, and the fast path does not
+    run twice. Without it (the decoder refused the message) the fast path runs here.
+
+    A message compared before (the same bytes, body range, construct and ``what``) whose
+    fast-path verdict is the one that agreed then is not parsed by the construct again
+    (its side is a function of those)."""
+    fast_err: Exception | None = None
+    if decoded is not None:
+        fast = decoded
+    else:
+        try:
+            fast = messages.parse_parts(parts, data, off, end)
+        except DecodeError as e:
+            cause = _translated(e)
+            if cause is not None:
+                raise cause
+            fast, fast_err = None, e
     _STATS["bodies"] += 1
     shape = _shape(parts, data, off, end, fast, fast_err)
     if shape in _SHAPES:
@@ -195,6 +222,12 @@ def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: i
         if len(_SHAPES) >= _SHAPES_MAX:
             _SHAPES.clear()
         _SHAPES.add(shape)
+    key = (con, what, off, end, data)
+    seen = _AGREED.get(key, _NOT_SEEN)
+    if seen is not _NOT_SEEN and (seen is None if fast_err else seen == fast):
+        # The construct agreed with this very verdict on these very bytes before.
+        _STATS["repeats"] += 1
+        return
     _STATS["compared"] += 1
     try:
         slow = con.parse(data[off:end])
@@ -202,11 +235,14 @@ def _differential(what: str, parts: Any, con: Any, data: bytes, off: int, end: i
     except ConstructError as e:
         slow, slow_err = None, e
     if (fast_err is None) != (slow_err is None):
-        raise Bug("differential", what,
+        raise Bug("differential", _where(what),
                   f"fast path {'rejects' if fast_err else 'accepts'} ({fast_err}), construct "
                   f"{'rejects' if slow_err else 'accepts'} ({slow_err})")
     if fast_err is None and fast != slow:
-        raise Bug("differential", what, f"fast path {fast!r} != construct {slow!r}")
+        raise Bug("differential", _where(what), f"fast path {fast!r} != construct {slow!r}")
+    if len(_AGREED) >= _AGREED_MAX:
+        _AGREED.clear()
+    _AGREED[key] = None if fast_err else fast
 
 
 def check_wire(data: bytes) -> None:
@@ -227,27 +263,31 @@ def check_wire(data: bytes) -> None:
         _check_reply(w.message, req if req is not None else w.opcode, minor)
 
 
-def _request_body_range(msg: bytes) -> tuple[int, int, int] | None:
-    """(opcode, body start, body end) when the header itself is sound."""
-    fl = _IN
-    if len(msg) < fl.size:
-        return None
-    h = fl.parse(msg, 0)
-    end = len(msg) - 8 * h["total_extlen"]
-    if h["len"] != len(msg) or end < fl.size:
-        return None
-    return h["opcode"], fl.size, end
+def _body(key: tuple[Any, ...], parts_of: Any, *args: Any) -> tuple[Any, Any]:
+    """(parts, construct) of a body from messages' lookup ``parts_of(*args)`` and the
+    construct of those parts, asked once per ``key`` (the lookups are code under test:
+    instrumented under atheris, several calls deep)."""
+    out = _BODIES.get(key)
+    if out is None:
+        if len(_BODIES) >= _BODIES_MAX:
+            _BODIES.clear()
+        parts = parts_of(*args)
+        out = _BODIES[key] = (parts, None if parts is None else messages.schema(parts))
+    return out
 
 
 def _check_request(msg: bytes, minor: int, flags: int) -> Any:
     req = _decode(codec.decode_request, msg, minor, flags=flags)
-    rng = _request_body_range(msg)
-    if rng is not None:
-        op, off, end = rng
-        parts = messages.request_parts(op, minor, flags)
-        if parts is not None:
-            _differential(f"request {opcode_name(req.opcode if req else op)} (minor {minor})",
-                          parts, messages.request_body(op, minor, flags), msg, off, end)
+    n = len(msg)
+    if n >= _IN_SIZE:
+        v = _in_unpack(msg, 0)
+        end = n - 8 * v[_IN_EXTLEN]
+        if v[_IN_LEN] == n and end >= _IN_SIZE:  # the header itself is sound
+            op = v[_IN_OPCODE]
+            parts, con = _body((0, op, minor, flags), messages.request_parts, op, minor, flags)
+            if parts is not None:
+                _differential(("request", op, minor), parts, con, msg, _IN_SIZE, end,
+                              None if req is None else req.body)
     if req is None:
         return None
     h = req.header
@@ -268,19 +308,18 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
 def _check_reply(msg: bytes, request: Any, minor: int) -> None:
     rep = _decode(codec.decode_reply, msg, request, minor)
     op = int(getattr(request, "opcode", request))
-    fl = _OUT
-    if len(msg) >= fl.size:
-        h = fl.parse(msg, 0)
-        if h["len"] == len(msg) and h["error"] == 0:
+    n = len(msg)
+    if n >= _OUT_SIZE:
+        v = _out_unpack(msg, 0)
+        if v[_OUT_LEN] == n and v[_OUT_ERROR] == 0:
             xsize = None
             rbody = getattr(request, "body", None)
             if rbody is not None and hasattr(rbody, "get"):
                 xsize = rbody.get("size")
-            parts = messages.reply_parts(op, minor, xsize)
+            parts, con = _body((1, op, minor, xsize), messages.reply_parts, op, minor, xsize)
             if parts is not None:
-                _differential(f"reply to {opcode_name(rep.opcode if rep else op)} (minor {minor})",
-                              parts, messages.reply_body(op, minor, xsize), msg, fl.size,
-                              len(msg))
+                _differential(("reply to", op, minor), parts, con, msg, _OUT_SIZE, n,
+                              None if rep is None else rep.body)
     if rep is None:
         return
     try:
@@ -296,14 +335,15 @@ def _check_reply(msg: bytes, request: Any, minor: int) -> None:
 
 def _check_notification(msg: bytes) -> None:
     note = _decode(codec.decode_notification, msg)
-    fl = _OUT
-    if len(msg) >= fl.size:
-        h = fl.parse(msg, 0)
-        if h["len"] == len(msg) and h["unique"] == 0 and h["error"] > 0:
-            parts = messages.notification_parts(h["error"])
+    n = len(msg)
+    if n >= _OUT_SIZE:
+        v = _out_unpack(msg, 0)
+        code = v[_OUT_ERROR]
+        if v[_OUT_LEN] == n and v[_OUT_UNIQUE] == 0 and code > 0:
+            parts, con = _body((2, code), messages.notification_parts, code)
             if parts is not None:
-                _differential(f"notification {h['error']}", parts,
-                              messages.notification_body(h["error"]), msg, fl.size, len(msg))
+                _differential(("notification", code, None), parts, con, msg, _OUT_SIZE, n,
+                              None if note is None else note.body)
     if note is None:
         return
     try:
@@ -320,15 +360,23 @@ def _check_notification(msg: bytes) -> None:
 
 
 def _snapshot(s: Session) -> tuple[Any, ...]:
-    # InitFlags compare by value: no int() needed.
-    return (frozenset(s.pending), dict(s.interrupts), s.minor, s.flags, s.initialized)
+    """What a raising call must leave alone: the uniques in flight, the interrupt records,
+    minor, flags (InitFlags compare by value) and whether INIT completed. Tuples in the
+    session's order (cheaper than sets, taken after every record); :func:`_same_state`
+    compares them as sets."""
+    return (tuple(s.pending), tuple(s.interrupts.items()), s.minor, s.flags, s.initialized)
+
+
+def _same_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return a == b or (set(a[0]) == set(b[0]) and dict(a[1]) == dict(b[1]) and a[2:] == b[2:])
 
 
 def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Session:
     """The session target's oracle; returns the session (for tests)."""
     s = Session(max_pending=max_pending)
+    state = _snapshot(s)
     for rec in parse_session_input(data):
-        before = _snapshot(s)
+        before = state  # the state after the previous record: the session's now
         what = "feed_reply" if rec.is_reply else "feed_request"
         try:
             if rec.is_reply:
@@ -346,9 +394,10 @@ def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Sessio
                 if cause is not None:
                     raise cause
             after = _snapshot(s)
-            if after != before:
+            if not _same_state(after, before):
                 completed = getattr(e, "request", None)
-                allowed = completed is not None and after[0] == before[0] - {completed.unique}
+                allowed = completed is not None and set(after[0]) == set(before[0]) - {
+                    completed.unique}
                 if not allowed:
                     raise Bug("state", what,
                               f"{type(e).__name__} ({e}) changed the session: {before} -> "
@@ -357,6 +406,7 @@ def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Sessio
             s.check_valid()
         except AssertionError as e:
             raise Bug("invariant", what, f"Session.check_valid failed: {e!r}") from e
-        if len(s.pending) > max_pending:
-            raise Bug("invariant", what, f"{len(s.pending)} pending > max_pending {max_pending}")
+        state = _snapshot(s)
+        if len(state[0]) > max_pending:
+            raise Bug("invariant", what, f"{len(state[0])} pending > max_pending {max_pending}")
     return s
