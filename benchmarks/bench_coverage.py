@@ -52,10 +52,11 @@ TARGETS = ("requests", "sequences", "chains", "control_plane")
 
 
 def run_target(inst: daemons.Installation, target: str, seconds: float, seed: int,
-               feedback: str, cov: CoverageMap, store: FindingStore, spare: bool = True
-               ) -> Any:
+               feedback: str, cov: CoverageMap, store: FindingStore, spare: bool = True,
+               configs: bool = False) -> Any:
     """One live target for ``seconds`` on ``inst``, its edges folded into ``cov``
-    (``spare``: the single-request loop and the sequence programs take warm spares)."""
+    (``spare``: the single-request loop and the sequence programs take warm spares;
+    ``configs``: the single-request loop varies its daemons' options)."""
     from fuseproto.fuzz.chains import fuzz_chains
     from fuseproto.fuzz.control_plane import fuzz_control_plane
 
@@ -67,11 +68,12 @@ def run_target(inst: daemons.Installation, target: str, seconds: float, seed: in
         return fuzz_chains(inst, **kw)
     if target == "control_plane":
         return fuzz_control_plane(inst, **kw)
-    return virtiofsd.fuzz_daemon(inst, spare=spare, **kw)
+    return virtiofsd.fuzz_daemon(inst, spare=spare, configs=configs, **kw)
 
 
 def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str,
-            targets: tuple[str, ...], spare: bool = True) -> dict[str, Any]:
+            targets: tuple[str, ...], spare: bool = True, configs: bool = False
+            ) -> dict[str, Any]:
     """One arm: ``targets`` one after the other (``seconds`` split evenly), all folding
     into one edge map, so the edges are the union the live fuzzer reached."""
     share = seconds / len(targets)
@@ -83,7 +85,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
         store = FindingStore(tmp)
         for t in targets:
             before = cov.seen
-            st = run_target(inst, t, share, seed, feedback, cov, store, spare)
+            st = run_target(inst, t, share, seed, feedback, cov, store, spare, configs)
             per[t] = cov.seen - before
             requests += getattr(st, "requests", 0) or getattr(st, "inputs", 0) \
                 or getattr(st, "programs", 0)
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequences", action="store_true",
                     help="compare with sequence programs instead of single requests "
                          "(the same as --targets sequences)")
+    ap.add_argument("--configs", action="store_true",
+                    help="the single-request loop gives each daemon options of its own "
+                         "(fuseproto.fuzz.configs), in both arms")
     ap.add_argument("--targets", default="requests",
                     help="comma-separated live targets each arm runs one after the other, "
                          f"the seconds split evenly, edges united: {', '.join(TARGETS)}, "
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = " + ".join(targets)
     print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
           f"({inst.instrumentation}), seed {a.seed}")
-    arms = [run_arm(inst, a.seconds, a.seed, fb, targets) for fb in ("coverage", "outcome")]
+    arms = [run_arm(inst, a.seconds, a.seed, fb, targets, configs=a.configs)
+            for fb in ("coverage", "outcome")]
     print(f"{'feedback':10s} {'edges':>7s} {'seeds':>7s} {'@25%':>7s} {'@50%':>7s} "
           f"{'guards':>7s} {'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} "
           f"{'findings':>8s}")

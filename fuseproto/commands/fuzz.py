@@ -43,6 +43,11 @@ def register(sub: Any) -> None:
     c.add_argument("--no-diff", action="store_true",
                    help="skip the differential target (C vs Rust daemon on identical shares; "
                    "run when the daemons include both kinds)")
+    c.add_argument("--no-configs", action="store_true",
+                   help="start every daemon with its default options (otherwise the "
+                   "single-request loop gives each daemon options of its own: cache mode, "
+                   "xattr mapping, ACLs, locks, thread pool, ...; a finding's reproducer "
+                   "names them)")
     c.add_argument("--sequence-share", type=float, default=0.3, metavar="F",
                    help="share of each daemon's time spent on stateful sequence programs "
                    "(default 0.3)")
@@ -122,6 +127,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="for diff: the second daemon, compared with --daemon (default rust)")
     p.add_argument("--sequences", action="store_true",
                    help="for virtiofsd: run stateful sequence programs, not single requests")
+    p.add_argument("--configs", action="store_true",
+                   help="for virtiofsd single requests: give each daemon started options "
+                   "of its own (fuseproto.daemons.options), chosen by what they reached")
     p.add_argument("--feedback", choices=("auto", "coverage", "outcome"), default="auto",
                    help="for virtiofsd: what keeps an input: the daemon's new edges (an "
                    "instrumented daemon; auto) or new outcome classes only")
@@ -215,6 +223,7 @@ def _campaign(args: argparse.Namespace) -> int:
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
         diff=not args.no_diff, below_fuse=not args.no_below_fuse,
         shrink_share=args.shrink_share, corpus_root=_corpus_root(args), jobs=args.jobs,
+        configs=not args.no_configs,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)
@@ -251,7 +260,8 @@ def _run(args: argparse.Namespace) -> int:
             st, _ = jobs.fuzz_live(mode, spec, jobs=args.jobs, seconds=args.seconds,
                                    store=store, label=label, seed=args.seed,
                                    kind=args.virtiofsd_kind, feedback=args.feedback,
-                                   corpus_dir=cdir, workdir=Path(args.out))
+                                   corpus_dir=cdir, workdir=Path(args.out),
+                                   configs=args.configs)
             q = st.sequences
             print(f"{label}: {args.jobs} jobs" + (f", {q['programs']} programs, deepest "
                                                   f"state {q['deepest']}" if q else ""))
@@ -265,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             st = virtiofsd.fuzz_daemon(inst, seconds=args.seconds, store=store,
                                        seed=args.seed, label=label, feedback=args.feedback,
-                                       corpus_dir=cdir)
+                                       corpus_dir=cdir, configs=args.configs)
         edges = (f", {st.edges['edges']} of {st.edges['guards']} daemon edges "
                  f"({st.edges['feedback']} feedback), corpus {st.corpus_loaded} loaded / "
                  f"{st.corpus_saved} saved" if st.edges else "")

@@ -277,7 +277,7 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
                    hang_timeout: float, *, kind: str | None = None,
                    sequence_share: float = 0.3, shrink_share: float = 0.2,
                    log: Any = None, corpus_root: Path | None = None, n_jobs: int = 1,
-                   out: Path | None = None) -> TargetResult:
+                   out: Path | None = None, configs: bool = True) -> TargetResult:
     from . import harness
 
     say = log or (lambda msg: None)
@@ -302,7 +302,7 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
             st, union = jobs.fuzz_live("requests", spec, jobs=n_jobs, seconds=single,
                                        store=store, label=label, seed=seed, kind=kind,
                                        hang_timeout=hang_timeout, workdir=out,
-                                       corpus_dir=dirs["requests"])
+                                       corpus_dir=dirs["requests"], configs=configs)
             sq = None
             if sequence_share > 0:
                 left = seconds * (1.0 - shrink_share) - (time.monotonic() - t0)
@@ -313,7 +313,7 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
                                        prior_edges=union)
         else:
             st, sq = _daemon_loops(inst, single, seconds, t0, store, seed, hang_timeout,
-                                   label, dirs, sequence_share, shrink_share)
+                                   label, dirs, sequence_share, shrink_share, configs)
     except Exception as e:  # noqa: BLE001
         res.error = f"{type(e).__name__}: {e}"
         return res
@@ -323,15 +323,17 @@ def _daemon_target(spec: str, seconds: float, store: FindingStore, seed: int,
 
 def _daemon_loops(inst: Any, single: float, seconds: float, t0: float, store: FindingStore,
                   seed: int, hang_timeout: float, label: str, dirs: dict[str, Path | None],
-                  sequence_share: float, shrink_share: float) -> tuple[Any, Any]:
-    """One daemon's single-request loop, then its sequence programs (one edge map)."""
+                  sequence_share: float, shrink_share: float, configs: bool = True
+                  ) -> tuple[Any, Any]:
+    """One daemon's single-request loop (``configs``: each daemon with options of its
+    own, :mod:`.configs`), then its sequence programs (one edge map)."""
     from . import sequences, virtiofsd
 
     cov = CoverageMap.create()
     try:
         st = virtiofsd.fuzz_daemon(inst, seconds=single, store=store, seed=seed,
                                    hang_timeout=hang_timeout, label=label, coverage=cov,
-                                   corpus_dir=dirs["requests"])
+                                   corpus_dir=dirs["requests"], configs=configs)
         sq = None
         if sequence_share > 0:
             left = seconds * (1.0 - shrink_share) - (time.monotonic() - t0)
@@ -527,12 +529,14 @@ def run_campaign(
     shrink_share: float = 0.2,
     corpus_root: str | os.PathLike[str] | None = None,
     jobs: int = 1,
+    configs: bool = True,
 ) -> CampaignResult:
     """Run the campaign and write the report; see the module docstring. ``diff``: also
     the differential target (:mod:`.diff`) when the daemons include a C and a Rust one
     (:func:`diff_pair`), for one time unit. ``below_fuse``: also the hostile descriptor
     chains (:mod:`.chains`) and the vhost-user control plane (:mod:`.control_plane`) on
-    each daemon, half a unit per daemon between them. ``daemons``
+    each daemon, half a unit per daemon between them. ``configs``: the single-request
+    loop gives each daemon options of its own (:mod:`.configs`). ``daemons``
     default: :func:`.harness.default_daemons` (``c-dax-asan-cov`` for C when it is built)."""
     from . import harness, report
 
@@ -571,7 +575,7 @@ def run_campaign(
         say(f"virtiofsd ({spec}): {1.5 * unit:.0f} s")
         r = _daemon_target(spec, 1.5 * unit, store, seed, hang_timeout, kind=daemon_kind,
                            sequence_share=sequence_share, shrink_share=shrink_share, log=say,
-                           corpus_root=croot, n_jobs=jobs, out=out_path)
+                           corpus_root=croot, n_jobs=jobs, out=out_path, configs=configs)
         say(f"virtiofsd ({spec}): {r.iterations} requests, {r.per_second:.0f}/s, "
             f"{len(r.findings)} findings, {r.restarts} restarts"
             + (f", {r.edges['edges']} of {r.edges['guards']} daemon edges" if r.edges else "")

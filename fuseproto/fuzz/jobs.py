@@ -149,8 +149,8 @@ def _stats_json(st: Any) -> dict[str, Any]:
 
 def _live_worker(d: Path, *, mode: str, spec: str, kind: str | None, label: str,
                  seconds: float, seed: int, hang_timeout: float, feedback: str,
-                 corpus_dir: str | None, env: dict[str, str] | None = None
-                 ) -> dict[str, Any]:
+                 corpus_dir: str | None, env: dict[str, str] | None = None,
+                 configs: bool = False) -> dict[str, Any]:
     from .coverage import CoverageMap
     from .harness import resolve_installation
     from .sequences import fuzz_sequences
@@ -160,9 +160,10 @@ def _live_worker(d: Path, *, mode: str, spec: str, kind: str | None, label: str,
     store = FindingStore(d / "findings")
     cov = CoverageMap.create()
     try:
+        kw = {"configs": configs} if mode == "requests" else {}
         loop = fuzz_daemon if mode == "requests" else fuzz_sequences
         st = loop(inst, seconds=seconds, store=store, seed=seed, hang_timeout=hang_timeout,
-                  label=label, coverage=cov, feedback=feedback, corpus_dir=corpus_dir)
+                  label=label, coverage=cov, feedback=feedback, corpus_dir=corpus_dir, **kw)
         if st.edges:
             (d / "edges.bin").write_bytes(cov.seen_bitmap())
     finally:
@@ -329,8 +330,8 @@ def _jobs_dir(workdir: Path | None) -> Path:
 def fuzz_live(mode: str, spec: str, *, jobs: int, seconds: float, store: FindingStore,
               label: str, seed: int = 0, kind: str | None = None, hang_timeout: float = 0.5,
               feedback: str = "auto", corpus_dir: str | Path | None = None,
-              workdir: Path | None = None, prior_edges: bytes | None = None
-              ) -> tuple[DaemonStats, bytes | None]:
+              workdir: Path | None = None, prior_edges: bytes | None = None,
+              configs: bool = False) -> tuple[DaemonStats, bytes | None]:
     """Run live loop ``mode`` (``requests`` / ``sequences``) on daemon ``spec`` in
     ``jobs`` parallel workers for ``seconds``; their findings go to ``store``. Returns the
     merged statistics (summed; edges: the union of the workers' edge sets, and of
@@ -341,7 +342,7 @@ def fuzz_live(mode: str, spec: str, *, jobs: int, seconds: float, store: Finding
     try:
         specs = [{"mode": mode, "spec": spec, "kind": kind, "label": label,
                   "seconds": seconds, "seed": seed + i, "hang_timeout": hang_timeout,
-                  "feedback": feedback,
+                  "feedback": feedback, "configs": configs,
                   "corpus_dir": str(corpus_dir) if corpus_dir is not None else None}
                  for i in range(jobs)]
         results = run_workers("live", specs, seconds=seconds, workdir=jd)

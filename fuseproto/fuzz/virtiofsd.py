@@ -48,6 +48,9 @@ __all__ = ["DaemonStats", "fuzz_daemon", "record_finding", "FEEDBACKS", "EdgeFee
 FEEDBACKS = ("auto", "coverage", "outcome")
 
 _IN = structs.FAST["fuse_in_header"]
+#: With ``configs``: a daemon that lives this many requests makes way for the next config
+#: (a warm spare is waiting, so the switch costs little).
+CONFIG_PERIOD = 400
 #: The share of mutants skipped when a feature of theirs is muted (it kept hitting a known
 #: finding); the rest are still sent, so a new finding behind that feature can come up.
 MUTED_SKIP = 0.9
@@ -168,7 +171,7 @@ def fuzz_daemon(
                 if len(raw) > 1 and corpus.add((raw[1:], raw[0] % 5)):
                     stats.corpus_loaded += 1
             pending_seeds = list(corpus)
-            pools = h.pools
+            pools, born = h.pools, 0  # born: requests sent before this daemon started
             # Features (a short request, an opcode) that keep triggering an already known
             # finding are mostly skipped, so the time goes to finding something new.
             repeats: dict[tuple[str, str], int] = {}
@@ -216,11 +219,13 @@ def fuzz_daemon(
                         stats.corpus_saved += 1
                 elif new:
                     corpus.add((data, variant))
-                # A fresh daemon after it died, hung, or was left unusable by INIT/DESTROY.
-                if out.finding in FATAL or (
-                    out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) and not h.healthy()
-                ):
-                    if out.finding is None:  # left unusable: each costs a restart too
+                # A fresh daemon after it died, hung, or was left unusable by INIT/DESTROY;
+                # with configs also after CONFIG_PERIOD requests (the next config's turn).
+                unusable = out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) \
+                    and not h.healthy()
+                if out.finding in FATAL or unusable or (
+                        chooser is not None and stats.requests - born >= CONFIG_PERIOD):
+                    if unusable and out.finding is None:  # each costs a restart too
                         key = ("unusable", out.cls.split(":", 1)[0])
                         repeats[key] = repeats.get(key, 0) + 1
                         if repeats[key] >= 5:
@@ -230,7 +235,7 @@ def fuzz_daemon(
                     except (DaemonError, TransportError) as e:
                         stats.error = f"restart failed: {e}"
                         break
-                    pools = h.pools
+                    pools, born = h.pools, stats.requests
             stats.starts = h.starts
             stats.corpus_size = len(corpus)
             if chooser is not None:
