@@ -173,6 +173,8 @@ def test_campaign_writes_report_and_findings_replay(tmp_path, no_leaks):
         assert t["iterations"] > 0 and t["per_second"] > 0, t
         assert t["coverage"], t
     assert j["daemons"][0]["version"].startswith("virtiofsd version 7.2")
+    vt = next(t for t in j["targets"] if t["target"] == "virtiofsd")
+    assert any(n.startswith("daemon configs: ") for n in vt["notes"]), vt["notes"]
     # Clean in-process targets; the C daemon has real findings within seconds.
     live = ("virtiofsd", "chains", "control_plane")
     assert not [f for f in j["findings"] if f["target"] not in live]

@@ -371,6 +371,12 @@ def _daemon_result(res: TargetResult, st: Any, sq: Any, store: FindingStore, bef
         if sq.error:
             res.notes.append(f"sequences: {sq.error}")
     res.findings = sigs
+    cfg = getattr(st, "configs", None) or {}
+    if cfg.get("daemons"):  # the single-request loop's daemon configs (.configs)
+        used, gains = cfg["daemons"], cfg.get("gains", {})
+        res.notes.append(f"daemon configs: {len(used)} used over {sum(used.values())} "
+                         "daemons; gained most: " + (", ".join(
+                             f"{k} ({v:g})" for k, v in list(gains.items())[:4]) or "none"))
     res.restarts = max(0, st.starts - 1) + (sq.starts if sq else 0)
     res.error = st.error
     if st.skipped:
