@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import operator
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,6 +132,9 @@ _OPTIONAL_REPLY_OPS = frozenset(
     int(op) for op, e in REPLY_EXPECTATION.items() if e is ReplyExpectation.OPTIONAL
 )
 _NOT_ONE_REPLY_OPS = _NO_REPLY_OPS | _OPTIONAL_REPLY_OPS
+_UNIQUE_OF = operator.attrgetter("unique")
+_OPCODE_OF = operator.attrgetter("opcode")
+_TARGET_OF = operator.attrgetter("target")
 _INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
 _INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
 
@@ -256,17 +260,21 @@ class Session:
         return opcode not in _NOT_ONE_REPLY_OPS
 
     def check_valid(self) -> None:
-        """Assert the internal invariants (for tests and fuzzers)."""
-        assert len(self._pending) <= self.max_pending
-        assert 0 not in self._pending
-        for unique, req in self._pending.items():
-            assert req.unique == unique
-            assert self.expects_reply(req)
-        assert len(self._interrupt_of) == len(self._interrupts)
-        for target, int_unique in self._interrupt_of.items():
-            assert target in self._pending
-            assert self._interrupts[int_unique].target == target
-            assert int_unique not in self._pending
+        """Assert the internal invariants (for tests and fuzzers): at most ``max_pending``
+        in flight, none under unique 0, each under its own unique and one that gets a
+        reply; one interrupt record per interrupted request in flight, naming it, under
+        a unique not in flight. (Whole-table operations, no loop per entry: the session
+        fuzzer calls this after every message, with this module instrumented.)"""
+        pending, interrupts, interrupt_of = self._pending, self._interrupts, self._interrupt_of
+        assert len(pending) <= self.max_pending
+        assert 0 not in pending
+        assert list(map(_UNIQUE_OF, pending.values())) == list(pending)
+        assert _NOT_ONE_REPLY_OPS.isdisjoint(map(_OPCODE_OF, pending.values()))
+        assert len(interrupt_of) == len(interrupts)
+        assert interrupt_of.keys() <= pending.keys()
+        assert list(map(_TARGET_OF, map(interrupts.__getitem__, interrupt_of.values()))) == \
+            list(interrupt_of)
+        assert pending.keys().isdisjoint(interrupt_of.values())
 
     # -- the client side: we send requests ---------------------------------------------------
 

@@ -103,6 +103,41 @@ def test_planted_session_bug_is_caught_in_process(monkeypatch, tmp_path):
     assert st.findings and st.findings[0].signature.startswith("KeyError@")
 
 
+def _violations():
+    """(name, change) pairs, each breaking one invariant of Session.check_valid."""
+    from fuseproto.wire.constants import fuse_opcode as op
+
+    def req(opcode, unique, body=None):
+        return codec.decode_request(codec.encode_request(opcode, body or {}, unique=unique))
+
+    return {
+        "more than max_pending": lambda p, i, io: p.update({10 + 2 * k: p[2] for k in range(5)}),
+        "unique 0": lambda p, i, io: p.__setitem__(0, p[2]),
+        "under another unique": lambda p, i, io: p.__setitem__(8, p[2]),
+        "no reply expected": lambda p, i, io: p.__setitem__(5, req(op.FUSE_FORGET, 5)),
+        "records disagree": lambda p, i, io: i.clear(),
+        "target not in flight": lambda p, i, io: p.pop(2),
+        "record names another": lambda p, i, io: setattr(i[3], "target", 99),
+        "interrupt unique in flight": lambda p, i, io: p.__setitem__(3, req(op.FUSE_GETATTR, 3)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_violations()))
+def test_session_invariant_check_fires_on_each_violation(name):
+    """The session oracle's invariant (Session.check_valid, after every message) fails
+    for a session whose tables break any one of its invariants."""
+    from fuseproto.session import Session
+    from fuseproto.wire.constants import fuse_opcode as op
+
+    s = Session(max_pending=4)
+    s.feed_request(codec.encode_request(op.FUSE_GETATTR, {}, unique=2, nodeid=1))
+    s.feed_request(codec.encode_request(op.FUSE_INTERRUPT, {"unique": 2}, unique=3))
+    s.check_valid()
+    _violations()[name](s._pending, s._interrupts, s._interrupt_of)  # noqa: SLF001
+    with pytest.raises(AssertionError):
+        s.check_valid()
+
+
 def _env_with_fault(fault: str) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, "FUSEPROTO_FUZZ_INJECT": f"fuzz_faults:{fault}"}

@@ -393,20 +393,21 @@ def check_session(data: bytes, max_pending: int = SESSION_MAX_PENDING) -> Sessio
                 cause = _translated(e)
                 if cause is not None:
                     raise cause
-            after = _snapshot(s)
-            if not _same_state(after, before):
+            state = _snapshot(s)
+            if not _same_state(state, before):
                 completed = getattr(e, "request", None)
-                allowed = completed is not None and set(after[0]) == set(before[0]) - {
+                allowed = completed is not None and set(state[0]) == set(before[0]) - {
                     completed.unique}
                 if not allowed:
                     raise Bug("state", what,
                               f"{type(e).__name__} ({e}) changed the session: {before} -> "
-                              f"{after}") from e
+                              f"{state}") from e
         try:
             s.check_valid()
         except AssertionError as e:
             raise Bug("invariant", what, f"Session.check_valid failed: {e!r}") from e
-        state = _snapshot(s)
+        if state is before:  # the call returned: it may have changed anything
+            state = _snapshot(s)
         if len(state[0]) > max_pending:
             raise Bug("invariant", what, f"{len(state[0])} pending > max_pending {max_pending}")
     return s

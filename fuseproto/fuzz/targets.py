@@ -175,9 +175,10 @@ def session_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
 
 
 def _interrupt(recs: list[inputs.SessionRecord], i: int, rng: random.Random) -> None:
-    """Insert after record ``i`` (a request) an INTERRUPT of it, as the kernel sends one
-    for a request in flight (its unique with bit 0 set), and half the time a second one
-    under another odd unique (the kernel sends it again after -EAGAIN; a second
+    """An INTERRUPT of record ``i`` (a request) after it, as the kernel sends one for a
+    request in flight (its unique with bit 0 set), in place of a later record (the
+    input keeps its length; the end if there is none); half the time a second one
+    follows under another odd unique (the kernel sends it again after -EAGAIN; a second
     INTERRUPT of one request is a case the session must keep apart)."""
     rec = recs[i]
     if rec.is_reply or len(rec.data) < _IN.size:
@@ -186,11 +187,10 @@ def _interrupt(recs: list[inputs.SessionRecord], i: int, rng: random.Random) -> 
     uniques = [target | 1]
     if rng.random() < 0.5:
         uniques.append((rng.getrandbits(16) << 1) | 1)
+    new = [inputs.SessionRecord(False, codec.encode_request(
+        fuse_opcode.FUSE_INTERRUPT, {"unique": target}, unique=u)) for u in uniques]
     at = rng.randrange(i + 1, len(recs) + 1)
-    for unique in reversed(uniques):
-        intr = codec.encode_request(fuse_opcode.FUSE_INTERRUPT, {"unique": target},
-                                    unique=unique)
-        recs.insert(at, inputs.SessionRecord(False, intr))
+    recs[at:at + 1] = new
 
 
 def _request_for(recs: list[inputs.SessionRecord], i: int) -> Any:
