@@ -407,11 +407,13 @@ def test_sibling_maps_share_one_seen_set(reader):
 
 @pytest.mark.daemon
 def test_each_daemon_and_spare_has_its_own_map_removed_with_it(daemon_installations,
-                                                                no_leaks, tmp_path):
+                                                                no_leaks, tmp_path,
+                                                                monkeypatch):
     """The harness gives every daemon it starts (spares too) a map of its own, reads the
     current one through the given map, and unmaps and deletes each as its daemon is
     retired, discarded or fails to start: nothing is left in /dev/shm."""
     import signal
+    import tempfile
 
     from fuseproto.fuzz.harness import DaemonHarness, resolve_installation
 
@@ -448,10 +450,15 @@ def test_each_daemon_and_spare_has_its_own_map_removed_with_it(daemon_installati
         bad.write_text("#!/bin/sh\nexit 3\n")
         bad.chmod(0o755)
         before = len(made)
-        with pytest.raises(Exception), DaemonHarness(  # noqa: B017 -- DaemonError or transport
-                resolve_installation(str(bad), "c"), coverage=root, spare=True):
-            pass
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        with monkeypatch.context() as mp:
+            mp.setattr(tempfile, "tempdir", str(scratch))  # where the harness's workdir goes
+            with pytest.raises(Exception), DaemonHarness(  # noqa: B017 -- DaemonError or transport
+                    resolve_installation(str(bad), "c"), coverage=root, spare=True):
+                pass
         assert len(made) > before
+        assert not list(scratch.iterdir())  # the failed start's work directory is gone too
     leftover = [p for p in made if os.path.exists(p)]
     assert not leftover, leftover
     assert not _mapped_cov_files() & set(made)

@@ -392,7 +392,11 @@ class DaemonHarness:
             self._workdir = None
 
     def __enter__(self) -> DaemonHarness:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ will not run: nothing may outlive a failed start
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
