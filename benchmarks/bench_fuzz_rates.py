@@ -18,7 +18,9 @@ structure-aware mutants of them, fixed seed):
 * ``engine full`` / ``engine`` -- the in-process fuzz loop (:func:`~fuseproto.fuzz.engine.
   run_loop`: mutation, oracle, corpus) for the same number of inputs, both ways;
 * ``atheris full`` / ``atheris`` -- ``fuzz/<target>_fuzzer.py`` under libFuzzer for a few
-  seconds each (``average_exec_per_sec``; the code under test instrumented).
+  seconds each (``average_exec_per_sec``; the code under test instrumented), and the
+  executions per CPU second of the harness (its CPU time less a ``-runs=0`` start-up):
+  what a quiet machine would show when other load stretches the wall clock.
 
 Live (``c``, ``rust``; each skipped when its daemon is not installed):
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -185,11 +188,28 @@ def in_process(name: str, n: int, rounds: int, atheris_s: int) -> None:
         _line("engine", e_now, "inputs/s", floor, goal)
     if atheris_s and campaign.fuzz_dir() is not None:
         runs = [("atheris full", {"FUSEPROTO_FUZZ_DIFF_EVERY": "1"})] if diff else []
+        start_cpu = None
         for label, env in (*runs, ("atheris", {})):
-            with tempfile.TemporaryDirectory() as tmp:
-                run = campaign.run_atheris(name, atheris_s, Path(tmp), seed=3, env=env)
+            if start_cpu is None:  # the harness's start-up (imports, instrumentation, seeds)
+                start_cpu = _child_cpu(lambda tmp: campaign.run_atheris(
+                    name, 1, Path(tmp), seed=3, extra=["-runs=0"]))[1]
+            run, cpu = _child_cpu(lambda tmp, env=env: campaign.run_atheris(
+                name, atheris_s, Path(tmp), seed=3, env=env))
+            per_cpu = run.executions / max(1e-3, cpu - start_cpu)
             _line(label, run.exec_per_sec, "exec/s", floor, goal,
-                  f"{run.executions:,} execs, cov {run.cov}")
+                  f"{run.executions:,} execs, cov {run.cov}; {per_cpu:,.0f} exec per CPU-s "
+                  f"({per_cpu / goal:.2f}x goal)")
+
+
+def _child_cpu(start: Callable[[str], Any]) -> tuple[Any, float]:
+    """``start(tmpdir)``'s result and the CPU seconds its child processes used: the
+    harness's own rate on a shared machine (libFuzzer's exec/s is wall-clock time, which
+    other load stretches)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = start(tmp)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return out, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def live(kind: str, seconds: float) -> None:
