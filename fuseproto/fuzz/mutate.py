@@ -492,9 +492,14 @@ def mutate_request(
                                    pools)
             if out is not None:
                 return out[:max_size]
-    try:
-        req = codec.decode_request(data, minor, flags=flags)
-    except DecodeError:
+    # r >= 0.94 and a request that does not decode: bytes (no decode needed to know that).
+    req = None
+    if r < 0.94:
+        try:
+            req = codec.decode_request(data, minor, flags=flags)
+        except DecodeError:
+            pass
+    if req is None:
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=True) if rng.random() < 0.7 else out
     hdr: dict[str, Any] = dict(req.header)
@@ -503,7 +508,7 @@ def mutate_request(
     ext: Any = list(req.ext)
     if r < 0.84:  # [0.45, 0.84) was handled above (a request that decodes has a header)
         body = mutate_body(body, rng, pools)
-    elif r < 0.94:
+    else:  # r in [0.84, 0.94): the extension area
         kind = rng.random()
         if kind < 0.4:
             groups = [rng.getrandbits(32) for _ in range(rng.choice((0, 1, 3, 64)))]
@@ -516,9 +521,6 @@ def mutate_request(
                 ctx=rng.randbytes(rng.choice((0, 1, 31, 64))))]))
         else:
             hdr["extlen_forced"] = rng.choice((1, 2, 5, 255, 0xFFFF))
-    else:
-        out = mutate_bytes(data, rng, max_size)
-        return restamp(out, request=True) if rng.random() < 0.7 else out
     try:
         out = _encode_request(req, body, hdr, minor, flags, ext or None)
     except EncodeError:
@@ -562,17 +564,17 @@ def mutate_reply(
                                    _DEFAULT_POOLS)
             if out is not None:
                 return out[:max_size]
-    try:
-        rep = codec.decode_reply(data, request, minor)
-    except DecodeError:
+    # r >= 0.92 and a reply that does not decode: bytes (no decode needed to know that).
+    rep = None
+    if r < 0.92:
+        try:
+            rep = codec.decode_reply(data, request, minor)
+        except DecodeError:
+            pass
+    if rep is None or rep.body is None:  # (r < 0.55 with no body went to error above)
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
-    body: Any = rep.body
-    if r < 0.55 and body is not None:
-        body = mutate_body(body, rng)
-    else:  # r >= 0.92 (the header branches were handled above)
-        out = mutate_bytes(data, rng, max_size)
-        return restamp(out, request=False) if rng.random() < 0.7 else out
+    body = mutate_body(rep.body, rng)
     try:
         return codec.encode_reply(request, body, unique=rep.unique, error=rep.error,
                                   minor=minor)[:max_size]
