@@ -95,7 +95,7 @@ class DeviceMapping:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash(self._key())
@@ -289,18 +289,18 @@ class WindowDevice:
                 return [(pos, end, m)]
         i = max(i, 0)
         while pos < end:
-            m = ext[starts[i]] if i < len(starts) else None
-            if m is not None and m.end <= pos:
+            nxt = ext[starts[i]] if i < len(starts) else None
+            if nxt is not None and nxt.end <= pos:
                 i += 1
                 continue
-            if m is None or m.moffset >= end:
+            if nxt is None or nxt.moffset >= end:
                 out.append((pos, end, None))
                 break
-            if m.moffset > pos:
-                out.append((pos, m.moffset, None))
-                pos = m.moffset
-            stop = min(end, m.end)
-            out.append((pos, stop, m))
+            if nxt.moffset > pos:
+                out.append((pos, nxt.moffset, None))
+                pos = nxt.moffset
+            stop = min(end, nxt.end)
+            out.append((pos, stop, nxt))
             pos = stop
             i += 1
         return out
@@ -403,7 +403,7 @@ class ModelDevice(WindowDevice):
                     f"({len(data)} bytes): SIGBUS on a real window",
                 )
             f0 = m.file_offset(start)
-            chunk = data[f0 : f0 + (end - start)]
+            chunk: bytes | bytearray = data[f0 : f0 + (end - start)]
             if len(chunk) < end - start:
                 chunk = bytes(chunk) + bytes(end - start - len(chunk))
             if out is None:

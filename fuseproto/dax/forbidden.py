@@ -55,14 +55,15 @@ class Where(NamedTuple):
 
 class Request(NamedTuple):
     """A mapping request's fields as sent (what :meth:`Forbidden.applies` judges).
-    ``count`` None: the count field says the number of entries."""
+    ``announced`` None: the count field says the number of entries (the field is not
+    called ``count``: a tuple has a method of that name)."""
 
     opcode: int
     foffset: int = 0
     length: int = 0
     moffset: int = 0
     flags: int = 0
-    count: int | None = None
+    announced: int | None = None
     entries: tuple[tuple[int, int], ...] = ()
     window: int = 0
     alignment: int = 1
@@ -82,7 +83,7 @@ class Request(NamedTuple):
         ents = tuple((num(e.get("moffset")), num(e.get("len")))
                      for e in fields.get("entries") or ())
         count = fields.get("count")
-        return cls(opcode, count=None if count is None else int(count), entries=ents,
+        return cls(opcode, announced=None if count is None else int(count), entries=ents,
                    window=window, alignment=alignment)
 
     @classmethod
@@ -93,7 +94,7 @@ class Request(NamedTuple):
     @property
     def n(self) -> int:
         """The count the request announces."""
-        return len(self.entries) if self.count is None else self.count
+        return len(self.entries) if self.announced is None else self.announced
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ def _setup(field: str, half: bool = False, **kw: int) -> Callable[[Where], DaxMe
         args = dict(foffset=0, moffset=w.at, length=w.alignment, flags=FLAG_READ) | kw
         if half:
             args[field] += w.alignment // 2
-        return setupmapping(w.nodeid, fh=w.fh, **args)
+        return setupmapping(w.nodeid, fh=w.fh, foffset=args["foffset"],
+                            moffset=args["moffset"], length=args["length"],
+                            flags=args["flags"])
     return build
 
 

@@ -160,10 +160,11 @@ def _live_worker(d: Path, *, mode: str, spec: str, kind: str | None, label: str,
     store = FindingStore(d / "findings")
     cov = CoverageMap.create()
     try:
-        kw = {"configs": configs} if mode == "requests" else {}
-        loop = fuzz_daemon if mode == "requests" else fuzz_sequences
-        st = loop(inst, seconds=seconds, store=store, seed=seed, hang_timeout=hang_timeout,
-                  label=label, coverage=cov, feedback=feedback, corpus_dir=corpus_dir, **kw)
+        common: dict[str, Any] = {
+            "seconds": seconds, "store": store, "seed": seed, "hang_timeout": hang_timeout,
+            "label": label, "coverage": cov, "feedback": feedback, "corpus_dir": corpus_dir}
+        st = fuzz_daemon(inst, configs=configs, **common) if mode == "requests" \
+            else fuzz_sequences(inst, **common)
         if st.edges:
             (d / "edges.bin").write_bytes(cov.seen_bitmap())
     finally:
