@@ -107,3 +107,32 @@ def test_the_live_loop_varies_its_daemons_configs(daemon_installations, tmp_path
         if "daemon_config" in doc:
             cfg = doc["daemon_config"]
             assert cfg["kind"] == "c" and cfg["label"] != "default" and cfg["args"]
+
+
+@pytest.mark.daemon
+def test_a_config_whose_daemon_fails_is_refused_and_the_default_serves(
+        daemon_installations, monkeypatch):
+    """A config the daemon rejects (here a cache mode it does not know, planted in the
+    gene table) costs one failed start: the harness starts the default instead and the
+    chooser never picks that config again."""
+    from fuseproto.daemons import options
+    from fuseproto.daemons.options import Alt
+    from fuseproto.fuzz.harness import DaemonHarness
+
+    genes = list(options.GENES["c"])
+    name, alts = genes[0]
+    genes[0] = (name, (*alts, Alt("bogus", ("-o", "cache=bogus"))))
+    monkeypatch.setitem(options.GENES, "c", tuple(genes))
+    bad = DaemonConfig("c", (len(alts),) + (0,) * (len(genes) - 1))
+
+    class Once(ConfigChooser):
+        def next(self) -> DaemonConfig:
+            return bad if not self.refused else super().next()
+
+    ch = Once("c", seed=0)
+    with DaemonHarness(daemon_installations["c"], config=ch) as h:
+        assert h.config is None and h.healthy()  # the default options serve
+        assert list(ch.refused) == [bad] and "bogus" in bad.label
+        h.start()
+        assert h.config is not None and h.config != bad
+    assert ch.summary()["refused"] == {bad.label: ch.refused[bad]}

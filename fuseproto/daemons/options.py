@@ -41,7 +41,8 @@ XATTRMAP_RULES = (":prefix:client:trusted.:user.virtiofs.trusted.:"
 class Alt(NamedTuple):
     """One alternative of a gene: its label, the extra arguments, whether xattrs stay on,
     and INIT flags the daemon then demands of the client (both daemons refuse an INIT
-    without FUSE_POSIX_ACL when ACLs are on, without FUSE_SECURITY_CTX for labels)."""
+    without FUSE_POSIX_ACL, FUSE_DONT_MASK and FUSE_SETXATTR_EXT when ACLs are on,
+    without FUSE_SECURITY_CTX for labels)."""
 
     label: str
     args: tuple[str, ...] = ()
@@ -51,7 +52,9 @@ class Alt(NamedTuple):
 
 # A gene: (name, alternatives). The first alternative of each gene is the default.
 Gene = tuple[str, tuple[Alt, ...]]
-_ACL = int(InitFlags.FUSE_POSIX_ACL)
+# ACLs: both daemons also want FUSE_DONT_MASK (the umask is theirs to apply) and
+# FUSE_SETXATTR_EXT offered.
+_ACL = int(InitFlags.FUSE_POSIX_ACL | InitFlags.FUSE_DONT_MASK | InitFlags.FUSE_SETXATTR_EXT)
 _SECCTX = int(InitFlags.FUSE_SECURITY_CTX)
 
 GENES: dict[str, tuple[Gene, ...]] = {

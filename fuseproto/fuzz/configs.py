@@ -42,22 +42,37 @@ class ConfigChooser:
         self._lock = threading.Lock()
         self.gain: dict[DaemonConfig, float] = {DEFAULT[kind]: 0.0}  # the parents
         self.used: dict[DaemonConfig, int] = {}  # daemons started with each config
+        # Configs whose daemon did not start or set up (refuse()): never chosen again.
+        self.refused: dict[DaemonConfig, str] = {}
 
     def next(self) -> DaemonConfig:
         """The config for the next daemon (the first is the default)."""
         with self._lock:
             rng = self._rng
-            x = rng.random()
-            if not self.used or x < self.default_share:
-                cfg = DEFAULT[self.kind]
-            elif x < self.default_share + self.random_share:
-                cfg = random_config(self.kind, rng)
+            cfg = DEFAULT[self.kind]
+            for _ in range(8):  # a refused config is drawn again
+                x = rng.random()
+                if not self.used or x < self.default_share:
+                    cfg = DEFAULT[self.kind]
+                elif x < self.default_share + self.random_share:
+                    cfg = random_config(self.kind, rng)
+                else:
+                    parents = list(self.gain)
+                    weights = [1.0 + min(self.gain[p], MAX_WEIGHT - 1) for p in parents]
+                    cfg = mutate_config(rng.choices(parents, weights)[0], rng)
+                if cfg not in self.refused:
+                    break
             else:
-                parents = list(self.gain)
-                weights = [1.0 + min(self.gain[p], MAX_WEIGHT - 1) for p in parents]
-                cfg = mutate_config(rng.choices(parents, weights)[0], rng)
+                cfg = DEFAULT[self.kind]
             self.used[cfg] = self.used.get(cfg, 0) + 1
             return cfg
+
+    def refuse(self, cfg: DaemonConfig, why: str = "") -> None:
+        """``cfg``'s daemon did not start or set up (the harness then started the default):
+        it is never chosen again, nor bred from."""
+        with self._lock:
+            self.refused[cfg] = why[:200]
+            self.gain.pop(cfg, None)
 
     def credit(self, cfg: DaemonConfig | None, gain: float) -> None:
         """An input on a daemon of ``cfg`` gained ``gain`` (new edges, or new outcome
@@ -70,7 +85,8 @@ class ConfigChooser:
     def summary(self) -> dict[str, object]:
         """For the report: daemons per config and the parents' gains, by label."""
         with self._lock:
-            return {"daemons": {c.label: n for c, n in sorted(
+            return {"refused": {c.label: why for c, why in self.refused.items()},
+                    "daemons": {c.label: n for c, n in sorted(
                         self.used.items(), key=lambda kv: -kv[1])},
                     "gains": {c.label: g for c, g in sorted(
                         self.gain.items(), key=lambda kv: -kv[1]) if g > 0}}

@@ -58,8 +58,8 @@ from construct import Container
 
 from .. import daemons
 from ..client import Client
-from ..daemons.options import DaemonConfig
-from ..errors import DaemonError, DecodeError, TransportError, TransportTimeout
+from ..daemons.options import DEFAULT, DaemonConfig
+from ..errors import DaemonError, DecodeError, FuseError, TransportError, TransportTimeout
 from ..session import REPLY_EXPECTATION, InitNegotiation, ReplyExpectation, negotiate_init
 from ..transport.backend import DaxMapHandler
 from ..transport.vhost_user import VhostUserTransport
@@ -292,8 +292,23 @@ class DaemonHarness:
     def prepare_daemon(self, gen: int) -> Started:
         """Daemon number ``gen``: its scratch share and canaries, started, connected and
         (``setup``) set up; not yet the harness's (:meth:`start` adopts it; a spare is
-        made by this same call in a background thread)."""
-        base = os.path.join(self.workdir, f"d{gen}")
+        made by this same call in a background thread). A daemon whose chosen config
+        does not start or set up is started again with the default options (the chooser,
+        when it has ``refuse``, is told)."""
+        cfg = self.configs if isinstance(self.configs, DaemonConfig) or self.configs is None \
+            else self.configs.next()
+        try:
+            return self._prepare(gen, cfg)
+        except (DaemonError, TransportError, FuseError) as e:
+            if cfg is None or cfg.choice == DEFAULT[cfg.kind].choice \
+                    or isinstance(self.configs, DaemonConfig):
+                raise
+            if hasattr(self.configs, "refuse"):
+                self.configs.refuse(cfg, str(e))
+            return self._prepare(gen, None, suffix="-default")
+
+    def _prepare(self, gen: int, cfg: DaemonConfig | None, suffix: str = "") -> Started:
+        base = os.path.join(self.workdir, f"d{gen}{suffix}")
         shared = os.path.join(base, "shared")
         os.makedirs(shared)
         populate(shared)
@@ -301,8 +316,6 @@ class DaemonHarness:
         if self.canary_mode != "off":
             canaries = Canaries.plant(shared if self.canary_mode == "inside" else base, shared)
         sock = os.path.join(base, "vhost.sock")
-        cfg = self.configs if isinstance(self.configs, DaemonConfig) or self.configs is None \
-            else self.configs.next()
         extra = daemons.dax_options(DAX_WINDOW) if self.has_dax else []
         daemon = SandboxedDaemon(self.installation, shared, sock,
                                  extra_args=[*extra, *(cfg.args if cfg else ())],
