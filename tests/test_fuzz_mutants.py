@@ -27,11 +27,6 @@ BUDGET = {"wire_decode": 10000, "session": 4000, "dax": 2500}
 SLOW = {
     "counted_limit_off_by_one": "a REMOVEMAPPING of exactly 256 entries is rare: ~22,000 "
                                 "inputs with seed 0",
-    "init_short_without_init_ext": "an encoder bug: the mutator re-encodes through the same "
-                                   "codec, so a 64-byte INIT without FUSE_INIT_EXT comes only "
-                                   "from a byte flip of the flags",
-    "linux_inline_reclaims_in_use": "inline reclaim needs the free list emptied inside one "
-                                    "operation while the inode's lowest range is pinned",
 }
 CAUGHT = [name for name in fuzz_mutants.MUTANTS if name not in SLOW]
 
