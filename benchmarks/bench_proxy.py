@@ -5,21 +5,29 @@ Per daemon: GETATTR with 1 and 32 in flight (round trips/s) and READ of 128 KiB 
 in flight (MB/s), from fuseproto's own frontend and client. The proxy is the CLI, as a
 user runs it (its own process, starting the daemon, writing the pcap). Printed: each
 figure direct and through the proxy, their ratio, and for GETATTR x1 the microseconds the
-proxy adds to each request (1/rate through the proxy minus 1/rate direct). After each
-proxied run the capture is checked: records written, annotations (replies the proxy lost
-to a driver that reused a buffer first would show there).
+proxy adds to each request (1/rate through the proxy minus 1/rate direct). After the run
+the captures are checked: records written, annotations (replies the proxy lost to a
+driver that reused a buffer first would show there), and the proxy's CPU time (its
+Python control plane and its relay, the C data plane) per request.
+
+Interleaved: the direct connection and the proxied ones (whole records, and
+``--snaplen 256`` for the READs: the proxy then records 256 bytes of each 128 KiB reply,
+as tcpdump -s would) stay open side by side, and each figure is measured in short slices
+taken in turn from each connection (``--rounds`` of them, the order alternating). Each
+round gives a ratio of neighbouring slices; the median ratio is printed with the spread
+of the middle half. On a shared machine whose load changes from second to second this is
+what keeps the comparison fair: whole runs one after the other compared the proxy at one
+load with the direct path at another.
 
 The frontend waits for calls (``mode="interrupt"``, as a guest driver does): the proxy
 reads the rings before it forwards each kick and call, which is what it costs. (A
 frontend that busy-polls the used ring never waits for a call, so a proxy in that path
 would add only the kick's delay, and could not record reliably.)
 
-The READs are measured once more with ``--snaplen 256`` (the proxy then reads and writes
-256 bytes of each 128 KiB reply, as tcpdump -s would). Run:
-``.venv/bin/python benchmarks/bench_proxy.py [--seconds 2] [--daemon c|rust]
-[--repeat N]``. Target (issue 12): through the proxy >= 0.7x direct for GETATTR x32 and
-READ x16. Figures on a shared 2-CPU machine are noisy: the best of ``--repeat`` runs is
-kept for each.
+Run: ``.venv/bin/python benchmarks/bench_proxy.py [--seconds 2] [--rounds 10]
+[--daemon c|rust] [--repeat N]`` (``--seconds``: per figure and connection, in all;
+``--repeat N`` multiplies the rounds). Target (issue 12): through the proxy >= 0.7x
+direct for GETATTR x32 and READ x16.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import os
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,10 +68,10 @@ def _timed(seconds: float, batch: Callable[[], int]) -> float:
             return n / (now - start)
 
 
-def workload(c: Client, seconds: float, keys: tuple[str, ...] = KEYS) -> dict[str, float]:
+def batches(c: Client) -> dict[str, Callable[[], int]]:
+    """Each workload as one batch (returns requests made, or bytes read)."""
     e = c.lookup(FUSE_ROOT_ID, "data")
     fh = c.open(e.nodeid).fh
-    out = {}
 
     def x1(n: int = 32) -> int:
         for _ in range(n):
@@ -85,56 +94,67 @@ def workload(c: Client, seconds: float, keys: tuple[str, ...] = KEYS) -> dict[st
         c.kick()
         return sum(len(c.result(p).data) for p in pend)
 
-    for key, batch in (("getattr x1", x1), ("getattr x32", x32), ("read 128k x16", reads)):
-        if key not in keys:
-            continue
-        batch()
-        out[key] = _timed(seconds, batch)
-    return out
+    return {"getattr x1": x1, "getattr x32": x32, "read 128k x16": reads}
 
 
-def direct(inst: daemons.Installation, share: str, seconds: float) -> dict[str, float]:
-    with VhostUserTransport.spawn(inst, share, mode="interrupt", memory_size=64 << 20) as t:
-        c = Client(t)
-        c.init()
-        return workload(c, seconds)
+class Proxied:
+    """``fuseproto capture proxy`` (the CLI) starting a daemon, and our client on it."""
+
+    def __init__(self, daemon: str, share: str, scratch: str, name: str,
+                 extra: tuple[str, ...] = ()) -> None:
+        listen = os.path.join(scratch, f"{name}.sock")
+        self.pcap = os.path.join(scratch, f"{name}.pcap")
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fuseproto", "capture", "proxy", "--listen", listen,
+             "--daemon", daemon, "--shared-dir", share, "-w", self.pcap, "--ready-fd",
+             str(w), "--quiet", *extra], pass_fds=(w,))
+        os.close(w)
+        try:
+            if not select.select([r], [], [], 60)[0] or os.read(r, 10) != b"ready\n":
+                raise RuntimeError("the proxy did not become ready")
+        finally:
+            os.close(r)
+        self.t = VhostUserTransport(listen, mode="interrupt", memory_size=64 << 20,
+                                    timeout=10)
+        self.client = Client(self.t)
+        self.client.init()
+        self.relay = _relay_of(self.proc.pid)
+        self.cpu = 0.0  # CPU seconds of the proxy and its relay during the timed slices
+        self.requests = 0
+
+    def cpu_now(self) -> float:
+        relay = 0.0 if self.relay is None else _cpu_seconds(self.relay)
+        return _cpu_seconds(self.proc.pid) + relay
+
+    def close(self) -> dict[str, int]:
+        """Disconnect (the proxy exits), then what the capture holds."""
+        self.t.close()
+        try:
+            if self.proc.wait(60) != 0:
+                raise RuntimeError(f"the proxy exited with {self.proc.returncode}")
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()  # by PID
+                self.proc.wait()
+        kinds: dict[str, int] = {}
+        for m in decode_capture(self.pcap):
+            kinds[m.kind] = kinds.get(m.kind, 0) + 1
+            if m.error is not None:
+                kinds["errors"] = kinds.get("errors", 0) + 1
+        os.unlink(self.pcap)
+        return kinds
 
 
-def proxied(daemon: str, share: str, seconds: float, scratch: str,
-            extra: tuple[str, ...] = (), keys: tuple[str, ...] = KEYS) -> tuple[dict, dict]:
-    listen = os.path.join(scratch, "vmm.sock")
-    pcap = os.path.join(scratch, "bench.pcap")
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fuseproto", "capture", "proxy", "--listen", listen,
-         "--daemon", daemon, "--shared-dir", share, "-w", pcap, "--ready-fd", str(w),
-         "--quiet", *extra], pass_fds=(w,))
-    os.close(w)
-    try:
-        if not select.select([r], [], [], 30)[0] or os.read(r, 10) != b"ready\n":
-            raise RuntimeError("the proxy did not become ready")
-        with VhostUserTransport(listen, mode="interrupt", memory_size=64 << 20,
-                                timeout=10) as t:
-            c = Client(t)
-            c.init()
-            cpu0 = _cpu_seconds(proc.pid)
-            figures = workload(c, seconds, keys)
-            cpu = _cpu_seconds(proc.pid) - cpu0
-        if proc.wait(30) != 0:
-            raise RuntimeError(f"the proxy exited with {proc.returncode}")
-    finally:
-        os.close(r)
-        if proc.poll() is None:
-            proc.kill()  # by PID
-            proc.wait()
-    kinds: dict[str, int] = {}
-    for m in decode_capture(pcap):
-        kinds[m.kind] = kinds.get(m.kind, 0) + 1
-        if m.error is not None:
-            kinds["errors"] = kinds.get("errors", 0) + 1
-    os.unlink(pcap)
-    kinds["cpu_us_per_request"] = round(cpu / max(1, kinds.get("request", 1)) * 1e6)
-    return figures, kinds
+def _relay_of(pid: int) -> int | None:
+    """The proxy's data plane: its child process named relay-<hash> (None: a proxy
+    without one, e.g. an older tree's, measured for comparison)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        for child in f.read().split():
+            with open(f"/proc/{child}/comm") as c:
+                if c.read().startswith("relay-"):
+                    return int(child)
+    return None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -144,56 +164,105 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, seconds: float,
+            rounds: int) -> tuple[dict[str, tuple[float, float, list[float]]], dict, float]:
+    """{figure: (median direct rate, median proxied rate, ratios)}, the full capture's
+    contents, the proxy's CPU microseconds per request (whole records)."""
+    slice_s = seconds / rounds
+    direct_t = VhostUserTransport.spawn(inst, share, mode="interrupt", memory_size=64 << 20)
+    full = cut = None
+    try:
+        direct = Client(direct_t)
+        direct.init()
+        full = Proxied(kind, share, scratch, "full")
+        cut = Proxied(kind, share, scratch, "cut", ("--snaplen", "256"))
+        work = {"direct": batches(direct), "full": batches(full.client),
+                "cut": batches(cut.client)}
+        out = {}
+        for key in (*KEYS, SNAP):
+            workload = KEYS[2] if key == SNAP else key
+            name = "cut" if key == SNAP else "full"
+            via = cut if key == SNAP else full
+            sides = {"direct": work["direct"][workload], "proxy": work[name][workload]}
+            for b in sides.values():
+                b()  # warm up
+            rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+            for i in range(rounds):
+                order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
+                for side in order:
+                    if side == "proxy":
+                        cpu0 = via.cpu_now()
+                    rate = _timed(slice_s, sides[side])
+                    rates[side].append(rate)
+                    if side == "proxy" and via is full:
+                        via.cpu += via.cpu_now() - cpu0
+                        via.requests += round(rate * slice_s / (
+                            READ_SIZE if workload == KEYS[2] else 1))
+            ratios = [p / d for p, d in zip(rates["proxy"], rates["direct"], strict=True)]
+            out[key] = (statistics.median(rates["direct"]), statistics.median(rates["proxy"]),
+                        ratios)
+        cpu_us = full.cpu / max(1, full.requests) * 1e6
+        kinds = full.close()
+        full = None
+        cut.close()
+        cut = None
+        return out, kinds, cpu_us
+    finally:
+        direct_t.close()
+        for p in (full, cut):
+            if p is not None and p.proc.poll() is None:
+                p.proc.kill()  # by PID
+                p.proc.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="per figure (default 2)")
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="per figure and connection, in all (default 2)")
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="slices per figure and connection (default 10)")
     ap.add_argument("--daemon", choices=("c", "rust"), action="append",
                     help="daemon(s) to measure (default both)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="alternate direct and proxied N times, keep the best of each")
+                    help="N times the rounds (and the seconds): steadier medians")
     args = ap.parse_args()
+    rounds = args.rounds * args.repeat
+    seconds = args.seconds * args.repeat
     for kind in args.daemon or ["c", "rust"]:
         inst = daemons.install(kind)
         scratch = tempfile.mkdtemp(prefix="fuseproto-bench-proxy-")
+        load0 = os.getloadavg()[0]
         try:
             share = os.path.join(scratch, "share")
             os.mkdir(share)
             with open(os.path.join(share, "data"), "wb") as f:
                 f.write(os.urandom(1 << 20) * (FILE_SIZE >> 20))
-            best_d: dict[str, float] = {}
-            best_p: dict[str, float] = {}
-            kinds: dict[str, int] = {}
-            for _ in range(args.repeat):
-                d = direct(inst, share, args.seconds)
-                p, kinds = proxied(kind, share, args.seconds, scratch)
-                cut, _ = proxied(kind, share, args.seconds, scratch, ("--snaplen", "256"),
-                                 ("read 128k x16",))
-                p[SNAP] = cut["read 128k x16"]
-                d[SNAP] = d["read 128k x16"]
-                for k in (*KEYS, SNAP):
-                    best_d[k] = max(best_d.get(k, 0.0), d[k])
-                    best_p[k] = max(best_p.get(k, 0.0), p[k])
+            figures, kinds, cpu_us = measure(kind, inst, share, scratch, seconds, rounds)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        print(f"{kind} virtiofsd {inst.version} (mode=interrupt, best of {args.repeat}, "
-              f"{args.seconds:g} s each)")
-        print(f"  {'':<16}{'direct':>14}{'via proxy':>14}{'ratio':>8}  target")
+        print(f"{kind} virtiofsd {inst.version} (mode=interrupt, {rounds} interleaved rounds, "
+              f"{seconds / rounds:g} s slices; medians, ratio spread = middle half)")
+        print(f"  {'':<16}{'direct':>14}{'via proxy':>14}{'ratio':>8}  {'spread':<13} target")
         for k in (*KEYS, SNAP):
+            d, p, ratios = figures[k]
             unit, scale = ("MB/s", 1e-6) if k in (KEYS[2], SNAP) else ("/s", 1.0)
-            ratio = best_p[k] / best_d[k]
+            ratio = statistics.median(ratios)
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
             target = TARGETS.get(k)
             verdict = "" if target is None else (
                 f">= {target}x {'ok' if ratio >= target else 'MISSED'}")
-            print(f"  {k:<16}{best_d[k] * scale:>10.0f}{unit:<4}{best_p[k] * scale:>10.0f}"
-                  f"{unit:<4}{ratio:>7.2f}x  {verdict}")
-        added = (1 / best_p["getattr x1"] - 1 / best_d["getattr x1"]) * 1e6
-        print(f"  per request (getattr x1): direct {1e6 / best_d['getattr x1']:.1f} us, "
-              f"via proxy {1e6 / best_p['getattr x1']:.1f} us: the proxy adds {added:.1f} us")
-        print(f"  last capture: {kinds.get('request', 0)} requests, {kinds.get('reply', 0)} "
-              f"replies, {kinds.get('annotation', 0)} annotations, "
-              f"{kinds.get('errors', 0)} decode/protocol errors; the proxy's CPU time "
-              f"{kinds['cpu_us_per_request']} us per request (all three workloads)")
-        print(f"  machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            print(f"  {k:<16}{d * scale:>10.0f}{unit:<4}{p * scale:>10.0f}"
+                  f"{unit:<4}{ratio:>7.2f}x  {q[0]:.2f}-{q[2]:.2f}x    {verdict}")
+        d1, p1, _ = figures["getattr x1"]
+        added = (1 / p1 - 1 / d1) * 1e6
+        print(f"  per request (getattr x1): direct {1e6 / d1:.1f} us, via proxy {1e6 / p1:.1f} "
+              f"us: the proxy adds {added:.1f} us")
+        print(f"  capture (whole records): {kinds.get('request', 0)} requests, "
+              f"{kinds.get('reply', 0)} replies, {kinds.get('annotation', 0)} annotations, "
+              f"{kinds.get('errors', 0)} decode/protocol errors; the proxy's CPU time (Python "
+              f"+ relay) {cpu_us:.0f} us per request (all three workloads)")
+        print(f"  machine load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} CPUs")
     return 0
 
 

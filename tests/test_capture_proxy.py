@@ -13,7 +13,8 @@ ground truth of what crossed the rings. Checked:
 * the daemon exits cleanly (code 0) when the frontend disconnects, and the proxy exits 0;
 * SIGTERM (and SIGKILL) leave a valid pcap;
 * what the proxy cannot read becomes an annotation record and the traffic continues
-  (a broken INIT through a real daemon; malformed chains in real mapped memory);
+  (a broken INIT through a real daemon; malformed chains in real mapped memory are
+  tests/test_capture_relay.py's);
 * c-dax: FS_MAP / FS_UNMAP on the backend channel are forwarded (the window is filled) and
   recorded as annotations.
 
@@ -27,12 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mmap
 import os
 import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -44,19 +43,11 @@ from fixtures_daemons import built_installation
 from fuseproto import daemons
 from fuseproto.capture import decode_capture
 from fuseproto.capture.frames import Direction
-from fuseproto.capture.proxy_rings import GuestMap, QueueWatch
 from fuseproto.client import DEFAULT_INIT_FLAGS, Client
 from fuseproto.dax.messages import FLAG_READ
 from fuseproto.transport.backend import DaxMapHandler
 from fuseproto.transport.vhost_user import VhostUserTransport
-from fuseproto.transport.vhost_user_proto import VhostUserMemoryRegion, VhostUserProtocolFeature
-from fuseproto.transport.virtqueue import (
-    VIRTQ_DESC,
-    VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
-    VIRTQ_USED_ELEM,
-)
+from fuseproto.transport.vhost_user_proto import VhostUserProtocolFeature
 from fuseproto.transport.window import Window
 from fuseproto.wire import codec
 from fuseproto.wire.constants import FUSE_ROOT_ID, InitFlags, fuse_opcode
@@ -507,244 +498,3 @@ def test_cdax_backend_channel_forwarded_and_annotated(shared_dir, scratch_dir,
     assert all(m.queue == 0xFFFF for m in msgs if m.kind == "annotation")
     ops = [m.opcode for m in msgs if m.kind == "reply"]
     assert fuse_opcode.FUSE_SETUPMAPPING in ops and fuse_opcode.FUSE_REMOVEMAPPING in ops
-
-
-# -- the ring reader on real mapped memory, with chains no daemon would accept ---------------
-
-class Ring:
-    """A 4-entry split virtqueue laid out by hand in a memfd (one region)."""
-
-    GPA, UADDR = 0x10_0000, 0x7000_0000
-    DESC, AVAIL, USED, DATA = 0, 0x100, 0x200, 0x1000
-
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("ring-test")
-        os.ftruncate(self.fd, 0x10000)
-        self.mm = mmap.mmap(self.fd, 0x10000)
-        self.mem = GuestMap()
-        self.mem.set_table((VhostUserMemoryRegion(self.GPA, 0x10000, self.UADDR, 0),),
-                           [self.fd])
-        self.q = QueueWatch(1, size=4, desc=self.UADDR + self.DESC,
-                            avail=self.UADDR + self.AVAIL, used=self.UADDR + self.USED,
-                            started=True)
-        self.records: list[tuple[int, int, bytes]] = []
-        self.notes: list[str] = []
-        self.avail_idx = self.used_idx = 0
-
-    def desc(self, i: int, addr: int, ln: int, flags: int, nxt: int = 0,
-             table: int | None = None) -> None:
-        off = (self.DESC + 16 * i) if table is None else table + 16 * i
-        VIRTQ_DESC.pack_into(self.mm, off, addr, ln, flags, nxt)
-
-    def publish(self, head: int) -> None:
-        struct.pack_into("<H", self.mm, self.AVAIL + 4 + 2 * (self.avail_idx % 4), head)
-        self.avail_idx += 1
-        struct.pack_into("<H", self.mm, self.AVAIL + 2, self.avail_idx)
-
-    def use(self, head: int, length: int) -> None:
-        VIRTQ_USED_ELEM.pack_into(self.mm, self.USED + 4 + 8 * (self.used_idx % 4), head, length)
-        self.used_idx += 1
-        struct.pack_into("<H", self.mm, self.USED + 2, self.used_idx)
-
-    def scan(self) -> None:
-        self.q.scan(self.mem, lambda d, q, b, n: self.records.append((d, q, b)),
-                    lambda q, text: self.notes.append(text))
-
-    def close(self) -> None:
-        self.mem.clear()
-        self.mm.close()
-        os.close(self.fd)
-
-
-@pytest.fixture
-def ring() -> Iterator[Ring]:
-    r = Ring()
-    yield r
-    r.close()
-
-
-def test_ring_reader_follows_chains_and_indirect_tables(ring):
-    g = ring.GPA + ring.DATA
-    ring.mm[ring.DATA:ring.DATA + 48] = bytes(range(48))
-    ring.desc(0, g, 40, VIRTQ_DESC_F_NEXT, 1)
-    ring.desc(1, g + 40, 8, VIRTQ_DESC_F_NEXT, 2)
-    ring.desc(2, g + 0x100, 64, VIRTQ_DESC_F_WRITE)
-    # an indirect table at DATA+0x800: one readable, two writable entries
-    table = ring.DATA + 0x800
-    ring.desc(3, ring.GPA + table, 48, VIRTQ_DESC_F_INDIRECT)
-    ring.desc(0, g, 16, VIRTQ_DESC_F_NEXT, 1, table=table)
-    ring.desc(1, g + 0x200, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2, table=table)
-    ring.desc(2, g + 0x300, 8, VIRTQ_DESC_F_WRITE, 0, table=table)
-    ring.publish(0)
-    ring.publish(3)
-    ring.scan()
-    assert ring.records == [(0, 1, bytes(range(48))), (0, 1, bytes(range(16)))]
-    ring.mm[ring.DATA + 0x200:ring.DATA + 0x208] = b"A" * 8
-    ring.mm[ring.DATA + 0x300:ring.DATA + 0x308] = b"B" * 8
-    ring.use(3, 12)  # used.len spans both writable buffers of the indirect chain
-    ring.scan()
-    assert ring.records[-1] == (1, 1, b"A" * 8 + b"B" * 4)
-    assert ring.notes == []
-
-
-@pytest.mark.parametrize("fault,expect", [
-    ("loop", "a loop"),
-    ("out-of-range", "out of range"),
-    ("outside-memory", "not in guest memory"),
-    ("nested-indirect", "inside an indirect table"),
-    ("bad-table", "not a multiple of 16"),
-    ("huge", "more than the proxy records"),
-])
-def test_ring_reader_annotates_what_it_cannot_read(ring, fault, expect):
-    """Chains no daemon would accept: the reader notes them, records nothing for them,
-    and goes on with the next chain (never raises)."""
-    g = ring.GPA + ring.DATA
-    table = ring.DATA + 0x800
-    if fault == "loop":
-        ring.desc(0, g, 8, VIRTQ_DESC_F_NEXT, 2)
-        ring.desc(2, g, 8, VIRTQ_DESC_F_NEXT, 0)
-    elif fault == "out-of-range":
-        ring.desc(0, g, 8, VIRTQ_DESC_F_NEXT, 9)
-    elif fault == "outside-memory":
-        ring.desc(0, 0xDEAD_0000, 8, 0)
-    elif fault == "nested-indirect":
-        ring.desc(0, ring.GPA + table, 16, VIRTQ_DESC_F_INDIRECT)
-        ring.desc(0, ring.GPA + table, 16, VIRTQ_DESC_F_INDIRECT, table=table)
-    elif fault == "bad-table":
-        ring.desc(0, ring.GPA + table, 20, VIRTQ_DESC_F_INDIRECT)
-    elif fault == "huge":
-        ring.desc(0, g, 0xFFFF_FFFF, 0)
-    ring.publish(0)
-    ring.desc(1, g, 4, 0)  # a good chain after the bad one
-    ring.mm[ring.DATA:ring.DATA + 4] = b"good"
-    ring.publish(1)
-    ring.scan()
-    assert len(ring.notes) == 1 and expect in ring.notes[0], ring.notes
-    assert ring.records == [(0, 1, b"good")]
-
-
-def test_ring_reader_notes_index_jumps_and_bad_used_entries(ring):
-    struct.pack_into("<H", ring.mm, ring.AVAIL + 2, 77)  # avail.idx jumps by 77 > size 4
-    ring.scan()
-    assert "more than the queue size" in ring.notes[-1]
-    ring.use(2, 5)  # a used entry for a chain never made available
-    ring.desc(2, ring.GPA + ring.DATA, 8, VIRTQ_DESC_F_WRITE)
-    ring.scan()
-    assert "its chain was not read when it was made available" in ring.notes[-1]
-    assert ring.records == []  # a reply that would pair with nothing is not recorded
-
-
-def _request(unique: int) -> bytes:
-    return codec.encode_request(fuse_opcode.FUSE_GETATTR, {"getattr_flags": 0, "dummy": 0,
-                                "fh": 0}, unique=unique, nodeid=1)
-
-
-def _chain(ring: Ring, head: int, slot: int, request: bytes) -> tuple[int, int]:
-    """A request/reply descriptor pair at ``head`` (and head+1) in data slot ``slot``;
-    returns the reply buffer's offset in the memfd and its size."""
-    base = ring.DATA + 0x400 * slot
-    ring.mm[base:base + len(request)] = request
-    ring.desc(head, ring.GPA + base, len(request), VIRTQ_DESC_F_NEXT, head + 1)
-    ring.desc(head + 1, ring.GPA + base + 0x200, 0x100, VIRTQ_DESC_F_WRITE)
-    return base + 0x200, 0x100
-
-
-def test_ring_reader_records_a_request_before_a_reply_the_daemon_was_quick_with(ring):
-    """The daemon completes a chain made available while the reader was on the avail
-    ring: its request is still recorded first, then its reply."""
-    reply_b = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=8, error=-2)
-    _chain(ring, 0, 0, _request(6))
-    rb, _ = _chain(ring, 2, 1, _request(8))
-    ring.mm[rb:rb + len(reply_b)] = reply_b
-
-    def record(d, q, b, n):
-        ring.records.append((d, q, b))
-        if len(ring.records) == 1:  # while A is being recorded: B published and completed
-            ring.publish(2)
-            ring.use(2, len(reply_b))
-
-    ring.publish(0)
-    ring.q.scan(ring.mem, record, lambda q, text: ring.notes.append(text))
-    assert [(d, unique_of(b)) for d, _, b in ring.records] == [(0, 6), (0, 8), (1, 8)]
-    assert ring.notes == []
-
-
-@pytest.mark.parametrize("overwritten", [True, False])
-def test_ring_reader_tells_a_reused_buffer_from_a_wrong_unique(ring, overwritten):
-    """A reply under another unique: a buffer the driver took and reused (its length field
-    is not used.len) is annotated, not recorded; a daemon that names the wrong unique in an
-    otherwise consistent reply is recorded as it sent it, and annotated."""
-    rb, _ = _chain(ring, 0, 0, _request(6))
-    ring.publish(0)
-    ring.scan()
-    if overwritten:
-        ring.mm[rb:rb + 40] = _request(10)[:40]  # a new request's bytes in the old buffer
-        ring.use(0, 16)
-    else:
-        wrong = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=7, error=-2)
-        ring.mm[rb:rb + 16] = wrong
-        ring.use(0, 16)
-    ring.scan()
-    if overwritten:
-        assert ring.records[1:] == []
-        assert "the reply to unique 6 is not recorded" in ring.notes[0]
-    else:
-        assert unique_of(ring.records[1][2]) == 7
-        assert "names unique 7, the chain's request was unique 6" in ring.notes[0]
-
-
-def test_ring_reader_does_not_record_past_the_chain_it_read(ring):
-    """used.len larger than the writable bytes of the chain read at that head: not the
-    chain the daemon completed (reused before the proxy read it): annotated, not recorded."""
-    _chain(ring, 0, 0, _request(6))
-    ring.publish(0)
-    ring.scan()
-    ring.use(0, 0x100 + 16)
-    ring.scan()
-    assert ring.records[1:] == []
-    assert "the reply to unique 6 is not recorded: used.len 272 exceeds" in ring.notes[0]
-
-
-def test_ring_reader_records_a_request_read_twice_once(ring):
-    """An old avail entry read late (its descriptors already reused for a newer request,
-    made available at another head) reads as that newer request: it is recorded once,
-    annotated, and the reply pairs with the newer head."""
-    req = _request(242)
-    rb, _ = _chain(ring, 0, 0, req)
-    ring.publish(0)
-    ring.desc(2, ring.GPA + ring.DATA, len(req), VIRTQ_DESC_F_NEXT, 3)  # same buffers
-    ring.desc(3, ring.GPA + rb, 0x100, VIRTQ_DESC_F_WRITE)
-    ring.publish(2)
-    ring.scan()
-    assert [unique_of(b) for _, _, b in ring.records] == [242]
-    assert "avail head 0 was read after the driver had reused" in ring.notes[0]
-    reply = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=242, error=-2)
-    ring.mm[rb:rb + len(reply)] = reply
-    ring.use(2, len(reply))
-    ring.scan()
-    assert ring.records[-1] == (1, 1, reply)
-
-
-def test_ring_reader_a_late_read_entry_then_its_own_reply(ring):
-    """Head 0 read late holds request 408 (a later chain's, whose own entry is head 2);
-    head 0's used entry then brings a whole reply to 406: neither 406 nor a second copy
-    of 408 is recorded, and 408's reply pairs with the one 408 request recorded."""
-    r0, _ = _chain(ring, 0, 0, _request(408))
-    ring.publish(0)
-    ring.scan()  # records 408 (read late: head 0 was 406's)
-    ring.mm[r0:r0 + 16] = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=406,
-                                             error=-2)
-    ring.use(0, 16)
-    _chain(ring, 0, 1, _request(410))  # head 0 reused for 410
-    ring.publish(0)
-    r2, _ = _chain(ring, 2, 2, _request(408))  # 408's own entry
-    ring.publish(2)
-    ring.scan()
-    reply = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=408, error=-2)
-    ring.mm[r2:r2 + 16] = reply
-    ring.use(2, 16)
-    ring.scan()
-    assert [(d, unique_of(b)) for d, _, b in ring.records] == [(0, 408), (0, 410), (1, 408)]
-    assert "avail head 0 was read late" in ring.notes[0]
-    assert "unique 408 made available at head 2: recorded once already" in ring.notes[1]
-    assert len(ring.notes) == 2

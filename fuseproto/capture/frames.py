@@ -66,6 +66,7 @@ __all__ = [
     "FLAG_INJECTED",
     "FLAG_MINOR_VALID",
     "FLAG_OPCODE_VALID",
+    "FRAME_FIELDS",
     "FRAME_HEADER",
     "FRAME_VERSION",
     "LINKTYPE_FUSE",
@@ -82,6 +83,8 @@ LINKTYPE_USER0 = 147  # DLT_USER0..DLT_USER15 are 147..162, reserved for private
 LINKTYPE_FUSE = LINKTYPE_USER0
 FRAME_VERSION = 1
 FRAME_HEADER = struct.Struct("<BBHBBHII")
+FRAME_FIELDS = ("version", "direction", "queue", "flags", "minor", "reserved1", "opcode",
+                "reserved2")
 FLAG_OPCODE_VALID = 0x01
 FLAG_MINOR_VALID = 0x02
 FLAG_INJECTED = 0x04
@@ -200,8 +203,11 @@ class CaptureRecorder:
         minor: int | None = None,
         max_pending: int = 4096,
         clock: object = time.time_ns,
+        header: bool = True,
     ):
-        self._writer = PcapWriter(dest, linktype, snaplen=snaplen + FRAME_HEADER.size)
+        # header=False: append to a capture whose file header is written already.
+        self._writer = PcapWriter(dest, linktype, snaplen=snaplen + FRAME_HEADER.size,
+                                  header=header)
         self._lock = threading.Lock()
         self._opcodes: OrderedDict[int, int] = OrderedDict()
         self.max_pending = max_pending

@@ -41,12 +41,16 @@ from ..errors import DecodeError, LengthMismatchError, LimitExceededError, Trunc
 
 __all__ = [
     "DEFAULT_MAX_CAPLEN",
+    "FILE_HEADER",
+    "RECORD_FIELDS",
+    "RECORD_HEADER",
     "PcapError",
     "PcapFormatError",
     "PcapLimitError",
     "PcapRecord",
     "PcapTruncatedError",
     "PcapWriter",
+    "field_layout",
     "read_records",
 ]
 
@@ -54,6 +58,12 @@ __all__ = [
 # real kernels cap it at FUSE_MAX_MAX_PAGES = 256 -> 1 MiB of data), small enough that a
 # lying length cannot make us allocate much.
 DEFAULT_MAX_CAPLEN = 16 << 20
+
+# A classic pcap file header (magic, version, zone, sigfigs, snaplen, link type) and
+# record header (what PcapWriter writes before each record's bytes).
+FILE_HEADER = struct.Struct("<IHHiIII")
+RECORD_HEADER = struct.Struct("<IIII")
+RECORD_FIELDS = ("ts_sec", "ts_frac", "caplen", "orig_len")
 
 _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
@@ -392,12 +402,30 @@ def _parse_packet(
 # --- writing -----------------------------------------------------------------------------
 
 
+def field_layout(st: struct.Struct, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """``{name: (offset, size)}`` of the fields of a standard-size (``<``/``>``/``=``/``!``)
+    struct format without repeat counts, one name per field in order: for code that fills
+    such a header itself (the capture proxy's relay) and must not lay it out again."""
+    fmt = st.format
+    order, codes = fmt[0], fmt[1:]
+    if order not in "<>=!" or len(codes) != len(names) or not codes.isalpha():
+        raise ValueError(f"format {fmt!r} does not name {len(names)} fields")
+    out: dict[str, tuple[int, int]] = {}
+    off = 0
+    for name, code in zip(names, codes, strict=True):
+        size = struct.calcsize(order + code)
+        out[name] = (off, size)
+        off += size
+    return out
+
+
 class PcapWriter:
     """Write a classic pcap file of one link type.
 
     ``dest`` is a path (created/truncated) or a writable binary file object (not closed
     by :meth:`close` unless ``close_dest=True``). Records longer than ``snaplen`` are cut
-    to ``snaplen`` bytes with their original length kept, as pcap does.
+    to ``snaplen`` bytes with their original length kept, as pcap does. ``header=False``
+    appends records to a file whose header is already written (same settings).
     """
 
     def __init__(
@@ -408,6 +436,7 @@ class PcapWriter:
         snaplen: int = DEFAULT_MAX_CAPLEN,
         nanosecond: bool = True,
         close_dest: bool | None = None,
+        header: bool = True,
     ):
         if not 0 < snaplen <= 0xFFFFFFFF:
             raise ValueError("snaplen must be 1..2**32-1")
@@ -420,9 +449,10 @@ class PcapWriter:
         self.linktype = linktype
         self.snaplen = snaplen
         self.nanosecond = nanosecond
-        self._rec = struct.Struct("<IIII")
+        self._rec = RECORD_HEADER
         magic = _MAGIC_NS if nanosecond else _MAGIC_US
-        self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+        if header:
+            self._f.write(FILE_HEADER.pack(magic, 2, 4, 0, 0, snaplen, linktype))
         self.count = 0
 
     def write(self, data: bytes, ts_ns: int, *, orig_len: int | None = None) -> None:

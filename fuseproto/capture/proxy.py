@@ -1,34 +1,48 @@
 """A vhost-user recording proxy: sits between a VMM and a virtiofsd and records every FUSE
 request and reply to pcap, changing nothing they say to each other.
 
-Every vhost-user message is forwarded as it came, with its file descriptors, in both
-directions (framing: :mod:`fuseproto.transport.vhost_user_proto`). The proxy keeps:
+Two planes:
 
-* its own read-only mapping of the guest memory (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG:
-  the same fds, mapped again here, :class:`~fuseproto.capture.proxy_rings.GuestMap`);
-* the kick and call eventfds: the daemon is handed eventfds of the proxy's own. A kick
-  from the VMM is forwarded to the daemon after the avail ring has been read (the new
-  chains recorded as requests, before the daemon can complete them and a guest reuse
-  their descriptors); a call from the daemon is forwarded to the VMM after the used ring
-  has been read (the replies recorded from the writable buffers, ``used.len`` bytes).
-  While chains are in flight the rings are also read every ``scan_interval`` seconds
-  (1 ms): a guest that drains its used ring takes entries no call announced (with
-  EVENT_IDX the daemon calls once per drain), and reuses their buffers soon after.
-  A kick never overtakes a message: the front-end messages already waiting are forwarded
+* the control plane (this module, Python): every vhost-user message is forwarded as it
+  came, with its file descriptors, in both directions (framing:
+  :mod:`fuseproto.transport.vhost_user_proto`), and what it says about the guest memory
+  (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG), the rings (SET_VRING_NUM / BASE / ADDR,
+  GET_VRING_BASE) and their eventfds is passed on to the data plane; the backend channel
+  (SET_BACKEND_REQ_FD) is interposed here too;
+* the data plane (:mod:`fuseproto.capture.relay`, a C process per session): it maps the
+  guest memory read-only, waits on the kick and call eventfds (the daemon is handed
+  eventfds of the proxy's own), and passes each kick on after reading the avail ring (the
+  new chains recorded as requests before the daemon can complete them and a guest reuse
+  their descriptors) and each call after reading the used ring (the replies recorded from
+  the writable buffers, ``used.len`` bytes, written to the file before the driver is
+  told). While chains are in flight it also reads the rings every ``scan_interval``
+  seconds (1 ms), every 50 us while the driver has its interrupts off: a guest that drains
+  its used ring takes entries no call announced (with EVENT_IDX the daemon calls once per
+  drain), and reuses their buffers soon after.
+
+Ordering rules (they fixed a real hang; tests/test_capture_proxy_order.py):
+
+* A kick never overtakes a message: the front-end messages already waiting are forwarded
   before it (QEMU sends SET_VRING_ENABLE without waiting for a reply and the guest may
   kick at once; the Rust daemon drops a kick that reaches a ring not enabled yet, and with
-  EVENT_IDX the guest then never kicks again). And a queue whose chains stay pending with
-  no used entry is kicked again (:data:`REKICK_FIRST`, doubling up to :data:`REKICK_MAX`):
-  a kick the daemon dropped anyway must not hang the VM, and one too many is harmless;
-* the backend channel (SET_BACKEND_REQ_FD): the daemon gets one end of a socket pair of the
-  proxy's, whose requests (FS_MAP / FS_UNMAP, SHMEM_MAP, ...) go to the VMM's channel and
-  whose replies come back, each recorded as an annotation record.
+  EVENT_IDX the guest then never kicks again). The relay looks at the VMM's socket before
+  it passes a kick on, and at whether this module is forwarding a message (FE_BEGIN /
+  FE_END around each); if either, it hands the kick back (a DEFERRED event): the waiting
+  messages are forwarded here, then the relay is told to KICK.
+* A queue whose chains stay pending with no used entry is kicked again
+  (:data:`REKICK_FIRST`, doubling up to :data:`REKICK_MAX`): a kick the daemon dropped
+  anyway must not hang the VM, and one too many is harmless.
 
-The pseudo-header carries the queue index, the direction and the minor INIT negotiated
-(from the INIT request and reply the proxy sees). What the proxy cannot read -- a chain
-outside guest memory, a payload of the wrong size, an INIT that does not decode -- becomes
-an annotation record (:data:`~fuseproto.capture.frames.Direction.ANNOTATION`) and the
-traffic goes on: the proxy only reads guest memory, never writes it.
+The pseudo-header carries the queue index, the direction and the minor INIT negotiated:
+the relay hands each INIT request and reply to this module (:func:`negotiate_init`, the
+one negotiation) and waits for the minor before it records anything else. What the proxy
+cannot read -- a chain outside guest memory, a payload of the wrong size, an INIT that
+does not decode -- becomes an annotation record
+(:data:`~fuseproto.capture.frames.Direction.ANNOTATION`) and the traffic goes on: the
+proxy only reads guest memory, never writes it. Backend-channel messages are recorded as
+annotations too. Should the relay die, kicks and calls are forwarded from here on,
+unrecorded (an annotation and a status line say so): the VM must not hang because of the
+proxy.
 
 Limits: the proxy reads the rings alongside the driver. A guest that takes a used entry
 before the proxy's call reaches it (it polls the used ring) may reuse the buffer before the
@@ -46,7 +60,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import DecodeError, TransportError
 from ..session import negotiate_init
@@ -72,11 +86,12 @@ from ..transport.vhost_user_proto import (
     send_message,
 )
 from ..wire import codec, structs
-from ..wire.constants import fuse_opcode
-from .frames import CaptureRecorder, Direction
-from .proxy_rings import GuestMap, QueueWatch
+from .frames import FRAME_HEADER, LINKTYPE_FUSE, CaptureRecorder
+from .pcap import DEFAULT_MAX_CAPLEN, FILE_HEADER, RECORD_FIELDS, RECORD_HEADER, PcapWriter
+from .relay import MAX_INITS, Event, Relay
 
-__all__ = ["BACKEND_QUEUE", "FuseTap", "ProxyStats", "RecordingProxy"]
+__all__ = ["BACKEND_QUEUE", "ProxyStats", "RecordingProxy", "cut_to_whole_records",
+           "open_capture"]
 
 # The pseudo-header's queue field of an annotation about the backend channel or the
 # vhost-user connection (not about a virtqueue).
@@ -100,72 +115,38 @@ REKICK_MAX = 1.0
 # Front-end messages forwarded ahead of one kick at most (those already waiting).
 MAX_AHEAD = 64
 
-_IN = structs.FAST["fuse_in_header"]
-_IN_OPCODE = _IN.fields.index("opcode")
-_IN_UNIQUE = _IN.fields.index("unique")
 _OUT = structs.FAST["fuse_out_header"]
 _OUT_UNIQUE = _OUT.fields.index("unique")
-_INIT_OPS = (int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT))
+_IN = structs.FAST["fuse_in_header"]
+_IN_UNIQUE = _IN.fields.index("unique")
 _EVENTFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 _R = VhostUserRequest
 
 
-class FuseTap:
-    """The proxy's side of the recorder: writes requests and replies, learns the minor
-    from INIT (the one negotiation, :func:`fuseproto.session.negotiate_init`) and writes
-    annotations."""
+def open_capture(path: str, snaplen: int | None = None) -> BinaryIO:
+    """A session's capture file: created (replaced) with its pcap header written, for the
+    relay to append records to (unbuffered: nothing waits in this process)."""
+    f = open(path, "wb", buffering=0)  # noqa: SIM115 -- the caller closes it
+    PcapWriter(f, LINKTYPE_FUSE, snaplen=(snaplen or DEFAULT_MAX_CAPLEN) + FRAME_HEADER.size)
+    return f
 
-    def __init__(self, recorder: CaptureRecorder) -> None:
-        self.recorder = recorder
-        self._init: dict[int, Any] = {}  # unique -> the INIT request (at most a few)
-        self.notes = 0
 
-    def record(self, direction: int, queue: int, data: bytes, length: int) -> None:
-        """One message: ``data`` its first bytes (all of it unless a snaplen cut it),
-        ``length`` its whole length."""
-        rec = self.recorder
-        cut = None if length == len(data) else length
-        if direction == Direction.REQUEST:
-            rec(Direction.REQUEST, queue, data, orig_len=cut)
-            if len(data) >= _IN.size:
-                head = _IN.struct.unpack_from(data)
-                if head[_IN_OPCODE] in _INIT_OPS:
-                    self._saw_init(queue, head[_IN_UNIQUE], data)
-            return
-        rec(Direction.REPLY, queue, data, orig_len=cut)
-        if self._init and len(data) >= _OUT.size:
-            request = self._init.pop(_OUT.struct.unpack_from(data)[_OUT_UNIQUE], None)
-            if request is not None:
-                self._init_reply(queue, request, data)
-
-    def _saw_init(self, queue: int, unique: int, data: bytes) -> None:
-        try:
-            self._init[unique] = codec.decode_request(data)
-        except DecodeError as e:
-            self.note(queue, f"INIT request unique {unique} does not decode ({e}); the "
-                             "minor stays as it was")
-            return
-        while len(self._init) > 8:
-            del self._init[next(iter(self._init))]
-
-    def _init_reply(self, queue: int, request: Any, data: bytes) -> None:
-        try:
-            reply = codec.decode_reply(data, request)
-        except DecodeError as e:
-            self.note(queue, f"INIT reply does not decode ({e}); the minor stays as it was")
-            return
-        result = negotiate_init(request.body, None if reply.error else reply.body)
-        if result is not None:
-            self.recorder.minor = result.minor
-
-    def note(self, queue: int, text: str) -> None:
-        self.notes += 1
-        self.recorder.annotate(queue, text)
-
-    def flush(self) -> None:
-        """Write what was recorded to the file (the proxy calls it after each round of
-        events: whole records only, so the file is valid whenever the proxy dies)."""
-        self.recorder.flush()
+def cut_to_whole_records(fd: int) -> int:
+    """Cut a capture file back to the end of its last whole record (a writer killed in the
+    middle of one leaves its first part) and put the file offset there; returns the size.
+    Reads only the record headers."""
+    size = os.fstat(fd).st_size
+    caplen = RECORD_FIELDS.index("caplen")
+    pos = FILE_HEADER.size
+    while pos + RECORD_HEADER.size <= size:
+        end = pos + RECORD_HEADER.size + RECORD_HEADER.unpack(
+            os.pread(fd, RECORD_HEADER.size, pos))[caplen]
+        if end > size:
+            break
+        pos = end
+    os.ftruncate(fd, pos)
+    os.lseek(fd, pos, os.SEEK_SET)
+    return pos
 
 
 @dataclass
@@ -185,23 +166,15 @@ class ProxyStats:
 
 @dataclass
 class _Notify:
-    """One interposed eventfd pair: ``source`` is polled, ``sink`` written after a scan."""
+    """One interposed eventfd pair: the relay waits on ``source`` and writes ``sink`` after
+    a scan (the proxy keeps both too: they are closed here, and forwarded from here should
+    the relay die)."""
 
+    id: int
     queue: int
     source: int
     sink: int
     kind: str  # "kick" (VMM -> daemon) or "call" (daemon -> VMM)
-
-
-@dataclass
-class _Stall:
-    """A queue with chains pending: since when nothing moved on its used ring."""
-
-    used: int  # QueueWatch.last_used then
-    since: float  # time.monotonic() of the last progress (or of the last kick sent)
-    delay: float = REKICK_FIRST  # the next repeated kick after this long
-    rekicks: int = 0  # kicks repeated since the last progress
-    started: float = 0.0  # when the stall began
 
 
 def _close(fd: int) -> None:
@@ -210,46 +183,51 @@ def _close(fd: int) -> None:
 
 
 class RecordingProxy:
-    """One VMM connection forwarded to one daemon connection, recorded through ``tap``.
+    """One VMM connection forwarded to one daemon connection, recorded to ``output`` (a
+    capture file as :func:`open_capture` makes it: the relay appends the records).
 
     :meth:`run` forwards until either side closes (or ``wakeup_fd`` becomes readable: a
     signal) and returns which: ``"frontend"``, ``"daemon"`` or ``"signal"``. The proxy owns
-    both sockets and every fd it creates or receives; :meth:`close` releases them."""
+    both sockets and every fd it creates or receives; :meth:`close` releases them (the
+    output file stays the caller's)."""
 
-    def __init__(self, vmm: socket.socket, daemon: socket.socket, tap: FuseTap, *,
+    def __init__(self, vmm: socket.socket, daemon: socket.socket, output: BinaryIO, *,
                  scan_interval: float = 0.001, idle_interval: float = 0.02,
                  snaplen: int | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.vmm = vmm
         self.daemon = daemon
-        self.tap = tap
-        # How often the rings are read besides kicks and calls: while chains are in
-        # flight (the driver may drain the used ring on its own, and with EVENT_IDX the
-        # daemon calls only once per drain), and when nothing is (for polling drivers).
-        self.scan_interval = scan_interval
-        self.idle_interval = idle_interval
+        self.output = output
         # Read at most this many bytes of each message (the rest is never copied).
         self.snaplen = snaplen
         self.log = log  # status lines (a kick repeated), e.g. the CLI's stderr
-        self.mem = GuestMap()
-        self.queues: dict[int, QueueWatch] = {}
         self.stats = ProxyStats()
         self.closed_by: str | None = None
         self.why = ""  # what ended the session, in words
+        self.minor: int | None = None  # the minor INIT negotiated
+        self._notes = 0  # annotations written by this module
+        self._init: dict[int, Any] = {}  # unique -> the INIT request (at most MAX_INITS)
         self._poll = select.poll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._notify: dict[tuple[str, int], _Notify] = {}
         self._retired: list[_Notify] = []  # replaced pairs, still forwarded (bounded)
+        self._ids = 0
         # (our end of the daemon's channel, the VMM's channel)
         self._backend: tuple[socket.socket, socket.socket] | None = None
         self._stopping_rings: list[int] = []  # GET_VRING_BASE sent, reply not yet seen
-        self._stalls: dict[int, _Stall] = {}  # queue -> its chains pending, no progress
         self._vmm_poll = select.poll()  # the VMM's socket alone: messages ahead of a kick
         self._vmm_poll.register(vmm.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        self._direct: CaptureRecorder | None = None  # annotations once the relay is gone
         for s in (vmm, daemon):
             s.settimeout(MESSAGE_TIMEOUT)
+        # (RelayError if it cannot be built or started: nothing is forwarded yet)
+        self.relay = Relay(output.fileno(), vmm_fd=vmm.fileno(), snaplen=snaplen,
+                           scan_interval=scan_interval, idle_interval=idle_interval,
+                           rekick_first=REKICK_FIRST, rekick_max=REKICK_MAX,
+                           on_event=self._relay_event)
         self._watch(vmm.fileno(), self._from_frontend)
         self._watch(daemon.fileno(), self._from_daemon)
+        self._watch(self.relay.fileno(), self._from_relay)
 
     # -- plumbing -------------------------------------------------------------------------
     def _watch(self, fd: int, handler: Callable[[], None]) -> None:
@@ -261,30 +239,24 @@ class RecordingProxy:
             self._poll.unregister(fd)
 
     def note(self, queue: int, text: str) -> None:
-        self.stats.notes += 1
-        self.tap.note(queue, text)
+        """An annotation record (written by the relay, in order with its records)."""
+        self._notes += 1
+        if not self._send("ANNOTATE", queue, time.time_ns(),
+                          payload=text.encode("utf-8", "replace")):
+            assert self._direct is not None
+            self._direct.annotate(queue, text)
 
-    def _queue(self, index: int) -> QueueWatch:
-        q = self.queues.get(index)
-        if q is None:
-            q = self.queues[index] = QueueWatch(index)
-            if self.snaplen is not None:
-                q.limit = min(q.limit, self.snaplen)
-        return q
+    def _send(self, kind: str, queue: int = 0, a: int = 0, b: int = 0, c: int = 0, d: int = 0,
+              *, payload: bytes = b"", fds: list[int] | None = None) -> bool:
+        """A command to the relay; False if it is gone (the proxy has taken over then)."""
+        if self.relay.send(kind, queue, a, b, c, d, payload=payload, fds=fds or ()):
+            return True
+        self._relay_lost()
+        return False
 
-    def scan(self, queue: QueueWatch) -> None:
-        """Record what is new on ``queue``'s rings (never raises: a bug here must not stop
-        the forwarding, so it becomes a note)."""
-        try:
-            queue.scan(self.mem, self.tap.record, self.note)
-        except Exception as e:  # noqa: BLE001 -- see the docstring
-            queue.started = False
-            self.note(queue.index, f"queue {queue.index}: proxy error while reading the "
-                                   f"rings, no longer observed: {type(e).__name__}: {e}")
-
-    def scan_all(self) -> None:
-        for q in self.queues.values():
-            self.scan(q)
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, wakeup_fd: int | None = None) -> str:
@@ -292,18 +264,7 @@ class RecordingProxy:
             self._poll.register(wakeup_fd, select.POLLIN)
         try:
             while self.closed_by is None:
-                queues = self.queues.values()
-                if any(q.pending for q in queues):
-                    timeout = self.scan_interval
-                else:
-                    timeout = self.idle_interval if any(q.started for q in queues) else 1.0
-                events = self._poll.poll(max(1, round(timeout * 1000)))
-                if not events:
-                    self.scan_all()
-                    self._check_stalls()
-                    self.tap.flush()
-                    continue
-                for fd, _ev in events:
+                for fd, _ev in self._poll.poll(1000):
                     if fd == wakeup_fd:
                         self.closed_by = "signal"
                         break
@@ -312,25 +273,121 @@ class RecordingProxy:
                         handler()
                     if self.closed_by is not None:
                         break
-                self._check_stalls()
-                self.tap.flush()
         finally:
             if wakeup_fd is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self._poll.unregister(wakeup_fd)
-            self.scan_all()  # what the rings hold when the session ends
-            self.tap.flush()
-            self._count()
+            # What the rings hold when the session ends, and the relay's counters.
+            counts = self.relay.finish()
+            for name in ("kicks", "calls", "rekicks", "requests", "replies"):
+                setattr(self.stats, name, getattr(self.stats, name) + counts.get(name, 0))
+            self.stats.notes = self._notes + counts.get("notes", 0)
         return self.closed_by
 
-    def _count(self) -> None:
-        self.stats.requests = sum(q.requests for q in self.queues.values())
-        self.stats.replies = sum(q.replies for q in self.queues.values())
+    # -- the relay -------------------------------------------------------------------------
+    def _from_relay(self) -> None:
+        for ev in self.relay.events():
+            self._relay_event(ev)
+        if self.relay.dead is not None:
+            self._relay_lost()
+
+    def _relay_event(self, ev: Event) -> None:
+        if ev.kind == "INIT":
+            self._init_event(ev)
+        elif ev.kind == "DEFERRED":
+            # A kick that came while front-end messages sent before it were waiting (or
+            # being forwarded): they go first, then the kick.
+            self._messages_ahead()
+            self._send("KICK", ev.queue, ev.a)
+        elif ev.kind == "LOG":
+            self._say(ev.data.decode("utf-8", "replace"))
+
+    def _init_event(self, ev: Event) -> None:
+        """An INIT request (``ev.a`` 0) or its reply (1), ``ev.data`` its first bytes: learn
+        the minor (the one negotiation), then let the relay go on (RESUME ``ev.b``)."""
+        keep = 0
+        data = ev.data
+        if ev.a == 0:
+            unique = _IN.struct.unpack_from(data)[_IN_UNIQUE]
+            try:
+                self._init[unique] = codec.decode_request(data)
+                keep = 1
+                while len(self._init) > MAX_INITS:
+                    del self._init[next(iter(self._init))]
+            except DecodeError as e:
+                self.note(ev.queue, f"INIT request unique {unique} does not decode ({e}); "
+                                    "the minor stays as it was")
+        else:
+            request = self._init.pop(_OUT.struct.unpack_from(data)[_OUT_UNIQUE], None)
+            if request is not None:
+                self._init_reply(ev.queue, request, data)
+        self._send("RESUME", ev.queue, ev.b, keep)
+
+    def _init_reply(self, queue: int, request: Any, data: bytes) -> None:
+        try:
+            reply = codec.decode_reply(data, request)
+        except DecodeError as e:
+            self.note(queue, f"INIT reply does not decode ({e}); the minor stays as it was")
+            return
+        result = negotiate_init(request.body, None if reply.error else reply.body)
+        if result is not None:
+            self.minor = result.minor
+            self._send("MINOR", a=result.minor)
+
+    def _relay_lost(self) -> None:
+        """The relay died: from here on kicks and calls are forwarded by this module,
+        unrecorded (the VM must not hang because of the proxy), and annotations are written
+        here, after the last whole record the relay wrote."""
+        if self._direct is not None:
+            return
+        with contextlib.suppress(ValueError):
+            self._unwatch(self.relay.fileno())
+        with contextlib.suppress(OSError):
+            cut_to_whole_records(self.output.fileno())
+        self._direct = CaptureRecorder(self.output, minor=self.minor, header=False,
+                                       snaplen=self.snaplen or DEFAULT_MAX_CAPLEN)
+        text = (f"the proxy's data plane (relay pid {self.relay.pid}) is gone: "
+                f"{self.relay.dead}; kicks and calls are forwarded unrecorded from here on")
+        self._say(text)
+        self._notes += 1
+        self._direct.annotate(BACKEND_QUEUE, text)
+        for n in [*self._notify.values(), *self._retired]:
+            self._watch(n.source, self._forwarder(n))
+        for n in self._notify.values():
+            # A kick or call the relay had taken and not yet passed on would be lost: one
+            # more of each is harmless.
+            with contextlib.suppress(OSError):
+                os.eventfd_write(n.sink, 1)
+
+    def _forwarder(self, n: _Notify) -> Callable[[], None]:
+        return lambda: self._forward_unrecorded(n)
+
+    def _forward_unrecorded(self, n: _Notify) -> None:
+        try:
+            os.eventfd_read(n.source)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._unwatch(n.source)
+            return
+        if n.kind == "kick":
+            self._messages_ahead()
+            n = self._notify.get(("kick", n.queue), n)
+        with contextlib.suppress(OSError):
+            os.eventfd_write(n.sink, 1)
 
     # -- the front-end's messages -------------------------------------------------------
     def _from_frontend(self) -> None:
         if not self._vmm_poll.poll(0):
             return  # taken already, ahead of a kick (_messages_ahead)
+        # The relay holds back kicks until FE_END: this message goes first.
+        self._send("FE_BEGIN")
+        try:
+            self._one_frontend_message()
+        finally:
+            self._send("FE_END")
+
+    def _one_frontend_message(self) -> None:
         try:
             msg = recv_message(self.vmm, what="front-end message",
                                max_payload=MAX_FORWARDED_PAYLOAD)
@@ -359,40 +416,43 @@ class RecordingProxy:
                     _close(fd)  # a stand-in we handed the daemon and do not keep
 
     def _observe_frontend(self, msg: VhostUserMessage) -> tuple[list[int], set[int]]:
-        """Learn what ``msg`` says about memory and rings; returns the fds to forward (the
-        proxy's stand-ins for kick/call/backend fds) and the received fds the proxy keeps."""
+        """Tell the relay what ``msg`` says about memory and rings; returns the fds to
+        forward (the proxy's stand-ins for kick/call/backend fds) and the received fds the
+        proxy keeps. (The relay gets copies of the memory fds and maps them itself.)"""
         req = msg.request
+        send = self._send
         if req == _R.SET_MEM_TABLE:
             table = VhostUserMemory.parse_body(msg.payload)
-            try:
-                self.mem.set_table(table.regions, msg.fds)
-            finally:
-                self._rings_moved()
+            send("MEM_CLEAR")
+            if len(msg.fds) != len(table.regions):
+                raise ValueError(f"{len(table.regions)} regions but {len(msg.fds)} fds")
+            for region, fd in zip(table.regions, msg.fds, strict=True):
+                send("MEM_ADD", 0, region.guest_addr, region.size, region.user_addr,
+                     region.mmap_offset, payload=b"SET_MEM_TABLE", fds=[fd])
         elif req == _R.ADD_MEM_REG:
-            one = VhostUserSingleMemoryRegion.parse_body(msg.payload)
+            r = VhostUserSingleMemoryRegion.parse_body(msg.payload).region
             if len(msg.fds) != 1:
                 raise ValueError(f"ADD_MEM_REG with {len(msg.fds)} fds")
-            self.mem.add(one.region, msg.fds[0])
-            self._rings_moved()
+            send("MEM_ADD", 0, r.guest_addr, r.size, r.user_addr, r.mmap_offset,
+                 payload=b"ADD_MEM_REG", fds=msg.fds)
         elif req == _R.REM_MEM_REG:
-            self.mem.remove(VhostUserSingleMemoryRegion.parse_body(msg.payload).region)
-            self._rings_moved()
+            r = VhostUserSingleMemoryRegion.parse_body(msg.payload).region
+            send("MEM_REMOVE", 0, r.guest_addr, r.size, r.user_addr)
+        elif req == _R.SET_FEATURES:
+            # (EVENT_IDX or not: how the relay tells a driver that drains its used ring)
+            send("FEATURES", 0, VhostUserU64.parse_body(msg.payload).u64)
         elif req == _R.SET_VRING_NUM:
             st = VhostUserVringState.parse_body(msg.payload)
-            q = self._queue(st.index)
-            q.size = st.num
-            q.invalidate()
+            send("VRING_NUM", st.index, st.num)
         elif req == _R.SET_VRING_BASE:
             st = VhostUserVringState.parse_body(msg.payload)
-            self._queue(st.index).reset(st.num)
+            send("VRING_BASE", st.index, st.num)
         elif req == _R.SET_VRING_ADDR:
             a = VhostUserVringAddr.parse_body(msg.payload)
-            q = self._queue(a.index)
-            q.desc, q.avail, q.used = a.descriptor, a.available, a.used
-            q.invalidate()
+            send("VRING_ADDR", a.index, a.descriptor, a.available, a.used)
         elif req == _R.GET_VRING_BASE:
             st = VhostUserVringState.parse_body(msg.payload)
-            self.scan(self._queue(st.index))
+            send("SCAN", st.index)
             self._stopping_rings.append(st.index)
         elif req in (_R.SET_VRING_KICK, _R.SET_VRING_CALL):
             return self._interpose(req, VhostUserU64.parse_body(msg.payload).u64, msg.fds)
@@ -400,26 +460,24 @@ class RecordingProxy:
             return self._interpose_backend(msg.fds)
         return msg.fds, set()
 
-    def _rings_moved(self) -> None:
-        for q in self.queues.values():
-            q.invalidate()
-
     def _interpose(self, req: int, value: int, fds: list[int]) -> tuple[list[int], set[int]]:
         index = value & VHOST_USER_VRING_IDX_MASK
         kind = "kick" if req == _R.SET_VRING_KICK else "call"
         self._drop_notify(kind, index)
-        q = self._queue(index)
         if kind == "kick":
-            q.started = True
+            self._send("VRING_START", index)
         if value & VHOST_USER_VRING_NOFD_MASK or len(fds) != 1:
             return fds, set()  # polled or in-band: the periodic scan observes the ring
         theirs = fds[0]
         ours = os.eventfd(0, _EVENTFD_FLAGS)
+        self._ids += 1
         # kick: the VMM writes ``theirs``, the daemon reads ``ours``; call: the reverse.
-        n = (_Notify(index, theirs, ours, kind) if kind == "kick"
-             else _Notify(index, ours, theirs, kind))
+        n = (_Notify(self._ids, index, theirs, ours, kind) if kind == "kick"
+             else _Notify(self._ids, index, ours, theirs, kind))
         self._notify[(kind, index)] = n
-        self._watch(n.source, lambda: self._notified(n))
+        if not self._send("NOTIFY_SET", index, n.id, int(kind == "call"),
+                          fds=[n.source, n.sink]):
+            self._watch(n.source, self._forwarder(n))  # (the others are watched already)
         return [ours], {theirs, ours}
 
     def _drop_notify(self, kind: str, index: int) -> None:
@@ -433,43 +491,10 @@ class RecordingProxy:
         self._retired.append(old)
         while len(self._retired) > MAX_RETIRED:
             gone = self._retired.pop(0)
-            self._notified(gone)
+            self._send("NOTIFY_DROP", gone.queue, gone.id, 1)  # passed on a last time
             self._unwatch(gone.source)
             _close(gone.source)
             _close(gone.sink)
-
-    def _notified(self, n: _Notify) -> None:
-        try:
-            os.eventfd_read(n.source)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._unwatch(n.source)
-            self.note(n.queue, f"queue {n.queue} {n.kind} eventfd: {e}; no longer forwarded")
-            return
-        # Read the rings first, then pass the notification on. A kick: the new chains
-        # are read before the daemon may take them (once it has, a guest draining its used
-        # ring can reuse their descriptors, indirect tables and buffers at once). A call:
-        # the replies are read, and written to the file, before the driver is told.
-        q = self.queues.get(n.queue)
-        if n.kind == "kick":
-            self.stats.kicks += 1
-            # What the VMM said before this kick reaches the daemon before it (its
-            # SET_VRING_ENABLE above all: a kick ahead of it is dropped by the Rust daemon).
-            self._messages_ahead()
-            # The daemon's current kick fd (the VMM may have replaced it meanwhile).
-            n = self._notify.get(("kick", n.queue), n)
-            q = self.queues.get(n.queue)
-            stall = self._stalls.get(n.queue)
-            if stall is not None:  # a fresh kick: the stall's clock starts again
-                stall.since, stall.delay = time.monotonic(), REKICK_FIRST
-        else:
-            self.stats.calls += 1
-        if q is not None:
-            self.scan(q)
-        if n.kind == "call":
-            self.tap.flush()
-        self._forward(n)
 
     def _messages_ahead(self) -> None:
         """Forward the front-end messages already waiting (at most MAX_AHEAD): sent
@@ -479,48 +504,6 @@ class RecordingProxy:
             if self.closed_by is not None or not self._vmm_poll.poll(0):
                 return
             self._from_frontend()
-
-    def _forward(self, n: _Notify) -> None:
-        try:
-            os.eventfd_write(n.sink, 1)
-        except OSError as e:
-            self.note(n.queue, f"queue {n.queue}: cannot forward a {n.kind}: {e}")
-
-    def _check_stalls(self) -> None:
-        """Kick again a queue whose chains are pending with no used entry for a while
-        (REKICK_FIRST, doubling up to REKICK_MAX): the VM must not hang on a kick the
-        daemon dropped. Says so through ``log`` when the daemon then answered."""
-        now = time.monotonic()
-        for q in self.queues.values():
-            stall = self._stalls.get(q.index)
-            busy = q.started and bool(q.pending)
-            if stall is not None and (not busy or stall.used != q.last_used):
-                del self._stalls[q.index]
-                if stall.rekicks and q.last_used != stall.used:
-                    self._say(f"queue {q.index}: the daemon answered after {stall.rekicks} "
-                              f"repeated kick(s), {now - stall.started:.3f} s without a "
-                              "used entry (a kick lost, or a slow request)")
-                stall = None
-            if not busy:
-                continue
-            if stall is None:
-                self._stalls[q.index] = _Stall(q.last_used, now, started=now)
-                continue
-            kick = self._notify.get(("kick", q.index))
-            if kick is None or now - stall.since < stall.delay:
-                continue
-            self.scan(q)
-            if q.last_used != stall.used or not q.pending:
-                continue  # it moved: the next round says so
-            self.stats.rekicks += 1
-            stall.rekicks += 1
-            stall.since = now
-            stall.delay = min(stall.delay * 2, REKICK_MAX)
-            self._forward(kick)
-
-    def _say(self, text: str) -> None:
-        if self.log is not None:
-            self.log(text)
 
     # -- the daemon's replies --------------------------------------------------------------
     def _from_daemon(self) -> None:
@@ -533,10 +516,7 @@ class RecordingProxy:
         self.stats.daemon_messages += 1
         if msg.request == _R.GET_VRING_BASE and msg.is_reply and self._stopping_rings:
             # The daemon has stopped the ring: what it completed is all there will be.
-            q = self.queues.get(self._stopping_rings.pop(0))
-            if q is not None:
-                self.scan(q)
-                q.started = False
+            self._send("VRING_STOP", self._stopping_rings.pop(0))
         try:
             send_message(self.vmm, msg.request, msg.payload, fds=msg.fds, flags=msg.flags)
         except (TransportError, OSError) as e:  # OSError: a send timeout
@@ -595,7 +575,14 @@ class RecordingProxy:
             self.why = str(why)
 
     def close(self) -> None:
-        """Close both connections (the daemon then exits) and every fd the proxy holds."""
+        """Close both connections (the daemon then exits), the relay (it writes what it
+        holds and exits) and every fd the proxy holds."""
+        trouble = self.relay.close()
+        if trouble is not None and self._direct is None:  # (else it was said already)
+            self._say(f"the proxy's data plane (relay pid {self.relay.pid}) did not end "
+                      f"cleanly: {trouble}")
+        if self._direct is not None:
+            self._direct.flush()
         for n in [*self._notify.values(), *self._retired]:
             self._unwatch(n.source)
             _close(n.source)
@@ -607,7 +594,6 @@ class RecordingProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
-        self.mem.clear()
 
 
 def describe_backend(msg: VhostUserMessage) -> str:

@@ -20,9 +20,11 @@ how it works:
   the daemon, and connects to the daemon's socket: --daemon-socket names a virtiofsd you
   started, --daemon starts one itself (on --shared-dir, in a temporary directory, stopped
   by PID at the end). Every vhost-user message is forwarded unchanged, file descriptors
-  included; the proxy maps the guest memory read-only, hands the daemon eventfds of its
-  own and forwards each kick and call after reading the rings, so every FUSE request and
-  reply lands in the capture (decode it with `fuseproto decode`). Backend-channel
+  included; the proxy's data plane (a small C program built with gcc on first use and
+  cached) maps the guest memory read-only, is handed the kick and call eventfds (the
+  daemon gets eventfds of the proxy's own) and forwards each kick and call after reading
+  the rings, so every FUSE request and reply lands in the capture (decode it with
+  `fuseproto decode`). Backend-channel
   messages (DAX FS_MAP / FS_UNMAP) and anything the proxy cannot read are written as
   annotation records; the traffic goes on regardless.
 
@@ -40,17 +42,15 @@ readiness:
 ending:
   With --once (the default) the proxy exits 0 when the VMM disconnects (the daemon's
   connection is closed too, and a daemon it started exits and is reaped). SIGINT, SIGTERM
-  and SIGHUP close both connections and the capture and exit 0. Records reach the file
-  after each round of events the proxy handles (whole records only), so the capture is
-  valid even if the proxy is killed.
+  and SIGHUP close both connections and the capture and exit 0. Each record reaches the file
+  before the kick or call it came with is passed on (whole records, nothing buffered),
+  so the capture is valid even if the proxy is killed (its data plane, a process of its
+  own, finishes the record it is writing and exits).
 
 exit status:
   0 the VMM disconnected, or a signal; 1 the daemon closed the connection or died first;
   2 bad usage, or the daemon or the sockets could not be set up.
 """
-
-
-OUTPUT_BUFFER = 4 << 20
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -100,8 +100,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="write 'ready\\n' to this inherited fd (then close it) once listening")
     x.add_argument("--scan-interval", type=float, default=0.001, metavar="S",
                    help="while requests are in flight, also read the rings every S seconds "
-                   "(default 0.001): a guest draining its used ring takes replies no call "
-                   "announced, and may reuse their buffers before the next call")
+                   "(default 0.001; every 50 us while the driver has its interrupts off): a "
+                   "guest draining its used ring takes replies no call announced, and may "
+                   "reuse their buffers before the next call")
     x.add_argument("--quiet", action="store_true", help="no status lines on stderr")
     x.set_defaults(func=run_proxy)
 
@@ -147,6 +148,12 @@ def run_proxy(args: argparse.Namespace) -> int:
         return _fail("--snaplen: at least 16 (a FUSE reply header)")
     if args.scan_interval <= 0:
         return _fail("--scan-interval must be positive")
+    from ..capture.relay import RelayError, executable
+
+    try:
+        executable()  # the data plane: built now on first use (cached), before "ready"
+    except RelayError as e:
+        return _fail(str(e))
     starter = None
     if args.daemon is not None:
         try:
@@ -210,7 +217,8 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
     """Serve one VMM connection; returns the exit code, or None to wait for the next."""
     import select
 
-    from ..capture.proxy import FuseTap, RecordingProxy, connect_daemon
+    from ..capture.proxy import RecordingProxy, connect_daemon
+    from ..capture.relay import RelayError
     from ..errors import TransportError
 
     poller = select.poll()
@@ -235,15 +243,16 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
         print(f"fuseproto capture proxy: {e}", file=sys.stderr)
         return 1
     try:
-        recorder = output.open(session)
-    except OSError as e:
+        capture = output.open(session)
+        proxy = RecordingProxy(vmm, daemon, capture, scan_interval=args.scan_interval,
+                               snaplen=args.snaplen, log=say)
+    except (OSError, RelayError) as e:
         vmm.close()
         daemon.close()
+        output.close()
         print(f"fuseproto capture proxy: {e}", file=sys.stderr)
         return 1
-    say(f"VMM connected; recording to {output.path}")
-    proxy = RecordingProxy(vmm, daemon, FuseTap(recorder), scan_interval=args.scan_interval,
-                           snaplen=args.snaplen, log=say)
+    say(f"VMM connected; recording to {output.path} (relay pid {proxy.relay.pid})")
     try:
         ended = proxy.run(stop_r)
     finally:
@@ -282,29 +291,23 @@ class _Output:
         self.path = path
         self.session = -1
         self._file: Any = None
-        self.recorder: Any = None
 
     def open(self, session: int) -> Any:
-        from ..capture.frames import CaptureRecorder
-        from ..capture.pcap import DEFAULT_MAX_CAPLEN
+        from ..capture.proxy import open_capture
 
         if session == self.session:
-            return self.recorder
+            return self._file
         self.close()
         stem, ext = os.path.splitext(self.first)
         self.path = self.first if session == 0 else f"{stem}.{session}{ext}"
-        # Buffered, flushed by the proxy after each round of events and before it forwards
-        # a call: the buffer holds whole records only (one write() each), so the file is
-        # valid at any moment.
-        self._file = open(self.path, "wb", buffering=OUTPUT_BUFFER)  # noqa: SIM115
-        self.recorder = CaptureRecorder(self._file, snaplen=self.snaplen or DEFAULT_MAX_CAPLEN)
+        # The pcap header now; the proxy's relay appends each record with one write as
+        # it reads it (nothing is buffered in a process), so the file is valid at any
+        # moment, even after a SIGKILL of the proxy.
+        self._file = open_capture(self.path, self.snaplen)
         self.session = session
-        return self.recorder
+        return self._file
 
     def close(self) -> None:
-        if self.recorder is not None:
-            self.recorder.close()
-            self.recorder = None
         if self._file is not None:
             self._file.close()
             self._file = None
