@@ -491,3 +491,39 @@ def test_spares_beside_c_asan_cov_do_not_light_the_live_map(no_leaks):
         assert first is not None and h.edge_map is not None and h.edge_map is not first
         assert root.update() == 0 and root.seen >= seen
     assert first is not None and not os.path.exists(first.path)
+
+
+def test_corpus_save_of_one_entry_from_many_writers_at_once(tmp_path):
+    """Parallel jobs share a corpus directory and may save the same entry at once: each
+    writer's temporary file is its own, so none fails (one temporary name for all made
+    the second os.replace raise FileNotFoundError in a two-job run) and one entry stays."""
+    import multiprocessing
+    import threading
+
+    from fuseproto.fuzz.corpus import Corpus
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        barrier.wait()
+        try:
+            for i in range(50):
+                Corpus.save(tmp_path, b"same entry %d" % i, ".bin")
+        except BaseException as e:  # noqa: BLE001 -- the test's verdict
+            errors.append(e)
+
+    ts = [threading.Thread(target=save) for _ in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    procs = [multiprocessing.get_context("fork").Process(
+        target=Corpus.save, args=(tmp_path, b"from a process", ".bin")) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert not errors and all(p.exitcode == 0 for p in procs)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 51 and all(n.endswith(".bin") for n in names)

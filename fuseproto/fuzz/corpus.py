@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -100,7 +101,9 @@ class Corpus(Generic[T]):
             return False
         if sum(1 for _ in directory.iterdir()) >= MAX_SAVED:
             return False
-        tmp = path.with_suffix(".tmp")
+        # A temporary name of this process and thread: parallel jobs share the directory
+        # and may save the same entry at once (one tmp name made the second replace fail).
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return True
