@@ -101,6 +101,8 @@ HISTORY = 32  # requests kept for a reproducer
 SLOW_OPS = frozenset({int(fuse_opcode.FUSE_SYNCFS), int(fuse_opcode.FUSE_FSYNC),
                       int(fuse_opcode.FUSE_FSYNCDIR)})
 SLOW_TIMEOUT = 10.0
+#: How long an inline-started daemon's edge map may take to go quiet after its setup.
+SETTLE_MAX = 0.05
 #: How long one blocked wait for a reply lasts before the harness looks at the daemon
 #: (gone? a Rust worker panic in its log?) and waits again.
 AWAIT_SLICE = 0.001
@@ -272,7 +274,10 @@ class DaemonHarness:
                 stop_started(started)
             self._gen += 1
             started = self.prepare_daemon(self._gen)
-        self._adopt(started)
+            fresh = True
+        else:
+            fresh = False  # a spare: idle since its setup, its map is quiet
+        self._adopt(started, settle=fresh)
         while self._spare is not None and self._spare.wanted() and self.spare_allowed():
             self._gen = gen = self._gen + 1
             self._spare.launch_with(functools.partial(self.prepare_daemon, gen))
@@ -347,7 +352,7 @@ class DaemonHarness:
             canaries.rearm()  # the socket and log are there now; setup read nothing
         return s
 
-    def _adopt(self, s: Started) -> None:
+    def _adopt(self, s: Started, settle: bool = False) -> None:
         self.daemon, self.transport, self.client = s.daemon, s.transport, s.client
         self.edge_map, self.config = s.coverage, s.config
         self.window, self.dax, self.canaries, self.exchange = s.window, s.dax, s.canaries, s.exchange
@@ -360,6 +365,14 @@ class DaemonHarness:
         if self.coverage is not None:
             self.coverage.follow(s.coverage)
             self.coverage.absorb()  # start-up and setup: not any input's coverage
+            # A daemon set up just now still runs the tail of its last setup request (its
+            # worker finishes after the reply is out): absorb until the map is quiet, so
+            # those edges are not credited to the first input (SETTLE_MAX at most).
+            deadline = time.monotonic() + SETTLE_MAX
+            while settle and time.monotonic() < deadline:
+                time.sleep(0.002)
+                if not self.coverage.absorb():
+                    break
 
     def new_log(self) -> str:
         """Daemon log text written since the last call."""
