@@ -405,28 +405,30 @@ static int ring_fail(const char *fmt, ...)
 }
 #define RING_FAIL(...) ring_fail(__VA_ARGS__)
 
-static const unsigned char *gpa_ptr(uint64_t addr, uint64_t len)
+/* [addr, addr+len) in guest memory, by guest physical address (by_uaddr 0: descriptor
+ * addresses) or by the front-end's own address (1: SET_VRING_ADDR's ring addresses). */
+static const unsigned char *region_ptr(uint64_t addr, uint64_t len, int by_uaddr)
 {
     for (size_t i = 0; i < nregions; i++) {
         struct region *r = &regions[i];
-        uint64_t off = addr - r->gpa;
-        if (addr >= r->gpa && off <= r->size && len <= r->size - off)
+        uint64_t start = by_uaddr ? r->uaddr : r->gpa;
+        uint64_t off = addr - start;
+        if (addr >= start && off <= r->size && len <= r->size - off)
             return r->base + off;
     }
-    RING_FAIL("guest address 0x%" PRIx64 "+0x%" PRIx64 " is not in guest memory", addr, len);
+    RING_FAIL("%s address 0x%" PRIx64 "+0x%" PRIx64 " is not in guest memory",
+              by_uaddr ? "frontend" : "guest", addr, len);
     return NULL;
+}
+
+static const unsigned char *gpa_ptr(uint64_t addr, uint64_t len)
+{
+    return region_ptr(addr, len, 0);
 }
 
 static const unsigned char *uaddr_ptr(uint64_t addr, uint64_t len)
 {
-    for (size_t i = 0; i < nregions; i++) {
-        struct region *r = &regions[i];
-        uint64_t off = addr - r->uaddr;
-        if (addr >= r->uaddr && off <= r->size && len <= r->size - off)
-            return r->base + off;
-    }
-    RING_FAIL("frontend address 0x%" PRIx64 "+0x%" PRIx64 " is not in guest memory", addr, len);
-    return NULL;
+    return region_ptr(addr, len, 1);
 }
 
 static void mem_clear(void)
