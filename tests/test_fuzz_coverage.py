@@ -496,7 +496,9 @@ def test_spares_beside_c_asan_cov_do_not_light_the_live_map(no_leaks):
 def test_corpus_save_of_one_entry_from_many_writers_at_once(tmp_path):
     """Parallel jobs share a corpus directory and may save the same entry at once: each
     writer's temporary file is its own, so none fails (one temporary name for all made
-    the second os.replace raise FileNotFoundError in a two-job run) and one entry stays."""
+    the second os.replace raise FileNotFoundError in a two-job run), one entry stays, and
+    exactly one writer is told it saved it (the jobs' corpus_saved counts add up to the
+    files: with replace() both writers counted, 280 saves for 278 files in CI)."""
     import multiprocessing
     import threading
 
@@ -504,12 +506,13 @@ def test_corpus_save_of_one_entry_from_many_writers_at_once(tmp_path):
 
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
+    saved: list[bool] = []
 
     def save() -> None:
         barrier.wait()
         try:
             for i in range(50):
-                Corpus.save(tmp_path, b"same entry %d" % i, ".bin")
+                saved.append(Corpus.save(tmp_path, b"same entry %d" % i, ".bin"))
         except BaseException as e:  # noqa: BLE001 -- the test's verdict
             errors.append(e)
 
@@ -527,3 +530,4 @@ def test_corpus_save_of_one_entry_from_many_writers_at_once(tmp_path):
     assert not errors and all(p.exitcode == 0 for p in procs)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == 51 and all(n.endswith(".bin") for n in names)
+    assert saved.count(True) == 50

@@ -103,9 +103,16 @@ class Corpus(Generic[T]):
             return False
         # A temporary name of this process and thread: parallel jobs share the directory
         # and may save the same entry at once (one tmp name made the second replace fail).
+        # The entry appears by link(), which fails when another job saved it first: each
+        # entry is counted by exactly one writer (a replace() let both count it).
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
         return True
 
     @staticmethod
