@@ -1,4 +1,4 @@
-"""The capture proxy's data plane (fuseproto/capture/relay.c) on its own: the real relay
+"""The capture proxy's data plane (fuseproto/capture/relay*.c) on its own: the real relay
 process, fed real mapped memory (a memfd laid out by hand as a split virtqueue) and real
 eventfds, its records read back from the pcap file it writes.
 
@@ -17,7 +17,7 @@ eventfds, its records read back from the pcap file it writes.
 * the file stays valid when the proxy is killed with SIGKILL under load (the relay
   finishes its record and exits), and when the relay itself is killed the proxy forwards
   on, unrecorded, and says so;
-* the relay binary is cached by the source's hash.
+* the relay binary is cached by the hash of all its files.
 """
 
 from __future__ import annotations
@@ -835,26 +835,31 @@ def test_the_proxy_forwards_on_when_the_relay_dies(shared_dir, scratch_dir,
 
 @pytest.mark.parametrize("opt", ["-O2", "-O1", "-O0"])
 def test_the_relay_builds_without_a_warning(tmp_path, opt):
-    """relay.c compiles with no warning (-Wall -Wextra) at each optimization level (the
-    runtime build does not use -Werror: a newer compiler's new warning must not stop the
-    proxy; this test is where warnings fail)."""
+    """The relay's files compile with no warning (-Wall -Wextra) at each optimization level
+    (the runtime build does not use -Werror: a newer compiler's new warning must not stop
+    the proxy; this test is where warnings fail)."""
     flags = [f for f in relay_mod.CFLAGS if not f.startswith("-O")]
     out = subprocess.run(["gcc", opt, *flags, "-Werror", "-o", str(tmp_path / "relay"),
-                          str(relay_mod.SOURCE)], capture_output=True, text=True)
+                          *relay_mod.compile_units()], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 
-def test_the_relay_is_built_once_per_source(tmp_path, monkeypatch):
-    """The cached binary is keyed by relay.c's bytes (and the flags): the same source
-    finds it again without gcc, an edited one is rebuilt beside it."""
+@pytest.mark.parametrize("edit", relay_mod.SOURCES)
+def test_the_relay_is_built_once_per_source(tmp_path, monkeypatch, edit):
+    """The cached binary is keyed by the bytes of every one of the relay's files (and the
+    flags): the same sources find it again without gcc; an edit to any one of them (the
+    header too) is rebuilt beside it."""
     monkeypatch.setenv("FUSEPROTO_CACHE", str(tmp_path / "cache"))
     first = relay_mod.executable()
     assert first.is_file() and first.parent == tmp_path / "cache" / "relay"
     monkeypatch.setenv("PATH", "/nonexistent")  # no compiler now: the cached one is used
     assert relay_mod.executable() == first
-    edited = tmp_path / "relay.c"
-    edited.write_bytes(relay_mod.SOURCE.read_bytes() + b"\n/* edited */\n")
-    monkeypatch.setattr(relay_mod, "SOURCE", edited)
+    edited = tmp_path / "src"
+    edited.mkdir()
+    for name in relay_mod.SOURCES:
+        data = (relay_mod.SOURCE_DIR / name).read_bytes()
+        (edited / name).write_bytes(data + b"\n/* edited */\n" if name == edit else data)
+    monkeypatch.setattr(relay_mod, "SOURCE_DIR", edited)
     with pytest.raises(relay_mod.RelayError, match="gcc"):
         relay_mod.executable()  # rebuilt: needs the compiler
     monkeypatch.setenv("PATH", os.defpath)

@@ -1,4 +1,4 @@
-"""The recording proxy's data plane (``relay.c``): built, started and spoken to.
+"""The recording proxy's data plane (``relay.c`` and its files): built, started, spoken to.
 
 The relay is a small C program, one process per proxied session, that does what the
 proxy does per request (see ``relay.c``'s opening comment): it waits on the kick and call
@@ -13,12 +13,12 @@ kernel stops a large write() of a killed process part-way; the relay is not the 
 killed, it finishes the record, sees its control socket close and exits), and a crash of
 the C code cannot take the control plane down with it (the proxy goes on forwarding).
 
-Building: ``gcc`` (a package setup installs) compiles ``relay.c`` on first use into
-fuseproto's cache (``~/.cache/fuseproto/relay/``), keyed by the source's hash and the
-flags, so an edited relay.c is rebuilt and a cached binary is never stale. Nothing is
-compiled at import time.
+Building: ``gcc`` (a package setup installs) compiles the relay's files (:data:`SOURCES`)
+on first use into fuseproto's cache (``~/.cache/fuseproto/relay/``), keyed by the hash of
+every one of them and the flags, so an edited file is rebuilt and a cached binary is never
+stale. Nothing is compiled at import time.
 
-The interface (commands, events, the CONFIG fields) is declared once, in ``relay.c``'s
+The interface (commands, events, the CONFIG fields) is declared once, in ``relay.h``'s
 X-macro lists, which this module reads from the source; the layouts the relay fills in
 (the pcap record header, the capture pseudo-header, the FUSE header fields, the split
 ring) come from the modules that own them (:mod:`.pcap`, :mod:`.frames`,
@@ -59,7 +59,9 @@ from .pcap import DEFAULT_MAX_CAPLEN, RECORD_FIELDS, RECORD_HEADER, field_layout
 
 __all__ = ["MAX_RECORD", "MIN_READ", "Event", "Relay", "RelayError", "executable"]
 
-SOURCE = Path(__file__).with_name("relay.c")
+SOURCE_DIR = Path(__file__).parent
+# The relay's files: the header first (the interface lists), then the C files compiled.
+SOURCES = ("relay.h", "relay.c", "relay_util.c", "relay_mem.c", "relay_out.c", "relay_ring.c")
 CFLAGS = ("-O2", "-g", "-std=gnu11", "-Wall", "-Wextra")  # (tests add -Werror)
 # The largest message recorded whole: larger requests (a hostile or broken descriptor
 # length) are noted, not read.
@@ -79,7 +81,7 @@ ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer about an I
 # buffers within a fraction of a millisecond (measured through QEMU/TCG: up to ~20 of ~190
 # READ replies lost per run at 1 ms, none at 50 us).
 HOT_INTERVAL = 50e-6
-MSG = struct.Struct("<IIQQQQ")  # relay.c's struct msg
+MSG = struct.Struct("<IIQQQQ")  # relay.h's struct msg
 _U64 = struct.Struct("<Q")
 
 
@@ -98,16 +100,16 @@ class Event:
     data: bytes
 
 
-# -- the interface, read from relay.c --------------------------------------------------------
+# -- the interface, read from relay.h --------------------------------------------------------
 
 @cache
 def _abi() -> dict[str, tuple[str, ...]]:
-    text = SOURCE.read_text()
+    text = (SOURCE_DIR / SOURCES[0]).read_text()
     out = {}
     for name in ("COMMANDS", "EVENTS", "STATS_FIELDS", "CONFIG_FIELDS"):
         m = re.search(rf"^#define {name}\(X\)((?:.*\\\n)*.*)$", text, re.M)
         if m is None:
-            raise RelayError(f"relay.c declares no {name}")
+            raise RelayError(f"relay.h declares no {name}")
         out[name] = tuple(re.findall(r"X\((\w+)\)", m.group(1)))
     return out
 
@@ -124,12 +126,21 @@ def _cache_dir() -> Path:
     return cache_root() / "relay"
 
 
+def compile_units() -> list[str]:
+    """The C files the relay is linked from (paths)."""
+    return [str(SOURCE_DIR / n) for n in SOURCES if n.endswith(".c")]
+
+
 def executable() -> Path:
-    """The relay binary for this relay.c, built now if the cache has none. Raises
-    RelayError (no compiler, or relay.c does not build)."""
-    source = SOURCE.read_bytes()
+    """The relay binary for these sources, built now if the cache has none. Raises
+    RelayError (no compiler, or the relay does not build)."""
+    digest = hashlib.sha256()
+    for name in SOURCES:  # (each file's name and length too: no two splits hash alike)
+        data = (SOURCE_DIR / name).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
     cc = os.environ.get("CC", "gcc")
-    key = hashlib.sha256(source + "\0".join((cc, *CFLAGS)).encode()).hexdigest()[:16]
+    digest.update("\0".join((cc, *CFLAGS)).encode())
+    key = digest.hexdigest()[:16]
     path = _cache_dir() / f"relay-{key}"
     if os.access(path, os.X_OK):
         return path
@@ -140,10 +151,10 @@ def executable() -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".relay-", dir=path.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, *compile_units()],
+                              capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RelayError(f"building {SOURCE.name} with {cc} failed:\n"
+            raise RelayError(f"building the relay with {cc} failed:\n"
                              f"{proc.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: a concurrent build installs the same bytes
     finally:
@@ -203,7 +214,7 @@ def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
     names = _abi()["CONFIG_FIELDS"]
     missing = [n for n in names if n not in values]
     if missing:
-        raise RelayError(f"relay.c asks for configuration fields this module does not "
+        raise RelayError(f"relay.h asks for configuration fields this module does not "
                          f"know: {missing}")
     return b"".join(_U64.pack(values[n] & 0xFFFFFFFFFFFFFFFF) for n in names) + template
 
