@@ -137,6 +137,17 @@ _OPCODE_OF = operator.attrgetter("opcode")
 _TARGET_OF = operator.attrgetter("target")
 _INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
 _INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
+# Session.check_valid's invariants, in the order it evaluates them.
+_INVARIANTS = (
+    "at most max_pending requests in flight",
+    "no request under unique 0",
+    "each request under its own unique",
+    "only requests that get a reply are in flight",
+    "one interrupt record per interrupted request",
+    "interrupted requests are in flight",
+    "each interrupt record names the request it is filed under",
+    "no interrupt under a unique in flight",
+)
 
 
 class _Init(enum.Enum):
@@ -174,6 +185,12 @@ class Session:
         self._pending: dict[int, Any] = {}
         self._interrupts: dict[int, _Interrupt] = {}  # by the INTERRUPT's own unique
         self._interrupt_of: dict[int, int] = {}  # target unique -> INTERRUPT unique
+        # Read-only live views, made once (the session fuzzer's oracle reads both after
+        # every message).
+        #: Requests in flight, by unique.
+        self.pending: Mapping[int, Any] = types.MappingProxyType(self._pending)
+        #: Interrupted requests in flight: target unique -> INTERRUPT unique.
+        self.interrupts: Mapping[int, int] = types.MappingProxyType(self._interrupt_of)
         self._next_unique = first_unique
         self._init = _Init.NONE
         self.init_in: Any = None  # body of the INIT request (fuse_init_in fields)
@@ -203,16 +220,6 @@ class Session:
     def minor(self, value: int) -> None:
         self._minor = value
         self._kinds = {}
-
-    @property
-    def pending(self) -> Mapping[int, Any]:
-        """Requests in flight, by unique (a read-only view)."""
-        return types.MappingProxyType(self._pending)
-
-    @property
-    def interrupts(self) -> Mapping[int, int]:
-        """Interrupted requests in flight: target unique -> INTERRUPT unique."""
-        return types.MappingProxyType(self._interrupt_of)
 
     @property
     def next_unique(self) -> int:
@@ -263,18 +270,29 @@ class Session:
         """Assert the internal invariants (for tests and fuzzers): at most ``max_pending``
         in flight, none under unique 0, each under its own unique and one that gets a
         reply; one interrupt record per interrupted request in flight, naming it, under
-        a unique not in flight. (Whole-table operations, no loop per entry: the session
-        fuzzer calls this after every message, with this module instrumented.)"""
+        a unique not in flight. Raises AssertionError naming every broken one.
+
+        Every invariant is evaluated on every call, as whole-table operations with one
+        branch in all: the session fuzzer calls this after every message with this module
+        instrumented, where a loop per entry or a block per ``assert`` was most of its
+        cost."""
         pending, interrupts, interrupt_of = self._pending, self._interrupts, self._interrupt_of
-        assert len(pending) <= self.max_pending
-        assert 0 not in pending
-        assert list(map(_UNIQUE_OF, pending.values())) == list(pending)
-        assert _NOT_ONE_REPLY_OPS.isdisjoint(map(_OPCODE_OF, pending.values()))
-        assert len(interrupt_of) == len(interrupts)
-        assert interrupt_of.keys() <= pending.keys()
-        assert list(map(_TARGET_OF, map(interrupts.__getitem__, interrupt_of.values()))) == \
-            list(interrupt_of)
-        assert pending.keys().isdisjoint(interrupt_of.values())
+        held = (
+            len(pending) <= self.max_pending,
+            0 not in pending,
+            list(map(_UNIQUE_OF, pending.values())) == list(pending),
+            _NOT_ONE_REPLY_OPS.isdisjoint(map(_OPCODE_OF, pending.values())),
+            len(interrupt_of) == len(interrupts),
+            interrupt_of.keys() <= pending.keys(),
+            # With the lengths equal: the records' targets are distinct and each names
+            # the request interrupt_of files it under.
+            dict(zip(map(_TARGET_OF, interrupts.values()), interrupts, strict=True))
+            == interrupt_of,
+            pending.keys().isdisjoint(interrupt_of.values()),
+        )
+        if not all(held):
+            broken = [name for name, ok in zip(_INVARIANTS, held, strict=True) if not ok]
+            raise AssertionError(f"session invariants broken: {'; '.join(broken)}")
 
     # -- the client side: we send requests ---------------------------------------------------
 

@@ -134,8 +134,21 @@ def test_session_invariant_check_fires_on_each_violation(name):
     s.feed_request(codec.encode_request(op.FUSE_INTERRUPT, {"unique": 2}, unique=3))
     s.check_valid()
     _violations()[name](s._pending, s._interrupts, s._interrupt_of)  # noqa: SLF001
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=_BROKEN[name]):
         s.check_valid()
+
+
+# The invariant each violation breaks, as check_valid's message names it.
+_BROKEN = {
+    "more than max_pending": "at most max_pending requests in flight",
+    "unique 0": "no request under unique 0",
+    "under another unique": "each request under its own unique",
+    "no reply expected": "only requests that get a reply are in flight",
+    "records disagree": "one interrupt record per interrupted request",
+    "target not in flight": "interrupted requests are in flight",
+    "record names another": "each interrupt record names the request",
+    "interrupt unique in flight": "no interrupt under a unique in flight",
+}
 
 
 def _env_with_fault(fault: str) -> dict[str, str]:

@@ -33,12 +33,23 @@ LAZY: Any = _Lazy()
 
 class _LazyHeader:
     """``header`` as a Container built on first access from ``_values`` (the unpacked
-    header tuple) when the codec made the message without one; ``_FIELDS`` names them."""
+    header tuple) when the codec made the message without one; ``_FIELDS`` names them.
 
-    __slots__ = ("_header", "_values")
+    ``unique`` is a plain attribute, set with the header (the session reads it for every
+    request in flight after every message: no property call per read)."""
+
+    __slots__ = ("_header", "_values", "unique")
     _FIELDS: tuple[str, ...] = ()
     _header: Container | None
     _values: tuple[int, ...]
+    unique: int
+
+    def _set_header(self, header: Container | None, values: tuple[int, ...]) -> None:
+        self._header = header
+        self._values = values
+        # Third field of both fuse_in_header (len, opcode, unique) and fuse_out_header
+        # (len, error, unique).
+        self.unique = values[2] if header is None else int(header["unique"])
 
     @property
     def header(self) -> Container:
@@ -49,14 +60,7 @@ class _LazyHeader:
 
     @header.setter
     def header(self, value: Container) -> None:
-        self._header = value
-
-    @property
-    def unique(self) -> int:
-        # Third field of both fuse_in_header (len, opcode, unique) and fuse_out_header
-        # (len, error, unique).
-        h = self._header
-        return self._values[2] if h is None else int(h["unique"])
+        self._set_header(value, self._values)
 
 
 class Request(_LazyHeader):
@@ -81,8 +85,9 @@ class Request(_LazyHeader):
         parts: Any = None,
         values: tuple[int, ...] = (),
     ):
-        self._header = header
+        self._header = header  # as _set_header, inline: one of these per message
         self._values = values
+        self.unique = values[2] if header is None else int(header["unique"])
         self.opcode = opcode
         self._body = body
         self.ext = ext
@@ -143,8 +148,9 @@ class Reply(_LazyHeader):
         request: Any,
         values: tuple[int, ...] = (),
     ):
-        self._header = header
+        self._header = header  # as _set_header, inline: one of these per message
         self._values = values
+        self.unique = values[2] if header is None else int(header["unique"])
         self.opcode = opcode
         self.body = body
         self.raw = raw
