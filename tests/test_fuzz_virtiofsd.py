@@ -87,7 +87,9 @@ def test_stale_interrupt_breaks_the_c_daemon(daemon_installations):
 def test_notify_reply_panics_the_rust_daemon(daemon_installations):
     """Finding, kept as a test: virtiofsd 1.13 tries to answer a NOTIFY_REPLY (which has
     no reply, so the chain has no device-writable descriptor) and its queue worker panics
-    (EncodeMessage WriteZero); the process lives, the queue is dead."""
+    (EncodeMessage WriteZero); the process lives, the queue is dead. The panic shows while
+    the next request waits, and is put down to the NOTIFY_REPLY (whose chain the daemon
+    never gave back), with the request it was seen behind."""
     with DaemonHarness(daemon_installations["rust"]) as h:
         nr = codec.encode_request(O.FUSE_NOTIFY_REPLY, Container(offset=0, size=None,
                                   data=b"abcd"), unique=900, nodeid=h.nodes["file"])
@@ -96,8 +98,10 @@ def test_notify_reply_panics_the_rust_daemon(daemon_installations):
         out = h.send(codec.encode_request(O.FUSE_STATFS, Container(), unique=h.unique,
                                           nodeid=1))
         assert h.daemon.running()
-    assert out.finding == "crash" and out.cls == "FUSE_STATFS:panic"
+    assert out.finding == "crash" and out.cls == "FUSE_NOTIFY_REPLY:panic", out.cls
     assert "WriteZero" in out.evidence["site"]
+    assert out.evidence["seen_after"] == "FUSE_STATFS" and out.evidence["culprit_back"] == 2
+    assert "after FUSE_NOTIFY_REPLY (seen behind FUSE_STATFS)" in out.detail
 
 
 @pytest.mark.parametrize("kind", ["c", "rust"])

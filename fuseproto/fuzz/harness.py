@@ -70,6 +70,16 @@ from . import mutate, seeds
 from .canaries import Breach, Canaries
 from .coverage import ENV_VAR, CoverageMap
 from .forensics import FATAL, Outcome, PanicWatch, death_outcome, stall_outcome
+from .livedaemon import (
+    DAX_WINDOW,
+    SANITIZER_ENV,
+    SandboxedDaemon,
+    daemon_label,
+    default_daemons,
+    instrumented,
+    populate,
+    resolve_installation,
+)
 from .replies import MAX_AREA, expected_area, judge_reply, variant_area
 from .sanitizer import sanitize
 from .sanitizer_report import has_report
@@ -89,6 +99,8 @@ __all__ = [
     "default_daemons",
     "escape_outcome",
     "CANARIES",
+    "DAX_WINDOW",
+    "populate",
 ]
 
 _OP = fuse_opcode
@@ -109,15 +121,6 @@ AWAIT_SLICE = 0.001
 #: How long :meth:`DaemonHarness.healthy` waits for its GETATTR (the Rust daemon answers
 #: nothing after some DESTROYs: each probe waited the hang timeout, 0.5 s).
 HEALTH_TIMEOUT = 0.1
-#: The environment of every daemon the harness starts: what an ASan/UBSan build needs
-#: (no leak check, no colours, no in-process symbolizer: the sandbox has none; reports
-#: are symbolized offline), a fatal report aborts / halts. A plain daemon ignores it.
-SANITIZER_ENV = {
-    "ASAN_OPTIONS": "detect_leaks=0:color=never:symbolize=0:abort_on_error=1:handle_abort=1",
-    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:color=never:symbolize=0",
-}
-
-
 #: Where the harness plants escape canaries (:mod:`.canaries`): ``beside`` the share (the
 #: default: every live target checks them), ``inside`` it (tests only: a daemon that can
 #: reach them, so each check is shown to fire), or ``off``.
@@ -129,56 +132,6 @@ def escape_outcome(name: str, breach: Breach) -> Outcome:
     return Outcome(f"{name}:escape-{breach.kind}", "escape",
                    f"escape canary {breach.kind}: {breach.detail} (after {name})",
                    {"opcode": name, "breach": breach.kind, "canary": breach.canary})
-
-
-class SandboxedDaemon(daemons.Daemon):
-    """A :class:`Daemon` with the chroot sandbox for both kinds (the Rust one defaults to
-    ``--sandbox none`` in :class:`Daemon`); the fuzzer sends hostile requests as root."""
-
-    def argv(self) -> list[str]:
-        args = super().argv()
-        if self.kind == "rust" and "--sandbox" in args:
-            args[args.index("--sandbox") + 1] = "chroot"
-        return args
-
-
-# The window a c-dax daemon maps into under the fuzzer: smaller than the moffsets the
-# sequence programs try (2 MiB chunks up to 14 MiB + 4 MiB), so both in-window mappings
-# (accepted) and ones past the end (which must be refused) come up.
-DAX_WINDOW = 16 << 20
-
-
-def resolve_installation(spec: str, kind: str | None = None) -> daemons.Installation:
-    """``c`` / ``rust`` (installed, or installed now), a build variant's name
-    (``c-asan-cov``, ``c-src``, ...: built now if it is not cached), or a path to a
-    virtiofsd binary (or a wrapper script that execs one, kept as given); ``kind`` says
-    which protocol dialect a path speaks (default: :func:`fuseproto.daemons.detect_kind`).
-    The daemons package's own resolver (:func:`fuseproto.daemons.resolve`)."""
-    return daemons.resolve(spec, kind)
-
-
-def daemon_label(spec: str, inst: daemons.Installation) -> str:
-    """How findings and reports name a daemon: ``c``/``rust``, a variant's name
-    (``c-asan-cov``), or ``kind:basename`` for a path."""
-    if spec in daemons.KINDS or spec in daemons.VARIANTS:
-        return spec
-    return f"{inst.kind}:{os.path.basename(spec)}"
-
-
-def default_daemons() -> list[str]:
-    """The daemons a campaign fuzzes unless told: the instrumented C build with our DAX
-    patch ``c-dax-asan-cov`` when it is built (its edges steer the fuzzer, its sanitizers
-    make memory errors findings, its mappings land in a real window and are judged),
-    else ``c-asan-cov``, else the packaged ``c``; and ``rust-cov`` (the Rust daemon with
-    an edge map, built on demand) when it is built, else the packaged ``rust``."""
-    c = next((v for v in ("c-dax-asan-cov", "c-asan-cov") if daemons.find(v) is not None), "c")
-    return [c, "rust-cov" if daemons.find("rust-cov") is not None else "rust"]
-
-
-def instrumented(installation: daemons.Installation) -> bool:
-    """The installation says it is built with SanitizerCoverage (``sancov``); a map whose
-    header shows guards after a start says so too (:attr:`CoverageMap.instrumented`)."""
-    return "sancov" in installation.instrumentation
 
 
 @dataclass
@@ -193,6 +146,7 @@ class _InFlight:
     area: int
     expected: int  # the area a kernel would give
     expectation: ReplyExpectation
+    seq: int = 0  # the harness's request count when it was sent (its place in history)
 
 
 class DaemonHarness:
@@ -251,6 +205,9 @@ class DaemonHarness:
         self._log_offset = 0
         self._later = 0  # requests of the current batch sent after the one being judged
         self._inited = False  # an INIT was negotiated since start (minor/flags learned)
+        self._seq = 0  # requests sent to this daemon (history entries made)
+        # Reply-less requests (FORGET ...) sent to this daemon, not yet known to be done.
+        self._unanswered: deque[_InFlight] = deque(maxlen=8)
         # spare=True: the next daemons (FUSEPROTO_FUZZ_SPARES, 3) are made in the background
         # and retired ones stopped there (:mod:`.spare`; only where spare_allowed()).
         self._spare: Spare[Started] | None = (
@@ -361,6 +318,8 @@ class DaemonHarness:
         self._log_offset = 0
         self.starts += 1
         self.history.clear()
+        self._seq = 0
+        self._unanswered.clear()
         self.new_log()  # skip the start-up chatter
         if self.coverage is not None:
             self.coverage.follow(s.coverage)
@@ -499,6 +458,7 @@ class DaemonHarness:
             if batch is not None and len(items) > 1:
                 item["batch"] = batch
             self.history.append(item)
+            self._seq += 1
             name = opcode_name(op)
             if self.on_send is not None:
                 self.on_send(self, data)
@@ -507,7 +467,8 @@ class DaemonHarness:
             except TransportError as e:
                 outs.append(self._dead(name, f"submit failed: {e}"))
                 return outs
-            sent.append(_InFlight(token, name, op, unique, req, area, expected, expectation))
+            sent.append(_InFlight(token, name, op, unique, req, area, expected, expectation,
+                                  self._seq))
         try:
             t.kick(1)
         except (OSError, TransportError) as e:
@@ -531,6 +492,7 @@ class DaemonHarness:
             # No reply expected: a cheap liveness probe only when the process is gone.
             if not d.running():
                 return self._dead(name, "daemon gone after a reply-less request")
+            self._unanswered.append(one)  # a later panic may be its doing (_blame)
             return Outcome(f"{name}:noreply")
         timeout = self.hang_timeout if one.expectation is ReplyExpectation.ONE else 0.05
         if one.op in SLOW_OPS:  # the host's own flush takes what the disk takes
@@ -550,10 +512,10 @@ class DaemonHarness:
                 if status is not None:
                     return death_outcome(self.kind, name, status, log + self.new_log(),
                                          self._previous(), self.installation.binary)
-            return stall_outcome(self.kind, name, area=one.area, timeout=self.hang_timeout,
-                                 log=log, previous=self._previous(),
-                                 state=d.state(),
-                                 reply_expected=one.expectation is ReplyExpectation.ONE)
+            return self._blame(stall_outcome(
+                self.kind, name, area=one.area, timeout=self.hang_timeout, log=log,
+                previous=self._previous(), state=d.state(),
+                reply_expected=one.expectation is ReplyExpectation.ONE))
         out = self._check_reply(one, reply, one.token.used_len)
         if self.canaries is not None and out.finding is None:
             leak = self.canaries.scan(reply)
@@ -619,6 +581,25 @@ class DaemonHarness:
             if time.monotonic() >= deadline or (watch is not None and watch.seen()):
                 return "timeout", b""
 
+    def _blame(self, out: Outcome) -> Outcome:
+        """A worker panic seen while waiting for one request is the doing of an earlier
+        reply-less one (FORGET, NOTIFY_REPLY) when the daemon never gave that one's chain
+        back (the queue is served in order: it died on it); the outcome then names that
+        request (``culprit_back``: its place in the history, 1 = the newest; ``seen_after``:
+        the request the panic was seen behind)."""
+        t = self.transport
+        if not out.cls.endswith(":panic") or t is None:
+            return out
+        while self._unanswered:
+            one = self._unanswered.popleft()
+            if not t.done(one.token):
+                name, seen = one.name, out.evidence.get("opcode", "?")
+                ev = dict(out.evidence, opcode=name, seen_after=seen,
+                          culprit_back=self._seq - one.seq + 1)
+                return Outcome(f"{name}:panic", out.finding, out.detail.replace(
+                    f"after {seen}:", f"after {name} (seen behind {seen}):", 1), ev)
+        return out
+
     def _dead(self, name: str, detail: str) -> Outcome:
         d = self.daemon
         assert d is not None
@@ -674,16 +655,3 @@ class DaemonHarness:
             return not c.session.feed_reply(reply).error
         except Exception:  # noqa: BLE001 -- any failure means "not usable"
             return False
-
-
-def populate(shared: str) -> None:
-    """The files every fresh daemon serves (node ids: see Started.set_up)."""
-    with open(os.path.join(shared, "file"), "wb") as f:
-        f.write(bytes(range(256)) * 256)  # 64 KiB, position-dependent content
-    with open(os.path.join(shared, "small"), "wb") as f:
-        f.write(b"hello world")
-    open(os.path.join(shared, "empty"), "wb").close()
-    os.mkdir(os.path.join(shared, "dir"))
-    with open(os.path.join(shared, "dir", "inner"), "wb") as f:
-        f.write(b"inner")
-    os.symlink("file", os.path.join(shared, "link"))

@@ -30,9 +30,8 @@ from typing import Any
 
 from .. import daemons
 from ..daemons.options import DEFAULT
-from ..errors import DaemonError, DecodeError, TransportError
-from ..wire import codec, structs
-from ..wire.constants import opcode_name
+from ..errors import DaemonError, TransportError
+from ..wire import structs
 from . import mutate
 from .configs import ConfigChooser
 from .corpus import Corpus, energy_for
@@ -40,6 +39,7 @@ from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 from .forensics import FATAL, Outcome, outcome_signature
 from .harness import DaemonHarness, instrumented
+from .mute import Muter, request_features
 
 __all__ = ["DaemonStats", "fuzz_daemon", "record_finding", "FEEDBACKS", "EdgeFeedback"]
 
@@ -51,11 +51,6 @@ _IN = structs.FAST["fuse_in_header"]
 #: With ``configs``: a daemon that lives this many requests makes way for the next config
 #: (a warm spare is waiting, so the switch costs little).
 CONFIG_PERIOD = 400
-#: The share of mutants skipped when a feature of theirs is muted (it kept hitting a known
-#: finding); the rest are still sent, so a new finding behind that feature can come up.
-MUTED_SKIP = 0.9
-# Body fields that carry a NUL-terminated name (a NUL inside one is a feature of its own).
-_NAMES = ("name", "newname", "link")
 
 
 @dataclass
@@ -69,7 +64,8 @@ class DaemonStats:
     corpus_size: int = 0
     classes: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
-    skipped: int = 0  # mutants not sent: they hit a muted feature
+    skipped: int = 0  # mutants not sent: they hit a muted feature (.mute)
+    starts_unusable: int = 0  # restarts after an INIT/DESTROY left the daemon unusable
     error: str | None = None
     sequences: dict[str, Any] = field(default_factory=dict)  # sequence mode's summary
     # The daemon's edges (EdgeFeedback.summary()): guards, edges, timeline, feedback;
@@ -140,6 +136,7 @@ def fuzz_daemon(
     corpus_dir: str | Path | None = None,
     spare: bool = True,
     configs: bool = False,
+    mute: bool = True,
 ) -> DaemonStats:
     """Fuzz one daemon for ``seconds``: structure-aware mutants of the seed requests (and
     of ``corpus_dir``'s saved inputs), one at a time; inputs lighting new daemon edges or
@@ -150,7 +147,8 @@ def fuzz_daemon(
     DAX daemon). ``configs``: each daemon started gets a configuration of its own
     (:mod:`.configs`: the default, or options chosen by what configs gained: new edges,
     or new outcome classes with ``feedback="outcome"``); a finding's reproducer names
-    its daemon's config."""
+    its daemon's config. ``mute=False``: no mutant is skipped for its muted features
+    (:mod:`.mute`; the benchmark's control)."""
     label = label or installation.kind
     rng = random.Random(seed)
     stats = DaemonStats(label)
@@ -172,24 +170,26 @@ def fuzz_daemon(
                     stats.corpus_loaded += 1
             pending_seeds = list(corpus)
             pools, born = h.pools, 0  # born: requests sent before this daemon started
-            # Features (a short request, an opcode) that keep triggering an already known
-            # finding are mostly skipped, so the time goes to finding something new.
-            repeats: dict[tuple[str, str], int] = {}
-            muted: set[str] = set()
+            # Features (a short request, an opcode, a malformation) that keep bringing
+            # back a known finding are mostly skipped (.mute), so the time goes to
+            # finding something new rather than to restarts.
+            muter = Muter() if mute else Muter(min_repeats=1 << 62)
             while time.monotonic() < deadline and (max_requests is None
                                                    or stats.requests < max_requests):
                 if pending_seeds:
                     data, variant = pending_seeds.pop(0)
+                    features = request_features(data, variant, h.minor, h.flags)
                 else:
                     parent, variant = corpus.choose(rng)
                     if rng.random() < 0.15:
                         variant = rng.randrange(5)
                     data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
                                                  pools=pools, max_size=1 << 16)
-                    if muted and not muted.isdisjoint(_features(data, variant, h)) \
-                            and rng.random() < MUTED_SKIP:
+                    features = request_features(data, variant, h.minor, h.flags)
+                    if muter.skip(features, rng):
                         stats.skipped += 1
                         continue
+                muter.sent_with(features)
                 out = h.send(data, variant)
                 stats.requests += 1
                 for esc in h.check_canaries(out.cls.split(":", 1)[0]):  # escape canaries
@@ -202,17 +202,19 @@ def fuzz_daemon(
                 if not pending_seeds and not stats.seed_edges:
                     stats.seed_edges = fb.map.seen if fb.measured else 0
                 if out.finding is not None:
-                    f = record_finding(stats, store, h, label, out)
-                    features = _features(data, variant, h)
+                    known = outcome_signature(label, out) in store.by_signature
+                    record_finding(stats, store, h, label, out)
+                    back = out.evidence.get("culprit_back", 1)
+                    if back != 1 and back <= len(h.history):
+                        # An earlier request (a reply-less one the daemon died on) did it.
+                        item = h.history[-back]
+                        features = request_features(bytes.fromhex(item["hex"]),
+                                                    item["variant"], h.minor, h.flags)
                     if "FUSE_INTERRUPT" in (out.evidence.get("previous") or ()):
                         # A stale INTERRUPT breaks whatever request follows it (the C
                         # daemon answers it in the next one's buffer): mute its cause too.
                         features.add("FUSE_INTERRUPT")
-                    for feat in features:
-                        key = (f.signature, feat)
-                        repeats[key] = repeats.get(key, 0) + 1
-                        if repeats[key] >= 5:
-                            muted.add(feat)
+                    muter.repeat(features, known)
                 elif fb.steering and edges:
                     if corpus.add((data, variant), energy_for(edges)) and \
                             Corpus.save(cdir, bytes([variant]) + data, ".bin"):
@@ -226,10 +228,8 @@ def fuzz_daemon(
                 if out.finding in FATAL or unusable or (
                         chooser is not None and stats.requests - born >= CONFIG_PERIOD):
                     if unusable and out.finding is None:  # each costs a restart too
-                        key = ("unusable", out.cls.split(":", 1)[0])
-                        repeats[key] = repeats.get(key, 0) + 1
-                        if repeats[key] >= 5:
-                            muted.add(key[1])
+                        muter.repeat(features, stats.starts_unusable > 0)
+                        stats.starts_unusable += 1
                     try:
                         h.start()
                     except (DaemonError, TransportError) as e:
@@ -248,31 +248,6 @@ def fuzz_daemon(
     stats.seconds = time.monotonic() - t0
     stats.outcome_classes = len(stats.classes)
     return stats
-
-
-def _features(data: bytes, variant: int, h: DaemonHarness) -> set[str]:
-    """What a known finding may hang on: the opcode (``short``: no header); for a request
-    our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
-    reply area smaller than the kernel's (``area:<variant>``); a name with a NUL inside
-    (``name:nul``). A daemon that dies on every malformed request of one kind, on every
-    reply that does not fit, or on every name with a NUL (the Rust worker panics on
-    each), gets that kind muted whatever the opcode."""
-    if len(data) < _IN.size:
-        return {"short"}
-    out = {opcode_name(_IN.parse(data, 0)["opcode"])}
-    if variant % 5 in (2, 4):
-        out.add(f"area:{variant % 5}")
-    try:
-        req = codec.decode_request(data, h.minor, flags=h.flags)
-    except DecodeError as e:
-        field = e.path if (e.path or "").startswith("fuse_in_header") else ""
-        out.add(f"bad:{type(e).__name__}:{field}")
-        return out
-    body = req.body
-    if isinstance(body, dict) and any(
-            isinstance(body.get(k), bytes | bytearray) and b"\0" in body[k] for k in _NAMES):
-        out.add("name:nul")  # a name with a NUL inside, whatever the opcode
-    return out
 
 
 def record_finding(stats: DaemonStats, store: FindingStore, h: DaemonHarness, label: str,

@@ -1,0 +1,120 @@
+"""Muting known findings in the live single-request loop (:mod:`.virtiofsd`).
+
+A daemon that dies on a whole class of requests (the Rust worker panics on every name
+with a NUL inside, on every reply area too small for its reply, on every NOTIFY_REPLY)
+costs a restart each time a mutant of that class is sent, and teaches nothing new after
+the first few. :func:`request_features` names what a request's finding may hang on (its
+opcode, how our codec refuses it, a reply area smaller than the kernel's, a name with a
+NUL inside, an extension area, and each of those paired with the opcode);
+:class:`Muter` counts, per feature, the mutants sent with it and the known findings they
+repeated (a signature already filed: the first hit of each signature is always sent and
+recorded with its reproducer), and mutes a feature once known findings came back
+:data:`MIN_REPEATS` times through it -- whichever signatures: the Rust worker's panics
+on one kind of malformed request carry several messages (a name's NUL, an early end, a
+bad length), one signature each, and counting each apart let every one of them come back
+five times per feature before any was held back. A mutant carrying muted features is skipped with
+:data:`SKIP_GAIN` times the share of the worst of them that led to a known finding
+(measured on the mutants sent; at most :data:`MAX_SKIP`), so a feature that always
+panics is almost never sent again, one that rarely does is seldom held back, and a new
+finding behind a muted feature can still come up.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from ..errors import DecodeError
+from ..wire import codec, structs
+from ..wire.constants import opcode_name
+
+__all__ = ["request_features", "Muter", "MIN_REPEATS", "SKIP_GAIN", "MAX_SKIP"]
+
+_IN = structs.FAST["fuse_in_header"]
+#: A feature is muted once one finding signature came back this many times through it.
+MIN_REPEATS = 5
+#: A muted feature's mutants are skipped with this many times the share of them that
+#: repeated a known finding, at most MAX_SKIP (a restart costs tens of requests).
+SKIP_GAIN = 5.0
+MAX_SKIP = 0.98
+# Body fields that carry a NUL-terminated name (a NUL inside one is a feature of its own).
+_NAMES = ("name", "newname", "link")
+
+
+def request_features(data: bytes, variant: int, minor: int, flags: int) -> set[str]:
+    """What a known finding may hang on: the opcode (``short``: no header); for a request
+    our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
+    header ``len`` past the bytes or short of them (``len>bytes`` / ``len<bytes``); a
+    reply area smaller than the kernel's (``area:<variant>``); a name with a NUL inside
+    (``name:nul``); an extension area after the body (``ext``: a daemon that does not
+    know extensions reads it as part of the last name). Each feature but the opcode also
+    comes paired with it (``FUSE_LOOKUP+ext``): a cause that holds for one opcode only
+    is seen apart from the same feature on the others."""
+    if len(data) < _IN.size:
+        return {"short"}
+    hdr = _IN.parse(data, 0)
+    op = opcode_name(hdr["opcode"])
+    out = set()
+    if variant % 5 in (2, 4):
+        out.add(f"area:{variant % 5}")
+    if hdr["total_extlen"]:
+        out.add("ext")
+    if hdr["len"] != len(data):
+        out.add("len>bytes" if hdr["len"] > len(data) else "len<bytes")
+    try:
+        req = codec.decode_request(data, minor, flags=flags)
+    except DecodeError as e:
+        field = e.path if (e.path or "").startswith("fuse_in_header") else ""
+        out.add(f"bad:{type(e).__name__}:{field}")
+    else:
+        body = req.body
+        if isinstance(body, dict) and any(
+                isinstance(body.get(k), bytes | bytearray) and b"\0" in body[k]
+                for k in _NAMES):
+            out.add("name:nul")  # a name with a NUL inside, whatever the opcode
+    return {op, *out, *(f"{op}+{f}" for f in out)}
+
+
+class Muter:
+    """Per-feature counts of mutants sent and of known findings they repeated; the
+    muted features and how often a mutant with one is skipped (the module docstring)."""
+
+    def __init__(self, min_repeats: int = MIN_REPEATS):
+        self.min_repeats = min_repeats
+        self.sent: dict[str, int] = {}  # mutants sent with the feature
+        self.repeated: dict[str, int] = {}  # of those, ones that repeated a known finding
+        self.muted: set[str] = set()
+        self.skipped = 0
+
+    def skip_chance(self, features: Iterable[str]) -> float:
+        """How likely a mutant with ``features`` is to be skipped (0: none is muted)."""
+        worst = -1.0
+        for f in features:
+            if f in self.muted:
+                worst = max(worst, self.repeated.get(f, 0) / max(1, self.sent.get(f, 0)))
+        return 0.0 if worst < 0 else min(MAX_SKIP, SKIP_GAIN * worst)
+
+    def skip(self, features: Iterable[str], rng: random.Random) -> bool:
+        """Whether to skip this mutant (counted in :attr:`skipped`)."""
+        if not self.muted:
+            return False
+        chance = self.skip_chance(features)
+        if chance and rng.random() < chance:
+            self.skipped += 1
+            return True
+        return False
+
+    def sent_with(self, features: Iterable[str]) -> None:
+        """A mutant with ``features`` was sent."""
+        for f in features:
+            self.sent[f] = self.sent.get(f, 0) + 1
+
+    def repeat(self, features: Iterable[str], known: bool = True) -> None:
+        """A mutant sent with ``features`` hit a finding (``known``: one whose signature
+        was filed before; the first hit of each signature does not count)."""
+        if not known:
+            return
+        for f in features:
+            n = self.repeated[f] = self.repeated.get(f, 0) + 1
+            if n >= self.min_repeats:
+                self.muted.add(f)
