@@ -195,7 +195,8 @@ class RequestKind:
     :func:`kind`; every attribute is fixed at creation."""
 
     __slots__ = ("op", "opcode", "minor", "flags", "parts", "reply_parts",
-                 "fixed_reply_size", "_pack", "_size", "_lazy", "_reply_parse")
+                 "fixed_reply_size", "_pack", "_size", "_lazy", "_reply_parse",
+                 "_parse_body", "_parse_reply_body")
 
     def __init__(self, opcode: int, minor: int, setxattr_ext: bool) -> None:
         op = int(opcode)
@@ -204,6 +205,7 @@ class RequestKind:
         self.minor = minor
         self.flags = _SETXATTR_EXT if setxattr_ext else 0
         parts = self.parts = messages.request_parts(op, minor, self.flags)
+        self._parse_body = messages.body_parser(parts)
         # Requests: a body that always decodes again (fixed structs, NUL-free names) lets
         # make_request skip decoding; one of at most one fixed struct packs with the header.
         self._lazy = parts is not None and messages.always_parses(parts)
@@ -215,6 +217,7 @@ class RequestKind:
         # Replies: the parts when the request's body does not shape them (xattr replies
         # with a known request size are looked up per reply).
         rparts = self.reply_parts = messages.reply_parts(op, minor, None)
+        self._parse_reply_body = messages.body_parser(rparts)
         self.fixed_reply_size: int | None = None
         self._reply_parse: Callable[[bytes, int], tuple[tuple[int, ...], Any]] | None = None
         if (op not in _NEEDS_REQUEST_BODY and rparts and len(rparts) == 1
@@ -293,9 +296,7 @@ class RequestKind:
         """The Request of ``data`` (``n`` bytes), whose header (``values``) is checked and
         whose body ends at ``end`` (the extension area follows). :func:`decode_request`
         calls this."""
-        parts = self.parts
-        body: Any = data[_IN_SIZE:end] if parts is None else \
-            messages.parse_parts(parts, data, _IN_SIZE, end)
+        body = self._parse_body(data, _IN_SIZE, end)
         ext = messages.parse_ext(data, end, n) if end != n else []
         return Request(None, self.opcode, body, ext, data, None, values)
 
@@ -323,10 +324,11 @@ class RequestKind:
                 return Reply(None, self.opcode, None, data, request, v)
             rbody = request.body if (isinstance(request, Request)
                                      and self.op in _NEEDS_REQUEST_BODY) else None
-            parts = self.reply_parts
             if self.op in _XATTR_OPS and isinstance(rbody, Mapping):
                 parts = messages.reply_parts(self.op, self.minor, rbody.get("size"))
-            body = messages.parse_parts(parts, data, _OUT_SIZE, n)
+                body = messages.parse_parts(parts, data, _OUT_SIZE, n)
+            else:
+                body = self._parse_reply_body(data, _OUT_SIZE, n)
             if isinstance(rbody, Mapping):
                 self._check_reply_size(rbody, n - _OUT_SIZE, body)
             return Reply(None, self.opcode, body, data, request, v)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Callable, Mapping
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from typing import Any
 
 from construct import (
@@ -74,6 +74,7 @@ __all__ = [
     "Rest",
     "Sized",
     "always_parses",
+    "body_parser",
     "build_parts",
     "parse_parts",
     "prefixed_builder",
@@ -556,6 +557,33 @@ def parse_parts(parts: tuple[Part, ...] | None, buf: bytes, off: int, end: int) 
     if off != end:
         raise TrailingDataError(f"{end - off} bytes after the body", offset=off, path="body")
     return body
+
+
+@lru_cache(maxsize=4096)
+def body_parser(parts: tuple[Part, ...] | None) -> Callable[[bytes, int, int], Any]:
+    """``parse(buf, off, end)``: :func:`parse_parts` of ``parts``, made once per parts
+    tuple for the codec's kinds. A body of one fixed struct (most of them) or none is read
+    without the loop over parts: when its length is the struct's, one unpack; otherwise
+    :func:`parse_parts` itself, which raises the error it always raises for that length
+    (tests/test_wire_fixed.py holds the two equal)."""
+    if parts is not None and len(parts) == 1 and type(parts[0]) is Fixed:
+        size, unpack = parts[0].size, parts[0].fl.parse
+
+        def parse_fixed(buf: bytes, off: int, end: int) -> Any:
+            if end - off != size:
+                return parse_parts(parts, buf, off, end)  # raises
+            return unpack(buf, off)
+
+        return parse_fixed
+    if parts == ():
+
+        def parse_empty(buf: bytes, off: int, end: int) -> Any:
+            if off != end:
+                return parse_parts(parts, buf, off, end)  # raises
+            return Container()
+
+        return parse_empty
+    return partial(parse_parts, parts)
 
 
 def build_parts(parts: tuple[Part, ...], body: Mapping[str, Any]) -> bytes:
