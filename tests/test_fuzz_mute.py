@@ -6,7 +6,15 @@ import random
 
 from construct import Container
 
-from fuseproto.fuzz.mute import MAX_SKIP, MIN_REPEATS, SKIP_GAIN, Muter, request_features
+from fuseproto.fuzz.mute import (
+    MAX_SKIP,
+    MIN_REPEATS,
+    PASS_SHARE,
+    SKIP_GAIN,
+    Muter,
+    header_features,
+    request_features,
+)
 from fuseproto.wire import codec, structs
 from fuseproto.wire.constants import FUSE_KERNEL_MINOR_VERSION as MINOR
 from fuseproto.wire.constants import fuse_opcode as O
@@ -54,7 +62,8 @@ def test_a_feature_is_muted_after_known_repeats_of_any_signatures():
     assert not m.muted and m.skip_chance(feats) == 0.0
     m.repeat(feats)  # the 5th known repeat (whatever its signature)
     assert "ext" in m.muted
-    assert m.skip_chance(feats) == min(MAX_SKIP, SKIP_GAIN * MIN_REPEATS / 20)
+    assert m.skip_chance(feats) == min(MAX_SKIP, 1 - PASS_SHARE / MIN_REPEATS,
+                                       SKIP_GAIN * MIN_REPEATS / 20)
     # A mutant without a muted feature is never skipped.
     assert m.skip_chance({"FUSE_GETATTR"}) == 0.0
     rng = random.Random(1)
@@ -64,10 +73,16 @@ def test_a_feature_is_muted_after_known_repeats_of_any_signatures():
 def test_skip_follows_the_worst_muted_feature_and_keeps_a_share_sent():
     m = Muter()
     always = {"FUSE_NOTIFY_REPLY"}
-    for _ in range(40):
+    for _ in range(5):
         m.sent_with(always)
         m.repeat(always)
-    assert m.skip_chance(always) == MAX_SKIP
+    early = m.skip_chance(always)
+    assert early == 1 - PASS_SHARE / 5
+    for _ in range(500):
+        m.sent_with(always)
+        m.repeat(always)
+    # The more a feature brought a known finding back, the fewer of its mutants are sent.
+    assert early < m.skip_chance(always) == MAX_SKIP
     # A mutant with that feature and a benign one: the worst decides.
     m.sent_with({"FUSE_READ"})
     assert m.skip_chance(always | {"FUSE_READ"}) == MAX_SKIP
@@ -82,3 +97,20 @@ def test_skip_follows_the_worst_muted_feature_and_keeps_a_share_sent():
     for _ in range(MIN_REPEATS):
         m.repeat(rare)
     assert 0 < m.skip_chance(rare) <= SKIP_GAIN * MIN_REPEATS / 1000 + 1e-9
+
+
+def test_one_draw_checks_the_header_features_then_all():
+    """The loop skips on the header's features before decoding; with one draw it is the
+    same decision as against all features (whose chance is never lower)."""
+    data = _with_header(_lookup() + b"xy", len=len(_lookup()) + 2)
+    head = header_features(data, 0)
+    full = request_features(data, 0, MINOR, 0, head)
+    assert head < full and full == request_features(data, 0, MINOR, 0)
+    m = Muter()
+    bad = "FUSE_LOOKUP+bad:TrailingDataError:"
+    for _ in range(MIN_REPEATS):
+        m.sent_with(full)
+        m.repeat({bad})
+    assert m.skip_chance(head) == 0.0 and m.skip_chance(full) > 0.9
+    assert not m.skip(head, 0.5) and m.skip(full, 0.5) and not m.skip(full, 0.999)
+    assert m.skipped == 1

@@ -12,11 +12,12 @@ recorded with its reproducer), and mutes a feature once known findings came back
 :data:`MIN_REPEATS` times through it -- whichever signatures: the Rust worker's panics
 on one kind of malformed request carry several messages (a name's NUL, an early end, a
 bad length), one signature each, and counting each apart let every one of them come back
-five times per feature before any was held back. A mutant carrying muted features is skipped with
-:data:`SKIP_GAIN` times the share of the worst of them that led to a known finding
-(measured on the mutants sent; at most :data:`MAX_SKIP`), so a feature that always
-panics is almost never sent again, one that rarely does is seldom held back, and a new
-finding behind a muted feature can still come up.
+five times per feature before any was held back. A mutant carrying muted features is
+skipped with :data:`SKIP_GAIN` times the share of the worst of them that led to a known finding
+(measured on the mutants sent), at most ``1 -`` :data:`PASS_SHARE` ``/ repeats`` (and
+:data:`MAX_SKIP`): a feature that always panics is almost never sent again, the less
+the more it did, one that rarely does is seldom held back, and a new finding behind a
+muted feature can still come up.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import DecodeError
 from ..wire import codec, structs
 from ..wire.constants import opcode_name
 
-__all__ = ["request_features", "Muter", "MIN_REPEATS", "SKIP_GAIN", "MAX_SKIP"]
+__all__ = ["header_features", "request_features", "Muter", "MIN_REPEATS", "SKIP_GAIN", "MAX_SKIP", "PASS_SHARE"]
 
 _IN = structs.FAST["fuse_in_header"]
 #: A feature is muted once one finding signature came back this many times through it.
@@ -36,12 +37,35 @@ MIN_REPEATS = 5
 #: A muted feature's mutants are skipped with this many times the share of them that
 #: repeated a known finding, at most MAX_SKIP (a restart costs tens of requests).
 SKIP_GAIN = 5.0
-MAX_SKIP = 0.98
+MAX_SKIP = 0.998
+#: At most 1 - PASS_SHARE / repeats of a muted feature's mutants are skipped: the more
+#: often it brought a known finding back, the fewer are still sent (after 5 repeats 2 in
+#: 100, after 50 repeats 2 in 1,000, the least MAX_SKIP leaves).
+PASS_SHARE = 0.1
 # Body fields that carry a NUL-terminated name (a NUL inside one is a feature of its own).
 _NAMES = ("name", "newname", "link")
 
 
-def request_features(data: bytes, variant: int, minor: int, flags: int) -> set[str]:
+def header_features(data: bytes, variant: int) -> set[str]:
+    """The features :func:`request_features` reads from the header and the reply area
+    alone (no decoding: the loop looks at these first, and a mutant they already mute is
+    skipped without being decoded)."""
+    if len(data) < _IN.size:
+        return {"short"}
+    hdr = _IN.parse(data, 0)
+    op = opcode_name(hdr["opcode"])
+    out = []
+    if variant % 5 in (2, 4):
+        out.append(f"area:{variant % 5}")
+    if hdr["total_extlen"]:
+        out.append("ext")
+    if hdr["len"] != len(data):
+        out.append("len>bytes" if hdr["len"] > len(data) else "len<bytes")
+    return {op, *out, *(f"{op}+{f}" for f in out)}
+
+
+def request_features(data: bytes, variant: int, minor: int, flags: int,
+                     header: set[str] | None = None) -> set[str]:
     """What a known finding may hang on: the opcode (``short``: no header); for a request
     our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
     header ``len`` past the bytes or short of them (``len>bytes`` / ``len<bytes``); a
@@ -49,30 +73,24 @@ def request_features(data: bytes, variant: int, minor: int, flags: int) -> set[s
     (``name:nul``); an extension area after the body (``ext``: a daemon that does not
     know extensions reads it as part of the last name). Each feature but the opcode also
     comes paired with it (``FUSE_LOOKUP+ext``): a cause that holds for one opcode only
-    is seen apart from the same feature on the others."""
+    is seen apart from the same feature on the others. ``header``: this request's
+    :func:`header_features` when already made."""
+    out = set(header) if header is not None else header_features(data, variant)
     if len(data) < _IN.size:
-        return {"short"}
-    hdr = _IN.parse(data, 0)
-    op = opcode_name(hdr["opcode"])
-    out = set()
-    if variant % 5 in (2, 4):
-        out.add(f"area:{variant % 5}")
-    if hdr["total_extlen"]:
-        out.add("ext")
-    if hdr["len"] != len(data):
-        out.add("len>bytes" if hdr["len"] > len(data) else "len<bytes")
+        return out
+    op = opcode_name(_IN.parse(data, 0)["opcode"])
     try:
         req = codec.decode_request(data, minor, flags=flags)
     except DecodeError as e:
         field = e.path if (e.path or "").startswith("fuse_in_header") else ""
-        out.add(f"bad:{type(e).__name__}:{field}")
-    else:
-        body = req.body
-        if isinstance(body, dict) and any(
-                isinstance(body.get(k), bytes | bytearray) and b"\0" in body[k]
-                for k in _NAMES):
-            out.add("name:nul")  # a name with a NUL inside, whatever the opcode
-    return {op, *out, *(f"{op}+{f}" for f in out)}
+        bad = f"bad:{type(e).__name__}:{field}"
+        out.update((bad, f"{op}+{bad}"))
+        return out
+    body = req.body
+    if isinstance(body, dict) and any(
+            isinstance(body.get(k), bytes | bytearray) and b"\0" in body[k] for k in _NAMES):
+        out.update(("name:nul", f"{op}+name:nul"))  # a name with a NUL inside, any opcode
+    return out
 
 
 class Muter:
@@ -91,15 +109,20 @@ class Muter:
         worst = -1.0
         for f in features:
             if f in self.muted:
-                worst = max(worst, self.repeated.get(f, 0) / max(1, self.sent.get(f, 0)))
-        return 0.0 if worst < 0 else min(MAX_SKIP, SKIP_GAIN * worst)
+                n = self.repeated[f]
+                chance = min(1.0 - PASS_SHARE / n, SKIP_GAIN * n / max(1, self.sent.get(f, 0)))
+                worst = max(worst, chance)
+        return 0.0 if worst < 0 else min(MAX_SKIP, worst)
 
-    def skip(self, features: Iterable[str], rng: random.Random) -> bool:
-        """Whether to skip this mutant (counted in :attr:`skipped`)."""
+    def skip(self, features: Iterable[str], rng: random.Random | float) -> bool:
+        """Whether to skip this mutant (counted in :attr:`skipped`); ``rng``: the
+        generator to draw from, or the draw itself (one draw checked against the header's
+        features first and then against all of them is one decision)."""
         if not self.muted:
             return False
         chance = self.skip_chance(features)
-        if chance and rng.random() < chance:
+        u = rng if isinstance(rng, float) else rng.random()
+        if chance and u < chance:
             self.skipped += 1
             return True
         return False

@@ -39,7 +39,7 @@ from .coverage import CoverageMap
 from .findings import Finding, FindingStore
 from .forensics import FATAL, Outcome, outcome_signature
 from .harness import DaemonHarness, instrumented
-from .mute import Muter, request_features
+from .mute import Muter, header_features, request_features
 
 __all__ = ["DaemonStats", "fuzz_daemon", "record_finding", "FEEDBACKS", "EdgeFeedback"]
 
@@ -185,8 +185,14 @@ def fuzz_daemon(
                         variant = rng.randrange(5)
                     data = mutate.mutate_request(parent, rng, minor=h.minor, flags=h.flags,
                                                  pools=pools, max_size=1 << 16)
-                    features = request_features(data, variant, h.minor, h.flags)
-                    if muter.skip(features, rng):
+                    # One draw: against the header's features (no decoding), then all.
+                    u = rng.random()
+                    head = header_features(data, variant)
+                    if muter.skip(head, u):
+                        stats.skipped += 1
+                        continue
+                    features = request_features(data, variant, h.minor, h.flags, head)
+                    if muter.skip(features, u):
                         stats.skipped += 1
                         continue
                 muter.sent_with(features)
