@@ -137,6 +137,8 @@ _OPCODE_OF = operator.attrgetter("opcode")
 _TARGET_OF = operator.attrgetter("target")
 _INIT_OPS = frozenset({int(fuse_opcode.FUSE_INIT), int(fuse_opcode.CUSE_INIT)})
 _INTERRUPT = int(fuse_opcode.FUSE_INTERRUPT)
+# Opcodes _register handles beyond entering the request (interrupts, no reply, INIT).
+_PLAIN_EXCLUDED = _NOT_ONE_REPLY_OPS | _INIT_OPS
 # Session.check_valid's invariants, in the order it evaluates them.
 _INVARIANTS = (
     "at most max_pending requests in flight",
@@ -379,7 +381,7 @@ class Session:
 
     def feed_request(self, data: bytes) -> Any:
         """Decode a request sent by the peer (e.g. the kernel) and register it."""
-        request = codec.decode_request(data, minor=self.minor, flags=self._flags_int)
+        request = codec.decode_request(data, self._minor, flags=self._flags_int)
         self._register(request, RemoteProtocolError)
         return request
 
@@ -388,6 +390,16 @@ class Session:
         unique = request.unique
         opcode = request.opcode
         pending = self._pending
+        # The common case, tested at once (one branch, where the checks below are one
+        # each: this module is instrumented under the session fuzzer): a request that
+        # expects one reply, is not INIT, under a free non-zero unique without the
+        # RESEND bit, with room. Exactly the case in which every check below passes and
+        # nothing else is done but to enter it.
+        if ((unique != 0) & (unique not in pending) & (opcode not in _PLAIN_EXCLUDED)
+                & (unique not in self._interrupts) & (not unique & FUSE_UNIQUE_RESEND)
+                & (len(pending) < self.max_pending)):
+            pending[unique] = request
+            return
         if unique == 0:
             raise error(f"{opcode_name(opcode)} request with unique 0 (reserved for notifications)")
         if unique in pending:
