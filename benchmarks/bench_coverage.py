@@ -56,14 +56,15 @@ def run_target(inst: daemons.Installation, target: str, seconds: float, seed: in
                configs: bool = False) -> Any:
     """One live target for ``seconds`` on ``inst``, its edges folded into ``cov``
     (``spare``: the single-request loop and the sequence programs take warm spares;
-    ``configs``: the single-request loop varies its daemons' options)."""
+    ``configs``: the single-request loop and the sequence programs vary their daemons'
+    options)."""
     from fuseproto.fuzz.chains import fuzz_chains
     from fuseproto.fuzz.control_plane import fuzz_control_plane
 
     kw = {"seconds": seconds, "store": store, "seed": seed, "feedback": feedback,
           "label": inst.variant, "coverage": cov}
     if target == "sequences":
-        return fuzz_sequences(inst, spare=spare, **kw)
+        return fuzz_sequences(inst, spare=spare, configs=configs, **kw)
     if target == "chains":
         return fuzz_chains(inst, **kw)
     if target == "control_plane":
@@ -143,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare with sequence programs instead of single requests "
                          "(the same as --targets sequences)")
     ap.add_argument("--configs", action="store_true",
-                    help="the single-request loop gives each daemon options of its own "
-                         "(fuseproto.fuzz.configs), in both arms")
+                    help="the single-request loop and the sequence programs give each "
+                         "daemon options of its own (fuseproto.fuzz.configs), in both arms")
     ap.add_argument("--targets", default="requests",
                     help="comma-separated live targets each arm runs one after the other, "
                          f"the seconds split evenly, edges united: {', '.join(TARGETS)}, "

@@ -136,3 +136,29 @@ def test_a_config_whose_daemon_fails_is_refused_and_the_default_serves(
         h.start()
         assert h.config is not None and h.config != bad
     assert ch.summary()["refused"] == {bad.label: ch.refused[bad]}
+
+
+def test_a_config_saved_before_genes_were_appended_reads_back_with_them_at_default():
+    from fuseproto.daemons.options import config_from_json
+
+    old = config_from_json({"kind": "c", "choice": [1, 0, 0]})  # three genes then
+    assert len(old.choice) == len(GENES["c"]) and old.label == "cache=none"
+    with pytest.raises(ValueError):
+        config_from_json({"kind": "c", "choice": [0] * (len(GENES["c"]) + 1)})
+
+
+def test_reply_invisible_genes_of_the_c_daemon():
+    """debug, caps, fds and client_init change no reply by themselves: their alternatives
+    add daemon options or INIT flags only (the edge-steered ConfigChooser tells them apart)."""
+    from fuseproto.wire.constants import InitFlags
+
+    names = [g for g, _ in GENES["c"]]
+    for gene, arg in (("debug", "debug"), ("caps", "modcaps="), ("fds", "--rlimit-nofile=")):
+        choice = [0] * len(names)
+        choice[names.index(gene)] = 1
+        cfg = DaemonConfig("c", tuple(choice))
+        assert any(arg in a for a in cfg.args) and cfg.init_flags == 0, gene
+    choice = [0] * len(names)
+    choice[names.index("client_init")] = 1
+    wide = DaemonConfig("c", tuple(choice))
+    assert wide.args == [] and InitFlags(wide.init_flags) & InitFlags.FUSE_WRITEBACK_CACHE

@@ -349,3 +349,41 @@ def test_campaign_report_shows_accepted_and_refused_mapping_shapes_on_c_dax(tmp_
     assert inside and sum(int(r[0]) for r in inside) > 0, md
     past = [r for k, r in rows.items() if "past the window end by one page" in k]
     assert past and all(r[0] == "0" for r in past) and any("-22 x" in r[1] for r in past), md
+
+
+def test_a_program_on_an_acl_config_offers_the_flags_it_demands(daemon_installations, no_leaks):
+    """With a daemon config that demands INIT flags (POSIX ACLs: the daemon refuses an INIT
+    without FUSE_POSIX_ACL / FUSE_DONT_MASK), the program's INIT offers them, and the
+    daemon serves the rest of the program; without the config the INIT stays as written."""
+    from fuseproto.daemons.options import GENES, DaemonConfig
+
+    init = sequences.init_step(random.Random(0))
+    init.fields.minor = 46
+    init.fields.flags, init.fields.flags2 = InitFlags(INIT_FLAGS).words()
+    prog = [init, Step(O.FUSE_GETATTR, Container(getattr_flags=0, fh=0), node=1)]
+    for kind, inst in daemon_installations.items():
+        acl = [i for i, (name, _) in enumerate(GENES[kind]) if name == "xattr"][0]
+        choice = [0] * len(GENES[kind])
+        choice[acl] = [a.label for a in GENES[kind][acl][1]].index("posix_acl")
+        cfg = DaemonConfig(kind, tuple(choice))
+        sent: list[bytes] = []
+        with DaemonHarness(inst, setup=False, config=cfg,
+                           on_send=lambda h, d, sent=sent: sent.append(d)) as h:
+            res = sequences.run_program(h, prog)
+        classes = [o.cls for o in res.outcomes]
+        assert classes[0].startswith("FUSE_INIT:0") and classes[1].startswith("FUSE_GETATTR:0"), \
+            (kind, classes)
+        body = structs.FAST["fuse_init_in"].parse(sent[0], 40)
+        offered = InitFlags.from_words(body["flags"], body.get("flags2", 0))
+        assert offered & InitFlags.FUSE_POSIX_ACL and offered & InitFlags.FUSE_DONT_MASK
+
+
+def test_fuzz_sequences_with_configs_varies_and_credits_them(tmp_path, no_leaks):
+    from fuseproto.fuzz.findings import FindingStore
+
+    inst = daemons.find("c") or daemons.install("c")
+    st = sequences.fuzz_sequences(inst, seconds=60, store=FindingStore(tmp_path),
+                                  max_programs=12, configs=True, seed=3)
+    assert st.sequences["programs"] == 12
+    daemons_used = st.configs["daemons"]
+    assert sum(daemons_used.values()) >= 12 and len(daemons_used) > 1, daemons_used

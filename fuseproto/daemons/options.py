@@ -56,6 +56,23 @@ Gene = tuple[str, tuple[Alt, ...]]
 # FUSE_SETXATTR_EXT offered.
 _ACL = int(InitFlags.FUSE_POSIX_ACL | InitFlags.FUSE_DONT_MASK | InitFlags.FUSE_SETXATTR_EXT)
 _SECCTX = int(InitFlags.FUSE_SECURITY_CTX)
+#: Capabilities the ``caps=drop`` daemon gives up (``-o modcaps=``): its permission checks
+#: and ownership changes take their refusal paths.
+_CAPS_DROPPED = "-dac_override:-fowner:-chown:-fsetid"
+#: ``fds=few``: the daemon's descriptor limit (``--rlimit-nofile``), low enough that the
+#: inodes a few hundred requests look up exhaust it (the EMFILE paths).
+_FEW_FDS = 64
+#: ``client_init=wide``: every other INIT flag a Linux client of the daemon's era may offer,
+#: beside the harness's own (the daemon's INIT and each flag's later branches).
+_WIDE_INIT = int(
+    InitFlags.FUSE_ATOMIC_O_TRUNC | InitFlags.FUSE_EXPORT_SUPPORT | InitFlags.FUSE_DONT_MASK
+    | InitFlags.FUSE_SPLICE_WRITE | InitFlags.FUSE_SPLICE_MOVE | InitFlags.FUSE_SPLICE_READ
+    | InitFlags.FUSE_FLOCK_LOCKS | InitFlags.FUSE_HAS_IOCTL_DIR | InitFlags.FUSE_AUTO_INVAL_DATA
+    | InitFlags.FUSE_READDIRPLUS_AUTO | InitFlags.FUSE_ASYNC_DIO | InitFlags.FUSE_WRITEBACK_CACHE
+    | InitFlags.FUSE_NO_OPEN_SUPPORT | InitFlags.FUSE_PARALLEL_DIROPS
+    | InitFlags.FUSE_HANDLE_KILLPRIV | InitFlags.FUSE_ABORT_ERROR | InitFlags.FUSE_CACHE_SYMLINKS
+    | InitFlags.FUSE_NO_OPENDIR_SUPPORT | InitFlags.FUSE_EXPLICIT_INVAL_DATA
+    | InitFlags.FUSE_SUBMOUNTS | InitFlags.FUSE_HANDLE_KILLPRIV_V2)
 
 GENES: dict[str, tuple[Gene, ...]] = {
     "c": (
@@ -75,6 +92,13 @@ GENES: dict[str, tuple[Gene, ...]] = {
         ("security_label", (Alt("off"), Alt("on", ("-o", "security_label"), init=_SECCTX))),
         ("submounts", (Alt("off"), Alt("announce", ("-o", "announce_submounts")))),
         ("threads", (Alt("inline"), Alt("pool-4", ("--thread-pool-size=4",)))),
+        # The genes below change no reply the fuzzer sees on its own (an outcome class
+        # hardly moves) but do change the daemon code a request runs: only daemon edges
+        # tell them apart (the coverage feedback's ConfigChooser breeds from them).
+        ("debug", (Alt("off"), Alt("on", ("-o", "debug")))),
+        ("caps", (Alt("default"), Alt("drop", ("-o", f"modcaps={_CAPS_DROPPED}")))),
+        ("fds", (Alt("default"), Alt("few", (f"--rlimit-nofile={_FEW_FDS}",)))),
+        ("client_init", (Alt("harness"), Alt("wide", init=_WIDE_INIT))),
     ),
     "rust": (
         ("cache", (Alt("auto"), Alt("never", ("--cache", "never")),
@@ -157,11 +181,14 @@ DEFAULT = {kind: DaemonConfig(kind) for kind in GENES}
 
 
 def config_from_json(doc: dict[str, object]) -> DaemonConfig:
-    """A config written by :meth:`DaemonConfig.to_json` (ValueError when it is not one)."""
+    """A config written by :meth:`DaemonConfig.to_json` (ValueError when it is not one).
+    One written before genes were appended has the new genes at their defaults."""
     choice = doc.get("choice")
     if not isinstance(choice, list) or not all(isinstance(c, int) for c in choice):
         raise ValueError(f"not a daemon config: {doc!r}")
-    return DaemonConfig(str(doc.get("kind")), tuple(choice))
+    kind = str(doc.get("kind"))
+    missing = len(genes_for(kind)) - len(choice)
+    return DaemonConfig(kind, tuple(choice) + (0,) * max(missing, 0))
 
 
 def random_config(kind: str, rng: random.Random, p: float = 0.3) -> DaemonConfig:

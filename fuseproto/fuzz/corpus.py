@@ -3,8 +3,10 @@ optionally kept in a directory so the next run starts where this one stopped.
 
 An input that lit new daemon edges gets more energy than one that only reached a new
 outcome class (:func:`energy_for`), so the loops spend their mutations near new code.
-Picking is O(log n) (cumulative weights and bisect; entries never change weight), which
-matters at ~1,000-3,000 inputs per second.
+Energies may change after the fact (:meth:`Corpus.set_energy`: a scheduler such as
+:mod:`.steer` lowers a parent whose mutants stopped gaining, raises one whose mutants
+gain); picking and changing are O(log n) (a Fenwick tree of the energies), which matters
+at ~1,000-3,000 inputs per second.
 
 On disk (:meth:`Corpus.save`, :meth:`Corpus.load`) an entry is one file named by the
 SHA-1 of its bytes: ``<sha1>.bin`` (a single request: one reply-area variant byte, then the
@@ -15,7 +17,6 @@ fuseproto cache (``FUSEPROTO_FUZZ_CORPUS`` moves it).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
 import random
@@ -26,7 +27,8 @@ from typing import Generic, TypeVar
 
 from ..daemons import cache_root
 
-__all__ = ["Corpus", "corpus_root", "default_dir", "energy_for", "ENV_CORPUS", "MAX_SAVED"]
+__all__ = ["Corpus", "Weights", "corpus_root", "default_dir", "energy_for", "ENV_CORPUS",
+           "MAX_SAVED"]
 
 T = TypeVar("T")
 
@@ -55,13 +57,61 @@ def energy_for(new_edges: int) -> float:
     return 1.0 + 2.0 * min(new_edges, 16) if new_edges > 0 else 1.0
 
 
+class Weights:
+    """Non-negative weights by index, appended and changed in O(log n); :meth:`find` maps a
+    point of [0, total) to the index whose share of the running sum holds it (the same
+    index a bisect over the cumulative sums gives)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self._tree: list[float] = [0.0]  # 1-based Fenwick tree
+        self.total = 0.0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, w: float) -> None:
+        i = len(self.values) + 1
+        self.values.append(0.0)
+        # The new node covers (i - lowbit(i), i]: the sums of its children, then w itself.
+        acc, j, low = 0.0, i - 1, i & -i
+        while j > i - low:
+            acc += self._tree[j]
+            j -= j & -j
+        self._tree.append(acc)
+        self.set(i - 1, w)
+
+    def set(self, index: int, w: float) -> None:
+        w = max(w, 0.0)
+        d = w - self.values[index]
+        if not d:
+            return
+        self.values[index] = w
+        self.total += d
+        i = index + 1
+        while i < len(self._tree):
+            self._tree[i] += d
+            i += i & -i
+
+    def find(self, x: float) -> int:
+        """The index whose weight holds point ``x`` (clamped to the last index)."""
+        pos, step = 0, 1 << (len(self._tree).bit_length())
+        while step:
+            nxt = pos + step
+            if nxt < len(self._tree) and self._tree[nxt] <= x:
+                pos = nxt
+                x -= self._tree[nxt]
+            step >>= 1
+        return min(pos, len(self.values) - 1)
+
+
 class Corpus(Generic[T]):
-    """Entries with fixed energies; :meth:`choose` picks one in proportion to energy."""
+    """Entries with energies; :meth:`choose` picks one in proportion to energy."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.items: list[T] = []
-        self._cum: list[float] = []  # running sum of energies
+        self.weights = Weights()
         self.loaded = 0  # entries read from a directory
         self.saved = 0  # entries written to it in this run
 
@@ -80,13 +130,25 @@ class Corpus(Generic[T]):
         if self.full:
             return False
         self.items.append(item)
-        self._cum.append((self._cum[-1] if self._cum else 0.0) + energy)
+        self.weights.append(energy)
         return True
+
+    def energy(self, index: int) -> float:
+        return self.weights.values[index]
+
+    def set_energy(self, index: int, energy: float) -> None:
+        """Change entry ``index``'s energy (0: never picked again, unless all are 0)."""
+        self.weights.set(index, energy)
+
+    def choose_index(self, rng: random.Random) -> int:
+        """The index of one entry, in proportion to energy (uniform when all are 0)."""
+        if self.weights.total <= 0:
+            return rng.randrange(len(self.items))
+        return self.weights.find(rng.random() * self.weights.total)
 
     def choose(self, rng: random.Random) -> T:
         """One entry, in proportion to its energy."""
-        x = rng.random() * self._cum[-1]
-        return self.items[min(bisect.bisect_right(self._cum, x), len(self.items) - 1)]
+        return self.items[self.choose_index(rng)]
 
     # -- on disk -----------------------------------------------------------------------------
     @staticmethod

@@ -57,12 +57,14 @@ from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
 from .canaries import escape_request
+from .configs import ConfigChooser
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .dax_programs import accepted_but_invalid, dax_program, fd_access_violations, mapping_kind
 from .findings import FindingStore
 from .forensics import FATAL, Outcome
 from .harness import DAX_WINDOW, DaemonHarness
+from .steer import Steer
 from .steps import C as _C
 from .steps import Step
 from .virtiofsd import DaemonStats, EdgeFeedback, record_finding
@@ -279,6 +281,18 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
     return nodeid, body
 
 
+def _config_init(body: Any, demanded: int) -> Any:
+    """An INIT body with the flags its daemon's config demands ORed in (a daemon with ACLs
+    or security labels refuses an INIT without them; :mod:`fuseproto.daemons.options`)."""
+    if not demanded or not isinstance(body, dict) or not isinstance(body.get("flags"), int):
+        return body
+    lo, hi = InitFlags(demanded).words()
+    body["flags"] = (body["flags"] | lo) & 0xFFFFFFFF
+    if isinstance(body.get("flags2"), int):
+        body["flags2"] = (body["flags2"] | hi) & 0xFFFFFFFF
+    return body
+
+
 def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     """Run ``prog`` on ``h`` (a :class:`DaemonHarness` with ``setup=False``), restarted
     fresh first. Stops at the first crash, exit or hang."""
@@ -305,6 +319,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         for n, step in enumerate(group, first):
             h.unique += 2
             nodeid, body = _resolve(step, nodes, fhs, uniques)
+            if step.op == O.FUSE_INIT and h.config is not None:
+                body = _config_init(body, h.config.init_flags)
             try:
                 data = codec.encode_request(step.op, body, unique=h.unique, nodeid=nodeid,
                                             uid=0, gid=0, pid=1, minor=h.minor, flags=h.flags,
@@ -449,7 +465,7 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                    hang_timeout: float = 0.5, label: str | None = None,
                    max_programs: int | None = None, coverage: CoverageMap | None = None,
                    feedback: str = "auto", corpus_dir: str | Path | None = None,
-                   spare: bool = True) -> DaemonStats:
+                   spare: bool = True, configs: bool = False) -> DaemonStats:
     """Fuzz one daemon with programs for ``seconds``; findings go to ``store``. Returns a
     :class:`~fuseproto.fuzz.virtiofsd.DaemonStats` whose ``sequences`` says how many
     programs ran, the deepest state reached and every mapping request's answer, and whose
@@ -457,7 +473,10 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
     ``feedback`` and ``corpus_dir`` as for :func:`~fuseproto.fuzz.virtiofsd.fuzz_daemon`
     (saved programs are JSON). ``spare``: each program takes a daemon made in the
     background (:mod:`.spare`: a warm spare; not for a DAX daemon), so a program does
-    not wait for a start."""
+    not wait for a start. ``configs``: each program's daemon gets options of its own
+    (:mod:`.configs`, credited with what its program gained; its INIT offers the flags
+    the config demands). Parents are scheduled by :class:`.steer.Steer` (by new edges,
+    or new outcome classes and depths with ``feedback="outcome"``)."""
     label = label or installation.kind
     rng = random.Random(seed ^ 0x5E0)
     stats = DaemonStats(label)
@@ -486,11 +505,14 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
         except (ValueError, KeyError, TypeError):
             continue  # a file from another version of the format
     pending = list(corpus)
+    steer = Steer(corpus)
+    chooser = ConfigChooser(installation.kind, seed) if configs else None
     seen_depth: set[tuple[int, str]] = set()
     fb = EdgeFeedback(installation, coverage, feedback)
     try:
         with DaemonHarness(installation, hang_timeout=hang_timeout, setup=False,
-                           history=100_000, coverage=fb.map, spare=spare) as h:
+                           history=100_000, coverage=fb.map, spare=spare,
+                           config=chooser) as h:
             fb.started()
             stats.version = h.version()
             while time.monotonic() < deadline and (max_programs is None
@@ -500,7 +522,8 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                 elif rng.random() < (0.4 if dax else 0.2):
                     prog = fresh()
                 else:
-                    prog = mutate_program(corpus.choose(rng), rng)
+                    prog = mutate_program(steer.pick(rng), rng)
+                before = fb.map.seen
                 try:
                     res = run_program(h, prog)
                 except (DaemonError, TransportError) as e:
@@ -529,15 +552,24 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                     seen_depth.add(key)
                     new = True
                 edges = fb.new_edges()
+                gain = edges if fb.steering else int(new)
+                steer.reward(gain)  # a fresh program was no pick: ignored
+                if chooser is not None:
+                    # Steering by edges, the config also gets the edges its daemon's
+                    # start lit (absorbed: no program's, and no reply shows them).
+                    start = fb.map.seen - before - edges if fb.steering else 0
+                    chooser.credit(h.config, gain + start)
                 if not pending and not stats.seed_edges:
                     stats.seed_edges = fb.map.seen if fb.measured else 0
                 if fb.steering and edges:
                     doc = json.dumps(program_to_json(prog), sort_keys=True).encode()
-                    if corpus.add(prog, energy_for(edges)) and Corpus.save(cdir, doc, ".json"):
+                    if steer.add(prog, energy_for(edges)) and Corpus.save(cdir, doc, ".json"):
                         stats.corpus_saved += 1
                 elif new:
-                    corpus.add(prog)
+                    steer.add(prog)
             stats.starts = h.starts
+            if chooser is not None:
+                stats.configs = chooser.summary()
         stats.edges = fb.summary()
         if stats.edges:
             stats.edges["seed_edges"] = stats.seed_edges
