@@ -444,7 +444,8 @@ def kind(opcode: int, minor: int = 46, flags: int = 0) -> RequestKind:
 def decode_request(data: bytes, minor: int = 46, *, flags: int = 0) -> Request:
     """Decode one request (a fuse_in_header and what follows) sent at protocol ``minor``
     with the negotiated INIT ``flags`` (only FUSE_SETXATTR_EXT changes a layout)."""
-    data = _as_bytes(data)
+    if type(data) is not bytes:
+        data = _as_bytes(data)
     v = _checked_header(data, _in_unpack, _IN_SIZE, "fuse_in_header")
     n = len(data)
     try:
@@ -476,7 +477,8 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
 
 def decode_notification(data: bytes) -> Notification:
     """Decode one notification (fuse_out_header with ``unique`` 0 and ``error`` = code)."""
-    data = _as_bytes(data)
+    if type(data) is not bytes:
+        data = _as_bytes(data)
     v = _checked_header(data, _out_unpack, _OUT_SIZE, "fuse_out_header")
     n = len(data)
     try:

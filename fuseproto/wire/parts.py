@@ -562,19 +562,11 @@ def parse_parts(parts: tuple[Part, ...] | None, buf: bytes, off: int, end: int) 
 @lru_cache(maxsize=4096)
 def body_parser(parts: tuple[Part, ...] | None) -> Callable[[bytes, int, int], Any]:
     """``parse(buf, off, end)``: :func:`parse_parts` of ``parts``, made once per parts
-    tuple for the codec's kinds. A body of one fixed struct (most of them) or none is read
-    without the loop over parts: when its length is the struct's, one unpack; otherwise
-    :func:`parse_parts` itself, which raises the error it always raises for that length
-    (tests/test_wire_fixed.py holds the two equal)."""
-    if parts is not None and len(parts) == 1 and type(parts[0]) is Fixed:
-        size, unpack = parts[0].size, parts[0].fl.parse
-
-        def parse_fixed(buf: bytes, off: int, end: int) -> Any:
-            if end - off != size:
-                return parse_parts(parts, buf, off, end)  # raises
-            return unpack(buf, off)
-
-        return parse_fixed
+    tuple for the codec's kinds. A body of one part (most of them: one fixed struct, a
+    name, the rest) or none is read without the loop over parts; where that part does not
+    end the body, :func:`parse_parts` itself runs and raises the error it always raises
+    (tests/test_wire_fixed.py holds the two equal). The part's ``parse`` is looked up per
+    call, as the loop does (a planted bug in a part class reaches every kind)."""
     if parts == ():
 
         def parse_empty(buf: bytes, off: int, end: int) -> Any:
@@ -583,6 +575,17 @@ def body_parser(parts: tuple[Part, ...] | None) -> Callable[[bytes, int, int], A
             return Container()
 
         return parse_empty
+    if parts is not None and len(parts) == 1:
+        part = parts[0]
+
+        def parse_one(buf: bytes, off: int, end: int) -> Any:
+            # A first part makes its own Container (body None in, a body out).
+            at, body = part.parse(buf, off, end, None)
+            if at != end:
+                return parse_parts(parts, buf, off, end)  # raises
+            return body
+
+        return parse_one
     return partial(parse_parts, parts)
 
 
