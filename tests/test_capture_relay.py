@@ -61,8 +61,11 @@ class Ring:
     GPA, UADDR = 0x10_0000, 0x7000_0000
     DESC, AVAIL, USED, DATA = 0, 0x100, 0x200, 0x1000
     SIZE = 0x200000
+    # (shadow=True) the daemon's used ring, in a memfd of its own (as the proxy's)
+    SHADOW_UADDR, SHADOW_SIZE, SHADOW_AT = 0x9000_0000, 0x2000, 0x1000
 
-    def __init__(self, folder: str, *, snaplen: int | None = None, **relay_args) -> None:
+    def __init__(self, folder: str, *, snaplen: int | None = None, shadow: bool = False,
+                 base: int = 0, **relay_args) -> None:
         self.fd = os.memfd_create("ring-test")
         os.ftruncate(self.fd, self.SIZE)
         self.mm = mmap.mmap(self.fd, self.SIZE)
@@ -75,11 +78,27 @@ class Ring:
         self.relay.send("MEM_ADD", 0, self.GPA, self.SIZE, self.UADDR, 0, payload=b"test",
                         fds=[self.fd])
         self.relay.send("VRING_NUM", QUEUE, 4)
-        self.relay.send("VRING_ADDR", QUEUE, self.UADDR + self.DESC,
-                        self.UADDR + self.AVAIL, self.UADDR + self.USED)
-        self.relay.send("VRING_BASE", QUEUE, 0)
+        # (with a shadow, in QEMU's order: SET_VRING_BASE before SET_VRING_ADDR)
+        self.shadow: mmap.mmap | None = None
+        self.shadow_fd = -1
+        if shadow:
+            self.shadow_fd = os.memfd_create("shadow-test")
+            os.ftruncate(self.shadow_fd, self.SHADOW_SIZE)
+            self.shadow = mmap.mmap(self.shadow_fd, self.SHADOW_SIZE)
+            self.relay.send("SHADOW", 0, self.SHADOW_UADDR, self.SHADOW_SIZE,
+                            fds=[self.shadow_fd])
+            struct.pack_into("<H", self.mm, self.AVAIL + 2, base)  # a ring used before
+            struct.pack_into("<H", self.mm, self.USED + 2, base)
+            self.relay.send("VRING_BASE", QUEUE, base)
+        self.relay.send("VRING_ADDR", QUEUE, self.UADDR + self.DESC, self.UADDR + self.AVAIL,
+                        self.UADDR + self.USED, self.SHADOW_UADDR + self.SHADOW_AT if shadow
+                        else 0)
+        if shadow:
+            assert self.relay.wait_for("SHADOWED").a == 1
+        else:
+            self.relay.send("VRING_BASE", QUEUE, 0)
         self.relay.send("VRING_START", QUEUE)
-        self.avail_idx = self.used_idx = 0
+        self.avail_idx = self.used_idx = base
 
     def _event(self, ev: Event) -> None:
         if ev.kind == "INIT":
@@ -99,9 +118,17 @@ class Ring:
         struct.pack_into("<H", self.mm, self.AVAIL + 2, self.avail_idx & 0xFFFF)
 
     def use(self, head: int, length: int) -> None:
-        VIRTQ_USED_ELEM.pack_into(self.mm, self.USED + 4 + 8 * (self.used_idx % 4), head, length)
+        """A used entry, as the daemon writes it (in the shadow, with one)."""
+        mem, used = (self.mm, self.USED) if self.shadow is None else (self.shadow,
+                                                                      self.SHADOW_AT)
+        VIRTQ_USED_ELEM.pack_into(mem, used + 4 + 8 * (self.used_idx % 4), head, length)
         self.used_idx += 1
-        struct.pack_into("<H", self.mm, self.USED + 2, self.used_idx & 0xFFFF)
+        struct.pack_into("<H", mem, used + 2, self.used_idx & 0xFFFF)
+
+    def guest_used(self) -> tuple[int, list[tuple[int, int]]]:
+        """The guest's used ring: its index, and its 4 entries."""
+        return (struct.unpack_from("<H", self.mm, self.USED + 2)[0],
+                [VIRTQ_USED_ELEM.unpack_from(self.mm, self.USED + 4 + 8 * i) for i in range(4)])
 
     def scan(self) -> None:
         self.relay.send("SCAN", QUEUE)
@@ -124,6 +151,9 @@ class Ring:
         self.out.close()
         self.mm.close()
         os.close(self.fd)
+        if self.shadow is not None:
+            self.shadow.close()
+            os.close(self.shadow_fd)
 
 
 @pytest.fixture
@@ -672,6 +702,164 @@ def test_a_driver_draining_its_used_ring_is_watched_closely(tmp_path, how):
     finally:
         r.close()
 
+
+# -- the shadow used ring (relay_shadow.c) ----------------------------------------------------------
+
+GUEST_AVAIL_EVENT = Ring.USED + 4 + 8 * 4  # avail_event, after the guest's 4 used entries
+GUEST_USED_EVENT = Ring.AVAIL + 4 + 2 * 4  # used_event, after the 4 avail entries
+EVENT_IDX = 1 << 29  # VIRTIO_F_RING_EVENT_IDX
+
+
+def _getattr_reply(unique: int) -> bytes:
+    return codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=unique, error=-2)
+
+
+def test_shadow_a_reply_is_recorded_before_the_guest_sees_its_entry(tmp_path):
+    """The daemon's used entry is in the shadow: the guest's used ring does not move until
+    the relay has the reply in the file (a watcher of the guest's index finds the record
+    there the moment the index moves), and the guest is called."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    try:
+        rb, _ = _chain(r, 0, 0, _request(5))
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        r.mm[rb:rb + 16] = _getattr_reply(5)
+        r.use(0, 16)  # the daemon's entry, in the shadow
+        r.relay.sync()
+        assert r.guest_used()[0] == 0 and len(r.records) == 1  # not seen, not recorded
+        seen: list = []
+
+        def watch() -> None:
+            deadline = time.monotonic() + 5
+            while r.guest_used()[0] == 0 and time.monotonic() < deadline:
+                pass
+            seen.append([unpack_frame(x.data).data for x in read_records(r.pcap)])
+
+        th = threading.Thread(target=watch)
+        th.start()
+        os.eventfd_write(call.source, 1)  # the daemon's call
+        th.join()
+        assert seen == [[_request(5), _getattr_reply(5)]]
+        assert r.guest_used() == (1, [(0, 16), (0, 0), (0, 0), (0, 0)])
+        assert call.signalled()
+        stats = r.relay.finish()
+        assert (stats["replies"], stats["mirrored"], stats["signals"]) == (1, 1, 1)
+        assert r.notes == []
+    finally:
+        kick.close()
+        call.close()
+        r.close()
+
+
+@pytest.mark.parametrize("how,called", [
+    ("interrupts on", True),
+    ("no-interrupt flag", False),
+    ("event-idx: the new index passes used_event", True),
+    ("event-idx: used_event further on", False),
+])
+def test_shadow_the_guest_is_called_as_it_asks(tmp_path, how, called):
+    """The relay calls the guest itself, as the guest asked: never while it has set
+    VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX, when the new used index passes used_event
+    (vring_need_event). The entry is published either way."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0)
+    call = Pair(r.relay, 2, "call")
+    try:
+        if "event-idx" in how:
+            r.relay.send("FEATURES", 0, EVENT_IDX)
+            struct.pack_into("<H", r.mm, GUEST_USED_EVENT, 0 if "passes" in how else 3)
+        if how == "no-interrupt flag":
+            struct.pack_into("<H", r.mm, r.AVAIL, 1)  # VIRTQ_AVAIL_F_NO_INTERRUPT
+        rb, _ = _chain(r, 0, 0, _request(5))
+        r.publish(0)
+        r.scan()
+        r.mm[rb:rb + 16] = _getattr_reply(5)
+        r.use(0, 16)
+        os.eventfd_write(call.source, 1)
+        assert call.signalled(0.5 if called else 0.3) == called
+        r.relay.sync()
+        assert r.guest_used()[0] == 1
+        assert r.records[-1] == (1, QUEUE, _getattr_reply(5))
+    finally:
+        call.close()
+        r.close()
+
+
+def test_shadow_entries_reach_the_guest_in_order_across_the_wrap(tmp_path):
+    """Replies completed out of order, 12 of them on a 4-entry ring whose indexes cross
+    65535 -> 0: each reaches the guest's used ring at its place, in the daemon's order,
+    after its record; the records pair one to one."""
+    r = Ring(str(tmp_path), shadow=True, base=0xFFFA, scan_interval=5.0)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    try:
+        unique = 100
+        for _ in range(6):
+            bufs = {}
+            for head, slot in ((0, 0), (2, 1)):
+                unique += 1
+                bufs[head] = (_chain(r, head, slot, _request(unique))[0], unique)
+                r.publish(head)
+            os.eventfd_write(kick.source, 1)
+            assert kick.signalled()
+            for head in (2, 0):  # the second request completes first
+                rb, u = bufs[head]
+                r.mm[rb:rb + 16] = _getattr_reply(u)
+                r.use(head, 16)
+            os.eventfd_write(call.source, 1)
+            assert call.signalled()
+            r.relay.sync()
+            idx, entries = r.guest_used()
+            assert idx == r.used_idx & 0xFFFF
+            assert [entries[(idx - 2) % 4], entries[(idx - 1) % 4]] == [(2, 16), (0, 16)]
+        assert r.used_idx & 0xFFFF == 6  # (0xFFFA + 12, wrapped)
+        replies = [unique_of(b) for d, _, b in r.records if d == 1]
+        assert replies == [u for k in range(6) for u in (102 + 2 * k, 101 + 2 * k)]
+        assert r.notes == []
+    finally:
+        kick.close()
+        call.close()
+        r.close()
+
+
+def test_shadow_the_guest_kicks_for_what_the_relay_has_not_read(tmp_path):
+    """With EVENT_IDX the guest's avail_event says how far the relay has read the avail
+    ring (the guest kicks for anything newer), and entries the relay reads on its own
+    (the periodic scan, not a kick) get a kick of the relay's own to the daemon."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=0.005)
+    kick = Pair(r.relay, 1, "kick")
+    try:
+        r.relay.send("FEATURES", 0, EVENT_IDX)
+        _chain(r, 0, 0, _request(5))
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        r.relay.sync()
+        assert struct.unpack_from("<H", r.mm, GUEST_AVAIL_EVENT)[0] == 1
+        _chain(r, 2, 1, _request(6))
+        r.publish(2)  # no kick: the periodic scan reads it, and kicks the daemon
+        assert kick.signalled()
+        assert [unique_of(b) for _, _, b in r.records] == [5, 6]
+        assert struct.unpack_from("<H", r.mm, GUEST_AVAIL_EVENT)[0] == 2
+    finally:
+        kick.close()
+        r.close()
+
+
+def test_shadow_declined_where_the_guest_ring_cannot_be_written(tmp_path):
+    """A shadow the relay cannot use is declined with the reason (the proxy then forwards
+    SET_VRING_ADDR unchanged): the guest's used ring outside guest memory, an offer
+    outside the shadow."""
+    r = Ring(str(tmp_path), shadow=True)
+    try:
+        r.relay.send("VRING_NUM", 2, 4)
+        for used, offer, why in ((0xdead0000, r.SHADOW_UADDR, b"0xdead0000"),
+                                 (r.UADDR + 0x800, 0x1234_0000, b"no shadow at 0x12340000")):
+            r.relay.send("VRING_ADDR", 2, r.UADDR + r.DESC, r.UADDR + r.AVAIL, used, offer)
+            ev = r.relay.wait_for("SHADOWED")
+            assert (ev.queue, ev.a) == (2, 0) and why in ev.data, ev
+    finally:
+        r.close()
 
 # -- through the proxy, against real daemons ----------------------------------------------------------
 

@@ -1,74 +1,65 @@
 """A vhost-user recording proxy: sits between a VMM and a virtiofsd and records every FUSE
-request and reply to pcap, changing nothing they say to each other.
+request and reply to pcap.
 
-Two planes:
-
-* the control plane (this module, Python): every vhost-user message is forwarded as it
-  came, with its file descriptors, in both directions (framing:
-  :mod:`fuseproto.transport.vhost_user_proto`), and what it says about the guest memory
-  (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG), the rings (SET_VRING_NUM / BASE / ADDR,
-  GET_VRING_BASE) and their eventfds is passed on to the data plane; the backend channel
-  (SET_BACKEND_REQ_FD) is interposed here too;
-* the data plane (:mod:`fuseproto.capture.relay`, a C process per session): it maps the
-  guest memory read-only, waits on the kick and call eventfds (the daemon is handed
-  eventfds of the proxy's own), and passes each kick on after reading the avail ring (the
-  new chains recorded as requests before the daemon can complete them and a guest reuse
-  their descriptors) and each call after reading the used ring (the replies recorded from
-  the writable buffers, ``used.len`` bytes, written to the file before the driver is
-  told). While chains are in flight it also reads the rings every ``scan_interval``
-  seconds (1 ms), every 50 us while the driver has its interrupts off: a guest that drains
-  its used ring takes entries no call announced (with EVENT_IDX the daemon calls once per
-  drain), and reuses their buffers soon after.
+* The control plane (this module): every vhost-user message is forwarded, with its fds,
+  both ways (:mod:`fuseproto.transport.vhost_user_proto`); what it says about guest memory,
+  the rings and their eventfds is passed on to the data plane; the backend channel is
+  interposed too (its messages recorded as annotations).
+* The data plane (:mod:`fuseproto.capture.relay`, a C process per session) maps guest
+  memory, waits on the kick and call eventfds (the daemon gets eventfds of the proxy's
+  own), records each new request before it passes a kick on. The daemon's used rings are
+  in a shadow region of the proxy's (added to the daemon's memory table, SET_VRING_ADDR's
+  used address rewritten: :class:`~fuseproto.capture.relay.ShadowRings`, relay_shadow.c):
+  the relay records each reply, then copies its used entry into the guest's used ring and
+  calls the guest as it asked, so the guest never sees a reply that is not recorded.
+  While chains are in flight it reads the rings every ``scan_interval`` (1 ms), every
+  50 us while the driver has its interrupts off (the daemon then calls for nothing).
 
 Ordering rules (they fixed a real hang; tests/test_capture_proxy_order.py):
 
-* A kick never overtakes a message: the front-end messages already waiting are forwarded
-  before it (QEMU sends SET_VRING_ENABLE without waiting for a reply and the guest may
-  kick at once; the Rust daemon drops a kick that reaches a ring not enabled yet, and with
-  EVENT_IDX the guest then never kicks again). The relay looks at the VMM's socket before
-  it passes a kick on, and at whether this module is forwarding a message (FE_BEGIN /
-  FE_END around each); if either, it hands the kick back (a DEFERRED event): the waiting
-  messages are forwarded here, then the relay is told to KICK.
-* A queue whose chains stay pending with no used entry is kicked again
-  (:data:`REKICK_FIRST`, doubling up to :data:`REKICK_MAX`): a kick the daemon dropped
-  anyway must not hang the VM, and one too many is harmless.
+* A kick never overtakes a message: the front-end messages already waiting go first (QEMU
+  sends SET_VRING_ENABLE without waiting for a reply and the guest may kick at once; the
+  Rust daemon drops a kick to a ring not enabled yet). The relay looks at the VMM's socket
+  and at whether this module is forwarding a message (FE_BEGIN / FE_END); if either, it
+  hands the kick back (DEFERRED): the waiting messages are forwarded, then KICK.
+* A queue whose chains stay pending with no used entry is kicked again (REKICK_FIRST,
+  doubling up to REKICK_MAX): one too many is harmless.
+* A GET_VRING_BASE reply reaches the VMM once the relay has published what the daemon
+  completed.
 
-The pseudo-header carries the queue index, the direction and the minor INIT negotiated:
-the relay hands each INIT request and reply to this module (:func:`negotiate_init`, the
-one negotiation) and waits for the minor before it records anything else. What the proxy
-cannot read -- a chain outside guest memory, a payload of the wrong size, an INIT that
-does not decode -- becomes an annotation record
-(:data:`~fuseproto.capture.frames.Direction.ANNOTATION`) and the traffic goes on: the
-proxy only reads guest memory, never writes it. Backend-channel messages are recorded as
-annotations too. Should the relay die, kicks and calls are forwarded from here on,
-unrecorded (an annotation and a status line say so): the VM must not hang because of the
-proxy.
+The pseudo-header carries the queue, the direction and the minor INIT negotiated (the
+relay waits for it). What the proxy cannot read becomes an annotation record and the
+traffic goes on. Should the relay die, kicks and calls are forwarded and used entries
+published from here on, unrecorded (an annotation and a status line say so): the VM must
+not hang because of the proxy.
 
-Limits: the proxy reads the rings alongside the driver. A guest that takes a used entry
-before the proxy's call reaches it (it polls the used ring) may reuse the buffer before the
-proxy reads the reply; a reply whose unique is not its request's is then annotated. In-band
-notifications (VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS) are forwarded but not
-interposed: such rings are observed by the periodic scan only.
+Limits: a ring the shadow cannot serve (its used ring outside writable guest memory, a
+SET_MEM_TABLE with no room for one more region, a queue past the 64th) is read alongside
+the driver, and a guest may take a reply before the relay reads it (annotated). In-band
+notifications are forwarded but not interposed (such rings are observed by the periodic
+scan). The dirty log of a shadowed used ring (live migration) is not kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from ..errors import DecodeError, TransportError
-from ..session import negotiate_init
+from ..errors import TransportError
 from ..transport.vhost_user_proto import (
     BACKEND_PAYLOADS,
     VHOST_USER_NEED_REPLY_MASK,
     VHOST_USER_VRING_IDX_MASK,
     VHOST_USER_VRING_NOFD_MASK,
+    VIRTIO_F_RING_EVENT_IDX,
     VhostUserBackendRequest,
     VhostUserFSBackendMsg,
     VhostUserMemory,
@@ -85,10 +76,20 @@ from ..transport.vhost_user_proto import (
     request_name,
     send_message,
 )
-from ..wire import codec, structs
-from .frames import FRAME_HEADER, LINKTYPE_FUSE, CaptureRecorder
-from .pcap import DEFAULT_MAX_CAPLEN, FILE_HEADER, RECORD_FIELDS, RECORD_HEADER, PcapWriter
-from .relay import MAX_INITS, Event, Relay
+from .frames import CaptureRecorder
+from .pcap import DEFAULT_MAX_CAPLEN
+from .relay import (
+    SHADOW_UADDR,
+    Event,
+    InitAnswers,
+    Relay,
+    RelayError,
+    ShadowRing,
+    ShadowRings,
+    cut_to_whole_records,
+    open_capture,
+    shadow_slot,
+)
 
 __all__ = ["BACKEND_QUEUE", "ProxyStats", "RecordingProxy", "cut_to_whole_records",
            "open_capture"]
@@ -105,48 +106,16 @@ MAX_RETIRED = 64
 MESSAGE_TIMEOUT = 30.0
 # A queue with chains pending and no new used entry for REKICK_FIRST seconds is kicked
 # again (then after twice as long each time, up to REKICK_MAX): a daemon may drop a kick
-# (the Rust daemon reads and ignores a kick that reaches a ring not enabled yet), and a
-# guest using EVENT_IDX sends no further kick until the daemon has moved avail_event, so
-# one lost kick would block the queue for good. A kick with nothing new is harmless; the
-# first comes later than most requests take (the slowest a guest workload made here, an
-# fsync on the C daemon, ~0.12 s on a loaded machine).
+# (the Rust daemon ignores a kick that reaches a ring not enabled yet), and one lost kick
+# can block a queue for good. A kick with nothing new is harmless; the first comes later
+# than most requests take (the slowest here: an fsync on the C daemon, ~0.12 s loaded).
 REKICK_FIRST = 0.25
 REKICK_MAX = 1.0
 # Front-end messages forwarded ahead of one kick at most (those already waiting).
 MAX_AHEAD = 64
 
-_OUT = structs.FAST["fuse_out_header"]
-_OUT_UNIQUE = _OUT.fields.index("unique")
-_IN = structs.FAST["fuse_in_header"]
-_IN_UNIQUE = _IN.fields.index("unique")
 _EVENTFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 _R = VhostUserRequest
-
-
-def open_capture(path: str, snaplen: int | None = None) -> BinaryIO:
-    """A session's capture file: created (replaced) with its pcap header written, for the
-    relay to append records to (unbuffered: nothing waits in this process)."""
-    f = open(path, "wb", buffering=0)  # noqa: SIM115 -- the caller closes it
-    PcapWriter(f, LINKTYPE_FUSE, snaplen=(snaplen or DEFAULT_MAX_CAPLEN) + FRAME_HEADER.size)
-    return f
-
-
-def cut_to_whole_records(fd: int) -> int:
-    """Cut a capture file back to the end of its last whole record (a writer killed in the
-    middle of one leaves its first part) and put the file offset there; returns the size.
-    Reads only the record headers."""
-    size = os.fstat(fd).st_size
-    caplen = RECORD_FIELDS.index("caplen")
-    pos = FILE_HEADER.size
-    while pos + RECORD_HEADER.size <= size:
-        end = pos + RECORD_HEADER.size + RECORD_HEADER.unpack(
-            os.pread(fd, RECORD_HEADER.size, pos))[caplen]
-        if end > size:
-            break
-        pos = end
-    os.ftruncate(fd, pos)
-    os.lseek(fd, pos, os.SEEK_SET)
-    return pos
 
 
 @dataclass
@@ -206,7 +175,7 @@ class RecordingProxy:
         self.why = ""  # what ended the session, in words
         self.minor: int | None = None  # the minor INIT negotiated
         self._notes = 0  # annotations written by this module
-        self._init: dict[int, Any] = {}  # unique -> the INIT request (at most MAX_INITS)
+        self._inits = InitAnswers()
         self._poll = select.poll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._notify: dict[tuple[str, int], _Notify] = {}
@@ -218,6 +187,12 @@ class RecordingProxy:
         self._vmm_poll = select.poll()  # the VMM's socket alone: messages ahead of a kick
         self._vmm_poll.register(vmm.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         self._direct: CaptureRecorder | None = None  # annotations once the relay is gone
+        # The shadow used rings (relay_shadow.c): the proxy's region, whether the daemon's
+        # memory table has it, the ring sizes (SET_VRING_NUM), the negotiated features.
+        self.shadow = ShadowRings()
+        self._ring_num: dict[int, int] = {}
+        self._event_idx = False
+        self._held: list[Event] = []  # DEFERRED events held while the relay was awaited
         for s in (vmm, daemon):
             s.settimeout(MESSAGE_TIMEOUT)
         # (RelayError if it cannot be built or started: nothing is forwarded yet)
@@ -228,6 +203,8 @@ class RecordingProxy:
         self._watch(vmm.fileno(), self._from_frontend)
         self._watch(daemon.fileno(), self._from_daemon)
         self._watch(self.relay.fileno(), self._from_relay)
+        _gpa, size, uaddr, _off = self.shadow.region()
+        self._send("SHADOW", 0, uaddr, size, fds=[self.shadow.fd])
 
     # -- plumbing -------------------------------------------------------------------------
     def _watch(self, fd: int, handler: Callable[[], None]) -> None:
@@ -264,7 +241,11 @@ class RecordingProxy:
             self._poll.register(wakeup_fd, select.POLLIN)
         try:
             while self.closed_by is None:
-                for fd, _ev in self._poll.poll(1000):
+                mirroring = self._direct is not None and self.shadow.rings
+                ready = self._poll.poll(1 if mirroring else 1000)
+                if mirroring:
+                    self._mirror_all()
+                for fd, _ev in ready:
                     if fd == wakeup_fd:
                         self.closed_by = "signal"
                         break
@@ -302,37 +283,40 @@ class RecordingProxy:
         elif ev.kind == "LOG":
             self._say(ev.data.decode("utf-8", "replace"))
 
-    def _init_event(self, ev: Event) -> None:
-        """An INIT request (``ev.a`` 0) or its reply (1), ``ev.data`` its first bytes: learn
-        the minor (the one negotiation), then let the relay go on (RESUME ``ev.b``)."""
-        keep = 0
-        data = ev.data
-        if ev.a == 0:
-            unique = _IN.struct.unpack_from(data)[_IN_UNIQUE]
-            try:
-                self._init[unique] = codec.decode_request(data)
-                keep = 1
-                while len(self._init) > MAX_INITS:
-                    del self._init[next(iter(self._init))]
-            except DecodeError as e:
-                self.note(ev.queue, f"INIT request unique {unique} does not decode ({e}); "
-                                    "the minor stays as it was")
-        else:
-            request = self._init.pop(_OUT.struct.unpack_from(data)[_OUT_UNIQUE], None)
-            if request is not None:
-                self._init_reply(ev.queue, request, data)
-        self._send("RESUME", ev.queue, ev.b, keep)
+    def _await_relay(self, kind: str) -> Event | None:
+        """The relay's next ``kind`` event (None if it is gone). Meanwhile an INIT is
+        answered, and a kick handed back is held (:attr:`_held`): the front-end message
+        being handled goes first."""
+        def meanwhile(ev: Event) -> None:
+            if ev.kind == "DEFERRED":
+                self._held.append(ev)
+            else:
+                self._relay_event(ev)
 
-    def _init_reply(self, queue: int, request: Any, data: bytes) -> None:
+        self.relay.on_event = meanwhile
         try:
-            reply = codec.decode_reply(data, request)
-        except DecodeError as e:
-            self.note(queue, f"INIT reply does not decode ({e}); the minor stays as it was")
-            return
-        result = negotiate_init(request.body, None if reply.error else reply.body)
-        if result is not None:
-            self.minor = result.minor
-            self._send("MINOR", a=result.minor)
+            if kind == "SYNCED":
+                self.relay.sync()
+                return Event("SYNCED", 0, 0, 0, b"")
+            return self.relay.wait_for(kind)
+        except RelayError:
+            self._relay_lost()
+            return None
+        finally:
+            self.relay.on_event = self._relay_event
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for ev in held:
+            self._relay_event(ev)
+
+    def _init_event(self, ev: Event) -> None:
+        """An INIT request or reply: learn the minor (InitAnswers), let the relay go on."""
+        keep, minor = self._inits.answer(ev, self.note)
+        if minor is not None:
+            self.minor = minor
+            self._send("MINOR", a=minor)
+        self._send("RESUME", ev.queue, ev.b, keep)
 
     def _relay_lost(self) -> None:
         """The relay died: from here on kicks and calls are forwarded by this module,
@@ -352,15 +336,12 @@ class RecordingProxy:
         self._notes += 1
         self._direct.annotate(BACKEND_QUEUE, text)
         for n in [*self._notify.values(), *self._retired]:
-            self._watch(n.source, self._forwarder(n))
+            self._watch(n.source, functools.partial(self._forward_unrecorded, n))
         for n in self._notify.values():
             # A kick or call the relay had taken and not yet passed on would be lost: one
             # more of each is harmless.
             with contextlib.suppress(OSError):
                 os.eventfd_write(n.sink, 1)
-
-    def _forwarder(self, n: _Notify) -> Callable[[], None]:
-        return lambda: self._forward_unrecorded(n)
 
     def _forward_unrecorded(self, n: _Notify) -> None:
         try:
@@ -373,8 +354,20 @@ class RecordingProxy:
         if n.kind == "kick":
             self._messages_ahead()
             n = self._notify.get(("kick", n.queue), n)
+        elif n.queue in self.shadow.rings:
+            return  # run() publishes its used entries and calls the guest (_mirror_all)
         with contextlib.suppress(OSError):
             os.eventfd_write(n.sink, 1)
+
+    def _mirror_all(self) -> None:
+        """The relay's work on shadowed queues, once it is gone (ShadowRings.mirror_all):
+        a call for published entries, a kick for avail entries the guest may not have
+        kicked for (one too many of either is harmless)."""
+        for queue, kind in self.shadow.mirror_all(self._event_idx, self.note):
+            n = self._notify.get((kind, queue))
+            if n is not None:
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(n.sink, 1)
 
     # -- the front-end's messages -------------------------------------------------------
     def _from_frontend(self) -> None:
@@ -386,6 +379,7 @@ class RecordingProxy:
             self._one_frontend_message()
         finally:
             self._send("FE_END")
+        self._release_held()
 
     def _one_frontend_message(self) -> None:
         try:
@@ -395,16 +389,16 @@ class RecordingProxy:
             self._end("frontend", e)
             return
         self.stats.frontend_messages += 1
-        fds = msg.fds
+        payload, fds = msg.payload, msg.fds
         keep: set[int] = set()
         try:
-            fds, keep = self._observe_frontend(msg)
+            payload, fds, keep = self._observe_frontend(msg)
         except Exception as e:  # noqa: BLE001 -- whatever it is, the message goes through
-            fds, keep = msg.fds, set()
+            payload, fds, keep = msg.payload, msg.fds, set()
             self.note(BACKEND_QUEUE, f"vhost-user {request_name(msg.request)} from the "
                                      f"front-end: {e} (forwarded unchanged, not observed)")
         try:
-            send_message(self.daemon, msg.request, msg.payload, fds=fds, flags=msg.flags)
+            send_message(self.daemon, msg.request, payload, fds=fds, flags=msg.flags)
         except (TransportError, OSError) as e:  # OSError: a send timeout
             self._end("daemon", e)
         finally:
@@ -415,10 +409,12 @@ class RecordingProxy:
                 if fd not in msg.fds and fd not in keep:
                     _close(fd)  # a stand-in we handed the daemon and do not keep
 
-    def _observe_frontend(self, msg: VhostUserMessage) -> tuple[list[int], set[int]]:
-        """Tell the relay what ``msg`` says about memory and rings; returns the fds to
-        forward (the proxy's stand-ins for kick/call/backend fds) and the received fds the
-        proxy keeps. (The relay gets copies of the memory fds and maps them itself.)"""
+    def _observe_frontend(self, msg: VhostUserMessage
+                          ) -> tuple[bytes, list[int], set[int]]:
+        """Tell the relay what ``msg`` says about memory and rings; returns the payload and
+        fds to forward (the proxy's stand-ins for kick/call/backend fds; its shadow region
+        in the memory table and the used ring addresses) and the received fds the proxy
+        keeps. (The relay gets copies of the memory fds and maps them itself.)"""
         req = msg.request
         send = self._send
         if req == _R.SET_MEM_TABLE:
@@ -429,36 +425,75 @@ class RecordingProxy:
             for region, fd in zip(table.regions, msg.fds, strict=True):
                 send("MEM_ADD", 0, region.guest_addr, region.size, region.user_addr,
                      region.mmap_offset, payload=b"SET_MEM_TABLE", fds=[fd])
+            payload = self.shadow.set_mem_table(table, msg.fds)
+            if payload is not None:  # the shadow goes last in the table (one more fd)
+                return payload, [*msg.fds, self.shadow.fd], {self.shadow.fd}
         elif req == _R.ADD_MEM_REG:
             r = VhostUserSingleMemoryRegion.parse_body(msg.payload).region
             if len(msg.fds) != 1:
                 raise ValueError(f"ADD_MEM_REG with {len(msg.fds)} fds")
             send("MEM_ADD", 0, r.guest_addr, r.size, r.user_addr, r.mmap_offset,
                  payload=b"ADD_MEM_REG", fds=msg.fds)
+            self.shadow.add_mem_reg(r, msg.fds[0], msg.need_reply)
         elif req == _R.REM_MEM_REG:
             r = VhostUserSingleMemoryRegion.parse_body(msg.payload).region
             send("MEM_REMOVE", 0, r.guest_addr, r.size, r.user_addr)
+            self.shadow.remove_memory(r.user_addr, r.size)
+        elif req == _R.SET_PROTOCOL_FEATURES:
+            self.shadow.protocol_features = VhostUserU64.parse_body(msg.payload).u64
         elif req == _R.SET_FEATURES:
             # (EVENT_IDX or not: how the relay tells a driver that drains its used ring)
-            send("FEATURES", 0, VhostUserU64.parse_body(msg.payload).u64)
+            features = VhostUserU64.parse_body(msg.payload).u64
+            self._event_idx = bool(features >> VIRTIO_F_RING_EVENT_IDX & 1)
+            send("FEATURES", 0, features)
         elif req == _R.SET_VRING_NUM:
             st = VhostUserVringState.parse_body(msg.payload)
+            self._ring_num[st.index] = st.num
             send("VRING_NUM", st.index, st.num)
         elif req == _R.SET_VRING_BASE:
             st = VhostUserVringState.parse_body(msg.payload)
             send("VRING_BASE", st.index, st.num)
         elif req == _R.SET_VRING_ADDR:
-            a = VhostUserVringAddr.parse_body(msg.payload)
-            send("VRING_ADDR", a.index, a.descriptor, a.available, a.used)
+            return self._vring_addr(VhostUserVringAddr.parse_body(msg.payload), msg), msg.fds, set()
         elif req == _R.GET_VRING_BASE:
             st = VhostUserVringState.parse_body(msg.payload)
             send("SCAN", st.index)
             self._stopping_rings.append(st.index)
         elif req in (_R.SET_VRING_KICK, _R.SET_VRING_CALL):
-            return self._interpose(req, VhostUserU64.parse_body(msg.payload).u64, msg.fds)
+            return (msg.payload,
+                    *self._interpose(req, VhostUserU64.parse_body(msg.payload).u64, msg.fds))
         elif req == _R.SET_BACKEND_REQ_FD:
-            return self._interpose_backend(msg.fds)
-        return msg.fds, set()
+            return (msg.payload, *self._interpose_backend(msg.fds))
+        return msg.payload, msg.fds, set()
+
+    def _vring_addr(self, a: VhostUserVringAddr, msg: VhostUserMessage) -> bytes:
+        """SET_VRING_ADDR: the daemon's used ring goes into the shadow (relay_shadow.c)
+        when the shadow is in its memory table (or can be added to it) and the relay can
+        write the guest's used ring; otherwise the message goes as it came, and the relay
+        reads the replies from the guest's used ring (a guest may then take one first)."""
+        where = shadow_slot(a.index)
+        message = self.shadow.add_message() if where is not None else None
+        if message is not None:  # the shadow region, into the daemon's table first
+            try:
+                send_message(self.daemon, _R.ADD_MEM_REG, message[0], fds=[self.shadow.fd],
+                             flags=message[1])
+            except (TransportError, OSError) as e:
+                self._end("daemon", e)
+        if not self.shadow.in_table or self.closed_by is not None:
+            where = None
+        self._send("VRING_ADDR", a.index, a.descriptor, a.available, a.used, where or 0)
+        self.shadow.rings.pop(a.index, None)
+        if where is None:
+            return msg.payload
+        ev = self._await_relay("SHADOWED")
+        if ev is None or not ev.a:
+            why = "the relay is gone" if ev is None else ev.data.decode("utf-8", "replace")
+            self.note(a.index, f"queue {a.index}: the daemon's used ring is the guest's "
+                               f"({why}); a reply the guest takes first is not recorded")
+            return msg.payload
+        self.shadow.rings[a.index] = ShadowRing(self._ring_num.get(a.index, 0), a.available,
+                                                a.used, where - SHADOW_UADDR)
+        return dataclasses.replace(a, used=where).serialize_body()
 
     def _interpose(self, req: int, value: int, fds: list[int]) -> tuple[list[int], set[int]]:
         index = value & VHOST_USER_VRING_IDX_MASK
@@ -477,7 +512,7 @@ class RecordingProxy:
         self._notify[(kind, index)] = n
         if not self._send("NOTIFY_SET", index, n.id, int(kind == "call"),
                           fds=[n.source, n.sink]):
-            self._watch(n.source, self._forwarder(n))  # (the others are watched already)
+            self._watch(n.source, functools.partial(self._forward_unrecorded, n))
         return [ours], {theirs, ours}
 
     def _drop_notify(self, kind: str, index: int) -> None:
@@ -514,9 +549,18 @@ class RecordingProxy:
             self._end("daemon", e)
             return
         self.stats.daemon_messages += 1
+        if msg.request == _R.ADD_MEM_REG and msg.is_reply and self.shadow.reply_is_ours():
+            if msg.payload != bytes(8):
+                self.note(BACKEND_QUEUE, f"the daemon refused the shadow region (ADD_MEM_REG "
+                                         f"reply {msg.payload.hex()})")
+            for fd in msg.fds:
+                _close(fd)
+            return
         if msg.request == _R.GET_VRING_BASE and msg.is_reply and self._stopping_rings:
-            # The daemon has stopped the ring: what it completed is all there will be.
+            # The daemon has stopped the ring: what it completed is all there will be, and
+            # it reaches the guest's used ring (a shadowed queue) before the VMM hears so.
             self._send("VRING_STOP", self._stopping_rings.pop(0))
+            self._await_relay("SYNCED")
         try:
             send_message(self.vmm, msg.request, msg.payload, fds=msg.fds, flags=msg.flags)
         except (TransportError, OSError) as e:  # OSError: a send timeout
@@ -524,6 +568,7 @@ class RecordingProxy:
         finally:
             for fd in msg.fds:
                 _close(fd)
+        self._release_held()
 
     # -- the backend channel -----------------------------------------------------------
     def _interpose_backend(self, fds: list[int]) -> tuple[list[int], set[int]]:
@@ -594,6 +639,7 @@ class RecordingProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+        self.shadow.close()
 
 
 def describe_backend(msg: VhostUserMessage) -> str:

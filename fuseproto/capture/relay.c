@@ -248,8 +248,21 @@ static void kicked(struct queue *q, struct notify *n)
         q->stall_delay = C(rekick_first_ns);
     }
     scan(q);
-    if (n)
+    if (n) {
         forward(n);
+        if (q)
+            q->kick_owed = 0;
+    }
+}
+
+/* Call the guest for q's newly published used entries (shadowed queues: the relay, not
+ * the daemon, decides; see relay_shadow.c). */
+void call_guest(struct queue *q)
+{
+    if (q->call_slot < 0 || !notifies[q->call_slot].used)
+        return;
+    stats.signals++;
+    forward(&notifies[q->call_slot]);
 }
 
 static int vmm_waiting(void)
@@ -317,7 +330,22 @@ static void notified(struct notify *n, int may_drain)
     } else {
         stats.calls++;
         scan(q);
-        forward(n);
+        if (!q || !q->shadowed)
+            forward(n); /* (a shadowed queue's guest was called by scan() if it asked) */
+    }
+}
+
+/* Kick the daemon for avail entries the relay read outside a kick (a shadowed queue's
+ * guest may not have kicked for them: relay_shadow.c), unless a front-end message is in
+ * the way (then next round). */
+static void pay_kicks(void)
+{
+    for (unsigned i = 0; i < MAX_QUEUES; i++) {
+        struct queue *q = queues[i];
+        if (!q || !q->kick_owed || q->kick_slot < 0 || q->deferred || held_back(1))
+            continue;
+        q->kick_owed = 0;
+        forward(&notifies[q->kick_slot]);
     }
 }
 
@@ -395,6 +423,8 @@ static void notify_set(struct cmd *c)
     struct queue *q = queue_get(n->queue);
     if (q && n->kind == 0)
         q->kick_slot = (int)slot;
+    if (q && n->kind == 1)
+        q->call_slot = (int)slot;
 }
 
 static struct notify *notify_by_id(uint64_t id)
@@ -419,6 +449,8 @@ static void notify_drop(uint64_t id, int final)
     for (unsigned i = 0; i < MAX_QUEUES; i++)
         if (queues[i] && queues[i]->kick_slot == (int)(n - notifies))
             queues[i]->kick_slot = -1;
+        else if (queues[i] && queues[i]->call_slot == (int)(n - notifies))
+            queues[i]->call_slot = -1;
 }
 
 
@@ -468,7 +500,18 @@ static void apply(struct cmd *c)
             q->avail = m->b;
             q->used = m->c;
             queue_invalidate(q);
+            q->shadowed = 0;
+            if (m->d) { /* the shadow offered for its used ring: say whether it is taken */
+                int ok = shadow_setup(q, m->d);
+                send_event(SHADOWED, q->index, (uint64_t)ok, 0, ok ? NULL : ring_error,
+                           ok ? 0 : strlen(ring_error));
+            }
         }
+        break;
+    case SHADOW:
+        if (c->nfds != 1 || shadow_map(c->fds[0], m->a, m->b) < 0)
+            send_log("the shadow used rings cannot be mapped: %s; replies are read from the "
+                     "guest's used rings", oserr(c->nfds != 1 ? EBADF : errno));
         break;
     case VRING_BASE:
         if (q)
@@ -675,6 +718,7 @@ int main(int argc, char **argv)
         }
         drain_commands(); /* those read while an answer was awaited */
         recheck();
+        pay_kicks();
         check_stalls(1);
         out_flush();
     }

@@ -28,9 +28,10 @@
     X(CONFIG) X(MEM_CLEAR) X(MEM_ADD) X(MEM_REMOVE) X(VRING_NUM) X(VRING_ADDR) \
     X(VRING_BASE) X(VRING_START) X(VRING_STOP) X(SCAN) X(SCAN_ALL) X(NOTIFY_SET) \
     X(NOTIFY_DROP) X(FE_BEGIN) X(FE_END) X(KICK) X(ANNOTATE) X(MINOR) X(RESUME) X(SYNC) \
-    X(FINISH) X(FEATURES)
-#define EVENTS(X) X(INIT) X(DEFERRED) X(LOG) X(SYNCED) X(STATS)
-#define STATS_FIELDS(X) X(kicks) X(calls) X(rekicks) X(requests) X(replies) X(notes)
+    X(FINISH) X(FEATURES) X(SHADOW)
+#define EVENTS(X) X(INIT) X(DEFERRED) X(LOG) X(SYNCED) X(STATS) X(SHADOWED)
+#define STATS_FIELDS(X) \
+    X(kicks) X(calls) X(rekicks) X(requests) X(replies) X(notes) X(mirrored) X(signals)
 /* CONFIG's payload: one u64 per field, in this order, then the record template. */
 #define CONFIG_FIELDS(X) \
     X(msg_size) X(template_len) \
@@ -118,6 +119,7 @@ struct region {
     unsigned char *base; /* the region's first byte in our mapping */
     void *map;
     size_t maplen;
+    int writable; /* mapped read-write (the used rings the relay publishes to are in it) */
 };
 
 typedef struct {
@@ -170,6 +172,15 @@ struct queue {
     int has_used_event;
     int broken;
     int kick_slot; /* the daemon's current kick eventfd pair, -1 if none */
+    int call_slot; /* the daemon's current call eventfd pair, -1 if none */
+    /* The daemon's used ring in the shadow (relay_shadow.c): `us` is it, `ru` the guest's
+     * own (written by the relay only), published up to `mirrored`. */
+    int shadowed;
+    uint64_t shadow_off;
+    unsigned char *ru;
+    int has_avail_event;
+    uint16_t mirrored;
+    int kick_owed; /* avail entries read outside a kick: the daemon is kicked for them */
     /* A kick handed back (DEFERRED) and not yet answered (KICK); another kick held back
      * meanwhile is not reported again (the events stay bounded: the two processes never
      * both wait on a full socket) but looked at once more when the answer comes. */
@@ -226,6 +237,7 @@ int ring_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define RING_FAIL(...) ring_fail(__VA_ARGS__)
 const unsigned char *gpa_ptr(uint64_t addr, uint64_t len);
 const unsigned char *uaddr_ptr(uint64_t addr, uint64_t len);
+unsigned char *uaddr_rw(uint64_t addr, uint64_t len);
 void mem_clear(void);
 int mem_add(uint64_t gpa, uint64_t size, uint64_t uaddr, uint64_t offset, int fd);
 int mem_remove(uint64_t gpa, uint64_t size, uint64_t uaddr);
@@ -259,7 +271,14 @@ void scan_all(void);
 extern struct queue *queues[MAX_QUEUES];
 extern int event_idx; /* VIRTIO_F_RING_EVENT_IDX negotiated (the VMM's SET_FEATURES) */
 
+/* relay_shadow.c: the shadow used rings */
+int shadow_map(int fd, uint64_t uaddr, uint64_t size);
+int shadow_setup(struct queue *q, uint64_t uaddr);
+int shadow_resolve(struct queue *q);
+int mirror(struct queue *q);
+
 /* relay.c: the control socket, kicks and calls, commands */
+void call_guest(struct queue *q);
 void send_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int await_answer(int direction, unsigned queue, const piecevec_t *p, uint64_t n);
 

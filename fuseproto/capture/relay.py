@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -37,31 +38,53 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from ..errors import FuseprotoError
+from ..errors import DecodeError, FuseprotoError
+from ..session import negotiate_init
 from ..transport import virtqueue as vq
-from ..transport.vhost_user_proto import VIRTIO_F_RING_EVENT_IDX
-from ..wire import structs
+from ..transport.vhost_user_proto import (
+    VHOST_MEMORY_BASELINE_NREGIONS,
+    VHOST_USER_NEED_REPLY_MASK,
+    VHOST_USER_VERSION,
+    VIRTIO_F_RING_EVENT_IDX,
+    VhostUserMemory,
+    VhostUserMemoryRegion,
+    VhostUserProtocolFeature,
+    VhostUserSingleMemoryRegion,
+)
+from ..wire import codec, structs
 from ..wire.constants import fuse_opcode
 from .frames import (
     FLAG_MINOR_VALID,
     FLAG_OPCODE_VALID,
     FRAME_FIELDS,
     FRAME_HEADER,
+    LINKTYPE_FUSE,
     Direction,
     pack_frame,
 )
-from .pcap import DEFAULT_MAX_CAPLEN, RECORD_FIELDS, RECORD_HEADER, field_layout
+from .pcap import (
+    DEFAULT_MAX_CAPLEN,
+    FILE_HEADER,
+    RECORD_FIELDS,
+    RECORD_HEADER,
+    PcapWriter,
+    field_layout,
+)
 
-__all__ = ["MAX_RECORD", "MIN_READ", "Event", "Relay", "RelayError", "executable"]
+__all__ = ["MAX_RECORD", "MIN_READ", "Event", "InitAnswers", "Relay", "RelayError", "ShadowRing", "ShadowRings",
+           "cut_to_whole_records", "executable", "open_capture", "shadow_slot"]
 
 SOURCE_DIR = Path(__file__).parent
 # The relay's files: the header first (the interface lists), then the C files compiled.
-SOURCES = ("relay.h", "relay.c", "relay_util.c", "relay_mem.c", "relay_out.c", "relay_ring.c")
+SOURCES = ("relay.h", "relay.c", "relay_util.c", "relay_mem.c", "relay_out.c", "relay_ring.c",
+           "relay_shadow.c")
 CFLAGS = ("-O2", "-g", "-std=gnu11", "-Wall", "-Wextra")  # (tests add -Werror)
 # The largest message recorded whole: larger requests (a hostile or broken descriptor
 # length) are noted, not read.
@@ -83,6 +106,10 @@ ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer about an I
 HOT_INTERVAL = 50e-6
 MSG = struct.Struct("<IIQQQQ")  # relay.h's struct msg
 _U64 = struct.Struct("<Q")
+_OUT = structs.FAST["fuse_out_header"]
+_OUT_UNIQUE = _OUT.fields.index("unique")
+_IN = structs.FAST["fuse_in_header"]
+_IN_UNIQUE = _IN.fields.index("unique")
 
 
 class RelayError(FuseprotoError):
@@ -217,6 +244,71 @@ def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
         raise RelayError(f"relay.h asks for configuration fields this module does not "
                          f"know: {missing}")
     return b"".join(_U64.pack(values[n] & 0xFFFFFFFFFFFFFFFF) for n in names) + template
+
+
+# -- the INIT negotiation it asks about ----------------------------------------------------------
+
+class InitAnswers:
+    """The relay hands each INIT request and reply over (INIT events) and waits for the
+    answer: keep the request (for its reply), and the minor the pair negotiated."""
+
+    def __init__(self) -> None:
+        self._requests: dict[int, Any] = {}  # unique -> INIT request (at most MAX_INITS)
+
+    def answer(self, ev: Event, note: Callable[[int, str], None]) -> tuple[int, int | None]:
+        """For an INIT request (``ev.a`` 0) or reply (1), ``ev.data`` its first bytes:
+        whether its reply is wanted (RESUME's word), and the minor negotiated (or None)."""
+        data = ev.data
+        if ev.a == 0:
+            unique = _IN.struct.unpack_from(data)[_IN_UNIQUE]
+            try:
+                self._requests[unique] = codec.decode_request(data)
+            except DecodeError as e:
+                note(ev.queue, f"INIT request unique {unique} does not decode ({e}); the "
+                               "minor stays as it was")
+                return 0, None
+            while len(self._requests) > MAX_INITS:
+                del self._requests[next(iter(self._requests))]
+            return 1, None
+        request = self._requests.pop(_OUT.struct.unpack_from(data)[_OUT_UNIQUE], None)
+        if request is None:
+            return 0, None
+        try:
+            reply = codec.decode_reply(data, request)
+        except DecodeError as e:
+            note(ev.queue, f"INIT reply does not decode ({e}); the minor stays as it was")
+            return 0, None
+        result = negotiate_init(request.body, None if reply.error else reply.body)
+        return 0, None if result is None else result.minor
+
+
+# -- the capture file it appends to -----------------------------------------------------------------
+
+def open_capture(path: str, snaplen: int | None = None) -> BinaryIO:
+    """A session's capture file: created (replaced) with its pcap header written, for the
+    relay to append records to (unbuffered: nothing waits in this process)."""
+    f = open(path, "wb", buffering=0)  # noqa: SIM115 -- the caller closes it
+    PcapWriter(f, LINKTYPE_FUSE, snaplen=(snaplen or DEFAULT_MAX_CAPLEN) + FRAME_HEADER.size)
+    return f
+
+
+def cut_to_whole_records(fd: int) -> int:
+    """Cut a capture file back to the end of its last whole record (a writer killed in the
+    middle of one leaves its first part) and put the file offset there; returns the size.
+    Reads only the record headers."""
+    size = os.fstat(fd).st_size
+    caplen = RECORD_FIELDS.index("caplen")
+    pos = FILE_HEADER.size
+    while pos + RECORD_HEADER.size <= size:
+        end = pos + RECORD_HEADER.size + RECORD_HEADER.unpack(
+            os.pread(fd, RECORD_HEADER.size, pos))[caplen]
+        if end > size:
+            break
+        pos = end
+    os.ftruncate(fd, pos)
+    os.lseek(fd, pos, os.SEEK_SET)
+    return pos
+
 
 
 # -- the relay process ----------------------------------------------------------------------------
@@ -362,3 +454,179 @@ class Relay:
         if self.dead is None:
             self.dead = "closed"
         return trouble
+
+
+# -- the shadow used rings (relay_shadow.c) ---------------------------------------------------------
+
+# The daemon's used rings are placed in a memfd of the proxy's own, added to the memory table
+# the daemon gets at guest-physical and front-end addresses no guest has: 2**52 is beyond
+# x86-64's largest physical address (52 bits) and beyond a 4-level user address space
+# (47 bits; QEMU maps nothing higher unless asked).
+SHADOW_GPA = 1 << 52
+SHADOW_UADDR = 1 << 52
+SHADOW_QUEUES = 64  # queues 0..63 get a slot (virtio-fs: hiprio + request queues)
+# One slot per queue: a used ring of the largest size, with avail_event (virtio 1.x 2.7.8),
+# page-aligned (the memfd is sparse: the pages a ring never touches cost nothing).
+SHADOW_SLOT = -(-(vq.VIRTQ_USED_RING + vq.VIRTQ_USED_ELEM.size * MAX_QUEUE_SIZE + 2)
+                // mmap.PAGESIZE) * mmap.PAGESIZE
+SHADOW_SIZE = SHADOW_QUEUES * SHADOW_SLOT
+_U16 = struct.Struct("<H")
+
+
+def shadow_slot(queue: int) -> int | None:
+    """The front-end address of ``queue``'s used ring in the shadow (None: no slot)."""
+    return SHADOW_UADDR + queue * SHADOW_SLOT if queue < SHADOW_QUEUES else None
+
+
+@dataclass
+class ShadowRing:
+    size: int
+    avail: int  # front-end addresses of the guest's rings
+    used: int
+    shadow: int  # offset of the daemon's used ring in the shadow
+
+
+class ShadowRings:
+    """The proxy's shadow region (a memfd), what the relay is told about it, and its work
+    done here should the relay die: the guest then gets its used entries from
+    :meth:`mirror` (called on each call from the daemon, each kick and every millisecond),
+    unrecorded. For that this keeps a copy of each guest memory fd the front-end sends."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("fuseproto-shadow-used-rings", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, SHADOW_SIZE)
+        self.rings: dict[int, ShadowRing] = {}  # shadowed queues
+        self._regions: list[tuple[int, int, int, int]] = []  # (uaddr, size, offset, fd)
+        self._maps: dict[int, tuple[mmap.mmap, int]] = {}  # fd -> (mapping, its uaddr)
+        self._shadow: mmap.mmap | None = None
+        self._avail_seen: dict[int, int] = {}
+        self.protocol_features = 0  # SET_PROTOCOL_FEATURES
+        self.in_table = False  # the daemon's memory table has the shadow region
+        # ADD_MEM_REG replies the daemon owes, in order: True for the proxy's own.
+        self._add_replies: deque[bool] = deque(maxlen=64)
+
+    def region(self) -> tuple[int, int, int, int]:
+        """(guest address, size, front-end address, mmap offset) of the shadow."""
+        return SHADOW_GPA, SHADOW_SIZE, SHADOW_UADDR, 0
+
+    # -- the daemon's memory table
+    def set_mem_table(self, table: VhostUserMemory, fds: Sequence[int]) -> bytes | None:
+        """SET_MEM_TABLE: the payload to forward with the shadow region last (its fd goes
+        last too), or None when the table has no room for it."""
+        self.clear_memory()
+        for region, fd in zip(table.regions, fds, strict=True):
+            self.add_memory(region.user_addr, region.size, region.mmap_offset, fd)
+        self.in_table = len(table.regions) < VHOST_MEMORY_BASELINE_NREGIONS
+        if not self.in_table:
+            return None
+        return VhostUserMemory((*table.regions, VhostUserMemoryRegion(*self.region())),
+                               table.padding).serialize_body()
+
+    def add_mem_reg(self, r: VhostUserMemoryRegion, fd: int, need_reply: bool) -> None:
+        """The front-end's ADD_MEM_REG (its reply, if asked for, is the front-end's)."""
+        self.add_memory(r.user_addr, r.size, r.mmap_offset, fd)
+        if need_reply:
+            self._add_replies.append(False)
+
+    def add_message(self) -> tuple[VhostUserSingleMemoryRegion, int] | None:
+        """The ADD_MEM_REG (body, flags) that puts the shadow in the daemon's table, when
+        it is not there and the daemon takes regions one by one (CONFIGURE_MEM_SLOTS);
+        asks for a reply with REPLY_ACK (then :meth:`reply_is_ours` keeps it from the
+        front-end). Counts it as sent."""
+        slots = self.protocol_features >> VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS & 1
+        if self.in_table or not slots:
+            return None
+        ack = self.protocol_features >> VhostUserProtocolFeature.REPLY_ACK & 1
+        if ack:
+            self._add_replies.append(True)
+        self.in_table = True
+        return (VhostUserSingleMemoryRegion(VhostUserMemoryRegion(*self.region())),
+                VHOST_USER_VERSION | (VHOST_USER_NEED_REPLY_MASK if ack else 0))
+
+    def reply_is_ours(self) -> bool:
+        """An ADD_MEM_REG reply from the daemon: whether it answers the proxy's own."""
+        return bool(self._add_replies) and self._add_replies.popleft()
+
+    # -- the guest's memory, as the front-end describes it
+    def clear_memory(self) -> None:
+        for *_, fd in self._regions:
+            os.close(fd)
+        self._regions.clear()
+        self._unmap()
+
+    def add_memory(self, uaddr: int, size: int, offset: int, fd: int) -> None:
+        self._regions.append((uaddr, size, offset, os.dup(fd)))
+
+    def remove_memory(self, uaddr: int, size: int) -> None:
+        for r in [r for r in self._regions if r[:2] == (uaddr, size)]:
+            self._regions.remove(r)
+            self._maps.pop(r[3], None)
+            os.close(r[3])
+
+    def _unmap(self) -> None:
+        self._maps.clear()  # (mmap objects unmap when collected)
+
+    def _at(self, uaddr: int, length: int) -> tuple[mmap.mmap, int] | None:
+        for start, size, offset, fd in self._regions:
+            if start <= uaddr and uaddr + length <= start + size:
+                if fd not in self._maps:
+                    page = offset - offset % mmap.PAGESIZE
+                    m = mmap.mmap(fd, size + offset - page, offset=page)
+                    self._maps[fd] = (m, start - (offset - page))
+                m, base = self._maps[fd]
+                return m, uaddr - base
+        return None
+
+    # -- the relay's work, done here
+    def mirror(self, queue: int, event_idx: bool) -> tuple[bool, bool]:
+        """Publish the daemon's new used entries of ``queue`` to the guest (and, with
+        EVENT_IDX, avail_event: the avail index now, so that the guest kicks for anything
+        it adds). Returns whether there were any, and whether the avail index moved since
+        the last time (a kick the guest may not have sent: the caller kicks the daemon)."""
+        ring = self.rings.get(queue)
+        if ring is None:
+            return False, False
+        if self._shadow is None:
+            self._shadow = mmap.mmap(self.fd, SHADOW_SIZE)
+        n = ring.size
+        esz = vq.VIRTQ_USED_ELEM.size
+        used = self._at(ring.used, vq.VIRTQ_USED_RING + esz * n + 2)
+        avail = self._at(ring.avail, vq.VIRTQ_AVAIL_RING + 2 * n)
+        if used is None or avail is None:
+            return False, False
+        (um, uo), (am, ao), sh = used, avail, self._shadow
+        start = _U16.unpack_from(um, uo + vq.VIRTQ_USED_IDX)[0]
+        end = _U16.unpack_from(sh, ring.shadow + vq.VIRTQ_USED_IDX)[0]
+        count = (end - start) & 0xFFFF
+        for i in range(min(count, n)):
+            at = vq.VIRTQ_USED_RING + esz * ((start + count - min(count, n) + i) % n)
+            um[uo + at:uo + at + esz] = sh[ring.shadow + at:ring.shadow + at + esz]
+        if count:
+            _U16.pack_into(um, uo + vq.VIRTQ_USED_IDX, end)
+        idx = _U16.unpack_from(am, ao + vq.VIRTQ_AVAIL_IDX)[0]
+        if event_idx:
+            _U16.pack_into(um, uo + vq.VIRTQ_USED_RING + esz * n, idx)
+        moved = self._avail_seen.get(queue, idx) != idx
+        self._avail_seen[queue] = idx
+        return count > 0, moved
+
+    def mirror_all(self, event_idx: bool, note: Callable[[int, str], None]
+                   ) -> list[tuple[int, str]]:
+        """:meth:`mirror` for every shadowed queue: the (queue, "call" / "kick") due."""
+        due = []
+        for queue in list(self.rings):
+            try:
+                published, moved = self.mirror(queue, event_idx)
+            except (OSError, ValueError) as e:
+                note(queue, f"queue {queue}: cannot publish its used entries: {e}")
+                del self.rings[queue]
+                continue
+            due += [(queue, kind) for kind, yes in (("call", published), ("kick", moved))
+                    if yes]
+        return due
+
+    def close(self) -> None:
+        self.clear_memory()
+        if self._shadow is not None:
+            self._shadow.close()
+        os.close(self.fd)

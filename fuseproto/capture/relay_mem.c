@@ -43,6 +43,23 @@ const unsigned char *uaddr_ptr(uint64_t addr, uint64_t len)
     return region_ptr(addr, len, 1);
 }
 
+/* The same by the front-end's address, for writing: NULL (and ring_error) if it is not in
+ * a region mapped read-write. */
+unsigned char *uaddr_rw(uint64_t addr, uint64_t len)
+{
+    const unsigned char *p = uaddr_ptr(addr, len);
+    for (size_t i = 0; p && i < nregions; i++)
+        if (p >= regions[i].base && p < regions[i].base + regions[i].size) {
+            if (regions[i].writable)
+                return (unsigned char *)p;
+            break;
+        }
+    if (p)
+        RING_FAIL("frontend address 0x%" PRIx64 " is in a region the relay may not write",
+                  addr);
+    return NULL;
+}
+
 void mem_clear(void)
 {
     for (size_t i = 0; i < nregions; i++)
@@ -60,12 +77,19 @@ int mem_add(uint64_t gpa, uint64_t size, uint64_t uaddr, uint64_t offset, int fd
         errno = EINVAL;
         return -1;
     }
-    void *p = mmap(NULL, rem + size, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    /* Read-write: the relay publishes the used rings of queues whose daemon side is in the
+     * shadow (relay_shadow.c); a region it may only read is observed as before. */
+    int writable = 1;
+    void *p = mmap(NULL, rem + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+    if (p == MAP_FAILED && errno == EACCES) {
+        writable = 0;
+        p = mmap(NULL, rem + size, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    }
     if (p == MAP_FAILED)
         return -1;
     regions = xrealloc(regions, (nregions + 1) * sizeof *regions);
     regions[nregions++] = (struct region){gpa, size, uaddr, (unsigned char *)p + rem, p,
-                                          rem + size};
+                                          rem + size, writable};
     mem_generation++;
     return 0;
 }

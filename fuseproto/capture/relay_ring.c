@@ -16,7 +16,7 @@ struct queue *queue_get(unsigned index)
         if (!q)
             die("out of memory");
         q->index = index;
-        q->kick_slot = -1;
+        q->kick_slot = q->call_slot = -1;
         q->chains = calloc(C(max_queue_size), sizeof *q->chains);
         if (!q->chains)
             die("out of memory");
@@ -33,7 +33,7 @@ void queue_invalidate(struct queue *q)
 
 void queue_reset(struct queue *q, uint16_t base)
 {
-    q->last_avail = q->last_used = base;
+    q->last_avail = q->last_used = q->mirrored = base;
     for (uint64_t h = 0; h < C(max_queue_size) && q->npending; h++)
         if (q->chains[h].pending) {
             q->chains[h].pending = 0;
@@ -54,8 +54,10 @@ static int resolve(struct queue *q)
         return RING_FAIL("queue size %" PRIu64 " is not a power of two <= %" PRIu64, n,
                          C(max_queue_size));
     if (!(q->d = uaddr_ptr(q->desc, C(desc_size) * n)) ||
-        !(q->av = uaddr_ptr(q->avail, C(avail_ring_off) + 2 * n)) ||
-        !(q->us = uaddr_ptr(q->used, C(used_ring_off) + C(used_elem_size) * n)))
+        !(q->av = uaddr_ptr(q->avail, C(avail_ring_off) + 2 * n)))
+        return -1;
+    if (q->shadowed ? shadow_resolve(q) < 0
+                    : !(q->us = uaddr_ptr(q->used, C(used_ring_off) + C(used_elem_size) * n)))
         return -1;
     /* used_event, after the avail ring (only with EVENT_IDX; a ring may end without it) */
     q->has_used_event = uaddr_ptr(q->avail, C(avail_ring_off) + 2 * n + 2) != NULL;
@@ -524,6 +526,8 @@ void scan(struct queue *q)
         out_flush();
         return;
     }
+    uint16_t avail_before = q->last_avail;
+    int call = 0;
     for (int round = 0; round < RESCANS; round++) {
         scan_avail(q);
         if (scan_used(q, 0, 1)) {
@@ -534,6 +538,8 @@ void scan(struct queue *q)
             scan_used(q, 0, 0);
         }
         out_flush();
+        if (q->shadowed) /* recorded: now the guest may have them (relay_shadow.c) */
+            call |= mirror(q);
         /* Writing large records takes a while, and the daemon goes on meanwhile: what it
          * completed by now, the driver will take as soon as the kick or call is passed on
          * (and may reuse its buffers at once). Read it first. */
@@ -543,6 +549,10 @@ void scan(struct queue *q)
             break;
     }
     in_guest = 0;
+    if (q->shadowed && q->last_avail != avail_before)
+        q->kick_owed = 1; /* (cleared when a kick is passed on after this reading) */
+    if (call)
+        call_guest(q);
     if (faulted) {
         faulted = 0;
         note(q->index, "queue %u: guest memory faulted while a record was written (written "
