@@ -246,10 +246,13 @@ class DaemonHarness:
         return self._spare
 
     def spare_allowed(self) -> bool:
-        """Whether a spare daemon may run beside this one (:mod:`.spare`): not with a DAX
-        window, not when ``env`` names one edge map for every daemon (each daemon gets
-        its own map otherwise)."""
-        return not (self.has_dax or ENV_VAR in self.env)
+        """Whether a spare daemon may run beside this one (:mod:`.spare`): not when
+        ``env`` names one edge map for every daemon (each daemon gets its own map
+        otherwise). A DAX daemon may: each gets a window of its own (a range of this
+        process reserved apart, :class:`~fuseproto.transport.window.Window`) and its own
+        backend channel and record (:attr:`Started.window`, :attr:`Started.dax`), so a
+        spare's mappings never land in the live daemon's window nor its record."""
+        return ENV_VAR not in self.env
 
     def prepare_daemon(self, gen: int) -> Started:
         """Daemon number ``gen``: its scratch share and canaries, started, connected and

@@ -16,8 +16,10 @@ An instrumented daemon may have spares: each daemon gets its own edge map
 (:meth:`~fuseproto.fuzz.coverage.CoverageMap.spawn`, in :attr:`Started.coverage`), so a
 spare's start-up edges never land in the live daemon's counters, and the map is unmapped
 and its file deleted when the daemon is stopped (:func:`stop_started`, also after a failed
-start). Not for a DAX daemon (its window and backend channel), nor when the caller's
-environment names one map for every daemon.
+start). A DAX daemon may have spares too: each gets its own window (an address range of
+this process reserved for it alone) and its own backend channel and mapping record, made
+with it and closed with it (:attr:`Started.window`, :attr:`Started.dax`). Not when the
+caller's environment names one map for every daemon.
 """
 
 from __future__ import annotations

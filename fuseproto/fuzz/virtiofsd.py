@@ -143,8 +143,8 @@ def fuzz_daemon(
     reaching a new outcome class join the corpus (see the module docstring); findings go
     to ``store``. ``coverage``: the edge map to use (shared with other loops; default:
     a fresh one for this run; each daemon gets its own map beside it, one seen set).
-    ``spare``: restarts take a daemon made in the background (:mod:`.spare`; not for a
-    DAX daemon). ``configs``: each daemon started gets a configuration of its own
+    ``spare``: restarts take a daemon made in the background (:mod:`.spare`; a DAX
+    daemon's spares each have a window of their own). ``configs``: each daemon started gets a configuration of its own
     (:mod:`.configs`: the default, or options chosen by what configs gained: new edges,
     or new outcome classes with ``feedback="outcome"``); a finding's reproducer names
     its daemon's config. ``mute=False``: no mutant is skipped for its muted features
