@@ -14,6 +14,14 @@ the outcome-class control of the benchmarks schedules by its own signal too) -- 
   both counts halving every :data:`HALF_LIFE` picks, then an entry inside it by energy;
   a bucket never falls below a tenth of the mean yield (it may start to pay again).
 
+With daemon edges the loop may also tell :meth:`Steer.favour` which edges an entry runs
+(:meth:`.coverage.CoverageMap.touched`, the counters its input changed) and its size:
+each edge's *favourite* is the smallest entry that runs it, and every
+:data:`CULL_EVERY` picks the favourites that cover all edges seen are marked (greedily,
+AFL's culling); an entry that is nobody's favourite is then picked :data:`UNFAVOURED`
+as often as its energy says. Only an edge signal can do this: an outcome class says
+nothing about which code an input ran.
+
 The corpus stays the loop's own (:class:`.corpus.Corpus`: ``add``, ``len``, saving);
 :meth:`Steer.add` adds to it and files the entry in its bucket.
 """
@@ -22,12 +30,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Hashable
+from array import array
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from .corpus import Corpus, Weights
 
-__all__ = ["Steer", "HALF_LIFE", "request_bucket"]
+__all__ = ["Steer", "HALF_LIFE", "CULL_EVERY", "UNFAVOURED", "request_bucket"]
 
 T = TypeVar("T")
 
@@ -42,6 +51,10 @@ CAP = 64.0
 _PRIOR_GAIN, _PRIOR_PICKS = 1.0, 20.0
 #: A bucket's weight is at least this share of the mean yield.
 EXPLORE = 0.1
+#: Favourites are marked again after this many picks (when an edge's favourite changed).
+CULL_EVERY = 500
+#: Once favourites are known, an entry that is none is picked this much less often.
+UNFAVOURED = 0.1
 
 
 def request_bucket(item: tuple[bytes, int]) -> int:
@@ -82,8 +95,17 @@ class Steer(Generic[T]):
         self.buckets: dict[Hashable, _Bucket] = {}
         self.where: list[tuple[Hashable, int]] = []  # corpus index -> (bucket, slot)
         self.base: list[float] = []  # corpus index -> energy it was given
+        self.energy: list[float] = []  # corpus index -> energy (before the favour factor)
         self.picks = 0
         self.last: int | None = None  # corpus index of the last pick
+        # Favourites (favour()): the edges each entry runs, each edge's (size, entry),
+        # the entries marked at the last cull, and whether a favourite changed since.
+        self.runs: dict[int, array[int]] = {}
+        self.top: dict[int, tuple[int, int]] = {}
+        self.favoured: set[int] | None = None  # None: no cull yet, every entry counts fully
+        self.dirty = False
+        self.culled_at = 0
+        self.culled_size = 0  # entries filed at the last cull (later ones count fully)
         for i, item in enumerate(corpus.items):
             self._file(i, item, corpus.energy(i))
 
@@ -95,8 +117,53 @@ class Steer(Generic[T]):
             b.t = self.picks
         self.where.append((key, len(b.members)))
         b.members.append(index)
-        b.weights.append(energy)
         self.base.append(energy)
+        self.energy.append(energy)
+        b.weights.append(self._weight(index))
+        self.corpus.set_energy(index, self._weight(index))
+
+    def _weight(self, index: int) -> float:
+        e = self.energy[index]
+        if self.favoured is None or index >= self.culled_size or index in self.favoured:
+            return e
+        return e * UNFAVOURED
+
+    def _reweigh(self, index: int) -> None:
+        key, slot = self.where[index]
+        w = self._weight(index)
+        self.buckets[key].weights.set(slot, w)
+        self.corpus.set_energy(index, w)
+
+    def favour(self, index: int, edges: Iterable[int], cost: int) -> None:
+        """Entry ``index`` runs ``edges`` (its input's touched counters) at size ``cost``:
+        it becomes the favourite of each edge it runs more cheaply than the favourite."""
+        runs = array("I", edges)
+        if not runs or not 0 <= index < len(self.energy):
+            return
+        self.runs[index] = runs
+        top = self.top
+        for e in runs:
+            t = top.get(e)
+            if t is None or cost < t[0]:
+                top[e] = (cost, index)
+                self.dirty = True
+
+    def cull(self) -> None:
+        """Mark the favourites: for each edge in turn not yet covered, its favourite, and
+        everything that favourite runs is covered."""
+        covered: set[int] = set()
+        fav: set[int] = set()
+        for e, (_, i) in self.top.items():
+            if e not in covered:
+                fav.add(i)
+                covered.update(self.runs[i])
+        old, n = self.favoured, self.culled_size
+        self.favoured, self.dirty, self.culled_at = fav, False, self.picks
+        self.culled_size = len(self.energy)
+        changed = range(len(self.energy)) if old is None else \
+            (old ^ fav) | set(range(n, len(self.energy)))
+        for i in changed:
+            self._reweigh(i)
 
     def add(self, item: T, energy: float = 1.0) -> bool:
         """Add ``item`` to the corpus and its bucket (False: the corpus is full)."""
@@ -108,6 +175,8 @@ class Steer(Generic[T]):
     def pick(self, rng: random.Random) -> T:
         """A parent: a bucket by recent yield, then an entry in it by energy."""
         self.picks += 1
+        if self.dirty and (self.favoured is None or self.picks - self.culled_at >= CULL_EVERY):
+            self.cull()
         if len(self.buckets) == 1:
             b = next(iter(self.buckets.values()))
         else:
@@ -128,18 +197,18 @@ class Steer(Generic[T]):
         if i is None:
             return
         self.last = None
-        key, slot = self.where[i]
+        key, _ = self.where[i]
         b = self.buckets[key]
         b.decay_to(self.picks)
         b.picks += 1
-        e = self.corpus.energy(i)
+        e = self.energy[i]
         if gain > 0:
             b.gain += min(math.sqrt(gain), 4.0)
             e = min(CAP, e + 2.0 * min(gain, 16))
         else:
             e = max(self.base[i] * FLOOR, e * DECAY)
-        self.corpus.set_energy(i, e)
-        b.weights.set(slot, e)
+        self.energy[i] = e
+        self._reweigh(i)
 
     def summary(self, name: Callable[[Hashable], str] = str, top: int = 8) -> dict[str, float]:
         """The buckets with the highest recent yield (for a report)."""
