@@ -291,7 +291,7 @@ class CoverageMap:
             now = cur.words.view(np.uint8)
             if getattr(before, "shape", None) != now.shape:
                 return []
-            return np.flatnonzero(now != before).tolist()  # type: ignore[no-any-return]
+            return np.flatnonzero(now != before).tolist()
         snap = cur.snapshot()
         if len(before) != len(snap):
             return []
