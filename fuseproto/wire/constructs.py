@@ -45,6 +45,7 @@ __all__ = [
     "Check",
     "Derived",
     "Greedy",
+    "IntOrZero",
     "Items",
     "ParseAs",
     "SchemaError",
@@ -109,6 +110,21 @@ class Derived(Subconstruct):  # type: ignore[misc]
         return delegate(self.subcon, stream, context, path, obj)
 
 
+class IntOrZero(FormatField):  # type: ignore[misc]
+    """An integer field (a ``FormatField``'s format) that builds 0 when its value is absent
+    or None: ``Derived(field, lambda ctx: 0)`` in one construct. Every fixed-struct field of
+    every body schema is one, and parsing goes straight to ``FormatField`` (the
+    differential parses these schemas for every new body shape: two calls fewer per
+    field)."""
+
+    def __init__(self, field: FormatField):
+        super().__init__(field.fmtstr[0], field.fmtstr[1:])
+        self.flagbuildnone = True
+
+    def _build(self, obj: Any, stream: Any, context: Any, path: str | None) -> Any:
+        return super()._build(0 if obj is None else obj, stream, context, path)
+
+
 def _zero_of(sc: Construct) -> Callable[[Any], Any]:
     if isinstance(sc, Array):
         n = sc.count
@@ -131,6 +147,8 @@ def defaulted(
             out.append(sc.name / Derived(inner, derive[sc.name]))
         elif isinstance(inner, Struct):
             out.append(sc.name / Struct(*defaulted(inner)))
+        elif type(inner) is FormatField:
+            out.append(sc.name / IntOrZero(inner))
         elif isinstance(inner, FormatField | Array | Bytes):
             out.append(sc.name / Derived(inner, _zero_of(inner)))
         else:  # Computed overlays and anything else as declared
