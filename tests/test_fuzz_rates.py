@@ -1,7 +1,8 @@
 """What the fuzz targets do to be fast keeps what they check (issue 11, the rates; the
 rates themselves are measured by benchmarks/bench_fuzz_rates.py, not here):
 
-* the envelopes joined by hand are the bytes their construct schemas build;
+* the envelopes' packer and reader (made from the schemas) give the bytes and fields
+  the construct schemas give, and refuse a schema they cannot follow;
 * the fast random name is the one ``random.choice`` made, and leaves the rng alike;
 * the sampled construct differential still catches a bug only it can see, with the
   default sampling, and the finding replays in a fresh state; a message it compared
@@ -19,7 +20,15 @@ import signal
 
 import fuzz_mutants
 import pytest
-from construct import Container
+from construct import (
+    Container,
+    CString,
+    GreedyBytes,
+    Int8ul,
+    Int16ub,
+    Prefixed,
+    Struct,
+)
 from fixtures_daemons import child_pids
 
 from fuseproto.fuzz import inputs, mutate, oracles, registry, targets
@@ -46,12 +55,38 @@ def test_envelopes_are_the_schemas_bytes(name):
                                                       message=msg))
             got = inputs.build_wire_input(w.kind, w.message, minor=w.minor, opcode=w.opcode,
                                           setxattr_ext=w.setxattr_ext, request=w.request)
+            # and the reader: the schema's fields of the same bytes
+            p = inputs.wire_input_schema.parse(d)
+            assert (p.kind % 4, p.minor, p.opcode) == (w.kind, w.minor, op)
+            if w.kind == inputs.WIRE_PAIR:
+                # (a request length past the end: the reader takes what is there)
+                if 2 + int.from_bytes(p.message[:2], "little") <= len(p.message):
+                    pair = inputs.wire_pair_schema.parse(p.message)
+                    assert (pair.request, pair.reply) == (w.request, w.message)
+            else:
+                assert p.message == w.message
         else:
             recs = inputs.parse_session_input(d)
             ref = inputs.session_input_schema.build(
                 [dict(direction=int(r.is_reply), data=r.data) for r in recs])
             got = inputs.build_session_input(recs)
+            if ref == d:  # no truncated last record: the schema reads the same records
+                parsed = inputs.session_input_schema.parse(d)
+                assert [(bool(r.direction & 1), r.data) for r in parsed] == list(map(tuple, recs))
         assert got == ref
+
+
+@pytest.mark.parametrize("schema", [
+    Struct("data" / GreedyBytes, "kind" / Int8ul),  # an integer after the bytes
+    Struct("kind" / Int16ub, "data" / GreedyBytes),  # big-endian
+    Struct("a" / Prefixed(Int8ul, GreedyBytes), "b" / Prefixed(Int8ul, GreedyBytes)),
+    Struct("kind" / Int8ul, "name" / CString("ascii")),
+])
+def test_envelope_packer_refuses_a_layout_it_does_not_know(schema):
+    """The packer comes from the schema or not at all: a schema it cannot pack as the
+    schema builds is refused when the packer is made."""
+    with pytest.raises(ValueError):
+        inputs.Envelope(schema)
 
 
 def test_random_name_is_random_choice():

@@ -2,9 +2,11 @@
 
 A FUSE message alone does not say how to decode it (a reply needs its request's opcode,
 a request the negotiated minor), so each target wraps messages in a small envelope of its
-own. The envelopes are construct schemas like everything else on the wire; the fuzz loop
-itself reads and builds them by slicing and joining (it runs millions of times; the
-tests compare both ways with the schemas).
+own. The envelopes are construct schemas like everything else on the wire, and the one
+home of their layout: the fuzz loop (millions of inputs) reads and builds them through an
+:class:`Envelope` made from each schema -- one ``struct.Struct`` of its integer fields
+and length prefixes, then its byte fields -- not through construct, and not by offsets
+written out by hand (tests/test_fuzz_rates.py compares both ways with the schemas).
 
 ``wire`` input (wire_decode_fuzzer)::
 
@@ -24,9 +26,19 @@ tests compare both ways with the schemas).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import struct
+from typing import Any, NamedTuple
 
-from construct import GreedyBytes, GreedyRange, Int8ul, Int16ul, Prefixed, Struct
+from construct import (
+    FormatField,
+    GreedyBytes,
+    GreedyRange,
+    Int8ul,
+    Int16ul,
+    Prefixed,
+    Renamed,
+    Struct,
+)
 
 __all__ = [
     "WIRE_REQUEST",
@@ -44,6 +56,7 @@ __all__ = [
     "build_session_input",
     "parse_session_input",
     "SETXATTR_EXT_BIT",
+    "Envelope",
 ]
 
 WIRE_REQUEST, WIRE_REPLY, WIRE_NOTIFICATION, WIRE_PAIR = 0, 1, 2, 3
@@ -70,6 +83,51 @@ session_record_schema = Struct(
 session_input_schema = GreedyRange(session_record_schema)
 
 
+class Envelope:
+    """The fast packer and header reader of an envelope schema: a ``Struct`` of integer
+    fields (``FormatField``), then byte fields -- the first may be ``Prefixed`` by an
+    integer length, the last ``GreedyBytes``. ``head`` is one ``struct.Struct`` of the
+    integers and the first byte field's length prefix, in the schema's order (it reads an
+    envelope's header: ``head.unpack_from(data, offset)``); :meth:`pack` builds what
+    ``schema.build`` builds. Any other schema shape is a ValueError here, at import."""
+
+    def __init__(self, schema: Struct):
+        fmt, ints, blobs, prefixed = "<", 0, 0, False
+        for sc in schema.subcons:
+            inner = sc.subcon if isinstance(sc, Renamed) else sc
+            if type(inner) is FormatField and not blobs and inner.fmtstr[0] == "<":
+                fmt += inner.fmtstr[1:]
+                ints += 1
+            elif (isinstance(inner, Prefixed) and not blobs and inner.subcon is GreedyBytes
+                  and type(inner.lengthfield) is FormatField
+                  and inner.lengthfield.fmtstr[0] == "<"):
+                fmt += inner.lengthfield.fmtstr[1:]
+                blobs, prefixed = 1, True
+            elif inner is GreedyBytes and blobs < 2 and sc is schema.subcons[-1]:
+                blobs += 1
+            else:
+                raise ValueError(f"{sc!r}: not an envelope field the packer knows")
+        self.head = struct.Struct(fmt)
+        self.fields = tuple(sc.name for sc in schema.subcons)
+        self._ints, self._blobs, self._prefixed = ints, blobs, prefixed
+
+    def pack(self, *values: Any) -> bytes:
+        """``schema.build(dict(zip(fields, values)))``, without construct."""
+        n = self._ints
+        ints = values[:n]
+        if self._prefixed:  # the first byte field's length follows the integers
+            ints = (*ints, len(values[n]))
+        return self.head.pack(*ints) + b"".join(values[n:])
+
+
+_WIRE = Envelope(wire_input_schema)  # head: kind, minor, opcode
+_PAIR = Envelope(wire_pair_schema)  # head: the request's length
+_RECORD = Envelope(session_record_schema)  # head: direction, the data's length
+_WIRE_HEAD, _PAIR_HEAD, _RECORD_HEAD = _WIRE.head.size, _PAIR.head.size, _RECORD.head.size
+_wire_head, _pair_head, _record_head = (
+    _WIRE.head.unpack_from, _PAIR.head.unpack_from, _RECORD.head.unpack_from)
+
+
 class WireInput(NamedTuple):  # a tuple: made once per input (a frozen dataclass is slower)
     kind: int  # WIRE_* (kind byte % 4)
     minor: int
@@ -92,29 +150,28 @@ def build_wire_input(
     if kind == WIRE_PAIR:
         if len(request) > 0xFFFF:
             raise ValueError(f"a pair's request is {len(request)} bytes, more than u16")
-        message = len(request).to_bytes(2, "little") + request + message
+        message = _PAIR.pack(request, message)
     op = (opcode & ~SETXATTR_EXT_BIT & 0xFFFF) | (SETXATTR_EXT_BIT if setxattr_ext else 0)
-    # The schema's bytes (wire_input_schema, wire_pair_schema; tests/test_fuzz_targets.py
-    # compares them), joined by hand: the mutators build one per input.
-    return bytes((kind, minor)) + op.to_bytes(2, "little") + message
+    return _WIRE.pack(kind, minor, op, message)
 
 
 def parse_wire_input(data: bytes) -> WireInput | None:
     """The envelope of ``data`` (None if it is shorter than the 4-byte envelope header).
 
     A pair whose request length runs past the end takes what is there."""
-    if len(data) < 4:
+    if len(data) < _WIRE_HEAD:
         return None
-    kind = data[0] % 4
-    op = data[2] | data[3] << 8
-    msg = data[4:]
+    kind, minor, op = _wire_head(data)
+    kind %= 4
+    msg = data[_WIRE_HEAD:]
     if kind == WIRE_PAIR:
-        if len(msg) < 2:
+        if len(msg) < _PAIR_HEAD:
             return None
-        n = msg[0] | msg[1] << 8
-        return WireInput(kind, data[1], op & ~SETXATTR_EXT_BIT, bool(op & SETXATTR_EXT_BIT),
-                         msg[2 + n:], msg[2:2 + n])
-    return WireInput(kind, data[1], op & ~SETXATTR_EXT_BIT, bool(op & SETXATTR_EXT_BIT), msg)
+        (n,) = _pair_head(msg)
+        end = _PAIR_HEAD + n
+        return WireInput(kind, minor, op & ~SETXATTR_EXT_BIT, bool(op & SETXATTR_EXT_BIT),
+                         msg[end:], msg[_PAIR_HEAD:end])
+    return WireInput(kind, minor, op & ~SETXATTR_EXT_BIT, bool(op & SETXATTR_EXT_BIT), msg)
 
 
 class SessionRecord(NamedTuple):  # a tuple: parsing makes one per record
@@ -123,23 +180,23 @@ class SessionRecord(NamedTuple):  # a tuple: parsing makes one per record
 
 
 def build_session_input(records: list[SessionRecord]) -> bytes:
-    """The records as :data:`session_record_schema` builds them, one after another (joined
-    by hand: the mutator builds one per input; tests/test_fuzz_targets.py compares)."""
+    """The records as :data:`session_record_schema` builds them, one after another."""
+    pack = _RECORD.pack
     out = []
     for r in records:
         if len(r.data) > 0xFFFF:
             raise ValueError(f"a session record is {len(r.data)} bytes, more than u16")
-        out.append(bytes((int(r.is_reply),)) + len(r.data).to_bytes(2, "little") + r.data)
+        out.append(pack(int(r.is_reply), r.data))
     return b"".join(out)
 
 
 def parse_session_input(data: bytes, limit: int = 256) -> list[SessionRecord]:
     """Records of a session input; a truncated last record takes what is there."""
     out: list[SessionRecord] = []
-    i, n = 0, len(data)
-    while i + 3 <= n and len(out) < limit:
-        direction = data[i]
-        ln = data[i + 1] | data[i + 2] << 8
-        out.append(SessionRecord(bool(direction & 1), data[i + 3:i + 3 + ln]))
-        i += 3 + ln
+    i, n, head = 0, len(data), _RECORD_HEAD
+    while i + head <= n and len(out) < limit:
+        direction, ln = _record_head(data, i)
+        i += head
+        out.append(SessionRecord(bool(direction & 1), data[i:i + ln]))
+        i += ln
     return out
