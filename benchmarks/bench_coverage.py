@@ -23,14 +23,23 @@ split evenly, all folding into one edge map (the union the live fuzzer reached):
 ``requests``, ``sequences``, ``chains`` (hostile descriptor chains), ``control_plane``
 (vhost-user front-end programs), or ``all``; the new edges each added are printed too.
 
+``--pairs N`` runs N pairs of arms (seeds ``--seed``, +1, ...), every other pair in the
+other order, and prints the median ratios: on a shared machine the load drifts between
+two arms run one after the other (the same arm's requests/s varied 230-480 on a
+2-core box at load 7-11), and a single pair's ratio carries that drift. Each arm's CPU
+seconds (this process and the daemons it reaped) give requests per CPU-second beside
+requests/s.
+
 Run: ``.venv/bin/python benchmarks/bench_coverage.py [--seconds 300] [--rate-seconds 20]
-[--seed 0] [--sequences | --targets all] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
+[--seed 0] [--pairs 1] [--configs] [--sequences | --targets all] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -78,6 +87,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
     """One arm: ``targets`` one after the other (``seconds`` split evenly), all folding
     into one edge map, so the edges are the union the live fuzzer reached."""
     share = seconds / len(targets)
+    cpu0 = _cpu()
     per: dict[str, int] = {}
     requests = starts = corpus = classes = findings = 0
     seed_edges = 0
@@ -99,7 +109,9 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
         e = cov.summary()
         findings = len(store)
     tl = e.get("timeline") or [[0, 0]]
-    return {"feedback": feedback, "daemon": inst.variant, "targets": list(targets),
+    cpu = _cpu() - cpu0
+    return {"cpu_seconds": round(cpu, 1),
+            "per_cpu_second": round(requests / cpu, 1) if cpu > 0 else 0.0,"feedback": feedback, "daemon": inst.variant, "targets": list(targets),
             "spare": spare,
             "seconds": round(seconds, 1), "requests": requests,
             "per_second": round(requests / seconds, 1) if seconds else 0.0,
@@ -108,6 +120,19 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
             "edges_25": _edges_at(tl, seconds / 4), "edges_50": _edges_at(tl, seconds / 2),
             "outcome_classes": classes, "corpus": corpus,
             "findings": findings, "starts": starts}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (the daemons it stopped)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.1f} {five:.1f} {fifteen:.1f}"
 
 
 def steady_rate(inst: daemons.Installation, seconds: float) -> float:
@@ -133,6 +158,33 @@ def steady_rate(inst: daemons.Installation, seconds: float) -> float:
         return n / (time.monotonic() - t0)
 
 
+def _print_pair(arms: list[dict[str, Any]], targets: tuple[str, ...],
+                order: tuple[str, ...]) -> tuple[float, float]:
+    """One pair's table (coverage first; ``order``: how they ran); the edge ratio and
+    the ratio of edges added after the seeds."""
+    print(f"{'feedback':10s} {'edges':>7s} {'seeds':>7s} {'@25%':>7s} {'@50%':>7s} "
+          f"{'guards':>7s} {'requests':>9s} {'req/s':>7s} {'req/cpu-s':>9s} {'classes':>8s} "
+          f"{'corpus':>7s} {'findings':>8s}")
+    for r in arms:
+        print(f"{r['feedback']:10s} {r['edges']:7d} {r['seed_edges']:7d} {r['edges_25']:7d} "
+              f"{r['edges_50']:7d} {r['guards']:7d} {r['requests']:9d} "
+              f"{r['per_second']:7.0f} {r['per_cpu_second']:9.0f} {r['outcome_classes']:8d} "
+              f"{r['corpus']:7d} {r['findings']:8d}")
+    if len(targets) > 1:
+        for r in arms:
+            print(f"  {r['feedback']:10s} new edges per target, in order: "
+                  + ", ".join(f"{t} {n}" for t, n in r["per_target"].items()))
+    cov, out = arms
+    ratio = cov["edges"] / out["edges"] if out["edges"] else float("inf")
+    # What the mutations added beyond the seeds' own edges (the seeds are the same in both).
+    gain = [r["edges"] - r["seed_edges"] for r in arms]
+    gain_ratio = gain[0] / gain[1] if gain[1] > 0 else float("inf")
+    print(f"edge ratio coverage / outcome-class: {ratio:.2f}x (goal >= 1.5x); edges added "
+          f"after the seeds: {gain[0]} vs {gain[1]} ({gain_ratio:.2f}x); ran "
+          f"{' then '.join(order)}; {_load()}")
+    return ratio, gain_ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=300.0,
@@ -150,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated live targets each arm runs one after the other, "
                          f"the seconds split evenly, edges united: {', '.join(TARGETS)}, "
                          "or all (default: requests)")
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="pairs of arms (seeds seed, seed+1, ...), each pair's order the "
+                         "other way round from the last (a load that drifts on a shared "
+                         "machine favours neither); the medians of the ratios are printed")
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     a = ap.parse_args(argv)
     inst = daemons.find("c-asan-cov")
@@ -164,32 +220,31 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--targets: unknown {', '.join(bad)} (one of {', '.join(TARGETS)}, all)")
     mode = " + ".join(targets)
-    print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
-          f"({inst.instrumentation}), seed {a.seed}")
-    arms = [run_arm(inst, a.seconds, a.seed, fb, targets, configs=a.configs)
-            for fb in ("coverage", "outcome")]
-    print(f"{'feedback':10s} {'edges':>7s} {'seeds':>7s} {'@25%':>7s} {'@50%':>7s} "
-          f"{'guards':>7s} {'requests':>9s} {'req/s':>7s} {'classes':>8s} {'corpus':>7s} "
-          f"{'findings':>8s}")
-    for r in arms:
-        print(f"{r['feedback']:10s} {r['edges']:7d} {r['seed_edges']:7d} {r['edges_25']:7d} "
-              f"{r['edges_50']:7d} {r['guards']:7d} {r['requests']:9d} "
-              f"{r['per_second']:7.0f} {r['outcome_classes']:8d} {r['corpus']:7d} "
-              f"{r['findings']:8d}")
-    if len(targets) > 1:
-        for r in arms:
-            print(f"  {r['feedback']:10s} new edges per target, in order: "
-                  + ", ".join(f"{t} {n}" for t, n in r["per_target"].items()))
-    cov, out = arms
-    ratio = cov["edges"] / out["edges"] if out["edges"] else float("inf")
-    # What the mutations added beyond the seeds' own edges (the seeds are the same in both).
-    gain = [r["edges"] - r["seed_edges"] for r in arms]
-    gain_ratio = gain[0] / gain[1] if gain[1] > 0 else float("inf")
-    print(f"edge ratio coverage / outcome-class: {ratio:.2f}x (goal >= 1.5x); edges added "
-          f"after the seeds: {gain[0]} vs {gain[1]} ({gain_ratio:.2f}x)")
-    result: dict[str, Any] = {"seconds": a.seconds, "mode": mode, "arms": arms,
-                              "edge_ratio": round(ratio, 3),
-                              "gain_ratio": round(gain_ratio, 3)}
+    result: dict[str, Any] = {"seconds": a.seconds, "mode": mode, "pairs": []}
+    ratios: list[float] = []
+    gain_ratios: list[float] = []
+    for k in range(max(1, a.pairs)):
+        seed = a.seed + k
+        print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
+              f"({inst.instrumentation}), seed {seed}, {_load()}")
+        order = ("coverage", "outcome") if k % 2 == 0 else ("outcome", "coverage")
+        ran = {fb: run_arm(inst, a.seconds, seed, fb, targets, configs=a.configs)
+               for fb in order}
+        arms = [ran["coverage"], ran["outcome"]]
+        ratio, gain_ratio = _print_pair(arms, targets, order)
+        ratios.append(ratio)
+        gain_ratios.append(gain_ratio)
+        result["pairs"].append({"seed": seed, "order": list(order), "arms": arms,
+                                "edge_ratio": round(ratio, 3),
+                                "gain_ratio": round(gain_ratio, 3)})
+    result["arms"] = result["pairs"][0]["arms"]  # the first pair (as before --pairs)
+    result["edge_ratio"] = round(statistics.median(ratios), 3)
+    result["gain_ratio"] = round(statistics.median(gain_ratios), 3)
+    if len(ratios) > 1:
+        print(f"median of {len(ratios)} pairs: edge ratio {result['edge_ratio']:.2f}x "
+              f"(each {', '.join(f'{r:.2f}' for r in ratios)}); after the seeds "
+              f"{result['gain_ratio']:.2f}x (each {', '.join(f'{r:.2f}' for r in gain_ratios)}); "
+              f"{_load()}")
     if a.rate_seconds > 0:
         plain = daemons.find("c") or daemons.install("c")
         print(f"== requests/s in the live loop, {a.rate_seconds:.0f} s each")
