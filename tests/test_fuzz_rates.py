@@ -275,3 +275,53 @@ def test_no_spare_beside_a_dax_daemon_but_beside_an_instrumented_one():
         h = DaemonHarness(inst, spare=True)
         assert h.spare_allowed() is allowed, variant
         h.close()
+
+
+def _paths_reference(obj, want, prefix=()):
+    """The walk mutate_body did once per kind of field (the reference for its one walk)."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = enumerate(obj[:16])
+    else:
+        return []
+    out = []
+    for k, v in items:
+        if isinstance(k, str) and k.startswith("_"):
+            continue
+        if want(k, v):
+            out.append((*prefix, k))
+        elif isinstance(v, dict | list):
+            out.extend(_paths_reference(v, want, (*prefix, k)))
+    return out
+
+
+def test_one_walk_finds_the_paths_of_three():
+    """mutate_body's one walk gives, in order, the integer, name and field-list paths
+    three walks gave: on every seed body and mutants of them, and on a body with bools,
+    private keys, lists in lists and field lists inside field lists."""
+    wants = (
+        lambda k, v: isinstance(v, int) and not isinstance(v, bool),
+        lambda k, v: isinstance(v, bytes) and k in mutate._BYTES_FIELDS,  # noqa: SLF001
+        lambda k, v: isinstance(v, list) and isinstance(k, str),
+    )
+    rng = random.Random(7)
+    bodies = [Container(a=True, _b=1, c=[[1, b"x"], Container(name=b"n", d=[2])],
+                        e=Container(entries=[Container(data=b"", f=[3], g=4)] * 20))]
+    target = registry.TARGETS["wire_decode"]
+    datas = [d for _n, d in target.corpus()]
+    datas += [target.mutate(rng.choice(datas), 1 << 14, rng) for _ in range(300)]
+    for d in datas:
+        w = inputs.parse_wire_input(d)
+        try:
+            if w.kind == inputs.WIRE_REQUEST:
+                bodies.append(codec.decode_request(w.message, w.minor).body)
+            elif w.kind == inputs.WIRE_REPLY:
+                bodies.append(codec.decode_reply(w.message, w.opcode, w.minor).body)
+        except Exception:  # noqa: BLE001,S112 -- only bodies that decode
+            continue
+    assert len(bodies) > 100
+    for body in bodies:
+        got: tuple[list, list, list] = ([], [], [])
+        mutate._leaf_paths(body, *got)  # noqa: SLF001
+        assert got == tuple(_paths_reference(body, want) for want in wants)

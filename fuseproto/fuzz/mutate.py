@@ -100,37 +100,33 @@ def _interesting_int(rng: random.Random, old: int) -> int:
     return rng.getrandbits(rng.choice((8, 16, 32, 64)))
 
 
-def _paths(obj: Any, want: Callable[[Any, Any], bool], prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Paths (keys / list indexes) of the parts of a decoded body that ``want(key, value)``
-    selects; private keys (``_...``) are skipped, lists are looked into up to 16 items, and
-    a selected part is not looked into."""
-    if isinstance(obj, Mapping):
+def _leaf_paths(obj: Any, ints: list[tuple[Any, ...]], names: list[tuple[Any, ...]],
+                lists: list[tuple[Any, ...]], prefix: tuple[Any, ...] = (),
+                in_list: bool = False) -> None:
+    """The paths (keys / list indexes) of a decoded body's integer fields (not bools),
+    its name/data bytes fields and its field lists (a list under a field name), in one
+    walk. Private keys (``_...``) are skipped, lists are looked into up to 16 items, and a
+    field list found inside a field list is not one more (``in_list``)."""
+    if isinstance(obj, (dict, Mapping)):
         items: Any = obj.items()
     elif isinstance(obj, list):
         items = enumerate(obj[:16])
     else:
-        return []
-    out: list[tuple[Any, ...]] = []
+        return
     for k, v in items:
         if isinstance(k, str) and k.startswith("_"):
             continue
-        if want(k, v):
-            out.append((*prefix, k))
-        elif isinstance(v, Mapping | list):
-            out.extend(_paths(v, want, (*prefix, k)))
-    return out
-
-
-def _is_int(k: Any, v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_name(k: Any, v: Any) -> bool:
-    return isinstance(v, bytes) and k in _BYTES_FIELDS
-
-
-def _is_field_list(k: Any, v: Any) -> bool:
-    return isinstance(v, list) and isinstance(k, str)
+        if isinstance(v, int) and not isinstance(v, bool):
+            ints.append((*prefix, k))
+        elif isinstance(v, bytes) and k in _BYTES_FIELDS:
+            names.append((*prefix, k))
+        elif isinstance(v, list):
+            selected = isinstance(k, str)
+            if selected and not in_list:
+                lists.append((*prefix, k))
+            _leaf_paths(v, ints, names, lists, (*prefix, k), in_list or selected)
+        elif isinstance(v, (dict, Mapping)):
+            _leaf_paths(v, ints, names, lists, (*prefix, k), in_list)
 
 
 def _get(obj: Any, path: tuple[Any, ...]) -> Any:
@@ -182,7 +178,7 @@ def random_name(rng: random.Random, n: int) -> bytes:
 def copy_body(obj: Any) -> Any:
     """A deep copy of a decoded body (Containers and lists copied, ``_``-prefixed fields
     the codec adds dropped) that a mutator or a caller may change freely."""
-    if isinstance(obj, Mapping):
+    if isinstance(obj, (dict, Mapping)):  # dict first: a Container needs no ABC check
         return Container((k, copy_body(v)) for k, v in obj.items() if not str(k).startswith("_"))
     if isinstance(obj, list):
         return ListContainer(copy_body(v) for v in obj)
@@ -198,9 +194,10 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         body = Container()
     body = copy_body(body)
     choices: list[Callable[[], None]] = []
-    ints = _paths(body, _is_int)
-    names = _paths(body, _is_name)
-    lists = _paths(body, _is_field_list)
+    ints: list[tuple[Any, ...]] = []
+    names: list[tuple[Any, ...]] = []
+    lists: list[tuple[Any, ...]] = []
+    _leaf_paths(body, ints, names, lists)
 
     def set_int() -> None:
         p = rng.choice(ints)
