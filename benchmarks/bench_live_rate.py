@@ -6,7 +6,9 @@ for ``--seconds`` as the campaign runs it (warm spares, muting of known findings
 :mod:`fuseproto.fuzz.mute`), and with ``--control`` also with ``mute=False`` (every
 mutant sent: the baseline the muting is measured against, in the same round). Per run:
 
-* requests/s (wall clock) and requests per CPU second (this process plus every daemon
+* requests/s (wall clock; and over the run's second half alone: the first seconds are
+  the muting's learning, a daemon restart per few dozen requests, a campaign's
+  minutes are mostly the second kind) and requests per CPU second (this process plus every daemon
   it started and reaped: on a shared machine the wall clock moves with everyone's load;
   CPU seconds much less);
 * panics (Rust worker panics: outcome classes ``...:panic``), restarts (daemons started
@@ -46,13 +48,21 @@ def _load() -> float:
 def one(kind: str, seconds: float, seed: int, mute: bool) -> dict[str, float]:
     inst = daemons.resolve(kind)
     load0, cpu0, t0 = _load(), _cpu(), time.perf_counter()
+    half = t0 + seconds / 2
+    late = [0]
+
+    def on_send(_h: object, _data: bytes) -> None:  # requests sent in the second half
+        if time.perf_counter() >= half:
+            late[0] += 1
+
     with tempfile.TemporaryDirectory() as tmp:
         st = virtiofsd.fuzz_daemon(inst, seconds=seconds, store=FindingStore(tmp), seed=seed,
-                                   mute=mute)
+                                   mute=mute, on_send=on_send)
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     n = max(1, st.requests)
     panics = sum(c for cls, c in st.classes.items() if cls.endswith(":panic"))
-    return {"rate": st.requests / st.seconds, "per_cpu": st.requests / cpu if cpu else 0.0,
+    return {"rate": st.requests / st.seconds,
+            "late": late[0] / max(1e-9, time.perf_counter() - half), "per_cpu": st.requests / cpu if cpu else 0.0,
             "cpu_share": cpu / wall, "panics": 1000 * panics / n,
             "restarts": 1000 * (st.starts - 1) / n, "skipped": 1000 * st.skipped / n,
             "requests": st.requests, "findings": len(st.findings),
@@ -60,7 +70,8 @@ def one(kind: str, seconds: float, seed: int, mute: bool) -> dict[str, float]:
 
 
 def _row(label: str, r: dict[str, float]) -> str:
-    return (f"  {label:<16} {r['rate']:>7,.0f} req/s ({r['rate'] / GOAL:4.2f}x goal)  "
+    return (f"  {label:<16} {r['rate']:>7,.0f} req/s ({r['rate'] / GOAL:4.2f}x goal), "
+            f"2nd half {r['late']:>6,.0f}  "
             f"{r['per_cpu']:>7,.0f} req/CPU-s  CPU {r['cpu_share']:4.2f}  "
             f"panics {r['panics']:5.1f}  restarts {r['restarts']:5.1f}  "
             f"skipped {r['skipped']:6.0f} /1000 req  {r['findings']:.0f} findings  "

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from construct import Container
@@ -208,3 +209,45 @@ def test_atheris_harness_leaves_nothing_after_a_crash(daemon_installations, tmp_
     assert p.returncode != 0 and "virtiofsd crash" in p.stdout + p.stderr
     assert not stale_pid_files(pid_dir_files() - before_pid)
     assert set(Path("/tmp").glob("fuseproto-fuzz-*")) <= before_tmp
+
+
+def test_batch_size_puts_several_in_flight_only_for_an_in_order_daemon():
+    from types import SimpleNamespace
+
+    rust = SimpleNamespace(kind="rust", config=None)
+    assert virtiofsd.batch_size(rust, steering=False) == virtiofsd.IN_ORDER_BATCH
+    assert virtiofsd.batch_size(rust, steering=True) == 1  # edges read after each input
+    pooled = SimpleNamespace(kind="rust", config=SimpleNamespace(
+        args=("--thread-pool-size", "4")))
+    assert virtiofsd.batch_size(pooled, steering=False) == 1
+    pooled.config.args = ("--thread-pool-size=4",)
+    assert virtiofsd.batch_size(pooled, steering=False) == 1
+    assert virtiofsd.batch_size(SimpleNamespace(kind="c", config=None), steering=False) == 1
+    assert virtiofsd.batch_size(SimpleNamespace(kind="c", config=None), False, batch=3) == 3
+
+
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_live_loop_batches_the_rust_daemon_and_ends_a_batch_at_init(daemon_installations,
+                                                                   tmp_path, kind, no_leaks):
+    """Against the Rust daemon the loop puts up to IN_ORDER_BATCH requests on one kick
+    (each history item names its kick, so replay puts them in flight together again) and
+    an INIT or DESTROY is always the last of its kick; the C daemon gets one per kick."""
+    sent: list[tuple[int, Any, int]] = []
+
+    def on_send(h: DaemonHarness, data: bytes) -> None:
+        op = structs.FAST["fuse_in_header"].parse(data, 0)["opcode"] if len(data) >= 40 else -1
+        sent.append((h.starts, h.history[-1].get("batch"), op))
+
+    st = virtiofsd.fuzz_daemon(daemon_installations[kind], seconds=60, max_requests=400,
+                               store=FindingStore(tmp_path), seed=3, on_send=on_send)
+    assert st.requests <= 400
+    kicks: dict[tuple[int, Any], list[int]] = {}
+    for n, (start, b, op) in enumerate(sent):
+        kicks.setdefault((start, b if b is not None else f"one-{n}"), []).append(op)
+    sizes = [len(ops) for ops in kicks.values()]
+    if kind == "c":
+        assert max(sizes) == 1
+        return
+    assert max(sizes) == virtiofsd.IN_ORDER_BATCH and sum(s > 1 for s in sizes) > 20
+    ends = (O.FUSE_INIT, O.FUSE_DESTROY)
+    assert all(op not in ends for ops in kicks.values() for op in ops[:-1])
