@@ -251,3 +251,23 @@ def test_live_loop_batches_the_rust_daemon_and_ends_a_batch_at_init(daemon_insta
     assert max(sizes) == virtiofsd.IN_ORDER_BATCH and sum(s > 1 for s in sizes) > 20
     ends = (O.FUSE_INIT, O.FUSE_DESTROY)
     assert all(op not in ends for ops in kicks.values() for op in ops[:-1])
+
+
+def test_a_batched_loop_still_reports_an_escape(daemon_installations, tmp_path, no_leaks):
+    """The canaries are checked once per kick (the daemon has served the whole kick by
+    the time its replies are judged): a canary written while a kick of the Rust daemon is
+    sent (here by the test hook, at its 6th request) is still an escape finding."""
+    from fuseproto.fuzz.canaries import CANARY_FILE
+
+    sent = [0]
+
+    def touch(h: DaemonHarness, data: bytes) -> None:
+        sent[0] += 1
+        if sent[0] == 6:
+            with open(os.path.join(h.canaries.base, CANARY_FILE), "ab") as f:
+                f.write(b"!")
+
+    store = FindingStore(tmp_path)
+    st = virtiofsd.fuzz_daemon(daemon_installations["rust"], seconds=30, store=store,
+                               max_requests=40, on_send=touch, seed=2)
+    assert f"escape:rust:written:{CANARY_FILE}" in [f.signature for f in st.findings]

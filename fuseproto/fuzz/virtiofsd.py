@@ -224,11 +224,16 @@ def fuzz_daemon(
                     outs = h.send_many([(d, v) for d, v, _ in todo], batch=kicks)
                 kicks += 1
                 # Each request that got an outcome (a batch stops at a crash, exit or hang).
-                for (data, variant, features), out in zip(todo, outs, strict=False):
+                for k, ((data, variant, features), out) in enumerate(zip(todo, outs,
+                                                                          strict=False)):
                     muter.sent_with(features)
                     stats.requests += 1
-                    for esc in h.check_canaries(out.cls.split(":", 1)[0]):  # escape canaries
-                        record_finding(stats, store, h, label, esc)
+                    period_over = chooser is not None and stats.requests - born >= CONFIG_PERIOD
+                    if k == len(outs) - 1 or period_over:
+                        # Escape canaries, once per kick (the daemon has served the whole
+                        # kick by the time its first reply is judged) and before a restart.
+                        for esc in h.check_canaries(out.cls.split(":", 1)[0]):
+                            record_finding(stats, store, h, label, esc)
                     new = out.cls not in stats.classes
                     stats.classes[out.cls] = stats.classes.get(out.cls, 0) + 1
                     edges = fb.new_edges()
@@ -260,8 +265,7 @@ def fuzz_daemon(
                     # DESTROY; with configs also after CONFIG_PERIOD requests.
                     unusable = out.cls.startswith(("FUSE_INIT:", "FUSE_DESTROY:")) \
                         and not h.healthy()
-                    if out.finding in FATAL or unusable or (
-                            chooser is not None and stats.requests - born >= CONFIG_PERIOD):
+                    if out.finding in FATAL or unusable or period_over:
                         if unusable and out.finding is None:  # each costs a restart too
                             muter.repeat(features, stats.starts_unusable > 0)
                             stats.starts_unusable += 1
