@@ -9,7 +9,9 @@ sandboxed: :class:`SandboxedDaemon`), connects a
 what comes back:
 
 * **crash** -- the daemon was killed by a signal (SIGSEGV, SIGABRT ...), or a Rust
-  worker panicked (the process lives, the queue is dead);
+  worker panicked (the process lives, the queue is dead; seen while a later request
+  waits, a panic is put down to an earlier reply-less request whose chain never came
+  back, :meth:`DaemonHarness._blame`);
 * **daemon-exit** -- it exited with a status while serving (a guest can end it);
 * **hang** -- the process lives but no reply arrived within ``hang_timeout``;
 * **protocol** -- a reply that breaks FUSE (:func:`.replies.judge_reply`).
