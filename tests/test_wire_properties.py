@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 
 import pytest
-from construct import ConstructError, Container
+from construct import ConstructError, Container, Struct, Terminated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vectors.fuse_vectors import VECTORS
@@ -23,6 +24,7 @@ from wire_helpers import common
 from fuseproto.errors import DecodeError
 from fuseproto.wire import codec, messages, structs
 from fuseproto.wire import constants as C
+from fuseproto.wire.constructs import UntilEnd
 
 OPCODES = [
     op for op in C.fuse_opcode
@@ -388,3 +390,42 @@ def test_differential_mutated(vb, data):
 def test_differential_random(op, minor, body):
     _check_differential(messages.request_parts(op, minor), messages.request_body(op, minor), body)
     _check_differential(messages.reply_parts(op, minor), messages.reply_body(op, minor), body)
+
+
+@pytest.mark.parametrize("op", [28, 44])  # READDIR, READDIRPLUS
+def test_dirent_records_repeated_are_parsed_as_each(op):
+    """The dirent lists' construct reads a record whose bytes repeat the one before as a
+    copy of it (UntilEnd(repeats=True)): the same list, or the same error, as parsing every
+    record -- for lists of copies (the mutators' 255/256/257), runs broken by one changed
+    record, and a copy cut short at the end; and each entry is its own object."""
+    rng = random.Random(op)
+    con = messages.reply_body(op)
+    until = con.subcons[0].subcon
+    assert isinstance(until, UntilEnd) and until.repeats
+    every = Struct("entries" / UntilEnd(until.subcon), Terminated)
+    for _ in range(60):
+        ents = []
+        for _k in range(rng.choice((1, 2, 5))):
+            d = {"ino": rng.getrandbits(64), "off": rng.getrandbits(8), "type": 4,
+                 "name": b"n" * rng.randrange(0, 20)}
+            ents.append({"entry_out": {"nodeid": rng.getrandbits(8)}, "dirent": d}
+                        if op == 44 else d)
+        ents = ents + [ents[-1]] * rng.choice((0, 1, 7, 255, 256))
+        raw = bytearray(messages.build_parts(messages.reply_parts(op), {"entries": ents}))
+        cut = rng.random()
+        if cut < 0.3:
+            i = rng.randrange(len(raw))
+            raw[i] ^= 1 << rng.randrange(8)  # one record differs (or a broken namelen)
+        elif cut < 0.5:
+            del raw[len(raw) - rng.randrange(1, 30):]  # the last copy cut short
+        got, want = _construct_outcome(con, bytes(raw)), _construct_outcome(every, bytes(raw))
+        assert got == want
+        if got[0] == "ok" and len(got[1].entries) > 1:
+            assert got[1].entries[-1] is not got[1].entries[-2]
+
+
+def _construct_outcome(con, raw):
+    try:
+        return "ok", con.parse(raw)
+    except ConstructError as e:
+        return "error", type(e)

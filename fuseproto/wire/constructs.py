@@ -27,6 +27,7 @@ from construct import (
     Bytes,
     Construct,
     ConstructError,
+    Container,
     FormatField,
     ListContainer,
     Renamed,
@@ -199,19 +200,52 @@ class Check(Construct):  # type: ignore[misc]
 
 
 class UntilEnd(Subconstruct):  # type: ignore[misc]
-    """Records until the stream ends; any error inside propagates (not GreedyRange)."""
+    """Records until the stream ends; any error inside propagates (not GreedyRange).
+
+    With ``repeats``, a record whose bytes are those of the record before it is that
+    record again (a fresh copy, not parsed a second time): only for a record construct
+    whose parse is a function of its own bytes (it reads no outer field and not how much
+    of the stream remains), as a dirent's is. A list built by copying one entry many
+    times (the mutators do, to reach counts like 256) then costs one parse."""
+
+    def __init__(self, subcon: Construct, repeats: bool = False):
+        super().__init__(subcon)
+        self.repeats = repeats
 
     def _parse(self, stream: Any, context: Any, path: str | None) -> ListContainer:
-        end = stream.tell() + _remaining(stream)
+        here = stream.tell()
+        end = here + _remaining(stream)
         out = ListContainer()
-        while stream.tell() < end:
+        last: bytes | None = None
+        while here < end:
+            if last is not None:
+                if stream.read(len(last)) == last:
+                    out.append(_fresh(out[-1]))
+                    here += len(last)
+                    continue
+                stream.seek(here)
             out.append(delegate(self.subcon, stream, context, path))
+            after = stream.tell()
+            if self.repeats and after > here:
+                stream.seek(here)
+                last = stream.read(after - here)
+            here = after
         return out
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str | None) -> Any:
         for i, item in enumerate(obj):
             delegate(self.subcon, stream, context, path, item, index=i)
         return obj
+
+
+def _fresh(obj: Any) -> Any:
+    """A copy of a parsed value: new Containers and lists all the way down (bytes and
+    ints are immutable)."""
+    if isinstance(obj, dict):
+        return Container({k: _fresh(v) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return ListContainer([_fresh(v) for v in obj])
+    return obj
 
 
 class ParseAs(Construct):  # type: ignore[misc]

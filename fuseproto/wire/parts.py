@@ -450,7 +450,8 @@ class Dirents(Part):
                 "name" / ParseAs(Bytes(this.namelen), Greedy()),
                 "pad" / bytes_default(lambda c: -(_DIRENT_SIZE + c.namelen) % 8),
             )
-        return ["entries" / UntilEnd(rec)]
+        # A record's parse reads its own bytes only: repeated records are parsed once.
+        return ["entries" / UntilEnd(rec, repeats=True)]
 
 
 _IOVEC = structs.FAST["fuse_ioctl_iovec"]
