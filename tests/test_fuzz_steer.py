@@ -138,3 +138,19 @@ def test_touched_lists_the_counters_an_input_changed(tmp_path):
         cov.mm[HEADER_SIZE + 3] = 2  # an edge seen before runs again: touched, not new
         assert cov.touched(again) == [3]
         assert cov.touched(b"short") == []  # a snapshot of another size: nothing
+
+
+def test_rewards_by_index_for_picks_in_flight_together():
+    c: Corpus[str] = Corpus(4)
+    s = Steer(c)
+    s.add("a", 4.0)
+    s.add("b", 4.0)
+    rng = random.Random(5)
+    picked = [s.pick_index(rng) for _ in range(6)]  # one batch of six mutants
+    for i in picked:
+        s.reward(8 if c.items[i] == "b" else 0, i)
+    if "b" in (c.items[i] for i in picked):
+        assert c.energy(1) > 4.0
+    if "a" in (c.items[i] for i in picked):
+        assert c.energy(0) < 4.0
+    s.reward(3, 99)  # no such entry: ignored

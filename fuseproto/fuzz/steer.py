@@ -174,6 +174,11 @@ class Steer(Generic[T]):
 
     def pick(self, rng: random.Random) -> T:
         """A parent: a bucket by recent yield, then an entry in it by energy."""
+        return self.corpus.items[self.pick_index(rng)]
+
+    def pick_index(self, rng: random.Random) -> int:
+        """:meth:`pick`, as the parent's corpus index (what :meth:`reward` takes when
+        several picks are in flight at once, as in a loop's batch)."""
         self.picks += 1
         if self.dirty and (self.favoured is None or self.picks - self.culled_at >= CULL_EVERY):
             self.cull()
@@ -189,14 +194,16 @@ class Steer(Generic[T]):
         slot = b.weights.find(rng.random() * b.weights.total) if b.weights.total > 0 \
             else rng.randrange(len(b.members))
         self.last = b.members[slot]
-        return self.corpus.items[self.last]
+        return self.last
 
-    def reward(self, gain: float) -> None:
-        """What the mutant of the last pick gained (0: nothing)."""
-        i = self.last
-        if i is None:
+    def reward(self, gain: float, index: int | None = None) -> None:
+        """What the mutant of parent ``index`` (default: the last pick's, once) gained
+        (0: nothing)."""
+        i = self.last if index is None else index
+        if index is None:
+            self.last = None
+        if i is None or not 0 <= i < len(self.energy):
             return
-        self.last = None
         key, _ = self.where[i]
         b = self.buckets[key]
         b.decay_to(self.picks)
