@@ -101,9 +101,9 @@ class Proxied:
     """``fuseproto capture proxy`` (the CLI) starting a daemon, and our client on it."""
 
     def __init__(self, daemon: str, share: str, scratch: str, name: str,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), capture_dir: str | None = None) -> None:
         listen = os.path.join(scratch, f"{name}.sock")
-        self.pcap = os.path.join(scratch, f"{name}.pcap")
+        self.pcap = os.path.join(capture_dir or scratch, f"{name}.pcap")
         r, w = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fuseproto", "capture", "proxy", "--listen", listen,
@@ -164,8 +164,27 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def page_cache_rate(folder: str, seconds: float = 0.5) -> float:
+    """Bytes/s this machine writes into new page-cache pages of a file in ``folder`` (where
+    the captures go), 128 KiB per write() as the relay's writer does: the ceiling of the
+    whole-reply READs through the proxy."""
+    path = os.path.join(folder, "page-cache-probe")
+    block = os.urandom(READ_SIZE)
+    done = 0
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while time.perf_counter() - t0 < seconds:
+            done += os.write(fd, block)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return done / (time.perf_counter() - t0)
+
+
 def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, seconds: float,
-            rounds: int) -> tuple[dict[str, tuple[float, float, list[float]]], dict, float]:
+            rounds: int, capture_dir: str
+            ) -> tuple[dict[str, tuple[float, float, list[float]]], dict, float]:
     """{figure: (median direct rate, median proxied rate, ratios)}, the full capture's
     contents, the proxy's CPU microseconds per request (whole records)."""
     slice_s = seconds / rounds
@@ -174,8 +193,8 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
     try:
         direct = Client(direct_t)
         direct.init()
-        full = Proxied(kind, share, scratch, "full")
-        cut = Proxied(kind, share, scratch, "cut", ("--snaplen", "256"))
+        full = Proxied(kind, share, scratch, "full", capture_dir=capture_dir)
+        cut = Proxied(kind, share, scratch, "cut", ("--snaplen", "256"), capture_dir)
         work = {"direct": batches(direct), "full": batches(full.client),
                 "cut": batches(cut.client)}
         out = {}
@@ -225,6 +244,9 @@ def main() -> int:
                     help="daemon(s) to measure (default both)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="N times the rounds (and the seconds): steadier medians")
+    ap.add_argument("--capture-dir", default=None,
+                    help="where the captures go (default: a folder in the temp dir; e.g. "
+                         "/dev/shm to see what the page cache of a disk costs)")
     args = ap.parse_args()
     rounds = args.rounds * args.repeat
     seconds = args.seconds * args.repeat
@@ -237,11 +259,16 @@ def main() -> int:
             os.mkdir(share)
             with open(os.path.join(share, "data"), "wb") as f:
                 f.write(os.urandom(1 << 20) * (FILE_SIZE >> 20))
-            figures, kinds, cpu_us = measure(kind, inst, share, scratch, seconds, rounds)
+            captures = args.capture_dir or scratch
+            cache0 = page_cache_rate(captures)
+            figures, kinds, cpu_us = measure(kind, inst, share, scratch, seconds, rounds,
+                                             captures)
+            cache1 = page_cache_rate(captures)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         print(f"{kind} virtiofsd {inst.version} (mode=interrupt, {rounds} interleaved rounds, "
-              f"{seconds / rounds:g} s slices; medians, ratio spread = middle half)")
+              f"{seconds / rounds:g} s slices; medians, ratio spread = middle half; captures "
+              f"in {args.capture_dir or 'the temp dir'})")
         print(f"  {'':<16}{'direct':>14}{'via proxy':>14}{'ratio':>8}  {'spread':<13} target")
         for k in (*KEYS, SNAP):
             d, p, ratios = figures[k]
@@ -261,6 +288,11 @@ def main() -> int:
               f"{kinds.get('reply', 0)} replies, {kinds.get('annotation', 0)} annotations, "
               f"{kinds.get('errors', 0)} decode/protocol errors; the proxy's CPU time (Python "
               f"+ relay) {cpu_us:.0f} us per request (all three workloads)")
+        d, p, ratios = figures[KEYS[2]]
+        print(f"  READ x16 whole replies: {statistics.median(ratios):.2f}x direct (target "
+              f"0.7x); the capture's page cache took {cache0 * 1e-6:.0f} / {cache1 * 1e-6:.0f}"
+              f" MB/s (before / after) = {min(cache0, cache1) / d:.2f}-"
+              f"{max(cache0, cache1) / d:.2f}x the direct READ rate ({d * 1e-6:.0f} MB/s)")
         print(f"  machine load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")
     return 0

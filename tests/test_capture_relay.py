@@ -584,13 +584,15 @@ def test_a_kick_and_a_call_are_passed_on_after_their_records(ring):
         ring.publish(0)
         os.eventfd_write(kick.source, 1)
         assert kick.signalled()
-        assert [unique_of(b) for _, _, b in ring.records] == [5]  # in the file already
+        ring.mm[ring.DATA:ring.DATA + 64] = bytes(64)  # the request's buffer, reused at once
         reply = codec.encode_reply(fuse_opcode.FUSE_GETATTR, None, unique=5, error=-2)
         ring.mm[rb:rb + 16] = reply
         ring.use(0, 16)
         os.eventfd_write(call.source, 1)
         assert call.signalled()
-        assert ring.records[-1] == (1, 1, reply)
+        ring.mm[rb:rb + 16] = bytes(16)  # and the reply's
+        ring.relay.sync()  # (the records are staged before; in the file after a SYNC)
+        assert [b for _, _, b in ring.records] == [_request(5), reply]
         stats = ring.relay.finish()
         assert (stats["kicks"], stats["calls"], stats["requests"], stats["replies"]) == (
             1, 1, 1, 1)
@@ -716,8 +718,9 @@ def _getattr_reply(unique: int) -> bytes:
 
 def test_shadow_a_reply_is_recorded_before_the_guest_sees_its_entry(tmp_path):
     """The daemon's used entry is in the shadow: the guest's used ring does not move until
-    the relay has the reply in the file (a watcher of the guest's index finds the record
-    there the moment the index moves), and the guest is called."""
+    the relay has the reply (a watcher of the guest's index reuses the reply's buffer the
+    moment the index moves, as a draining guest does: the capture still holds the reply),
+    and the guest is called."""
     r = Ring(str(tmp_path), shadow=True, scan_interval=5.0)
     kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
     try:
@@ -729,19 +732,19 @@ def test_shadow_a_reply_is_recorded_before_the_guest_sees_its_entry(tmp_path):
         r.use(0, 16)  # the daemon's entry, in the shadow
         r.relay.sync()
         assert r.guest_used()[0] == 0 and len(r.records) == 1  # not seen, not recorded
-        seen: list = []
 
         def watch() -> None:
             deadline = time.monotonic() + 5
             while r.guest_used()[0] == 0 and time.monotonic() < deadline:
                 pass
-            seen.append([unpack_frame(x.data).data for x in read_records(r.pcap)])
+            r.mm[rb:rb + 16] = b"\xee" * 16  # the guest takes it and reuses the buffer
 
         th = threading.Thread(target=watch)
         th.start()
         os.eventfd_write(call.source, 1)  # the daemon's call
         th.join()
-        assert seen == [[_request(5), _getattr_reply(5)]]
+        r.relay.sync()
+        assert [b for _, _, b in r.records] == [_request(5), _getattr_reply(5)]
         assert r.guest_used() == (1, [(0, 16), (0, 0), (0, 0), (0, 0)])
         assert call.signalled()
         stats = r.relay.finish()
@@ -860,6 +863,103 @@ def test_shadow_declined_where_the_guest_ring_cannot_be_written(tmp_path):
             assert (ev.queue, ev.a) == (2, 0) and why in ev.data, ev
     finally:
         r.close()
+
+# -- the writer thread (relay_out.c) --------------------------------------------------------------
+
+def test_a_full_staging_ring_blocks_the_recorder_and_drops_nothing(tmp_path):
+    """Records are copied into the staging ring and written by a thread of their own. A
+    writer that cannot keep up (here: the capture is a pipe nobody reads yet) fills the
+    ring; the recorder then waits (a stall, counted) -- the kick is not passed on before
+    its requests are staged -- and nothing is dropped: once the pipe is read, every record
+    comes out whole and in order."""
+    import fcntl
+
+    r_end, w_end = os.pipe()
+    fcntl.fcntl(w_end, 1031, 4096)  # F_SETPIPE_SZ: a small pipe
+    with os.fdopen(os.dup(w_end), "wb", buffering=0) as head:
+        from fuseproto.capture.frames import FRAME_HEADER, LINKTYPE_FUSE
+        from fuseproto.capture.pcap import DEFAULT_MAX_CAPLEN, PcapWriter
+        PcapWriter(head, LINKTYPE_FUSE, snaplen=DEFAULT_MAX_CAPLEN + FRAME_HEADER.size)
+    fd = os.memfd_create("ring-test")
+    os.ftruncate(fd, Ring.SIZE)
+    mm = mmap.mmap(fd, Ring.SIZE)
+    relay = Relay(w_end, staging=16 << 10, scan_interval=5.0)
+    os.close(w_end)
+    kick = Pair(relay, 1, "kick")
+    got = bytearray()
+
+    def read_all() -> None:
+        while chunk := os.read(r_end, 1 << 16):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    try:
+        relay.send("MEM_ADD", 0, Ring.GPA, Ring.SIZE, Ring.UADDR, 0, payload=b"t", fds=[fd])
+        relay.send("VRING_NUM", QUEUE, 4)
+        relay.send("VRING_ADDR", QUEUE, Ring.UADDR + Ring.DESC, Ring.UADDR + Ring.AVAIL,
+                   Ring.UADDR + Ring.USED)
+        relay.send("VRING_BASE", QUEUE, 0)
+        relay.send("VRING_START", QUEUE)
+        sent, idx, blocked = [], 0, False
+        for _ in range(8):  # 8 rounds of 4 requests of 3000 bytes: 96 KB, > ring + pipe
+            for head in range(4):
+                unique = 1000 + len(sent)
+                req = struct.pack("<IIQQIIII", 3000, fuse_opcode.FUSE_WRITE, unique, 1, 0, 0,
+                                  0, 0).ljust(3000, bytes([len(sent) % 251]))
+                at = Ring.DATA + 0x1000 * head
+                mm[at:at + 3000] = req
+                VIRTQ_DESC.pack_into(mm, Ring.DESC + 16 * head, Ring.GPA + at, 3000, 0, 0)
+                struct.pack_into("<H", mm, Ring.AVAIL + 4 + 2 * (idx % 4), head)
+                idx += 1
+                struct.pack_into("<H", mm, Ring.AVAIL + 2, idx & 0xFFFF)
+                sent.append(req)
+            os.eventfd_write(kick.source, 1)
+            if not kick.signalled(0.5):
+                blocked = True  # the recorder waits for room: the kick waits behind it
+                break
+            for head in range(4):  # done, nothing written back: the heads are free again
+                VIRTQ_USED_ELEM.pack_into(mm, Ring.USED + 4 + 8 * ((idx - 4 + head) % 4),
+                                          head, 0)
+            struct.pack_into("<H", mm, Ring.USED + 2, idx & 0xFFFF)
+        assert blocked
+        reader.start()  # the writer goes on; so does the recorder, then the kick
+        assert kick.signalled()
+        stats = relay.finish()
+        assert stats["stalls"] >= 1 and stats["requests"] == len(sent)
+    finally:
+        kick.close()
+        relay.close()
+        if reader.is_alive():
+            reader.join(10)
+        os.close(r_end)
+        mm.close()
+        os.close(fd)
+    pcap = tmp_path / "piped.pcap"
+    pcap.write_bytes(bytes(got))
+    frames = [unpack_frame(x.data) for x in read_records(str(pcap))]  # whole, or it raises
+    assert [f.data for f in frames if f.direction == Direction.REQUEST] == sent
+    assert [f for f in frames if f.direction == Direction.ANNOTATION] == []
+
+
+def test_a_record_larger_than_the_staging_ring_is_written_in_its_place(tmp_path):
+    """A record that does not fit the staging ring is written directly, after what was
+    staged before it and before what comes after."""
+    r = Ring(str(tmp_path), staging=4096)
+    try:
+        sizes = (100, 8000, 100)  # (the middle one is larger than the ring)
+        for i, size in enumerate(sizes):
+            at = r.DATA + 0x4000 * i
+            req = struct.pack("<IIQ", size, fuse_opcode.FUSE_WRITE, 50 + i).ljust(size, b"x")
+            r.mm[at:at + size] = req
+            r.desc(i, r.GPA + at, size, 0)
+            r.publish(i)
+        r.scan()
+        assert [len(b) for _, _, b in r.records] == list(sizes)
+        assert [unique_of(b) for _, _, b in r.records] == [50, 51, 52]
+        assert r.relay.finish()["stalls"] == 0
+    finally:
+        r.close()
+
 
 # -- through the proxy, against real daemons ----------------------------------------------------------
 

@@ -5,15 +5,16 @@
  * control plane (fuseproto/capture/proxy.py) over a SOCK_SEQPACKET socket (fd argv[1]):
  * commands in, events out, file descriptors with SCM_RIGHTS.
  *
- * It owns what happens per request:
- *   - it epolls the kick eventfds the VMM writes and the call eventfds the proxy handed
- *     the daemon; on a kick it reads the new avail entries (chains, indirect tables
- *     included) and records each request, then writes the daemon's kick eventfd; on a
- *     call it reads the new used entries, records each reply from the writable buffers
- *     (used.len bytes), then writes the VMM's call eventfd;
- *   - records go to the pcap file with writev straight from its read-only mapping of
- *     guest memory (no copies): each scan's records in one writev, before the kick or
- *     call is passed on (no user-space buffer outlives a scan);
+ * It owns what happens per request (one file per part):
+ *   - relay_notify.c: it epolls the kick eventfds the VMM writes and the call eventfds the
+ *     proxy handed the daemon; on a kick it reads the new avail entries and records each
+ *     request, then writes the daemon's kick eventfd; on a call it reads the new used
+ *     entries, records each reply from the writable buffers (used.len bytes), then calls
+ *     the guest (relay_ring.c reads the rings, chains and indirect tables included);
+ *   - relay_shadow.c: the daemon's used ring is a shadow the guest cannot see; the relay
+ *     publishes each entry to the guest's used ring once its reply is recorded;
+ *   - relay_out.c: records are copied into a staging ring before the kick or call (or
+ *     the used entry) is passed on; a writer thread writes them to the pcap file;
  *   - anything it cannot follow becomes an annotation record and the traffic goes on;
  *   - while chains are in flight it reads the rings every scan_interval, every
  *     hot_interval while the driver has its interrupts off (a guest that drains its used
@@ -34,8 +35,9 @@
  * layout come from Python (CONFIG), from the modules that own them.
  *
  * Being a process of its own: a SIGKILL of the proxy (the Python process) does not cut a
- * record in half -- the relay finishes the write it is in, sees its control socket close
- * and exits; and if the relay dies, the proxy goes on forwarding kicks and calls itself.
+ * record in half -- the relay writes out what it holds, sees its control socket close and
+ * exits; and if the relay dies, the proxy goes on forwarding kicks and calls itself (and
+ * publishing the shadow's used entries).
  */
 #include "relay.h"
 
@@ -45,11 +47,6 @@ unsigned char tmpl[PREFIX_MAX];
 struct stats stats;
 int minor = -1;
 
-static struct notify *notifies;
-static size_t nnotifies;
-static int epfd;
-static int vmm_fd = -1;
-static int fe_busy;
 static int rechecks; /* a queue has a kick held back to look at again (recheck()) */
 static uint64_t answer_token;
 
@@ -57,7 +54,7 @@ static uint64_t answer_token;
 static struct cmd *queued_head, *queued_tail; /* read while waiting for an answer */
 static unsigned char rxbuf[MAX_PAYLOAD + sizeof(struct msg)];
 
-static void send_event(uint32_t type, uint32_t queue, uint64_t a, uint64_t b, const void *data,
+void send_event(uint32_t type, uint32_t queue, uint64_t a, uint64_t b, const void *data,
                        size_t len)
 {
     struct msg m = {type, queue, a, b, 0, 0};
@@ -67,7 +64,7 @@ static void send_event(uint32_t type, uint32_t queue, uint64_t a, uint64_t b, co
         if (errno == EINTR)
             continue;
         if (errno == EPIPE || errno == ECONNRESET) {
-            out_flush(); /* the proxy is gone: what is recorded stays recorded */
+            out_drain(); /* the proxy is gone: what is recorded stays recorded */
             _exit(0);
         }
         die("control socket: %s", strerror(errno));
@@ -104,7 +101,7 @@ static int recv_cmd(struct cmd *c, int block)
     if (n < 0)
         die("control socket: %s", strerror(errno));
     if (n == 0) { /* the proxy closed it (or died): leave, with every record written */
-        out_flush();
+        out_drain();
         _exit(0);
     }
     if (h.msg_flags & (MSG_TRUNC | MSG_CTRUNC) || (size_t)n < sizeof c->m)
@@ -128,7 +125,7 @@ static int recv_cmd(struct cmd *c, int block)
     return 1;
 }
 
-static void close_fds(struct cmd *c)
+void close_fds(struct cmd *c)
 {
     for (int i = 0; i < c->nfds; i++)
         close(c->fds[i]);
@@ -192,265 +189,6 @@ int await_answer(int direction, unsigned queue, const piecevec_t *p, uint64_t n)
     send_log("queue %u: no answer about an INIT %s in %.1f s; going on without it", queue,
              direction ? "reply" : "request", (double)C(answer_timeout_ns) / 1e9);
     return 0;
-}
-
-
-/* --- kicks and calls ---------------------------------------------------------------------------- */
-static struct notify *notify_at(uint64_t tag)
-{
-    uint64_t slot = tag & 0xFFFFFFFFu;
-    if (!slot || slot > nnotifies)
-        return NULL;
-    struct notify *n = &notifies[slot - 1];
-    if (!n->used || n->gen != (uint32_t)(tag >> 32))
-        return NULL;
-    return n;
-}
-
-static uint64_t notify_tag(struct notify *n)
-{
-    return (uint64_t)(n - notifies + 1) | ((uint64_t)n->gen << 32);
-}
-
-static void forward(struct notify *n)
-{
-    uint64_t one = 1;
-    ssize_t w;
-    do
-        w = write(n->sink, &one, sizeof one);
-    while (w < 0 && errno == EINTR);
-    if (w < 0 && errno != EAGAIN) /* EAGAIN: the counter is full, a notification pends */
-        note(n->queue, "queue %u: cannot forward a %s: %s", n->queue, n->kind ? "call" : "kick",
-             oserr(errno));
-}
-
-static void unwatch(struct notify *n)
-{
-    if (n->watched) {
-        epoll_ctl(epfd, EPOLL_CTL_DEL, n->src, NULL);
-        n->watched = 0;
-    }
-}
-
-static void drain_commands(void);
-
-static struct notify *kick_target(struct queue *q, struct notify *fired)
-{
-    if (q && q->kick_slot >= 0 && notifies[q->kick_slot].used)
-        return &notifies[q->kick_slot];
-    return fired;
-}
-
-static void kicked(struct queue *q, struct notify *n)
-{
-    if (q && q->stalled) { /* a fresh kick: the stall's clock starts again */
-        q->stall_since = now_ns(CLOCK_MONOTONIC);
-        q->stall_delay = C(rekick_first_ns);
-    }
-    scan(q);
-    if (n) {
-        forward(n);
-        if (q)
-            q->kick_owed = 0;
-    }
-}
-
-/* Call the guest for q's newly published used entries (shadowed queues: the relay, not
- * the daemon, decides; see relay_shadow.c). */
-void call_guest(struct queue *q)
-{
-    if (q->call_slot < 0 || !notifies[q->call_slot].used)
-        return;
-    stats.signals++;
-    forward(&notifies[q->call_slot]);
-}
-
-static int vmm_waiting(void)
-{
-    if (vmm_fd < 0)
-        return 0;
-    struct pollfd p = {vmm_fd, POLLIN, 0};
-    return poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
-}
-
-/* Whether a kick must wait for front-end messages: one waits on the VMM's socket, or
- * Python is forwarding one. The socket first, then Python's word: a message Python took
- * from the socket after our look is bracketed by FE_BEGIN, which is read here. */
-static int held_back(int may_drain)
-{
-    if (vmm_waiting())
-        return 1;
-    if (may_drain)
-        drain_commands();
-    return fe_busy;
-}
-
-/* One notification: read the rings, then pass it on. A kick: the new chains are read
- * before the daemon may take them (once it has, a guest draining its used ring can reuse
- * their descriptors at once). A call: the replies are read and written before the driver
- * is told. */
-static void notified(struct notify *n, int may_drain)
-{
-    uint64_t tag = notify_tag(n);
-    uint64_t v;
-    ssize_t r;
-    do
-        r = read(n->src, &v, sizeof v);
-    while (r < 0 && errno == EINTR);
-    if (r < 0 && errno == EAGAIN)
-        return;
-    if (r < 0) {
-        int e = errno;
-        unwatch(n);
-        note(n->queue, "queue %u %s eventfd: %s; no longer forwarded", n->queue,
-             n->kind ? "call" : "kick", oserr(e));
-        out_flush();
-        return;
-    }
-    struct queue *q = n->queue < MAX_QUEUES ? queues[n->queue] : NULL;
-    if (n->kind == 0) {
-        stats.kicks++;
-        /* What the VMM said before this kick reaches the daemon before it: check the
-         * VMM's socket first, then what Python is doing (the order matters: a message
-         * Python took from the socket after our look is bracketed by FE_BEGIN). */
-        if (q && q->deferred) { /* behind a kick handed back already */
-            q->deferred_again = 1;
-            return;
-        }
-        unsigned index = n->queue;
-        uint64_t id = n->id;
-        if (held_back(may_drain)) {
-            if (q)
-                q->deferred = 1;
-            send_event(DEFERRED, index, id, 0, NULL, 0);
-            return;
-        }
-        n = notify_at(tag); /* (draining commands may have dropped or moved it) */
-        kicked(q, kick_target(q, n));
-    } else {
-        stats.calls++;
-        scan(q);
-        if (!q || !q->shadowed)
-            forward(n); /* (a shadowed queue's guest was called by scan() if it asked) */
-    }
-}
-
-/* Kick the daemon for avail entries the relay read outside a kick (a shadowed queue's
- * guest may not have kicked for them: relay_shadow.c), unless a front-end message is in
- * the way (then next round). */
-static void pay_kicks(void)
-{
-    for (unsigned i = 0; i < MAX_QUEUES; i++) {
-        struct queue *q = queues[i];
-        if (!q || !q->kick_owed || q->kick_slot < 0 || q->deferred || held_back(1))
-            continue;
-        q->kick_owed = 0;
-        forward(&notifies[q->kick_slot]);
-    }
-}
-
-/* Kick again a queue whose chains are pending with no used entry for a while: the VM must
- * not hang on a kick the daemon dropped (may_kick 0: only say which stalls are over). */
-static void check_stalls(int may_kick)
-{
-    uint64_t now = now_ns(CLOCK_MONOTONIC);
-    for (unsigned i = 0; i < MAX_QUEUES; i++) {
-        struct queue *q = queues[i];
-        if (!q)
-            continue;
-        int busy = q->started && q->npending;
-        if (q->stalled && (!busy || q->stall_used != q->last_used)) {
-            q->stalled = 0;
-            if (q->stall_rekicks && q->last_used != q->stall_used)
-                send_log("queue %u: the daemon answered after %" PRIu64 " repeated kick(s), "
-                         "%.3f s without a used entry (a kick lost, or a slow request)",
-                         q->index, q->stall_rekicks, (double)(now - q->stall_started) / 1e9);
-        }
-        if (!busy || !may_kick)
-            continue;
-        if (!q->stalled) {
-            q->stalled = 1;
-            q->stall_used = q->last_used;
-            q->stall_since = q->stall_started = now;
-            q->stall_delay = C(rekick_first_ns);
-            q->stall_rekicks = 0;
-            continue;
-        }
-        if (q->kick_slot < 0 || now - q->stall_since < q->stall_delay)
-            continue;
-        if (q->deferred || held_back(1))
-            continue; /* not ahead of a front-end message either: next round */
-        scan(q);
-        if (q->last_used != q->stall_used || !q->npending)
-            continue; /* it moved: the next round says so */
-        stats.rekicks++;
-        q->stall_rekicks++;
-        q->stall_since = now;
-        q->stall_delay = q->stall_delay * 2 < C(rekick_max_ns) ? q->stall_delay * 2
-                                                                : C(rekick_max_ns);
-        forward(&notifies[q->kick_slot]);
-    }
-}
-
-static void notify_set(struct cmd *c)
-{
-    if (c->nfds != 2) {
-        close_fds(c);
-        return;
-    }
-    size_t slot;
-    for (slot = 0; slot < nnotifies && notifies[slot].used; slot++)
-        ;
-    if (slot == nnotifies) {
-        notifies = xrealloc(notifies, (nnotifies + 1) * sizeof *notifies);
-        memset(&notifies[nnotifies], 0, sizeof *notifies);
-        nnotifies++;
-    }
-    struct notify *n = &notifies[slot];
-    n->used = 1;
-    n->gen++;
-    n->id = c->m.a;
-    n->kind = (int)c->m.b;
-    n->queue = c->m.queue;
-    n->src = c->fds[0];
-    n->sink = c->fds[1];
-    c->nfds = 0;
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = notify_tag(n)};
-    n->watched = epoll_ctl(epfd, EPOLL_CTL_ADD, n->src, &ev) == 0;
-    if (!n->watched)
-        note(n->queue, "queue %u %s eventfd: %s; not forwarded", n->queue,
-             n->kind ? "call" : "kick", oserr(errno));
-    struct queue *q = queue_get(n->queue);
-    if (q && n->kind == 0)
-        q->kick_slot = (int)slot;
-    if (q && n->kind == 1)
-        q->call_slot = (int)slot;
-}
-
-static struct notify *notify_by_id(uint64_t id)
-{
-    for (size_t i = 0; i < nnotifies; i++)
-        if (notifies[i].used && notifies[i].id == id)
-            return &notifies[i];
-    return NULL;
-}
-
-static void notify_drop(uint64_t id, int final)
-{
-    struct notify *n = notify_by_id(id);
-    if (!n)
-        return;
-    if (final && n->watched)
-        notified(n, 0); /* what it may still say is passed on */
-    unwatch(n);
-    close(n->src);
-    close(n->sink);
-    n->used = 0;
-    for (unsigned i = 0; i < MAX_QUEUES; i++)
-        if (queues[i] && queues[i]->kick_slot == (int)(n - notifies))
-            queues[i]->kick_slot = -1;
-        else if (queues[i] && queues[i]->call_slot == (int)(n - notifies))
-            queues[i]->call_slot = -1;
 }
 
 
@@ -565,7 +303,7 @@ static void apply(struct cmd *c)
     case RESUME: /* an answer that came too late */
         break;
     case SYNC:
-        out_flush();
+        out_drain();
         send_event(SYNCED, 0, m->a, 0, NULL, 0);
         break;
     case FEATURES:
@@ -574,7 +312,7 @@ static void apply(struct cmd *c)
     case FINISH:
         scan_all();
         check_stalls(0); /* (its lines before the counters: the proxy stops reading then) */
-        out_flush();
+        out_drain();
         send_stats();
         break;
     default:
@@ -605,7 +343,7 @@ static void recheck(void)
 }
 
 /* Apply the commands waiting (those read while an answer was awaited first). */
-static void drain_commands(void)
+void drain_commands(void)
 {
     for (;;) {
         while (queued_head) {
@@ -640,6 +378,9 @@ static void configure(void)
     if (C(has_vmm) && c.nfds >= 2)
         vmm_fd = c.fds[1];
     minor = (int)(int64_t)C(minor);
+    if (C(staging_size) < 4096 || C(staging_size) > (1ull << 34))
+        die("bad CONFIG: staging_size %" PRIu64, C(staging_size));
+    out_start(C(staging_size));
 }
 
 int main(int argc, char **argv)

@@ -31,7 +31,7 @@
     X(FINISH) X(FEATURES) X(SHADOW)
 #define EVENTS(X) X(INIT) X(DEFERRED) X(LOG) X(SYNCED) X(STATS) X(SHADOWED)
 #define STATS_FIELDS(X) \
-    X(kicks) X(calls) X(rekicks) X(requests) X(replies) X(notes) X(mirrored) X(signals)
+    X(kicks) X(calls) X(rekicks) X(requests) X(replies) X(notes) X(mirrored) X(signals) X(stalls)
 /* CONFIG's payload: one u64 per field, in this order, then the record template. */
 #define CONFIG_FIELDS(X) \
     X(msg_size) X(template_len) \
@@ -53,7 +53,7 @@
     X(avail_flags_off) X(f_no_interrupt) X(f_event_idx) \
     X(scan_interval_ns) X(idle_interval_ns) X(hot_interval_ns) \
     X(rekick_first_ns) X(rekick_max_ns) \
-    X(answer_timeout_ns) X(minor) X(has_vmm)
+    X(answer_timeout_ns) X(minor) X(has_vmm) X(staging_size)
 
 struct msg {
     uint32_t type;
@@ -252,7 +252,9 @@ extern sigjmp_buf bus_jump;
 extern volatile sig_atomic_t in_guest;
 
 /* relay_out.c: the capture file */
+void out_start(uint64_t size);
 void out_flush(void);
+void out_drain(void);
 void record(int direction, unsigned queue, int64_t opcode, const struct iovec *pv, size_t np,
             uint64_t length);
 void annotate_at(unsigned queue, const char *text, size_t len, uint64_t ts);
@@ -277,8 +279,27 @@ int shadow_setup(struct queue *q, uint64_t uaddr);
 int shadow_resolve(struct queue *q);
 int mirror(struct queue *q);
 
-/* relay.c: the control socket, kicks and calls, commands */
+/* relay_notify.c: kicks and calls */
 void call_guest(struct queue *q);
+struct notify *notify_at(uint64_t tag);
+struct notify *kick_target(struct queue *q, struct notify *fired);
+void kicked(struct queue *q, struct notify *n);
+int held_back(int may_drain);
+void notified(struct notify *n, int may_drain);
+void pay_kicks(void);
+void check_stalls(int may_kick);
+void notify_set(struct cmd *c);
+struct notify *notify_by_id(uint64_t id);
+void notify_drop(uint64_t id, int final);
+extern int epfd;
+extern int vmm_fd;
+extern int fe_busy;
+
+/* relay.c: the control socket, commands */
+void send_event(uint32_t type, uint32_t queue, uint64_t a, uint64_t b, const void *data,
+                size_t len);
+void close_fds(struct cmd *c);
+void drain_commands(void);
 void send_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int await_answer(int direction, unsigned queue, const piecevec_t *p, uint64_t n);
 

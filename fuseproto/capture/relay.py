@@ -2,11 +2,13 @@
 
 The relay is a small C program, one process per proxied session, that does what the
 proxy does per request (see ``relay.c``'s opening comment): it waits on the kick and call
-eventfds, reads the avail and used rings in its own read-only mapping of guest memory,
-writes every request and reply to the pcap file with writev straight from that mapping,
-and passes each kick and call on. :mod:`fuseproto.capture.proxy` (the control plane)
-tells it what the vhost-user messages change and answers what only Python knows (the
-INIT negotiation, the front-end messages a kick must not overtake).
+eventfds, reads the avail and used rings in its own mapping of guest memory, copies every
+request and reply into a staging ring that a writer thread writes to the pcap file
+(relay_out.c), passes each kick on, and publishes the daemon's used entries (in the
+shadow, :class:`ShadowRings`) to the guest, calling it as it asked (relay_shadow.c).
+:mod:`fuseproto.capture.proxy` (the control plane) tells it what the vhost-user messages
+change and answers what only Python knows (the INIT negotiation: :class:`InitAnswers`;
+the front-end messages a kick must not overtake).
 
 Why a process and not a thread: a SIGKILL of the proxy cannot cut a record in half (the
 kernel stops a large write() of a killed process part-way; the relay is not the process
@@ -83,9 +85,9 @@ __all__ = ["MAX_RECORD", "MIN_READ", "Event", "InitAnswers", "Relay", "RelayErro
 
 SOURCE_DIR = Path(__file__).parent
 # The relay's files: the header first (the interface lists), then the C files compiled.
-SOURCES = ("relay.h", "relay.c", "relay_util.c", "relay_mem.c", "relay_out.c", "relay_ring.c",
-           "relay_shadow.c")
-CFLAGS = ("-O2", "-g", "-std=gnu11", "-Wall", "-Wextra")  # (tests add -Werror)
+SOURCES = ("relay.h", "relay.c", "relay_notify.c", "relay_ring.c", "relay_shadow.c",
+           "relay_out.c", "relay_mem.c", "relay_util.c")
+CFLAGS = ("-O2", "-g", "-std=gnu11", "-pthread", "-Wall", "-Wextra")  # (tests add -Werror)
 # The largest message recorded whole: larger requests (a hostile or broken descriptor
 # length) are noted, not read.
 MAX_RECORD = DEFAULT_MAX_CAPLEN
@@ -104,6 +106,10 @@ ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer about an I
 # buffers within a fraction of a millisecond (measured through QEMU/TCG: up to ~20 of ~190
 # READ replies lost per run at 1 ms, none at 50 us).
 HOT_INTERVAL = 50e-6
+# The staging ring records are copied into before the writer thread writes them to the
+# file (relay_out.c): room for ~250 READ replies of 128 KiB, and for the largest record
+# (MAX_RECORD): a larger record would be written directly, the ring drained first.
+STAGING_SIZE = 32 << 20
 MSG = struct.Struct("<IIQQQQ")  # relay.h's struct msg
 _U64 = struct.Struct("<Q")
 _OUT = structs.FAST["fuse_out_header"]
@@ -194,7 +200,7 @@ def executable() -> Path:
 
 def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
             rekick_first: float, rekick_max: float, minor: int | None,
-            has_vmm: bool) -> bytes:
+            has_vmm: bool, staging: int) -> bytes:
     rec = field_layout(RECORD_HEADER, RECORD_FIELDS)
     frame = {k: (off + RECORD_HEADER.size, size)
              for k, (off, size) in field_layout(FRAME_HEADER, FRAME_FIELDS).items()}
@@ -232,6 +238,7 @@ def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
         "rekick_max_ns": round(rekick_max * 1e9),
         "answer_timeout_ns": round(ANSWER_TIMEOUT * 1e9),
         "minor": -1 if minor is None else minor, "has_vmm": int(has_vmm),
+        "staging_size": staging,
     }
     for prefix, layout in (("", rec), ("", frame), ("desc_", desc), ("used_", used),
                            ("in_", fin), ("out_", fout)):
@@ -324,7 +331,7 @@ class Relay:
     def __init__(self, out_fd: int, *, vmm_fd: int | None = None, snaplen: int | None = None,
                  scan_interval: float = 0.001, idle_interval: float = 0.02,
                  rekick_first: float = 0.25, rekick_max: float = 1.0,
-                 minor: int | None = None,
+                 minor: int | None = None, staging: int = STAGING_SIZE,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.cmd = _numbers("COMMANDS")
         self._events = {v: k for k, v in _numbers("EVENTS").items()}
@@ -332,7 +339,8 @@ class Relay:
         self.dead: str | None = None  # why the relay is gone, once it is
         config = _config(snaplen=snaplen, scan_interval=scan_interval,
                          idle_interval=idle_interval, rekick_first=rekick_first,
-                         rekick_max=rekick_max, minor=minor, has_vmm=vmm_fd is not None)
+                         rekick_max=rekick_max, minor=minor, has_vmm=vmm_fd is not None,
+                         staging=staging)
         exe = executable()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
