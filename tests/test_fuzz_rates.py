@@ -325,3 +325,21 @@ def test_one_walk_finds_the_paths_of_three():
         got: tuple[list, list, list] = ([], [], [])
         mutate._leaf_paths(body, *got)  # noqa: SLF001
         assert got == tuple(_paths_reference(body, want) for want in wants)
+
+
+def test_restamp_is_the_header_schemas_parse_change_build():
+    """restamp writes len (and a request's total_extlen) at the schema's offsets: the
+    bytes the header schema's parse, change and build give, for any bytes."""
+    rng = random.Random(3)
+    for _ in range(500):
+        data = rng.randbytes(rng.choice((0, 8, 15, 16, 17, 39, 40, 41, 100, 4096)))
+        for request, fl in ((True, structs.FAST["fuse_in_header"]),
+                            (False, structs.FAST["fuse_out_header"])):
+            want = data
+            if len(data) >= fl.size:
+                hdr = dict(fl.parse(data, 0))
+                hdr["len"] = len(data)
+                if request:
+                    hdr["total_extlen"] = 0
+                want = fl.build(hdr) + data[fl.size:]
+            assert mutate.restamp(data, request=request) == want
