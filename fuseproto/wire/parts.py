@@ -389,7 +389,9 @@ class Dirents(Part):
             if end - off < hsize:
                 raise TruncatedError("partial dirent header", offset=end, path="entries")
             rec = parse(buf, off)
-            d = rec["dirent"] if self.plus else rec
+            # READDIRPLUS: its nested fuse_dirent; READDIR: the record itself (a
+            # fuse_dirent has no "dirent" field). A lookup, not a branch per record.
+            d = rec.get("dirent", rec)
             namelen = d["namelen"]
             name_end = off + hsize + namelen
             rec_end = off + align8(hsize + namelen)
