@@ -271,3 +271,20 @@ def test_a_batched_loop_still_reports_an_escape(daemon_installations, tmp_path, 
     st = virtiofsd.fuzz_daemon(daemon_installations["rust"], seconds=30, store=store,
                                max_requests=40, on_send=touch, seed=2)
     assert f"escape:rust:written:{CANARY_FILE}" in [f.signature for f in st.findings]
+
+
+def test_a_panic_is_not_put_down_to_a_forget_the_daemon_served(daemon_installations):
+    """A FORGET the Rust daemon gave back (its chain came back used) is not blamed for a
+    later panic: a LOOKUP whose name runs into extension bytes (the daemon reads them as
+    part of the name: an interior NUL) is the culprit, named as such."""
+    with DaemonHarness(daemon_installations["rust"]) as h:
+        forget = codec.encode_request(O.FUSE_FORGET, Container(nlookup=1), unique=801,
+                                      nodeid=h.nodes["empty"])
+        lookup = codec.encode_request(O.FUSE_LOOKUP, Container(name=b"file"), unique=803,
+                                      nodeid=1)
+        hdr = dict(structs.FAST["fuse_in_header"].parse(lookup, 0))
+        hdr.update(len=len(lookup) + 8, total_extlen=1)
+        lookup = structs.FAST["fuse_in_header"].build(hdr) + lookup[40:] + bytes(8)
+        outs = h.send_many([(forget, 0), (lookup, 0)])
+    assert [o.cls for o in outs] == ["FUSE_FORGET:noreply", "FUSE_LOOKUP:panic"], outs
+    assert "InteriorNul" in outs[1].evidence["site"] and "culprit_back" not in outs[1].evidence
