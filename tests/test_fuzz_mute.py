@@ -114,3 +114,26 @@ def test_one_draw_checks_the_header_features_then_all():
     assert m.skip_chance(head) == 0.0 and m.skip_chance(full) > 0.9
     assert not m.skip(head, 0.5) and m.skip(full, 0.5) and not m.skip(full, 0.999)
     assert m.skipped == 1
+
+
+def test_the_harness_decodes_a_mutant_once_for_features_and_send():
+    """The loop names a mutant's features from DaemonHarness.decode and send_many decodes
+    the same bytes again: the second is the kept answer, not a second decode; other
+    bytes, or another negotiated minor, decode afresh."""
+    from types import SimpleNamespace
+
+    from fuseproto.fuzz.harness import DaemonHarness
+
+    h = DaemonHarness(SimpleNamespace(kind="c"))  # never started: decoding only
+    ok = _lookup()
+    first = h.decode(ok)
+    assert first[1] is None and first[0].body.name == b"file"
+    assert h.decode(bytes(bytearray(ok))) is first  # equal bytes: the kept answer
+    bad = _with_header(ok + b"xy", len=len(ok) + 2)
+    req, err = h.decode(bad)
+    assert req is None and type(err).__name__ == "TrailingDataError"
+    assert "FUSE_LOOKUP+bad:TrailingDataError:" in request_features(
+        bad, 0, MINOR, 0, None, (req, err))
+    h.minor = MINOR - 1
+    assert h.decode(ok) is not first  # another minor: decoded again
+    h.close()

@@ -208,6 +208,7 @@ class DaemonHarness:
         self._later = 0  # requests of the current batch sent after the one being judged
         self._inited = False  # an INIT was negotiated since start (minor/flags learned)
         self._seq = 0  # requests sent to this daemon (history entries made)
+        self._decoded: tuple[bytes, tuple[int, int], tuple[Any, Any]] | None = None
         # Reply-less requests (FORGET ...) sent to this daemon, not yet known to be done.
         self._unanswered: deque[_InFlight] = deque(maxlen=8)
         # spare=True: the next daemons (FUSEPROTO_FUZZ_SPARES, 3) are made in the background
@@ -430,6 +431,22 @@ class DaemonHarness:
         return out
 
     # -- requests -----------------------------------------------------------------------
+    def decode(self, data: bytes) -> tuple[Any, DecodeError | None]:
+        """``data`` decoded with the negotiated minor and flags: (the request, None) or
+        (None, why not). The last answer is kept: the loop decodes a mutant to name its
+        features (:mod:`.mute`) and :meth:`send_many` the same bytes (sanitize() left
+        them as they were) to judge its reply, one decode for both."""
+        memo = self._decoded
+        if memo is not None and memo[1] == (self.minor, self.flags) and memo[0] == data:
+            return memo[2]
+        try:
+            out: tuple[Any, DecodeError | None] = (
+                codec.decode_request(data, self.minor, flags=self.flags), None)
+        except DecodeError as e:
+            out = (None, e)
+        self._decoded = (data, (self.minor, self.flags), out)
+        return out
+
     def send(self, data: bytes, variant: int = 0) -> Outcome:
         """Send ``data`` (sanitized) with reply-area ``variant``; classify the result."""
         return self.send_many([(data, variant)])[0]
@@ -452,10 +469,7 @@ class DaemonHarness:
             if len(data) >= IN_SIZE:
                 h = _IN.parse(data, 0)
                 op, unique = h["opcode"], h["unique"]
-            try:
-                req = codec.decode_request(data, self.minor, flags=self.flags)
-            except DecodeError:
-                req = None
+            req = self.decode(data)[0]
             expectation = REPLY_EXPECTATION.get(op, ReplyExpectation.ONE)
             expected = expected_area(op, req.body if req is not None else None, self.minor)
             area = 0 if expectation is ReplyExpectation.NONE else variant_area(variant, expected)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from ..errors import DecodeError
 from ..wire import codec, structs
@@ -65,7 +66,8 @@ def header_features(data: bytes, variant: int) -> set[str]:
 
 
 def request_features(data: bytes, variant: int, minor: int, flags: int,
-                     header: set[str] | None = None) -> set[str]:
+                     header: set[str] | None = None,
+                     decoded: tuple[Any, DecodeError | None] | None = None) -> set[str]:
     """What a known finding may hang on: the opcode (``short``: no header); for a request
     our codec refuses, how (``bad:<error>``, with the field when it is the header's); a
     header ``len`` past the bytes or short of them (``len>bytes`` / ``len<bytes``); a
@@ -74,16 +76,23 @@ def request_features(data: bytes, variant: int, minor: int, flags: int,
     know extensions reads it as part of the last name). Each feature but the opcode also
     comes paired with it (``FUSE_LOOKUP+ext``): a cause that holds for one opcode only
     is seen apart from the same feature on the others. ``header``: this request's
-    :func:`header_features` when already made."""
+    :func:`header_features` when already made; ``decoded``: ``data`` decoded with
+    ``minor`` and ``flags`` when already done, as (request, None) or (None, the error)."""
     out = set(header) if header is not None else header_features(data, variant)
     if len(data) < _IN.size:
         return out
     op = opcode_name(_IN.parse(data, 0)["opcode"])
-    try:
-        req = codec.decode_request(data, minor, flags=flags)
-    except DecodeError as e:
-        field = e.path if (e.path or "").startswith("fuse_in_header") else ""
-        bad = f"bad:{type(e).__name__}:{field}"
+    if decoded is None:
+        try:
+            decoded = (codec.decode_request(data, minor, flags=flags), None)
+        except DecodeError as e:
+            decoded = (None, e)
+    req: Any = decoded[0]
+    err = decoded[1]
+    if err is not None or req is None:
+        path = getattr(err, "path", None) or ""
+        field = path if path.startswith("fuse_in_header") else ""
+        bad = f"bad:{type(err).__name__}:{field}"
         out.update((bad, f"{op}+{bad}"))
         return out
     body = req.body

@@ -211,7 +211,8 @@ def fuzz_daemon(
                         if muter.skip(head, u):
                             stats.skipped += 1
                             continue
-                        features = request_features(data, variant, h.minor, h.flags, head)
+                        features = request_features(data, variant, h.minor, h.flags, head,
+                                                    h.decode(data))
                         if muter.skip(features, u):
                             stats.skipped += 1
                             continue
