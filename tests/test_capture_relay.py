@@ -65,16 +65,17 @@ class Ring:
     SHADOW_UADDR, SHADOW_SIZE, SHADOW_AT = 0x9000_0000, 0x2000, 0x1000
 
     def __init__(self, folder: str, *, snaplen: int | None = None, shadow: bool = False,
-                 base: int = 0, **relay_args) -> None:
+                 base: int = 0, capture: int | None = None, **relay_args) -> None:
         self.fd = os.memfd_create("ring-test")
         os.ftruncate(self.fd, self.SIZE)
         self.mm = mmap.mmap(self.fd, self.SIZE)
         self.pcap = os.path.join(folder, "relay.pcap")
-        self.out = open_capture(self.pcap, snaplen)
+        # (capture: a file descriptor of the caller's to record to instead, a pipe)
+        self.out = open_capture(self.pcap, snaplen) if capture is None else None
         self.answers: list[Event] = []  # INIT events seen
         self.on_init = None  # called with the INIT event before the relay is resumed
-        self.relay = Relay(self.out.fileno(), snaplen=snaplen, on_event=self._event,
-                           **relay_args)
+        self.relay = Relay(self.out.fileno() if self.out else capture, snaplen=snaplen,
+                           on_event=self._event, **relay_args)
         self.relay.send("MEM_ADD", 0, self.GPA, self.SIZE, self.UADDR, 0, payload=b"test",
                         fds=[self.fd])
         self.relay.send("VRING_NUM", QUEUE, 4)
@@ -148,7 +149,8 @@ class Ring:
 
     def close(self) -> None:
         self.relay.close()
-        self.out.close()
+        if self.out is not None:
+            self.out.close()
         self.mm.close()
         os.close(self.fd)
         if self.shadow is not None:
@@ -865,6 +867,167 @@ def test_shadow_declined_where_the_guest_ring_cannot_be_written(tmp_path):
         r.close()
 
 # -- the writer thread (relay_out.c) --------------------------------------------------------------
+
+class PipeCapture:
+    """A capture written to a small pipe that nobody reads until :meth:`drain` (the
+    writer thread blocks in its write meanwhile)."""
+
+    def __init__(self) -> None:
+        import fcntl
+
+        from fuseproto.capture.frames import FRAME_HEADER, LINKTYPE_FUSE
+        from fuseproto.capture.pcap import DEFAULT_MAX_CAPLEN, PcapWriter
+        self.r, self.w = os.pipe()
+        fcntl.fcntl(self.w, 1031, 4096)  # F_SETPIPE_SZ: a small pipe
+        with os.fdopen(os.dup(self.w), "wb", buffering=0) as head:
+            PcapWriter(head, LINKTYPE_FUSE, snaplen=DEFAULT_MAX_CAPLEN + FRAME_HEADER.size)
+        os.set_blocking(self.r, False)
+        self.got = bytearray()
+
+    def drain(self, once: bool = False) -> None:
+        """Read what the pipe holds (once: what it holds now, one read of it)."""
+        while True:
+            try:
+                chunk = os.read(self.r, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.got.extend(chunk)
+            if once:
+                return
+
+    def frames(self) -> list:
+        """The whole records read so far."""
+        out, at = [], 24  # (the pcap file header)
+        while at + 16 <= len(self.got):
+            incl = struct.unpack_from("<I", self.got, at + 8)[0]
+            if at + 16 + incl > len(self.got):
+                break
+            out.append(unpack_frame(bytes(self.got[at + 16:at + 16 + incl])))
+            at += 16 + incl
+        return out
+
+    def replies(self) -> list[bytes]:
+        return [f.data for f in self.frames() if f.direction == Direction.REPLY]
+
+    def close(self) -> None:
+        os.close(self.r)
+
+
+def _big_chain(r: Ring, head: int, slot: int, unique: int, size: int) -> int:
+    """A request and a writable buffer for a reply of ``size`` bytes at ``head`` (and
+    head+1); returns the buffer's offset in the memfd."""
+    base = r.DATA + 0x400 * slot
+    req = _request(unique)
+    r.mm[base:base + len(req)] = req
+    rb = 0x10000 * (slot + 1)
+    r.desc(head, r.GPA + base, len(req), VIRTQ_DESC_F_NEXT, head + 1)
+    r.desc(head + 1, r.GPA + rb, 16 + size, VIRTQ_DESC_F_WRITE)
+    return rb
+
+
+def _read_reply(unique: int, size: int, fill: int) -> bytes:
+    return struct.pack("<IiQ", 16 + size, 0, unique) + bytes([fill]) * size
+
+
+def test_shadow_an_entry_is_published_only_once_its_reply_is_in_the_file(tmp_path):
+    """A reply on a shadowed queue is written from the guest's buffer itself (no copy):
+    its used entry reaches the guest's ring only once the record is written. With the
+    capture a pipe nobody reads, the guest's used index does not move, nor is the guest
+    called; once the pipe is read, it moves, the guest is called, and the record carries
+    the bytes the buffer held (the guest reusing the buffer afterwards changes nothing)."""
+    pipe = PipeCapture()
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, capture=pipe.w)
+    os.close(pipe.w)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    size = 48 << 10
+    try:
+        rb = _big_chain(r, 0, 0, 7, size)
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        reply = _read_reply(7, size, 0x5A)
+        r.mm[rb:rb + len(reply)] = reply
+        r.use(0, len(reply))
+        os.eventfd_write(call.source, 1)
+        assert not call.signalled(0.5)  # the writer waits on the pipe: nothing published
+        assert r.guest_used()[0] == 0
+        assert pipe.replies() == []
+        pipe.drain()
+        deadline = time.monotonic() + 5
+        while r.guest_used()[0] == 0 and time.monotonic() < deadline:
+            pipe.drain()
+        assert r.guest_used() == (1, [(0, len(reply)), (0, 0), (0, 0), (0, 0)])
+        r.mm[rb:rb + len(reply)] = b"\xee" * len(reply)  # the guest reuses its buffer
+        assert call.signalled()
+        pipe.drain()
+        assert pipe.replies() == [reply]
+        assert [f.data for f in pipe.frames() if f.direction == Direction.REQUEST] == [
+            _request(7)]
+    finally:
+        kick.close()
+        call.close()
+        r.relay.close()
+        pipe.drain()
+        r.close()
+        pipe.close()
+    assert [f.data for f in pipe.frames()
+            if f.direction == Direction.ANNOTATION] == []
+
+
+def test_shadow_entries_are_published_in_order_as_their_replies_are_written(tmp_path):
+    """Replies completed out of order, two per round, written from the guest's buffers
+    through a small pipe read bit by bit: at every moment the guest's used index counts no
+    more entries than there are whole replies in the file (sampled before reading what
+    the pipe holds), the entries come in the daemon's order, and so do the records."""
+    pipe = PipeCapture()
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, capture=pipe.w)
+    os.close(pipe.w)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    size = 16 << 10
+    expected: list[bytes] = []
+    try:
+        unique = 200
+        for rnd in range(3):
+            bufs = {}
+            for head, slot in ((0, 0), (2, 1)):
+                unique += 1
+                bufs[head] = (_big_chain(r, head, slot, unique, size), unique)
+                r.publish(head)
+            os.eventfd_write(kick.source, 1)
+            assert kick.signalled()
+            for head in (2, 0):  # the second request completes first
+                rb, u = bufs[head]
+                reply = _read_reply(u, size, (u * 7) % 251)
+                r.mm[rb:rb + len(reply)] = reply
+                r.use(head, len(reply))
+                expected.append(reply)
+            os.eventfd_write(call.source, 1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                idx = r.guest_used()[0]
+                pipe.drain(once=True)  # (all the pipe holds: what was written before idx)
+                assert idx <= len(pipe.replies()), (rnd, idx, len(pipe.replies()))
+                if idx == len(expected):
+                    break
+                time.sleep(0.002)
+            idx, entries = r.guest_used()
+            assert idx == len(expected)
+            assert [entries[(idx - 2) % 4], entries[(idx - 1) % 4]] == [
+                (2, 16 + size), (0, 16 + size)]
+        r.relay.sync()
+        pipe.drain()
+        assert pipe.replies() == expected
+    finally:
+        kick.close()
+        call.close()
+        r.relay.close()
+        pipe.drain()
+        r.close()
+        pipe.close()
+    assert [f.data for f in pipe.frames() if f.direction == Direction.ANNOTATION] == []
+
 
 def test_a_full_staging_ring_blocks_the_recorder_and_drops_nothing(tmp_path):
     """Records are copied into the staging ring and written by a thread of their own. A

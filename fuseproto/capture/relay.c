@@ -13,8 +13,9 @@
  *     the guest (relay_ring.c reads the rings, chains and indirect tables included);
  *   - relay_shadow.c: the daemon's used ring is a shadow the guest cannot see; the relay
  *     publishes each entry to the guest's used ring once its reply is recorded;
- *   - relay_out.c: records are copied into a staging ring before the kick or call (or
- *     the used entry) is passed on; a writer thread writes them to the pcap file;
+ *   - relay_out.c: a writer thread writes the records to the pcap file: copied into a
+ *     staging ring before the kick or call is passed on, or (a reply on a shadowed queue)
+ *     written from the guest's buffer before its used entry is published;
  *   - anything it cannot follow becomes an annotation record and the traffic goes on;
  *   - while chains are in flight it reads the rings every scan_interval, every
  *     hot_interval while the driver has its interrupts off (a guest that drains its used
@@ -262,6 +263,8 @@ static void apply(struct cmd *c)
     case VRING_STOP: /* the daemon has stopped the ring: what it completed is all there is */
         if (q) {
             scan(q);
+            out_drain();
+            publish(q); /* (the guest has all of it before the VMM hears the ring stopped) */
             q->started = 0;
         }
         break;
@@ -303,7 +306,7 @@ static void apply(struct cmd *c)
     case RESUME: /* an answer that came too late */
         break;
     case SYNC:
-        out_drain();
+        publish_all(1); /* (written, then published) */
         send_event(SYNCED, 0, m->a, 0, NULL, 0);
         break;
     case FEATURES:
@@ -312,6 +315,7 @@ static void apply(struct cmd *c)
     case FINISH:
         scan_all();
         check_stalls(0); /* (its lines before the counters: the proxy stops reading then) */
+        publish_all(1);
         out_drain();
         send_stats();
         break;
@@ -403,6 +407,9 @@ int main(int argc, char **argv)
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, ctl_fd, &ev) < 0)
         die("epoll_ctl: %s", strerror(errno));
+    ev.data.u64 = WRITER_TAG; /* replies written in place: their entries may be published */
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, out_event_fd(), &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
     struct epoll_event evs[64];
     int fine_timeouts = 1; /* epoll_pwait2 (Linux 5.11): sub-millisecond scan intervals */
     uint64_t last_scan = now_ns(CLOCK_MONOTONIC);
@@ -451,6 +458,14 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             if (evs[i].data.u64 == 0) {
                 drain_commands();
+                continue;
+            }
+            if (evs[i].data.u64 == WRITER_TAG) {
+                int fault = out_event();
+                if (fault)
+                    note((unsigned)fault - 1, "queue %u: guest memory faulted while a reply "
+                         "was written (written as zeros)", (unsigned)fault - 1);
+                publish_all(0);
                 continue;
             }
             struct notify *nt = notify_at(evs[i].data.u64);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -257,6 +258,11 @@ void out_flush(void);
 void out_drain(void);
 void record(int direction, unsigned queue, int64_t opcode, const struct iovec *pv, size_t np,
             uint64_t length);
+void out_reply_in_place(unsigned queue, int64_t opcode, const struct iovec *pv, size_t np,
+                        uint64_t length, uint16_t idx);
+int out_written(unsigned queue, uint16_t *idx);
+int out_event_fd(void);
+int out_event(void);
 void annotate_at(unsigned queue, const char *text, size_t len, uint64_t ts);
 void note(unsigned queue, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 extern int out_fd;
@@ -270,6 +276,9 @@ void queue_reset(struct queue *q, uint16_t base);
 int driver_drains(struct queue *q);
 void scan(struct queue *q);
 void scan_all(void);
+void publish(struct queue *q);
+void publish_all(int wait);
+#define WRITER_TAG UINT64_MAX /* the epoll tag of out_event_fd() */
 extern struct queue *queues[MAX_QUEUES];
 extern int event_idx; /* VIRTIO_F_RING_EVENT_IDX negotiated (the VMM's SET_FEATURES) */
 

@@ -62,6 +62,8 @@ unsigned char *uaddr_rw(uint64_t addr, uint64_t len)
 
 void mem_clear(void)
 {
+    if (nregions)
+        publish_all(1); /* (no reply is still to be written from what goes) */
     for (size_t i = 0; i < nregions; i++)
         munmap(regions[i].map, regions[i].maplen);
     nregions = 0;
@@ -99,6 +101,7 @@ int mem_remove(uint64_t gpa, uint64_t size, uint64_t uaddr)
     for (size_t i = 0; i < nregions; i++) {
         struct region *r = &regions[i];
         if (r->gpa == gpa && r->size == size && r->uaddr == uaddr) {
+            publish_all(1); /* (no reply is still to be written from it) */
             munmap(r->map, r->maplen);
             memmove(r, r + 1, (nregions - i - 1) * sizeof *r);
             nregions--;

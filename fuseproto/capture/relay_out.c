@@ -1,24 +1,32 @@
 /* relay_out.c -- the capture file: records staged in memory, written by a thread of their own.
  *
  * Writing a 128 KiB READ reply into the capture's page cache takes ~100 us here (1.2 GB/s
- * to ext4), and it used to be done before the call was passed on. Now each record is
- * copied whole into a staging ring (pre-faulted memory: the copy runs at memory speed) and
- * the writer thread writes the ring to the file, whole records in order, while the traffic
- * goes on. The guarantees stay:
- *   - nothing is dropped: a full ring makes the recorder wait for the writer (counted:
- *     stats.stalls); a record larger than the ring is written directly, in its place;
- *   - a record is staged before its kick or call is passed on (the guest may reuse the
- *     buffer once it has its used entry: the copy is what the relay keeps);
+ * to ext4), and it used to be done before the call was passed on. Now the writer thread
+ * writes the records to the file, whole and in order, while the traffic goes on. A record
+ * reaches it one of two ways:
+ *   - staged: copied whole into a staging ring (pre-faulted memory) before its kick or
+ *     call is passed on -- requests, the replies of queues without a shadow, annotations.
+ *     The guest may reuse a buffer once it has its used entry: the copy is what is kept;
+ *   - in place (out_reply_in_place): a reply on a shadowed queue. Only its header is
+ *     staged; the writer writes the body straight from guest memory (writev), and the used
+ *     entry reaches the guest's ring only once that is done (the relay publishes up to
+ *     out_written(): relay_shadow.c, woken by out_event_fd). The guest cannot see the
+ *     entry, so it cannot reuse the buffer under the write; no copy (memcpy is slow on
+ *     this VM: ~1.7-2.1 GB/s for 128 KiB). The writer publishes nothing itself: the rings,
+ *     the call eventfds and guest-memory faults (SIGBUS, the main thread's) stay the
+ *     event loop's, and the loop never waits for the writer to publish.
+ * The guarantees stay:
+ *   - nothing is dropped: a full ring (or splice table) makes the recorder wait for the
+ *     writer (counted: stats.stalls); a record larger than the ring is written directly,
+ *     in its place;
  *   - the file holds whole records when the relay exits (out_drain() before every exit,
- *     SYNC and FINISH); should the relay be killed mid-write, the proxy cuts the file back
- *     to its last whole record (cut_to_whole_records);
- *   - a record is staged whole or not at all: it is committed (`staged` moved) once
- *     copied, so guest memory that vanishes under the copy (SIGBUS: scan() stops
- *     observing the queue and says so) leaves no part of one.
- * The copy is not free on this VM (memcpy ~1.7-2.1 GB/s, measured with a 128 KiB copy
- * loop at load ~8 on 2 CPUs; process_vm_readv, which would turn a fault into EFAULT, 1.0
- * GB/s): the gain is the page-cache write (~100 us per 128 KiB reply) done on another
- * CPU, when there is one.
+ *     SYNC and FINISH; the relay publishes after); should the relay be killed mid-write,
+ *     the proxy cuts the file back to its last whole record (cut_to_whole_records);
+ *   - a staged record is committed (`staged` moved) once copied, so guest memory that
+ *     vanishes under the copy (SIGBUS: scan() stops observing the queue and says so)
+ *     leaves no part of one; guest memory that faults under the writer's writev (EFAULT)
+ *     is written as zeros, and noted;
+ *   - guest memory is not unmapped while a body waits to be written (relay_mem.c drains).
  */
 #include "relay.h"
 
@@ -38,6 +46,27 @@ static uint64_t published;    /* (lock) staged bytes the writer may write */
 static uint64_t written;      /* (lock) bytes the writer has written (or dropped, broken) */
 static int write_error;       /* (lock) errno of the writer's failure, once */
 static int error_said;
+
+/* Replies written in place: a splice is a record's body, written after the staged bytes
+ * before `at` (its header). Absolute positions; slot = pos % SPLICES (or % SPLICE_IOVS). */
+#define SPLICES 4096
+#define SPLICE_IOVS 65536
+struct splice {
+    uint64_t at;           /* staged bytes before it */
+    uint64_t iov, niov;    /* its pieces in iovs[] */
+    unsigned queue;
+    uint16_t idx;          /* the used index once its entry is published */
+};
+static struct splice splices[SPLICES];
+static struct iovec iovs[SPLICE_IOVS];
+static uint64_t spl_head, iov_head; /* (main thread) splices and pieces added */
+static uint64_t spl_pub;            /* (lock) splices the writer may write */
+static uint64_t spl_done, iov_done; /* (lock) written */
+static uint64_t sub_n[MAX_QUEUES];  /* (main thread) splices added per queue */
+static uint64_t done_n[MAX_QUEUES]; /* (lock) written per queue */
+static uint16_t done_idx[MAX_QUEUES]; /* (lock) the used index after the last one written */
+static int event_fd = -1;           /* the writer -> the loop: splices written */
+static int writer_fault;            /* (lock) queue + 1 of a body that faulted */
 
 static void say_error(void)
 {
@@ -67,22 +96,102 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+/* Write a body from guest memory: writev, going on after a short write; a piece that
+ * faults (EFAULT) is written as zeros from the fault on. An errno, or 0; *fault set. */
+static int write_pieces(int fd, const struct iovec *v, uint64_t n, int *fault)
+{
+    static const unsigned char zeros[4096];
+    uint64_t i = 0;
+    size_t skip = 0; /* of v[i], written already */
+    while (i < n) {
+        struct iovec w[64];
+        int k = 0;
+        for (uint64_t j = i; j < n && k < 64; j++, k++)
+            w[k] = j == i ? (struct iovec){(unsigned char *)v[j].iov_base + skip,
+                                           v[j].iov_len - skip} : v[j];
+        ssize_t r = writev(fd, w, k);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EFAULT) { /* the rest of this piece: zeros */
+            *fault = 1;
+            size_t left = v[i].iov_len - skip;
+            while (left) {
+                size_t z = left < sizeof zeros ? left : sizeof zeros;
+                int e = write_all(fd, zeros, z);
+                if (e)
+                    return e;
+                left -= z;
+            }
+            i++;
+            skip = 0;
+            continue;
+        }
+        if (r < 0)
+            return errno;
+        if (r == 0) {
+            uint64_t rest = 0;
+            for (int j = 0; j < k; j++)
+                rest += w[j].iov_len;
+            if (rest)
+                return ENOSPC;
+        }
+        size_t got = (size_t)r;
+        while (i < n && got >= v[i].iov_len - skip) {
+            got -= v[i].iov_len - skip;
+            i++;
+            skip = 0;
+        }
+        skip += got;
+    }
+    return 0;
+}
+
 static void *writer(void *unused)
 {
     (void)unused;
     pthread_mutex_lock(&lock);
     for (;;) {
-        while (written == published)
+        while (written == published && spl_done == spl_pub)
             pthread_cond_wait(&more, &lock);
-        uint64_t from = written, to = published;
+        uint64_t from = written, to = published, s = spl_done, s_to = spl_pub;
         int broken = write_error != 0;
         pthread_mutex_unlock(&lock);
         int e = 0;
-        while (!broken && !e && from < to) { /* (at most two pieces: the ring wraps) */
-            uint64_t off = from % stage_size;
-            uint64_t n = to - from < stage_size - off ? to - from : stage_size - off;
-            e = write_all(out_fd, stage + off, n);
-            from += n;
+        while (from < to || s < s_to) {
+            const struct splice *sp = s < s_to ? &splices[s % SPLICES] : NULL;
+            uint64_t stop = sp ? sp->at : to;
+            while (!broken && !e && from < stop) { /* (at most two pieces: the ring wraps) */
+                uint64_t off = from % stage_size;
+                uint64_t n = stop - from < stage_size - off ? stop - from : stage_size - off;
+                e = write_all(out_fd, stage + off, n);
+                from += n;
+            }
+            from = stop;
+            if (!sp)
+                break;
+            int fault = 0;
+            uint64_t niov = sp->niov, first = sp->iov;
+            if (!broken && !e) {
+                /* (its pieces are contiguous in iovs[]: out_reply_in_place never wraps) */
+                e = write_pieces(out_fd, &iovs[first % SPLICE_IOVS], niov, &fault);
+            }
+            s++;
+            pthread_mutex_lock(&lock);
+            if (e && !write_error)
+                write_error = e;
+            broken = write_error != 0;
+            written = from;
+            spl_done = s;
+            iov_done = first + niov;
+            done_n[sp->queue]++;
+            done_idx[sp->queue] = sp->idx;
+            if (fault && !writer_fault)
+                writer_fault = (int)sp->queue + 1;
+            pthread_cond_broadcast(&room);
+            pthread_mutex_unlock(&lock);
+            uint64_t one = 1;
+            while (write(event_fd, &one, sizeof one) < 0 && errno == EINTR)
+                ;
         }
         pthread_mutex_lock(&lock);
         if (e && !write_error)
@@ -101,6 +210,9 @@ void out_start(uint64_t size)
                  -1, 0);
     if (stage == MAP_FAILED)
         die("staging ring of %" PRIu64 " bytes: %s", size, strerror(errno));
+    event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (event_fd < 0)
+        die("eventfd: %s", strerror(errno));
     pthread_t t;
     sigset_t all, old;
     sigfillset(&all); /* signals (SIGBUS from guest memory) are the main thread's */
@@ -115,8 +227,9 @@ void out_start(uint64_t size)
 void out_flush(void)
 {
     pthread_mutex_lock(&lock);
-    if (published != staged) {
+    if (published != staged || spl_pub != spl_head) {
         published = staged;
+        spl_pub = spl_head;
         pthread_cond_signal(&more);
     }
     pthread_mutex_unlock(&lock);
@@ -128,7 +241,7 @@ void out_drain(void)
 {
     out_flush();
     pthread_mutex_lock(&lock);
-    while (written != staged)
+    while (written != staged || spl_done != spl_head)
         pthread_cond_wait(&room, &lock);
     pthread_mutex_unlock(&lock);
     say_error();
@@ -141,6 +254,7 @@ static void make_room(uint64_t n)
     if (staged + n - written > stage_size) {
         stats.stalls++;
         published = staged; /* (what is staged must go before room can come) */
+        spl_pub = spl_head;
         pthread_cond_signal(&more);
         while (staged + n - written > stage_size)
             pthread_cond_wait(&room, &lock);
@@ -203,10 +317,32 @@ static void write_direct(const struct iovec *v, int n)
 /* Opcode hints: the recorder's unique -> opcode of the requests recorded (bounded). */
 fifo_t opcodes;
 
+/* Room for a splice of n pieces (contiguous in iovs[]): wait for the writer while there
+ * is none. Returns the first piece's position. */
+static uint64_t splice_room(uint64_t n)
+{
+    uint64_t first = iov_head;
+    if (first % SPLICE_IOVS + n > SPLICE_IOVS)
+        first += SPLICE_IOVS - first % SPLICE_IOVS;
+    pthread_mutex_lock(&lock);
+    if (spl_head - spl_done >= SPLICES || first + n - iov_done > SPLICE_IOVS) {
+        stats.stalls++;
+        published = staged;
+        spl_pub = spl_head;
+        pthread_cond_signal(&more);
+        while (spl_head - spl_done >= SPLICES || first + n - iov_done > SPLICE_IOVS)
+            pthread_cond_wait(&room, &lock);
+    }
+    pthread_mutex_unlock(&lock);
+    return first;
+}
+
 /* One record: the template's prefix filled in, then the pieces (at most `limit` bytes of
- * a message of `length`). opcode < 0: no hint; ts 0: now. */
+ * a message of `length`). opcode < 0: no hint; ts 0: now. idx >= 0: a reply of a shadowed
+ * queue, its body written in place, its used entry published (up to used index idx) once
+ * written. */
 static void record_at(int direction, unsigned queue, int64_t opcode, const struct iovec *pv,
-                      size_t np, uint64_t length, uint64_t ts)
+                      size_t np, uint64_t length, uint64_t ts, int32_t idx)
 {
     if (out_broken)
         return;
@@ -237,6 +373,29 @@ static void record_at(int direction, unsigned queue, int64_t opcode, const struc
     st(h + C(direction_off), C(direction_size), (uint64_t)direction);
     st(h + C(queue_off), C(queue_size), queue);
     st(h + C(flags_off), C(flags_size), flags);
+    if (idx >= 0 && queue < MAX_QUEUES && used <= SPLICE_IOVS / 2 &&
+        C(template_len) <= stage_size) {
+        uint64_t first = splice_room(used);
+        make_room(C(template_len));
+        uint64_t pos = staged;
+        stage_copy(&pos, h, C(template_len));
+        staged = pos;
+        uint64_t left = cap, k = 0;
+        for (size_t i = 0; i < np && left; i++, k++) {
+            size_t n = pv[i].iov_len < left ? pv[i].iov_len : left;
+            iovs[(first + k) % SPLICE_IOVS] = (struct iovec){pv[i].iov_base, n};
+            left -= n;
+        }
+        pthread_mutex_lock(&lock);
+        if (sub_n[queue] == done_n[queue]) /* (none in flight: all before it is written) */
+            done_idx[queue] = (uint16_t)(idx - 1);
+        pthread_mutex_unlock(&lock);
+        splices[spl_head % SPLICES] = (struct splice){staged, first, k, queue, (uint16_t)idx};
+        spl_head++;
+        iov_head = first + k;
+        sub_n[queue]++;
+        return;
+    }
     uint64_t total = C(template_len) + cap;
     if (total > stage_size) {
         struct iovec v[OUT_IOV];
@@ -270,7 +429,46 @@ static void record_at(int direction, unsigned queue, int64_t opcode, const struc
 void record(int direction, unsigned queue, int64_t opcode, const struct iovec *pv, size_t np,
             uint64_t length)
 {
-    record_at(direction, queue, opcode, pv, np, length, 0);
+    record_at(direction, queue, opcode, pv, np, length, 0, -1);
+}
+
+void out_reply_in_place(unsigned queue, int64_t opcode, const struct iovec *pv, size_t np,
+                        uint64_t length, uint16_t idx)
+{
+    record_at((int)C(dir_reply), queue, opcode, pv, np, length, 0, idx);
+}
+
+/* How far q's used entries may be published: 1 if every reply written in place is in the
+ * file (all that is recorded may go), else 0 and *idx the used index after the last one
+ * written. */
+int out_written(unsigned queue, uint16_t *idx)
+{
+    if (queue >= MAX_QUEUES)
+        return 1;
+    pthread_mutex_lock(&lock);
+    int all = done_n[queue] == sub_n[queue];
+    *idx = done_idx[queue];
+    pthread_mutex_unlock(&lock);
+    return all;
+}
+
+/* The eventfd the writer signals when it has written a reply in place (read it: 0 if
+ * there was nothing, else the first queue whose body faulted + 1, or -1 for none). */
+int out_event_fd(void)
+{
+    return event_fd;
+}
+
+int out_event(void)
+{
+    uint64_t v;
+    while (read(event_fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&lock);
+    int f = writer_fault;
+    writer_fault = 0;
+    pthread_mutex_unlock(&lock);
+    return f;
 }
 
 void annotate_at(unsigned queue, const char *text, size_t len, uint64_t ts)
@@ -278,7 +476,7 @@ void annotate_at(unsigned queue, const char *text, size_t len, uint64_t ts)
     if (len > TEXT_ARENA)
         len = TEXT_ARENA;
     struct iovec iv = {(void *)text, len};
-    record_at((int)C(dir_annotation), queue, -1, &iv, 1, len, ts); /* ts: Python's */
+    record_at((int)C(dir_annotation), queue, -1, &iv, 1, len, ts, -1); /* ts: Python's */
 }
 
 void note(unsigned queue, const char *fmt, ...)

@@ -33,6 +33,7 @@ void queue_invalidate(struct queue *q)
 
 void queue_reset(struct queue *q, uint16_t base)
 {
+    out_drain(); /* (no reply of the old ring still to be written, to be published) */
     q->last_avail = q->last_used = q->mirrored = base;
     for (uint64_t h = 0; h < C(max_queue_size) && q->npending; h++)
         if (q->chains[h].pending) {
@@ -245,7 +246,10 @@ static void saw_reply(struct queue *q, uint64_t length, uint64_t got)
                 break;
             }
     }
-    record((int)C(dir_reply), q->index, opcode, pieces.v, pieces.n, length);
+    if (q->shadowed) /* (its entry published once written: relay_shadow.c) */
+        out_reply_in_place(q->index, opcode, pieces.v, pieces.n, length, q->last_used);
+    else
+        record((int)C(dir_reply), q->index, opcode, pieces.v, pieces.n, length);
     if (init)
         await_answer(1, q->index, &pieces, got);
 }
@@ -559,6 +563,42 @@ void scan(struct queue *q)
              "as zeros)", q->index);
         out_flush();
     }
+}
+
+/* Publish to the guest what the writer has written of q's replies (woken by its eventfd;
+ * wait: first until every record is in the file -- GET_VRING_BASE, SYNC, FINISH, exit),
+ * and call the guest if it asked. */
+void publish(struct queue *q)
+{
+    if (!q || !q->shadowed || !q->started || q->broken || q->mirrored == q->last_used)
+        return;
+    if (sigsetjmp(bus_jump, 0)) {
+        q->started = 0;
+        note(q->index, "queue %u: proxy error while publishing its used entries, no longer "
+             "observed: SIGBUS (guest memory gone from under its mapping)", q->index);
+        out_flush();
+        return;
+    }
+    in_guest = 1;
+    if (resolve(q) < 0) {
+        in_guest = 0;
+        q->broken = 1;
+        note(q->index, "queue %u not observed: %s", q->index, ring_error);
+        out_flush();
+        return;
+    }
+    int call = mirror(q);
+    in_guest = 0;
+    if (call)
+        call_guest(q);
+}
+
+void publish_all(int wait)
+{
+    if (wait)
+        out_drain();
+    for (unsigned i = 0; i < MAX_QUEUES; i++)
+        publish(queues[i]);
 }
 
 void scan_all(void)

@@ -8,8 +8,10 @@
  * so that the used ring is there (proxy.py). The guest's own used ring is written by the
  * relay alone: whenever it reads the rings (a call from the daemon, a kick, the periodic
  * scan, GET_VRING_BASE) it records the replies of the new shadow entries first, then copies
- * those entries into the guest's ring in order, publishes the guest's used index (a release
- * barrier before the index store), and calls the guest itself as the guest asked
+ * those entries into the guest's ring in order once their records are written (a reply's
+ * body is written from the guest's buffer itself, by the writer thread: relay_out.c;
+ * the writer's eventfd wakes the loop to publish what it has written: publish()),
+ * publishes the guest's used index (a release barrier before the index store), and calls the guest itself as the guest asked
  * (VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX, when the new index passes used_event:
  * virtio 1.x 2.7.10, vring_need_event). The guest cannot take a reply the relay has not
  * recorded, whatever it does with its interrupts.
@@ -116,12 +118,16 @@ int shadow_resolve(struct queue *q)
     return 0;
 }
 
-/* Publish to the guest the entries recorded since the last time (up to last_used), and
- * say in avail_event how far the relay has read the avail ring. Returns whether the guest
- * asked for a call for them. (In guest memory: the caller holds the SIGBUS jump.) */
+/* Publish to the guest the entries recorded since the last time (up to last_used) whose
+ * replies are in the file (a reply written in place, from the guest's buffer: relay_out.c;
+ * the entries after the first not written yet wait for it, in order), and say in
+ * avail_event how far the relay has read the avail ring. Returns whether the guest asked
+ * for a call for them. (In guest memory: the caller holds the SIGBUS jump.) */
 int mirror(struct queue *q)
 {
-    uint16_t from = q->mirrored, to = q->last_used;
+    uint16_t from = q->mirrored, to = q->last_used, w;
+    if (!out_written(q->index, &w))
+        to = (uint16_t)(w - from) <= (uint16_t)(to - from) ? w : from;
     uint16_t n = (uint16_t)(to - from);
     uint64_t size = q->size, esz = C(used_elem_size);
     if (n) {
