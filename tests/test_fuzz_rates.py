@@ -263,17 +263,23 @@ def test_warm_spare_is_taken_and_everything_is_stopped(daemon_installations):
     assert not os.path.exists(workdir)
 
 
-def test_no_spare_beside_a_dax_daemon_but_beside_an_instrumented_one():
+def test_spares_beside_dax_and_instrumented_daemons_not_with_one_shared_map():
     from fuseproto import daemons
+    from fuseproto.fuzz.coverage import ENV_VAR
 
-    # An instrumented daemon gets spares (each daemon has its own edge map:
-    # test_fuzz_coverage.py); a DAX daemon does not (its window and backend channel).
-    for variant, allowed in (("c-asan-cov", True), ("c-dax", False), ("c-dax-asan-cov", False)):
+    # Each daemon gets its own edge map (test_fuzz_coverage.py) and a DAX daemon its own
+    # window, backend channel and mapping record (test_fuzz_spare_dax.py): spares allowed.
+    # A caller that names one edge map for every daemon in env gets none (two daemons
+    # would light one map).
+    for variant in ("c", "c-asan-cov", "c-dax", "c-dax-asan-cov"):
         inst = daemons.find(variant)
         if inst is None:
             continue
         h = DaemonHarness(inst, spare=True)
-        assert h.spare_allowed() is allowed, variant
+        assert h.spare_allowed(), variant
+        h.close()
+        h = DaemonHarness(inst, spare=True, env={ENV_VAR: "/fuseproto-test-one-map"})
+        assert not h.spare_allowed(), variant
         h.close()
 
 

@@ -472,7 +472,7 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
     ``edges`` the daemon's edges over time (instrumented daemons). ``coverage``,
     ``feedback`` and ``corpus_dir`` as for :func:`~fuseproto.fuzz.virtiofsd.fuzz_daemon`
     (saved programs are JSON). ``spare``: each program takes a daemon made in the
-    background (:mod:`.spare`: a warm spare; not for a DAX daemon), so a program does
+    background (:mod:`.spare`: a warm spare, DAX daemons included), so a program does
     not wait for a start. ``configs``: each program's daemon gets options of its own
     (:mod:`.configs`, credited with what its program gained; its INIT offers the flags
     the config demands). Parents are scheduled by :class:`.steer.Steer` (by new edges,
