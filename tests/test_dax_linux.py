@@ -183,3 +183,25 @@ def test_map_alignment_larger_than_range_is_refused():
     store = FileStore()
     with pytest.raises(ValueError):
         LinuxDaxManager(ModelDevice(8 * R, store, map_alignment=22), store)
+
+
+def test_pinned_in_is_pinned_filtered_to_the_ranges():
+    """pinned_in (what the checker asks per message) answers exactly pinned() filtered to
+    the ranges that overlap the given ones, for few ranges (index walk) and many."""
+    import random
+
+    from fuseproto.dax.manager import DaxManager
+
+    P = 4096
+
+    store = FileStore({2: bytes(64 * P)})
+    mgr = LinuxDaxManager(ModelDevice(16 * P, store), store, range_shift=12)
+    for i in range(12):
+        mgr.read(2, i * P, P)
+    for off in (0, 3 * P, 4 * P, 11 * P):
+        assert mgr.pin(2, off) is not None
+    rng = random.Random(5)
+    for _ in range(300):
+        ranges = [(rng.randrange(-2, 18) * P // rng.choice((1, 2)), rng.randrange(0, 5) * P)
+                  for _ in range(rng.choice((1, 2, 3, 7)))]
+        assert mgr.pinned_in(ranges) == DaxManager.pinned_in(mgr, ranges), ranges

@@ -15,12 +15,19 @@ from fixtures_daemons import built_installation
 
 from fuseproto.dax.device import ModelDevice, RefusingDevice
 from fuseproto.dax.host import FileStore
+from fuseproto.dax.invariants import InvariantViolation
 from fuseproto.dax.linux import LinuxDaxManager
 from fuseproto.dax.messages import FLAG_READ, removemapping, setupmapping
 from fuseproto.dax.osv import OsvDaxManager
 from fuseproto.fuzz import dax_ops, dax_target, engine, registry
 from fuseproto.fuzz.dax_ops import HEADER_SIZE, PatternFile, decode_program, encode_program
-from fuseproto.fuzz.dax_run import ENV_MANAGER, ENV_OSV_DEFECTS, LINUX_KINDS, OSV_KINDS
+from fuseproto.fuzz.dax_run import (
+    ENV_MANAGER,
+    ENV_OSV_DEFECTS,
+    FULL_EVERY,
+    LINUX_KINDS,
+    OSV_KINDS,
+)
 from fuseproto.fuzz.findings import FindingStore
 
 P = 4096
@@ -249,6 +256,59 @@ def test_planted_manager_bug_is_caught(spec, env, caught_by, monkeypatch, tmp_pa
     assert st.findings, f"{spec} {env}: not caught in {st.iterations} inputs"
     assert st.findings[0].signature.removeprefix("invariant:") in caught_by, \
         st.findings[0].summary
+
+
+# (manager, environment, flags some of the 70 inputs): the clean managers, and the planted
+# bugs (no_forget and linux_forgets_upgrade need more inputs than these to show)
+PLANTED = [
+    ("osv", {}, False), ("linux", {}, False),
+    ("osv", {ENV_OSV_DEFECTS: "unregistered_manager"}, True),
+    ("osv", {ENV_OSV_DEFECTS: "no_forget"}, None),
+    ("test_fuzz_dax_target:osv_one_more", {}, True),
+    ("test_fuzz_dax_target:osv_ignores_refusals", {}, True),
+    ("test_fuzz_dax_target:linux_one_batch", {}, True),
+    ("test_fuzz_dax_target:linux_forgets_upgrade", {}, None),
+]
+
+
+def _mutants(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    corpus = [d for _name, d in dax_target.dax_inputs()]
+    out = list(corpus)
+    while len(out) < n:
+        out.append(dax_target.dax_mutator(rng.choice(corpus), 4096, rng))
+        if rng.random() < 0.3:
+            corpus.append(out[-1])
+    return out[:n]
+
+
+def _verdict(data: bytes, full_every: int) -> str | None:
+    try:
+        dax_target.run_model(data, full_every=full_every)
+    except InvariantViolation as e:
+        return e.violation.invariant
+    except AssertionError as e:  # the operations' own judgement
+        return f"assert: {e}"
+    return None
+
+
+@pytest.mark.parametrize("spec, env, flags", PLANTED)
+def test_incremental_and_full_checks_agree(spec, env, flags, monkeypatch):
+    """The target as it runs (full state checks every FULL_EVERY steps, after refusals and
+    at the end; per-message checks on their fast path) and every check after every step
+    give the same verdict, naming the same invariant, on seeds and mutants: for the clean
+    managers (nothing) and for the planted bugs (most inputs flag one)."""
+    monkeypatch.setenv(ENV_MANAGER, spec)
+    monkeypatch.delenv(ENV_OSV_DEFECTS, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    flagged = 0
+    for data in _mutants(70, seed=7):
+        fast, full = _verdict(data, FULL_EVERY), _verdict(data, 1)
+        assert fast == full, (spec, env, data.hex())
+        flagged += fast is not None
+    if flags is not None:
+        assert (flagged > 0) == flags, flagged
 
 
 def test_full_check_mode_finds_the_same(monkeypatch):

@@ -146,11 +146,14 @@ class WindowDevice:
     def submit(self, msg: DaxMessage) -> int:
         """Apply one request; returns 0 or a positive errno (the reply's error)."""
         self.requests += 1
-        fields = self._fields(msg)
-        if fields is None:
-            self.refused += 1
-            return errno.EINVAL
-        opcode, nodeid, body = fields
+        if self.through_codec:
+            fields = self._fields(msg)
+            if fields is None:
+                self.refused += 1
+                return errno.EINVAL
+            opcode, nodeid, body = fields
+        else:  # the message's fields as given (what _fields answers, without the call)
+            opcode, nodeid, body = msg.opcode, msg.nodeid, msg.body
         if opcode == FUSE_SETUPMAPPING:
             err = self._setup(nodeid, body)
         elif opcode == FUSE_REMOVEMAPPING:
@@ -228,9 +231,11 @@ class WindowDevice:
         bisect.insort(self._starts, m.moffset)
         self._ext[m.moffset] = m
 
-    def _carve(self, start: int, end: int) -> list[DeviceMapping]:
+    def _carve(self, start: int, end: int, pieces: bool = False) -> list[DeviceMapping]:
         """Remove window bytes ``[start, end)`` from the extent map, splitting extents
-        that straddle the edges; returns the removed pieces."""
+        that straddle the edges; returns the removed pieces when ``pieces`` (else an
+        empty list: a request has no use for them, and building them costs an object
+        per extent)."""
         removed: list[DeviceMapping] = []
         starts, ext = self._starts, self._ext
         i = bisect.bisect_right(starts, start) - 1
@@ -241,16 +246,17 @@ class WindowDevice:
         while i < len(starts) and starts[i] < end:
             m = ext.pop(starts[i])
             del starts[i]
-            removed.append(m.piece(max(start, m.moffset), min(end, m.end)))
+            if pieces:
+                removed.append(m.piece(max(start, m.moffset), min(end, m.end)))
             if m.moffset < start:
                 left = m.piece(m.moffset, start)
-                self._starts.insert(i, left.moffset)
-                self._ext[left.moffset] = left
+                starts.insert(i, left.moffset)
+                ext[left.moffset] = left
                 i += 1
             if m.end > end:
                 right = m.piece(end, m.end)
-                self._starts.insert(i, right.moffset)
-                self._ext[right.moffset] = right
+                starts.insert(i, right.moffset)
+                ext[right.moffset] = right
                 i += 1
         self._released(removed)
         return removed
@@ -259,10 +265,11 @@ class WindowDevice:
         """Drop window bytes ``[start, end)`` from the extent map with no request and no
         validation (a bookkeeping view: :func:`~fuseproto.dax.invariants.check_trace`
         hands bytes a sender mapped over to it); returns the removed pieces."""
-        return self._carve(start, end)
+        return self._carve(start, end, pieces=True)
 
     def _released(self, pieces: list[DeviceMapping]) -> None:
-        """Hook: pieces no longer mapped (the mmap device closes unused files)."""
+        """Hook: window bytes were unmapped (the mmap device closes unused files);
+        ``pieces`` are the removed pieces when the caller asked for them, else empty."""
 
     def mappings(self) -> list[DeviceMapping]:
         """Live mappings in window order."""
@@ -376,6 +383,9 @@ class ModelDevice(WindowDevice):
             src = self.files.data(m.nodeid)
         except (KeyError, FileNotFoundError):
             raise OSError(errno.EBADF, f"no host file for nodeid {m.nodeid}") from None
+        if m.source is None:  # just built by _setup, not yet in the map: set in place
+            m.source = src
+            return m
         return DeviceMapping(m.moffset, m.length, m.nodeid, m.foffset, m.flags, m.fh, src)
 
     def _bytes_of(self, m: DeviceMapping) -> bytearray:
@@ -388,13 +398,14 @@ class ModelDevice(WindowDevice):
             return bytes(length)
         segs = self.segments(moffset, length)
         out = bytearray() if len(segs) > 1 else None  # one piece: its bytes as they are
+        files = self.files
         for start, end, m in segs:
             if m is None:
                 if out is None:
                     return bytes(end - start)
                 out += bytes(end - start)
                 continue
-            data = self._bytes_of(m)
+            data = m.source if m.source is not None else files.data(m.nodeid)  # _bytes_of
             bad = _past_eof(m, start, end, len(data))
             if bad is not None:
                 raise WindowFault(
@@ -402,7 +413,7 @@ class ModelDevice(WindowDevice):
                     f"read at window {bad:#x} is past the end of nodeid {m.nodeid} "
                     f"({len(data)} bytes): SIGBUS on a real window",
                 )
-            f0 = m.file_offset(start)
+            f0 = m.foffset + (start - m.moffset)  # m.file_offset(start)
             chunk: bytes | bytearray = data[f0 : f0 + (end - start)]
             if len(chunk) < end - start:
                 chunk = bytes(chunk) + bytes(end - start - len(chunk))
@@ -461,6 +472,12 @@ class RefusingDevice(WindowDevice):
         self.injected: list[DaxMessage] = []  # requests answered by an armed refusal
         # validate here only what inner would not (a narrower window, a coarser alignment)
         self._narrower = size != inner.window_size or self.alignment != inner.alignment
+        # Inner's extent map is this device's: its lookups answer here without a call in
+        # between (they run for every window access and every checked message).
+        self.segments = inner.segments  # type: ignore[method-assign]
+        self.mapping_at = inner.mapping_at  # type: ignore[method-assign]
+        if not self._narrower:  # inner's window is this one, and inner checks the bounds
+            self.read = inner.read  # type: ignore[method-assign]
 
     def refuse(self, errno_: int, after: int = 0) -> None:
         """Answer the request ``after`` requests from now with ``errno_``."""
@@ -469,9 +486,19 @@ class RefusingDevice(WindowDevice):
     def disarm(self) -> None:
         self._armed.clear()
 
+    @property
+    def armed(self) -> bool:
+        """A refusal is armed (a later request will be refused)."""
+        return bool(self._armed)
+
     def submit(self, msg: DaxMessage) -> int:
         n = self.requests
         self.requests += 1
+        if not self._armed and not self._narrower:  # nothing to refuse here: inner's answer
+            err = self.inner.submit(msg)
+            if err:
+                self.refused += 1
+            return err
         err = self._armed.pop(n, 0)
         if err:
             self.injected.append(msg)

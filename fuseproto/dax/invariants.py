@@ -15,8 +15,10 @@ and the violation types live in :mod:`.violations`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from fuseproto.errors import FuseprotoError
@@ -50,6 +52,9 @@ __all__ = [
     "check_trace",
     "policy_unit",
 ]
+
+
+_LENGTH = attrgetter("length")
 
 
 def _file_size(manager: Any, nodeid: int) -> int | None:  # None: the backend cannot say
@@ -102,7 +107,7 @@ class DaxChecker:
         self.raise_on_violation = raise_on_violation
         self.violations: list[Violation] = []
         self.managers: list[DaxManager] = []
-        self._traits: dict[int, tuple[int | None, str | None]] = {}  # unit, policy
+        self._traits: dict[int, tuple[int | None, str | None, int]] = {}  # unit, policy, granule
         self._prev: dict[int, dict[str, Any]] = {}
         self._forgotten: dict[int, set[int]] = {}
         # (Linux) window offsets each manager sent a SETUPMAPPING for since its last
@@ -145,12 +150,17 @@ class DaxChecker:
         anywhere in the stack)."""
         self._forgotten.setdefault(id(manager), set()).add(nodeid)
 
-    def _traits_of(self, manager: DaxManager) -> tuple[int | None, str | None]:
-        """(:func:`policy_unit`, policy) of a manager, asked once (both are fixed when it
-        is built; this runs for every message)."""
+    def _traits_of(self, manager: DaxManager) -> tuple[int | None, str | None, int]:
+        """(:func:`policy_unit`, policy, granule) of a manager, asked once (all are fixed
+        when it is built; this runs for every message). The granule is the least common
+        multiple of ``2**map_alignment`` and the unit: a SETUPMAPPING whose fields are all
+        multiples of it passes both alignment checks at once."""
         got = self._traits.get(id(manager))
         if got is None:
-            got = self._traits[id(manager)] = (policy_unit(manager), self._policy(manager))
+            unit = policy_unit(manager)
+            align = 1 << (self.map_alignment or 0)
+            got = self._traits[id(manager)] = (unit, self._policy(manager),
+                                               math.lcm(align, unit) if unit else align)
         return got
 
     def _policy(self, manager: DaxManager | None) -> str | None:
@@ -242,39 +252,38 @@ class DaxChecker:
 
     # ---- DaxObserver ----------------------------------------------------------------------------
     def on_send(self, manager: DaxManager, msg: DaxMessage) -> None:
-        self.check_message(msg, manager)
-        unit, policy = self._traits_of(manager)
-        if unit is not None:
-            self._check_unit(msg, manager, unit)
-        setup = msg.opcode == FUSE_SETUPMAPPING
+        got = self._traits.get(id(manager))
+        unit, policy, gran = got if got is not None else self._traits_of(manager)
         body = msg.body
+        setup = msg.opcode == FUSE_SETUPMAPPING
         if setup:
+            foffset, moffset, length = body["foffset"], body["moffset"], body["len"]
+            if (foffset % gran or moffset % gran or length % gran or not length
+                    or moffset + length > self.window_size):
+                self.check_message(msg, manager)  # which check fails, and its report
+                if unit is not None:
+                    self._check_unit(msg, manager, unit)
+            else:  # every alignment, unit and window check passes
+                self.messages_checked += 1
             pending = self._pending.get(id(manager))
             if pending is None:
                 self._pending[id(manager)] = [msg]
             else:
                 pending.append(msg)
             size = _file_size(manager, msg.nodeid)
-            if size is not None and body["foffset"] >= size:
-                self._fail(
-                    "past_eof",
-                    f"SETUPMAPPING of nodeid {msg.nodeid} at file offset "
-                    f"{body['foffset']:#x}, at or past its end ({size:#x} bytes)",
-                    msg,
-                    manager,
-                )
-        if policy == "osv" and setup:
-            self._remapped.setdefault(id(manager), []).append(
-                (body["moffset"], body["moffset"] + body["len"]))
-            first_empty = manager.accounting().mapped
-            if body["moffset"] != first_empty:
-                self._fail(
-                    "osv_stack",
-                    f"new mapping at {body['moffset']:#x}, first empty "
-                    f"chunk is at {first_empty:#x}",
-                    msg,
-                    manager,
-                )
+            if size is not None and foffset >= size:
+                self._fail("past_eof", f"SETUPMAPPING of nodeid {msg.nodeid} at file offset "
+                           f"{foffset:#x}, at or past its end ({size:#x} bytes)", msg, manager)
+            if policy == "osv":
+                self._remapped.setdefault(id(manager), []).append((moffset, moffset + length))
+                first_empty = manager.accounting().mapped
+                if moffset != first_empty:
+                    self._fail("osv_stack", f"new mapping at {moffset:#x}, first empty chunk "
+                               f"is at {first_empty:#x}", msg, manager)
+        else:
+            self.check_message(msg, manager)
+            if unit is not None:
+                self._check_unit(msg, manager, unit)
         if policy == "linux":
             self._check_in_use_ranges(manager, msg, setup)
 
@@ -291,10 +300,12 @@ class DaxChecker:
             segs = dev.segments(moff, length)
             if segs[0][2] is None if len(segs) == 1 else all(m is None for *_, m in segs):
                 return
-        pinned = manager.pinned()
+        ranges = msg.ranges()
+        pinned_in = getattr(manager, "pinned_in", None)  # only what the message touches
+        pinned = manager.pinned() if pinned_in is None else pinned_in(ranges)
         if not pinned:
             return
-        for moff, length in msg.ranges():
+        for moff, length in ranges:
             for p, plen in pinned:
                 lo, hi = max(p, moff), min(p + plen, moff + length)
                 if lo >= hi:
@@ -389,7 +400,7 @@ class DaxChecker:
                 end = 1 << 64
             self._check_span(manager, nodeid, offset, end, pending)
         data = result.data
-        if len(data) > max(size, 0) or sum(s.length for s in result.segments) != len(data):
+        if len(data) > max(size, 0) or sum(map(_LENGTH, result.segments)) != len(data):
             self._fail(
                 "read_bytes",
                 f"read of {size} at {offset:#x} returned {len(data)} bytes "
@@ -481,6 +492,14 @@ class DaxChecker:
         self._calls += 1
         if full is None:
             full = self._calls % self.full_every == 0
+        if not full and manager is None:  # the per-step checks: only pending refusals
+            self._pending.clear()  # (what the last access caused is judged already)
+            if self._refused:
+                for m in list(self.managers):
+                    refused = self._refused.pop(id(m), None)
+                    if refused:
+                        self._check_refused(m, refused)
+            return
         for m in [manager] if manager is not None else list(self.managers):
             self._pending.pop(id(m), None)
             refused = self._refused.pop(id(m), None)
@@ -527,19 +546,11 @@ class DaxChecker:
         view = m.view()
         acc = m.accounting()
         if acc.mapped + acc.free != acc.total or acc.total > self.window_size:
-            self._fail(
-                "accounting",
-                f"mapped {acc.mapped:#x} + free {acc.free:#x} != total "
-                f"{acc.total:#x} (window {self.window_size:#x})",
-                manager=m,
-            )
-        if sum(e.length for e in view) > acc.mapped:
-            self._fail(
-                "accounting",
-                f"view holds {sum(e.length for e in view):#x} bytes, "
-                f"more than the {acc.mapped:#x} counted as mapped",
-                manager=m,
-            )
+            self._fail("accounting", f"mapped {acc.mapped:#x} + free {acc.free:#x} != total "
+                       f"{acc.total:#x} (window {self.window_size:#x})", manager=m)
+        if (held := sum(map(_LENGTH, view))) > acc.mapped:
+            self._fail("accounting", f"view holds {held:#x} bytes, more than the "
+                       f"{acc.mapped:#x} counted as mapped", manager=m)
         ordered = sorted(view, key=lambda e: e.moffset)
         for a, b in zip(ordered, ordered[1:], strict=False):
             if b.moffset < a.end:

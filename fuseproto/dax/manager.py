@@ -207,6 +207,14 @@ class DaxManager(ABC):
         policy has the notion."""
         return []
 
+    def pinned_in(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The ranges of :meth:`pinned` that overlap one of ``ranges`` (``(moffset,
+        length)``), in window order. Default: :meth:`pinned` filtered; a policy that can
+        answer without listing every range in use overrides it (the checker asks for
+        every message)."""
+        return [(p, n) for p, n in self.pinned()
+                if any(max(p, m) < min(p + n, m + ln) for m, ln in ranges)]
+
     # ---- helpers for implementations ------------------------------------------------------
     def next_unique(self) -> int:
         self._unique += 2  # even, as the kernel's fuse_get_unique

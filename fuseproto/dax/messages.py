@@ -81,10 +81,11 @@ class DaxMessage:
 
     def ranges(self) -> list[tuple[int, int]]:
         """The window ranges ``(moffset, len)`` the message touches."""
+        # item access: a Container's attributes go through Python code, its items do not
         if self.opcode == FUSE_SETUPMAPPING:
-            return [(self.body.moffset, self.body.len)]
+            return [(self.body["moffset"], self.body["len"])]
         if self.opcode == FUSE_REMOVEMAPPING:
-            return [(e.moffset, e.len) for e in self.body.entries]
+            return [(e["moffset"], e["len"]) for e in self.body["entries"]]
         return []
 
     def describe(self) -> str:

@@ -400,19 +400,31 @@ class OsvDaxManager(DaxManager):
 
     def check_valid(self) -> None:
         expect = 0
+        owner = self._owner
         index: dict[tuple[int, int], list[int]] = {}
+        # What find_scan answers for every key, in the same pass: the first mapping in
+        # window order that contains the chunk (one scan of the stack, not one per key).
+        scan: dict[tuple[int, int], MappingPart] = {}
         for i, m in enumerate(self._mappings):
             assert m.nchunks > 0, f"mapping {i} is empty: {m}"
             assert m.mstart == expect, f"mapping {i} not contiguous: {m}, expected {expect}"
             expect += m.nchunks
-            for k in range(m.nchunks):
-                assert self._owner[m.mstart + k] == i, f"owner of chunk {m.mstart + k}"
-                if m.nodeid is not None:
-                    index.setdefault((m.nodeid, m.fstart + k), []).append(m.mstart + k)
+            if owner[m.mstart:m.mstart + m.nchunks] != [i] * m.nchunks:
+                bad = next(m.mstart + k for k in range(m.nchunks) if owner[m.mstart + k] != i)
+                raise AssertionError(f"owner of chunk {bad}")
+            if m.nodeid is not None:
+                for k in range(m.nchunks):
+                    key = (m.nodeid, m.fstart + k)
+                    where = index.get(key)
+                    if where is None:
+                        index[key] = [m.mstart + k]
+                        scan[key] = MappingPart(m.nchunks - k, m.mstart + k)
+                    else:
+                        where.append(m.mstart + k)
         assert expect <= self.window_chunks, "stack above the window"
         assert index == self._index, "find index out of date"
-        for nodeid, fchunk in index:
-            assert self.find(nodeid, fchunk) == self.find_scan(nodeid, fchunk)
+        for key, part in scan.items():
+            assert self.find(*key) == part, f"find{key} is not the scan's {part}"
 
 
 # ---- virtiofs_vfsops: mounts sharing one manager per device ---------------------------------

@@ -44,6 +44,8 @@ def free_list_follows_fifo(old: list[int], new: list[int], set_up: Collection[in
     """(Linux) ``new`` is ``old`` with some ranges taken from its head and the ranges
     freed since appended: ``new == old[k:] + freed`` for some ``k``, and each of the ``k``
     ranges taken was then set up at its window offset (``set_up``)."""
+    if old == new:  # k = 0, nothing freed: the common case, one comparison in C
+        return True
     k_max = next((i for i, off in enumerate(old) if off not in set_up), len(old))
     # ranges are unique: old[k:] (when not empty) starts where new starts
     ks = {len(old)} | ({old.index(new[0])} if new and new[0] in old else set())

@@ -26,6 +26,7 @@ pool, so a file of many windows costs nothing until read, and writes keep their 
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -58,6 +59,8 @@ HEADER = Struct("config" / Byte, "align" / Byte, "unit" / Byte, "chunks" / Byte,
 OP = Struct("kind" / Byte, "sel" / Byte, "a" / Int16ul, "b" / Int16ul)
 HEADER_SIZE = HEADER.sizeof()
 OP_SIZE = OP.sizeof()
+_OP_STRUCT = struct.Struct("<BBHH")  # OP's layout, for decoding many at once
+assert _OP_STRUCT.size == OP_SIZE
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Op(NamedTuple):
     b: int
 
 
+_new_op = tuple.__new__
+
+
 @dataclass(frozen=True)
 class Program:
     geometry: Geometry
@@ -146,13 +152,11 @@ def decode_program(data: bytes) -> Program | None:
         return None
     h = data[:HEADER_SIZE]  # HEADER's fields, read directly (this runs for every input)
     geo = _geometry(_Header(h[0], h[1], h[2], h[3], h[4], tuple(h[5:9])))
-    ops = []
-    end = min(len(data), HEADER_SIZE + MAX_OPS * OP_SIZE)
-    for off in range(HEADER_SIZE, end - OP_SIZE + 1, OP_SIZE):
-        kind, sel = data[off], data[off + 1]
-        a = data[off + 2] | data[off + 3] << 8
-        b = data[off + 4] | data[off + 5] << 8
-        ops.append(Op(kind, NODES[sel & 3], (sel >> 2) & 3, bool(sel & 0x10), a, b))
+    whole = min(len(data) - HEADER_SIZE, MAX_OPS * OP_SIZE) // OP_SIZE * OP_SIZE
+    # OP's fields by a precompiled struct; each Op built as the tuple it is (a NamedTuple's
+    # own constructor is a Python function: one call per operation of every input)
+    ops = [_new_op(Op, (kind, NODES[sel & 3], (sel >> 2) & 3, bool(sel & 0x10), a, b))
+           for kind, sel, a, b in _OP_STRUCT.iter_unpack(data[HEADER_SIZE:HEADER_SIZE + whole])]
     return Program(geo, ops)
 
 

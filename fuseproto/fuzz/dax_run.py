@@ -214,14 +214,20 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
         run = _Run(geo, stage, checker, checked)
     except UnfitGeometry:
         return None
-    kinds = _kinds(run.mounts.policy)
-    for step, op in enumerate(program.ops):
-        before, warned = len(dev.injected), run.warnings()
-        run.apply(kinds[op.kind % len(kinds)], op)
-        refused = dev.injected[before:] if len(dev.injected) > before else None
-        if refused:
-            run.judge_refused(refused, warned)
-        run.check(bool(refused) or (step + 1) % full_every == 0)
+    table = run.operations(_kinds(run.mounts.policy))
+    nkinds = len(table)
+    injected = dev.injected
+    for step, op in enumerate(program.ops, 1):
+        if dev.armed:  # only an armed refusal answers a request of this step
+            before, warned = len(injected), run.warnings()
+            table[op.kind % nkinds](op)
+            refused = injected[before:]
+            if refused:
+                run.judge_refused(refused, warned)
+            run.check(bool(refused) or step % full_every == 0)
+        else:
+            table[op.kind % nkinds](op)
+            run.check(step % full_every == 0)
         if on_step is not None:
             on_step()
     run.finish()
@@ -270,6 +276,10 @@ class _Run:
     # ---- operations ------------------------------------------------------------------------
     def apply(self, kind: str, op: Op) -> None:
         getattr(self, f"op_{kind}")(op)
+
+    def operations(self, kinds: tuple[str, ...]) -> list[Callable[[Op], None]]:
+        """The operation of each kind, in the order of ``kinds`` (looked up once)."""
+        return [getattr(self, f"op_{kind}") for kind in kinds]
 
     def _size(self, nodeid: int) -> int:
         return int(self.stage.backend.file_size(nodeid))

@@ -56,6 +56,7 @@ class ModelStage:
         model = ModelDevice(geo.window_size, self.backend,  # type: ignore[arg-type]
                             geo.map_alignment, through_codec=False)
         self.device = RefusingDevice(model)
+        self.oracle = self.backend.read  # type: ignore[method-assign]  # (no call between)
 
     def node(self, n: int) -> int:
         return n
