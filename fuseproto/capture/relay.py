@@ -2,10 +2,12 @@
 
 The relay is a small C program, one process per proxied session, that does what the
 proxy does per request (see ``relay.c``'s opening comment): it waits on the kick and call
-eventfds, reads the avail and used rings in its own mapping of guest memory, copies every
-request and reply into a staging ring that a writer thread writes to the pcap file
-(relay_out.c), passes each kick on, and publishes the daemon's used entries (in the
-shadow, :class:`ShadowRings`) to the guest, calling it as it asked (relay_shadow.c).
+eventfds, reads the avail and used rings in its own mapping of guest memory, has a writer
+thread write every request and reply to the pcap file (relay_out.c: requests copied into
+a staging ring first; a shadowed queue's replies written from the guest's buffers),
+passes each kick on, and publishes the daemon's used entries (in the shadow,
+:class:`ShadowRings`) to the guest once their replies are written, calling it as it asked
+(relay_shadow.c).
 :mod:`fuseproto.capture.proxy` (the control plane) tells it what the vhost-user messages
 change and answers what only Python knows (the INIT negotiation: :class:`InitAnswers`;
 the front-end messages a kick must not overtake).
@@ -107,7 +109,8 @@ ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer about an I
 # READ replies lost per run at 1 ms, none at 50 us).
 HOT_INTERVAL = 50e-6
 # The staging ring records are copied into before the writer thread writes them to the
-# file (relay_out.c): room for ~250 READ replies of 128 KiB, and for the largest record
+# file (relay_out.c; not the replies of a shadowed queue, written from the guest's
+# buffers): room for ~250 READ replies of 128 KiB, and for the largest record
 # (MAX_RECORD): a larger record would be written directly, the ring drained first.
 STAGING_SIZE = 32 << 20
 MSG = struct.Struct("<IIQQQQ")  # relay.h's struct msg
