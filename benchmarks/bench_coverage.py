@@ -31,7 +31,9 @@ seconds (this process and the daemons it reaped) give requests per CPU-second be
 requests/s.
 
 Run: ``.venv/bin/python benchmarks/bench_coverage.py [--seconds 300] [--rate-seconds 20]
-[--seed 0] [--pairs 1] [--configs] [--sequences | --targets all] [--json]``. Needs ``fuseproto daemons build c-asan-cov``.
+[--seed 0] [--pairs 1] [--configs] [--sequences | --targets all] [--save-edges DIR]
+[--json]``; ``--save-edges`` keeps each arm's edges for ``benchmarks/coverage_ceiling.py``
+(which of the binary's edges were reached, by part, and how many could be). Needs ``fuseproto daemons build c-asan-cov``.
 """
 
 from __future__ import annotations
@@ -82,10 +84,12 @@ def run_target(inst: daemons.Installation, target: str, seconds: float, seed: in
 
 
 def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str,
-            targets: tuple[str, ...], spare: bool = True, configs: bool = False
-            ) -> dict[str, Any]:
+            targets: tuple[str, ...], spare: bool = True, configs: bool = False,
+            save_edges: str | None = None) -> dict[str, Any]:
     """One arm: ``targets`` one after the other (``seconds`` split evenly), all folding
-    into one edge map, so the edges are the union the live fuzzer reached."""
+    into one edge map, so the edges are the union the live fuzzer reached. ``save_edges``:
+    a directory to write the arm's seen edges to (``<feedback>-seed<seed>.edges``, one
+    byte per counter, 1: seen; what ``benchmarks/coverage_ceiling.py`` reads)."""
     share = seconds / len(targets)
     cpu0 = _cpu()
     per: dict[str, int] = {}
@@ -108,6 +112,12 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
         cov.sample()
         e = cov.summary()
         findings = len(store)
+        edges_file = ""
+        if save_edges:
+            os.makedirs(save_edges, exist_ok=True)
+            edges_file = os.path.join(save_edges, f"{feedback}-seed{seed}.edges")
+            with open(edges_file, "wb") as f:
+                f.write(cov.seen_bitmap())
     tl = e.get("timeline") or [[0, 0]]
     cpu = _cpu() - cpu0
     return {"cpu_seconds": round(cpu, 1),
@@ -119,7 +129,7 @@ def run_arm(inst: daemons.Installation, seconds: float, seed: int, feedback: str
             "seed_edges": seed_edges, "per_target": per,
             "edges_25": _edges_at(tl, seconds / 4), "edges_50": _edges_at(tl, seconds / 2),
             "outcome_classes": classes, "corpus": corpus,
-            "findings": findings, "starts": starts}
+            "findings": findings, "starts": starts, "edges_file": edges_file}
 
 
 def _cpu() -> float:
@@ -206,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pairs of arms (seeds seed, seed+1, ...), each pair's order the "
                          "other way round from the last (a load that drifts on a shared "
                          "machine favours neither); the medians of the ratios are printed")
+    ap.add_argument("--save-edges", metavar="DIR",
+                    help="write each feedback arm's seen edges to DIR/<feedback>-seed<N>.edges "
+                         "(one byte per counter; read by benchmarks/coverage_ceiling.py)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     a = ap.parse_args(argv)
     inst = daemons.find("c-asan-cov")
@@ -228,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== daemon edges in {a.seconds:.0f} s, {mode}, c-asan-cov "
               f"({inst.instrumentation}), seed {seed}, {_load()}")
         order = ("coverage", "outcome") if k % 2 == 0 else ("outcome", "coverage")
-        ran = {fb: run_arm(inst, a.seconds, seed, fb, targets, configs=a.configs)
+        ran = {fb: run_arm(inst, a.seconds, seed, fb, targets, configs=a.configs,
+                           save_edges=a.save_edges)
                for fb in order}
         arms = [ran["coverage"], ran["outcome"]]
         ratio, gain_ratio = _print_pair(arms, targets, order)
