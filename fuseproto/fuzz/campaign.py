@@ -391,6 +391,14 @@ def _daemon_result(res: TargetResult, st: Any, sq: Any, store: FindingStore, bef
     shrink_end = t0 + seconds
     for i, f in enumerate(new):
         left = shrink_end - time.monotonic()
+        if i == 0 and left < 1.0:
+            # The loops overran their shares (a restart or a hang at the deadline, a loaded
+            # machine): the first new finding still gets 1 s, so a campaign that found
+            # something never reports it unminimized for want of a few hundred ms.
+            res.notes.append(f"loops overran by {max(0.0, -left):.1f} s: 1 s to minimize "
+                             "the first new finding")
+            left = 1.0
+            shrink_end = time.monotonic() + left
         if left < 0.5:
             res.notes.append(f"{len(new) - i} finding(s) not minimized: shrink budget spent")
             break
