@@ -79,6 +79,8 @@ enum { CONFIG_FIELDS(ENUM_CFG) CFG_COUNT };
 #define BACKEND_QUEUE 0xFFFF
 #define RESCANS 4 /* the rings are read again (before a kick or call is passed on) while they
                    * moved during the previous reading, this many times at most */
+#define IN_PLACE_MIN (16 << 10) /* a shadowed reply this long is written from the guest's
+                                 * buffer (a shorter one is copied: cheaper than a wait) */
 #define MAX_CHAIN 65536 /* descriptors followed in one chain at most (2x the largest ring) */
 
 extern uint64_t cfg[CFG_COUNT];

@@ -246,7 +246,7 @@ static void saw_reply(struct queue *q, uint64_t length, uint64_t got)
                 break;
             }
     }
-    if (q->shadowed) /* (its entry published once written: relay_shadow.c) */
+    if (q->shadowed && length >= IN_PLACE_MIN) /* (its entry published once written) */
         out_reply_in_place(q->index, opcode, pieces.v, pieces.n, length, q->last_used);
     else
         record((int)C(dir_reply), q->index, opcode, pieces.v, pieces.n, length);
