@@ -976,6 +976,38 @@ def test_shadow_an_entry_is_published_only_once_its_reply_is_in_the_file(tmp_pat
             if f.direction == Direction.ANNOTATION] == []
 
 
+def test_shadow_a_snaplen_cut_reply_is_copied_not_waited_for(tmp_path):
+    """With a snaplen the record keeps a few hundred bytes of a 48 KiB reply: that short
+    copy is staged, so the entry is published at once even while the writer waits on an
+    unread capture (whole replies wait for the writer: the test above)."""
+    pipe = PipeCapture()
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, capture=pipe.w, snaplen=256)
+    os.close(pipe.w)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    size = 48 << 10
+    try:
+        rb = _big_chain(r, 0, 0, 7, size)
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        reply = _read_reply(7, size, 0x5A)
+        r.mm[rb:rb + len(reply)] = reply
+        r.use(0, len(reply))
+        os.eventfd_write(call.source, 1)
+        assert call.signalled()  # published without the pipe being read
+        assert r.guest_used() == (1, [(0, len(reply)), (0, 0), (0, 0), (0, 0)])
+        r.mm[rb:rb + len(reply)] = b"\xee" * len(reply)  # reused: the copy is what counts
+        pipe.drain()
+    finally:
+        kick.close()
+        call.close()
+        r.relay.close()
+        pipe.drain()
+        r.close()
+        pipe.close()
+    assert pipe.replies() == [reply[:256]]
+
+
 def test_shadow_entries_are_published_in_order_as_their_replies_are_written(tmp_path):
     """Replies completed out of order, two per round, written from the guest's buffers
     through a small pipe read bit by bit: at every moment the guest's used index counts no

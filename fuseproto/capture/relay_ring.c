@@ -246,7 +246,9 @@ static void saw_reply(struct queue *q, uint64_t length, uint64_t got)
                 break;
             }
     }
-    if (q->shadowed && length >= IN_PLACE_MIN) /* (its entry published once written) */
+    /* What the record keeps decides (a snaplen-cut READ reply is a short copy) */
+    uint64_t kept = length < C(limit) ? length : C(limit);
+    if (q->shadowed && kept >= IN_PLACE_MIN) /* (its entry published once written) */
         out_reply_in_place(q->index, opcode, pieces.v, pieces.n, length, q->last_used);
     else
         record((int)C(dir_reply), q->index, opcode, pieces.v, pieces.n, length);
