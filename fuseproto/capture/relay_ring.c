@@ -512,26 +512,35 @@ static int scan_used(struct queue *q, int reused, int stop_at_unknown)
     return stopped;
 }
 
+/* The start of a function that reads or writes q's rings: a SIGBUS from here on (guest
+ * memory gone from under its mapping) lands back in the caller's frame, which notes it,
+ * stops observing the queue and returns; so do rings that no longer resolve. A macro
+ * because sigsetjmp's frame must be the caller's own. Leaves in_guest set. */
+#define ENTER_RINGS_OR_RETURN(q, doing)                                                     \
+    do {                                                                                    \
+        if (sigsetjmp(bus_jump, 0)) {                                                       \
+            (q)->started = 0;                                                               \
+            note((q)->index, "queue %u: proxy error while %s, no longer observed: SIGBUS "  \
+                 "(guest memory gone from under its mapping)", (q)->index, (doing));        \
+            out_flush();                                                                    \
+            return;                                                                         \
+        }                                                                                   \
+        in_guest = 1;                                                                       \
+        if (resolve(q) < 0) {                                                               \
+            in_guest = 0;                                                                   \
+            (q)->broken = 1;                                                                \
+            note((q)->index, "queue %u not observed: %s", (q)->index, ring_error);          \
+            out_flush();                                                                    \
+            return;                                                                         \
+        }                                                                                   \
+    } while (0)
+
 /* Record what is new on `q`'s rings: the avail ring, then the used ring. */
 void scan(struct queue *q)
 {
     if (!q || !q->started || q->broken)
         return;
-    if (sigsetjmp(bus_jump, 0)) {
-        q->started = 0;
-        note(q->index, "queue %u: proxy error while reading the rings, no longer observed: "
-             "SIGBUS (guest memory gone from under its mapping)", q->index);
-        out_flush();
-        return;
-    }
-    in_guest = 1;
-    if (resolve(q) < 0) {
-        in_guest = 0;
-        q->broken = 1;
-        note(q->index, "queue %u not observed: %s", q->index, ring_error);
-        out_flush();
-        return;
-    }
+    ENTER_RINGS_OR_RETURN(q, "reading the rings");
     uint16_t avail_before = q->last_avail;
     int call = 0;
     for (int round = 0; round < RESCANS; round++) {
@@ -574,21 +583,7 @@ void publish(struct queue *q)
 {
     if (!q || !q->shadowed || !q->started || q->broken || q->mirrored == q->last_used)
         return;
-    if (sigsetjmp(bus_jump, 0)) {
-        q->started = 0;
-        note(q->index, "queue %u: proxy error while publishing its used entries, no longer "
-             "observed: SIGBUS (guest memory gone from under its mapping)", q->index);
-        out_flush();
-        return;
-    }
-    in_guest = 1;
-    if (resolve(q) < 0) {
-        in_guest = 0;
-        q->broken = 1;
-        note(q->index, "queue %u not observed: %s", q->index, ring_error);
-        out_flush();
-        return;
-    }
+    ENTER_RINGS_OR_RETURN(q, "publishing its used entries");
     int call = mirror(q);
     in_guest = 0;
     if (call)
