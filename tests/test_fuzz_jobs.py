@@ -57,7 +57,7 @@ def test_forked_atheris_campaign_classifies_every_crash(tmp_path, monkeypatch):
     env = {"FUSEPROTO_FUZZ_INJECT": "fuzz_faults:session_keyerror", "PYTHONPATH": TESTS}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    res = campaign.run_campaign(tmp_path, seconds=40, daemons=[], target_names=["session"],
+    res = campaign.run_campaign(tmp_path, seconds=20, daemons=[], target_names=["session"],
                                 env=env, jobs=2, seed=1)
     [r] = res.results
     assert r.engine == "atheris" and r.notes == ["libFuzzer -fork=2"] and r.iterations > 0
