@@ -36,6 +36,7 @@ from ..transport.window import PAGE, Window
 from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags, SetupmappingFlags
 from ..wire.constants import fuse_opcode as O
 from . import seeds
+from .mutate import AT_REMOVEMAPPING_MAX
 from .steps import C, Step
 
 __all__ = ["dax_program", "mapping_kind", "accepted_but_invalid", "fd_access_violations"]
@@ -144,7 +145,7 @@ def _remove_entries(rng: random.Random, window: int,
         n = rng.choice((1, 2, 16))
         return [C(moffset=rng.randrange(max(1, window // PAGE)) * PAGE, len=PAGE)
                 for _ in range(n)]
-    n = rng.choice((255, 256, 257, 300))  # the 256-entry limit
+    n = rng.choice((*AT_REMOVEMAPPING_MAX, 300))  # about the entry limit
     return [C(moffset=(i * PAGE) % window, len=PAGE) for i in range(n)]
 
 

@@ -34,7 +34,7 @@ from construct import Container, ListContainer
 
 from ..errors import DecodeError, EncodeError
 from ..wire import codec, messages, structs
-from ..wire.constants import fuse_notify_code, fuse_opcode
+from ..wire.constants import FUSE_REMOVEMAPPING_MAX_ENTRY, fuse_notify_code, fuse_opcode
 
 __all__ = [
     "INTERESTING_INTS",
@@ -47,7 +47,13 @@ __all__ = [
     "restamp",
     "copy_body",
     "random_name",
+    "AT_REMOVEMAPPING_MAX",
 ]
+
+#: List lengths at the protocol's one counted maximum (REMOVEMAPPING's entries, from the
+#: constants) and one on either side of it.
+AT_REMOVEMAPPING_MAX = (FUSE_REMOVEMAPPING_MAX_ENTRY - 1, FUSE_REMOVEMAPPING_MAX_ENTRY,
+                        FUSE_REMOVEMAPPING_MAX_ENTRY + 1)
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
@@ -216,8 +222,8 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         elif items and r < 0.55:
             items.extend([copy_body(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
         elif items and r < 0.7:
-            # Exactly at a protocol maximum (REMOVEMAPPING's 256 entries) or one past it.
-            n = rng.choice((255, 256, 257))
+            # Exactly at the protocol's counted maximum (REMOVEMAPPING's entries) or by one.
+            n = rng.choice(AT_REMOVEMAPPING_MAX)
             items.extend([copy_body(rng.choice(items))] * max(0, n - len(items)))
         elif items:
             rng.shuffle(items)

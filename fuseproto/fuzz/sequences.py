@@ -105,7 +105,7 @@ def _mapping_values(rng: random.Random) -> tuple[int, int, int]:
 
 
 def _entries(rng: random.Random) -> list[Container]:
-    n = rng.choice((0, 1, 2, 3, 16, 255, 256, 257, 300))
+    n = rng.choice((0, 1, 2, 3, 16, *mutate.AT_REMOVEMAPPING_MAX, 300))
     out: list[Container] = []
     for i in range(n):
         if i and rng.random() < 0.3:
@@ -153,8 +153,8 @@ def random_step(rng: random.Random) -> Step:
                                             moffset=mo), node=-1)
     if r < 0.70:
         entries = _entries(rng)
-        count = None if rng.random() < 0.5 else rng.choice((0, 1, 255, 256, 257, 300,
-                                                             len(entries) + 1, 0xFFFF_FFFF))
+        count = None if rng.random() < 0.5 else rng.choice((
+            0, 1, *mutate.AT_REMOVEMAPPING_MAX, 300, len(entries) + 1, 0xFFFF_FFFF))
         return Step(O.FUSE_REMOVEMAPPING, _C(count=count, entries=entries), node=-1)
     if r < 0.75:
         return Step(O.FUSE_FORGET, _C(nlookup=rng.choice((1, 2, 1000, (1 << 64) - 1))), node=-1)
