@@ -190,7 +190,12 @@ def test_forget_goes_on_hiprio_and_is_reclaimed(no_leaks, installation, shared_d
         for _ in range(40):  # more than the hiprio ring holds: reclaimed as they complete
             e = c.lookup(FUSE_ROOT_ID, "f")
             c.forget(e.nodeid, 1)
-        assert t.queues[0].free_descriptors() >= 14
+        # The last few may still be with the daemon (it serves hiprio on its own thread,
+        # and a loaded machine delays it: 12 free once in CI); once served, reclaimed.
+        deadline = time.monotonic() + 5
+        while t.reclaim(0) < 15 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert t.reclaim(0) >= 15
         assert c.getattr(FUSE_ROOT_ID).attr.ino == os.stat(shared_dir).st_ino
 
 

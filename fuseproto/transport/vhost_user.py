@@ -428,6 +428,13 @@ class VhostUserTransport:
         if self.queues[queue].device_wants_kick():
             os.eventfd_write(self.kick_fds[queue], 1)
 
+    def reclaim(self, queue: int = 0) -> int:
+        """Recycle the finished reply-less chains (FORGETs) of queue ``queue`` now, as
+        :meth:`submit` does before it adds one; returns the queue's free descriptors."""
+        vq = self.queues[queue]
+        self._collect(vq)
+        return vq.free_descriptors()
+
     def done(self, token: Inflight) -> bool:
         if not token.done:
             self._collect(self.queues[token.queue])
