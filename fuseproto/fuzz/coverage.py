@@ -274,29 +274,6 @@ class CoverageMap:
         """The counters as they are now (``map_size`` bytes)."""
         return self.current.mm[HEADER_SIZE:HEADER_SIZE + self.map_size]
 
-    def counters(self) -> Any:
-        """A copy of the counters now (numpy array, or bytes without numpy): what
-        :meth:`touched` compares with after an input."""
-        cur = self.current
-        if cur.words is not None:
-            return cur.words.view(np.uint8).copy()
-        return cur.snapshot()
-
-    def touched(self, before: Any) -> list[int]:
-        """The counters (edge indices) that changed since ``before`` (:meth:`counters`):
-        the edges the input sent in between ran, new or not (a counter that wrapped
-        exactly back to its value is missed). Empty when ``before`` does not fit."""
-        cur = self.current
-        if cur.words is not None and not isinstance(before, bytes | bytearray):
-            now = cur.words.view(np.uint8)
-            if getattr(before, "shape", None) != now.shape:
-                return []
-            return np.flatnonzero(now != before).tolist()
-        snap = cur.snapshot()
-        if len(before) != len(snap):
-            return []
-        return [i for i, (a, b) in enumerate(zip(snap, before, strict=True)) if a != b]
-
     def edges(self) -> int:
         """Counters that are non-zero now (since the last :meth:`reset`; a counter that
         wrapped to 0 reads as not hit)."""

@@ -14,14 +14,6 @@ the outcome-class control of the benchmarks schedules by its own signal too) -- 
   both counts halving every :data:`HALF_LIFE` picks, then an entry inside it by energy;
   a bucket never falls below a tenth of the mean yield (it may start to pay again).
 
-With daemon edges the loop may also tell :meth:`Steer.favour` which edges an entry runs
-(:meth:`.coverage.CoverageMap.touched`, the counters its input changed) and its size:
-each edge's *favourite* is the smallest entry that runs it, and every
-:data:`CULL_EVERY` picks the favourites that cover all edges seen are marked (greedily,
-AFL's culling); an entry that is nobody's favourite is then picked :data:`UNFAVOURED`
-as often as its energy says. Only an edge signal can do this: an outcome class says
-nothing about which code an input ran.
-
 The corpus stays the loop's own (:class:`.corpus.Corpus`: ``add``, ``len``, saving);
 :meth:`Steer.add` adds to it and files the entry in its bucket.
 """
@@ -30,13 +22,12 @@ from __future__ import annotations
 
 import math
 import random
-from array import array
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from .corpus import Corpus, Weights
 
-__all__ = ["Steer", "HALF_LIFE", "CULL_EVERY", "UNFAVOURED", "request_bucket"]
+__all__ = ["Steer", "HALF_LIFE"]
 
 T = TypeVar("T")
 
@@ -51,18 +42,6 @@ CAP = 64.0
 _PRIOR_GAIN, _PRIOR_PICKS = 1.0, 20.0
 #: A bucket's weight is at least this share of the mean yield.
 EXPLORE = 0.1
-#: Favourites are marked again after this many picks (when an edge's favourite changed).
-CULL_EVERY = 500
-#: Once favourites are known, an entry that is none is picked this much less often.
-UNFAVOURED = 0.1
-
-
-def request_bucket(item: tuple[bytes, int]) -> int:
-    """A single-request corpus entry's bucket: its opcode (-1: shorter than a header)."""
-    data = item[0]
-    return int.from_bytes(data[4:8], "little") if len(data) >= 8 else -1
-
-
 class _Bucket:
     __slots__ = ("members", "weights", "gain", "picks", "t")
 
@@ -95,17 +74,9 @@ class Steer(Generic[T]):
         self.buckets: dict[Hashable, _Bucket] = {}
         self.where: list[tuple[Hashable, int]] = []  # corpus index -> (bucket, slot)
         self.base: list[float] = []  # corpus index -> energy it was given
-        self.energy: list[float] = []  # corpus index -> energy (before the favour factor)
+        self.energy: list[float] = []  # corpus index -> energy
         self.picks = 0
         self.last: int | None = None  # corpus index of the last pick
-        # Favourites (favour()): the edges each entry runs, each edge's (size, entry),
-        # the entries marked at the last cull, and whether a favourite changed since.
-        self.runs: dict[int, array[int]] = {}
-        self.top: dict[int, tuple[int, int]] = {}
-        self.favoured: set[int] | None = None  # None: no cull yet, every entry counts fully
-        self.dirty = False
-        self.culled_at = 0
-        self.culled_size = 0  # entries filed at the last cull (later ones count fully)
         for i, item in enumerate(corpus.items):
             self._file(i, item, corpus.energy(i))
 
@@ -119,51 +90,14 @@ class Steer(Generic[T]):
         b.members.append(index)
         self.base.append(energy)
         self.energy.append(energy)
-        b.weights.append(self._weight(index))
-        self.corpus.set_energy(index, self._weight(index))
-
-    def _weight(self, index: int) -> float:
-        e = self.energy[index]
-        if self.favoured is None or index >= self.culled_size or index in self.favoured:
-            return e
-        return e * UNFAVOURED
+        b.weights.append(energy)
+        self.corpus.set_energy(index, energy)
 
     def _reweigh(self, index: int) -> None:
         key, slot = self.where[index]
-        w = self._weight(index)
+        w = self.energy[index]
         self.buckets[key].weights.set(slot, w)
         self.corpus.set_energy(index, w)
-
-    def favour(self, index: int, edges: Iterable[int], cost: int) -> None:
-        """Entry ``index`` runs ``edges`` (its input's touched counters) at size ``cost``:
-        it becomes the favourite of each edge it runs more cheaply than the favourite."""
-        runs = array("I", edges)
-        if not runs or not 0 <= index < len(self.energy):
-            return
-        self.runs[index] = runs
-        top = self.top
-        for e in runs:
-            t = top.get(e)
-            if t is None or cost < t[0]:
-                top[e] = (cost, index)
-                self.dirty = True
-
-    def cull(self) -> None:
-        """Mark the favourites: for each edge in turn not yet covered, its favourite, and
-        everything that favourite runs is covered."""
-        covered: set[int] = set()
-        fav: set[int] = set()
-        for e, (_, i) in self.top.items():
-            if e not in covered:
-                fav.add(i)
-                covered.update(self.runs[i])
-        old, n = self.favoured, self.culled_size
-        self.favoured, self.dirty, self.culled_at = fav, False, self.picks
-        self.culled_size = len(self.energy)
-        changed = range(len(self.energy)) if old is None else \
-            (old ^ fav) | set(range(n, len(self.energy)))
-        for i in changed:
-            self._reweigh(i)
 
     def add(self, item: T, energy: float = 1.0) -> bool:
         """Add ``item`` to the corpus and its bucket (False: the corpus is full)."""
@@ -180,8 +114,6 @@ class Steer(Generic[T]):
         """:meth:`pick`, as the parent's corpus index (what :meth:`reward` takes when
         several picks are in flight at once, as in a loop's batch)."""
         self.picks += 1
-        if self.dirty and (self.favoured is None or self.picks - self.culled_at >= CULL_EVERY):
-            self.cull()
         if len(self.buckets) == 1:
             b = next(iter(self.buckets.values()))
         else:
