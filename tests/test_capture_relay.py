@@ -915,6 +915,17 @@ class PipeCapture:
         os.close(self.r)
 
 
+def _close_pipe_rig(r: Ring, pipe: PipeCapture, *pairs: Pair) -> None:
+    """The relay stopped (its writer's last records drained from the pipe), then the
+    rest; the pipe's records stay readable (``pipe.got``)."""
+    for p in pairs:
+        p.close()
+    r.relay.close()
+    pipe.drain()
+    r.close()
+    pipe.close()
+
+
 def _big_chain(r: Ring, head: int, slot: int, unique: int, size: int) -> int:
     """A request and a writable buffer for a reply of ``size`` bytes at ``head`` (and
     head+1); returns the buffer's offset in the memfd."""
@@ -963,9 +974,9 @@ def test_shadow_an_entry_waits_for_its_record_only_when_written_in_place(tmp_pat
             deadline = time.monotonic() + 5
             while r.guest_used()[0] == 0 and time.monotonic() < deadline:
                 pipe.drain()
+        assert call.signalled()  # (with a snaplen: although nobody has read the pipe)
         assert r.guest_used() == (1, [(0, len(reply)), (0, 0), (0, 0), (0, 0)])
         r.mm[rb:rb + len(reply)] = b"\xee" * len(reply)  # the guest reuses its buffer
-        assert call.signalled()
         deadline = time.monotonic() + 5
         while not pipe.replies() and time.monotonic() < deadline:
             pipe.drain()
@@ -974,12 +985,7 @@ def test_shadow_an_entry_waits_for_its_record_only_when_written_in_place(tmp_pat
             assert [f.data for f in pipe.frames() if f.direction == Direction.REQUEST] == [
                 _request(7)]
     finally:
-        kick.close()
-        call.close()
-        r.relay.close()
-        pipe.drain()
-        r.close()
-        pipe.close()
+        _close_pipe_rig(r, pipe, kick, call)
     assert [f.data for f in pipe.frames()
             if f.direction == Direction.ANNOTATION] == []
 
@@ -1028,12 +1034,7 @@ def test_shadow_entries_are_published_in_order_as_their_replies_are_written(tmp_
         pipe.drain()
         assert pipe.replies() == expected
     finally:
-        kick.close()
-        call.close()
-        r.relay.close()
-        pipe.drain()
-        r.close()
-        pipe.close()
+        _close_pipe_rig(r, pipe, kick, call)
     assert [f.data for f in pipe.frames() if f.direction == Direction.ANNOTATION] == []
 
 
