@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import select
 import shutil
 import statistics
@@ -157,6 +158,21 @@ def _relay_of(pid: int) -> int | None:
     return None
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and all its descendants (the proxy: its Python control
+    plane, its relay and the daemon it started)."""
+    total = _cpu_seconds(pid)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            total += sum(_tree_cpu(int(c)) for c in f.read().split())
+    return total
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (/proc/PID/stat fields 14, 15)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -184,9 +200,12 @@ def page_cache_rate(folder: str, seconds: float = 0.5) -> float:
 
 def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, seconds: float,
             rounds: int, capture_dir: str
-            ) -> tuple[dict[str, tuple[float, float, list[float]]], dict, float]:
+            ) -> tuple[dict[str, tuple[float, float, list[float]]], dict[str, int], float,
+                       dict[str, list[float]]]:
     """{figure: (median direct rate, median proxied rate, ratios)}, the full capture's
-    contents, the proxy's CPU microseconds per request (whole records)."""
+    contents, the proxy's CPU microseconds per request (whole records), and for the
+    whole-reply READs per side (direct, proxy) [CPU seconds of the client process plus
+    the daemon (direct) or the proxy with its relay and daemon, wall seconds, bytes]."""
     slice_s = seconds / rounds
     direct_t = VhostUserTransport.spawn(inst, share, mode="interrupt", memory_size=64 << 20)
     full = cut = None
@@ -198,6 +217,7 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
         work = {"direct": batches(direct), "full": batches(full.client),
                 "cut": batches(cut.client)}
         out = {}
+        cpu_use: dict[str, list[float]] = {}  # READ x16 per side: CPU s, wall s, bytes
         for key in (*KEYS, SNAP):
             workload = KEYS[2] if key == SNAP else key
             name = "cut" if key == SNAP else "full"
@@ -206,12 +226,24 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
             for b in sides.values():
                 b()  # warm up
             rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+            trees = {"direct": direct_t.daemon.pid if direct_t.daemon else None,
+                     "proxy": via.proc.pid}
             for i in range(rounds):
                 order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
                 for side in order:
                     if side == "proxy":
                         cpu0 = via.cpu_now()
+                    tree = trees[side]
+                    busy0 = _self_cpu() + (_tree_cpu(tree) if tree else 0.0)
+                    t0 = time.perf_counter()
                     rate = _timed(slice_s, sides[side])
+                    wall = time.perf_counter() - t0
+                    busy = _self_cpu() + (_tree_cpu(tree) if tree else 0.0) - busy0
+                    if key == KEYS[2]:
+                        acc = cpu_use.setdefault(side, [0.0, 0.0, 0.0])
+                        acc[0] += busy
+                        acc[1] += wall
+                        acc[2] += rate * wall
                     rates[side].append(rate)
                     if side == "proxy" and via is full:
                         via.cpu += via.cpu_now() - cpu0
@@ -225,13 +257,31 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
         full = None
         cut.close()
         cut = None
-        return out, kinds, cpu_us
+        return out, kinds, cpu_us, cpu_use
     finally:
         direct_t.close()
         for p in (full, cut):
             if p is not None and p.proc.poll() is None:
                 p.proc.kill()  # by PID
                 p.proc.wait()
+
+
+def cpu_bound(use: dict[str, list[float]], cache_rate: float, cpus: int) -> str:
+    """What the CPU time says about READ x16 with whole replies recorded. Direct, the
+    client and the daemon spend D CPU seconds per byte and keep U CPUs busy; a recorder of
+    whole replies must also copy every byte into the capture's page cache once, at least
+    1/cache_rate seconds per byte. With ``cpus`` CPUs no recorder, however built, moves
+    more than cpus / (D + 1/cache_rate) bytes/s; the proxy's own CPU per byte P gives its
+    bound cpus / P the same way."""
+    (dc, dw, db), (pc, pw, pb) = use["direct"], use["proxy"]
+    d_rate, d_per, p_per = db / dw, dc / db, pc / pb
+    best = cpus / (d_per + 1 / cache_rate) / d_rate
+    return (f"  READ x16 CPU: direct {d_per * 1e9:.2f} CPU-ms per MB keeping "
+            f"{dc / dw:.2f} of {cpus} CPUs busy; via proxy {p_per * 1e9:.2f} CPU-ms "
+            f"per MB ({pc / pw:.2f} CPUs busy); one copy into the page cache "
+            f"{1e9 / cache_rate:.2f} CPU-ms per MB. Bounds on {cpus} CPUs: any "
+            f"whole-reply recorder <= {best:.2f}x direct, this proxy's CPU per byte <= "
+            f"{cpus / p_per / d_rate:.2f}x")
 
 
 def main() -> int:
@@ -261,7 +311,7 @@ def main() -> int:
                 f.write(os.urandom(1 << 20) * (FILE_SIZE >> 20))
             captures = args.capture_dir or scratch
             cache0 = page_cache_rate(captures)
-            figures, kinds, cpu_us = measure(kind, inst, share, scratch, seconds, rounds,
+            figures, kinds, cpu_us, cpu_use = measure(kind, inst, share, scratch, seconds, rounds,
                                              captures)
             cache1 = page_cache_rate(captures)
         finally:
@@ -293,6 +343,7 @@ def main() -> int:
               f"0.7x); the capture's page cache took {cache0 * 1e-6:.0f} / {cache1 * 1e-6:.0f}"
               f" MB/s (before / after) = {min(cache0, cache1) / d:.2f}-"
               f"{max(cache0, cache1) / d:.2f}x the direct READ rate ({d * 1e-6:.0f} MB/s)")
+        print(cpu_bound(cpu_use, min(cache0, cache1), os.cpu_count() or 1))
         print(f"  machine load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")
     return 0
