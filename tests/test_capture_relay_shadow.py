@@ -1,0 +1,178 @@
+"""The shadow used rings (fuseproto/capture/relay_shadow.c) with the rig of
+tests/relay_rig.py: the daemon's used entries reach the guest's used ring only after their
+replies are recorded, in order, the guest called as it asks; what cannot be shadowed is
+declined with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+
+import pytest
+from relay_rig import (
+    EVENT_IDX,
+    GUEST_AVAIL_EVENT,
+    GUEST_USED_EVENT,
+    QUEUE,
+    Pair,
+    Ring,
+    add_chain,
+    fuse_request,
+    getattr_reply,
+    unique_of,
+)
+
+# -- the shadow used ring (relay_shadow.c) ----------------------------------------------------------
+
+
+def test_shadow_a_reply_is_recorded_before_the_guest_sees_its_entry(tmp_path):
+    """The daemon's used entry is in the shadow: the guest's used ring does not move until
+    the relay has the reply (a watcher of the guest's index reuses the reply's buffer the
+    moment the index moves, as a draining guest does: the capture still holds the reply),
+    and the guest is called."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    try:
+        rb, _ = add_chain(r, 0, 0, fuse_request(5))
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        r.mm[rb:rb + 16] = getattr_reply(5)
+        r.use(0, 16)  # the daemon's entry, in the shadow
+        r.relay.sync()
+        assert r.guest_used()[0] == 0 and len(r.records) == 1  # not seen, not recorded
+
+        def watch() -> None:
+            deadline = time.monotonic() + 5
+            while r.guest_used()[0] == 0 and time.monotonic() < deadline:
+                pass
+            r.mm[rb:rb + 16] = b"\xee" * 16  # the guest takes it and reuses the buffer
+
+        th = threading.Thread(target=watch)
+        th.start()
+        os.eventfd_write(call.source, 1)  # the daemon's call
+        th.join()
+        r.relay.sync()
+        assert [b for _, _, b in r.records] == [fuse_request(5), getattr_reply(5)]
+        assert r.guest_used() == (1, [(0, 16), (0, 0), (0, 0), (0, 0)])
+        assert call.signalled()
+        stats = r.relay.finish()
+        assert (stats["replies"], stats["mirrored"], stats["signals"]) == (1, 1, 1)
+        assert r.notes == []
+    finally:
+        kick.close()
+        call.close()
+        r.close()
+
+
+@pytest.mark.parametrize("how,called", [
+    ("interrupts on", True),
+    ("no-interrupt flag", False),
+    ("event-idx: the new index passes used_event", True),
+    ("event-idx: used_event further on", False),
+])
+def test_shadow_the_guest_is_called_as_it_asks(tmp_path, how, called):
+    """The relay calls the guest itself, as the guest asked: never while it has set
+    VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX, when the new used index passes used_event
+    (vring_need_event). The entry is published either way."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0)
+    call = Pair(r.relay, 2, "call")
+    try:
+        if "event-idx" in how:
+            r.relay.send("FEATURES", 0, EVENT_IDX)
+            struct.pack_into("<H", r.mm, GUEST_USED_EVENT, 0 if "passes" in how else 3)
+        if how == "no-interrupt flag":
+            struct.pack_into("<H", r.mm, r.AVAIL, 1)  # VIRTQ_AVAIL_F_NO_INTERRUPT
+        rb, _ = add_chain(r, 0, 0, fuse_request(5))
+        r.publish(0)
+        r.scan()
+        r.mm[rb:rb + 16] = getattr_reply(5)
+        r.use(0, 16)
+        os.eventfd_write(call.source, 1)
+        assert call.signalled(0.5 if called else 0.3) == called
+        r.relay.sync()
+        assert r.guest_used()[0] == 1
+        assert r.records[-1] == (1, QUEUE, getattr_reply(5))
+    finally:
+        call.close()
+        r.close()
+
+
+def test_shadow_entries_reach_the_guest_in_order_across_the_wrap(tmp_path):
+    """Replies completed out of order, 12 of them on a 4-entry ring whose indexes cross
+    65535 -> 0: each reaches the guest's used ring at its place, in the daemon's order,
+    after its record; the records pair one to one."""
+    r = Ring(str(tmp_path), shadow=True, base=0xFFFA, scan_interval=5.0)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    try:
+        unique = 100
+        for _ in range(6):
+            bufs = {}
+            for head, slot in ((0, 0), (2, 1)):
+                unique += 1
+                bufs[head] = (add_chain(r, head, slot, fuse_request(unique))[0], unique)
+                r.publish(head)
+            os.eventfd_write(kick.source, 1)
+            assert kick.signalled()
+            for head in (2, 0):  # the second request completes first
+                rb, u = bufs[head]
+                r.mm[rb:rb + 16] = getattr_reply(u)
+                r.use(head, 16)
+            os.eventfd_write(call.source, 1)
+            assert call.signalled()
+            r.relay.sync()
+            idx, entries = r.guest_used()
+            assert idx == r.used_idx & 0xFFFF
+            assert [entries[(idx - 2) % 4], entries[(idx - 1) % 4]] == [(2, 16), (0, 16)]
+        assert r.used_idx & 0xFFFF == 6  # (0xFFFA + 12, wrapped)
+        replies = [unique_of(b) for d, _, b in r.records if d == 1]
+        assert replies == [u for k in range(6) for u in (102 + 2 * k, 101 + 2 * k)]
+        assert r.notes == []
+    finally:
+        kick.close()
+        call.close()
+        r.close()
+
+
+def test_shadow_the_guest_kicks_for_what_the_relay_has_not_read(tmp_path):
+    """With EVENT_IDX the guest's avail_event says how far the relay has read the avail
+    ring (the guest kicks for anything newer), and entries the relay reads on its own
+    (the periodic scan, not a kick) get a kick of the relay's own to the daemon."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=0.005)
+    kick = Pair(r.relay, 1, "kick")
+    try:
+        r.relay.send("FEATURES", 0, EVENT_IDX)
+        add_chain(r, 0, 0, fuse_request(5))
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        r.relay.sync()
+        assert struct.unpack_from("<H", r.mm, GUEST_AVAIL_EVENT)[0] == 1
+        add_chain(r, 2, 1, fuse_request(6))
+        r.publish(2)  # no kick: the periodic scan reads it, and kicks the daemon
+        assert kick.signalled()
+        assert [unique_of(b) for _, _, b in r.records] == [5, 6]
+        assert struct.unpack_from("<H", r.mm, GUEST_AVAIL_EVENT)[0] == 2
+    finally:
+        kick.close()
+        r.close()
+
+
+def test_shadow_declined_where_the_guest_ring_cannot_be_written(tmp_path):
+    """A shadow the relay cannot use is declined with the reason (the proxy then forwards
+    SET_VRING_ADDR unchanged): the guest's used ring outside guest memory, an offer
+    outside the shadow."""
+    r = Ring(str(tmp_path), shadow=True)
+    try:
+        r.relay.send("VRING_NUM", 2, 4)
+        for used, offer, why in ((0xdead0000, r.SHADOW_UADDR, b"0xdead0000"),
+                                 (r.UADDR + 0x800, 0x1234_0000, b"no shadow at 0x12340000")):
+            r.relay.send("VRING_ADDR", 2, r.UADDR + r.DESC, r.UADDR + r.AVAIL, used, offer)
+            ev = r.relay.wait_for("SHADOWED")
+            assert (ev.queue, ev.a) == (2, 0) and why in ev.data, ev
+    finally:
+        r.close()
+
