@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def test_start_creates_socket_and_stop_removes_it(no_leaks, installation, shared
     assert not d.running()
     assert not os.path.exists(socket_path)
     assert d.returncode is not None
-    assert not os.path.exists(d.log_path)  # our temporary log: text kept, file removed
+    assert d.log_path is None  # our temporary log has no name: nothing to leave behind
     assert isinstance(d.log_text(), str)
 
 
@@ -126,6 +128,57 @@ def test_exits_when_its_one_connection_closes(no_leaks, installation, shared_dir
         assert d.returncode == 0, d.log_tail()
     finally:
         d.cleanup()
+
+
+OWNER = """
+import os, sys
+from fuseproto import daemons
+d = daemons.Daemon(daemons.install(sys.argv[1]), sys.argv[2], sys.argv[3]).start()
+print(d.pid, flush=True)
+os.read(0, 1)  # until the test has looked (and killed us)
+"""
+
+
+def test_owner_killed_leaves_no_log(installation, shared_dir, socket_path):
+    """The default log has no name from the moment the daemon holds it: an owner killed
+    with SIGKILL (no stop(), no finally) leaves no file behind; the daemon still logs."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, installation.kind, shared_dir,
+                              socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pid = None
+    try:
+        assert owner.stdout is not None
+        pid = int(owner.stdout.readline())
+        mine = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(
+            f"virtiofsd-{installation.kind}-{owner.pid}-")}
+        assert not mine, mine
+        logs = [os.readlink(f"/proc/{pid}/fd/2")]
+        assert logs[0].endswith("(deleted)"), logs
+        owner.kill()  # by PID
+        owner.wait()
+        assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(
+            f"virtiofsd-{installation.kind}-{owner.pid}-")]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if pid is not None:  # the orphaned daemon: by its PID
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+        for path in daemons.pid_file_paths(installation.kind, socket_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return  # a zombie of init's now: gone as far as we are concerned
+        time.sleep(0.01)
 
 
 def test_bad_shared_dir_fails_with_log(no_leaks, installation, scratch_dir, socket_path):

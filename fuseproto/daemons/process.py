@@ -127,7 +127,9 @@ class Daemon:
     """One running virtiofsd serving ``shared_dir`` on the vhost-user socket ``socket_path``.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Its stderr goes to
-    ``log_path`` (a temporary file by default) and is kept after it exits. ``cpus`` pins
+    ``log_path``, or by default to a temporary file whose name is removed as soon as the
+    daemon has it open (nothing is left behind even when this process is killed;
+    :meth:`log_text` reads it, and keeps its text after the daemon exits). ``cpus`` pins
     it (all its threads) to those CPUs from its first instruction. ``sandbox`` is the
     daemon's own sandbox mode, ``none`` or ``chroot`` (default: ``chroot`` for the C
     daemon, ``none`` for the Rust one). ``env`` is merged over this process's environment
@@ -170,10 +172,11 @@ class Daemon:
         # other *.pid file it finds the running process holding (a build configured with
         # another localstatedir), and stop() removes those that name this daemon.
         self.pid_files = pid_file_paths(self.kind, self.socket_path)
-        # Without a log_path the log is a temporary file while the daemon runs; stop()
-        # keeps its text in memory (log_text()) and removes the file.
+        # Without a log_path the log is an unnamed temporary file (our descriptor of it,
+        # read by log_text()); stop() keeps its text in memory and closes it.
         self._own_log = log_path is None
         self.log_path: str | None = None if log_path is None else str(log_path)
+        self._log_fd: int | None = None
         self._log_kept: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._status: int | None = None
@@ -211,11 +214,13 @@ class Daemon:
             sweep_stale_pid_files()
         env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
         env.update(self.env)
-        if self.log_path is None:
-            fd, self.log_path = tempfile.mkstemp(prefix=f"virtiofsd-{self.kind}-{os.getpid()}-",
-                                              suffix=".log")
-            os.close(fd)
-        with open(self.log_path, "ab") as log:
+        if self._own_log and self._log_fd is None:
+            fd, name = tempfile.mkstemp(prefix=f"virtiofsd-{self.kind}-{os.getpid()}-",
+                                        suffix=".log")
+            os.unlink(name)  # the daemon's stderr and our fd keep it; no name to leave
+            self._log_fd = fd
+        with (open(os.dup(self._log_fd), "ab") if self._log_fd is not None
+              else open(str(self.log_path), "ab")) as log:
             try:
                 self.proc = subprocess.Popen(
                     self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -361,10 +366,10 @@ class Daemon:
         if self.proc is not None:  # reaped above: its pid files are stale now
             for path in self.pid_files:
                 remove_pid_file(path, self.proc.pid)
-        if self._own_log and self.log_path and self._log_kept is None:
+        if self._log_fd is not None and self._log_kept is None:
             self._log_kept = self.log_text()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.log_path)
+            os.close(self._log_fd)
+            self._log_fd = None
         return self._status
 
     def cleanup(self) -> None:
@@ -375,6 +380,12 @@ class Daemon:
     def log_text(self) -> str:
         if self._log_kept is not None:
             return self._log_kept
+        if self._log_fd is not None:
+            chunks, at = [], 0
+            while chunk := os.pread(self._log_fd, 1 << 16, at):
+                chunks.append(chunk)
+                at += len(chunk)
+            return b"".join(chunks).decode(errors="replace")
         if self.log_path is None:
             return ""
         try:
