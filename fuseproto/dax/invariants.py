@@ -145,6 +145,13 @@ class DaxChecker:
             self._prev[id(m)] = self._snapshot(m)
         return self
 
+    def detach(self) -> None:
+        """Stop watching: each manager forgets this checker (which keeps its list). A run
+        calls it at its end: a manager and its observer refer to each other, and without
+        it every object of the run waits for the cyclic garbage collector."""
+        for m in self.managers:
+            m.observers[:] = [o for o in m.observers if o is not self]
+
     def note_forget(self, manager: DaxManager, nodeid: int) -> None:
         """Tell the checker a node was forgotten (its mappings may leave the view from
         anywhere in the stack)."""

@@ -214,6 +214,15 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
         run = _Run(geo, stage, checker, checked)
     except UnfitGeometry:
         return None
+    try:
+        _steps(program, run, dev, full_every, on_step)
+    finally:
+        checker.detach()  # (no cycle left: the run's objects go when the last use ends)
+    return checker
+
+
+def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
+           on_step: Callable[[], None] | None) -> None:
     table = run.operations(_kinds(run.mounts.policy))
     nkinds = len(table)
     injected = dev.injected
@@ -231,7 +240,6 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
         if on_step is not None:
             on_step()
     run.finish()
-    return checker
 
 
 class _Run:
