@@ -227,7 +227,7 @@ def _variant(name: str):
 
 @pytest.mark.daemon
 def test_live_fuzzer_edges_grow_on_c_asan_cov(tmp_path, no_leaks):
-    """20 s of the single-request loop against c-asan-cov: the map shows the binary's
+    """8 s of the single-request loop against c-asan-cov: the map shows the binary's
     guards, the edges grow past what start-up and setup lit, inputs that lit new edges are
     kept on disk, and the next run starts from them."""
     from fuseproto.fuzz import virtiofsd
@@ -236,7 +236,7 @@ def test_live_fuzzer_edges_grow_on_c_asan_cov(tmp_path, no_leaks):
     inst = _variant("c-asan-cov")
     assert "sancov" in inst.instrumentation
     store = FindingStore(tmp_path / "findings")
-    st = virtiofsd.fuzz_daemon(inst, seconds=20, store=store, seed=3, label="c-asan-cov",
+    st = virtiofsd.fuzz_daemon(inst, seconds=8, store=store, seed=3, label="c-asan-cov",
                                corpus_dir=tmp_path / "corpus")
     e = st.edges
     assert e["feedback"] == "coverage" and e["guards"] > 1000, e

@@ -39,7 +39,7 @@ def test_run_atheris_target_with_two_jobs(tmp_path):
     """``fuseproto fuzz run wire_decode --jobs 2``: libFuzzer forks two jobs (its own
     progress lines say so), new inputs land in the run's one corpus directory."""
     proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "run", "wire_decode",
-                           "--seconds", "20", "--jobs", "2", "--out", str(tmp_path)],
+                           "--seconds", "10", "--jobs", "2", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "-fork=2: fuzzing in separate process" in proc.stderr, proc.stderr[-2000:]
