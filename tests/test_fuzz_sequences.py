@@ -324,8 +324,7 @@ def test_dax_oracles_accept_the_clean_daemon(tmp_path):
 def test_dax_oracles_catch_each_daemon_side_bug(variant, tmp_path):
     """Each variant of our DAX patch with a realistic bug is caught by the live DAX fuzzing
     (mapping-aware programs, seed 1) within 80 programs (each was caught within 30), under
-    the invariant that names
-    the bug."""
+    the invariant that names the bug."""
     _stats, found = _dax_findings(variant, tmp_path, 80)
     assert f"dax:{variant}:{DAX_BUG_CATCHES[variant]}" in found, found
 
