@@ -30,6 +30,8 @@ from fuseproto.capture.frames import Direction
 from fuseproto.capture.relay import Relay
 from fuseproto.transport.virtqueue import (
     VIRTQ_DESC,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
     VIRTQ_USED_ELEM,
 )
 from fuseproto.wire.constants import fuse_opcode
@@ -228,3 +230,138 @@ def test_a_record_larger_than_the_staging_ring_is_written_in_its_place(tmp_path)
         r.close()
 
 
+
+
+# -- what the writer meets under an in-place reply ------------------------------------------------
+
+def test_shadow_a_reply_whose_buffer_faults_under_the_writer(tmp_path):
+    """Guest memory vanishes while the writer writes a reply from the guest's buffer (the
+    memfd truncated under it: writev faults, EFAULT): the record keeps its length, holds
+    the bytes before the fault and zeros from there on, an annotation says so, and the
+    used entry is still published and the guest called (the VM does not hang)."""
+    pipe = PipeCapture()
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, capture=pipe.w)
+    os.close(pipe.w)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    size, keep = 48 << 10, 16 << 10
+    try:
+        rb = big_chain(r, 0, 0, 7, size)
+        r.publish(0)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled()
+        reply = read_reply(7, size, 0x5A)
+        r.mm[rb:rb + len(reply)] = reply
+        r.use(0, len(reply))
+        os.eventfd_write(call.source, 1)
+        assert not call.signalled(0.5)  # the writer waits on the pipe, before the body
+        os.ftruncate(r.fd, rb + keep)  # (r.mm past this point is not to be touched now)
+        deadline = time.monotonic() + 10
+        while r.guest_used()[0] == 0 and time.monotonic() < deadline:
+            pipe.drain()
+        assert call.signalled()
+        assert r.guest_used() == (1, [(0, len(reply)), (0, 0), (0, 0), (0, 0)])
+        assert r.relay.proc.poll() is None
+    finally:
+        close_pipe_rig(r, pipe, kick, call)
+    frames = pipe.frames()
+    assert [f.data for f in frames if f.direction == Direction.REQUEST] == [fuse_request(7)]
+    assert pipe.replies() == [reply[:keep] + bytes(len(reply) - keep)]
+    assert [f.data.decode() for f in frames if f.direction == Direction.ANNOTATION] == [
+        "queue 1: guest memory faulted while a reply was written (written as zeros)"]
+
+
+class BigRing(Ring):
+    """16,384 entries: more replies in flight than the writer's table of replies pending in
+    place (SPLICES, 4,096) has room for."""
+
+    NUM = 16384
+    DESC, AVAIL, USED, DATA = 0, 0x40000, 0x49000, 0x70000
+    SHADOW_SIZE = 0x22000
+
+
+def test_shadow_more_in_place_replies_than_the_writer_has_room_for(tmp_path):
+    """4,100 replies of 16 KiB on a shadowed queue while the writer cannot write (a pipe
+    nobody reads): the 4,097th finds the table of replies pending in place full, and the
+    recorder waits for the writer (a stall, counted; the staging ring is nowhere near
+    full). Once the pipe is read every reply comes out whole, in the daemon's order, and
+    every used entry reaches the guest, in order; nothing is dropped or annotated."""
+    import fcntl
+
+    pipe = PipeCapture()
+    r = BigRing(str(tmp_path), shadow=True, scan_interval=5.0, capture=pipe.w)
+    os.close(pipe.w)
+    kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
+    n, size = 4100, 16 << 10
+    body = r.DATA + 0x70000  # one body buffer, shared by every chain
+    r.mm[body:body + size] = bytes(range(256)) * (size // 256)
+    expected = []
+    stop = threading.Event()
+
+    def read_on() -> None:
+        while not stop.is_set():
+            pipe.drain()
+            time.sleep(0.001)
+
+    reader = threading.Thread(target=read_on)
+    try:
+        for i in range(n):
+            req, at, hdr = fuse_request(1000 + i), r.DATA + 64 * i, r.DATA + 0x50000 + 16 * i
+            r.mm[at:at + len(req)] = req
+            r.desc(3 * i, r.GPA + at, len(req), VIRTQ_DESC_F_NEXT, 3 * i + 1)
+            r.desc(3 * i + 1, r.GPA + hdr, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+                   3 * i + 2)
+            r.desc(3 * i + 2, r.GPA + body, size, VIRTQ_DESC_F_WRITE)
+            r.publish(3 * i)
+        os.eventfd_write(kick.source, 1)
+        assert kick.signalled(10)  # (the requests are staged; the pipe holds 4 KiB of them)
+        for i in range(n):
+            hdr = r.DATA + 0x50000 + 16 * i
+            r.mm[hdr:hdr + 16] = struct.pack("<IiQ", 16 + size, 0, 1000 + i)
+            r.use(3 * i, 16 + size)
+            expected.append(bytes(r.mm[hdr:hdr + 16]) + bytes(r.mm[body:body + size]))
+        os.eventfd_write(call.source, 1)
+        assert not call.signalled(1.0)  # nothing written, nothing published
+        assert r.guest_used()[0] == 0
+        fcntl.fcntl(pipe.r, 1031, 1 << 20)  # F_SETPIPE_SZ: read it faster from now on
+        reader.start()
+        deadline = time.monotonic() + 60
+        while r.guest_used()[0] != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        idx, entries = r.guest_used()
+        assert idx == n
+        assert entries[:n] == [(3 * i, 16 + size) for i in range(n)]
+        assert call.signalled()
+        stats = r.relay.finish()
+        assert (stats["requests"], stats["replies"], stats["mirrored"]) == (n, n, n)
+        assert stats["stalls"] >= 1
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(10)
+        close_pipe_rig(r, pipe, kick, call)
+    frames = pipe.frames()
+    assert [unique_of(f.data) for f in frames if f.direction == Direction.REQUEST] == [
+        1000 + i for i in range(n)]
+    assert pipe.replies() == expected
+    assert [f.data for f in frames if f.direction == Direction.ANNOTATION] == []
+
+
+def test_a_record_written_directly_from_memory_that_faults(tmp_path):
+    """A record larger than the staging ring, written directly from guest memory whose
+    pages past the first are gone (the memfd truncated): the record keeps its length,
+    holds the first page's bytes and zeros for the rest, and an annotation says so."""
+    r = Ring(str(tmp_path), staging=4096)
+    try:
+        at, size = r.DATA + 0x10000, 12000
+        req = struct.pack("<IIQ", size, fuse_opcode.FUSE_WRITE, 50).ljust(size, b"x")
+        r.mm[at:at + size] = req
+        r.desc(0, r.GPA + at, size, 0)
+        r.publish(0)
+        os.ftruncate(r.fd, at + 4096)  # (r.mm past this point is not to be touched now)
+        r.scan()
+        assert r.records == [(0, QUEUE, req[:4096] + bytes(size - 4096))]
+        assert r.notes == ["queue 1: guest memory faulted while a record was written "
+                           "(written as zeros)"]
+        assert r.relay.proc.poll() is None
+    finally:
+        r.close()

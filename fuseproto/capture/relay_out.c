@@ -27,7 +27,7 @@
  *   - a staged record is committed (`staged` moved) once copied, so guest memory that
  *     vanishes under the copy (SIGBUS: scan() stops observing the queue and says so)
  *     leaves no part of one; guest memory that faults under the writer's writev (EFAULT)
- *     is written as zeros, and noted;
+ *     is written as zeros (the pages that fault: write_guest), and noted;
  *   - guest memory is not unmapped while a body waits to be written (relay_mem.c drains).
  */
 #include "relay.h"
@@ -98,11 +98,46 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
-/* Write a body from guest memory: writev, going on after a short write; a piece that
- * faults (EFAULT) is written as zeros from the fault on. An errno, or 0; *fault set. */
-static int write_pieces(int fd, const struct iovec *v, uint64_t n, int *fault)
+/* Write [p, p+n) of guest memory; after a fault (EFAULT) -- or from the start, paged --
+ * one page at a time, a page that faults written as zeros: the kernel refuses a whole
+ * chunk of its own around a fault (a pipe: a page of the pipe's), so the bytes before the
+ * fault would go with it. An errno, or 0; *fault set if a page faulted. */
+static int write_guest(int fd, const unsigned char *p, size_t n, int paged, int *fault)
 {
     static const unsigned char zeros[4096];
+    while (n) {
+        size_t k = n;
+        if (paged) { /* (4 KiB: the smallest page; a larger one faults as a whole too) */
+            size_t room = sizeof zeros - ((uintptr_t)p & (sizeof zeros - 1));
+            k = k < room ? k : room;
+        }
+        ssize_t w = write(fd, p, k);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EFAULT && !paged) {
+            paged = 1;
+            continue;
+        }
+        if (w < 0 && errno == EFAULT) {
+            *fault = 1;
+            int e = write_all(fd, zeros, k);
+            if (e)
+                return e;
+            w = (ssize_t)k;
+        } else if (w <= 0) {
+            return w < 0 ? errno : ENOSPC;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Write a body from guest memory: writev, going on after a short write; after a fault
+ * (EFAULT: somewhere in the pieces of that writev) the piece at hand is written by
+ * write_guest(), then writev goes on. An errno, or 0; *fault set. */
+static int write_pieces(int fd, const struct iovec *v, uint64_t n, int *fault)
+{
     uint64_t i = 0;
     size_t skip = 0; /* of v[i], written already */
     while (i < n) {
@@ -114,16 +149,10 @@ static int write_pieces(int fd, const struct iovec *v, uint64_t n, int *fault)
         ssize_t r = writev(fd, w, k);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0 && errno == EFAULT) { /* the rest of this piece: zeros */
-            *fault = 1;
-            size_t left = v[i].iov_len - skip;
-            while (left) {
-                size_t z = left < sizeof zeros ? left : sizeof zeros;
-                int e = write_all(fd, zeros, z);
-                if (e)
-                    return e;
-                left -= z;
-            }
+        if (r < 0 && errno == EFAULT) { /* the rest of this piece, page by page */
+            int e = write_guest(fd, w[0].iov_base, w[0].iov_len, 1, fault);
+            if (e)
+                return e;
             i++;
             skip = 0;
             continue;
@@ -278,35 +307,12 @@ static void stage_copy(uint64_t *pos, const void *src, uint64_t n)
 }
 
 /* A record too large for the ring: written directly from guest memory, in its place (the
- * ring drained first). Guest memory that faults under writev is written as zeros. */
+ * ring drained first). Guest memory that faults under the write is written as zeros. */
 static void write_direct(const struct iovec *v, int n)
 {
-    static const unsigned char zeros[4096];
     out_drain();
     for (int i = 0; i < n && !out_broken; i++) {
-        const unsigned char *p = v[i].iov_base;
-        size_t left = v[i].iov_len;
-        int e = 0;
-        while (left && !e) {
-            ssize_t w = write(out_fd, p, left);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0 && errno == EFAULT) { /* the rest of this piece: zeros */
-                faulted = 1;
-                while (left && !e) {
-                    size_t z = left < sizeof zeros ? left : sizeof zeros;
-                    e = write_all(out_fd, zeros, z);
-                    left -= z;
-                }
-                break;
-            }
-            if (w <= 0)
-                e = w < 0 ? errno : ENOSPC;
-            else {
-                p += w;
-                left -= (size_t)w;
-            }
-        }
+        int e = write_guest(out_fd, v[i].iov_base, v[i].iov_len, 0, &faulted);
         if (e) {
             pthread_mutex_lock(&lock);
             write_error = e;
