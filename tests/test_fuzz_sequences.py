@@ -308,9 +308,9 @@ def _dax_findings(variant, tmp_path, programs):
 def test_dax_oracles_accept_the_clean_daemon(tmp_path):
     """Live DAX fuzzing on clean c-dax: after every program the backend-channel record is
     checked and every accepted mapping request is judged against the protocol and the
-    real window; 600 programs (mostly mapping-aware ones) give no DAX finding, and the
+    real window; 250 programs (mostly mapping-aware ones) give no DAX finding, and the
     mapping shapes the report shows include accepted and refused ones."""
-    stats, found = _dax_findings("c-dax", tmp_path, 600)
+    stats, found = _dax_findings("c-dax", tmp_path, 250)
     assert found == []
     maps = stats.sequences["mappings"]
     assert any(k.startswith("FUSE_SETUPMAPPING aligned-2M in window") and k.endswith(": 0")
