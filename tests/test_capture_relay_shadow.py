@@ -7,6 +7,7 @@ declined with its reason.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import time
@@ -24,6 +25,9 @@ from relay_rig import (
     getattr_reply,
     unique_of,
 )
+
+from fuseproto.capture import relay as relay_mod
+from fuseproto.capture.relay import SHADOW_QUEUES, ShadowRings, shadow_slot
 
 # -- the shadow used ring (relay_shadow.c) ----------------------------------------------------------
 
@@ -176,3 +180,87 @@ def test_shadow_declined_where_the_guest_ring_cannot_be_written(tmp_path):
     finally:
         r.close()
 
+
+
+# -- where the shadow goes, and where it cannot --------------------------------------------------
+
+def test_shadow_every_queue_a_kick_names_has_a_slot(tmp_path):
+    """The proxy's shadow region has a slot for every queue vhost-user can name (a kick's
+    8-bit index: the relay's MAX_QUEUES), each large enough for the largest ring: the relay
+    takes the offer for queues 64 and 255 of 32,768 entries; past 255 there is no slot,
+    and the reason says so."""
+    src = (relay_mod.SOURCE_DIR / "relay.h").read_text()
+    assert SHADOW_QUEUES == int(re.search(r"#define MAX_QUEUES (\d+)", src)[1]) == 256
+    shadows = ShadowRings()
+    r = Ring(str(tmp_path))
+    try:
+        _gpa, size, uaddr, _off = shadows.region()
+        r.relay.send("SHADOW", 0, uaddr, size, fds=[shadows.fd])
+        for q in (64, SHADOW_QUEUES - 1):
+            r.relay.send("VRING_NUM", q, 32768)
+            r.relay.send("VRING_ADDR", q, r.UADDR + r.DESC, r.UADDR + r.AVAIL,
+                         r.UADDR + r.USED, shadow_slot(q))
+            ev = r.relay.wait_for("SHADOWED")
+            assert (ev.queue, ev.a) == (q, 1), ev
+        assert shadow_slot(SHADOW_QUEUES) is None
+        assert shadows.declined(SHADOW_QUEUES) == (
+            "queue index 256 is past the last a kick names (255)")
+    finally:
+        r.close()
+        shadows.close()
+
+
+@pytest.mark.parametrize("regions,slots", [(7, False), (8, False), (8, True)])
+def test_shadow_room_in_the_memory_table(regions, slots):
+    """SET_MEM_TABLE carries 8 regions at most: with 7 the shadow goes last; with 8 and no
+    CONFIGURE_MEM_SLOTS it cannot, and the reason says so; with CONFIGURE_MEM_SLOTS it is
+    added on its own (ADD_MEM_REG, acknowledged with REPLY_ACK) whatever the table holds."""
+    from fuseproto.transport.vhost_user_proto import (
+        VhostUserMemory,
+        VhostUserMemoryRegion,
+        VhostUserProtocolFeature,
+    )
+
+    P = VhostUserProtocolFeature
+    shadows = ShadowRings()
+    fd = os.memfd_create("regions")
+    try:
+        shadows.protocol_features = 1 << P.REPLY_ACK | (1 << P.CONFIGURE_MEM_SLOTS if slots
+                                                         else 0)
+        table = VhostUserMemory(tuple(VhostUserMemoryRegion(i << 30, 1 << 20, 0x7000_0000
+                                                            + (i << 30), 0)
+                                      for i in range(regions)))
+        payload = shadows.set_mem_table(table, [fd] * regions)
+        message = shadows.add_message()
+        if regions < 8:
+            assert payload is not None and message is None
+            sent = VhostUserMemory.parse_body(payload).regions
+            assert sent[:-1] == table.regions and sent[-1] == VhostUserMemoryRegion(
+                *shadows.region())
+        else:
+            assert payload is None and (message is not None) == slots
+        if regions < 8 or slots:
+            assert shadows.declined(0) is None
+        else:
+            assert shadows.declined(0) == (
+                "SET_MEM_TABLE with 8 regions leaves no room for the shadow region (8 at "
+                "most; CONFIGURE_MEM_SLOTS not agreed)")
+        assert shadows.reply_is_ours() == (message is not None)
+    finally:
+        shadows.close()
+        os.close(fd)
+
+
+def test_shadow_a_slot_of_the_daemons_is_kept_for_the_shadow():
+    """GET_MAX_MEM_SLOTS reaches the front-end one less than the daemon said: a front-end
+    that fills every slot it is told of still leaves the shadow region one."""
+    from fuseproto.transport.vhost_user_proto import VhostUserU64
+
+    shadows = ShadowRings()
+    try:
+        for said, told in ((509, 508), (32, 31), (1, 1)):
+            reply = shadows.max_mem_slots(VhostUserU64(said).serialize_body())
+            assert VhostUserU64.parse_body(reply).u64 == told
+        assert shadows.max_mem_slots(b"\x01\x02") == b"\x01\x02"  # (not ours to judge)
+    finally:
+        shadows.close()

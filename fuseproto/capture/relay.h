@@ -70,7 +70,7 @@ enum { CONFIG_FIELDS(ENUM_CFG) CFG_COUNT };
 
 #define MAX_PAYLOAD (256 << 10)
 #define MAX_FDS 8
-#define MAX_QUEUES 256
+#define MAX_QUEUES 256 /* every queue a kick names (its 8-bit index): relay.py SHADOW_QUEUES */
 #define KEY_DATA 64     /* a request's first bytes kept to know it again (and its length) */
 #define OUT_IOV 1024    /* IOV_MAX */
 #define OUT_RECS 256

@@ -56,11 +56,14 @@ from ..transport.vhost_user_proto import (
     VHOST_MEMORY_BASELINE_NREGIONS,
     VHOST_USER_NEED_REPLY_MASK,
     VHOST_USER_VERSION,
+    VHOST_USER_VRING_IDX_MASK,
     VIRTIO_F_RING_EVENT_IDX,
     VhostUserMemory,
     VhostUserMemoryRegion,
+    VhostUserPayloadError,
     VhostUserProtocolFeature,
     VhostUserSingleMemoryRegion,
+    VhostUserU64,
 )
 from ..wire import codec, structs
 from ..wire.constants import fuse_opcode
@@ -475,7 +478,9 @@ class Relay:
 # (47 bits; QEMU maps nothing higher unless asked).
 SHADOW_GPA = 1 << 52
 SHADOW_UADDR = 1 << 52
-SHADOW_QUEUES = 64  # queues 0..63 get a slot (virtio-fs: hiprio + request queues)
+# Every queue gets a slot: all a kick can name (SET_VRING_KICK's 8-bit index; the relay's
+# MAX_QUEUES). 256 slots of 260 KiB: 65 MiB of address space, sparse.
+SHADOW_QUEUES = VHOST_USER_VRING_IDX_MASK + 1
 # One slot per queue: a used ring of the largest size, with avail_event (virtio 1.x 2.7.8),
 # page-aligned (the memfd is sparse: the pages a ring never touches cost nothing).
 SHADOW_SLOT = -(-(vq.VIRTQ_USED_RING + vq.VIRTQ_USED_ELEM.size * MAX_QUEUE_SIZE + 2)
@@ -513,6 +518,7 @@ class ShadowRings:
         self._avail_seen: dict[int, int] = {}
         self.protocol_features = 0  # SET_PROTOCOL_FEATURES
         self.in_table = False  # the daemon's memory table has the shadow region
+        self.why_not = "no memory table yet"  # (while not in_table, without slots)
         # ADD_MEM_REG replies the daemon owes, in order: True for the proxy's own.
         self._add_replies: deque[bool] = deque(maxlen=64)
 
@@ -529,6 +535,9 @@ class ShadowRings:
             self.add_memory(region.user_addr, region.size, region.mmap_offset, fd)
         self.in_table = len(table.regions) < VHOST_MEMORY_BASELINE_NREGIONS
         if not self.in_table:
+            self.why_not = (f"SET_MEM_TABLE with {len(table.regions)} regions leaves no room "
+                            f"for the shadow region ({VHOST_MEMORY_BASELINE_NREGIONS} at most; "
+                            f"CONFIGURE_MEM_SLOTS not agreed)")
             return None
         return VhostUserMemory((*table.regions, VhostUserMemoryRegion(*self.region())),
                                table.padding).serialize_body()
@@ -553,6 +562,22 @@ class ShadowRings:
         self.in_table = True
         return (VhostUserSingleMemoryRegion(VhostUserMemoryRegion(*self.region())),
                 VHOST_USER_VERSION | (VHOST_USER_NEED_REPLY_MASK if ack else 0))
+
+    def declined(self, queue: int) -> str | None:
+        """Why ``queue``'s used ring cannot go into the shadow (after :meth:`add_message`),
+        or None."""
+        if shadow_slot(queue) is None:
+            return f"queue index {queue} is past the last a kick names ({SHADOW_QUEUES - 1})"
+        return None if self.in_table else self.why_not
+
+    def max_mem_slots(self, payload: bytes) -> bytes:
+        """The daemon's GET_MAX_MEM_SLOTS reply as the front-end gets it: one slot less,
+        kept for the shadow region (:meth:`add_message`), when there is one to spare."""
+        try:
+            slots = VhostUserU64.parse_body(payload).u64
+        except VhostUserPayloadError:
+            return payload
+        return VhostUserU64(slots - 1).serialize_body() if slots > 1 else payload
 
     def reply_is_ours(self) -> bool:
         """An ADD_MEM_REG reply from the daemon: whether it answers the proxy's own."""
