@@ -48,6 +48,9 @@ __all__ = [
     "copy_body",
     "random_name",
     "AT_REMOVEMAPPING_MAX",
+    "remember",
+    "forget",
+    "decoded",
 ]
 
 #: List lengths at the protocol's one counted maximum (REMOVEMAPPING's entries, from the
@@ -142,8 +145,13 @@ def _get(obj: Any, path: tuple[Any, ...]) -> Any:
 
 
 def _set(obj: Any, path: tuple[Any, ...], value: Any) -> None:
+    """``obj`` (a copy) with ``value`` at ``path``: every container on the way copied
+    first (shallow), so what ``obj`` shares with the body it was copied from stays as
+    it was."""
     for p in path[:-1]:
-        obj = obj[p]
+        child = obj[p]
+        child = obj[p] = ListContainer(child) if isinstance(child, list) else Container(child)
+        obj = child
     obj[path[-1]] = value
 
 
@@ -192,18 +200,22 @@ def copy_body(obj: Any) -> Any:
 
 
 def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) -> Any:
-    """One structural change to a decoded body (a copy is returned; raw bytes stay bytes
-    with a byte-level change)."""
+    """One structural change to a decoded body (raw bytes stay bytes with a byte-level
+    change). ``body`` is left as it was: the result is a new Container (without the
+    ``_``-prefixed top-level fields) whose changed path is new too, and which shares the
+    rest (the items of a long list, nested structs) with ``body``; change it in place
+    only after :func:`copy_body`."""
     if isinstance(body, bytes | bytearray):
         return mutate_bytes(bytes(body), rng)
-    if body is None:
-        body = Container()
-    body = copy_body(body)
     choices: list[Callable[[], None]] = []
     ints: list[tuple[Any, ...]] = []
     names: list[tuple[Any, ...]] = []
     lists: list[tuple[Any, ...]] = []
-    _leaf_paths(body, ints, names, lists)
+    if body is None:
+        body = Container()
+    else:
+        _leaf_paths(body, ints, names, lists)
+        body = Container((k, v) for k, v in body.items() if not str(k).startswith("_"))
 
     def set_int() -> None:
         p = rng.choice(ints)
@@ -220,11 +232,11 @@ def mutate_body(body: Any, rng: random.Random, pools: Pools = _DEFAULT_POOLS) ->
         if items and r < 0.3:
             items.pop(rng.randrange(len(items)))
         elif items and r < 0.55:
-            items.extend([copy_body(rng.choice(items))] * rng.choice((1, 2, 7, 255, 256, 257)))
+            items.extend([rng.choice(items)] * rng.choice((1, 2, 7, 255, 256, 257)))
         elif items and r < 0.7:
             # Exactly at the protocol's counted maximum (REMOVEMAPPING's entries) or by one.
             n = rng.choice(AT_REMOVEMAPPING_MAX)
-            items.extend([copy_body(rng.choice(items))] * max(0, n - len(items)))
+            items.extend([rng.choice(items)] * max(0, n - len(items)))
         elif items:
             rng.shuffle(items)
         _set(body, p, ListContainer(items))
@@ -462,6 +474,58 @@ def mutate_bytes(data: bytes, rng: random.Random, max_size: int = 1 << 16) -> by
     return bytes(b[:max_size])
 
 
+# --- decodes the wire oracle made ---------------------------------------------------------
+
+#: What the wire oracle decoded of the input it checked last: ``(key, bytes, message)``
+#: (message None: refused). libFuzzer mutates the input it has just run (-mutate_depth
+#: mutations in a row), so the mutators' decode of their parent is usually one of these;
+#: a decode is a function of the key and the bytes, so the message is the one decoding
+#: would give (the mutators change copies of it: :func:`mutate_body`).
+_DECODED: list[tuple[tuple[Any, ...], bytes, Any]] = []
+_DECODED_MAX = 4
+_DECODERS: dict[str, Callable[..., Any]] = {
+    "request": lambda data, minor, flags: codec.decode_request(data, minor, flags=flags),
+    "reply": codec.decode_reply,
+    "notification": codec.decode_notification,
+}
+
+
+def _decoded_key(kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if kind == "reply":  # (request or opcode, minor): a Request by its bytes
+        request, minor = args
+        return (kind, int(getattr(request, "opcode", request)), minor,
+                getattr(request, "raw", None))
+    return (kind, *args)
+
+
+def remember(kind: str, data: bytes, args: tuple[Any, ...], message: Any) -> None:
+    """Note that the ``kind`` decoder (``request``: args ``(minor, flags)``, ``reply``:
+    ``(request, minor)``, ``notification``: ``()``) gave ``message`` for ``data`` (None:
+    it refused); :func:`forget` drops every note."""
+    _DECODED.append((_decoded_key(kind, args), data, message))
+    if len(_DECODED) > _DECODED_MAX:
+        del _DECODED[0]
+
+
+def forget() -> None:
+    """Drop what :func:`remember` noted."""
+    _DECODED.clear()
+
+
+def decoded(kind: str, data: bytes, *args: Any) -> Any:
+    """The message the ``kind`` decoder gives for ``data`` with ``args`` (see
+    :func:`remember`), or None where it raises DecodeError: a noted one, else decoded."""
+    if _DECODED:
+        key = _decoded_key(kind, args)
+        for k, d, message in _DECODED:
+            if k == key and d == data:
+                return message
+    try:
+        return _DECODERS[kind](data, *args)
+    except DecodeError:
+        return None
+
+
 def _encode_request(req: Any, body: Any, hdr: MutableMapping[str, Any], minor: int,
                     flags: int, ext: Any) -> bytes:
     return codec.encode_request(
@@ -495,12 +559,7 @@ def mutate_request(
             if out is not None:
                 return out[:max_size]
     # r >= 0.94 and a request that does not decode: bytes (no decode needed to know that).
-    req = None
-    if r < 0.94:
-        try:
-            req = codec.decode_request(data, minor, flags=flags)
-        except DecodeError:
-            pass
+    req = decoded("request", data, minor, flags) if r < 0.94 else None
     if req is None:
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=True) if rng.random() < 0.7 else out
@@ -567,12 +626,7 @@ def mutate_reply(
             if out is not None:
                 return out[:max_size]
     # r >= 0.92 and a reply that does not decode: bytes (no decode needed to know that).
-    rep = None
-    if r < 0.92:
-        try:
-            rep = codec.decode_reply(data, request, minor)
-        except DecodeError:
-            pass
+    rep = decoded("reply", data, request, minor) if r < 0.92 else None
     if rep is None or rep.body is None:  # (r < 0.55 with no body went to error above)
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
@@ -600,9 +654,8 @@ def mutate_notification(data: bytes, rng: random.Random, *, max_size: int = 1 <<
                                    _DEFAULT_POOLS)
             if out is not None:
                 return out[:max_size]
-    try:
-        note = codec.decode_notification(data)
-    except DecodeError:
+    note = decoded("notification", data)
+    if note is None:
         out = mutate_bytes(data, rng, max_size)
         return restamp(out, request=False) if rng.random() < 0.7 else out
     try:

@@ -27,6 +27,8 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     bytes, body range, construct, opcode and minor) is not parsed by the construct
     again when the fast path gives the verdict that agreed then (the construct's side is
     a function of those).
+  The oracle notes what it decoded (:func:`.mutate.remember`): the mutators decode the
+  input just checked again when libFuzzer mutates it, and take the note instead.
 session (``fuseproto.session`` docstring):
   * ``feed_request``/``feed_reply`` raise only DecodeError or ProtocolError;
   * a reply is paired with the request of its own unique (``reply.request.unique``);
@@ -56,7 +58,7 @@ from .inputs import (
     parse_session_input,
     parse_wire_input,
 )
-from .mutate import deciding_fields
+from .mutate import deciding_fields, forget, remember
 
 __all__ = ["Bug", "check_wire", "check_session", "SESSION_MAX_PENDING", "DIFF_EVERY",
            "set_diff_every", "diff_stats"]
@@ -247,6 +249,7 @@ def _differential(what: tuple[Any, ...], parts: Any, con: Any, data: bytes, off:
 
 def check_wire(data: bytes) -> None:
     """The wire target's oracle (see the module docstring)."""
+    forget()
     w = parse_wire_input(data)
     if w is None:
         return
@@ -278,6 +281,7 @@ def _body(key: tuple[Any, ...], parts_of: Any, *args: Any) -> tuple[Any, Any]:
 
 def _check_request(msg: bytes, minor: int, flags: int) -> Any:
     req = _decode(codec.decode_request, msg, minor, flags=flags)
+    remember("request", msg, (minor, flags), req)
     n = len(msg)
     if n >= _IN_SIZE:
         v = _in_unpack(msg, 0)
@@ -307,6 +311,7 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
 
 def _check_reply(msg: bytes, request: Any, minor: int) -> None:
     rep = _decode(codec.decode_reply, msg, request, minor)
+    remember("reply", msg, (request, minor), rep)
     op = int(getattr(request, "opcode", request))
     n = len(msg)
     if n >= _OUT_SIZE:
@@ -335,6 +340,7 @@ def _check_reply(msg: bytes, request: Any, minor: int) -> None:
 
 def _check_notification(msg: bytes) -> None:
     note = _decode(codec.decode_notification, msg)
+    remember("notification", msg, (), note)
     n = len(msg)
     if n >= _OUT_SIZE:
         v = _out_unpack(msg, 0)

@@ -114,8 +114,10 @@ def wire_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
             req = mutate.mutate_request(req, rng, minor=minor, flags=flags, max_size=4096)
         else:
             try:
-                request: Any = codec.decode_request(req, minor, flags=flags)
-            except Exception:
+                request: Any = mutate.decoded("request", req, minor, flags)
+            except Exception:  # noqa: BLE001 -- not a message: the reply to the opcode
+                request = None
+            if request is None:
                 request = opcode
             msg = mutate.mutate_reply(msg, request, rng, minor=minor, max_size=max_size)
     out = inputs.build_wire_input(kind, msg, minor=minor, opcode=opcode,
