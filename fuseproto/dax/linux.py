@@ -56,6 +56,7 @@ from .messages import (
 
 __all__ = ["FUSE_DAX_SHIFT", "LinuxDaxManager"]
 
+_new_segment = tuple.__new__  # a Segment built as the tuple it is (one per range copied)
 _REFCNT = attrgetter("refcnt")
 _NODEID = attrgetter("nodeid")
 _WINDOW_OFFSET = attrgetter("window_offset")
@@ -153,11 +154,6 @@ class LinuxDaxManager(DaxManager):
         if len(self._free) < self.free_threshold:
             self._worker_queued = True
 
-    def _alloc(self) -> _Range | None:
-        r = self._free.popleft() if self._free else None
-        self._kick_worker()
-        return r
-
     def _reinit_add_to_free_pool(self, r: _Range) -> None:
         del self._busy[r.window_offset]
         r.nodeid, r.start_idx = None, 0
@@ -223,14 +219,18 @@ class LinuxDaxManager(DaxManager):
         return r
 
     def _alloc_reclaim(self, nodeid: int) -> _Range | int:
+        free = self._free
         while True:
-            r = self._alloc()
+            # alloc_dax_mapping: the free list's head; the worker kicked below the threshold
+            r = free.popleft() if free else None
+            if len(free) < self.free_threshold:
+                self._worker_queued = True
             if r is not None:
                 return r
             r = self._inline_reclaim_one(nodeid)
             if r is not None:
                 return r
-            # The kernel waits here for the worker (it was kicked by _alloc).
+            # The kernel waits here for the worker (it was kicked above).
             freed = self.run_worker(force=True)
             if not self._free and not freed:
                 return errno.EAGAIN  # every range in use: the kernel would sleep
@@ -321,27 +321,29 @@ class LinuxDaxManager(DaxManager):
         i_size = self.backend.file_size(nodeid)
         end = min(offset + max(size, 0), i_size)
         parts: list[bytes] = []
-        res = ReadResult(b"")
+        segments: list[Segment] = []
+        error = 0
         pos = offset
         before = self.stats.setupmapping
+        iomap_begin, window_read = self._iomap_begin, self.window_read
         while pos < end:
-            err, r, moff, n = self._iomap_begin(nodeid, pos, end - pos, False, i_size)
+            err, r, moff, n = iomap_begin(nodeid, pos, end - pos, False, i_size)
             if err or r is None:
-                res.error = err
+                error = err
                 break
             r.refcnt += 1  # fuse_fill_iomap takes a reference for the copy
             try:
-                chunk = self.window_read(moff, n, nodeid, pos)
+                chunk = window_read(moff, n, nodeid, pos)
             except WindowFault as e:
-                res.error = e.errno or errno.EFAULT
+                error = e.errno or errno.EFAULT
                 break
             finally:
                 r.refcnt -= 1
             parts.append(chunk)
-            res.segments.append(Segment(pos, n, moff))
+            segments.append(_new_segment(Segment, (pos, n, moff)))
             pos += n
-        res.data = parts[0] if len(parts) == 1 else b"".join(parts)
-        res.setups = self.stats.setupmapping - before
+        res = ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), segments, error,
+                         setups=self.stats.setupmapping - before)
         self.finish_read(nodeid, offset, size, res)
         self._after_op()  # the worker runs after the copy (observers saw the read first)
         return res

@@ -260,6 +260,7 @@ class DaxManager(ABC):
                     flags=flags,
                     moffset=moffset,
                     unique=unique,
+                    sender=self.sender,
                 )
             )
         err = dev.setup_record(nodeid, fh, foffset, length, flags, moffset)
@@ -278,7 +279,7 @@ class DaxManager(ABC):
         unique = self._unique
         dev = self._records
         if dev is None or self.observers:
-            return self.send(removemapping(nodeid, entries, unique=unique))
+            return self.send(removemapping(nodeid, entries, unique=unique, sender=self.sender))
         err = dev.remove_record(nodeid, entries)
         st = self.stats
         st.removemapping += 1
