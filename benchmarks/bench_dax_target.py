@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from fuseproto.fuzz import dax_target
 from fuseproto.fuzz.dax_ops import decode_program
@@ -86,30 +87,52 @@ def rate(inputs: list[bytes], mode: str, repeat: int = 2) -> float:
     return rates(inputs, mode, repeat)[0]
 
 
-def _atheris(*flags: str) -> tuple[str, float]:
-    """libFuzzer's report of ``fuzz/dax_fuzzer.py`` run with ``flags``, and the CPU
-    seconds it used."""
+class AtherisRun(NamedTuple):
+    stderr: str
+    cpu: float  # CPU seconds of the harness
+    wall: float
+    ops: float  # operations per input of the corpus libFuzzer kept (0: none kept)
+
+
+def _atheris(*flags: str) -> AtherisRun:
+    """libFuzzer's report of ``fuzz/dax_fuzzer.py`` run with ``flags``, the CPU and wall
+    seconds it used, and the size of the inputs it kept (operations per input)."""
     harness = ROOT / "fuzz" / "dax_fuzzer.py"
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         proc = subprocess.run(
             [sys.executable, str(harness), *flags, "-seed=1", "-print_final_stats=1",
              f"-dict={ROOT / 'fuzz' / 'dax.dict'}", work, str(ROOT / "corpus" / "dax")],
             capture_output=True, text=True, timeout=600)
+        kept = [decode_program(p.read_bytes()) for p in Path(work).iterdir()]
+    wall = time.perf_counter() - t0
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return proc.stderr, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    progs = [p for p in kept if p is not None]
+    ops = sum(len(p.ops) for p in progs) / len(progs) if progs else 0.0
+    return AtherisRun(proc.stderr, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime),
+                      wall, ops)
 
 
-def atheris_rate(seconds: int) -> tuple[float, float] | None:
-    """libFuzzer's average_exec_per_sec, and the executions per CPU second of the harness
-    (its CPU time less a ``-runs=0`` start-up: imports, instrumentation, the seeds)."""
-    _out, start_cpu = _atheris("-runs=0")
-    out, cpu = _atheris(f"-max_total_time={seconds}")
-    m = re.search(r"average_exec_per_sec:\s+(\d+)", out)
-    runs = re.search(r"number_of_executed_units:\s+(\d+)", out)
-    if not m:
+def _stat(out: str, name: str) -> int | None:
+    m = re.search(rf"{name}:\s+(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def atheris_rate(seconds: int) -> tuple[float, float, float, float] | None:
+    """libFuzzer's average_exec_per_sec (its executions over the seconds since the process
+    started: start-up included), the executions per wall and per CPU second after a
+    ``-runs=0`` start-up (imports, instrumentation, the seeds), and the operations per
+    input of what it kept."""
+    start = _atheris("-runs=0")
+    run = _atheris(f"-max_total_time={seconds}")
+    avg = _stat(run.stderr, "average_exec_per_sec")
+    runs = _stat(run.stderr, "number_of_executed_units") or 0
+    if avg is None:
         return None
-    return float(m.group(1)), (int(runs.group(1)) / max(1e-3, cpu - start_cpu) if runs else 0.0)
+    runs -= _stat(start.stderr, "number_of_executed_units") or 0  # the seeds, run at start
+    return (float(avg), runs / max(1e-3, run.wall - start.wall),
+            runs / max(1e-3, run.cpu - start.cpu), run.ops)
 
 
 def instrumented_rate(n: int) -> float | None:
@@ -170,15 +193,18 @@ def main() -> int:
     print(f"incremental vs full checks: {inc / got['full'][0]:.2f}x; the checks cost "
           f"{got['unchecked'][0] / inc:.2f}x the operations alone")
     if args.instrumented:
-        r = instrumented_rate(args.inputs)
-        print(f"  {'instrumented':12s} {r or 0:8.0f} inputs/s   {(r or 0) / GOAL:5.2f}x the goal   "
-              f"{(r or 0) / inc:5.2f}x incremental (atheris-instrumented managers and devices, "
+        ir = instrumented_rate(args.inputs) or 0.0
+        print(f"  {'instrumented':12s} {ir:8.0f} inputs/s   {ir / GOAL:5.2f}x the goal   "
+              f"{ir / inc:5.2f}x incremental (atheris-instrumented managers and devices, "
               "no libFuzzer)")
     if args.atheris:
-        a, a_cpu = atheris_rate(args.atheris) or (0.0, 0.0)
+        a, a_wall, a_cpu, a_ops = atheris_rate(args.atheris) or (0.0, 0.0, 0.0, 0.0)
         print(f"  {'atheris':12s} {a:8.0f} inputs/s   {a / GOAL:5.2f}x the goal   "
-              f"{a_cpu:8.0f} per CPU second less start-up (instrumented managers, "
-              f"libFuzzer, {args.atheris} s)")
+              f"(libFuzzer's average_exec_per_sec: start-up included; instrumented "
+              f"managers, libFuzzer, {args.atheris} s)")
+        print(f"  {'':12s} {a_wall:8.0f} per wall second, {a_cpu:.0f} per CPU second after "
+              f"start-up; the inputs it kept: {a_ops:.1f} operations each (here: "
+              f"{ops / len(inputs):.1f})")
     if args.live:
         lr = live_rate(fuzz_inputs(args.live, seed=2))
         if lr is None:
