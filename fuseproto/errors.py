@@ -18,19 +18,27 @@ class DecodeError(FuseprotoError, ValueError):
     """Bytes that do not form a valid message.
 
     ``offset`` is the byte offset into the message where decoding failed (or None when
-    unknown); ``path`` names the field, e.g. ``"fuse_in_header.len"``.
+    unknown); ``path`` names the field, e.g. ``"fuse_in_header.len"``. ``reason`` is the
+    message alone; ``str()`` adds the field and the offset (made when asked for: most
+    DecodeErrors, a fuzzer's refused inputs, are caught and never shown).
     """
 
     def __init__(self, message: str, *, offset: int | None = None, path: str | None = None):
+        super().__init__(message)
         self.offset = offset
         self.path = path
-        where = []
-        if path:
-            where.append(f"field {path}")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        super().__init__(f"{message} ({', '.join(where)})" if where else message)
         self.reason = message
+
+    def __str__(self) -> str:
+        where = []
+        if self.path:
+            where.append(f"field {self.path}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{self.reason} ({', '.join(where)})" if where else str(self.reason)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class TruncatedError(DecodeError):

@@ -11,8 +11,10 @@ Properties
 wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
   * decoders raise only :class:`~fuseproto.errors.DecodeError`, and never one the codec
     made out of another exception (``_bug``'s ``__cause__``): that is a missed check;
-  * roundtrip: a decoded message re-encodes to exactly its bytes (every length and count
-    passed as decoded, so even a lying-but-accepted message must come back byte-exact);
+  * roundtrip: a decoded message re-encodes to exactly its bytes (every count, size and
+    ``total_extlen`` passed as decoded, so even a lying-but-accepted message must come
+    back byte-exact; the header's ``len`` derived, as the decoder accepts only the
+    message's own);
   * differential: the body's fast path (``messages.parse_parts``) and its declarative
     construct (``messages.*_body(...).parse``) accept the same bodies and agree on them.
     The construct parse is ~10x the rest of the oracle, so it runs on every body of a
@@ -22,8 +24,8 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     message in :data:`DIFF_EVERY` by a CRC32 of its bytes. Both rules are functions
     of the input (a replay in a fresh process always runs it: its shape is new);
     ``FUSEPROTO_FUZZ_DIFF_EVERY=1`` runs it on every body (:func:`set_diff_every`).
-    The fast-path side is the body the decoder returned (parsed again only when the
-    decoder refused the message), and a message already compared in this process (same
+    The fast-path side is the body the decoder returned or the error it refused it with
+    (parsed again only when something besides the body's parse may have refused it), and a message already compared in this process (same
     bytes, body range, construct, opcode and minor) is not parsed by the construct
     again when the fast path gives the verdict that agreed then (the construct's side is
     a function of those).
@@ -87,14 +89,15 @@ def _translated(e: DecodeError) -> BaseException | None:
     return None
 
 
-def _decode(fn: Any, *args: Any, **kw: Any) -> Any:
+def _decode(fn: Any, *args: Any, **kw: Any) -> tuple[Any, DecodeError | None]:
+    """``(message, None)``, or ``(None, the DecodeError)`` when the decoder refused."""
     try:
-        return fn(*args, **kw)
+        return fn(*args, **kw), None
     except DecodeError as e:
         cause = _translated(e)
         if cause is not None:
             raise cause  # the original exception and traceback: the finding's signature
-        return None
+        return None, e
 
 
 _IN = structs.FAST["fuse_in_header"]
@@ -102,6 +105,8 @@ _OUT = structs.FAST["fuse_out_header"]
 _IN_SIZE, _OUT_SIZE = _IN.size, _OUT.size
 _in_unpack, _out_unpack = _IN.struct.unpack_from, _OUT.struct.unpack_from
 _IN_LEN, _IN_OPCODE, _IN_EXTLEN = (_IN.fields.index(f) for f in ("len", "opcode", "total_extlen"))
+_IN_UNIQUE, _IN_NODEID, _IN_UID, _IN_GID, _IN_PID, _IN_PADDING = (
+    _IN.fields.index(f) for f in ("unique", "nodeid", "uid", "gid", "pid", "padding"))
 _OUT_LEN, _OUT_ERROR, _OUT_UNIQUE = (_OUT.fields.index(f) for f in ("len", "error", "unique"))
 
 
@@ -192,14 +197,17 @@ def _where(what: tuple[Any, ...]) -> str:
 
 
 def _differential(what: tuple[Any, ...], parts: Any, con: Any, data: bytes, off: int,
-                  end: int, decoded: Any = None) -> None:
+                  end: int, decoded: Any = None, refused: DecodeError | None = None) -> None:
     """Fast path vs construct on ``data[off:end]``: same acceptance, same Container (on the
     bodies the sampling in the module docstring picks).
 
     ``decoded`` is the body the codec's decoder returned for this message (it parsed
     ``data[off:end]`` with parts of this layout): then that body is the fast path's
     verdict, so what is compared is what the decoder gives, and the fast path does not
-    run twice. Without it (the decoder refused the message) the fast path runs here.
+    run twice. ``refused`` is the decoder's DecodeError when nothing but that body's
+    parse can have raised it (the caller knows: a sound header, no extension area, no
+    request to check sizes against): the fast path's verdict too. Without either the
+    fast path runs here.
 
     A message compared before (the same bytes, body range, construct and ``what``) whose
     fast-path verdict is the one that agreed then is not parsed by the construct again
@@ -207,6 +215,8 @@ def _differential(what: tuple[Any, ...], parts: Any, con: Any, data: bytes, off:
     fast_err: Exception | None = None
     if decoded is not None:
         fast = decoded
+    elif refused is not None:
+        fast, fast_err = None, refused
     else:
         try:
             fast = messages.parse_parts(parts, data, off, end)
@@ -280,7 +290,7 @@ def _body(key: tuple[Any, ...], parts_of: Any, *args: Any) -> tuple[Any, Any]:
 
 
 def _check_request(msg: bytes, minor: int, flags: int) -> Any:
-    req = _decode(codec.decode_request, msg, minor, flags=flags)
+    req, err = _decode(codec.decode_request, msg, minor, flags=flags)
     remember("request", msg, (minor, flags), req)
     n = len(msg)
     if n >= _IN_SIZE:
@@ -290,16 +300,21 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
             op = v[_IN_OPCODE]
             parts, con = _body((0, op, minor, flags), messages.request_parts, op, minor, flags)
             if parts is not None:
+                # Refused with no extension area: the body's parse refused it.
                 _differential(("request", op, minor), parts, con, msg, _IN_SIZE, end,
-                              None if req is None else req.body)
+                              None if req is None else req.body, err if end == n else None)
     if req is None:
         return None
-    h = req.header
+    h = req.header_values
+    ext, extlen = req.ext, h[_IN_EXTLEN]
     try:
+        # len is derived (the decoder accepted only len == len(msg)), and total_extlen
+        # too when there is no extension area: the bytes a caller's encode gives.
         again = codec.encode_request(
-            h["opcode"], req.body, unique=h["unique"], nodeid=h["nodeid"], uid=h["uid"],
-            gid=h["gid"], pid=h["pid"], minor=minor, flags=flags, ext=req.ext,
-            length=h["len"], total_extlen=h["total_extlen"], padding=h["padding"])
+            h[_IN_OPCODE], req.body, unique=h[_IN_UNIQUE], nodeid=h[_IN_NODEID],
+            uid=h[_IN_UID], gid=h[_IN_GID], pid=h[_IN_PID], minor=minor, flags=flags,
+            ext=ext or None, total_extlen=extlen if ext or extlen else None,
+            padding=h[_IN_PADDING])
     except Exception as e:
         raise Bug("roundtrip", f"request {opcode_name(req.opcode)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
@@ -310,7 +325,7 @@ def _check_request(msg: bytes, minor: int, flags: int) -> Any:
 
 
 def _check_reply(msg: bytes, request: Any, minor: int) -> None:
-    rep = _decode(codec.decode_reply, msg, request, minor)
+    rep, err = _decode(codec.decode_reply, msg, request, minor)
     remember("reply", msg, (request, minor), rep)
     op = int(getattr(request, "opcode", request))
     n = len(msg)
@@ -323,13 +338,17 @@ def _check_reply(msg: bytes, request: Any, minor: int) -> None:
                 xsize = rbody.get("size")
             parts, con = _body((1, op, minor, xsize), messages.reply_parts, op, minor, xsize)
             if parts is not None:
+                # Refused, and no request to check the reply's size against: the body's
+                # parse refused it (codec.decode_reply).
                 _differential(("reply to", op, minor), parts, con, msg, _OUT_SIZE, n,
-                              None if rep is None else rep.body)
+                              None if rep is None else rep.body,
+                              None if isinstance(request, codec.Request) else err)
     if rep is None:
         return
     try:
+        # len derived: the decoder accepted only len == len(msg).
         again = codec.encode_reply(request, rep.body, unique=rep.unique, error=rep.error,
-                                   minor=minor, length=rep.header["len"])
+                                   minor=minor)
     except Exception as e:
         raise Bug("roundtrip", f"reply to {opcode_name(rep.opcode)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e
@@ -339,7 +358,7 @@ def _check_reply(msg: bytes, request: Any, minor: int) -> None:
 
 
 def _check_notification(msg: bytes) -> None:
-    note = _decode(codec.decode_notification, msg)
+    note, err = _decode(codec.decode_notification, msg)
     remember("notification", msg, (), note)
     n = len(msg)
     if n >= _OUT_SIZE:
@@ -348,12 +367,14 @@ def _check_notification(msg: bytes) -> None:
         if v[_OUT_LEN] == n and v[_OUT_UNIQUE] == 0 and code > 0:
             parts, con = _body((2, code), messages.notification_parts, code)
             if parts is not None:
+                # Refused with a sound header (len, unique 0, a code): by the body's parse.
                 _differential(("notification", code, None), parts, con, msg, _OUT_SIZE, n,
-                              None if note is None else note.body)
+                              None if note is None else note.body, err)
     if note is None:
         return
     try:
-        again = codec.encode_notification(note.code, note.body, length=note.header["len"])
+        # len derived: the decoder accepted only len == len(msg).
+        again = codec.encode_notification(note.code, note.body)
     except Exception as e:
         raise Bug("roundtrip", f"notification {_notify_name(note.code)}",
                   f"decoded but does not re-encode: {type(e).__name__}: {e}") from e

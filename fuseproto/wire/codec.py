@@ -180,6 +180,8 @@ def _ext_bytes(ext: Any) -> bytes:
         return b""
     if isinstance(ext, _RAW):
         return bytes(ext)
+    if isinstance(ext, list) and not ext:  # no records (a decoded request's ``ext``)
+        return b""
     try:
         return messages.build_ext(ext)
     except Exception as e:

@@ -62,6 +62,13 @@ class _LazyHeader:
     def header(self, value: Container) -> None:
         self._set_header(value, self._values)
 
+    @property
+    def header_values(self) -> tuple[int, ...]:
+        """The header's fields in the struct's order (``_FIELDS``), without making the
+        Container."""
+        h = self._header
+        return self._values if h is None else tuple(int(h[f]) for f in self._FIELDS)
+
 
 class Request(_LazyHeader):
     """A decoded request: ``header`` (fuse_in_header Container), ``opcode``, ``body``,
