@@ -91,6 +91,29 @@ def test_pattern_file_reads_writes_and_extends():
     assert f[0:3] == b"QQ" + base[2:3]
 
 
+def test_pattern_files_match_in_place_as_read_compares():
+    """``matches`` (the checker's copy-free comparison) never says True where ``read``
+    differs, and says True for the original pattern's bytes."""
+    files = dax_ops.PatternFiles()
+    files.add(2, 3 * P + 5, key=9)
+    files.add(3, 2 * P, key=4)
+    files.data(3).write(P, b"xy")  # written pages: the oracle's way
+    rng = random.Random(5)
+    said_true = 0
+    for _ in range(3000):
+        node = rng.choice((2, 3, 7))
+        off = rng.randrange(-2, 4 * P)
+        n = rng.randrange(1, 2 * P)
+        want = files.read(node, max(off, 0), n) if node in files and off >= 0 else None
+        data = want if want and rng.random() < 0.7 else rng.randbytes(n)
+        if files.matches(node, off, data):
+            said_true += 1
+            assert want == data
+    assert said_true > 500
+    assert files.matches(2, 0, dax_ops.pattern_bytes(9, 0, 3 * P + 5))
+    assert not files.matches(2, 1, dax_ops.pattern_bytes(9, 0, 16))
+
+
 # ---- operations and their judgement ------------------------------------------------------
 def _program(config: int, ops: list[tuple[str, int, int, int]], **header) -> bytes:
     """ops: (kind name, sel, a, b); kind names index the policy's table."""

@@ -428,20 +428,24 @@ class LinuxDaxManager(DaxManager):
         if len(ranges) > 4:
             return super().pinned_in(ranges)
         shift, all_ranges = self.shift, self._ranges
-        hit: dict[int, _Range] = {}
+        hit: dict[int, _Range] | None = None
         for moffset, length in ranges:
             lo, hi = max(moffset, 0), moffset + length
             if hi <= lo:
                 continue
             for r in all_ranges[lo >> shift:((hi - 1) >> shift) + 1]:
                 if r.refcnt > 1:
+                    if hit is None:
+                        hit = {}
                     hit[r.window_offset] = r
+        if hit is None:  # the common case: nothing in use there
+            return []
         return [(r.window_offset, r.length) for _o, r in sorted(hit.items())]
 
     def view(self) -> list[ViewEntry]:
         return [
             ViewEntry(r.window_offset, r.length, r.nodeid, r.start_idx << self.shift, r.writable)
-            for r in sorted(self._busy.values(), key=lambda r: r.window_offset)
+            for r in sorted(self._busy.values(), key=_WINDOW_OFFSET)
             if r.nodeid is not None
         ]
 

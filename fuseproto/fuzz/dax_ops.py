@@ -318,3 +318,14 @@ class PatternFiles:
     def read(self, nodeid: int, offset: int, size: int) -> bytes:
         """The file's true bytes (the checker's oracle)."""
         return self.data(nodeid)[offset:offset + size]
+
+    def matches(self, nodeid: int, offset: int, data: bytes) -> bool:
+        """``data`` is the file's bytes at ``offset`` (``read(nodeid, offset, len(data)) ==
+        data``). Bytes of the original pattern are compared in place, no copy; False also
+        means "ask :meth:`read`" (written pages, past the original size, no such file)."""
+        f = self._files.get(nodeid)
+        if f is None or f.pages or not 0 <= offset <= f.base - len(data):
+            return False
+        # pattern_bytes(f.key, offset, len(data)) is this slice of the pool (one slice:
+        # len(data) <= f.base; a file longer than the pool takes the oracle's way)
+        return len(data) <= _POOL_SIZE and _POOL2.startswith(data, (offset + f.key) % _POOL_SIZE)

@@ -209,7 +209,8 @@ def run_program(program: Program, stage: Stage, *, full_every: int = FULL_EVERY,
     for i, code in enumerate(geo.size_codes):
         stage.set_file(stage.node(2 + i), geo.file_size(code), key=2 + i)
     dev = stage.device
-    checker = DaxChecker(geo.window_size, geo.map_alignment, oracle=stage.oracle, device=dev)
+    checker = DaxChecker(geo.window_size, geo.map_alignment, oracle=stage.oracle,
+                         matches=getattr(stage, "matches", None), device=dev)
     try:
         run = _Run(geo, stage, checker, checked)
     except UnfitGeometry:

@@ -57,6 +57,7 @@ class ModelStage:
                             geo.map_alignment, through_codec=False)
         self.device = RefusingDevice(model)
         self.oracle = self.backend.read  # type: ignore[method-assign]  # (no call between)
+        self.matches = self.backend.matches  # the checker's comparison, without a copy
 
     def node(self, n: int) -> int:
         return n
