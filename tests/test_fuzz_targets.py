@@ -75,6 +75,35 @@ def _raising_parse(self, buf, off, end, body):
     raise IndexError("planted")
 
 
+@pytest.mark.parametrize("plus", [False, True])
+def test_differential_sees_one_wrong_field_deep_in_a_long_dirent_list(monkeypatch, plus):
+    """The fast path and the construct are compared field by field down every record: a
+    fast path that gets one field of the 200th of 255 records wrong (the others the same
+    objects' values) is a differential finding; clean, the same message passes."""
+    from fuseproto.wire import parts
+
+    d = {"ino": 7, "off": 1, "type": 4, "name": b"abc"}
+    rec = {"entry_out": {"nodeid": 9}, "dirent": d} if plus else d
+    op = 44 if plus else 28  # READDIRPLUS, READDIR
+    msg = codec.encode_reply(op, {"entries": [rec] * 255}, unique=2)
+    data = inputs.build_wire_input(inputs.WIRE_REPLY, msg, opcode=op)
+    monkeypatch.setattr(oracles, "DIFF_EVERY", oracles.DIFF_EVERY)  # restored after
+    oracles.set_diff_every(1)
+    oracles.check_wire(data)
+    original = parts.Dirents.parse
+
+    def parse(self, buf, off, end, body):
+        at, body = original(self, buf, off, end, body)
+        rec = body["entries"][199]
+        (rec["dirent"] if self.plus else rec)["off"] += 1
+        return at, body
+
+    monkeypatch.setattr(parts.Dirents, "parse", parse)
+    oracles.set_diff_every(1)
+    with pytest.raises(oracles.Bug, match="differential"):
+        oracles.check_wire(data)
+
+
 def _plant(monkeypatch, owner, attr, fault) -> None:
     """Apply ``fault`` so that monkeypatch undoes it after the test."""
     original = getattr(owner, attr)

@@ -84,10 +84,6 @@ __all__ = [
 FUSE_IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
 
 
-def _z(v: Any) -> Any:
-    return 0 if v is None else v
-
-
 class Part:
     """One piece of a body: ``parse``/``build`` (fast) and ``subcons`` (construct).
 
@@ -372,6 +368,9 @@ _DIRENTPLUS = structs.FAST["fuse_direntplus"]
 _DIRENT_SIZE = _DIRENT.size  # FUSE_NAME_OFFSET, 24
 _DIRENTPLUS_SIZE = _DIRENTPLUS.size  # FUSE_NAME_OFFSET_DIRENTPLUS, 152
 _ENTRY_OUT_BUILD = structs.FAST["fuse_entry_out"].build
+# A record's fuse_dirent (namelen derived from the name when absent or None), generated.
+_DIRENT_BUILD = compile_builder(_DIRENT.tree, derive={"namelen": lambda d: len(d["name"])},
+                                label="fuse_dirent derived")
 
 
 class Dirents(Part):
@@ -385,9 +384,11 @@ class Dirents(Part):
         items = ListContainer()
         hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
         parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
-        while off < end:
-            if end - off < hsize:
-                raise TruncatedError("partial dirent header", offset=end, path="entries")
+        # One comparison per record for the loop and one for its end (long replies are
+        # hundreds of records): a header fits while off <= last; what is left after the
+        # last whole record is a partial header.
+        last = end - hsize
+        while off <= last:
             rec = parse(buf, off)
             # READDIRPLUS: its nested fuse_dirent; READDIR: the record itself (a
             # fuse_dirent has no "dirent" field). A lookup, not a branch per record.
@@ -405,6 +406,8 @@ class Dirents(Part):
             rec["pad"] = buf[name_end:rec_end]
             items.append(rec)
             off = rec_end
+        if off < end:
+            raise TruncatedError("partial dirent header", offset=end, path="entries")
         if body is None:
             body = Container()
         body["entries"] = items
@@ -414,7 +417,7 @@ class Dirents(Part):
         out = []
         plus = self.plus
         head = _DIRENTPLUS_SIZE if plus else _DIRENT_SIZE
-        pack = _DIRENT.struct.pack
+        build_dirent = _DIRENT_BUILD
         for rec in body["entries"]:
             if not isinstance(rec, dict):
                 raise NotFast
@@ -428,7 +431,7 @@ class Dirents(Part):
             namelen = d.get("namelen")
             if namelen is None:
                 namelen = len(d["name"])
-            out.append(pack(_z(d.get("ino")), _z(d.get("off")), namelen, _z(d.get("type"))))
+            out.append(build_dirent(d))
             out.append(octets(d["name"]))
             pad = rec.get("pad")
             n = -(head + namelen) % 8
