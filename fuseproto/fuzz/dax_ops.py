@@ -87,11 +87,15 @@ class Geometry:
         multiplier ``k`` (see the module docstring)."""
         cls, k = code & 15, code >> 4
         u, w = self.unit, max(self.chunks * self.unit, 1)
-        return {
-            0: k + 1, 1: (k + 1) * u - 1, 2: (k + 1) * u, 3: (k + 1) * u + 1,
-            4: w - 1, 5: w, 6: w + 1, 7: (k + 2) * w, 8: (k + 2) * w + 1,
-            9: 100 * w + k, 10: (k + 1) * 4096 + k, 11: 0,
-        }.get(cls, (k + 1) * u + (k * 37 % u))
+        if cls <= 3:  # around a multiple of the unit (the class's value only: no table)
+            return k + 1 if cls == 0 else (k + 1) * u + cls - 2
+        if cls <= 6:  # the window, off by one either way
+            return w + cls - 5
+        if cls <= 8:
+            return (k + 2) * w + cls - 7
+        if cls <= 11:
+            return (100 * w + k, (k + 1) * 4096 + k, 0)[cls - 9]
+        return (k + 1) * u + (k * 37 % u)
 
     def clamp(self, max_window: int) -> Geometry:
         """This geometry with at most ``max_window`` bytes of window (live mode; a
