@@ -134,6 +134,27 @@ def test_seeds_reach_hundreds_of_ranges_and_batch_their_removal():
     assert checker.messages_checked == 320 + 22
 
 
+@pytest.mark.parametrize("config", [0, 2])
+def test_read_bytes_fails_through_the_in_place_comparison(config, monkeypatch):
+    """The model stage's checker compares a read with the file in place
+    (``PatternFiles.matches``); a wrong byte from the window is still ``read_bytes``, and
+    the run leaves the managers without observers (no cycle left behind)."""
+    clean = dax_target.run_model(_program(config, [("read", 0, 0, 0x4000)]))
+    assert clean.matches is not None and clean.reads_checked == 1
+    assert all(not m.observers for m in clean.managers)
+    real = ModelDevice.read
+
+    def flipped(self, moffset, length):
+        data = bytearray(real(self, moffset, length))
+        data[-1:] = bytes(b ^ 1 for b in data[-1:])
+        return bytes(data)
+
+    monkeypatch.setattr(ModelDevice, "read", flipped)
+    with pytest.raises(InvariantViolation) as e:
+        dax_target.run_model(_program(config, [("read", 0, 0, 0x4000)]))
+    assert e.value.violation.invariant == "read_bytes"
+
+
 def test_refusals_run_error_paths_and_are_judged():
     # OSv: a refused SETUPMAPPING falls back to FUSE_READ for the whole read
     data = _program(0, [("refuse", 0, 1, 0), ("read", 0, 0, 100), ("read", 1, 0, 100)])
