@@ -49,9 +49,13 @@ def run_loop(
     stop_on_finding: bool = False,
     max_size: int = 1 << 14,
 ) -> LoopStats:
-    """Fuzz ``target`` for ``iterations`` inputs or ``seconds`` (whichever ends first)."""
+    """Fuzz ``target`` for ``iterations`` inputs or ``seconds`` (whichever ends first).
+    The oracle starts as in a fresh process (``target.fresh``): a run with a seed checks
+    the same whatever ran before it."""
     if iterations is None and seconds is None:
         raise ValueError("give iterations or seconds")
+    if target.fresh is not None:
+        target.fresh()
     rng = random.Random(seed)
     corpus = [data for _name, data in target.corpus()]
     seen: set[str] = set()

@@ -32,9 +32,10 @@ from typing import Any
 
 from construct import Container, ListContainer
 
-from ..errors import DecodeError, EncodeError
+from ..errors import EncodeError
 from ..wire import codec, messages, structs
 from ..wire.constants import FUSE_REMOVEMAPPING_MAX_ENTRY, fuse_notify_code, fuse_opcode
+from .memo import decoded
 
 __all__ = [
     "INTERESTING_INTS",
@@ -48,15 +49,21 @@ __all__ = [
     "copy_body",
     "random_name",
     "AT_REMOVEMAPPING_MAX",
-    "remember",
-    "forget",
-    "decoded",
+    "AT_LIMIT_SHARE",
+    "at_limit",
+    "counted_bounds",
 ]
+
+
+
+def at_limit(limit: int) -> tuple[int, int, int]:
+    """The counts at a counted list's maximum and one on either side of it."""
+    return (limit - 1, limit, limit + 1)
+
 
 #: List lengths at the protocol's one counted maximum (REMOVEMAPPING's entries, from the
 #: constants) and one on either side of it.
-AT_REMOVEMAPPING_MAX = (FUSE_REMOVEMAPPING_MAX_ENTRY - 1, FUSE_REMOVEMAPPING_MAX_ENTRY,
-                        FUSE_REMOVEMAPPING_MAX_ENTRY + 1)
+AT_REMOVEMAPPING_MAX = at_limit(FUSE_REMOVEMAPPING_MAX_ENTRY)
 
 _IN = structs.FAST["fuse_in_header"]
 _OUT = structs.FAST["fuse_out_header"]
@@ -355,6 +362,41 @@ def _fields_of(key: tuple[Any, ...], parts: Callable[[], Any]) -> tuple[Field, .
     return out
 
 
+#: The share of a request's body mutations that set a counted list with a maximum
+#: (REMOVEMAPPING's entries) to :func:`at_limit` items, its count derived: an off-by-one
+#: at the limit shows only at exactly that many items, which list edits reach ~1 in
+#: 22,000 inputs.
+AT_LIMIT_SHARE = 0.5
+Bound = tuple[str, str, tuple[int, int, int]]  # list field, count field, at_limit counts
+_BOUNDS: dict[Any, tuple[Bound, ...]] = {}
+
+
+def counted_bounds(parts: Any) -> tuple[Bound, ...]:
+    """``(list field, count field, at_limit(limit))`` of each counted list of ``parts``
+    that has a maximum (:class:`~fuseproto.wire.messages.Counted` ``limit``)."""
+    out = _BOUNDS.get(parts)
+    if out is None:
+        if len(_BOUNDS) >= _FIELDS_MAX:
+            _BOUNDS.clear()
+        out = _BOUNDS[parts] = tuple(
+            (p.field, p.count_field, at_limit(p.limit)) for p in parts or ()
+            if type(p) is messages.Counted and p.limit is not None)
+    return out
+
+
+def _at_limit(body: Any, bounds: tuple[Bound, ...], rng: random.Random) -> Any:
+    """``body`` with one of its bounded lists at a count of :func:`at_limit` (the limit
+    itself half the time), items copied from those present, the count derived."""
+    field, count_field, counts = rng.choice(bounds)
+    n = counts[1] if rng.random() < 0.5 else rng.choice(counts)
+    items = list(body.get(field) or ())
+    fill = rng.choice(items) if items else Container()
+    out = Container((k, v) for k, v in body.items() if not str(k).startswith("_"))
+    out[field] = ListContainer(items[:n] + [fill] * (n - len(items)))
+    out[count_field] = None
+    return out
+
+
 def _request_fields(op: int, minor: int, flags: int) -> tuple[Field, ...]:
     ext = bool(flags & messages.FUSE_SETXATTR_EXT)
     return _fields_of((0, op, minor, ext), lambda: messages.request_parts(op, minor, flags))
@@ -474,58 +516,6 @@ def mutate_bytes(data: bytes, rng: random.Random, max_size: int = 1 << 16) -> by
     return bytes(b[:max_size])
 
 
-# --- decodes the wire oracle made ---------------------------------------------------------
-
-#: What the wire oracle decoded of the input it checked last: ``(key, bytes, message)``
-#: (message None: refused). libFuzzer mutates the input it has just run (-mutate_depth
-#: mutations in a row), so the mutators' decode of their parent is usually one of these;
-#: a decode is a function of the key and the bytes, so the message is the one decoding
-#: would give (the mutators change copies of it: :func:`mutate_body`).
-_DECODED: list[tuple[tuple[Any, ...], bytes, Any]] = []
-_DECODED_MAX = 4
-_DECODERS: dict[str, Callable[..., Any]] = {
-    "request": lambda data, minor, flags: codec.decode_request(data, minor, flags=flags),
-    "reply": codec.decode_reply,
-    "notification": codec.decode_notification,
-}
-
-
-def _decoded_key(kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    if kind == "reply":  # (request or opcode, minor): a Request by its bytes
-        request, minor = args
-        return (kind, int(getattr(request, "opcode", request)), minor,
-                getattr(request, "raw", None))
-    return (kind, *args)
-
-
-def remember(kind: str, data: bytes, args: tuple[Any, ...], message: Any) -> None:
-    """Note that the ``kind`` decoder (``request``: args ``(minor, flags)``, ``reply``:
-    ``(request, minor)``, ``notification``: ``()``) gave ``message`` for ``data`` (None:
-    it refused); :func:`forget` drops every note."""
-    _DECODED.append((_decoded_key(kind, args), data, message))
-    if len(_DECODED) > _DECODED_MAX:
-        del _DECODED[0]
-
-
-def forget() -> None:
-    """Drop what :func:`remember` noted."""
-    _DECODED.clear()
-
-
-def decoded(kind: str, data: bytes, *args: Any) -> Any:
-    """The message the ``kind`` decoder gives for ``data`` with ``args`` (see
-    :func:`remember`), or None where it raises DecodeError: a noted one, else decoded."""
-    if _DECODED:
-        key = _decoded_key(kind, args)
-        for k, d, message in _DECODED:
-            if k == key and d == data:
-                return message
-    try:
-        return _DECODERS[kind](data, *args)
-    except DecodeError:
-        return None
-
-
 def _encode_request(req: Any, body: Any, hdr: MutableMapping[str, Any], minor: int,
                     flags: int, ext: Any) -> bytes:
     return codec.encode_request(
@@ -547,17 +537,23 @@ def mutate_request(
 ) -> bytes:
     """A mutated request (see the module docstring); falls back to bytes if ``data`` does
     not decode. One header field (r in [0.45, 0.84)) or, half the time, one field of the
-    body's leading fixed structs is written in place."""
+    body's leading fixed structs is written in place; a body with a bounded counted list
+    is set to :func:`at_limit` items :data:`AT_LIMIT_SHARE` of the time instead."""
     r = rng.random()
+    bounds: tuple[Bound, ...] = ()
     if len(data) >= _IN_SIZE:
         if 0.45 <= r < 0.84:
             return _edit_in_header(data, r, rng, pools)[:max_size]
-        if r < 0.45 and rng.random() < FIELD_EDIT_SHARE:
+        if r < 0.45:
             op = int.from_bytes(data[_OPCODE:_OPCODE + 4], "little")
-            out = _edit_body_field(data, _request_fields(op, minor, flags), _IN_SIZE, rng,
-                                   pools)
-            if out is not None:
-                return out[:max_size]
+            bounds = counted_bounds(messages.request_parts(op, minor, flags))
+            if bounds and rng.random() >= AT_LIMIT_SHARE:
+                bounds = ()
+            if not bounds and rng.random() < FIELD_EDIT_SHARE:
+                out = _edit_body_field(data, _request_fields(op, minor, flags), _IN_SIZE,
+                                       rng, pools)
+                if out is not None:
+                    return out[:max_size]
     # r >= 0.94 and a request that does not decode: bytes (no decode needed to know that).
     req = decoded("request", data, minor, flags) if r < 0.94 else None
     if req is None:
@@ -568,7 +564,7 @@ def mutate_request(
     body: Any = req.body
     ext: Any = list(req.ext)
     if r < 0.84:  # [0.45, 0.84) was handled above (a request that decodes has a header)
-        body = mutate_body(body, rng, pools)
+        body = _at_limit(body, bounds, rng) if bounds else mutate_body(body, rng, pools)
     else:  # r in [0.84, 0.94): the extension area
         kind = rng.random()
         if kind < 0.4:

@@ -29,7 +29,7 @@ wire (docs/CONTRACTS.md, ``fuseproto.wire.codec``):
     bytes, body range, construct, opcode and minor) is not parsed by the construct
     again when the fast path gives the verdict that agreed then (the construct's side is
     a function of those).
-  The oracle notes what it decoded (:func:`.mutate.remember`): the mutators decode the
+  The oracle notes what it decoded (:func:`.memo.remember`): the mutators decode the
   input just checked again when libFuzzer mutates it, and take the note instead.
 session (``fuseproto.session`` docstring):
   * ``feed_request``/``feed_reply`` raise only DecodeError or ProtocolError;
@@ -60,7 +60,8 @@ from .inputs import (
     parse_session_input,
     parse_wire_input,
 )
-from .mutate import deciding_fields, forget, remember
+from .memo import forget, remember
+from .mutate import deciding_fields
 
 __all__ = ["Bug", "check_wire", "check_session", "SESSION_MAX_PENDING", "DIFF_EVERY",
            "set_diff_every", "diff_stats"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..wire import codec, structs
 from ..wire.constants import fuse_opcode
-from . import inputs, mutate, oracles, seeds
+from . import inputs, memo, mutate, oracles, seeds
 
 __all__ = ["Target", "WIRE_DECODE", "SESSION", "STRUCTURED_SHARE", "wire_mutator",
            "session_mutator", "libfuzzer_mutator", "libfuzzer_flags", "LIBFUZZER_DEFAULTS"]
@@ -39,6 +39,9 @@ class Target:
     corpus: Callable[[], Iterator[tuple[str, bytes]]]
     description: str
     requires: tuple[str, ...] = ()  # modules the oracle imports when it runs
+    # Forgets what earlier runs in this process left in the oracle (the wire
+    # differential's shapes seen): a run then checks as in a fresh process.
+    fresh: Callable[[], None] | None = None
 
     @property
     def available(self) -> bool:
@@ -114,7 +117,7 @@ def wire_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
             req = mutate.mutate_request(req, rng, minor=minor, flags=flags, max_size=4096)
         else:
             try:
-                request: Any = mutate.decoded("request", req, minor, flags)
+                request: Any = memo.decoded("request", req, minor, flags)
             except Exception:  # noqa: BLE001 -- not a message: the reply to the opcode
                 request = None
             if request is None:
@@ -215,7 +218,7 @@ def _request_for(recs: list[inputs.SessionRecord], i: int) -> Any:
 WIRE_DECODE = Target(
     "wire_decode", oracles.check_wire, wire_mutator, seeds.wire_inputs,
     "bytes -> decode_request/reply/notification: DecodeError only, roundtrip, "
-    "fast path vs construct")
+    "fast path vs construct", fresh=lambda: oracles.set_diff_every(oracles.DIFF_EVERY))
 SESSION = Target(
     "session", oracles.check_session, session_mutator, seeds.session_inputs,
     "request/reply sequences -> Session: DecodeError/ProtocolError only, no state "
