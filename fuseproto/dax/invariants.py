@@ -514,10 +514,11 @@ class DaxChecker:
         self.full_checks += 1
         if manager is None and len(self.managers) > 1:
             live = [m for m in self.managers if not getattr(m, "unmounted", False)]
+            views = [m.view() for m in live]  # each once, not once per entry of another
             for i, a in enumerate(live):
-                for b in live[i + 1 :]:
-                    for ea in a.view():
-                        for eb in b.view():
+                for j, b in enumerate(live[i + 1 :], i + 1):
+                    for ea in views[i]:
+                        for eb in views[j]:
                             if ea.moffset < eb.end and eb.moffset < ea.end:
                                 self._fail(
                                     "cross_manager_overlap",
