@@ -202,33 +202,56 @@ class Check(Construct):  # type: ignore[misc]
 class UntilEnd(Subconstruct):  # type: ignore[misc]
     """Records until the stream ends; any error inside propagates (not GreedyRange).
 
-    With ``repeats``, a record whose bytes are those of the record before it is that
-    record again (a fresh copy, not parsed a second time): only for a record construct
-    whose parse is a function of its own bytes (it reads no outer field and not how much
-    of the stream remains), as a dirent's is. A list built by copying one entry many
-    times (the mutators do, to reach counts like 256) then costs one parse."""
+    With ``repeats``, a record whose bytes are those of a record this construct parsed
+    before (in this list or an earlier one) is that record again (a fresh copy, not
+    parsed a second time): only for a record construct whose parse is a function of its
+    own bytes (it reads no outer field and not how much of the stream remains), as a
+    dirent's is. Such a parse, given the bytes of an earlier record, reads them in the
+    same order and stops where it stopped, so at most one earlier record's bytes can
+    start at a position. A list built by copying entries (the mutators do, to reach
+    counts like 256, then shuffle), or a mutant of a list parsed before (one record
+    changed), then costs one parse per new record. Up to :data:`_MEMO_MAX` records are
+    kept, looked for at the :data:`_SIZES_MAX` record sizes seen last."""
 
     def __init__(self, subcon: Construct, repeats: bool = False):
         super().__init__(subcon)
         self.repeats = repeats
+        self._memo: dict[bytes, Any] = {}  # a record's bytes -> its value
+        self._sizes: dict[int, None] = {}  # record sizes, the last seen last
 
     def _parse(self, stream: Any, context: Any, path: str | None) -> ListContainer:
         here = stream.tell()
         end = here + _remaining(stream)
         out = ListContainer()
-        last: bytes | None = None
+        memo, sizes = self._memo, self._sizes
+        value: Any = None
         while here < end:
-            if last is not None:
-                if stream.read(len(last)) == last:
-                    out.append(_fresh(out[-1]))
-                    here += len(last)
+            if memo:
+                chunk = stream.read(max(sizes))
+                for n in reversed(sizes):
+                    value = memo.get(chunk[:n]) if n <= len(chunk) else None
+                    if value is not None:
+                        break
+                if value is not None:
+                    out.append(_fresh(value))
+                    here += n
+                    stream.seek(here)
                     continue
                 stream.seek(here)
-            out.append(delegate(self.subcon, stream, context, path))
+            value = delegate(self.subcon, stream, context, path)
+            out.append(value)
             after = stream.tell()
             if self.repeats and after > here:
+                n = after - here
                 stream.seek(here)
-                last = stream.read(after - here)
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[stream.read(n)] = _fresh(value)
+                sizes.pop(n, None)
+                sizes[n] = None
+                if len(sizes) > _SIZES_MAX:
+                    del sizes[next(iter(sizes))]
+            value = None
             here = after
         return out
 
@@ -238,11 +261,15 @@ class UntilEnd(Subconstruct):  # type: ignore[misc]
         return obj
 
 
+_MEMO_MAX = 4096
+_SIZES_MAX = 16
+
+
 def _fresh(obj: Any) -> Any:
     """A copy of a parsed value: new Containers and lists all the way down (bytes and
-    ints are immutable)."""
+    ints are immutable), without construct's ``_io`` (the stream it was parsed from)."""
     if isinstance(obj, dict):
-        return Container({k: _fresh(v) for k, v in obj.items()})
+        return Container({k: _fresh(v) for k, v in obj.items() if k != "_io"})
     if isinstance(obj, list):
         return ListContainer([_fresh(v) for v in obj])
     return obj
