@@ -374,13 +374,18 @@ _BOUNDS: dict[Any, tuple[Bound, ...]] = {}
 def counted_bounds(parts: Any) -> tuple[Bound, ...]:
     """``(list field, count field, at_limit(limit))`` of each counted list of ``parts``
     that has a maximum (:class:`~fuseproto.wire.messages.Counted` ``limit``)."""
-    out = _BOUNDS.get(parts)
+    return tuple((p.field, p.count_field, at_limit(p.limit)) for p in parts or ()
+                 if type(p) is messages.Counted and p.limit is not None)
+
+
+def _request_bounds(op: int, minor: int, flags: int) -> tuple[Bound, ...]:
+    """:func:`counted_bounds` of a request kind's parts, cached by the plain key."""
+    key = (op, minor, bool(flags & messages.FUSE_SETXATTR_EXT))
+    out = _BOUNDS.get(key)
     if out is None:
         if len(_BOUNDS) >= _FIELDS_MAX:
             _BOUNDS.clear()
-        out = _BOUNDS[parts] = tuple(
-            (p.field, p.count_field, at_limit(p.limit)) for p in parts or ()
-            if type(p) is messages.Counted and p.limit is not None)
+        out = _BOUNDS[key] = counted_bounds(messages.request_parts(op, minor, flags))
     return out
 
 
@@ -546,7 +551,7 @@ def mutate_request(
             return _edit_in_header(data, r, rng, pools)[:max_size]
         if r < 0.45:
             op = int.from_bytes(data[_OPCODE:_OPCODE + 4], "little")
-            bounds = counted_bounds(messages.request_parts(op, minor, flags))
+            bounds = _request_bounds(op, minor, flags)
             if bounds and rng.random() >= AT_LIMIT_SHARE:
                 bounds = ()
             if not bounds and rng.random() < FIELD_EDIT_SHARE:
