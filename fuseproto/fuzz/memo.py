@@ -6,7 +6,8 @@ structure-aware mutators' decode of their parent (:mod:`.mutate`) repeats one th
 :func:`forget` at the start of an input) and the mutators ask :func:`decoded`, which
 decodes only what was not noted. A decode is a function of its key and the bytes, so
 the message is the one decoding would give; the mutators change copies of it
-(:func:`.mutate.mutate_body`).
+(:func:`.mutate.mutate_body`). The wire envelope the two parse is kept the same way
+(:func:`envelope`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 from ..errors import DecodeError
 from ..wire import codec
+from .inputs import WireInput, parse_wire_input
 
-__all__ = ["remember", "forget", "decoded"]
+__all__ = ["remember", "forget", "decoded", "envelope"]
+
+_ENVELOPE: list[Any] = [None, None]  # the bytes parsed last, their envelope
 
 _DECODED: list[tuple[tuple[Any, ...], bytes, Any]] = []
 _DECODED_MAX = 4
@@ -62,3 +66,15 @@ def decoded(kind: str, data: bytes, *args: Any) -> Any:
         return _DECODERS[kind](data, *args)
     except DecodeError:
         return None
+
+
+def envelope(data: bytes) -> WireInput | None:
+    """:func:`~.inputs.parse_wire_input` of ``data``: the last one made when ``data``
+    are the bytes it was made of (the oracle's, when the mutator gets the input just
+    checked)."""
+    last = _ENVELOPE
+    if last[0] is data or last[0] == data:
+        return last[1]  # type: ignore[no-any-return]
+    w = parse_wire_input(data)
+    last[0], last[1] = data, w
+    return w

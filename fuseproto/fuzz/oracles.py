@@ -58,9 +58,8 @@ from .inputs import (
     WIRE_REPLY,
     WIRE_REQUEST,
     parse_session_input,
-    parse_wire_input,
 )
-from .memo import forget, remember
+from .memo import envelope, forget, remember
 from .mutate import deciding_fields
 
 __all__ = ["Bug", "check_wire", "check_session", "SESSION_MAX_PENDING", "DIFF_EVERY",
@@ -289,7 +288,7 @@ def _differential(what: tuple[Any, ...], parts: Any, con: Any, data: bytes, off:
 def check_wire(data: bytes) -> None:
     """The wire target's oracle (see the module docstring)."""
     forget()
-    w = parse_wire_input(data)
+    w = envelope(data)
     if w is None:
         return
     minor = w.minor

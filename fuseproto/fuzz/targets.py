@@ -94,7 +94,7 @@ def libfuzzer_mutator(target: Target, byte_mutator: Callable[[bytes, int], bytes
 
 def wire_mutator(data: bytes, max_size: int, rng: random.Random) -> bytes:
     """Mutate a wire input's message through the schema; sometimes its envelope."""
-    w = inputs.parse_wire_input(data)
+    w = memo.envelope(data)
     if w is None:
         return mutate.mutate_bytes(data, rng, max_size)
     r = rng.random()

@@ -40,6 +40,7 @@ Checks made on decode
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -129,10 +130,12 @@ def _checked_header(data: bytes, unpack: Callable[[bytes, int], tuple[int, ...]]
     """The unpacked header of ``data`` (fuse_in_header or fuse_out_header): fewer bytes
     than the header is TruncatedError, a ``len`` other than ``len(data)`` is
     LengthMismatchError."""
+    try:
+        v = unpack(data, 0)  # struct.error exactly when fewer than ``size`` bytes
+    except struct.error:
+        n = len(data)
+        raise TruncatedError(f"{n} bytes, {name} needs {size}", offset=n, path=name) from None
     n = len(data)
-    if n < size:
-        raise TruncatedError(f"{n} bytes, {name} needs {size}", offset=n, path=name)
-    v = unpack(data, 0)
     if v[0] != n:
         raise LengthMismatchError(f"len={v[0]} but the message is {n} bytes", offset=0,
                                   path=f"{name}.len")
