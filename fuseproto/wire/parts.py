@@ -394,10 +394,13 @@ class Dirents(Part):
         items = ListContainer()
         hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
         parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
-        # One comparison per record for the loop and one for its end (long replies are
-        # hundreds of records): a header fits while off <= last; what is left after the
-        # last whole record is a partial header.
+        # One comparison per record (long replies are hundreds of records; under atheris
+        # each is a traced call): a header fits while off <= last. A record that runs
+        # past the reply ends the loop (off > end), so only the last can: it is refused
+        # after the loop, before what is left after the last whole record (a partial
+        # header).
         last = end - hsize
+        namelen = 0
         while off <= last:
             rec = parse(buf, off)
             # READDIRPLUS: its nested fuse_dirent; READDIR: the record itself (a
@@ -406,17 +409,17 @@ class Dirents(Part):
             namelen = d["namelen"]
             name_end = off + hsize + namelen
             rec_end = off + align8(hsize + namelen)
-            if rec_end > end:
+            d["name"] = buf[off + hsize : name_end]
+            rec["pad"] = buf[name_end:rec_end]
+            items.append(rec)
+            off = rec_end
+        if off != end:
+            if off > end:
                 raise TruncatedError(
                     f"dirent namelen={namelen} runs past the reply",
                     offset=end,
                     path="entries.namelen",
                 )
-            d["name"] = buf[off + hsize : name_end]
-            rec["pad"] = buf[name_end:rec_end]
-            items.append(rec)
-            off = rec_end
-        if off < end:
             raise TruncatedError("partial dirent header", offset=end, path="entries")
         if body is None:
             body = Container()
