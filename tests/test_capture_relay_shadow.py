@@ -264,3 +264,171 @@ def test_shadow_a_slot_of_the_daemons_is_kept_for_the_shadow():
         assert shadows.max_mem_slots(b"\x01\x02") == b"\x01\x02"  # (not ours to judge)
     finally:
         shadows.close()
+
+
+# -- the same, through the proxy against real daemons ---------------------------------------------
+
+class RawVmm:
+    """A front-end that sends vhost-user messages one by one (the memory tables our
+    transport never sends: 8 regions, every slot filled) and waits for each reply due."""
+
+    def __init__(self, path: str, slots: bool) -> None:
+        from fuseproto.capture.proxy import connect_daemon
+
+        self.sock = connect_daemon(path)  # (retries while the C daemon is not listening yet)
+        self.sock.settimeout(20)
+        self.mem = os.memfd_create("raw-vmm")
+        try:
+            self._handshake(slots)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self, slots: bool) -> None:
+        from fuseproto.transport.vhost_user_proto import (
+            VHOST_USER_F_PROTOCOL_FEATURES,
+            VIRTIO_F_VERSION_1,
+            VhostUserProtocolFeature,
+            VhostUserRequest,
+        )
+
+        R, P = VhostUserRequest, VhostUserProtocolFeature
+        os.ftruncate(self.mem, 512 * 0x10000)
+        self.ask(R.GET_FEATURES)
+        offered = self.ask(R.GET_PROTOCOL_FEATURES)
+        want = 1 << P.REPLY_ACK | (1 << P.CONFIGURE_MEM_SLOTS if slots else 0)
+        assert offered & want == want
+        self.ask(R.SET_PROTOCOL_FEATURES, offered & want)
+        self.slots = self.ask(R.GET_MAX_MEM_SLOTS) if slots else 0
+        self.ask(R.SET_OWNER)
+        self.ask(R.SET_FEATURES, 1 << VIRTIO_F_VERSION_1 | 1 << VHOST_USER_F_PROTOCOL_FEATURES)
+
+    @staticmethod
+    def region(i: int):
+        """Region i: 64 KiB of the memfd, 1 GiB apart (guest and front-end addresses)."""
+        from fuseproto.transport.vhost_user_proto import VhostUserMemoryRegion
+
+        return VhostUserMemoryRegion(i << 30, 0x10000, 0x7F00_0000_0000 + (i << 30),
+                                     i * 0x10000)
+
+    def ask(self, request: int, value: int | bytes | None = None, fds: tuple = (),
+            ack: bool = False) -> int:
+        """Send; returns the u64 of the reply (a GET_, or the ack asked for), else 0."""
+        from fuseproto.transport.vhost_user_proto import (
+            VHOST_USER_NEED_REPLY_MASK,
+            VHOST_USER_VERSION,
+            VhostUserU64,
+            recv_message,
+            send_message,
+        )
+
+        payload = (VhostUserU64(value).serialize_body() if isinstance(value, int) else
+                   value or b"")
+        flags = VHOST_USER_VERSION | (VHOST_USER_NEED_REPLY_MASK if ack else 0)
+        send_message(self.sock, request, payload, fds=fds, flags=flags)
+        if not ack and not request.name.startswith("GET_"):
+            return 0
+        reply = recv_message(self.sock)
+        assert reply.request == request and reply.is_reply
+        return VhostUserU64.parse_body(reply.payload).u64
+
+    def rings(self) -> None:
+        """Queue 0's rings in region 0 (SET_VRING_NUM / BASE / ADDR), then a GET_ to know
+        the daemon has read them (and the proxy's own ADD_MEM_REG before them)."""
+        from fuseproto.transport.vhost_user_proto import (
+            VhostUserRequest,
+            VhostUserVringAddr,
+            VhostUserVringState,
+        )
+
+        R = VhostUserRequest
+        base = self.region(0).user_addr
+        self.ask(R.SET_VRING_NUM, VhostUserVringState(0, 64).serialize_body())
+        self.ask(R.SET_VRING_BASE, VhostUserVringState(0, 0).serialize_body())
+        self.ask(R.SET_VRING_ADDR, VhostUserVringAddr(0, 0, base, base + 0x2000,
+                                                      base + 0x1000, 0).serialize_body())
+        self.ask(R.GET_FEATURES)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.mem)
+
+
+def _notes(proxy) -> list[str]:
+    from fuseproto.capture import decode_capture
+
+    return [m.raw.decode() for m in decode_capture(proxy.pcap) if m.kind == "annotation"]
+
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_shadow_through_the_proxy_when_the_vmm_fills_every_slot(
+        kind, daemon_installations, shared_dir, scratch_dir, no_leaks):
+    """CONFIGURE_MEM_SLOTS: the VMM hears of one slot less than the daemon has, so a VMM
+    that fills every slot it was told of (ADD_MEM_REG, each acknowledged) still leaves the
+    shadow region its own: the daemon takes it, queue 0's used ring goes there, and no
+    annotation says otherwise. (Told the daemon's own number, 509, and filling it, the Rust
+    daemon closed the connection on the proxy's ADD_MEM_REG: the VM's file system gone.)"""
+    from test_capture_proxy import Proxy
+
+    from fuseproto import daemons
+    from fuseproto.transport.vhost_user_proto import (
+        VhostUserRequest,
+        VhostUserSingleMemoryRegion,
+    )
+
+    d = daemons.Daemon(daemon_installations[kind], shared_dir,
+                       os.path.join(scratch_dir, "direct.sock"))
+    d.start()
+    try:
+        direct = RawVmm(d.socket_path, slots=True)  # the daemon's own number
+        direct.close()
+        assert d.wait_exit(10) is not None, d.describe()
+    finally:
+        d.cleanup()
+    proxy = Proxy(scratch_dir, "--daemon", kind, "--shared-dir", shared_dir)
+    try:
+        vmm = RawVmm(proxy.listen, slots=True)
+        try:
+            assert 1 < vmm.slots == direct.slots - 1 <= 511, (vmm.slots, direct.slots)
+            for i in range(vmm.slots):
+                body = VhostUserSingleMemoryRegion(vmm.region(i)).serialize_body()
+                assert vmm.ask(VhostUserRequest.ADD_MEM_REG, body, fds=(vmm.mem,),
+                               ack=True) == 0, i
+            vmm.rings()
+        finally:
+            vmm.close()
+        assert proxy.wait() == 0, proxy.stderr
+    finally:
+        proxy.stop()
+    assert _notes(proxy) == [], proxy.stderr
+
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("regions", [7, 8])
+def test_shadow_through_the_proxy_with_a_full_set_mem_table(
+        regions, daemon_installations, shared_dir, scratch_dir, no_leaks):
+    """No CONFIGURE_MEM_SLOTS: a SET_MEM_TABLE of 7 regions gets the shadow as its 8th
+    (nothing to say); one of 8, the most it carries, has no room for it: queue 0's used
+    ring stays the guest's, and an annotation says why."""
+    from test_capture_proxy import Proxy
+
+    from fuseproto.transport.vhost_user_proto import VhostUserMemory, VhostUserRequest
+
+    proxy = Proxy(scratch_dir, "--daemon", "rust", "--shared-dir", shared_dir)
+    try:
+        vmm = RawVmm(proxy.listen, slots=False)
+        try:
+            table = VhostUserMemory(tuple(vmm.region(i) for i in range(regions)))
+            assert vmm.ask(VhostUserRequest.SET_MEM_TABLE, table.serialize_body(),
+                           fds=(vmm.mem,) * regions, ack=True) == 0
+            vmm.rings()
+        finally:
+            vmm.close()
+        assert proxy.wait() == 0, proxy.stderr
+    finally:
+        proxy.stop()
+    assert _notes(proxy) == ([] if regions < 8 else [
+        "queue 0: the daemon's used ring is the guest's (SET_MEM_TABLE with 8 regions "
+        "leaves no room for the shadow region (8 at most; CONFIGURE_MEM_SLOTS not agreed)); "
+        "a reply the guest takes first is not recorded"]), proxy.stderr

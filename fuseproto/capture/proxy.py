@@ -33,9 +33,9 @@ traffic goes on. Should the relay die, kicks and calls are forwarded and used en
 published from here on, unrecorded (an annotation and a status line say so): the VM must
 not hang because of the proxy.
 
-Limits: a ring the shadow cannot serve (its used ring outside writable guest memory, a
-SET_MEM_TABLE with no room for one more region, a queue past the 64th) is read alongside
-the driver, and a guest may take a reply before the relay reads it (annotated). In-band
+Limits: a ring the shadow cannot serve (its used ring outside writable guest memory, 8
+regions in a SET_MEM_TABLE without CONFIGURE_MEM_SLOTS; with it the VMM is told one slot
+less) is read alongside the driver, annotated: a guest may take a reply first. In-band
 notifications are forwarded but not interposed (such rings are observed by the periodic
 scan). The dirty log of a shadowed used ring (live migration) is not kept.
 """
@@ -479,15 +479,14 @@ class RecordingProxy:
                              flags=message[1])
             except (TransportError, OSError) as e:
                 self._end("daemon", e)
-        if not self.shadow.in_table or self.closed_by is not None:
-            where = None
+        why = self.shadow.declined(a.index) or ("the daemon's connection is closed"
+                                                if self.closed_by is not None else None)
+        where = None if why else where
         self._send("VRING_ADDR", a.index, a.descriptor, a.available, a.used, where or 0)
         self.shadow.rings.pop(a.index, None)
-        if where is None:
-            return msg.payload
-        ev = self._await_relay("SHADOWED")
-        if ev is None or not ev.a:
-            why = "the relay is gone" if ev is None else ev.data.decode("utf-8", "replace")
+        ev = self._await_relay("SHADOWED") if where is not None else None
+        if where is None or ev is None or not ev.a:
+            why = why or ("the relay is gone" if ev is None else ev.data.decode("utf-8", "replace"))
             self.note(a.index, f"queue {a.index}: the daemon's used ring is the guest's "
                                f"({why}); a reply the guest takes first is not recorded")
             return msg.payload
@@ -556,13 +555,15 @@ class RecordingProxy:
             for fd in msg.fds:
                 _close(fd)
             return
+        payload = (self.shadow.max_mem_slots(msg.payload)  # one slot kept for the shadow
+                   if msg.request == _R.GET_MAX_MEM_SLOTS and msg.is_reply else msg.payload)
         if msg.request == _R.GET_VRING_BASE and msg.is_reply and self._stopping_rings:
             # The daemon has stopped the ring: what it completed is all there will be, and
             # it reaches the guest's used ring (a shadowed queue) before the VMM hears so.
             self._send("VRING_STOP", self._stopping_rings.pop(0))
             self._await_relay("SYNCED")
         try:
-            send_message(self.vmm, msg.request, msg.payload, fds=msg.fds, flags=msg.flags)
+            send_message(self.vmm, msg.request, payload, fds=msg.fds, flags=msg.flags)
         except (TransportError, OSError) as e:  # OSError: a send timeout
             self._end("frontend", e)
         finally:
