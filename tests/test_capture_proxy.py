@@ -14,7 +14,7 @@ ground truth of what crossed the rings. Checked:
 * SIGTERM (and SIGKILL) leave a valid pcap;
 * what the proxy cannot read becomes an annotation record and the traffic continues
   (a broken INIT through a real daemon; malformed chains in real mapped memory are
-  tests/test_capture_relay.py's);
+  tests/test_capture_relay_*.py's);
 * c-dax: FS_MAP / FS_UNMAP on the backend channel are forwarded (the window is filled) and
   recorded as annotations.
 
