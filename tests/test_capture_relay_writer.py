@@ -39,6 +39,20 @@ from fuseproto.wire.constants import fuse_opcode
 # -- the writer thread (relay_out.c) --------------------------------------------------------------
 
 
+def _reply_of_size(r: Ring, kick: Pair, call: Pair, size: int) -> tuple[int, bytes]:
+    """A READ of ``size`` bytes (unique 7) kicked, answered by the daemon side and called:
+    where its reply buffer is in guest memory, and the reply."""
+    rb = big_chain(r, 0, 0, 7, size)
+    r.publish(0)
+    os.eventfd_write(kick.source, 1)
+    assert kick.signalled()
+    reply = read_reply(7, size, 0x5A)
+    r.mm[rb:rb + len(reply)] = reply
+    r.use(0, len(reply))
+    os.eventfd_write(call.source, 1)
+    return rb, reply
+
+
 @pytest.mark.parametrize("snaplen", [None, 8192], ids=["whole", "snaplen-8k"])
 def test_shadow_an_entry_waits_for_its_record_only_when_written_in_place(tmp_path, snaplen):
     """A whole reply on a shadowed queue is written from the guest's buffer itself (no
@@ -55,14 +69,7 @@ def test_shadow_an_entry_waits_for_its_record_only_when_written_in_place(tmp_pat
     kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
     size = 48 << 10
     try:
-        rb = big_chain(r, 0, 0, 7, size)
-        r.publish(0)
-        os.eventfd_write(kick.source, 1)
-        assert kick.signalled()
-        reply = read_reply(7, size, 0x5A)
-        r.mm[rb:rb + len(reply)] = reply
-        r.use(0, len(reply))
-        os.eventfd_write(call.source, 1)
+        rb, reply = _reply_of_size(r, kick, call, size)
         if snaplen is None:
             assert not call.signalled(0.5)  # the writer waits on the pipe: nothing published
             assert r.guest_used()[0] == 0
@@ -245,14 +252,7 @@ def test_shadow_a_reply_whose_buffer_faults_under_the_writer(tmp_path):
     kick, call = Pair(r.relay, 1, "kick"), Pair(r.relay, 2, "call")
     size, keep = 48 << 10, 16 << 10
     try:
-        rb = big_chain(r, 0, 0, 7, size)
-        r.publish(0)
-        os.eventfd_write(kick.source, 1)
-        assert kick.signalled()
-        reply = read_reply(7, size, 0x5A)
-        r.mm[rb:rb + len(reply)] = reply
-        r.use(0, len(reply))
-        os.eventfd_write(call.source, 1)
+        rb, reply = _reply_of_size(r, kick, call, size)
         assert not call.signalled(0.5)  # the writer waits on the pipe, before the body
         os.ftruncate(r.fd, rb + keep)  # (r.mm past this point is not to be touched now)
         deadline = time.monotonic() + 10
