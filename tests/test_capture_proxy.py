@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from collections.abc import Iterator
 import pytest
 from fixtures_daemons import built_installation
 
-from fuseproto import daemons
+from fuseproto import daemons, scratch
 from fuseproto.capture import decode_capture
 from fuseproto.capture.frames import Direction
 from fuseproto.client import DEFAULT_INIT_FLAGS, Client
@@ -387,14 +386,19 @@ def test_signal_leaves_a_valid_capture(sig, daemon_installations, shared_dir, sc
     else:
         assert rc == -signal.SIGKILL
         # A killed proxy cannot clean up: its daemon exits when its connection closes
-        # (the test waits for that, by PID) and the test removes the daemon's directory.
+        # (the test waits for that, by PID); the daemon's directory (its socket and pid
+        # file) stays until a later fuseproto process sweeps dead owners' scratch dirs.
         started = next(ln for ln in proxy.stderr.splitlines() if " started " in ln)
         pid = int(started.split(" pid ")[1].split()[0])
+        left = os.path.dirname(started.rsplit(" on ", 1)[1])
+        assert os.path.basename(left).startswith(f"fuseproto-proxy-p{proxy.proc.pid}-")
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not os.path.exists(f"/proc/{pid}"), "the daemon outlived its connection"
-        shutil.rmtree(os.path.dirname(started.rsplit(" on ", 1)[1]), ignore_errors=True)
+        assert os.path.isdir(left)
+        assert left in scratch.sweep(os.path.dirname(left))
+        assert not os.path.exists(left)
     got = recorded(proxy.pcap)
     assert len(got) >= 42  # INIT + 20 GETATTR, requests and replies (one at a time)
     assert got[:42] == tap.crossed[:42]

@@ -10,9 +10,10 @@ import signal
 import socket
 import stat
 import sys
-import tempfile
 from types import FrameType
 from typing import Any
+
+from .. import scratch
 
 _EPILOG = """\
 how it works:
@@ -328,7 +329,7 @@ class _DaemonStarter:
             extra = [*dax_options(args.dax_window), *extra]
         self.extra = extra
         self.shared_dir = os.path.abspath(args.shared_dir)
-        self.tmp = tempfile.mkdtemp(prefix="fuseproto-proxy-")
+        self.tmp = scratch.directory("proxy")
         self.socket_path = os.path.join(self.tmp, "daemon.sock")
         self.daemon: Any = None
 

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from .. import scratch
+
 SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -240,7 +242,6 @@ def _record(args: argparse.Namespace) -> int:
 def _record_daemon(args: argparse.Namespace) -> int:
     import os
     import shutil
-    import tempfile
 
     from fuseproto import daemons
     from fuseproto.dax import traces, workload
@@ -254,7 +255,7 @@ def _record_daemon(args: argparse.Namespace) -> int:
     else:
         installation = daemons.install(args.from_daemon)
     as_pcap = args.output.endswith((".pcap", ".pcapng"))
-    tmp = None if as_pcap else tempfile.mkdtemp(prefix="fuseproto-record-")
+    tmp = None if as_pcap else scratch.directory("record")
     pcap = args.output if tmp is None else os.path.join(tmp, "reads.pcap")
     try:
         files, reads = workload.record_daemon_reads(
@@ -278,7 +279,6 @@ def _record_daemon(args: argparse.Namespace) -> int:
 def _record_guest(args: argparse.Namespace) -> int:
     import os
     import shutil
-    import tempfile
 
     from fuseproto.dax import traces
     from fuseproto.errors import DaemonError, GuestError
@@ -288,7 +288,7 @@ def _record_guest(args: argparse.Namespace) -> int:
         raise SystemExit("record --from-guest runs its own workload: no command, no "
                          "--from-daemon / --virtiofsd")
     as_pcap = args.output.endswith((".pcap", ".pcapng"))
-    tmp = None if as_pcap else tempfile.mkdtemp(prefix="fuseproto-record-")
+    tmp = None if as_pcap else scratch.directory("record")
     pcap = args.output if tmp is None else os.path.join(tmp, "reads.pcap")
     try:
         try:

@@ -31,14 +31,13 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from construct import Container
 
-from .. import daemons
+from .. import daemons, scratch
 from ..capture.frames import Direction
 from ..errors import DaemonError, DecodeError, TransportError
 from ..transport.virtqueue import (
@@ -572,7 +571,7 @@ def replay_chains(doc: dict[str, Any], installation: daemons.Installation,
                   timeout: float = 0.5) -> list[Outcome]:
     """Run a chain reproducer's inputs again on a fresh daemon; the outcome of each (it
     stops when the session is no longer usable)."""
-    wd = tempfile.mkdtemp(prefix="fuseproto-chain-")
+    wd = scratch.directory("chain")
     s = None
     outs: list[Outcome] = []
     try:
@@ -628,7 +627,7 @@ def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: Fi
     rng = random.Random(seed)
     st = ChainStats(label)
     t0 = time.monotonic()
-    wd = tempfile.mkdtemp(prefix="fuseproto-chain-")
+    wd = scratch.directory("chain")
     s: ChainSession | None = None
     corpus: Corpus[ChainInput] = Corpus(2000)
     fb = EdgeFeedback(installation, coverage, feedback)

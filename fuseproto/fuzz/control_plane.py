@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import daemons
+from .. import daemons, scratch
 from ..errors import DaemonError, TransportError
 from ..transport.vhost_user_proto import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -471,7 +470,7 @@ def shrink_control(prog: list[CtlStep], installation: daemons.Installation, layo
     ``key`` (:func:`finding_key`), within ``seconds``; the smaller program and its run."""
     end = time.monotonic() + seconds
     best, best_res = list(prog), None
-    wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
+    wd = scratch.directory("ctl")
     try:
         i = len(best) - 1
         while i >= 0 and time.monotonic() < end:
@@ -489,7 +488,7 @@ def shrink_control(prog: list[CtlStep], installation: daemons.Installation, layo
 def replay_control(doc: dict[str, Any], installation: daemons.Installation,
                    timeout: float = 0.5) -> ControlResult:
     """Run a control-plane reproducer's program again on a fresh daemon."""
-    wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
+    wd = scratch.directory("ctl")
     try:
         return run_control_program(program_from_json(doc["program"]), installation,
                                    workdir=wd, layout=doc.get("layout", "one"),
@@ -540,7 +539,7 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
     fb = EdgeFeedback(installation, coverage, feedback)
     env = {**(env or {}), **fb.map.env()}
     t0 = time.monotonic()
-    wd = tempfile.mkdtemp(prefix="fuseproto-ctl-")
+    wd = scratch.directory("ctl")
     try:
         while time.monotonic() - t0 < seconds and (max_programs is None
                                                     or st.programs < max_programs):

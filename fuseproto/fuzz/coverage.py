@@ -2,7 +2,8 @@
 the live fuzzers read after each input.
 
 The harness owns the map. :meth:`CoverageMap.create` makes a regular file under
-``/dev/shm`` (``fuseproto-cov-<random>``) of :data:`HEADER_SIZE` + ``map_size`` bytes,
+``/dev/shm`` (``fuseproto-cov-pPID-<random>``: :mod:`fuseproto.scratch`) of
+:data:`HEADER_SIZE` + ``map_size`` bytes,
 writes the header, and :meth:`CoverageMap.env` names it to the daemon in
 ``FUSEPROTO_COV_MAP``. The daemon's coverage runtime (built into ``c-asan-cov``, see
 ``docs/CONTRACTS.md``) fills in the number of guards (edges in the binary) and its pid,
@@ -36,11 +37,12 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from .. import scratch
 
 try:  # the fast path of update(); the module works without it
     import numpy as np
@@ -196,7 +198,7 @@ class CoverageMap:
             raise ValueError(f"map_size {map_size} out of range (1 .. 16 MiB)")
         if not os.path.isdir(directory):
             directory = "/tmp"
-        path = os.path.join(directory, f"fuseproto-cov-{secrets.token_hex(8)}")
+        path = scratch.file_path("cov", directory)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, HEADER_SIZE + map_size)

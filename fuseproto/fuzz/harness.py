@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from typing import Any
 
 from construct import Container
 
-from .. import daemons
+from .. import daemons, scratch
 from ..client import Client
 from ..daemons.options import DEFAULT, DaemonConfig
 from ..errors import DaemonError, DecodeError, FuseError, TransportError, TransportTimeout
@@ -221,7 +220,7 @@ class DaemonHarness:
         """The directory each daemon's shared directory, socket and log go under (made on
         first use unless given)."""
         if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="fuseproto-fuzz-")
+            self._workdir = scratch.directory("fuzz")
         return self._workdir
 
     # -- lifecycle ------------------------------------------------------------------------

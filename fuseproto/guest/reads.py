@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
+from .. import scratch
 from ..dax.workload import SNAPLEN, create_files, file_sizes, read_plan
 from ..errors import GuestError
 from .run import RecordingProxies, WorkloadRun, run_workload
@@ -51,7 +51,7 @@ def record_guest_reads(daemon: str, pcap_path: str | os.PathLike[str], *,
         files.update(create_files(share, scale=scale, seed=seed))
 
     plan = read_plan(file_sizes(scale=scale, seed=seed), seed)
-    work = tempfile.mkdtemp(prefix="fuseproto-guest-reads-")
+    work = scratch.directory("guest-reads")
     try:
         proxies = RecordingProxies(work, snaplen=snaplen)
         run = run_workload([daemon], timeout=timeout, interpose=proxies, script=read_script(plan),

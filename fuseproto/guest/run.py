@@ -18,12 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from .. import daemons
+from .. import daemons, scratch
 from ..errors import GuestError
 from .assets import GuestAssets, prepare
 from .vm import Guest, GuestRun, Share, TagRun
@@ -160,7 +159,7 @@ def run_workload(names: Sequence[str], *, timeout: float = 240.0,
     script = workload_script() if script is None else script
     assets = assets or prepare()
     own = workdir is None
-    base = workdir or tempfile.mkdtemp(prefix="fuseproto-guest-run-")
+    base = workdir or scratch.directory("guest-run")
     try:
         with contextlib.ExitStack() as stack:
             shares: list[Share] = []

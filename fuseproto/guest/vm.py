@@ -20,12 +20,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import scratch
 from ..errors import GuestError
 from .assets import GuestAssets, find_qemu
 from .initramfs import Entry, cpio_newc
@@ -158,7 +158,7 @@ class Guest:
         for s in self.shares:
             if not os.path.exists(s.socket):
                 raise GuestError(f"share {s.tag}: nothing listens on {s.socket}")
-        self.rundir = tempfile.mkdtemp(prefix="fuseproto-guest-")
+        self.rundir = scratch.directory("guest")
         initrd = os.path.join(self.rundir, "initrd.cpio")
         # The cached base archive, then this run's workload (the kernel unpacks both).
         with open(initrd, "wb") as out, open(self.assets.initramfs, "rb") as base:

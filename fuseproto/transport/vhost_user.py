@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import scratch
 from ..errors import DaemonError, TransportError, TransportTimeout
 from .backend import BackendChannel, BackendHandler
 from .vhost_user_proto import (
@@ -192,7 +193,6 @@ class VhostUserTransport:
         cross-CPU wake-up per request (in a VM whose idle vCPUs halt, the largest part of
         a round trip): about 1.6x the GETATTR round trips here. The price is that the
         daemon's work no longer overlaps the frontend's: large READs lose ~15%."""
-        import tempfile
 
         from ..daemons import Daemon
 
@@ -206,7 +206,7 @@ class VhostUserTransport:
             pinned = (allowed, cpu)
         tmpdir = None
         if socket_path is None:
-            tmpdir = tempfile.mkdtemp(prefix="fuseproto-vu-")
+            tmpdir = scratch.directory("vu")
             socket_path = os.path.join(tmpdir, "vhost.sock")
         daemon = Daemon(installation, shared_dir, socket_path, extra_args=daemon_args,
                         xattr=xattr, cpus=None if pinned is None else {pinned[1]})
