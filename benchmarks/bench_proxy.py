@@ -28,6 +28,12 @@ Run: ``.venv/bin/python benchmarks/bench_proxy.py [--seconds 2] [--rounds 10]
 [--daemon c|rust] [--repeat N]`` (``--seconds``: per figure and connection, in all;
 ``--repeat N`` multiplies the rounds). Target (issue 12): through the proxy >= 0.7x
 direct for GETATTR x32 and READ x16.
+
+For READ x16 with whole replies the run also prints what bounds any recorder of whole
+replies on this machine: the rate at which new page-cache pages of the capture's file
+system are filled (every recorded byte lands in one), the CPU that costs beside the
+direct path's own CPU per byte, and the disk's own rate (O_DIRECT): past the kernel's
+dirty-page limit a recording can go no faster than the disk takes it.
 """
 
 from __future__ import annotations
@@ -198,6 +204,47 @@ def page_cache_rate(folder: str, seconds: float = 0.5) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def disk_rate(folder: str, seconds: float = 0.5) -> float | None:
+    """Bytes/s the device under ``folder`` takes with O_DIRECT (1 MiB writes, the page
+    cache bypassed): what a recorder of whole replies can keep up once the dirty page
+    cache is full. None where O_DIRECT is refused (a memory file system: no disk)."""
+    import mmap
+
+    path = os.path.join(folder, "disk-probe")
+    buf = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT wants
+    buf.write(os.urandom(1 << 20))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    except OSError:
+        return None
+    done = 0
+    t0 = time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            done += os.write(fd, buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+        os.unlink(path)
+        buf.close()
+    return done / (time.perf_counter() - t0)
+
+
+def dirty_limit() -> int:
+    """Bytes of dirty page cache the kernel lets a writer build up before it makes the
+    writer wait for the disk (vm.dirty_bytes, else vm.dirty_ratio of available memory)."""
+    with open("/proc/sys/vm/dirty_bytes") as f:
+        limit = int(f.read())
+    if limit:
+        return limit
+    with open("/proc/sys/vm/dirty_ratio") as f:
+        ratio = int(f.read())
+    with open("/proc/meminfo") as f:
+        avail = next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:"))
+    return avail * 1024 * ratio // 100
+
+
 def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, seconds: float,
             rounds: int, capture_dir: str
             ) -> tuple[dict[str, tuple[float, float, list[float]]], dict[str, int], float,
@@ -314,6 +361,7 @@ def main() -> int:
             figures, kinds, cpu_us, cpu_use = measure(kind, inst, share, scratch, seconds, rounds,
                                              captures)
             cache1 = page_cache_rate(captures)
+            disk = disk_rate(captures)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         print(f"{kind} virtiofsd {inst.version} (mode=interrupt, {rounds} interleaved rounds, "
@@ -344,6 +392,14 @@ def main() -> int:
               f" MB/s (before / after) = {min(cache0, cache1) / d:.2f}-"
               f"{max(cache0, cache1) / d:.2f}x the direct READ rate ({d * 1e-6:.0f} MB/s)")
         print(cpu_bound(cpu_use, min(cache0, cache1), os.cpu_count() or 1))
+        if disk is None:
+            print("  sustained: the captures go to a memory file system (no disk behind it)")
+        else:
+            limit = dirty_limit()
+            print(f"  sustained: the captures' disk takes {disk * 1e-6:.0f} MB/s (O_DIRECT) = "
+                  f"{disk / d:.2f}x the direct READ rate; a whole-reply recording at 0.7x "
+                  f"({0.7 * d * 1e-6:.0f} MB/s) fills the {limit >> 20} MiB dirty limit in "
+                  f"{limit / max(1.0, 0.7 * d - disk):.0f} s, then runs at the disk's rate")
         print(f"  machine load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")
     return 0
