@@ -432,3 +432,46 @@ def test_shadow_through_the_proxy_with_a_full_set_mem_table(
         "queue 0: the daemon's used ring is the guest's (SET_MEM_TABLE with 8 regions "
         "leaves no room for the shadow region (8 at most; CONFIGURE_MEM_SLOTS not agreed)); "
         "a reply the guest takes first is not recorded"]), proxy.stderr
+
+
+# -- the end of a session: where the rings and the relay disagree --------------------------
+
+
+def test_finish_says_which_side_waits(tmp_path):
+    """A VM that hung: at FINISH the relay says, before its last reading, which requests it
+    has not read and which chains still wait for a reply (and nothing once all is
+    settled)."""
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, idle_interval=5.0)
+    logs: list[str] = []
+    r.relay.on_event = lambda ev: logs.append(ev.data.decode()) if ev.kind == "LOG" else None
+    try:
+        add_chain(r, 0, 0, fuse_request(5))
+        r.publish(0)
+        r.scan()  # read: its chain waits for a reply
+        add_chain(r, 2, 1, fuse_request(6))
+        r.publish(2)  # never read (no kick, no scan)
+        assert r.relay.finish()["requests"] == 2  # (the last reading took it)
+        assert [ln for ln in logs if "at the end" in ln] == [
+            "queue 1 at the end: avail idx 2 (the relay read to 1), the daemon's used idx 0 "
+            "(recorded to 0), the guest's used idx 0 (published to 0), avail flags 0x0, 1 "
+            "chain(s) waiting for a reply"]
+    finally:
+        r.close()
+
+
+def test_finish_is_quiet_when_all_is_settled(tmp_path):
+    r = Ring(str(tmp_path), shadow=True, scan_interval=5.0, idle_interval=5.0)
+    logs: list[str] = []
+    r.relay.on_event = lambda ev: logs.append(ev.data.decode()) if ev.kind == "LOG" else None
+    try:
+        rb, _ = add_chain(r, 0, 0, fuse_request(5))
+        r.publish(0)
+        r.scan()
+        r.mm[rb:rb + 16] = getattr_reply(5)
+        r.use(0, 16)
+        r.scan()  # recorded and published to the guest
+        assert r.guest_used()[0] == 1
+        assert r.relay.finish()["replies"] == 1
+        assert not [ln for ln in logs if "at the end" in ln], logs
+    finally:
+        r.close()

@@ -313,6 +313,8 @@ static void apply(struct cmd *c)
         event_idx = (m->a >> C(f_event_idx)) & 1;
         break;
     case FINISH:
+        for (unsigned i = 0; i < MAX_QUEUES; i++)
+            report_rings(queues[i]);
         scan_all();
         check_stalls(0); /* (its lines before the counters: the proxy stops reading then) */
         publish_all(1);

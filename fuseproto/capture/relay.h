@@ -278,6 +278,7 @@ void queue_reset(struct queue *q, uint16_t base);
 int driver_drains(struct queue *q);
 void scan(struct queue *q);
 void scan_all(void);
+void report_rings(struct queue *q);
 void publish(struct queue *q);
 void publish_all(int wait);
 #define WRITER_TAG UINT64_MAX /* the epoll tag of out_event_fd() */

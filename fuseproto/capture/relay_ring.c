@@ -605,3 +605,32 @@ void scan_all(void)
             scan(queues[i]);
 }
 
+
+/* The session ends (FINISH, before the last reading): say where a queue's rings and the
+ * relay disagree -- requests the relay has not read, used entries not recorded or not
+ * yet given to the guest, chains still waiting for their reply -- so that a VM that hung
+ * shows which side waits. Quiet when all is settled. */
+void report_rings(struct queue *q)
+{
+    if (!q || !q->started || q->broken)
+        return;
+    ENTER_RINGS_OR_RETURN(q, "reading the rings at the end");
+    uint16_t avail = (uint16_t)ld(q->av + C(avail_idx_off), 2);
+    uint16_t flags = (uint16_t)ld(q->av + C(avail_flags_off), 2);
+    int ue = event_idx && q->has_used_event;
+    uint16_t used_event = ue ? (uint16_t)ld(q->av + C(avail_ring_off) + 2 * q->size, 2) : 0;
+    uint16_t daemon_used = (uint16_t)ld(q->us + C(used_idx_off), 2);
+    uint16_t guest_used = q->shadowed ? (uint16_t)ld(q->ru + C(used_idx_off), 2) : daemon_used;
+    in_guest = 0;
+    if (avail == q->last_avail && daemon_used == q->last_used && !q->npending &&
+        (!q->shadowed || (q->mirrored == q->last_used && guest_used == q->mirrored)))
+        return;
+    char ev[32] = "";
+    if (ue)
+        snprintf(ev, sizeof ev, ", used_event %u", used_event);
+    send_log("queue %u at the end: avail idx %u (the relay read to %u), the daemon's used idx "
+             "%u (recorded to %u), the guest's used idx %u (published to %u)%s, avail flags "
+             "0x%x, %zu chain(s) waiting for a reply", q->index, avail, q->last_avail,
+             daemon_used, q->last_used, guest_used, q->shadowed ? q->mirrored : q->last_used,
+             ev, flags, q->npending);
+}
