@@ -477,7 +477,9 @@ def decode_reply(data: bytes, request: Any, minor: int = 46) -> Reply:
     With only an opcode, GETXATTR/LISTXATTR replies decode as a raw ``value`` (their shape
     depends on the request's ``size``) and reply sizes are not checked against the request.
     """
-    return kind(_op_of(request), minor).decode_reply(data, request)
+    # A Request's opcode, else ``request`` is the opcode (an IntEnum member keys the kind
+    # cache as its int does): getattr, not a branch (under atheris each is a traced call).
+    return kind(getattr(request, "opcode", request), minor).decode_reply(data, request)
 
 
 def decode_notification(data: bytes) -> Notification:
@@ -529,7 +531,7 @@ def make_request(opcode: int, body: Any, *, unique: int, nodeid: int = 0, uid: i
 def encode_reply(request_or_opcode: Any, body: Any, *, unique: int, error: int = 0,
                  minor: int = 46, length: int | None = None) -> bytes:
     """The bytes of a reply. With ``error`` != 0 and ``body`` None, the header alone."""
-    return kind(_op_of(request_or_opcode), minor).encode_reply(
+    return kind(getattr(request_or_opcode, "opcode", request_or_opcode), minor).encode_reply(
         body, unique=unique, error=error, length=length, request=request_or_opcode)
 
 

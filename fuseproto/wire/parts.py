@@ -377,6 +377,14 @@ _DIRENT_BUILD = compile_builder(_DIRENT.tree, derive={"namelen": lambda d: len(d
 _NAMELEN_AT = next(slice(off, off + size) for name, off, size in structs.layout("fuse_dirent")
                    if name == "namelen")
 _DIRENT_OF = itemgetter("dirent")
+# Where a record's namelen lies: in a fuse_dirent, and in a fuse_direntplus (its nested
+# fuse_dirent's); what Dirents.parse walks the chain of records by.
+_DIRENT_NAMELEN = _NAMELEN_AT.start
+_DIRENTPLUS_NAMELEN = _DIRENT_NAMELEN + next(
+    off for name, off, _size in structs.layout("fuse_direntplus") if name == "dirent")
+_namelen_at = _struct.Struct("<I").unpack_from  # namelen is a u32 (checked below)
+if _NAMELEN_AT.stop - _NAMELEN_AT.start != 4:
+    raise ValueError("fuse_dirent.namelen is not a u32")
 
 
 def _u32(b: bytes) -> int:
@@ -391,17 +399,35 @@ class Dirents(Part):
         self.fields = ("entries",)
 
     def parse(self, buf: bytes, off: int, end: int, body: Any) -> tuple[int, Any]:
-        items = ListContainer()
         hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
-        parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
-        # One comparison per record (long replies are hundreds of records; under atheris
-        # each is a traced call): a header fits while off <= last. A record that runs
-        # past the reply ends the loop (off > end), so only the last can: it is refused
-        # after the loop, before what is left after the last whole record (a partial
-        # header).
+        # The records' chain first, from their namelen fields alone: a fuzzer's replies
+        # mostly fail at the end of a long chain (the last record runs past the reply, or
+        # a partial header is left), and are refused here without a Container made. A
+        # header fits while off <= last (one comparison per record: under atheris each
+        # is a traced call); a record that runs past the reply ends the walk (off > end),
+        # so only the last can, and it is refused after the walk, before what is left
+        # after the last whole record (a partial header).
         last = end - hsize
+        at = off + (_DIRENTPLUS_NAMELEN if self.plus else _DIRENT_NAMELEN)
         namelen = 0
+        start = off
         while off <= last:
+            (namelen,) = _namelen_at(buf, at)
+            step = align8(hsize + namelen)
+            off += step
+            at += step
+        if off != end:
+            if off > end:
+                raise TruncatedError(
+                    f"dirent namelen={namelen} runs past the reply",
+                    offset=end,
+                    path="entries.namelen",
+                )
+            raise TruncatedError("partial dirent header", offset=end, path="entries")
+        items = ListContainer()
+        parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
+        off = start
+        while off < end:
             rec = parse(buf, off)
             # READDIRPLUS: its nested fuse_dirent; READDIR: the record itself (a
             # fuse_dirent has no "dirent" field). A lookup, not a branch per record.
@@ -413,14 +439,6 @@ class Dirents(Part):
             rec["pad"] = buf[name_end:rec_end]
             items.append(rec)
             off = rec_end
-        if off != end:
-            if off > end:
-                raise TruncatedError(
-                    f"dirent namelen={namelen} runs past the reply",
-                    offset=end,
-                    path="entries.namelen",
-                )
-            raise TruncatedError("partial dirent header", offset=end, path="entries")
         if body is None:
             body = Container()
         body["entries"] = items
