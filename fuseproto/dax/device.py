@@ -406,14 +406,15 @@ class ModelDevice(WindowDevice):
                 out += bytes(end - start)
                 continue
             data = m.source if m.source is not None else files.data(m.nodeid)  # _bytes_of
-            bad = _past_eof(m, start, end, len(data))
-            if bad is not None:
+            f0 = m.foffset + (start - m.moffset)  # m.file_offset(start)
+            size = len(data)
+            # (a copy ending inside the file touches no page past its end: no _past_eof call)
+            if f0 + (end - start) > size and (bad := _past_eof(m, start, end, size)) is not None:
                 raise WindowFault(
                     errno.EFAULT,
                     f"read at window {bad:#x} is past the end of nodeid {m.nodeid} "
-                    f"({len(data)} bytes): SIGBUS on a real window",
+                    f"({size} bytes): SIGBUS on a real window",
                 )
-            f0 = m.foffset + (start - m.moffset)  # m.file_offset(start)
             chunk: bytes | bytearray = data[f0 : f0 + (end - start)]
             if len(chunk) < end - start:
                 chunk = bytes(chunk) + bytes(end - start - len(chunk))
@@ -468,7 +469,9 @@ class RefusingDevice(WindowDevice):
         super().__init__(size, align, through_codec=False)
         self.inner = inner
         self.files = getattr(inner, "files", None)
-        self._armed: dict[int, int] = {}  # request number -> errno
+        # request number -> errno of the refusals armed (empty: none; a plain attribute,
+        # not a property: the fuzzer asks at every step)
+        self.armed: dict[int, int] = {}
         self.injected: list[DaxMessage] = []  # requests answered by an armed refusal
         # validate here only what inner would not (a narrower window, a coarser alignment)
         self._narrower = size != inner.window_size or self.alignment != inner.alignment
@@ -481,25 +484,20 @@ class RefusingDevice(WindowDevice):
 
     def refuse(self, errno_: int, after: int = 0) -> None:
         """Answer the request ``after`` requests from now with ``errno_``."""
-        self._armed[self.requests + after] = errno_
+        self.armed[self.requests + after] = errno_
 
     def disarm(self) -> None:
-        self._armed.clear()
-
-    @property
-    def armed(self) -> bool:
-        """A refusal is armed (a later request will be refused)."""
-        return bool(self._armed)
+        self.armed.clear()
 
     def submit(self, msg: DaxMessage) -> int:
         n = self.requests
         self.requests += 1
-        if not self._armed and not self._narrower:  # nothing to refuse here: inner's answer
+        if not self.armed and not self._narrower:  # nothing to refuse here: inner's answer
             err = self.inner.submit(msg)
             if err:
                 self.refused += 1
             return err
-        err = self._armed.pop(n, 0)
+        err = self.armed.pop(n, 0)
         if err:
             self.injected.append(msg)
         elif not self._narrower:

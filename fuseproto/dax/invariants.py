@@ -277,23 +277,23 @@ class DaxChecker:
             if unit is not None:
                 self._check_unit(msg, manager, unit)
         if policy == "linux":
-            self._check_in_use_ranges(manager, msg, setup)
+            if setup:
+                set_up = self._set_up.get(id(manager))
+                if set_up is None:
+                    set_up = self._set_up[id(manager)] = set()
+                set_up.add(moffset)
+                ranges = [(moffset, length)]
+            else:
+                ranges = msg.ranges()
+            if pinned := manager.pinned_in(ranges):  # only what the message touches
+                self._check_in_use_ranges(manager, msg, setup, ranges, pinned)
 
-    def _check_in_use_ranges(self, manager: DaxManager, msg: DaxMessage, setup: bool) -> None:
+    def _check_in_use_ranges(self, manager: DaxManager, msg: DaxMessage, setup: bool,
+                             ranges: list[tuple[int, int]],
+                             pinned: list[tuple[int, int]]) -> None:
         dev = manager.device
         if setup:
-            moff, length = msg.body["moffset"], msg.body["len"]
-            set_up = self._set_up.get(id(manager))
-            if set_up is None:
-                set_up = self._set_up[id(manager)] = set()
-            set_up.add(moff)
-            ranges = [(moff, length)]
-        else:
-            ranges = msg.ranges()
-        pinned = manager.pinned_in(ranges)  # only what the message touches
-        if not pinned:
-            return
-        if setup:
+            moff, length = ranges[0]
             # A range in use is mapped: a SETUPMAPPING where the device maps nothing
             # cannot remap one.
             segs = dev.segments(moff, length)

@@ -218,23 +218,6 @@ class LinuxDaxManager(DaxManager):
         r.nodeid, r.start_idx = None, 0
         return r
 
-    def _alloc_reclaim(self, nodeid: int) -> _Range | int:
-        free = self._free
-        while True:
-            # alloc_dax_mapping: the free list's head; the worker kicked below the threshold
-            r = free.popleft() if free else None
-            if len(free) < self.free_threshold:
-                self._worker_queued = True
-            if r is not None:
-                return r
-            r = self._inline_reclaim_one(nodeid)
-            if r is not None:
-                return r
-            # The kernel waits here for the worker (it was kicked above).
-            freed = self.run_worker(force=True)
-            if not self._free and not freed:
-                return errno.EAGAIN  # every range in use: the kernel would sleep
-
     def _lookup_and_reclaim(self, nodeid: int, start_idx: int) -> int:
         inode = self._inodes.get(nodeid)
         r = inode.tree.get(start_idx) if inode else None
@@ -296,7 +279,7 @@ class LinuxDaxManager(DaxManager):
         """Returns (errno, range, window offset, bytes); range None = hole."""
         start_idx = pos >> self.shift
         inode = self._inodes.get(nodeid)
-        r = inode.tree.get(start_idx) if inode else None
+        r = inode.tree.get(start_idx) if inode is not None else None
         if r is not None:
             if write and not r.writable:
                 err = self._setup_one_mapping(nodeid, start_idx, r, True, True)  # upgrade
@@ -306,15 +289,27 @@ class LinuxDaxManager(DaxManager):
             return (0, r, moff, n) if n > 0 else (0, None, 0, length)
         if pos >= i_size:
             return 0, None, 0, length  # hole
-        got = self._alloc_reclaim(nodeid)
-        if isinstance(got, int):
-            return got, None, 0, 0
-        err = self._setup_one_mapping(nodeid, start_idx, got, write, False)
+        free = self._free
+        while True:
+            # alloc_dax_mapping: the free list's head; the worker kicked below the threshold
+            r = free.popleft() if free else None
+            if len(free) < self.free_threshold:
+                self._worker_queued = True
+            if r is not None:
+                break
+            r = self._inline_reclaim_one(nodeid)
+            if r is not None:
+                break
+            # The kernel waits here for the worker (it was kicked above).
+            freed = self.run_worker(force=True)
+            if not free and not freed:
+                return errno.EAGAIN, None, 0, 0  # every range in use: the kernel would sleep
+        err = self._setup_one_mapping(nodeid, start_idx, r, write, False)
         if err:
-            self._free.append(got)  # dmap_add_to_free_pool
+            free.append(r)  # dmap_add_to_free_pool
             return err, None, 0, 0
-        moff, n = self._fill(got, pos, length, i_size)
-        return 0, got, moff, n
+        moff, n = self._fill(r, pos, length, i_size)
+        return 0, r, moff, n
 
     # ---- DaxManager ---------------------------------------------------------------------------
     def read(self, nodeid: int, offset: int, size: int, *, fh: int = 0) -> ReadResult:

@@ -227,6 +227,7 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
     table = run.operations(_kinds(run.mounts.policy))
     nkinds = len(table)
     injected = dev.injected
+    check = run.check
     for step, op in enumerate(program.ops, 1):
         if dev.armed:  # only an armed refusal answers a request of this step
             before, warned = len(injected), run.warnings()
@@ -234,10 +235,10 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
             refused = injected[before:]
             if refused:
                 run.judge_refused(refused, warned)
-            run.check(bool(refused) or step % full_every == 0)
+            check(bool(refused) or step % full_every == 0)
         else:
             table[op.kind % nkinds](op)
-            run.check(step % full_every == 0)
+            check(step % full_every == 0)
         if on_step is not None:
             on_step()
     run.finish()
