@@ -33,7 +33,10 @@ Live (``c``, ``rust``; each skipped when its daemon is not installed):
   spare`): the next daemon is made in the background.
 
 Run: ``.venv/bin/python benchmarks/bench_fuzz_rates.py [--inputs N] [--atheris S] [--live
-S] [--daemons c,rust]`` (``--atheris 0`` / ``--live 0`` skip those parts).
+S] [--daemons c,rust] [--seeds 3 | 1,2,3,4,5]`` (``--atheris 0`` / ``--live 0`` skip those
+parts; ``--seeds``: libFuzzer's ``-seed`` per atheris run, each seed's rate then the mean,
+with the load average beside each: a run's rate depends on the path its seed takes through
+the corpus, e.g. how many long READDIR replies it grows).
 """
 
 from __future__ import annotations
@@ -158,7 +161,8 @@ def _line(label: str, value: float, unit: str, base: float | None = None,
     print("   ".join(parts) + (f"   {extra}" if extra else ""))
 
 
-def in_process(name: str, n: int, rounds: int, atheris_s: int) -> None:
+def in_process(name: str, n: int, rounds: int, atheris_s: int,
+               seeds: tuple[int, ...] = (3,)) -> None:
     target = registry.TARGETS[name]
     goal = GOALS[name]
     data = fuzz_inputs(target, n)
@@ -192,13 +196,25 @@ def in_process(name: str, n: int, rounds: int, atheris_s: int) -> None:
         for label, env in (*runs, ("atheris", {})):
             if start_cpu is None:  # the harness's start-up (imports, instrumentation, seeds)
                 start_cpu = _child_cpu(lambda tmp: campaign.run_atheris(
-                    name, 1, Path(tmp), seed=3, extra=["-runs=0"]))[1]
-            run, cpu = _child_cpu(lambda tmp, env=env: campaign.run_atheris(
-                name, atheris_s, Path(tmp), seed=3, env=env))
-            per_cpu = run.executions / max(1e-3, cpu - start_cpu)
-            _line(label, run.exec_per_sec, "exec/s", floor, goal,
-                  f"{run.executions:,} execs, cov {run.cov}; {per_cpu:,.0f} exec per CPU-s "
-                  f"({per_cpu / goal:.2f}x goal)")
+                    name, 1, Path(tmp), seed=seeds[0], extra=["-runs=0"]))[1]
+            rates = []
+            for seed in seeds:
+                run, cpu = _child_cpu(lambda tmp, env=env, seed=seed: campaign.run_atheris(
+                    name, atheris_s, Path(tmp), seed=seed, env=env))
+                per_cpu = run.executions / max(1e-3, cpu - start_cpu)
+                rates.append(run.exec_per_sec)
+                tag = f"{label} (seed {seed})" if len(seeds) > 1 else label
+                _line(tag, run.exec_per_sec, "exec/s", floor, goal,
+                      f"{run.executions:,} execs, cov {run.cov}; {per_cpu:,.0f} exec per CPU-s "
+                      f"({per_cpu / goal:.2f}x goal); load {_load()}")
+            if len(seeds) > 1:
+                _line(f"{label} (mean of {len(seeds)} seeds)", statistics.mean(rates), "exec/s",
+                      floor, goal)
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
 
 
 def _child_cpu(start: Callable[[str], Any]) -> tuple[Any, float]:
@@ -255,19 +271,20 @@ def main() -> None:
     ap.add_argument("--live", type=float, default=10.0, help="seconds per live run; 0: skip")
     ap.add_argument("--daemons", default="c,rust")
     ap.add_argument("--only", default="wire_decode,session,live")
+    ap.add_argument("--seeds", default="3",
+                    help="libFuzzer -seed of each atheris run, comma-separated (a mean line "
+                         "follows several): one seed's run is one path through the corpus")
     a = ap.parse_args()
     only = a.only.split(",")
-    loads = []
-    with open("/proc/loadavg") as f:
-        loads.append(f.read().split()[0])
+    loads = [_load()]
     for name in ("wire_decode", "session"):
         if name in only:
-            in_process(name, a.inputs, a.rounds, a.atheris)
+            in_process(name, a.inputs, a.rounds, a.atheris,
+                       tuple(int(x) for x in a.seeds.split(",")))
     if "live" in only and a.live:
         for kind in a.daemons.split(","):
             live(kind, a.live)
-    with open("/proc/loadavg") as f:
-        loads.append(f.read().split()[0])
+    loads.append(_load())
     print(f"load average (1 min) at start / end: {' / '.join(loads)}; "
           f"median {statistics.median(float(x) for x in loads):.1f}")
 

@@ -20,10 +20,11 @@ declaration:
 from __future__ import annotations
 
 import struct as _struct
+from collections import deque
 from collections.abc import Callable, Mapping
 from functools import cache, lru_cache, partial
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, islice, repeat
+from operator import add, itemgetter, methodcaller, mod, setitem, sub
 from typing import Any
 
 from construct import (
@@ -377,6 +378,10 @@ _DIRENT_BUILD = compile_builder(_DIRENT.tree, derive={"namelen": lambda d: len(d
 _NAMELEN_AT = next(slice(off, off + size) for name, off, size in structs.layout("fuse_dirent")
                    if name == "namelen")
 _DIRENT_OF = itemgetter("dirent")
+_NAME_OF = itemgetter("name")
+_PAD_OF = methodcaller("get", "pad")
+_ENTRY_OUT_OF = methodcaller("get", "entry_out")
+_le_int = partial(int.from_bytes, byteorder="little")
 # Where a record's namelen lies: in a fuse_dirent, and in a fuse_direntplus (its nested
 # fuse_dirent's); what Dirents.parse walks the chain of records by.
 _DIRENT_NAMELEN = _NAMELEN_AT.start
@@ -385,10 +390,6 @@ _DIRENTPLUS_NAMELEN = _DIRENT_NAMELEN + next(
 _namelen_at = _struct.Struct("<I").unpack_from  # namelen is a u32 (checked below)
 if _NAMELEN_AT.stop - _NAMELEN_AT.start != 4:
     raise ValueError("fuse_dirent.namelen is not a u32")
-
-
-def _u32(b: bytes) -> int:
-    return int.from_bytes(b, "little")
 
 
 class Dirents(Part):
@@ -410,9 +411,12 @@ class Dirents(Part):
         last = end - hsize
         at = off + (_DIRENTPLUS_NAMELEN if self.plus else _DIRENT_NAMELEN)
         namelen = 0
-        start = off
+        offs: list[int] = []  # each record's offset, then the end
+        name_ends: list[int] = []  # where each record's name ends
         while off <= last:
             (namelen,) = _namelen_at(buf, at)
+            offs.append(off)
+            name_ends.append(off + hsize + namelen)
             step = align8(hsize + namelen)
             off += step
             at += step
@@ -424,50 +428,46 @@ class Dirents(Part):
                     path="entries.namelen",
                 )
             raise TruncatedError("partial dirent header", offset=end, path="entries")
-        items = ListContainer()
-        parse = _DIRENTPLUS.parse if self.plus else _DIRENT.parse
-        off = start
-        while off < end:
-            rec = parse(buf, off)
-            # READDIRPLUS: its nested fuse_dirent; READDIR: the record itself (a
-            # fuse_dirent has no "dirent" field). A lookup, not a branch per record.
-            d = rec.get("dirent", rec)
-            namelen = d["namelen"]
-            name_end = off + hsize + namelen
-            rec_end = off + align8(hsize + namelen)
-            d["name"] = buf[off + hsize : name_end]
-            rec["pad"] = buf[name_end:rec_end]
-            items.append(rec)
-            off = rec_end
+        # The records from the offsets, in C (map): no Python step per record (a
+        # reply has hundreds; under atheris each step of a loop here is a traced call).
+        # Each record gets its name, then its pad, as a record-by-record parse would.
+        items = ListContainer(map(_DIRENTPLUS.parse if self.plus else _DIRENT.parse,
+                                  repeat(buf), offs))
+        dirents = list(map(_DIRENT_OF, items)) if self.plus else items
+        starts = list(map(add, offs, repeat(hsize)))
+        offs.append(end)  # a record's padding ends where the next begins
+        deque(map(setitem, dirents, repeat("name"),
+                  map(buf.__getitem__, map(slice, starts, name_ends))), 0)
+        deque(map(setitem, items, repeat("pad"),
+                  map(buf.__getitem__, map(slice, name_ends, islice(offs, 1, None)))), 0)
         if body is None:
             body = Container()
         body["entries"] = items
         return off, body
 
     def build(self, body: Mapping[str, Any]) -> bytes:
-        # Few branches per record (under atheris each costs a traced call, and replies
-        # carry hundreds): the type checks run over the whole list first, the header is
-        # the generated builder's (namelen derived when absent), the padding's length
-        # comes from the namelen it packed, and an absent pad is chars()'s zeros.
+        # No Python step per record (under atheris each step of a loop is a traced call,
+        # and replies carry hundreds): the type checks run over the whole list first, the
+        # headers are the generated builder's (namelen derived when absent), each pad's
+        # length comes from the namelen its header packed, an absent pad is chars()'s
+        # zeros, and the records' pieces are joined in order (entry_out, fuse_dirent,
+        # name, pad), all by map in C.
         entries = list(body["entries"])  # walked more than once
         if not all(map(isinstance, entries, repeat(dict))):
             raise NotFast
-        out: list[bytes] = []
-        build_dirent, at = _DIRENT_BUILD, _NAMELEN_AT
+        dirents = list(map(_DIRENT_OF, entries)) if self.plus else entries
+        if self.plus and not all(map(isinstance, dirents, repeat(dict))):
+            raise NotFast
+        hdrs = list(map(_DIRENT_BUILD, dirents))
+        namelens = map(_le_int, map(itemgetter(_NAMELEN_AT), hdrs))
+        hsize = _DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE
+        pads = map(chars, map(_PAD_OF, entries),
+                   map(mod, map(sub, repeat(-hsize), namelens), repeat(8)))
+        names = map(octets, map(_NAME_OF, dirents))
         if self.plus:
-            dirents = list(map(_DIRENT_OF, entries))
-            if not all(map(isinstance, dirents, repeat(dict))):
-                raise NotFast
-            for rec, d in zip(entries, dirents, strict=True):
-                hdr = build_dirent(d)
-                out += (_ENTRY_OUT_BUILD(nested(rec.get("entry_out"))), hdr, octets(d["name"]),
-                        chars(rec.get("pad"), -(_DIRENTPLUS_SIZE + _u32(hdr[at])) % 8))
-        else:
-            for d in entries:
-                hdr = build_dirent(d)
-                out += (hdr, octets(d["name"]),
-                        chars(d.get("pad"), -(_DIRENT_SIZE + _u32(hdr[at])) % 8))
-        return b"".join(out)
+            heads = map(_ENTRY_OUT_BUILD, map(nested, map(_ENTRY_OUT_OF, entries)))
+            return b"".join(chain.from_iterable(zip(heads, hdrs, names, pads, strict=True)))
+        return b"".join(chain.from_iterable(zip(hdrs, names, pads, strict=True)))
 
     def subcons(self) -> list[Construct]:
         if self.plus:
