@@ -289,8 +289,7 @@ class DaxChecker:
                 self._check_in_use_ranges(manager, msg, setup, ranges, pinned)
 
     def _check_in_use_ranges(self, manager: DaxManager, msg: DaxMessage, setup: bool,
-                             ranges: list[tuple[int, int]],
-                             pinned: list[tuple[int, int]]) -> None:
+                             ranges: list[tuple[int, int]], pinned: list[tuple[int, int]]) -> None:
         dev = manager.device
         if setup:
             moff, length = ranges[0]
@@ -334,8 +333,9 @@ class DaxChecker:
                        f"{', '.join(bad[:4])}", msg, manager)
 
     def on_reply(self, manager: DaxManager, msg: DaxMessage, error: int) -> None:
-        if msg.opcode != FUSE_SETUPMAPPING:
-            return
+        if msg.opcode != FUSE_SETUPMAPPING or not (error or self._refused
+                                                   or len(self.managers) > 1):
+            return  # accepted, no refusal to forget, no other manager to clash with
         b = msg.body
         lo, hi = b["moffset"], b["moffset"] + b["len"]
         if error:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from ..dax.device import RefusingDevice
@@ -153,8 +154,7 @@ class Mounts:
             self.checker.managers.append(mgr)
 
     def manager(self, i: int) -> Any:
-        mnt = self.mounts[i % len(self.mounts)]
-        return mnt.dax_mgr if self.fs is not None else mnt
+        return self.pick(i)[1]
 
     def managers(self) -> list[Any]:
         out: list[Any] = []
@@ -164,8 +164,11 @@ class Mounts:
                 out.append(m)
         return out
 
-    def read(self, i: int, nodeid: int, offset: int, size: int, fh: int) -> Any:
-        return self.mounts[i % len(self.mounts)].read(nodeid, offset, size, fh=fh)
+    def pick(self, i: int) -> tuple[Any, Any]:
+        """(the mount ``i``, its manager): a read goes to the mount (OSv's falls back to
+        FUSE_READ there), the rest to the manager."""
+        mnt = self.mounts[i % len(self.mounts)]
+        return mnt, mnt.dax_mgr if self.fs is not None else mnt
 
     def toggle(self, i: int, pinned: bool) -> None:
         if i < len(self.mounts) and len(self.mounts) > 1:
@@ -228,6 +231,8 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
     nkinds = len(table)
     injected = dev.injected
     check = run.check
+    # run.check(False), bound once: the per-step checks (none without a checker)
+    step_check = partial(run.checker.check_state, full=False) if run.checked else None
     for step, op in enumerate(program.ops, 1):
         if dev.armed:  # only an armed refusal answers a request of this step
             before, warned = len(injected), run.warnings()
@@ -238,7 +243,10 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
             check(bool(refused) or step % full_every == 0)
         else:
             table[op.kind % nkinds](op)
-            check(step % full_every == 0)
+            if step % full_every == 0:
+                check(True)
+            elif step_check is not None:
+                step_check()
         if on_step is not None:
             on_step()
     run.finish()
@@ -295,7 +303,7 @@ class _Run:
         return int(self.stage.backend.file_size(nodeid))
 
     def op_read(self, op: Op, aggressive: bool | None = None) -> None:
-        mgr = self.mounts.manager(op.mount)
+        mnt, mgr = self.mounts.pick(op.mount)
         node = self.stage.node(op.node)
         size = self._size(node)
         unit = self.geo.unit
@@ -305,7 +313,7 @@ class _Run:
         if flip:
             mgr.aggressive = not mgr.aggressive
         try:
-            res = self.mounts.read(op.mount, node, offset, n, self.stage.fh(node, False))
+            res = mnt.read(node, offset, n, fh=self.stage.fh(node, False))
         finally:
             if flip:
                 mgr.aggressive = not mgr.aggressive
