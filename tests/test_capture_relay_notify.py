@@ -155,3 +155,18 @@ def test_a_driver_draining_its_used_ring_is_watched_closely(tmp_path, how):
         r.close()
 
 
+
+
+def test_events_after_the_awaited_one_are_kept(ring):
+    """One read of the control socket can bring the event waited for and more after it:
+    those stay for the next reader, in order. (A DEFERRED dropped that way -- QEMU kicks
+    every queue once as it starts them, while the proxy waits for SHADOWED -- held that
+    queue's kicks back for good: the daemon never saw a FORGET, and a Linux guest's
+    umount waited for them forever.)"""
+    rel = ring.relay
+    for n in (101, 102, 103):
+        rel.send("SYNC", a=n)
+    time.sleep(0.3)  # all three answers wait on the socket: one read takes them together
+    assert rel.wait_for("SYNCED").a == 101
+    assert rel.wait_for("SYNCED", timeout=2.0).a == 102
+    assert [(ev.kind, ev.a) for ev in rel.events()] == [("SYNCED", 103)]

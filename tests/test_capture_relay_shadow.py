@@ -454,7 +454,7 @@ def test_finish_says_which_side_waits(tmp_path):
         assert [ln for ln in logs if "at the end" in ln] == [
             "queue 1 at the end: avail idx 2 (the relay read to 1), the daemon's used idx 0 "
             "(recorded to 0), the guest's used idx 0 (published to 0), avail flags 0x0, 1 "
-            "chain(s) waiting for a reply"]
+            "chain(s) waiting for a reply; a kick owed to the daemon; stalled"]
     finally:
         r.close()
 

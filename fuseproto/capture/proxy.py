@@ -128,6 +128,7 @@ class ProxyStats:
     kicks: int = 0
     calls: int = 0
     rekicks: int = 0  # kicks the proxy repeated to a stalled queue (see REKICK_FIRST)
+    call_swaps: int = 0  # SET_VRING_CALLs replacing a queue's call fd (vector masking)
     requests: int = 0
     replies: int = 0
     notes: int = 0
@@ -297,8 +298,14 @@ class RecordingProxy:
         try:
             if kind == "SYNCED":
                 self.relay.sync()
-                return Event("SYNCED", 0, 0, 0, b"")
-            return self.relay.wait_for(kind)
+                got = Event("SYNCED", 0, 0, 0, b"")
+            else:
+                got = self.relay.wait_for(kind)
+            # What came after it in the same read: the relay's socket will not wake the
+            # poll for these (a DEFERRED left there would hold the queue's kicks back).
+            for ev in self.relay.events():
+                meanwhile(ev)
+            return got
         except RelayError:
             self._relay_lost()
             return None
@@ -522,6 +529,8 @@ class RecordingProxy:
         old = self._notify.pop((kind, index), None)
         if old is None:
             return
+        if kind == "call":
+            self.stats.call_swaps += 1
         self._retired.append(old)
         while len(self._retired) > MAX_RETIRED:
             gone = self._retired.pop(0)

@@ -262,6 +262,7 @@ static void apply(struct cmd *c)
         break;
     case VRING_STOP: /* the daemon has stopped the ring: what it completed is all there is */
         if (q) {
+            report_rings(q);
             scan(q);
             out_drain();
             publish(q); /* (the guest has all of it before the VMM hears the ring stopped) */

@@ -360,6 +360,11 @@ class Relay:
             theirs.close()
         self.sock = ours
         self._seq = 0
+        # Events read from the socket and not yet handed out, oldest first: wait_for()
+        # takes what it waits for from here and leaves the rest for events() / on_event
+        # (one read may bring a SYNCED and a DEFERRED after it: losing that one would
+        # leave the queue's kicks held back for good).
+        self._unread: deque[Event] = deque()
         fds = [out_fd] if vmm_fd is None else [out_fd, vmm_fd]
         self.send("CONFIG", payload=config, fds=fds)
 
@@ -387,8 +392,14 @@ class Relay:
         return True
 
     def events(self) -> list[Event]:
-        """The events waiting (without blocking)."""
-        out = []
+        """The events waiting (without blocking), oldest first."""
+        self._read()
+        out = list(self._unread)
+        self._unread.clear()
+        return out
+
+    def _read(self) -> None:
+        """Move what the socket holds now into :attr:`_unread`."""
         while self.dead is None:
             try:
                 raw = self.sock.recv(INIT_DATA_MAX + MSG.size + 64, socket.MSG_DONTWAIT)
@@ -401,8 +412,7 @@ class Relay:
                 self._lost("it closed its control socket")
                 break
             t, q, a, b, _c, _d = MSG.unpack_from(raw)
-            out.append(Event(self._events.get(t, str(t)), q, a, b, raw[MSG.size:]))
-        return out
+            self._unread.append(Event(self._events.get(t, str(t)), q, a, b, raw[MSG.size:]))
 
     def _lost(self, why: str) -> None:
         if self.dead is None:
@@ -415,16 +425,19 @@ class Relay:
             self.dead = f"{why} ({fate})"
 
     def wait_for(self, kind: str, timeout: float = 10.0) -> Event:
-        """The next ``kind`` event; the others go to ``on_event`` meanwhile."""
+        """The next ``kind`` event; the others before it go to ``on_event`` meanwhile (in
+        order; those after it stay for the next reader)."""
         import select
 
         deadline = time.monotonic() + timeout
         while True:
-            for ev in self.events():
+            self._read()
+            while self._unread:
+                ev = self._unread.popleft()
                 if ev.kind == kind:
                     return ev
                 if self.on_event is not None:
-                    self.on_event(ev)
+                    self.on_event(ev)  # (may wait for events itself: they come in order)
             if self.dead is not None:
                 raise RelayError(f"the relay is gone: {self.dead}")
             left = deadline - time.monotonic()

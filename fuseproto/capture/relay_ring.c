@@ -622,15 +622,20 @@ void report_rings(struct queue *q)
     uint16_t daemon_used = (uint16_t)ld(q->us + C(used_idx_off), 2);
     uint16_t guest_used = q->shadowed ? (uint16_t)ld(q->ru + C(used_idx_off), 2) : daemon_used;
     in_guest = 0;
+    /* (with EVENT_IDX a driver waiting for a call has used_event at the entries it has
+     * taken: short of the used index, it has not taken what it was given) */
     if (avail == q->last_avail && daemon_used == q->last_used && !q->npending &&
-        (!q->shadowed || (q->mirrored == q->last_used && guest_used == q->mirrored)))
+        (!q->shadowed || (q->mirrored == q->last_used && guest_used == q->mirrored)) &&
+        (!ue || used_event == guest_used))
         return;
     char ev[32] = "";
     if (ue)
         snprintf(ev, sizeof ev, ", used_event %u", used_event);
     send_log("queue %u at the end: avail idx %u (the relay read to %u), the daemon's used idx "
              "%u (recorded to %u), the guest's used idx %u (published to %u)%s, avail flags "
-             "0x%x, %zu chain(s) waiting for a reply", q->index, avail, q->last_avail,
+             "0x%x, %zu chain(s) waiting for a reply%s%s%s", q->index, avail, q->last_avail,
              daemon_used, q->last_used, guest_used, q->shadowed ? q->mirrored : q->last_used,
-             ev, flags, q->npending);
+             ev, flags, q->npending, q->deferred ? "; a kick handed back, unanswered" : "",
+             q->kick_owed ? "; a kick owed to the daemon" : "",
+             q->stalled ? "; stalled" : "");
 }

@@ -265,7 +265,7 @@ def _one_session(args: argparse.Namespace, listener: socket.socket, stop_r: int,
         fate = f"; {starter.finish()}"
     say(f"session ended by the {ended}: {st.requests} requests, {st.replies} replies, "
         f"{st.notes} annotations, {st.kicks} kicks, {st.calls} calls recorded, "
-        f"{st.rekicks} kicks repeated{fate}")
+        f"{st.rekicks} kicks repeated, {st.call_swaps} call fds replaced{fate}")
     if ended == "signal":
         if caught:
             say(f"{signal.Signals(caught[0]).name}: capture closed")

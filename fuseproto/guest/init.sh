@@ -24,8 +24,23 @@ for tag in $tags; do
   (cd "/mnt/$tag" && sh /workload.sh)
   echo "@@fp end $tag $?"
 done
+# An unmount that takes 30 s is stuck (it waits for the device: after DESTROY the driver
+# waits for every request in flight on every queue): say where, once, then keep waiting.
 for tag in $tags; do
-  umount "/mnt/$tag" || echo "@@fp error umount $tag"
+  umount "/mnt/$tag" &
+  pid=$!
+  waited=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 0.1
+    waited=$((waited + 1))
+    if [ "$waited" = 300 ]; then
+      echo w > /proc/sysrq-trigger 2>/dev/null
+      dmesg 2>/dev/null | grep -A 30 "task:" | sed "s/^/@@fp dmesg /"
+      echo "@@fp error umount $tag stuck for 30 s"
+      sed "s/^/@@fp stack /" "/proc/$pid/stack" 2>/dev/null
+    fi
+  done
+  wait "$pid" || echo "@@fp error umount $tag"
 done
 echo "@@fp done"
 poweroff -f
