@@ -7,6 +7,7 @@ stalled queue is kicked again; a driver draining its used ring is watched closel
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import time
@@ -90,6 +91,32 @@ def test_a_kick_never_overtakes_a_frontend_message(tmp_path, why):
         r.close()
         vmm_ours.close()
         vmm_theirs.close()
+
+
+def test_a_kick_handed_back_and_never_answered_is_passed_on(tmp_path):
+    """A DEFERRED that Python never answers (it was lost, or Python hangs in a message)
+    does not hold the queue's kicks back for good: after the answer timeout the relay
+    passes the kick on, and says so."""
+    logs: list[str] = []
+    r = Ring(str(tmp_path), answer_timeout=0.3)
+    r.relay.on_event = lambda ev: logs.append(ev.data.decode()) if ev.kind == "LOG" else None
+    kick = Pair(r.relay, 1, "kick")
+    try:
+        r.relay.send("FE_BEGIN")  # and no FE_END, no KICK
+        r.relay.sync()
+        os.eventfd_write(kick.source, 1)
+        assert r.relay.wait_for("DEFERRED").queue == QUEUE
+        assert not kick.signalled(0.1)
+        os.eventfd_write(kick.source, 1)  # held behind it
+        assert kick.signalled(3.0)
+        r.relay.sync()
+        said = [ln for ln in logs if "not answered" in ln]
+        assert len(said) == 1 and re.fullmatch(
+            rf"queue {QUEUE}: a kick handed back [0-9.]+ s ago was not answered; passed on",
+            said[0]), logs
+    finally:
+        kick.close()
+        r.close()
 
 
 def test_a_stalled_queue_is_kicked_again(tmp_path):

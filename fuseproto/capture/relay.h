@@ -188,6 +188,7 @@ struct queue {
      * meanwhile is not reported again (the events stay bounded: the two processes never
      * both wait on a full socket) but looked at once more when the answer comes. */
     int deferred, deferred_again;
+    uint64_t deferred_since; /* (an answer that never comes: see check_stalls) */
     /* a stall: chains pending, no used entry */
     int stalled;
     uint16_t stall_used;

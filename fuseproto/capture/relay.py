@@ -103,7 +103,7 @@ INIT_DATA_MAX = 1 << 16  # bytes of an INIT handed to Python at most
 MAX_INITS = 8  # INIT requests whose reply is awaited, at most
 MAX_OPCODES = 4096  # the recorder's opcode hints: uniques remembered (CaptureRecorder's)
 MAX_QUEUE_SIZE = 32768  # virtio 1.x 2.7: Queue Size is at most 32768
-ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer about an INIT
+ANSWER_TIMEOUT = 5.0  # the relay waits this long for Python's answer (an INIT, a kick handed back)
 # While a driver with requests in flight has its interrupts off (it drains the used ring
 # on its own: VIRTQ_AVAIL_F_NO_INTERRUPT, or with EVENT_IDX a used_event other than the next
 # entry), the relay reads the rings every HOT_INTERVAL seconds (else every --scan-interval):
@@ -206,7 +206,7 @@ def executable() -> Path:
 
 def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
             rekick_first: float, rekick_max: float, minor: int | None,
-            has_vmm: bool, staging: int) -> bytes:
+            has_vmm: bool, staging: int, answer_timeout: float = ANSWER_TIMEOUT) -> bytes:
     rec = field_layout(RECORD_HEADER, RECORD_FIELDS)
     frame = {k: (off + RECORD_HEADER.size, size)
              for k, (off, size) in field_layout(FRAME_HEADER, FRAME_FIELDS).items()}
@@ -242,7 +242,7 @@ def _config(*, snaplen: int | None, scan_interval: float, idle_interval: float,
         "f_event_idx": VIRTIO_F_RING_EVENT_IDX,
         "rekick_first_ns": round(rekick_first * 1e9),
         "rekick_max_ns": round(rekick_max * 1e9),
-        "answer_timeout_ns": round(ANSWER_TIMEOUT * 1e9),
+        "answer_timeout_ns": round(answer_timeout * 1e9),
         "minor": -1 if minor is None else minor, "has_vmm": int(has_vmm),
         "staging_size": staging,
     }
@@ -338,6 +338,7 @@ class Relay:
                  scan_interval: float = 0.001, idle_interval: float = 0.02,
                  rekick_first: float = 0.25, rekick_max: float = 1.0,
                  minor: int | None = None, staging: int = STAGING_SIZE,
+                 answer_timeout: float = ANSWER_TIMEOUT,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.cmd = _numbers("COMMANDS")
         self._events = {v: k for k, v in _numbers("EVENTS").items()}
@@ -346,7 +347,7 @@ class Relay:
         config = _config(snaplen=snaplen, scan_interval=scan_interval,
                          idle_interval=idle_interval, rekick_first=rekick_first,
                          rekick_max=rekick_max, minor=minor, has_vmm=vmm_fd is not None,
-                         staging=staging)
+                         staging=staging, answer_timeout=answer_timeout)
         exe = executable()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

@@ -132,8 +132,10 @@ void notified(struct notify *n, int may_drain)
         unsigned index = n->queue;
         uint64_t id = n->id;
         if (held_back(may_drain)) {
-            if (q)
+            if (q) {
                 q->deferred = 1;
+                q->deferred_since = now_ns(CLOCK_MONOTONIC);
+            }
             send_event(DEFERRED, index, id, 0, NULL, 0);
             return;
         }
@@ -170,6 +172,15 @@ void check_stalls(int may_kick)
         struct queue *q = queues[i];
         if (!q)
             continue;
+        if (may_kick && q->deferred && now - q->deferred_since > C(answer_timeout_ns)) {
+            /* Handed back and never answered: order behind front-end messages matters
+             * less than a VM waiting forever. */
+            q->deferred = 0;
+            send_log("queue %u: a kick handed back %.1f s ago was not answered; passed on",
+                     q->index, (double)(now - q->deferred_since) / 1e9);
+            q->deferred_again = 0;
+            kicked(q, kick_target(q, NULL)); /* (one kick covers those held back too) */
+        }
         int busy = q->started && q->npending;
         if (q->stalled && (!busy || q->stall_used != q->last_used)) {
             q->stalled = 0;
