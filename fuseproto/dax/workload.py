@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -211,11 +210,12 @@ def record_daemon_reads(
     """Run the workload against a fresh daemon of ``installation`` (a
     :class:`~fuseproto.daemons.Installation`) and record it to ``pcap_path``.
     Returns the files (path -> size) and the READs sent."""
+    from fuseproto import scratch as scratch_dirs
     from fuseproto.capture import CaptureRecorder
     from fuseproto.client import Client
     from fuseproto.transport.vhost_user import VhostUserTransport
 
-    scratch = tempfile.mkdtemp(prefix="fuseproto-dax-record-")
+    scratch = scratch_dirs.directory("dax-record")
     try:
         shared = os.path.join(scratch, "shared")
         os.mkdir(shared)

@@ -27,9 +27,9 @@ import atexit
 import errno
 import os
 import shutil
-import tempfile
 from typing import Any
 
+from .. import scratch
 from ..dax.device import RefusingDevice
 from ..dax.invariants import InvariantViolation
 from ..dax.messages import DaxMessage, removemapping
@@ -60,7 +60,7 @@ class LiveSession:
         from ..daemons import resolve
 
         self.name = device
-        self.root = tempfile.mkdtemp(prefix="fuseproto-daxlive-")
+        self.root = scratch.directory("daxlive")
         self.live: LiveDax | None = None
         self.fds: dict[int, int] = {}  # nodeid -> our fd on the host file (the oracle)
         try:
