@@ -26,6 +26,8 @@ Ordering rules (they fixed a real hang; tests/test_capture_proxy_order.py):
   doubling up to REKICK_MAX): one too many is harmless.
 * A GET_VRING_BASE reply reaches the VMM once the relay has published what the daemon
   completed.
+* A kick handed back and not answered within ANSWER_TIMEOUT is passed on all the same:
+  a lost answer once held a queue's kicks back for good (a guest's umount hung).
 
 The pseudo-header carries the queue, the direction and the minor INIT negotiated (the
 relay waits for it). What the proxy cannot read becomes an annotation record and the
@@ -55,23 +57,17 @@ from typing import BinaryIO
 
 from ..errors import TransportError
 from ..transport.vhost_user_proto import (
-    BACKEND_PAYLOADS,
-    VHOST_USER_NEED_REPLY_MASK,
     VHOST_USER_VRING_IDX_MASK,
     VHOST_USER_VRING_NOFD_MASK,
     VIRTIO_F_RING_EVENT_IDX,
-    VhostUserBackendRequest,
-    VhostUserFSBackendMsg,
     VhostUserMemory,
     VhostUserMessage,
-    VhostUserMMap,
-    VhostUserPayloadError,
     VhostUserRequest,
     VhostUserSingleMemoryRegion,
     VhostUserU64,
     VhostUserVringAddr,
     VhostUserVringState,
-    parse_payload,
+    describe_backend,
     recv_message,
     request_name,
     send_message,
@@ -650,40 +646,6 @@ class RecordingProxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
         self.shadow.close()
-
-
-def describe_backend(msg: VhostUserMessage) -> str:
-    """One line for a backend-channel message (request or reply), as annotations say it."""
-    B = VhostUserBackendRequest
-    try:
-        name = B(msg.request).name
-    except ValueError:
-        name = f"request {msg.request}"
-    if msg.is_reply:
-        try:
-            value = VhostUserU64.parse_body(msg.payload).u64
-            return f"backend reply {name}: {value}"
-        except VhostUserPayloadError as e:
-            return f"backend reply {name}: {e}"
-    flags = " need_reply" if msg.flags & VHOST_USER_NEED_REPLY_MASK else ""
-    fd = f" fds={len(msg.fds)}" if msg.fds else ""
-    try:
-        body = parse_payload(BACKEND_PAYLOADS, msg.request, msg.payload)
-    except VhostUserPayloadError as e:
-        return f"backend {name}{flags}{fd}: {e}"
-    if isinstance(body, VhostUserFSBackendMsg):
-        entries = []
-        for i in range(len(body.len)):
-            if not body.len[i]:
-                break
-            entries.append(f"[fd_offset={body.fd_offset[i]:#x} cache_offset="
-                           f"{body.cache_offset[i]:#x} len={body.len[i]:#x} "
-                           f"flags={body.flags[i]:#x}]")
-        return f"backend {name}{flags}{fd}: {' '.join(entries) or 'no entries'}"
-    if isinstance(body, VhostUserMMap):
-        return (f"backend {name}{flags}{fd}: shmid={body.shmid} fd_offset={body.fd_offset:#x} "
-                f"shm_offset={body.shm_offset:#x} len={body.len:#x} flags={body.flags:#x}")
-    return f"backend {name}{flags}{fd}: {len(msg.payload)} payload bytes"
 
 
 def connect_daemon(path: str, *, timeout: float = 10.0,

@@ -407,6 +407,40 @@ class VhostUserMessage:
         return bool(self.flags & VHOST_USER_NEED_REPLY_MASK)
 
 
+def describe_backend(msg: VhostUserMessage) -> str:
+    """One line for a backend-channel message (request or reply), as annotations say it."""
+    B = VhostUserBackendRequest
+    try:
+        name = B(msg.request).name
+    except ValueError:
+        name = f"request {msg.request}"
+    if msg.is_reply:
+        try:
+            value = VhostUserU64.parse_body(msg.payload).u64
+            return f"backend reply {name}: {value}"
+        except VhostUserPayloadError as e:
+            return f"backend reply {name}: {e}"
+    flags = " need_reply" if msg.flags & VHOST_USER_NEED_REPLY_MASK else ""
+    fd = f" fds={len(msg.fds)}" if msg.fds else ""
+    try:
+        body = parse_payload(BACKEND_PAYLOADS, msg.request, msg.payload)
+    except VhostUserPayloadError as e:
+        return f"backend {name}{flags}{fd}: {e}"
+    if isinstance(body, VhostUserFSBackendMsg):
+        entries = []
+        for i in range(len(body.len)):
+            if not body.len[i]:
+                break
+            entries.append(f"[fd_offset={body.fd_offset[i]:#x} cache_offset="
+                           f"{body.cache_offset[i]:#x} len={body.len[i]:#x} "
+                           f"flags={body.flags[i]:#x}]")
+        return f"backend {name}{flags}{fd}: {' '.join(entries) or 'no entries'}"
+    if isinstance(body, VhostUserMMap):
+        return (f"backend {name}{flags}{fd}: shmid={body.shmid} fd_offset={body.fd_offset:#x} "
+                f"shm_offset={body.shm_offset:#x} len={body.len:#x} flags={body.flags:#x}")
+    return f"backend {name}{flags}{fd}: {len(msg.payload)} payload bytes"
+
+
 def send_message(sock: socket.socket, request: int, payload: bytes | Payload = b"", *,
                  fds: Sequence[int] = (), flags: int = VHOST_USER_VERSION) -> None:
     """Send one message (``payload`` as bytes or a layout object), ``fds`` as SCM_RIGHTS.
@@ -480,6 +514,7 @@ __all__ = [
     "VhostUserFSBackendMsg", "VhostUserHeader", "VhostUserMMap", "VhostUserMemory",
     "VhostUserMemoryRegion", "VhostUserMessage", "VhostUserPayloadError",
     "VhostUserProtocolFeature", "VhostUserRequest", "VhostUserSingleMemoryRegion",
-    "VhostUserU64", "VhostUserVringAddr", "VhostUserVringState", "parse_payload",
+    "VhostUserU64", "VhostUserVringAddr", "VhostUserVringState", "describe_backend",
+    "parse_payload",
     "recv_message", "request_name", "send_message",
 ]
