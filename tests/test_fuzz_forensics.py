@@ -12,7 +12,14 @@ import subprocess
 import pytest
 
 from fuseproto.fuzz import sanitizer_report as sr
-from fuseproto.fuzz.forensics import FATAL, crash_site, death_outcome, outcome_signature
+from fuseproto.fuzz.forensics import (
+    FATAL,
+    LOG_READ,
+    crash_site,
+    death_outcome,
+    outcome_signature,
+    read_new_log,
+)
 
 BIN = "/root/.cache/fuseproto/daemons/builds/c-asan-cov-1_7.2+dfsg-7+deb12u18/virtiofsd"
 ABORTED = signal.SIGABRT  # wait status of a process killed by SIGABRT
@@ -260,3 +267,27 @@ def test_an_assertion_asan_caught_stays_the_crash_it_is_in_a_plain_build():
     assert outcome_signature("x", a) == ("asan:x:ABRT:unref_inode@passthrough_ll.c:1734|"
                                          "unref_inode_lolocked@passthrough_ll.c:1759|"
                                          "lo_forget_one@passthrough_ll.c:1777")
+
+
+def test_a_death_after_much_logging_keeps_its_site(tmp_path):
+    """A daemon at debug level writes far more than one read's worth between two looks at
+    its log; the assertion it dies with is at the end and must be what is read (the
+    campaign of session 8 had 'SIGABRT:FUSE_RENAME2' with no site: the first 64 KiB of a
+    long stretch of debug lines were read, the assertion after them was not)."""
+    log = tmp_path / "daemon.log"
+    chatter = "".join(f"[ID: 00000042] unique: {i}, opcode: GETATTR (3), nodeid: 1\n"
+                      for i in range(8000))
+    assert len(chatter) > 3 * LOG_READ
+    death = ("virtiofsd: ../tools/virtiofsd/fuse_virtio.c:292: virtio_send_msg: "
+             "Assertion `out->unique' failed.\n")
+    log.write_text("start\n")
+    text, at = read_new_log(str(log), 0)
+    assert (text, at) == ("start\n", 6)
+    with open(log, "a") as f:
+        f.write(chatter + death)
+    text, at2 = read_new_log(str(log), at)
+    assert len(text) == LOG_READ and text.endswith(death)
+    assert at2 == log.stat().st_size
+    assert crash_site(text) == "fuse_virtio.c:292 virtio_send_msg: Assertion 'out->unique' failed"
+    assert read_new_log(str(log), at2) == ("", at2)
+    assert read_new_log(str(tmp_path / "gone.log"), 7) == ("", 7)

@@ -29,7 +29,7 @@ from typing import Any
 from .. import daemons
 from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
-__all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "log_tail", "death_outcome",
+__all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "read_new_log", "log_tail", "death_outcome",
            "stall_outcome", "outcome_signature", "PanicWatch"]
 
 #: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
@@ -83,6 +83,25 @@ def crash_site(log: str) -> str | None:
                 text = text.replace(f"{{{i}#}}", masked[i]).replace(f"{{{i}}}", g)
             return text.replace("`", "'")[:240]
     return None
+
+
+LOG_READ = 1 << 16  # bytes of a daemon's log read at a time, at most
+
+
+def read_new_log(path: str, offset: int, limit: int = LOG_READ) -> tuple[str, int]:
+    """What the log at ``path`` holds past ``offset``, and the offset to read from next
+    time. When more than ``limit`` bytes are new, the *last* ``limit`` (a death's
+    assertion, panic or sanitizer report is at the end; a daemon logging at debug level
+    writes far more than that per request): ("", offset) if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            start = max(offset, end - limit)
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError:
+        return "", offset
+    return data.decode(errors="replace"), start + len(data)
 
 
 def peek_log(path: str, offset: int) -> str:

@@ -70,7 +70,7 @@ from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
 from .canaries import Breach, Canaries
 from .coverage import ENV_VAR, CoverageMap
-from .forensics import FATAL, Outcome, PanicWatch, death_outcome, stall_outcome
+from .forensics import FATAL, Outcome, PanicWatch, death_outcome, read_new_log, stall_outcome
 from .livedaemon import (
     DAX_WINDOW,
     SANITIZER_ENV,
@@ -339,17 +339,12 @@ class DaemonHarness:
                     break
 
     def new_log(self) -> str:
-        """Daemon log text written since the last call."""
+        """Daemon log text written since the last call (its last 64 KiB: where a death
+        says why)."""
         if self.daemon is None or self.daemon.log_path is None:
             return ""
-        try:
-            with open(self.daemon.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                data = f.read(1 << 16)
-        except OSError:
-            return ""
-        self._log_offset += len(data)
-        return data.decode(errors="replace")
+        text, self._log_offset = read_new_log(self.daemon.log_path, self._log_offset)
+        return text
 
     def stop(self) -> None:
         """Close the connection and stop the daemon by PID; remove its directory (in the
