@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fuseproto import daemons
+from fuseproto.daemons.process import RECORD_DIR
 from fuseproto.errors import DaemonError
 
 pytestmark = pytest.mark.daemon
@@ -170,6 +172,43 @@ def test_owner_killed_leaves_no_log(installation, shared_dir, socket_path):
         for path in daemons.pid_file_paths(installation.kind, socket_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def test_owner_killed_leaves_no_pid_file(installation, shared_dir):
+    """An owner killed with SIGKILL never stops its daemon, wherever its socket is (here
+    in a directory of the caller's, not one of fuseproto's): once that daemon is gone the
+    next sweep (every start runs one) removes the pid file it wrote, by the record the
+    owner's start made; the record goes too."""
+    home = tempfile.mkdtemp(prefix="owner-")  # not a fuseproto-* name
+    socket_path = os.path.join(home, "vhost.sock")
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, installation.kind, shared_dir,
+                              socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pid = None
+    try:
+        assert owner.stdout is not None
+        pid = int(owner.stdout.readline())
+        files = daemons.pid_file_paths(installation.kind, socket_path)
+        record = os.path.join(RECORD_DIR, f"{pid}.pids")
+        assert os.path.exists(record) and set(files) <= set(Path(record).read_text().split())
+        owner.kill()  # by PID: no stop(), no finally
+        owner.wait()
+        os.kill(pid, signal.SIGKILL)  # the orphaned daemon, by its PID
+        _wait_gone(pid)
+        assert all(os.path.exists(f) for f in files)  # left behind
+        assert set(files) <= set(daemons.sweep_stale_pid_files())
+        assert not any(os.path.exists(f) for f in files) and not os.path.exists(record)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+        for path in daemons.pid_file_paths(installation.kind, socket_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _wait_gone(pid: int) -> None:

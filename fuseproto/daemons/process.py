@@ -16,7 +16,10 @@ Where the pid files are (checked against the daemons themselves):
 
 Both hold the file open and write their PID into it, so the one this process started is
 told apart from any other daemon's by its content: only a file naming our daemon's PID
-(or left empty by it, see :func:`remove_pid_file`) is removed.
+(or left empty by it, see :func:`remove_pid_file`) is removed. An owner killed before it
+could stop its daemon leaves that file; each start records the files its daemon writes
+(:data:`RECORD_DIR`) and sweeps those of daemons that are gone
+(:func:`sweep_stale_pid_files`).
 
 Sandboxing: ``sandbox`` chooses the daemon's own sandbox; the default is ``chroot`` for the
 C daemon and ``none`` for the Rust one (whose ``chroot`` mode the fuzzer uses, as it sends
@@ -40,6 +43,11 @@ from .install import Installation
 
 # QEMU's qemu_get_local_state_dir() is its configured localstatedir, /var on Debian.
 C_PID_DIR = "/var/run/virtiofsd"
+# One record per daemon a Daemon started and has not stopped yet: ``<daemon pid>.pids``,
+# the pid files it writes, a path a line. An owner killed before stop() leaves its
+# daemon's pid file wherever the socket was (a caller's directory, not only ours); the
+# next start removes what the record of a dead daemon lists (sweep_stale_pid_files).
+RECORD_DIR = os.path.join(tempfile.gettempdir(), "fuseproto-daemon-pid-files")
 SANDBOXES = ("none", "chroot")
 
 
@@ -81,13 +89,58 @@ def remove_pid_file(path: str, pid: int) -> bool:
         os.close(fd)
 
 
-def sweep_stale_pid_files(directory: str = C_PID_DIR) -> list[str]:
-    """Remove the pid files our own daemons left in ``directory`` when their owner was
-    killed before it could stop them (the names of fuseproto's temporary socket
-    directories, ``.tmp.fuseproto-*``): each only if the process it names is gone (see
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a daemon whose owner was
+    killed is reparented; until its new parent reaps it, it is gone in all but name)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _record(pid: int, paths: Iterable[str], records: str = RECORD_DIR) -> None:
+    """Note (atomically) that daemon ``pid`` writes ``paths``."""
+    tmp = os.path.join(records, f".{pid}.tmp")
+    for _ in range(3):  # (another process may remove the folder it found empty meanwhile)
+        try:
+            os.makedirs(records, mode=0o700, exist_ok=True)
+            Path(tmp).write_text("".join(f"{p}\n" for p in paths))
+            os.replace(tmp, os.path.join(records, f"{pid}.pids"))
+            return
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
+def _unrecord(pid: int, records: str = RECORD_DIR) -> None:
+    """Drop daemon ``pid``'s record, and the folder once no record is left."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(records, f"{pid}.pids"))
+    with contextlib.suppress(OSError):
+        os.rmdir(records)
+
+
+def sweep_stale_pid_files(directory: str = C_PID_DIR, records: str = RECORD_DIR) -> list[str]:
+    """Remove the pid files our own daemons left when their owner was killed before it
+    could stop them: those a record in ``records`` lists for a daemon that is gone, and
+    in ``directory`` those named after fuseproto's temporary socket directories
+    (``.tmp.fuseproto-*``) whose process is gone; each only if it names that process (see
     :func:`remove_pid_file`). Other programs' files are left alone. Returns the paths
     removed; :meth:`Daemon.start` calls it."""
     removed: list[str] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(records):
+            pid_text = name.removesuffix(".pids")
+            if not (name.endswith(".pids") and pid_text.isdigit()):
+                continue
+            if _alive(int(pid_text)):
+                continue  # its daemon (or a process now holding that PID) lives
+            with contextlib.suppress(OSError):
+                paths = Path(records, name).read_text().splitlines()
+                removed += [p for p in paths if p and remove_pid_file(p, int(pid_text))]
+            _unrecord(int(pid_text), records)
     try:
         names = os.listdir(directory)
     except OSError:
@@ -102,7 +155,7 @@ def sweep_stale_pid_files(directory: str = C_PID_DIR) -> list[str]:
         except OSError:
             continue
         pid = int(text) if text.isdigit() else 0
-        if pid and os.path.exists(f"/proc/{pid}"):
+        if pid and _alive(pid):
             continue  # its daemon (or a process now holding that PID) lives
         if remove_pid_file(path, pid):
             removed.append(path)
@@ -210,8 +263,7 @@ class Daemon:
             raise DaemonError("daemon already started")
         if os.path.exists(self.socket_path):
             raise DaemonError(f"socket path {self.socket_path} already exists")
-        if self.kind == "c":
-            sweep_stale_pid_files()
+        sweep_stale_pid_files()
         env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
         env.update(self.env)
         if self._own_log and self._log_fd is None:
@@ -230,6 +282,7 @@ class Daemon:
             except OSError as e:
                 self.stop()  # removes the temporary log
                 raise DaemonError(f"cannot start {self.installation.binary}: {e}")
+        _record(self.proc.pid, self.pid_files)
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket_path):
             if self.poll() is not None:
@@ -252,7 +305,10 @@ class Daemon:
         """Add the *.pid files the running daemon holds open to :attr:`pid_files` (both
         daemons keep theirs open, locked, from before the socket exists until they exit).
         Called when the socket appears and again before the daemon is stopped."""
-        fd_dir = f"/proc/{self.pid}/fd"
+        pid = self.pid
+        if pid is None:
+            return
+        fd_dir = f"/proc/{pid}/fd"
         with contextlib.suppress(OSError):
             for name in os.listdir(fd_dir):
                 with contextlib.suppress(OSError):
@@ -261,6 +317,7 @@ class Daemon:
                         known = {os.path.realpath(p) for p in self.pid_files}
                         if os.path.realpath(target) not in known:
                             self.pid_files.append(target)
+                            _record(pid, self.pid_files)
 
     def poll(self) -> int | None:
         """The raw wait status if the daemon has exited (reaping it), else None."""
@@ -366,6 +423,7 @@ class Daemon:
         if self.proc is not None:  # reaped above: its pid files are stale now
             for path in self.pid_files:
                 remove_pid_file(path, self.proc.pid)
+            _unrecord(self.proc.pid)
         if self._log_fd is not None and self._log_kept is None:
             self._log_kept = self.log_text()
             os.close(self._log_fd)
