@@ -6,7 +6,7 @@ KIND says what made it, PID the process that owns it. The owner removes it when 
 an owner killed with SIGKILL cannot, so the first scratch entry a process makes sweeps the
 entries of owners that no longer exist (:func:`sweep`). An entry is left alone while:
 
-* its owner's PID is alive (a reused PID keeps a dead owner's entry: safe, never wrong);
+* its owner's PID is alive, not a zombie (a reused PID keeps a dead owner's entry: safe);
 * a mount lies inside it (a FUSE mount a dead bridge left: removing files through it would
   reach the share);
 * a ``*.pid`` file in it (or one level down) names a live process (a daemon that outlived
@@ -55,15 +55,14 @@ def _sweep_once(base: str) -> None:
         sweep(base)
 
 
-def owner_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (a zombie counts: its parent has not reaped it)."""
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a process whose owner was
+    killed is reparented; until its new parent reaps it, it is gone in all but name)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _mount_points() -> list[str]:
@@ -87,7 +86,7 @@ def _live_pid_file(path: Path) -> bool:
                 text = p.read_text(errors="replace").strip()
             except OSError:
                 continue
-            if text.isdigit() and owner_alive(int(text)):
+            if text.isdigit() and alive(int(text)):
                 return True
     return False
 
@@ -104,7 +103,7 @@ def sweep(base: str | None = None) -> list[str]:
     mounts: list[str] | None = None
     for entry in entries:
         m = _NAME.match(entry.name)
-        if m is None or int(m.group(1)) == os.getpid() or owner_alive(int(m.group(1))):
+        if m is None or int(m.group(1)) == os.getpid() or alive(int(m.group(1))):
             continue
         try:
             if entry.is_symlink():

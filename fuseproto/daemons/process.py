@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import DaemonError
+from ..scratch import alive
 from .install import Installation
 
 # QEMU's qemu_get_local_state_dir() is its configured localstatedir, /var on Debian.
@@ -89,16 +90,6 @@ def remove_pid_file(path: str, pid: int) -> bool:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (a daemon whose owner was
-    killed is reparented; until its new parent reaps it, it is gone in all but name)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _record(pid: int, paths: Iterable[str], records: str = RECORD_DIR) -> None:
     """Note (atomically) that daemon ``pid`` writes ``paths``."""
     tmp = os.path.join(records, f".{pid}.tmp")
@@ -135,7 +126,7 @@ def sweep_stale_pid_files(directory: str = C_PID_DIR, records: str = RECORD_DIR)
             pid_text = name.removesuffix(".pids")
             if not (name.endswith(".pids") and pid_text.isdigit()):
                 continue
-            if _alive(int(pid_text)):
+            if alive(int(pid_text)):
                 continue  # its daemon (or a process now holding that PID) lives
             with contextlib.suppress(OSError):
                 paths = Path(records, name).read_text().splitlines()
@@ -155,7 +146,7 @@ def sweep_stale_pid_files(directory: str = C_PID_DIR, records: str = RECORD_DIR)
         except OSError:
             continue
         pid = int(text) if text.isdigit() else 0
-        if pid and _alive(pid):
+        if pid and alive(pid):
             continue  # its daemon (or a process now holding that PID) lives
         if remove_pid_file(path, pid):
             removed.append(path)
