@@ -340,9 +340,7 @@ static void recheck(void)
                 continue;
             q->deferred_again = 0;
             if (held_back(1)) {
-                q->deferred = 1;
-                q->deferred_since = now_ns(CLOCK_MONOTONIC);
-                send_event(DEFERRED, q->index, 0, 0, NULL, 0);
+                hand_back(q, q->index, 0);
             } else {
                 kicked(q, kick_target(q, NULL));
             }

@@ -301,6 +301,7 @@ int held_back(int may_drain);
 void notified(struct notify *n, int may_drain);
 void pay_kicks(void);
 void check_stalls(int may_kick);
+void hand_back(struct queue *q, unsigned index, uint64_t id);
 void notify_set(struct cmd *c);
 struct notify *notify_by_id(uint64_t id);
 void notify_drop(uint64_t id, int final);

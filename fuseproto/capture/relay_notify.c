@@ -97,6 +97,17 @@ int held_back(int may_drain)
     return fe_busy;
 }
 
+/* A kick held back: Python is told (DEFERRED) and answers KICK once the front-end
+ * messages ahead of it are forwarded (or check_stalls passes it on after a while). */
+void hand_back(struct queue *q, unsigned index, uint64_t id)
+{
+    if (q) {
+        q->deferred = 1;
+        q->deferred_since = now_ns(CLOCK_MONOTONIC);
+    }
+    send_event(DEFERRED, index, id, 0, NULL, 0);
+}
+
 /* One notification: read the rings, then pass it on. A kick: the new chains are read
  * before the daemon may take them (once it has, a guest draining its used ring can reuse
  * their descriptors at once). A call: the replies are read and written before the driver
@@ -132,11 +143,7 @@ void notified(struct notify *n, int may_drain)
         unsigned index = n->queue;
         uint64_t id = n->id;
         if (held_back(may_drain)) {
-            if (q) {
-                q->deferred = 1;
-                q->deferred_since = now_ns(CLOCK_MONOTONIC);
-            }
-            send_event(DEFERRED, index, id, 0, NULL, 0);
+            hand_back(q, index, id);
             return;
         }
         n = notify_at(tag); /* (draining commands may have dropped or moved it) */
