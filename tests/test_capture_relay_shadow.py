@@ -6,6 +6,7 @@ declined with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -360,6 +361,24 @@ def _notes(proxy) -> list[str]:
     return [m.raw.decode() for m in decode_capture(proxy.pcap) if m.kind == "annotation"]
 
 
+@contextlib.contextmanager
+def _vmm_through_proxy(scratch_dir: str, shared_dir: str, kind: str, *, slots: bool):
+    """A proxy starting a ``kind`` daemon and a RawVmm on it; on leaving, the VMM
+    disconnects, the proxy must end by itself (exit 0), and is stopped by PID anyway."""
+    from test_capture_proxy import Proxy
+
+    proxy = Proxy(scratch_dir, "--daemon", kind, "--shared-dir", shared_dir)
+    try:
+        vmm = RawVmm(proxy.listen, slots=slots)
+        try:
+            yield proxy, vmm
+        finally:
+            vmm.close()
+        assert proxy.wait() == 0, proxy.stderr
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.daemon
 @pytest.mark.parametrize("kind", ["c", "rust"])
 def test_shadow_through_the_proxy_when_the_vmm_fills_every_slot(
@@ -369,8 +388,6 @@ def test_shadow_through_the_proxy_when_the_vmm_fills_every_slot(
     shadow region its own: the daemon takes it, queue 0's used ring goes there, and no
     annotation says otherwise. (Told the daemon's own number, 509, and filling it, the Rust
     daemon closed the connection on the proxy's ADD_MEM_REG: the VM's file system gone.)"""
-    from test_capture_proxy import Proxy
-
     from fuseproto import daemons
     from fuseproto.transport.vhost_user_proto import (
         VhostUserRequest,
@@ -386,21 +403,13 @@ def test_shadow_through_the_proxy_when_the_vmm_fills_every_slot(
         assert d.wait_exit(10) is not None, d.describe()
     finally:
         d.cleanup()
-    proxy = Proxy(scratch_dir, "--daemon", kind, "--shared-dir", shared_dir)
-    try:
-        vmm = RawVmm(proxy.listen, slots=True)
-        try:
-            assert 1 < vmm.slots == direct.slots - 1 <= 511, (vmm.slots, direct.slots)
-            for i in range(vmm.slots):
-                body = VhostUserSingleMemoryRegion(vmm.region(i)).serialize_body()
-                assert vmm.ask(VhostUserRequest.ADD_MEM_REG, body, fds=(vmm.mem,),
-                               ack=True) == 0, i
-            vmm.rings()
-        finally:
-            vmm.close()
-        assert proxy.wait() == 0, proxy.stderr
-    finally:
-        proxy.stop()
+    with _vmm_through_proxy(scratch_dir, shared_dir, kind, slots=True) as (proxy, vmm):
+        assert 1 < vmm.slots == direct.slots - 1 <= 511, (vmm.slots, direct.slots)
+        for i in range(vmm.slots):
+            body = VhostUserSingleMemoryRegion(vmm.region(i)).serialize_body()
+            assert vmm.ask(VhostUserRequest.ADD_MEM_REG, body, fds=(vmm.mem,),
+                           ack=True) == 0, i
+        vmm.rings()
     assert _notes(proxy) == [], proxy.stderr
 
 
@@ -411,23 +420,13 @@ def test_shadow_through_the_proxy_with_a_full_set_mem_table(
     """No CONFIGURE_MEM_SLOTS: a SET_MEM_TABLE of 7 regions gets the shadow as its 8th
     (nothing to say); one of 8, the most it carries, has no room for it: queue 0's used
     ring stays the guest's, and an annotation says why."""
-    from test_capture_proxy import Proxy
-
     from fuseproto.transport.vhost_user_proto import VhostUserMemory, VhostUserRequest
 
-    proxy = Proxy(scratch_dir, "--daemon", "rust", "--shared-dir", shared_dir)
-    try:
-        vmm = RawVmm(proxy.listen, slots=False)
-        try:
-            table = VhostUserMemory(tuple(vmm.region(i) for i in range(regions)))
-            assert vmm.ask(VhostUserRequest.SET_MEM_TABLE, table.serialize_body(),
-                           fds=(vmm.mem,) * regions, ack=True) == 0
-            vmm.rings()
-        finally:
-            vmm.close()
-        assert proxy.wait() == 0, proxy.stderr
-    finally:
-        proxy.stop()
+    with _vmm_through_proxy(scratch_dir, shared_dir, "rust", slots=False) as (proxy, vmm):
+        table = VhostUserMemory(tuple(vmm.region(i) for i in range(regions)))
+        assert vmm.ask(VhostUserRequest.SET_MEM_TABLE, table.serialize_body(),
+                       fds=(vmm.mem,) * regions, ack=True) == 0
+        vmm.rings()
     assert _notes(proxy) == ([] if regions < 8 else [
         "queue 0: the daemon's used ring is the guest's (SET_MEM_TABLE with 8 regions "
         "leaves no room for the shadow region (8 at most; CONFIGURE_MEM_SLOTS not agreed)); "
