@@ -160,18 +160,7 @@ def test_owner_killed_leaves_no_log(installation, shared_dir, socket_path):
         assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(
             f"virtiofsd-{installation.kind}-{owner.pid}-")]
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        if pid is not None:  # the orphaned daemon: by its PID
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
-        for path in daemons.pid_file_paths(installation.kind, socket_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        _end_owner(owner, pid, installation.kind, socket_path)
 
 
 def test_owner_killed_leaves_no_pid_file(installation, shared_dir):
@@ -198,17 +187,23 @@ def test_owner_killed_leaves_no_pid_file(installation, shared_dir):
         assert set(files) <= set(daemons.sweep_stale_pid_files())
         assert not any(os.path.exists(f) for f in files) and not os.path.exists(record)
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid)
-        for path in daemons.pid_file_paths(installation.kind, socket_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        _end_owner(owner, pid, installation.kind, socket_path)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _end_owner(owner: subprocess.Popen, pid: int | None, kind: str, socket_path: str) -> None:
+    """Whatever a test of an owner's death left: the owner and its orphaned daemon (each by
+    its PID), the daemon's socket and pid files."""
+    if owner.poll() is None:
+        owner.kill()
+        owner.wait()
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+    for path in [socket_path, *daemons.pid_file_paths(kind, socket_path)]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _wait_gone(pid: int) -> None:
