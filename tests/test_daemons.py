@@ -144,12 +144,7 @@ os.read(0, 1)  # until the test has looked (and killed us)
 def test_owner_killed_leaves_no_log(installation, shared_dir, socket_path):
     """The default log has no name from the moment the daemon holds it: an owner killed
     with SIGKILL (no stop(), no finally) leaves no file behind; the daemon still logs."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, installation.kind, shared_dir,
-                              socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    pid = None
-    try:
-        assert owner.stdout is not None
-        pid = int(owner.stdout.readline())
+    with _owner(installation.kind, shared_dir, socket_path) as (owner, pid):
         mine = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(
             f"virtiofsd-{installation.kind}-{owner.pid}-")}
         assert not mine, mine
@@ -159,8 +154,6 @@ def test_owner_killed_leaves_no_log(installation, shared_dir, socket_path):
         owner.wait()
         assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(
             f"virtiofsd-{installation.kind}-{owner.pid}-")]
-    finally:
-        _end_owner(owner, pid, installation.kind, socket_path)
 
 
 def test_owner_killed_leaves_no_pid_file(installation, shared_dir):
@@ -170,40 +163,46 @@ def test_owner_killed_leaves_no_pid_file(installation, shared_dir):
     owner's start made; the record goes too."""
     home = tempfile.mkdtemp(prefix="owner-")  # not a fuseproto-* name
     socket_path = os.path.join(home, "vhost.sock")
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, installation.kind, shared_dir,
-                              socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        with _owner(installation.kind, shared_dir, socket_path) as (owner, pid):
+            files = daemons.pid_file_paths(installation.kind, socket_path)
+            record = os.path.join(RECORD_DIR, f"{pid}.pids")
+            assert os.path.exists(record)
+            assert set(files) <= set(Path(record).read_text().split())
+            owner.kill()  # by PID: no stop(), no finally
+            owner.wait()
+            os.kill(pid, signal.SIGKILL)  # the orphaned daemon, by its PID
+            _wait_gone(pid)
+            assert all(os.path.exists(f) for f in files)  # left behind
+            assert set(files) <= set(daemons.sweep_stale_pid_files())
+            assert not any(os.path.exists(f) for f in files) and not os.path.exists(record)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _owner(kind: str, shared_dir: str, socket_path: str):
+    """A process that starts a daemon (OWNER) and its daemon's PID; afterwards, whatever
+    the test left: the owner and its orphaned daemon (each by its PID), the daemon's
+    socket and pid files."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, kind, shared_dir, socket_path],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     pid = None
     try:
         assert owner.stdout is not None
         pid = int(owner.stdout.readline())
-        files = daemons.pid_file_paths(installation.kind, socket_path)
-        record = os.path.join(RECORD_DIR, f"{pid}.pids")
-        assert os.path.exists(record) and set(files) <= set(Path(record).read_text().split())
-        owner.kill()  # by PID: no stop(), no finally
-        owner.wait()
-        os.kill(pid, signal.SIGKILL)  # the orphaned daemon, by its PID
-        _wait_gone(pid)
-        assert all(os.path.exists(f) for f in files)  # left behind
-        assert set(files) <= set(daemons.sweep_stale_pid_files())
-        assert not any(os.path.exists(f) for f in files) and not os.path.exists(record)
+        yield owner, pid
     finally:
-        _end_owner(owner, pid, installation.kind, socket_path)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _end_owner(owner: subprocess.Popen, pid: int | None, kind: str, socket_path: str) -> None:
-    """Whatever a test of an owner's death left: the owner and its orphaned daemon (each by
-    its PID), the daemon's socket and pid files."""
-    if owner.poll() is None:
-        owner.kill()
-        owner.wait()
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid)
-    for path in [socket_path, *daemons.pid_file_paths(kind, socket_path)]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+        for path in [socket_path, *daemons.pid_file_paths(kind, socket_path)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _wait_gone(pid: int) -> None:
