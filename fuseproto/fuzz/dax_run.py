@@ -47,7 +47,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Protocol
 
 from ..dax.device import RefusingDevice
@@ -231,8 +230,6 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
     nkinds = len(table)
     injected = dev.injected
     check = run.check
-    # run.check(False), bound once: the per-step checks (none without a checker)
-    step_check = partial(run.checker.check_state, full=False) if run.checked else None
     for step, op in enumerate(program.ops, 1):
         if dev.armed:  # only an armed refusal answers a request of this step
             before, warned = len(injected), run.warnings()
@@ -243,10 +240,7 @@ def _steps(program: Program, run: _Run, dev: RefusingDevice, full_every: int,
             check(bool(refused) or step % full_every == 0)
         else:
             table[op.kind % nkinds](op)
-            if step % full_every == 0:
-                check(True)
-            elif step_check is not None:
-                step_check()
+            check(step % full_every == 0)
         if on_step is not None:
             on_step()
     run.finish()
