@@ -134,6 +134,14 @@ class Proxied:
         relay = 0.0 if self.relay is None else _cpu_seconds(self.relay)
         return _cpu_seconds(self.proc.pid) + relay
 
+    def writer_cpu(self) -> float:
+        """CPU seconds of the relay's threads other than its event loop: the writer that
+        copies the records into the capture's page cache (0 without a relay)."""
+        if self.relay is None:
+            return 0.0
+        return sum(_cpu_seconds(self.relay, int(t)) for t in os.listdir(
+            f"/proc/{self.relay}/task") if int(t) != self.relay)
+
     def close(self) -> dict[str, int]:
         """Disconnect (the proxy exits), then what the capture holds."""
         self.t.close()
@@ -179,9 +187,10 @@ def _self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (/proc/PID/stat fields 14, 15)."""
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of process ``pid`` (or its thread ``tid``) so far (the stat
+    file's fields 14, 15)."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -279,7 +288,7 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
                 order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
                 for side in order:
                     if side == "proxy":
-                        cpu0 = via.cpu_now()
+                        cpu0, writer0 = via.cpu_now(), via.writer_cpu()
                     tree = trees[side]
                     busy0 = _self_cpu() + (_tree_cpu(tree) if tree else 0.0)
                     t0 = time.perf_counter()
@@ -287,10 +296,12 @@ def measure(kind: str, inst: daemons.Installation, share: str, scratch: str, sec
                     wall = time.perf_counter() - t0
                     busy = _self_cpu() + (_tree_cpu(tree) if tree else 0.0) - busy0
                     if key == KEYS[2]:
-                        acc = cpu_use.setdefault(side, [0.0, 0.0, 0.0])
+                        acc = cpu_use.setdefault(side, [0.0, 0.0, 0.0, 0.0])
                         acc[0] += busy
                         acc[1] += wall
                         acc[2] += rate * wall
+                        if side == "proxy":
+                            acc[3] += via.writer_cpu() - writer0
                     rates[side].append(rate)
                     if side == "proxy" and via is full:
                         via.cpu += via.cpu_now() - cpu0
@@ -319,16 +330,26 @@ def cpu_bound(use: dict[str, list[float]], cache_rate: float, cpus: int) -> str:
     whole replies must also copy every byte into the capture's page cache once, at least
     1/cache_rate seconds per byte. With ``cpus`` CPUs no recorder, however built, moves
     more than cpus / (D + 1/cache_rate) bytes/s; the proxy's own CPU per byte P gives its
-    bound cpus / P the same way."""
-    (dc, dw, db), (pc, pw, pb) = use["direct"], use["proxy"]
-    d_rate, d_per, p_per = db / dw, dc / db, pc / pb
+    bound cpus / P the same way. The relay's writer thread's own CPU per byte (W: its
+    copy into the capture's page cache as the recording runs) is printed beside the
+    probe's copy: where W is several times 1/cache_rate, the capture's new pages cost more
+    than the probe's (the probe writes into pages the kernel freed a moment before; a
+    growing capture takes pages nobody touched for a while, which on a VM whose free
+    memory goes back to the host must first be backed again). A recorder that paid W
+    per byte and nothing else, on every CPU at once, stays below cpus / (D + W)."""
+    (dc, dw, db, _), (pc, pw, pb, wc) = use["direct"], use["proxy"]
+    d_rate, d_per, p_per, w_per = db / dw, dc / db, pc / pb, wc / pb
     best = cpus / (d_per + 1 / cache_rate) / d_rate
+    best_here = cpus / (d_per + w_per) / d_rate if w_per else best
     return (f"  READ x16 CPU: direct {d_per * 1e9:.2f} CPU-ms per MB keeping "
             f"{dc / dw:.2f} of {cpus} CPUs busy; via proxy {p_per * 1e9:.2f} CPU-ms "
             f"per MB ({pc / pw:.2f} CPUs busy); one copy into the page cache "
-            f"{1e9 / cache_rate:.2f} CPU-ms per MB. Bounds on {cpus} CPUs: any "
-            f"whole-reply recorder <= {best:.2f}x direct, this proxy's CPU per byte <= "
-            f"{cpus / p_per / d_rate:.2f}x")
+            f"{1e9 / cache_rate:.2f} CPU-ms per MB (probe), the relay's writer "
+            f"{w_per * 1e9:.2f} ({w_per * cache_rate:.1f}x the probe; {wc / pw:.2f} CPU "
+            f"busy). Bounds on {cpus} CPUs: any whole-reply recorder <= {best:.2f}x direct "
+            f"({best_here:.2f}x paying what the writer's pages cost), "
+            f"this proxy's CPU per byte <= {cpus / p_per / d_rate:.2f}x, its writer alone "
+            f"<= {1 / w_per / d_rate:.2f}x")
 
 
 def main() -> int:
