@@ -340,16 +340,18 @@ def cpu_bound(use: dict[str, list[float]], cache_rate: float, cpus: int) -> str:
     (dc, dw, db, _), (pc, pw, pb, wc) = use["direct"], use["proxy"]
     d_rate, d_per, p_per, w_per = db / dw, dc / db, pc / pb, wc / pb
     best = cpus / (d_per + 1 / cache_rate) / d_rate
-    best_here = cpus / (d_per + w_per) / d_rate if w_per else best
-    return (f"  READ x16 CPU: direct {d_per * 1e9:.2f} CPU-ms per MB keeping "
+    line = (f"  READ x16 CPU: direct {d_per * 1e9:.2f} CPU-ms per MB keeping "
             f"{dc / dw:.2f} of {cpus} CPUs busy; via proxy {p_per * 1e9:.2f} CPU-ms "
             f"per MB ({pc / pw:.2f} CPUs busy); one copy into the page cache "
-            f"{1e9 / cache_rate:.2f} CPU-ms per MB (probe), the relay's writer "
-            f"{w_per * 1e9:.2f} ({w_per * cache_rate:.1f}x the probe; {wc / pw:.2f} CPU "
-            f"busy). Bounds on {cpus} CPUs: any whole-reply recorder <= {best:.2f}x direct "
-            f"({best_here:.2f}x paying what the writer's pages cost), "
-            f"this proxy's CPU per byte <= {cpus / p_per / d_rate:.2f}x, its writer alone "
-            f"<= {1 / w_per / d_rate:.2f}x")
+            f"{1e9 / cache_rate:.2f} CPU-ms per MB (probe)")
+    if not w_per:  # a proxy without a relay writer thread (an older tree's)
+        return (f"{line}. Bounds on {cpus} CPUs: any whole-reply recorder <= {best:.2f}x "
+                f"direct, this proxy's CPU per byte <= {cpus / p_per / d_rate:.2f}x")
+    return (f"{line}, the relay's writer {w_per * 1e9:.2f} ({w_per * cache_rate:.1f}x the "
+            f"probe; {wc / pw:.2f} CPU busy). Bounds on {cpus} CPUs: any whole-reply "
+            f"recorder <= {best:.2f}x direct ({cpus / (d_per + w_per) / d_rate:.2f}x paying "
+            f"what the writer's pages cost), this proxy's CPU per byte <= "
+            f"{cpus / p_per / d_rate:.2f}x, its writer alone <= {1 / w_per / d_rate:.2f}x")
 
 
 def main() -> int:

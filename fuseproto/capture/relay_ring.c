@@ -607,9 +607,9 @@ void scan_all(void)
 
 
 /* The session or the ring ends (FINISH, VRING_STOP; before the last reading): say where a
- * queue's rings and the relay disagree -- requests the relay has not read, used entries not recorded or not
- * yet given to the guest, chains still waiting for their reply -- so that a VM that hung
- * shows which side waits. Quiet when all is settled. */
+ * queue's rings and the relay disagree -- requests the relay has not read, used entries
+ * not recorded or not yet given to the guest, chains still waiting for their reply -- so
+ * that a VM that hung shows which side waits. Quiet when all is settled. */
 void report_rings(struct queue *q)
 {
     if (!q || !q->started || q->broken)

@@ -126,12 +126,13 @@ def sweep_stale_pid_files(directory: str = C_PID_DIR, records: str = RECORD_DIR)
             pid_text = name.removesuffix(".pids")
             if not (name.endswith(".pids") and pid_text.isdigit()):
                 continue
-            if alive(int(pid_text)):
+            pid = int(pid_text)
+            if alive(pid):
                 continue  # its daemon (or a process now holding that PID) lives
             with contextlib.suppress(OSError):
                 paths = Path(records, name).read_text().splitlines()
-                removed += [p for p in paths if p and remove_pid_file(p, int(pid_text))]
-            _unrecord(int(pid_text), records)
+                removed += [p for p in paths if p and remove_pid_file(p, pid)]
+            _unrecord(pid, records)
     try:
         names = os.listdir(directory)
     except OSError:
