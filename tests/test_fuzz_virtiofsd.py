@@ -138,6 +138,51 @@ def test_a_frozen_daemon_is_a_hang_and_a_dead_one_a_crash(daemon_installations, 
         (out.cls, out.detail, out.evidence)
 
 
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_a_late_reply_is_slow_not_a_hang_and_without_grace_a_hang(daemon_installations,
+                                                                  kind, no_leaks):
+    """A daemon frozen for longer than the hang timeout but thawed within the grace
+    answers late: the request is counted slow (with how long it waited), not a finding,
+    and the daemon is kept. With no grace the same late reply is a hang."""
+    import threading
+    import time
+
+    from fuseproto.fuzz.virtiofsd import DaemonStats
+
+    def late(h: DaemonHarness, req: bytes) -> tuple[object, float]:
+        h.daemon.freeze()
+        t = threading.Timer(0.6, h.daemon.thaw)
+        t.start()
+        t0 = time.monotonic()
+        try:
+            return h.send(req), time.monotonic() - t0
+        finally:
+            t.join()
+            h.daemon.thaw()
+
+    with DaemonHarness(daemon_installations[kind], hang_timeout=0.2) as h:
+        getattr_ = [r for r in h.seed_requests()
+                    if structs.FAST["fuse_in_header"].parse(r, 0)["opcode"] == O.FUSE_GETATTR][0]
+        pid = h.daemon.pid
+        out, took = late(h, getattr_)
+        assert out.finding is None and out.cls.startswith("FUSE_GETATTR:"), (out.cls, out.detail)
+        assert 0.5 < took < 2.0
+        n, longest = h.slow["FUSE_GETATTR"]
+        assert n == 1 and 0.5 < longest < 2.0
+        assert h.daemon.pid == pid and h.send(getattr_).finding is None  # served on
+        assert h.slow["FUSE_GETATTR"][0] == 1  # a prompt reply is not slow
+        st = DaemonStats(kind)
+        st.add_slow(h.slow)
+        st.add_slow({"FUSE_GETATTR": [2, 0.3], "FUSE_READ": [1, 0.9]})
+        assert st.slow == {"FUSE_GETATTR": [3, longest], "FUSE_READ": [1, 0.9]}
+        note = st.slow_note()
+        assert note is not None and note.startswith("4 slow replies") and "FUSE_READ 1" in note
+    with DaemonHarness(daemon_installations[kind], hang_timeout=0.2, hang_grace=0) as h:
+        out, took = late(h, getattr_)
+        assert out.finding == "hang" and out.cls == "FUSE_GETATTR:hang", (out.cls, out.detail)
+        assert not h.slow
+
+
 def test_crash_is_detected_saved_and_the_daemon_restarted(daemon_installations, tmp_path,
                                                            no_leaks):
     """A daemon killed by a signal mid-request (SIGSEGV sent by PID from the test hook) is a

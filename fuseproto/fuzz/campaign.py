@@ -382,6 +382,11 @@ def _daemon_result(res: TargetResult, st: Any, sq: Any, store: FindingStore, bef
     if st.skipped:
         res.notes.append(f"{st.skipped} mutants skipped (features muted after 5 repeats of a "
                          "known finding)")
+    if sq is not None:
+        st.add_slow(sq.slow)
+    slow = st.slow_note()
+    if slow:
+        res.notes.append(slow)
     # Minimize this daemon's new findings, oldest first, within the budget left.
     new = [f for f in store if f.signature not in before and f.daemon == label
            and f.reproducer.endswith(".json")]

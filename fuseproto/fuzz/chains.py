@@ -53,7 +53,7 @@ from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .descchain import OPS, ChainCheck, ChainInput, Desc, chain_check, judge_used
 from .findings import Finding, FindingStore
-from .forensics import Outcome, log_tail, outcome_signature
+from .forensics import HANG_GRACE, Outcome, log_tail, outcome_signature
 from .harness import expected_area, judge_reply
 from .rawfront import (
     LAYOUTS,
@@ -381,8 +381,9 @@ class ChainSession:
         self.kick()
         seen: list[tuple[int, int]] = []
         # An invalid chain the device skips has no used entry: the honest probe behind it
-        # (served in order) tells a skip from a stall, so the wait can be short.
-        timeout = self.timeout if check.valid else min(self.timeout, 0.05)
+        # (served in order) tells a skip from a stall, so the wait can be short. A valid
+        # one gets the hang grace too (a slow answer is not a hang: forensics.HANG_GRACE).
+        timeout = self.timeout + HANG_GRACE if check.valid else min(self.timeout, 0.05)
         state = wait_used(self.ring, head, self.live, timeout, seen)
         tag = inp.tags()
         ev = {"chain": tag, "valid": check.valid, "reasons": check.reasons,

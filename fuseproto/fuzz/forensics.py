@@ -30,12 +30,19 @@ from .. import daemons
 from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
 __all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "read_new_log", "log_tail", "death_outcome",
-           "stall_outcome", "outcome_signature", "PanicWatch"]
+           "stall_outcome", "outcome_signature", "PanicWatch", "HANG_GRACE"]
 
 #: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
 SANITIZER_FINDINGS = ("asan", "ubsan", "lsan")
 #: Finding kinds after which the daemon is gone or unusable (a fresh one is started).
 FATAL = ("crash", "daemon-exit", "hang", *SANITIZER_FINDINGS)
+#: Seconds a live target waits past its hang timeout before a request with no reply counts
+#: as hung. A reply in that time makes the request *slow*, counted but not a finding: an
+#: ASan build that allocates what a fuzzed ``size`` asks (a 4 GiB GETXATTR buffer means
+#: 512 MiB of shadow memory) answers in 0.5-1 s, and a loaded machine adds to that; before
+#: this grace such replies were the most common "hang" of every campaign (GETXATTR,
+#: LISTXATTR, 10-40 a campaign) and none of them replayed. A real hang costs this much more.
+HANG_GRACE = 2.0
 
 
 @dataclass

@@ -13,7 +13,9 @@ what comes back:
   waits, a panic is put down to an earlier reply-less request whose chain never came
   back, :meth:`DaemonHarness._blame`);
 * **daemon-exit** -- it exited with a status while serving (a guest can end it);
-* **hang** -- the process lives but no reply arrived within ``hang_timeout``;
+* **hang** -- the process lives but no reply arrived within ``hang_timeout`` and the
+  grace after it (:data:`~.forensics.HANG_GRACE`); a reply in the grace makes the request
+  *slow*: counted per opcode in :attr:`DaemonHarness.slow`, not a finding;
 * **protocol** -- a reply that breaks FUSE (:func:`.replies.judge_reply`).
 
 The area a request gets is :func:`fuseproto.wire.codec.reply_area` (what a guest kernel
@@ -70,7 +72,15 @@ from ..wire.constants import FUSE_KERNEL_MINOR_VERSION, fuse_opcode, opcode_name
 from . import mutate, seeds
 from .canaries import Breach, Canaries
 from .coverage import ENV_VAR, CoverageMap
-from .forensics import FATAL, Outcome, PanicWatch, death_outcome, read_new_log, stall_outcome
+from .forensics import (
+    FATAL,
+    HANG_GRACE,
+    Outcome,
+    PanicWatch,
+    death_outcome,
+    read_new_log,
+    stall_outcome,
+)
 from .livedaemon import (
     DAX_WINDOW,
     SANITIZER_ENV,
@@ -158,7 +168,7 @@ class DaemonHarness:
                  on_send: Callable[[DaemonHarness, bytes], None] | None = None,
                  setup: bool = True, coverage: CoverageMap | None = None,
                  env: dict[str, str] | None = None, canaries: str = "beside",
-                 spare: bool = False, config: Any = None):
+                 spare: bool = False, config: Any = None, hang_grace: float = HANG_GRACE):
         if canaries not in CANARIES:
             raise ValueError(f"canaries: one of {', '.join(CANARIES)}, not {canaries!r}")
         self.installation = installation
@@ -182,6 +192,10 @@ class DaemonHarness:
         self.setup = setup
         self.kind = installation.kind
         self.hang_timeout = hang_timeout
+        self.hang_grace = hang_grace
+        # Requests answered after the hang timeout, within the grace: opcode name ->
+        # [count, longest wait in s] (the report's "slow replies").
+        self.slow: dict[str, list[float]] = {}
         self._own_workdir = workdir is None
         self._workdir = workdir
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
@@ -510,8 +524,16 @@ class DaemonHarness:
         timeout = self.hang_timeout if one.expectation is ReplyExpectation.ONE else 0.05
         if one.op in SLOW_OPS:  # the host's own flush takes what the disk takes
             timeout = max(timeout, SLOW_TIMEOUT)
+        t0 = time.monotonic()
         try:
             state, reply = self._await(one.token, timeout)
+            if state == "timeout" and one.expectation is ReplyExpectation.ONE \
+                    and self.hang_grace > 0:
+                state, reply = self._await(one.token, self.hang_grace)
+                if state == "done":
+                    waited = time.monotonic() - t0
+                    n, worst = self.slow.get(name, (0, 0.0))
+                    self.slow[name] = [n + 1, max(worst, round(waited, 3))]
         except TransportError as e:
             return self._dead(name, str(e))
         if state == "dead":
@@ -526,7 +548,7 @@ class DaemonHarness:
                     return death_outcome(self.kind, name, status, log + self.new_log(),
                                          self._previous(), self.installation.binary)
             return self._blame(stall_outcome(
-                self.kind, name, area=one.area, timeout=self.hang_timeout, log=log,
+                self.kind, name, area=one.area, timeout=timeout + self.hang_grace, log=log,
                 previous=self._previous(), state=d.state(),
                 reply_expected=one.expectation is ReplyExpectation.ONE))
         out = self._check_reply(one, reply, one.token.used_len)

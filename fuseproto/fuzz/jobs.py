@@ -369,6 +369,7 @@ def fuzz_live(mode: str, spec: str, *, jobs: int, seconds: float, store: Finding
         st.seconds = max(st.seconds, p.get("seconds", 0.0))
         for k, v in (p.get("classes") or {}).items():
             st.classes[k] = st.classes.get(k, 0) + v
+        st.add_slow(p.get("slow") or {})
     st.outcome_classes = len(st.classes)
     st.sequences = _merge_sequences([p.get("sequences") or {} for p in parts])
     if st.sequences:

@@ -85,10 +85,28 @@ class DaemonStats:
     corpus_loaded: int = 0  # inputs read back from the corpus directory
     corpus_saved: int = 0  # inputs written to it
     configs: dict[str, Any] = field(default_factory=dict)  # ConfigChooser.summary()
+    # Replies that came after the hang timeout, within its grace (DaemonHarness.slow):
+    # opcode name -> [count, longest wait in s]. Not findings; the report lists them.
+    slow: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    def add_slow(self, slow: dict[str, list[float]]) -> None:
+        """Count another run's slow replies (:attr:`DaemonHarness.slow`) in with these."""
+        for op, (n, worst) in slow.items():
+            have = self.slow.get(op, [0, 0.0])
+            self.slow[op] = [have[0] + n, max(have[1], worst)]
+
+    def slow_note(self) -> str | None:
+        """The report's line on slow replies (None: there were none)."""
+        if not self.slow:
+            return None
+        ops = sorted(self.slow.items(), key=lambda kv: -kv[1][0])
+        return (f"{sum(int(n) for n, _ in self.slow.values())} slow replies (after the hang "
+                "timeout, within its grace; not findings): " + ", ".join(
+                    f"{op} {int(n)} (longest {w:.2f} s)" for op, (n, w) in ops[:6]))
 
 
 class EdgeFeedback:
@@ -279,6 +297,7 @@ def fuzz_daemon(
                 if stats.error:
                     break
             stats.starts = h.starts
+            stats.add_slow(h.slow)
             stats.corpus_size = len(corpus)
             if chooser is not None:
                 stats.configs = chooser.summary()
