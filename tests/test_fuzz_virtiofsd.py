@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from construct import Container
 
-from fuseproto.fuzz import report, virtiofsd
+from fuseproto.fuzz import known, report, virtiofsd
 from fuseproto.fuzz.campaign import run_campaign
 from fuseproto.fuzz.findings import FindingStore
 from fuseproto.fuzz.harness import DaemonHarness
@@ -230,6 +230,13 @@ def test_campaign_writes_report_and_findings_replay(tmp_path, no_leaks):
     assert not [f for f in j["findings"] if f["target"] not in live]
     daemon_findings = [f for f in res.findings if f.target == "virtiofsd"]
     assert daemon_findings
+    # Marked against the shipped known findings (the default from the repo root); this
+    # run's own report, read back as a known-set, knows every one of them.
+    assert j["known"]["sources"] == [str(Path("corpus") / "findings")] and \
+        j["known"]["signatures"] >= 40
+    assert j["known"]["new"] == sum(1 for f in res.findings if not f.known)
+    again = known.load([out / "report.json"])
+    assert again.mark(res.findings) == (0, len(res.findings))
     f = daemon_findings[0]
     assert f.reproducer and os.path.exists(f.reproducer) and f.signature in md
     proc = subprocess.run([sys.executable, "-m", "fuseproto", "fuzz", "replay", f.reproducer,

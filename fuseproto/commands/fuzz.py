@@ -65,7 +65,15 @@ def register(sub: Any) -> None:
     c.add_argument("--dax-manager", default=None, metavar="osv|linux|MODULE:FACTORY",
                    help="fix the DAX target's manager (default: each built-in in turn)")
     c.add_argument("--hang-timeout", type=float, default=0.5,
-                   help="seconds without a reply before a daemon counts as hung")
+                   help="seconds without a reply before a daemon counts as hung (then 2 s "
+                   "of grace: a reply in it makes the request slow, noted, not a finding)")
+    c.add_argument("--known", action="append", default=None, metavar="PATH",
+                   help="findings seen before: a directory of reproducers (searched "
+                   "recursively: *.json, *.repro.py), a report.json, or one reproducer; "
+                   "repeatable. The report marks each finding new or known and lists new "
+                   "ones first (default: ./corpus/findings when it exists)")
+    c.add_argument("--no-known", action="store_true",
+                   help="compare with no known findings (every finding is listed as new)")
     c.set_defaults(func=_campaign)
 
     r = fsub.add_parser(
@@ -223,11 +231,13 @@ def _campaign(args: argparse.Namespace) -> int:
         daemon_kind=args.virtiofsd_kind, sequence_share=args.sequence_share,
         diff=not args.no_diff, below_fuse=not args.no_below_fuse,
         shrink_share=args.shrink_share, corpus_root=_corpus_root(args), jobs=args.jobs,
-        configs=not args.no_configs,
+        configs=not args.no_configs, known=[] if args.no_known else args.known,
         command=shlex.join(["fuseproto", *sys.argv[1:]]) if sys.argv else "",
         log=lambda m: print(f"[fuzz] {m}", file=sys.stderr, flush=True))
     out = Path(args.out)
-    print(f"report: {out / 'report.md'} (and report.json); {len(res.findings)} finding(s)")
+    new = sum(1 for f in res.findings if not f.known)
+    print(f"report: {out / 'report.md'} (and report.json); {len(res.findings)} finding(s), "
+          f"{new} new")
     return 0
 
 

@@ -104,6 +104,8 @@ class CampaignResult:
     command: str = ""
     python: str = field(default_factory=lambda: sys.version.split()[0])
     atheris: str | None = None
+    known_sources: list[str] = field(default_factory=list)  # the known-set (.known) read
+    known_count: int = 0  # signatures in it
 
 
 # -- atheris subprocesses -------------------------------------------------------------------
@@ -549,6 +551,7 @@ def run_campaign(
     corpus_root: str | os.PathLike[str] | None = None,
     jobs: int = 1,
     configs: bool = True,
+    known: list[str | os.PathLike[str]] | None = None,
 ) -> CampaignResult:
     """Run the campaign and write the report; see the module docstring. ``diff``: also
     the differential target (:mod:`.diff`) when the daemons include a C and a Rust one
@@ -556,8 +559,13 @@ def run_campaign(
     chains (:mod:`.chains`) and the vhost-user control plane (:mod:`.control_plane`) on
     each daemon, half a unit per daemon between them. ``configs``: the single-request
     loop gives each daemon options of its own (:mod:`.configs`). ``daemons``
-    default: :func:`.harness.default_daemons` (``c-dax-asan-cov`` for C when it is built)."""
+    default: :func:`.harness.default_daemons` (``c-dax-asan-cov`` for C when it is built).
+    ``known``: findings of earlier runs (:mod:`.known`; None: ``corpus/findings`` when
+    the working directory has it); each finding is marked new or known in the report."""
     from . import harness, report
+    from .known import default_paths, load
+
+    seen_before = load(default_paths() if known is None else known)
 
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
@@ -617,5 +625,7 @@ def run_campaign(
         result.results.append(r)
     result.seconds = time.monotonic() - t0
     result.findings = list(store)
+    result.known_sources, result.known_count = seen_before.sources, len(seen_before)
+    seen_before.mark(result.findings)
     report.write(result, out_path)
     return result

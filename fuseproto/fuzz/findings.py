@@ -51,6 +51,7 @@ class Finding:
     shrink: dict[str, Any] = field(default_factory=dict)  # ShrinkResult.to_json() + notes
     script: str = ""  # <reproducer>.repro.py: replays it with the fuseproto package alone
     pcap: str = ""  # <reproducer>.pcap: the daemon's exchange (daemon findings)
+    known: str = ""  # a campaign's known-set file that had this signature ("": new; .known)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -58,6 +58,9 @@ def to_json(result: Any) -> dict[str, Any]:
                          and getattr(r, "edges", None)},
         "diff": {r.daemon: getattr(r, "diff", {}) for r in result.results
                  if getattr(r, "diff", None)},
+        "known": {"sources": getattr(result, "known_sources", []),
+                  "signatures": getattr(result, "known_count", 0),
+                  "new": sum(1 for f in result.findings if not getattr(f, "known", ""))},
         "findings": [f.to_json() for f in result.findings],
     }
 
@@ -116,12 +119,19 @@ def _md(result: Any, plotted: bool = False) -> str:
     lines += ["", "## Findings", ""]
     if not result.findings:
         lines.append("No findings.")
-    for i, f in enumerate(result.findings, 1):
+    else:
+        lines += [_known_md(j["known"], len(result.findings)), ""]
+    # New findings first; within each group, in the order they were found.
+    ordered = sorted(result.findings, key=lambda f: bool(getattr(f, "known", "")))
+    for i, f in enumerate(ordered, 1):
         where = f"{f.target}" + (f" ({f.daemon})" if f.daemon else "")
+        known = getattr(f, "known", "")
         lines += [
-            f"### {i}. {f.kind}: {where}",
+            f"### {i}. {'' if known else 'NEW '}{f.kind}: {where}",
             "",
             f"- signature: `{f.signature}`",
+            f"- known: seen before in `{known}`" if known else
+            "- new: not in the known findings",
             f"- seen: {f.count} time(s)",
             f"- what: {f.summary}",
             f"- reproducer: `{f.reproducer}`",
@@ -157,6 +167,16 @@ def _md(result: Any, plotted: bool = False) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _known_md(k: dict[str, Any], total: int) -> str:
+    """The line before the findings: how many are new against which known-set."""
+    if not k["sources"]:
+        return (f"{total} finding(s); no known findings were given (`--known PATH`), so "
+                "each is listed as new.")
+    return (f"{total} finding(s): **{k['new']} new**, {total - k['new']} known (against "
+            f"{k['signatures']} signatures in " + ", ".join(f"`{s}`" for s in k["sources"])
+            + "). New ones come first.")
 
 
 def _sequences_md(daemons: list[Any]) -> list[str]:
