@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from construct import Container
+from construct import Container, ListContainer
 
 from fuseproto.fuzz import diff, report, sequences
 from fuseproto.fuzz.campaign import diff_pair, run_campaign
 from fuseproto.fuzz.diff import SideAnswer, compare
-from fuseproto.fuzz.diff_allow import ALLOW, WHENS, explain
+from fuseproto.fuzz.diff_allow import ALLOW, RUST_MAX_BUFFER, RUST_MAX_REQUEST, WHENS, explain
 from fuseproto.fuzz.findings import FindingStore
+from fuseproto.fuzz.forensics import Outcome
 from fuseproto.fuzz.harness import DaemonHarness
-from fuseproto.fuzz.sequences import Step
+from fuseproto.fuzz.sequences import ProgramResult, Step
 from fuseproto.wire import codec
 from fuseproto.wire.constants import fuse_opcode as O
 
@@ -99,6 +100,135 @@ def test_allow_list_entries_have_reasons_and_match():
     assert allowed("FUSE_RELEASE", "accepted-vs-refused", (0, -errno.EBADF), set())
     assert not allowed("FUSE_RELEASE", "accepted-vs-refused", (0, -errno.ENOMEM), set())
     assert allowed("FUSE_RENAME", "errno", (-errno.EIO, -errno.ENOTDIR), set())
+
+
+def test_new_allow_entries_match_only_their_divergence():
+    """Each entry explains what the campaign saw, and only with its state / errnos / kind."""
+    def why(op, kind, errnos, state=frozenset()):
+        e = explain(op, kind, errnos, set(state))
+        return e and (e.op, e.when)
+    over, forgot = {"over-rust-limit"}, {"forgotten-id"}
+    enomem = -errno.ENOMEM
+    # Rust's size limits: any op, any kind, Rust ENOMEM; only over a limit.
+    for op, kind, errnos in (("FUSE_OPEN", "accepted-vs-refused", (0, enomem)),
+                             ("FUSE_OPENDIR", "errno", (-errno.EBADF, enomem)),
+                             ("FUSE_SYMLINK", "accepted-vs-refused", (0, enomem)),
+                             ("FUSE_INIT", "errno", (-errno.EPROTO, enomem)),
+                             ("FUSE_GETXATTR", "errno", (-errno.ENODATA, enomem)),
+                             ("FUSE_BATCH_FORGET", "reply-vs-none", (None, enomem))):
+        assert why(op, kind, errnos, over) == (None, "over-rust-limit")
+        assert not why(op, kind, errnos)
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF), over)
+    # UNLINK / RMDIR: C's EIO (lookup_name found no inode), any kind, any Rust errno.
+    for op in ("FUSE_UNLINK", "FUSE_RMDIR"):
+        assert why(op, "errno", (-errno.EIO, -errno.ENAMETOOLONG)) == (op, None)
+        assert why(op, "errno", (-errno.EIO, -errno.ENOENT)) == (op, None)
+        assert why(op, "accepted-vs-refused", (-errno.EIO, 0)) == (op, None)
+        assert not why(op, "errno", (-errno.ENOENT, -errno.ENAMETOOLONG))
+    assert not why("FUSE_LINK", "errno", (-errno.EIO, -errno.ENOENT))
+    # DESTROY: Rust never answers; C's answer, whatever it is.
+    assert why("FUSE_DESTROY", "reply-vs-none", (0, None)) == ("FUSE_DESTROY", None)
+    assert why("FUSE_DESTROY", "reply-vs-none", (-errno.EIO, None)) == ("FUSE_DESTROY", None)
+    assert not why("FUSE_DESTROY", "errno", (-errno.EIO, -errno.EINVAL))
+    assert not why("FUSE_LOOKUP", "reply-vs-none", (0, None))
+    # OPENDIR with write access: Rust's EISDIR only.
+    assert why("FUSE_OPENDIR", "accepted-vs-refused", (0, -errno.EISDIR)) == \
+        ("FUSE_OPENDIR", None)
+    assert not why("FUSE_OPENDIR", "accepted-vs-refused", (0, -errno.EACCES))
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EISDIR))
+    # A forgotten node id: Rust's EBADF, accepted by C or refused; only in that state.
+    assert why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF), forgot) == \
+        (None, "forgotten-id")
+    assert why("FUSE_GETATTR", "errno", (-errno.ENOENT, -errno.EBADF), forgot)
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF))
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF), {"guessed-id"})
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.ENOENT), forgot)
+
+
+class _Fake:
+    """Stands in for a harness: :func:`diff.run_pair` on a fabricated program result."""
+
+    canaries = None
+    minor = 46
+
+    def __init__(self, answers: list[int | None], stale: set[int]):
+        outs = [Outcome("FUSE_X:noreply") if e is None else
+                Outcome(f"FUSE_X:{e}" + (":<=16" if e == 0 else "")) for e in answers]
+        self.result = ProgramResult(outs, steps=list(range(len(outs))),
+                                    stale=[i in stale for i in range(len(outs))])
+
+
+def _pair(monkeypatch, prog, a, b, stale_a=(), stale_b=()):
+    """The divergences ``run_pair`` finds in fabricated answers (errno per step, None: no
+    reply), with the states it computes from the program and the stale flags."""
+    monkeypatch.setattr(diff, "run_program", lambda h, p: h.result)
+    return diff.run_pair(_Fake(a, set(stale_a)), _Fake(b, set(stale_b)), prog).divergences
+
+
+def test_run_pair_computes_the_new_states(monkeypatch):
+    enomem, ebadf = -errno.ENOMEM, -errno.EBADF
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+
+    def open_(length=None, node=-1):
+        return Step(O.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0), node=node,
+                    length=length)
+
+    def when(prog, a, b, **kw):
+        (d,) = _pair(monkeypatch, prog, a, b, **kw)
+        return d.allowed and d.allowed.when
+    # over-rust-limit: a forced header length above 1 MiB + 4 KiB; the same OPEN without
+    # one (or at the limit) is a finding.
+    for length in (0xFFFF_FFFF, RUST_MAX_REQUEST + 1):
+        assert when([_init(), lookup, open_(length)], [0, 0, 0], [0, 0, enomem]) == \
+            "over-rust-limit"
+    for length in (None, RUST_MAX_REQUEST):
+        assert when([_init(), lookup, open_(length)], [0, 0, 0], [0, 0, enomem]) is None
+
+    def xattr(size):
+        return Step(O.FUSE_GETXATTR, Container(size=size, padding=0, name=b"user.x"), node=-1)
+    for size, want in ((2430032944, "over-rust-limit"), (RUST_MAX_BUFFER + 1, "over-rust-limit"),
+                       (RUST_MAX_BUFFER, None), (256, None)):
+        assert when([_init(), xattr(size)], [0, -errno.ENODATA], [0, enomem]) == want
+    # A READ's size is not one Rust checks.
+    read = Step(O.FUSE_READ, Container(fh=-1, offset=0, size=1 << 30, read_flags=0,
+                                       lock_owner=0, flags=0), node=-1)
+    assert when([_init(), read], [0, 0], [0, enomem]) is None
+
+    def forget(count, n=1):
+        return Step(O.FUSE_BATCH_FORGET, Container(count=count, dummy=0, entries=ListContainer(
+            Container(nodeid=-1, nlookup=1) for _ in range(n))), node=0)
+    for step, want in ((forget(RUST_MAX_BUFFER // 16 + 1), "over-rust-limit"),
+                       (forget(None, RUST_MAX_BUFFER // 16 + 1), "over-rust-limit"),
+                       (forget(RUST_MAX_BUFFER // 16), None), (forget(None, 2), None)):
+        assert when([_init(), step], [0, None], [0, enomem]) == want
+    # forgotten-id: the OPEN's node id was forgotten on either side (run_program's flags).
+    prog = [_init(), lookup, open_(), forget(None), lookup, open_(node=-2)]
+    a, b = [0, 0, 0, None, 0, 0], [0, 0, 0, None, 0, ebadf]
+    assert when(prog, a, b, stale_b={5}) == "forgotten-id"
+    assert when(prog, a, b, stale_a={5}) == "forgotten-id"
+    assert when(prog, a, b) is None  # the same divergence, no forget of that id: a finding
+    assert when(prog, a, b, stale_a={4}, stale_b={4}) is None  # another step's flag
+
+
+def test_a_destroy_the_rust_daemon_does_not_answer_is_compared_past(monkeypatch):
+    """Rust never answers DESTROY (allowed); the C daemon accepted it, so both tore the
+    session down: what follows is compared, before-init again until a new INIT (C EIO,
+    Rust EBADF: allowed), then as usual (a divergence there is a finding)."""
+    eio, ebadf = -errno.EIO, -errno.EBADF
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+    getattr_ = Step(O.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), node=1)
+    prog = [_init(), lookup, Step(O.FUSE_DESTROY, Container(), node=0), getattr_, lookup,
+            _init(), lookup, getattr_]
+    ds = _pair(monkeypatch, prog, [0, 0, 0, eio, eio, 0, 0, 0],
+               [0, 0, None, ebadf, ebadf, 0, 0, -errno.ENOENT])
+    assert [(d.step, d.kind) for d in ds] == [(2, "reply-vs-none"), (3, "errno"),
+                                              (4, "errno"), (7, "accepted-vs-refused")]
+    assert [d.allowed is not None for d in ds] == [True, True, True, False]
+    assert ds[1].allowed.when == "before-init"
+    # A DESTROY the C daemon refused ends the comparison there, as any reply-vs-none does.
+    ds = _pair(monkeypatch, prog, [0, 0, eio, eio, eio, 0, 0, 0],
+               [0, 0, None, ebadf, ebadf, 0, 0, -errno.ENOENT])
+    assert [d.step for d in ds] == [2]
 
 
 def _init() -> Step:
@@ -206,6 +336,51 @@ def test_a_divergence_replays(daemon_installations, tmp_path):
     script = subprocess.run([sys.executable, f.script], capture_output=True, text=True,
                             timeout=120)
     assert script.returncode == 1 and script.stdout.startswith("reproduced"), script
+
+
+@pytest.mark.daemon
+def test_a_forgotten_node_id_divergence_is_allowed(daemon_installations):
+    """Campaign finding: FORGET a file's node id, LOOKUP another file, OPEN the forgotten
+    id (all three on one kick, so the OPEN is built before the LOOKUP's reply). The C
+    daemon gave the freed id to the new file and opens it; the Rust one refuses (EBADF)."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    forget = Step(O.FUSE_BATCH_FORGET, Container(count=None, dummy=0, entries=ListContainer(
+        [Container(nodeid=-1, nlookup=1)])), node=0, group=7)
+    prog = [_init(), Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1),
+            Step(O.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0), node=-1), forget,
+            Step(O.FUSE_LOOKUP, Container(name=b"empty"), node=1, group=7),
+            Step(O.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0), node=-1, group=7)]
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, prog)
+    assert pr.a.stale == pr.b.stale == [False] * 5 + [True]
+    (d,) = pr.divergences
+    assert (d.op, d.kind, d.errnos, d.step) == ("FUSE_OPEN", "accepted-vs-refused",
+                                                (0, -errno.EBADF), 5)
+    assert d.allowed is not None and d.allowed.when == "forgotten-id"
+    # The reason holds: C's LOOKUP of "empty" got the id it had freed, Rust's a new one.
+    ids = [[codec.decode_reply(r.outcomes[i].reply, O.FUSE_LOOKUP, 46).body.nodeid
+            for i in (1, 4)] for r in (pr.a, pr.b)]
+    assert ids[0][0] == ids[0][1] and ids[1][0] != ids[1][1]
+
+
+@pytest.mark.daemon
+def test_a_header_length_over_rusts_limit_is_allowed(daemon_installations):
+    """Campaign finding: an OPEN whose fuse_in_header.len says 0xFFFFFFFF: the C daemon
+    serves it, the Rust one refuses it (ENOMEM). Its replay is no longer a finding."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    prog = [_init(), Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1),
+            Step(O.FUSE_OPEN, Container(flags=os.O_RDWR, open_flags=0), node=-1,
+                 length=0xFFFF_FFFF)]
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, prog)
+    (d,) = pr.divergences
+    assert (d.op, d.kind, d.errnos) == ("FUSE_OPEN", "accepted-vs-refused", (0, -errno.ENOMEM))
+    assert d.allowed is not None and d.allowed.when == "over-rust-limit"
+    sig = "diff:c-vs-rust:FUSE_OPEN:accepted-vs-refused:0/-12"
+    v = diff.diff_verdict({"daemons": ["c", "rust"], "program": sequences.program_to_json(prog),
+                           "finding": {"signature": sig}})
+    assert not v["reproduced"] and v["seen"] == [f"{sig} (allowed)"]
+    assert v["allowed"] == d.allowed.reason
 
 
 @pytest.mark.daemon

@@ -49,7 +49,14 @@ from ..wire import codec
 from ..wire.constants import FUSE_KERNEL_VERSION
 from ..wire.constants import fuse_opcode as O
 from .corpus import Corpus
-from .diff_allow import AllowEntry, explain
+from .diff_allow import (
+    RUST_FORGET_ONE,
+    RUST_MAX_BUFFER,
+    RUST_MAX_REQUEST,
+    RUST_SIZE_CHECKED,
+    AllowEntry,
+    explain,
+)
 from .findings import Finding, FindingStore
 from .forensics import Outcome
 from .harness import DaemonHarness
@@ -284,6 +291,7 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
     res = PairResult(ra, rb)
     by_a = dict(zip(ra.steps, ra.outcomes, strict=False))
     by_b = dict(zip(rb.steps, rb.outcomes, strict=False))
+    stale = {i for r in (ra, rb) for i, f in zip(r.steps, r.stale, strict=False) if f}
     racy = _racy(prog)
     state: set[str] = {"before-init"}
     stopped = False
@@ -303,19 +311,33 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         name = _op_name(step.op)
         here = state | ({"bad-name"} if _bad_name(step) else set()) | (
             {"guessed-id"} if step.node not in (1,) and step.node >= 0
-            and step.op not in _NO_NODE else set())
+            and step.op not in _NO_NODE else set()) | (
+            {"over-rust-limit"} if _over_rust_limit(step) else set()) | (
+            {"forgotten-id"} if i in stale and step.op not in _NO_NODE else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))
             res.divergences.append(d)
+            if _destroyed_both(step, sa, sb, d):
+                continue  # both tore the session down: compare what follows
             if kind in ("accepted-vs-refused", "reply-vs-none") or step.op in _WRITE_LIKE:
                 stopped = True
         if step.op == O.FUSE_INIT and sa.errno == 0 and sb.errno == 0 and \
                 isinstance(step.fields, dict) and step.fields.get("major") == FUSE_KERNEL_VERSION:
             state.discard("before-init")  # another major: the reply asks for a new INIT
-        if step.op == O.FUSE_DESTROY and sa.errno == 0 and sb.errno == 0:
-            state.add("after-destroy")
+        if step.op == O.FUSE_DESTROY and sa.errno == 0 and sb.errno in (0, None):
+            # The C daemon wants a new INIT after a DESTROY (do_destroy clears got_init):
+            # until one, it is before-init again.
+            state |= {"after-destroy", "before-init"}
     return res
+
+
+def _destroyed_both(step: Step, a: SideAnswer, b: SideAnswer, d: Divergence) -> bool:
+    """A DESTROY the first daemon accepted and the second, which never answers one,
+    carried out silently (its allowed ``reply-vs-none``): both are in the same state, so
+    the program is compared on (``after-destroy``) instead of stopping there."""
+    return (step.op == O.FUSE_DESTROY and d.kind == "reply-vs-none" and d.allowed is not None
+            and a.errno == 0 and b.errno is None)
 
 
 def _bad_name(step: Step) -> bool:
@@ -325,6 +347,24 @@ def _bad_name(step: Step) -> bool:
         v = f.get(key)
         if isinstance(v, bytes | bytearray) and (b"/" in v or bytes(v) in (b".", b"..")):
             return True
+    return False
+
+
+def _over_rust_limit(step: Step) -> bool:
+    """Over one of the Rust daemon's size limits (:data:`.diff_allow.RUST_MAX_REQUEST`,
+    :data:`.diff_allow.RUST_MAX_BUFFER`): a forced header length, a ``size`` of the
+    requests it checks, or a BATCH_FORGET's entries (its forced ``count``, else how many)."""
+    if step.length is not None and step.length > RUST_MAX_REQUEST:
+        return True
+    f = step.fields if isinstance(step.fields, dict) else {}
+    if _op_name(step.op) in RUST_SIZE_CHECKED:
+        size = f.get("size")
+        return isinstance(size, int) and size > RUST_MAX_BUFFER
+    if step.op == O.FUSE_BATCH_FORGET:
+        count = f.get("count")
+        if not isinstance(count, int):
+            count = len(f.get("entries") or [])
+        return count * RUST_FORGET_ONE > RUST_MAX_BUFFER
     return False
 
 
@@ -517,7 +557,9 @@ def diff_verdict(doc: dict[str, Any], specs: tuple[str | None, str | None] = (No
                  hang_timeout: float = 0.5) -> dict[str, Any]:
     """Run a diff reproducer's program on two fresh daemons (``specs``, default the pair
     it was found on); the verdict says whether the same divergence signature came back
-    (``reproduced``) and which ones did (``seen``)."""
+    unexplained (``reproduced``) and which ones did (``seen``, the allow-listed ones marked
+    ``(allowed)``). One the allow-list now explains is not reproduced: ``allowed`` gives
+    its reason."""
     inst_a, inst_b = _doc_installations(doc, specs)
     prog = program_from_json(doc["program"])
     label = doc.get("pair") or diff_label(inst_a.kind, inst_b.kind)
@@ -525,11 +567,15 @@ def diff_verdict(doc: dict[str, Any], specs: tuple[str | None, str | None] = (No
             DaemonHarness(inst_b, hang_timeout=hang_timeout, setup=False) as hb:
         pr = run_pair(ha, hb, prog)
     expected = (doc.get("finding") or {}).get("signature")
-    seen = sorted({d.signature(label) for d in pr.divergences})
-    hit = next((d for d in pr.divergences if d.signature(label) == expected), None)
+    seen = sorted({d.signature(label) + (" (allowed)" if d.allowed else "")
+                   for d in pr.divergences})
+    same = [d for d in pr.divergences if d.signature(label) == expected]
+    hit = next((d for d in same if d.allowed is None), None)
     verdict: dict[str, Any] = {"target": "diff", "daemons": [inst_a.binary, inst_b.binary],
                                "reproduced": hit is not None, "expected": expected,
                                "seen": seen}
+    if hit is None and same and same[0].allowed is not None:
+        verdict["allowed"] = same[0].allowed.reason
     if hit is not None:
         verdict.update(kind="divergence", signature=expected,
                        summary=f"{hit.op}: {hit.kind}: {hit.detail}", step=hit.step)

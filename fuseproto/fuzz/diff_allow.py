@@ -12,7 +12,12 @@ reason), so the table can be audited against what a run saw.
 ``after-destroy`` (a DESTROY was accepted earlier in the program), ``bad-name`` (the
 request's name or newname is not one path component: ``/`` in it, ``.``, ``..``),
 ``guessed-id`` (the request's node id is a literal other than the root's 1, not one a
-reply gave, on a request that names a node).
+reply gave, on a request that names a node), ``over-rust-limit`` (the request is over one
+of the Rust daemon's size limits, :data:`RUST_MAX_REQUEST` and :data:`RUST_MAX_BUFFER`: a
+forced header length above the first, or a GETXATTR / LISTXATTR / READDIR / READDIRPLUS
+``size``, or a BATCH_FORGET's entries, above the second), ``forgotten-id`` (the node id
+a daemon was sent, on a request that names a node, is one an earlier FORGET or
+BATCH_FORGET of the program named, the root's 1 aside).
 """
 
 from __future__ import annotations
@@ -20,9 +25,23 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass
 
-__all__ = ["AllowEntry", "ALLOW", "WHENS", "explain"]
+__all__ = ["AllowEntry", "ALLOW", "WHENS", "explain", "RUST_MAX_BUFFER", "RUST_MAX_REQUEST",
+           "RUST_SIZE_CHECKED", "RUST_FORGET_ONE"]
 
-WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id")
+WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id", "over-rust-limit",
+         "forgotten-id")
+
+# The Rust daemon's request limits (virtiofsd 1.13.2 src/server.rs: MAX_BUFFER_SIZE, and
+# FUSE_BUFFER_HEADER_SIZE above it for the header): it refuses with ENOMEM, before it looks
+# at anything else, a request whose fuse_in_header.len is above RUST_MAX_REQUEST (in
+# handle_message), a request of RUST_SIZE_CHECKED whose ``size`` is above RUST_MAX_BUFFER
+# (getxattr, listxattr, readdir, readdirplus) and a BATCH_FORGET whose entries
+# (RUST_FORGET_ONE bytes each: fuse_forget_one) take more than RUST_MAX_BUFFER
+# (batch_forget). The C daemon has none of these limits.
+RUST_MAX_BUFFER = 1 << 20
+RUST_MAX_REQUEST = RUST_MAX_BUFFER + 0x1000
+RUST_SIZE_CHECKED = ("FUSE_GETXATTR", "FUSE_LISTXATTR", "FUSE_READDIR", "FUSE_READDIRPLUS")
+RUST_FORGET_ONE = 16
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,38 @@ ALLOW: tuple[AllowEntry, ...] = (
                "Rust one hands it to the kernel beneath the share and reports what is not "
                "there (ENOENT, ENOTDIR, EISDIR, EBUSY); the escape canaries check that "
                "neither gets out"),
+    AllowEntry(None, None, (None, _e(E.ENOMEM)), when="over-rust-limit",
+               reason="a request over the Rust daemon's size limits (a header length above "
+               "1 MiB + 4 KiB, a GETXATTR / LISTXATTR / READDIR / READDIRPLUS size or a "
+               "BATCH_FORGET's entries above 1 MiB): the Rust one refuses it with ENOMEM "
+               "before anything else (server.rs handle_message, getxattr, listxattr, "
+               "readdir, readdirplus, batch_forget); the C one has no such limits (it goes "
+               "by the descriptors, not the header length) and answers as it would any "
+               "request: 0, or its own errno (ENODATA for an xattr it looks up first, ...)"),
+    *(AllowEntry(op, None, (_e(E.EIO), None),
+                 reason=f"the C daemon removes only a name it has handed out an inode for "
+                 f"(passthrough_ll.c lo_{op[5:].lower()}: lookup_name() finds no inode -> "
+                 f"EIO, whether the name is not there, too long (ENAMETOOLONG underneath) or "
+                 f"never looked up); the Rust one unlinks by name and answers the real errno "
+                 f"(passthrough do_unlink: ENOENT, ENAMETOOLONG, ...)")
+      for op in ("FUSE_UNLINK", "FUSE_RMDIR")),
+    AllowEntry("FUSE_DESTROY", "reply-vs-none", None,
+               reason="the Rust daemon never answers DESTROY (server.rs destroy: the request "
+               "is consumed with no reply written); the C one replies (fuse_lowlevel.c "
+               "do_destroy: 0; EIO before an INIT, as fuse_session_process_buf answers "
+               "every request then)"),
+    AllowEntry("FUSE_OPENDIR", "accepted-vs-refused", (0, _e(E.EISDIR)),
+               reason="OPENDIR asking for write access (O_WRONLY / O_RDWR): the C daemon "
+               "ignores the flags and opens '.' read-only (passthrough_ll.c lo_opendir), "
+               "the Rust one opens the directory with the request's flags | O_DIRECTORY "
+               "(passthrough opendir -> do_open), which the kernel refuses (EISDIR)"),
+    AllowEntry(None, None, (None, _e(E.EBADF)), when="forgotten-id",
+               reason="a node id used after a FORGET / BATCH_FORGET named it (a kernel never "
+               "does): the C daemon frees the id and hands it to the next new inode "
+               "(passthrough_ll.c unref_inode -> lo_map_remove, its free list reused by "
+               "lo_add_inode_mapping), so the id may name another file and be served; the "
+               "Rust one never reuses ids (passthrough next_inode) and refuses one it "
+               "forgot (EBADF)"),
 )
 
 

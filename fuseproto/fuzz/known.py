@@ -60,7 +60,7 @@ class Known:
                 new += 1
         return new, old
 
-    def _add(self, signature: Any, path: Path, report: bool = False) -> bool:
+    def add(self, signature: Any, path: Path, report: bool = False) -> bool:
         """Keep the first reproducer that has ``signature``; a report names it only until
         a reproducer does (a reproducer replays, a report only lists)."""
         if not isinstance(signature, str) or not signature:
@@ -115,7 +115,7 @@ def _from_script(k: Known, f: Path) -> bool:
         return False
     for line in text.splitlines()[:40]:  # the header comes first
         if line.startswith(_HEADER):
-            return k._add(line[len(_HEADER):].strip(), f)
+            return k.add(line[len(_HEADER):].strip(), f)
     return False
 
 
@@ -131,10 +131,10 @@ def _from_json(k: Known, f: Path) -> bool:
         return False
     finding = doc.get("finding")
     if isinstance(finding, dict):
-        return k._add(finding.get("signature"), f)
+        return k.add(finding.get("signature"), f)
     found = doc.get("findings")
     if isinstance(found, list):  # a campaign report
-        added = [k._add(x.get("signature"), f, report=True) for x in found
+        added = [k.add(x.get("signature"), f, report=True) for x in found
                  if isinstance(x, dict)]
         return any(added) or not found
     return False

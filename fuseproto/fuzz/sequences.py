@@ -257,6 +257,9 @@ class ProgramResult:
     steps: list[int] = field(default_factory=list)  # the program step each outcome answers
     # Escape canary breaches seen after the program (harness.check_canaries).
     escapes: list[Outcome] = field(default_factory=list)
+    # Per outcome: the header node id sent had been named by an earlier FORGET or
+    # BATCH_FORGET of the program (the root's 1 aside; a kernel never sends such an id).
+    stale: list[bool] = field(default_factory=list)
 
 
 def _pick(pool: list[int], ref: int) -> int:
@@ -281,6 +284,16 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
     return nodeid, body
 
 
+def _forgets(op: int, nodeid: int, body: Any) -> set[int]:
+    """The node ids a FORGET (its header's) or a BATCH_FORGET (its entries') names."""
+    if op == O.FUSE_FORGET:
+        return {nodeid}
+    if op == O.FUSE_BATCH_FORGET and isinstance(body, dict):
+        return {e["nodeid"] for e in body.get("entries") or []
+                if isinstance(e, dict) and isinstance(e.get("nodeid"), int)}
+    return set()
+
+
 def _config_init(body: Any, demanded: int) -> Any:
     """An INIT body with the flags its daemon's config demands ORed in (a daemon with ACLs
     or security labels refuses an INIT without them; :mod:`fuseproto.daemons.options`)."""
@@ -302,6 +315,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     fhs: list[int] = []
     fh_mode: dict[int, int] = {}  # fh -> O_ACCMODE it was opened with
     uniques: list[int] = []
+    forgotten: set[int] = set()  # node ids a FORGET / BATCH_FORGET sent so far named
     destroyed = False
     i = 0
     batch = 0
@@ -316,6 +330,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         built: list[Step] = []
         bodies: list[Any] = []
         idxs: list[int] = []
+        stale: list[bool] = []
         for n, step in enumerate(group, first):
             h.unique += 2
             nodeid, body = _resolve(step, nodes, fhs, uniques)
@@ -333,6 +348,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             built.append(step)
             bodies.append(body)
             idxs.append(n)
+            stale.append(nodeid in forgotten)
+            forgotten |= _forgets(step.op, nodeid, body) - {1}
         if not items:
             continue
         batch += 1
@@ -340,6 +357,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         outs = h.send_many(items, batch=batch)
         res.outcomes += outs
         res.steps += idxs[:len(outs)]
+        res.stale += stale[:len(outs)]
         for k, (step, out) in enumerate(zip(built, outs, strict=False)):
             err = _errno(out)
             if step.op in _MAP_OPS:
@@ -568,6 +586,7 @@ def fuzz_sequences(installation: daemons.Installation, *, seconds: float, store:
                 elif new:
                     steer.add(prog)
             stats.starts = h.starts
+            stats.add_slow(h.slow)
             if chooser is not None:
                 stats.configs = chooser.summary()
         stats.edges = fb.summary()
