@@ -17,9 +17,9 @@ tune_gc`). The inputs are what the fuzzer runs: the seeds and structure-aware mu
   here (~21 operations against ~13), which is most of the gap to ``instrumented`` (the
   same instrumented process runs libFuzzer's kept inputs at about the same operations per
   second as these);
-* ``instrumented`` -- the incremental mode in a process whose managers and devices are
-  instrumented as ``fuzz/dax_fuzzer.py`` instruments them (atheris, no libFuzzer): what
-  the instrumentation alone costs;
+* ``instrumented`` -- the incremental mode in a process whose managers are instrumented
+  as ``fuzz/dax_fuzzer.py`` instruments them (atheris, no libFuzzer): what the
+  instrumentation alone costs;
 * ``live`` -- ``FUSEPROTO_DAX_DEVICE=c-dax``: the same kind of inputs against the real
   daemon and window, one daemon for all of them (skipped when c-dax is not built).
 
@@ -137,7 +137,7 @@ def atheris_rate(seconds: int) -> tuple[float, float, float] | None:
 
 def instrumented_rate(n: int) -> float | None:
     """The incremental rate in a process that imported the harness (its instrumentation
-    of the managers and devices), without libFuzzer."""
+    of the managers), without libFuzzer."""
     code = (f"import sys; sys.path[:0] = [{str(ROOT / 'fuzz')!r}, {str(ROOT / 'benchmarks')!r}]\n"
             "import dax_fuzzer  # noqa: F401 -- instruments as a campaign does\n"
             "import bench_dax_target as b\n"
@@ -195,7 +195,7 @@ def main() -> int:
     if args.instrumented:
         ir = instrumented_rate(args.inputs) or 0.0
         print(f"  {'instrumented':12s} {ir:8.0f} inputs/s   {ir / GOAL:5.2f}x the goal   "
-              f"{ir / inc:5.2f}x incremental (atheris-instrumented managers and devices, "
+              f"{ir / inc:5.2f}x incremental (atheris-instrumented managers, "
               "no libFuzzer)")
     if args.atheris:
         a, a_cpu, a_ops = atheris_rate(args.atheris) or (0.0, 0.0, 0.0)
