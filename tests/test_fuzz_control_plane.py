@@ -65,7 +65,7 @@ def test_features_without_version_1_are_invalid():
 @pytest.mark.parametrize("msg,cls", [
     (VhostUserMessage(R.GET_FEATURES, VHOST_USER_VERSION, bytes(8)), "reply-mismatch"),
     (VhostUserMessage(R.SET_VRING_CALL, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, bytes(8)),
-     "reply-mismatch"),
+     "stray-SET_VRING_CALL"),
     (VhostUserMessage(R.GET_FEATURES, 2 | VHOST_USER_REPLY_MASK, bytes(8)), "reply-version"),
     (VhostUserMessage(R.GET_FEATURES, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, bytes(4)),
      "reply-size"),
@@ -168,6 +168,18 @@ def test_protocol_oracle_c_answers_set_vring_call_it_cannot_signal(daemon_instal
     res = _run(daemon_installations["c"], tmp_path, prog)
     assert res.finding is not None and res.finding.finding == "protocol"
     assert "SET_VRING_CALL" in res.finding.detail
+    # Named by the request the stray reply carries, whichever step it lands on; a
+    # decorated program shrinks to the one plain message that matters.
+    assert res.finding.cls.endswith(":stray-SET_VRING_CALL"), res.finding.cls
+    fancy = [CtlStep(R.GET_FEATURES), CtlStep(R.SET_PROTOCOL_FEATURES, size_delta=3),
+             CtlStep(R.SET_VRING_CALL, 0, mode="nregions-lie", fds="bad"),
+             CtlStep(R.GET_FEATURES)]
+    key = cp.finding_key(_run(daemon_installations["c"], tmp_path, fancy).finding)
+    assert key == ("protocol", "stray-SET_VRING_CALL")
+    small, sres = cp.shrink_control(fancy, daemon_installations["c"], "one", key, seconds=20)
+    assert small == [CtlStep(R.SET_VRING_CALL, 0, fds="bad")]
+    assert sres is not None and cp.finding_key(sres.finding) == key
+    assert _run(daemon_installations["rust"], tmp_path, fancy).finding is None
 
 
 def test_hang_oracle_rust_ignores_a_second_kick_fd(daemon_installations, tmp_path):

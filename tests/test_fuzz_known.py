@@ -46,7 +46,7 @@ def test_load_reads_reproducers_scripts_and_reports_and_skips_the_rest(tmp_path)
 def test_the_shipped_findings_corpus_is_a_known_set():
     k = known.load([ROOT / "corpus" / "findings"])
     assert len(k) >= 40 and k.skipped == 0
-    assert "protocol:control:c-dax-asan-cov:unsolicited:SET_PROTOCOL_FEATURES+" \
+    assert "protocol:control:c-dax-asan-cov:stray-SET_VRING_CALL:" \
         "SET_VRING_CALL[fds=bad]" in k
 
 

@@ -31,6 +31,7 @@ Oracles, per step and per program (:func:`run_control_program`):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import time
@@ -87,7 +88,7 @@ from .virtiofsd import EdgeFeedback
 __all__ = ["step_valid", "ControlModel", "ControlResult", "run_control_program",
            "hostile_step", "mutate_program", "fuzz_control_plane", "ControlStats",
            "program_to_json", "program_from_json", "step_tag", "replay_control",
-           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply", "control_verdict", "valid_ring_step"]
+           "record_control_finding", "shrink_control", "finding_key", "judge_control_reply", "stray_reply", "control_verdict", "valid_ring_step"]
 
 R = VhostUserRequest
 P = VhostUserProtocolFeature
@@ -252,12 +253,24 @@ class ControlResult:
     exchange: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # pcap's
 
 
+def stray_reply(name: str, msg: VhostUserMessage, detail: str, ev: dict[str, Any]) -> Outcome:
+    """A reply to a request that wanted none, or to an earlier one: named by the request
+    it says it answers (its code), not by the step it came after. Whether the front-end
+    sees it while nothing is expected or as the answer to its next question is timing, so
+    both are one finding (``stray-<REQUEST>``)."""
+    return Outcome(f"{name}:stray-{request_name(msg.request)}", "protocol",
+                   detail + ": a reply no request here asked for", ev)
+
+
 def judge_control_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Outcome | None:
     """A protocol finding when ``msg`` is not a proper reply to ``step``."""
     name = step.name
     ev: dict[str, Any] = {"step": name, "reply_request": msg.request, "flags": msg.flags,
                           "payload": msg.payload[:64].hex()}
-    if msg.request != step.request or not msg.is_reply:
+    if msg.is_reply and msg.request != step.request:
+        return stray_reply(name, msg, f"reply to {name} is a {request_name(msg.request)} "
+                           f"reply (flags {msg.flags:#x})", ev)
+    if not msg.is_reply:
         return Outcome(f"{name}:reply-mismatch", "protocol",
                        f"reply to {name} is {request_name(msg.request)} with flags "
                        f"{msg.flags:#x}", ev)
@@ -315,10 +328,9 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
                 if not expected and fe.pending():
                     msg = fe.recv(0.01)  # nobody asked: a finding, or EOF (raises)
                     if msg is not None:
-                        res.finding = Outcome(f"{name}:unsolicited", "protocol",
-                                              f"a reply ({request_name(msg.request)}) to "
-                                              f"{name}, which asks for none",
-                                              {"step": name, "flags": msg.flags})
+                        res.finding = stray_reply(
+                            name, msg, f"a {request_name(msg.request)} reply after {name}, "
+                            "which asks for none", {"step": name, "flags": msg.flags})
                         break
             except TransportError:
                 res.finding = _death(live, name, sent[-4:-1], model.broken or not valid, res)
@@ -463,23 +475,45 @@ def finding_key(out: Outcome | None) -> tuple[str, ...] | None:
     return (out.finding, str(ev.get("site") or ev.get("signal") or out.cls.split(":")[-1]))
 
 
+#: A step's fields and their plain values (what the standard handshake sends), tried by
+#: :func:`shrink_control` in this order.
+PLAIN: dict[str, Any] = {"mode": "std", "fds": "std", "size_delta": 0, "flags": None,
+                         "need_reply": False, "value": None}
+
+
 def shrink_control(prog: list[CtlStep], installation: daemons.Installation, layout: str,
                    key: tuple[str, ...], *, seconds: float = 5.0, timeout: float = 0.5,
                    env: dict[str, str] | None = None) -> tuple[list[CtlStep], ControlResult | None]:
     """Drop steps one at a time (last first) while the program still gives a finding with
-    ``key`` (:func:`finding_key`), within ``seconds``; the smaller program and its run."""
+    ``key`` (:func:`finding_key`), then give each kept step's hostile fields their plain
+    values one at a time (:data:`PLAIN`: a mode, fds, size, flags or value the finding
+    does not need goes), within ``seconds``; the smaller program and its run. The plainer
+    steps name the finding's cause (:func:`step_tag`), so one bug reached with different
+    decorations is one signature."""
     end = time.monotonic() + seconds
     best, best_res = list(prog), None
     wd = scratch.directory("ctl")
+
+    def keeps(cand: list[CtlStep]) -> ControlResult | None:
+        res = run_control_program(cand, installation, workdir=wd, layout=layout,
+                                  timeout=timeout, env=env)
+        return res if finding_key(res.finding) == key else None
     try:
         i = len(best) - 1
         while i >= 0 and time.monotonic() < end:
             cand = best[:i] + best[i + 1:]
-            res = run_control_program(cand, installation, workdir=wd, layout=layout,
-                                      timeout=timeout, env=env)
-            if finding_key(res.finding) == key:
+            res = keeps(cand)
+            if res is not None:
                 best, best_res = cand, res
             i -= 1
+        for i in range(len(best)):
+            for name, plain in PLAIN.items():
+                if getattr(best[i], name) == plain or time.monotonic() >= end:
+                    continue
+                cand = best[:i] + [dataclasses.replace(best[i], **{name: plain})] + best[i + 1:]
+                res = keeps(cand)
+                if res is not None:
+                    best, best_res = cand, res
     finally:
         shutil.rmtree(wd, ignore_errors=True)
     return best, best_res
