@@ -181,6 +181,17 @@ def test_a_late_reply_is_slow_not_a_hang_and_without_grace_a_hang(daemon_install
         out, took = late(h, getattr_)
         assert out.finding == "hang" and out.cls == "FUSE_GETATTR:hang", (out.cls, out.detail)
         assert not h.slow
+    if kind == "rust":
+        # A worker panic in the log while the reply is late gets no grace: it is the
+        # panic finding at once, even though the (frozen) daemon answers afterwards.
+        with DaemonHarness(daemon_installations[kind], hang_timeout=0.2) as h:
+            with open(h.daemon.log_path, "a") as log:
+                h.on_send = lambda _h, _d: (log.write(
+                    "thread 'pool-1' panicked at src/planted.rs:7:9:\nplanted\n"), log.flush())
+                out, took = late(h, getattr_)
+            assert out.finding == "crash" and out.cls == "FUSE_GETATTR:panic", out.cls
+            assert "planted.rs:7:9" in out.evidence["site"] and took < 0.5
+            assert not h.slow
 
 
 def test_crash_is_detected_saved_and_the_daemon_restarted(daemon_installations, tmp_path,

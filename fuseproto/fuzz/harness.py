@@ -591,11 +591,11 @@ class DaemonHarness:
         return self._dead(name, "daemon gone after a reply-less request")
 
     def _await(self, token: Any, timeout: float) -> tuple[str, bytes]:
-        """("done", the reply), ("dead", b"") or ("timeout", b""): the transport's own
-        wait (a short spin, then blocked on the call eventfd) in slices of
-        :data:`AWAIT_SLICE` s, doubling up to 16 times that; between slices a dead
-        process ends the wait, and so does a panicked Rust worker (its log says so: one
-        ``stat`` per look while the log does not grow), not the hang timeout."""
+        """("done", the reply), ("dead", b""), ("panic", b"") or ("timeout", b""): the
+        transport's own wait (a short spin, then blocked on the call eventfd) in slices
+        of :data:`AWAIT_SLICE` s, doubling up to 16 times that; between slices a dead
+        process ends the wait, and so does a panicked Rust worker ("panic": its log says
+        so, one ``stat`` per look while the log does not grow), not the hang timeout."""
         t, d = self.transport, self.daemon
         assert t is not None and d is not None
         deadline = time.monotonic() + timeout
@@ -613,7 +613,9 @@ class DaemonHarness:
                 return "done", t.wait(token, 0)
             if not d.running():
                 return "dead", b""
-            if time.monotonic() >= deadline or (watch is not None and watch.seen()):
+            if watch is not None and watch.seen():
+                return "panic", b""  # the log says a worker died: no grace for it
+            if time.monotonic() >= deadline:
                 return "timeout", b""
 
     def _blame(self, out: Outcome) -> Outcome:
