@@ -131,10 +131,14 @@ def test_new_allow_entries_match_only_their_divergence():
     assert why("FUSE_DESTROY", "reply-vs-none", (-errno.EIO, None)) == ("FUSE_DESTROY", None)
     assert not why("FUSE_DESTROY", "errno", (-errno.EIO, -errno.EINVAL))
     assert not why("FUSE_LOOKUP", "reply-vs-none", (0, None))
-    # OPENDIR with write access: Rust's EISDIR only.
-    assert why("FUSE_OPENDIR", "accepted-vs-refused", (0, -errno.EISDIR)) == \
-        ("FUSE_OPENDIR", None)
-    assert not why("FUSE_OPENDIR", "accepted-vs-refused", (0, -errno.EACCES))
+    # OPENDIR with flags no kernel sends: any divergence, only in that state.
+    odd = {"dir-open-flags"}
+    for kind, errnos in (("accepted-vs-refused", (0, -errno.EISDIR)),
+                         ("accepted-vs-refused", (0, -errno.EINVAL)),
+                         ("reply-vs-none", (None, -errno.EISDIR))):
+        assert why("FUSE_OPENDIR", kind, errnos, odd) == ("FUSE_OPENDIR", "dir-open-flags")
+        assert not why("FUSE_OPENDIR", kind, errnos)
+    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EISDIR), odd)
     assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EISDIR))
     # A forgotten node id: Rust's EBADF, accepted by C or refused; only in that state.
     assert why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF), forgot) == \
@@ -208,6 +212,14 @@ def test_run_pair_computes_the_new_states(monkeypatch):
     assert when(prog, a, b, stale_a={5}) == "forgotten-id"
     assert when(prog, a, b) is None  # the same divergence, no forget of that id: a finding
     assert when(prog, a, b, stale_a={4}, stale_b={4}) is None  # another step's flag
+
+    # dir-open-flags: an OPENDIR with a bit no kernel sends; the kernel's own flags are not.
+    def opendir(flags):
+        return Step(O.FUSE_OPENDIR, Container(flags=flags, open_flags=0), node=1)
+    for flags, want in ((os.O_RDWR, "dir-open-flags"), (0x1FFF, "dir-open-flags"),
+                        (os.O_CREAT, "dir-open-flags"),
+                        (os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC, None)):
+        assert when([_init(), opendir(flags)], [0, 0], [0, -errno.EINVAL]) == want
 
 
 def test_a_destroy_the_rust_daemon_does_not_answer_is_compared_past(monkeypatch):

@@ -50,6 +50,7 @@ from ..wire.constants import FUSE_KERNEL_VERSION
 from ..wire.constants import fuse_opcode as O
 from .corpus import Corpus
 from .diff_allow import (
+    DIR_OPEN_REFUSED,
     RUST_FORGET_ONE,
     RUST_MAX_BUFFER,
     RUST_MAX_REQUEST,
@@ -313,7 +314,8 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
             {"guessed-id"} if step.node not in (1,) and step.node >= 0
             and step.op not in _NO_NODE else set()) | (
             {"over-rust-limit"} if _over_rust_limit(step) else set()) | (
-            {"forgotten-id"} if i in stale and step.op not in _NO_NODE else set())
+            {"forgotten-id"} if i in stale and step.op not in _NO_NODE else set()) | (
+            {"dir-open-flags"} if _odd_dir_flags(step) else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))
@@ -348,6 +350,14 @@ def _bad_name(step: Step) -> bool:
         if isinstance(v, bytes | bytearray) and (b"/" in v or bytes(v) in (b".", b"..")):
             return True
     return False
+
+
+def _odd_dir_flags(step: Step) -> bool:
+    """An OPENDIR whose flags have a bit no kernel sends (:data:`.diff_allow.
+    DIR_OPEN_REFUSED`)."""
+    flags = step.fields.get("flags") if isinstance(step.fields, dict) else None
+    return step.op == O.FUSE_OPENDIR and isinstance(flags, int) and \
+        bool(flags & DIR_OPEN_REFUSED)
 
 
 def _over_rust_limit(step: Step) -> bool:
