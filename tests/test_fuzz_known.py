@@ -45,7 +45,7 @@ def test_load_reads_reproducers_scripts_and_reports_and_skips_the_rest(tmp_path)
 
 def test_the_shipped_findings_corpus_is_a_known_set():
     k = known.load([ROOT / "corpus" / "findings"])
-    assert len(k) >= 40 and k.skipped == 0
+    assert len(k) >= 250 and k.skipped == 0  # the reproducers and known-signatures.json
     assert "protocol:control:c-dax-asan-cov:stray-SET_VRING_CALL:" \
         "SET_VRING_CALL[fds=bad]" in k
 
