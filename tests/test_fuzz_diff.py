@@ -146,7 +146,11 @@ def test_new_allow_entries_match_only_their_divergence():
     assert why("FUSE_GETATTR", "errno", (-errno.ENOENT, -errno.EBADF), forgot)
     assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF))
     assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.EBADF), {"guessed-id"})
-    assert not why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.ENOENT), forgot)
+    # Whatever each answers to a forgotten id (C: another file's, or EBADF with its inode
+    # gone; Rust: EBADF, or what goes by the handle alone).
+    assert why("FUSE_OPEN", "accepted-vs-refused", (0, -errno.ENOENT), forgot)
+    assert why("FUSE_FLUSH", "accepted-vs-refused", (-errno.EBADF, 0), forgot)
+    assert not why("FUSE_FLUSH", "accepted-vs-refused", (-errno.EBADF, 0))
 
 
 class _Fake:
@@ -373,6 +377,14 @@ def test_a_forgotten_node_id_divergence_is_allowed(daemon_installations):
     ids = [[codec.decode_reply(r.outcomes[i].reply, O.FUSE_LOOKUP, 46).body.nodeid
             for i in (1, 4)] for r in (pr.a, pr.b)]
     assert ids[0][0] == ids[0][1] and ids[1][0] != ids[1][1]
+    # A forgotten id in LINK's body (oldnodeid) marks the step too, not only the header's.
+    prog = [_init(), Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1),
+            Step(O.FUSE_FORGET, Container(nlookup=1), node=-1),
+            Step(O.FUSE_LINK, Container(oldnodeid=-1, name=b"again"), node=1),
+            Step(O.FUSE_LINK, Container(oldnodeid=1, name=b"again2"), node=1)]
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, prog)
+    assert pr.a.stale == pr.b.stale == [False, False, False, True, False]
 
 
 @pytest.mark.daemon

@@ -15,9 +15,10 @@ request's name or newname is not one path component: ``/`` in it, ``.``, ``..``)
 reply gave, on a request that names a node), ``over-rust-limit`` (the request is over one
 of the Rust daemon's size limits, :data:`RUST_MAX_REQUEST` and :data:`RUST_MAX_BUFFER`: a
 forced header length above the first, or a GETXATTR / LISTXATTR / READDIR / READDIRPLUS
-``size``, or a BATCH_FORGET's entries, above the second), ``forgotten-id`` (the node id
-a daemon was sent, on a request that names a node, is one an earlier FORGET or
-BATCH_FORGET of the program named, the root's 1 aside), ``dir-open-flags`` (an OPENDIR
+``size``, or a BATCH_FORGET's entries, above the second), ``forgotten-id`` (a node id
+a daemon was sent -- the header's on a request that names a node, LINK's ``oldnodeid``,
+RENAME's ``newdir`` -- is one an earlier FORGET or BATCH_FORGET of the program named, the
+root's 1 aside), ``dir-open-flags`` (an OPENDIR
 whose flags have a bit of :data:`DIR_OPEN_REFUSED`: no kernel sends one, its VFS refuses
 such an open of a directory first).
 """
@@ -143,13 +144,15 @@ ALLOW: tuple[AllowEntry, ...] = (
                "request's flags | O_DIRECTORY (passthrough opendir -> do_open), which the "
                "kernel refuses (EISDIR, EINVAL); so the answers differ whatever the area "
                "(a header-only area: C's success does not fit, Rust's error does)"),
-    AllowEntry(None, None, (None, _e(E.EBADF)), when="forgotten-id",
-               reason="a node id used after a FORGET / BATCH_FORGET named it (a kernel never "
-               "does): the C daemon frees the id and hands it to the next new inode "
-               "(passthrough_ll.c unref_inode -> lo_map_remove, its free list reused by "
-               "lo_add_inode_mapping), so the id may name another file and be served; the "
-               "Rust one never reuses ids (passthrough next_inode) and refuses one it "
-               "forgot (EBADF)"),
+    AllowEntry(None, None, None, when="forgotten-id",
+               reason="a node id (the header's, LINK's oldnodeid or RENAME's newdir) used "
+               "after a FORGET / BATCH_FORGET named it (a kernel never does): the C daemon "
+               "frees the id and hands it to the next new inode (passthrough_ll.c "
+               "unref_inode -> lo_map_remove, its free list reused by lo_add_inode_mapping), "
+               "so the id may name another file and be served, or name nothing (EBADF, "
+               "also for a FLUSH through a handle that is still open: lo_flush looks the "
+               "inode up); the Rust one never reuses ids (passthrough next_inode), refuses "
+               "one it forgot (EBADF) and serves what goes by the handle alone"),
 )
 
 

@@ -257,8 +257,9 @@ class ProgramResult:
     steps: list[int] = field(default_factory=list)  # the program step each outcome answers
     # Escape canary breaches seen after the program (harness.check_canaries).
     escapes: list[Outcome] = field(default_factory=list)
-    # Per outcome: the header node id sent had been named by an earlier FORGET or
-    # BATCH_FORGET of the program (the root's 1 aside; a kernel never sends such an id).
+    # Per outcome: a node id sent (the header's, LINK's oldnodeid, RENAME's newdir) had
+    # been named by an earlier FORGET or BATCH_FORGET of the program (the root's 1 aside;
+    # a kernel never sends such an id).
     stale: list[bool] = field(default_factory=list)
 
 
@@ -282,6 +283,13 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
             if isinstance(body.get(key), int) and body[key] < 0:
                 body[key] = _pick(nodes, body[key])
     return nodeid, body
+
+
+def _named_nodes(body: Any) -> set[int]:
+    """The node ids a request's body names (LINK's ``oldnodeid``, RENAME's ``newdir``)."""
+    if not isinstance(body, dict):
+        return set()
+    return {v for k in ("oldnodeid", "newdir") if isinstance(v := body.get(k), int)}
 
 
 def _forgets(op: int, nodeid: int, body: Any) -> set[int]:
@@ -348,7 +356,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             built.append(step)
             bodies.append(body)
             idxs.append(n)
-            stale.append(nodeid in forgotten)
+            stale.append(bool(({nodeid} | _named_nodes(body)) & forgotten))
             forgotten |= _forgets(step.op, nodeid, body) - {1}
         if not items:
             continue
