@@ -241,6 +241,13 @@ def test_a_destroy_the_rust_daemon_does_not_answer_is_compared_past(monkeypatch)
                                               (4, "errno"), (7, "accepted-vs-refused")]
     assert [d.allowed is not None for d in ds] == [True, True, True, False]
     assert ds[1].allowed.when == "before-init"
+    # A DESTROY sharing its kick with an INTERRUPT is not compared (timing), but it
+    # happened: what follows is before-init again all the same.
+    racy = [_init(), lookup, Step(O.FUSE_DESTROY, Container(), node=0, group=5),
+            Step(O.FUSE_INTERRUPT, Container(unique=-1), node=0, group=5), getattr_]
+    ds = _pair(monkeypatch, racy, [0, 0, 0, None, eio], [0, 0, None, None, ebadf])
+    assert [(d.step, d.allowed is not None) for d in ds] == [(4, True)]
+    assert ds[0].allowed.when == "before-init"
     # A DESTROY the C daemon refused ends the comparison there, as any reply-vs-none does.
     ds = _pair(monkeypatch, prog, [0, 0, eio, eio, eio, 0, 0, 0],
                [0, 0, None, ebadf, ebadf, 0, 0, -errno.ENOENT])

@@ -302,6 +302,8 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         oa, ob = by_a[i], by_b[i]
         if stopped or i in racy:
             res.uncompared += 1
+            if not stopped:  # not compared, but it happened: an INIT or DESTROY counts
+                _advance(state, step, SideAnswer.of(oa, minor_a), SideAnswer.of(ob, minor_b))
             continue
         if oa.finding or ob.finding:
             stopped = True  # filed as the daemon's own finding; state unknown afterwards
@@ -324,14 +326,19 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
                 continue  # both tore the session down: compare what follows
             if kind in ("accepted-vs-refused", "reply-vs-none") or step.op in _WRITE_LIKE:
                 stopped = True
-        if step.op == O.FUSE_INIT and sa.errno == 0 and sb.errno == 0 and \
-                isinstance(step.fields, dict) and step.fields.get("major") == FUSE_KERNEL_VERSION:
-            state.discard("before-init")  # another major: the reply asks for a new INIT
-        if step.op == O.FUSE_DESTROY and sa.errno == 0 and sb.errno in (0, None):
-            # The C daemon wants a new INIT after a DESTROY (do_destroy clears got_init):
-            # until one, it is before-init again.
-            state |= {"after-destroy", "before-init"}
+        _advance(state, step, sa, sb)
     return res
+
+
+def _advance(state: set[str], step: Step, a: SideAnswer, b: SideAnswer) -> None:
+    """The program's state after ``step`` (compared or not: a racy one happened too)."""
+    if step.op == O.FUSE_INIT and a.errno == 0 and b.errno == 0 and \
+            isinstance(step.fields, dict) and step.fields.get("major") == FUSE_KERNEL_VERSION:
+        state.discard("before-init")  # another major: the reply asks for a new INIT
+    if step.op == O.FUSE_DESTROY and a.errno == 0 and b.errno in (0, None):
+        # The C daemon wants a new INIT after a DESTROY (do_destroy clears got_init):
+        # until one, it is before-init again (the Rust one never answers a DESTROY).
+        state |= {"after-destroy", "before-init"}
 
 
 def _destroyed_both(step: Step, a: SideAnswer, b: SideAnswer, d: Divergence) -> bool:
