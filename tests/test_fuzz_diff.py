@@ -430,3 +430,28 @@ def test_campaign_runs_the_diff_and_reports_it(daemon_installations, tmp_path):
     j = json.loads((tmp_path / "report.json").read_text())
     assert j["diff"]["c-vs-rust"]["programs"] == r.diff["programs"]
     assert "`virtiofsd` on `c`: " in md and "`diff` on `c-vs-rust`: " in md
+
+
+@pytest.mark.daemon
+def test_a_forgotten_root_then_a_second_init_is_explained(daemon_installations):
+    """Campaign finding: the root forgotten (both its lookups) and then a second INIT --
+    the Rust daemon opens the root again, the C one does not (LOOKUP under it: C ENOENT,
+    Rust 0). A second INIT alone makes no divergence: both drop the ids they gave out."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+    forget = Step(O.FUSE_FORGET, Container(nlookup=2), node=1)
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, [_init(), forget, _init(), lookup])
+        assert pr.a.stale == pr.b.stale == [False, False, False, True]
+        (d,) = pr.divergences
+        assert (d.op, d.errnos) == ("FUSE_LOOKUP", (-errno.ENOENT, 0))
+        assert d.allowed is not None and d.allowed.when == "forgotten-id"
+        # One lookup of the root forgotten: both still hold it, nothing is stale.
+        half = Step(O.FUSE_FORGET, Container(nlookup=1), node=1)
+        pr = diff.run_pair(ha, hb, [_init(), half, _init(), lookup])
+        assert pr.a.stale == [False] * 4 and not pr.divergences
+        getattr_ = Step(O.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), node=-1)
+        pr = diff.run_pair(ha, hb, [_init(), lookup, _init(), getattr_])
+        assert not pr.divergences
+        assert [o.cls for o in pr.a.outcomes][3] == [o.cls for o in pr.b.outcomes][3] == \
+            "FUSE_GETATTR:-9"

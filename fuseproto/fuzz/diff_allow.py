@@ -17,8 +17,8 @@ of the Rust daemon's size limits, :data:`RUST_MAX_REQUEST` and :data:`RUST_MAX_B
 forced header length above the first, or a GETXATTR / LISTXATTR / READDIR / READDIRPLUS
 ``size``, or a BATCH_FORGET's entries, above the second), ``forgotten-id`` (a node id
 a daemon was sent -- the header's on a request that names a node, LINK's ``oldnodeid``,
-RENAME's ``newdir`` -- is one an earlier FORGET or BATCH_FORGET of the program named, the
-root's 1 aside), ``dir-open-flags`` (an OPENDIR
+RENAME's ``newdir`` -- is one an earlier FORGET or BATCH_FORGET of the program named; the
+root's 1 once they forgot both its lookups), ``dir-open-flags`` (an OPENDIR
 whose flags have a bit of :data:`DIR_OPEN_REFUSED`: no kernel sends one, its VFS refuses
 such an open of a directory first).
 """
@@ -152,7 +152,9 @@ ALLOW: tuple[AllowEntry, ...] = (
                "so the id may name another file and be served, or name nothing (EBADF, "
                "also for a FLUSH through a handle that is still open: lo_flush looks the "
                "inode up); the Rust one never reuses ids (passthrough next_inode), refuses "
-               "one it forgot (EBADF) and serves what goes by the handle alone"),
+               "one it forgot (EBADF) and serves what goes by the handle alone. The root "
+               "counts once both its lookups are forgotten: a later INIT opens it again on "
+               "Rust only (passthrough init -> open_root_node)"),
 )
 
 

@@ -258,8 +258,8 @@ class ProgramResult:
     # Escape canary breaches seen after the program (harness.check_canaries).
     escapes: list[Outcome] = field(default_factory=list)
     # Per outcome: a node id sent (the header's, LINK's oldnodeid, RENAME's newdir) had
-    # been named by an earlier FORGET or BATCH_FORGET of the program (the root's 1 aside;
-    # a kernel never sends such an id).
+    # been named by an earlier FORGET or BATCH_FORGET of the program (the root's 1 once
+    # they forgot ROOT_COUNT lookups of it; a kernel never sends such an id).
     stale: list[bool] = field(default_factory=list)
 
 
@@ -285,6 +285,11 @@ def _resolve(step: Step, nodes: list[int], fhs: list[int], uniques: list[int]) -
     return nodeid, body
 
 
+#: The lookup count both daemons give the root at start (passthrough_ll.c: root->nlookup
+#: = 2; the Rust passthrough's root InodeData: refcount 2).
+ROOT_COUNT = 2
+
+
 def _named_nodes(body: Any) -> set[int]:
     """The node ids a request's body names (LINK's ``oldnodeid``, RENAME's ``newdir``)."""
     if not isinstance(body, dict):
@@ -292,14 +297,17 @@ def _named_nodes(body: Any) -> set[int]:
     return {v for k in ("oldnodeid", "newdir") if isinstance(v := body.get(k), int)}
 
 
-def _forgets(op: int, nodeid: int, body: Any) -> set[int]:
-    """The node ids a FORGET (its header's) or a BATCH_FORGET (its entries') names."""
+def _forgets(op: int, nodeid: int, body: Any) -> list[tuple[int, int]]:
+    """(node id, nlookup) of each forget a FORGET (its header's) or a BATCH_FORGET (its
+    entries') carries."""
+    def count(x: Any) -> int:
+        return x if isinstance(x, int) else 0
     if op == O.FUSE_FORGET:
-        return {nodeid}
+        return [(nodeid, count(body.get("nlookup") if isinstance(body, dict) else 0))]
     if op == O.FUSE_BATCH_FORGET and isinstance(body, dict):
-        return {e["nodeid"] for e in body.get("entries") or []
-                if isinstance(e, dict) and isinstance(e.get("nodeid"), int)}
-    return set()
+        return [(e["nodeid"], count(e.get("nlookup"))) for e in body.get("entries") or []
+                if isinstance(e, dict) and isinstance(e.get("nodeid"), int)]
+    return []
 
 
 def _config_init(body: Any, demanded: int) -> Any:
@@ -324,6 +332,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     fh_mode: dict[int, int] = {}  # fh -> O_ACCMODE it was opened with
     uniques: list[int] = []
     forgotten: set[int] = set()  # node ids a FORGET / BATCH_FORGET sent so far named
+    root_forgot = 0  # lookups of the root those forgot (both daemons start it at ROOT_COUNT)
     destroyed = False
     i = 0
     batch = 0
@@ -357,7 +366,13 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             bodies.append(body)
             idxs.append(n)
             stale.append(bool(({nodeid} | _named_nodes(body)) & forgotten))
-            forgotten |= _forgets(step.op, nodeid, body) - {1}
+            for node, n in _forgets(step.op, nodeid, body):
+                if node != 1:
+                    forgotten.add(node)
+                else:
+                    root_forgot += n
+                    if root_forgot >= ROOT_COUNT:  # gone from both daemons' tables
+                        forgotten.add(1)
         if not items:
             continue
         batch += 1
