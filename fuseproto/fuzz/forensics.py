@@ -30,7 +30,7 @@ from .. import daemons
 from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
 __all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "read_new_log", "log_tail", "death_outcome",
-           "stall_outcome", "outcome_signature", "PanicWatch", "HANG_GRACE"]
+           "stall_outcome", "outcome_signature", "PanicWatch", "HANG_GRACE", "count_slow"]
 
 #: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
 SANITIZER_FINDINGS = ("asan", "ubsan", "lsan")
@@ -43,6 +43,13 @@ FATAL = ("crash", "daemon-exit", "hang", *SANITIZER_FINDINGS)
 #: this grace such replies were the most common "hang" of every campaign (GETXATTR,
 #: LISTXATTR, 10-40 a campaign) and none of them replayed. A real hang costs this much more.
 HANG_GRACE = 2.0
+
+
+def count_slow(table: dict[str, list[float]], op: str, n: int, longest: float) -> None:
+    """Add ``n`` slow replies to ``op`` in ``table`` (opcode name -> [count, longest wait
+    in s]), the longest wait ``longest`` s among them."""
+    have = table.get(op, [0, 0.0])
+    table[op] = [have[0] + n, max(have[1], longest)]
 
 
 @dataclass

@@ -77,6 +77,7 @@ from .forensics import (
     HANG_GRACE,
     Outcome,
     PanicWatch,
+    count_slow,
     death_outcome,
     read_new_log,
     stall_outcome,
@@ -531,9 +532,7 @@ class DaemonHarness:
                     and self.hang_grace > 0:
                 state, reply = self._await(one.token, self.hang_grace)
                 if state == "done":
-                    waited = time.monotonic() - t0
-                    n, worst = self.slow.get(name, (0, 0.0))
-                    self.slow[name] = [n + 1, max(worst, round(waited, 3))]
+                    count_slow(self.slow, name, 1, round(time.monotonic() - t0, 3))
         except TransportError as e:
             return self._dead(name, str(e))
         if state == "dead":

@@ -58,9 +58,8 @@ def to_json(result: Any) -> dict[str, Any]:
                          and getattr(r, "edges", None)},
         "diff": {r.daemon: getattr(r, "diff", {}) for r in result.results
                  if getattr(r, "diff", None)},
-        "known": {"sources": getattr(result, "known_sources", []),
-                  "signatures": getattr(result, "known_count", 0),
-                  "new": sum(1 for f in result.findings if not getattr(f, "known", ""))},
+        "known": {"sources": result.known_sources, "signatures": result.known_count,
+                  "new": sum(1 for f in result.findings if not f.known)},
         "findings": [f.to_json() for f in result.findings],
     }
 
@@ -122,10 +121,10 @@ def _md(result: Any, plotted: bool = False) -> str:
     else:
         lines += [_known_md(j["known"], len(result.findings)), ""]
     # New findings first; within each group, in the order they were found.
-    ordered = sorted(result.findings, key=lambda f: bool(getattr(f, "known", "")))
+    ordered = sorted(result.findings, key=lambda f: bool(f.known))
     for i, f in enumerate(ordered, 1):
         where = f"{f.target}" + (f" ({f.daemon})" if f.daemon else "")
-        known = getattr(f, "known", "")
+        known = f.known
         lines += [
             f"### {i}. {'' if known else 'NEW '}{f.kind}: {where}",
             "",

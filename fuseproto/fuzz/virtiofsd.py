@@ -40,7 +40,7 @@ from .configs import ConfigChooser
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
-from .forensics import FATAL, Outcome, outcome_signature
+from .forensics import FATAL, Outcome, count_slow, outcome_signature
 from .harness import DaemonHarness, instrumented
 from .mute import Muter, header_features, request_features
 
@@ -96,8 +96,7 @@ class DaemonStats:
     def add_slow(self, slow: dict[str, list[float]]) -> None:
         """Count another run's slow replies (:attr:`DaemonHarness.slow`) in with these."""
         for op, (n, worst) in slow.items():
-            have = self.slow.get(op, [0, 0.0])
-            self.slow[op] = [have[0] + n, max(have[1], worst)]
+            count_slow(self.slow, op, int(n), worst)
 
     def slow_note(self) -> str | None:
         """The report's line on slow replies (None: there were none)."""
