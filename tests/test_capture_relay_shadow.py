@@ -268,6 +268,61 @@ def test_shadow_a_slot_of_the_daemons_is_kept_for_the_shadow():
         shadows.close()
 
 
+
+def test_shadow_the_proxy_publishes_in_order_and_never_moves_the_guest_back():
+    """Once the relay is gone the proxy publishes the daemon's used entries itself
+    (ShadowRings.mirror): new entries are copied and the index published; a daemon index
+    behind the one the guest was given is never published (the guest's driver would see
+    its used index jump by nearly 2**16), said once, and publishing resumes when the
+    daemon passes it."""
+    import mmap
+
+    from fuseproto.capture.relay import ShadowRing
+    from fuseproto.transport import virtqueue as vq
+
+    size, avail_at, used_at, base = 8, 0x1000, 0x2000, 0x40000000
+    guest = os.memfd_create("guest")
+    os.ftruncate(guest, 0x4000)
+    shadows = ShadowRings()
+    notes: list[str] = []
+    try:
+        shadows.add_memory(base, 0x4000, 0, guest)
+        slot = shadow_slot(1) - relay_mod.SHADOW_UADDR
+        shadows.rings[1] = ShadowRing(size, base + avail_at, base + used_at, slot)
+        gm = mmap.mmap(guest, 0x4000)
+        sh = mmap.mmap(shadows.fd, relay_mod.SHADOW_SIZE)
+        u16, elem = struct.Struct("<H"), vq.VIRTQ_USED_ELEM
+
+        def daemon_uses(idx: int, heads: list[int]) -> None:
+            for i, head in enumerate(heads):
+                at = slot + vq.VIRTQ_USED_RING + elem.size * ((idx - len(heads) + i) % size)
+                elem.pack_into(sh, at, head, 100 + head)
+            u16.pack_into(sh, slot + vq.VIRTQ_USED_IDX, idx)
+
+        def guest_idx() -> int:
+            return u16.unpack_from(gm, used_at + vq.VIRTQ_USED_IDX)[0]
+
+        daemon_uses(3, [5, 6, 7])
+        assert shadows.mirror_all(False, lambda q, t: notes.append(t)) == [(1, "call")]
+        assert guest_idx() == 3 and notes == []
+        assert [elem.unpack_from(gm, used_at + vq.VIRTQ_USED_RING + elem.size * k)
+                for k in range(3)] == [(5, 105), (6, 106), (7, 107)]
+        u16.pack_into(sh, slot + vq.VIRTQ_USED_IDX, 1)  # the daemon's index goes back
+        for _ in range(3):
+            assert shadows.mirror_all(False, lambda q, t: notes.append(t)) == []
+        assert guest_idx() == 3
+        assert len(notes) == 1 and "used index 1 is behind the 3" in notes[0], notes
+        daemon_uses(4, [2, 3, 4, 1])  # and passes it again: published from 3 on
+        assert shadows.mirror_all(False, lambda q, t: notes.append(t)) == [(1, "call")]
+        assert guest_idx() == 4 and len(notes) == 1
+        assert elem.unpack_from(gm, used_at + vq.VIRTQ_USED_RING + elem.size * 3) == (1, 101)
+        gm.close()
+        sh.close()
+    finally:
+        shadows.close()
+        os.close(guest)
+
+
 # -- the same, through the proxy against real daemons ---------------------------------------------
 
 class RawVmm:

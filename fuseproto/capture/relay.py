@@ -530,6 +530,8 @@ class ShadowRings:
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}  # fd -> (mapping, its uaddr)
         self._shadow: mmap.mmap | None = None
         self._avail_seen: dict[int, int] = {}
+        # Queues whose shadow index was last seen behind the guest's: (guest's, daemon's).
+        self.behind: dict[int, tuple[int, int]] = {}
         self.protocol_features = 0  # SET_PROTOCOL_FEATURES
         self.in_table = False  # the daemon's memory table has the shadow region
         self.why_not = "no memory table yet"  # (while not in_table, without slots)
@@ -648,6 +650,12 @@ class ShadowRings:
         start = _U16.unpack_from(um, uo + vq.VIRTQ_USED_IDX)[0]
         end = _U16.unpack_from(sh, ring.shadow + vq.VIRTQ_USED_IDX)[0]
         count = (end - start) & 0xFFFF
+        if count > n and (start - end) & 0xFFFF <= n:
+            # The daemon's index is behind what the guest was given: publishing it would
+            # move the guest's index back (its driver sees a jump of nearly 2**16). Wait
+            # for the daemon to pass it; mirror_all says so once.
+            self.behind[queue] = (start, end)
+            count = 0
         for i in range(min(count, n)):
             at = vq.VIRTQ_USED_RING + esz * ((start + count - min(count, n) + i) % n)
             um[uo + at:uo + at + esz] = sh[ring.shadow + at:ring.shadow + at + esz]
@@ -665,12 +673,19 @@ class ShadowRings:
         """:meth:`mirror` for every shadowed queue: the (queue, "call" / "kick") due."""
         due = []
         for queue in list(self.rings):
+            was_behind = queue in self.behind
             try:
                 published, moved = self.mirror(queue, event_idx)
             except (OSError, ValueError) as e:
                 note(queue, f"queue {queue}: cannot publish its used entries: {e}")
                 del self.rings[queue]
                 continue
+            if queue in self.behind and not was_behind:
+                guest, daemon = self.behind[queue]
+                note(queue, f"queue {queue}: the daemon's used index {daemon} is behind the "
+                            f"{guest} the guest was given; not published until it passes it")
+            elif published:
+                self.behind.pop(queue, None)
             due += [(queue, kind) for kind, yes in (("call", published), ("kick", moved))
                     if yes]
         return due
