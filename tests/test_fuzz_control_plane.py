@@ -209,6 +209,51 @@ def test_hang_and_signal_oracles_mid_program(daemon_installations, tmp_path, no_
         assert res.finding.evidence["signal"] == "SIGKILL"
 
 
+
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_a_late_reply_is_slow_not_a_hang_and_without_grace_a_hang(daemon_installations, kind,
+                                                                  tmp_path, no_leaks):
+    """A daemon frozen past the hang timeout at a step that needs a reply and thawed
+    within the grace answers late: counted slow (with its wait), no finding, and the
+    program goes on to serve ring 1. With no grace the same late reply is a hang."""
+    import threading
+
+    i = _before(R.SET_MEM_TABLE)
+    timers: list[threading.Timer] = []
+
+    def freeze_briefly(k, live):
+        if k == i:
+            live.daemon.freeze()
+            timers.append(threading.Timer(0.9, live.daemon.thaw))
+            timers[-1].start()
+
+    inst = daemon_installations[kind]
+    try:
+        res = _run(inst, tmp_path, STD, timeout=0.5, before_step=freeze_briefly)
+        assert res.finding is None and res.served, (res.finding, res.outcomes[-3:])
+        n, longest = res.slow["SET_MEM_TABLE"]
+        assert n == 1 and 0.8 < longest < 2.5 and len(res.slow) == 1, res.slow
+        res = _run(inst, tmp_path, STD, timeout=0.5, hang_grace=0, before_step=freeze_briefly)
+        assert res.finding is not None and res.finding.cls == "SET_MEM_TABLE:hang"
+        assert res.slow == {}
+    finally:
+        for t in timers:
+            t.join()
+
+
+def test_slow_replies_of_several_jobs_add_up():
+    """Jobs' slow-reply tables merge as counts that add and the longest wait of any."""
+    from fuseproto.fuzz.forensics import slow_note
+    from fuseproto.fuzz.jobs import _merge_value
+
+    merged = _merge_value("slow", [{"GET_FEATURES": [1, 0.7]},
+                                   {"GET_FEATURES": [2, 0.6], "probe FUSE_INIT": [1, 1.1]}, {}])
+    assert merged == {"GET_FEATURES": [3, 0.7], "probe FUSE_INIT": [1, 1.1]}
+    note = slow_note(merged)
+    assert note is not None and note.startswith("4 slow replies") and "GET_FEATURES 3" in note
+    assert slow_note({}) is None
+
+
 def test_bounded_campaign_and_replay(daemon_installations, tmp_path):
     for kind, inst in daemon_installations.items():
         store = FindingStore(tmp_path / kind)

@@ -44,6 +44,7 @@ from . import engine, jobs, registry
 from .corpus import default_dir
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
+from .forensics import slow_note
 
 __all__ = ["TargetResult", "CampaignResult", "run_campaign", "fuzz_dir", "run_atheris"]
 
@@ -517,7 +518,8 @@ def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: in
         "chains", "below-fuse", daemon=label, daemon_binary=inst.binary, seconds=st.seconds,
         iterations=st.inputs, coverage=_below_coverage(st),
         findings=[f.signature for f in st.findings], restarts=max(0, st.starts - 1),
-        error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio"],
+        error=st.error, notes=[f"{st.valid} of {st.inputs} chains were valid virtio",
+                               *filter(None, [slow_note(st.slow)])],
         corpus_size=st.corpus_size, edges=st.edges))
     cs = par("control_plane", 0.4) if n_jobs > 1 else control_plane.fuzz_control_plane(
         inst, seconds=0.4 * seconds, store=store, seed=seed, label=label, timeout=hang_timeout)
@@ -526,7 +528,8 @@ def _below_fuse_targets(spec: str, seconds: float, store: FindingStore, seed: in
         seconds=cs.seconds, iterations=cs.programs,
         coverage=_below_coverage(cs),
         findings=[f.signature for f in cs.findings], restarts=cs.programs, error=cs.error,
-        notes=[f"{cs.served} programs ended with ring 1 set up and serving a FUSE INIT"],
+        notes=[f"{cs.served} programs ended with ring 1 set up and serving a FUSE INIT",
+               *filter(None, [slow_note(cs.slow)])],
         corpus_size=cs.corpus_size, edges=cs.edges))
     return out
 

@@ -53,7 +53,7 @@ from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .descchain import OPS, ChainCheck, ChainInput, Desc, chain_check, judge_used
 from .findings import Finding, FindingStore
-from .forensics import HANG_GRACE, Outcome, log_tail, outcome_signature
+from .forensics import HANG_GRACE, Outcome, count_slow, log_tail, outcome_signature
 from .harness import expected_area, judge_reply
 from .rawfront import (
     LAYOUTS,
@@ -104,8 +104,11 @@ class ChainSession:
 
     def __init__(self, installation: daemons.Installation, workdir: str, *,
                  layout: str = "two", indirect: bool = False, timeout: float = 0.5,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None,
+                 slow: dict[str, list[float]] | None = None):
         self.installation, self.layout, self.timeout = installation, layout, timeout
+        # Valid chains answered after the timeout, within its grace (forensics.count_slow).
+        self.slow: dict[str, list[float]] = {} if slow is None else slow
         self.live = LiveDaemon(installation, workdir, env)
         self.history: list[ChainInput] = []
         self.unique = 100
@@ -384,7 +387,11 @@ class ChainSession:
         # (served in order) tells a skip from a stall, so the wait can be short. A valid
         # one gets the hang grace too (a slow answer is not a hang: forensics.HANG_GRACE).
         timeout = self.timeout + HANG_GRACE if check.valid else min(self.timeout, 0.05)
+        t0 = time.monotonic()
         state = wait_used(self.ring, head, self.live, timeout, seen)
+        waited = time.monotonic() - t0
+        if state == "done" and check.valid and waited > self.timeout:
+            count_slow(self.slow, name, 1, round(waited, 3))
         tag = inp.tags()
         ev = {"chain": tag, "valid": check.valid, "reasons": check.reasons,
               "writable": check.writable_bytes}
@@ -533,6 +540,9 @@ class ChainStats:
     # The daemon's edges (EdgeFeedback.summary(): guards, edges, timeline, feedback);
     # empty when the daemon is not instrumented.
     edges: dict[str, Any] = field(default_factory=dict)
+    # Valid chains answered after the hang timeout, within its grace: opcode name ->
+    # [count, longest wait in s] (forensics.count_slow).
+    slow: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -641,7 +651,7 @@ def fuzz_chains(installation: daemons.Installation, *, seconds: float, store: Fi
                 indirect = st.starts % 2 == 1
                 try:
                     s = ChainSession(installation, wd, layout=layout, indirect=indirect,
-                                     timeout=timeout, env=env)
+                                     timeout=timeout, env=env, slow=st.slow)
                 except (DaemonError, TransportError, OSError) as e:
                     st.error = f"start failed: {type(e).__name__}: {e}"
                     break

@@ -20,7 +20,9 @@ Oracles, per step and per program (:func:`run_control_program`):
   ``refused-exit``, not a finding): a back-end may drop a front-end that breaks the
   protocol;
 * **hang** -- a step that asks for a reply (GET_*, or NEED_REPLY once REPLY_ACK is agreed)
-  gets none while the process lives and the socket is open; at the end the control
+  gets none while the process lives and the socket is open, within the hang timeout and
+  its grace (:data:`~.forensics.HANG_GRACE`; a reply in the grace is *slow*: counted in
+  :attr:`ControlResult.slow`, not a finding); at the end the control
   socket must still answer GET_FEATURES; and when the model says ring 1 is set up
   (memory table, NUM, ADDR, KICK, enabled, with the values we use, whatever hostile steps
   came between), a FUSE INIT on it must be answered (a queue the process holds but does
@@ -64,7 +66,7 @@ from .control_programs import (
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
-from .forensics import Outcome, log_tail, outcome_signature
+from .forensics import HANG_GRACE, Outcome, count_slow, log_tail, outcome_signature
 from .rawfront import (
     GETS,
     KNOWN_REQUESTS,
@@ -251,6 +253,9 @@ class ControlResult:
     first_invalid: str | None = None  # step_tag() of the first step invalid in its place
     invalid: list[str] = field(default_factory=list)  # step_tag() of every invalid step
     exchange: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # pcap's
+    # Replies (and probe answers) after the hang timeout, within its grace: name ->
+    # [count, longest wait in s] (forensics.count_slow).
+    slow: dict[str, list[float]] = field(default_factory=dict)
 
 
 def stray_reply(name: str, msg: VhostUserMessage, detail: str, ev: dict[str, Any]) -> Outcome:
@@ -295,13 +300,25 @@ def judge_control_reply(step: CtlStep, msg: VhostUserMessage, valid: bool) -> Ou
     return None
 
 
+def late_reply(fe: RawFrontend, name: str, timeout: float, grace: float,
+               res: ControlResult) -> VhostUserMessage | None:
+    """The reply to ``name`` that did not come within ``timeout``, if it comes within
+    ``grace`` more (then counted slow in ``res``); None: a stall. TransportError on EOF."""
+    t0 = time.monotonic()
+    msg = fe.recv(grace) if grace > 0 else None
+    if msg is not None:
+        count_slow(res.slow, name, 1, round(timeout + time.monotonic() - t0, 3))
+    return msg
+
+
 def run_control_program(prog: list[CtlStep], installation: daemons.Installation, *,
                         workdir: str, layout: str = "one", timeout: float = 0.5,
                         env: dict[str, str] | None = None,
-                        before_step: Callable[[int, LiveDaemon], None] | None = None
-                        ) -> ControlResult:
+                        before_step: Callable[[int, LiveDaemon], None] | None = None,
+                        hang_grace: float = HANG_GRACE) -> ControlResult:
     """Run ``prog`` against a fresh daemon and judge it (see the module docstring).
-    ``before_step(i, live)`` (tests) runs before step ``i`` is sent."""
+    ``before_step(i, live)`` (tests) runs before step ``i`` is sent; ``hang_grace``: the
+    seconds a reply may still come after ``timeout`` (a slow reply, not a hang)."""
     res = ControlResult()
     live = LiveDaemon(installation, workdir, env)
     fe: RawFrontend | None = None
@@ -335,6 +352,13 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
             except TransportError:
                 res.finding = _death(live, name, sent[-4:-1], model.broken or not valid, res)
                 break
+            if expected and msg is None and valid and not model.broken \
+                    and live.daemon.running():
+                try:
+                    msg = late_reply(fe, name, timeout, hang_grace, res)
+                except TransportError:
+                    res.finding = _death(live, name, sent[-4:-1], False, res)
+                    break
             if expected and msg is None:
                 if _closed(fe) or not live.daemon.running():
                     res.finding = _death(live, name, sent[-4:-1], model.broken or not valid,
@@ -356,7 +380,7 @@ def run_control_program(prog: list[CtlStep], installation: daemons.Installation,
                 break
         else:
             res.expected_serving = model.serving(1)
-            res.finding = _end_probes(fe, live, model, res, timeout)
+            res.finding = _end_probes(fe, live, model, res, timeout, hang_grace)
     finally:
         if fe is not None:
             fe.close()
@@ -390,10 +414,12 @@ def _death(live: LiveDaemon, name: str, previous: list[str], refusable: bool,
 
 
 def _answers(fe: RawFrontend, live: LiveDaemon, what: str, model: ControlModel,
-             res: ControlResult, timeout: float) -> tuple[bool, Outcome | None]:
+             res: ControlResult, timeout: float, grace: float) -> tuple[bool, Outcome | None]:
     """GET_FEATURES as a probe: (answered, finding)."""
     try:
         _, msg = fe.send_step(CtlStep(R.GET_FEATURES))
+        if msg is None and live.daemon.running():
+            msg = late_reply(fe, what, timeout, grace, res)
     except TransportError:
         return False, _death(live, what, [], model.broken, res)
     if msg is None:
@@ -405,17 +431,17 @@ def _answers(fe: RawFrontend, live: LiveDaemon, what: str, model: ControlModel,
 
 
 def _end_probes(fe: RawFrontend, live: LiveDaemon, model: ControlModel, res: ControlResult,
-                timeout: float) -> Outcome | None:
+                timeout: float, grace: float) -> Outcome | None:
     """After the program: the control socket must still answer GET_FEATURES (or be closed
     by a daemon that exited, after an invalid step), and a ring set up for us must answer
     a FUSE INIT. GET_FEATURES goes first as a barrier: the daemon handles messages in
     order, so once it is answered the last SET_VRING_ENABLE is in effect (the Rust daemon
     drops a kick that comes before it; a VMM enables rings before the guest kicks)."""
-    ok, bad = _answers(fe, live, "probe GET_FEATURES", model, res, timeout)
+    ok, bad = _answers(fe, live, "probe GET_FEATURES", model, res, timeout, grace)
     if not ok or bad is not None:
         return bad
     if res.expected_serving:
-        out = fuse_probe(fe, live, timeout)
+        out = fuse_probe(fe, live, timeout, grace, res.slow)
         res.outcomes.append(out)
         res.served = out.finding is None
         if out.finding is not None:
@@ -437,6 +463,7 @@ class ControlStats:
     error: str | None = None
     corpus_size: int = 0
     edges: dict[str, Any] = field(default_factory=dict)  # as ChainStats.edges
+    slow: dict[str, list[float]] = field(default_factory=dict)  # as ControlResult.slow
 
     @property
     def per_second(self) -> float:
@@ -590,6 +617,8 @@ def fuzz_control_plane(installation: daemons.Installation, *, seconds: float,
             st.programs += 1
             st.steps += res.steps_run
             st.served += bool(res.served)
+            for name, (n, worst) in res.slow.items():
+                count_slow(st.slow, name, int(n), worst)
             new = False
             for o in res.outcomes:
                 new |= o.cls not in st.classes

@@ -30,7 +30,8 @@ from .. import daemons
 from .sanitizer_report import SanitizerReport, has_report, parse_report, report_signature, symbolize
 
 __all__ = ["Outcome", "FATAL", "SANITIZER_FINDINGS", "sanitizer_outcome", "crash_site", "peek_log", "read_new_log", "log_tail", "death_outcome",
-           "stall_outcome", "outcome_signature", "PanicWatch", "HANG_GRACE", "count_slow"]
+           "stall_outcome", "outcome_signature", "PanicWatch", "HANG_GRACE", "count_slow",
+           "slow_note"]
 
 #: Sanitizer finding kinds (a report in the daemon's log; the daemon halts on it).
 SANITIZER_FINDINGS = ("asan", "ubsan", "lsan")
@@ -50,6 +51,17 @@ def count_slow(table: dict[str, list[float]], op: str, n: int, longest: float) -
     in s]), the longest wait ``longest`` s among them."""
     have = table.get(op, [0, 0.0])
     table[op] = [have[0] + n, max(have[1], longest)]
+
+
+def slow_note(table: dict[str, list[float]]) -> str | None:
+    """The report's line on the slow replies of ``table`` (see :func:`count_slow`); None
+    when there were none."""
+    if not table:
+        return None
+    ops = sorted(table.items(), key=lambda kv: -kv[1][0])
+    return (f"{sum(int(n) for n, _ in table.values())} slow replies (after the hang "
+            "timeout, within its grace; not findings): " + ", ".join(
+                f"{op} {int(n)} (longest {w:.2f} s)" for op, (n, w) in ops[:6]))
 
 
 @dataclass

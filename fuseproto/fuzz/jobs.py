@@ -42,6 +42,7 @@ from typing import Any
 
 from .engine import LoopStats
 from .findings import Finding, FindingStore
+from .forensics import count_slow
 from .virtiofsd import DaemonStats
 
 __all__ = ["libfuzzer_argv", "fork_requested", "run_workers", "fuzz_live", "run_inprocess",
@@ -410,6 +411,12 @@ def _merge_value(name: str, values: list[Any]) -> Any:
     first = values[0]
     if name == "edges":  # each job had its own edge map: the best one is a lower bound
         return dict(max(values, key=lambda e: (e or {}).get("edges", 0)) or {})
+    if name == "slow":  # name -> [count, longest wait]: counts add, the longest wins
+        slow: dict[str, list[float]] = {}
+        for v in values:
+            for op, (n, worst) in (v or {}).items():
+                count_slow(slow, op, int(n), worst)
+        return slow
     if isinstance(first, bool):
         return any(values)
     if isinstance(first, int | float) and all(isinstance(v, int | float) for v in values):

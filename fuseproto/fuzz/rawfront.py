@@ -59,7 +59,7 @@ from ..wire import codec
 from ..wire.constants import fuse_opcode
 from . import seeds
 from .canaries import Canaries
-from .forensics import Outcome, PanicWatch, death_outcome, log_tail
+from .forensics import Outcome, PanicWatch, count_slow, death_outcome, log_tail
 from .harness import SANITIZER_ENV, SandboxedDaemon, escape_outcome, judge_reply, populate
 
 __all__ = ["LAYOUTS", "Region", "layout_regions", "RingWriter", "RawFrontend", "memory_table",
@@ -573,9 +573,11 @@ def init_body() -> Any:
     return next(s.body for s in seeds.request_seeds() if s.opcode == fuse_opcode.FUSE_INIT)
 
 
-def fuse_probe(fe: RawFrontend, live: LiveDaemon, timeout: float) -> Outcome:
+def fuse_probe(fe: RawFrontend, live: LiveDaemon, timeout: float, grace: float = 0.0,
+               slow: dict[str, list[float]] | None = None) -> Outcome:
     """A FUSE INIT on ring 1 as a driver would put it (two descriptors in scratch
-    memory): answered, judged by :func:`.harness.judge_reply`, or a stall."""
+    memory): answered, judged by :func:`.harness.judge_reply`, or a stall. An answer
+    within ``grace`` s after ``timeout`` is counted in ``slow`` (forensics.count_slow)."""
     ring = fe.ring(1)
     data = codec.encode_request(fuse_opcode.FUSE_INIT, init_body(), unique=2)
     area = codec.reply_area(fuse_opcode.FUSE_INIT, None, 46)
@@ -588,7 +590,12 @@ def fuse_probe(fe: RawFrontend, live: LiveDaemon, timeout: float) -> Outcome:
     with contextlib.suppress(OSError, KeyError):
         os.eventfd_write(fe.kick_fds[1], 1)
     seen: list[tuple[int, int]] = []
+    t0 = time.monotonic()
     state = wait_used(ring, 0, live, timeout, seen)
+    if state == "timeout" and grace > 0:
+        state = wait_used(ring, 0, live, grace, seen)
+        if state == "done" and slow is not None:
+            count_slow(slow, "probe FUSE_INIT", 1, round(time.monotonic() - t0, 3))
     if state == "dead":
         return died(live, "probe FUSE_INIT", [])
     if state != "done":

@@ -40,7 +40,7 @@ from .configs import ConfigChooser
 from .corpus import Corpus, energy_for
 from .coverage import CoverageMap
 from .findings import Finding, FindingStore
-from .forensics import FATAL, Outcome, count_slow, outcome_signature
+from .forensics import FATAL, Outcome, count_slow, outcome_signature, slow_note
 from .harness import DaemonHarness, instrumented
 from .mute import Muter, header_features, request_features
 
@@ -100,12 +100,7 @@ class DaemonStats:
 
     def slow_note(self) -> str | None:
         """The report's line on slow replies (None: there were none)."""
-        if not self.slow:
-            return None
-        ops = sorted(self.slow.items(), key=lambda kv: -kv[1][0])
-        return (f"{sum(int(n) for n, _ in self.slow.values())} slow replies (after the hang "
-                "timeout, within its grace; not findings): " + ", ".join(
-                    f"{op} {int(n)} (longest {w:.2f} s)" for op, (n, w) in ops[:6]))
+        return slow_note(self.slow)
 
 
 class EdgeFeedback:
