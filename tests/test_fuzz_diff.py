@@ -414,6 +414,90 @@ def test_a_header_length_over_rusts_limit_is_allowed(daemon_installations):
     assert v["allowed"] == d.allowed.reason
 
 
+
+def test_handle_tags_say_what_an_fh_is():
+    """A request's fh against the handles the program was given: a literal (or a
+    reference with none given yet), another kind's handle, another node's; only on the
+    requests served through their fh (GETATTR / SETATTR only with their fh flag)."""
+    from fuseproto.fuzz.sequences import handle_tags
+
+    def read(fh):
+        return Step(O.FUSE_READ, Container(fh=fh, offset=0, size=1, read_flags=0,
+                                           lock_owner=0, flags=0), node=-1)
+
+    def tags(step, node, origins, fh=None):
+        body = dict(step.fields)
+        if fh is not None:
+            body["fh"] = fh
+        return set(handle_tags(step, node, body, origins))
+
+    file5, dir1 = (5, "file"), (1, "dir")
+    assert tags(read(-1), 5, [file5], fh=10) == set()
+    assert tags(read(-1), 5, [dir1, file5], fh=10) == set()  # -1: the newest, file5
+    assert tags(read(-2), 1, [dir1, file5], fh=10) == {"fh-other-kind"}
+    assert tags(read(-1), 6, [file5], fh=10) == {"fh-other-node"}
+    assert tags(read(-2), 5, [dir1, file5], fh=10) == {"fh-other-kind", "fh-other-node"}
+    assert tags(read(0), 5, [file5]) == {"guessed-fh"} == tags(read(-1), 5, [], fh=0)
+    readdir = Step(O.FUSE_READDIR, Container(fh=-1, offset=0, size=4096, read_flags=0,
+                                             lock_owner=0, flags=0), node=1)
+    assert tags(readdir, 1, [dir1], fh=3) == set()
+    assert tags(readdir, 1, [(1, "file")], fh=3) == {"fh-other-kind"}
+    plain = Step(O.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), node=1)
+    with_fh = Step(O.FUSE_GETATTR, Container(getattr_flags=1, dummy=0, fh=0), node=1)
+    assert tags(plain, 1, [file5]) == set() and tags(with_fh, 1, [file5]) == {"guessed-fh"}
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"x"), node=1)
+    assert tags(lookup, 1, [file5]) == set()
+
+
+def test_handle_allow_entries_match_only_their_state():
+    def why(op, kind, errnos, state=frozenset()):
+        e = explain(op, kind, errnos, set(state))
+        return e and e.when
+    ebadf, eisdir = -errno.EBADF, -errno.EISDIR
+    assert why("FUSE_READ", "errno", (ebadf, eisdir), {"fh-other-kind"}) == "fh-other-kind"
+    assert why("FUSE_READDIR", "accepted-vs-refused", (ebadf, 0), {"fh-other-kind"})
+    assert why("FUSE_READ", "accepted-vs-refused", (ebadf, 0), {"guessed-fh"}) == "guessed-fh"
+    assert why("FUSE_READ", "errno", (eisdir, ebadf), {"fh-other-node"}) == "fh-other-node"
+    assert not why("FUSE_READ", "errno", (ebadf, eisdir), {"fh-other-node"})  # Rust not EBADF
+    for errnos in ((ebadf, eisdir), (eisdir, ebadf)):
+        assert not why("FUSE_READ", "errno", errnos)
+    assert not why("FUSE_READ", "accepted-vs-refused", (ebadf, 0))
+
+
+@pytest.mark.daemon
+def test_handle_divergences_are_explained(daemon_installations):
+    """Diff-run findings: a READ through a directory's handle (C EBADF, Rust EISDIR), a
+    READ of size 0 through a guessed fh 0 after an OPENDIR (C EBADF, Rust 0), and a READ
+    of a file through the handle of the root opened as a file (C EISDIR, Rust EBADF):
+    each with its state and allowed; a READ through the file's own handle agrees."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+
+    def read(node, fh, size):
+        return Step(O.FUSE_READ, Container(fh=fh, offset=0, size=size, read_flags=0,
+                                           lock_owner=0, flags=0), node=node)
+
+    opendir = Step(O.FUSE_OPENDIR, Container(flags=0, open_flags=0), node=1)
+    open_root = Step(O.FUSE_OPEN, Container(flags=0, open_flags=0), node=1)
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+    open_file = Step(O.FUSE_OPEN, Container(flags=0, open_flags=0), node=-1)
+    cases = [([_init(), opendir, read(1, -1, 100)], ("errno", (-errno.EBADF, -errno.EISDIR)),
+              "fh-other-kind"),
+             ([_init(), opendir, read(1, 0, 0)], ("accepted-vs-refused", (-errno.EBADF, 0)),
+              "guessed-fh"),
+             ([_init(), open_root, lookup, read(-1, -1, 100)],
+              ("errno", (-errno.EISDIR, -errno.EBADF)), "fh-other-node")]
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        for prog, (kind, errnos), when in cases:
+            pr = diff.run_pair(ha, hb, prog)
+            assert pr.a.handles[-1] == pr.b.handles[-1] == {when}
+            (d,) = pr.divergences
+            assert (d.op, d.kind, d.errnos) == ("FUSE_READ", kind, errnos), d
+            assert d.allowed is not None and d.allowed.when == when
+        pr = diff.run_pair(ha, hb, [_init(), lookup, open_file, read(-1, -1, 100)])
+        assert not pr.divergences and pr.a.handles[-1] == frozenset()
+        assert pr.a.outcomes[-1].cls.startswith("FUSE_READ:0")
+
+
 @pytest.mark.daemon
 def test_campaign_runs_the_diff_and_reports_it(daemon_installations, tmp_path):
     assert diff_pair(["c", "rust"]) == ("c", "rust")

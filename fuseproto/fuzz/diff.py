@@ -293,6 +293,10 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
     by_a = dict(zip(ra.steps, ra.outcomes, strict=False))
     by_b = dict(zip(rb.steps, rb.outcomes, strict=False))
     stale = {i for r in (ra, rb) for i, f in zip(r.steps, r.stale, strict=False) if f}
+    handles: dict[int, set[str]] = {}  # step -> what its fh is, on either daemon
+    for r in (ra, rb):
+        for i, tags in zip(r.steps, r.handles, strict=False):
+            handles.setdefault(i, set()).update(tags)
     racy = _racy(prog)
     state: set[str] = {"before-init"}
     stopped = False
@@ -317,7 +321,7 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
             and step.op not in _NO_NODE else set()) | (
             {"over-rust-limit"} if _over_rust_limit(step) else set()) | (
             {"forgotten-id"} if i in stale and step.op not in _NO_NODE else set()) | (
-            {"dir-open-flags"} if _odd_dir_flags(step) else set())
+            {"dir-open-flags"} if _odd_dir_flags(step) else set()) | handles.get(i, set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))

@@ -20,7 +20,10 @@ a daemon was sent -- the header's on a request that names a node, LINK's ``oldno
 RENAME's ``newdir`` -- is one an earlier FORGET or BATCH_FORGET of the program named; the
 root's 1 once they forgot both its lookups), ``dir-open-flags`` (an OPENDIR
 whose flags have a bit of :data:`DIR_OPEN_REFUSED`: no kernel sends one, its VFS refuses
-such an open of a directory first).
+such an open of a directory first); and, for a request that carries an ``fh``
+(:func:`.sequences.handle_tags`), ``guessed-fh`` (a literal, not a handle a reply gave),
+``fh-other-kind`` (a directory's handle on a file request, or a file's on a directory
+request) and ``fh-other-node`` (a handle opened for another node id).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = ["AllowEntry", "ALLOW", "WHENS", "explain", "RUST_MAX_BUFFER", "RUST_M
            "RUST_SIZE_CHECKED", "RUST_FORGET_ONE", "DIR_OPEN_REFUSED"]
 
 WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id", "over-rust-limit",
-         "forgotten-id", "dir-open-flags")
+         "forgotten-id", "dir-open-flags", "guessed-fh", "fh-other-kind", "fh-other-node")
 
 #: OPENDIR flag bits a kernel never sends (open(2) of a directory with write access,
 #: O_CREAT, O_TRUNC or O_TMPFILE's own bit fails in the VFS, EISDIR / EINVAL, before FUSE
@@ -155,6 +158,32 @@ ALLOW: tuple[AllowEntry, ...] = (
                "one it forgot (EBADF) and serves what goes by the handle alone. The root "
                "counts once both its lookups are forgotten: a later INIT opens it again on "
                "Rust only (passthrough init -> open_root_node)"),
+    AllowEntry(None, None, None, when="guessed-fh",
+               reason="an fh the program guessed (a literal, not one a reply gave): the "
+               "daemons number handles differently. Rust gives OPEN, CREATE and OPENDIR "
+               "handles from one counter from 0 and never reuses one (passthrough "
+               "next_handle); C keeps two maps from 0, fd_map for OPEN / CREATE and "
+               "dirp_map for OPENDIR, and reuses freed numbers first (passthrough_ll.c "
+               "lo_add_fd_mapping, lo_add_dirp_mapping -> lo_map_alloc_elem's free list). "
+               "So one number names another handle, or none, on each: e.g. a READ of fh 0 "
+               "and size 0 after an OPENDIR is 0 on Rust (its handle 0 is that directory's, "
+               "and a read of nothing is not made) and EBADF on C (no file handle 0)"),
+    AllowEntry(None, None, None, when="fh-other-kind",
+               reason="a directory's handle on a file request (READ, WRITE, FLUSH, ...) or a "
+               "file's on a directory request (READDIR, RELEASEDIR, ...), which a kernel "
+               "never sends: Rust keeps both kinds in one table looked up by (fh, node id) "
+               "(passthrough find_handle) and serves the request through the other kind's "
+               "file (a READ of a directory: EISDIR; of size 0: 0; a READDIR of a file: "
+               "ENOTDIR); C looks file requests up in fd_map and directory ones in "
+               "dirp_map (passthrough_ll.c lo_fi_fd, lo_dirp), where the number names "
+               "nothing (EBADF) or another open file or directory"),
+    AllowEntry(None, None, (None, _e(E.EBADF)), when="fh-other-node",
+               reason="a handle opened for another node id (a kernel sends a file's handle "
+               "with its own node id): Rust looks the handle up under the request's node id "
+               "and refuses the pair (passthrough find_handle: EBADF); C takes the open "
+               "file from fh alone (passthrough_ll.c lo_fi_fd, the node id unused) and "
+               "answers what that file gives (EISDIR when the handle is a directory opened "
+               "with OPEN, the data, ...)"),
 )
 
 

@@ -53,7 +53,7 @@ from ..dax.virtiofsd import check_backend_record
 from ..errors import DaemonError, EncodeError, TransportError
 from ..transport.window import PAGE
 from ..wire import codec
-from ..wire.constants import FUSE_KERNEL_VERSION, InitFlags
+from ..wire.constants import FATTR, FUSE_KERNEL_VERSION, GetattrFlags, InitFlags
 from ..wire.constants import fuse_opcode as O
 from . import mutate, seeds
 from .canaries import escape_request
@@ -70,6 +70,7 @@ from .steps import Step
 from .virtiofsd import DaemonStats, EdgeFeedback, record_finding
 
 __all__ = ["Step", "ProgramResult", "random_program", "mutate_program", "run_program",
+           "handle_tags", "DIR_FH_OPS", "FH_OPS",
            "fuzz_sequences", "program_to_json", "program_from_json", "DEPTHS"]
 
 # How deep a program got into the daemon's state (the report's "deepest state").
@@ -261,6 +262,48 @@ class ProgramResult:
     # been named by an earlier FORGET or BATCH_FORGET of the program (the root's 1 once
     # they forgot ROOT_COUNT lookups of it; a kernel never sends such an id).
     stale: list[bool] = field(default_factory=list)
+    # Per outcome: what the request's ``fh`` is (:func:`handle_tags`): "guessed-fh",
+    # "fh-other-kind", "fh-other-node" (empty: a handle opened for this node, of its kind).
+    handles: list[frozenset[str]] = field(default_factory=list)
+
+
+#: Requests whose ``fh`` is a directory handle (OPENDIR's); any other ``fh`` is a file's.
+DIR_FH_OPS = (O.FUSE_READDIR, O.FUSE_READDIRPLUS, O.FUSE_RELEASEDIR, O.FUSE_FSYNCDIR)
+#: Requests the daemons serve through their ``fh`` (GETATTR with FUSE_GETATTR_FH and
+#: SETATTR with FATTR_FH too; elsewhere an ``fh`` field is not looked at).
+FH_OPS = (*DIR_FH_OPS, O.FUSE_READ, O.FUSE_WRITE, O.FUSE_FLUSH, O.FUSE_FSYNC, O.FUSE_RELEASE,
+          O.FUSE_LSEEK, O.FUSE_FALLOCATE, O.FUSE_COPY_FILE_RANGE, O.FUSE_SETUPMAPPING,
+          O.FUSE_GETLK, O.FUSE_SETLK, O.FUSE_SETLKW, O.FUSE_IOCTL, O.FUSE_POLL)
+
+
+def _uses_fh(op: int, body: dict[str, Any]) -> bool:
+    if op == O.FUSE_GETATTR:
+        return bool(int(body.get("getattr_flags") or 0) & GetattrFlags.FUSE_GETATTR_FH)
+    if op == O.FUSE_SETATTR:
+        return bool(int(body.get("valid") or 0) & FATTR.FATTR_FH)
+    return op in FH_OPS
+
+
+def handle_tags(step: Step, nodeid: int, body: Any, origins: list[tuple[int, str]]
+                ) -> frozenset[str]:
+    """What the ``fh`` a request of :data:`FH_OPS` carries is, against ``origins`` (per
+    handle the program was given so far, in the order of its pool: the node it was opened
+    for and "file" or "dir"): "guessed-fh" for a literal (or a reference before any handle
+    was given), "fh-other-kind" for a directory's handle on a file request or a file's on
+    a directory request, "fh-other-node" for a handle opened for another node id."""
+    raw = step.fields.get("fh") if isinstance(step.fields, dict) else None
+    if not isinstance(raw, int) or not isinstance(body, dict) or "fh" not in body \
+            or not _uses_fh(step.op, body):
+        return frozenset()
+    if raw >= 0 or not origins:
+        return frozenset({"guessed-fh"})
+    node, kind = origins[raw % len(origins)]
+    tags = set()
+    if kind != ("dir" if step.op in DIR_FH_OPS else "file"):
+        tags.add("fh-other-kind")
+    if node != nodeid:
+        tags.add("fh-other-node")
+    return frozenset(tags)
 
 
 def _pick(pool: list[int], ref: int) -> int:
@@ -329,6 +372,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     res = ProgramResult()
     nodes: list[int] = [1]
     fhs: list[int] = []
+    origins: list[tuple[int, str]] = []  # per fh in fhs: the node it was opened for, its kind
     fh_mode: dict[int, int] = {}  # fh -> O_ACCMODE it was opened with
     uniques: list[int] = []
     forgotten: set[int] = set()  # node ids a FORGET / BATCH_FORGET sent so far named
@@ -348,6 +392,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         bodies: list[Any] = []
         idxs: list[int] = []
         stale: list[bool] = []
+        handles: list[frozenset[str]] = []
+        sent_to: list[int] = []  # the node id of each request built
         for n, step in enumerate(group, first):
             h.unique += 2
             nodeid, body = _resolve(step, nodes, fhs, uniques)
@@ -366,6 +412,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             bodies.append(body)
             idxs.append(n)
             stale.append(bool(({nodeid} | _named_nodes(body)) & forgotten))
+            handles.append(handle_tags(step, nodeid, body, origins))
+            sent_to.append(nodeid)
             for node, n in _forgets(step.op, nodeid, body):
                 if node != 1:
                     forgotten.add(node)
@@ -381,6 +429,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
         res.outcomes += outs
         res.steps += idxs[:len(outs)]
         res.stale += stale[:len(outs)]
+        res.handles += handles[:len(outs)]
         for k, (step, out) in enumerate(zip(built, outs, strict=False)):
             err = _errno(out)
             if step.op in _MAP_OPS:
@@ -395,8 +444,12 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
                         res.dax_violations += fd_access_violations(
                             list(h.dax.events)[seen:], bodies[k].get("fh"), fh_mode)
             if out.finding is None and err == 0:
-                had = len(fhs)
+                had, had_nodes = len(fhs), len(nodes)
                 _learn(step, out, h, nodes, fhs, res, destroyed)
+                if len(fhs) > had:  # (CREATE: the handle is the new node's, learnt with it)
+                    created = step.op == O.FUSE_CREATE and len(nodes) > had_nodes
+                    origins.append((nodes[-1] if created else sent_to[k],
+                                    "dir" if step.op == O.FUSE_OPENDIR else "file"))
                 if len(fhs) > had and step.op in (O.FUSE_OPEN, O.FUSE_CREATE):
                     fh_mode[fhs[-1]] = int(step.fields.get("flags") or 0) & 3
                 if step.op == O.FUSE_DESTROY:
