@@ -498,6 +498,39 @@ def test_handle_divergences_are_explained(daemon_installations):
         assert pr.a.outcomes[-1].cls.startswith("FUSE_READ:0")
 
 
+
+@pytest.mark.daemon
+def test_a_write_without_its_handles_append_is_explained(daemon_installations):
+    """Diff-run finding: OPEN with O_APPEND, then a WRITE whose flags lack it (a kernel
+    copies the file's flags into each WRITE): C appends (the fd keeps O_APPEND), Rust
+    writes at the offset (it clears O_APPEND at OPEN, appends per WRITE flag); the file's
+    size differs from then on, allowed as ``append-differs``. With the flag in the WRITE
+    both append and agree."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+    open_ = Step(O.FUSE_OPEN, Container(flags=os.O_WRONLY | os.O_APPEND, open_flags=0), node=-1)
+    getattr_ = Step(O.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), node=-1)
+
+    def write(flags):
+        return Step(O.FUSE_WRITE, Container(fh=-1, offset=0, size=None, write_flags=0,
+                                            lock_owner=0, flags=flags, data=b"w" * 100),
+                    node=-1)
+
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, [_init(), lookup, open_, write(os.O_WRONLY), getattr_])
+        assert "append-differs" in pr.a.handles[3] and "append-differs" in pr.b.handles[3]
+        (d,) = pr.divergences
+        assert (d.op, d.kind, d.step) == ("FUSE_GETATTR", "attr.size", 4), d
+        assert d.allowed is not None and d.allowed.when == "append-differs"
+        sizes = [codec.decode_reply(r.outcomes[4].reply, O.FUSE_GETATTR, 46).body.attr.size
+                 for r in (pr.a, pr.b)]
+        orig = codec.decode_reply(pr.a.outcomes[1].reply, O.FUSE_LOOKUP, 46).body.attr.size
+        assert sizes == [orig + 100, max(orig, 100)]  # C appended; Rust wrote at offset 0
+        pr = diff.run_pair(ha, hb, [_init(), lookup, open_,
+                                    write(os.O_WRONLY | os.O_APPEND), getattr_])
+        assert not pr.divergences and "append-differs" not in pr.a.handles[3]
+
+
 @pytest.mark.daemon
 def test_campaign_runs_the_diff_and_reports_it(daemon_installations, tmp_path):
     assert diff_pair(["c", "rust"]) == ("c", "rust")

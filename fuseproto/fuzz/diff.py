@@ -331,6 +331,8 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
             if kind in ("accepted-vs-refused", "reply-vs-none") or step.op in _WRITE_LIKE:
                 stopped = True
         _advance(state, step, sa, sb)
+        if "append-differs" in handles.get(i, ()) and sa.errno == 0 == sb.errno:
+            state.add("append-differs")  # the file's size and data may differ from here on
     return res
 
 

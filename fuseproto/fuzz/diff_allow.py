@@ -23,7 +23,9 @@ whose flags have a bit of :data:`DIR_OPEN_REFUSED`: no kernel sends one, its VFS
 such an open of a directory first); and, for a request that carries an ``fh``
 (:func:`.sequences.handle_tags`), ``guessed-fh`` (a literal, not a handle a reply gave),
 ``fh-other-kind`` (a directory's handle on a file request, or a file's on a directory
-request) and ``fh-other-node`` (a handle opened for another node id).
+request) and ``fh-other-node`` (a handle opened for another node id); and from a WRITE
+both accepted whose ``flags`` have O_APPEND where its handle was opened without it, or the
+other way round, on: ``append-differs``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ __all__ = ["AllowEntry", "ALLOW", "WHENS", "explain", "RUST_MAX_BUFFER", "RUST_M
            "RUST_SIZE_CHECKED", "RUST_FORGET_ONE", "DIR_OPEN_REFUSED"]
 
 WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id", "over-rust-limit",
-         "forgotten-id", "dir-open-flags", "guessed-fh", "fh-other-kind", "fh-other-node")
+         "forgotten-id", "dir-open-flags", "guessed-fh", "fh-other-kind", "fh-other-node",
+         "append-differs")
 
 #: OPENDIR flag bits a kernel never sends (open(2) of a directory with write access,
 #: O_CREAT, O_TRUNC or O_TMPFILE's own bit fails in the VFS, EISDIR / EINVAL, before FUSE
@@ -184,6 +187,15 @@ ALLOW: tuple[AllowEntry, ...] = (
                "file from fh alone (passthrough_ll.c lo_fi_fd, the node id unused) and "
                "answers what that file gives (EISDIR when the handle is a directory opened "
                "with OPEN, the data, ...)"),
+    *(AllowEntry(None, kind, None, when="append-differs",
+                 reason="a WRITE whose flags disagree with its handle's O_APPEND (a kernel "
+                 "copies the file's flags into every WRITE): the C daemon keeps O_APPEND on "
+                 "the file it opened and every write appends (passthrough_ll.c lo_open; "
+                 "without -o writeback it is not cleared); the Rust one clears O_APPEND at "
+                 "OPEN and appends only a WRITE whose own flags say O_APPEND (passthrough "
+                 "do_open, write: RWF_APPEND). One write lands at the end, the other at its "
+                 "offset: the file's size and data differ from then on")
+      for kind in ("attr.size", "data", "offset")),
 )
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -263,7 +264,8 @@ class ProgramResult:
     # they forgot ROOT_COUNT lookups of it; a kernel never sends such an id).
     stale: list[bool] = field(default_factory=list)
     # Per outcome: what the request's ``fh`` is (:func:`handle_tags`): "guessed-fh",
-    # "fh-other-kind", "fh-other-node" (empty: a handle opened for this node, of its kind).
+    # "fh-other-kind", "fh-other-node" (empty: a handle opened for this node, of its kind);
+    # and "append-differs" for a WRITE whose O_APPEND is not its handle's (_append_differs).
     handles: list[frozenset[str]] = field(default_factory=list)
 
 
@@ -304,6 +306,14 @@ def handle_tags(step: Step, nodeid: int, body: Any, origins: list[tuple[int, str
     if node != nodeid:
         tags.add("fh-other-node")
     return frozenset(tags)
+
+
+def _append_differs(op: int, body: Any, appending: set[int]) -> bool:
+    """A WRITE whose ``flags`` say O_APPEND where its handle was opened without it, or
+    the other way round (a kernel copies the file's flags into every WRITE)."""
+    if op != O.FUSE_WRITE or not isinstance(body, dict) or not isinstance(body.get("fh"), int):
+        return False
+    return bool(int(body.get("flags") or 0) & os.O_APPEND) != (body["fh"] in appending)
 
 
 def _pick(pool: list[int], ref: int) -> int:
@@ -374,6 +384,7 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
     fhs: list[int] = []
     origins: list[tuple[int, str]] = []  # per fh in fhs: the node it was opened for, its kind
     fh_mode: dict[int, int] = {}  # fh -> O_ACCMODE it was opened with
+    appending: set[int] = set()  # fhs opened with O_APPEND
     uniques: list[int] = []
     forgotten: set[int] = set()  # node ids a FORGET / BATCH_FORGET sent so far named
     root_forgot = 0  # lookups of the root those forgot (both daemons start it at ROOT_COUNT)
@@ -412,7 +423,8 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
             bodies.append(body)
             idxs.append(n)
             stale.append(bool(({nodeid} | _named_nodes(body)) & forgotten))
-            handles.append(handle_tags(step, nodeid, body, origins))
+            handles.append(handle_tags(step, nodeid, body, origins) | (
+                {"append-differs"} if _append_differs(step.op, body, appending) else set()))
             sent_to.append(nodeid)
             for node, n in _forgets(step.op, nodeid, body):
                 if node != 1:
@@ -452,6 +464,10 @@ def run_program(h: DaemonHarness, prog: list[Step]) -> ProgramResult:
                                     "dir" if step.op == O.FUSE_OPENDIR else "file"))
                 if len(fhs) > had and step.op in (O.FUSE_OPEN, O.FUSE_CREATE):
                     fh_mode[fhs[-1]] = int(step.fields.get("flags") or 0) & 3
+                    if int(step.fields.get("flags") or 0) & os.O_APPEND:
+                        appending.add(fhs[-1])
+                    else:
+                        appending.discard(fhs[-1])  # (C reuses a released number)
                 if step.op == O.FUSE_DESTROY:
                     destroyed = True
             if out.finding in FATAL:
