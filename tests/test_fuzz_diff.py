@@ -462,6 +462,12 @@ def test_handle_allow_entries_match_only_their_state():
     for errnos in ((ebadf, eisdir), (eisdir, ebadf)):
         assert not why("FUSE_READ", "errno", errnos)
     assert not why("FUSE_READ", "accepted-vs-refused", (ebadf, 0))
+    assert why("FUSE_WRITE", "accepted-vs-refused", (ebadf, 0), {"zero-length"}) == "zero-length"
+    assert not why("FUSE_WRITE", "accepted-vs-refused", (0, ebadf), {"zero-length"})
+    assert not why("FUSE_FLUSH", "accepted-vs-refused", (ebadf, 0), {"zero-length"})
+    assert why("FUSE_OPENDIR", "errno", (-errno.ENOTDIR, ebadf)) is None  # (no state needed)
+    assert explain("FUSE_OPENDIR", "errno", (-errno.ENOTDIR, ebadf), set())
+    assert not explain("FUSE_OPEN", "errno", (-errno.ENOTDIR, ebadf), set())
 
 
 @pytest.mark.daemon
@@ -529,6 +535,51 @@ def test_a_write_without_its_handles_append_is_explained(daemon_installations):
         pr = diff.run_pair(ha, hb, [_init(), lookup, open_,
                                     write(os.O_WRONLY | os.O_APPEND), getattr_])
         assert not pr.divergences and "append-differs" not in pr.a.handles[3]
+
+
+
+@pytest.mark.daemon
+def test_zero_length_io_and_opendir_of_a_symlink_are_explained(daemon_installations):
+    """Diff-run findings, each traced to both daemons' sources: a WRITE of no data through
+    a read-only handle and a READ of size 0 through a write-only one (C EBADF, Rust 0: it
+    makes no call for 0 bytes), OPENDIR of a symlink (C ENOTDIR, Rust EBADF). With a
+    length, the same handles are refused by both."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+
+    def open_(flags):
+        return Step(O.FUSE_OPEN, Container(flags=flags, open_flags=0), node=-1)
+
+    def write(data):
+        return Step(O.FUSE_WRITE, Container(fh=-1, offset=0, size=None, write_flags=0,
+                                            lock_owner=0, flags=0, data=data), node=-1)
+
+    def read(size):
+        return Step(O.FUSE_READ, Container(fh=-1, offset=0, size=size, read_flags=0,
+                                           lock_owner=0, flags=0), node=-1)
+
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        for io, flags in ((write(b""), os.O_RDONLY), (read(0), os.O_WRONLY)):
+            pr = diff.run_pair(ha, hb, [_init(), lookup, open_(flags), io])
+            (d,) = pr.divergences
+            assert (d.kind, d.errnos) == ("accepted-vs-refused", (-errno.EBADF, 0)), d
+            assert d.allowed is not None and d.allowed.when == "zero-length"
+        for io, flags in ((write(b"x"), os.O_RDONLY), (read(1), os.O_WRONLY)):
+            pr = diff.run_pair(ha, hb, [_init(), lookup, open_(flags), io])
+            assert not pr.divergences
+            assert pr.a.outcomes[-1].cls == pr.b.outcomes[-1].cls == f"{_op(io)}:-9"
+        link = Step(O.FUSE_LOOKUP, Container(name=b"link"), node=1)
+        opendir = Step(O.FUSE_OPENDIR, Container(flags=0, open_flags=0), node=-1)
+        pr = diff.run_pair(ha, hb, [_init(), link, opendir])
+        (d,) = pr.divergences
+        assert (d.op, d.errnos) == ("FUSE_OPENDIR", (-errno.ENOTDIR, -errno.EBADF))
+        assert d.allowed is not None and d.allowed.when is None
+        pr = diff.run_pair(ha, hb, [_init(), lookup, opendir])  # a regular file: agree
+        assert not pr.divergences and pr.a.outcomes[-1].cls == "FUSE_OPENDIR:-20"
+
+
+def _op(step: Step) -> str:
+    return O(step.op).name
 
 
 @pytest.mark.daemon

@@ -68,6 +68,31 @@ def test_read_area_bigger_than_size_is_reported_for_the_c_daemon(daemon_installa
     assert big.evidence["requested_size"] == 100 and big.evidence["used_len"] > 116
 
 
+
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_a_forced_header_length_gets_the_area_of_its_fields(daemon_installations, kind):
+    """A READ whose fuse_in_header.len lies (shorter or longer than its bytes) does not
+    decode, yet both daemons serve it by its descriptors: it gets the area a kernel would
+    give for its fields (size + 16, not a default 4 KiB one the C daemon then fills past
+    ``size`` and the Rust one answers EIO: a diff run's READ 0/-5 was that), and its reply
+    is bounded by its ``size`` as an honest READ's."""
+    with DaemonHarness(daemon_installations[kind]) as h:
+        for length in (40, 56, 79, 200):
+            data = bytearray(_read_request(h, 100))
+            data[0:4] = length.to_bytes(4, "little")  # fuse_in_header.len
+            assert h.decode(bytes(data))[0] is None
+            req = h.as_served(bytes(data))
+            assert req is not None and req.body["size"] == 100
+            out = h.send(bytes(data))
+            assert out.finding is None and out.cls == "FUSE_READ:0:<=256", (length, out.cls)
+            assert len(out.reply) == 116
+        if kind == "c":  # a bigger area: C's reads past size are still caught
+            data = bytearray(_read_request(h, 100))
+            data[0:4] = (40).to_bytes(4, "little")
+            big = h.send(bytes(data), variant=1)
+            assert big.finding == "protocol" and "LimitExceededError" in big.cls
+
+
 def test_stale_interrupt_breaks_the_c_daemon(daemon_installations):
     """Finding, kept as a test: an INTERRUPT naming a request that is not in flight is
     answered (-EAGAIN) by QEMU 7.2's C virtiofsd in the *next* request's buffer, so that

@@ -321,7 +321,8 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
             and step.op not in _NO_NODE else set()) | (
             {"over-rust-limit"} if _over_rust_limit(step) else set()) | (
             {"forgotten-id"} if i in stale and step.op not in _NO_NODE else set()) | (
-            {"dir-open-flags"} if _odd_dir_flags(step) else set()) | handles.get(i, set())
+            {"dir-open-flags"} if _odd_dir_flags(step) else set()) | handles.get(i, set()) | (
+            {"zero-length"} if _zero_length(step) else set())
         for kind, detail in compare(step.op, sa, sb):
             errnos = (sa.errno, sb.errno)
             d = Divergence(name, kind, errnos, detail, i, explain(name, kind, errnos, here))
@@ -353,6 +354,18 @@ def _destroyed_both(step: Step, a: SideAnswer, b: SideAnswer, d: Divergence) -> 
     the program is compared on (``after-destroy``) instead of stopping there."""
     return (step.op == O.FUSE_DESTROY and d.kind == "reply-vs-none" and d.allowed is not None
             and a.errno == 0 and b.errno is None)
+
+
+def _zero_length(step: Step) -> bool:
+    """A READ of ``size`` 0, or a WRITE with no data (its ``size`` 0 or derived)."""
+    f = step.fields if isinstance(step.fields, dict) else {}
+    if step.op == O.FUSE_READ:
+        return f.get("size") == 0
+    if step.op == O.FUSE_WRITE:
+        data = f.get("data")
+        return f.get("size") == 0 or (f.get("size") is None and isinstance(
+            data, bytes | bytearray) and not data)
+    return False
 
 
 def _bad_name(step: Step) -> bool:

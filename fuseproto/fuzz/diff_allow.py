@@ -25,7 +25,8 @@ such an open of a directory first); and, for a request that carries an ``fh``
 ``fh-other-kind`` (a directory's handle on a file request, or a file's on a directory
 request) and ``fh-other-node`` (a handle opened for another node id); and from a WRITE
 both accepted whose ``flags`` have O_APPEND where its handle was opened without it, or the
-other way round, on: ``append-differs``.
+other way round, on: ``append-differs``; ``zero-length`` (a READ of ``size`` 0, or a
+WRITE of no data).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = ["AllowEntry", "ALLOW", "WHENS", "explain", "RUST_MAX_BUFFER", "RUST_M
 
 WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id", "over-rust-limit",
          "forgotten-id", "dir-open-flags", "guessed-fh", "fh-other-kind", "fh-other-node",
-         "append-differs")
+         "append-differs", "zero-length")
 
 #: OPENDIR flag bits a kernel never sends (open(2) of a directory with write access,
 #: O_CREAT, O_TRUNC or O_TMPFILE's own bit fails in the VFS, EISDIR / EINVAL, before FUSE
@@ -196,6 +197,22 @@ ALLOW: tuple[AllowEntry, ...] = (
                  "do_open, write: RWF_APPEND). One write lands at the end, the other at its "
                  "offset: the file's size and data differ from then on")
       for kind in ("attr.size", "data", "offset")),
+    AllowEntry("FUSE_OPENDIR", "errno", (_e(E.ENOTDIR), _e(E.EBADF)),
+               reason="OPENDIR of a node that is neither a directory nor a regular file (a "
+               "symlink, FIFO, socket, device node): the Rust daemon opens only regular "
+               "files and directories (passthrough util.rs is_safe_inode -> EBADF, in "
+               "InodeData::open_file); the C one opens '.' under the node's O_PATH fd "
+               "(passthrough_ll.c lo_opendir: openat(fd, \".\", O_RDONLY)), which the "
+               "kernel refuses with ENOTDIR. (Of a regular file both say ENOTDIR.)"),
+    *(AllowEntry(op, "accepted-vs-refused", (_e(E.EBADF), 0), when="zero-length",
+                 reason="a READ of size 0 or a WRITE of no data through a handle not open "
+                 "for it (write-only, read-only): the Rust daemon makes no read or write "
+                 "for 0 bytes (descriptor_utils.rs consume: no buffer, Ok(0)) and answers "
+                 "0; the C one calls preadv / pwrite all the same (fuse_virtio.c "
+                 "virtio_send_data_iov, lo_write_buf -> fuse_buf_copy) and the kernel "
+                 "refuses a handle without that access before it looks at the length "
+                 "(EBADF)")
+      for op in ("FUSE_READ", "FUSE_WRITE")),
 )
 
 

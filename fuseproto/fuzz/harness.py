@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -118,6 +119,7 @@ __all__ = [
 _OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
 IN_SIZE = _IN.size
+_IN_LEN = struct.Struct("<I")  # fuse_in_header.len, its first field
 HISTORY = 32  # requests kept for a reproducer
 #: Requests the daemon answers only after the host has flushed data to disk (syncfs(2),
 #: fsync(2)): on a machine busy writing they take seconds, which is not a hang. These get
@@ -456,6 +458,22 @@ class DaemonHarness:
         self._decoded = (data, (self.minor, self.flags), out)
         return out
 
+    def as_served(self, data: bytes) -> Any:
+        """The request the daemons serve: ``data`` decoded, or when only its
+        ``fuse_in_header.len`` keeps it from decoding (a forced length), decoded with the
+        length of the bytes sent: both daemons go by the descriptors, not the header's
+        length, for the bodies of fixed layout (None: it does not decode either way). Its
+        fields give the reply area a kernel would give and bound the reply (a READ's data
+        no longer than its ``size``), as for an honest request."""
+        req = self.decode(data)[0]
+        if req is not None or len(data) < IN_SIZE or _IN.parse(data, 0)["len"] == len(data):
+            return req
+        try:
+            return codec.decode_request(_IN_LEN.pack(len(data)) + data[4:], self.minor,
+                                        flags=self.flags)
+        except DecodeError:
+            return None
+
     def send(self, data: bytes, variant: int = 0) -> Outcome:
         """Send ``data`` (sanitized) with reply-area ``variant``; classify the result."""
         return self.send_many([(data, variant)])[0]
@@ -478,7 +496,7 @@ class DaemonHarness:
             if len(data) >= IN_SIZE:
                 h = _IN.parse(data, 0)
                 op, unique = h["opcode"], h["unique"]
-            req = self.decode(data)[0]
+            req = self.as_served(data)
             expectation = REPLY_EXPECTATION.get(op, ReplyExpectation.ONE)
             expected = expected_area(op, req.body if req is not None else None, self.minor)
             area = 0 if expectation is ReplyExpectation.NONE else variant_area(variant, expected)
