@@ -157,6 +157,8 @@ def test_the_proxy_forwards_on_when_the_relay_dies(shared_dir, scratch_dir,
 
     with open(os.path.join(shared_dir, "big"), "wb") as f:
         f.write(os.urandom(2 << 20))
+    from fuseproto.errors import TransportError
+
     proxy = Proxy(scratch_dir, "--daemon", "c", "--shared-dir", shared_dir)
     try:
         with connect(proxy.listen) as t:
@@ -168,7 +170,12 @@ def test_the_proxy_forwards_on_when_the_relay_dies(shared_dir, scratch_dir,
             for i in range(40):  # READs on, through the proxy alone
                 pend = [c.submit_read(e.nodeid, fh, (i + k) % 16 * (128 << 10), 128 << 10)
                         for k in range(4)]
-                assert all(len(c.result(p).data) == 128 << 10 for p in pend)
+                try:
+                    assert all(len(c.result(p).data) == 128 << 10 for p in pend)
+                except TransportError as err:  # what the proxy said goes with it
+                    proxy.stop()
+                    raise AssertionError(f"round {i}: {err}\nproxy stderr:\n"
+                                         f"{proxy.stderr}") from err
             assert c.getattr(FUSE_ROOT_ID).attr.ino
         assert proxy.wait() == 0, proxy.stderr
     finally:

@@ -226,6 +226,44 @@ def test_run_pair_computes_the_new_states(monkeypatch):
         assert when([_init(), opendir(flags)], [0, 0], [0, -errno.EINVAL]) == want
 
 
+
+def test_a_racy_step_one_daemon_took_stops_the_comparison(monkeypatch):
+    """Diff-run finding: a LOOKUP sharing its kick with an INTERRUPT (not compared) that
+    only one daemon took (Rust's ENOMEM for a forced length): the newest node ids differ
+    from then on, so a later OPENDIR's ENOTDIR vs 0 is not a divergence; with both taking
+    it the later step is compared."""
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"empty"), node=1, group=5)
+    interrupt = Step(O.FUSE_INTERRUPT, Container(unique=-1), node=0, group=5)
+    opendir = Step(O.FUSE_OPENDIR, Container(flags=0, open_flags=0), node=-1)
+    prog = [_init(), lookup, interrupt, opendir]
+    assert _pair(monkeypatch, prog, [0, 0, None, -errno.ENOTDIR],
+                 [0, -errno.ENOMEM, None, 0]) == []
+    (d,) = _pair(monkeypatch, prog, [0, 0, None, -errno.ENOTDIR], [0, 0, None, 0])
+    assert (d.op, d.step) == ("FUSE_OPENDIR", 3) and d.allowed is None
+
+
+@pytest.mark.daemon
+def test_a_refused_second_init_is_explained(daemon_installations):
+    """Diff-run finding: an INIT of major 6 while a session is up. The C daemon tears the
+    session down first ('reinit') and then refuses it: EIO to everything after; the Rust
+    one refuses it and serves on (GETATTR: C EIO, Rust 0), state ``reinit-refused`` until
+    an INIT both accept."""
+    c, rust = daemon_installations["c"], daemon_installations["rust"]
+    lookup = Step(O.FUSE_LOOKUP, Container(name=b"file"), node=1)
+    getattr_ = Step(O.FUSE_GETATTR, Container(getattr_flags=0, dummy=0, fh=0), node=1)
+    old = _init()
+    old.fields.major = 6
+    with DaemonHarness(c, setup=False) as ha, DaemonHarness(rust, setup=False) as hb:
+        pr = diff.run_pair(ha, hb, [_init(), lookup, old, getattr_])
+        assert pr.a.outcomes[2].cls == pr.b.outcomes[2].cls == "FUSE_INIT:-71"
+        (d,) = pr.divergences
+        assert (d.op, d.kind, d.errnos) == ("FUSE_GETATTR", "accepted-vs-refused",
+                                            (-errno.EIO, 0)), d
+        assert d.allowed is not None and d.allowed.when == "reinit-refused"
+        pr = diff.run_pair(ha, hb, [_init(), lookup, old, _init(), getattr_])
+        assert not pr.divergences  # a new INIT both accept: one session again
+
+
 def test_a_destroy_the_rust_daemon_does_not_answer_is_compared_past(monkeypatch):
     """Rust never answers DESTROY (allowed); the C daemon accepted it, so both tore the
     session down: what follows is compared, before-init again until a new INIT (C EIO,
@@ -466,6 +504,9 @@ def test_handle_allow_entries_match_only_their_state():
     assert not why("FUSE_WRITE", "accepted-vs-refused", (0, ebadf), {"zero-length"})
     assert not why("FUSE_FLUSH", "accepted-vs-refused", (ebadf, 0), {"zero-length"})
     assert why("FUSE_OPENDIR", "errno", (-errno.ENOTDIR, ebadf)) is None  # (no state needed)
+    assert why("FUSE_GETATTR", "accepted-vs-refused", (-errno.EIO, 0), {"reinit-refused"})
+    assert not why("FUSE_GETATTR", "accepted-vs-refused", (-errno.EIO, 0), {"before-init"})
+    assert not why("FUSE_GETATTR", "accepted-vs-refused", (0, -errno.EIO), {"reinit-refused"})
     assert explain("FUSE_OPENDIR", "errno", (-errno.ENOTDIR, ebadf), set())
     assert not explain("FUSE_OPEN", "errno", (-errno.ENOTDIR, ebadf), set())
 

@@ -307,7 +307,13 @@ def run_pair(ha: DaemonHarness, hb: DaemonHarness, prog: list[Step]) -> PairResu
         if stopped or i in racy:
             res.uncompared += 1
             if not stopped:  # not compared, but it happened: an INIT or DESTROY counts
-                _advance(state, step, SideAnswer.of(oa, minor_a), SideAnswer.of(ob, minor_b))
+                ra_, rb_ = SideAnswer.of(oa, minor_a), SideAnswer.of(ob, minor_b)
+                _advance(state, step, ra_, rb_)
+                # One daemon took it and the other refused it: what the program learnt
+                # (node ids, handles) may differ from here on, so later steps are not
+                # compared. (No reply is not a refusal: Rust never answers a DESTROY.)
+                stopped = None not in (ra_.errno, rb_.errno) and \
+                    (ra_.errno == 0) != (rb_.errno == 0)
             continue
         if oa.finding or ob.finding:
             stopped = True  # filed as the daemon's own finding; state unknown afterwards
@@ -342,6 +348,12 @@ def _advance(state: set[str], step: Step, a: SideAnswer, b: SideAnswer) -> None:
     if step.op == O.FUSE_INIT and a.errno == 0 and b.errno == 0 and \
             isinstance(step.fields, dict) and step.fields.get("major") == FUSE_KERNEL_VERSION:
         state.discard("before-init")  # another major: the reply asks for a new INIT
+        state.discard("reinit-refused")
+    elif step.op == O.FUSE_INIT and "before-init" not in state and a.errno not in (0, None):
+        # An INIT while a session is up: the C daemon tears the session down first
+        # (fuse_lowlevel.c fuse_session_process_buf_int, "reinit") and then refused this
+        # one, so it answers EIO until a new INIT; the Rust one keeps the session it had.
+        state |= {"before-init", "reinit-refused"}
     if step.op == O.FUSE_DESTROY and a.errno == 0 and b.errno in (0, None):
         # The C daemon wants a new INIT after a DESTROY (do_destroy clears got_init):
         # until one, it is before-init again (the Rust one never answers a DESTROY).

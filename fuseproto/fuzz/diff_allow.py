@@ -26,7 +26,8 @@ such an open of a directory first); and, for a request that carries an ``fh``
 request) and ``fh-other-node`` (a handle opened for another node id); and from a WRITE
 both accepted whose ``flags`` have O_APPEND where its handle was opened without it, or the
 other way round, on: ``append-differs``; ``zero-length`` (a READ of ``size`` 0, or a
-WRITE of no data).
+WRITE of no data); ``reinit-refused`` (after an INIT, sent while a session was up, that
+the C daemon refused, until an INIT both accept).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = ["AllowEntry", "ALLOW", "WHENS", "explain", "RUST_MAX_BUFFER", "RUST_M
 
 WHENS = ("before-init", "after-destroy", "bad-name", "guessed-id", "over-rust-limit",
          "forgotten-id", "dir-open-flags", "guessed-fh", "fh-other-kind", "fh-other-node",
-         "append-differs", "zero-length")
+         "append-differs", "zero-length", "reinit-refused")
 
 #: OPENDIR flag bits a kernel never sends (open(2) of a directory with write access,
 #: O_CREAT, O_TRUNC or O_TMPFILE's own bit fails in the VFS, EISDIR / EINVAL, before FUSE
@@ -197,6 +198,14 @@ ALLOW: tuple[AllowEntry, ...] = (
                  "do_open, write: RWF_APPEND). One write lands at the end, the other at its "
                  "offset: the file's size and data differ from then on")
       for kind in ("attr.size", "data", "offset")),
+    AllowEntry(None, None, (_e(E.EIO), None), when="reinit-refused",
+               reason="an INIT while a session is up, refused by the C daemon (a major other "
+               "than 7, a minor below its 7.31 floor, a short body): C has torn its session "
+               "down before looking at it (fuse_lowlevel.c fuse_session_process_buf_int: "
+               "'reinit', got_init = 0 and the file system's destroy) and answers every "
+               "request EIO until a new INIT succeeds; the Rust one refuses the INIT and "
+               "serves on with the session it had (server.rs init returns before touching "
+               "it)"),
     AllowEntry("FUSE_OPENDIR", "errno", (_e(E.ENOTDIR), _e(E.EBADF)),
                reason="OPENDIR of a node that is neither a directory nor a regular file (a "
                "symlink, FIFO, socket, device node): the Rust daemon opens only regular "
