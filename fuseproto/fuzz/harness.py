@@ -51,7 +51,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -93,7 +92,7 @@ from .livedaemon import (
     populate,
     resolve_installation,
 )
-from .replies import MAX_AREA, expected_area, judge_reply, variant_area
+from .replies import MAX_AREA, as_served, expected_area, judge_reply, variant_area
 from .sanitizer import sanitize
 from .sanitizer_report import has_report
 from .spare import Spare, Started, stop_started
@@ -119,7 +118,6 @@ __all__ = [
 _OP = fuse_opcode
 _IN = structs.FAST["fuse_in_header"]
 IN_SIZE = _IN.size
-_IN_LEN = struct.Struct("<I")  # fuse_in_header.len, its first field
 HISTORY = 32  # requests kept for a reproducer
 #: Requests the daemon answers only after the host has flushed data to disk (syncfs(2),
 #: fsync(2)): on a machine busy writing they take seconds, which is not a hang. These get
@@ -459,20 +457,8 @@ class DaemonHarness:
         return out
 
     def as_served(self, data: bytes) -> Any:
-        """The request the daemons serve: ``data`` decoded, or when only its
-        ``fuse_in_header.len`` keeps it from decoding (a forced length), decoded with the
-        length of the bytes sent: both daemons go by the descriptors, not the header's
-        length, for the bodies of fixed layout (None: it does not decode either way). Its
-        fields give the reply area a kernel would give and bound the reply (a READ's data
-        no longer than its ``size``), as for an honest request."""
-        req = self.decode(data)[0]
-        if req is not None or len(data) < IN_SIZE or _IN.parse(data, 0)["len"] == len(data):
-            return req
-        try:
-            return codec.decode_request(_IN_LEN.pack(len(data)) + data[4:], self.minor,
-                                        flags=self.flags)
-        except DecodeError:
-            return None
+        """:func:`.replies.as_served` with this session's minor and flags."""
+        return as_served(data, self.decode(data)[0], self.minor, self.flags)
 
     def send(self, data: bytes, variant: int = 0) -> Outcome:
         """Send ``data`` (sanitized) with reply-area ``variant``; classify the result."""

@@ -13,6 +13,7 @@ size bucket).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..wire import codec, structs
 from ..wire.constants import fuse_opcode
 from .forensics import Outcome
 
-__all__ = ["MAX_AREA", "OUT_SIZE", "expected_area", "variant_area", "judge_reply"]
+__all__ = ["MAX_AREA", "OUT_SIZE", "as_served", "expected_area", "variant_area", "judge_reply"]
 
 _OP = fuse_opcode
 _OUT = structs.FAST["fuse_out_header"]
@@ -40,6 +41,25 @@ def _bucket(n: int) -> str:
     while b < n:
         b <<= 2
     return f"<={b}"
+
+
+_IN = structs.FAST["fuse_in_header"]
+_IN_LEN = struct.Struct("<I")  # fuse_in_header.len, its first field
+
+
+def as_served(data: bytes, decoded: Any, minor: int, flags: int) -> Any:
+    """The request the daemons serve: ``decoded`` (``data`` decoded), or when only its
+    ``fuse_in_header.len`` kept it from decoding (a forced length), ``data`` decoded with
+    the length of its bytes: both daemons go by the descriptors, not the header's length,
+    for bodies of fixed layout (None: it does not decode either way). Its fields give the
+    area a kernel would give and bound the reply (a READ's data no longer than ``size``),
+    as for an honest request."""
+    if decoded is not None or len(data) < _IN.size or _IN.parse(data, 0)["len"] == len(data):
+        return decoded
+    try:
+        return codec.decode_request(_IN_LEN.pack(len(data)) + data[4:], minor, flags=flags)
+    except DecodeError:
+        return None
 
 
 def expected_area(op: int, body: Any, minor: int) -> int:
