@@ -237,6 +237,35 @@ def test_used_overflow_is_judged_on_a_live_session(daemon_installations, tmp_pat
         s.stop()
 
 
+
+@pytest.mark.parametrize("kind", ["c", "rust"])
+def test_a_late_chain_reply_is_counted_slow(daemon_installations, tmp_path, kind):
+    """A valid chain answered after the hang timeout, within the grace (the daemon frozen
+    for 0.8 s): no finding, counted slow with its wait in the table the loop reports; a
+    prompt one is not counted."""
+    import threading
+
+    slow: dict[str, list[float]] = {}
+    s = ChainSession(daemon_installations[kind], str(tmp_path), timeout=0.3, slow=slow)
+    try:
+        data, area = s.read_request()
+        out, usable = s.run(ChainInput(data, area))
+        assert out.finding is None and usable and slow == {}
+        s.live.daemon.freeze()
+        thaw = threading.Timer(0.8, s.live.daemon.thaw)
+        thaw.start()
+        try:
+            out, usable = s.run(ChainInput(data, area))
+        finally:
+            thaw.join()
+            s.live.daemon.thaw()
+        assert out.finding is None and usable, out
+        (n, longest), = slow.values()
+        assert n == 1 and 0.7 < longest < 2.5 and list(slow) == ["FUSE_READ"]
+    finally:
+        s.stop()
+
+
 def test_a_daemon_killed_mid_run_is_a_finding(daemon_installations, tmp_path):
     for kind, inst in daemon_installations.items():
         s = ChainSession(inst, str(tmp_path))
