@@ -66,6 +66,19 @@ if .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
   .venv/bin/fuseproto daemons build
 fi
 
+# 3b. On request (FUSEPROTO_BUILD_RUST_COV=1, as CI sets it): the Rust virtiofsd with an
+# edge map, rust-cov, built in a Debian 13 chroot (debootstrap; ~10-30 minutes the first
+# time, then cached). Without it tests/test_daemon_rust_cov.py is skipped.
+if [ "${FUSEPROTO_BUILD_RUST_COV:-0}" = 1 ] && .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    log "installing: debootstrap (for rust-cov)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+           --no-install-recommends debootstrap >/dev/null; }
+  fi
+  .venv/bin/fuseproto daemons build rust-cov
+fi
+
 # 4. The test guest: Debian 12's cloud kernel, its virtio-fs modules and busybox, downloaded
 # into the cache (never installed), and the initramfs built from them (cached: a second
 # run returns at once).

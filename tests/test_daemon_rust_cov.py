@@ -2,8 +2,9 @@
 runtime (fuseproto.daemons.rust_build): its recipe, serving a client as the packaged Rust
 daemon does, its map filling, and the live fuzzer's edges growing on it.
 
-rust-cov is not part of ``make setup`` (a Debian 13 chroot, 1.4 GB, and cargo's build of
-~100 crates: 17-30 minutes here; see the README's daemon build table). These tests run when it is built
+rust-cov is built by ``make setup`` only with ``FUSEPROTO_BUILD_RUST_COV=1``, as CI sets it
+(a Debian 13 chroot, 1.4 GB, and cargo's build of ~100 crates: 3 minutes on a quiet fresh
+machine, 17-30 on a busy one; see the README). These tests run when it is built
 (``fuseproto daemons build rust-cov``), or build it first when ``FUSEPROTO_BUILD_RUST_COV=1``;
 otherwise they are skipped, saying so.
 """
