@@ -17,21 +17,22 @@ log "Debian ${debian_version}, $(uname -r)"
 # package by its Debian 13 and Debian 12 names: any of them installed is enough, and the
 # first one the archive has is installed.
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-missing=()
-while read -r line; do
-  line=${line%%#*}; line=${line// /}
-  [ -z "$line" ] && continue
-  IFS='|' read -ra alts <<< "$line"
-  have=
-  for a in "${alts[@]}"; do if installed "$a"; then have=1; break; fi; done
-  [ -z "$have" ] && missing+=("$line")
-done < scripts/apt-packages.txt
-if [ ${#missing[@]} -gt 0 ]; then
+# ensure_packages LINE...: install what is missing of the given lines (each "a" or "a | b").
+ensure_packages() {
+  local missing=() line alts a have pick pkgs=()
+  for line in "$@"; do
+    line=${line%%#*}; line=${line// /}
+    [ -z "$line" ] && continue
+    IFS='|' read -ra alts <<< "$line"
+    have=
+    for a in "${alts[@]}"; do if installed "$a"; then have=1; break; fi; done
+    [ -z "$have" ] && missing+=("$line")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   log "installing: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${missing[*]}" >&2; exit 1; fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  pkgs=()
   for line in "${missing[@]}"; do
     IFS='|' read -ra alts <<< "$line"
     pick=
@@ -42,7 +43,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     pkgs+=("$pick")
   done
   apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
+}
+mapfile -t wanted < scripts/apt-packages.txt
+ensure_packages "${wanted[@]}"
 
 # 2. Python environment.
 PY=${PYTHON:-python3}
@@ -67,15 +70,11 @@ if .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
 fi
 
 # 3b. On request (FUSEPROTO_BUILD_RUST_COV=1, as CI sets it): the Rust virtiofsd with an
-# edge map, rust-cov, built in a Debian 13 chroot (debootstrap; ~10-30 minutes the first
-# time, then cached). Without it tests/test_daemon_rust_cov.py is skipped.
+# edge map, rust-cov, built in a Debian 13 chroot made by debootstrap (~3 minutes on a
+# quiet machine, 17-30 on a busy one, then cached). Without it
+# tests/test_daemon_rust_cov.py is skipped.
 if [ "${FUSEPROTO_BUILD_RUST_COV:-0}" = 1 ] && .venv/bin/fuseproto daemons --help >/dev/null 2>&1; then
-  if ! command -v debootstrap >/dev/null 2>&1; then
-    log "installing: debootstrap (for rust-cov)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-           --no-install-recommends debootstrap >/dev/null; }
-  fi
+  ensure_packages debootstrap
   .venv/bin/fuseproto daemons build rust-cov
 fi
 
